@@ -1,0 +1,3 @@
+from rainstorm.cli import main
+
+main()

@@ -1,0 +1,261 @@
+"""The `rainstorm` command: parse, dispatch, print.  No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rainstorm import keys, lua
+from rainstorm.errors import RainstormError
+
+F = TypeVar("F", bound=Callable[..., Any])
+err_console = Console(stderr=True)
+
+
+class _Exit(click.ClickException):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"rainstorm: error: {self.message}", err=True)
+
+
+def _guard(fn: F) -> F:
+    """Turn RainstormError and Redis errors into one-line messages with an exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RainstormError as exc:
+            raise _Exit(str(exc), exc.exit_code) from None
+        except redis.AuthenticationError as exc:
+            raise _Exit(f"Redis refused the credentials: {exc}", 1) from None
+        except redis.ConnectionError as exc:
+            raise _Exit(f"cannot reach Redis: {exc}", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+redis_option = click.option(
+    "--redis", "redis_url", envvar="RAINSTORM_REDIS", metavar="URL",
+    help="redis://[user:password@]host:port/db, rediss://…, unix:///path (env RAINSTORM_REDIS)",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
+def main(verbose: int) -> None:
+    """rainstorm: exactly-once stream and batch processing on Redis."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _client(redis_url: str | None) -> redis.Redis:
+    from rainstorm.connection import check_server, connect
+
+    if not redis_url:
+        raise _Exit("no Redis given: pass --redis URL or set RAINSTORM_REDIS", 2)
+    r = connect(redis_url)
+    check_server(r)
+    return r
+
+
+def _print_result(result: dict[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
+    from rainstorm.coordinator.result import top
+
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False, default=repr))
+        return
+    if isinstance(result, list):
+        for rec in result[:top_n]:
+            click.echo(json.dumps(rec, ensure_ascii=False, default=repr))
+        if len(result) > top_n:
+            click.echo(f"… {len(result) - top_n} more records", err=True)
+        return
+    table = Table(title=f"top {top_n} of {len(result)} keys")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for k, v in top(result, top_n):
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.percentage:>5.1f}%  {task.fields[info]}"),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+    task = prog.add_task("processing", total=max(total, 1), info="")
+
+    def update(st: Any) -> None:
+        committed = sum(s.committed for s in st.stages)
+        info = f"{st.bytes_done / 1e6:.1f}/{st.total_bytes / 1e6:.1f} MB, {committed} batches"
+        prog.update(task, completed=st.bytes_done if st.total_bytes else 0, info=info)
+
+    return prog, update
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB",
+              help="input files, directories or globs (replaces source.paths)")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256))
+@redis_option
+@click.option("--job", "job_id", help="job id (default: <name>-<time>)")
+@click.option("--output", type=click.Path(dir_okay=False), help="write the result as JSON here")
+@click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+@click.option("--persistence", default="none", show_default=True,
+              type=click.Choice(["none", "rdb", "aof-everysec", "aof-always"]))
+@click.option("--top", "top_n", type=int, default=None, help="rows to show (default: spec)")
+@click.option("--no-progress", is_flag=True)
+@json_option
+@_guard
+def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | None,
+        job_id: str | None, output: str | None, allow: tuple[str, ...], persistence: str,
+        top_n: int | None, no_progress: bool, as_json: bool) -> None:
+    """Run SPEC to completion (embedded Redis and local workers unless --redis)."""
+    from rainstorm.coordinator.inputs import resolve_inputs
+    from rainstorm.coordinator.result import write_atomically
+    from rainstorm.coordinator.run import run_job
+    from rainstorm.spec import load_spec
+
+    spec = load_spec(spec_path)
+    total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
+    show = not no_progress and sys.stderr.isatty()
+    prog, update = _progress_bar(total)
+    with prog if show else _Null():
+        report = run_job(spec, inputs=list(inputs) or None, workers=workers,
+                         redis_url=redis_url, job_id=job_id, allow_modules=allow,
+                         persistence=persistence, on_progress=update if show else None)
+    if output:
+        write_atomically(output, json.dumps(report.result, ensure_ascii=False, default=repr))
+    _print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
+    mb = report.total_bytes / 1e6
+    warn = report.status.counters.get("s0:invalid_utf8_entries", 0)
+    dead = sum(s.dead for s in report.status.stages)
+    dead_rec = sum(report.status.counters.get(f"s{s.index}:dead_records", 0)
+                   for s in report.status.stages)
+    click.echo(
+        f"job {report.job_id}: {mb:.1f} MB in {report.seconds:.2f} s "
+        f"({mb / max(report.seconds, 1e-9):.1f} MB/s) with {workers} workers on {report.server}",
+        err=True,
+    )
+    if warn:
+        click.echo(f"warning: {warn} input batches held invalid UTF-8; bad bytes were "
+                   "replaced by U+FFFD", err=True)
+    if dead or dead_rec:
+        click.echo(f"warning: {dead} entries and {dead_rec} records went to the dead-letter "
+                   f"stream {keys.dlq(report.job_id)}", err=True)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB")
+@redis_option
+@click.option("--job", "job_id", help="job id; submitting an existing id resumes it")
+@click.option("--timeout", "timeout_s", type=float, default=None)
+@json_option
+@_guard
+def submit(spec_path: str, inputs: tuple[str, ...], redis_url: str | None, job_id: str | None,
+           timeout_s: float | None, as_json: bool) -> None:
+    """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere)."""
+    from rainstorm.coordinator.driver import drive
+    from rainstorm.coordinator.run import prepare
+    from rainstorm.coordinator.submit import submit as do_submit
+    from rainstorm.spec import load_spec
+
+    spec = load_spec(spec_path)
+    job, files = prepare(spec, list(inputs) or None, job_id)
+    r = _client(redis_url)
+    lua.load_library(r)
+    fresh = do_submit(r, job, files)
+    click.echo(f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)
+    result = drive(r, job, timeout_s=timeout_s)
+    _print_result(result, spec.sink.top, as_json)
+
+
+@main.command()
+@redis_option
+@click.option("--job", "job_id", help="serve only this job")
+@click.option("--burst", is_flag=True, help="exit when no running job is left")
+@click.option("--allow-module", "allow", multiple=True, envvar="RAINSTORM_ALLOW_MODULES",
+              help="top-level modules operators may be imported from")
+@_guard
+def worker(redis_url: str | None, job_id: str | None, burst: bool,
+           allow: tuple[str, ...]) -> None:
+    """Run a worker: consume, compute, commit, until stopped."""
+    from rainstorm.operators.resolve import allowed_modules_from_env
+    from rainstorm.worker.loop import Worker, WorkerOptions
+
+    allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
+        allowed_modules_from_env()
+    w = Worker(_client(redis_url), WorkerOptions(job=job_id, burst=burst,
+                                                  allow_modules=allow_all))
+    w.install_signal_handlers()
+    w.work()
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@redis_option
+@json_option
+@_guard
+def status(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
+    """Show jobs, their stages and counters."""
+    from rainstorm.coordinator.status import job_statuses
+
+    rows = job_statuses(_client(redis_url), job_id)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table(title="rainstorm jobs")
+    for col in ("job", "state", "loaded", "progress", "stage", "emitted", "committed",
+                "dead", "claimed", "rejected"):
+        table.add_column(col)
+    for row in rows:
+        for s in row["stages"]:
+            table.add_row(row["job"], row["state"], str(row["loaded"]),
+                          f"{row['progress'] * 100:.1f}%", str(s["stage"]), str(s["emitted"]),
+                          str(s["committed"]), str(s["dead"]), str(s["claimed"]),
+                          str(s["rejected"]))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("job_id")
+@redis_option
+@click.option("--top", "top_n", type=int, default=10)
+@json_option
+@_guard
+def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> None:
+    """Print a finished job's result."""
+    from rainstorm.coordinator.result import load_stored
+    from rainstorm.coordinator.status import load_job
+
+    r = _client(redis_url)
+    job = load_job(r, job_id)
+    state = r.hget(keys.meta(job_id), "state")
+    if state != b"done":
+        raise _Exit(f"job {job_id} is {state.decode() if state else 'unknown'}, not done", 1)
+    _print_result(load_stored(r, job), top_n, as_json)

@@ -1,0 +1,75 @@
+"""Where a job stands, from its own counters (never XINFO lag)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from rainstorm import keys
+from rainstorm.errors import JobFailed
+from rainstorm.job import Job
+
+
+@dataclass
+class StageStatus:
+    index: int
+    emitted: int
+    committed: int
+    dead: int
+    rejected: int
+    claimed: int
+    records_in: int
+    records_out: int
+
+    @property
+    def settled(self) -> bool:
+        return self.committed + self.dead >= self.emitted
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    state: str
+    loaded: bool
+    total_bytes: int
+    bytes_done: int
+    stages: list[StageStatus] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.loaded and all(s.settled for s in self.stages)
+
+
+def _i(c: dict[bytes, bytes], name: str) -> int:
+    return int(c.get(name.encode(), b"0"))
+
+
+def read_status(r: redis.Redis, job: Job) -> JobStatus:
+    pipe = r.pipeline(transaction=True)
+    pipe.hgetall(keys.meta(job.id))
+    pipe.hget(keys.cursor(job.id), "pos")
+    pipe.hgetall(keys.counters(job.id))
+    meta, pos, c = pipe.execute()
+    if not meta:
+        raise JobFailed(
+            f"job {job.id}: its keys are gone from Redis (flushed, or a restart without "
+            "persistence); the result would be partial, so the job is failed"
+        )
+    status = JobStatus(
+        job_id=job.id,
+        state=meta.get(b"state", b"?").decode(),
+        loaded=pos == b"done",
+        total_bytes=int(meta.get(b"total_bytes", b"0")),
+        bytes_done=_i(c, "s0:bytes_in"),
+        counters={k.decode(): int(v) for k, v in c.items()},
+    )
+    for s in job.plan.stages:
+        p = f"s{s.index}:"
+        status.stages.append(StageStatus(
+            s.index, _i(c, p + "emitted"), _i(c, p + "committed"), _i(c, p + "dead"),
+            _i(c, p + "rejected"), _i(c, p + "claimed"), _i(c, p + "records_in"),
+            _i(c, p + "records_out"),
+        ))
+    return status

@@ -1,0 +1,92 @@
+"""Reading a finished job's result and writing its sink."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.job import Job, JobState, decode_records
+from rainstorm.worker.compaction import read_state
+
+WRITE_CHUNK = 5000
+TOP_KEPT = 1000
+
+
+def jsonable_key(k: Any) -> str:
+    return k if isinstance(k, str) else json.dumps(k, default=repr)
+
+
+def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
+    """The job's full result: a key -> value map (aggregate) or a record list."""
+    if job.plan.aggregate:
+        state = read_state(r, job.id, job.plan.last.index)
+        return {jsonable_key(k): v for k, v in state.items()}
+    out: list[Any] = []
+    last = b"-"
+    while True:
+        rows = r.xrange(keys.output(job.id), min=last, max="+", count=1000)
+        if last != b"-":
+            rows = rows[1:]
+        if not rows:
+            return out
+        for _id, fields in rows:
+            out.extend(decode_records(fields[b"d"]))
+        last = rows[-1][0]
+
+
+def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any]) -> None:
+    """Mark the job done and leave its result where redis-cli can read it:
+    the top keys in the sorted set rs:{job}:top, and with a ``redis`` sink the
+    whole aggregate in the hash rs:{job}:result."""
+    pipe = r.pipeline(transaction=True)
+    if isinstance(result, dict):
+        pipe.delete(keys.top(job.id))
+        best = top(result, TOP_KEPT)
+        if best and all(isinstance(v, int | float) for _, v in best):
+            pipe.zadd(keys.top(job.id), dict(best))
+    if isinstance(result, dict) and job.spec.sink.type == "redis":
+        pipe.delete(keys.result(job.id))
+        items = list(result.items())
+        for i in range(0, len(items), WRITE_CHUNK):
+            pipe.hset(keys.result(job.id), mapping=dict(items[i : i + WRITE_CHUNK]))
+    pipe.hset(keys.meta(job.id), mapping={"state": JobState.DONE.value,
+                                          "finished_at": time.time()})
+    pipe.execute()
+
+
+def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
+    """A finished job's result, read again (the folded state or the output stream)."""
+    return collect(r, job)
+
+
+def top(result: dict[str, Any], n: int) -> list[tuple[str, Any]]:
+    """The n largest values, ties broken by key (deterministic), in O(len)."""
+    if n <= 0 or not result:
+        return []
+    cut = heapq.nlargest(n, result.values())[-1]
+    near = [(k, v) for k, v in result.items() if v >= cut]
+    return sorted(near, key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write a file so that a killed run never leaves a half-written one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,43 @@
+"""Job listings for `rainstorm status` (and later the dashboard)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.progress import read_status
+from rainstorm.errors import RainstormError, UsageError
+from rainstorm.job import Job
+from rainstorm.spec import spec_from_json
+
+
+def load_job(r: redis.Redis, job_id: str) -> Job:
+    raw = r.get(keys.spec(job_id))
+    if raw is None:
+        raise UsageError(f"no such job: {job_id}")
+    return Job.build(job_id, spec_from_json(raw))
+
+
+def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[dict[str, Any]]:
+    ids = [job_id] if job_id else sorted(j.decode() for j in r.smembers(keys.JOBS))
+    rows = []
+    for jid in ids:
+        try:
+            st = read_status(r, load_job(r, jid))
+        except RainstormError as exc:
+            if job_id:
+                raise
+            rows.append({"job": jid, "state": "broken", "error": str(exc), "loaded": False,
+                         "progress": 0.0, "stages": []})
+            continue
+        rows.append({
+            "job": jid, "state": st.state, "loaded": st.loaded,
+            "progress": st.bytes_done / st.total_bytes if st.total_bytes else float(st.loaded),
+            "stages": [{"stage": s.index, "emitted": s.emitted, "committed": s.committed,
+                        "dead": s.dead, "claimed": s.claimed, "rejected": s.rejected,
+                        "records_in": s.records_in, "records_out": s.records_out}
+                       for s in st.stages],
+        })
+    return rows

@@ -1,0 +1,56 @@
+"""Submitting a job: validate everything, then create its keys."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import redis
+
+from rainstorm import keys
+from rainstorm.errors import UsageError
+from rainstorm.job import Job, JobState
+from rainstorm.operators.chain import Chain
+from rainstorm.spec import JobSpec, spec_to_json
+
+
+def validate(job: Job) -> None:
+    """Resolve every operator now, so a bad spec fails before Redis is touched."""
+    for stage in job.plan.stages:
+        Chain(stage, allow=("*",))
+
+
+def new_job_id(spec: JobSpec) -> str:
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+
+
+def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
+    """Create the job's keys.  Returns False if the same job already exists
+    (a restarted coordinator resumes it); raises if a different one does."""
+    spec_json = spec_to_json(job.spec)
+    file_list = [[str(f), f.stat().st_size] for f in files]
+    existing = r.get(keys.spec(job.id))
+    if existing is not None:
+        old_files = json.loads(r.hget(keys.meta(job.id), "files") or b"[]")
+        if existing.decode() != spec_json or [f[0] for f in old_files] != [f[0] for f in file_list]:
+            raise UsageError(f"job {job.id!r} already exists with another spec or input")
+        return False
+    for _stage, stream in job.all_streams():
+        try:
+            r.xgroup_create(stream, keys.group(_stage), id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+    pipe = r.pipeline(transaction=True)
+    pipe.set(keys.spec(job.id), spec_json)
+    pipe.hset(keys.meta(job.id), mapping={
+        "state": JobState.RUNNING.value,
+        "files": json.dumps(file_list),
+        "total_bytes": sum(f[1] for f in file_list),
+        "stages": len(job.plan.stages),
+        "created_at": time.time(),
+    })
+    pipe.sadd(keys.JOBS, job.id)
+    pipe.execute()
+    return True

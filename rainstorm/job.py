@@ -1,0 +1,74 @@
+"""A job as both the coordinator and the workers see it: spec, plan, key names."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from rainstorm import keys
+from rainstorm.operators.plan import JobPlan, StagePlan, plan
+from rainstorm.spec import JobSpec
+
+
+class JobState(str, enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not JobState.RUNNING
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    spec: JobSpec
+    plan: JobPlan
+
+    @classmethod
+    def build(cls, job_id: str, spec: JobSpec) -> Job:
+        return cls(job_id, spec, plan(spec))
+
+    def streams(self, stage: int) -> list[str]:
+        s = self.plan.stages[stage]
+        return [keys.stage_stream(self.id, stage, p) for p in range(s.partitions)]
+
+    def all_streams(self) -> list[tuple[int, str]]:
+        return [(s.index, st) for s in self.plan.stages for st in self.streams(s.index)]
+
+    def stage(self, i: int) -> StagePlan:
+        return self.plan.stages[i]
+
+
+def encode_records(records: list[Any]) -> bytes:
+    return msgpack.packb(records, use_bin_type=True, default=repr)  # type: ignore[no-any-return]
+
+
+def decode_records(blob: bytes) -> list[Any]:
+    return list(msgpack.unpackb(blob, raw=False, use_list=False, strict_map_key=False))
+
+
+def key_bytes(key: Any) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return key
+    return msgpack.packb(key, use_bin_type=True, default=repr)  # type: ignore[no-any-return]
+
+
+def partition_of(key: Any, partitions: int) -> int:
+    """Stable partition of a key: crc32, never Python's salted hash()."""
+    return zlib.crc32(key_bytes(key)) % partitions
+
+
+def batch_uid(input_uids: list[str]) -> str:
+    """Deterministic id of a commit's input set; outputs are '<this>.<index>'."""
+    h = hashlib.blake2b("\x00".join(sorted(input_uids)).encode(), digest_size=10)
+    return h.hexdigest()

@@ -1,0 +1,108 @@
+"""Every Redis key rainstorm uses, built in one place.
+
+All keys of one job share the hash tag ``{job}`` so that a job lives on one
+shard of a Redis Cluster.  This docstring is also the ``redis-cli`` guide.
+
+==============================  ===========  =====================================
+key                             type         written by / meaning
+==============================  ===========  =====================================
+``rs:jobs``                     set          submit: ids of every known job
+``rs:workers``                  hash         workers: id -> JSON heartbeat
+``rs:{job}:spec``               string       submit: the validated spec (JSON)
+``rs:{job}:meta``               hash         coordinator: state, input files,
+                                             created/finished times, error
+``rs:{job}:cursor``             hash         FCALL rainstorm_load: ``pos`` =
+                                             ``<file index>:<byte offset>`` of the
+                                             next input byte, or ``done``
+``rs:{job}:counters``           hash         FCALLs: ``s<i>:emitted``,
+                                             ``s<i>:committed``, ``s<i>:dead``,
+                                             ``s<i>:rejected``, ``s<i>:claimed``,
+                                             ``s<i>:records_in`` ... per stage
+``rs:{job}:s<i>:p<k>``          stream       stage i partition k; group ``g<i>``;
+                                             fields ``u`` (uid), ``d`` (batch)
+``rs:{job}:state:s<i>``         hash         compaction: ``v`` version, ``d``
+                                             msgpack of the folded aggregate
+``rs:{job}:state:s<i>:log``     stream       FCALL rainstorm_commit: one
+                                             aggregate delta (``d``) per commit
+``rs:{job}:output``             stream       FCALL rainstorm_commit: record
+                                             batches of a job without aggregate
+``rs:{job}:dlq``                stream       dead letters: uid, stage, error,
+                                             deliveries, record or entry data
+``rs:{job}:result``             hash         coordinator, ``redis`` sink only:
+                                             the whole final aggregate, key -> value
+``rs:{job}:top``                zset         coordinator: the 1000 largest keys
+                                             of the final aggregate (score = value)
+``rs:{job}:compact:s<i>``       string       worker: short lease on compaction
+==============================  ===========  =====================================
+"""
+
+from __future__ import annotations
+
+PREFIX = "rs"
+JOBS = f"{PREFIX}:jobs"
+WORKERS = f"{PREFIX}:workers"
+
+
+def _job(job: str) -> str:
+    return f"{PREFIX}:{{{job}}}"
+
+
+def spec(job: str) -> str:
+    return f"{_job(job)}:spec"
+
+
+def meta(job: str) -> str:
+    return f"{_job(job)}:meta"
+
+
+def cursor(job: str) -> str:
+    return f"{_job(job)}:cursor"
+
+
+def counters(job: str) -> str:
+    return f"{_job(job)}:counters"
+
+
+def stage_stream(job: str, stage: int, part: int) -> str:
+    return f"{_job(job)}:s{stage}:p{part}"
+
+
+def group(stage: int) -> str:
+    return f"g{stage}"
+
+
+def state(job: str, stage: int) -> str:
+    return f"{_job(job)}:state:s{stage}"
+
+
+def state_log(job: str, stage: int) -> str:
+    return f"{_job(job)}:state:s{stage}:log"
+
+
+def compact_lease(job: str, stage: int) -> str:
+    return f"{_job(job)}:compact:s{stage}"
+
+
+def output(job: str) -> str:
+    return f"{_job(job)}:output"
+
+
+def dlq(job: str) -> str:
+    return f"{_job(job)}:dlq"
+
+
+def result(job: str) -> str:
+    return f"{_job(job)}:result"
+
+
+def top(job: str) -> str:
+    return f"{_job(job)}:top"
+
+
+def job_pattern(job: str) -> str:
+    """Glob matching every key of one job (for SCAN-based cleanup)."""
+    return f"{_job(job)}:*"
+
+
+def counter_field(stage: int, name: str) -> str:
+    return f"s{stage}:{name}"

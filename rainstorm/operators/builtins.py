@@ -1,0 +1,81 @@
+"""Built-in record functions, usable by name from YAML specs.
+
+Each takes the record (and keyword args from the spec's ``args``).  A
+function may also offer a ``block`` variant that works on a whole decoded
+text batch at once (``split_words``: ``text.split()`` equals splitting every
+line), which the fused chain uses on stage 0 when it is the first operator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def split_words(line: str) -> list[str]:
+    """Exactly ``str.split()``: runs of whitespace separate words, no case folding."""
+    return line.split()
+
+
+def split_words_block(text: str) -> list[str]:
+    return text.split()
+
+
+def identity(record: Any) -> Any:
+    return record
+
+
+def lower(record: str) -> str:
+    return record.lower()
+
+
+def upper(record: str) -> str:
+    return record.upper()
+
+
+def strip(record: str) -> str:
+    return record.strip()
+
+
+def nonempty(record: Any) -> bool:
+    return bool(record)
+
+
+def length(record: Any) -> int:
+    return len(record)
+
+
+def make_grep(pattern: str) -> Callable[[str], bool]:
+    rx = re.compile(pattern)
+    return lambda line: rx.search(line) is not None
+
+
+def make_split(sep: str | None = None) -> Callable[[str], list[str]]:
+    return lambda line: line.split(sep)
+
+
+def make_const(value: Any) -> Callable[[Any], Any]:
+    return lambda _record: value
+
+
+# name -> (plain function, or factory taking the spec's args)
+PLAIN: dict[str, Callable[..., Any]] = {
+    "split_words": split_words,
+    "identity": identity,
+    "lower": lower,
+    "upper": upper,
+    "strip": strip,
+    "nonempty": nonempty,
+    "length": length,
+}
+FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
+    "grep": make_grep,
+    "split": make_split,
+    "const": make_const,
+}
+BLOCK: dict[str, Callable[[str], Iterable[Any]]] = {"split_words": split_words_block}
+
+
+def names() -> list[str]:
+    return sorted([*PLAIN, *FACTORIES])

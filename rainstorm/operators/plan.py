@@ -1,0 +1,82 @@
+"""Cutting a spec's pipeline into stages.
+
+Consecutive record-wise operators (map, filter, flat_map, key_by) are fused
+into one stage, as Spark fuses narrow transformations.  ``repartition`` ends
+a stage: its outputs are routed to the next stage's partitions by a stable
+hash of the key (crc32) or round-robin when unkeyed.  A keyed aggregate ends
+the pipeline: each commit carries the batch's combined delta, folded inside
+Redis's delta log (see rainstorm.lua).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rainstorm.errors import UsageError
+from rainstorm.spec import Aggregate, JobSpec, RecordOp, Repartition
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    partitions: int
+    ops: tuple[RecordOp, ...] = ()
+    op_paths: tuple[str, ...] = ()  # "pipeline.<n>" of each fused op, for messages
+    keyed_in: bool = False
+    keyed_out: bool = False
+    aggregate: str | None = None
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    stages: tuple[StagePlan, ...] = field(default_factory=tuple)
+
+    @property
+    def last(self) -> StagePlan:
+        return self.stages[-1]
+
+    @property
+    def aggregate(self) -> str | None:
+        return self.last.aggregate
+
+
+def plan(spec: JobSpec) -> JobPlan:
+    stages: list[StagePlan] = []
+    ops: list[RecordOp] = []
+    paths: list[str] = []
+    keyed = False
+    keyed_in = False
+    parts = spec.settings.parallelism
+    aggregate: str | None = None
+    for n, op in enumerate(spec.pipeline):
+        where = f"pipeline.{n}"
+        if aggregate is not None:
+            raise UsageError(f"{where}: nothing may follow the aggregate {aggregate!r}")
+        if isinstance(op, RecordOp):
+            ops.append(op)
+            paths.append(where)
+            if op.op == "key_by":
+                keyed = True
+        elif isinstance(op, Repartition):
+            stages.append(StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed))
+            ops, paths, keyed_in = [], [], keyed
+            parts = op.partitions or spec.settings.parallelism
+        elif isinstance(op, Aggregate):
+            if op.op == "sum" and not keyed:
+                raise UsageError(f"{where}: sum needs keyed records; add a key_by before it")
+            aggregate = op.op
+    stages.append(
+        StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed, aggregate)
+    )
+    return JobPlan(tuple(stages))
+
+
+def describe(p: JobPlan) -> list[str]:
+    """One human line per stage, for `explain` and logs."""
+    lines = []
+    for s in p.stages:
+        chain = " -> ".join(f"{o.op}({o.fn})" for o in s.ops) or "(pass-through)"
+        end = f" -> {s.aggregate} [in Redis]" if s.aggregate else ""
+        nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""
+        lines.append(f"stage {s.index}: {s.partitions} partitions: {chain}{end}{nxt}")
+    return lines

@@ -1,0 +1,67 @@
+"""Turning an operator's ``fn`` string into a Python callable.
+
+``fn`` is a built-in name (``split_words``) or ``package.module:function``.
+Workers import user modules only when the module's top-level package is in
+their allowlist (``--allow-module``, env ``RAINSTORM_ALLOW_MODULES``), so
+write access to Redis is not code execution on a worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from rainstorm.errors import UsageError
+from rainstorm.operators import builtins
+
+
+def allowed_modules_from_env() -> tuple[str, ...]:
+    raw = os.environ.get("RAINSTORM_ALLOW_MODULES", "")
+    return tuple(m.strip() for m in raw.split(",") if m.strip())
+
+
+def _module_allowed(module: str, allow: tuple[str, ...]) -> bool:
+    return any(module == a or module.startswith(a + ".") or a == "*" for a in allow)
+
+
+def resolve(fn: str, args: dict[str, Any], allow: tuple[str, ...], where: str) -> Callable[..., Any]:
+    """The callable for ``fn``; raises UsageError naming ``where`` (e.g. ``pipeline.0.fn``)."""
+    if fn in builtins.FACTORIES:
+        try:
+            return builtins.FACTORIES[fn](**args)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: bad args for built-in {fn!r}: {exc}") from None
+    if fn in builtins.PLAIN:
+        if args:
+            raise UsageError(f"{where}: built-in {fn!r} takes no args")
+        return builtins.PLAIN[fn]
+    if ":" not in fn:
+        raise UsageError(
+            f"{where}: unknown operator function {fn!r}; built-ins are "
+            f"{', '.join(builtins.names())}, or use package.module:function"
+        )
+    module, _, attr = fn.partition(":")
+    if not _module_allowed(module, allow):
+        raise UsageError(
+            f"{where}: module {module!r} is not in the worker allowlist "
+            "(start workers with --allow-module or set RAINSTORM_ALLOW_MODULES)"
+        )
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"{where}: cannot import {module!r}: {exc}") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UsageError(f"{where}: {module!r} has no attribute {attr!r}")
+    if not callable(obj):
+        raise UsageError(f"{where}: {fn!r} is not callable")
+    if args:
+        factory = obj
+        try:
+            return factory(**args)  # type: ignore[no-any-return]
+        except TypeError as exc:
+            raise UsageError(f"{where}: bad args for {fn!r}: {exc}") from None
+    return obj  # type: ignore[no-any-return]

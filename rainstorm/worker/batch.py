@@ -1,0 +1,147 @@
+"""From a batch of stream entries to one commit request.
+
+A batch is entries of one stage (any of its partitions).  The fused chain
+runs over all of them at once; the aggregate delta or the routed outputs are
+combined across the whole batch, so one FCALL carries as much as possible.
+Entries that were delivered ``max_deliveries`` times run record by record:
+the records that raise become dead letters, the rest is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from rainstorm import keys
+from rainstorm.job import Job, batch_uid, decode_records, encode_records, partition_of
+from rainstorm.lua import CommitRequest
+from rainstorm.operators import aggregates
+from rainstorm.operators.chain import Chain, split_lines
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    stream: str
+    id: str
+    uid: str
+    data: bytes
+    deliveries: int = 1
+
+
+@dataclass
+class Computed:
+    records_in: int = 0
+    outputs: list[Any] = field(default_factory=list)
+    delta: Counter[Any] = field(default_factory=Counter)
+    dead: list[bytes] = field(default_factory=list)
+    invalid_utf8: int = 0
+
+
+def decode_text(data: bytes) -> tuple[str, bool]:
+    """Policy for bytes that are not UTF-8: replace them with U+FFFD, count the entry."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), True
+
+
+def dead_record(job: Job, stage: int, entry: Entry, record: Any, error: str) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        {"job": job.id, "stage": stage, "uid": entry.uid, "deliveries": entry.deliveries,
+         "error": error, "record": record, "at": time.time()},
+        use_bin_type=True, default=repr,
+    )
+
+
+class StageRunner:
+    """Runs one stage of one job over batches of entries."""
+
+    def __init__(self, job: Job, stage: int, allow: tuple[str, ...]) -> None:
+        self.job = job
+        self.stage = job.stage(stage)
+        self.chain = Chain(self.stage, allow)
+        self.aggregate = self.stage.aggregate
+        self.is_last = stage == len(job.plan.stages) - 1
+
+    def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
+        if self.stage.index == 0:
+            text, bad = decode_text(entry.data)
+            comp.invalid_utf8 += bad
+            return [], text
+        return decode_records(entry.data), None
+
+    def _absorb(self, comp: Computed, outputs: list[Any]) -> None:
+        if self.aggregate:
+            aggregates.add_into(comp.delta, self.aggregate, outputs, self.stage.keyed_out)
+        else:
+            comp.outputs.extend(outputs)
+
+    def compute(self, entries: list[Entry], isolate: set[str]) -> Computed:
+        """Run the chain; raises OperatorError if a non-isolated entry fails."""
+        comp = Computed()
+        for e in entries:
+            records, text = self._records(e, comp)
+            if e.id in isolate:
+                recs = split_lines(text) if text is not None else records
+                good, bad = self.chain.run_isolated(recs)
+                comp.records_in += len(recs)
+                self._absorb(comp, good)
+                comp.dead += [dead_record(self.job, self.stage.index, e, r, err) for r, err in bad]
+            elif text is not None:
+                comp.records_in += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+                self._absorb(comp, self.chain.run_text(text))
+            else:
+                comp.records_in += len(records)
+                self._absorb(comp, self.chain.run(records))
+        return comp
+
+    def request(self, entries: list[Entry], comp: Computed, max_backlog: int) -> CommitRequest:
+        job, i = self.job, self.stage.index
+        req = CommitRequest(
+            counters=keys.counters(job.id),
+            dlq=keys.dlq(job.id),
+            delta_log=keys.state_log(job.id, i),
+            group=keys.group(i),
+            stage=i,
+            inputs=[(e.stream, e.id, e.uid) for e in entries],
+            dead=comp.dead,
+            max_backlog=max_backlog,
+            records_in=comp.records_in,
+            bytes_in=sum(len(e.data) for e in entries) if i == 0 else 0,
+        )
+        if self.aggregate:
+            req.delta = aggregates.encode(dict(comp.delta)) if comp.delta else b""
+            req.records_out = len(comp.delta)
+            return req
+        req.records_out = len(comp.outputs)
+        if not comp.outputs:
+            return req
+        base = batch_uid([e.uid for e in entries])
+        if self.is_last:
+            req.outputs = [(keys.output(job.id), f"{base}.0", encode_records(comp.outputs))]
+            req.emit_field = keys.counter_field(i, "output_entries")
+            req.max_backlog = 0  # the output stream is the sink, read at the end
+            return req
+        nxt = job.stage(i + 1)
+        buckets: list[list[Any]] = [[] for _ in range(nxt.partitions)]
+        if self.stage.keyed_out:
+            for rec in comp.outputs:
+                buckets[partition_of(rec[0], nxt.partitions)].append(rec)
+        else:
+            start = int(base[:8], 16)
+            for n, rec in enumerate(comp.outputs):
+                buckets[(start + n) % nxt.partitions].append(rec)
+        for p, recs in enumerate(buckets):
+            if recs:
+                req.outputs.append(
+                    (keys.stage_stream(job.id, i + 1, p), f"{base}.{p}", encode_records(recs))
+                )
+        req.emit_field = keys.counter_field(i + 1, "emitted")
+        return req

@@ -1,0 +1,296 @@
+"""The worker: one loop you can read top to bottom.
+
+    while True:
+        exit if asked to stop, or (burst) when no job has work left
+        refresh the job list (every refresh_s)
+        steal idle entries with XAUTOCLAIM (every claim_idle_ms / 2)
+        read new entries with XREADGROUP, run the stage, commit with one FCALL
+        heartbeat
+
+Workers hold no state: everything lives in Redis, so any worker can be
+killed at any moment and another carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import FrameType
+
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.errors import UsageError
+from rainstorm.job import Job, JobState
+from rainstorm.operators.chain import OperatorError
+from rainstorm.spec import spec_from_json
+from rainstorm.worker.batch import Computed, Entry, StageRunner
+from rainstorm.worker.compaction import maybe_compact
+
+log = logging.getLogger(__name__)
+
+
+def _s(b: bytes | str) -> str:
+    return b.decode() if isinstance(b, bytes) else b
+
+
+@dataclass
+class WorkerOptions:
+    job: str | None = None  # serve only this job
+    burst: bool = False  # exit when no job has work left
+    block_ms: int = 100
+    refresh_s: float = 1.0
+    heartbeat_s: float = 1.0
+    allow_modules: tuple[str, ...] = ()
+    worker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    )
+
+
+@dataclass
+class _Active:
+    job: Job
+    runners: dict[int, StageRunner]
+    last_claim: float = 0.0
+
+
+class Worker:
+    def __init__(self, r: redis.Redis, options: WorkerOptions | None = None) -> None:
+        self.r = r
+        self.opt = options or WorkerOptions()
+        self.id = self.opt.worker_id
+        self.jobs: dict[str, _Active] = {}
+        self.refused: dict[str, str] = {}  # job -> why this worker cannot run it
+        self.batches = 0
+        self._stop = False
+        self._last_refresh = 0.0
+        self._last_heartbeat = 0.0
+        self._current = ""
+        self._rotate = 0
+
+    # -- the loop ---------------------------------------------------------
+    def work(self) -> str:
+        """Run until stopped; returns the reason for stopping."""
+        log.info("worker %s starting", self.id)
+        try:
+            while True:
+                if self._stop:
+                    return self._exit("stop requested")
+                now = time.monotonic()
+                if now - self._last_refresh >= self.opt.refresh_s or not self.jobs:
+                    self._refresh_jobs()
+                if self.opt.burst and not self.jobs:
+                    return self._exit("burst: no running job left")
+                if not self.jobs:
+                    time.sleep(self.opt.block_ms / 1000)
+                    continue
+                self._steal_idle()
+                if not self._read_and_run():
+                    self._block_for_work()
+                self._heartbeat()
+        finally:
+            self._unregister()
+
+    def request_stop(self, *_: object) -> None:
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _exit(self, reason: str) -> str:
+        log.info("worker %s exiting: %s (%d batches)", self.id, reason, self.batches)
+        return reason
+
+    # -- jobs ---------------------------------------------------------------
+    def _refresh_jobs(self) -> None:
+        self._last_refresh = time.monotonic()
+        ids = [self.opt.job] if self.opt.job else sorted(_s(j) for j in self.r.smembers(keys.JOBS))
+        running = set()
+        for job_id in ids:
+            state = self.r.hget(keys.meta(job_id), "state")
+            if state is None or JobState(_s(state)).terminal:
+                continue
+            running.add(job_id)
+            if job_id not in self.jobs and job_id not in self.refused:
+                self._adopt(job_id)
+        for gone in set(self.jobs) - running:
+            del self.jobs[gone]
+
+    def _adopt(self, job_id: str) -> None:
+        raw = self.r.get(keys.spec(job_id))
+        if raw is None:
+            return
+        job = Job.build(job_id, spec_from_json(raw))
+        try:
+            runners = {s.index: StageRunner(job, s.index, self.opt.allow_modules)
+                       for s in job.plan.stages}
+        except UsageError as exc:
+            self.refused[job_id] = str(exc)
+            log.error("worker %s refuses job %s: %s", self.id, job_id, exc)
+            return
+        self.jobs[job_id] = _Active(job, runners)
+
+    # -- reading ----------------------------------------------------------
+    def _targets(self) -> list[tuple[_Active, int]]:
+        """(job, stage) pairs, downstream stages first so work drains."""
+        out = []
+        for act in self.jobs.values():
+            for s in reversed(act.job.plan.stages):
+                out.append((act, s.index))
+        return out
+
+    def _read(self, act: _Active, stage: int, block_ms: int | None) -> list[Entry]:
+        job = act.job
+        streams = job.streams(stage)
+        per_stream = max(1, job.spec.settings.batch_entries // len(streams))
+        reply = self.r.xreadgroup(
+            keys.group(stage), self.id, {s: ">" for s in streams},
+            count=per_stream, block=block_ms,
+        )
+        entries = []
+        for stream, rows in reply or []:
+            for id_, fields in rows:
+                if not fields:  # deleted while pending (should not happen)
+                    continue
+                entries.append(Entry(_s(stream), _s(id_), _s(fields[b"u"]), fields[b"d"]))
+        return entries
+
+    def _read_and_run(self) -> bool:
+        for act, stage in self._targets():
+            entries = self._read(act, stage, None)
+            if entries:
+                self._run(act, stage, entries)
+                return True
+        return False
+
+    def _block_for_work(self) -> None:
+        targets = self._targets()
+        if not targets:
+            return
+        self._rotate = (self._rotate + 1) % len(targets)
+        act, stage = targets[self._rotate]
+        entries = self._read(act, stage, self.opt.block_ms)
+        if entries:
+            self._run(act, stage, entries)
+
+    # -- stealing -----------------------------------------------------------
+    def _steal_idle(self) -> None:
+        now = time.monotonic()
+        for act in list(self.jobs.values()):
+            settings = act.job.spec.settings
+            if (now - act.last_claim) * 1000 < settings.claim_idle_ms / 2:
+                continue
+            act.last_claim = now
+            for stage, stream in act.job.all_streams():
+                self._claim_stream(act, stage, stream)
+
+    def _claim_stream(self, act: _Active, stage: int, stream: str) -> None:
+        settings = act.job.spec.settings
+        group = keys.group(stage)
+        reply = self.r.xautoclaim(stream, group, self.id, settings.claim_idle_ms,
+                                  start_id="0-0", count=settings.batch_entries)
+        rows = reply[1] if reply else []
+        entries = []
+        for id_, fields in rows:
+            if not fields:
+                continue
+            sid = _s(id_)
+            pend = self.r.xpending_range(stream, group, min=sid, max=sid, count=1)
+            deliveries = int(pend[0]["times_delivered"]) if pend else 1
+            entries.append(Entry(stream, sid, _s(fields[b"u"]), fields[b"d"], deliveries))
+        if not entries:
+            return
+        self.r.hincrby(keys.counters(act.job.id), keys.counter_field(stage, "claimed"),
+                       len(entries))
+        log.info("worker %s claimed %d idle entries of %s", self.id, len(entries), stream)
+        hopeless = [e for e in entries if e.deliveries > settings.max_deliveries + 2]
+        for e in hopeless:
+            self._dead_letter(act, stage, e, f"delivered {e.deliveries} times without a commit "
+                                             "(does the operator crash the worker?)")
+        rest = [e for e in entries if e not in hopeless]
+        if rest:
+            self._run(act, stage, rest)
+
+    # -- running and committing ---------------------------------------------
+    def _run(self, act: _Active, stage: int, entries: list[Entry]) -> None:
+        runner = act.runners[stage]
+        settings = act.job.spec.settings
+        self._current = f"{act.job.id}:s{stage}"
+        isolate = {e.id for e in entries if e.deliveries >= settings.max_deliveries}
+        try:
+            comp = runner.compute(entries, isolate)
+        except OperatorError:
+            # find the failing entries; commit the others
+            ok: list[Entry] = []
+            for e in entries:
+                try:
+                    runner.compute([e], isolate)
+                    ok.append(e)
+                except OperatorError as exc:
+                    log.warning("worker %s: entry %s (delivery %d of %d) failed: %s", self.id,
+                                e.uid, e.deliveries, settings.max_deliveries, exc)
+            entries = ok
+            if not entries:
+                return
+            comp = runner.compute(entries, isolate)
+        self._commit(act, runner, entries, comp, isolate)
+
+    def _commit(self, act: _Active, runner: StageRunner, entries: list[Entry],
+                comp: Computed, isolate: set[str]) -> None:
+        settings = act.job.spec.settings
+        backoff = 0.01
+        while entries:
+            req = runner.request(entries, comp, settings.max_backlog)
+            res = lua.commit(self.r, req)
+            if res.status == "ok":
+                self.batches += 1
+                if comp.invalid_utf8:
+                    self.r.hincrby(keys.counters(act.job.id), "s0:invalid_utf8_entries",
+                                   comp.invalid_utf8)
+                if runner.aggregate:
+                    maybe_compact(self.r, act.job, runner.stage.index)
+                return
+            if res.status == "rejected":
+                log.info("worker %s: commit rejected for %s (already committed elsewhere)",
+                         self.id, res.rejected)
+                entries = [e for e in entries if e.id not in res.rejected]
+                if entries:
+                    comp = runner.compute(entries, isolate)
+                continue
+            # backpressure: downstream is full; wait for it to drain
+            if self._stop:
+                return  # entries stay pending; another worker claims them
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
+            self._heartbeat()
+
+    def _dead_letter(self, act: _Active, stage: int, e: Entry, error: str) -> None:
+        lua.deadletter(self.r, counters=keys.counters(act.job.id), dlq=keys.dlq(act.job.id),
+                       stream=e.stream, group=keys.group(stage), stage=stage, entry_id=e.id,
+                       uid=e.uid, error=error, deliveries=e.deliveries)
+
+    # -- liveness -------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if now - self._last_heartbeat < self.opt.heartbeat_s:
+            return
+        self._last_heartbeat = now
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "last_seen": now,
+                "current": self._current, "batches": self.batches}
+        self.r.hset(keys.WORKERS, self.id, json.dumps(info))
+
+    def _unregister(self) -> None:
+        try:
+            self.r.hdel(keys.WORKERS, self.id)
+        except redis.RedisError:
+            pass
