@@ -12,9 +12,10 @@ import redis
 from rainstorm import keys
 from rainstorm.coordinator.loader import Loader
 from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.result import collect, store
+from rainstorm.coordinator.result import collect, jsonable_key, store
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, JobState
+from rainstorm.state import Folder
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,12 @@ def drive(
     loaded = False
     deadline = time.monotonic() + timeout_s if timeout_s else None
     last_status = 0.0
+    folder = Folder(r, job, job.plan.last.index) if job.plan.aggregate else None
     while True:
         if not loaded:
             loaded = loader.step().done
+        if folder:
+            folder.poll()
         now = time.monotonic()
         if now - last_status >= STATUS_EVERY_S or loaded:
             last_status = now
@@ -54,7 +58,15 @@ def drive(
                 raise JobFailed(f"job {job.id} did not finish within {timeout_s} s")
             if loaded:
                 time.sleep(0.01)
-    result = collect(r, job)
+    result: dict[str, Any] | list[Any]
+    if folder:
+        state = folder.final()
+        if all(type(k) is str for k in state):
+            result = state
+        else:
+            result = {jsonable_key(k): v for k, v in state.items()}
+    else:
+        result = collect(r, job)
     store(r, job, result)
     return result
 

@@ -23,7 +23,7 @@ from rainstorm.job import Job
 log = logging.getLogger(__name__)
 
 DONE = "done"
-MAX_CALL_BYTES = 8 << 20
+MAX_CALL_BYTES = 4 << 20
 
 
 def parse_pos(pos: str) -> tuple[int, int]:
@@ -83,7 +83,7 @@ class Loader:
         fidx, off = parse_pos(pos)
         entries: list[tuple[str, str, bytes]] = []
         total = 0
-        while fidx < len(self.files) and len(entries) < settings.batch_entries * 2:
+        while fidx < len(self.files) and len(entries) < settings.batch_entries:
             if total >= MAX_CALL_BYTES:
                 break
             chunk = read_chunk(self.files[fidx], off, src.batch_bytes)

@@ -1,40 +1,62 @@
-"""Local worker processes started by `rainstorm run`."""
+"""Local worker processes started by `rainstorm run`.
+
+They are forked from the coordinator (like multiprocessing.Pool), so they
+start in milliseconds with every module already imported; each opens its own
+Redis connection.  Each is a real process that can be killed and stolen from.
+"""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
-import subprocess
-import sys
+import signal
+from multiprocessing.process import BaseProcess
 
 from rainstorm.errors import JobFailed
 
 
+def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
+                 level: int) -> None:
+    from rainstorm.connection import connect
+    from rainstorm.worker.loop import Worker, WorkerOptions
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    w = Worker(connect(redis_url), WorkerOptions(job=job_id, burst=True,
+                                                  allow_modules=allow_modules))
+    w.install_signal_handlers()
+    w.work()
+
+
 class LocalWorkers:
-    def __init__(self, n: int, redis_url: str, job_id: str, allow_modules: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        env = dict(os.environ)
-        env["RAINSTORM_REDIS"] = redis_url  # not on the command line: it may hold a password
-        if allow_modules:
-            env["RAINSTORM_ALLOW_MODULES"] = ",".join(allow_modules)
-        env.update(extra_env or {})
-        cmd = [sys.executable, "-m", "rainstorm", "worker", "--job", job_id, "--burst"]
+    def __init__(self, n: int, redis_url: str, job_id: str,
+                 allow_modules: tuple[str, ...] = ()) -> None:
+        ctx = multiprocessing.get_context("fork")
+        level = logging.getLogger().getEffectiveLevel()
+        self.procs: list[BaseProcess] = []
         for _ in range(n):
-            self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+            p = ctx.Process(target=_worker_main, args=(redis_url, job_id, allow_modules, level),
+                            daemon=True, name="rainstorm-worker")
+            p.start()
+            self.procs.append(p)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
 
     def check(self) -> None:
         """Fail loudly if every worker has died."""
-        if self.procs and all(p.poll() is not None for p in self.procs):
-            codes = [p.returncode for p in self.procs]
+        if self.procs and all(not p.is_alive() for p in self.procs):
+            codes = [p.exitcode for p in self.procs]
             raise JobFailed(f"all workers exited before the job finished (exit codes {codes})")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         for p in self.procs:
-            if p.poll() is None:
+            if p.is_alive():
                 p.terminate()
         for p in self.procs:
-            try:
-                p.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=timeout_s)
+            p.join(timeout_s)
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(timeout_s)

@@ -14,7 +14,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.job import Job, JobState, decode_records
-from rainstorm.worker.compaction import read_state
+from rainstorm.state import read_state
 
 WRITE_CHUNK = 5000
 TOP_KEPT = 1000

@@ -70,10 +70,11 @@ def run_job(
         r = connect(url)
         desc = check_server(r)
         lua.load_library(r)
+        if workers > 0:  # forked before our client connects; they wait for the job
+            r.close()
+            pool = LocalWorkers(workers, url, job.id, allow_modules + spec_modules(job.spec))
         t0 = time.perf_counter()
         submit(r, job, files)
-        if workers > 0:
-            pool = LocalWorkers(workers, url, job.id, allow_modules + spec_modules(job.spec))
         try:
             result = drive(r, job, on_progress=on_progress,
                            check=pool.check if pool else None, timeout_s=timeout_s)

@@ -1,19 +1,28 @@
 """Keyed aggregates: a worker combines a batch into a delta; deltas fold by merge.
 
-Deltas travel as msgpack maps (never pickle).  ``count`` and ``sum`` merge by
+Deltas travel as msgpack (never pickle).  ``count`` and ``sum`` merge by
 addition, so the fold order does not matter and a delta applied exactly once
 per committed batch gives the exact result.
+
+Wire format of a delta (a msgpack array):
+* ``[1, typecode, keys, values]``: columnar, for str keys without NUL and
+  values that fit one ``array`` typecode ('q' int64 or 'd' float64): the keys
+  joined by NUL, the values as raw array bytes.  Decoding is a C-speed
+  ``str.split`` plus ``array.frombytes``: about half the cost of a map.
+* ``[0, map]``: any other delta, as a msgpack map.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgpack
 
 Delta = dict[Any, Any]
+SEP = "\x00"
 
 
 def partial(kind: str, records: list[Any], keyed: bool) -> Delta:
@@ -38,17 +47,60 @@ def add_into(acc: Counter[Any], kind: str, records: Iterable[Any], keyed: bool) 
 
 
 def merge_into(acc: dict[Any, Any], delta: dict[Any, Any]) -> dict[Any, Any]:
-    get = acc.get
-    for k, v in delta.items():
-        acc[k] = get(k, 0) + v
+    _merge_pairs(acc, delta.items())
     return acc
 
 
+def _merge_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
+    if not acc:
+        acc.update(pairs)
+        return
+    get = acc.get
+    for k, v in pairs:
+        acc[k] = get(k, 0) + v
+
+
+def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
+    keys = delta.keys()
+    if not all(type(k) is str for k in keys):
+        return None
+    joined = SEP.join(keys)
+    if joined.count(SEP) != len(delta) - 1:
+        return None  # a key contains NUL
+    values = list(delta.values())
+    if all(type(v) is int for v in values):
+        code = "q"
+    elif all(type(v) is float for v in values):
+        code = "d"
+    else:
+        return None
+    try:
+        return [1, code, joined, array(code, values).tobytes()]
+    except OverflowError:
+        return None
+
+
 def encode(delta: dict[Any, Any]) -> bytes:
-    return msgpack.packb(delta, use_bin_type=True)  # type: ignore[no-any-return]
+    body = _columnar(delta) if delta else None
+    return msgpack.packb(body or [0, delta], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def pairs(blob: bytes) -> Iterator[tuple[Any, Any]]:
+    if not blob:
+        return iter(())
+    msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False)
+    if msg[0] == 1:
+        _, code, joined, raw = msg
+        values = array(code)
+        values.frombytes(raw)
+        keys = joined.split(SEP) if joined or len(values) else []
+        return zip(keys, values, strict=True)
+    return iter(msg[1].items())
+
+
+def merge_blob(acc: dict[Any, Any], blob: bytes) -> None:
+    _merge_pairs(acc, pairs(blob))
 
 
 def decode(blob: bytes) -> dict[Any, Any]:
-    if not blob:
-        return {}
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False)  # type: ignore[no-any-return]
+    return dict(pairs(blob))

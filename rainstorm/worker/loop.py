@@ -31,7 +31,7 @@ from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import OperatorError
 from rainstorm.spec import spec_from_json
 from rainstorm.worker.batch import Computed, Entry, StageRunner
-from rainstorm.worker.compaction import maybe_compact
+from rainstorm.state import maybe_compact
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class WorkerOptions:
     refresh_s: float = 1.0
     heartbeat_s: float = 1.0
     allow_modules: tuple[str, ...] = ()
+    wait_for_job_s: float = 60.0
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     )
@@ -73,6 +74,7 @@ class Worker:
         self._last_heartbeat = 0.0
         self._current = ""
         self._rotate = 0
+        self._started = time.monotonic()
 
     # -- the loop ---------------------------------------------------------
     def work(self) -> str:
@@ -85,7 +87,7 @@ class Worker:
                 now = time.monotonic()
                 if now - self._last_refresh >= self.opt.refresh_s or not self.jobs:
                     self._refresh_jobs()
-                if self.opt.burst and not self.jobs:
+                if self.opt.burst and not self.jobs and self._burst_over():
                     return self._exit("burst: no running job left")
                 if not self.jobs:
                     time.sleep(self.opt.block_ms / 1000)
@@ -106,6 +108,15 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def _burst_over(self) -> bool:
+        """In burst mode with --job, wait for the job to appear (a worker may
+        start before its job is submitted); otherwise no job means done."""
+        if not self.opt.job:
+            return True
+        if self.r.hget(keys.meta(self.opt.job), "state") is not None:
+            return True
+        return time.monotonic() - self._started > self.opt.wait_for_job_s
 
     def _exit(self, reason: str) -> str:
         log.info("worker %s exiting: %s (%d batches)", self.id, reason, self.batches)
