@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rainstorm.errors import UsageError
 
@@ -45,6 +45,15 @@ class RecordOp(_Model):
     op: Literal["map", "filter", "flat_map", "key_by"]
     fn: str = Field(description="built-in name or package.module:function")
     args: dict[str, Any] = Field(default_factory=dict)
+    value: str | None = Field(
+        default=None, description="key_by only: function giving the value (default: the record)"
+    )
+
+    @model_validator(mode="after")
+    def _value_only_for_key_by(self) -> RecordOp:
+        if self.value is not None and self.op != "key_by":
+            raise ValueError("'value' is only allowed on key_by")
+        return self
 
 
 class Repartition(_Model):

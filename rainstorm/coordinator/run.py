@@ -33,8 +33,8 @@ class RunReport:
 
 def spec_modules(spec: JobSpec) -> tuple[str, ...]:
     """Modules the spec's own operators import (trusted: the user runs them here)."""
-    mods = {op.fn.partition(":")[0] for op in spec.pipeline
-            if isinstance(op, RecordOp) and ":" in op.fn}
+    fns = [f for op in spec.pipeline if isinstance(op, RecordOp) for f in (op.fn, op.value) if f]
+    mods = {f.partition(":")[0] for f in fns if ":" in f}
     return tuple(sorted(mods))
 
 

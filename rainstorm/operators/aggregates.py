@@ -9,7 +9,8 @@ Wire format of a delta (a msgpack array):
   values that fit one ``array`` typecode ('q' int64 or 'd' float64): the keys
   joined by NUL, the values as raw array bytes.  Decoding is a C-speed
   ``str.split`` plus ``array.frombytes``: about half the cost of a map.
-* ``[0, map]``: any other delta, as a msgpack map.
+* ``[0, map]``: any other delta, as a msgpack map (ints beyond 64 bits as
+  ext type 1).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def merge_into(acc: dict[Any, Any], delta: dict[Any, Any]) -> dict[Any, Any]:
 
 def _merge_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
     if not acc:
-        acc.update(pairs)
+        dict.update(acc, pairs)  # not Counter.update, which would count the pairs
         return
     get = acc.get
     for k, v in pairs:
@@ -80,15 +81,33 @@ def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
         return None
 
 
+BIGINT_EXT = 1  # msgpack ext type: an int beyond 64 bits, as decimal text
+
+
+def _wide(v: Any) -> Any:
+    if type(v) is int and not -(2**63) <= v < 2**64:
+        return msgpack.ExtType(BIGINT_EXT, str(v).encode())
+    return v
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == BIGINT_EXT:
+        return int(data)
+    return msgpack.ExtType(code, data)
+
+
 def encode(delta: dict[Any, Any]) -> bytes:
     body = _columnar(delta) if delta else None
-    return msgpack.packb(body or [0, delta], use_bin_type=True)  # type: ignore[no-any-return]
+    if body is None:
+        body = [0, {k: _wide(v) for k, v in delta.items()}]
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def pairs(blob: bytes) -> Iterator[tuple[Any, Any]]:
     if not blob:
         return iter(())
-    msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False)
+    msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
+                          ext_hook=_ext_hook)
     if msg[0] == 1:
         _, code, joined, raw = msg
         values = array(code)

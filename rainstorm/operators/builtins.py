@@ -46,6 +46,14 @@ def length(record: Any) -> int:
     return len(record)
 
 
+def first_char(record: str) -> str:
+    return record[:1]
+
+
+def one(_record: Any) -> int:
+    return 1
+
+
 def make_grep(pattern: str) -> Callable[[str], bool]:
     rx = re.compile(pattern)
     return lambda line: rx.search(line) is not None
@@ -68,6 +76,8 @@ PLAIN: dict[str, Callable[..., Any]] = {
     "strip": strip,
     "nonempty": nonempty,
     "length": length,
+    "first_char": first_char,
+    "one": one,
 }
 FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "grep": make_grep,

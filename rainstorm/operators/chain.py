@@ -23,7 +23,8 @@ class OperatorError(Exception):
 Transform = Callable[[list[Any]], list[Any]]
 
 
-def _transform(kind: str, fn: Callable[..., Any]) -> Transform:
+def _transform(kind: str, fn: Callable[..., Any], value: Callable[..., Any] | None = None
+               ) -> Transform:
     if kind == "map":
         return lambda recs: [fn(r) for r in recs]
     if kind == "filter":
@@ -31,6 +32,8 @@ def _transform(kind: str, fn: Callable[..., Any]) -> Transform:
     if kind == "flat_map":
         return lambda recs: [o for r in recs for o in fn(r)]
     if kind == "key_by":
+        if value is not None:
+            return lambda recs: [(fn(r), value(r)) for r in recs]
         return lambda recs: [(fn(r), r) for r in recs]
     raise ValueError(f"unknown record operator {kind!r}")
 
@@ -58,10 +61,11 @@ class Chain:
         self.block_first: Callable[[str], Iterable[Any]] | None = None
         for i, (op, where) in enumerate(zip(stage.ops, stage.op_paths, strict=True)):
             fn = resolve(op.fn, op.args, allow, f"{where}.fn")
+            value = resolve(op.value, {}, allow, f"{where}.value") if op.value else None
             label = f"{op.op}({op.fn})"
             if i == 0 and op.op == "flat_map" and not op.args and op.fn in builtins.BLOCK:
                 self.block_first = builtins.BLOCK[op.fn]
-            self.steps.append(_Step(label, _transform(op.op, fn)))
+            self.steps.append(_Step(label, _transform(op.op, fn, value)))
 
     def _fail(self, step: _Step, exc: Exception) -> OperatorError:
         return OperatorError(f"operator {step.label} in stage {self.stage.index} raised {exc!r}")

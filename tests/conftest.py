@@ -1,0 +1,72 @@
+"""Shared fixtures: one real embedded server for the session, flushed per test."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from rainstorm import lua
+from rainstorm.samples import generate_lines
+from rainstorm.server import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("RAINSTORM_ALLOW_MODULES", "tests")
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as srv:
+        yield srv
+
+
+@pytest.fixture
+def r(server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url)
+    client.flushall()
+    lua.load_library(client)
+    yield client
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def url(r: redis.Redis, server: EmbeddedRedis) -> str:
+    """The server URL, with the database already flushed."""
+    return server.url
+
+
+def write_corpus(dir_: Path, n_files: int = 3, kb: int = 60, seed: int = 1) -> list[Path]:
+    dir_.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_files):
+        p = dir_ / f"f{i}.txt"
+        lines = generate_lines(kb * 1000, seed=seed + i)
+        p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(p)
+    return paths
+
+
+def reference_wordcount(paths: list[Path]) -> Counter[str]:
+    """Independent computation: Python's own str.split over each file."""
+    c: Counter[str] = Counter()
+    for p in paths:
+        with open(p, encoding="utf-8", errors="replace", newline="") as fh:
+            for line in fh:
+                c.update(line.split())
+    return c
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> list[Path]:
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)

@@ -1,0 +1,140 @@
+"""The FCALLs against a real server: first commit wins, retries are harmless,
+nothing is written when a check fails."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.operators import aggregates
+
+JOB = "proto"
+S0 = keys.stage_stream(JOB, 0, 0)
+S1 = keys.stage_stream(JOB, 1, 0)
+
+
+def setup_entries(r: redis.Redis, n: int = 3) -> list[tuple[str, str, str]]:
+    for stream, stage in ((S0, 0), (S1, 1)):
+        r.xgroup_create(stream, keys.group(stage), id="0", mkstream=True)
+    for i in range(n):
+        r.xadd(S0, {"u": f"0:{i}", "d": f"line {i}\n"})
+    rows = r.xreadgroup(keys.group(0), "w1", {S0: ">"}, count=n)[0][1]
+    return [(S0, rid.decode(), f"0:{i}") for i, (rid, _) in enumerate(rows)]
+
+
+def request(inputs: list[tuple[str, str, str]], **kw: object) -> lua.CommitRequest:
+    base: dict[str, object] = dict(
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), delta_log=keys.state_log(JOB, 0),
+        group=keys.group(0), stage=0, inputs=inputs, records_in=len(inputs))
+    base.update(kw)
+    return lua.CommitRequest(**base)  # type: ignore[arg-type]
+
+
+def snapshot_all(r: redis.Redis) -> dict[str, object]:
+    return {k.decode(): r.dump(k) for k in r.keys("*")}
+
+
+def test_commit_acks_emits_and_deletes(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    delta = aggregates.encode({"line": 3})
+    req = request(inputs, delta=delta, outputs=[(S1, "b.0", b"payload")],
+                  emit_field=keys.counter_field(1, "emitted"))
+    assert lua.commit(r, req).status == "ok"
+    assert r.xlen(S0) == 0 and r.xpending(S0, keys.group(0))["pending"] == 0
+    assert r.xlen(S1) == 1 and r.xlen(keys.state_log(JOB, 0)) == 1
+    c = r.hgetall(keys.counters(JOB))
+    assert c[b"s0:committed"] == b"3" and c[b"s1:emitted"] == b"1"
+
+
+def test_same_commit_twice_changes_nothing(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    req = request(inputs, delta=aggregates.encode({"x": 1}))
+    assert lua.commit(r, req).status == "ok"
+    before = snapshot_all(r)
+    again = lua.commit(r, req)  # e.g. redis-py retrying after a lost reply
+    assert again.status == "rejected"
+    assert set(again.rejected) == {i[1] for i in inputs}
+    after = snapshot_all(r)
+    counters_key = keys.counters(JOB)
+    before.pop(counters_key)
+    assert r.hget(counters_key, "s0:rejected") == b"3"
+    after.pop(counters_key)
+    assert before == after
+
+
+def test_stolen_entry_first_commit_wins(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    # a thief claims everything; the straggler (w1) commits first and wins
+    r.xclaim(S0, keys.group(0), "thief", 0, [i[1] for i in inputs])
+    assert lua.commit(r, request(inputs)).status == "ok"
+    late = lua.commit(r, request(inputs))
+    assert late.status == "rejected" and set(late.rejected.values()) == {"acked"}
+
+
+def test_partial_rejection_applies_nothing(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    assert lua.commit(r, request(inputs[:1])).status == "ok"
+    log_len = r.xlen(keys.state_log(JOB, 0))
+    res = lua.commit(r, request(inputs, delta=aggregates.encode({"z": 9})))
+    assert res.status == "rejected" and list(res.rejected) == [inputs[0][1]]
+    assert r.xlen(keys.state_log(JOB, 0)) == log_len
+    assert r.xpending(S0, keys.group(0))["pending"] == 2
+
+
+def test_stale_uid_is_rejected(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    wrong = [(s, i, uid + "-other") for s, i, uid in inputs]
+    res = lua.commit(r, request(wrong))
+    assert res.status == "rejected" and set(res.rejected.values()) == {"stale"}
+    assert r.xlen(S0) == 3
+
+
+def test_backpressure_refuses_without_acking(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    for i in range(4):
+        r.xadd(S1, {"u": f"x{i}", "d": b""})
+    req = request(inputs, outputs=[(S1, "b.0", b"p")], emit_field="s1:emitted", max_backlog=4)
+    res = lua.commit(r, req)
+    assert res.status == "backlog" and res.stream == S1
+    assert r.xpending(S0, keys.group(0))["pending"] == 3 and r.xlen(S1) == 4
+
+
+def test_malformed_call_writes_nothing(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    before = snapshot_all(r)
+    keys_ = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), S0]
+    with pytest.raises(redis.ResponseError, match="n_out must be"):
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, "x", 0, 0, "", "", 0, 0, 0,
+                inputs[0][1], inputs[0][2])
+    with pytest.raises(redis.ResponseError, match="wrong number of args"):
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, "", "", 0, 0, 0)
+    assert snapshot_all(r) == before
+
+
+def test_load_moves_cursor_atomically_and_fences(r: redis.Redis) -> None:
+    r.xgroup_create(S0, keys.group(0), id="0", mkstream=True)
+    kw = dict(counters=keys.counters(JOB), cursor=keys.cursor(JOB), max_backlog=0)
+    ok = lua.load(r, expected_pos="", new_pos="0:10", entries=[(S0, "0:0", b"0123456789")], **kw)
+    assert ok.status == "ok"
+    stale = lua.load(r, expected_pos="", new_pos="0:10", entries=[(S0, "0:0", b"x")], **kw)
+    assert stale.status == "cursor" and stale.detail == "0:10"
+    assert r.xlen(S0) == 1 and r.hget(keys.counters(JOB), "s0:emitted") == b"1"
+
+
+def test_function_library_self_heals(r: redis.Redis) -> None:
+    r.function_flush()
+    inputs = setup_entries(r)
+    assert lua.commit(r, request(inputs)).status == "ok"
+
+
+def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
+    log_key, base = keys.state_log(JOB, 0), keys.state(JOB, 0)
+    ids = [r.xadd(log_key, {"d": aggregates.encode({"a": i})}).decode() for i in (1, 2)]
+    snap = lua.snapshot(r, base=base, log=log_key)
+    assert snap.log_ids == ids and snap.version == 0
+    assert lua.compact(r, base=base, log=log_key, version=0,
+                       blob=aggregates.encode({"a": 3}), ids=ids)
+    assert not lua.compact(r, base=base, log=log_key, version=0, blob=b"", ids=ids)
+    assert r.xlen(log_key) == 0
+    assert aggregates.decode(lua.snapshot(r, base=base, log=log_key).base) == {"a": 3}

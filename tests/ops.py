@@ -1,0 +1,25 @@
+"""Operators used by the tests (imported by workers: allowlist 'tests')."""
+
+from __future__ import annotations
+
+import os
+import time
+
+POISON = "POISON"
+
+
+def slow_split(line: str) -> list[str]:
+    """str.split, slowly: RAINSTORM_TEST_SLOW_MS per line (default 2)."""
+    time.sleep(float(os.environ.get("RAINSTORM_TEST_SLOW_MS", "2")) / 1000)
+    return line.split()
+
+
+def boom_on_poison(line: str) -> list[str]:
+    if POISON in line:
+        raise ValueError(f"poisoned line: {line[:40]!r}")
+    return line.split()
+
+
+def swap_case_key(pair: tuple[str, str]) -> tuple[str, str]:
+    key, word = pair
+    return key.swapcase(), word

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from rainstorm.errors import UsageError
+from rainstorm.operators import aggregates
+from rainstorm.operators.chain import Chain, OperatorError, split_lines
+from rainstorm.operators.plan import plan
+from rainstorm.operators.resolve import resolve
+from rainstorm.spec import parse_spec
+
+
+def chain_for(pipeline: list[dict[str, object]]) -> Chain:
+    p = plan(parse_spec({"name": "t", "pipeline": pipeline}))
+    return Chain(p.stages[0], allow=("tests",))
+
+
+def test_split_lines_matches_text_mode_files() -> None:
+    text = "a b\r\nc\n\nd"
+    assert split_lines(text) == ["a b", "c", "", "d"]
+    assert split_lines("") == []
+    assert split_lines("x\n") == ["x"]
+
+
+def test_block_fast_path_equals_per_line(rng) -> None:  # type: ignore[no-untyped-def]
+    words = ["a", "b", "ç", "東", "x,", "\t"]
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(0, 9)))
+                     for _ in range(300))
+    ch = chain_for([{"op": "flat_map", "fn": "split_words"}, {"op": "map", "fn": "upper"}])
+    assert ch.block_first is not None
+    assert ch.run_text(text) == ch.run(split_lines(text)) == [w.upper() for w in text.split()]
+
+
+def test_map_filter_flat_map_key_by_compose() -> None:
+    ch = chain_for([
+        {"op": "flat_map", "fn": "split_words"},
+        {"op": "filter", "fn": "grep", "args": {"pattern": "^[a-c]"}},
+        {"op": "key_by", "fn": "first_char", "value": "length"},
+    ])
+    lines = ["apple banana kiwi", "cherry date"]
+    expect = [(w[0], len(w)) for ln in lines for w in ln.split() if w[0] in "abc"]
+    assert ch.run(lines) == expect
+
+
+def test_operator_error_names_stage_and_function() -> None:
+    ch = chain_for([{"op": "flat_map", "fn": "tests.ops:boom_on_poison"}])
+    with pytest.raises(OperatorError, match=r"flat_map\(tests.ops:boom_on_poison\) in stage 0"):
+        ch.run(["ok", "POISON here"])
+    good, bad = ch.run_isolated(["ok go", "POISON here", "fine"])
+    assert good == ["ok", "go", "fine"]
+    assert [b[0] for b in bad] == ["POISON here"] and "ValueError" in bad[0][1]
+
+
+def test_unknown_and_disallowed_functions() -> None:
+    with pytest.raises(UsageError, match="unknown operator function 'nope'"):
+        resolve("nope", {}, (), "pipeline.0.fn")
+    with pytest.raises(UsageError, match="not in the worker allowlist"):
+        resolve("os:system", {}, ("tests",), "pipeline.0.fn")
+    with pytest.raises(UsageError, match="has no attribute"):
+        resolve("tests.ops:nothing", {}, ("tests",), "pipeline.0.fn")
+    with pytest.raises(UsageError, match="cannot import"):
+        resolve("tests.nomodule:f", {}, ("tests",), "pipeline.0.fn")
+
+
+@pytest.mark.parametrize("delta", [
+    {"a": 1, "b": 2, "": 3},
+    {"x": 1.5, "y": -2.25},
+    {"a\x00b": 1},
+    {1: 2, (1, "a"): 3},
+    {"big": 2**70},
+    {"mixed": 1, "f": 2.5},
+])
+def test_delta_codec_roundtrip(delta: dict[object, object]) -> None:
+    assert aggregates.decode(aggregates.encode(delta)) == delta
+
+
+def test_merge_equals_counter_sum(rng) -> None:  # type: ignore[no-untyped-def]
+    parts = [Counter(rng.choice("abcdefg") for _ in range(50)) for _ in range(5)]
+    acc: dict[object, int] = {}
+    for p in parts:
+        aggregates.merge_blob(acc, aggregates.encode(dict(p)))
+    assert acc == dict(sum(parts, Counter()))
+
+
+def test_keyed_count_into_counter() -> None:
+    acc: Counter[object] = Counter()
+    aggregates.add_into(acc, "count", [("A", "a"), ("A", "b"), ("B", "c")], True)
+    aggregates.add_into(acc, "count", [("A", "x")], True)
+    assert acc == {"A": 3, "B": 1}

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rainstorm.errors import UsageError
+from rainstorm.operators.plan import describe, plan
+from rainstorm.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(pipeline: list[dict[str, object]], **kw: object):  # type: ignore[no-untyped-def]
+    return parse_spec({"name": "t", "pipeline": pipeline, **kw})
+
+
+def test_wordcount_example_is_one_fused_stage() -> None:
+    p = plan(load_spec(ROOT / "examples" / "wordcount.yaml"))
+    assert len(p.stages) == 1
+    assert p.aggregate == "count"
+    assert [o.fn for o in p.stages[0].ops] == ["split_words"]
+
+
+def test_record_ops_fuse_and_repartition_cuts() -> None:
+    p = plan(spec([
+        {"op": "flat_map", "fn": "split_words"},
+        {"op": "map", "fn": "lower"},
+        {"op": "repartition", "partitions": 3},
+        {"op": "filter", "fn": "nonempty"},
+        {"op": "key_by", "fn": "first_char", "value": "length"},
+        {"op": "sum"},
+    ]))
+    assert [len(s.ops) for s in p.stages] == [2, 2]
+    assert p.stages[1].partitions == 3
+    assert p.stages[1].keyed_out and not p.stages[1].keyed_in
+    assert "stage 1: 3 partitions" in describe(p)[1]
+
+
+@pytest.mark.parametrize("pipeline, field", [
+    ([{"op": "flat_map"}], "pipeline.0.flat_map.fn"),
+    ([{"op": "explode", "fn": "x"}], "pipeline.0"),
+    ([], "pipeline"),
+    ([{"op": "map", "fn": "lower", "value": "length"}], "pipeline.0.map"),
+])
+def test_invalid_specs_name_the_field(pipeline: list[dict[str, object]], field: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        spec(pipeline)
+    msg = str(exc.value)
+    assert field in msg and "\n" not in msg
+
+
+def test_sum_without_key_is_refused_at_plan_time() -> None:
+    with pytest.raises(UsageError, match="pipeline.1: sum needs keyed records"):
+        plan(spec([{"op": "flat_map", "fn": "split_words"}, {"op": "sum"}]))
+
+
+def test_nothing_after_aggregate() -> None:
+    with pytest.raises(UsageError, match="pipeline.2"):
+        plan(spec([{"op": "flat_map", "fn": "split_words"}, {"op": "count"},
+                   {"op": "map", "fn": "lower"}]))
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(UsageError, match="cannot parse spec"):
+        load_spec(bad)
+    with pytest.raises(UsageError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(UsageError, match="mapping"):
+        load_spec(lst)
