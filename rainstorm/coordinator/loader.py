@@ -14,6 +14,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -74,7 +75,7 @@ class Loader:
         self._backoff = 0.005
 
     def position(self) -> str:
-        pos = self.r.hget(keys.cursor(self.job.id), "pos")
+        pos: Any = self.r.hget(keys.cursor(self.job.id), "pos")
         return pos.decode() if pos else ""
 
     def _gather(self, pos: str) -> tuple[list[tuple[str, str, bytes]], str]:

@@ -30,9 +30,9 @@ def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
         state = read_state(r, job.id, job.plan.last.index)
         return {jsonable_key(k): v for k, v in state.items()}
     out: list[Any] = []
-    last = b"-"
+    last: Any = b"-"
     while True:
-        rows = r.xrange(keys.output(job.id), min=last, max="+", count=1000)
+        rows: Any = r.xrange(keys.output(job.id), min=last, max="+", count=1000)
         if last != b"-":
             rows = rows[1:]
         if not rows:

@@ -14,15 +14,16 @@ from rainstorm.spec import spec_from_json
 
 
 def load_job(r: redis.Redis, job_id: str) -> Job:
-    raw = r.get(keys.spec(job_id))
+    raw: Any = r.get(keys.spec(job_id))
     if raw is None:
         raise UsageError(f"no such job: {job_id}")
     return Job.build(job_id, spec_from_json(raw))
 
 
 def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[dict[str, Any]]:
-    ids = [job_id] if job_id else sorted(j.decode() for j in r.smembers(keys.JOBS))
-    rows = []
+    members: Any = r.smembers(keys.JOBS)
+    ids = [job_id] if job_id else sorted(j.decode() for j in members)
+    rows: list[dict[str, Any]] = []
     for jid in ids:
         try:
             st = read_status(r, load_job(r, jid))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -29,8 +30,8 @@ def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
     """Create the job's keys.  Returns False if the same job already exists
     (a restarted coordinator resumes it); raises if a different one does."""
     spec_json = spec_to_json(job.spec)
-    file_list = [[str(f), f.stat().st_size] for f in files]
-    existing = r.get(keys.spec(job.id))
+    file_list: list[tuple[str, int]] = [(str(f), f.stat().st_size) for f in files]
+    existing: Any = r.get(keys.spec(job.id))
     if existing is not None:
         old_files = json.loads(r.hget(keys.meta(job.id), "files") or b"[]")
         if existing.decode() != spec_json or [f[0] for f in old_files] != [f[0] for f in file_list]:
@@ -44,13 +45,14 @@ def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
                 raise
     pipe = r.pipeline(transaction=True)
     pipe.set(keys.spec(job.id), spec_json)
-    pipe.hset(keys.meta(job.id), mapping={
+    meta: dict[str | bytes, str | int | float] = {
         "state": JobState.RUNNING.value,
         "files": json.dumps(file_list),
         "total_bytes": sum(f[1] for f in file_list),
         "stages": len(job.plan.stages),
         "created_at": time.time(),
-    })
+    }
+    pipe.hset(keys.meta(job.id), mapping=cast(Any, meta))
     pipe.sadd(keys.JOBS, job.id)
     pipe.execute()
     return True

@@ -26,22 +26,38 @@ def _module_allowed(module: str, allow: tuple[str, ...]) -> bool:
     return any(module == a or module.startswith(a + ".") or a == "*" for a in allow)
 
 
-def resolve(fn: str, args: dict[str, Any], allow: tuple[str, ...], where: str) -> Callable[..., Any]:
+def resolve(
+    fn: str, args: dict[str, Any], allow: tuple[str, ...], where: str
+) -> Callable[..., Any]:
     """The callable for ``fn``; raises UsageError naming ``where`` (e.g. ``pipeline.0.fn``)."""
-    if fn in builtins.FACTORIES:
-        try:
-            return builtins.FACTORIES[fn](**args)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: bad args for built-in {fn!r}: {exc}") from None
-    if fn in builtins.PLAIN:
-        if args:
-            raise UsageError(f"{where}: built-in {fn!r} takes no args")
-        return builtins.PLAIN[fn]
+    if fn in builtins.FACTORIES or fn in builtins.PLAIN:
+        return _builtin(fn, args, where)
     if ":" not in fn:
         raise UsageError(
             f"{where}: unknown operator function {fn!r}; built-ins are "
             f"{', '.join(builtins.names())}, or use package.module:function"
         )
+    obj = _import(fn, allow, where)
+    if args:
+        try:
+            return obj(**args)  # type: ignore[no-any-return]
+        except TypeError as exc:
+            raise UsageError(f"{where}: bad args for {fn!r}: {exc}") from None
+    return obj
+
+
+def _builtin(fn: str, args: dict[str, Any], where: str) -> Callable[..., Any]:
+    if fn in builtins.FACTORIES:
+        try:
+            return builtins.FACTORIES[fn](**args)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: bad args for built-in {fn!r}: {exc}") from None
+    if args:
+        raise UsageError(f"{where}: built-in {fn!r} takes no args")
+    return builtins.PLAIN[fn]
+
+
+def _import(fn: str, allow: tuple[str, ...], where: str) -> Callable[..., Any]:
     module, _, attr = fn.partition(":")
     if not _module_allowed(module, allow):
         raise UsageError(
@@ -58,10 +74,4 @@ def resolve(fn: str, args: dict[str, Any], allow: tuple[str, ...], where: str) -
             raise UsageError(f"{where}: {module!r} has no attribute {attr!r}")
     if not callable(obj):
         raise UsageError(f"{where}: {fn!r} is not callable")
-    if args:
-        factory = obj
-        try:
-            return factory(**args)  # type: ignore[no-any-return]
-        except TypeError as exc:
-            raise UsageError(f"{where}: bad args for {fn!r}: {exc}") from None
     return obj  # type: ignore[no-any-return]

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import redis
 
@@ -30,8 +31,8 @@ from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import OperatorError
 from rainstorm.spec import spec_from_json
-from rainstorm.worker.batch import Computed, Entry, StageRunner
 from rainstorm.state import maybe_compact
+from rainstorm.worker.batch import Computed, Entry, StageRunner
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Worker:
         job = act.job
         streams = job.streams(stage)
         per_stream = max(1, job.spec.settings.batch_entries // len(streams))
-        reply = self.r.xreadgroup(
+        reply: Any = self.r.xreadgroup(
             keys.group(stage), self.id, {s: ">" for s in streams},
             count=per_stream, block=block_ms,
         )
@@ -208,7 +209,7 @@ class Worker:
     def _claim_stream(self, act: _Active, stage: int, stream: str) -> None:
         settings = act.job.spec.settings
         group = keys.group(stage)
-        reply = self.r.xautoclaim(stream, group, self.id, settings.claim_idle_ms,
+        reply: Any = self.r.xautoclaim(stream, group, self.id, settings.claim_idle_ms,
                                   start_id="0-0", count=settings.batch_entries)
         rows = reply[1] if reply else []
         entries = []
