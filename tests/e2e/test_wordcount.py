@@ -115,3 +115,40 @@ def test_streams_and_memory_stay_bounded(tmp_path: Path, url: str, r: redis.Redi
     # the delta log is folded: never more than the workers' fallback threshold
     assert peak["log"] <= 4 * 4, peak
     assert rep.status.counters["s0:emitted"] > 150
+
+
+def test_acl_user_in_url_and_cli_status_result(corpus: list[Path], url: str,
+                                               r: redis.Redis) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    r.acl_setuser("rsuser", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"],
+                  commands=["+@all"])
+    try:
+        sock = url.removeprefix("unix://")
+        authed = f"unix://rsuser:s3cret@{sock}"
+        rep = run_job(wordcount_spec(), inputs=[str(corpus[0])], workers=2, redis_url=authed,
+                      job_id="acl", timeout_s=60)
+        assert rep.result == reference_wordcount(corpus[:1])
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "rainstorm", *args, "--redis", authed],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+        st = cli("status", "acl", "--json")
+        assert st.returncode == 0, st.stderr
+        row = json.loads(st.stdout)[0]
+        assert row["state"] == "done" and row["progress"] == 1.0
+        assert row["stages"][0]["committed"] == row["stages"][0]["emitted"]
+        res = cli("result", "acl", "--json")
+        assert json.loads(res.stdout) == reference_wordcount(corpus[:1])
+        wrong = subprocess.run([sys.executable, "-m", "rainstorm", "status", "--redis",
+                                f"unix://rsuser:wrong@{sock}"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60)
+        assert wrong.returncode == 1 and "credentials" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+    finally:
+        r.acl_deluser("rsuser")
