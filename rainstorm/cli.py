@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -142,6 +143,7 @@ def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | 
 
     spec = load_spec(spec_path)
     total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` stops server and workers
     show = not no_progress and sys.stderr.isatty()
     prog, update = _progress_bar(total)
     with prog if show else _Null():
@@ -167,6 +169,10 @@ def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | 
     if dead or dead_rec:
         click.echo(f"warning: {dead} entries and {dead_rec} records went to the dead-letter "
                    f"stream {keys.dlq(report.job_id)}", err=True)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class _Null:

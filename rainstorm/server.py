@@ -20,6 +20,7 @@ import redis
 
 from rainstorm.connection import MIN_VERSION, parse_version
 from rainstorm.errors import ServerError
+from rainstorm.procs import die_with_parent
 
 PERSISTENCE_MODES = ("none", "rdb", "aof-everysec", "aof-always")
 
@@ -103,8 +104,8 @@ class EmbeddedRedis:
             "--logfile", str(self.dir / "server.log"),
             *persistence_args(self.persistence),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket))
         try:

@@ -14,6 +14,7 @@ import signal
 from multiprocessing.process import BaseProcess
 
 from rainstorm.errors import JobFailed
+from rainstorm.procs import die_with_parent
 
 
 def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
@@ -21,6 +22,7 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
     from rainstorm.connection import connect
     from rainstorm.worker.loop import Worker, WorkerOptions
 
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     w = Worker(connect(redis_url), WorkerOptions(job=job_id, burst=True,

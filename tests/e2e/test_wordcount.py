@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from rainstorm import keys
 from rainstorm.coordinator.run import run_job
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import counters, wordcount_spec
+from tests.helpers import ROOT, counters, wait_for, wordcount_spec
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4])
@@ -33,9 +42,6 @@ def test_counts_equal_counter(workers: int, corpus: list[Path], url: str,
 
 
 def test_embedded_default_cleans_up(corpus: list[Path]) -> None:
-    import glob
-    import tempfile
-
     before = set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*"))
     rep = run_job(wordcount_spec(), inputs=[str(corpus[0])], workers=2, timeout_s=60)
     assert rep.result == reference_wordcount(corpus[:1])
@@ -119,12 +125,6 @@ def test_streams_and_memory_stay_bounded(tmp_path: Path, url: str, r: redis.Redi
 
 def test_acl_user_in_url_and_cli_status_result(corpus: list[Path], url: str,
                                                r: redis.Redis) -> None:
-    import json
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
     r.acl_setuser("rsuser", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"],
                   commands=["+@all"])
     try:
@@ -152,3 +152,48 @@ def test_acl_user_in_url_and_cli_status_result(corpus: list[Path], url: str,
         assert "Traceback" not in wrong.stderr
     finally:
         r.acl_deluser("rsuser")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) -> None:
+    dirs_before = set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*"))
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=60)
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "slow", "source": {"batch_bytes": 2048},
+        "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}, {"op": "count"}]}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rainstorm", "run", str(spec), "--input", str(paths[0])],
+        cwd=ROOT, env=dict(os.environ, RAINSTORM_TEST_SLOW_MS="5"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids = wait_for(lambda: len(_children(proc.pid)) >= 3 and _children(proc.pid), 30,
+                    "server + 2 workers to start")
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(30)
+    wait_for(lambda: not any(_alive(k) for k in kids), 30, "children to exit")
+    left = set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*")) - dirs_before
+    if sig == "SIGTERM":  # a SIGKILLed run cannot remove its temp dir; SIGTERM must
+        assert not left
+
+    for d in left:
+        shutil.rmtree(d, ignore_errors=True)
