@@ -95,7 +95,8 @@ def _print_result(result: dict[str, Any] | list[Any], top_n: int, as_json: bool)
         if len(result) > top_n:
             click.echo(f"… {len(result) - top_n} more records", err=True)
         return
-    table = Table(title=f"top {top_n} of {len(result)} keys")
+    click.echo(f"top {min(top_n, len(result))} of {len(result)} keys")
+    table = Table()
     table.add_column("key")
     table.add_column("value", justify="right")
     for k, v in top(result, top_n):
@@ -111,7 +112,7 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
 
     def update(st: Any) -> None:
         committed = sum(s.committed for s in st.stages)
-        info = f"{st.bytes_done / 1e6:.1f}/{st.total_bytes / 1e6:.1f} MB, {committed} batches"
+        info = f"{st.bytes_done / 1e6:.1f}/{st.total_bytes / 1e6:.1f} MB, {committed} entries"
         prog.update(task, completed=st.bytes_done if st.total_bytes else 0, info=info)
 
     return prog, update
