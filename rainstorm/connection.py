@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from rainstorm.errors import ServerError
 
@@ -14,22 +17,55 @@ log = logging.getLogger(__name__)
 
 MIN_VERSION = (7, 0, 0)
 
+# errors meaning "Redis is restarting, loading, or failing over": wait and retry
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
 
 def connect(url: str, *, retries: int = 5) -> redis.Redis:
-    """A client for ``url`` (redis://, rediss://, unix://; user:password allowed).
+    """A client for ``url``: redis://, rediss:// (TLS), unix://, each with an
+    optional user:password@, or redis+sentinel://[user:password@]h1:p1,h2:p2/name
+    to follow the primary that Sentinels name through failovers.
 
     Replies are bytes (payloads are binary).  Connection errors are retried
     with exponential backoff, so a short Redis restart is ridden out.
     """
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    if url.startswith(SENTINEL_SCHEME):
+        return _sentinel_client(url, retry)
     try:
         return redis.Redis.from_url(
             url,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+            retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=30,
         )
     except ValueError as exc:
         raise ServerError(f"invalid Redis URL {url!r}: {exc}") from None
+
+
+def _sentinel_client(url: str, retry: Retry) -> redis.Redis:
+    parts = urlsplit(url)
+    name = parts.path.strip("/")
+    hosts = parts.netloc.rpartition("@")[2]
+    try:
+        nodes = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in hosts.split(",")]
+    except ValueError:
+        nodes = []
+    if not name or not nodes or any(not h for h, _ in nodes):
+        raise ServerError(
+            f"invalid Sentinel URL {url!r}: expected redis+sentinel://host:port,host:port/name"
+        )
+    auth = {"username": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None}
+    sentinel: Any = Sentinel(nodes, socket_timeout=2.0)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(
+        name, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=10.0, **auth,
+    )
+    return client
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

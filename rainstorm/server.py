@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,7 +21,7 @@ import redis
 
 from rainstorm.connection import MIN_VERSION, parse_version
 from rainstorm.errors import ServerError
-from rainstorm.procs import die_with_parent
+from rainstorm.procs import preexec_die_with_parent
 
 PERSISTENCE_MODES = ("none", "rdb", "aof-everysec", "aof-always")
 
@@ -67,6 +68,12 @@ def server_version(binary: Path) -> str:
     return "0"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def persistence_args(mode: str, rdb_every_s: int = 5) -> list[str]:
     if mode == "none":
         return ["--save", "", "--appendonly", "no"]
@@ -78,34 +85,59 @@ def persistence_args(mode: str, rdb_every_s: int = 5) -> list[str]:
 
 
 class EmbeddedRedis:
-    """Start with ``with EmbeddedRedis() as srv: srv.url``."""
+    """Start with ``with EmbeddedRedis() as srv: srv.url``.
 
-    def __init__(self, persistence: str = "none", *, workdir: Path | None = None) -> None:
+    Listens on a Unix socket in its own temp directory, plus TCP on
+    127.0.0.1:``port`` when a port is given (replicas and Sentinels need TCP).
+    """
+
+    def __init__(self, persistence: str = "none", *, workdir: Path | None = None,
+                 port: int | None = None, extra_args: list[str] | None = None,
+                 rdb_every_s: int = 5) -> None:
         self.binary = find_server_binary()
         self.persistence = persistence
+        self.rdb_every_s = rdb_every_s
+        self.port = port
+        self.extra_args = list(extra_args or [])
         self._own_dir = workdir is None
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="rainstorm-redis-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "redis.sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        persistence_args(persistence)  # validate now
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
 
-    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
-        args = [
+    @property
+    def tcp_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        return [
             str(self.binary),
-            "--port", "0",
+            "--port", str(self.port or 0),
+            "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket),
             "--unixsocketperm", "700",
             "--dir", str(self.dir),
             "--maxmemory-policy", "noeviction",
             "--loglevel", "warning",
             "--logfile", str(self.dir / "server.log"),
-            *persistence_args(self.persistence),
+            *persistence_args(self.persistence, self.rdb_every_s),
+            *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedRedis:
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=preexec_die_with_parent())
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket))
         try:
@@ -136,6 +168,20 @@ class EmbeddedRedis:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again on the same directory: it reloads its RDB/AOF, if any."""
+        self.kill()
+        self.restarts += 1
+        self.start()
+
+    def ensure_running(self) -> bool:
+        """Restart the server if it died; True if it had to."""
+        if self.proc is None or self.alive:
+            return False
+        self.restarts += 1
+        self.start()
+        return True
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -86,6 +86,9 @@ class Settings(_Model):
     claim_idle_ms: int = Field(default=5000, ge=10)
     max_deliveries: int = Field(default=5, ge=1)
     compact_every: int = Field(default=32, ge=2, description="delta-log entries per compaction")
+    wait_replicas: int = Field(default=0, ge=0, description="WAIT for n replicas after commits")
+    wait_aof: bool = Field(default=False, description="WAITAOF (local fsync) after commits")
+    wait_timeout_ms: int = Field(default=1000, ge=0)
 
 
 class JobSpec(_Model):

@@ -1,4 +1,11 @@
-"""Driving a submitted job to its end: load input, watch counters, finish."""
+"""Driving a submitted job to its end: load input, watch counters, finish.
+
+Redis may restart or fail over at any moment: every step is retried after a
+connection error (with backoff, up to ``outage_timeout_s``), and because the
+loader re-reads its cursor and the fold is checked against Redis at the end,
+a rolled-back Redis is simply caught up with.  A Redis that comes back
+without the job's keys fails the job loudly.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,11 @@ from typing import Any
 import redis
 
 from rainstorm import keys
+from rainstorm.connection import REDIS_DOWN
 from rainstorm.coordinator.loader import Loader
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.result import collect, jsonable_key, store
+from rainstorm.durability import make_durable
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, JobState
 from rainstorm.state import Folder
@@ -20,54 +29,118 @@ from rainstorm.state import Folder
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 0.1
+Result = dict[str, Any] | list[Any]
 
 
-def drive(
-    r: redis.Redis,
-    job: Job,
-    *,
-    on_progress: Callable[[JobStatus], None] | None = None,
-    check: Callable[[], None] | None = None,
-    timeout_s: float | None = None,
-) -> dict[str, Any] | list[Any]:
+class Driver:
+    def __init__(
+        self,
+        r: redis.Redis,
+        job: Job,
+        *,
+        on_progress: Callable[[JobStatus], None] | None = None,
+        check: Callable[[], None] | None = None,
+        timeout_s: float | None = None,
+        outage_timeout_s: float = 120.0,
+    ) -> None:
+        self.r = r
+        self.job = job
+        self.on_progress = on_progress
+        self.check = check
+        self.deadline = time.monotonic() + timeout_s if timeout_s else None
+        self.timeout_s = timeout_s
+        self.outage_timeout_s = outage_timeout_s
+        self.loader: Loader | None = None
+        self.folder: Folder | None = None
+        self.loaded = False
+        self.last_status = 0.0
+        self.outages = 0
+        self._outage_since: float | None = None
+
+    def run(self) -> Result:
+        while True:
+            try:
+                result = self._step()
+            except REDIS_DOWN as exc:
+                self._outage(exc)
+                continue
+            self._outage_since = None
+            if result is not None:
+                return result
+
+    def _advance(self) -> None:
+        """Load one call's worth of input and fold new aggregate deltas."""
+        if self.loader is None:
+            self.loader = Loader(self.r, self.job)
+        if self.folder is None and self.job.plan.aggregate:
+            self.folder = Folder(self.r, self.job, self.job.plan.last.index)
+        if not self.loaded:
+            self.loaded = self.loader.step().done
+        if self.folder:
+            self.folder.poll()
+
+    def _step(self) -> Result | None:
+        job = self.job
+        self._advance()
+        now = time.monotonic()
+        if now - self.last_status < STATUS_EVERY_S and not self.loaded:
+            return None
+        self.last_status = now
+        status = read_status(self.r, job)
+        if status.state not in (JobState.RUNNING, JobState.DONE):
+            raise JobFailed(f"job {job.id} is {status.state}")
+        if not status.loaded:
+            self.loaded = False  # a restarted Redis may have rolled the cursor back
+        if self.on_progress:
+            self.on_progress(status)
+        if status.complete:
+            return self._finish()
+        if self.check:
+            self.check()
+        if self.deadline and now > self.deadline:
+            raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
+        if self.loaded:
+            time.sleep(0.01)
+        return None
+
+    def _finish(self) -> Result:
+        result = _keys_as_str(self.folder.final()) if self.folder else collect(self.r, self.job)
+        store(self.r, self.job, result)
+        make_durable(self.r, self.job)
+        return result
+
+    def _outage(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            self.outages += 1
+            log.warning("Redis unavailable (%s); retrying for up to %.0f s", exc,
+                        self.outage_timeout_s)
+        waited = now - self._outage_since
+        if waited > self.outage_timeout_s:
+            raise JobFailed(f"Redis unreachable for {waited:.0f} s: {exc}") from None
+        if self.check:
+            self.check()  # e.g. restart a crashed embedded server
+        self.loaded = False  # re-read the cursor: Redis may have rolled back
+        time.sleep(min(0.05 * 2 ** min(waited, 5), 1.0))
+
+
+def drive(r: redis.Redis, job: Job, **kw: Any) -> Result:
     """Load the input (resuming from the cursor), wait until every stage has
     committed all it was given, then read and store the result."""
-    loader = Loader(r, job)
-    loaded = False
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    last_status = 0.0
-    folder = Folder(r, job, job.plan.last.index) if job.plan.aggregate else None
-    while True:
-        if not loaded:
-            loaded = loader.step().done
-        if folder:
-            folder.poll()
-        now = time.monotonic()
-        if now - last_status >= STATUS_EVERY_S or loaded:
-            last_status = now
-            status = read_status(r, job)
-            if status.state not in (JobState.RUNNING, JobState.DONE):
-                raise JobFailed(f"job {job.id} is {status.state}")
-            if on_progress:
-                on_progress(status)
-            if status.complete:
-                break
-            if check:
-                check()
-            if deadline and now > deadline:
-                raise JobFailed(f"job {job.id} did not finish within {timeout_s} s")
-            if loaded:
-                time.sleep(0.01)
-    result = _finish(folder.final()) if folder else collect(r, job)
-    store(r, job, result)
-    return result
+    return Driver(r, job, **kw).run()
 
 
-def _finish(state: dict[Any, Any]) -> dict[str, Any]:
+def _keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
     if all(type(k) is str for k in state):
         return state
     return {jsonable_key(k): v for k, v in state.items()}
 
 
 def fail(r: redis.Redis, job: Job, reason: str) -> None:
-    r.hset(keys.meta(job.id), mapping={"state": JobState.FAILED.value, "error": reason})
+    """Mark the job failed (if Redis still has it), best effort."""
+    try:
+        if r.exists(keys.meta(job.id)):
+            r.hset(keys.meta(job.id), mapping={"state": JobState.FAILED.value, "error": reason})
+    except redis.RedisError as exc:
+        log.warning("could not mark job %s failed: %s", job.id, exc)

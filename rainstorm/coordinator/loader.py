@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
+from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Loader:
             self.r,
             counters=keys.counters(self.job.id),
             cursor=keys.cursor(self.job.id),
+            meta=keys.meta(self.job.id),
             expected_pos=pos,
             new_pos=new_pos,
             max_backlog=self.job.spec.settings.max_backlog,
@@ -117,6 +119,11 @@ class Loader:
         if res.status == "ok":
             self._backoff = 0.005
             return LoadStep(done=new_pos == DONE, loaded_entries=len(entries))
+        if res.status == "gone":
+            raise JobFailed(
+                f"job {self.job.id}: its keys are gone from Redis (flushed, or restarted without "
+                "persistence); loading again would give a partial result, so the job is failed"
+            )
         if res.status == "cursor":
             log.warning("cursor moved under us (another coordinator?): %s", res.detail)
             return LoadStep(done=res.detail == DONE)

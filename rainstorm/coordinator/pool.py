@@ -18,16 +18,18 @@ from rainstorm.procs import die_with_parent
 
 
 def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
-                 level: int) -> None:
+                 level: int, parent_pid: int) -> None:
     from rainstorm.connection import connect
     from rainstorm.worker.loop import Worker, WorkerOptions
 
-    die_with_parent()
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler inherited from the CLI
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     w = Worker(connect(redis_url), WorkerOptions(job=job_id, burst=True,
                                                   allow_modules=allow_modules))
-    w.install_signal_handlers()
+    # SIGTERM (from stop() or the parent's death) ends the process at once: a
+    # worker holds nothing that is not in Redis, its pending entries get stolen.
     w.work()
 
 
@@ -38,8 +40,8 @@ class LocalWorkers:
         level = logging.getLogger().getEffectiveLevel()
         self.procs: list[BaseProcess] = []
         for _ in range(n):
-            p = ctx.Process(target=_worker_main, args=(redis_url, job_id, allow_modules, level),
-                            daemon=True, name="rainstorm-worker")
+            args = (redis_url, job_id, allow_modules, level, os.getpid())
+            p = ctx.Process(target=_worker_main, args=args, daemon=True, name="rainstorm-worker")
             p.start()
             self.procs.append(p)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,15 +11,18 @@ from typing import Any
 
 from rainstorm import lua
 from rainstorm.connection import check_server, connect
-from rainstorm.coordinator.driver import drive, fail
+from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.inputs import resolve_inputs
 from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.submit import new_job_id, submit, validate
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.replication import ReplicaSet
 from rainstorm.server import EmbeddedRedis
 from rainstorm.spec import JobSpec, RecordOp
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +33,7 @@ class RunReport:
     total_bytes: int
     status: JobStatus
     server: str
+    redis_outages: int = 0
 
 
 def spec_modules(spec: JobSpec) -> tuple[str, ...]:
@@ -48,6 +53,103 @@ def prepare(spec: JobSpec, inputs: list[str] | None, job_id: str | None) -> tupl
     return job, files
 
 
+class LocalRun:
+    """The servers and workers of one `rainstorm run`, as a context manager.
+
+    ``redis_url`` given: use that Redis.  Otherwise an embedded server (or,
+    with ``replicas`` > 0, a primary + replicas + 3 Sentinels) that is
+    supervised: if the embedded server dies it is restarted on its data
+    directory, so with persistence on a job survives a Redis crash.
+    """
+
+    def __init__(self, *, redis_url: str | None = None, persistence: str = "none",
+                 replicas: int = 0, rdb_every_s: int = 5, supervise: bool = True) -> None:
+        self.server: EmbeddedRedis | None = None
+        self.replicas: ReplicaSet | None = None
+        if redis_url is None and replicas > 0:
+            self.replicas = ReplicaSet(replicas, persistence)
+        elif redis_url is None:
+            self.server = EmbeddedRedis(persistence, rdb_every_s=rdb_every_s)
+        self._url = redis_url
+        self.supervise = supervise
+        self.pool: LocalWorkers | None = None
+
+    @property
+    def url(self) -> str:
+        if self.replicas:
+            return self.replicas.url
+        if self.server:
+            return self.server.url
+        return str(self._url)
+
+    def __enter__(self) -> LocalRun:
+        try:
+            if self.server:
+                self.server.start()
+            if self.replicas:
+                self.replicas.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.stop()
+        if self.server:
+            self.server.stop()
+        if self.replicas:
+            self.replicas.stop()
+
+    def check(self) -> None:
+        """Called by the driver while it waits: supervise the server and workers."""
+        if self.server and self.supervise and self.server.ensure_running():
+            log.warning("embedded Redis had died; restarted it (restart %d)",
+                        self.server.restarts)
+        if self.pool:
+            self.pool.check()
+
+    def run(
+        self,
+        spec: JobSpec,
+        *,
+        inputs: list[str] | None = None,
+        workers: int = 2,
+        job_id: str | None = None,
+        allow_modules: tuple[str, ...] = (),
+        on_progress: Callable[[JobStatus], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> RunReport:
+        job, files = prepare(spec, inputs, job_id)
+        r = connect(self.url)
+        desc = check_server(r)
+        lua.load_library(r)
+        if workers > 0:  # forked before our client connects; they wait for the job
+            r.close()
+            self.pool = LocalWorkers(workers, self.url, job.id,
+                                     allow_modules + spec_modules(job.spec))
+        t0 = time.perf_counter()
+        submit(r, job, files)
+        driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
+        try:
+            result = driver.run()
+        except JobFailed as exc:
+            fail(r, job, str(exc))
+            raise
+        finally:
+            if self.pool:
+                self.pool.stop()
+                self.pool = None
+        seconds = time.perf_counter() - t0
+        status = read_status(r, job)
+        r.close()
+        return RunReport(job.id, result, seconds, sum(f.stat().st_size for f in files),
+                         status, desc, driver.outages)
+
+
 def run_job(
     spec: JobSpec,
     *,
@@ -57,37 +159,13 @@ def run_job(
     job_id: str | None = None,
     allow_modules: tuple[str, ...] = (),
     persistence: str = "none",
+    replicas: int = 0,
     on_progress: Callable[[JobStatus], None] | None = None,
     timeout_s: float | None = None,
 ) -> RunReport:
-    job, files = prepare(spec, inputs, job_id)
-    server = EmbeddedRedis(persistence) if redis_url is None else None
-    pool: LocalWorkers | None = None
-    try:
-        if server:
-            server.start()
-        url = server.url if server else str(redis_url)
-        r = connect(url)
-        desc = check_server(r)
-        lua.load_library(r)
-        if workers > 0:  # forked before our client connects; they wait for the job
-            r.close()
-            pool = LocalWorkers(workers, url, job.id, allow_modules + spec_modules(job.spec))
-        t0 = time.perf_counter()
-        submit(r, job, files)
-        try:
-            result = drive(r, job, on_progress=on_progress,
-                           check=pool.check if pool else None, timeout_s=timeout_s)
-        except JobFailed as exc:
-            fail(r, job, str(exc))
-            raise
-        seconds = time.perf_counter() - t0
-        status = read_status(r, job)
-        r.close()
-        return RunReport(job.id, result, seconds, sum(f.stat().st_size for f in files),
-                         status, desc)
-    finally:
-        if pool:
-            pool.stop()
-        if server:
-            server.stop()
+    """Run one job to completion; see LocalRun for the servers it starts."""
+    prepare(spec, inputs, job_id)  # user errors before any server starts
+    with LocalRun(redis_url=redis_url, persistence=persistence, replicas=replicas) as env:
+        return env.run(spec, inputs=inputs, workers=workers, job_id=job_id,
+                       allow_modules=allow_modules, on_progress=on_progress,
+                       timeout_s=timeout_s)

@@ -41,7 +41,7 @@ def _s(value: Any) -> str:
 
 @dataclass
 class LoadResult:
-    status: str  # ok | cursor | backlog
+    status: str  # ok | cursor | backlog | gone
     detail: str = ""
 
 
@@ -50,13 +50,14 @@ def load(
     *,
     counters: str,
     cursor: str,
+    meta: str,
     expected_pos: str,
     new_pos: str,
     max_backlog: int,
     entries: list[tuple[str, str, bytes]],
 ) -> LoadResult:
     """Append (stream, uid, payload) entries and move the cursor atomically."""
-    keys = [counters, cursor] + [e[0] for e in entries]
+    keys = [counters, cursor, meta] + [e[0] for e in entries]
     args: list[Any] = [expected_pos, new_pos, max_backlog, len(entries)]
     args.append(sum(len(e[2]) for e in entries))
     for _, uid, payload in entries:

@@ -57,35 +57,38 @@ end
 --
 -- KEYS[1]        = counters hash        rs:{job}:counters
 -- KEYS[2]        = cursor hash          rs:{job}:cursor
--- KEYS[3..2+n]   = stage-0 stream of each entry  rs:{job}:s0:p<k>
+-- KEYS[3]        = job meta hash        rs:{job}:meta (must exist)
+-- KEYS[4..3+n]   = stage-0 stream of each entry  rs:{job}:s0:p<k>
 -- ARGV[1]        = expected cursor position ('' = nothing loaded yet)
 -- ARGV[2]        = new cursor position (e.g. '3:1048576' or 'done')
 -- ARGV[3]        = max_backlog (entries per stream, 0 = unbounded)
 -- ARGV[4]        = n, number of entries
 -- ARGV[5]        = bytes carried by the entries (for progress)
 -- ARGV[6..]      = n pairs: uid, payload
--- Returns {'ok'} | {'cursor', current} | {'backlog', stream}
+-- Returns {'ok'} | {'cursor', current} | {'backlog', stream} | {'gone'}
+-- ('gone': the job's keys are missing, e.g. Redis restarted without data.)
 ------------------------------------------------------------------------------
 local function load(keys, args)
-  local counters, cursor = keys[1], keys[2]
+  local counters, cursor, meta = keys[1], keys[2], keys[3]
   local expected, new_pos = args[1], args[2]
   local max_backlog = to_int(args[3], 'max_backlog')
   local n = to_int(args[4], 'n')
   local nbytes = to_int(args[5], 'bytes')
-  if #keys ~= 2 + n then error('rainstorm_load: expected ' .. (2 + n) .. ' keys, got ' .. #keys) end
+  if #keys ~= 3 + n then error('rainstorm_load: expected ' .. (3 + n) .. ' keys, got ' .. #keys) end
   if #args ~= 5 + 2 * n then error('rainstorm_load: expected ' .. (5 + 2 * n) .. ' args') end
   if new_pos == nil or new_pos == '' then error('rainstorm_load: empty new cursor') end
+  if redis.call('EXISTS', meta) == 0 then return {'gone'} end
 
   local current = redis.call('HGET', cursor, 'pos')
   if not current then current = '' end
   if current ~= expected then return {'cursor', current} end
   local streams = {}
-  for i = 1, n do streams[i] = keys[2 + i] end
+  for i = 1, n do streams[i] = keys[3 + i] end
   local full = over_backlog(streams, max_backlog)
   if full then return {'backlog', full} end
 
   for i = 1, n do
-    redis.call('XADD', keys[2 + i], '*', 'u', args[4 + 2 * i], 'd', args[5 + 2 * i])
+    redis.call('XADD', keys[3 + i], '*', 'u', args[4 + 2 * i], 'd', args[5 + 2 * i])
   end
   redis.call('HSET', cursor, 'pos', new_pos)
   if n > 0 then

@@ -27,6 +27,8 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
+from rainstorm.connection import REDIS_DOWN
+from rainstorm.durability import wait_after_commit
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import OperatorError
@@ -35,6 +37,12 @@ from rainstorm.state import maybe_compact
 from rainstorm.worker.batch import Computed, Entry, StageRunner
 
 log = logging.getLogger(__name__)
+
+
+def job_vanished(exc: redis.ResponseError) -> bool:
+    """A Redis that came back without a job's streams (restart without data)."""
+    msg = str(exc)
+    return "NOGROUP" in msg or "no such key" in msg
 
 
 def _s(b: bytes | str) -> str:
@@ -76,6 +84,7 @@ class Worker:
         self._current = ""
         self._rotate = 0
         self._started = time.monotonic()
+        self._outage_since: float | None = None
 
     # -- the loop ---------------------------------------------------------
     def work(self) -> str:
@@ -85,20 +94,46 @@ class Worker:
             while True:
                 if self._stop:
                     return self._exit("stop requested")
-                now = time.monotonic()
-                if now - self._last_refresh >= self.opt.refresh_s or not self.jobs:
-                    self._refresh_jobs()
-                if self.opt.burst and not self.jobs and self._burst_over():
-                    return self._exit("burst: no running job left")
-                if not self.jobs:
-                    time.sleep(self.opt.block_ms / 1000)
+                try:
+                    done = self._tick()
+                except REDIS_DOWN as exc:
+                    self._outage(exc)  # Redis restarting or failing over: wait, go on
                     continue
-                self._steal_idle()
-                if not self._read_and_run():
-                    self._block_for_work()
-                self._heartbeat()
+                except redis.ResponseError as exc:
+                    if not job_vanished(exc):
+                        raise
+                    log.warning("worker %s: a job's streams vanished (%s)", self.id, exc)
+                    self.jobs.clear()
+                    continue
+                self._outage_since = None
+                if done:
+                    return self._exit(done)
         finally:
             self._unregister()
+
+    def _tick(self) -> str | None:
+        """One pass: refresh jobs, steal, read-run-commit.  Returns an exit reason."""
+        now = time.monotonic()
+        if now - self._last_refresh >= self.opt.refresh_s or not self.jobs:
+            self._refresh_jobs()
+        if self.opt.burst and not self.jobs and self._burst_over():
+            return "burst: no running job left"
+        if not self.jobs:
+            time.sleep(self.opt.block_ms / 1000)
+            return None
+        self._steal_idle()
+        if not self._read_and_run():
+            self._block_for_work()
+        self._heartbeat()
+        return None
+
+    def _outage(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("worker %s: Redis unavailable (%s); retrying", self.id, exc)
+        waited = now - self._outage_since
+        time.sleep(min(0.05 * 2 ** min(waited, 5), 1.0))
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
@@ -266,6 +301,7 @@ class Worker:
             res = lua.commit(self.r, req)
             if res.status == "ok":
                 self.batches += 1
+                wait_after_commit(self.r, act.job, runner.stage.index)
                 if comp.invalid_utf8:
                     self.r.hincrby(keys.counters(act.job.id), "s0:invalid_utf8_entries",
                                    comp.invalid_utf8)
@@ -305,4 +341,4 @@ class Worker:
         try:
             self.r.hdel(keys.WORKERS, self.id)
         except redis.RedisError:
-            pass
+            pass  # best effort: a stale heartbeat only ages

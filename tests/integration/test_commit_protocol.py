@@ -114,7 +114,11 @@ def test_malformed_call_writes_nothing(r: redis.Redis) -> None:
 
 def test_load_moves_cursor_atomically_and_fences(r: redis.Redis) -> None:
     r.xgroup_create(S0, keys.group(0), id="0", mkstream=True)
-    kw = dict(counters=keys.counters(JOB), cursor=keys.cursor(JOB), max_backlog=0)
+    kw = dict(counters=keys.counters(JOB), cursor=keys.cursor(JOB), meta=keys.meta(JOB),
+              max_backlog=0)
+    gone = lua.load(r, expected_pos="", new_pos="0:1", entries=[(S0, "0:0", b"x")], **kw)
+    assert gone.status == "gone" and r.xlen(S0) == 0
+    r.hset(keys.meta(JOB), "state", "running")
     ok = lua.load(r, expected_pos="", new_pos="0:10", entries=[(S0, "0:0", b"0123456789")], **kw)
     assert ok.status == "ok"
     stale = lua.load(r, expected_pos="", new_pos="0:10", entries=[(S0, "0:0", b"x")], **kw)
