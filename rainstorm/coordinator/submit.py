@@ -10,6 +10,7 @@ from typing import Any, cast
 import redis
 
 from rainstorm import keys
+from rainstorm.durability import make_durable
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
@@ -55,4 +56,5 @@ def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
     pipe.hset(keys.meta(job.id), mapping=cast(Any, meta))
     pipe.sadd(keys.JOBS, job.id)
     pipe.execute()
+    make_durable(r, job)  # a crash right after submit must not lose the job (RDB)
     return True
