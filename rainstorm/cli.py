@@ -128,13 +128,23 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
 @click.option("--output", type=click.Path(dir_okay=False), help="write the result as JSON here")
 @click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
 @click.option("--persistence", default="none", show_default=True,
-              type=click.Choice(["none", "rdb", "aof-everysec", "aof-always"]))
+              type=click.Choice(["none", "rdb", "aof-everysec", "aof-always"]),
+              help="embedded server: none, RDB snapshots, or AOF with fsync every second/write")
+@click.option("--rdb-every", "rdb_every_s", default=5, show_default=True,
+              type=click.IntRange(1, 3600), help="with --persistence rdb: snapshot interval (s)")
+@click.option("--replicas", default=0, show_default=True, type=click.IntRange(0, 8),
+              help="embedded primary + N replicas + 3 Sentinels; clients follow failovers")
+@click.option("--wait-replicas", type=click.IntRange(0, 8), default=None,
+              help="after each commit, WAIT for this many replicas (default: spec)")
+@click.option("--wait-aof", is_flag=True, default=None,
+              help="after each commit, WAITAOF: the commit is fsynced to the AOF")
 @click.option("--top", "top_n", type=int, default=None, help="rows to show (default: spec)")
 @click.option("--no-progress", is_flag=True)
 @json_option
 @_guard
 def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | None,
         job_id: str | None, output: str | None, allow: tuple[str, ...], persistence: str,
+        rdb_every_s: int, replicas: int, wait_replicas: int | None, wait_aof: bool | None,
         top_n: int | None, no_progress: bool, as_json: bool) -> None:
     """Run SPEC to completion (embedded Redis and local workers unless --redis)."""
     from rainstorm.coordinator.inputs import resolve_inputs
@@ -143,6 +153,10 @@ def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | 
     from rainstorm.spec import load_spec
 
     spec = load_spec(spec_path)
+    waits = {k: v for k, v in (("wait_replicas", wait_replicas), ("wait_aof", wait_aof))
+             if v is not None}
+    if waits:
+        spec = spec.model_copy(update={"settings": spec.settings.model_copy(update=waits)})
     total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
     signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` stops server and workers
     show = not no_progress and sys.stderr.isatty()
@@ -150,7 +164,8 @@ def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | 
     with prog if show else _Null():
         report = run_job(spec, inputs=list(inputs) or None, workers=workers,
                          redis_url=redis_url, job_id=job_id, allow_modules=allow,
-                         persistence=persistence, on_progress=update if show else None)
+                         persistence=persistence, replicas=replicas, rdb_every_s=rdb_every_s,
+                         on_progress=update if show else None)
     if output:
         write_atomically(output, json.dumps(report.result, ensure_ascii=False, default=repr))
     _print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)

@@ -84,18 +84,23 @@ def _rdb_configured(r: redis.Redis) -> bool:
 
 
 def _bgsave(r: redis.Redis, timeout_s: float) -> None:
-    before = int(persistence_of(r).get("rdb_last_save_time", 0))
-    try:
-        r.bgsave()
-    except redis.ResponseError as exc:
-        if "already in progress" not in str(exc):
-            raise
+    """A snapshot that starts after now: a BGSAVE already running (from
+    ``save`` rules) began before our last write, so wait for it, then ours."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # BGSAVE marks itself in progress before replying
+    issued = False
+    while time.monotonic() < deadline:
         info = persistence_of(r)
-        if not info.get("rdb_bgsave_in_progress"):
-            if int(info.get("rdb_last_save_time", 0)) < before:
+        if info.get("rdb_bgsave_in_progress"):
+            time.sleep(0.02)
+            continue
+        if issued:
+            if info.get("rdb_last_bgsave_status") != "ok":
                 log.warning("BGSAVE failed: %s", info.get("rdb_last_bgsave_status"))
             return
-        time.sleep(0.02)
+        try:
+            r.bgsave()  # replies once the fork is done and marked in progress
+            issued = True
+        except redis.ResponseError as exc:
+            if "in progress" not in str(exc):
+                raise
     log.warning("BGSAVE did not finish within %.0f s", timeout_s)

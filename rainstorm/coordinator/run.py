@@ -160,12 +160,14 @@ def run_job(
     allow_modules: tuple[str, ...] = (),
     persistence: str = "none",
     replicas: int = 0,
+    rdb_every_s: int = 5,
     on_progress: Callable[[JobStatus], None] | None = None,
     timeout_s: float | None = None,
 ) -> RunReport:
     """Run one job to completion; see LocalRun for the servers it starts."""
     prepare(spec, inputs, job_id)  # user errors before any server starts
-    with LocalRun(redis_url=redis_url, persistence=persistence, replicas=replicas) as env:
+    with LocalRun(redis_url=redis_url, persistence=persistence, replicas=replicas,
+                  rdb_every_s=rdb_every_s) as env:
         return env.run(spec, inputs=inputs, workers=workers, job_id=job_id,
                        allow_modules=allow_modules, on_progress=on_progress,
                        timeout_s=timeout_s)
