@@ -24,15 +24,16 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 SENTINEL_SCHEME = "redis+sentinel://"
 
 
-def connect(url: str, *, retries: int = 5) -> redis.Redis:
+def connect(url: str, *, retries: int = 2) -> redis.Redis:
     """A client for ``url``: redis://, rediss:// (TLS), unix://, each with an
     optional user:password@, or redis+sentinel://[user:password@]h1:p1,h2:p2/name
     to follow the primary that Sentinels name through failovers.
 
-    Replies are bytes (payloads are binary).  Connection errors are retried
-    with exponential backoff, so a short Redis restart is ridden out.
+    Replies are bytes (payloads are binary).  A connection error is retried a
+    couple of times here; longer outages are the callers' business (worker
+    and coordinator loops wait them out), so a dead server is noticed fast.
     """
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), retries)
     if url.startswith(SENTINEL_SCHEME):
         return _sentinel_client(url, retry)
     try:

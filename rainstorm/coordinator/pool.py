@@ -36,14 +36,24 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
 class LocalWorkers:
     def __init__(self, n: int, redis_url: str, job_id: str,
                  allow_modules: tuple[str, ...] = ()) -> None:
-        ctx = multiprocessing.get_context("fork")
+        self._ctx = multiprocessing.get_context("fork")
         level = logging.getLogger().getEffectiveLevel()
+        self._args = (redis_url, job_id, allow_modules, level, os.getpid())
         self.procs: list[BaseProcess] = []
         for _ in range(n):
-            args = (redis_url, job_id, allow_modules, level, os.getpid())
-            p = ctx.Process(target=_worker_main, args=args, daemon=True, name="rainstorm-worker")
-            p.start()
-            self.procs.append(p)
+            self.spawn()
+
+    def spawn(self) -> BaseProcess:
+        """Start one more worker (also used to replace killed ones)."""
+        p = self._ctx.Process(target=_worker_main, args=self._args, daemon=True,
+                              name="rainstorm-worker")
+        p.start()
+        self.procs.append(p)
+        return p
+
+    @property
+    def alive(self) -> list[BaseProcess]:
+        return [p for p in self.procs if p.is_alive()]
 
     @property
     def pids(self) -> list[int]:

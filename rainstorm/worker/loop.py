@@ -85,6 +85,8 @@ class Worker:
         self._rotate = 0
         self._started = time.monotonic()
         self._outage_since: float | None = None
+        self._run_id = ""
+        self._reread_own = False
 
     # -- the loop ---------------------------------------------------------
     def work(self) -> str:
@@ -121,6 +123,9 @@ class Worker:
         if not self.jobs:
             time.sleep(self.opt.block_ms / 1000)
             return None
+        if self._reread_own:
+            self._reread_own = False
+            self._run_own_pending()
         self._steal_idle()
         if not self._read_and_run():
             self._block_for_work()
@@ -161,6 +166,15 @@ class Worker:
     # -- jobs ---------------------------------------------------------------
     def _refresh_jobs(self) -> None:
         self._last_refresh = time.monotonic()
+        run_id = str(dict(self.r.info("server")).get("run_id", ""))
+        if self._run_id and run_id != self._run_id:
+            # a restarted or promoted server: entries this worker had committed
+            # may be pending again under its name; take them back now rather
+            # than after claim_idle_ms
+            log.warning("worker %s: Redis changed (restart or failover); re-reading own "
+                        "pending entries", self.id)
+            self._reread_own = True
+        self._run_id = run_id
         ids = [self.opt.job] if self.opt.job else sorted(_s(j) for j in self.r.smembers(keys.JOBS))
         running = set()
         for job_id in ids:
@@ -196,12 +210,14 @@ class Worker:
                 out.append((act, s.index))
         return out
 
-    def _read(self, act: _Active, stage: int, block_ms: int | None) -> list[Entry]:
+    def _read(self, act: _Active, stage: int, block_ms: int | None,
+              start: str = ">") -> list[Entry]:
+        """New entries (``>``), or with start='0' this worker's own pending ones."""
         job = act.job
         streams = job.streams(stage)
         per_stream = max(1, job.spec.settings.batch_entries // len(streams))
         reply: Any = self.r.xreadgroup(
-            keys.group(stage), self.id, {s: ">" for s in streams},
+            keys.group(stage), self.id, {s: start for s in streams},
             count=per_stream, block=block_ms,
         )
         entries = []
@@ -219,6 +235,14 @@ class Worker:
                 self._run(act, stage, entries)
                 return True
         return False
+
+    def _run_own_pending(self, max_batches: int = 1000) -> None:
+        for act, stage in self._targets():
+            for _ in range(max_batches):
+                entries = self._read(act, stage, None, start="0")
+                if not entries:
+                    break
+                self._run(act, stage, entries)
 
     def _block_for_work(self) -> None:
         targets = self._targets()

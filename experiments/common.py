@@ -1,0 +1,135 @@
+"""Shared pieces of the experiments: corpora, specs, chaos, CSV and plots.
+
+Every experiment checks its result against collections.Counter over the same
+files and records ``correct`` per run, so a plot can never hide a wrong answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rainstorm.coordinator.run import LocalRun, RunReport
+from rainstorm.samples import generate_lines
+from rainstorm.spec import JobSpec, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results"
+DATA = ROOT / "data" / "experiments"
+
+
+def corpus(kind: str, mb: float, seed: int = 11) -> list[Path]:
+    """``small``: many 20 kB files; ``large``: 4 big files.  Cached under data/."""
+    n_files = max(1, int(mb * 1e6 / 20_000)) if kind == "small" else 4
+    d = DATA / f"{kind}-{mb:g}mb"
+    marker = d / ".done"
+    paths = [d / f"f{i:05d}.txt" for i in range(n_files)]
+    if marker.exists():
+        return paths
+    d.mkdir(parents=True, exist_ok=True)
+    lines = generate_lines(int(mb * 1e6), seed)
+    per = max(1, len(lines) // n_files)
+    for i, p in enumerate(paths):
+        chunk = lines[i * per:(i + 1) * per] if i < n_files - 1 else lines[i * per:]
+        p.write_text("\n".join(chunk) + "\n", encoding="utf-8")
+    marker.write_text("ok")
+    return paths
+
+
+def reference(paths: list[Path]) -> Counter[str]:
+    c: Counter[str] = Counter()
+    for p in paths:
+        c.update(p.read_bytes().decode("utf-8", "replace").split())
+    return c
+
+
+def wordcount(**settings: Any) -> JobSpec:
+    source = {"type": "text", "batch_bytes": settings.pop("batch_bytes", 1 << 20)}
+    return parse_spec({"name": "exp", "source": source,
+                       "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+                       "settings": settings})
+
+
+def timed_run(env: LocalRun, spec: JobSpec, paths: list[Path], ref: Counter[str],
+              workers: int = 2, on_progress: Callable[[Any], None] | None = None,
+              timeout_s: float = 600) -> tuple[RunReport | None, float, bool, str]:
+    """(report, seconds, correct, error): a failed job is a row, not a crash."""
+    t = time.perf_counter()
+    try:
+        rep = env.run(spec, inputs=[str(p) for p in paths], workers=workers,
+                      on_progress=on_progress, timeout_s=timeout_s)
+    except Exception as exc:  # noqa: BLE001 -- an experiment records failures as data
+        return None, time.perf_counter() - t, False, str(exc).splitlines()[0][:120]
+    return rep, rep.seconds, rep.result == ref, ""
+
+
+class Every:
+    """Call ``action`` every ``period_s`` from a progress callback."""
+
+    def __init__(self, period_s: float, action: Callable[[], None], limit: int = 10**9) -> None:
+        self.period_s = period_s
+        self.action = action
+        self.limit = limit
+        self.count = 0
+        self.last = time.monotonic()
+
+    def __call__(self, _status: Any = None) -> None:
+        if self.count < self.limit and time.monotonic() - self.last >= self.period_s:
+            self.last = time.monotonic()
+            self.count += 1
+            self.action()
+
+
+def kill_a_worker(env: LocalRun, rng: random.Random) -> Callable[[], None]:
+    """SIGKILL a random local worker and start a replacement."""
+    def action() -> None:
+        if env.pool and env.pool.alive:
+            victim = rng.choice(env.pool.alive)
+            if victim.pid:
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.join(5)
+            env.pool.spawn()
+    return action
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def all_correct(rows: list[dict[str, Any]]) -> int:
+    """Exit status: 1 if a run gave a wrong result (a loud failure is not wrong)."""
+    wrong = [r for r in rows if not r["correct"] and not r.get("failed_loudly")]
+    if wrong:
+        print(f"WRONG RESULTS in {len(wrong)} runs", file=sys.stderr)
+        return 1
+    return 0

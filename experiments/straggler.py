@@ -1,0 +1,104 @@
+"""A straggler at half speed, with and without stealing.
+
+Word count, 2 workers, large files.  One worker is SIGSTOPped 250 ms out of
+every 500 ms (a 50 % duty cycle: half speed).  With stealing
+(claim_idle_ms = 500) the healthy worker takes the straggler's idle entries;
+without (claim_idle_ms = 10 min) they wait for it.  Baseline: no straggler.
+
+    python experiments/straggler.py [--quick]
+
+Writes experiments/results/straggler.{csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import (
+    RESULTS,
+    Every,
+    all_correct,
+    corpus,
+    print_rows,
+    pyplot,
+    reference,
+    timed_run,
+    wordcount,
+    write_csv,
+)
+
+from rainstorm.coordinator.run import LocalRun
+
+CASES = [("no straggler", 500, False), ("straggler, stealing (500 ms)", 500, True),
+         ("straggler, no stealing", 600_000, True)]
+
+
+def duty_cycle(env: LocalRun) -> Any:
+    state = {"stopped": False}
+
+    def flip() -> None:
+        if not env.pool or not env.pool.procs or env.pool.procs[0].pid is None:
+            return
+        os.kill(env.pool.procs[0].pid, signal.SIGCONT if state["stopped"] else signal.SIGSTOP)
+        state["stopped"] = not state["stopped"]
+
+    return flip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--mb", type=float, default=50.0)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args()
+    mb = 4.0 if a.quick else a.mb
+    paths = corpus("large", mb)
+    ref = reference(paths)
+    rows = []
+    for rep_i in range(1 if a.quick else a.repeat):
+        for label, idle, straggle in CASES:
+            with LocalRun() as env:
+                chaos = Every(0.25, duty_cycle(env)) if straggle else None
+                spec = wordcount(claim_idle_ms=idle, batch_bytes=256 * 1024)
+                rep, secs, ok, err = timed_run(env, spec, paths, ref, on_progress=chaos)
+                if env.pool and env.pool.procs and env.pool.procs[0].pid:
+                    try:
+                        os.kill(env.pool.procs[0].pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+            c = rep.status.counters if rep else {}
+            rows.append({"case": label, "repeat": rep_i, "seconds": round(secs, 3),
+                         "claimed": c.get("s0:claimed", 0), "rejected": c.get("s0:rejected", 0),
+                         "correct": ok, "error": err})
+    print_rows(rows)
+    write_csv(a.out / "straggler.csv", rows)
+    plot(rows, a.out / "straggler.png", mb)
+    return all_correct(rows)
+
+
+def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
+    plt = pyplot()
+    cases = list(dict.fromkeys(str(r["case"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(7.5, 3))
+    for y, case in enumerate(cases):
+        vals = [float(str(r["seconds"])) for r in rows if r["case"] == case]
+        ax.barh(y, sum(vals) / len(vals), color="#3a7" if "steal" in case else "#888")
+        ax.plot(vals, [y] * len(vals), "k.")
+        ax.text(max(vals), y, f"  {sum(vals) / len(vals):.2f} s", va="center")
+    ax.set_yticks(range(len(cases)), cases)
+    ax.invert_yaxis()
+    ax.set_xlabel("completion time, s (bar = mean, dots = runs)")
+    ax.set_title(f"word count {mb:g} MB, 2 workers, one at half speed; every result exact")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""CI runs the short version of every experiment: each must finish, write its
+CSV and PNG, and report no wrong result (its own exit status)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+EXPERIMENTS = ["persistence_cost", "redis_restarts", "claim_idle", "straggler",
+               "redis_death_points"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_quick(name: str, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", "--out",
+         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    with (tmp_path / f"{name}.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r["correct"] == "True" or r.get("failed_loudly") == "True"
+                        for r in rows)
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
