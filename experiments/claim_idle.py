@@ -1,6 +1,6 @@
 """Completion time vs claim_idle_ms, with and without worker failures.
 
-Word count, 2 workers (3 with failures, one SIGKILLed every 2 s and replaced),
+Word count, 2 workers (3 with failures, one SIGKILLed every 0.5 s and replaced),
 large files.  A small claim_idle_ms recovers a dead worker's entries fast but
 steals from live workers whose batch simply takes longer than the threshold
 (wasted work: rejected commits); a large one wastes nothing but leaves a dead
@@ -43,7 +43,7 @@ def main() -> int:
     a = ap.parse_args()
     mb = 4.0 if a.quick else a.mb
     idles = [50, 2000] if a.quick else [50, 200, 1000, 3000, 10000]
-    kill_every = 0.1 if a.quick else 2.0
+    kill_every = 0.1 if a.quick else 0.5
     paths = corpus("large", mb)
     ref = reference(paths)
     rows = []

@@ -39,7 +39,7 @@ MODES = [("rdb 1s", {"persistence": "rdb", "rdb_every_s": 1}),
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mb", type=float, default=50.0)
+    ap.add_argument("--mb", type=float, default=150.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--timeout", type=float, default=90.0, help="per run; a run past it "
                     "fails loudly (kills faster than snapshots never let the job progress)")

@@ -65,9 +65,17 @@ class Repartition(_Model):
 
 
 class Aggregate(_Model):
-    """A keyed aggregate; ends the pipeline.  Unkeyed records are their own key."""
+    """A keyed aggregate; ends the pipeline.  ``count`` also takes unkeyed
+    records (each record is its own key); the others need a key_by."""
 
-    op: Literal["count", "sum"]
+    op: Literal["count", "sum", "min", "max", "mean", "distinct", "top_k"]
+    k: int | None = Field(default=None, ge=1, le=10_000, description="top_k only")
+
+    @model_validator(mode="after")
+    def _k_only_for_top_k(self) -> Aggregate:
+        if self.k is not None and self.op != "top_k":
+            raise ValueError("'k' is only allowed on top_k")
+        return self
 
 
 Op = Annotated[RecordOp | Repartition | Aggregate, Field(discriminator="op")]

@@ -25,6 +25,7 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.job import Job
 from rainstorm.operators import aggregates
+from rainstorm.operators.aggregates import Aggregator
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,26 @@ LEASE_MS = 30_000
 WORKER_COMPACT_FACTOR = 4  # workers fold only when the coordinator lags far behind
 
 
-def fold(snap: lua.Snapshot) -> dict[Any, Any]:
-    state = aggregates.decode(snap.base)
+def fold(snap: lua.Snapshot, agg: Aggregator) -> dict[Any, Any]:
+    state = aggregates.decode(snap.base, agg)
     for blob in snap.deltas:
-        aggregates.merge_blob(state, blob)
+        aggregates.merge_blob(state, blob, agg)
     return state
 
 
-def read_state(r: redis.Redis, job_id: str, stage: int) -> dict[Any, Any]:
-    """The aggregate as of now: base + every delta, read atomically."""
-    return fold(lua.snapshot(r, base=keys.state(job_id, stage), log=keys.state_log(job_id, stage)))
+def read_state(r: redis.Redis, job: Job) -> dict[Any, Any]:
+    """The finished aggregate as of now: base + every delta, read atomically."""
+    agg = _agg(job)
+    stage = job.plan.last.index
+    snap = lua.snapshot(r, base=keys.state(job.id, stage), log=keys.state_log(job.id, stage))
+    return agg.finish(fold(snap, agg))
+
+
+def _agg(job: Job) -> Aggregator:
+    agg = job.plan.aggregator()
+    if agg is None:
+        raise ValueError(f"job {job.id} has no aggregate")
+    return agg
 
 
 def maybe_compact(r: redis.Redis, job: Job, stage: int) -> bool:
@@ -55,8 +66,9 @@ def maybe_compact(r: redis.Redis, job: Job, stage: int) -> bool:
         snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key)
         if not snap.log_ids:
             return False
+        agg = _agg(job)
         ok = lua.compact(r, base=keys.state(job.id, stage), log=log_key, version=snap.version,
-                         blob=aggregates.encode(fold(snap)), ids=snap.log_ids)
+                         blob=aggregates.encode(fold(snap, agg), agg), ids=snap.log_ids)
         log.info("compacted %d deltas of %s stage %d: %s", len(snap.log_ids), job.id, stage,
                  "ok" if ok else "conflict")
         return ok
@@ -70,6 +82,7 @@ class Folder:
     def __init__(self, r: redis.Redis, job: Job, stage: int) -> None:
         self.r = r
         self.job = job
+        self.agg = _agg(job)
         self.base_key = keys.state(job.id, stage)
         self.log_key = keys.state_log(job.id, stage)
         self.lease = keys.compact_lease(job.id, stage)
@@ -82,7 +95,7 @@ class Folder:
 
     def _reset(self) -> None:
         snap = lua.snapshot(self.r, base=self.base_key, log=self.log_key)
-        self.state = fold(snap)
+        self.state = fold(snap, self.agg)
         self.version = snap.version
         self.folded = list(snap.log_ids)
         self.last_id = snap.log_ids[-1] if snap.log_ids else "0-0"
@@ -91,7 +104,7 @@ class Folder:
         """Fold deltas committed since the last poll; compact when due."""
         rows: Any = self.r.xrange(self.log_key, min=f"({self.last_id}", max="+", count=max_deltas)
         for id_, fields in rows:
-            aggregates.merge_blob(self.state, fields.get(b"d", b""))
+            aggregates.merge_blob(self.state, fields.get(b"d", b""), self.agg)
             self.last_id = id_.decode()
             self.folded.append(self.last_id)
         if len(self.folded) >= self.job.spec.settings.compact_every:
@@ -103,7 +116,7 @@ class Folder:
             return
         try:
             ok = lua.compact(self.r, base=self.base_key, log=self.log_key, version=self.version,
-                             blob=aggregates.encode(self.state), ids=self.folded)
+                             blob=aggregates.encode(self.state, self.agg), ids=self.folded)
         finally:
             self.r.delete(self.lease)
         if ok:
@@ -120,8 +133,8 @@ class Folder:
         if snap.version != self.version or not known.issubset(snap.log_ids):
             log.warning("state of %s changed under the coordinator; refolding", self.job.id)
             self.resets += 1
-            return fold(snap)
+            return self.agg.finish(fold(snap, self.agg))
         for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
             if id_ not in known:
-                aggregates.merge_blob(self.state, blob)
-        return self.state
+                aggregates.merge_blob(self.state, blob, self.agg)
+        return self.agg.finish(self.state)

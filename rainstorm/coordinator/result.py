@@ -27,7 +27,7 @@ def jsonable_key(k: Any) -> str:
 def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
     """The job's full result: a key -> value map (aggregate) or a record list."""
     if job.plan.aggregate:
-        state = read_state(r, job.id, job.plan.last.index)
+        state = read_state(r, job)
         return {jsonable_key(k): v for k, v in state.items()}
     out: list[Any] = []
     last: Any = b"-"
@@ -54,7 +54,8 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any]) -> None:
             pipe.zadd(keys.top(job.id), dict(best))
     if isinstance(result, dict) and job.spec.sink.type == "redis":
         pipe.delete(keys.result(job.id))
-        items = list(result.items())
+        items = [(k, v if isinstance(v, int | float) else json.dumps(v, default=repr))
+                 for k, v in result.items()]
         for i in range(0, len(items), WRITE_CHUNK):
             pipe.hset(keys.result(job.id), mapping=dict(items[i : i + WRITE_CHUNK]))
     pipe.hset(keys.meta(job.id), mapping={"state": JobState.DONE.value,
@@ -68,9 +69,12 @@ def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
 
 
 def top(result: dict[str, Any], n: int) -> list[tuple[str, Any]]:
-    """The n largest values, ties broken by key (deterministic), in O(len)."""
+    """The n largest values, ties broken by key (deterministic), in O(len);
+    for non-numeric values (top_k lists) the first n keys."""
     if n <= 0 or not result:
         return []
+    if not all(isinstance(v, int | float) for v in result.values()):
+        return sorted(result.items())[:n]  # lists (top_k): by key
     cut = heapq.nlargest(n, result.values())[-1]
     near = [(k, v) for k, v in result.items() if v >= cut]
     return sorted(near, key=lambda kv: (-kv[1], kv[0]))[:n]

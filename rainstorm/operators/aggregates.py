@@ -1,8 +1,10 @@
 """Keyed aggregates: a worker combines a batch into a delta; deltas fold by merge.
 
-Deltas travel as msgpack (never pickle).  ``count`` and ``sum`` merge by
-addition, so the fold order does not matter and a delta applied exactly once
-per committed batch gives the exact result.
+Deltas travel as msgpack (never pickle).  Every aggregate merges with a
+commutative, associative function (``count``/``sum`` add, ``min``/``max``,
+``mean`` adds (sum, count) pairs, ``distinct`` unites sets, ``top_k`` keeps
+the k largest), so the fold order does not matter and a delta applied
+exactly once per committed batch gives the exact result.
 
 Wire format of a delta (a msgpack array):
 * ``[1, typecode, keys, values]``: columnar, for str keys without NUL and
@@ -15,6 +17,7 @@ Wire format of a delta (a msgpack array):
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,39 +29,168 @@ Delta = dict[Any, Any]
 SEP = "\x00"
 
 
-def partial(kind: str, records: list[Any], keyed: bool) -> Delta:
-    if kind == "count":
-        if keyed:
-            return dict(Counter(r[0] for r in records))
-        return dict(Counter(records))
-    if kind == "sum":
+class Aggregator:
+    """How one aggregate accumulates records, merges deltas and finishes.
+
+    The state of a key is an internal value (a number, a [sum, count] pair, a
+    set, a sorted list); ``merge`` combines two of them and is commutative and
+    associative, so deltas fold in any order.
+    """
+
+    name = "?"
+    additive = False  # values merge by +: columnar fast paths apply
+
+    def add(self, acc: dict[Any, Any], records: Iterable[Any], keyed: bool) -> None:
+        self.merge_pairs(acc, ((r[0], self.lift(r[1])) for r in records))
+
+    def lift(self, v: Any) -> Any:
+        """One record's value as a state value."""
+        return v
+
+    def merge(self, a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    def merge_pairs(self, acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
+        get, merge, missing = acc.get, self.merge, _MISSING
+        for k, v in pairs:
+            old = get(k, missing)
+            acc[k] = v if old is missing else merge(old, v)
+
+    def finish(self, state: dict[Any, Any]) -> dict[Any, Any]:
+        return state
+
+    def to_wire(self, v: Any) -> Any:
+        return v
+
+    def from_wire(self, v: Any) -> Any:
+        return v
+
+
+_MISSING = object()
+
+
+class Additive(Aggregator):
+    additive = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def add(self, acc: dict[Any, Any], records: Iterable[Any], keyed: bool) -> None:
+        if self.name == "count":
+            if keyed:
+                records = (r[0] for r in records)
+            if isinstance(acc, Counter):
+                acc.update(records)  # Counter's C loop: the word-count hot path
+            else:
+                _add_pairs(acc, ((k, 1) for k in records))
+            return
         out: dict[Any, Any] = {}
+        get = out.get
         for k, v in records:
-            out[k] = out.get(k, 0) + v
-        return out
+            out[k] = get(k, 0) + v
+        _add_pairs(acc, out.items())
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def merge_pairs(self, acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
+        _add_pairs(acc, pairs)
+
+
+class Extreme(Aggregator):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.merge = min if name == "min" else max  # type: ignore[method-assign,assignment]
+
+
+class Mean(Aggregator):
+    name = "mean"
+
+    def lift(self, v: Any) -> Any:
+        return (v, 1)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return (a[0] + b[0], a[1] + b[1])
+
+    def finish(self, state: dict[Any, Any]) -> dict[Any, Any]:
+        return {k: s / n for k, (s, n) in state.items()}
+
+    def from_wire(self, v: Any) -> Any:
+        return tuple(v)
+
+
+class Distinct(Aggregator):
+    """Exact number of distinct values per key (the state keeps the values)."""
+
+    name = "distinct"
+
+    def lift(self, v: Any) -> Any:
+        return frozenset((v,))
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a | b
+
+    def finish(self, state: dict[Any, Any]) -> dict[Any, Any]:
+        return {k: len(v) for k, v in state.items()}
+
+    def to_wire(self, v: Any) -> Any:
+        return list(v)
+
+    def from_wire(self, v: Any) -> Any:
+        return frozenset(v)
+
+
+class TopK(Aggregator):
+    """The k largest values per key, largest first."""
+
+    name = "top_k"
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def lift(self, v: Any) -> Any:
+        return (v,)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return tuple(heapq.nlargest(self.k, a + b))
+
+    def finish(self, state: dict[Any, Any]) -> dict[Any, Any]:
+        return {k: list(v) for k, v in state.items()}
+
+    def from_wire(self, v: Any) -> Any:
+        return tuple(v)
+
+
+KINDS = ("count", "sum", "min", "max", "mean", "distinct", "top_k")
+
+
+def aggregator(kind: str, k: int | None = None) -> Aggregator:
+    if kind in ("count", "sum"):
+        return Additive(kind)
+    if kind in ("min", "max"):
+        return Extreme(kind)
+    if kind == "mean":
+        return Mean()
+    if kind == "distinct":
+        return Distinct()
+    if kind == "top_k":
+        return TopK(k or 10)
     raise ValueError(f"unknown aggregate {kind!r}")
 
 
-def add_into(acc: Counter[Any], kind: str, records: Iterable[Any], keyed: bool) -> None:
-    """Accumulate records into ``acc`` (fast path: Counter's C loop)."""
-    if kind == "count" and not keyed:
-        acc.update(records)
-    else:
-        merge_into(acc, partial(kind, list(records), keyed))
-
-
-def merge_into(acc: dict[Any, Any], delta: dict[Any, Any]) -> dict[Any, Any]:
-    _merge_pairs(acc, delta.items())
-    return acc
-
-
-def _merge_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
+def _add_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
     if not acc:
         dict.update(acc, pairs)  # not Counter.update, which would count the pairs
         return
     get = acc.get
     for k, v in pairs:
         acc[k] = get(k, 0) + v
+
+
+def merge_into(acc: dict[Any, Any], delta: dict[Any, Any]) -> dict[Any, Any]:
+    """Additive merge (count, sum)."""
+    _add_pairs(acc, delta.items())
+    return acc
 
 
 def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
@@ -96,14 +228,19 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
-def encode(delta: dict[Any, Any]) -> bytes:
-    body = _columnar(delta) if delta else None
+def encode(delta: dict[Any, Any], agg: Aggregator | None = None) -> bytes:
+    body = _columnar(delta) if delta and (agg is None or agg.additive) else None
     if body is None:
-        body = [0, {k: _wide(v) for k, v in delta.items()}]
+        wire = agg.to_wire if agg else _same
+        body = [0, {k: _wide(wire(v)) for k, v in delta.items()}]
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def pairs(blob: bytes) -> Iterator[tuple[Any, Any]]:
+def _same(v: Any) -> Any:
+    return v
+
+
+def pairs(blob: bytes, agg: Aggregator | None = None) -> Iterator[tuple[Any, Any]]:
     if not blob:
         return iter(())
     msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
@@ -114,12 +251,15 @@ def pairs(blob: bytes) -> Iterator[tuple[Any, Any]]:
         values.frombytes(raw)
         keys = joined.split(SEP) if joined or len(values) else []
         return zip(keys, values, strict=True)
-    return iter(msg[1].items())
+    if agg is None or agg.additive:
+        return iter(msg[1].items())
+    conv = agg.from_wire
+    return ((k, conv(v)) for k, v in msg[1].items())
 
 
-def merge_blob(acc: dict[Any, Any], blob: bytes) -> None:
-    _merge_pairs(acc, pairs(blob))
+def merge_blob(acc: dict[Any, Any], blob: bytes, agg: Aggregator | None = None) -> None:
+    (agg or Additive("sum")).merge_pairs(acc, pairs(blob, agg))
 
 
-def decode(blob: bytes) -> dict[Any, Any]:
-    return dict(pairs(blob))
+def decode(blob: bytes, agg: Aggregator | None = None) -> dict[Any, Any]:
+    return dict(pairs(blob, agg))

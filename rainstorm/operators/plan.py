@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rainstorm.errors import UsageError
+from rainstorm.operators.aggregates import Aggregator, aggregator
 from rainstorm.spec import Aggregate, JobSpec, RecordOp, Repartition
 
 
@@ -25,6 +26,7 @@ class StagePlan:
     keyed_in: bool = False
     keyed_out: bool = False
     aggregate: str | None = None
+    top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class JobPlan:
     def aggregate(self) -> str | None:
         return self.last.aggregate
 
+    def aggregator(self) -> Aggregator | None:
+        kind = self.last.aggregate
+        return aggregator(kind, self.last.top_k) if kind else None
+
 
 def plan(spec: JobSpec) -> JobPlan:
     stages: list[StagePlan] = []
@@ -48,6 +54,7 @@ def plan(spec: JobSpec) -> JobPlan:
     keyed_in = False
     parts = spec.settings.parallelism
     aggregate: str | None = None
+    top_k: int | None = None
     for n, op in enumerate(spec.pipeline):
         where = f"pipeline.{n}"
         if aggregate is not None:
@@ -62,11 +69,11 @@ def plan(spec: JobSpec) -> JobPlan:
             ops, paths, keyed_in = [], [], keyed
             parts = op.partitions or spec.settings.parallelism
         elif isinstance(op, Aggregate):
-            if op.op == "sum" and not keyed:
-                raise UsageError(f"{where}: sum needs keyed records; add a key_by before it")
-            aggregate = op.op
+            if op.op != "count" and not keyed:
+                raise UsageError(f"{where}: {op.op} needs keyed records; add a key_by before it")
+            aggregate, top_k = op.op, op.k
     stages.append(
-        StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed, aggregate)
+        StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed, aggregate, top_k)
     )
     return JobPlan(tuple(stages))
 
@@ -76,7 +83,8 @@ def describe(p: JobPlan) -> list[str]:
     lines = []
     for s in p.stages:
         chain = " -> ".join(f"{o.op}({o.fn})" for o in s.ops) or "(pass-through)"
-        end = f" -> {s.aggregate} [in Redis]" if s.aggregate else ""
+        k = f"(k={s.top_k})" if s.top_k else ""
+        end = f" -> {s.aggregate}{k} [delta per commit, folded]" if s.aggregate else ""
         nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""
         lines.append(f"stage {s.index}: {s.partitions} partitions: {chain}{end}{nxt}")
     return lines

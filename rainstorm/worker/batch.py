@@ -68,6 +68,8 @@ class StageRunner:
         self.stage = job.stage(stage)
         self.chain = Chain(self.stage, allow)
         self.aggregate = self.stage.aggregate
+        self.agg = aggregates.aggregator(self.aggregate, self.stage.top_k) \
+            if self.aggregate else None
         self.is_last = stage == len(job.plan.stages) - 1
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
@@ -78,8 +80,8 @@ class StageRunner:
         return decode_records(entry.data), None
 
     def _absorb(self, comp: Computed, outputs: list[Any]) -> None:
-        if self.aggregate:
-            aggregates.add_into(comp.delta, self.aggregate, outputs, self.stage.keyed_out)
+        if self.agg:
+            self.agg.add(comp.delta, outputs, self.stage.keyed_out)
         else:
             comp.outputs.extend(outputs)
 
@@ -117,7 +119,7 @@ class StageRunner:
             bytes_in=sum(len(e.data) for e in entries) if i == 0 else 0,
         )
         if self.aggregate:
-            req.delta = aggregates.encode(dict(comp.delta)) if comp.delta else b""
+            req.delta = aggregates.encode(dict(comp.delta), self.agg) if comp.delta else b""
             req.records_out = len(comp.delta)
             return req
         req.records_out = len(comp.outputs)

@@ -197,3 +197,28 @@ def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) 
 
     for d in left:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["min", "max", "mean", "distinct", "top_k"])
+def test_keyed_aggregates_through_redis(kind: str, corpus: list[Path], url: str) -> None:
+    agg: dict[str, object] = {"op": kind, **({"k": 3} if kind == "top_k" else {})}
+    spec = parse_spec({
+        "name": f"agg-{kind.replace('_', '')}",
+        "source": {"batch_bytes": 4096},
+        "pipeline": [{"op": "flat_map", "fn": "split_words"},
+                     {"op": "key_by", "fn": "first_char", "value": "length"}, agg],
+        "settings": {"batch_entries": 2, "compact_every": 3},
+    })
+    rep = run_job(spec, inputs=[str(p) for p in corpus], workers=2, redis_url=url, timeout_s=60)
+    lengths: dict[str, list[int]] = {}
+    for p in corpus:
+        for w in p.read_text(encoding="utf-8").split():
+            lengths.setdefault(w[0], []).append(len(w))
+    ref = {k: {"min": min, "max": max, "mean": lambda v: sum(v) / len(v),
+               "distinct": lambda v: len(set(v)),
+               "top_k": lambda v: sorted(v, reverse=True)[:3]}[kind](v)  # type: ignore[operator]
+           for k, v in lengths.items()}
+    assert rep.result.keys() == ref.keys()
+    for k, v in ref.items():
+        got = rep.result[k]  # type: ignore[call-overload]
+        assert (abs(got - v) < 1e-9) if kind == "mean" else got == v, (k, got, v)
