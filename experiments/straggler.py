@@ -1,9 +1,10 @@
 """A straggler at half speed, with and without stealing.
 
-Word count, 2 workers, large files.  One worker is SIGSTOPped 250 ms out of
-every 500 ms (a 50 % duty cycle: half speed).  With stealing
-(claim_idle_ms = 500) the healthy worker takes the straggler's idle entries;
-without (claim_idle_ms = 10 min) they wait for it.  Baseline: no straggler.
+Word count, 2 workers, large files.  One worker is SIGSTOPped for 1 s out of
+every 2 s (a 50 % duty cycle: half speed, in long pauses).  With stealing
+(claim_idle_ms = 300) the healthy worker takes the entries the straggler sits
+on while stopped; without (claim_idle_ms = 10 min) they wait for it.
+Baseline: no straggler.
 
     python experiments/straggler.py [--quick]
 
@@ -34,7 +35,7 @@ from common import (
 
 from rainstorm.coordinator.run import LocalRun
 
-CASES = [("no straggler", 500, False), ("straggler, stealing (500 ms)", 500, True),
+CASES = [("no straggler", 300, False), ("straggler, stealing (300 ms)", 300, True),
          ("straggler, no stealing", 600_000, True)]
 
 
@@ -54,7 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--mb", type=float, default=50.0)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     mb = 4.0 if a.quick else a.mb
@@ -64,7 +65,7 @@ def main() -> int:
     for rep_i in range(1 if a.quick else a.repeat):
         for label, idle, straggle in CASES:
             with LocalRun() as env:
-                chaos = Every(0.25, duty_cycle(env)) if straggle else None
+                chaos = Every(1.0 if not a.quick else 0.1, duty_cycle(env)) if straggle else None
                 spec = wordcount(claim_idle_ms=idle, batch_bytes=256 * 1024)
                 rep, secs, ok, err = timed_run(env, spec, paths, ref, on_progress=chaos)
                 if env.pool and env.pool.procs and env.pool.procs[0].pid:

@@ -67,7 +67,8 @@ class LocalWorkers:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         for p in self.procs:
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
                 p.terminate()
         for p in self.procs:
             p.join(timeout_s)

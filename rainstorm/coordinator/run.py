@@ -136,6 +136,7 @@ class LocalRun:
         driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
         try:
             result = driver.run()
+            seconds = time.perf_counter() - t0
         except JobFailed as exc:
             fail(r, job, str(exc))
             raise
@@ -143,7 +144,6 @@ class LocalRun:
             if self.pool:
                 self.pool.stop()
                 self.pool = None
-        seconds = time.perf_counter() - t0
         status = read_status(r, job)
         r.close()
         return RunReport(job.id, result, seconds, sum(f.stat().st_size for f in files),
