@@ -122,6 +122,8 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB",
               help="input files, directories or globs (replaces source.paths)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a spec field, e.g. settings.parallelism=4 (repeatable)")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256))
 @redis_option
 @click.option("--job", "job_id", help="job id (default: <name>-<time>)")
@@ -142,7 +144,8 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
 @click.option("--no-progress", is_flag=True)
 @json_option
 @_guard
-def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | None,
+def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], workers: int,
+        redis_url: str | None,
         job_id: str | None, output: str | None, allow: tuple[str, ...], persistence: str,
         rdb_every_s: int, replicas: int, wait_replicas: int | None, wait_aof: bool | None,
         top_n: int | None, no_progress: bool, as_json: bool) -> None:
@@ -152,7 +155,7 @@ def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | 
     from rainstorm.coordinator.run import run_job
     from rainstorm.spec import load_spec
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, list(overrides))
     waits = {k: v for k, v in (("wait_replicas", wait_replicas), ("wait_aof", wait_aof))
              if v is not None}
     if waits:
@@ -166,6 +169,7 @@ def run(spec_path: str, inputs: tuple[str, ...], workers: int, redis_url: str | 
                          redis_url=redis_url, job_id=job_id, allow_modules=allow,
                          persistence=persistence, replicas=replicas, rdb_every_s=rdb_every_s,
                          on_progress=update if show else None)
+    output = output or (spec.sink.path if spec.sink.type == "file" else None)
     if output:
         write_atomically(output, json.dumps(report.result, ensure_ascii=False, default=repr))
     _print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
@@ -201,27 +205,62 @@ class _Null:
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@json_option
+@_guard
+def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Show how SPEC is cut into stages, and which operators are fused."""
+    from rainstorm.operators.plan import describe, plan
+
+    spec = load_spec_cli(spec_path, overrides)
+    p = plan(spec)
+    if as_json:
+        click.echo(json.dumps([{"stage": s.index, "partitions": s.partitions,
+                                "fused": [f"{o.op}({o.fn})" for o in s.ops],
+                                "keyed_in": s.keyed_in, "aggregate": s.aggregate}
+                               for s in p.stages]))
+        return
+    click.echo(f"job {spec.name!r}: {len(p.stages)} stage(s)")
+    for line, s in zip(describe(p), p.stages, strict=True):
+        fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
+        click.echo(f"  {line}{fused}")
+
+
+def load_spec_cli(spec_path: str, overrides: tuple[str, ...]) -> Any:
+    from rainstorm.spec import load_spec
+
+    return load_spec(spec_path, list(overrides))
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
 @click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @redis_option
 @click.option("--job", "job_id", help="job id; submitting an existing id resumes it")
 @click.option("--timeout", "timeout_s", type=float, default=None)
 @json_option
 @_guard
-def submit(spec_path: str, inputs: tuple[str, ...], redis_url: str | None, job_id: str | None,
-           timeout_s: float | None, as_json: bool) -> None:
+def submit(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...],
+           redis_url: str | None, job_id: str | None, timeout_s: float | None,
+           as_json: bool) -> None:
     """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere)."""
     from rainstorm.coordinator.driver import drive
     from rainstorm.coordinator.run import prepare
     from rainstorm.coordinator.submit import submit as do_submit
     from rainstorm.spec import load_spec
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, list(overrides))
     job, files = prepare(spec, list(inputs) or None, job_id)
     r = _client(redis_url)
     lua.load_library(r)
     fresh = do_submit(r, job, files)
     click.echo(f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)
     result = drive(r, job, timeout_s=timeout_s)
+    if spec.sink.type == "file" and spec.sink.path:
+        from rainstorm.coordinator.result import write_atomically
+
+        write_atomically(spec.sink.path, json.dumps(result, ensure_ascii=False, default=repr))
     _print_result(result, spec.sink.top, as_json)
 
 

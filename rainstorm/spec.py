@@ -42,7 +42,7 @@ class TextSource(_Model):
 class RecordOp(_Model):
     """A record-wise operator; consecutive ones are fused into one stage."""
 
-    op: Literal["map", "filter", "flat_map", "key_by"]
+    op: Literal["map", "filter", "flat_map", "key_by", "map_partitions"]
     fn: str = Field(description="built-in name or package.module:function")
     args: dict[str, Any] = Field(default_factory=dict)
     value: str | None = Field(
@@ -82,9 +82,18 @@ Op = Annotated[RecordOp | Repartition | Aggregate, Field(discriminator="op")]
 
 
 class Sink(_Model):
+    """Where the result goes besides stdout: a JSON ``file`` (written
+    atomically), or ``redis``: the whole aggregate in the hash rs:{job}:result."""
+
     type: Literal["stdout", "file", "redis"] = "stdout"
     path: str | None = None
     top: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> Sink:
+        if self.type == "file" and not self.path:
+            raise ValueError("a file sink needs a path")
+        return self
 
 
 class Settings(_Model):
@@ -121,8 +130,9 @@ def parse_spec(data: Any, origin: str = "<spec>") -> JobSpec:
         raise UsageError(_format_error(origin, exc)) from None
 
 
-def load_spec(path: str | Path) -> JobSpec:
-    """Read a YAML or JSON spec file; every problem is a one-line UsageError."""
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML or JSON spec file, apply ``--set key=value`` overrides, and
+    validate; every problem is a one-line UsageError."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -137,6 +147,10 @@ def load_spec(path: str | Path) -> JobSpec:
         raise UsageError(f"cannot parse spec {p}: {first}") from None
     if not isinstance(data, dict):
         raise UsageError(f"invalid spec {p}: expected a mapping at the top level")
+    if overrides:
+        from rainstorm.overrides import apply
+
+        data = apply(data, overrides)
     return parse_spec(data, str(p))
 
 

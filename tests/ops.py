@@ -23,3 +23,12 @@ def boom_on_poison(line: str) -> list[str]:
 def swap_case_key(pair: tuple[str, str]) -> tuple[str, str]:
     key, word = pair
     return key.swapcase(), word
+
+
+def dedupe_batch(records: list[str]) -> list[str]:
+    """A map_partitions function: the batch's distinct records, in order."""
+    return list(dict.fromkeys(records))
+
+
+def lower_words(line: str) -> list[str]:
+    return line.lower().split()

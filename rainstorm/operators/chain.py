@@ -1,6 +1,7 @@
 """A stage's fused operator chain: list of records in, list of records out.
 
-map / filter / flat_map / key_by are each a thin list transform; the chain
+map / filter / flat_map / key_by / map_partitions (the whole batch in, a
+list out) are each a thin list transform; the chain
 applies them in order with no Redis hop in between.  Errors name the stage,
 the operator and the user's function.
 """
@@ -31,6 +32,8 @@ def _transform(kind: str, fn: Callable[..., Any], value: Callable[..., Any] | No
         return lambda recs: [r for r in recs if fn(r)]
     if kind == "flat_map":
         return lambda recs: [o for r in recs for o in fn(r)]
+    if kind == "map_partitions":  # a batch in, a batch out
+        return lambda recs: list(fn(recs))
     if kind == "key_by":
         if value is not None:
             return lambda recs: [(fn(r), value(r)) for r in recs]

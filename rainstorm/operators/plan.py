@@ -1,6 +1,7 @@
 """Cutting a spec's pipeline into stages.
 
-Consecutive record-wise operators (map, filter, flat_map, key_by) are fused
+Consecutive record-wise operators (map, filter, flat_map, key_by,
+map_partitions) are fused
 into one stage, as Spark fuses narrow transformations.  ``repartition`` ends
 a stage: its outputs are routed to the next stage's partitions by a stable
 hash of the key (crc32) or round-robin when unkeyed.  A keyed aggregate ends

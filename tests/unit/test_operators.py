@@ -127,3 +127,9 @@ def test_every_aggregate_equals_python_in_any_split(kind: str, rng) -> None:  # 
         assert all(abs(got[k] - want[k]) < 1e-9 for k in want)  # type: ignore[operator]
     else:
         assert got == want
+
+
+def test_map_partitions_gets_the_whole_batch() -> None:
+    ch = chain_for([{"op": "flat_map", "fn": "split_words"},
+                    {"op": "map_partitions", "fn": "tests.ops:dedupe_batch"}])
+    assert ch.run(["a b a", "b c"]) == ["a", "b", "c"]
