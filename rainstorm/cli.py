@@ -129,6 +129,7 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
 @click.option("--job", "job_id", help="job id (default: <name>-<time>)")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the result as JSON here")
 @click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+@click.option("--allow-exec", is_flag=True, help="let the workers run the spec's executables")
 @click.option("--persistence", default="none", show_default=True,
               type=click.Choice(["none", "rdb", "aof-everysec", "aof-always"]),
               help="embedded server: none, RDB snapshots, or AOF with fsync every second/write")
@@ -146,7 +147,8 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
 @_guard
 def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], workers: int,
         redis_url: str | None,
-        job_id: str | None, output: str | None, allow: tuple[str, ...], persistence: str,
+        job_id: str | None, output: str | None, allow: tuple[str, ...], allow_exec: bool,
+        persistence: str,
         rdb_every_s: int, replicas: int, wait_replicas: int | None, wait_aof: bool | None,
         top_n: int | None, no_progress: bool, as_json: bool) -> None:
     """Run SPEC to completion (embedded Redis and local workers unless --redis)."""
@@ -167,7 +169,8 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
     with prog if show else _Null():
         report = run_job(spec, inputs=list(inputs) or None, workers=workers,
                          redis_url=redis_url, job_id=job_id, allow_modules=allow,
-                         persistence=persistence, replicas=replicas, rdb_every_s=rdb_every_s,
+                         allow_exec=allow_exec, persistence=persistence, replicas=replicas,
+                         rdb_every_s=rdb_every_s,
                          on_progress=update if show else None)
     output = output or (spec.sink.path if spec.sink.type == "file" else None)
     if output:
@@ -216,7 +219,7 @@ def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     p = plan(spec)
     if as_json:
         click.echo(json.dumps([{"stage": s.index, "partitions": s.partitions,
-                                "fused": [f"{o.op}({o.fn})" for o in s.ops],
+                                "fused": [o.label for o in s.ops],
                                 "keyed_in": s.keyed_in, "aggregate": s.aggregate}
                                for s in p.stages]))
         return
@@ -270,9 +273,11 @@ def submit(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...],
 @click.option("--burst", is_flag=True, help="exit when no running job is left")
 @click.option("--allow-module", "allow", multiple=True, envvar="RAINSTORM_ALLOW_MODULES",
               help="top-level modules operators may be imported from")
+@click.option("--allow-exec", is_flag=True, envvar="RAINSTORM_ALLOW_EXEC",
+              help="run jobs whose operators are external programs")
 @_guard
 def worker(redis_url: str | None, job_id: str | None, burst: bool,
-           allow: tuple[str, ...]) -> None:
+           allow: tuple[str, ...], allow_exec: bool) -> None:
     """Run a worker: consume, compute, commit, until stopped."""
     from rainstorm.operators.resolve import allowed_modules_from_env
     from rainstorm.worker.loop import Worker, WorkerOptions
@@ -280,7 +285,8 @@ def worker(redis_url: str | None, job_id: str | None, burst: bool,
     allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
         allowed_modules_from_env()
     w = Worker(_client(redis_url), WorkerOptions(job=job_id, burst=burst,
-                                                  allow_modules=allow_all))
+                                                  allow_modules=allow_all,
+                                                  allow_exec=allow_exec))
     w.install_signal_handlers()
     w.work()
 

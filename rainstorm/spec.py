@@ -49,11 +49,33 @@ class RecordOp(_Model):
         default=None, description="key_by only: function giving the value (default: the record)"
     )
 
+    @property
+    def label(self) -> str:
+        return f"{self.op}({self.fn})"
+
     @model_validator(mode="after")
     def _value_only_for_key_by(self) -> RecordOp:
         if self.value is not None and self.op != "key_by":
             raise ValueError("'value' is only allowed on key_by")
         return self
+
+
+class PipeOp(_Model):
+    """An external program, fed the batch's records on stdin, one per line;
+    its stdout lines are the outputs (see rainstorm.operators.external)."""
+
+    op: Literal["pipe"]
+    cmd: list[str] = Field(min_length=1, description="argv, e.g. [grep, -i, error]")
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    ok_exit_codes: list[int] | None = Field(
+        default=None, description="default [0], and [0, 1] for grep-like programs")
+
+    @property
+    def label(self) -> str:
+        return f"pipe({' '.join(self.cmd)})"
+
+    def ok_codes(self) -> tuple[int, ...] | None:
+        return tuple(self.ok_exit_codes) if self.ok_exit_codes is not None else None
 
 
 class Repartition(_Model):
@@ -78,7 +100,7 @@ class Aggregate(_Model):
         return self
 
 
-Op = Annotated[RecordOp | Repartition | Aggregate, Field(discriminator="op")]
+Op = Annotated[RecordOp | PipeOp | Repartition | Aggregate, Field(discriminator="op")]
 
 
 class Sink(_Model):

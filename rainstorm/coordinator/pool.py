@@ -18,7 +18,7 @@ from rainstorm.procs import die_with_parent
 
 
 def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
-                 level: int, parent_pid: int) -> None:
+                 allow_exec: bool, level: int, parent_pid: int) -> None:
     from rainstorm.connection import connect
     from rainstorm.worker.loop import Worker, WorkerOptions
 
@@ -27,7 +27,8 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler inherited from the CLI
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     w = Worker(connect(redis_url), WorkerOptions(job=job_id, burst=True,
-                                                  allow_modules=allow_modules))
+                                                  allow_modules=allow_modules,
+                                                  allow_exec=allow_exec))
     # SIGTERM (from stop() or the parent's death) ends the process at once: a
     # worker holds nothing that is not in Redis, its pending entries get stolen.
     w.work()
@@ -35,10 +36,10 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
 
 class LocalWorkers:
     def __init__(self, n: int, redis_url: str, job_id: str,
-                 allow_modules: tuple[str, ...] = ()) -> None:
+                 allow_modules: tuple[str, ...] = (), allow_exec: bool = False) -> None:
         self._ctx = multiprocessing.get_context("fork")
         level = logging.getLogger().getEffectiveLevel()
-        self._args = (redis_url, job_id, allow_modules, level, os.getpid())
+        self._args = (redis_url, job_id, allow_modules, allow_exec, level, os.getpid())
         self.procs: list[BaseProcess] = []
         for _ in range(n):
             self.spawn()

@@ -57,6 +57,8 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             f"job {job.id}: its keys are gone from Redis (flushed, or a restart without "
             "persistence); the result would be partial, so the job is failed"
         )
+    if meta.get(b"refused"):
+        raise JobFailed(f"job {job.id} was refused by a worker: {meta[b'refused'].decode()}")
     status = JobStatus(
         job_id=job.id,
         state=meta.get(b"state", b"?").decode(),

@@ -15,8 +15,8 @@ from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.inputs import resolve_inputs
 from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.submit import new_job_id, submit, validate
-from rainstorm.errors import JobFailed
+from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
+from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.replication import ReplicaSet
 from rainstorm.server import EmbeddedRedis
@@ -43,13 +43,18 @@ def spec_modules(spec: JobSpec) -> tuple[str, ...]:
     return tuple(sorted(mods))
 
 
-def prepare(spec: JobSpec, inputs: list[str] | None, job_id: str | None) -> tuple[Job, list[Path]]:
-    """Everything that can fail on user input, before any Redis is touched."""
+def prepare(spec: JobSpec, inputs: list[str] | None, job_id: str | None,
+            allow_exec: bool = True) -> tuple[Job, list[Path]]:
+    """Everything that can fail on user input, before any Redis is touched.
+    ``allow_exec=False`` refuses specs that run external programs."""
     if inputs:
         spec = spec.model_copy(update={"source": spec.source.model_copy(update={"paths": inputs})})
     files = resolve_inputs(spec.source.paths)
     job = Job.build(job_id or new_job_id(spec), spec)
     validate(job)
+    if not allow_exec and (where := runs_executables(job)):
+        raise UsageError(f"{where[0]}: this job runs external programs; pass --allow-exec "
+                         "to let its workers run them")
     return job, files
 
 
@@ -120,17 +125,18 @@ class LocalRun:
         workers: int = 2,
         job_id: str | None = None,
         allow_modules: tuple[str, ...] = (),
+        allow_exec: bool = False,
         on_progress: Callable[[JobStatus], None] | None = None,
         timeout_s: float | None = None,
     ) -> RunReport:
-        job, files = prepare(spec, inputs, job_id)
+        job, files = prepare(spec, inputs, job_id, allow_exec)
         r = connect(self.url)
         desc = check_server(r)
         lua.load_library(r)
         if workers > 0:  # forked before our client connects; they wait for the job
             r.close()
             self.pool = LocalWorkers(workers, self.url, job.id,
-                                     allow_modules + spec_modules(job.spec))
+                                     allow_modules + spec_modules(job.spec), allow_exec)
         t0 = time.perf_counter()
         submit(r, job, files)
         driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
@@ -158,6 +164,7 @@ def run_job(
     redis_url: str | None = None,
     job_id: str | None = None,
     allow_modules: tuple[str, ...] = (),
+    allow_exec: bool = False,
     persistence: str = "none",
     replicas: int = 0,
     rdb_every_s: int = 5,
@@ -165,9 +172,10 @@ def run_job(
     timeout_s: float | None = None,
 ) -> RunReport:
     """Run one job to completion; see LocalRun for the servers it starts."""
-    prepare(spec, inputs, job_id)  # user errors before any server starts
+    prepare(spec, inputs, job_id, allow_exec)  # user errors before any server starts
     with LocalRun(redis_url=redis_url, persistence=persistence, replicas=replicas,
                   rdb_every_s=rdb_every_s) as env:
         return env.run(spec, inputs=inputs, workers=workers, job_id=job_id,
-                       allow_modules=allow_modules, on_progress=on_progress,
+                       allow_modules=allow_modules, allow_exec=allow_exec,
+                       on_progress=on_progress,
                        timeout_s=timeout_s)

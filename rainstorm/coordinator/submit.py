@@ -20,7 +20,13 @@ from rainstorm.spec import JobSpec, spec_to_json
 def validate(job: Job) -> None:
     """Resolve every operator now, so a bad spec fails before Redis is touched."""
     for stage in job.plan.stages:
-        Chain(stage, allow=("*",))
+        Chain(stage, allow=("*",), allow_exec=True)
+
+
+def runs_executables(job: Job) -> list[str]:
+    """Where the spec runs external programs (``pipeline.<n>``)."""
+    return [where for s in job.plan.stages for op, where in zip(s.ops, s.op_paths, strict=True)
+            if op.op == "pipe"]
 
 
 def new_job_id(spec: JobSpec) -> str:

@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
+from rainstorm.operators.chain_errors import OperatorError
+from rainstorm.operators.external import make_pipe
 from rainstorm.operators.plan import StagePlan
 from rainstorm.operators.resolve import resolve
-
-
-class OperatorError(Exception):
-    """A user operator raised; carries a message naming stage and function."""
-
+from rainstorm.spec import PipeOp
 
 Transform = Callable[[list[Any]], list[Any]]
 
@@ -57,12 +56,25 @@ def split_lines(text: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
+__all__ = ["Chain", "OperatorError", "split_lines"]
+
+
 class Chain:
-    def __init__(self, stage: StagePlan, allow: tuple[str, ...] = ()) -> None:
+    def __init__(self, stage: StagePlan, allow: tuple[str, ...] = (),
+                 allow_exec: bool = False) -> None:
         self.stage = stage
         self.steps: list[_Step] = []
         self.block_first: Callable[[str], Iterable[Any]] | None = None
         for i, (op, where) in enumerate(zip(stage.ops, stage.op_paths, strict=True)):
+            if isinstance(op, PipeOp):
+                if not allow_exec:
+                    raise UsageError(
+                        f"{where}: runs the executable {op.cmd[0]!r}; workers run executables "
+                        "only when started with --allow-exec (env RAINSTORM_ALLOW_EXEC=1)"
+                    )
+                self.steps.append(_Step(op.label, make_pipe(op.cmd, op.timeout_s,
+                                                            op.ok_codes())))
+                continue
             fn = resolve(op.fn, op.args, allow, f"{where}.fn")
             value = resolve(op.value, {}, allow, f"{where}.value") if op.value else None
             label = f"{op.op}({op.fn})"

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from rainstorm.errors import UsageError
 from rainstorm.operators.aggregates import Aggregator, aggregator
-from rainstorm.spec import Aggregate, JobSpec, RecordOp, Repartition
+from rainstorm.spec import Aggregate, JobSpec, PipeOp, RecordOp, Repartition
 
 
 @dataclass(frozen=True)
 class StagePlan:
     index: int
     partitions: int
-    ops: tuple[RecordOp, ...] = ()
+    ops: tuple[RecordOp | PipeOp, ...] = ()
     op_paths: tuple[str, ...] = ()  # "pipeline.<n>" of each fused op, for messages
     keyed_in: bool = False
     keyed_out: bool = False
@@ -49,7 +49,7 @@ class JobPlan:
 
 def plan(spec: JobSpec) -> JobPlan:
     stages: list[StagePlan] = []
-    ops: list[RecordOp] = []
+    ops: list[RecordOp | PipeOp] = []
     paths: list[str] = []
     keyed = False
     keyed_in = False
@@ -60,11 +60,13 @@ def plan(spec: JobSpec) -> JobPlan:
         where = f"pipeline.{n}"
         if aggregate is not None:
             raise UsageError(f"{where}: nothing may follow the aggregate {aggregate!r}")
-        if isinstance(op, RecordOp):
+        if isinstance(op, RecordOp | PipeOp):
             ops.append(op)
             paths.append(where)
             if op.op == "key_by":
                 keyed = True
+            elif op.op == "pipe":
+                keyed = False  # a program's outputs are plain lines
         elif isinstance(op, Repartition):
             stages.append(StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed))
             ops, paths, keyed_in = [], [], keyed
@@ -83,7 +85,7 @@ def describe(p: JobPlan) -> list[str]:
     """One human line per stage, for `explain` and logs."""
     lines = []
     for s in p.stages:
-        chain = " -> ".join(f"{o.op}({o.fn})" for o in s.ops) or "(pass-through)"
+        chain = " -> ".join(o.label for o in s.ops) or "(pass-through)"
         k = f"(k={s.top_k})" if s.top_k else ""
         end = f" -> {s.aggregate}{k} [delta per commit, folded]" if s.aggregate else ""
         nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""

@@ -63,10 +63,11 @@ def dead_record(job: Job, stage: int, entry: Entry, record: Any, error: str) -> 
 class StageRunner:
     """Runs one stage of one job over batches of entries."""
 
-    def __init__(self, job: Job, stage: int, allow: tuple[str, ...]) -> None:
+    def __init__(self, job: Job, stage: int, allow: tuple[str, ...],
+                 allow_exec: bool = False) -> None:
         self.job = job
         self.stage = job.stage(stage)
-        self.chain = Chain(self.stage, allow)
+        self.chain = Chain(self.stage, allow, allow_exec)
         self.aggregate = self.stage.aggregate
         self.agg = aggregates.aggregator(self.aggregate, self.stage.top_k) \
             if self.aggregate else None

@@ -57,6 +57,7 @@ class WorkerOptions:
     refresh_s: float = 1.0
     heartbeat_s: float = 1.0
     allow_modules: tuple[str, ...] = ()
+    allow_exec: bool = False
     wait_for_job_s: float = 60.0
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -193,11 +194,13 @@ class Worker:
             return
         job = Job.build(job_id, spec_from_json(raw))
         try:
-            runners = {s.index: StageRunner(job, s.index, self.opt.allow_modules)
+            runners = {s.index: StageRunner(job, s.index, self.opt.allow_modules,
+                                            self.opt.allow_exec)
                        for s in job.plan.stages}
         except UsageError as exc:
             self.refused[job_id] = str(exc)
             log.error("worker %s refuses job %s: %s", self.id, job_id, exc)
+            self.r.hset(keys.meta(job_id), "refused", f"worker {self.id}: {exc}")
             return
         self.jobs[job_id] = _Active(job, runners)
 

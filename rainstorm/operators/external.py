@@ -1,0 +1,69 @@
+"""External executables as operators, like Hadoop streaming or Spark's pipe().
+
+One process per batch: the batch's records go to the program's stdin, one
+per line (str as is; (key, value) pairs as ``key<TAB>value``; anything else as
+JSON; a record holding a newline becomes several lines), and every line the
+program writes to stdout is an output record.  A program that exits with a
+code outside ``ok_exit_codes`` (default 0, and also 1 for the grep family,
+whose 1 means "no match"), or runs past ``timeout_s``, fails the batch; its
+stderr goes into the error, and so into the dead letter if it keeps failing.
+
+Workers run executables only when started with ``--allow-exec``: write access
+to Redis must not be code execution on workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from rainstorm.operators.chain_errors import ExternalError
+
+GREP_FAMILY = {"grep", "egrep", "fgrep", "rg", "zgrep"}
+STDERR_TAIL = 2000
+
+
+def default_ok_codes(cmd: list[str]) -> tuple[int, ...]:
+    return (0, 1) if os.path.basename(cmd[0]) in GREP_FAMILY else (0,)
+
+
+def _line(record: Any) -> str:
+    if isinstance(record, str):
+        return record
+    if isinstance(record, tuple | list) and len(record) == 2:
+        return f"{record[0]}\t{record[1]}"
+    return json.dumps(record, default=repr)
+
+
+def _tail(data: bytes | None) -> str:
+    text = (data or b"").decode("utf-8", "replace").strip()
+    return text[-STDERR_TAIL:]
+
+
+def make_pipe(cmd: list[str], timeout_s: float,
+              ok_codes: tuple[int, ...] | None = None) -> Callable[[list[Any]], list[str]]:
+    ok = ok_codes if ok_codes is not None else default_ok_codes(cmd)
+
+    def run(records: list[Any]) -> list[str]:
+        data = "".join(_line(r) + "\n" for r in records).encode("utf-8", "surrogateescape")
+        try:
+            proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout_s,
+                                  check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ExternalError(f"{cmd[0]} ran past its timeout of {timeout_s} s; "
+                                f"stderr: {_tail(exc.stderr)!r}") from None
+        except OSError as exc:
+            raise ExternalError(f"cannot run {cmd[0]!r}: {exc.strerror}") from None
+        if proc.returncode not in ok:
+            raise ExternalError(f"{cmd[0]} exited with status {proc.returncode}; "
+                                f"stderr: {_tail(proc.stderr)!r}")
+        out = proc.stdout.decode("utf-8", "replace")
+        lines = out.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return lines
+
+    return run

@@ -1,0 +1,107 @@
+"""External programs as operators: Unix filters unchanged, crashes and hangs
+dead-lettered with their stderr, and nothing runs without --allow-exec."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import msgpack
+import pytest
+import redis
+import yaml
+
+from rainstorm import keys
+from rainstorm.coordinator.driver import drive
+from rainstorm.coordinator.run import prepare, run_job
+from rainstorm.coordinator.submit import submit
+from rainstorm.errors import JobFailed, UsageError
+from rainstorm.spec import parse_spec
+from tests.conftest import write_corpus
+from tests.helpers import ROOT, start_worker
+
+CRASH = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *POISON*) '
+         'echo "cannot digest: $l" >&2; exit 3;; esac; printf "%s\\n" "$l"; done']
+HANG = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *HANG*) sleep 30;; esac; '
+        'printf "%s\\n" "$l"; done']
+
+
+def spec_with(pipe: dict[str, object], **settings: object):  # type: ignore[no-untyped-def]
+    return parse_spec({
+        "name": "ext", "source": {"batch_bytes": 2048},
+        "pipeline": [{"op": "pipe", **pipe}, {"op": "flat_map", "fn": "split_words"},
+                     {"op": "count"}],
+        "settings": settings})
+
+
+def lines_of(paths: list[Path]) -> list[str]:
+    return [ln for p in paths for ln in p.read_text(encoding="utf-8").splitlines()]
+
+
+def test_grep_and_awk_unchanged(tmp_path: Path, url: str) -> None:
+    paths = write_corpus(tmp_path, n_files=2, kb=20)
+    # grep exits 1 on batches without a match: that is not a failure
+    rep = run_job(spec_with({"cmd": ["grep", "-E", "^(The|Zorglub) "]}),
+                  inputs=[str(p) for p in paths], workers=2, redis_url=url,
+                  allow_exec=True, timeout_s=60)
+    ref = Counter(w for ln in lines_of(paths) if ln.startswith("The ") for w in ln.split())
+    assert rep.result == ref and ref
+    awk = spec_with({"cmd": ["awk", "NF {print $NF, NF}"]})  # last word and word count
+    rep = run_job(awk, inputs=[str(p) for p in paths], workers=2, redis_url=url,
+                  allow_exec=True, timeout_s=60)
+    ref = Counter()
+    for ln in lines_of(paths):
+        if ln.split():
+            ref.update([ln.split()[-1], str(len(ln.split()))])
+    assert rep.result == ref
+
+
+@pytest.mark.parametrize("cmd, marker, needle", [
+    (CRASH, "POISON", "exited with status 3; stderr: 'cannot digest"),
+    (HANG, "HANG", "ran past its timeout of 0.5 s"),
+])
+def test_failing_program_dead_letters_only_its_record(
+    tmp_path: Path, url: str, r: redis.Redis, cmd: list[str], marker: str, needle: str
+) -> None:
+    paths = write_corpus(tmp_path, n_files=1, kb=6)
+    lines = paths[0].read_text().splitlines()
+    bad = f"{lines[10]} {marker}"
+    lines[10] = bad
+    paths[0].write_text("\n".join(lines) + "\n")
+    spec = spec_with({"cmd": cmd, "timeout_s": 0.5}, max_deliveries=2, claim_idle_ms=150)
+    rep = run_job(spec, inputs=[str(p) for p in paths], workers=2, redis_url=url,
+                  allow_exec=True, timeout_s=120)
+    ref = Counter(w for ln in lines if ln != bad for w in ln.split())
+    assert rep.result == ref
+    dead = r.xrange(keys.dlq(rep.job_id))
+    assert len(dead) == 1
+    letter = msgpack.unpackb(dead[0][1][b"d"])
+    assert letter["record"] == bad and needle in letter["error"], letter["error"]
+
+
+def test_executables_need_allow_exec(tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path, n_files=1, kb=4)
+    spec = spec_with({"cmd": ["cat"]})
+    with pytest.raises(UsageError, match=r"pipeline.0: this job runs external programs; "
+                                         r"pass --allow-exec"):
+        run_job(spec, inputs=[str(paths[0])], workers=1, redis_url=url)
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "run", str(f), "--input",
+                          str(paths[0])], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--allow-exec" in res.stderr and len(
+        res.stderr.strip().splitlines()) == 1
+    # a worker started without --allow-exec refuses the job, and the job fails loudly
+    job, files = prepare(spec, [str(paths[0])], "no-exec")
+    submit(r, job, files)
+    assert "RAINSTORM_ALLOW_EXEC" not in os.environ
+    w = start_worker(url, job.id)
+    try:
+        with pytest.raises(JobFailed, match="refused by a worker.*--allow-exec"):
+            drive(r, job, timeout_s=30)
+    finally:
+        w.kill()
+        w.wait(10)
