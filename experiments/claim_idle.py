@@ -13,33 +13,27 @@ Writes experiments/results/claim_idle.{csv,png}.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
 
 from common import (
-    RESULTS,
     Every,
-    all_correct,
     corpus,
+    finish,
     kill_a_worker,
-    print_rows,
+    parser,
     pyplot,
     reference,
     timed_run,
     wordcount,
-    write_csv,
 )
 
 from rainstorm.coordinator.run import LocalRun
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mb", type=float, default=50.0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap = parser(__doc__, 50.0)
     a = ap.parse_args()
     mb = 4.0 if a.quick else a.mb
     idles = [50, 2000] if a.quick else [50, 200, 1000, 3000, 10000]
@@ -61,10 +55,7 @@ def main() -> int:
                          "kills": chaos.count if chaos else 0, "seconds": round(secs, 3),
                          "claimed": c.get("s0:claimed", 0), "rejected": c.get("s0:rejected", 0),
                          "correct": ok, "error": err})
-    print_rows(rows)
-    write_csv(a.out / "claim_idle.csv", rows)
-    plot(rows, a.out / "claim_idle.png", mb)
-    return all_correct(rows)
+    return finish("claim_idle", rows, a.out, lambda path: plot(rows, path, mb))
 
 
 def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
@@ -87,7 +78,6 @@ def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

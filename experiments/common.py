@@ -6,6 +6,7 @@ files and records ``correct`` per run, so a plot can never hide a wrong answer.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import random
@@ -124,6 +125,26 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def parser(doc: str | None, mb: float | None = None) -> argparse.ArgumentParser:
+    """The options every experiment takes: --quick (for CI), --out, maybe --mb."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny inputs, few runs (for CI)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where CSV and PNG go")
+    if mb is not None:
+        ap.add_argument("--mb", type=float, default=mb, help="input size")
+    return ap
+
+
+def finish(name: str, rows: list[dict[str, Any]], out: Path,
+           plot: Callable[[Path], None]) -> int:
+    """Print, write CSV and PNG, and return the exit status (1 on a wrong result)."""
+    print_rows(rows)
+    write_csv(out / f"{name}.csv", rows)
+    plot(out / f"{name}.png")
+    print(f"wrote {out / f'{name}.png'}")
+    return all_correct(rows)
 
 
 def all_correct(rows: list[dict[str, Any]]) -> int:

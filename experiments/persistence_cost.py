@@ -12,21 +12,18 @@ Writes experiments/results/persistence_cost.{csv,png}.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 from common import (
-    RESULTS,
-    all_correct,
     corpus,
-    print_rows,
+    finish,
+    parser,
     pyplot,
     reference,
     timed_run,
     wordcount,
-    write_csv,
 )
 
 from rainstorm.coordinator.run import LocalRun
@@ -42,10 +39,8 @@ MODES = [  # label, LocalRun kwargs, spec settings
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="tiny inputs, one repeat (for CI)")
+    ap = parser(__doc__)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     sizes = {"small files": ("small", 1.0 if a.quick else 10.0),
              "large files": ("large", 4.0 if a.quick else 50.0)}
@@ -61,10 +56,7 @@ def main() -> int:
                 rows.append({"input": size_label, "files": len(paths), "mb": mb, "mode": label,
                              "repeat": rep_i, "seconds": round(secs, 3),
                              "mb_per_s": round(mb / secs, 2), "correct": ok, "error": err})
-    print_rows(rows)
-    write_csv(a.out / "persistence_cost.csv", rows)
-    plot(rows, a.out / "persistence_cost.png")
-    return all_correct(rows)
+    return finish("persistence_cost", rows, a.out, lambda path: plot(rows, path))
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:
@@ -88,7 +80,6 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     fig.suptitle("word count, 2 workers: cost of persistence and replication (no faults)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

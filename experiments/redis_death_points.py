@@ -13,21 +13,18 @@ Writes experiments/results/redis_death_points.{csv,png}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 from common import (
-    RESULTS,
-    all_correct,
     corpus,
-    print_rows,
+    finish,
+    parser,
     pyplot,
     reference,
     timed_run,
     wordcount,
-    write_csv,
 )
 
 from rainstorm.coordinator.run import LocalRun
@@ -53,10 +50,7 @@ def killer(server: EmbeddedRedis, moment: str, fired: list[str]) -> Any:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mb", type=float, default=20.0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap = parser(__doc__, 20.0)
     a = ap.parse_args()
     mb = 4.0 if a.quick else a.mb
     paths = corpus("large", mb)
@@ -74,10 +68,7 @@ def main() -> int:
             rows.append({"moment": moment, "mode": label, "killed": bool(fired),
                          "seconds": round(secs, 3), "outcome": outcome, "correct": ok,
                          "failed_loudly": bool(err), "error": err})
-    print_rows(rows)
-    write_csv(a.out / "redis_death_points.csv", rows)
-    plot(rows, a.out / "redis_death_points.png")
-    return all_correct(rows)
+    return finish("redis_death_points", rows, a.out, lambda path: plot(rows, path))
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:
@@ -100,7 +91,6 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     ax.set_title("outcome of one Redis SIGKILL + restart (never a wrong result)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

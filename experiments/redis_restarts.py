@@ -13,21 +13,18 @@ Writes experiments/results/redis_restarts.{csv,png}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from common import (
-    RESULTS,
     Every,
-    all_correct,
     corpus,
-    print_rows,
+    finish,
+    parser,
     pyplot,
     reference,
     timed_run,
     wordcount,
-    write_csv,
 )
 
 from rainstorm.coordinator.run import LocalRun
@@ -37,10 +34,7 @@ MODES = [("rdb 1s", {"persistence": "rdb", "rdb_every_s": 1}),
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mb", type=float, default=150.0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap = parser(__doc__, 150.0)
     ap.add_argument("--timeout", type=float, default=90.0, help="per run; a run past it "
                     "fails loudly (kills faster than snapshots never let the job progress)")
     a = ap.parse_args()
@@ -63,10 +57,7 @@ def main() -> int:
                              "kills": chaos.count if chaos else 0,
                              "restarts": server.restarts, "seconds": round(secs, 3),
                              "correct": ok, "failed_loudly": bool(err), "error": err})
-    print_rows(rows)
-    write_csv(a.out / "redis_restarts.csv", rows)
-    plot(rows, a.out / "redis_restarts.png", mb)
-    return all_correct(rows)
+    return finish("redis_restarts", rows, a.out, lambda path: plot(rows, path, mb))
 
 
 def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
@@ -87,7 +78,6 @@ def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes experiments/results/straggler.{csv,png}.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -21,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    RESULTS,
     Every,
-    all_correct,
     corpus,
-    print_rows,
+    finish,
+    parser,
     pyplot,
     reference,
     timed_run,
     wordcount,
-    write_csv,
 )
 
 from rainstorm.coordinator.run import LocalRun
@@ -52,11 +49,8 @@ def duty_cycle(env: LocalRun) -> Any:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mb", type=float, default=50.0)
+    ap = parser(__doc__, 50.0)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     mb = 4.0 if a.quick else a.mb
     paths = corpus("large", mb)
@@ -77,10 +71,7 @@ def main() -> int:
             rows.append({"case": label, "repeat": rep_i, "seconds": round(secs, 3),
                          "claimed": c.get("s0:claimed", 0), "rejected": c.get("s0:rejected", 0),
                          "correct": ok, "error": err})
-    print_rows(rows)
-    write_csv(a.out / "straggler.csv", rows)
-    plot(rows, a.out / "straggler.png", mb)
-    return all_correct(rows)
+    return finish("straggler", rows, a.out, lambda path: plot(rows, path, mb))
 
 
 def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
@@ -98,7 +89,6 @@ def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:
     ax.set_title(f"word count {mb:g} MB, 2 workers, one at half speed; every result exact")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

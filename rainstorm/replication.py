@@ -26,7 +26,7 @@ import redis
 
 from rainstorm.errors import ServerError
 from rainstorm.procs import preexec_die_with_parent
-from rainstorm.server import EmbeddedRedis, find_server_binary, free_port
+from rainstorm.server import EmbeddedRedis, find_server_binary, free_ports
 
 MASTER_NAME = "rainstorm"
 
@@ -37,29 +37,45 @@ class ReplicaSet:
         self.dir = Path(tempfile.mkdtemp(prefix="rainstorm-replicas-"))
         self.persistence = persistence
         self.down_after_ms = down_after_ms
-        self.nodes: list[EmbeddedRedis] = []
-        p0 = free_port()
-        self.nodes.append(EmbeddedRedis(persistence, workdir=self.dir / "n0", port=p0))
-        for i in range(1, replicas + 1):
-            self.nodes.append(EmbeddedRedis(
-                persistence, workdir=self.dir / f"n{i}", port=free_port(),
-                extra_args=["--replicaof", "127.0.0.1", str(p0)]))
-        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.n_sentinels = sentinels
+        self.nodes = [EmbeddedRedis(persistence, workdir=self.dir / f"n{i}")
+                      for i in range(replicas + 1)]
+        self.sentinel_ports: list[int] = []
         self.sentinels: list[subprocess.Popen[bytes]] = []
+        self._assign_ports()
+
+    def _assign_ports(self) -> None:
+        ports = free_ports(len(self.nodes) + self.n_sentinels)
+        for node, port in zip(self.nodes, ports, strict=False):
+            node.port = port
+        for node in self.nodes[1:]:
+            node.extra_args = ["--replicaof", "127.0.0.1", str(ports[0])]
+        self.sentinel_ports = ports[len(self.nodes):]
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{MASTER_NAME}"
 
-    def start(self, timeout_s: float = 30.0) -> ReplicaSet:
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> ReplicaSet:
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout_s)
+            except ServerError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self._stop_processes()  # a port was taken meanwhile: new ports, again
+                self._assign_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout_s: float) -> ReplicaSet:
         for node in self.nodes:
             node.start()
         binary = find_server_binary()
         primary_port = self.nodes[0].port
         for i, port in enumerate(self.sentinel_ports):
             d = self.dir / f"sentinel{i}"
-            d.mkdir()
+            d.mkdir(exist_ok=True)
             conf = d / "sentinel.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {d}\n"
@@ -122,6 +138,10 @@ class ReplicaSet:
         raise ServerError("no Sentinel answers")
 
     def stop(self) -> None:
+        self._stop_processes()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_processes(self) -> None:
         for s in self.sentinels:
             if s.poll() is None:
                 s.terminate()
@@ -130,9 +150,9 @@ class ReplicaSet:
                 s.wait(10)
             except subprocess.TimeoutExpired:
                 s.kill()
+        self.sentinels = []
         for node in self.nodes:
             node.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ReplicaSet:
         return self.start()

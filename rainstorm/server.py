@@ -68,10 +68,20 @@ def server_version(binary: Path) -> str:
     return "0"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held together while chosen).
+    Another process can still take one before the server binds it: callers
+    retry on "Address already in use"."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def persistence_args(mode: str, rdb_every_s: int = 5) -> list[str]:
