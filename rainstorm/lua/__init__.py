@@ -82,6 +82,7 @@ class CommitRequest:
     records_in: int = 0
     records_out: int = 0
     bytes_in: int = 0
+    extra: dict[str, int] = field(default_factory=dict)  # counter field -> increment
 
 
 @dataclass
@@ -106,12 +107,15 @@ def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
         req.records_in,
         req.records_out,
         req.bytes_in,
+        len(req.extra),
     ]
     for _, id_, uid in req.inputs:
         args += [id_, uid]
     for _, uid, payload in req.outputs:
         args += [uid, payload]
     args += req.dead
+    for name, incr in req.extra.items():
+        args += [name, incr]
     reply = _fcall(r, "rainstorm_commit", keys, args)
     status = _s(reply[0])
     if status == "rejected":

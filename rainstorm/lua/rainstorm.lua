@@ -114,8 +114,10 @@ end
 -- ARGV[7]  = aggregate delta (msgpack) or '' for none
 -- ARGV[8]  = counter field that outputs are emitted into ('' if n_out = 0)
 -- ARGV[9]  = records in     ARGV[10] = records out     ARGV[11] = input bytes
--- ARGV[12..]  n_in pairs (id, uid), n_out pairs (uid, payload),
---             n_dead dead-letter payloads (msgpack maps)
+-- ARGV[12] = n_extra, extra counters (e.g. malformed rows skipped)
+-- ARGV[13..]  n_in pairs (id, uid), n_out pairs (uid, payload),
+--             n_dead dead-letter payloads (msgpack maps),
+--             n_extra pairs (counter field, integer increment)
 -- Returns {'ok'} | {'rejected', id, reason, id, reason, ...} | {'backlog', stream}
 ------------------------------------------------------------------------------
 local function commit(keys, args)
@@ -129,14 +131,22 @@ local function commit(keys, args)
   local rec_in = to_int(args[9], 'records_in')
   local rec_out = to_int(args[10], 'records_out')
   local bytes_in = to_int(args[11], 'bytes_in')
+  local n_extra = to_int(args[12], 'n_extra')
   if n_in < 1 then error('rainstorm_commit: no input entries') end
   if #keys ~= 3 + n_in + n_out then error('rainstorm_commit: wrong number of keys') end
-  if #args ~= 11 + 2 * n_in + 2 * n_out + n_dead then
+  if #args ~= 12 + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra then
     error('rainstorm_commit: wrong number of args')
   end
   if n_out > 0 and emit_field == '' then error('rainstorm_commit: outputs without emit field') end
+  local ebase = 12 + 2 * n_in + 2 * n_out + n_dead
+  for x = 1, n_extra do
+    local incr = tonumber(args[ebase + 2 * x])
+    if incr == nil or incr ~= math.floor(incr) then
+      error('rainstorm_commit: extra counter increment must be an integer')
+    end
+  end
 
-  local base = 11
+  local base = 12
   local rejected = {}
   for i = 1, n_in do
     local why = check_pending(keys[3 + i], group, args[base + 2 * i - 1], args[base + 2 * i])
@@ -178,6 +188,9 @@ local function commit(keys, args)
   if bytes_in > 0 then redis.call('HINCRBY', counters, p .. 'bytes_in', bytes_in) end
   if n_dead > 0 then redis.call('HINCRBY', counters, p .. 'dead_records', n_dead) end
   if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
+  for x = 1, n_extra do
+    redis.call('HINCRBY', counters, args[ebase + 2 * x - 1], args[ebase + 2 * x])
+  end
   return {'ok'}
 end
 

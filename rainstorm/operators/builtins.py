@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from rainstorm.operators import csvops
+
 
 def split_words(line: str) -> list[str]:
     """Exactly ``str.split()``: runs of whitespace separate words, no case folding."""
@@ -83,6 +85,10 @@ FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "grep": make_grep,
     "split": make_split,
     "const": make_const,
+    "parse_csv": csvops.make_parse_csv,
+    "select": csvops.make_select,
+    "field": csvops.make_field,
+    "equals": csvops.make_equals,
 }
 BLOCK: dict[str, Callable[[str], Iterable[Any]]] = {"split_words": split_words_block}
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
-from rainstorm.operators.chain_errors import OperatorError
+from rainstorm.operators.chain_errors import OperatorError, Rejected
 from rainstorm.operators.external import make_pipe
 from rainstorm.operators.plan import StagePlan
 from rainstorm.operators.resolve import resolve
@@ -83,7 +83,8 @@ class Chain:
             self.steps.append(_Step(label, _transform(op.op, fn, value)))
 
     def _fail(self, step: _Step, exc: Exception) -> OperatorError:
-        return OperatorError(f"operator {step.label} in stage {self.stage.index} raised {exc!r}")
+        return OperatorError(f"operator {step.label} in stage {self.stage.index} raised {exc!r}",
+                             rejected=isinstance(exc, Rejected))
 
     def run(self, records: list[Any]) -> list[Any]:
         for step in self.steps:

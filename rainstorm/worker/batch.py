@@ -20,8 +20,8 @@ import msgpack
 from rainstorm import keys
 from rainstorm.job import Job, batch_uid, decode_records, encode_records, partition_of
 from rainstorm.lua import CommitRequest
-from rainstorm.operators import aggregates
-from rainstorm.operators.chain import Chain, split_lines
+from rainstorm.operators import aggregates, metrics
+from rainstorm.operators.chain import Chain, OperatorError, split_lines
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Computed:
     outputs: list[Any] = field(default_factory=list)
     delta: Counter[Any] = field(default_factory=Counter)
     dead: list[bytes] = field(default_factory=list)
-    invalid_utf8: int = 0
+    extra: Counter[str] = field(default_factory=Counter)  # counters committed with the batch
 
 
 def decode_text(data: bytes) -> tuple[str, bool]:
@@ -76,7 +76,8 @@ class StageRunner:
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
         if self.stage.index == 0:
             text, bad = decode_text(entry.data)
-            comp.invalid_utf8 += bad
+            if bad:
+                comp.extra["s0:invalid_utf8_entries"] += 1
             return [], text
         return decode_records(entry.data), None
 
@@ -87,23 +88,37 @@ class StageRunner:
             comp.outputs.extend(outputs)
 
     def compute(self, entries: list[Entry], isolate: set[str]) -> Computed:
-        """Run the chain; raises OperatorError if a non-isolated entry fails."""
+        """Run the chain; raises OperatorError if a non-isolated entry fails
+        (a Rejected record instead sends its entry record by record at once)."""
         comp = Computed()
+        metrics.drain()
         for e in entries:
             records, text = self._records(e, comp)
-            if e.id in isolate:
-                recs = split_lines(text) if text is not None else records
-                good, bad = self.chain.run_isolated(recs)
-                comp.records_in += len(recs)
-                self._absorb(comp, good)
-                comp.dead += [dead_record(self.job, self.stage.index, e, r, err) for r, err in bad]
-            elif text is not None:
-                comp.records_in += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-                self._absorb(comp, self.chain.run_text(text))
-            else:
-                comp.records_in += len(records)
-                self._absorb(comp, self.chain.run(records))
+            if e.id not in isolate:
+                try:
+                    self._run_whole(comp, records, text)
+                    continue
+                except OperatorError as exc:
+                    if not exc.rejected:
+                        raise
+                    metrics.drain()  # the record-by-record run counts again
+            recs = split_lines(text) if text is not None else records
+            good, bad = self.chain.run_isolated(recs)
+            comp.records_in += len(recs)
+            self._absorb(comp, good)
+            comp.dead += [dead_record(self.job, self.stage.index, e, r, err) for r, err in bad]
+        for name, n in metrics.drain().items():
+            comp.extra[keys.counter_field(self.stage.index, name)] += n
         return comp
+
+    def _run_whole(self, comp: Computed, records: list[Any], text: str | None) -> None:
+        if text is not None:
+            outputs = self.chain.run_text(text)
+            comp.records_in += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+        else:
+            outputs = self.chain.run(records)
+            comp.records_in += len(records)
+        self._absorb(comp, outputs)
 
     def request(self, entries: list[Entry], comp: Computed, max_backlog: int) -> CommitRequest:
         job, i = self.job, self.stage.index
@@ -118,6 +133,7 @@ class StageRunner:
             max_backlog=max_backlog,
             records_in=comp.records_in,
             bytes_in=sum(len(e.data) for e in entries) if i == 0 else 0,
+            extra=dict(comp.extra),
         )
         if self.aggregate:
             req.delta = aggregates.encode(dict(comp.delta), self.agg) if comp.delta else b""

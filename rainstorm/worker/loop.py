@@ -329,9 +329,6 @@ class Worker:
             if res.status == "ok":
                 self.batches += 1
                 wait_after_commit(self.r, act.job, runner.stage.index)
-                if comp.invalid_utf8:
-                    self.r.hincrby(keys.counters(act.job.id), "s0:invalid_utf8_entries",
-                                   comp.invalid_utf8)
                 if runner.aggregate:
                     maybe_compact(self.r, act.job, runner.stage.index)
                 return

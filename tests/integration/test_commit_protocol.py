@@ -106,9 +106,12 @@ def test_malformed_call_writes_nothing(r: redis.Redis) -> None:
     keys_ = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), S0]
     with pytest.raises(redis.ResponseError, match="n_out must be"):
         r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, "x", 0, 0, "", "", 0, 0, 0,
-                inputs[0][1], inputs[0][2])
+                0, inputs[0][1], inputs[0][2])
     with pytest.raises(redis.ResponseError, match="wrong number of args"):
-        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, "", "", 0, 0, 0)
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, "", "", 0, 0, 0, 0)
+    with pytest.raises(redis.ResponseError, match="increment must be an integer"):
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, "", "", 0, 0, 0, 1,
+                inputs[0][1], inputs[0][2], "s0:x", "1.5")
     assert snapshot_all(r) == before
 
 
