@@ -292,6 +292,49 @@ def worker(redis_url: str | None, job_id: str | None, burst: bool,
 
 
 @main.command()
+@click.option("--mapper", required=True, metavar="EXE_OR_CALLABLE",
+              help="a command line (fed input lines, writes key<TAB>value) or module:fn")
+@click.option("--reducer", required=True, metavar="EXE_OR_CALLABLE",
+              help="a command line (fed sorted key<TAB>value lines) or module:fn(key, values)")
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PREFIX_OR_GLOB")
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="directory for part-NNNNN files (must not exist)")
+@click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
+@redis_option
+@click.option("--allow-exec", is_flag=True, help="let workers run the mapper/reducer programs")
+@click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+@_guard
+def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, partitions: int,
+              workers: int, redis_url: str | None, allow_exec: bool,
+              allow: tuple[str, ...]) -> None:
+    """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""
+    from pathlib import Path
+
+    from rainstorm.coordinator.mapreduce import is_callable_ref, run_mapreduce
+
+    for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
+        if not is_callable_ref(value) and not allow_exec:
+            raise _Exit(f"{flag} {value!r} is a program; pass --allow-exec to run it", 2)
+    mods = tuple(v.partition(":")[0] for v in (mapper, reducer) if is_callable_ref(v))
+    rep = run_mapreduce(mapper, reducer, [_prefix_glob(i) for i in inputs], Path(output),
+                        partitions=partitions, workers=workers, redis_url=redis_url,
+                        allow_exec=allow_exec, allow_modules=allow + mods)
+    click.echo(f"map {rep.map_seconds:.2f} s ({rep.keys} keys), reduce "
+               f"{rep.reduce_seconds:.2f} s: {rep.output_lines} lines in {rep.parts} parts "
+               f"under {rep.output}", err=True)
+
+
+def _prefix_glob(text: str) -> str:
+    """MapleJuice-style input prefix: 'logs/part' means 'logs/part*'."""
+    from pathlib import Path
+
+    if any(c in text for c in "*?[") or Path(text).exists():
+        return text
+    return text + "*"
+
+
+@main.command()
 @click.argument("job_id", required=False)
 @redis_option
 @json_option

@@ -78,6 +78,29 @@ class PipeOp(_Model):
         return tuple(self.ok_exit_codes) if self.ok_exit_codes is not None else None
 
 
+class ReduceOp(_Model):
+    """The reduce side of a MapReduce job (built by `rainstorm mapreduce`):
+    records are ``[partition, key, [values]]`` groups; a program (``cmd``) gets
+    ``key<TAB>value`` lines sorted by key, a callable (``fn``) is called as
+    ``fn(key, values)`` and yields output lines.  Outputs are
+    ``(partition, line)`` pairs."""
+
+    op: Literal["reduce"]
+    cmd: list[str] | None = None
+    fn: str | None = None
+    timeout_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ReduceOp:
+        if (self.cmd is None) == (self.fn is None):
+            raise ValueError("give exactly one of 'cmd' (a program) or 'fn' (a callable)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"reduce({' '.join(self.cmd) if self.cmd else self.fn})"
+
+
 class Repartition(_Model):
     """Ends a stage: records move to the next stage's partitions by key hash
     (keyed records) or round-robin."""
@@ -90,7 +113,7 @@ class Aggregate(_Model):
     """A keyed aggregate; ends the pipeline.  ``count`` also takes unkeyed
     records (each record is its own key); the others need a key_by."""
 
-    op: Literal["count", "sum", "min", "max", "mean", "distinct", "top_k"]
+    op: Literal["count", "sum", "min", "max", "mean", "distinct", "top_k", "group"]
     k: int | None = Field(default=None, ge=1, le=10_000, description="top_k only")
 
     @model_validator(mode="after")
@@ -100,7 +123,8 @@ class Aggregate(_Model):
         return self
 
 
-Op = Annotated[RecordOp | PipeOp | Repartition | Aggregate, Field(discriminator="op")]
+Op = Annotated[RecordOp | PipeOp | ReduceOp | Repartition | Aggregate,
+               Field(discriminator="op")]
 
 
 class Sink(_Model):

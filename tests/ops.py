@@ -32,3 +32,16 @@ def dedupe_batch(records: list[str]) -> list[str]:
 
 def lower_words(line: str) -> list[str]:
     return line.lower().split()
+
+
+def wc_map(line: str) -> list[tuple[str, int]]:
+    return [(w, 1) for w in line.split()]
+
+
+def wc_reduce(key: str, values: list[int]) -> list[str]:
+    return [f"{key}\t{sum(int(v) for v in values)}"]
+
+
+def slow_wc_reduce(key: str, values: list[int]) -> list[str]:
+    time.sleep(0.002)
+    return wc_reduce(key, values)

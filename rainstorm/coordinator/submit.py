@@ -26,7 +26,7 @@ def validate(job: Job) -> None:
 def runs_executables(job: Job) -> list[str]:
     """Where the spec runs external programs (``pipeline.<n>``)."""
     return [where for s in job.plan.stages for op, where in zip(s.ops, s.op_paths, strict=True)
-            if op.op == "pipe"]
+            if op.op == "pipe" or (op.op == "reduce" and getattr(op, "cmd", None))]
 
 
 def new_job_id(spec: JobSpec) -> str:

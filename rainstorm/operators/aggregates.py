@@ -161,7 +161,31 @@ class TopK(Aggregator):
         return tuple(v)
 
 
-KINDS = ("count", "sum", "min", "max", "mean", "distinct", "top_k")
+class Group(Aggregator):
+    """Every value of a key (the shuffle of a MapReduce job): lists concatenate."""
+
+    name = "group"
+
+    def lift(self, v: Any) -> Any:
+        return [v]
+
+    def add(self, acc: dict[Any, Any], records: Iterable[Any], keyed: bool) -> None:
+        for k, v in records:
+            vals = acc.get(k)
+            if vals is None:
+                acc[k] = [v]
+            else:
+                vals.append(v)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        a.extend(b)
+        return a
+
+    def from_wire(self, v: Any) -> Any:
+        return list(v)
+
+
+KINDS = ("count", "sum", "min", "max", "mean", "distinct", "top_k", "group")
 
 
 def aggregator(kind: str, k: int | None = None) -> Aggregator:
@@ -175,6 +199,8 @@ def aggregator(kind: str, k: int | None = None) -> Aggregator:
         return Distinct()
     if kind == "top_k":
         return TopK(k or 10)
+    if kind == "group":
+        return Group()
     raise ValueError(f"unknown aggregate {kind!r}")
 
 

@@ -56,6 +56,24 @@ def one(_record: Any) -> int:
     return 1
 
 
+def pair_key(record: Any) -> Any:
+    return record[0]
+
+
+def pair_value(record: Any) -> Any:
+    return record[1]
+
+
+def tab_key(line: str) -> str:
+    """Hadoop streaming: the key is the text before the first tab."""
+    return line.split("\t", 1)[0]
+
+
+def tab_value(line: str) -> str:
+    parts = line.split("\t", 1)
+    return parts[1] if len(parts) > 1 else ""
+
+
 def make_grep(pattern: str) -> Callable[[str], bool]:
     rx = re.compile(pattern)
     return lambda line: rx.search(line) is not None
@@ -80,6 +98,10 @@ PLAIN: dict[str, Callable[..., Any]] = {
     "length": length,
     "first_char": first_char,
     "one": one,
+    "pair_key": pair_key,
+    "pair_value": pair_value,
+    "tab_key": tab_key,
+    "tab_value": tab_value,
 }
 FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "grep": make_grep,

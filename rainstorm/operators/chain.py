@@ -15,10 +15,10 @@ from typing import Any
 from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
 from rainstorm.operators.chain_errors import OperatorError, Rejected
-from rainstorm.operators.external import make_pipe
+from rainstorm.operators.external import make_pipe, make_reduce
 from rainstorm.operators.plan import StagePlan
 from rainstorm.operators.resolve import resolve
-from rainstorm.spec import PipeOp
+from rainstorm.spec import PipeOp, ReduceOp
 
 Transform = Callable[[list[Any]], list[Any]]
 
@@ -66,14 +66,18 @@ class Chain:
         self.steps: list[_Step] = []
         self.block_first: Callable[[str], Iterable[Any]] | None = None
         for i, (op, where) in enumerate(zip(stage.ops, stage.op_paths, strict=True)):
+            if isinstance(op, PipeOp | ReduceOp) and op.cmd and not allow_exec:
+                raise UsageError(
+                    f"{where}: runs the executable {op.cmd[0]!r}; workers run executables "
+                    "only when started with --allow-exec (env RAINSTORM_ALLOW_EXEC=1)"
+                )
             if isinstance(op, PipeOp):
-                if not allow_exec:
-                    raise UsageError(
-                        f"{where}: runs the executable {op.cmd[0]!r}; workers run executables "
-                        "only when started with --allow-exec (env RAINSTORM_ALLOW_EXEC=1)"
-                    )
                 self.steps.append(_Step(op.label, make_pipe(op.cmd, op.timeout_s,
                                                             op.ok_codes())))
+                continue
+            if isinstance(op, ReduceOp):
+                reducer = resolve(op.fn, {}, allow, f"{where}.fn") if op.fn else None
+                self.steps.append(_Step(op.label, make_reduce(op.cmd, reducer, op.timeout_s)))
                 continue
             fn = resolve(op.fn, op.args, allow, f"{where}.fn")
             value = resolve(op.value, {}, allow, f"{where}.value") if op.value else None

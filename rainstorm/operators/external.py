@@ -67,3 +67,25 @@ def make_pipe(cmd: list[str], timeout_s: float,
         return lines
 
     return run
+
+
+def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
+                timeout_s: float) -> Callable[[list[Any]], list[Any]]:
+    """The reduce side: records are JSON lines ``[partition, key, [values]]``
+    (one key each, keys sorted); outputs are ``(partition, line)`` pairs."""
+    pipe = make_pipe(cmd, timeout_s) if cmd else None
+
+    def run(records: list[Any]) -> list[Any]:
+        groups = [json.loads(r) if isinstance(r, str) else r for r in records]
+        out: list[Any] = []
+        if pipe is not None:
+            for part in sorted({g[0] for g in groups}):
+                lines = [(k, v) for p, k, vals in groups if p == part for v in vals]
+                out += [(part, line) for line in pipe(lines)]
+            return out
+        assert fn is not None
+        for part, key, vals in groups:
+            out += [(part, o if isinstance(o, str) else _line(o)) for o in fn(key, vals)]
+        return out
+
+    return run

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from rainstorm.errors import UsageError
 from rainstorm.operators.aggregates import Aggregator, aggregator
-from rainstorm.spec import Aggregate, JobSpec, PipeOp, RecordOp, Repartition
+from rainstorm.spec import Aggregate, JobSpec, PipeOp, RecordOp, ReduceOp, Repartition
 
 
 @dataclass(frozen=True)
 class StagePlan:
     index: int
     partitions: int
-    ops: tuple[RecordOp | PipeOp, ...] = ()
+    ops: tuple[RecordOp | PipeOp | ReduceOp, ...] = ()
     op_paths: tuple[str, ...] = ()  # "pipeline.<n>" of each fused op, for messages
     keyed_in: bool = False
     keyed_out: bool = False
@@ -49,7 +49,7 @@ class JobPlan:
 
 def plan(spec: JobSpec) -> JobPlan:
     stages: list[StagePlan] = []
-    ops: list[RecordOp | PipeOp] = []
+    ops: list[RecordOp | PipeOp | ReduceOp] = []
     paths: list[str] = []
     keyed = False
     keyed_in = False
@@ -60,12 +60,12 @@ def plan(spec: JobSpec) -> JobPlan:
         where = f"pipeline.{n}"
         if aggregate is not None:
             raise UsageError(f"{where}: nothing may follow the aggregate {aggregate!r}")
-        if isinstance(op, RecordOp | PipeOp):
+        if isinstance(op, RecordOp | PipeOp | ReduceOp):
             ops.append(op)
             paths.append(where)
             if op.op == "key_by":
                 keyed = True
-            elif op.op == "pipe":
+            elif op.op in ("pipe", "reduce"):
                 keyed = False  # a program's outputs are plain lines
         elif isinstance(op, Repartition):
             stages.append(StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed))

@@ -1,0 +1,157 @@
+"""`rainstorm mapreduce`: Hadoop-streaming-style jobs on the engine.
+
+Two exactly-once jobs in a row:
+1. map: the mapper (a program fed input lines, writing ``key<TAB>value``
+   lines; or a callable ``module:fn(line)`` yielding ``(key, value)``), whose
+   pairs are grouped by key with the ``group`` aggregate;
+2. after the map phase has finished, the coordinator writes the groups,
+   hash-partitioned by key (crc32) into N partitions and sorted by key, as
+   shuffle files (one JSON line ``[partition, key, [values]]`` per key, so a
+   key is never split between reducer calls); the reduce job runs the reducer
+   over them (a program gets ``key<TAB>value`` lines sorted by key; a callable
+   is called ``fn(key, values)``);
+3. the outputs land in ``DIR/part-00000`` … (lines sorted within each part),
+   written to a temporary directory and renamed into place, so a killed run
+   never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rainstorm.coordinator.progress import JobStatus
+from rainstorm.coordinator.run import LocalRun
+from rainstorm.errors import UsageError
+from rainstorm.spec import JobSpec, parse_spec
+
+CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass
+class MapReduceReport:
+    output: Path
+    parts: int
+    keys: int
+    output_lines: int
+    map_seconds: float
+    reduce_seconds: float
+    map_job: str
+    reduce_job: str
+
+
+def is_callable_ref(text: str) -> bool:
+    return bool(CALLABLE.match(text)) and not Path(text).exists()
+
+
+def map_spec(mapper: str, inputs: list[str], partitions: int) -> JobSpec:
+    if is_callable_ref(mapper):
+        ops: list[dict[str, Any]] = [
+            {"op": "flat_map", "fn": mapper},
+            {"op": "key_by", "fn": "pair_key", "value": "pair_value"}]
+    else:
+        ops = [{"op": "pipe", "cmd": _argv(mapper, "--mapper")},
+               {"op": "key_by", "fn": "tab_key", "value": "tab_value"}]
+    return parse_spec({"name": "mapreduce-map", "source": {"type": "text", "paths": inputs},
+                       "pipeline": [*ops, {"op": "group"}],
+                       "settings": {"parallelism": partitions}}, "--mapper")
+
+
+def reduce_spec(reducer: str, shuffle: list[Path], partitions: int) -> JobSpec:
+    op: dict[str, Any] = {"op": "reduce"}
+    if is_callable_ref(reducer):
+        op["fn"] = reducer
+    else:
+        op["cmd"] = _argv(reducer, "--reducer")
+    return parse_spec({"name": "mapreduce-reduce",
+                       "source": {"type": "text", "paths": [str(p) for p in shuffle],
+                                  "batch_bytes": 1 << 18},
+                       "pipeline": [op], "settings": {"parallelism": partitions}}, "--reducer")
+
+
+def _argv(text: str, option: str) -> list[str]:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: cannot parse command {text!r}: {exc}") from None
+    if not argv:
+        raise UsageError(f"{option}: empty command")
+    if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
+        raise UsageError(f"{option}: program not found: {argv[0]}")
+    return argv
+
+
+def write_shuffle(groups: dict[str, list[Any]], partitions: int, d: Path) -> list[Path]:
+    d.mkdir(parents=True)
+    by_part: list[list[str]] = [[] for _ in range(partitions)]
+    for key in groups:
+        by_part[zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions].append(key)
+    paths = []
+    for p, keys_ in enumerate(by_part):
+        path = d / f"shuffle-{p:05d}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for key in sorted(keys_):
+                fh.write(json.dumps([p, key, groups[key]], ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+def run_mapreduce(
+    mapper: str,
+    reducer: str,
+    inputs: list[str],
+    output: Path,
+    *,
+    partitions: int = 2,
+    workers: int = 2,
+    redis_url: str | None = None,
+    allow_exec: bool = False,
+    allow_modules: tuple[str, ...] = (),
+    on_progress: Callable[[str, JobStatus], None] | None = None,
+    timeout_s: float | None = None,
+) -> MapReduceReport:
+    if output.exists():
+        raise UsageError(f"--output: {output} already exists (remove it or choose another)")
+    mspec = map_spec(mapper, inputs, partitions)
+    tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with LocalRun(redis_url=redis_url) as env:
+            def progress(phase: str) -> Callable[[JobStatus], None] | None:
+                return (lambda st: on_progress(phase, st)) if on_progress else None
+
+            t0 = time.perf_counter()
+            mrep = env.run(mspec, workers=workers, allow_exec=allow_exec,
+                           allow_modules=allow_modules, on_progress=progress("map"),
+                           timeout_s=timeout_s)
+            t1 = time.perf_counter()
+            groups = mrep.result
+            assert isinstance(groups, dict)
+            shuffle = write_shuffle(groups, partitions, tmp / "_shuffle")
+            rrep = env.run(reduce_spec(reducer, shuffle, partitions), workers=workers,
+                           allow_exec=allow_exec, allow_modules=allow_modules,
+                           on_progress=progress("reduce"), timeout_s=timeout_s)
+            t2 = time.perf_counter()
+        assert isinstance(rrep.result, list)
+        parts: list[list[str]] = [[] for _ in range(partitions)]
+        for part, line in rrep.result:
+            parts[int(part)].append(line)
+        for p, lines in enumerate(parts):
+            lines.sort()
+            (tmp / f"part-{p:05d}").write_text("".join(ln + "\n" for ln in lines),
+                                                encoding="utf-8")
+        shutil.rmtree(tmp / "_shuffle")
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return MapReduceReport(output, partitions, len(groups), len(rrep.result), t1 - t0,
+                           t2 - t1, mrep.job_id, rrep.job_id)

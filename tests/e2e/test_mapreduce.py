@@ -1,0 +1,79 @@
+"""MapReduce word count with Python and with shell mapper/reducer, and a
+worker SIGKILLed during the reduce phase: part files equal Counter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rainstorm.coordinator.mapreduce import run_mapreduce
+from tests.conftest import reference_wordcount, write_corpus
+from tests.helpers import ROOT
+
+AWK_MAP = "awk '{for (i = 1; i <= NF; i++) print $i \"\\t\" 1}'"
+AWK_REDUCE = "awk -F'\\t' '{c[$1] += $2} END {for (k in c) print k \"\\t\" c[k]}'"
+
+
+def read_parts(out: Path, partitions: int) -> Counter[str]:
+    got: Counter[str] = Counter()
+    for p in range(partitions):
+        for line in (out / f"part-{p:05d}").read_text(encoding="utf-8").splitlines():
+            word, n = line.rsplit("\t", 1)
+            assert zlib.crc32(word.encode()) % partitions == p  # each key in its partition
+            assert word not in got  # and in one reducer call only
+            got[word] = int(n)
+    return got
+
+
+@pytest.mark.parametrize("mapper, reducer", [
+    ("tests.ops:wc_map", "tests.ops:wc_reduce"),
+    (AWK_MAP, AWK_REDUCE),
+])
+def test_wordcount_mapreduce(tmp_path: Path, url: str, mapper: str, reducer: str) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=3, kb=20)
+    out = tmp_path / "out"
+    rep = run_mapreduce(mapper, reducer, [str(tmp_path / "in" / "f*")], out, partitions=3,
+                        redis_url=url, allow_exec=True, allow_modules=("tests",), timeout_s=120)
+    assert read_parts(out, 3) == reference_wordcount(paths)
+    assert rep.keys == len(reference_wordcount(paths))
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000", "part-00001", "part-00002"]
+
+
+def test_worker_killed_during_reduce(tmp_path: Path, url: str) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=20)
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def chaos(phase: str, status: object) -> None:
+        if phase == "reduce" and not killed:
+            kids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                    if p.read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())
+                    and "rainstorm" not in p.parent.joinpath("cmdline").read_text()]
+            workers = [k for k in kids if "python" in Path(f"/proc/{k}/cmdline").read_text()]
+            if workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+
+    rep = run_mapreduce("tests.ops:wc_map", "tests.ops:slow_wc_reduce", [str(tmp_path / "in")],
+                        out, partitions=2, redis_url=url, allow_modules=("tests",),
+                        on_progress=chaos, timeout_s=120)
+    assert killed
+    assert read_parts(out, 2) == reference_wordcount(paths)
+    assert rep.output_lines == len(reference_wordcount(paths))
+
+
+def test_cli_refuses_programs_without_allow_exec(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "in", n_files=1, kb=2)
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "mapreduce", "--mapper", AWK_MAP,
+                          "--reducer", AWK_REDUCE, "--input", str(tmp_path / "in" / "f"),
+                          "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "--allow-exec" in res.stderr
+    assert not (tmp_path / "out").exists()
