@@ -18,12 +18,12 @@ demo: $(STAMP)
 	$(BIN)/rainstorm run examples/wordcount.yaml --input data/sample --workers 2
 
 test: $(STAMP)
-	$(BIN)/ruff check rainstorm tests experiments
+	$(BIN)/ruff check rainstorm tests experiments examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check rainstorm tests experiments
+	$(BIN)/ruff check rainstorm tests experiments examples
 	$(BIN)/mypy
 
 bench: $(STAMP)

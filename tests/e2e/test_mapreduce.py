@@ -77,3 +77,44 @@ def test_cli_refuses_programs_without_allow_exec(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert res.returncode == 2 and "--allow-exec" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _url_reference(log: Path) -> dict[str, float]:
+    import re
+
+    rx = re.compile(r'"[A-Z]+ (\S+) HTTP/[0-9.]+"')
+    counts = Counter(m.group(1) for line in log.read_text().splitlines()
+                     if (m := rx.search(line)))
+    total = sum(counts.values())
+    return {u: n / total for u, n in counts.items()}
+
+
+def _shares(out: Path) -> dict[str, float]:
+    lines = (out / "part-00000").read_text().splitlines()
+    return {u: float(s) for u, s in (ln.split("\t") for ln in lines)}
+
+
+@pytest.mark.parametrize("flavour", ["python", "shell"])
+def test_url_share_two_jobs(tmp_path: Path, url: str, flavour: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from examples.gen_access_log import generate
+
+    log = generate(tmp_path / "access.log", 5000)
+    if flavour == "python":
+        kw = dict(redis_url=url, allow_modules=("examples",), timeout_s=120)
+        run_mapreduce("examples.mr.urls:count_map", "examples.mr.urls:count_reduce",
+                      [str(log)], tmp_path / "counts", partitions=3, **kw)  # type: ignore[arg-type]
+        run_mapreduce("examples.mr.urls:share_map", "examples.mr.urls:share_reduce",
+                      [str(tmp_path / "counts")], tmp_path / "share", partitions=1,
+                      **kw)  # type: ignore[arg-type]
+    else:  # the script users run, with the rainstorm command of this environment
+        env = dict(os.environ, RAINSTORM_REDIS=url,
+                   PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        res = subprocess.run(["bash", str(ROOT / "examples" / "mr" / "url_share.sh"), str(log),
+                              str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=180)
+        assert res.returncode == 0, res.stderr[-2000:]
+    got, want = _shares(tmp_path / "share"), _url_reference(log)
+    assert got.keys() == want.keys() and len(want) > 100
+    assert all(abs(got[u] - want[u]) < 1e-9 for u in want)
+    assert abs(sum(got.values()) - 1) < 1e-6
