@@ -82,9 +82,13 @@ def main() -> int:
     files = write_corpus(corpus_dir, mb, files=8)
     rows = []
 
+    sizes = {"CSV App 2": signs.stat().st_size / 1e6,
+             "MapReduce word count": sum(f.stat().st_size for f in files) / 1e6}
+
     def add(app: str, name: str, secs: float, result: object, ref: object) -> None:
-        rows.append({"app": app, "contender": name, "seconds": round(secs, 3),
-                     "mb_per_s": round(mb / secs, 2), "correct": result == ref})
+        rows.append({"app": app, "contender": name, "input_mb": round(sizes[app], 1),
+                     "seconds": round(secs, 3), "mb_per_s": round(sizes[app] / secs, 2),
+                     "correct": result == ref})
 
     # App 2
     t, ref2 = timed(plain_app2, signs)

@@ -66,6 +66,9 @@ class PipeOp(_Model):
 
     op: Literal["pipe"]
     cmd: list[str] = Field(min_length=1, description="argv, e.g. [grep, -i, error]")
+    mode: Literal["batch", "framed"] = Field(
+        default="batch", description="batch: one process per batch; framed: one long-lived "
+        "process speaking the framed protocol (rainstorm.operators.framed)")
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     ok_exit_codes: list[int] | None = Field(
         default=None, description="default [0], and [0, 1] for grep-like programs")

@@ -15,7 +15,8 @@ from typing import Any
 from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
 from rainstorm.operators.chain_errors import OperatorError, Rejected
-from rainstorm.operators.external import make_pipe, make_reduce
+from rainstorm.operators.external import as_line, make_pipe, make_reduce
+from rainstorm.operators.framed import FramedProcess
 from rainstorm.operators.plan import StagePlan
 from rainstorm.operators.resolve import resolve
 from rainstorm.spec import PipeOp, ReduceOp
@@ -71,6 +72,9 @@ class Chain:
                     f"{where}: runs the executable {op.cmd[0]!r}; workers run executables "
                     "only when started with --allow-exec (env RAINSTORM_ALLOW_EXEC=1)"
                 )
+            if isinstance(op, PipeOp) and op.mode == "framed":
+                self.steps.append(_Step(op.label, FramedProcess(op.cmd, op.timeout_s, as_line)))
+                continue
             if isinstance(op, PipeOp):
                 self.steps.append(_Step(op.label, make_pipe(op.cmd, op.timeout_s,
                                                             op.ok_codes())))

@@ -30,7 +30,7 @@ def default_ok_codes(cmd: list[str]) -> tuple[int, ...]:
     return (0, 1) if os.path.basename(cmd[0]) in GREP_FAMILY else (0,)
 
 
-def _line(record: Any) -> str:
+def as_line(record: Any) -> str:
     if isinstance(record, str):
         return record
     if isinstance(record, tuple | list) and len(record) == 2:
@@ -48,7 +48,7 @@ def make_pipe(cmd: list[str], timeout_s: float,
     ok = ok_codes if ok_codes is not None else default_ok_codes(cmd)
 
     def run(records: list[Any]) -> list[str]:
-        data = "".join(_line(r) + "\n" for r in records).encode("utf-8", "surrogateescape")
+        data = "".join(as_line(r) + "\n" for r in records).encode("utf-8", "surrogateescape")
         try:
             proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout_s,
                                   check=False)
@@ -85,7 +85,7 @@ def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
             return out
         assert fn is not None
         for part, key, vals in groups:
-            out += [(part, o if isinstance(o, str) else _line(o)) for o in fn(key, vals)]
+            out += [(part, o if isinstance(o, str) else as_line(o)) for o in fn(key, vals)]
         return out
 
     return run

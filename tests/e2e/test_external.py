@@ -105,3 +105,39 @@ def test_executables_need_allow_exec(tmp_path: Path, url: str, r: redis.Redis) -
     finally:
         w.kill()
         w.wait(10)
+
+
+FRAMED = [sys.executable, str(ROOT / "tests" / "framed_upper.py")]
+
+
+def test_framed_program_serves_many_batches(tmp_path: Path, url: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = write_corpus(tmp_path, n_files=2, kb=20)
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("FRAMED_PIDS", str(pids))
+    rep = run_job(spec_with({"cmd": FRAMED, "mode": "framed"}), inputs=[str(p) for p in paths],
+                  workers=2, redis_url=url, allow_exec=True, timeout_s=60)
+    assert rep.result == Counter(w.upper() for ln in lines_of(paths) for w in ln.split())
+    started = pids.read_text().split()
+    assert rep.status.stages[0].committed > 10 and 1 <= len(started) <= 2  # long-lived
+
+
+@pytest.mark.parametrize("marker, needle", [
+    ("CRASH", "exited with status 4 in the middle of a batch; stderr: \"cannot digest"),
+    ("HANG", "ran past its timeout of 0.5 s"),
+])
+def test_framed_program_failures_dead_letter(tmp_path: Path, url: str, r: redis.Redis,
+                                             marker: str, needle: str) -> None:
+    paths = write_corpus(tmp_path, n_files=1, kb=6)
+    lines = paths[0].read_text().splitlines()
+    bad = f"{lines[7]} {marker}"
+    lines[7] = bad
+    paths[0].write_text("\n".join(lines) + "\n")
+    spec = spec_with({"cmd": FRAMED, "mode": "framed", "timeout_s": 0.5}, max_deliveries=2,
+                     claim_idle_ms=150)
+    rep = run_job(spec, inputs=[str(p) for p in paths], workers=2, redis_url=url,
+                  allow_exec=True, timeout_s=120)
+    assert rep.result == Counter(w.upper() for ln in lines if ln != bad for w in ln.split())
+    dead = r.xrange(keys.dlq(rep.job_id))
+    letter = msgpack.unpackb(dead[0][1][b"d"])
+    assert len(dead) == 1 and letter["record"] == bad and needle in letter["error"], letter
