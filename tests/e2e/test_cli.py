@@ -48,3 +48,21 @@ def test_set_and_file_sink(tmp_path: Path) -> None:
     bad = cli("run", str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f),
               "--set", "settings.batch_entries=-1")
     assert bad.returncode == 2 and "settings.batch_entries" in bad.stderr
+
+
+def test_redis_sink_readable_with_redis_cli_commands(tmp_path: Path, url: str) -> None:
+    import redis
+
+    from rainstorm import keys
+    from rainstorm.coordinator.run import run_job
+    from rainstorm.spec import load_spec
+
+    f = tmp_path / "in.txt"
+    f.write_text("b a b\nc b\n")
+    spec = load_spec(ROOT / "examples" / "wordcount.yaml", ["sink.type=redis"])
+    rep = run_job(spec, inputs=[str(f)], workers=1, redis_url=url, job_id="sinkjob",
+                  timeout_s=60)
+    r = redis.Redis.from_url(url, decode_responses=True)
+    assert r.hgetall(keys.result(rep.job_id)) == {"a": "1", "b": "3", "c": "1"}
+    assert r.zrevrange(keys.top(rep.job_id), 0, 0) == ["b"]
+    r.close()
