@@ -102,17 +102,18 @@ def main() -> int:
     # MapReduce word count
     t, refw = timed(plain_wordcount, files)
     add("MapReduce word count", "plain Python", t, refw, refw)
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "wc"
-        mr = run_mapreduce("tests.ops:wc_map", "tests.ops:wc_reduce", [str(corpus_dir)], out,
-                           partitions=2, allow_modules=("tests",))
-        got: Counter[str] = Counter()
-        for part in out.iterdir():
-            for line in part.read_text(encoding="utf-8").splitlines():
-                w, n = line.rsplit("\t", 1)
-                got[w] = int(n)
-    add("MapReduce word count", "rainstorm mapreduce, 2 workers",
-        mr.map_seconds + mr.reduce_seconds, got, refw)
+    for combiner in (None, "tests.ops:wc_combine"):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "wc"
+            mr = run_mapreduce("tests.ops:wc_map", "tests.ops:wc_reduce", [str(corpus_dir)],
+                               out, partitions=2, combiner=combiner, allow_modules=("tests",))
+            got: Counter[str] = Counter()
+            for part in out.iterdir():
+                for line in part.read_text(encoding="utf-8").splitlines():
+                    w, n = line.rsplit("\t", 1)
+                    got[w] = int(n)
+        name = "rainstorm mapreduce" + (" + combiner" if combiner else "") + ", 2 workers"
+        add("MapReduce word count", name, mr.map_seconds + mr.reduce_seconds, got, refw)
     if a.spark_python:
         t, res = spark(a.spark_python, "wordcount", str(corpus_dir))
         add("MapReduce word count", "PySpark local[2] reduceByKey", t, Counter(res), refw)

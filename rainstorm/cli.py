@@ -300,13 +300,15 @@ def worker(redis_url: str | None, job_id: str | None, burst: bool,
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="directory for part-NNNNN files (must not exist)")
 @click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--combiner", metavar="CALLABLE", default=None,
+              help="module:fn(key, values) -> values, run on each map batch (map-side combine)")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @redis_option
 @click.option("--allow-exec", is_flag=True, help="let workers run the mapper/reducer programs")
 @click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
 @_guard
 def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, partitions: int,
-              workers: int, redis_url: str | None, allow_exec: bool,
+              combiner: str | None, workers: int, redis_url: str | None, allow_exec: bool,
               allow: tuple[str, ...]) -> None:
     """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""
     from pathlib import Path
@@ -316,9 +318,11 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
     for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
         if not is_callable_ref(value) and not allow_exec:
             raise _Exit(f"{flag} {value!r} is a program; pass --allow-exec to run it", 2)
-    mods = tuple(v.partition(":")[0] for v in (mapper, reducer) if is_callable_ref(v))
+    mods = tuple(v.partition(":")[0] for v in (mapper, reducer, combiner or "")
+                 if is_callable_ref(v))
     rep = run_mapreduce(mapper, reducer, [_prefix_glob(i) for i in inputs], Path(output),
-                        partitions=partitions, workers=workers, redis_url=redis_url,
+                        partitions=partitions, combiner=combiner, workers=workers,
+                        redis_url=redis_url,
                         allow_exec=allow_exec, allow_modules=allow + mods)
     click.echo(f"map {rep.map_seconds:.2f} s ({rep.keys} keys), reduce "
                f"{rep.reduce_seconds:.2f} s: {rep.output_lines} lines in {rep.parts} parts "

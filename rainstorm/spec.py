@@ -118,11 +118,15 @@ class Aggregate(_Model):
 
     op: Literal["count", "sum", "min", "max", "mean", "distinct", "top_k", "group"]
     k: int | None = Field(default=None, ge=1, le=10_000, description="top_k only")
+    combiner: str | None = Field(default=None, description="group only: module:fn(key, values)"
+                                 " -> values, applied to each batch before it is committed")
 
     @model_validator(mode="after")
     def _k_only_for_top_k(self) -> Aggregate:
         if self.k is not None and self.op != "top_k":
             raise ValueError("'k' is only allowed on top_k")
+        if self.combiner is not None and self.op != "group":
+            raise ValueError("'combiner' is only allowed on group")
         return self
 
 

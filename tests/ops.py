@@ -45,3 +45,8 @@ def wc_reduce(key: str, values: list[int]) -> list[str]:
 def slow_wc_reduce(key: str, values: list[int]) -> list[str]:
     time.sleep(0.002)
     return wc_reduce(key, values)
+
+
+def wc_combine(key: str, values: list[int]) -> list[int]:
+    """A combiner: a batch's ones for a word become one partial count."""
+    return [sum(int(v) for v in values)]

@@ -53,7 +53,8 @@ def is_callable_ref(text: str) -> bool:
     return bool(CALLABLE.match(text)) and not Path(text).exists()
 
 
-def map_spec(mapper: str, inputs: list[str], partitions: int) -> JobSpec:
+def map_spec(mapper: str, inputs: list[str], partitions: int,
+             combiner: str | None = None) -> JobSpec:
     if is_callable_ref(mapper):
         ops: list[dict[str, Any]] = [
             {"op": "flat_map", "fn": mapper},
@@ -62,7 +63,7 @@ def map_spec(mapper: str, inputs: list[str], partitions: int) -> JobSpec:
         ops = [{"op": "pipe", "cmd": _argv(mapper, "--mapper")},
                {"op": "key_by", "fn": "tab_key", "value": "tab_value"}]
     return parse_spec({"name": "mapreduce-map", "source": {"type": "text", "paths": inputs},
-                       "pipeline": [*ops, {"op": "group"}],
+                       "pipeline": [*ops, {"op": "group", "combiner": combiner}],
                        "settings": {"parallelism": partitions}}, "--mapper")
 
 
@@ -112,6 +113,7 @@ def run_mapreduce(
     output: Path,
     *,
     partitions: int = 2,
+    combiner: str | None = None,
     workers: int = 2,
     redis_url: str | None = None,
     allow_exec: bool = False,
@@ -121,7 +123,9 @@ def run_mapreduce(
 ) -> MapReduceReport:
     if output.exists():
         raise UsageError(f"--output: {output} already exists (remove it or choose another)")
-    mspec = map_spec(mapper, inputs, partitions)
+    if combiner is not None and not is_callable_ref(combiner):
+        raise UsageError(f"--combiner: expected module:function, got {combiner!r}")
+    mspec = map_spec(mapper, inputs, partitions, combiner)
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

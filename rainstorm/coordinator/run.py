@@ -20,7 +20,7 @@ from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.replication import ReplicaSet
 from rainstorm.server import EmbeddedRedis
-from rainstorm.spec import JobSpec, RecordOp, ReduceOp
+from rainstorm.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class RunReport:
 
 def spec_modules(spec: JobSpec) -> tuple[str, ...]:
     """Modules the spec's own operators import (trusted: the user runs them here)."""
-    fns = [f for op in spec.pipeline if isinstance(op, RecordOp | ReduceOp)
-           for f in (op.fn, getattr(op, "value", None)) if f]
+    fns = [f for op in spec.pipeline for f in (getattr(op, "fn", None), getattr(op, "value", None),
+                                               getattr(op, "combiner", None)) if f]
     mods = {f.partition(":")[0] for f in fns if ":" in f}
     return tuple(sorted(mods))
 

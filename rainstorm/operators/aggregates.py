@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -58,6 +58,10 @@ class Aggregator:
 
     def finish(self, state: dict[Any, Any]) -> dict[Any, Any]:
         return state
+
+    def before_commit(self, delta: dict[Any, Any]) -> dict[Any, Any]:
+        """A batch's delta as committed (Group applies its combiner here)."""
+        return delta
 
     def to_wire(self, v: Any) -> Any:
         return v
@@ -166,8 +170,18 @@ class Group(Aggregator):
 
     name = "group"
 
+    def __init__(self, combiner: Callable[[Any, list[Any]], Iterable[Any]] | None = None) -> None:
+        self.combiner = combiner
+
     def lift(self, v: Any) -> Any:
         return [v]
+
+    def before_commit(self, delta: dict[Any, Any]) -> dict[Any, Any]:
+        """Map-side combine (Hadoop's combiner): a key's values in this batch
+        replaced by ``combiner(key, values)``, e.g. a partial sum."""
+        if self.combiner is None:
+            return delta
+        return {k: list(self.combiner(k, vals)) for k, vals in delta.items()}
 
     def add(self, acc: dict[Any, Any], records: Iterable[Any], keyed: bool) -> None:
         for k, v in records:
@@ -188,7 +202,8 @@ class Group(Aggregator):
 KINDS = ("count", "sum", "min", "max", "mean", "distinct", "top_k", "group")
 
 
-def aggregator(kind: str, k: int | None = None) -> Aggregator:
+def aggregator(kind: str, k: int | None = None,
+               combiner: Callable[[Any, list[Any]], Iterable[Any]] | None = None) -> Aggregator:
     if kind in ("count", "sum"):
         return Additive(kind)
     if kind in ("min", "max"):
@@ -200,7 +215,7 @@ def aggregator(kind: str, k: int | None = None) -> Aggregator:
     if kind == "top_k":
         return TopK(k or 10)
     if kind == "group":
-        return Group()
+        return Group(combiner)
     raise ValueError(f"unknown aggregate {kind!r}")
 
 

@@ -28,6 +28,8 @@ class StagePlan:
     keyed_out: bool = False
     aggregate: str | None = None
     top_k: int | None = None
+    combiner: str | None = None
+    aggregate_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def plan(spec: JobSpec) -> JobPlan:
     parts = spec.settings.parallelism
     aggregate: str | None = None
     top_k: int | None = None
+    combiner: str | None = None
+    agg_path = ""
     for n, op in enumerate(spec.pipeline):
         where = f"pipeline.{n}"
         if aggregate is not None:
@@ -74,9 +78,10 @@ def plan(spec: JobSpec) -> JobPlan:
         elif isinstance(op, Aggregate):
             if op.op != "count" and not keyed:
                 raise UsageError(f"{where}: {op.op} needs keyed records; add a key_by before it")
-            aggregate, top_k = op.op, op.k
+            aggregate, top_k, combiner, agg_path = op.op, op.k, op.combiner, where
     stages.append(
-        StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed, aggregate, top_k)
+        StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed, aggregate, top_k,
+                  combiner, agg_path)
     )
     return JobPlan(tuple(stages))
 

@@ -22,6 +22,7 @@ from rainstorm.job import Job, batch_uid, decode_records, encode_records, partit
 from rainstorm.lua import CommitRequest
 from rainstorm.operators import aggregates, metrics
 from rainstorm.operators.chain import Chain, OperatorError, split_lines
+from rainstorm.operators.resolve import resolve
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ class StageRunner:
         self.stage = job.stage(stage)
         self.chain = Chain(self.stage, allow, allow_exec)
         self.aggregate = self.stage.aggregate
-        self.agg = aggregates.aggregator(self.aggregate, self.stage.top_k) \
+        combiner = resolve(self.stage.combiner, {}, allow,
+                           f"{self.stage.aggregate_path}.combiner") if self.stage.combiner else None
+        self.agg = aggregates.aggregator(self.aggregate, self.stage.top_k, combiner) \
             if self.aggregate else None
         self.is_last = stage == len(job.plan.stages) - 1
 
@@ -136,7 +139,8 @@ class StageRunner:
             extra=dict(comp.extra),
         )
         if self.aggregate:
-            req.delta = aggregates.encode(dict(comp.delta), self.agg) if comp.delta else b""
+            delta = self.agg.before_commit(dict(comp.delta)) if self.agg else dict(comp.delta)
+            req.delta = aggregates.encode(delta, self.agg) if delta else b""
             req.records_out = len(comp.delta)
             return req
         req.records_out = len(comp.outputs)

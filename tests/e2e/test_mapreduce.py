@@ -32,15 +32,19 @@ def read_parts(out: Path, partitions: int) -> Counter[str]:
     return got
 
 
-@pytest.mark.parametrize("mapper, reducer", [
-    ("tests.ops:wc_map", "tests.ops:wc_reduce"),
-    (AWK_MAP, AWK_REDUCE),
+@pytest.mark.parametrize("mapper, reducer, combiner", [
+    ("tests.ops:wc_map", "tests.ops:wc_reduce", None),
+    ("tests.ops:wc_map", "tests.ops:wc_reduce", "tests.ops:wc_combine"),
+    (AWK_MAP, AWK_REDUCE, None),
+    (AWK_MAP, AWK_REDUCE, "tests.ops:wc_combine"),
 ])
-def test_wordcount_mapreduce(tmp_path: Path, url: str, mapper: str, reducer: str) -> None:
+def test_wordcount_mapreduce(tmp_path: Path, url: str, mapper: str, reducer: str,
+                             combiner: str | None) -> None:
     paths = write_corpus(tmp_path / "in", n_files=3, kb=20)
     out = tmp_path / "out"
     rep = run_mapreduce(mapper, reducer, [str(tmp_path / "in" / "f*")], out, partitions=3,
-                        redis_url=url, allow_exec=True, allow_modules=("tests",), timeout_s=120)
+                        combiner=combiner, redis_url=url, allow_exec=True,
+                        allow_modules=("tests",), timeout_s=120)
     assert read_parts(out, 3) == reference_wordcount(paths)
     assert rep.keys == len(reference_wordcount(paths))
     assert sorted(p.name for p in out.iterdir()) == ["part-00000", "part-00001", "part-00002"]
