@@ -176,7 +176,6 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
 def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) -> None:
-    dirs_before = set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*"))
     paths = write_corpus(tmp_path / "in", n_files=2, kb=60)
     spec = tmp_path / "slow.yaml"
     spec.write_text(yaml.safe_dump({
@@ -188,15 +187,16 @@ def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kids = wait_for(lambda: len(_children(proc.pid)) >= 3 and _children(proc.pid), 30,
                     "server + 2 workers to start")
+    cmdlines = [Path(f"/proc/{k}/cmdline").read_text() for k in kids]
+    server_dir = Path(next(c for c in cmdlines if "redis.sock" in c)
+                      .split("\0")[0].split("unixsocket:")[-1]).parent
+    assert server_dir.name.startswith("rainstorm-redis-") and server_dir.exists()
     proc.send_signal(getattr(signal, sig))
     proc.wait(30)
     wait_for(lambda: not any(_alive(k) for k in kids), 30, "children to exit")
-    left = set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*")) - dirs_before
     if sig == "SIGTERM":  # a SIGKILLed run cannot remove its temp dir; SIGTERM must
-        assert not left
-
-    for d in left:
-        shutil.rmtree(d, ignore_errors=True)
+        assert not server_dir.exists()
+    shutil.rmtree(server_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("kind", ["min", "max", "mean", "distinct", "top_k"])
