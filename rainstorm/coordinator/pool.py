@@ -16,15 +16,20 @@ from multiprocessing.process import BaseProcess
 from rainstorm.errors import JobFailed
 from rainstorm.procs import die_with_parent
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
                  allow_exec: bool, level: int, parent_pid: int) -> None:
+    # forked with SIGTERM/SIGINT blocked (see spawn): first drop the handlers
+    # inherited from the CLI, then let the signals in
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    die_with_parent(parent_pid)
     from rainstorm.connection import connect
     from rainstorm.worker.loop import Worker, WorkerOptions
 
-    die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler inherited from the CLI
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     w = Worker(connect(redis_url), WorkerOptions(job=job_id, burst=True,
                                                   allow_modules=allow_modules,
@@ -48,7 +53,12 @@ class LocalWorkers:
         """Start one more worker (also used to replace killed ones)."""
         p = self._ctx.Process(target=_worker_main, args=self._args, daemon=True,
                               name="rainstorm-worker")
-        p.start()
+        # no stop signal may reach the child before it drops the parent's handlers
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.procs.append(p)
         return p
 
