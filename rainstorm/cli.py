@@ -339,6 +339,62 @@ def _prefix_glob(text: str) -> str:
 
 
 @main.command()
+@redis_option
+@json_option
+@_guard
+def workers(redis_url: str | None, as_json: bool) -> None:
+    """Workers with their heartbeat age, current stage and batches committed."""
+    from rainstorm.coordinator.tasks import workers as list_workers
+
+    rows = list_workers(_client(redis_url))
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    _table("rainstorm workers", rows, ["id", "host", "pid", "state", "heartbeat_age_s",
+                                        "current", "batches"])
+
+
+@main.command("list-tasks")
+@click.argument("job_id", required=False)
+@redis_option
+@json_option
+@_guard
+def list_tasks(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
+    """Per job, stage and partition: backlog, pending entries, which workers hold them."""
+    from rainstorm.coordinator.tasks import list_tasks as tasks
+
+    rows = tasks(_client(redis_url), job_id)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        row["holders"] = ", ".join(f"{k}: {v}" for k, v in row["holders"].items()) or "-"
+    _table("rainstorm tasks", rows, ["job", "state", "stage", "stream", "backlog", "pending",
+                                      "holders"])
+
+
+@main.command("kill-job")
+@click.argument("job_id")
+@redis_option
+@_guard
+def kill_job(job_id: str, redis_url: str | None) -> None:
+    """Cancel JOB and remove its keys (its coordinator fails with 'cancelled')."""
+    from rainstorm.coordinator.tasks import kill_job as cancel
+
+    n = cancel(_client(redis_url), job_id)
+    click.echo(f"job {job_id} cancelled; {n} keys removed", err=True)
+
+
+def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
+    table = Table(title=title)
+    for col in cols:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in cols))
+    Console().print(table)
+
+
+@main.command()
 @click.argument("job_id", required=False)
 @redis_option
 @json_option

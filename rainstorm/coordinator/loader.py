@@ -124,6 +124,8 @@ class Loader:
                 f"job {self.job.id}: its keys are gone from Redis (flushed, or restarted without "
                 "persistence); loading again would give a partial result, so the job is failed"
             )
+        if res.status == "stopped":
+            raise JobFailed(f"job {self.job.id} is {res.detail}")
         if res.status == "cursor":
             log.warning("cursor moved under us (another coordinator?): %s", res.detail)
             return LoadStep(done=res.detail == DONE)

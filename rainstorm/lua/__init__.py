@@ -41,7 +41,7 @@ def _s(value: Any) -> str:
 
 @dataclass
 class LoadResult:
-    status: str  # ok | cursor | backlog | gone
+    status: str  # ok | cursor | backlog | gone | stopped
     detail: str = ""
 
 

@@ -65,8 +65,10 @@ end
 -- ARGV[4]        = n, number of entries
 -- ARGV[5]        = bytes carried by the entries (for progress)
 -- ARGV[6..]      = n pairs: uid, payload
--- Returns {'ok'} | {'cursor', current} | {'backlog', stream} | {'gone'}
--- ('gone': the job's keys are missing, e.g. Redis restarted without data.)
+-- Returns {'ok'} | {'cursor', current} | {'backlog', stream} | {'gone'} |
+--         {'stopped', state}
+-- ('gone': the job's keys are missing, e.g. Redis restarted without data;
+--  'stopped': the job is no longer running, e.g. cancelled.)
 ------------------------------------------------------------------------------
 local function load(keys, args)
   local counters, cursor, meta = keys[1], keys[2], keys[3]
@@ -77,7 +79,9 @@ local function load(keys, args)
   if #keys ~= 3 + n then error('rainstorm_load: expected ' .. (3 + n) .. ' keys, got ' .. #keys) end
   if #args ~= 5 + 2 * n then error('rainstorm_load: expected ' .. (5 + 2 * n) .. ' args') end
   if new_pos == nil or new_pos == '' then error('rainstorm_load: empty new cursor') end
-  if redis.call('EXISTS', meta) == 0 then return {'gone'} end
+  local state = redis.call('HGET', meta, 'state')
+  if not state then return {'gone'} end
+  if state ~= 'running' then return {'stopped', state} end
 
   local current = redis.call('HGET', cursor, 'pos')
   if not current then current = '' end

@@ -87,6 +87,7 @@ class Worker:
         self._started = time.monotonic()
         self._outage_since: float | None = None
         self._run_id = ""
+        self._seen_job = False
         self._reread_own = False
 
     # -- the loop ---------------------------------------------------------
@@ -154,8 +155,8 @@ class Worker:
     def _burst_over(self) -> bool:
         """In burst mode with --job, wait for the job to appear (a worker may
         start before its job is submitted); otherwise no job means done."""
-        if not self.opt.job:
-            return True
+        if not self.opt.job or self._seen_job:
+            return True  # (a job that existed and is gone was cancelled or removed)
         if self.r.hget(keys.meta(self.opt.job), "state") is not None:
             return True
         return time.monotonic() - self._started > self.opt.wait_for_job_s
@@ -183,6 +184,7 @@ class Worker:
             if state is None or JobState(_s(state)).terminal:
                 continue
             running.add(job_id)
+            self._seen_job = True
             if job_id not in self.jobs and job_id not in self.refused:
                 self._adopt(job_id)
         for gone in set(self.jobs) - running:

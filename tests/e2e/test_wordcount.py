@@ -181,10 +181,12 @@ def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) 
     spec.write_text(yaml.safe_dump({
         "name": "slow", "source": {"batch_bytes": 2048},
         "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}, {"op": "count"}]}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rainstorm", "run", str(spec), "--input", str(paths[0])],
-        cwd=ROOT, env=dict(os.environ, RAINSTORM_TEST_SLOW_MS="5"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = tmp_path / "stderr"
+    with err.open("w") as errfh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rainstorm", "-v", "run", str(spec), "--input",
+             str(paths[0])], cwd=ROOT, env=dict(os.environ, RAINSTORM_TEST_SLOW_MS="5"),
+            stdout=subprocess.DEVNULL, stderr=errfh)
     kids = wait_for(lambda: len(_children(proc.pid)) >= 3 and _children(proc.pid), 30,
                     "server + 2 workers to start")
     cmdlines = [Path(f"/proc/{k}/cmdline").read_text() for k in kids]
@@ -195,7 +197,9 @@ def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) 
     proc.wait(30)
     wait_for(lambda: not any(_alive(k) for k in kids), 30, "children to exit")
     if sig == "SIGTERM":  # a SIGKILLed run cannot remove its temp dir; SIGTERM must
-        assert not server_dir.exists()
+        assert not server_dir.exists(), (
+            proc.returncode, sorted(p.name for p in server_dir.iterdir()),
+            err.read_text()[-3000:])
     shutil.rmtree(server_dir, ignore_errors=True)
 
 

@@ -1,0 +1,72 @@
+"""Task management CLI against a live job: workers, list-tasks, kill-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.driver import drive
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.errors import JobFailed
+from tests.conftest import write_corpus
+from tests.helpers import ROOT, start_worker, wait_for, wordcount_spec
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rainstorm", *args, "--redis", url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
+
+
+def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path, n_files=2, kb=40)
+    spec = wordcount_spec("tests.ops:slow_split", batch_bytes=2048, batch_entries=2)
+    job, files = prepare(spec, [str(p) for p in paths], "tasks")
+    submit(r, job, files)
+    procs = [start_worker(url, job.id, RAINSTORM_TEST_SLOW_MS="5") for _ in range(2)]
+    seen: dict[str, object] = {}
+
+    def inspect(_status: object) -> None:
+        if "tasks" in seen:
+            return
+        holders = [row for row in json.loads(cli(url, "list-tasks", "--json").stdout)
+                   if row["pending"]]
+        ws = json.loads(cli(url, "workers", "--json").stdout)
+        if holders and len(ws) == 2:
+            seen["tasks"], seen["workers"] = holders, ws
+            res = cli(url, "kill-job", job.id)
+            seen["kill"] = res
+
+    try:
+        with pytest.raises(JobFailed, match="cancelled"):
+            drive(r, job, on_progress=inspect, timeout_s=60)
+        for p in procs:  # burst workers leave once their job is gone
+            p.wait(30)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+    holders = seen["tasks"]
+    assert isinstance(holders, list)
+    pids = {str(p.pid) for p in procs}
+    assert all(any(f"-{pid}-" in name for pid in pids) for row in holders
+               for name in row["holders"])
+    ws = seen["workers"]
+    assert isinstance(ws, list) and {w["state"] for w in ws} == {"alive"}
+    assert {str(w["pid"]) for w in ws} == pids
+    kill = seen["kill"]
+    assert isinstance(kill, subprocess.CompletedProcess) and kill.returncode == 0
+    assert "cancelled" in kill.stderr
+    left = [k for k in r.scan_iter(match="rs:\\{tasks\\}:*") if k != keys.meta(job.id).encode()]
+    assert left == [] and not r.sismember(keys.JOBS, job.id)
+    unknown = cli(url, "kill-job", "nope")
+    assert unknown.returncode == 2 and "no such job: nope" in unknown.stderr
+    wait_for(lambda: all(p.poll() is not None for p in procs), 10, "workers to exit")
