@@ -84,10 +84,10 @@ def _client(redis_url: str | None) -> redis.Redis:
 
 
 def _print_result(result: dict[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
-    from rainstorm.coordinator.result import top
+    from rainstorm.coordinator.result import to_json, top
 
     if as_json:
-        click.echo(json.dumps(result, ensure_ascii=False, default=repr))
+        click.echo(to_json(result))
         return
     if isinstance(result, list):
         for rec in result[:top_n]:
@@ -153,7 +153,7 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
         top_n: int | None, no_progress: bool, as_json: bool) -> None:
     """Run SPEC to completion (embedded Redis and local workers unless --redis)."""
     from rainstorm.coordinator.inputs import resolve_inputs
-    from rainstorm.coordinator.result import write_atomically
+    from rainstorm.coordinator.result import to_json, write_atomically
     from rainstorm.coordinator.run import run_job
     from rainstorm.spec import load_spec
 
@@ -172,9 +172,8 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
                          allow_exec=allow_exec, persistence=persistence, replicas=replicas,
                          rdb_every_s=rdb_every_s,
                          on_progress=update if show else None)
-    output = output or (spec.sink.path if spec.sink.type == "file" else None)
-    if output:
-        write_atomically(output, json.dumps(report.result, ensure_ascii=False, default=repr))
+    if output:  # the spec's own file sink was written when the result was stored
+        write_atomically(output, to_json(report.result))
     _print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
     mb = report.total_bytes / 1e6
     warn = report.status.counters.get("s0:invalid_utf8_entries", 0)
@@ -214,8 +213,9 @@ class _Null:
 def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Show how SPEC is cut into stages, and which operators are fused."""
     from rainstorm.operators.plan import describe, plan
+    from rainstorm.spec import load_spec
 
-    spec = load_spec_cli(spec_path, overrides)
+    spec = load_spec(spec_path, list(overrides))
     p = plan(spec)
     if as_json:
         click.echo(json.dumps([{"stage": s.index, "partitions": s.partitions,
@@ -227,12 +227,6 @@ def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     for line, s in zip(describe(p), p.stages, strict=True):
         fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
         click.echo(f"  {line}{fused}")
-
-
-def load_spec_cli(spec_path: str, overrides: tuple[str, ...]) -> Any:
-    from rainstorm.spec import load_spec
-
-    return load_spec(spec_path, list(overrides))
 
 
 @main.command()
@@ -260,10 +254,6 @@ def submit(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...],
     fresh = do_submit(r, job, files)
     click.echo(f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)
     result = drive(r, job, timeout_s=timeout_s)
-    if spec.sink.type == "file" and spec.sink.path:
-        from rainstorm.coordinator.result import write_atomically
-
-        write_atomically(spec.sink.path, json.dumps(result, ensure_ascii=False, default=repr))
     _print_result(result, spec.sink.top, as_json)
 
 
@@ -313,17 +303,11 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
     """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""
     from pathlib import Path
 
-    from rainstorm.coordinator.mapreduce import is_callable_ref, run_mapreduce
+    from rainstorm.coordinator.mapreduce import run_mapreduce
 
-    for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
-        if not is_callable_ref(value) and not allow_exec:
-            raise _Exit(f"{flag} {value!r} is a program; pass --allow-exec to run it", 2)
-    mods = tuple(v.partition(":")[0] for v in (mapper, reducer, combiner or "")
-                 if is_callable_ref(v))
     rep = run_mapreduce(mapper, reducer, [_prefix_glob(i) for i in inputs], Path(output),
                         partitions=partitions, combiner=combiner, workers=workers,
-                        redis_url=redis_url,
-                        allow_exec=allow_exec, allow_modules=allow + mods)
+                        redis_url=redis_url, allow_exec=allow_exec, allow_modules=allow)
     click.echo(f"map {rep.map_seconds:.2f} s ({rep.keys} keys), reduce "
                f"{rep.reduce_seconds:.2f} s: {rep.output_lines} lines in {rep.parts} parts "
                f"under {rep.output}", err=True)

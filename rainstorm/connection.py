@@ -21,6 +21,11 @@ MIN_VERSION = (7, 0, 0)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 
 
+def outage_backoff_s(waited_s: float) -> float:
+    """How long to sleep before the next try, ``waited_s`` into an outage."""
+    return min(0.05 * 2 ** min(waited_s, 5), 1.0)
+
+
 SENTINEL_SCHEME = "redis+sentinel://"
 
 

@@ -90,7 +90,6 @@ class Folder:
         self.version = 0
         self.folded: list[str] = []  # log ids folded in memory, not yet compacted
         self.last_id = "0-0"
-        self.resets = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -123,7 +122,6 @@ class Folder:
             self.version += 1
             self.folded = []
         else:  # someone else folded, or Redis lost data: start again from Redis
-            self.resets += 1
             self._reset()
 
     def final(self) -> dict[Any, Any]:
@@ -132,7 +130,6 @@ class Folder:
         known = set(self.folded)
         if snap.version != self.version or not known.issubset(snap.log_ids):
             log.warning("state of %s changed under the coordinator; refolding", self.job.id)
-            self.resets += 1
             return self.agg.finish(fold(snap, self.agg))
         for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
             if id_ not in known:

@@ -17,10 +17,10 @@ from typing import Any
 import redis
 
 from rainstorm import keys
-from rainstorm.connection import REDIS_DOWN
+from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.coordinator.loader import Loader
 from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.result import collect, jsonable_key, store
+from rainstorm.coordinator.result import collect, keys_as_str, store
 from rainstorm.durability import make_durable
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, JobState
@@ -104,7 +104,7 @@ class Driver:
         return None
 
     def _finish(self) -> Result:
-        result = _keys_as_str(self.folder.final()) if self.folder else collect(self.r, self.job)
+        result = keys_as_str(self.folder.final()) if self.folder else collect(self.r, self.job)
         store(self.r, self.job, result)
         make_durable(self.r, self.job)
         return result
@@ -122,19 +122,13 @@ class Driver:
         if self.check:
             self.check()  # e.g. restart a crashed embedded server
         self.loaded = False  # re-read the cursor: Redis may have rolled back
-        time.sleep(min(0.05 * 2 ** min(waited, 5), 1.0))
+        time.sleep(outage_backoff_s(waited))
 
 
 def drive(r: redis.Redis, job: Job, **kw: Any) -> Result:
     """Load the input (resuming from the cursor), wait until every stage has
     committed all it was given, then read and store the result."""
     return Driver(r, job, **kw).run()
-
-
-def _keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
-    if all(type(k) is str for k in state):
-        return state
-    return {jsonable_key(k): v for k, v in state.items()}
 
 
 def fail(r: redis.Redis, job: Job, reason: str) -> None:

@@ -63,7 +63,6 @@ def read_chunk(path: Path, offset: int, size: int) -> bytes:
 class LoadStep:
     done: bool
     loaded_entries: int = 0
-    waited: bool = False
 
 
 class Loader:
@@ -131,4 +130,4 @@ class Loader:
             return LoadStep(done=res.detail == DONE)
         time.sleep(self._backoff)  # backlog: wait for workers to drain
         self._backoff = min(self._backoff * 2, 0.2)
-        return LoadStep(done=False, waited=True)
+        return LoadStep(done=False)

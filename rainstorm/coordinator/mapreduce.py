@@ -125,6 +125,9 @@ def run_mapreduce(
         raise UsageError(f"--output: {output} already exists (remove it or choose another)")
     if combiner is not None and not is_callable_ref(combiner):
         raise UsageError(f"--combiner: expected module:function, got {combiner!r}")
+    for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
+        if not allow_exec and not is_callable_ref(value):
+            raise UsageError(f"{flag} {value!r} is a program; pass --allow-exec to run it")
     mspec = map_spec(mapper, inputs, partitions, combiner)
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

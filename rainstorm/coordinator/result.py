@@ -24,11 +24,17 @@ def jsonable_key(k: Any) -> str:
     return k if isinstance(k, str) else json.dumps(k, default=repr)
 
 
+def keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
+    """An aggregate with JSON-able keys (no copy when they already are str)."""
+    if all(type(k) is str for k in state):
+        return state
+    return {jsonable_key(k): v for k, v in state.items()}
+
+
 def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
     """The job's full result: a key -> value map (aggregate) or a record list."""
     if job.plan.aggregate:
-        state = read_state(r, job)
-        return {jsonable_key(k): v for k, v in state.items()}
+        return keys_as_str(read_state(r, job))
     out: list[Any] = []
     last: Any = b"-"
     while True:
@@ -61,6 +67,12 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any]) -> None:
     pipe.hset(keys.meta(job.id), mapping={"state": JobState.DONE.value,
                                           "finished_at": time.time()})
     pipe.execute()
+    if job.spec.sink.type == "file" and job.spec.sink.path:
+        write_atomically(job.spec.sink.path, to_json(result))
+
+
+def to_json(result: dict[str, Any] | list[Any]) -> str:
+    return json.dumps(result, ensure_ascii=False, default=repr)
 
 
 def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:

@@ -228,12 +228,6 @@ def _add_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
         acc[k] = get(k, 0) + v
 
 
-def merge_into(acc: dict[Any, Any], delta: dict[Any, Any]) -> dict[Any, Any]:
-    """Additive merge (count, sum)."""
-    _add_pairs(acc, delta.items())
-    return acc
-
-
 def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
     keys = delta.keys()
     if not all(type(k) is str for k in keys):

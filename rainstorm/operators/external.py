@@ -38,7 +38,7 @@ def as_line(record: Any) -> str:
     return json.dumps(record, default=repr)
 
 
-def _tail(data: bytes | None) -> str:
+def stderr_tail(data: bytes | None) -> str:
     text = (data or b"").decode("utf-8", "replace").strip()
     return text[-STDERR_TAIL:]
 
@@ -54,12 +54,12 @@ def make_pipe(cmd: list[str], timeout_s: float,
                                   check=False)
         except subprocess.TimeoutExpired as exc:
             raise ExternalError(f"{cmd[0]} ran past its timeout of {timeout_s} s; "
-                                f"stderr: {_tail(exc.stderr)!r}") from None
+                                f"stderr: {stderr_tail(exc.stderr)!r}") from None
         except OSError as exc:
             raise ExternalError(f"cannot run {cmd[0]!r}: {exc.strerror}") from None
         if proc.returncode not in ok:
             raise ExternalError(f"{cmd[0]} exited with status {proc.returncode}; "
-                                f"stderr: {_tail(proc.stderr)!r}")
+                                f"stderr: {stderr_tail(proc.stderr)!r}")
         out = proc.stdout.decode("utf-8", "replace")
         lines = out.split("\n")
         if lines and lines[-1] == "":

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from rainstorm.operators.chain_errors import ExternalError
+from rainstorm.operators.external import stderr_tail
 
 BATCH = "#RAINSTORM-BATCH"
 OUT = "#RAINSTORM-OUT"
@@ -46,7 +47,6 @@ class FramedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr: IO[bytes] | None = None  # opened with each process
         self.buf = b""
-        self.started = 0
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self.stderr:
@@ -59,14 +59,13 @@ class FramedProcess:
         except OSError as exc:
             raise ExternalError(f"cannot run {self.cmd[0]!r}: {exc.strerror}") from None
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
-        self.started += 1
         return self.proc
 
     def _stderr_tail(self) -> str:
         if self.stderr is None:
             return ""
         self.stderr.seek(0)
-        return self.stderr.read().decode("utf-8", "replace").strip()[-2000:]
+        return stderr_tail(self.stderr.read())
 
     def _fail(self, why: str) -> ExternalError:
         if self.proc and self.proc.poll() is None:

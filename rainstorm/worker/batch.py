@@ -69,11 +69,10 @@ class StageRunner:
         self.job = job
         self.stage = job.stage(stage)
         self.chain = Chain(self.stage, allow, allow_exec)
-        self.aggregate = self.stage.aggregate
         combiner = resolve(self.stage.combiner, {}, allow,
                            f"{self.stage.aggregate_path}.combiner") if self.stage.combiner else None
-        self.agg = aggregates.aggregator(self.aggregate, self.stage.top_k, combiner) \
-            if self.aggregate else None
+        self.agg = aggregates.aggregator(self.stage.aggregate, self.stage.top_k, combiner) \
+            if self.stage.aggregate else None
         self.is_last = stage == len(job.plan.stages) - 1
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
@@ -138,8 +137,8 @@ class StageRunner:
             bytes_in=sum(len(e.data) for e in entries) if i == 0 else 0,
             extra=dict(comp.extra),
         )
-        if self.aggregate:
-            delta = self.agg.before_commit(dict(comp.delta)) if self.agg else dict(comp.delta)
+        if self.agg:
+            delta = self.agg.before_commit(dict(comp.delta))
             req.delta = aggregates.encode(delta, self.agg) if delta else b""
             req.records_out = len(comp.delta)
             return req

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.connection import REDIS_DOWN
+from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.durability import wait_after_commit
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
@@ -140,7 +140,7 @@ class Worker:
             self._outage_since = now
             log.warning("worker %s: Redis unavailable (%s); retrying", self.id, exc)
         waited = now - self._outage_since
-        time.sleep(min(0.05 * 2 ** min(waited, 5), 1.0))
+        time.sleep(outage_backoff_s(waited))
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
@@ -331,7 +331,7 @@ class Worker:
             if res.status == "ok":
                 self.batches += 1
                 wait_after_commit(self.r, act.job, runner.stage.index)
-                if runner.aggregate:
+                if runner.agg:
                     maybe_compact(self.r, act.job, runner.stage.index)
                 return
             if res.status == "rejected":
