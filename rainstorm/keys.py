@@ -8,6 +8,8 @@ key                             type         written by / meaning
 ==============================  ===========  =====================================
 ``rs:jobs``                     set          submit: ids of every known job
 ``rs:workers``                  hash         workers: id -> JSON heartbeat
+``rs:worker:<id>:stop``         string       kill-worker / autoscaler: asks worker
+                                             <id> to finish its batch and exit
 ``rs:{job}:spec``               string       submit: the validated spec (JSON)
 ``rs:{job}:meta``               hash         coordinator: state, input files,
                                              created/finished times, error
@@ -17,7 +19,10 @@ key                             type         written by / meaning
 ``rs:{job}:counters``           hash         FCALLs: ``s<i>:emitted``,
                                              ``s<i>:committed``, ``s<i>:dead``,
                                              ``s<i>:rejected``, ``s<i>:claimed``,
-                                             ``s<i>:records_in`` ... per stage
+                                             ``s<i>:records_in`` ... per stage;
+                                             workers: ``s<i>:lat:<le_ms>``,
+                                             ``s<i>:lat:sum_us``, ``s<i>:lat:count``
+                                             (commit latency histogram)
 ``rs:{job}:s<i>:p<k>``          stream       stage i partition k; group ``g<i>``;
                                              fields ``u`` (uid), ``d`` (batch)
 ``rs:{job}:state:s<i>``         hash         compaction: ``v`` version, ``d``
@@ -41,6 +46,10 @@ from __future__ import annotations
 PREFIX = "rs"
 JOBS = f"{PREFIX}:jobs"
 WORKERS = f"{PREFIX}:workers"
+
+
+def worker_stop(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}:stop"
 
 
 def _job(job: str) -> str:

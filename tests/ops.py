@@ -6,6 +6,7 @@ import os
 import time
 
 POISON = "POISON"
+HOLD = "HOLDLINE"
 
 
 def slow_split(line: str) -> list[str]:
@@ -50,3 +51,18 @@ def slow_wc_reduce(key: str, values: list[int]) -> list[str]:
 def wc_combine(key: str, values: list[int]) -> list[int]:
     """A combiner: a batch's ones for a word become one partial count."""
     return [sum(int(v) for v in values)]
+
+
+def flaky_split(line: str) -> list[str]:
+    """str.split, except: a line containing HOLD waits (at most 60 s) while
+    the file $RAINSTORM_TEST_HOLD exists, and a line containing POISON raises
+    while the file $RAINSTORM_TEST_POISON exists (the cause 'fixed' = removed)."""
+    if HOLD in line:
+        deadline = time.monotonic() + 60
+        while os.path.exists(os.environ.get("RAINSTORM_TEST_HOLD", "/nonexistent")):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    if POISON in line and os.path.exists(os.environ.get("RAINSTORM_TEST_POISON", "/none")):
+        raise ValueError(f"poisoned line: {line[:40]!r}")
+    return line.split()

@@ -1,53 +1,96 @@
-"""Task management: who holds what, worker liveness, cancelling a job."""
+"""Task management: who holds what, worker liveness, stopping workers,
+cancelling a job."""
 
 from __future__ import annotations
 
-import json
+import os
+import signal
+import socket
 import time
 from typing import Any
 
 import redis
 
-from rainstorm import keys
+from rainstorm import keys, monitor
 from rainstorm.coordinator.status import load_job
+from rainstorm.errors import RainstormError, UsageError
 from rainstorm.job import JobState
 
-DEAD_AFTER_S = 5.0  # a heartbeat older than this: the worker is shown as dead
+workers = monitor.workers
 
 
-def workers(r: redis.Redis) -> list[dict[str, Any]]:
-    raw: Any = r.hgetall(keys.WORKERS)
-    now = time.time()
+def list_tasks(r: redis.Redis, job_id: str | None = None,
+               sample_s: float = 1.0) -> list[dict[str, Any]]:
+    """Per job, stage and partition: entries waiting (unread) and being
+    worked (pending), who holds them, and the stage's rates measured over
+    ``sample_s`` seconds (0: no rates)."""
+    if job_id:
+        load_job(r, job_id)  # a clear error for an unknown job
+    tracker = monitor.RateTracker()
+    snap = tracker.update(monitor.snapshot(r, job_id))
+    if sample_s > 0:
+        time.sleep(sample_s)  # a rate needs two looks; this is the interval, not a sync
+        snap = tracker.update(monitor.snapshot(r, job_id))
     rows = []
-    for wid, blob in sorted(raw.items()):
-        info = json.loads(blob)
-        age = now - float(info.get("last_seen", 0))
-        rows.append({"id": wid.decode(), "host": info.get("host"), "pid": info.get("pid"),
-                     "heartbeat_age_s": round(age, 1),
-                     "state": "dead" if age > DEAD_AFTER_S else "alive",
-                     "current": info.get("current", ""), "batches": info.get("batches", 0)})
+    for job in snap["jobs"]:
+        for st in job["stages"]:
+            for part in st["partition_rows"]:
+                rows.append({"job": job["id"], "state": job["state"], "stage": st["index"],
+                             "partition": part["partition"], "stream": part["stream"],
+                             "unread": part["unread"], "pending": part["pending"],
+                             "in_rate": st.get("in_rate"), "out_rate": st.get("out_rate"),
+                             "holders": part["holders"]})
     return rows
 
 
-def list_tasks(r: redis.Redis, job_id: str | None = None) -> list[dict[str, Any]]:
-    """Per job, stage and partition: backlog, pending entries and who holds them."""
-    members: Any = r.smembers(keys.JOBS)
-    ids = [job_id] if job_id else sorted(j.decode() for j in members)
-    rows = []
-    for jid in ids:
-        job = load_job(r, jid)
-        state: Any = r.hget(keys.meta(jid), "state")
-        for stage, stream in job.all_streams():
-            try:
-                summary: Any = r.xpending(stream, keys.group(stage))
-            except redis.ResponseError:
-                continue  # stream gone (job removed meanwhile)
-            holders = {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]):
-                       int(c["pending"]) for c in summary.get("consumers") or []}
-            rows.append({"job": jid, "state": state.decode() if state else "?",
-                         "stage": stage, "stream": stream, "backlog": r.xlen(stream),
-                         "pending": int(summary.get("pending", 0)), "holders": holders})
-    return rows
+def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
+                reason: str = "rainstorm kill-worker") -> str:
+    """Stop a worker; returns what was done.
+
+    Default: ask it through Redis (it finishes its batch and exits within a
+    heartbeat, wherever it runs).  ``force``: SIGKILL it, or kill its
+    container through the Docker SDK; its pending entries are then stolen
+    by the other workers after claim_idle_ms."""
+    info = {w["id"]: w for w in monitor.workers(r)}.get(worker_id)
+    if info is None:
+        raise UsageError(f"no such worker: {worker_id} (see `rainstorm workers`)")
+    if not force:
+        r.set(keys.worker_stop(worker_id), reason, ex=300)
+        return f"asked worker {worker_id} to stop after its current batch"
+    if info["state"] == "dead":
+        return f"worker {worker_id} is already dead (no heartbeat for " \
+               f"{info['heartbeat_age_s']} s); nothing to kill"
+    if info.get("host") != socket.gethostname():
+        if info.get("container"):
+            kill_container(str(info["container"]))
+            return f"killed container {info['container']} of worker {worker_id}"
+        raise UsageError(f"worker {worker_id} runs on host {info.get('host')}, not here: "
+                         "it cannot be SIGKILLed from this machine (drop --force to ask it "
+                         "to stop through Redis)")
+    try:  # same host (or same container), live heartbeat: the pid is the worker's
+        os.kill(int(info["pid"]), signal.SIGKILL)
+    except ProcessLookupError:
+        return f"worker {worker_id} (pid {info['pid']}) had already exited"
+    return f"sent SIGKILL to worker {worker_id} (pid {info['pid']})"
+
+
+def kill_container(container: str) -> None:
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError:
+        raise UsageError("killing a container needs the Docker SDK: "
+                         "pip install 'rainstorm[docker]'") from None
+    try:
+        docker.from_env().containers.get(container).kill()
+    except DockerException as exc:
+        raise RainstormError(f"Docker could not kill container {container}: {exc}") from None
+
+
+def prune_workers(r: redis.Redis, older_than_s: float = 60.0) -> int:
+    """Forget heartbeats of workers silent for longer than ``older_than_s``."""
+    dead = [w["id"] for w in monitor.workers(r) if w["heartbeat_age_s"] > older_than_s]
+    return int(r.hdel(keys.WORKERS, *dead)) if dead else 0
 
 
 def kill_job(r: redis.Redis, job_id: str) -> int:

@@ -148,6 +148,14 @@ def deadletter(
     return _s(reply[0]) == "ok"
 
 
+def requeue(r: redis.Redis, *, counters: str, dlq: str, stream: str, dead_id: str,
+            stage: int, kind: str, uid: str, payload: bytes, unbytes: int = 0) -> bool:
+    """Move one dead letter back into ``stream``; False if it was already gone."""
+    reply = _fcall(r, "rainstorm_requeue", [counters, dlq, stream],
+                   [dead_id, stage, kind, uid, payload, unbytes])
+    return _s(reply[0]) == "ok"
+
+
 def compact(r: redis.Redis, *, base: str, log: str, version: int, blob: bytes,
             ids: list[str]) -> bool:
     reply = _fcall(r, "rainstorm_compact", [base, log], [version, blob, *ids])

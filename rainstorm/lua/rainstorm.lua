@@ -10,7 +10,7 @@
 --   * it deletes only stream entries that the same call acknowledged
 --     (never MAXLEN), so pending entries are never lost.
 
-local LIB_VERSION = '3'
+local LIB_VERSION = '4'
 
 local function to_int(value, what)
   local n = tonumber(value)
@@ -224,6 +224,41 @@ local function deadletter(keys, args)
 end
 
 ------------------------------------------------------------------------------
+-- rainstorm_requeue: move one dead letter back into a stage stream, once.
+--
+-- KEYS[1] = counters hash  KEYS[2] = dead letters  KEYS[3] = target stream
+-- ARGV[1] = dead-letter entry id   ARGV[2] = stage index
+-- ARGV[3] = kind: 'entry' (a whole input entry: it was counted dead, never
+--           committed) or 'record' (one record of a committed entry: it goes
+--           back as a new one-record entry, so the stage gains an emitted entry)
+-- ARGV[4] = uid of the new entry   ARGV[5] = its payload
+-- ARGV[6] = bytes to take back from s<i>:bytes_in (a stage-0 record that
+--           was counted when its entry was committed)
+-- Returns {'ok'} | {'gone'} (already requeued or removed)
+------------------------------------------------------------------------------
+local function requeue(keys, args)
+  local counters, dlq, stream = keys[1], keys[2], keys[3]
+  if #keys ~= 3 or #args ~= 6 then error('rainstorm_requeue: wrong arity') end
+  local id, stage, kind, uid, payload = args[1], args[2], args[3], args[4], args[5]
+  local unbytes = to_int(args[6], 'bytes')
+  to_int(stage, 'stage')
+  if kind ~= 'entry' and kind ~= 'record' then error('rainstorm_requeue: bad kind ' .. kind) end
+  if #redis.call('XRANGE', dlq, id, id) == 0 then return {'gone'} end
+  redis.call('XADD', stream, '*', 'u', uid, 'd', payload)
+  redis.call('XDEL', dlq, id)
+  local p = 's' .. stage .. ':'
+  if kind == 'entry' then
+    redis.call('HINCRBY', counters, p .. 'dead', -1)
+  else
+    redis.call('HINCRBY', counters, p .. 'dead_records', -1)
+    redis.call('HINCRBY', counters, p .. 'emitted', 1)
+  end
+  if unbytes > 0 then redis.call('HINCRBY', counters, p .. 'bytes_in', -unbytes) end
+  redis.call('HINCRBY', counters, p .. 'requeued', 1)
+  return {'ok'}
+end
+
+------------------------------------------------------------------------------
 -- rainstorm_compact: replace delta-log entries by their fold into the base.
 --
 -- KEYS[1] = base hash rs:{job}:state:s<i>   KEYS[2] = delta log stream
@@ -269,6 +304,7 @@ end
 redis.register_function('rainstorm_load', load)
 redis.register_function('rainstorm_commit', commit)
 redis.register_function('rainstorm_deadletter', deadletter)
+redis.register_function('rainstorm_requeue', requeue)
 redis.register_function('rainstorm_compact', compact)
 redis.register_function{function_name = 'rainstorm_snapshot', callback = snapshot,
   flags = {'no-writes'}}

@@ -35,6 +35,7 @@ from rainstorm.operators.chain import OperatorError
 from rainstorm.spec import spec_from_json
 from rainstorm.state import maybe_compact
 from rainstorm.worker.batch import Computed, Entry, StageRunner
+from rainstorm.worker.latency import LatencyRecorder
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def _s(b: bytes | str) -> str:
 @dataclass
 class WorkerOptions:
     job: str | None = None  # serve only this job
+    stage: int | None = None  # serve only this stage (workers pinned by the autoscaler)
     burst: bool = False  # exit when no job has work left
     block_ms: int = 100
     refresh_s: float = 1.0
@@ -85,10 +87,13 @@ class Worker:
         self._current = ""
         self._rotate = 0
         self._started = time.monotonic()
+        self._started_at = time.time()
         self._outage_since: float | None = None
         self._run_id = ""
         self._seen_job = False
         self._reread_own = False
+        self.latency = LatencyRecorder()
+        self._stop_reason = "stop requested"
 
     # -- the loop ---------------------------------------------------------
     def work(self) -> str:
@@ -97,7 +102,7 @@ class Worker:
         try:
             while True:
                 if self._stop:
-                    return self._exit("stop requested")
+                    return self._exit(self._stop_reason)
                 try:
                     done = self._tick()
                 except REDIS_DOWN as exc:
@@ -212,7 +217,8 @@ class Worker:
         out = []
         for act in self.jobs.values():
             for s in reversed(act.job.plan.stages):
-                out.append((act, s.index))
+                if self.opt.stage is None or s.index == self.opt.stage:
+                    out.append((act, s.index))
         return out
 
     def _read(self, act: _Active, stage: int, block_ms: int | None,
@@ -268,7 +274,8 @@ class Worker:
                 continue
             act.last_claim = now
             for stage, stream in act.job.all_streams():
-                self._claim_stream(act, stage, stream)
+                if self.opt.stage is None or stage == self.opt.stage:
+                    self._claim_stream(act, stage, stream)
 
     def _claim_stream(self, act: _Active, stage: int, stream: str) -> None:
         settings = act.job.spec.settings
@@ -327,10 +334,12 @@ class Worker:
         backoff = 0.01
         while entries:
             req = runner.request(entries, comp, settings.max_backlog)
+            t0 = time.perf_counter()
             res = lua.commit(self.r, req)
             if res.status == "ok":
                 self.batches += 1
                 wait_after_commit(self.r, act.job, runner.stage.index)
+                self.latency.observe(act.job.id, runner.stage.index, time.perf_counter() - t0)
                 if runner.agg:
                     maybe_compact(self.r, act.job, runner.stage.index)
                 return
@@ -360,11 +369,35 @@ class Worker:
             return
         self._last_heartbeat = now
         info = {"host": socket.gethostname(), "pid": os.getpid(), "last_seen": now,
-                "current": self._current, "batches": self.batches}
-        self.r.hset(keys.WORKERS, self.id, json.dumps(info))
+                "started": self._started_at, "current": self._current,
+                "batches": self.batches, "job": self.opt.job, "stage": self.opt.stage,
+                "container": _container_id()}
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(keys.WORKERS, self.id, json.dumps(info))
+        self.latency.flush(pipe)
+        pipe.get(keys.worker_stop(self.id))
+        stop = pipe.execute()[-1]
+        if stop is not None and not self._stop:
+            self._stop_reason = f"asked to stop ({_s(stop)})"
+            log.warning("worker %s: %s", self.id, self._stop_reason)
+            self._stop = True
 
     def _unregister(self) -> None:
         try:
-            self.r.hdel(keys.WORKERS, self.id)
+            pipe = self.r.pipeline(transaction=False)
+            self.latency.flush(pipe)
+            pipe.hdel(keys.WORKERS, self.id)
+            pipe.delete(keys.worker_stop(self.id))
+            pipe.execute()
         except redis.RedisError:
             pass  # best effort: a stale heartbeat only ages
+
+
+def _container_id() -> str | None:
+    """The container this worker runs in: $RAINSTORM_CONTAINER if set, else
+    the hostname inside Docker/Podman (they set it to the short container
+    id), else None."""
+    if os.environ.get("RAINSTORM_CONTAINER"):
+        return os.environ["RAINSTORM_CONTAINER"]
+    in_container = os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv")
+    return socket.gethostname() if in_container else None

@@ -145,3 +145,22 @@ def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
     assert not lua.compact(r, base=base, log=log_key, version=0, blob=b"", ids=ids)
     assert r.xlen(log_key) == 0
     assert aggregates.decode(lua.snapshot(r, base=base, log=log_key).base) == {"a": 3}
+
+
+def test_requeue_moves_a_dead_entry_back_once(r: redis.Redis) -> None:
+    inputs = setup_entries(r, 2)
+    stream, id_, uid = inputs[0]
+    assert lua.deadletter(r, counters=keys.counters(JOB), dlq=keys.dlq(JOB), stream=stream,
+                          group=keys.group(0), stage=0, entry_id=id_, uid=uid, error="boom",
+                          deliveries=7)
+    assert r.xlen(S0) == 1 and r.hget(keys.counters(JOB), "s0:dead") == b"1"
+    (dead_id, fields), = r.xrange(keys.dlq(JOB))
+    kw = dict(counters=keys.counters(JOB), dlq=keys.dlq(JOB), stream=S0,
+              dead_id=dead_id.decode(), stage=0, kind="entry", uid="rq1", payload=fields[b"d"])
+    assert lua.requeue(r, **kw)  # type: ignore[arg-type]
+    assert not lua.requeue(r, **kw)  # type: ignore[arg-type]  # a second call: already gone
+    assert r.xlen(keys.dlq(JOB)) == 0 and r.xlen(S0) == 2
+    c = r.hgetall(keys.counters(JOB))
+    assert c[b"s0:dead"] == b"0" and c[b"s0:requeued"] == b"1"
+    (_, back), = r.xreadgroup(keys.group(0), "w2", {S0: ">"})[0][1]
+    assert back == {b"u": b"rq1", b"d": fields[b"d"]} == {b"u": b"rq1", b"d": b"line 0\n"}

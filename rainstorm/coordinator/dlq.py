@@ -1,0 +1,111 @@
+"""Dead letters: list them, and put them back into their stage once the
+cause is fixed (`rainstorm dlq JOB [--requeue]`).
+
+A dead letter is either a whole input entry (kind ``entry``: it crashed or
+hung its worker ``max_deliveries`` times) or one record of an entry whose
+other records were committed (kind ``record``: its operator raised).
+Requeueing moves it back in one FCALL (XADD to the stage stream + XDEL from
+the dead-letter stream + counters), so running it twice, or from two shells,
+requeues each letter once.  Only a running job can take letters back: a
+finished job's result is already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.coordinator.status import load_job
+from rainstorm.errors import UsageError
+from rainstorm.job import Job, encode_records, partition_of
+
+
+def _s(b: Any) -> str:
+    return b.decode() if isinstance(b, bytes) else str(b)
+
+
+def _decode_record(blob: bytes) -> dict[str, Any]:
+    try:
+        out = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def read(r: redis.Redis, job_id: str, count: int | None = None) -> list[dict[str, Any]]:
+    """Dead letters oldest first: id, stage, kind, uid, error, deliveries, and
+    a short preview of the record (kind ``record``)."""
+    load_job(r, job_id)  # a clear error for an unknown job
+    rows: Any = r.xrange(keys.dlq(job_id), count=count)
+    out = []
+    for id_, fields in rows:
+        f = {_s(k): v for k, v in fields.items()}
+        row: dict[str, Any] = {"id": _s(id_), "stage": int(f.get("stage", b"0")),
+                               "kind": _s(f.get("kind", b"?"))}
+        if row["kind"] == "record":
+            rec = _decode_record(f.get("d", b""))
+            row.update(uid=str(rec.get("uid", "")), error=str(rec.get("error", "")),
+                       deliveries=int(rec.get("deliveries", 0)),
+                       record=repr(rec.get("record"))[:200])
+        else:
+            row.update(uid=_s(f.get("uid", b"")), error=_s(f.get("error", b"")),
+                       deliveries=int(f.get("deliveries", b"0") or 0),
+                       record=f"<entry of {len(f.get('d', b''))} bytes>")
+        out.append(row)
+    return out
+
+
+@dataclass
+class Requeued:
+    moved: int
+    skipped: int  # already requeued meanwhile (another shell)
+
+
+def _target(job: Job, stage: int, record: Any, uid: str) -> tuple[str, bytes, int]:
+    """(stream, payload, bytes to un-count) for one dead record sent back."""
+    sp = job.stage(stage)
+    if stage == 0:
+        text = record if isinstance(record, str) else str(record)
+        data = (text + "\n").encode("utf-8", "surrogatepass")
+        return keys.stage_stream(job.id, 0, int(uid[:8], 16) % sp.partitions), data, len(data)
+    if sp.keyed_in and isinstance(record, (list, tuple)) and record:
+        part = partition_of(record[0], sp.partitions)
+    else:
+        part = int(uid[:8], 16) % sp.partitions
+    return keys.stage_stream(job.id, stage, part), encode_records([record]), 0
+
+
+def requeue(r: redis.Redis, job_id: str) -> Requeued:
+    job = load_job(r, job_id)
+    state: Any = r.hget(keys.meta(job_id), "state")
+    if _s(state) != "running":
+        raise UsageError(f"job {job_id} is {_s(state) if state else 'gone'}: dead letters can "
+                         "only be requeued while it runs (resubmit it to process them)")
+    moved = skipped = 0
+    rows: Any = r.xrange(keys.dlq(job_id))
+    for id_, fields in rows:
+        dead_id = _s(id_)
+        f = {_s(k): v for k, v in fields.items()}
+        stage, kind = int(f.get("stage", b"0")), _s(f.get("kind", b""))
+        uid = _requeue_uid(dead_id)
+        if kind == "entry":
+            stream, data, unbytes = _s(f["stream"]), f.get("d", b""), 0
+        else:
+            rec = _decode_record(f.get("d", b""))
+            stream, data, unbytes = _target(job, stage, rec.get("record"), uid)
+        ok = lua.requeue(r, counters=keys.counters(job_id), dlq=keys.dlq(job_id), stream=stream,
+                         dead_id=dead_id, stage=stage, kind=kind, uid=uid, payload=data,
+                         unbytes=unbytes)
+        moved += ok
+        skipped += not ok
+    return Requeued(moved, skipped)
+
+
+def _requeue_uid(dead_id: str) -> str:
+    """Deterministic uid of a requeued letter (a hex string like batch uids)."""
+    return hashlib.blake2b(f"requeue:{dead_id}".encode(), digest_size=10).hexdigest()

@@ -1,0 +1,180 @@
+"""One consistent look at everything in a Redis: jobs, stages, partitions,
+workers, dead letters.  The status CLI, the dashboard, /metrics and the
+autoscaler all read through here, so they agree on what a number means.
+
+All reads are plain read commands (HGETALL, XLEN, XPENDING, XRANGE), so a
+restricted ACL user can run the dashboard.  Rates need two looks in time:
+:class:`RateTracker` turns successive snapshots into per-second rates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.errors import RainstormError
+from rainstorm.job import Job
+from rainstorm.operators.plan import describe
+from rainstorm.spec import spec_from_json
+from rainstorm.worker.latency import read_histogram
+
+DEAD_AFTER_S = 5.0  # a heartbeat older than this: the worker is shown as dead
+STAGE_COUNTERS = ("emitted", "committed", "dead", "rejected", "claimed", "records_in",
+                  "records_out")
+
+
+def _s(b: Any) -> str:
+    return b.decode() if isinstance(b, bytes) else str(b)
+
+
+def job_ids(r: redis.Redis) -> list[str]:
+    members: Any = r.smembers(keys.JOBS)
+    return sorted(_s(j) for j in members)
+
+
+def workers(r: redis.Redis, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker that has sent a heartbeat, alive or (silent > 5 s) dead."""
+    raw: Any = r.hgetall(keys.WORKERS)
+    now = time.time() if now is None else now
+    rows = []
+    for wid, blob in sorted(raw.items()):
+        try:
+            info = json.loads(blob)
+        except ValueError:
+            continue
+        age = now - float(info.get("last_seen", 0))
+        rows.append({"id": _s(wid), "host": info.get("host"), "pid": info.get("pid"),
+                     "container": info.get("container"),
+                     "heartbeat_age_s": round(age, 1),
+                     "state": "dead" if age > DEAD_AFTER_S else "alive",
+                     "current": info.get("current", ""), "batches": info.get("batches", 0),
+                     "job": info.get("job"), "stage": info.get("stage"),
+                     "uptime_s": round(now - float(info.get("started", now)), 1)})
+    return rows
+
+
+def _partitions(r: redis.Redis, job: Job, stage: int) -> list[dict[str, Any]]:
+    pipe = r.pipeline(transaction=False)
+    streams = job.streams(stage)
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xpending(stream, keys.group(stage))
+    replies = pipe.execute(raise_on_error=False)
+    out = []
+    for k, stream in enumerate(streams):
+        length, summary = replies[2 * k], replies[2 * k + 1]
+        if isinstance(length, Exception) or isinstance(summary, Exception):
+            length, summary = 0, {}
+        pending = int(summary.get("pending", 0) or 0)
+        holders = {_s(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
+        # entries are XDELed when acknowledged: the stream holds exactly the
+        # entries not yet committed, unread (backlog) or being worked (pending)
+        out.append({"partition": k, "stream": stream, "entries": int(length),
+                    "unread": max(int(length) - pending, 0), "pending": pending,
+                    "holders": holders})
+    return out
+
+
+def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
+    """One job: state, progress, and per stage its counters, partitions and
+    commit latency histogram."""
+    pipe = r.pipeline(transaction=False)
+    pipe.get(keys.spec(job_id))
+    pipe.hgetall(keys.meta(job_id))
+    pipe.hget(keys.cursor(job_id), "pos")
+    pipe.hgetall(keys.counters(job_id))
+    pipe.xlen(keys.dlq(job_id))
+    raw_spec, meta_b, pos, counters_b, dlq_len = pipe.execute()
+    meta = {_s(k): _s(v) for k, v in (meta_b or {}).items()}
+    c = {_s(k): int(v) for k, v in (counters_b or {}).items()}
+    view: dict[str, Any] = {
+        "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
+        "refused": meta.get("refused"), "loaded": pos == b"done",
+        "total_bytes": int(meta.get("total_bytes", 0) or 0),
+        "bytes_done": c.get("s0:bytes_in", 0), "dead_letters": int(dlq_len or 0),
+        "name": None, "stages": [],
+    }
+    view["progress"] = (view["bytes_done"] / view["total_bytes"] if view["total_bytes"]
+                        else float(view["loaded"]))
+    if raw_spec is None:
+        view["state"] = "broken" if meta else "gone"
+        return view
+    try:
+        job = Job.build(job_id, spec_from_json(raw_spec))
+    except (RainstormError, ValueError) as exc:
+        view.update(state="broken", error=f"unreadable spec: {exc}")
+        return view
+    view["name"] = job.spec.name
+    for s, line in zip(job.plan.stages, describe(job.plan), strict=True):
+        st: dict[str, Any] = {"index": s.index, "label": line.partition(": ")[2],
+                              "partitions": s.partitions, "aggregate": s.aggregate}
+        for name in STAGE_COUNTERS:
+            st[name] = c.get(keys.counter_field(s.index, name), 0)
+        st["backlog"] = max(st["emitted"] - st["committed"] - st["dead"], 0)
+        st["partition_rows"] = _partitions(r, job, s.index)
+        st["pending"] = sum(p["pending"] for p in st["partition_rows"])
+        h = read_histogram(c, s.index)
+        st["latency"] = {"buckets": h.buckets, "sum_s": h.sum_s, "count": h.count}
+        view["stages"].append(st)
+    return view
+
+
+def snapshot(r: redis.Redis, job_id: str | None = None) -> dict[str, Any]:
+    """Everything at one moment (jobs in id order, then workers)."""
+    now = time.time()
+    ids = [job_id] if job_id else job_ids(r)
+    return {"time": now, "jobs": [job_view(r, j) for j in ids], "workers": workers(r, now)}
+
+
+def dead_letters(r: redis.Redis, job_id: str, count: int = 100) -> list[dict[str, Any]]:
+    """The newest dead letters of a job (newest first), without their payload."""
+    rows: Any = r.xrevrange(keys.dlq(job_id), count=count)
+    out = []
+    for id_, fields in rows:
+        f = {_s(k): v for k, v in fields.items()}
+        out.append({"id": _s(id_), "stage": int(f.get("stage", b"0")),
+                    "kind": _s(f.get("kind", b"?")), "uid": _s(f.get("uid", b"")),
+                    "error": _s(f.get("error", b"")),
+                    "deliveries": int(f.get("deliveries", b"0") or 0),
+                    "bytes": len(f.get("d", b""))})
+    return out
+
+
+class RateTracker:
+    """Per-stage rates (per second) from successive snapshots, plus a short
+    history of them for charts.  ``update`` annotates each stage in place with
+    ``in_rate`` (entries emitted into it), ``out_rate`` (entries committed),
+    ``records_rate`` (records processed)."""
+
+    def __init__(self, history: int = 300) -> None:
+        self._last: dict[tuple[str, int], tuple[float, int, int, int]] = {}
+        self.history: dict[str, deque[dict[str, Any]]] = {}
+        self._maxlen = history
+
+    def update(self, snap: dict[str, Any]) -> dict[str, Any]:
+        t = snap["time"]
+        for job in snap["jobs"]:
+            point: dict[str, Any] = {"t": t, "stages": []}
+            for st in job["stages"]:
+                key = (job["id"], st["index"])
+                cur = (t, st["emitted"], st["committed"], st["records_in"])
+                prev = self._last.get(key)
+                self._last[key] = cur
+                if prev is None or cur[0] <= prev[0]:
+                    rates = (0.0, 0.0, 0.0)
+                else:
+                    dt = cur[0] - prev[0]
+                    rates = tuple(max(cur[i] - prev[i], 0) / dt for i in (1, 2, 3))
+                st["in_rate"], st["out_rate"], st["records_rate"] = (round(x, 1) for x in rates)
+                point["stages"].append({"index": st["index"], "in_rate": st["in_rate"],
+                                        "out_rate": st["out_rate"],
+                                        "backlog": st["backlog"]})
+            hist = self.history.setdefault(job["id"], deque(maxlen=self._maxlen))
+            if not hist or t > hist[-1]["t"]:
+                hist.append(point)
+        return snap

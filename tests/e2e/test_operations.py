@@ -1,0 +1,180 @@
+"""Operating a live job: dead letters listed and requeued, workers stopped
+(politely and by force), workers pinned to one stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.driver import drive
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.job import Job
+from rainstorm.spec import parse_spec
+from tests.conftest import reference_wordcount, write_corpus
+from tests.helpers import ROOT, counters, wait_for, wordcount_spec
+from tests.ops import HOLD, POISON
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rainstorm", *args, "--redis", url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
+
+
+def worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    e = dict(os.environ, RAINSTORM_REDIS=url, RAINSTORM_ALLOW_MODULES="tests", **env)
+    return subprocess.Popen([sys.executable, "-m", "rainstorm", "worker", *args], cwd=ROOT,
+                            env=e, stdin=subprocess.DEVNULL)
+
+
+class Driven:
+    """The coordinator of ``job`` in a thread; ``result()`` waits for it."""
+
+    def __init__(self, r: redis.Redis, job: Job, timeout_s: float = 90) -> None:
+        self.out: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, args=(r, job, timeout_s), daemon=True)
+        self.thread.start()
+
+    def _run(self, r: redis.Redis, job: Job, timeout_s: float) -> None:
+        try:
+            self.out["result"] = drive(r, job, timeout_s=timeout_s)
+        except Exception as exc:  # reported by result()
+            self.out["error"] = exc
+
+    def result(self, timeout_s: float = 100) -> Any:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "coordinator did not finish"
+        if "error" in self.out:
+            raise self.out["error"]
+        return self.out["result"]
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+def test_dead_letters_listed_then_requeued_after_the_fix(tmp_path: Path, url: str,
+                                                         r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=3, kb=20)
+    with open(paths[0], "a") as fh:
+        fh.write(f"alpha {POISON} beta\n")
+    with open(paths[1], "a") as fh:
+        fh.write(f"gamma {HOLD} delta\n")
+    hold, poison = tmp_path / "hold", tmp_path / "poison"
+    hold.touch()
+    poison.touch()
+    spec = wordcount_spec("tests.ops:flaky_split", batch_bytes=4096, max_deliveries=1,
+                          claim_idle_ms=60000)
+    job, files = prepare(spec, [str(p) for p in paths], "dlq")
+    submit(r, job, files)
+    env = {"RAINSTORM_TEST_HOLD": str(hold), "RAINSTORM_TEST_POISON": str(poison)}
+    procs = [worker(url, "--job", job.id, "--burst", **env) for _ in range(2)]
+    try:
+        driven = Driven(r, job)
+        wait_for(lambda: r.xlen(keys.dlq(job.id)) == 1, 60, "the poisoned line's dead letter")
+        listed = cli(url, "dlq", job.id, "--json")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)
+        assert row["kind"] == "record" and row["stage"] == 0
+        assert "poisoned line" in row["error"] and POISON in row["record"]
+        table = cli(url, "dlq", job.id)
+        assert table.returncode == 0 and "dead letters of dlq" in table.stdout
+        poison.unlink()  # the fix
+        again = cli(url, "dlq", job.id, "--requeue", "--json")
+        assert json.loads(again.stdout) == {"requeued": 1, "skipped": 0}, again.stderr
+        assert json.loads(cli(url, "dlq", job.id, "--requeue", "--json").stdout)["requeued"] == 0
+        hold.unlink()
+        result = driven.result()
+        for p in procs:
+            p.wait(30)
+    finally:
+        stop_all(procs)
+    assert Counter(result) == reference_wordcount(paths)  # the poisoned line counted once
+    c = counters(r, job.id)
+    assert c["s0:dead_records"] == 0 and c["s0:requeued"] == 1
+    assert c["s0:bytes_in"] == sum(p.stat().st_size for p in paths)
+    done = cli(url, "dlq", job.id, "--requeue")
+    assert done.returncode == 2 and "only be requeued while it runs" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_kill_worker_politely_and_by_force(tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=60)
+    spec = wordcount_spec("tests.ops:slow_split", batch_bytes=2048, batch_entries=2,
+                          claim_idle_ms=500)
+    job, files = prepare(spec, [str(p) for p in paths], "kw")
+    submit(r, job, files)
+    env = {"RAINSTORM_TEST_SLOW_MS": "3"}
+    procs = [worker(url, "--job", job.id, "--burst", **env) for _ in range(3)]
+    try:
+        driven = Driven(r, job)
+
+        def ids() -> dict[int, str]:
+            rows = json.loads(cli(url, "workers", "--json").stdout)
+            return {int(w["pid"]): w["id"] for w in rows if w["state"] == "alive"}
+
+        by_pid = wait_for(lambda: len(ids()) == 3 and ids(), 30, "three live workers")
+        polite, brute, _ = procs
+        res = cli(url, "kill-worker", by_pid[polite.pid])
+        assert res.returncode == 0 and "asked worker" in res.stderr
+        assert polite.wait(15) == 0  # finished its batch and left
+
+        wait_for(lambda: counters(r, job.id).get("s0:committed", 0) > 0
+                 and any(row["holders"].get(by_pid[brute.pid])
+                         for row in json.loads(cli(url, "list-tasks", "--json",
+                                                   "--sample", "0").stdout)),
+                 30, "the second worker to hold entries")
+        res = cli(url, "kill-worker", "--force", by_pid[brute.pid])
+        assert res.returncode == 0 and "SIGKILL" in res.stderr, res.stderr
+        assert brute.wait(10) == -signal.SIGKILL
+        dead = wait_for(lambda: [w for w in json.loads(cli(url, "workers", "--json").stdout)
+                                 if w["id"] == by_pid[brute.pid] and w["state"] == "dead"],
+                        30, "the killed worker shown as dead")
+        assert dead[0]["heartbeat_age_s"] >= 5
+        result = driven.result()
+    finally:
+        stop_all(procs)
+    assert Counter(result) == reference_wordcount(paths)
+    assert counters(r, job.id)["s0:claimed"] > 0  # the brute's entries were stolen
+    unknown = cli(url, "kill-worker", "nobody")
+    assert unknown.returncode == 2 and "no such worker: nobody" in unknown.stderr
+
+
+def test_workers_pinned_to_a_stage(tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=40)
+    spec = parse_spec({"name": "pinned", "source": {"type": "text", "batch_bytes": 2048},
+                       "pipeline": [{"op": "flat_map", "fn": "split_words"},
+                                    {"op": "repartition"}, {"op": "count"}],
+                       "settings": {"parallelism": 2, "max_backlog": 4}})
+    job, files = prepare(spec, [str(p) for p in paths], "pin")
+    submit(r, job, files)
+    assert len(job.plan.stages) == 2
+    procs = [worker(url, "--job", job.id, "--stage", "0")]
+    try:
+        driven = Driven(r, job)
+        # stage 1 has no worker: stage 0 fills its bounded streams and stalls
+        wait_for(lambda: all(r.xlen(s) >= 4 for s in job.streams(1)), 30,
+                 "stage 1's streams to fill up")
+        c = counters(r, job.id)
+        assert c.get("s1:committed", 0) == 0 and c["s0:committed"] > 0
+        (w,) = json.loads(cli(url, "workers", "--json").stdout)
+        assert w["stage"] == 0 and w["job"] == job.id
+        procs.append(worker(url, "--job", job.id, "--stage", "1", "--burst"))
+        result = driven.result()
+    finally:
+        stop_all(procs)
+    assert Counter(result) == reference_wordcount(paths)
