@@ -261,12 +261,14 @@ def submit(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...],
 @redis_option
 @click.option("--job", "job_id", help="serve only this job")
 @click.option("--burst", is_flag=True, help="exit when no running job is left")
+@click.option("--stage", type=click.IntRange(0, None), default=None, envvar="RAINSTORM_STAGE",
+              help="serve only this stage (of every job, or of --job)")
 @click.option("--allow-module", "allow", multiple=True, envvar="RAINSTORM_ALLOW_MODULES",
               help="top-level modules operators may be imported from")
 @click.option("--allow-exec", is_flag=True, envvar="RAINSTORM_ALLOW_EXEC",
               help="run jobs whose operators are external programs")
 @_guard
-def worker(redis_url: str | None, job_id: str | None, burst: bool,
+def worker(redis_url: str | None, job_id: str | None, burst: bool, stage: int | None,
            allow: tuple[str, ...], allow_exec: bool) -> None:
     """Run a worker: consume, compute, commit, until stopped."""
     from rainstorm.operators.resolve import allowed_modules_from_env
@@ -274,7 +276,7 @@ def worker(redis_url: str | None, job_id: str | None, burst: bool,
 
     allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
         allowed_modules_from_env()
-    w = Worker(_client(redis_url), WorkerOptions(job=job_id, burst=burst,
+    w = Worker(_client(redis_url), WorkerOptions(job=job_id, burst=burst, stage=stage,
                                                   allow_modules=allow_all,
                                                   allow_exec=allow_exec))
     w.install_signal_handlers()
@@ -324,37 +326,97 @@ def _prefix_glob(text: str) -> str:
 
 @main.command()
 @redis_option
+@click.option("--prune", "prune_s", type=float, default=None, metavar="SECONDS",
+              help="first forget workers silent for longer than SECONDS")
 @json_option
 @_guard
-def workers(redis_url: str | None, as_json: bool) -> None:
-    """Workers with their heartbeat age, current stage and batches committed."""
-    from rainstorm.coordinator.tasks import workers as list_workers
+def workers(redis_url: str | None, prune_s: float | None, as_json: bool) -> None:
+    """Workers: id, host, pid, heartbeat age, pinned stage, current stage, batches."""
+    from rainstorm.coordinator.tasks import prune_workers
+    from rainstorm.monitor import workers as list_workers
 
-    rows = list_workers(_client(redis_url))
+    r = _client(redis_url)
+    if prune_s is not None:
+        n = prune_workers(r, prune_s)
+        click.echo(f"forgot {n} dead workers", err=True)
+    rows = list_workers(r)
     if as_json:
         click.echo(json.dumps(rows))
         return
-    _table("rainstorm workers", rows, ["id", "host", "pid", "state", "heartbeat_age_s",
-                                        "current", "batches"])
+    for row in rows:
+        row["pinned"] = "-" if row["stage"] is None else f"{row['job'] or '*'}:s{row['stage']}"
+        row["where"] = row["container"] or row["host"]
+    _table("rainstorm workers", rows, ["id", "where", "pid", "state", "heartbeat_age_s",
+                                        "pinned", "current", "batches"])
 
 
 @main.command("list-tasks")
 @click.argument("job_id", required=False)
 @redis_option
+@click.option("--sample", "sample_s", type=click.FloatRange(0, 60), default=1.0,
+              show_default=True, help="seconds over which rates are measured (0: no rates)")
 @json_option
 @_guard
-def list_tasks(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
-    """Per job, stage and partition: backlog, pending entries, which workers hold them."""
+def list_tasks(job_id: str | None, redis_url: str | None, sample_s: float,
+               as_json: bool) -> None:
+    """Per job, stage and partition: unread and pending entries, rates, holders."""
     from rainstorm.coordinator.tasks import list_tasks as tasks
 
-    rows = tasks(_client(redis_url), job_id)
+    rows = tasks(_client(redis_url), job_id, sample_s)
     if as_json:
         click.echo(json.dumps(rows))
         return
     for row in rows:
         row["holders"] = ", ".join(f"{k}: {v}" for k, v in row["holders"].items()) or "-"
-    _table("rainstorm tasks", rows, ["job", "state", "stage", "stream", "backlog", "pending",
-                                      "holders"])
+        row["rate"] = "-" if row["in_rate"] is None else \
+            f"{row['in_rate']:g} in / {row['out_rate']:g} out"
+    _table("rainstorm tasks (rates in entries/s)", rows,
+           ["job", "state", "stage", "partition", "unread", "pending", "rate", "holders"])
+
+
+@main.command("kill-worker")
+@click.argument("worker_id")
+@redis_option
+@click.option("--force", is_flag=True,
+              help="SIGKILL it (same host) or kill its container (Docker SDK) instead of "
+                   "asking it to stop")
+@_guard
+def kill_worker(worker_id: str, redis_url: str | None, force: bool) -> None:
+    """Stop WORKER_ID: by default it finishes its batch and exits; with
+    --force it dies at once and others steal its pending entries."""
+    from rainstorm.coordinator.tasks import kill_worker as stop
+
+    click.echo(stop(_client(redis_url), worker_id, force=force), err=True)
+
+
+@main.command()
+@click.argument("job_id")
+@redis_option
+@click.option("--requeue", is_flag=True,
+              help="move every dead letter back into its stage (the job must be running)")
+@click.option("--limit", type=int, default=100, show_default=True, help="rows to show")
+@json_option
+@_guard
+def dlq(job_id: str, redis_url: str | None, requeue: bool, limit: int, as_json: bool) -> None:
+    """Show JOB's dead letters (stage, kind, error, deliveries), or requeue them."""
+    from rainstorm.coordinator import dlq as dead
+
+    r = _client(redis_url)
+    if requeue:
+        res = dead.requeue(r, job_id)
+        if as_json:
+            click.echo(json.dumps({"requeued": res.moved, "skipped": res.skipped}))
+        else:
+            click.echo(f"requeued {res.moved} dead letters of job {job_id}"
+                       + (f" ({res.skipped} were already gone)" if res.skipped else ""),
+                       err=True)
+        return
+    rows = dead.read(r, job_id, count=limit)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    _table(f"dead letters of {job_id}", rows,
+           ["id", "stage", "kind", "deliveries", "error", "record"])
 
 
 @main.command("kill-job")
