@@ -143,6 +143,9 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
               help="after each commit, WAITAOF: the commit is fsynced to the AOF")
 @click.option("--top", "top_n", type=int, default=None, help="rows to show (default: spec)")
 @click.option("--no-progress", is_flag=True)
+@click.option("--autoscale", metavar="MIN:MAX", default=None,
+              help="instead of --workers: per stage, keep MIN to MAX local workers, sized "
+                   "by the autoscaler (watermarks: see `rainstorm autoscale --help`)")
 @json_option
 @_guard
 def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], workers: int,
@@ -150,13 +153,15 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
         job_id: str | None, output: str | None, allow: tuple[str, ...], allow_exec: bool,
         persistence: str,
         rdb_every_s: int, replicas: int, wait_replicas: int | None, wait_aof: bool | None,
-        top_n: int | None, no_progress: bool, as_json: bool) -> None:
+        top_n: int | None, no_progress: bool, autoscale: str | None, as_json: bool) -> None:
     """Run SPEC to completion (embedded Redis and local workers unless --redis)."""
+    from rainstorm.autoscale.policy import ScalePolicy
     from rainstorm.coordinator.inputs import resolve_inputs
     from rainstorm.coordinator.result import to_json, write_atomically
     from rainstorm.coordinator.run import run_job
     from rainstorm.spec import load_spec
 
+    policy = ScalePolicy.parse_bounds(autoscale) if autoscale else None
     spec = load_spec(spec_path, list(overrides))
     waits = {k: v for k, v in (("wait_replicas", wait_replicas), ("wait_aof", wait_aof))
              if v is not None}
@@ -170,7 +175,7 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
         report = run_job(spec, inputs=list(inputs) or None, workers=workers,
                          redis_url=redis_url, job_id=job_id, allow_modules=allow,
                          allow_exec=allow_exec, persistence=persistence, replicas=replicas,
-                         rdb_every_s=rdb_every_s,
+                         rdb_every_s=rdb_every_s, autoscale=policy,
                          on_progress=update if show else None)
     if output:  # the spec's own file sink was written when the result was stored
         write_atomically(output, to_json(report.result))
@@ -180,9 +185,10 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
     dead = sum(s.dead for s in report.status.stages)
     dead_rec = sum(report.status.counters.get(f"s{s.index}:dead_records", 0)
                    for s in report.status.stages)
+    who = f"autoscaled {autoscale} workers per stage" if autoscale else f"{workers} workers"
     click.echo(
         f"job {report.job_id}: {mb:.1f} MB in {report.seconds:.2f} s "
-        f"({mb / max(report.seconds, 1e-9):.1f} MB/s) with {workers} workers on {report.server}",
+        f"({mb / max(report.seconds, 1e-9):.1f} MB/s) with {who} on {report.server}",
         err=True,
     )
     if warn:
@@ -230,24 +236,38 @@ def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC")
-@click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB")
+@click.argument("spec_path", metavar="[SPEC]", required=False, envvar="RAINSTORM_SPEC")
+@click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB", envvar="RAINSTORM_INPUT",
+              help="replaces source.paths (env RAINSTORM_INPUT, space-separated)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @redis_option
-@click.option("--job", "job_id", help="job id; submitting an existing id resumes it")
+@click.option("--job", "job_id", envvar="RAINSTORM_JOB",
+              help="job id; submitting an existing id resumes it (env RAINSTORM_JOB)")
 @click.option("--timeout", "timeout_s", type=float, default=None)
 @json_option
 @_guard
-def submit(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...],
+def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str, ...],
            redis_url: str | None, job_id: str | None, timeout_s: float | None,
            as_json: bool) -> None:
-    """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere)."""
+    """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere).
+
+    SPEC is a YAML/JSON file (env RAINSTORM_SPEC); without one, the spec's
+    YAML text is read from the environment variable RAINSTORM_SPEC_YAML."""
+    import os
+
     from rainstorm.coordinator.driver import drive
     from rainstorm.coordinator.run import prepare
     from rainstorm.coordinator.submit import submit as do_submit
-    from rainstorm.spec import load_spec
+    from rainstorm.spec import load_spec, parse_spec_text
 
-    spec = load_spec(spec_path, list(overrides))
+    inline = os.environ.get("RAINSTORM_SPEC_YAML", "")
+    if spec_path:
+        spec = load_spec(spec_path, list(overrides))
+    elif inline.strip():
+        spec = parse_spec_text(inline, "RAINSTORM_SPEC_YAML", list(overrides))
+    else:
+        raise _Exit("no job given: pass SPEC, or set RAINSTORM_SPEC (a spec file) or "
+                    "RAINSTORM_SPEC_YAML (the spec's YAML text)", 2)
     job, files = prepare(spec, list(inputs) or None, job_id)
     r = _client(redis_url)
     lua.load_library(r)
@@ -263,22 +283,26 @@ def submit(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...],
 @click.option("--burst", is_flag=True, help="exit when no running job is left")
 @click.option("--stage", type=click.IntRange(0, None), default=None, envvar="RAINSTORM_STAGE",
               help="serve only this stage (of every job, or of --job)")
+@click.option("--id", "worker_id", default=None, envvar="RAINSTORM_WORKER_ID",
+              help="worker id (default: <host>-<pid>-<random>); must be unique")
 @click.option("--allow-module", "allow", multiple=True, envvar="RAINSTORM_ALLOW_MODULES",
               help="top-level modules operators may be imported from")
 @click.option("--allow-exec", is_flag=True, envvar="RAINSTORM_ALLOW_EXEC",
               help="run jobs whose operators are external programs")
 @_guard
 def worker(redis_url: str | None, job_id: str | None, burst: bool, stage: int | None,
-           allow: tuple[str, ...], allow_exec: bool) -> None:
+           worker_id: str | None, allow: tuple[str, ...], allow_exec: bool) -> None:
     """Run a worker: consume, compute, commit, until stopped."""
     from rainstorm.operators.resolve import allowed_modules_from_env
     from rainstorm.worker.loop import Worker, WorkerOptions
 
     allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
         allowed_modules_from_env()
-    w = Worker(_client(redis_url), WorkerOptions(job=job_id, burst=burst, stage=stage,
-                                                  allow_modules=allow_all,
-                                                  allow_exec=allow_exec))
+    opts = WorkerOptions(job=job_id, burst=burst, stage=stage, allow_modules=allow_all,
+                         allow_exec=allow_exec)
+    if worker_id:
+        opts.worker_id = worker_id
+    w = Worker(_client(redis_url), opts)
     w.install_signal_handlers()
     w.work()
 
@@ -419,6 +443,91 @@ def dlq(job_id: str, redis_url: str | None, requeue: bool, limit: int, as_json: 
            ["id", "stage", "kind", "deliveries", "error", "record"])
 
 
+@main.command()
+@click.argument("bounds", metavar="MIN:MAX")
+@redis_option
+@click.option("--job", "job_id", help="scale only this job (default: every running job)")
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local",
+              show_default=True, help="start workers as local processes or Docker containers")
+@click.option("--image", default="rainstorm:latest", show_default=True,
+              help="docker backend: image whose entry point is `rainstorm`")
+@click.option("--network", default=None, help="docker backend: network of the containers")
+@click.option("--worker-redis", default=None, envvar="RAINSTORM_WORKER_REDIS", metavar="URL",
+              help="the URL workers get (default: --redis), e.g. with the worker ACL user")
+@click.option("--high-backlog", "high_backlog_s", type=float, default=2.0, show_default=True,
+              help="add workers when a stage's backlog takes longer than this to drain (s)")
+@click.option("--low-utilization", type=float, default=0.5, show_default=True,
+              help="remove a worker when the stage's workers are busy less than this")
+@click.option("--period", "period_s", type=float, default=3.0, show_default=True,
+              help="a watermark must be crossed this long before acting (s)")
+@click.option("--cooldown", "cooldown_s", type=float, default=5.0, show_default=True,
+              help="after a change, leave the stage alone this long (s)")
+@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True,
+              help="seconds between looks")
+@click.option("--trace", type=click.File("a"), default=None,
+              help="append every look (numbers and decision) as a JSON line to this file")
+@click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+@click.option("--allow-exec", is_flag=True, help="let the workers run external programs")
+@_guard
+def autoscale(bounds: str, redis_url: str | None, job_id: str | None, backend: str, image: str,
+              network: str | None, worker_redis: str | None, high_backlog_s: float,
+              low_utilization: float, period_s: float, cooldown_s: float, interval_s: float,
+              trace: Any, allow: tuple[str, ...], allow_exec: bool) -> None:
+    """Keep MIN to MAX workers pinned to each stage of the running jobs,
+    sized by backlog (high watermark) and utilization (low watermark)."""
+    import threading
+
+    from rainstorm.autoscale.backends import Backend, DockerBackend, LocalBackend
+    from rainstorm.autoscale.controller import Autoscaler
+    from rainstorm.autoscale.policy import ScalePolicy
+
+    policy = ScalePolicy.parse_bounds(bounds, high_backlog_s=high_backlog_s,
+                                      low_utilization=low_utilization, period_s=period_s,
+                                      cooldown_s=cooldown_s, interval_s=interval_s)
+    r = _client(redis_url)
+    url = worker_redis or redis_url or ""
+    env = {"RAINSTORM_ALLOW_MODULES": ",".join(allow)} if allow else {}
+    if allow_exec:
+        env["RAINSTORM_ALLOW_EXEC"] = "1"
+    chosen: Backend = (DockerBackend(r, url, image, network, env) if backend == "docker"
+                       else LocalBackend(r, url, allow, allow_exec))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    click.echo(f"autoscaling {job_id or 'every running job'}: {policy.min_workers} to "
+               f"{policy.max_workers} {backend} workers per stage", err=True)
+    try:
+        Autoscaler(r, chosen, policy, job_id=job_id, trace=trace).run(stop)
+    finally:
+        chosen.close()
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("rate")
+@redis_option
+@_guard
+def throttle(job_id: str, rate: str, redis_url: str | None) -> None:
+    """Limit how many input lines per second JOB's loader adds (RATE, or 'off')."""
+    from rainstorm.coordinator.status import load_job
+
+    r = _client(redis_url)
+    load_job(r, job_id)
+    if rate == "off":
+        r.hdel(keys.meta(job_id), "max_rate")
+        click.echo(f"job {job_id}: loading unthrottled", err=True)
+        return
+    try:
+        value = float(rate)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise _Exit(f"RATE must be a positive number of lines per second or 'off', "
+                    f"got {rate!r}", 2) from None
+    r.hset(keys.meta(job_id), "max_rate", value)
+    click.echo(f"job {job_id}: loading at most {value:g} lines/s", err=True)
+
+
 @main.command("kill-job")
 @click.argument("job_id")
 @redis_option
@@ -483,3 +592,24 @@ def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> Non
     if state != b"done":
         raise _Exit(f"job {job_id} is {state.decode() if state else 'unknown'}, not done", 1)
     _print_result(load_stored(r, job), top_n, as_json)
+
+
+@main.command()
+@redis_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="port to listen on (0: any free port)")
+@click.option("--interval", "interval_s", default=1.0, show_default=True,
+              type=click.FloatRange(0.1, 60), help="seconds between samples of Redis")
+@_guard
+def ui(redis_url: str | None, host: str, port: int, interval_s: float) -> None:
+    """Serve a live web dashboard, /api/state (JSON) and /metrics (Prometheus)."""
+    from rainstorm.dashboard.server import serve
+
+    r = _client(redis_url)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        serve(r, host=host, port=port, interval_s=interval_s,
+              announce=lambda url: click.echo(f"rainstorm ui: serving on {url}", err=True))
+    except KeyboardInterrupt:
+        click.echo("rainstorm ui: stopped", err=True)

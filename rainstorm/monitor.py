@@ -53,6 +53,8 @@ def workers(r: redis.Redis, now: float | None = None) -> list[dict[str, Any]]:
                      "heartbeat_age_s": round(age, 1),
                      "state": "dead" if age > DEAD_AFTER_S else "alive",
                      "current": info.get("current", ""), "batches": info.get("batches", 0),
+                     "busy_s": float(info.get("busy_s", 0.0)),
+                     "last_seen": float(info.get("last_seen", 0)),
                      "job": info.get("job"), "stage": info.get("stage"),
                      "uptime_s": round(now - float(info.get("started", now)), 1)})
     return rows
@@ -116,6 +118,8 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
         for name in STAGE_COUNTERS:
             st[name] = c.get(keys.counter_field(s.index, name), 0)
         st["backlog"] = max(st["emitted"] - st["committed"] - st["dead"], 0)
+        # backpressure stops upstream when a stream holds max_backlog entries
+        st["capacity"] = job.spec.settings.max_backlog * s.partitions
         st["partition_rows"] = _partitions(r, job, s.index)
         st["pending"] = sum(p["pending"] for p in st["partition_rows"])
         h = read_histogram(c, s.index)
@@ -142,7 +146,22 @@ def dead_letters(r: redis.Redis, job_id: str, count: int = 100) -> list[dict[str
                     "error": _s(f.get("error", b"")),
                     "deliveries": int(f.get("deliveries", b"0") or 0),
                     "bytes": len(f.get("d", b""))})
+        if out[-1]["kind"] == "record":  # one record: uid, error, deliveries are in its blob
+            out[-1].update(_dead_record_fields(f.get("d", b"")))
     return out
+
+
+def _dead_record_fields(blob: bytes) -> dict[str, Any]:
+    import msgpack
+
+    try:
+        rec = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException):
+        return {}
+    if not isinstance(rec, dict):
+        return {}
+    return {"uid": str(rec.get("uid", "")), "error": str(rec.get("error", "")),
+            "deliveries": int(rec.get("deliveries", 0) or 0)}
 
 
 class RateTracker:
@@ -151,10 +170,11 @@ class RateTracker:
     ``in_rate`` (entries emitted into it), ``out_rate`` (entries committed),
     ``records_rate`` (records processed)."""
 
-    def __init__(self, history: int = 300) -> None:
-        self._last: dict[tuple[str, int], tuple[float, int, int, int]] = {}
+    def __init__(self, history: int = 300, window_s: float = 0.0) -> None:
+        self._points: dict[tuple[str, int], deque[tuple[float, int, int, int]]] = {}
         self.history: dict[str, deque[dict[str, Any]]] = {}
         self._maxlen = history
+        self.window_s = window_s  # rates over at least this long (0: since the last look)
 
     def update(self, snap: dict[str, Any]) -> dict[str, Any]:
         t = snap["time"]
@@ -163,8 +183,11 @@ class RateTracker:
             for st in job["stages"]:
                 key = (job["id"], st["index"])
                 cur = (t, st["emitted"], st["committed"], st["records_in"])
-                prev = self._last.get(key)
-                self._last[key] = cur
+                points = self._points.setdefault(key, deque())
+                while len(points) > 1 and cur[0] - points[1][0] >= self.window_s:
+                    points.popleft()  # keep one point at least window_s old
+                prev = points[0] if points else None
+                points.append(cur)
                 if prev is None or cur[0] <= prev[0]:
                     rates = (0.0, 0.0, 0.0)
                 else:

@@ -36,6 +36,10 @@ class TextSource(_Model):
     type: Literal["text"] = "text"
     paths: list[str] = Field(default_factory=list)
     batch_bytes: int = Field(default=1 << 20, ge=1024, le=16 << 20)
+    max_rate: float | None = Field(
+        default=None, gt=0,
+        description="lines per second the loader may add (default: as fast as backpressure "
+                    "allows); change it while the job runs with `rainstorm throttle`")
     encoding_errors: Literal["replace"] = "replace"
 
 
@@ -193,18 +197,26 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raise UsageError(f"spec file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read spec {p}: {exc}") from None
+    return parse_spec_text(text, str(p), overrides, json_text=p.suffix == ".json")
+
+
+def parse_spec_text(text: str, origin: str = "<spec>", overrides: list[str] | None = None,
+                    *, json_text: bool = False) -> JobSpec:
+    """Parse spec text (YAML, or JSON with ``json_text``), apply overrides and
+    validate, like :func:`load_spec`; ``origin`` names the text in errors
+    (a file name, or e.g. the environment variable it came from)."""
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if json_text else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"cannot parse spec {p}: {first}") from None
+        raise UsageError(f"cannot parse spec {origin}: {first}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"invalid spec {p}: expected a mapping at the top level")
+        raise UsageError(f"invalid spec {origin}: expected a mapping at the top level")
     if overrides:
         from rainstorm.overrides import apply
 
         data = apply(data, overrides)
-    return parse_spec(data, str(p))
+    return parse_spec(data, origin)
 
 
 def spec_to_json(spec: JobSpec) -> str:

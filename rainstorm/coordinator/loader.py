@@ -73,18 +73,18 @@ class Loader:
         self.files = [Path(f[0]) for f in json.loads(meta_files or b"[]")]
         self.streams = job.streams(0)
         self._backoff = 0.005
+        self._pace: tuple[float, float, int] | None = None  # (rate, since, lines since)
 
     def position(self) -> str:
         pos: Any = self.r.hget(keys.cursor(self.job.id), "pos")
         return pos.decode() if pos else ""
 
-    def _gather(self, pos: str) -> tuple[list[tuple[str, str, bytes]], str]:
-        settings = self.job.spec.settings
+    def _gather(self, pos: str, max_entries: int) -> tuple[list[tuple[str, str, bytes]], str]:
         src = self.job.spec.source
         fidx, off = parse_pos(pos)
         entries: list[tuple[str, str, bytes]] = []
         total = 0
-        while fidx < len(self.files) and len(entries) < settings.batch_entries:
+        while fidx < len(self.files) and len(entries) < max_entries:
             if total >= MAX_CALL_BYTES:
                 break
             chunk = read_chunk(self.files[fidx], off, src.batch_bytes)
@@ -99,12 +99,33 @@ class Loader:
         new_pos = DONE if fidx >= len(self.files) else f"{fidx}:{off}"
         return entries, new_pos
 
+    def _throttled(self) -> bool:
+        """With a rate limit (meta ``max_rate``, lines/s, changeable while the
+        job runs): True while loading more now would exceed it."""
+        raw: Any = self.r.hget(keys.meta(self.job.id), "max_rate")
+        rate = float(raw) if raw else 0.0
+        now = time.monotonic()
+        if rate <= 0:
+            self._pace = None
+            return False
+        if self._pace is None or self._pace[0] != rate:
+            self._pace = (rate, now, 0)
+        due = self._pace[1] + self._pace[2] / rate
+        if now < due:
+            time.sleep(min(due - now, 0.05))
+            return True
+        return False
+
     def step(self) -> LoadStep:
-        """Load one FCALL's worth of entries; obeys backpressure."""
+        """Load one FCALL's worth of entries; obeys backpressure and the rate limit."""
         pos = self.position()
         if pos == DONE:
             return LoadStep(done=True)
-        entries, new_pos = self._gather(pos)
+        if self._throttled():
+            return LoadStep(done=False)
+        # rate-limited: one entry per call, so the pace is smooth
+        most = 1 if self._pace else self.job.spec.settings.batch_entries
+        entries, new_pos = self._gather(pos, most)
         res = lua.load(
             self.r,
             counters=keys.counters(self.job.id),
@@ -117,6 +138,9 @@ class Loader:
         )
         if res.status == "ok":
             self._backoff = 0.005
+            if self._pace:
+                lines = sum(e[2].count(b"\n") for e in entries)
+                self._pace = (self._pace[0], self._pace[1], self._pace[2] + lines)
             return LoadStep(done=new_pos == DONE, loaded_entries=len(entries))
         if res.status == "gone":
             raise JobFailed(

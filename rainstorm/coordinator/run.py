@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from rainstorm import lua
+from rainstorm.autoscale.backends import LocalBackend
+from rainstorm.autoscale.controller import Autoscaler
+from rainstorm.autoscale.policy import ScalePolicy
 from rainstorm.connection import check_server, connect
 from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.inputs import resolve_inputs
@@ -129,17 +133,23 @@ class LocalRun:
         allow_exec: bool = False,
         on_progress: Callable[[JobStatus], None] | None = None,
         timeout_s: float | None = None,
+        autoscale: ScalePolicy | None = None,
     ) -> RunReport:
+        """Run ``spec`` to the end with ``workers`` forked local workers, or
+        with ``autoscale``: workers pinned to stages, started and stopped by
+        an autoscaler thread between the policy's bounds."""
         job, files = prepare(spec, inputs, job_id, allow_exec)
         r = connect(self.url)
         desc = check_server(r)
         lua.load_library(r)
-        if workers > 0:  # forked before our client connects; they wait for the job
+        modules = allow_modules + spec_modules(job.spec)
+        if workers > 0 and not autoscale:  # forked before our client connects
             r.close()
-            self.pool = LocalWorkers(workers, self.url, job.id,
-                                     allow_modules + spec_modules(job.spec), allow_exec)
+            self.pool = LocalWorkers(workers, self.url, job.id, modules, allow_exec)
         t0 = time.perf_counter()
         submit(r, job, files)
+        scaling = _Scaling(self.url, job.id, autoscale, modules, allow_exec) \
+            if autoscale else None
         driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
         try:
             result = driver.run()
@@ -148,6 +158,8 @@ class LocalRun:
             fail(r, job, str(exc))
             raise
         finally:
+            if scaling:
+                scaling.close()
             if self.pool:
                 self.pool.stop()
                 self.pool = None
@@ -171,6 +183,7 @@ def run_job(
     rdb_every_s: int = 5,
     on_progress: Callable[[JobStatus], None] | None = None,
     timeout_s: float | None = None,
+    autoscale: ScalePolicy | None = None,
 ) -> RunReport:
     """Run one job to completion; see LocalRun for the servers it starts."""
     prepare(spec, inputs, job_id, allow_exec)  # user errors before any server starts
@@ -179,4 +192,25 @@ def run_job(
         return env.run(spec, inputs=inputs, workers=workers, job_id=job_id,
                        allow_modules=allow_modules, allow_exec=allow_exec,
                        on_progress=on_progress,
-                       timeout_s=timeout_s)
+                       timeout_s=timeout_s, autoscale=autoscale)
+
+
+class _Scaling:
+    """An autoscaler thread with local worker processes, for `run --autoscale`."""
+
+    def __init__(self, url: str, job_id: str, policy: ScalePolicy, modules: tuple[str, ...],
+                 allow_exec: bool) -> None:
+        self.r = connect(url)
+        self.backend = LocalBackend(self.r, url, modules, allow_exec)
+        self.scaler = Autoscaler(self.r, self.backend, policy, job_id=job_id)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.scaler.run, args=(self.stop,),
+                                       name="autoscaler", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.backend.close()
+        self.r.close()
+

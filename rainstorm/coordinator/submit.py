@@ -59,6 +59,8 @@ def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
         "stages": len(job.plan.stages),
         "created_at": time.time(),
     }
+    if job.spec.source.max_rate:
+        meta["max_rate"] = job.spec.source.max_rate
     pipe.hset(keys.meta(job.id), mapping=cast(Any, meta))
     pipe.sadd(keys.JOBS, job.id)
     pipe.execute()

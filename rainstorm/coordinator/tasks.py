@@ -55,7 +55,7 @@ def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
     if info is None:
         raise UsageError(f"no such worker: {worker_id} (see `rainstorm workers`)")
     if not force:
-        r.set(keys.worker_stop(worker_id), reason, ex=300)
+        ask_to_stop(r, worker_id, reason)
         return f"asked worker {worker_id} to stop after its current batch"
     if info["state"] == "dead":
         return f"worker {worker_id} is already dead (no heartbeat for " \
@@ -72,6 +72,11 @@ def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
     except ProcessLookupError:
         return f"worker {worker_id} (pid {info['pid']}) had already exited"
     return f"sent SIGKILL to worker {worker_id} (pid {info['pid']})"
+
+
+def ask_to_stop(r: redis.Redis, worker_id: str, reason: str) -> None:
+    """The worker sees this at its next heartbeat, finishes its batch and exits."""
+    r.set(keys.worker_stop(worker_id), reason, ex=300)
 
 
 def kill_container(container: str) -> None:

@@ -93,6 +93,7 @@ class Worker:
         self._seen_job = False
         self._reread_own = False
         self.latency = LatencyRecorder()
+        self.busy_s = 0.0  # time spent computing and committing (utilization = its rate)
         self._stop_reason = "stop requested"
 
     # -- the loop ---------------------------------------------------------
@@ -306,6 +307,13 @@ class Worker:
 
     # -- running and committing ---------------------------------------------
     def _run(self, act: _Active, stage: int, entries: list[Entry]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._run_timed(act, stage, entries)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    def _run_timed(self, act: _Active, stage: int, entries: list[Entry]) -> None:
         runner = act.runners[stage]
         settings = act.job.spec.settings
         self._current = f"{act.job.id}:s{stage}"
@@ -370,7 +378,8 @@ class Worker:
         self._last_heartbeat = now
         info = {"host": socket.gethostname(), "pid": os.getpid(), "last_seen": now,
                 "started": self._started_at, "current": self._current,
-                "batches": self.batches, "job": self.opt.job, "stage": self.opt.stage,
+                "batches": self.batches, "busy_s": round(self.busy_s, 3),
+                "job": self.opt.job, "stage": self.opt.stage,
                 "container": _container_id()}
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(keys.WORKERS, self.id, json.dumps(info))

@@ -1,0 +1,171 @@
+"""Where autoscaled workers run: local processes, or Docker containers.
+
+A backend starts workers pinned to one stage of one job (``rainstorm worker
+--job J --stage S --id ID``) and stops them politely: it asks through Redis
+(the worker finishes its batch and exits), so scaling down never makes
+another worker wait ``claim_idle_ms`` for stolen entries.  Workers a
+backend asked to stop are no longer counted as running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+
+from rainstorm.coordinator.tasks import ask_to_stop
+from rainstorm.errors import RainstormError, UsageError
+from rainstorm.procs import preexec_die_with_parent
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id(job: str, stage: int) -> str:
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "_", job)[:40]
+    return f"auto-{safe}-s{stage}-{uuid.uuid4().hex[:6]}"
+
+
+class Backend(Protocol):
+    def start(self, job: str, stage: int) -> str: ...
+
+    def stop(self, worker_id: str) -> None: ...
+
+    def running(self, job: str, stage: int) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LocalBackend:
+    """Workers as child processes of this one (they die with it)."""
+
+    r: redis.Redis
+    redis_url: str
+    allow_modules: tuple[str, ...] = ()
+    allow_exec: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, tuple[str, int, subprocess.Popen[bytes]]] = field(default_factory=dict)
+    stopping: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, job: str, stage: int) -> str:
+        wid = new_worker_id(job, stage)
+        env = dict(os.environ, **self.env, RAINSTORM_REDIS=self.redis_url)
+        if self.allow_modules:
+            env["RAINSTORM_ALLOW_MODULES"] = ",".join(self.allow_modules)
+        cmd = [sys.executable, "-m", "rainstorm", "worker", "--job", job, "--stage", str(stage),
+               "--id", wid]
+        if self.allow_exec:
+            cmd.append("--allow-exec")
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                preexec_fn=preexec_die_with_parent())
+        self.procs[wid] = (job, stage, proc)
+        return wid
+
+    def stop(self, worker_id: str) -> None:
+        job_stage_proc = self.procs.pop(worker_id, None)
+        if job_stage_proc:
+            ask_to_stop(self.r, worker_id, "autoscaler: scale down")
+            self.stopping[worker_id] = job_stage_proc[2]
+
+    def running(self, job: str, stage: int) -> list[str]:
+        for wid, (_, _, proc) in list(self.procs.items()):
+            if proc.poll() is not None:
+                log.warning("autoscaled worker %s exited with %s", wid, proc.returncode)
+                del self.procs[wid]
+        for wid, proc in list(self.stopping.items()):
+            if proc.poll() is not None:
+                del self.stopping[wid]
+        return [w for w, (j, s, _) in self.procs.items() if j == job and s == stage]
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        for wid in list(self.procs):
+            self.stop(wid)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.stopping.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.stopping.clear()
+
+
+LABEL = "io.rainstorm.autoscaled"
+
+
+@dataclass
+class DockerBackend:
+    """Workers as containers of ``image`` (entry point ``rainstorm``), on
+    ``network``, through the Docker SDK (``pip install 'rainstorm[docker]'``)."""
+
+    r: redis.Redis
+    redis_url: str
+    image: str
+    network: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    client: Any = None
+    stopping: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.client is None:
+            try:
+                import docker
+            except ImportError:
+                raise UsageError("the docker backend needs the Docker SDK: "
+                                 "pip install 'rainstorm[docker]'") from None
+            try:
+                self.client = docker.from_env()
+            except docker.errors.DockerException as exc:
+                raise RainstormError(f"cannot reach the Docker engine: {exc}") from None
+
+    def start(self, job: str, stage: int) -> str:
+        wid = new_worker_id(job, stage)
+        self.client.containers.run(
+            self.image, ["worker", "--job", job, "--stage", str(stage), "--id", wid],
+            name=wid, detach=True, network=self.network,
+            environment={**self.env, "RAINSTORM_REDIS": self.redis_url},
+            labels={LABEL: "true", f"{LABEL}.job": job, f"{LABEL}.stage": str(stage)},
+        )
+        return wid
+
+    def stop(self, worker_id: str) -> None:
+        ask_to_stop(self.r, worker_id, "autoscaler: scale down")
+        self.stopping.add(worker_id)
+
+    def _containers(self, **filters: Any) -> list[Any]:
+        return list(self.client.containers.list(all=True, filters={"label": LABEL, **filters}))
+
+    def running(self, job: str, stage: int) -> list[str]:
+        out = []
+        for c in self._containers():
+            labels = c.labels or {}
+            if c.status in ("exited", "dead"):
+                c.remove()  # a worker that left (asked to, or crashed)
+                self.stopping.discard(c.name)
+                continue
+            if labels.get(f"{LABEL}.job") == job and labels.get(f"{LABEL}.stage") == str(stage) \
+                    and c.name not in self.stopping:
+                out.append((str((c.attrs or {}).get("Created", "")), c.name))
+        return [name for _, name in sorted(out)]  # oldest first
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        for c in self._containers():
+            if c.status == "running":
+                self.stop(c.name)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(
+                c.status == "running" for c in self._containers()):
+            time.sleep(0.2)
+        for c in self._containers():
+            if c.status == "running":
+                c.kill()
+            c.remove(force=True)
+        self.stopping.clear()

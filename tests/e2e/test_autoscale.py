@@ -1,0 +1,101 @@
+"""The autoscaler against real workers: it adds workers pinned to the stage
+that falls behind, removes them when idle, and the result stays exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.spec import parse_spec
+from tests.conftest import reference_wordcount, write_corpus
+from tests.e2e.test_operations import Driven, cli
+from tests.helpers import ROOT, wait_for
+
+
+def trace_rows(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_autoscale_follows_the_input_rate(tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=40)
+    spec = parse_spec({"name": "as", "source": {"type": "text", "batch_bytes": 1024,
+                                                "max_rate": 50},
+                       "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"},
+                                    {"op": "count"}],
+                       "settings": {"max_backlog": 16, "claim_idle_ms": 2000}})
+    job, files = prepare(spec, [str(p) for p in paths], "as")
+    submit(r, job, files)
+    trace, log = tmp_path / "trace.jsonl", tmp_path / "autoscale.log"
+    env = dict(os.environ, RAINSTORM_TEST_SLOW_MS="4", RAINSTORM_ALLOW_MODULES="tests")
+    with log.open("w") as log_fh:
+        scaler = subprocess.Popen(
+            [sys.executable, "-m", "rainstorm", "-v", "autoscale", "1:3", "--redis", url,
+             "--job", job.id, "--period", "0.5", "--cooldown", "1", "--interval", "0.25",
+             "--trace", str(trace), "--allow-module", "tests"],
+            cwd=ROOT, env=env, stderr=log_fh)
+    try:
+        driven = Driven(r, job, timeout_s=120)
+        wait_for(lambda: any(row["workers"] == 1 for row in trace_rows(trace)), 20,
+                 "the minimum of one worker")
+        assert cli(url, "throttle", job.id, "off").returncode == 0  # the input rate jumps
+        wait_for(lambda: any(row["change"] > 0 and row["workers"] >= 1
+                             for row in trace_rows(trace)), 30, "a scale-up under load")
+        assert cli(url, "throttle", job.id, "20").returncode == 0  # and drops again
+        wait_for(lambda: any(row["change"] < 0 for row in trace_rows(trace)), 30,
+                 "a scale-down when idle")
+        assert cli(url, "throttle", job.id, "off").returncode == 0
+        result = driven.result()
+        # a finished job keeps no workers
+        wait_for(lambda: not r.hlen(keys.WORKERS), 30, "the autoscaled workers to leave")
+    finally:
+        scaler.send_signal(signal.SIGTERM)
+        try:
+            scaler.wait(30)
+        finally:
+            scaler.kill()
+    err = log.read_text()
+    assert Counter(result) == reference_wordcount(paths)
+    assert scaler.returncode == 0, err[-2000:]
+    rows = trace_rows(trace)
+    ups = [row for row in rows if row["change"] > 0 and row["workers"] > 0]
+    downs = [row for row in rows if row["change"] < 0]
+    assert ups and downs
+    assert all(row["workers"] + row["change"] <= 3 for row in rows)  # never above MAX
+    up = ups[0]  # the numbers behind the decision are logged with it
+    assert ("backlog" in str(up["reason"])) and f"{job.id} stage 0: +" in err
+    assert "utilization" in str(downs[0]["reason"])
+
+
+def test_run_with_autoscale_is_exact(tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=30)
+    spec = tmp_path / "wc.yaml"
+    spec.write_text("name: wc\nsource: {type: text, batch_bytes: 1024}\n"
+                    "pipeline:\n  - {op: flat_map, fn: 'tests.ops:slow_split'}\n"
+                    "  - {op: count}\n")
+    out = tmp_path / "out.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "rainstorm", "-v", "run", str(spec), "--autoscale", "1:3",
+         "--input", str(tmp_path / "in"), "--output", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, RAINSTORM_TEST_SLOW_MS="2"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert Counter(json.loads(out.read_text())) == reference_wordcount(paths)
+    assert "autoscaled 1:3 workers per stage" in res.stderr
+    assert "stage 0: +1 worker(s) (0 -> 1): below the minimum" in res.stderr
+    bad = subprocess.run([sys.executable, "-m", "rainstorm", "run", str(spec), "--autoscale",
+                          "3:1", "--input", str(tmp_path / "in")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "MIN <= MAX" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
