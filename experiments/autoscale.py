@@ -3,9 +3,10 @@
 A two-stage job (stage 0: an I/O-bound enrichment, 2 ms per line, then
 split into words; stage 1: count per word) is fed at a rate that steps
 200 -> 1500 -> 200 lines/s (the loader's live rate limit, as set by
-`rainstorm throttle`); at the end the rest is loaded unthrottled.  The autoscaler (1 to 4 workers per stage, high
-watermark 2 s of backlog, low watermark 50 % utilization, 2 s period,
-4 s cool-down) sizes each stage.  Every 0.5 s we record the target rate,
+`rainstorm throttle`); at the end the rest is loaded unthrottled.  The
+autoscaler (1 to 4 workers per stage, high watermark 2 s of backlog or
+backpressure, low watermark 50 % utilization, 2 s period, 4 s cool-down)
+sizes each stage.  Every 0.5 s we record the target rate,
 the lines processed per second, the backlog and the workers per stage.
 
     python experiments/autoscale.py [--quick]
@@ -76,8 +77,8 @@ def run(schedule: list[tuple[float, float]]) -> tuple[list[dict[str, Any]],
         stop = threading.Event()
         threading.Thread(target=scaler.run, args=(stop,), daemon=True).start()
         out: dict[str, Any] = {}
-        driver = threading.Thread(target=lambda: out.update(
-            result=Driver(connect(srv.url), job, timeout_s=schedule[-1][0] * 4 + 60).run()), daemon=True)
+        drive = Driver(connect(srv.url), job, timeout_s=schedule[-1][0] * 4 + 60)
+        driver = threading.Thread(target=lambda: out.update(result=drive.run()), daemon=True)
         t0, t0_wall = time.monotonic(), time.time()
         driver.start()
         rows = sample(r, job.id, schedule, t0, driver)

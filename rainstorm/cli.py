@@ -51,6 +51,9 @@ def _guard(fn: F) -> F:
             raise _Exit(str(exc), exc.exit_code) from None
         except redis.AuthenticationError as exc:
             raise _Exit(f"Redis refused the credentials: {exc}", 1) from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise _Exit(f"the Redis user may not do this: {exc} (see the README's ACL "
+                        "section)", 1) from None
         except redis.ConnectionError as exc:
             raise _Exit(f"cannot reach Redis: {exc}", 1) from None
 

@@ -176,6 +176,12 @@ class RateTracker:
         self._maxlen = history
         self.window_s = window_s  # rates over at least this long (0: since the last look)
 
+    def forget(self, job_id: str) -> None:
+        """Drop what is kept about a job (gone from Redis): memory stays bounded."""
+        self.history.pop(job_id, None)
+        for key in [k for k in self._points if k[0] == job_id]:
+            del self._points[key]
+
     def update(self, snap: dict[str, Any]) -> dict[str, Any]:
         t = snap["time"]
         for job in snap["jobs"]:

@@ -110,6 +110,7 @@ class Autoscaler:
             for wid in self.backend.running(job, stage):
                 self.backend.stop(wid)
             self.scalers.pop((job, stage), None)
+        self.rates.forget(job)
 
     def run(self, stop: threading.Event) -> None:
         """Look every interval until ``stop`` is set; Redis outages are waited out."""

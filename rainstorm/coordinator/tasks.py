@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from rainstorm import keys, monitor
 from rainstorm.coordinator.status import load_job
 from rainstorm.errors import RainstormError, UsageError
 from rainstorm.job import JobState
+from rainstorm.worker.loop import host_name
 
 workers = monitor.workers
 
@@ -60,7 +60,7 @@ def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
     if info["state"] == "dead":
         return f"worker {worker_id} is already dead (no heartbeat for " \
                f"{info['heartbeat_age_s']} s); nothing to kill"
-    if info.get("host") != socket.gethostname():
+    if info.get("host") != host_name():
         if info.get("container"):
             kill_container(str(info["container"]))
             return f"killed container {info['container']} of worker {worker_id}"

@@ -62,7 +62,7 @@ class WorkerOptions:
     allow_exec: bool = False
     wait_for_job_s: float = 60.0
     worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        default_factory=lambda: f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     )
 
 
@@ -129,6 +129,7 @@ class Worker:
         if self.opt.burst and not self.jobs and self._burst_over():
             return "burst: no running job left"
         if not self.jobs:
+            self._heartbeat()  # idle workers are listed too (and can be asked to stop)
             time.sleep(self.opt.block_ms / 1000)
             return None
         if self._reread_own:
@@ -376,7 +377,7 @@ class Worker:
         if now - self._last_heartbeat < self.opt.heartbeat_s:
             return
         self._last_heartbeat = now
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "last_seen": now,
+        info = {"host": host_name(), "pid": os.getpid(), "last_seen": now,
                 "started": self._started_at, "current": self._current,
                 "batches": self.batches, "busy_s": round(self.busy_s, 3),
                 "job": self.opt.job, "stage": self.opt.stage,
@@ -400,6 +401,13 @@ class Worker:
             pipe.execute()
         except redis.RedisError:
             pass  # best effort: a stale heartbeat only ages
+
+
+def host_name() -> str:
+    """The host a worker reports: $RAINSTORM_HOSTNAME (e.g. a Kubernetes node
+    name) or the machine's host name.  kill-worker --force SIGKILLs only
+    workers whose host is its own."""
+    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
 
 
 def _container_id() -> str | None:

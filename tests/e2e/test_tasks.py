@@ -37,7 +37,8 @@ def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) ->
     def inspect(_status: object) -> None:
         if "tasks" in seen:
             return
-        holders = [row for row in json.loads(cli(url, "list-tasks", "--json").stdout)
+        holders = [row for row in json.loads(cli(url, "list-tasks", "--json", "--sample",
+                                                 "0").stdout)
                    if row["pending"]]
         ws = json.loads(cli(url, "workers", "--json").stdout)
         if holders and len(ws) == 2:

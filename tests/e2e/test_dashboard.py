@@ -1,0 +1,356 @@
+"""`rainstorm ui` against a live job: the page in a real browser, /api/state, /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from rainstorm.coordinator.driver import drive
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.coordinator.tasks import kill_job
+from rainstorm.server import EmbeddedRedis
+from rainstorm.spec import parse_spec
+from tests.conftest import write_corpus
+from tests.helpers import ROOT, start_worker, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = ROOT / "test-output" / "dashboard.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as res:
+            return res.status, dict(res.headers), res.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def state(base: str) -> dict[str, Any]:
+    code, _, body = get(base + "api/state")
+    assert code == 200
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def metric_values(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    parser = pytest.importorskip("prometheus_client.parser")
+    code, headers, body = get(base + "metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in parser.text_string_to_metric_families(body.decode()) for s in fam.samples}
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return get(base + "healthz", 1.0)[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
+class UI:
+    def __init__(self, redis_url: str, log: Path, interval_s: float = 0.3) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/"
+        self.log = log
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rainstorm", "ui", "--port", str(self.port),
+                 "--interval", str(interval_s)],
+                cwd=ROOT, env=dict(os.environ, RAINSTORM_REDIS=redis_url),
+                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rainstorm ui exited: {self.log.read_text()}")
+            return _healthy(self.base)
+        wait_for(ready, 15, "rainstorm ui to serve", every_s=0.05)
+        assert f"serving on {self.base}" in self.log.read_text()
+
+    def stop(self) -> int | None:
+        """SIGTERM; the exit status, or None if it had to be killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+
+
+@pytest.fixture
+def ui(url: str, tmp_path: Path) -> Iterator[UI]:
+    u = UI(url, tmp_path / "ui.log")
+    try:
+        u.wait_ready()
+        yield u
+        assert u.stop() == 0, f"rainstorm ui did not exit cleanly: {u.log.read_text()}"
+        assert "stopped" in u.log.read_text()
+    finally:
+        if u.proc.poll() is None:
+            u.proc.kill()
+            u.proc.wait(10)
+
+
+def two_stage_spec() -> Any:
+    return parse_spec({
+        "name": "dash",
+        "source": {"type": "text", "batch_bytes": 2048},
+        "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}, {"op": "map", "fn": "lower"},
+                     {"op": "repartition"}, {"op": "count"}],
+        "settings": {"batch_entries": 2},
+    })
+
+
+def _browser() -> Any:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: cannot run the browser part of the dashboard test")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: cannot run the browser part of the "
+                    "dashboard test")
+    return sync_playwright
+
+
+def _read(page: Any, testid: str) -> int:
+    return int(float(page.get_attribute(f'[data-testid="{testid}"]', "data-value")))
+
+
+WAIT_MORE = """([sel, v]) => { const e = document.querySelector(sel);
+                               return e !== null && Number(e.dataset.value) > v; }"""
+
+
+def _check_page(page: Any, ui: UI, job_id: str) -> list[int]:
+    """Follow the page while the job runs; returns the committed counts seen."""
+    page.goto(ui.base, timeout=10_000)
+    sel = '[data-testid="stage-0-committed"]'
+    page.wait_for_selector(sel, timeout=10_000)
+    seen = [_read(page, "stage-0-committed")]
+    for _ in range(2):  # the number on the page moves, without a reload
+        page.wait_for_function(WAIT_MORE, arg=[sel, seen[-1]], timeout=10_000)
+        seen.append(_read(page, "stage-0-committed"))
+    assert page.locator('[data-testid="stage-graph"] [data-stage]').count() == 2
+    assert page.locator('[data-testid="stage-graph"] svg.arrow').count() == 3
+    assert "slow_split" in page.inner_text('[data-testid="stage-0-label"]')
+    assert "count" in page.inner_text('[data-testid="stage-1-label"]')
+    assert _read(page, "stage-0-partitions") == 2
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=worker-row]')"
+                           ".length === 2", timeout=10_000)
+    assert _read(page, "worker-count") == 2
+    rows = page.locator('[data-testid="worker-row"]')
+    assert {rows.nth(i).get_attribute("data-state") for i in range(2)} == {"alive"}
+    assert page.locator('[data-testid^="partition-"][data-unread]').count() == 4
+    page.wait_for_selector('[data-testid="rate-chart"] polyline', state="attached", timeout=10_000)
+    assert page.locator('[data-testid="job-row"]').get_attribute("data-job") == job_id
+    assert page.locator('[data-testid="redis-error"]').is_hidden()
+    return seen
+
+
+def test_dashboard_follows_a_running_job(tmp_path: Path, url: str, r: redis.Redis,
+                                         ui: UI) -> None:
+    sync_playwright = _browser()
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=60)
+    job, files = prepare(two_stage_spec(), [str(p) for p in paths], "dash")
+    submit(r, job, files)
+    procs = [start_worker(url, job.id, RAINSTORM_TEST_SLOW_MS="10") for _ in range(2)]
+    outcome: dict[str, Any] = {}
+
+    def coordinate() -> None:
+        client = redis.Redis.from_url(url)
+        try:
+            outcome["result"] = drive(client, job, timeout_s=60)
+        except Exception as exc:  # cancelled below, once the page has been checked
+            outcome["error"] = exc
+        finally:
+            client.close()
+
+    coordinator = threading.Thread(target=coordinate, daemon=True)
+    coordinator.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 1100})
+                seen = _check_page(page, ui, job.id)
+                # /metrics and /api/state, during the run, agree with the page
+                st = state(ui.base)
+                (jv,) = st["jobs"]
+                assert jv["id"] == job.id and st["redis_error"] is None
+                assert jv["stages"][0]["committed"] >= seen[-1]
+                assert len(st["history"][job.id]) >= 2
+                m = metric_values(ui.base)
+                committed = m[("rainstorm_stage_committed_entries_total",
+                               (("job_id", job.id), ("stage", "0")))]
+                assert committed >= seen[-1]
+                assert m[("rainstorm_worker_up", (("worker", st["workers"][0]["id"]),))] == 1
+                still_running = outcome == {}
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+                print(f"dashboard screenshot: {SCREENSHOT}")
+            finally:
+                browser.close()
+        assert seen[0] < seen[1] < seen[2]
+        assert still_running, f"the job ended before the page was checked: {outcome}"
+    finally:
+        if coordinator.is_alive():
+            kill_job(r, job.id)  # done with it: cancel rather than wait for the end
+        coordinator.join(30)
+        for proc in procs:
+            try:
+                proc.wait(20)  # burst workers leave once their job is gone
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    assert not coordinator.is_alive()
+
+
+def test_killed_worker_is_shown_dead(tmp_path: Path, url: str, r: redis.Redis, ui: UI) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=2)
+    job, files = prepare(two_stage_spec(), [str(p) for p in paths], "dead")
+    submit(r, job, files)  # running, nothing loaded: the worker idles and heartbeats
+    proc = start_worker(url, job.id)
+    try:
+        def worker_row(state_: str) -> dict[str, Any] | None:
+            rows = [w for w in state(ui.base)["workers"] if w["pid"] == proc.pid]
+            return rows[0] if rows and rows[0]["state"] == state_ else None
+
+        alive = wait_for(lambda: worker_row("alive"), 15, "the worker on /api/state",
+                         every_s=0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        dead = wait_for(lambda: worker_row("dead"), 15, "the killed worker to show as dead",
+                        every_s=0.2)
+        assert dead["id"] == alive["id"] and dead["heartbeat_age_s"] > 5
+        m = metric_values(ui.base)
+        assert m[("rainstorm_worker_up", (("worker", dead["id"]),))] == 0
+        assert m[("rainstorm_worker_heartbeat_age_seconds", (("worker", dead["id"]),))] > 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_dead_letters_and_their_errors(tmp_path: Path, url: str, r: redis.Redis,
+                                      ui: UI) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=4)
+    with open(paths[0], "a", encoding="utf-8") as fh:
+        fh.write("one POISON line\nanother <b>POISON</b> line\n")
+    spec = parse_spec({"name": "poison", "source": {"type": "text", "batch_bytes": 1024},
+                       "pipeline": [{"op": "flat_map", "fn": "tests.ops:boom_on_poison"},
+                                    {"op": "count"}],
+                       "settings": {"max_deliveries": 1}})
+    job, files = prepare(spec, [str(p) for p in paths], "poison")
+    submit(r, job, files)
+    proc = start_worker(url, job.id)
+    try:
+        drive(r, job, timeout_s=60)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+    def letters() -> list[dict[str, Any]]:
+        st = state(ui.base)
+        if not st["jobs"] or st["jobs"][0]["state"] != "done":
+            return []
+        rows: list[dict[str, Any]] = st["dead_letters"].get(job.id, [])
+        return rows
+    rows = wait_for(letters, 15, "dead letters on /api/state", every_s=0.1)
+    assert len(rows) == 2 and {d["kind"] for d in rows} == {"record"}
+    assert all("poisoned line" in d["error"] for d in rows), rows
+    # a read-only ACL user (+ INFO, which the server check needs) sees the same
+    r.acl_setuser("dash-ro", enabled=True, passwords=["+ro-pw"], keys=["*"],
+                  commands=["+@read", "+info"])
+    socket_path = url.removeprefix("unix://")
+    ro = UI(f"unix://dash-ro:ro-pw@{socket_path}", tmp_path / "ui-ro.log")
+    try:
+        ro.wait_ready()
+        st = state(ro.base)
+        assert st["redis_error"] is None and st["dead_letters"][job.id] == rows
+        assert st["jobs"][0]["stages"][0]["committed"] > 0
+    finally:
+        code = ro.stop()
+        r.acl_deluser("dash-ro")
+    assert code == 0
+    sync_playwright = _browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(ui.base, timeout=10_000)
+            page.wait_for_selector('[data-testid="dead-letter-row"]', timeout=10_000)
+            assert _read(page, "dead-letter-count") == 2
+            text = page.inner_text('[data-testid="dead-letters"]')
+            assert text.count("poisoned line") == 2 and "<b>POISON</b>" in text  # as text
+            assert page.locator('[data-testid="dead-letters"] b').count() == 0
+        finally:
+            browser.close()
+
+
+def test_redis_outage_is_reported_not_fatal(tmp_path: Path) -> None:
+    with EmbeddedRedis() as srv:
+        u = UI(srv.url, tmp_path / "ui.log", interval_s=0.2)
+        try:
+            u.wait_ready()
+            assert state(u.base)["redis_error"] is None
+            srv.stop()  # Redis goes away under the dashboard
+            err = wait_for(lambda: state(u.base)["redis_error"], 15, "the outage on /api/state",
+                           every_s=0.1)
+            assert "Error" in err
+            assert metric_values(u.base)[("rainstorm_redis_up", ())] == 0
+            code, _, body = get(u.base)
+            assert code == 200 and b'data-testid="redis-error"' in body
+            assert u.proc.poll() is None
+            assert u.stop() == 0
+        finally:
+            if u.proc.poll() is None:
+                u.proc.kill()
+                u.proc.wait(10)
+
+
+def test_port_in_use_is_one_line_exit_2(url: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "rainstorm", "ui", "--port", str(port)],
+                             cwd=ROOT, env=dict(os.environ, RAINSTORM_REDIS=url),
+                             capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"rainstorm: error: cannot serve on 127.0.0.1:{port}: port already in use"]
+
+
+def test_routes(url: str, ui: UI) -> None:
+    code, headers, body = get(ui.base)
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"<script" in body and b"http://" not in body.replace(b"http://www.w3.org", b"")
+    assert get(ui.base + "nope")[0] == 404
+    code, _, body = get(ui.base + "healthz")
+    assert code == 200 and body == b"ok\n"
+    st = state(ui.base)
+    assert st["jobs"] == [] and st["workers"] == [] and st["redis_error"] is None
+    assert st["samples"] >= 1

@@ -1,0 +1,191 @@
+"""The /metrics text, read back with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from rainstorm.dashboard.metrics import CONTENT_TYPE, escape_label, render
+
+parser = pytest.importorskip("prometheus_client.parser",
+                             reason="prometheus-client is needed to parse /metrics")
+
+ODD_JOB = 'we"ird\\job\nid'
+ODD_WORKER = 'host\\a-1"-w\n2'
+INF = float("inf")
+
+
+def _stage(index: int, *, emitted: int, committed: int, dead: int, parts: list[tuple[int, int]],
+           buckets: list[tuple[float, int]], count: int, sum_s: float) -> dict[str, Any]:
+    rows = [{"partition": k, "stream": f"rs:{{j}}:s{index}:p{k}", "entries": u + p, "unread": u,
+             "pending": p, "holders": {"w1": p} if p else {}} for k, (u, p) in enumerate(parts)]
+    return {"index": index, "label": f"stage {index}", "partitions": len(parts),
+            "aggregate": index == 1, "emitted": emitted, "committed": committed, "dead": dead,
+            "rejected": 3 + index, "claimed": 5 + index, "records_in": 1000 + index,
+            "records_out": 900 + index, "backlog": max(emitted - committed - dead, 0),
+            "partition_rows": rows, "pending": sum(p for _, p in parts),
+            "latency": {"buckets": buckets, "sum_s": sum_s, "count": count}}
+
+
+def make_snapshot() -> dict[str, Any]:
+    s0 = _stage(0, emitted=40, committed=31, dead=1, parts=[(4, 2), (1, 1)],
+                buckets=[(0.0005, 0), (0.001, 4), (0.0025, 10), (INF, 12)], count=12,
+                sum_s=0.0213)
+    # a sample taken mid-heartbeat: count and buckets disagree by one
+    s1 = _stage(1, emitted=20, committed=20, dead=0, parts=[(0, 0), (0, 0)],
+                buckets=[(0.0005, 1), (0.001, 2), (0.0025, 2), (INF, 7)], count=8, sum_s=0.5)
+    return {
+        "time": 1_700_000_000.0,
+        "jobs": [
+            {"id": ODD_JOB, "name": "wc", "state": "running", "progress": 0.25,
+             "dead_letters": 2, "stages": [s0, s1]},
+            {"id": "old", "name": "wc", "state": "done", "progress": 1.0, "dead_letters": 0,
+             "stages": []},
+            {"id": "odd", "name": None, "state": "broken", "progress": 0.0, "dead_letters": 0,
+             "stages": []},
+        ],
+        "workers": [
+            {"id": ODD_WORKER, "state": "alive", "heartbeat_age_s": 0.4, "batches": 17},
+            {"id": "w-dead", "state": "dead", "heartbeat_age_s": 12.5, "batches": 3},
+        ],
+    }
+
+
+def parse(text: str) -> dict[str, dict[str, Any]]:
+    """{family name: {"type", "samples": [(sample name, labels, value)]}}"""
+    out = {}
+    for fam in parser.text_string_to_metric_families(text):
+        out[fam.name] = {"type": fam.type,
+                         "samples": [(s.name, dict(s.labels), s.value) for s in fam.samples]}
+    return out
+
+
+def values(fams: dict[str, dict[str, Any]], sample: str) -> dict[tuple[Any, ...], float]:
+    """sample values of one sample name, by their sorted label items."""
+    return {tuple(sorted(labels.items())): v for fam in fams.values()
+            for name, labels, v in fam["samples"] if name == sample}
+
+
+def key(**labels: Any) -> tuple[Any, ...]:
+    return tuple(sorted((k, str(v)) for k, v in labels.items()))
+
+
+def test_stage_gauges_and_counters_match_the_snapshot() -> None:
+    snap = make_snapshot()
+    fams = parse(render(snap))
+    job = snap["jobs"][0]
+    expect = {
+        "rainstorm_stage_backlog_entries": ("gauge", "backlog"),
+        "rainstorm_stage_pending_entries": ("gauge", "pending"),
+        "rainstorm_stage_emitted_entries_total": ("counter", "emitted"),
+        "rainstorm_stage_committed_entries_total": ("counter", "committed"),
+        "rainstorm_stage_records_in_total": ("counter", "records_in"),
+        "rainstorm_stage_rejected_commits_total": ("counter", "rejected"),
+        "rainstorm_stage_stolen_entries_total": ("counter", "claimed"),
+        "rainstorm_stage_dead_letters_total": ("counter", "dead"),
+    }
+    for sample, (kind, field) in expect.items():
+        fam = sample.removesuffix("_total")
+        assert fams[fam]["type"] == kind, sample
+        got = values(fams, sample)
+        assert got == {key(job_id=ODD_JOB, stage=st["index"]): st[field]
+                       for st in job["stages"]}, sample
+    # the numbers are the snapshot's, not recomputed: spot-check a few literally
+    assert values(fams, "rainstorm_stage_backlog_entries")[key(job_id=ODD_JOB, stage=0)] == 8
+    assert values(fams, "rainstorm_stage_stolen_entries_total")[key(job_id=ODD_JOB, stage=1)] == 6
+
+
+def test_partitions_workers_and_jobs() -> None:
+    snap = make_snapshot()
+    fams = parse(render(snap))
+    unread = values(fams, "rainstorm_partition_unread_entries")
+    assert unread == {key(job_id=ODD_JOB, stage=s, partition=p): u
+                      for s, parts in ((0, [4, 1]), (1, [0, 0])) for p, u in enumerate(parts)}
+    assert values(fams, "rainstorm_worker_heartbeat_age_seconds") == {
+        key(worker=ODD_WORKER): 0.4, key(worker="w-dead"): 12.5}
+    assert values(fams, "rainstorm_worker_up") == {key(worker=ODD_WORKER): 1,
+                                                   key(worker="w-dead"): 0}
+    assert fams["rainstorm_worker_batches"]["type"] == "counter"
+    assert values(fams, "rainstorm_worker_batches_total") == {key(worker=ODD_WORKER): 17,
+                                                              key(worker="w-dead"): 3}
+    jobs = values(fams, "rainstorm_jobs")
+    assert jobs == {key(state="running"): 1, key(state="done"): 1, key(state="broken"): 1,
+                    key(state="failed"): 0, key(state="cancelled"): 0}
+    assert values(fams, "rainstorm_redis_up") == {(): 1}
+
+
+def test_latency_histogram() -> None:
+    snap = make_snapshot()
+    fams = parse(render(snap))
+    hist = fams["rainstorm_commit_latency_seconds"]
+    assert hist["type"] == "histogram"
+    for st in snap["jobs"][0]["stages"]:
+        lab = {"job_id": ODD_JOB, "stage": str(st["index"])}
+        buckets = [(float(labels["le"]), v) for name, labels, v in hist["samples"]
+                   if name.endswith("_bucket") and labels.items() >= lab.items()]
+        les = [le for le, _ in buckets]
+        assert les == sorted(les) and math.isinf(les[-1])
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts), "cumulative buckets must not decrease"
+        assert [le for le, _ in st["latency"]["buckets"]] == les
+        assert counts == [c for _, c in st["latency"]["buckets"]]
+        (count,) = [v for name, labels, v in hist["samples"]
+                    if name.endswith("_count") and labels == lab]
+        (total,) = [v for name, labels, v in hist["samples"]
+                    if name.endswith("_sum") and labels == lab]
+        assert count == counts[-1], "+Inf bucket must equal _count"
+        assert total == pytest.approx(st["latency"]["sum_s"])
+    (count0,) = [v for n, lab, v in hist["samples"] if n.endswith("_count") and lab["stage"] == "0"]
+    assert count0 == 12
+
+
+def test_non_monotonic_buckets_are_repaired() -> None:
+    snap = make_snapshot()
+    snap["jobs"][0]["stages"][0]["latency"]["buckets"] = [(0.001, 5), (0.01, 4), (INF, 6)]
+    fams = parse(render(snap))
+    got = [v for n, lab, v in fams["rainstorm_commit_latency_seconds"]["samples"]
+           if n.endswith("_bucket") and lab["stage"] == "0"]
+    assert got == [5, 5, 6]
+
+
+def test_odd_label_values_are_escaped() -> None:
+    text = render(make_snapshot())
+    assert 'job_id="we\\"ird\\\\job\\nid"' in text
+    assert 'worker="host\\\\a-1\\"-w\\n2"' in text
+    for line in text.splitlines():  # nothing raw leaks into a line of its own
+        assert line.startswith(("# HELP ", "# TYPE ", "rainstorm_")), line
+    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+    assert escape_label(None) == ""
+    fams = parse(text)
+    assert {lab["job_id"] for n, lab, _ in fams["rainstorm_stage_backlog_entries"]["samples"]} \
+        == {ODD_JOB}
+
+
+def test_every_family_has_help_and_type() -> None:
+    text = render(make_snapshot())
+    helps = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# HELP ")}
+    types = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+    assert helps == types
+    samples = {ln.split("{")[0].split()[0] for ln in text.splitlines() if not ln.startswith("#")}
+    for s in samples:
+        assert any(s == t or s in (f"{t}_bucket", f"{t}_sum", f"{t}_count") for t in types), s
+    assert CONTENT_TYPE.startswith("text/plain; version=0.0.4")
+
+
+def test_redis_down_exposes_only_redis_up() -> None:
+    for text in (render(make_snapshot(), redis_up=False), render(None)):
+        fams = parse(text)
+        assert values(fams, "rainstorm_redis_up") == {(): 0}
+        assert values(fams, "rainstorm_stage_committed_entries_total") == {}
+        assert values(fams, "rainstorm_worker_up") == {}
+    fams = parse(render(None, sample_age_s=7.25))
+    assert values(fams, "rainstorm_sample_age_seconds") == {(): 7.25}
+
+
+def test_empty_snapshot() -> None:
+    fams = parse(render({"time": 0.0, "jobs": [], "workers": []}))
+    assert values(fams, "rainstorm_jobs") == {key(state=s): 0
+                                               for s in ("running", "done", "failed",
+                                                         "cancelled")}
