@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
+import msgpack
 import redis
 
 from rainstorm import keys
@@ -135,33 +136,40 @@ def snapshot(r: redis.Redis, job_id: str | None = None) -> dict[str, Any]:
     return {"time": now, "jobs": [job_view(r, j) for j in ids], "workers": workers(r, now)}
 
 
-def dead_letters(r: redis.Redis, job_id: str, count: int = 100) -> list[dict[str, Any]]:
-    """The newest dead letters of a job (newest first), without their payload."""
-    rows: Any = r.xrevrange(keys.dlq(job_id), count=count)
-    out = []
-    for id_, fields in rows:
-        f = {_s(k): v for k, v in fields.items()}
-        out.append({"id": _s(id_), "stage": int(f.get("stage", b"0")),
-                    "kind": _s(f.get("kind", b"?")), "uid": _s(f.get("uid", b"")),
-                    "error": _s(f.get("error", b"")),
-                    "deliveries": int(f.get("deliveries", b"0") or 0),
-                    "bytes": len(f.get("d", b""))})
-        if out[-1]["kind"] == "record":  # one record: uid, error, deliveries are in its blob
-            out[-1].update(_dead_record_fields(f.get("d", b"")))
-    return out
+def dead_letters(r: redis.Redis, job_id: str, count: int | None = 100,
+                 newest_first: bool = True) -> list[dict[str, Any]]:
+    """A job's dead letters: id, stage, kind, uid, error, deliveries, size and
+    a short preview of the record (kind ``record``)."""
+    if newest_first:
+        rows: Any = r.xrevrange(keys.dlq(job_id), count=count)
+    else:
+        rows = r.xrange(keys.dlq(job_id), count=count)
+    return [dead_letter_row(id_, fields) for id_, fields in rows]
 
 
-def _dead_record_fields(blob: bytes) -> dict[str, Any]:
-    import msgpack
+def dead_letter_row(id_: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    f = {_s(k): v for k, v in fields.items()}
+    data = f.get("d", b"")
+    row: dict[str, Any] = {"id": _s(id_), "stage": int(f.get("stage", b"0")),
+                           "kind": _s(f.get("kind", b"?")), "uid": _s(f.get("uid", b"")),
+                           "error": _s(f.get("error", b"")),
+                           "deliveries": int(f.get("deliveries", b"0") or 0),
+                           "bytes": len(data), "record": f"<entry of {len(data)} bytes>"}
+    if row["kind"] == "record":  # one record: uid, error, deliveries are in its blob
+        rec = decode_dead_record(data)
+        row.update(uid=str(rec.get("uid", "")), error=str(rec.get("error", "")),
+                   deliveries=int(rec.get("deliveries", 0) or 0),
+                   record=repr(rec.get("record"))[:200])
+    return row
 
+
+def decode_dead_record(blob: bytes) -> dict[str, Any]:
+    """The msgpack map a worker wrote for one dead record ({} if unreadable)."""
     try:
         rec = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException):
         return {}
-    if not isinstance(rec, dict):
-        return {}
-    return {"uid": str(rec.get("uid", "")), "error": str(rec.get("error", "")),
-            "deliveries": int(rec.get("deliveries", 0) or 0)}
+    return rec if isinstance(rec, dict) else {}
 
 
 class RateTracker:

@@ -16,48 +16,23 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import redis
 
 from rainstorm import keys, lua
 from rainstorm.coordinator.status import load_job
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, encode_records, partition_of
+from rainstorm.monitor import dead_letters, decode_dead_record
 
 
 def _s(b: Any) -> str:
     return b.decode() if isinstance(b, bytes) else str(b)
 
 
-def _decode_record(blob: bytes) -> dict[str, Any]:
-    try:
-        out = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException):
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
 def read(r: redis.Redis, job_id: str, count: int | None = None) -> list[dict[str, Any]]:
-    """Dead letters oldest first: id, stage, kind, uid, error, deliveries, and
-    a short preview of the record (kind ``record``)."""
+    """Dead letters oldest first (see :func:`rainstorm.monitor.dead_letters`)."""
     load_job(r, job_id)  # a clear error for an unknown job
-    rows: Any = r.xrange(keys.dlq(job_id), count=count)
-    out = []
-    for id_, fields in rows:
-        f = {_s(k): v for k, v in fields.items()}
-        row: dict[str, Any] = {"id": _s(id_), "stage": int(f.get("stage", b"0")),
-                               "kind": _s(f.get("kind", b"?"))}
-        if row["kind"] == "record":
-            rec = _decode_record(f.get("d", b""))
-            row.update(uid=str(rec.get("uid", "")), error=str(rec.get("error", "")),
-                       deliveries=int(rec.get("deliveries", 0)),
-                       record=repr(rec.get("record"))[:200])
-        else:
-            row.update(uid=_s(f.get("uid", b"")), error=_s(f.get("error", b"")),
-                       deliveries=int(f.get("deliveries", b"0") or 0),
-                       record=f"<entry of {len(f.get('d', b''))} bytes>")
-        out.append(row)
-    return out
+    return dead_letters(r, job_id, count, newest_first=False)
 
 
 @dataclass
@@ -96,7 +71,7 @@ def requeue(r: redis.Redis, job_id: str) -> Requeued:
         if kind == "entry":
             stream, data, unbytes = _s(f["stream"]), f.get("d", b""), 0
         else:
-            rec = _decode_record(f.get("d", b""))
+            rec = decode_dead_record(f.get("d", b""))
             stream, data, unbytes = _target(job, stage, rec.get("record"), uid)
         ok = lua.requeue(r, counters=keys.counters(job_id), dlq=keys.dlq(job_id), stream=stream,
                          dead_id=dead_id, stage=stage, kind=kind, uid=uid, payload=data,

@@ -111,6 +111,8 @@ class Loader:
         if self._pace is None or self._pace[0] != rate:
             self._pace = (rate, now, 0)
         due = self._pace[1] + self._pace[2] / rate
+        if now > due + 1.0:  # held back (backpressure): catch up by at most 1 s of input
+            self._pace = (rate, now - 1.0, 0)
         if now < due:
             time.sleep(min(due - now, 0.05))
             return True
