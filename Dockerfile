@@ -8,11 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# the package and its runtime dependencies only (no dev extras)
+# the package and its runtime dependencies, plus the Docker SDK for the
+# autoscaler's docker backend (no dev extras)
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rainstorm ./rainstorm
-RUN pip install . && rm -rf /src
+RUN pip install ".[docker]" && rm -rf /src
 
 # workers run operator code: not as root
 RUN useradd --system --create-home --uid 10001 rainstorm

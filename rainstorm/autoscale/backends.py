@@ -113,6 +113,7 @@ class DockerBackend:
     env: dict[str, str] = field(default_factory=dict)
     client: Any = None
     stopping: set[str] = field(default_factory=set)
+    jobs: set[str] = field(default_factory=set)  # served: close() stops only their containers
 
     def __post_init__(self) -> None:
         if self.client is None:
@@ -128,6 +129,7 @@ class DockerBackend:
 
     def start(self, job: str, stage: int) -> str:
         wid = new_worker_id(job, stage)
+        self.jobs.add(job)
         self.client.containers.run(
             self.image, ["worker", "--job", job, "--stage", str(stage), "--id", wid],
             name=wid, detach=True, network=self.network,
@@ -141,14 +143,24 @@ class DockerBackend:
         self.stopping.add(worker_id)
 
     def _containers(self, **filters: Any) -> list[Any]:
-        return list(self.client.containers.list(all=True, filters={"label": LABEL, **filters}))
+        # ignore_removed: one removed while listed (`docker rm`, another autoscaler) is skipped
+        return list(self.client.containers.list(all=True, filters={"label": LABEL, **filters},
+                                                ignore_removed=True))
+
+    def _own(self) -> list[Any]:
+        """Containers of the jobs this backend served: another autoscaler's
+        (scaling other jobs on the same engine) are not ours to stop."""
+        return [c for c in self._containers() if (c.labels or {}).get(f"{LABEL}.job") in self.jobs]
 
     def running(self, job: str, stage: int) -> list[str]:
+        self.jobs.add(job)  # adopted: e.g. started by this autoscaler before a restart
         out = []
-        for c in self._containers():
+        for c in self._own():
             labels = c.labels or {}
-            if c.status in ("exited", "dead"):
-                c.remove()  # a worker that left (asked to, or crashed)
+            if c.status in ("exited", "dead", "created"):
+                # a worker that left (asked to, or crashed), or one whose start
+                # failed (`created`: run() creates and starts in one call)
+                c.remove(force=True)
                 self.stopping.discard(c.name)
                 continue
             if labels.get(f"{LABEL}.job") == job and labels.get(f"{LABEL}.stage") == str(stage) \
@@ -157,15 +169,12 @@ class DockerBackend:
         return [name for _, name in sorted(out)]  # oldest first
 
     def close(self, timeout_s: float = 15.0) -> None:
-        for c in self._containers():
+        for c in self._own():
             if c.status == "running":
                 self.stop(c.name)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(
-                c.status == "running" for c in self._containers()):
+        while time.monotonic() < deadline and any(c.status == "running" for c in self._own()):
             time.sleep(0.2)
-        for c in self._containers():
-            if c.status == "running":
-                c.kill()
-            c.remove(force=True)
+        for c in self._own():
+            c.remove(force=True)  # a running one is SIGKILLed by the engine (no kill/exit race)
         self.stopping.clear()

@@ -27,7 +27,7 @@ from tests.composefile import (
 
 DATA = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA = DATA / "compose-spec.json"
-RAINSTORM_SERVICES = ("coordinator", "worker", "dashboard")
+RAINSTORM_SERVICES = ("coordinator", "worker", "dashboard", "autoscaler")
 
 
 def _schema() -> dict[str, Any]:
@@ -145,6 +145,12 @@ def test_rainstorm_services() -> None:
     port = dash["command"][dash["command"].index("--port") + 1]
     assert any(str(p).split(":")[-1] == port for p in dash["ports"])
     assert all("container_name" not in s for s in services.values())
+    scaler = services["autoscaler"]
+    assert scaler["profiles"] == ["autoscale"], "the Docker socket only when asked for"
+    image_arg = scaler["command"][scaler["command"].index("--image") + 1]
+    network_arg = scaler["command"][scaler["command"].index("--network") + 1]
+    assert image_arg == worker["image"] and network_arg == compose["networks"]["default"]["name"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in scaler["volumes"]
 
 
 def test_coordinator_mounts_and_default_spec() -> None:
@@ -165,8 +171,9 @@ def test_coordinator_mounts_and_default_spec() -> None:
 def test_dockerfile_and_dockerignore() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.M)
-    assert re.search(r"^RUN pip install \.(\s|$)", text, re.M), "the package, no extras"
-    assert "[dev]" not in text
+    assert re.search(r'^RUN pip install "\.\[docker\]"(\s|$)', text, re.M), \
+        "the package and the Docker SDK (autoscaler), no dev extras"
+    assert "dev" not in text.split("pip install")[1].split("\n")[0]
     assert dockerfile()["entrypoint"] == ["rainstorm"]
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", "data", ".git", ".env", "experiments/results", ".pytest_cache",
