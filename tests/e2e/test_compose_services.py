@@ -229,3 +229,50 @@ def test_dashboard(stack: Stack) -> None:
         stop_all([proc])
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "NOPERM" not in text, text[-2000:]
+
+
+def test_autoscaler_service(stack: Stack) -> None:
+    """The `autoscaler` service (profile `autoscale`) with its command and
+    environment, against a fake Docker Engine (tests/fake_docker.py; Redis is
+    the real server): it starts worker containers of the compose image on the
+    compose network, logged in as `worker`, and removes them when the job ends."""
+    pytest.importorskip("docker", reason="the Docker SDK (pip install 'rainstorm[docker]')")
+    from rainstorm.coordinator.run import prepare
+    from rainstorm.coordinator.submit import submit
+    from rainstorm.spec import parse_spec
+    from tests.e2e.test_operations import Driven
+    from tests.fake_docker import FakeDocker
+
+    service = stack.service("autoscaler")
+    image = service["command"][service["command"].index("--image") + 1]
+    network = service["command"][service["command"].index("--network") + 1]
+    admin = _admin(stack)
+    spec = parse_spec({"name": "scaled", "source": {"type": "text", "batch_bytes": 2048,
+                                                    "max_rate": 1000},
+                       "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}]})
+    job, files = prepare(spec, [str(p) for p in stack.corpus], "compose-autoscaled")
+    with FakeDocker(images=(image,), networks=(network,)) as engine:
+        env = {**local_env(service, stack.redis.port), "DOCKER_HOST": engine.url}
+        log = stack.tmp / "autoscaler.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(rainstorm_argv(service), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            submit(admin, job, files)
+            driven = Driven(admin, job, timeout_s=60)
+            container = wait_for(lambda: engine.started and engine.started[0], 20,
+                                 "the autoscaler to start a worker container")
+            assert container.image == image and container.network == network
+            assert container.env["RAINSTORM_REDIS"] == env["RAINSTORM_WORKER_REDIS"]
+            assert "redis://worker:" in container.env["RAINSTORM_REDIS"]
+            wait_for(lambda: any(w["container"] == container.id[:12] for w in
+                                 json.loads(stack.run("worker", "workers", "--json").stdout)),
+                     20, "the container's worker to send heartbeats")
+            assert Counter(driven.result()) == reference_wordcount(stack.corpus)
+            wait_for(lambda: not engine.containers, 30, "the finished job's containers removed")
+        finally:
+            stop_all([proc])
+            admin.close()
+        assert not engine.unknown and not engine.processes_left()
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 0 and "Traceback" not in text, text[-2000:]
