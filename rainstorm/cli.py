@@ -170,7 +170,9 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
              if v is not None}
     if waits:
         spec = spec.model_copy(update={"settings": spec.settings.model_copy(update=waits)})
-    total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
+    total = 0
+    if spec.source.type == "text":
+        total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
     signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` stops server and workers
     show = not no_progress and sys.stderr.isatty()
     prog, update = _progress_bar(total)
@@ -531,16 +533,48 @@ def throttle(job_id: str, rate: str, redis_url: str | None) -> None:
     click.echo(f"job {job_id}: loading at most {value:g} lines/s", err=True)
 
 
+@main.command()
+@click.argument("job_id")
+@redis_option
+@click.option("--from-start", is_flag=True, help="first everything already committed")
+@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True,
+              help="aggregates: seconds between looks")
+@_guard
+def tail(job_id: str, redis_url: str | None, from_start: bool, interval_s: float) -> None:
+    """Follow JOB's output: records as they are committed (JSON lines), or an
+    aggregate's changed keys with their new values; until the job stops."""
+    from rainstorm.coordinator.follow import follow
+    from rainstorm.coordinator.status import load_job
+
+    r = _client(redis_url)
+    job = load_job(r, job_id)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        for item in follow(r, job, from_start=from_start, interval_s=interval_s,
+                           stop=lambda: stop["now"]):
+            line = json.dumps(item if not job.plan.aggregate
+                              else {"key": item[0], "value": item[1]},
+                              ensure_ascii=False, default=repr)
+            click.echo(line)
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command("kill-job")
 @click.argument("job_id")
 @redis_option
+@click.option("--keep", is_flag=True,
+              help="only stop it: keep its keys (a streaming job's result stays readable)")
 @_guard
-def kill_job(job_id: str, redis_url: str | None) -> None:
-    """Cancel JOB and remove its keys (its coordinator fails with 'cancelled')."""
+def kill_job(job_id: str, redis_url: str | None, keep: bool) -> None:
+    """Cancel JOB and remove its keys (its coordinator fails with 'cancelled';
+    a streaming job's coordinator stops cleanly)."""
     from rainstorm.coordinator.tasks import kill_job as cancel
 
-    n = cancel(_client(redis_url), job_id)
-    click.echo(f"job {job_id} cancelled; {n} keys removed", err=True)
+    n = cancel(_client(redis_url), job_id, keep=keep)
+    click.echo(f"job {job_id} cancelled; " + ("its keys are kept" if keep
+                                              else f"{n} keys removed"), err=True)
 
 
 def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
@@ -592,8 +626,12 @@ def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> Non
     r = _client(redis_url)
     job = load_job(r, job_id)
     state: Any = r.hget(keys.meta(job_id), "state")
-    if state != b"done":
+    live = job.spec.unbounded and state in (b"running", b"cancelled")
+    if state != b"done" and not live:
         raise _Exit(f"job {job_id} is {state.decode() if state else 'unknown'}, not done", 1)
+    if live:
+        click.echo(f"job {job_id} is a streaming job ({state.decode()}): its result so far",
+                   err=True)
     _print_result(load_stored(r, job), top_n, as_json)
 
 

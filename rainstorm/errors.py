@@ -21,3 +21,11 @@ class ServerError(RainstormError):
 
 class JobFailed(RainstormError):
     """The job cannot finish with a correct result."""
+
+
+class JobStopped(JobFailed):
+    """The job is no longer running (cancelled, failed elsewhere): ``state``."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id} is {state}")
+        self.state = state

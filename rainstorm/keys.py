@@ -31,6 +31,8 @@ key                             type         written by / meaning
                                              aggregate delta (``d``) per commit
 ``rs:{job}:output``             stream       FCALL rainstorm_commit: record
                                              batches of a job without aggregate
+``rs:{job}:sink``               hash         coordinator, streaming file sink:
+                                             ``last_id`` written, file ``size``
 ``rs:{job}:dlq``                stream       dead letters: uid, stage, error,
                                              deliveries, record or entry data
 ``rs:{job}:result``             hash         coordinator, ``redis`` sink only:
@@ -94,6 +96,10 @@ def compact_lease(job: str, stage: int) -> str:
 
 def output(job: str) -> str:
     return f"{_job(job)}:output"
+
+
+def sink(job: str) -> str:
+    return f"{_job(job)}:sink"
 
 
 def dlq(job: str) -> str:

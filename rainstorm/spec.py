@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from rainstorm.errors import UsageError
 
@@ -41,6 +49,43 @@ class TextSource(_Model):
         description="lines per second the loader may add (default: as fast as backpressure "
                     "allows); change it while the job runs with `rainstorm throttle`")
     encoding_errors: Literal["replace"] = "replace"
+
+
+class StreamSource(_Model):
+    """An unbounded source: a Redis stream (on the job's Redis) that other
+    programs XADD to.  Each stream entry is one record: the value of
+    ``field`` (a string), or with ``field: null`` the whole entry as a
+    {field: value} dict.  The job runs until cancelled."""
+
+    type: Literal["stream"]
+    key: str = Field(min_length=1, description="the stream key, e.g. events")
+    field: str | None = Field(default="line", description="the field that is the record; "
+                              "null: the whole entry as a dict")
+    start: Literal["0", "$"] = Field(default="0", description="0: the stream's existing "
+                                     "entries too; $: only entries added after submit")
+    batch_records: int = Field(default=100, ge=1, le=100_000, description="records per entry")
+    max_rate: float | None = Field(default=None, gt=0, description="records per second")
+
+
+class TailSource(_Model):
+    """An unbounded source: a text file being appended to (``tail -f``).
+    Complete lines only; the job runs until cancelled."""
+
+    type: Literal["tail"]
+    path: str = Field(min_length=1)
+    batch_bytes: int = Field(default=64 << 10, ge=1024, le=16 << 20)
+    max_rate: float | None = Field(default=None, gt=0, description="lines per second")
+
+
+def _source_type(value: Any) -> str:
+    """A source without ``type`` is a text source (the default)."""
+    if isinstance(value, dict):
+        return str(value.get("type", "text"))
+    return str(getattr(value, "type", "text"))
+
+
+Source = Annotated[Annotated[TextSource, Tag("text")] | Annotated[StreamSource, Tag("stream")]
+                   | Annotated[TailSource, Tag("tail")], Discriminator(_source_type)]
 
 
 class RecordOp(_Model):
@@ -120,10 +165,14 @@ class Aggregate(_Model):
     """A keyed aggregate; ends the pipeline.  ``count`` also takes unkeyed
     records (each record is its own key); the others need a key_by."""
 
-    op: Literal["count", "sum", "min", "max", "mean", "distinct", "top_k", "group"]
+    op: Literal["count", "sum", "min", "max", "mean", "distinct", "top_k", "group",
+                "reduce_by_key"]
     k: int | None = Field(default=None, ge=1, le=10_000, description="top_k only")
     combiner: str | None = Field(default=None, description="group only: module:fn(key, values)"
                                  " -> values, applied to each batch before it is committed")
+    fn: str | None = Field(default=None, description="reduce_by_key only: fn(a, b) -> value, "
+                           "associative and commutative (package.module:function or a signed "
+                           "pickled function)")
 
     @model_validator(mode="after")
     def _k_only_for_top_k(self) -> Aggregate:
@@ -131,6 +180,8 @@ class Aggregate(_Model):
             raise ValueError("'k' is only allowed on top_k")
         if self.combiner is not None and self.op != "group":
             raise ValueError("'combiner' is only allowed on group")
+        if (self.fn is not None) != (self.op == "reduce_by_key"):
+            raise ValueError("reduce_by_key needs 'fn', and only reduce_by_key takes it")
         return self
 
 
@@ -167,10 +218,15 @@ class Settings(_Model):
 
 class JobSpec(_Model):
     name: str = Field(pattern=JOB_ID_PATTERN)
-    source: TextSource = Field(default_factory=TextSource)
+    source: Source = Field(default_factory=TextSource)
     pipeline: list[Op] = Field(min_length=1)
     sink: Sink = Field(default_factory=Sink)
     settings: Settings = Field(default_factory=Settings)
+
+    @property
+    def unbounded(self) -> bool:
+        """A streaming job: its source never ends, it runs until cancelled."""
+        return self.source.type != "text"
 
 
 def _format_error(origin: str, exc: ValidationError) -> str:

@@ -18,17 +18,19 @@ import redis
 
 from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
-from rainstorm.coordinator.loader import Loader
+from rainstorm.coordinator.loader import BaseLoader, loader_for
 from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.result import collect, keys_as_str, store
+from rainstorm.coordinator.result import collect, keys_as_str, store, to_json, write_atomically
+from rainstorm.coordinator.sink import FileOutputSink
 from rainstorm.durability import make_durable
-from rainstorm.errors import JobFailed
+from rainstorm.errors import JobFailed, JobStopped
 from rainstorm.job import Job, JobState
 from rainstorm.state import Folder
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 0.1
+SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
 Result = dict[str, Any] | list[Any]
 
 
@@ -50,7 +52,10 @@ class Driver:
         self.deadline = time.monotonic() + timeout_s if timeout_s else None
         self.timeout_s = timeout_s
         self.outage_timeout_s = outage_timeout_s
-        self.loader: Loader | None = None
+        self.loader: BaseLoader | None = None
+        self.sink: FileOutputSink | None = None
+        self.unbounded = job.spec.unbounded
+        self._snapshot_at = 0.0
         self.folder: Folder | None = None
         self.loaded = False
         self.last_status = 0.0
@@ -71,13 +76,25 @@ class Driver:
     def _advance(self) -> None:
         """Load one call's worth of input and fold new aggregate deltas."""
         if self.loader is None:
-            self.loader = Loader(self.r, self.job)
+            self.loader = loader_for(self.r, self.job)
+        if self.sink is None and self.unbounded and not self.job.plan.aggregate \
+                and self.job.spec.sink.type == "file" and self.job.spec.sink.path:
+            self.sink = FileOutputSink(self.r, self.job, self.job.spec.sink.path)
         if self.folder is None and self.job.plan.aggregate:
             self.folder = Folder(self.r, self.job, self.job.plan.last.index)
         if not self.loaded:
-            self.loaded = self.loader.step().done
+            try:
+                self.loaded = self.loader.step().done
+            except JobStopped as exc:
+                if not (self.unbounded and exc.state == JobState.CANCELLED):
+                    raise
+                self.loaded = True  # stopped: _step sees the state and stops cleanly
         if self.folder:
             self.folder.poll()
+        if self.sink:
+            self.sink.poll()
+        if self.unbounded:
+            self._snapshot()
 
     def _step(self) -> Result | None:
         job = self.job
@@ -87,13 +104,15 @@ class Driver:
             return None
         self.last_status = now
         status = read_status(self.r, job)
+        if self.unbounded and status.state == JobState.CANCELLED:
+            return self._stop_streaming()
         if status.state not in (JobState.RUNNING, JobState.DONE):
             raise JobFailed(f"job {job.id} is {status.state}")
         if not status.loaded:
             self.loaded = False  # a restarted Redis may have rolled the cursor back
         if self.on_progress:
             self.on_progress(status)
-        if status.complete:
+        if status.complete and not self.unbounded:
             return self._finish()
         if self.check:
             self.check()
@@ -108,6 +127,34 @@ class Driver:
         store(self.r, self.job, result)
         make_durable(self.r, self.job)
         return result
+
+    def live(self) -> Result:
+        """A streaming job's aggregate now (records jobs: the output stream)."""
+        if self.folder:
+            return keys_as_str(self.folder.agg.finish(dict(self.folder.state)))
+        return collect(self.r, self.job)
+
+    def _snapshot(self) -> None:
+        """A streaming aggregate with a file sink: rewrite the file (atomically)
+        every SNAPSHOT_EVERY_S with the live aggregate."""
+        sink = self.job.spec.sink
+        if not (self.folder and sink.type == "file" and sink.path):
+            return
+        now = time.monotonic()
+        if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self._snapshot_at = now
+            write_atomically(sink.path, to_json(self.live()))
+
+    def _stop_streaming(self) -> Result:
+        """`kill-job --keep` stopped a streaming job: everything committed is
+        in the sinks; return the last live result."""
+        if self.sink:
+            while self.sink.poll():
+                pass
+        self._snapshot_at = 0.0
+        self._snapshot()
+        log.info("streaming job %s stopped", self.job.id)
+        return self.live()
 
     def _outage(self, exc: Exception) -> None:
         now = time.monotonic()

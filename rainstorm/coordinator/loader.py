@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.errors import JobFailed
+from rainstorm.errors import JobFailed, JobStopped
 from rainstorm.job import Job
 
 log = logging.getLogger(__name__)
@@ -65,43 +65,36 @@ class LoadStep:
     loaded_entries: int = 0
 
 
-class Loader:
+Gathered = tuple[list[tuple[str, str, bytes]], str, int]  # entries, new cursor, records
+
+
+class BaseLoader:
+    """One source's loading loop; subclasses say what the next entries are
+    (``gather``).  Each step moves entries and the cursor in one FCALL, obeys
+    backpressure and the rate limit (meta ``max_rate``, records per second,
+    changeable while the job runs with `rainstorm throttle`)."""
+
+    idle_s = 0.0  # unbounded sources: how long to wait when there is nothing new
+
     def __init__(self, r: redis.Redis, job: Job) -> None:
         self.r = r
         self.job = job
-        meta_files = r.hget(keys.meta(job.id), "files")
-        self.files = [Path(f[0]) for f in json.loads(meta_files or b"[]")]
         self.streams = job.streams(0)
         self._backoff = 0.005
-        self._pace: tuple[float, float, int] | None = None  # (rate, since, lines since)
+        self._pace: tuple[float, float, int] | None = None  # (rate, since, records since)
 
     def position(self) -> str:
         pos: Any = self.r.hget(keys.cursor(self.job.id), "pos")
         return pos.decode() if pos else ""
 
-    def _gather(self, pos: str, max_entries: int) -> tuple[list[tuple[str, str, bytes]], str]:
-        src = self.job.spec.source
-        fidx, off = parse_pos(pos)
-        entries: list[tuple[str, str, bytes]] = []
-        total = 0
-        while fidx < len(self.files) and len(entries) < max_entries:
-            if total >= MAX_CALL_BYTES:
-                break
-            chunk = read_chunk(self.files[fidx], off, src.batch_bytes)
-            if not chunk:
-                fidx, off = fidx + 1, 0
-                continue
-            uid = f"{fidx}:{off}"
-            stream = self.streams[zlib.crc32(uid.encode()) % len(self.streams)]
-            entries.append((stream, uid, chunk))
-            total += len(chunk)
-            off += len(chunk)
-        new_pos = DONE if fidx >= len(self.files) else f"{fidx}:{off}"
-        return entries, new_pos
+    def stream_for(self, uid: str) -> str:
+        return self.streams[zlib.crc32(uid.encode()) % len(self.streams)]
+
+    def gather(self, pos: str, max_entries: int) -> Gathered:
+        raise NotImplementedError
 
     def _throttled(self) -> bool:
-        """With a rate limit (meta ``max_rate``, lines/s, changeable while the
-        job runs): True while loading more now would exceed it."""
+        """True while loading more now would exceed the rate limit."""
         raw: Any = self.r.hget(keys.meta(self.job.id), "max_rate")
         rate = float(raw) if raw else 0.0
         now = time.monotonic()
@@ -119,7 +112,7 @@ class Loader:
         return False
 
     def step(self) -> LoadStep:
-        """Load one FCALL's worth of entries; obeys backpressure and the rate limit."""
+        """Load one FCALL's worth of entries."""
         pos = self.position()
         if pos == DONE:
             return LoadStep(done=True)
@@ -127,7 +120,9 @@ class Loader:
             return LoadStep(done=False)
         # rate-limited: one entry per call, so the pace is smooth
         most = 1 if self._pace else self.job.spec.settings.batch_entries
-        entries, new_pos = self._gather(pos, most)
+        entries, new_pos, records = self.gather(pos, most)
+        if not entries and new_pos == pos:
+            return LoadStep(done=False)  # an unbounded source with nothing new (it waited)
         res = lua.load(
             self.r,
             counters=keys.counters(self.job.id),
@@ -141,8 +136,7 @@ class Loader:
         if res.status == "ok":
             self._backoff = 0.005
             if self._pace:
-                lines = sum(e[2].count(b"\n") for e in entries)
-                self._pace = (self._pace[0], self._pace[1], self._pace[2] + lines)
+                self._pace = (self._pace[0], self._pace[1], self._pace[2] + records)
             return LoadStep(done=new_pos == DONE, loaded_entries=len(entries))
         if res.status == "gone":
             raise JobFailed(
@@ -150,10 +144,48 @@ class Loader:
                 "persistence); loading again would give a partial result, so the job is failed"
             )
         if res.status == "stopped":
-            raise JobFailed(f"job {self.job.id} is {res.detail}")
+            raise JobStopped(self.job.id, res.detail)
         if res.status == "cursor":
             log.warning("cursor moved under us (another coordinator?): %s", res.detail)
             return LoadStep(done=res.detail == DONE)
         time.sleep(self._backoff)  # backlog: wait for workers to drain
         self._backoff = min(self._backoff * 2, 0.2)
         return LoadStep(done=False)
+
+
+class Loader(BaseLoader):
+    """The files of a text source, in order, cut into line-aligned entries."""
+
+    def __init__(self, r: redis.Redis, job: Job) -> None:
+        super().__init__(r, job)
+        meta_files = r.hget(keys.meta(job.id), "files")
+        self.files = [Path(f[0]) for f in json.loads(meta_files or b"[]")]
+
+    def gather(self, pos: str, max_entries: int) -> Gathered:
+        src = self.job.spec.source
+        assert src.type == "text"
+        fidx, off = parse_pos(pos)
+        entries: list[tuple[str, str, bytes]] = []
+        total = 0
+        while fidx < len(self.files) and len(entries) < max_entries:
+            if total >= MAX_CALL_BYTES:
+                break
+            chunk = read_chunk(self.files[fidx], off, src.batch_bytes)
+            if not chunk:
+                fidx, off = fidx + 1, 0
+                continue
+            uid = f"{fidx}:{off}"
+            entries.append((self.stream_for(uid), uid, chunk))
+            total += len(chunk)
+            off += len(chunk)
+        new_pos = DONE if fidx >= len(self.files) else f"{fidx}:{off}"
+        return entries, new_pos, sum(e[2].count(b"\n") for e in entries)
+
+
+def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
+    """The loader of the job's source (files, a Redis stream, a growing file)."""
+    if job.spec.source.type == "text":
+        return Loader(r, job)
+    from rainstorm.coordinator.unbounded import StreamLoader, TailLoader
+
+    return StreamLoader(r, job) if job.spec.source.type == "stream" else TailLoader(r, job)

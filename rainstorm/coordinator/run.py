@@ -52,9 +52,16 @@ def prepare(spec: JobSpec, inputs: list[str] | None, job_id: str | None,
             allow_exec: bool = True) -> tuple[Job, list[Path]]:
     """Everything that can fail on user input, before any Redis is touched.
     ``allow_exec=False`` refuses specs that run external programs."""
-    if inputs:
-        spec = spec.model_copy(update={"source": spec.source.model_copy(update={"paths": inputs})})
-    files = resolve_inputs(spec.source.paths)
+    if spec.source.type != "text":
+        if inputs:
+            raise UsageError(f"--input: a {spec.source.type} source has no input files")
+        files: list[Path] = []
+    else:
+        if inputs:
+            spec = spec.model_copy(
+                update={"source": spec.source.model_copy(update={"paths": inputs})})
+        assert spec.source.type == "text"
+        files = resolve_inputs(spec.source.paths)
     job = Job.build(job_id or new_job_id(spec), spec)
     validate(job)
     if not allow_exec and (where := runs_executables(job)):

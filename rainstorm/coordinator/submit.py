@@ -10,6 +10,7 @@ from typing import Any, cast
 import redis
 
 from rainstorm import keys
+from rainstorm.coordinator.unbounded import initial_cursor
 from rainstorm.durability import make_durable
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
@@ -61,6 +62,11 @@ def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
     }
     if job.spec.source.max_rate:
         meta["max_rate"] = job.spec.source.max_rate
+    if job.spec.unbounded:
+        meta["unbounded"] = 1
+    start = initial_cursor(r, job)
+    if start is not None:
+        pipe.hset(keys.cursor(job.id), "pos", start)
     pipe.hset(keys.meta(job.id), mapping=cast(Any, meta))
     pipe.sadd(keys.JOBS, job.id)
     pipe.execute()

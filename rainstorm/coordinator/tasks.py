@@ -98,12 +98,16 @@ def prune_workers(r: redis.Redis, older_than_s: float = 60.0) -> int:
     return int(r.hdel(keys.WORKERS, *dead)) if dead else 0
 
 
-def kill_job(r: redis.Redis, job_id: str) -> int:
+def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
     """Cancel a job and remove its keys; returns how many keys were deleted.
     Workers drop it (its state turns terminal, then its streams vanish); a
-    coordinator driving it fails with 'job … is cancelled'."""
+    coordinator driving it fails with 'job … is cancelled' (a streaming
+    job's coordinator stops and returns its last result).  ``keep``: only
+    cancel, keep the keys (a stopped streaming job's result stays readable)."""
     load_job(r, job_id)  # a clear error for an unknown job
     r.hset(keys.meta(job_id), "state", JobState.CANCELLED.value)
+    if keep:
+        return 0
     deleted = 0
     batch: list[Any] = []
     for key in r.scan_iter(match=keys.job_pattern(job_id).replace("{", "\\{")

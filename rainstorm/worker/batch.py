@@ -76,7 +76,7 @@ class StageRunner:
         self.is_last = stage == len(job.plan.stages) - 1
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
-        if self.stage.index == 0:
+        if self.stage.index == 0 and self.job.spec.source.type != "stream":
             text, bad = decode_text(entry.data)
             if bad:
                 comp.extra["s0:invalid_utf8_entries"] += 1

@@ -1,0 +1,165 @@
+"""Unbounded jobs: a Redis stream other programs XADD to, a file being
+appended to.  They run until cancelled; outputs reach the file sink exactly
+once, aggregates update live, `rainstorm tail` follows them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.driver import Driver
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.spec import parse_spec
+from tests.e2e.test_operations import cli, stop_all, worker
+from tests.helpers import ROOT, counters, wait_for
+
+
+class Streaming:
+    """The coordinator of an unbounded job, in a thread."""
+
+    def __init__(self, r: redis.Redis, spec_data: dict[str, Any], job_id: str) -> None:
+        spec = parse_spec(spec_data)
+        self.job, files = prepare(spec, None, job_id)
+        submit(r, self.job, files)
+        self.driver = Driver(redis.Redis(connection_pool=r.connection_pool), self.job)
+        self.out: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.out["result"] = self.driver.run()
+        except Exception as exc:  # reported by stopped()
+            self.out["error"] = exc
+
+    def stopped(self, timeout_s: float = 30) -> Any:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the streaming coordinator did not stop"
+        if "error" in self.out:
+            raise self.out["error"]
+        return self.out["result"]
+
+
+def settled(r: redis.Redis, job: str, source_key: str) -> bool:
+    """Every record XADDed so far is loaded and every entry committed."""
+    last = r.xrevrange(source_key, count=1)
+    pos = r.hget(keys.cursor(job), "pos")
+    c = counters(r, job)
+    return bool(last) and pos == last[0][0] and \
+        c.get("s0:committed", 0) + c.get("s0:dead", 0) == c.get("s0:emitted", -1)
+
+
+def test_stream_source_every_output_once_while_a_worker_is_killed(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    out = tmp_path / "out.jsonl"
+    run = Streaming(r, {
+        "name": "events", "source": {"type": "stream", "key": "events", "batch_records": 20},
+        "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}],
+        "sink": {"type": "file", "path": str(out)},
+        "settings": {"claim_idle_ms": 500}}, "events")
+    env = {"RAINSTORM_TEST_SLOW_MS": "1"}
+    procs = [worker(url, "--job", run.job.id, **env) for _ in range(2)]
+    ids = [f"ev{i:05d}" for i in range(3000)]
+    fed = threading.Event()
+
+    def produce() -> None:  # another program appending to the stream
+        feeder = redis.Redis.from_url(url)
+        for n in range(0, len(ids), 50):
+            pipe = feeder.pipeline(transaction=False)
+            for rec in ids[n:n + 50]:
+                pipe.xadd("events", {"line": rec})
+            pipe.execute()
+            if n == 1000:
+                fed.set()
+            threading.Event().wait(0.01)  # ~5000 records/s: a paced producer
+        feeder.close()
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        wait_for(fed.is_set, 30, "the producer to be a third through")
+        victim = procs[0]
+        wait_for(lambda: any(str(victim.pid) in name
+                             for row in json.loads(cli(url, "list-tasks", "--json",
+                                                       "--sample", "0").stdout)
+                             for name in row["holders"]), 30, "the victim to hold entries")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        procs.append(worker(url, "--job", run.job.id, **env))  # its replacement
+        producer.join(60)
+        wait_for(lambda: settled(r, run.job.id, "events"), 60, "every record committed")
+        wait_for(lambda: out.exists() and out.read_text().count("\n") >= len(ids), 30,
+                 "the file sink to catch up")
+        res = cli(url, "kill-job", run.job.id, "--keep")
+        assert res.returncode == 0, res.stderr
+        run.stopped()
+    finally:
+        stop_all(procs)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert Counter(lines) == Counter(ids)  # every output exactly once
+    c = counters(r, run.job.id)
+    assert c["s0:claimed"] > 0  # the victim's entries were taken over
+    assert r.xlen(keys.output(run.job.id)) == 0  # written entries are trimmed
+
+
+def test_tail_source_live_aggregate_and_rainstorm_tail(tmp_path: Path, url: str,
+                                                       r: redis.Redis) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("")
+    run = Streaming(r, {
+        "name": "tailed", "source": {"type": "tail", "path": str(log), "batch_bytes": 1024},
+        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}]}, "tailed")
+    procs = [worker(url, "--job", run.job.id)]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "rainstorm", "tail", run.job.id, "--redis", url, "--from-start",
+         "--interval", "0.2"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ))
+    expected: Counter[str] = Counter()
+    try:
+        for round_ in range(3):
+            with log.open("a") as fh:  # another program appending, a line at a time
+                for i in range(200):
+                    line = f"w{i % 7} r{round_} x{i % 3}"
+                    fh.write(line + "\n")
+                    expected.update(line.split())
+                fh.write("partial")  # a line still being written is not read
+            wait_for(lambda: dict(json.loads(cli(url, "result", run.job.id, "--json").stdout))
+                     == dict(expected), 30, f"the live result after round {round_}")
+            with log.open("a") as fh:
+                fh.write(" line\n")
+            expected.update(["partial", "line"])
+        wait_for(lambda: dict(json.loads(cli(url, "result", run.job.id, "--json").stdout))
+                 == dict(expected), 30, "the live result with the finished line")
+        res = cli(url, "kill-job", run.job.id)  # cancel and remove
+        assert res.returncode == 0, res.stderr
+        final = run.stopped()
+        out, _ = follower.communicate(timeout=30)
+    finally:
+        stop_all(procs)
+        follower.kill()
+    assert final == dict(expected)
+    changes = [json.loads(line) for line in out.splitlines()]
+    last: dict[str, int] = {}
+    for ch in changes:
+        last[ch["key"]] = ch["value"]
+    assert last == dict(expected)  # tail saw every key reach its final value
+
+
+def test_streaming_input_errors_are_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nsource: {type: stream, key: ev}\npipeline: [{op: count}]\n")
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "run", str(spec), "--input", "x"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "a stream source has no input files" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
