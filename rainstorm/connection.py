@@ -74,6 +74,15 @@ def _sentinel_client(url: str, retry: Retry) -> redis.Redis:
     return client
 
 
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def parse_version(text: str) -> tuple[int, int, int]:
     parts = (text.split(".") + ["0", "0"])[:3]
     try:

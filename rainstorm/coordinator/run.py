@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from rainstorm import lua
 from rainstorm.autoscale.backends import LocalBackend
 from rainstorm.autoscale.controller import Autoscaler
 from rainstorm.autoscale.policy import ScalePolicy
-from rainstorm.connection import check_server, connect
+from rainstorm.connection import check_server, connect, redact
 from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.inputs import resolve_inputs
 from rainstorm.coordinator.pool import LocalWorkers
@@ -155,6 +156,10 @@ class LocalRun:
             self.pool = LocalWorkers(workers, self.url, job.id, modules, allow_exec)
         t0 = time.perf_counter()
         submit(r, job, files)
+        if job.spec.unbounded:  # producers and `rainstorm tail` need to know where
+            where = redact(self.url)
+            print(f"streaming job {job.id} on {where}: runs until cancelled (Ctrl-C, or "
+                  f"rainstorm kill-job {job.id} --redis {where})", file=sys.stderr, flush=True)
         scaling = _Scaling(self.url, job.id, autoscale, modules, allow_exec) \
             if autoscale else None
         driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
