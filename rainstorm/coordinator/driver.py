@@ -105,7 +105,7 @@ class Driver:
         self.last_status = now
         status = read_status(self.r, job)
         if self.unbounded and status.state == JobState.CANCELLED:
-            return self._stop_streaming()
+            return self.stop_streaming()
         if status.state not in (JobState.RUNNING, JobState.DONE):
             raise JobFailed(f"job {job.id} is {status.state}")
         if not status.loaded:
@@ -145,7 +145,7 @@ class Driver:
             self._snapshot_at = now
             write_atomically(sink.path, to_json(self.live()))
 
-    def _stop_streaming(self) -> Result:
+    def stop_streaming(self) -> Result:
         """`kill-job --keep` stopped a streaming job: everything committed is
         in the sinks; return the last live result."""
         if self.sink:

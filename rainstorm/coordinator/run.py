@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rainstorm import lua
+from rainstorm import keys, lua
 from rainstorm.autoscale.backends import LocalBackend
 from rainstorm.autoscale.controller import Autoscaler
 from rainstorm.autoscale.policy import ScalePolicy
@@ -22,7 +22,7 @@ from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
 from rainstorm.errors import JobFailed, UsageError
-from rainstorm.job import Job
+from rainstorm.job import Job, JobState
 from rainstorm.replication import ReplicaSet
 from rainstorm.server import EmbeddedRedis
 from rainstorm.spec import JobSpec
@@ -164,7 +164,14 @@ class LocalRun:
             if autoscale else None
         driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
         try:
-            result = driver.run()
+            try:
+                result = driver.run()
+            except KeyboardInterrupt:
+                if not job.spec.unbounded:
+                    raise
+                # Ctrl-C / SIGTERM is how a streaming run ends: stop, flush, report
+                r.hset(keys.meta(job.id), "state", JobState.CANCELLED.value)
+                result = driver.stop_streaming()
             seconds = time.perf_counter() - t0
         except JobFailed as exc:
             fail(r, job, str(exc))

@@ -163,3 +163,31 @@ def test_streaming_input_errors_are_one_line(tmp_path: Path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "a stream source has no input files" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_run_a_streaming_spec_until_ctrl_c(tmp_path: Path) -> None:
+    spec = tmp_path / "clicks.yaml"
+    spec.write_text("name: clicks\nsource: {type: stream, key: clicks, field: url}\n"
+                    "pipeline: [{op: count}]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "rainstorm", "run", str(spec), "--workers",
+                             "1", "--json", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # where it runs, for producers
+        assert "streaming job clicks-" in first, first
+        where = first.split(" on ", 1)[1].split(": runs until", 1)[0]
+        job = first.split()[2]
+        feeder = redis.Redis.from_url(where)
+        urls = [f"/p{i % 7}" for i in range(300)]
+        for u in urls:
+            feeder.xadd("clicks", {"url": u})
+        wait_for(lambda: sum(json.loads(cli(where, "result", job, "--json").stdout).values())
+                 == len(urls), 30, "every click counted")
+        feeder.close()
+        proc.send_signal(signal.SIGINT)  # how a streaming run ends
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert Counter(json.loads(out)) == Counter(urls)
