@@ -121,7 +121,7 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
     return prog, update
 
 
-@main.command()
+@main.command(context_settings={"allow_extra_args": True})  # script.py [ARGS]
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB",
               help="input files, directories or globs (replaces source.paths)")
@@ -157,7 +157,19 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
         persistence: str,
         rdb_every_s: int, replicas: int, wait_replicas: int | None, wait_aof: bool | None,
         top_n: int | None, no_progress: bool, autoscale: str | None, as_json: bool) -> None:
-    """Run SPEC to completion (embedded Redis and local workers unless --redis)."""
+    """Run SPEC to completion (embedded Redis and local workers unless --redis).
+
+    SPEC may be a Python script instead (SPEC.py [ARGS]...; script options
+    after --): it runs like spark-submit, its Datasets using --workers,
+    --redis and --allow-module."""
+    extra = click.get_current_context().args
+    if spec_path.endswith(".py"):  # a Dataset script (rainstorm.dataset)
+        from rainstorm.dataset import run_script
+
+        run_script(spec_path, extra, redis_url=redis_url, workers=workers, allow_modules=allow)
+        return
+    if extra:
+        raise _Exit(f"unexpected extra arguments: {' '.join(extra)}", 2)
     from rainstorm.autoscale.policy import ScalePolicy
     from rainstorm.coordinator.inputs import resolve_inputs
     from rainstorm.coordinator.result import to_json, write_atomically
@@ -231,7 +243,8 @@ def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"stage": s.index, "partitions": s.partitions,
                                 "fused": [o.label for o in s.ops],
-                                "keyed_in": s.keyed_in, "aggregate": s.aggregate}
+                                "keyed_in": s.keyed_in, "aggregate": s.aggregate,
+                                "window": s.window.label if s.window else None}
                                for s in p.stages]))
         return
     click.echo(f"job {spec.name!r}: {len(p.stages)} stage(s)")

@@ -22,7 +22,11 @@ key                             type         written by / meaning
                                              ``s<i>:records_in`` ... per stage;
                                              workers: ``s<i>:lat:<le_ms>``,
                                              ``s<i>:lat:sum_us``, ``s<i>:lat:count``
-                                             (commit latency histogram)
+                                             (commit latency histogram);
+                                             windowed stages: ``s<i>:max_event_us``
+                                             (largest event time committed, µs),
+                                             ``s<i>:late_records``,
+                                             ``s<i>:late_windows``
 ``rs:{job}:s<i>:p<k>``          stream       stage i partition k; group ``g<i>``;
                                              fields ``u`` (uid), ``d`` (batch)
 ``rs:{job}:state:s<i>``         hash         compaction: ``v`` version, ``d``
@@ -31,6 +35,9 @@ key                             type         written by / meaning
                                              aggregate delta (``d``) per commit
 ``rs:{job}:output``             stream       FCALL rainstorm_commit: record
                                              batches of a job without aggregate
+``rs:{job}:late``               stream       FCALL rainstorm_commit: late records
+                                             of a windowed aggregate (``d``: msgpack
+                                             list of [key, value]), exactly once
 ``rs:{job}:sink``               hash         coordinator, streaming file sink:
                                              ``last_id`` written, file ``size``
 ``rs:{job}:dlq``                stream       dead letters: uid, stage, error,
@@ -96,6 +103,10 @@ def compact_lease(job: str, stage: int) -> str:
 
 def output(job: str) -> str:
     return f"{_job(job)}:output"
+
+
+def late(job: str) -> str:
+    return f"{_job(job)}:late"
 
 
 def sink(job: str) -> str:

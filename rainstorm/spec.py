@@ -161,6 +161,46 @@ class Repartition(_Model):
     partitions: int | None = Field(default=None, ge=1, le=1024)
 
 
+class WindowOp(_Model):
+    """Event-time windows for the keyed aggregate right after it: each
+    ``(key, value)`` record counts in every window ``[s, s + size_s)`` (s a
+    multiple of ``slide_s``, default ``size_s``: tumbling) holding its event
+    time ``time(value)`` (seconds), under the key ``"<s>|<key>"``.  A window
+    closes once the stage's watermark (max event time committed - max_delay_s)
+    reaches its end + allowed_lateness_s; records whose windows are all closed
+    go to rs:{job}:late (see rainstorm.operators.windows)."""
+
+    op: Literal["window"]
+    time: str = Field(description="built-in or package.module:function: a record's event "
+                      "time in seconds, applied to the value of each (key, value) record")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword args of time")
+    value: str | None = Field(default=None, description="function giving the value the "
+                              "aggregate sees (default: the value itself)")
+    value_args: dict[str, Any] = Field(default_factory=dict)
+    size_s: float = Field(gt=0, description="window length")
+    slide_s: float | None = Field(default=None, gt=0, description="distance between window "
+                                  "starts (null: size_s, tumbling windows)")
+    max_delay_s: float = Field(default=0, ge=0, description="how far behind the largest event "
+                               "time seen the watermark stays")
+    allowed_lateness_s: float = Field(default=0, ge=0, description="how long after the "
+                                      "watermark passes its end a window still takes records")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> WindowOp:
+        if self.slide_s is not None and self.slide_s > self.size_s:
+            raise ValueError(f"slide_s ({self.slide_s}) must not exceed size_s ({self.size_s})")
+        if round(min(self.size_s, self.slide_s or self.size_s) * 1e6) < 1:
+            raise ValueError("size_s and slide_s must be at least one microsecond")
+        if self.value_args and self.value is None:
+            raise ValueError("'value_args' needs 'value'")
+        return self
+
+    @property
+    def label(self) -> str:
+        slide = f", slide {self.slide_s:g}s" if self.slide_s not in (None, self.size_s) else ""
+        return f"window({self.size_s:g}s{slide})"
+
+
 class Aggregate(_Model):
     """A keyed aggregate; ends the pipeline.  ``count`` also takes unkeyed
     records (each record is its own key); the others need a key_by."""
@@ -185,7 +225,7 @@ class Aggregate(_Model):
         return self
 
 
-Op = Annotated[RecordOp | PipeOp | ReduceOp | Repartition | Aggregate,
+Op = Annotated[RecordOp | PipeOp | ReduceOp | Repartition | WindowOp | Aggregate,
                Field(discriminator="op")]
 
 

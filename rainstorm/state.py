@@ -40,22 +40,28 @@ def fold(snap: lua.Snapshot, agg: Aggregator) -> dict[Any, Any]:
     return state
 
 
-def read_state(r: redis.Redis, job: Job) -> dict[Any, Any]:
-    """The finished aggregate as of now: base + every delta, read atomically."""
-    agg = _agg(job)
+def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None
+               ) -> dict[Any, Any]:
+    """The finished aggregate as of now: base + every delta, read atomically.
+    ``allow``: see :func:`_agg` (only ``reduce_by_key`` resolves a function)."""
+    agg = _agg(job, allow)
     stage = job.plan.last.index
     snap = lua.snapshot(r, base=keys.state(job.id, stage), log=keys.state_log(job.id, stage))
     return agg.finish(fold(snap, agg))
 
 
-def _agg(job: Job) -> Aggregator:
-    agg = job.plan.aggregator()
+def _agg(job: Job, allow: tuple[str, ...] | None = None) -> Aggregator:
+    """The job's aggregate.  ``allow``: modules a ``reduce_by_key`` function
+    may come from (default: env RAINSTORM_ALLOW_MODULES, as on workers)."""
+    agg = job.plan.aggregator(allow)
     if agg is None:
         raise ValueError(f"job {job.id} has no aggregate")
     return agg
 
 
-def maybe_compact(r: redis.Redis, job: Job, stage: int) -> bool:
+def maybe_compact(r: redis.Redis, job: Job, stage: int, agg: Aggregator | None = None) -> bool:
+    """Fold the delta log if it grew too long; ``agg``: the worker's own
+    aggregator (its functions resolved under the worker's allowlist)."""
     log_key = keys.state_log(job.id, stage)
     if r.xlen(log_key) < WORKER_COMPACT_FACTOR * job.spec.settings.compact_every:
         return False
@@ -66,7 +72,7 @@ def maybe_compact(r: redis.Redis, job: Job, stage: int) -> bool:
         snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key)
         if not snap.log_ids:
             return False
-        agg = _agg(job)
+        agg = agg or _agg(job)
         ok = lua.compact(r, base=keys.state(job.id, stage), log=log_key, version=snap.version,
                          blob=aggregates.encode(fold(snap, agg), agg), ids=snap.log_ids)
         log.info("compacted %d deltas of %s stage %d: %s", len(snap.log_ids), job.id, stage,
@@ -77,12 +83,15 @@ def maybe_compact(r: redis.Redis, job: Job, stage: int) -> bool:
 
 
 class Folder:
-    """The coordinator's running fold of one stage's aggregate."""
+    """The coordinator's running fold of one stage's aggregate.  Its spec came
+    from the coordinator's own user, so a ``reduce_by_key`` function may come
+    from any module (``allow``)."""
 
-    def __init__(self, r: redis.Redis, job: Job, stage: int) -> None:
+    def __init__(self, r: redis.Redis, job: Job, stage: int,
+                 allow: tuple[str, ...] = ("*",)) -> None:
         self.r = r
         self.job = job
-        self.agg = _agg(job)
+        self.agg = _agg(job, allow)
         self.base_key = keys.state(job.id, stage)
         self.log_key = keys.state_log(job.id, stage)
         self.lease = keys.compact_lease(job.id, stage)

@@ -62,3 +62,13 @@ def consumers_of(r: redis.Redis, stream: str, stage: int = 0) -> dict[str, int]:
 
 def counters(r: redis.Redis, job: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(keys.counters(job)).items()}
+
+
+def streaming_banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """(Redis URL, job id) from the first stderr line of `rainstorm run` of a
+    streaming job ("streaming job <id> on <url>: runs until cancelled ...")."""
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert "streaming job" in first, first + proc.stderr.read()[-2000:]
+    where = first.split(" on ", 1)[1].split(": runs until", 1)[0]
+    return where, first.split()[2]

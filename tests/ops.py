@@ -66,3 +66,9 @@ def flaky_split(line: str) -> list[str]:
     if POISON in line and os.path.exists(os.environ.get("RAINSTORM_TEST_POISON", "/none")):
         raise ValueError(f"poisoned line: {line[:40]!r}")
     return line.split()
+
+
+def slow_user(record: dict[str, str]) -> str:
+    """A key function: record['user'], slowly (RAINSTORM_TEST_SLOW_MS per record, default 2)."""
+    time.sleep(float(os.environ.get("RAINSTORM_TEST_SLOW_MS", "2")) / 1000)
+    return record["user"]

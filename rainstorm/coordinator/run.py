@@ -25,6 +25,7 @@ from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.replication import ReplicaSet
 from rainstorm.server import EmbeddedRedis
+from rainstorm.signing import is_pickled
 from rainstorm.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class RunReport:
 def spec_modules(spec: JobSpec) -> tuple[str, ...]:
     """Modules the spec's own operators import (trusted: the user runs them here)."""
     fns = [f for op in spec.pipeline for f in (getattr(op, "fn", None), getattr(op, "value", None),
-                                               getattr(op, "combiner", None)) if f]
-    mods = {f.partition(":")[0] for f in fns if ":" in f}
+                                               getattr(op, "combiner", None),
+                                               getattr(op, "time", None)) if f]
+    mods = {f.partition(":")[0] for f in fns if ":" in f and not is_pickled(f)}
     return tuple(sorted(mods))
 
 

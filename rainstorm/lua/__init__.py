@@ -83,13 +83,17 @@ class CommitRequest:
     records_out: int = 0
     bytes_in: int = 0
     extra: dict[str, int] = field(default_factory=dict)  # counter field -> increment
+    # a windowed stage: (the batch's largest event time, its guard), in µs, each
+    # None when there is none (see rainstorm.operators.windows)
+    window: tuple[int | None, int | None] | None = None
 
 
 @dataclass
 class CommitResult:
-    status: str  # ok | rejected | backlog
+    status: str  # ok | rejected | backlog | closed
     rejected: dict[str, str] = field(default_factory=dict)  # id -> reason
     stream: str = ""
+    max_event_us: int | None = None  # closed: the stage's max event time now
 
 
 def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
@@ -116,6 +120,8 @@ def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
     args += req.dead
     for name, incr in req.extra.items():
         args += [name, incr]
+    if req.window is not None:
+        args += ["" if v is None else v for v in req.window]
     reply = _fcall(r, "rainstorm_commit", keys, args)
     status = _s(reply[0])
     if status == "rejected":
@@ -123,6 +129,8 @@ def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
         return CommitResult(status, dict(zip(pairs[::2], pairs[1::2], strict=True)))
     if status == "backlog":
         return CommitResult(status, stream=_s(reply[1]))
+    if status == "closed":
+        return CommitResult(status, max_event_us=int(reply[1]))
     return CommitResult(status)
 
 

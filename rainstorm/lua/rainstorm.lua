@@ -10,12 +10,22 @@
 --   * it deletes only stream entries that the same call acknowledged
 --     (never MAXLEN), so pending entries are never lost.
 
-local LIB_VERSION = '4'
+local LIB_VERSION = '5'
 
 local function to_int(value, what)
   local n = tonumber(value)
   if n == nil or n ~= math.floor(n) or n < 0 then
     error('rainstorm: ' .. what .. ' must be a non-negative integer, got ' .. tostring(value))
+  end
+  return n
+end
+
+-- '' -> nil, else an integer (may be negative; |n| < 2^53, so exact in a double)
+local function to_time(value, what)
+  if value == '' then return nil end
+  local n = string.match(value, '^%-?%d+$') and tonumber(value)
+  if not n or #value > 17 or math.abs(n) >= 2 ^ 53 then
+    error('rainstorm: ' .. what .. ' must be an integer below 2^53 or empty, got ' .. value)
   end
   return n
 end
@@ -122,7 +132,16 @@ end
 -- ARGV[13..]  n_in pairs (id, uid), n_out pairs (uid, payload),
 --             n_dead dead-letter payloads (msgpack maps),
 --             n_extra pairs (counter field, integer increment)
--- Returns {'ok'} | {'rejected', id, reason, id, reason, ...} | {'backlog', stream}
+-- then, only for a stage with event-time windows, 2 more (integers, in µs):
+--   batch max = the largest event time in the batch ('' if none)
+--   guard     = the smallest stage max event time at which a window the batch
+--               counts into is closed (window end + allowed lateness + max
+--               delay; '' if it counts into none)
+--   Refused ({'closed', current}, nothing written) when the stage's max event
+--   time (counters field s<i>:max_event_us) is already >= guard; on success
+--   s<i>:max_event_us = max(itself, batch max).
+-- Returns {'ok'} | {'rejected', id, reason, id, reason, ...} | {'backlog', stream} |
+--         {'closed', current max event time}
 ------------------------------------------------------------------------------
 local function commit(keys, args)
   local counters, dlq, log = keys[1], keys[2], keys[3]
@@ -138,8 +157,15 @@ local function commit(keys, args)
   local n_extra = to_int(args[12], 'n_extra')
   if n_in < 1 then error('rainstorm_commit: no input entries') end
   if #keys ~= 3 + n_in + n_out then error('rainstorm_commit: wrong number of keys') end
-  if #args ~= 12 + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra then
+  local n_fixed = 12 + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra
+  local windowed = #args == n_fixed + 2
+  if #args ~= n_fixed and not windowed then
     error('rainstorm_commit: wrong number of args')
+  end
+  local batch_max, guard
+  if windowed then
+    batch_max = to_time(args[n_fixed + 1], 'batch max event time')
+    guard = to_time(args[n_fixed + 2], 'window guard')
   end
   if n_out > 0 and emit_field == '' then error('rainstorm_commit: outputs without emit field') end
   local ebase = 12 + 2 * n_in + 2 * n_out + n_dead
@@ -163,6 +189,13 @@ local function commit(keys, args)
     redis.call('HINCRBY', counters, 's' .. stage .. ':rejected', #rejected / 2)
     table.insert(rejected, 1, 'rejected')
     return rejected
+  end
+  local max_field = 's' .. stage .. ':max_event_us'
+  local current
+  if windowed then
+    local raw = redis.call('HGET', counters, max_field)
+    if raw then current = tonumber(raw) end
+    if guard and current and current >= guard then return {'closed', raw} end
   end
   local outs = {}
   for j = 1, n_out do outs[j] = keys[3 + n_in + j] end
@@ -194,6 +227,9 @@ local function commit(keys, args)
   if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
   for x = 1, n_extra do
     redis.call('HINCRBY', counters, args[ebase + 2 * x - 1], args[ebase + 2 * x])
+  end
+  if batch_max and (current == nil or batch_max > current) then
+    redis.call('HSET', counters, max_field, args[n_fixed + 1])
   end
   return {'ok'}
 end

@@ -3,8 +3,10 @@
 Deltas travel as msgpack (never pickle).  Every aggregate merges with a
 commutative, associative function (``count``/``sum`` add, ``min``/``max``,
 ``mean`` adds (sum, count) pairs, ``distinct`` unites sets, ``top_k`` keeps
-the k largest), so the fold order does not matter and a delta applied
-exactly once per committed batch gives the exact result.
+the k largest, ``reduce_by_key`` applies the user's binary function, which
+must itself be associative and commutative), so the fold order does not
+matter and a delta applied exactly once per committed batch gives the exact
+result.
 
 Wire format of a delta (a msgpack array):
 * ``[1, typecode, keys, values]``: columnar, for str keys without NUL and
@@ -24,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
+
+from rainstorm.operators.chain_errors import OperatorError
 
 Delta = dict[Any, Any]
 SEP = "\x00"
@@ -199,11 +203,53 @@ class Group(Aggregator):
         return list(v)
 
 
+_PLAIN_TYPES = (int, float, str, bytes, bool, type(None))
+
+
+class ReduceAggregator(Aggregator):
+    """``reduce_by_key``: a user's binary function ``fn(a, b)`` (associative
+    and commutative, like Spark's reduceByKey) combines the values of a key
+    within a batch and merges the deltas.  Values must be msgpack-encodable
+    (numbers, str, bytes, lists/tuples, dicts; sequences come back as tuples).
+    A function that raises, or returns a value msgpack cannot encode, fails
+    the batch like a raising operator (retried, then dead-lettered)."""
+
+    name = "reduce_by_key"
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return self.fn(a, b)
+
+    def add(self, acc: dict[Any, Any], records: Iterable[Any], keyed: bool) -> None:
+        fn, get, missing = self.fn, acc.get, _MISSING
+        touched: dict[Any, None] = {}
+        try:
+            for k, v in records:
+                old = get(k, missing)
+                acc[k] = v if old is missing else fn(old, v)
+                touched[k] = None
+        except Exception as exc:  # the user's function (or a record that is no pair)
+            raise OperatorError(f"reduce_by_key({getattr(fn, '__name__', fn)!r}) raised "
+                                f"{exc!r}") from exc
+        odd = [acc[k] for k in touched if type(acc[k]) not in _PLAIN_TYPES]
+        if odd:
+            try:
+                msgpack.packb(odd, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise OperatorError(f"reduce_by_key: a value cannot be encoded (msgpack): "
+                                    f"{exc}") from exc
+
+
 KINDS = ("count", "sum", "min", "max", "mean", "distinct", "top_k", "group")
+FN_KINDS = ("reduce_by_key",)  # aggregates that need a user function
 
 
 def aggregator(kind: str, k: int | None = None,
-               combiner: Callable[[Any, list[Any]], Iterable[Any]] | None = None) -> Aggregator:
+               combiner: Callable[..., Any] | None = None) -> Aggregator:
+    """The aggregate ``kind``; ``combiner`` is the group combiner
+    ``fn(key, values)``, or for ``reduce_by_key`` its function ``fn(a, b)``."""
     if kind in ("count", "sum"):
         return Additive(kind)
     if kind in ("min", "max"):
@@ -216,6 +262,10 @@ def aggregator(kind: str, k: int | None = None,
         return TopK(k or 10)
     if kind == "group":
         return Group(combiner)
+    if kind == "reduce_by_key":
+        if combiner is None:
+            raise ValueError("reduce_by_key needs its function")
+        return ReduceAggregator(combiner)
     raise ValueError(f"unknown aggregate {kind!r}")
 
 

@@ -17,8 +17,9 @@ from rainstorm.operators import builtins
 from rainstorm.operators.chain_errors import OperatorError, Rejected
 from rainstorm.operators.external import as_line, make_pipe, make_reduce
 from rainstorm.operators.framed import FramedProcess
-from rainstorm.operators.plan import StagePlan
+from rainstorm.operators.plan import StagePlan, label
 from rainstorm.operators.resolve import resolve
+from rainstorm.operators.windows import stamper
 from rainstorm.spec import PipeOp, ReduceOp
 
 Transform = Callable[[list[Any]], list[Any]]
@@ -81,14 +82,16 @@ class Chain:
                 continue
             if isinstance(op, ReduceOp):
                 reducer = resolve(op.fn, {}, allow, f"{where}.fn") if op.fn else None
-                self.steps.append(_Step(op.label, make_reduce(op.cmd, reducer, op.timeout_s)))
+                self.steps.append(_Step(label(op), make_reduce(op.cmd, reducer, op.timeout_s)))
                 continue
             fn = resolve(op.fn, op.args, allow, f"{where}.fn")
             value = resolve(op.value, {}, allow, f"{where}.value") if op.value else None
-            label = f"{op.op}({op.fn})"
             if i == 0 and op.op == "flat_map" and not op.args and op.fn in builtins.BLOCK:
                 self.block_first = builtins.BLOCK[op.fn]
-            self.steps.append(_Step(label, _transform(op.op, fn, value)))
+            self.steps.append(_Step(label(op), _transform(op.op, fn, value)))
+        if stage.window is not None:  # stamps event times; windows are assigned per batch
+            self.steps.append(_Step(stage.window.label,
+                                    stamper(stage.window, allow, stage.window_path)))
 
     def _fail(self, step: _Step, exc: Exception) -> OperatorError:
         return OperatorError(f"operator {step.label} in stage {self.stage.index} raised {exc!r}",

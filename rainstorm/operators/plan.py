@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rainstorm import signing
 from rainstorm.errors import UsageError
 from rainstorm.operators.aggregates import Aggregator, aggregator
-from rainstorm.spec import Aggregate, JobSpec, PipeOp, RecordOp, ReduceOp, Repartition
+from rainstorm.operators.resolve import allowed_modules_from_env, resolve
+from rainstorm.spec import Aggregate, JobSpec, PipeOp, RecordOp, ReduceOp, Repartition, WindowOp
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,13 @@ class StagePlan:
     keyed_out: bool = False
     aggregate: str | None = None
     top_k: int | None = None
+    # group: its combiner; reduce_by_key: its fn(a, b) (the worker resolves
+    # it like a combiner and hands it to the aggregator)
     combiner: str | None = None
     aggregate_path: str = ""
+    # event-time windows applied right before the aggregate (same stage, same commit)
+    window: WindowOp | None = None
+    window_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,20 @@ class JobPlan:
     def aggregate(self) -> str | None:
         return self.last.aggregate
 
-    def aggregator(self) -> Aggregator | None:
-        kind = self.last.aggregate
-        return aggregator(kind, self.last.top_k) if kind else None
+    def aggregator(self, allow: tuple[str, ...] | None = None) -> Aggregator | None:
+        """The final aggregate, for folding deltas.  Only ``reduce_by_key``
+        resolves a function here: a ``module:function`` under ``allow``
+        (default: env RAINSTORM_ALLOW_MODULES; the coordinator, whose spec
+        came from its own user, passes ``("*",)``), a pickled one only if
+        signed with this process's RAINSTORM_SECRET."""
+        last = self.last
+        if not last.aggregate:
+            return None
+        fn = None
+        if last.aggregate == "reduce_by_key" and last.combiner:
+            fn = resolve(last.combiner, {}, allowed_modules_from_env() if allow is None
+                         else allow, f"{last.aggregate_path}.fn")
+        return aggregator(last.aggregate, last.top_k, fn)
 
 
 def plan(spec: JobSpec) -> JobPlan:
@@ -60,6 +78,8 @@ def plan(spec: JobSpec) -> JobPlan:
     top_k: int | None = None
     combiner: str | None = None
     agg_path = ""
+    window: WindowOp | None = None
+    window_path = ""
     for n, op in enumerate(spec.pipeline):
         where = f"pipeline.{n}"
         if aggregate is not None:
@@ -75,24 +95,49 @@ def plan(spec: JobSpec) -> JobPlan:
             stages.append(StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed))
             ops, paths, keyed_in = [], [], keyed
             parts = op.partitions or spec.settings.parallelism
+        elif isinstance(op, WindowOp):
+            _check_window(spec, n, keyed)
+            window, window_path = op, where
         elif isinstance(op, Aggregate):
             if op.op != "count" and not keyed:
                 raise UsageError(f"{where}: {op.op} needs keyed records; add a key_by before it")
-            aggregate, top_k, combiner, agg_path = op.op, op.k, op.combiner, where
+            aggregate, top_k, agg_path = op.op, op.k, where
+            combiner = op.fn if op.op == "reduce_by_key" else op.combiner
     stages.append(
         StagePlan(len(stages), parts, tuple(ops), tuple(paths), keyed_in, keyed, aggregate, top_k,
-                  combiner, agg_path)
+                  combiner, agg_path, window, window_path)
     )
     return JobPlan(tuple(stages))
+
+
+def _check_window(spec: JobSpec, n: int, keyed: bool) -> None:
+    """A window (pipeline.n) takes (key, value) records and feeds the aggregate."""
+    if not keyed:
+        raise UsageError(f"pipeline.{n}: a window needs (key, value) records; add a key_by "
+                         "before it")
+    if n + 1 >= len(spec.pipeline) or not isinstance(spec.pipeline[n + 1], Aggregate):
+        raise UsageError(f"pipeline.{n}: a window must directly precede an aggregate")
+
+
+def label(op: RecordOp | PipeOp | ReduceOp) -> str:
+    """An operator's label, with pickled functions shown by name only."""
+    if isinstance(op, RecordOp) and signing.is_pickled(op.fn):
+        return f"{op.op}({signing.display(op.fn)})"
+    if isinstance(op, ReduceOp) and signing.is_pickled(op.fn):
+        return f"reduce({signing.display(op.fn or '')})"
+    return op.label
 
 
 def describe(p: JobPlan) -> list[str]:
     """One human line per stage, for `explain` and logs."""
     lines = []
     for s in p.stages:
-        chain = " -> ".join(o.label for o in s.ops) or "(pass-through)"
+        chain = " -> ".join(label(o) for o in s.ops) or "(pass-through)"
         k = f"(k={s.top_k})" if s.top_k else ""
-        end = f" -> {s.aggregate}{k} [delta per commit, folded]" if s.aggregate else ""
+        if s.aggregate == "reduce_by_key" and s.combiner:
+            k = f"({signing.display(s.combiner)})"
+        win = f" -> {s.window.label}" if s.window else ""
+        end = f"{win} -> {s.aggregate}{k} [delta per commit, folded]" if s.aggregate else ""
         nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""
         lines.append(f"stage {s.index}: {s.partitions} partitions: {chain}{end}{nxt}")
     return lines

@@ -1,9 +1,12 @@
 """Turning an operator's ``fn`` string into a Python callable.
 
-``fn`` is a built-in name (``split_words``) or ``package.module:function``.
-Workers import user modules only when the module's top-level package is in
-their allowlist (``--allow-module``, env ``RAINSTORM_ALLOW_MODULES``), so
-write access to Redis is not code execution on a worker.
+``fn`` is a built-in name (``split_words``), ``package.module:function``,
+or a signed pickled function (``pickle:<name>:<payload>.<mac>``, see
+rainstorm.signing).  Workers import user modules only when the module's
+top-level package is in their allowlist (``--allow-module``, env
+``RAINSTORM_ALLOW_MODULES``), and unpickle only what is signed with their
+``RAINSTORM_SECRET``, so write access to Redis is not code execution on a
+worker.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from rainstorm import signing
 from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
 
@@ -32,6 +36,12 @@ def resolve(
     """The callable for ``fn``; raises UsageError naming ``where`` (e.g. ``pipeline.0.fn``)."""
     if fn in builtins.FACTORIES or fn in builtins.PLAIN:
         return _builtin(fn, args, where)
+    if signing.is_pickled(fn):
+        # the MAC is checked before unpickling; SignatureError otherwise
+        loaded = signing.load_callable(fn, where)
+        if args:
+            raise UsageError(f"{where}: a pickled function takes no args")
+        return loaded
     if ":" not in fn:
         raise UsageError(
             f"{where}: unknown operator function {fn!r}; built-ins are "

@@ -23,6 +23,7 @@ from rainstorm.lua import CommitRequest
 from rainstorm.operators import aggregates, metrics
 from rainstorm.operators.chain import Chain, OperatorError, split_lines
 from rainstorm.operators.resolve import resolve
+from rainstorm.operators.windows import WindowBatch, Windows
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Computed:
     delta: Counter[Any] = field(default_factory=Counter)
     dead: list[bytes] = field(default_factory=list)
     extra: Counter[str] = field(default_factory=Counter)  # counters committed with the batch
+    window: WindowBatch | None = None  # a windowed stage: windows, late records, guard
 
 
 def decode_text(data: bytes) -> tuple[str, bool]:
@@ -74,6 +76,9 @@ class StageRunner:
         self.agg = aggregates.aggregator(self.stage.aggregate, self.stage.top_k, combiner) \
             if self.stage.aggregate else None
         self.is_last = stage == len(job.plan.stages) - 1
+        self.windows = Windows.of(self.stage.window) if self.stage.window else None
+        # a windowed stage: its max event time, read by the worker before computing
+        self.max_event_us: int | None = None
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
         if self.stage.index == 0 and self.job.spec.source.type != "stream":
@@ -85,6 +90,8 @@ class StageRunner:
 
     def _absorb(self, comp: Computed, outputs: list[Any]) -> None:
         if self.agg:
+            if comp.window is not None:
+                outputs = comp.window.add(outputs)
             self.agg.add(comp.delta, outputs, self.stage.keyed_out)
         else:
             comp.outputs.extend(outputs)
@@ -93,6 +100,8 @@ class StageRunner:
         """Run the chain; raises OperatorError if a non-isolated entry fails
         (a Rejected record instead sends its entry record by record at once)."""
         comp = Computed()
+        if self.windows:
+            comp.window = self.windows.batch(self.max_event_us)
         metrics.drain()
         for e in entries:
             records, text = self._records(e, comp)
@@ -122,6 +131,20 @@ class StageRunner:
             comp.records_in += len(records)
         self._absorb(comp, outputs)
 
+    def _window_request(self, req: CommitRequest, win: WindowBatch, entries: list[Entry]
+                        ) -> None:
+        """The watermark args, and late records as one entry of rs:{job}:late."""
+        i = self.stage.index
+        req.window = (win.max_event, win.guard)
+        if win.late_windows:
+            req.extra[keys.counter_field(i, "late_windows")] = win.late_windows
+        if win.late:
+            req.extra[keys.counter_field(i, "late_records")] = len(win.late)
+            uid = f"{batch_uid([e.uid for e in entries])}.late"
+            req.outputs = [(keys.late(self.job.id), uid, encode_records(win.late))]
+            req.emit_field = keys.counter_field(i, "late_entries")
+            req.max_backlog = 0  # a side output, read by the user: never backpressure
+
     def request(self, entries: list[Entry], comp: Computed, max_backlog: int) -> CommitRequest:
         job, i = self.job, self.stage.index
         req = CommitRequest(
@@ -141,6 +164,8 @@ class StageRunner:
             delta = self.agg.before_commit(dict(comp.delta))
             req.delta = aggregates.encode(delta, self.agg) if delta else b""
             req.records_out = len(comp.delta)
+            if comp.window is not None:
+                self._window_request(req, comp.window, entries)
             return req
         req.records_out = len(comp.outputs)
         if not comp.outputs:

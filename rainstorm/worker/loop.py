@@ -32,6 +32,8 @@ from rainstorm.durability import wait_after_commit
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import OperatorError
+from rainstorm.operators.windows import read_max_event
+from rainstorm.signing import SignatureError
 from rainstorm.spec import spec_from_json
 from rainstorm.state import maybe_compact
 from rainstorm.worker.batch import Computed, Entry, StageRunner
@@ -71,6 +73,9 @@ class _Active:
     job: Job
     runners: dict[int, StageRunner]
     last_claim: float = 0.0
+    # stages whose pickled functions failed the signature check: every entry
+    # given to them is dead-lettered with this reason (never unpickled, never run)
+    dead_stages: dict[int, str] = field(default_factory=dict)
 
 
 class Worker:
@@ -202,16 +207,23 @@ class Worker:
         if raw is None:
             return
         job = Job.build(job_id, spec_from_json(raw))
+        runners: dict[int, StageRunner] = {}
+        dead_stages: dict[int, str] = {}
         try:
-            runners = {s.index: StageRunner(job, s.index, self.opt.allow_modules,
-                                            self.opt.allow_exec)
-                       for s in job.plan.stages}
+            for s in job.plan.stages:
+                try:
+                    runners[s.index] = StageRunner(job, s.index, self.opt.allow_modules,
+                                                   self.opt.allow_exec)
+                except SignatureError as exc:  # not a refusal: dead-letter, never unpickle
+                    dead_stages[s.index] = str(exc)
+                    log.error("worker %s: job %s stage %d: %s; its entries go to the "
+                              "dead-letter stream", self.id, job_id, s.index, exc)
         except UsageError as exc:
             self.refused[job_id] = str(exc)
             log.error("worker %s refuses job %s: %s", self.id, job_id, exc)
             self.r.hset(keys.meta(job_id), "refused", f"worker {self.id}: {exc}")
             return
-        self.jobs[job_id] = _Active(job, runners)
+        self.jobs[job_id] = _Active(job, runners, dead_stages=dead_stages)
 
     # -- reading ----------------------------------------------------------
     def _targets(self) -> list[tuple[_Active, int]]:
@@ -308,6 +320,10 @@ class Worker:
 
     # -- running and committing ---------------------------------------------
     def _run(self, act: _Active, stage: int, entries: list[Entry]) -> None:
+        if stage in act.dead_stages:
+            for e in entries:
+                self._dead_letter(act, stage, e, act.dead_stages[stage])
+            return
         t0 = time.perf_counter()
         try:
             self._run_timed(act, stage, entries)
@@ -319,6 +335,8 @@ class Worker:
         settings = act.job.spec.settings
         self._current = f"{act.job.id}:s{stage}"
         isolate = {e.id for e in entries if e.deliveries >= settings.max_deliveries}
+        if runner.windows:  # the watermark this batch is windowed against
+            runner.max_event_us = read_max_event(self.r, act.job.id, stage)
         try:
             comp = runner.compute(entries, isolate)
         except OperatorError:
@@ -350,7 +368,7 @@ class Worker:
                 wait_after_commit(self.r, act.job, runner.stage.index)
                 self.latency.observe(act.job.id, runner.stage.index, time.perf_counter() - t0)
                 if runner.agg:
-                    maybe_compact(self.r, act.job, runner.stage.index)
+                    maybe_compact(self.r, act.job, runner.stage.index, runner.agg)
                 return
             if res.status == "rejected":
                 log.info("worker %s: commit rejected for %s (already committed elsewhere)",
@@ -358,6 +376,12 @@ class Worker:
                 entries = [e for e in entries if e.id not in res.rejected]
                 if entries:
                     comp = runner.compute(entries, isolate)
+                continue
+            if res.status == "closed":  # another commit closed a window this batch counts into
+                runner.max_event_us = res.max_event_us
+                self.r.hincrby(keys.counters(act.job.id),
+                               keys.counter_field(runner.stage.index, "closed_retries"), 1)
+                comp = runner.compute(entries, isolate)
                 continue
             # backpressure: downstream is full; wait for it to drain
             if self._stop:

@@ -22,7 +22,7 @@ from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.spec import parse_spec
 from tests.e2e.test_operations import cli, stop_all, worker
-from tests.helpers import ROOT, counters, wait_for
+from tests.helpers import ROOT, counters, streaming_banner, wait_for
 
 
 class Streaming:
@@ -173,11 +173,8 @@ def test_run_a_streaming_spec_until_ctrl_c(tmp_path: Path) -> None:
                              "1", "--json", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()  # where it runs, for producers
-        assert "streaming job clicks-" in first, first
-        where = first.split(" on ", 1)[1].split(": runs until", 1)[0]
-        job = first.split()[2]
+        where, job = streaming_banner(proc)  # where it runs, for producers
+        assert job.startswith("clicks-")
         feeder = redis.Redis.from_url(where)
         urls = [f"/p{i % 7}" for i in range(300)]
         for u in urls:

@@ -164,3 +164,51 @@ def test_requeue_moves_a_dead_entry_back_once(r: redis.Redis) -> None:
     assert c[b"s0:dead"] == b"0" and c[b"s0:requeued"] == b"1"
     (_, back), = r.xreadgroup(keys.group(0), "w2", {S0: ">"})[0][1]
     assert back == {b"u": b"rq1", b"d": fields[b"d"]} == {b"u": b"rq1", b"d": b"line 0\n"}
+
+
+MAX_EVENT = keys.counter_field(0, "max_event_us")
+
+
+def test_window_guard_refuses_a_commit_into_a_closed_window(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    r.hset(keys.counters(JOB), MAX_EVENT, 100_000_000)
+    before = snapshot_all(r)
+    late = (keys.late(JOB), "b.late", b"late records")
+    req = request(inputs, delta=aggregates.encode({"0|a": 1}), outputs=[late],
+                  emit_field="s0:late_entries", window=(120_000_000, 100_000_000))
+    res = lua.commit(r, req)  # the guard (a window's close) is already reached
+    assert res.status == "closed" and res.max_event_us == 100_000_000
+    assert snapshot_all(r) == before  # nothing written, not even a counter
+    req.window = (120_000_000, 100_000_001)  # one µs later: still open
+    assert lua.commit(r, req).status == "ok"
+    c = r.hgetall(keys.counters(JOB))
+    assert c[MAX_EVENT.encode()] == b"120000000" and c[b"s0:late_entries"] == b"1"
+    assert r.xlen(keys.late(JOB)) == 1 and r.xlen(keys.state_log(JOB, 0)) == 1
+
+
+def test_window_commit_raises_the_max_event_time_only(r: redis.Redis) -> None:
+    inputs = setup_entries(r, 4)
+
+    def commit(entry: tuple[str, str, str], window: tuple[int | None, int | None]) -> str:
+        return lua.commit(r, request([entry], window=window)).status
+
+    assert commit(inputs[0], (5_000_000, None)) == "ok"  # no watermark yet, no guard
+    assert r.hget(keys.counters(JOB), MAX_EVENT) == b"5000000"
+    assert commit(inputs[1], (-3_000_000, 9_000_000)) == "ok"  # smaller: unchanged
+    assert r.hget(keys.counters(JOB), MAX_EVENT) == b"5000000"
+    assert commit(inputs[2], (1_700_000_000_123_456, 1_700_000_000_000_000)) == "ok"
+    assert r.hget(keys.counters(JOB), MAX_EVENT) == b"1700000000123456"
+    assert commit(inputs[3], (None, None)) == "ok"  # an empty batch
+    assert r.hget(keys.counters(JOB), MAX_EVENT) == b"1700000000123456"
+    assert lua.commit(r, request(inputs[:1], window=(1, None))).status == "rejected"
+
+
+def test_window_args_are_validated_before_any_write(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    before = snapshot_all(r)
+    for bad in [("1.5", ""), ("", "x"), ("9007199254740992", ""), ("0x10", "")]:
+        with pytest.raises(redis.ResponseError, match="must be an integer below 2"):
+            lua.commit(r, request(inputs, window=bad))  # type: ignore[arg-type]
+    assert snapshot_all(r) == before
+    assert lua.commit(r, request(inputs)).status == "ok"  # no window args: untouched
+    assert r.hget(keys.counters(JOB), MAX_EVENT) is None

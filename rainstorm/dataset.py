@@ -1,0 +1,517 @@
+"""The Python API: lazy, immutable, chainable Datasets (Spark-RDD style).
+
+    from rainstorm import Dataset
+
+    counts = (Dataset.read_text("logs/*.txt")
+              .flat_map(str.split)
+              .map(lambda w: (w.lower(), 1))
+              .reduce_by_key(lambda a, b: a + b))
+    print(counts.top(10))
+
+A Dataset is a description: a source and a list of operators.  Every
+transformation returns a new Dataset and runs nothing; an *action*
+(``collect``, ``count``, ``top``, ``save``) builds the same :class:`JobSpec`
+that ``rainstorm run`` runs (``spec()`` shows it, ``explain()`` its stages)
+and runs it, exactly once, with :func:`rainstorm.coordinator.run` machinery:
+by default an embedded Redis and 2 forked local workers; with ``redis_url=``
+(or env ``RAINSTORM_REDIS``) on that Redis, where ``workers=0`` means "only
+remote workers" (``rainstorm worker --redis URL``).  Action keyword arguments
+override the module defaults set by :func:`configure`.
+
+Functions: a built-in name (``"split_words"``), ``"package.module:function"``,
+or any Python callable.  A module-level function of an importable module is
+sent by reference (``module:function``; workers must be allowed to import it,
+which local workers are); anything else (a lambda, a closure, a function of
+``__main__`` / the script) is pickled with cloudpickle and signed with the
+shared ``RAINSTORM_SECRET`` (see rainstorm.signing).  A few callables map to
+built-ins and need neither: ``str.split`` (split_words), ``str.lower``,
+``str.upper``, ``str.strip``, ``len`` (length), and ``min``/``max`` in
+``reduce_by_key``.
+
+Records: lines (str) from ``read_text``; dicts ``{column: str}`` from
+``read_csv``; ``(key, value)`` pairs after ``key_by`` (later ``map``/``filter``
+see and must keep pairs, as in Spark's pair RDDs).  Records cross Redis as
+msgpack, so lists come back as tuples.  ``reduce_by_key`` / ``count_by_key``
+on a dataset without ``key_by`` read its records as ``(key, value)`` pairs.
+An aggregate ends the pipeline: collect and go on in Python, or start a new
+Dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import logging
+import os
+import runpy
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rainstorm import signing
+from rainstorm.errors import UsageError
+from rainstorm.spec import JobSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+Fn = Callable[..., Any] | str
+_UNSET: Any = object()
+_AGG_OPS = ("sum", "min", "max")
+
+# callables that equal a built-in operator function (no pickling, no key)
+_EQUIV: dict[Any, str] = {str.split: "split_words", str.lower: "lower", str.upper: "upper",
+                          str.strip: "strip", len: "length"}
+
+
+@dataclass
+class _Defaults:
+    redis_url: str | None = None
+    workers: int | None = None
+    timeout_s: float | None = None
+    allow_modules: tuple[str, ...] = ()
+
+
+_defaults = _Defaults()
+last_report: Any = None  # the RunReport of the latest action in this process
+
+
+def configure(*, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
+              timeout_s: float | None = _UNSET,
+              allow_modules: Iterable[str] | None = _UNSET) -> None:
+    """Defaults for the actions of every Dataset in this process (an action's
+    own keyword arguments win).  ``redis_url=None``: env RAINSTORM_REDIS, else
+    an embedded server; ``workers``: local worker processes (default 2; 0 with
+    a ``redis_url``: only remote workers)."""
+    if redis_url is not _UNSET:
+        _defaults.redis_url = redis_url
+    if workers is not _UNSET:
+        _defaults.workers = workers
+    if timeout_s is not _UNSET:
+        _defaults.timeout_s = timeout_s
+    if allow_modules is not _UNSET:
+        _defaults.allow_modules = tuple(allow_modules or ())
+
+
+@dataclass(frozen=True)
+class _Op:
+    op: str  # map, filter, flat_map, map_partitions, key_by, repartition, or an aggregate
+    fn: Fn | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    value: Fn | None = None
+    partitions: int | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    source: dict[str, Any]
+    ops: tuple[_Op, ...] = ()
+    keyed: bool = False
+    aggregate: bool = False
+    name: str = "dataset"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Dataset:
+    """A lazy, immutable description of a computation; see the module doc."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, plan: _Plan) -> None:
+        self._p = plan
+
+    # -- sources -----------------------------------------------------------
+    @classmethod
+    def read_text(cls, paths: str | Path | Iterable[str | Path], *,
+                  batch_bytes: int | None = None) -> Dataset:
+        """Lines (str, without the newline) of files, directories or globs."""
+        src: dict[str, Any] = {"type": "text", "paths": _paths(paths)}
+        if batch_bytes is not None:
+            src["batch_bytes"] = batch_bytes
+        return cls(_Plan(src))
+
+    @classmethod
+    def read_csv(cls, paths: str | Path | Iterable[str | Path], *,
+                 columns: Iterable[str] | None = None, header: bool = True,
+                 malformed: str = "skip", delimiter: str = ",",
+                 batch_bytes: int | None = None) -> Dataset:
+        """Rows of CSV files as dicts ``{column: str}`` (values stay strings),
+        parsed by the built-in ``parse_csv``.  ``columns`` default to the first
+        line of the first file (``header=True``); lines equal to the header
+        are skipped in every file.  Malformed rows (bad quoting, wrong field
+        count) are skipped and counted, or with ``malformed="dead_letter"``
+        sent to the dead-letter stream.  One record per line: quoted fields
+        may hold commas, not newlines."""
+        names = list(columns) if columns is not None else None
+        if names is None:
+            if not header:
+                raise UsageError("read_csv: give columns=[...] for files without a header")
+            names = _csv_header(_paths(paths), delimiter)
+        ds = cls.read_text(paths, batch_bytes=batch_bytes)
+        return ds._then(_Op("flat_map", "parse_csv", {"columns": names,
+                                                      "malformed": malformed,
+                                                      "delimiter": delimiter}))
+
+    @classmethod
+    def from_stream(cls, key: str, field: str | None = "line", *, start: str = "0",
+                    batch_records: int | None = None) -> Dataset:
+        """The entries of a Redis stream (on the job's Redis): the value of
+        ``field`` per entry, or with ``field=None`` the whole entry as a dict.
+        Unbounded: only ``explain()``, ``spec()`` and (soon) ``start()`` apply."""
+        src: dict[str, Any] = {"type": "stream", "key": key, "field": field, "start": start}
+        if batch_records is not None:
+            src["batch_records"] = batch_records
+        return cls(_Plan(src))
+
+    # -- transformations ----------------------------------------------------
+    def map(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
+        """One output per record."""
+        return self._then(_Op("map", fn, dict(args or {})))
+
+    def filter(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
+        """The records for which ``fn`` is truthy."""
+        return self._then(_Op("filter", fn, dict(args or {})))
+
+    def flat_map(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
+        """Any number of outputs per record (``fn`` returns an iterable)."""
+        return self._then(_Op("flat_map", fn, dict(args or {})))
+
+    def map_partitions(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
+        """``fn(list_of_records) -> iterable``, once per batch (a batch is what
+        a worker commits at once, not a fixed partition)."""
+        return self._then(_Op("map_partitions", fn, dict(args or {})))
+
+    def key_by(self, fn: Fn, value: Fn | None = None) -> Dataset:
+        """``(fn(r), value(r))`` pairs (``value`` default: the record itself)."""
+        return self._then(_Op("key_by", fn, {}, value), keyed=True)
+
+    def repartition(self, n: int) -> Dataset:
+        """End the stage here: records move to ``n`` partitions of the next
+        stage (by crc32 of the key when keyed, round-robin otherwise)."""
+        if not isinstance(n, int) or n < 1:
+            raise UsageError(f"repartition: expected a positive number of partitions, got {n!r}")
+        return self._then(_Op("repartition", partitions=n))
+
+    def coalesce(self, n: int) -> Dataset:
+        """Same as :meth:`repartition` here (a stage boundary with ``n``
+        partitions): there is no cheaper narrow coalesce on Redis streams."""
+        return self.repartition(n)
+
+    def reduce_by_key(self, op: Fn) -> Dataset:
+        """Per key, combine the values: ``"sum"``/``"min"``/``"max"`` (the
+        built-in aggregates), or a binary function ``f(a, b)`` that is
+        associative and commutative, returning msgpack-encodable values
+        (the ``reduce_by_key`` aggregate).  Ends the pipeline."""
+        if op in (min, max):
+            op = op.__name__
+        if isinstance(op, str) and op in _AGG_OPS:
+            return self._pairs()._then(_Op(op), aggregate=True)
+        if isinstance(op, str) and ":" not in op:
+            raise UsageError(f"reduce_by_key: expected 'sum', 'min', 'max', a function or "
+                             f"package.module:function, got {op!r}")
+        if not (isinstance(op, str) or callable(op)):
+            raise UsageError(f"reduce_by_key: expected a function, got {op!r}")
+        return self._pairs()._then(_Op("reduce_by_key", op), aggregate=True)
+
+    def count_by_key(self) -> Dataset:
+        """The number of records per key.  Ends the pipeline."""
+        return self._pairs()._then(_Op("count"), aggregate=True)
+
+    def count_by_value(self) -> Dataset:
+        """The number of times each distinct record occurs.  Ends the pipeline."""
+        if self._p.keyed:
+            raise UsageError("count_by_value: the records are keyed pairs; use count_by_key")
+        return self._then(_Op("count"), aggregate=True)
+
+    def named(self, name: str) -> Dataset:
+        """The job's name (job ids are ``<name>-<time>``)."""
+        return Dataset(replace(self._p, name=name))
+
+    def with_settings(self, **settings: Any) -> Dataset:
+        """Spec settings: ``parallelism``, ``batch_entries``, ``max_backlog``,
+        ``claim_idle_ms``, ``max_deliveries``, ``compact_every``…"""
+        return Dataset(replace(self._p, settings={**self._p.settings, **settings}))
+
+    # -- the spec -------------------------------------------------------------
+    @property
+    def bounded(self) -> bool:
+        return bool(self._p.source.get("type") == "text")
+
+    def spec(self) -> JobSpec:
+        """The JobSpec an action runs (callables encoded; see the module doc)."""
+        return self._spec(self._p.ops)
+
+    def explain(self, file: Any = None) -> str:
+        """The stages, as ``rainstorm explain`` prints them; printed (to
+        ``file``, default stdout) and returned."""
+        from rainstorm.operators.plan import describe, plan
+
+        spec = self.spec()
+        p = plan(spec)
+        lines = [f"job {spec.name!r}: {len(p.stages)} stage(s)"]
+        for line, s in zip(describe(p), p.stages, strict=True):
+            fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
+            lines.append(f"  {line}{fused}")
+        text = "\n".join(lines)
+        print(text, file=file or sys.stdout)
+        return text
+
+    # -- actions ------------------------------------------------------------
+    def collect(self, **run: Any) -> list[Any]:
+        """Every record (in no particular order), or for an aggregate the
+        ``(key, value)`` pairs."""
+        result = self._run("collect", run)
+        return list(result.items()) if isinstance(result, dict) else result
+
+    def count(self, **run: Any) -> int:
+        """The number of records (of keys, for an aggregate), counted by the workers."""
+        if self._p.aggregate:
+            return len(self.collect(**run))
+        ops = (*self._p.ops, _Op("key_by", "const", {"value": "n"}, "one"), _Op("count"))
+        result = self._run("count", run, ops)
+        assert isinstance(result, dict)
+        return int(sum(result.values()))
+
+    def top(self, k: int, *, key: Callable[[Any], Any] | None = None,
+            **run: Any) -> list[Any]:
+        """The ``k`` largest records, largest first (``key`` as in ``sorted``;
+        records are compared here, after the job); for an aggregate the ``k``
+        ``(key, value)`` pairs with the largest values (``key`` applies to the
+        value; ties in no particular order)."""
+        if self._p.aggregate:
+            items = self.collect(**run)
+            return heapq.nlargest(k, items, key=(lambda kv: kv[1]) if key is None
+                                  else (lambda kv: key(kv[1])))
+        return heapq.nlargest(k, self.collect(**run), key=key)
+
+    def save(self, path: str | Path, **run: Any) -> None:
+        """Write the result atomically (temp file + rename): an aggregate as one
+        JSON object (``{key: value}``, keys as text, by the coordinator's file
+        sink), records as JSON lines."""
+        from rainstorm.coordinator.result import write_atomically
+
+        target = str(Path(path).resolve())
+        if self._p.aggregate:
+            self._run("save", run, sink={"type": "file", "path": target})
+            return
+        records = self._run("save", run)
+        assert isinstance(records, list)
+        write_atomically(target, "".join(json.dumps(rec, ensure_ascii=False, default=repr)
+                                         + "\n" for rec in records))
+
+    def start(self, sink: str | Path | None = None, **run: Any) -> dict[Any, Any] | list[Any]:
+        """Run an unbounded dataset (``from_stream``) until it is cancelled
+        (`rainstorm kill-job JOB [--keep]`, Ctrl-C or SIGTERM); returns its
+        last result.  ``sink``: a file that receives every output record
+        exactly once (JSON lines), or an aggregate rewritten atomically every
+        2 s.  Without it, follow the job with `rainstorm tail JOB`."""
+        if self.bounded:
+            raise UsageError("Dataset.start(): this dataset ends; use collect(), count(), "
+                             "top() or save()")
+        spec = self._spec(self._p.ops)
+        if sink is not None:
+            target = {"type": "file", "path": str(Path(sink).resolve())}
+            spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=target)})
+        return execute(spec, raw_keys=False, **run)
+
+    def __repr__(self) -> str:
+        src = self._p.source
+        what = src.get("paths") if src.get("type") == "text" else src.get("key")
+        ops = " -> ".join(_op_label(o) for o in self._p.ops) or "(source only)"
+        return f"<Dataset {src.get('type')} {what!r}: {ops}>"
+
+    # -- internals ------------------------------------------------------------
+    def _then(self, op: _Op, *, keyed: bool | None = None, aggregate: bool = False) -> Dataset:
+        if self._p.aggregate:
+            raise UsageError(f"{op.op}: the dataset already ends in an aggregate "
+                             "(reduce_by_key/count_by_key); collect() it and go on in Python")
+        return Dataset(replace(self._p, ops=(*self._p.ops, op),
+                               keyed=self._p.keyed if keyed is None else keyed,
+                               aggregate=aggregate))
+
+    def _pairs(self) -> Dataset:
+        """Keyed records: as they are after a key_by, else read as (key, value) pairs."""
+        if self._p.keyed:
+            return self
+        return self._then(_Op("key_by", "pair_key", {}, "pair_value"), keyed=True)
+
+    def _spec(self, ops: tuple[_Op, ...]) -> JobSpec:
+        if not ops:
+            ops = (_Op("map", "identity"),)  # a spec needs one operator
+        pipeline = [_encode(op, n) for n, op in enumerate(ops)]
+        return parse_spec({"name": self._p.name, "source": self._p.source,
+                           "pipeline": pipeline, "settings": self._p.settings},
+                          origin="built by Dataset")
+
+    def _run(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...] | None = None,
+             sink: dict[str, Any] | None = None) -> dict[Any, Any] | list[Any]:
+        if not self.bounded:
+            raise UsageError(f"Dataset.{action}(): this dataset reads the "
+                             f"{self._p.source.get('type')} {self._p.source.get('key')!r}, "
+                             "which never ends; only explain(), spec() and start() apply")
+        spec = self._spec(self._p.ops if ops is None else ops)
+        if sink:
+            spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=sink)})
+        return execute(spec, raw_keys=sink is None, **run)
+
+
+def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
+            timeout_s: float | None = _UNSET, allow_modules: Iterable[str] = (),
+            job_id: str | None = None, raw_keys: bool = True) -> dict[Any, Any] | list[Any]:
+    """Run a bounded spec to the end: the list of records, or the aggregate,
+    with (``raw_keys``) its keys as the operators made them, re-read from
+    Redis, rather than as the JSON text of the job's stored result."""
+    from rainstorm.connection import connect
+    from rainstorm.coordinator.run import LocalRun, prepare
+    from rainstorm.job import Job
+    from rainstorm.state import read_state
+
+    global last_report
+    url = _defaults.redis_url if redis_url is _UNSET else redis_url
+    url = url or os.environ.get("RAINSTORM_REDIS") or None
+    n = _defaults.workers if workers is _UNSET else workers
+    n = 2 if n is None else n
+    if n < 0:
+        raise UsageError(f"workers: expected 0 or more, got {n}")
+    if n == 0 and url is None:
+        raise UsageError("workers=0 runs no local worker, which needs a redis_url (or "
+                         "RAINSTORM_REDIS) that remote workers serve")
+    timeout = _defaults.timeout_s if timeout_s is _UNSET else timeout_s
+    allow = (*_defaults.allow_modules, *allow_modules, *_spec_refs(spec))
+    job, _ = prepare(spec, None, job_id)  # user errors before any server starts
+    with LocalRun(redis_url=url) as env:
+        report = env.run(spec, workers=n, job_id=job.id, allow_modules=allow,
+                         timeout_s=timeout)
+        last_report = report
+        dead = sum(s.dead for s in report.status.stages)
+        dead_rec = sum(report.status.counters.get(f"s{s.index}:dead_records", 0)
+                       for s in report.status.stages)
+        if dead or dead_rec:
+            log.warning("job %s: %d entries and %d records went to the dead-letter stream "
+                        "rs:{%s}:dlq", report.job_id, dead, dead_rec, report.job_id)
+        if not isinstance(report.result, dict) or not raw_keys:
+            return report.result
+        r = connect(env.url)
+        try:  # the fold with the keys' own types (the report has them as JSON text)
+            return read_state(r, Job.build(report.job_id, spec), allow=("*",))
+        finally:
+            r.close()
+
+
+def run_script(path: str, argv: Iterable[str] = (), *, redis_url: str | None = None,
+               workers: int | None = None, allow_modules: Iterable[str] = ()) -> None:
+    """``rainstorm run script.py [args]``: run a Python script that builds and
+    runs Datasets (like spark-submit), with these execution defaults and
+    ``sys.argv = [script, *args]``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"script not found: {path}")
+    configure(redis_url=redis_url, workers=workers, allow_modules=allow_modules)
+    old_argv, old_path = sys.argv, list(sys.path)
+    sys.argv = [str(p), *argv]
+    sys.path.insert(0, str(p.resolve().parent))  # as `python script.py` does
+    try:
+        runpy.run_path(str(p), run_name="__main__")
+    finally:
+        sys.argv = old_argv
+        sys.path[:] = old_path
+
+
+# -- encoding functions ------------------------------------------------------------
+
+def _encode(op: _Op, n: int) -> dict[str, Any]:
+    where = f"pipeline.{n}"
+    if op.op == "repartition":
+        return {"op": "repartition", "partitions": op.partitions}
+    if op.op in ("count", *_AGG_OPS):
+        return {"op": op.op}
+    if op.op == "reduce_by_key":
+        assert op.fn is not None
+        return {"op": "reduce_by_key", "fn": encode_fn(op.fn, f"{where}.fn (reduce_by_key)")}
+    assert op.fn is not None
+    out: dict[str, Any] = {"op": op.op, "fn": encode_fn(op.fn, f"{where}.fn ({op.op})")}
+    if op.args:
+        out["args"] = op.args
+    if op.value is not None:
+        out["value"] = encode_fn(op.value, f"{where}.value ({op.op})")
+    return out
+
+
+def encode_fn(fn: Fn, where: str = "fn") -> str:
+    """A spec ``fn`` string for ``fn``: a name as is, a built-in equivalent, an
+    importable module-level function by reference, anything else pickled and
+    signed (UsageError without RAINSTORM_SECRET)."""
+    if isinstance(fn, str):
+        return fn
+    if not callable(fn):
+        raise UsageError(f"{where}: expected a function or a name, got {fn!r}")
+    try:
+        if fn in _EQUIV:
+            return _EQUIV[fn]
+    except TypeError:  # unhashable callable
+        pass
+    ref = importable_ref(fn)
+    if ref is not None:
+        return ref
+    return signing.dump_callable(fn, where)
+
+
+def importable_ref(fn: Any) -> str | None:
+    """``module:qualname`` when a worker can import ``fn`` by that name: a
+    module-level function (or class attribute) of an imported module other
+    than ``__main__``/``builtins``; None for lambdas, closures and the like."""
+    mod = getattr(fn, "__module__", None)
+    qual = getattr(fn, "__qualname__", None)
+    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual:
+        return None
+    if mod in ("__main__", "__mp_main__", "builtins") or mod.split(".")[0] == "pickle":
+        return None
+    obj: Any = sys.modules.get(mod)
+    if obj is None or getattr(obj, "__name__", None) != mod:
+        return None
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    return f"{mod}:{qual}" if obj is fn else None
+
+
+def _spec_refs(spec: JobSpec) -> tuple[str, ...]:
+    """Modules the spec's functions come from (never the pickled ones)."""
+    fns = [f for op in spec.pipeline for f in (getattr(op, "fn", None), getattr(op, "value", None),
+                                               getattr(op, "combiner", None)) if f]
+    return tuple(sorted({f.partition(":")[0] for f in fns
+                         if ":" in f and not signing.is_pickled(f)}))
+
+
+def _op_label(op: _Op) -> str:
+    if op.op == "repartition":
+        return f"repartition({op.partitions})"
+    fn = op.fn if isinstance(op.fn, str) or op.fn is None else signing.name_of(op.fn)
+    return f"{op.op}({fn or ''})"
+
+
+def _paths(paths: str | Path | Iterable[str | Path]) -> list[str]:
+    if isinstance(paths, str | Path):
+        return [str(paths)]
+    out = [str(p) for p in paths]
+    if not out:
+        raise UsageError("no input paths given")
+    return out
+
+
+def _csv_header(paths: list[str], delimiter: str) -> list[str]:
+    from rainstorm.coordinator.inputs import resolve_inputs
+
+    files = resolve_inputs(paths)
+    if not files:
+        raise UsageError(f"read_csv: no file to read a header from in {paths}")
+    with files[0].open(encoding="utf-8", errors="replace", newline="") as fh:
+        line = fh.readline()
+    try:
+        names = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, strict=True), [])
+    except csv.Error as exc:
+        raise UsageError(f"read_csv: cannot parse the header of {files[0]}: {exc}") from None
+    if not names:
+        raise UsageError(f"read_csv: {files[0]} has no header line; give columns=[...]")
+    return names
