@@ -102,6 +102,7 @@ class _Op:
     args: dict[str, Any] = field(default_factory=dict)
     value: Fn | None = None
     partitions: int | None = None
+    window: dict[str, Any] | None = None  # window: size_s, slide_s, max_delay_s, ...
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,22 @@ class Dataset:
     def key_by(self, fn: Fn, value: Fn | None = None) -> Dataset:
         """``(fn(r), value(r))`` pairs (``value`` default: the record itself)."""
         return self._then(_Op("key_by", fn, {}, value), keyed=True)
+
+    def window(self, size_s: float, *, time: Fn, slide_s: float | None = None,
+               max_delay_s: float = 0, allowed_lateness_s: float = 0,
+               args: dict[str, Any] | None = None) -> Dataset:
+        """Event-time windows for the aggregate that follows (after a
+        ``key_by``): each ``(key, value)`` counts in the windows of length
+        ``size_s`` (every ``slide_s``; default tumbling) holding ``time(value)``
+        (seconds), under the key ``"<window start>|<key>"``; the watermark is
+        the largest event time seen minus ``max_delay_s``, and records whose
+        windows all closed (watermark past end + ``allowed_lateness_s``) go
+        to the side output rs:{job}:late (see docs/windows.md)."""
+        if not self._p.keyed:
+            raise UsageError("window(): key the records first (key_by), windows are per key")
+        spec = {"size_s": size_s, "slide_s": slide_s, "max_delay_s": max_delay_s,
+                "allowed_lateness_s": allowed_lateness_s}
+        return self._then(_Op("window", time, args or {}, window=spec), keyed=True)
 
     def repartition(self, n: int) -> Dataset:
         """End the stage here: records move to ``n`` partitions of the next
@@ -427,6 +444,14 @@ def _encode(op: _Op, n: int) -> dict[str, Any]:
         return {"op": "repartition", "partitions": op.partitions}
     if op.op in ("count", *_AGG_OPS):
         return {"op": op.op}
+    if op.op == "window":
+        assert op.fn is not None and op.window is not None
+        out_w: dict[str, Any] = {"op": "window",
+                                 "time": encode_fn(op.fn, f"{where}.time (window)"),
+                                 **op.window}
+        if op.args:
+            out_w["args"] = op.args
+        return out_w
     if op.op == "reduce_by_key":
         assert op.fn is not None
         return {"op": "reduce_by_key", "fn": encode_fn(op.fn, f"{where}.fn (reduce_by_key)")}
