@@ -42,7 +42,11 @@ def duty_cycle(env: LocalRun) -> Any:
     def flip() -> None:
         if not env.pool or not env.pool.procs or env.pool.procs[0].pid is None:
             return
-        os.kill(env.pool.procs[0].pid, signal.SIGCONT if state["stopped"] else signal.SIGSTOP)
+        try:
+            os.kill(env.pool.procs[0].pid,
+                    signal.SIGCONT if state["stopped"] else signal.SIGSTOP)
+        except ProcessLookupError:
+            return  # the worker left (the job just finished): nothing to pause
         state["stopped"] = not state["stopped"]
 
     return flip
