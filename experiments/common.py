@@ -95,7 +95,10 @@ def kill_a_worker(env: LocalRun, rng: random.Random) -> Callable[[], None]:
         if env.pool and env.pool.alive:
             victim = rng.choice(env.pool.alive)
             if victim.pid:
-                os.kill(victim.pid, signal.SIGKILL)
+                try:
+                    os.kill(victim.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it had just exited (the job finished)
                 victim.join(5)
             env.pool.spawn()
     return action
