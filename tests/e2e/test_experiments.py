@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import ROOT
 
 EXPERIMENTS = ["persistence_cost", "redis_restarts", "claim_idle", "straggler",
-               "redis_death_points", "bench_pipelines", "autoscale", "latency"]
+               "redis_death_points", "bench_pipelines", "autoscale", "latency", "scaling"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
