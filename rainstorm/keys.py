@@ -130,5 +130,12 @@ def job_pattern(job: str) -> str:
     return f"{_job(job)}:*"
 
 
+REFUSED = "refused:"  # meta field prefix: refused:<worker id> = why it cannot run the job
+
+
+def refusal_field(worker_id: str) -> str:
+    return REFUSED + worker_id
+
+
 def counter_field(stage: int, name: str) -> str:
     return f"s{stage}:{name}"

@@ -97,7 +97,9 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
     c = {_s(k): int(v) for k, v in (counters_b or {}).items()}
     view: dict[str, Any] = {
         "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
-        "refused": meta.get("refused"), "loaded": pos == b"done",
+        "refused": "; ".join(f"worker {k[len(keys.REFUSED):]}: {v}" for k, v in meta.items()
+                             if k.startswith(keys.REFUSED)) or None,
+        "loaded": pos == b"done",
         "total_bytes": int(meta.get("total_bytes", 0) or 0),
         "bytes_done": c.get("s0:bytes_in", 0), "dead_letters": int(dlq_len or 0),
         "name": None, "stages": [],

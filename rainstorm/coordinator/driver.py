@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from rainstorm import keys
+from rainstorm import keys, monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.coordinator.loader import BaseLoader, loader_for
 from rainstorm.coordinator.progress import JobStatus, read_status
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 0.1
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
+REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
 Result = dict[str, Any] | list[Any]
 
 
@@ -56,6 +57,7 @@ class Driver:
         self.sink: FileOutputSink | None = None
         self.unbounded = job.spec.unbounded
         self._snapshot_at = 0.0
+        self._refused_since: float | None = None
         self.folder: Folder | None = None
         self.loaded = False
         self.last_status = 0.0
@@ -110,6 +112,8 @@ class Driver:
             raise JobFailed(f"job {job.id} is {status.state}")
         if not status.loaded:
             self.loaded = False  # a restarted Redis may have rolled the cursor back
+        if status.refusals:
+            self._check_refusals(status.refusals)
         if self.on_progress:
             self.on_progress(status)
         if status.complete and not self.unbounded:
@@ -127,6 +131,23 @@ class Driver:
         store(self.r, self.job, result)
         make_durable(self.r, self.job)
         return result
+
+    def _check_refusals(self, refusals: dict[str, str]) -> None:
+        """A worker that cannot run the job (module not allowed, no
+        --allow-exec) refuses it; the job fails only when no live worker that
+        could serve it is left, for REFUSAL_GRACE_S (a new worker may come)."""
+        able = {w["id"] for w in monitor.workers(self.r)
+                if w["state"] == "alive" and w["job"] in (None, self.job.id)} - set(refusals)
+        if able:
+            self._refused_since = None
+            return
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        if now - self._refused_since >= REFUSAL_GRACE_S:
+            wid, why = sorted(refusals.items())[0]
+            raise JobFailed(f"job {self.job.id} was refused by a worker: worker {wid}: {why} "
+                            f"(no live worker can run it)")
 
     def live(self) -> Result:
         """A streaming job's aggregate now (records jobs: the output stream)."""

@@ -36,6 +36,7 @@ class JobStatus:
     bytes_done: int
     stages: list[StageStatus] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, str] = field(default_factory=dict)  # worker id -> why it can't run it
 
     @property
     def complete(self) -> bool:
@@ -57,8 +58,6 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             f"job {job.id}: its keys are gone from Redis (flushed, or a restart without "
             "persistence); the result would be partial, so the job is failed"
         )
-    if meta.get(b"refused"):
-        raise JobFailed(f"job {job.id} was refused by a worker: {meta[b'refused'].decode()}")
     status = JobStatus(
         job_id=job.id,
         state=meta.get(b"state", b"?").decode(),
@@ -66,6 +65,8 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
         total_bytes=int(meta.get(b"total_bytes", b"0")),
         bytes_done=_i(c, "s0:bytes_in"),
         counters={k.decode(): int(v) for k, v in c.items()},
+        refusals={k.decode()[len(keys.REFUSED):]: v.decode() for k, v in meta.items()
+                  if k.startswith(keys.REFUSED.encode())},
     )
     for s in job.plan.stages:
         p = f"s{s.index}:"

@@ -123,7 +123,9 @@ def test_count_count_by_key_and_top(files: list[Path], url: str) -> None:
     assert by_len.count(redis_url=url, **RUN) == len({len(w) for w in words})
     # records: the k largest; aggregates: the k largest values
     assert ds.top(7, redis_url=url, **RUN) == heapq.nlargest(7, words)
-    assert ds.top(3, key=len, redis_url=url, **RUN) == heapq.nlargest(3, words, key=len)
+    longest = ds.top(3, key=len, redis_url=url, **RUN)  # ties: any of the equally long
+    assert [len(w) for w in longest] == [len(w) for w in heapq.nlargest(3, words, key=len)]
+    assert set(longest) <= set(words)
     counts = Counter(words)
     top = ds.count_by_value().top(5, redis_url=url, **RUN)
     assert [v for _, v in top] == [v for _, v in counts.most_common(5)]
@@ -303,7 +305,8 @@ def test_bad_pickles_are_dead_lettered_never_unpickled(
     assert len(dlq) == s0.emitted
     errors = {f[b"error"].decode() for _, f in dlq}
     assert len(errors) == 1 and next(iter(errors)).startswith(reason), errors
-    assert r.hget(keys.meta(job.id), "refused") is None  # dead letters, not a refusal
+    assert not [f for f in r.hkeys(keys.meta(job.id))  # dead letters, not a refusal
+                if f.startswith(keys.REFUSED.encode())]
 
 
 def test_reduce_function_signed_with_another_key_dead_letters_the_aggregate_stage(

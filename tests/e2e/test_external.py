@@ -21,7 +21,7 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
-from tests.helpers import ROOT, start_worker
+from tests.helpers import ROOT, start_worker, wait_for
 
 CRASH = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *POISON*) '
          'echo "cannot digest: $l" >&2; exit 3;; esac; printf "%s\\n" "$l"; done']
@@ -105,6 +105,32 @@ def test_executables_need_allow_exec(tmp_path: Path, url: str, r: redis.Redis) -
     finally:
         w.kill()
         w.wait(10)
+
+
+
+def test_a_refusing_worker_does_not_fail_a_job_others_can_run(tmp_path: Path, url: str,
+                                                              r: redis.Redis) -> None:
+    """One worker without --allow-exec refuses the job; one with it runs the
+    whole job: the job succeeds, the refusal is recorded, not fatal."""
+    paths = write_corpus(tmp_path, n_files=2, kb=10)
+    job, files = prepare(spec_with({"cmd": ["cat"]}), [str(p) for p in paths], "mixed")
+    submit(r, job, files)
+    def refusals() -> list[bytes]:
+        return [f for f in r.hkeys(keys.meta(job.id)) if f.startswith(keys.REFUSED.encode())]
+
+    refusing = start_worker(url, job.id)
+    able = None
+    try:
+        wait_for(refusals, 30, "the worker without --allow-exec to refuse the job")
+        able = start_worker(url, job.id, RAINSTORM_ALLOW_EXEC="1")
+        result = drive(r, job, timeout_s=60)
+    finally:
+        for w in (refusing, able):
+            if w:
+                w.kill()
+                w.wait(10)
+    assert Counter(result) == Counter(w for ln in lines_of(paths) for w in ln.split())
+    assert len(refusals()) == 1
 
 
 FRAMED = [sys.executable, str(ROOT / "tests" / "framed_upper.py")]
