@@ -99,7 +99,7 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
         "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
         "refused": "; ".join(f"worker {k[len(keys.REFUSED):]}: {v}" for k, v in meta.items()
                              if k.startswith(keys.REFUSED)) or None,
-        "loaded": pos == b"done",
+        "loaded": pos == b"done", "unbounded": meta.get("unbounded") == "1",
         "total_bytes": int(meta.get("total_bytes", 0) or 0),
         "bytes_done": c.get("s0:bytes_in", 0), "dead_letters": int(dlq_len or 0),
         "name": None, "stages": [],

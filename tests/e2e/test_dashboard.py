@@ -354,3 +354,36 @@ def test_routes(url: str, ui: UI) -> None:
     st = state(ui.base)
     assert st["jobs"] == [] and st["workers"] == [] and st["redis_error"] is None
     assert st["samples"] >= 1
+
+
+def test_streaming_job_on_the_page(tmp_path: Path, url: str, r: redis.Redis, ui: UI) -> None:
+    """A streaming job shows as streaming, with its record count moving as a
+    producer appends; no percentage of a total that does not exist."""
+    sync_playwright = _browser()
+    from tests.e2e.test_streaming import Streaming
+
+    run = Streaming(r, {"name": "live", "source": {"type": "stream", "key": "ev"},
+                        "pipeline": [{"op": "count"}]}, "live")
+    w = start_worker(url, run.job.id)
+    try:
+        r.xadd("ev", {"line": "a"})
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(ui.base, timeout=10_000)
+            page.wait_for_function("() => { const e = document.querySelector("
+                                   "'[data-testid=job-progress]'); return e && "
+                                   "e.textContent.includes('1 records in'); }", timeout=15_000)
+            assert page.get_attribute('[data-testid="job-progress"]', "data-value") == \
+                "streaming"
+            for i in range(20):
+                r.xadd("ev", {"line": f"b{i}"})
+            page.wait_for_function("() => document.querySelector("
+                                   "'[data-testid=job-progress]').textContent"
+                                   ".includes('21 records in')", timeout=15_000)
+            browser.close()
+        kill_job(r, run.job.id, keep=True)
+        assert run.stopped() == {"a": 1, **{f"b{i}": 1 for i in range(20)}}
+    finally:
+        w.kill()
+        w.wait(10)
