@@ -21,6 +21,7 @@ from rainstorm import keys
 from rainstorm.errors import RainstormError
 from rainstorm.job import Job
 from rainstorm.operators.plan import describe
+from rainstorm.replies import as_str
 from rainstorm.spec import spec_from_json
 from rainstorm.worker.latency import read_histogram
 
@@ -29,13 +30,9 @@ STAGE_COUNTERS = ("emitted", "committed", "dead", "rejected", "claimed", "record
                   "records_out")
 
 
-def _s(b: Any) -> str:
-    return b.decode() if isinstance(b, bytes) else str(b)
-
-
 def job_ids(r: redis.Redis) -> list[str]:
     members: Any = r.smembers(keys.JOBS)
-    return sorted(_s(j) for j in members)
+    return sorted(as_str(j) for j in members)
 
 
 def workers(r: redis.Redis, now: float | None = None) -> list[dict[str, Any]]:
@@ -49,7 +46,7 @@ def workers(r: redis.Redis, now: float | None = None) -> list[dict[str, Any]]:
         except ValueError:
             continue
         age = now - float(info.get("last_seen", 0))
-        rows.append({"id": _s(wid), "host": info.get("host"), "pid": info.get("pid"),
+        rows.append({"id": as_str(wid), "host": info.get("host"), "pid": info.get("pid"),
                      "container": info.get("container"),
                      "heartbeat_age_s": round(age, 1),
                      "state": "dead" if age > DEAD_AFTER_S else "alive",
@@ -74,7 +71,7 @@ def _partitions(r: redis.Redis, job: Job, stage: int) -> list[dict[str, Any]]:
         if isinstance(length, Exception) or isinstance(summary, Exception):
             length, summary = 0, {}
         pending = int(summary.get("pending", 0) or 0)
-        holders = {_s(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
+        holders = {as_str(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
         # entries are XDELed when acknowledged: the stream holds exactly the
         # entries not yet committed, unread (backlog) or being worked (pending)
         out.append({"partition": k, "stream": stream, "entries": int(length),
@@ -93,8 +90,8 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
     pipe.hgetall(keys.counters(job_id))
     pipe.xlen(keys.dlq(job_id))
     raw_spec, meta_b, pos, counters_b, dlq_len = pipe.execute()
-    meta = {_s(k): _s(v) for k, v in (meta_b or {}).items()}
-    c = {_s(k): int(v) for k, v in (counters_b or {}).items()}
+    meta = {as_str(k): as_str(v) for k, v in (meta_b or {}).items()}
+    c = {as_str(k): int(v) for k, v in (counters_b or {}).items()}
     view: dict[str, Any] = {
         "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
         "refused": "; ".join(f"worker {k[len(keys.REFUSED):]}: {v}" for k, v in meta.items()
@@ -150,11 +147,11 @@ def dead_letters(r: redis.Redis, job_id: str, count: int | None = 100,
 
 
 def dead_letter_row(id_: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    f = {_s(k): v for k, v in fields.items()}
+    f = {as_str(k): v for k, v in fields.items()}
     data = f.get("d", b"")
-    row: dict[str, Any] = {"id": _s(id_), "stage": int(f.get("stage", b"0")),
-                           "kind": _s(f.get("kind", b"?")), "uid": _s(f.get("uid", b"")),
-                           "error": _s(f.get("error", b"")),
+    row: dict[str, Any] = {"id": as_str(id_), "stage": int(f.get("stage", b"0")),
+                           "kind": as_str(f.get("kind", b"?")), "uid": as_str(f.get("uid", b"")),
+                           "error": as_str(f.get("error", b"")),
                            "deliveries": int(f.get("deliveries", b"0") or 0),
                            "bytes": len(data), "record": f"<entry of {len(data)} bytes>"}
     if row["kind"] == "record":  # one record: uid, error, deliveries are in its blob

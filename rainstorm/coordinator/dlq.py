@@ -23,10 +23,7 @@ from rainstorm.coordinator.status import load_job
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, encode_records, partition_of
 from rainstorm.monitor import dead_letters, decode_dead_record
-
-
-def _s(b: Any) -> str:
-    return b.decode() if isinstance(b, bytes) else str(b)
+from rainstorm.replies import as_str
 
 
 def read(r: redis.Redis, job_id: str, count: int | None = None) -> list[dict[str, Any]]:
@@ -58,18 +55,18 @@ def _target(job: Job, stage: int, record: Any, uid: str) -> tuple[str, bytes, in
 def requeue(r: redis.Redis, job_id: str) -> Requeued:
     job = load_job(r, job_id)
     state: Any = r.hget(keys.meta(job_id), "state")
-    if _s(state) != "running":
-        raise UsageError(f"job {job_id} is {_s(state) if state else 'gone'}: dead letters can "
+    if as_str(state) != "running":
+        raise UsageError(f"job {job_id} is {as_str(state) if state else 'gone'}: dead letters can "
                          "only be requeued while it runs (resubmit it to process them)")
     moved = skipped = 0
     rows: Any = r.xrange(keys.dlq(job_id))
     for id_, fields in rows:
-        dead_id = _s(id_)
-        f = {_s(k): v for k, v in fields.items()}
-        stage, kind = int(f.get("stage", b"0")), _s(f.get("kind", b""))
+        dead_id = as_str(id_)
+        f = {as_str(k): v for k, v in fields.items()}
+        stage, kind = int(f.get("stage", b"0")), as_str(f.get("kind", b""))
         uid = _requeue_uid(dead_id)
         if kind == "entry":
-            stream, data, unbytes = _s(f["stream"]), f.get("d", b""), 0
+            stream, data, unbytes = as_str(f["stream"]), f.get("d", b""), 0
         else:
             rec = decode_dead_record(f.get("d", b""))
             stream, data, unbytes = _target(job, stage, rec.get("record"), uid)

@@ -10,6 +10,7 @@ from rainstorm import keys
 from rainstorm.coordinator.progress import read_status
 from rainstorm.errors import RainstormError, UsageError
 from rainstorm.job import Job
+from rainstorm.monitor import job_ids
 from rainstorm.spec import spec_from_json
 
 
@@ -21,8 +22,7 @@ def load_job(r: redis.Redis, job_id: str) -> Job:
 
 
 def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[dict[str, Any]]:
-    members: Any = r.smembers(keys.JOBS)
-    ids = [job_id] if job_id else sorted(j.decode() for j in members)
+    ids = [job_id] if job_id else job_ids(r)
     rows: list[dict[str, Any]] = []
     for jid in ids:
         try:

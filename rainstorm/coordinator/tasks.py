@@ -16,8 +16,6 @@ from rainstorm.errors import RainstormError, UsageError
 from rainstorm.job import JobState
 from rainstorm.worker.loop import host_name
 
-workers = monitor.workers
-
 
 def list_tasks(r: redis.Redis, job_id: str | None = None,
                sample_s: float = 1.0) -> list[dict[str, Any]]:

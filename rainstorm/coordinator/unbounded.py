@@ -18,15 +18,12 @@ from rainstorm import keys
 from rainstorm.coordinator.loader import BaseLoader, Gathered, read_chunk
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, encode_records
+from rainstorm.replies import as_str
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 100  # how long a stream read waits for new entries
 POLL_S = 0.05  # how often a tailed file is looked at when nothing is new
-
-
-def _s(b: Any) -> str:
-    return b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)
 
 
 class StreamLoader(BaseLoader):
@@ -49,14 +46,14 @@ class StreamLoader(BaseLoader):
         missing = 0
         for id_, fields in rows:
             if src.field is None:
-                rec: Any = {_s(k): _s(v) for k, v in fields.items()}
+                rec: Any = {as_str(k, "replace"): as_str(v, "replace") for k, v in fields.items()}
             elif src.field.encode() in fields:
-                rec = _s(fields[src.field.encode()])
+                rec = as_str(fields[src.field.encode()], "replace")
             else:
                 missing += 1
                 continue
             if len(records) % src.batch_records == 0:
-                firsts.append(_s(id_))
+                firsts.append(as_str(id_, "replace"))
             records.append(rec)
         if missing:
             self.r.hincrby(keys.counters(self.job.id), "s0:missing_field", missing)
@@ -67,7 +64,7 @@ class StreamLoader(BaseLoader):
             chunk = records[n * src.batch_records:(n + 1) * src.batch_records]
             uid = f"x{first}"
             entries.append((self.stream_for(uid), uid, encode_records(chunk)))
-        return entries, _s(rows[-1][0]), len(records)
+        return entries, as_str(rows[-1][0], "replace"), len(records)
 
 
 class TailLoader(BaseLoader):
@@ -115,4 +112,4 @@ def initial_cursor(r: redis.Redis, job: Job) -> str | None:
         info: Any = r.xinfo_stream(src.key)
     except redis.ResponseError:
         return "0-0"  # no stream yet: everything added later
-    return _s(info.get("last-generated-id", b"0-0"))
+    return as_str(info.get("last-generated-id", b"0-0"), "replace")

@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from rainstorm.replies import as_str
+
 LIBRARY_NAME = "rainstorm"
 
 
@@ -33,10 +35,6 @@ def _fcall(r: redis.Redis, name: str, keys: list[str], args: list[Any], ro: bool
             raise
         load_library(r)
         return call(name, len(keys), *keys, *args)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -63,7 +61,7 @@ def load(
     for _, uid, payload in entries:
         args += [uid, payload]
     reply = _fcall(r, "rainstorm_load", keys, args)
-    return LoadResult(_s(reply[0]), _s(reply[1]) if len(reply) > 1 else "")
+    return LoadResult(as_str(reply[0]), as_str(reply[1]) if len(reply) > 1 else "")
 
 
 @dataclass
@@ -123,12 +121,12 @@ def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
     if req.window is not None:
         args += ["" if v is None else v for v in req.window]
     reply = _fcall(r, "rainstorm_commit", keys, args)
-    status = _s(reply[0])
+    status = as_str(reply[0])
     if status == "rejected":
-        pairs = [_s(x) for x in reply[1:]]
+        pairs = [as_str(x) for x in reply[1:]]
         return CommitResult(status, dict(zip(pairs[::2], pairs[1::2], strict=True)))
     if status == "backlog":
-        return CommitResult(status, stream=_s(reply[1]))
+        return CommitResult(status, stream=as_str(reply[1]))
     if status == "closed":
         return CommitResult(status, max_event_us=int(reply[1]))
     return CommitResult(status)
@@ -153,7 +151,7 @@ def deadletter(
         [counters, dlq, stream],
         [group, stage, entry_id, uid, error, deliveries],
     )
-    return _s(reply[0]) == "ok"
+    return as_str(reply[0]) == "ok"
 
 
 def requeue(r: redis.Redis, *, counters: str, dlq: str, stream: str, dead_id: str,
@@ -161,13 +159,13 @@ def requeue(r: redis.Redis, *, counters: str, dlq: str, stream: str, dead_id: st
     """Move one dead letter back into ``stream``; False if it was already gone."""
     reply = _fcall(r, "rainstorm_requeue", [counters, dlq, stream],
                    [dead_id, stage, kind, uid, payload, unbytes])
-    return _s(reply[0]) == "ok"
+    return as_str(reply[0]) == "ok"
 
 
 def compact(r: redis.Redis, *, base: str, log: str, version: int, blob: bytes,
             ids: list[str]) -> bool:
     reply = _fcall(r, "rainstorm_compact", [base, log], [version, blob, *ids])
-    return _s(reply[0]) == "ok"
+    return as_str(reply[0]) == "ok"
 
 
 @dataclass
@@ -181,4 +179,5 @@ class Snapshot:
 def snapshot(r: redis.Redis, *, base: str, log: str) -> Snapshot:
     reply = _fcall(r, "rainstorm_snapshot", [base, log], [], ro=True)
     rest = reply[2:]
-    return Snapshot(int(reply[0]), reply[1] or b"", [_s(x) for x in rest[::2]], list(rest[1::2]))
+    return Snapshot(int(reply[0]), reply[1] or b"", [as_str(x) for x in rest[::2]],
+                    list(rest[1::2]))

@@ -31,8 +31,10 @@ from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.durability import wait_after_commit
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
+from rainstorm.monitor import job_ids
 from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.windows import read_max_event
+from rainstorm.replies import as_str
 from rainstorm.signing import SignatureError
 from rainstorm.spec import spec_from_json
 from rainstorm.state import maybe_compact
@@ -46,10 +48,6 @@ def job_vanished(exc: redis.ResponseError) -> bool:
     """A Redis that came back without a job's streams (restart without data)."""
     msg = str(exc)
     return "NOGROUP" in msg or "no such key" in msg
-
-
-def _s(b: bytes | str) -> str:
-    return b.decode() if isinstance(b, bytes) else b
 
 
 @dataclass
@@ -189,11 +187,11 @@ class Worker:
                         "pending entries", self.id)
             self._reread_own = True
         self._run_id = run_id
-        ids = [self.opt.job] if self.opt.job else sorted(_s(j) for j in self.r.smembers(keys.JOBS))
+        ids = [self.opt.job] if self.opt.job else job_ids(self.r)
         running = set()
         for job_id in ids:
             state = self.r.hget(keys.meta(job_id), "state")
-            if state is None or JobState(_s(state)).terminal:
+            if state is None or JobState(as_str(state)).terminal:
                 continue
             running.add(job_id)
             self._seen_job = True
@@ -250,7 +248,8 @@ class Worker:
             for id_, fields in rows:
                 if not fields:  # deleted while pending (should not happen)
                     continue
-                entries.append(Entry(_s(stream), _s(id_), _s(fields[b"u"]), fields[b"d"]))
+                entries.append(Entry(as_str(stream), as_str(id_), as_str(fields[b"u"]),
+                                     fields[b"d"]))
         return entries
 
     def _read_and_run(self) -> bool:
@@ -301,10 +300,10 @@ class Worker:
         for id_, fields in rows:
             if not fields:
                 continue
-            sid = _s(id_)
+            sid = as_str(id_)
             pend = self.r.xpending_range(stream, group, min=sid, max=sid, count=1)
             deliveries = int(pend[0]["times_delivered"]) if pend else 1
-            entries.append(Entry(stream, sid, _s(fields[b"u"]), fields[b"d"], deliveries))
+            entries.append(Entry(stream, sid, as_str(fields[b"u"]), fields[b"d"], deliveries))
         if not entries:
             return
         self.r.hincrby(keys.counters(act.job.id), keys.counter_field(stage, "claimed"),
@@ -412,7 +411,7 @@ class Worker:
         pipe.get(keys.worker_stop(self.id))
         stop = pipe.execute()[-1]
         if stop is not None and not self._stop:
-            self._stop_reason = f"asked to stop ({_s(stop)})"
+            self._stop_reason = f"asked to stop ({as_str(stop)})"
             log.warning("worker %s: %s", self.id, self._stop_reason)
             self._stop = True
 
