@@ -46,6 +46,11 @@ class Job:
     def stage(self, i: int) -> StagePlan:
         return self.plan.stages[i]
 
+    def raw_text(self, stage: int) -> bool:
+        """Entries of ``stage`` hold raw text lines (stage 0 of a file or tail
+        source), not msgpack record batches (later stages, a stream source)."""
+        return stage == 0 and self.spec.source.type != "stream"
+
 
 def encode_records(records: list[Any]) -> bytes:
     return msgpack.packb(records, use_bin_type=True, default=repr)  # type: ignore[no-any-return]

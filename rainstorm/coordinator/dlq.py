@@ -41,14 +41,13 @@ class Requeued:
 def _target(job: Job, stage: int, record: Any, uid: str) -> tuple[str, bytes, int]:
     """(stream, payload, bytes to un-count) for one dead record sent back."""
     sp = job.stage(stage)
-    if stage == 0:
+    part = int(uid[:8], 16) % sp.partitions
+    if job.raw_text(stage):
         text = record if isinstance(record, str) else str(record)
         data = (text + "\n").encode("utf-8", "surrogatepass")
-        return keys.stage_stream(job.id, 0, int(uid[:8], 16) % sp.partitions), data, len(data)
+        return keys.stage_stream(job.id, stage, part), data, len(data)
     if sp.keyed_in and isinstance(record, (list, tuple)) and record:
         part = partition_of(record[0], sp.partitions)
-    else:
-        part = int(uid[:8], 16) % sp.partitions
     return keys.stage_stream(job.id, stage, part), encode_records([record]), 0
 
 

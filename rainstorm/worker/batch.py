@@ -81,7 +81,7 @@ class StageRunner:
         self.max_event_us: int | None = None
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
-        if self.stage.index == 0 and self.job.spec.source.type != "stream":
+        if self.job.raw_text(self.stage.index):
             text, bad = decode_text(entry.data)
             if bad:
                 comp.extra["s0:invalid_utf8_entries"] += 1

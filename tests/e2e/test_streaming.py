@@ -23,6 +23,7 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.spec import parse_spec
 from tests.e2e.test_operations import cli, stop_all, worker
 from tests.helpers import ROOT, counters, streaming_banner, wait_for
+from tests.ops import POISON
 
 
 class Streaming:
@@ -188,3 +189,33 @@ def test_run_a_streaming_spec_until_ctrl_c(tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert Counter(json.loads(out)) == Counter(urls)
+
+
+def test_a_dead_record_of_a_stream_source_is_requeued(tmp_path: Path, url: str,
+                                                      r: redis.Redis) -> None:
+    """Stage-0 entries of a stream source are record batches, not text: a
+    requeued record must go back as one."""
+    poison = tmp_path / "poison"
+    poison.touch()
+    run = Streaming(r, {
+        "name": "rq", "source": {"type": "stream", "key": "rq-src", "batch_records": 10},
+        "pipeline": [{"op": "flat_map", "fn": "tests.ops:flaky_split"}, {"op": "count"}],
+        "settings": {"max_deliveries": 1}}, "rq")
+    procs = [worker(url, "--job", run.job.id, RAINSTORM_TEST_POISON=str(poison))]
+    lines = [f"a b{i % 3}" for i in range(50)] + [f"c {POISON} d"]
+    try:
+        for line in lines:
+            r.xadd("rq-src", {"line": line})
+        wait_for(lambda: settled(r, run.job.id, "rq-src")
+                 and r.xlen(keys.dlq(run.job.id)) == 1, 30, "the poisoned record dead-lettered")
+        poison.unlink()  # the fix
+        res = cli(url, "dlq", run.job.id, "--requeue", "--json")
+        assert json.loads(res.stdout) == {"requeued": 1, "skipped": 0}, res.stderr
+        expected = Counter(w for line in lines for w in line.split())
+        wait_for(lambda: json.loads(cli(url, "result", run.job.id, "--json").stdout)
+                 == dict(expected), 30, "the requeued record counted")
+        assert cli(url, "kill-job", run.job.id, "--keep").returncode == 0
+        assert run.stopped() == dict(expected)
+    finally:
+        stop_all(procs)
+    assert counters(r, run.job.id)["s0:dead_records"] == 0
