@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,10 @@ from typing import Any
 import redis
 
 from rainstorm import keys
+from rainstorm.coordinator.driver import drive
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.job import Job
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +77,68 @@ def streaming_banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
     assert "streaming job" in first, first + proc.stderr.read()[-2000:]
     where = first.split(" on ", 1)[1].split(": runs until", 1)[0]
     return where, first.split()[2]
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`rainstorm ARGS --redis URL`, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "rainstorm", *args, "--redis", url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
+
+
+def worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """`rainstorm worker ARGS` (any options, unlike start_worker's --job --burst)."""
+    e = dict(os.environ, RAINSTORM_REDIS=url, RAINSTORM_ALLOW_MODULES="tests", **env)
+    return subprocess.Popen([sys.executable, "-m", "rainstorm", "worker", *args], cwd=ROOT,
+                            env=e, stdin=subprocess.DEVNULL)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+class Driven:
+    """The coordinator of ``job`` in a thread; ``result()`` waits for it."""
+
+    def __init__(self, r: redis.Redis, job: Job, timeout_s: float | None = 90) -> None:
+        self.out: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, args=(r, job, timeout_s), daemon=True)
+        self.thread.start()
+
+    def _run(self, r: redis.Redis, job: Job, timeout_s: float | None) -> None:
+        try:
+            self.out["result"] = drive(r, job, timeout_s=timeout_s)
+        except Exception as exc:  # reported by result()
+            self.out["error"] = exc
+
+    def result(self, timeout_s: float = 100) -> Any:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "coordinator did not finish"
+        if "error" in self.out:
+            raise self.out["error"]
+        return self.out["result"]
+
+
+class Streaming(Driven):
+    """An unbounded job, submitted, with its coordinator in a thread;
+    ``stopped()`` waits for it to stop (after kill-job) and returns its result."""
+
+    def __init__(self, r: redis.Redis, spec_data: dict[str, Any], job_id: str) -> None:
+        self.job, files = prepare(parse_spec(spec_data), None, job_id)
+        submit(r, self.job, files)
+        super().__init__(r, self.job, timeout_s=None)
+
+    def stopped(self, timeout_s: float = 30) -> Any:
+        return self.result(timeout_s)
+
+
+def settled(r: redis.Redis, job: str, source_key: str) -> bool:
+    """Every record XADDed to ``source_key`` so far is loaded and every entry committed."""
+    last = r.xrevrange(source_key, count=1)
+    pos = r.hget(keys.cursor(job), "pos")
+    c = counters(r, job)
+    return bool(last) and pos == last[0][0] and \
+        c.get("s0:committed", 0) + c.get("s0:dead", 0) == c.get("s0:emitted", -1)

@@ -18,8 +18,7 @@ from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
-from tests.e2e.test_operations import Driven, cli
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, Driven, cli, wait_for
 
 
 def trace_rows(path: Path) -> list[dict[str, object]]:

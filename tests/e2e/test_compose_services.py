@@ -240,8 +240,8 @@ def test_autoscaler_service(stack: Stack) -> None:
     from rainstorm.coordinator.run import prepare
     from rainstorm.coordinator.submit import submit
     from rainstorm.spec import parse_spec
-    from tests.e2e.test_operations import Driven
     from tests.fake_docker import FakeDocker
+    from tests.helpers import Driven
 
     service = stack.service("autoscaler")
     image = service["command"][service["command"].index("--image") + 1]

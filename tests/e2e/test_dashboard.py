@@ -360,7 +360,7 @@ def test_streaming_job_on_the_page(tmp_path: Path, url: str, r: redis.Redis, ui:
     """A streaming job shows as streaming, with its record count moving as a
     producer appends; no percentage of a total that does not exist."""
     sync_playwright = _browser()
-    from tests.e2e.test_streaming import Streaming
+    from tests.helpers import Streaming
 
     run = Streaming(r, {"name": "live", "source": {"type": "stream", "key": "ev"},
                         "pipeline": [{"op": "count"}]}, "live")

@@ -11,7 +11,7 @@ import pytest
 
 from rainstorm import Dataset
 from tests.conftest import reference_wordcount, write_corpus
-from tests.e2e.test_operations import stop_all, worker
+from tests.helpers import stop_all, worker
 
 KEY = "remote-dataset-secret-0123456789"
 

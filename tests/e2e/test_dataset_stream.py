@@ -13,8 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.e2e.test_operations import cli
-from tests.helpers import ROOT, streaming_banner, wait_for
+from tests.helpers import ROOT, cli, streaming_banner, wait_for
 
 SCRIPT = """
 import sys

@@ -26,9 +26,8 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.coordinator.tasks import list_tasks
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
-from tests.e2e.test_operations import Driven, cli, stop_all, worker
 from tests.fake_docker import FakeDocker
-from tests.helpers import ROOT, counters, wait_for, wordcount_spec
+from tests.helpers import ROOT, Driven, cli, counters, stop_all, wait_for, wordcount_spec, worker
 
 pytest.importorskip("docker", reason="the Docker SDK is not installed: pip install "
                                       "'rainstorm[docker]' to test the docker backend")

@@ -4,67 +4,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import drive
 from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
-from rainstorm.job import Job
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, counters, wait_for, wordcount_spec
+from tests.helpers import Driven, cli, counters, stop_all, wait_for, wordcount_spec, worker
 from tests.ops import HOLD, POISON
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rainstorm", *args, "--redis", url], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
-
-
-def worker(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    e = dict(os.environ, RAINSTORM_REDIS=url, RAINSTORM_ALLOW_MODULES="tests", **env)
-    return subprocess.Popen([sys.executable, "-m", "rainstorm", "worker", *args], cwd=ROOT,
-                            env=e, stdin=subprocess.DEVNULL)
-
-
-class Driven:
-    """The coordinator of ``job`` in a thread; ``result()`` waits for it."""
-
-    def __init__(self, r: redis.Redis, job: Job, timeout_s: float = 90) -> None:
-        self.out: dict[str, Any] = {}
-        self.thread = threading.Thread(target=self._run, args=(r, job, timeout_s), daemon=True)
-        self.thread.start()
-
-    def _run(self, r: redis.Redis, job: Job, timeout_s: float) -> None:
-        try:
-            self.out["result"] = drive(r, job, timeout_s=timeout_s)
-        except Exception as exc:  # reported by result()
-            self.out["error"] = exc
-
-    def result(self, timeout_s: float = 100) -> Any:
-        self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), "coordinator did not finish"
-        if "error" in self.out:
-            raise self.out["error"]
-        return self.out["result"]
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
 
 
 def test_dead_letters_listed_then_requeued_after_the_fix(tmp_path: Path, url: str,

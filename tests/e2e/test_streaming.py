@@ -12,53 +12,22 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import Driver
-from rainstorm.coordinator.run import prepare
-from rainstorm.coordinator.submit import submit
-from rainstorm.spec import parse_spec
-from tests.e2e.test_operations import cli, stop_all, worker
-from tests.helpers import ROOT, counters, streaming_banner, wait_for
+from tests.helpers import (
+    ROOT,
+    Streaming,
+    cli,
+    counters,
+    settled,
+    stop_all,
+    streaming_banner,
+    wait_for,
+    worker,
+)
 from tests.ops import POISON
-
-
-class Streaming:
-    """The coordinator of an unbounded job, in a thread."""
-
-    def __init__(self, r: redis.Redis, spec_data: dict[str, Any], job_id: str) -> None:
-        spec = parse_spec(spec_data)
-        self.job, files = prepare(spec, None, job_id)
-        submit(r, self.job, files)
-        self.driver = Driver(redis.Redis(connection_pool=r.connection_pool), self.job)
-        self.out: dict[str, Any] = {}
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.out["result"] = self.driver.run()
-        except Exception as exc:  # reported by stopped()
-            self.out["error"] = exc
-
-    def stopped(self, timeout_s: float = 30) -> Any:
-        self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), "the streaming coordinator did not stop"
-        if "error" in self.out:
-            raise self.out["error"]
-        return self.out["result"]
-
-
-def settled(r: redis.Redis, job: str, source_key: str) -> bool:
-    """Every record XADDed so far is loaded and every entry committed."""
-    last = r.xrevrange(source_key, count=1)
-    pos = r.hget(keys.cursor(job), "pos")
-    c = counters(r, job)
-    return bool(last) and pos == last[0][0] and \
-        c.get("s0:committed", 0) + c.get("s0:dead", 0) == c.get("s0:emitted", -1)
 
 
 def test_stream_source_every_output_once_while_a_worker_is_killed(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,7 @@ from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
 from tests.conftest import write_corpus
-from tests.helpers import ROOT, start_worker, wait_for, wordcount_spec
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rainstorm", *args, "--redis", url], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
+from tests.helpers import cli, start_worker, wait_for, wordcount_spec
 
 
 def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) -> None:

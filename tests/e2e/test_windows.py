@@ -26,9 +26,7 @@ from rainstorm import keys
 from rainstorm.coordinator.result import keys_as_str
 from rainstorm.job import decode_records
 from rainstorm.state import read_state
-from tests.e2e.test_operations import cli, stop_all, worker
-from tests.e2e.test_streaming import Streaming, settled
-from tests.helpers import ROOT, counters, wait_for
+from tests.helpers import ROOT, Streaming, cli, counters, settled, stop_all, wait_for, worker
 
 PHASES = 4
 ON_TIME = 240  # records per phase
