@@ -77,8 +77,7 @@ def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
                                 env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
                for _ in range(2)]
     deadline = time.monotonic() + 30
-    while r.hget(keys.meta(job), "state") != b"running" or len(
-            [w for w in r.hgetall(keys.WORKERS)]) < 2:
+    while r.hget(keys.meta(job), "state") != b"running" or r.hlen(keys.WORKERS) < 2:
         if time.monotonic() > deadline:
             raise SystemExit("job or workers did not start")
         time.sleep(0.05)
