@@ -36,6 +36,7 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.lua import load_library
 from rainstorm.samples import generate_lines
 from rainstorm.server import EmbeddedRedis
+from rainstorm.signing import local_key
 from rainstorm.spec import parse_spec
 
 POLICY = ScalePolicy(1, 4, high_backlog_s=2.0, low_utilization=0.5, period_s=2.0,
@@ -70,9 +71,11 @@ def run(schedule: list[tuple[float, float]]) -> tuple[list[dict[str, Any]],
     with EmbeddedRedis() as srv:
         r = connect(srv.url)
         load_library(r)
-        submit(r, job, files)
+        key = local_key()  # the workers are this process's children
+        submit(r, job, files, key=key)
         backend = LocalBackend(connect(srv.url), srv.url, ("enrich",),
-                               env={"PYTHONPATH": str(Path(__file__).parent)})
+                               env={"PYTHONPATH": str(Path(__file__).parent),
+                                    "RAINSTORM_SECRET": key.decode()})
         scaler = Autoscaler(connect(srv.url), backend, POLICY, job_id=job.id)
         stop = threading.Event()
         threading.Thread(target=scaler.run, args=(stop,), daemon=True).start()

@@ -54,8 +54,14 @@ def main() -> int:
                          else "none", "claim_idle_ms": idle,
                          "kills": chaos.count if chaos else 0, "seconds": round(secs, 3),
                          "claimed": c.get("s0:claimed", 0), "rejected": c.get("s0:rejected", 0),
+                         # healthy input: any dead letter is a false poison verdict
+                         "dead_letters": c.get("s0:dead", 0) + c.get("s0:dead_records", 0),
                          "correct": ok, "error": err})
-    return finish("claim_idle", rows, a.out, lambda path: plot(rows, path, mb))
+    status = finish("claim_idle", rows, a.out, lambda path: plot(rows, path, mb))
+    if any(int(str(row["dead_letters"])) for row in rows):
+        print("DEAD LETTERS from healthy input (faults must never dead-letter)", file=sys.stderr)
+        return 1
+    return status
 
 
 def plot(rows: list[dict[str, object]], path: Path, mb: float) -> None:

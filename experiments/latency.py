@@ -16,6 +16,7 @@ Writes experiments/results/latency.{csv,png}.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -69,6 +70,7 @@ def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
     spec = tmp / f"{job}.yaml"
     spec.write_text(SPEC.format(key=key))
     env = dict(os.environ, RAINSTORM_REDIS=url)
+    env.setdefault("RAINSTORM_SECRET", secrets.token_hex(32))  # signs the spec; workers verify
     r = connect(url)
     coord = subprocess.Popen([sys.executable, "-m", "rainstorm", "submit", str(spec), "--job", job],
                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL,

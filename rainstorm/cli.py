@@ -35,8 +35,17 @@ class _UsageFailure(_Failure):
     exit_code = 2
 
 
+class _Incomplete(_Failure):
+    """The result is printed but misses dead-lettered input: exit status 3."""
+
+    exit_code = 3
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"rainstorm: {self.message}", err=True)
+
+
 def _Exit(message: str, code: int) -> _Failure:
-    return _UsageFailure(message) if code == 2 else _Failure(message)
+    return {2: _UsageFailure, 3: _Incomplete}.get(code, _Failure)(message)
 
 
 def _guard(fn: F) -> F:
@@ -60,11 +69,40 @@ def _guard(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-redis_option = click.option(
+_redis_url_option = click.option(
     "--redis", "redis_url", envvar="RAINSTORM_REDIS", metavar="URL",
     help="redis://[user:password@]host:port/db, rediss://…, unix:///path (env RAINSTORM_REDIS)",
 )
+CONNECT_TIMEOUT_META = "rainstorm.connect_timeout_s"
+
+
+def _remember_connect_timeout(ctx: click.Context, _param: Any, value: float | None) -> None:
+    if value is not None:
+        ctx.meta[CONNECT_TIMEOUT_META] = value
+
+
+_connect_timeout_option = click.option(
+    "--connect-timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
+    expose_value=False, callback=_remember_connect_timeout,
+    help="wait this long for a Redis that is down or not up yet, then fail "
+         "(default 60; env RAINSTORM_CONNECT_TIMEOUT)",
+)
+
+
+def redis_option(fn: F) -> F:
+    """--redis URL and --connect-timeout SECONDS (read by ``_client``)."""
+    return _redis_url_option(_connect_timeout_option(fn))
+
+
+def _connect_timeout() -> float | None:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(CONNECT_TIMEOUT_META) if ctx else None
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+skip_bad_option = click.option(
+    "--skip-bad-records", "skip_bad", is_flag=True, default=False,
+    help="accept a result without the input that went to the dead-letter stream (a "
+         "warning, exit 0; sets settings.skip_bad_records); without it such a batch job "
+         "ends INCOMPLETE, exit status 3")
 
 
 @click.group()
@@ -77,13 +115,11 @@ def main(verbose: int) -> None:
 
 
 def _client(redis_url: str | None) -> redis.Redis:
-    from rainstorm.connection import check_server, connect
+    from rainstorm.connection import open_checked
 
     if not redis_url:
         raise _Exit("no Redis given: pass --redis URL or set RAINSTORM_REDIS", 2)
-    r = connect(redis_url)
-    check_server(r)
-    return r
+    return open_checked(redis_url, wait_s=_connect_timeout())[0]
 
 
 def _print_result(result: dict[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
@@ -146,6 +182,7 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
               help="after each commit, WAITAOF: the commit is fsynced to the AOF")
 @click.option("--top", "top_n", type=int, default=None, help="rows to show (default: spec)")
 @click.option("--no-progress", is_flag=True)
+@skip_bad_option
 @click.option("--autoscale", metavar="MIN:MAX", default=None,
               help="instead of --workers: per stage, keep MIN to MAX local workers, sized "
                    "by the autoscaler (watermarks: see `rainstorm autoscale --help`)")
@@ -156,7 +193,8 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
         job_id: str | None, output: str | None, allow: tuple[str, ...], allow_exec: bool,
         persistence: str,
         rdb_every_s: int, replicas: int, wait_replicas: int | None, wait_aof: bool | None,
-        top_n: int | None, no_progress: bool, autoscale: str | None, as_json: bool) -> None:
+        top_n: int | None, no_progress: bool, skip_bad: bool, autoscale: str | None,
+        as_json: bool) -> None:
     """Run SPEC to completion (embedded Redis and local workers unless --redis).
 
     SPEC may be a Python script instead (SPEC.py [ARGS]...; script options
@@ -172,16 +210,16 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
         raise _Exit(f"unexpected extra arguments: {' '.join(extra)}", 2)
     from rainstorm.autoscale.policy import ScalePolicy
     from rainstorm.coordinator.inputs import resolve_inputs
+    from rainstorm.coordinator.outputs import check_writable
     from rainstorm.coordinator.result import to_json, write_atomically
     from rainstorm.coordinator.run import run_job
     from rainstorm.spec import load_spec
 
     policy = ScalePolicy.parse_bounds(autoscale) if autoscale else None
-    spec = load_spec(spec_path, list(overrides))
-    waits = {k: v for k, v in (("wait_replicas", wait_replicas), ("wait_aof", wait_aof))
-             if v is not None}
-    if waits:
-        spec = spec.model_copy(update={"settings": spec.settings.model_copy(update=waits)})
+    if output:  # before anything runs: a result that cannot be written is lost
+        check_writable(output, "--output")
+    spec = _with_settings(load_spec(spec_path, list(overrides)), wait_replicas=wait_replicas,
+                          wait_aof=wait_aof, skip_bad_records=skip_bad or None)
     total = 0
     if spec.source.type == "text":
         total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
@@ -193,15 +231,13 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
                          redis_url=redis_url, job_id=job_id, allow_modules=allow,
                          allow_exec=allow_exec, persistence=persistence, replicas=replicas,
                          rdb_every_s=rdb_every_s, autoscale=policy,
-                         on_progress=update if show else None)
+                         on_progress=update if show else None,
+                         connect_timeout_s=_connect_timeout())
     if output:  # the spec's own file sink was written when the result was stored
         write_atomically(output, to_json(report.result))
     _print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
     mb = report.total_bytes / 1e6
     warn = report.status.counters.get("s0:invalid_utf8_entries", 0)
-    dead = sum(s.dead for s in report.status.stages)
-    dead_rec = sum(report.status.counters.get(f"s{s.index}:dead_records", 0)
-                   for s in report.status.stages)
     who = f"autoscaled {autoscale} workers per stage" if autoscale else f"{workers} workers"
     click.echo(
         f"job {report.job_id}: {mb:.1f} MB in {report.seconds:.2f} s "
@@ -211,9 +247,31 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
     if warn:
         click.echo(f"warning: {warn} input batches held invalid UTF-8; bad bytes were "
                    "replaced by U+FFFD", err=True)
-    if dead or dead_rec:
-        click.echo(f"warning: {dead} entries and {dead_rec} records went to the dead-letter "
-                   f"stream {keys.dlq(report.job_id)}", err=True)
+    _check_complete(report.job_id, spec, report.status.dead_letters)
+
+
+def _with_settings(spec: Any, **settings: Any) -> Any:
+    """``spec`` with the settings given on the command line (None: the spec's)."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if not given:
+        return spec
+    return spec.model_copy(update={"settings": spec.settings.model_copy(update=given)})
+
+
+def _check_complete(job_id: str, spec: Any, dead_letters: int) -> None:
+    """After the result is printed: a batch job with dead letters exits 3
+    (IncompleteResult) unless bad records are skipped by choice (a warning)."""
+    from rainstorm.coordinator.result import check_complete
+
+    if spec.unbounded:  # a streaming job's letters can be requeued while it runs
+        if dead_letters:
+            click.echo(f"warning: {dead_letters} dead letters in {keys.dlq(job_id)}, see "
+                       f"`rainstorm dlq {job_id}`", err=True)
+        return
+    skip = spec.settings.skip_bad_records
+    note = check_complete(job_id, dead_letters, dead_letters > 0 and not skip)
+    if note:
+        click.echo(note, err=True)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -262,21 +320,31 @@ def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--job", "job_id", envvar="RAINSTORM_JOB",
               help="job id; submitting an existing id resumes it (env RAINSTORM_JOB)")
 @click.option("--timeout", "timeout_s", type=float, default=None)
+@click.option("--insecure-unsigned", "unsigned", is_flag=True,
+              envvar="RAINSTORM_INSECURE_UNSIGNED",
+              help="DEVELOPMENT ONLY: without RAINSTORM_SECRET, submit the spec unsigned "
+                   "(only workers started with --insecure-accept-unsigned run it)")
+@skip_bad_option
 @json_option
 @_guard
 def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str, ...],
            redis_url: str | None, job_id: str | None, timeout_s: float | None,
-           as_json: bool) -> None:
+           unsigned: bool, skip_bad: bool, as_json: bool) -> None:
     """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere).
 
     SPEC is a YAML/JSON file (env RAINSTORM_SPEC); without one, the spec's
-    YAML text is read from the environment variable RAINSTORM_SPEC_YAML."""
+    YAML text is read from the environment variable RAINSTORM_SPEC_YAML.
+    The spec is signed with RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE),
+    the key the workers hold."""
     import os
 
+    from rainstorm.connection import connect_timeout_s, wait_out_outage
     from rainstorm.coordinator.driver import drive
+    from rainstorm.coordinator.result import completeness
     from rainstorm.coordinator.run import prepare
     from rainstorm.coordinator.submit import submit as do_submit
     from rainstorm.spec import load_spec, parse_spec_text
+    from rainstorm.spec_signature import submitter_key
 
     inline = os.environ.get("RAINSTORM_SPEC_YAML", "")
     if spec_path:
@@ -286,13 +354,23 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     else:
         raise _Exit("no job given: pass SPEC, or set RAINSTORM_SPEC (a spec file) or "
                     "RAINSTORM_SPEC_YAML (the spec's YAML text)", 2)
+    spec = _with_settings(spec, skip_bad_records=skip_bad or None)
     job, files = prepare(spec, list(inputs) or None, job_id)
+    key = submitter_key(unsigned=unsigned)  # no key: one line, before Redis is touched
+    if key is None:
+        click.echo("warning: --insecure-unsigned: the spec is not signed; only workers in "
+                   "development mode (--insecure-accept-unsigned) run it", err=True)
     r = _client(redis_url)
-    lua.load_library(r)
-    fresh = do_submit(r, job, files)
+
+    def submit_once() -> bool:  # safe to repeat: a job already there is resumed
+        lua.load_library(r)
+        return do_submit(r, job, files, key=key, unsigned=key is None)
+
+    fresh = wait_out_outage(submit_once, connect_timeout_s(_connect_timeout()), "Redis")
     click.echo(f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)
-    result = drive(r, job, timeout_s=timeout_s)
+    result = drive(r, job, timeout_s=timeout_s)  # a failure marks the job failed
     _print_result(result, spec.sink.top, as_json)
+    _check_complete(job.id, spec, completeness(r, job.id)[0])
 
 
 @main.command()
@@ -307,17 +385,37 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
               help="top-level modules operators may be imported from")
 @click.option("--allow-exec", is_flag=True, envvar="RAINSTORM_ALLOW_EXEC",
               help="run jobs whose operators are external programs")
+@click.option("--allow-exec-path", "exec_paths", multiple=True, metavar="PROG",
+              envvar="RAINSTORM_ALLOW_EXEC_PATHS",
+              help="run only these programs (names or paths, as PATH resolves them; "
+                   "repeatable or comma-separated; implies --allow-exec)")
+@click.option("--insecure-accept-unsigned", "insecure", is_flag=True,
+              envvar="RAINSTORM_INSECURE_UNSIGNED",
+              help="DEVELOPMENT ONLY: run job specs nobody signed; anyone who can write to "
+                   "the Redis can then run code on this worker")
 @_guard
 def worker(redis_url: str | None, job_id: str | None, burst: bool, stage: int | None,
-           worker_id: str | None, allow: tuple[str, ...], allow_exec: bool) -> None:
-    """Run a worker: consume, compute, commit, until stopped."""
+           worker_id: str | None, allow: tuple[str, ...], allow_exec: bool,
+           exec_paths: tuple[str, ...], insecure: bool) -> None:
+    """Run a worker: consume, compute, commit, until stopped.
+
+    It runs only job specs signed with the shared RAINSTORM_SECRET (or
+    RAINSTORM_SECRET_FILE) of their submitter."""
     from rainstorm.operators.resolve import allowed_modules_from_env
+    from rainstorm.signing import secret_key
     from rainstorm.worker.loop import Worker, WorkerOptions
 
+    key = secret_key()
+    if key is None and not insecure:
+        raise _Exit("no RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE) set: "
+                    "workers run only job specs signed with the submitters' key; set the "
+                    "same key here, or for development only pass --insecure-accept-unsigned", 2)
     allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
         allowed_modules_from_env()
     opts = WorkerOptions(job=job_id, burst=burst, stage=stage, allow_modules=allow_all,
-                         allow_exec=allow_exec)
+                         allow_exec=allow_exec, secret=key, insecure_unsigned=insecure,
+                         allow_exec_paths=tuple(p for item in exec_paths
+                                                for p in item.split(",") if p))
     if worker_id:
         opts.worker_id = worker_id
     w = Worker(_client(redis_url), opts)
@@ -388,6 +486,7 @@ def workers(redis_url: str | None, prune_s: float | None, as_json: bool) -> None
     for row in rows:
         row["pinned"] = "-" if row["stage"] is None else f"{row['job'] or '*'}:s{row['stage']}"
         row["where"] = row["container"] or row["host"]
+        row["state"] = "busy" if row["busy"] else row["state"]
     _table("rainstorm workers", rows, ["id", "where", "pid", "state", "heartbeat_age_s",
                                         "pinned", "current", "batches"])
 
@@ -498,6 +597,7 @@ def autoscale(bounds: str, redis_url: str | None, job_id: str | None, backend: s
     from rainstorm.autoscale.backends import Backend, DockerBackend, LocalBackend
     from rainstorm.autoscale.controller import Autoscaler
     from rainstorm.autoscale.policy import ScalePolicy
+    from rainstorm.signing import secret_key
 
     policy = ScalePolicy.parse_bounds(bounds, high_backlog_s=high_backlog_s,
                                       low_utilization=low_utilization, period_s=period_s,
@@ -507,6 +607,8 @@ def autoscale(bounds: str, redis_url: str | None, job_id: str | None, backend: s
     env = {"RAINSTORM_ALLOW_MODULES": ",".join(allow)} if allow else {}
     if allow_exec:
         env["RAINSTORM_ALLOW_EXEC"] = "1"
+    if backend == "docker" and (key := secret_key()) is not None:  # local ones inherit it
+        env["RAINSTORM_SECRET"] = key.decode()  # containers verify specs with it too
     chosen: Backend = (DockerBackend(r, url, image, network, env) if backend == "docker"
                        else LocalBackend(r, url, allow, allow_exec))
     stop = threading.Event()
@@ -632,8 +734,8 @@ def status(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
 @json_option
 @_guard
 def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> None:
-    """Print a finished job's result."""
-    from rainstorm.coordinator.result import load_stored
+    """Print a finished job's result (exit status 3: INCOMPLETE, input was dead-lettered)."""
+    from rainstorm.coordinator.result import check_complete, completeness, load_stored
     from rainstorm.coordinator.status import load_job
 
     r = _client(redis_url)
@@ -646,6 +748,9 @@ def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> Non
         click.echo(f"job {job_id} is a streaming job ({state.decode()}): its result so far",
                    err=True)
     _print_result(load_stored(r, job), top_n, as_json)
+    note = check_complete(job_id, *completeness(r, job_id))
+    if note:
+        click.echo(note, err=True)
 
 
 @main.command()

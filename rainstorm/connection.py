@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from rainstorm.errors import ServerError
+from rainstorm.errors import ServerError, UsageError
 
 log = logging.getLogger(__name__)
 
 MIN_VERSION = (7, 0, 0)
+T = TypeVar("T")
+
+# start-up waits this long for an unreachable Redis (restarting, not up yet)
+DEFAULT_CONNECT_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_ENV = "RAINSTORM_CONNECT_TIMEOUT"
+# a server that accepts the connection but does not answer the handshake in
+# this long is not a usable Redis (an HTTP port, a stalled process)
+HANDSHAKE_TIMEOUT_S = 5.0
 
 # errors meaning "Redis is restarting, loading, or failing over": wait and retry
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
@@ -91,17 +103,16 @@ def parse_version(text: str) -> tuple[int, int, int]:
         return (0, 0, 0)
 
 
-def check_server(r: redis.Redis) -> str:
-    """Refuse servers rainstorm cannot run on; return a short description."""
-    try:
-        info = r.info("server")
-    except redis.AuthenticationError as exc:
-        raise ServerError(f"Redis refused the credentials: {exc}") from None
-    except redis.ConnectionError as exc:
-        raise ServerError(f"cannot reach Redis: {exc}") from None
+def check_server(r: redis.Redis, where: str = "Redis") -> str:
+    """Refuse servers rainstorm cannot run on; return a short description.
+
+    A server that is down (refused, loading, timing out while connecting)
+    raises one of REDIS_DOWN, for the caller to wait out (``open_checked``);
+    every other problem is a ServerError naming it, on one line."""
+    info = _handshake(r, where)
     name = "valkey" if "valkey_version" in info else "redis"
     version = str(info.get("valkey_version") or info.get("redis_version", "0"))
-    if name == "redis" and parse_version(version) < MIN_VERSION:
+    if name == "redis" and info and parse_version(version) < MIN_VERSION:
         raise ServerError(
             f"Redis {version} is too old: rainstorm needs Redis >= 7.0 (FUNCTIONs, XAUTOCLAIM)"
         )
@@ -114,4 +125,97 @@ def check_server(r: redis.Redis) -> str:
             f"maxmemory-policy is {policy!r}: rainstorm needs 'noeviction' "
             "(an evicting Redis silently drops stream entries)"
         )
-    return f"{name} {version}"
+    return f"{name} {version}" if info else f"{name} (version unknown: INFO not permitted)"
+
+
+def _handshake(r: redis.Redis, where: str) -> dict[str, Any]:
+    """INFO server (an empty dict if this user may not run INFO), with every
+    answer that is not an outage turned into one ServerError line."""
+    try:
+        try:
+            return dict(r.info("server"))
+        except redis.exceptions.NoPermissionError:
+            r.ping()  # a restricted user: logging in and answering is all we can check
+            return {}
+    except redis.AuthenticationError as exc:
+        raise ServerError(f"{where} refused the credentials: {exc}") from None
+    except redis.TimeoutError as exc:
+        if "connecting" in str(exc):
+            raise  # no answer to the connect itself: down or not up yet, wait
+        raise ServerError(
+            f"{where} accepted the connection but did not answer within "
+            f"{HANDSHAKE_TIMEOUT_S:g} s: is it a Redis server (or a stopped one)?"
+        ) from None
+    except redis.exceptions.InvalidResponse as exc:
+        raise ServerError(f"{where} does not speak the Redis protocol ({exc}): is the URL "
+                          "pointing at a Redis server?") from None
+    except redis.ResponseError as exc:
+        raise ServerError(f"{where} refused the connection: {exc}") from None
+
+
+def connect_timeout_s(given: float | None = None) -> float:
+    """How long start-up waits for an unreachable Redis: ``given``, else
+    $RAINSTORM_CONNECT_TIMEOUT, else DEFAULT_CONNECT_TIMEOUT_S (seconds)."""
+    if given is not None:
+        return max(given, 0.0)
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise UsageError(f"{CONNECT_TIMEOUT_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def wait_out_outage(fn: Callable[[], T], limit_s: float, what: str) -> T:
+    """``fn()``, retried with backoff while Redis is down, for up to ``limit_s``
+    seconds; then one ServerError line.  Wrong credentials are not waited out."""
+    start = time.monotonic()
+    warned = False
+    while True:
+        try:
+            return fn()
+        except redis.AuthenticationError as exc:
+            raise ServerError(f"{what} refused the credentials: {exc}") from None
+        except REDIS_DOWN as exc:
+            waited = time.monotonic() - start
+            if waited >= limit_s:
+                raise ServerError(
+                    f"cannot reach {what} (tried for {waited:.0f} s): {str(exc).rstrip('.')}; "
+                    "wait longer with "
+                    f"--connect-timeout SECONDS or {CONNECT_TIMEOUT_ENV}"
+                ) from None
+            if not warned:
+                warned = True
+                log.warning("%s unavailable (%s); retrying for up to %.0f s", what, exc, limit_s)
+            time.sleep(min(outage_backoff_s(waited), max(limit_s - waited, 0.01)))
+
+
+def open_checked(url: str, *, wait_s: float | None = None) -> tuple[redis.Redis, str]:
+    """``connect(url)`` after ``check_server`` accepted the server: returns the
+    client and the server's description.
+
+    The check runs on a probe client with HANDSHAKE_TIMEOUT_S socket timeouts,
+    so a port that is not Redis fails within seconds.  A Redis that is down
+    or not up yet is waited for, with backoff, up to ``wait_s`` seconds
+    (default: ``connect_timeout_s()``), like the steady state rides out an
+    outage; then it fails with one line."""
+    r = connect(url)
+    where = f"Redis at {redact(url)}"
+    probe = _probe_client(url)
+    try:
+        desc = wait_out_outage(lambda: check_server(probe, where), connect_timeout_s(wait_s), where)
+    finally:
+        probe.close()
+    return r, desc
+
+
+def _probe_client(url: str) -> redis.Redis:
+    if url.startswith(SENTINEL_SCHEME):
+        return connect(url, retries=0)  # Sentinel clients have their own timeouts
+    return redis.Redis.from_url(url, socket_timeout=HANDSHAKE_TIMEOUT_S,
+                                socket_connect_timeout=HANDSHAKE_TIMEOUT_S,
+                                retry=Retry(NoBackoff(), 0))

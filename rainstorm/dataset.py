@@ -23,7 +23,9 @@ or any Python callable.  A module-level function of an importable module is
 sent by reference (``module:function``; workers must be allowed to import it,
 which local workers are); anything else (a lambda, a closure, a function of
 ``__main__`` / the script) is pickled with cloudpickle and signed with the
-shared ``RAINSTORM_SECRET`` (see rainstorm.signing).  A few callables map to
+shared ``RAINSTORM_SECRET`` (see rainstorm.signing), or, for an action on an
+embedded server (no ``redis_url``: every worker is a child of this process),
+with a random key of this process when none is set.  A few callables map to
 built-ins and need neither: ``str.split`` (split_words), ``str.lower``,
 ``str.upper``, ``str.strip``, ``len`` (length), and ``min``/``max`` in
 ``reduce_by_key``.
@@ -52,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from rainstorm import signing
-from rainstorm.errors import UsageError
+from rainstorm.errors import IncompleteResult, UsageError
 from rainstorm.spec import JobSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -327,7 +329,7 @@ class Dataset:
         if self.bounded:
             raise UsageError("Dataset.start(): this dataset ends; use collect(), count(), "
                              "top() or save()")
-        spec = self._spec(self._p.ops)
+        spec = self._spec(self._p.ops, _run_key(run))
         if sink is not None:
             target = {"type": "file", "path": str(Path(sink).resolve())}
             spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=target)})
@@ -354,10 +356,10 @@ class Dataset:
             return self
         return self._then(_Op("key_by", "pair_key", {}, "pair_value"), keyed=True)
 
-    def _spec(self, ops: tuple[_Op, ...]) -> JobSpec:
+    def _spec(self, ops: tuple[_Op, ...], key: bytes | None = None) -> JobSpec:
         if not ops:
             ops = (_Op("map", "identity"),)  # a spec needs one operator
-        pipeline = [_encode(op, n) for n, op in enumerate(ops)]
+        pipeline = [_encode(op, n, key) for n, op in enumerate(ops)]
         return parse_spec({"name": self._p.name, "source": self._p.source,
                            "pipeline": pipeline, "settings": self._p.settings},
                           origin="built by Dataset")
@@ -368,10 +370,25 @@ class Dataset:
             raise UsageError(f"Dataset.{action}(): this dataset reads the "
                              f"{self._p.source.get('type')} {self._p.source.get('key')!r}, "
                              "which never ends; only explain(), spec() and start() apply")
-        spec = self._spec(self._p.ops if ops is None else ops)
+        spec = self._spec(self._p.ops if ops is None else ops, _run_key(run))
         if sink:
             spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=sink)})
         return execute(spec, raw_keys=sink is None, **run)
+
+
+def _target_url(redis_url: str | None = _UNSET) -> str | None:
+    """The Redis an action runs on: its own, the default, env
+    RAINSTORM_REDIS, else None (an embedded server)."""
+    url = _defaults.redis_url if redis_url is _UNSET else redis_url
+    return url or os.environ.get("RAINSTORM_REDIS") or None
+
+
+def _run_key(run: dict[str, Any]) -> bytes | None:
+    """The key inline functions are signed with: on an embedded server (every
+    worker a child of this process) the shared key or this process's random
+    one; on a given Redis, whose workers may run anywhere, None (the shared
+    RAINSTORM_SECRET, required)."""
+    return signing.local_key() if _target_url(run.get("redis_url", _UNSET)) is None else None
 
 
 def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
@@ -386,8 +403,7 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     from rainstorm.state import read_state
 
     global last_report
-    url = _defaults.redis_url if redis_url is _UNSET else redis_url
-    url = url or os.environ.get("RAINSTORM_REDIS") or None
+    url = _target_url(redis_url)
     n = _defaults.workers if workers is _UNSET else workers
     n = 2 if n is None else n
     if n < 0:
@@ -402,19 +418,28 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
         report = env.run(spec, workers=n, job_id=job.id, allow_modules=allow,
                          timeout_s=timeout)
         last_report = report
-        dead = sum(s.dead for s in report.status.stages)
-        dead_rec = sum(report.status.counters.get(f"s{s.index}:dead_records", 0)
-                       for s in report.status.stages)
-        if dead or dead_rec:
-            log.warning("job %s: %d entries and %d records went to the dead-letter stream "
-                        "rs:{%s}:dlq", report.job_id, dead, dead_rec, report.job_id)
-        if not isinstance(report.result, dict) or not raw_keys:
-            return report.result
-        r = connect(env.url)
-        try:  # the fold with the keys' own types (the report has them as JSON text)
-            return read_state(r, Job.build(report.job_id, spec), allow=("*",))
-        finally:
-            r.close()
+        result = report.result
+        if isinstance(result, dict) and raw_keys:
+            r = connect(env.url)
+            try:  # the fold with the keys' own types (the report has them as JSON text)
+                result = read_state(r, Job.build(report.job_id, spec), allow=("*",))
+            finally:
+                r.close()
+        _check_complete(spec, report.job_id, report.status.dead_letters, result)
+        return result
+
+
+def _check_complete(spec: JobSpec, job_id: str, dead: int, result: Any) -> None:
+    """Dead letters in a batch job: IncompleteResult (carrying ``result``),
+    unless ``settings.skip_bad_records`` (``with_settings(skip_bad_records=
+    True)``) accepts them; then, and for a streaming job, a warning."""
+    if not dead:
+        return
+    if spec.unbounded or spec.settings.skip_bad_records:
+        log.warning("job %s: %d dead letters (bad records skipped), see `rainstorm dlq %s`",
+                    job_id, dead, job_id)
+        return
+    raise IncompleteResult(job_id, dead, result)
 
 
 def run_script(path: str, argv: Iterable[str] = (), *, redis_url: str | None = None,
@@ -438,7 +463,7 @@ def run_script(path: str, argv: Iterable[str] = (), *, redis_url: str | None = N
 
 # -- encoding functions ------------------------------------------------------------
 
-def _encode(op: _Op, n: int) -> dict[str, Any]:
+def _encode(op: _Op, n: int, key: bytes | None = None) -> dict[str, Any]:
     where = f"pipeline.{n}"
     if op.op == "repartition":
         return {"op": "repartition", "partitions": op.partitions}
@@ -447,20 +472,21 @@ def _encode(op: _Op, n: int) -> dict[str, Any]:
     if op.op == "window":
         assert op.fn is not None and op.window is not None
         out_w: dict[str, Any] = {"op": "window",
-                                 "time": encode_fn(op.fn, f"{where}.time (window)"),
+                                 "time": _encode_fn(op.fn, f"{where}.time (window)", key),
                                  **op.window}
         if op.args:
             out_w["args"] = op.args
         return out_w
     if op.op == "reduce_by_key":
         assert op.fn is not None
-        return {"op": "reduce_by_key", "fn": encode_fn(op.fn, f"{where}.fn (reduce_by_key)")}
+        return {"op": "reduce_by_key",
+                "fn": _encode_fn(op.fn, f"{where}.fn (reduce_by_key)", key)}
     assert op.fn is not None
-    out: dict[str, Any] = {"op": op.op, "fn": encode_fn(op.fn, f"{where}.fn ({op.op})")}
+    out: dict[str, Any] = {"op": op.op, "fn": _encode_fn(op.fn, f"{where}.fn ({op.op})", key)}
     if op.args:
         out["args"] = op.args
     if op.value is not None:
-        out["value"] = encode_fn(op.value, f"{where}.value ({op.op})")
+        out["value"] = _encode_fn(op.value, f"{where}.value ({op.op})", key)
     return out
 
 
@@ -468,6 +494,10 @@ def encode_fn(fn: Fn, where: str = "fn") -> str:
     """A spec ``fn`` string for ``fn``: a name as is, a built-in equivalent, an
     importable module-level function by reference, anything else pickled and
     signed (UsageError without RAINSTORM_SECRET)."""
+    return _encode_fn(fn, where)
+
+
+def _encode_fn(fn: Fn, where: str, key: bytes | None = None) -> str:
     if isinstance(fn, str):
         return fn
     if not callable(fn):
@@ -480,25 +510,25 @@ def encode_fn(fn: Fn, where: str = "fn") -> str:
     ref = importable_ref(fn)
     if ref is not None:
         return ref
-    return signing.dump_callable(fn, where)
+    return signing.dump_callable(fn, where, key)
 
 
 def importable_ref(fn: Any) -> str | None:
-    """``module:qualname`` when a worker can import ``fn`` by that name: a
-    module-level function (or class attribute) of an imported module other
-    than ``__main__``/``builtins``; None for lambdas, closures and the like."""
+    """``module:name`` when a worker can import ``fn`` by that name: a public
+    module-level function (or class) of an imported module other than
+    ``__main__``/``builtins``; None for lambdas, closures, methods, ``_private``
+    functions and the like (workers resolve only ``module:public_name``)."""
     mod = getattr(fn, "__module__", None)
     qual = getattr(fn, "__qualname__", None)
-    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual:
+    if not isinstance(mod, str) or not isinstance(qual, str) or not qual.isidentifier() \
+            or qual.startswith("_"):
         return None
     if mod in ("__main__", "__mp_main__", "builtins") or mod.split(".")[0] == "pickle":
         return None
     obj: Any = sys.modules.get(mod)
     if obj is None or getattr(obj, "__name__", None) != mod:
         return None
-    for part in qual.split("."):
-        obj = getattr(obj, part, None)
-    return f"{mod}:{qual}" if obj is fn else None
+    return f"{mod}:{qual}" if getattr(obj, "__dict__", {}).get(qual) is fn else None
 
 
 def _spec_refs(spec: JobSpec) -> tuple[str, ...]:

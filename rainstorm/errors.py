@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RainstormError(Exception):
     """A problem the user can fix; the CLI prints it on one line."""
@@ -19,6 +21,21 @@ class ServerError(RainstormError):
     """The Redis server is unusable (too old, wrong policy, unreachable)."""
 
 
+class ProtocolError(ServerError):
+    """Redis answered outside the FUNCTION library's contract (an unknown
+    status), or holds a library of another version than this rainstorm's."""
+
+
+class CallTooLarge(RainstormError):
+    """One FCALL would exceed a cap of the FUNCTION library (``MAX_*`` in
+    rainstorm/lua/rainstorm.lua); the library would refuse it.  ``what``
+    names the cap's quantity (e.g. ``n_dead``, ``bytes``)."""
+
+    def __init__(self, function: str, what: str, size: int, cap: int) -> None:
+        super().__init__(f"{function}: {what} is {size}, above the library's cap of {cap}")
+        self.function, self.what, self.size, self.cap = function, what, size, cap
+
+
 class JobFailed(RainstormError):
     """The job cannot finish with a correct result."""
 
@@ -29,3 +46,19 @@ class JobStopped(JobFailed):
     def __init__(self, job_id: str, state: str) -> None:
         super().__init__(f"job {job_id} is {state}")
         self.state = state
+
+
+class IncompleteResult(RainstormError):
+    """A batch job finished, but some of its input went to the dead-letter
+    stream, so its result misses it (exit status 3).  ``result``: the partial
+    result (where the caller has it); opt into skipping bad records with
+    ``settings.skip_bad_records`` (`--skip-bad-records`)."""
+
+    exit_code = 3
+
+    def __init__(self, job_id: str, dead_letters: int, result: Any = None) -> None:
+        super().__init__(f"result INCOMPLETE: {dead_letters} dead letters, see "
+                         f"`rainstorm dlq {job_id}` (or accept them: --skip-bad-records)")
+        self.job_id = job_id
+        self.dead_letters = dead_letters
+        self.result = result

@@ -11,14 +11,23 @@ key                             type         written by / meaning
 ``rs:worker:<id>:stop``         string       kill-worker / autoscaler: asks worker
                                              <id> to finish its batch and exit
 ``rs:{job}:spec``               string       submit: the validated spec (JSON)
+``rs:{job}:sig``                string       submit, in the transaction that sets
+                                             the spec: HMAC-SHA256 of job id + spec
+                                             (rainstorm.spec_signature); workers
+                                             run only specs it verifies
 ``rs:{job}:meta``               hash         coordinator: state, input files,
-                                             created/finished times, error
+                                             created/finished times, error; a
+                                             finished batch job's ``dead_letters``
+                                             and ``incomplete`` (1: its result
+                                             misses dead-lettered input)
 ``rs:{job}:cursor``             hash         FCALL rainstorm_load: ``pos`` =
                                              ``<file index>:<byte offset>`` of the
                                              next input byte, or ``done``
 ``rs:{job}:counters``           hash         FCALLs: ``s<i>:emitted``,
                                              ``s<i>:committed``, ``s<i>:dead``,
                                              ``s<i>:rejected``, ``s<i>:claimed``,
+                                             ``s<i>:dead_deltas`` (coordinator:
+                                             bad deltas dead-lettered),
                                              ``s<i>:records_in`` ... per stage;
                                              workers: ``s<i>:lat:<le_ms>``,
                                              ``s<i>:lat:sum_us``, ``s<i>:lat:count``
@@ -40,13 +49,24 @@ key                             type         written by / meaning
                                              list of [key, value]), exactly once
 ``rs:{job}:sink``               hash         coordinator, streaming file sink:
                                              ``last_id`` written, file ``size``
-``rs:{job}:dlq``                stream       dead letters: uid, stage, error,
-                                             deliveries, record or entry data
+``rs:{job}:dlq``                stream       dead letters: uid, stage, kind
+                                             (entry, record; coordinator: delta,
+                                             output = an undecodable delta-log or
+                                             output entry), error, deliveries, data
+``rs:{job}:failures``           hash         workers: ``<stream>/<entry id>`` ->
+                                             failed runs of that pending entry
+                                             (operator raised, timed out or
+                                             crashed its isolated child); a
+                                             field is removed when its entry
+                                             is committed or dead-lettered
 ``rs:{job}:result``             hash         coordinator, ``redis`` sink only:
                                              the whole final aggregate, key -> value
 ``rs:{job}:top``                zset         coordinator: the 1000 largest keys
                                              of the final aggregate (score = value)
-``rs:{job}:compact:s<i>``       string       worker: short lease on compaction
+``rs:{job}:compact:s<i>``       string       coordinator or worker: 5 s lease on
+                                             compaction = its holder's id
+                                             (rainstorm.lease), renewed while
+                                             it works
 ==============================  ===========  =====================================
 """
 
@@ -67,6 +87,10 @@ def _job(job: str) -> str:
 
 def spec(job: str) -> str:
     return f"{_job(job)}:spec"
+
+
+def spec_signature(job: str) -> str:
+    return f"{_job(job)}:sig"
 
 
 def meta(job: str) -> str:
@@ -115,6 +139,14 @@ def sink(job: str) -> str:
 
 def dlq(job: str) -> str:
     return f"{_job(job)}:dlq"
+
+
+def failures(job: str) -> str:
+    return f"{_job(job)}:failures"
+
+
+def failure_field(stream: str, entry_id: str) -> str:
+    return f"{stream}/{entry_id}"
 
 
 def result(job: str) -> str:

@@ -36,7 +36,8 @@ def job_ids(r: redis.Redis) -> list[str]:
 
 
 def workers(r: redis.Redis, now: float | None = None) -> list[dict[str, Any]]:
-    """Every worker that has sent a heartbeat, alive or (silent > 5 s) dead."""
+    """Every worker that has sent a heartbeat, alive or (silent > 5 s) dead;
+    ``busy``: alive and running batches (not waiting for work)."""
     raw: Any = r.hgetall(keys.WORKERS)
     now = time.time() if now is None else now
     rows = []
@@ -50,6 +51,8 @@ def workers(r: redis.Redis, now: float | None = None) -> list[dict[str, Any]]:
                      "container": info.get("container"),
                      "heartbeat_age_s": round(age, 1),
                      "state": "dead" if age > DEAD_AFTER_S else "alive",
+                     # alive and computing (its keep-alive thread beats during a batch)
+                     "busy": age <= DEAD_AFTER_S and info.get("state") == "busy",
                      "current": info.get("current", ""), "batches": info.get("batches", 0),
                      "busy_s": float(info.get("busy_s", 0.0)),
                      "last_seen": float(info.get("last_seen", 0)),
@@ -150,8 +153,9 @@ def dead_letter_row(id_: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
     f = {as_str(k): v for k, v in fields.items()}
     data = f.get("d", b"")
     row: dict[str, Any] = {"id": as_str(id_), "stage": int(f.get("stage", b"0")),
-                           "kind": as_str(f.get("kind", b"?")), "uid": as_str(f.get("uid", b"")),
-                           "error": as_str(f.get("error", b"")),
+                           "kind": as_str(f.get("kind", b"?"), "replace"),
+                           "uid": as_str(f.get("uid", b""), "replace"),  # may be any bytes
+                           "error": as_str(f.get("error", b""), "replace"),
                            "deliveries": int(f.get("deliveries", b"0") or 0),
                            "bytes": len(data), "record": f"<entry of {len(data)} bytes>"}
     if row["kind"] == "record":  # one record: uid, error, deliveries are in its blob

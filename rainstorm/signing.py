@@ -20,6 +20,11 @@ anything (it raises :class:`SignatureError` instead), and the MAC is checked
 in constant time *before* ``pickle.loads`` sees a byte.  Whoever holds the key
 can run code on the workers: treat it like a deploy key.
 
+The same key signs whole job specs (rainstorm.spec_signature).  A run whose
+workers are this process's own children (`rainstorm run`, a Dataset action
+without a ``redis_url``) needs no key set: :func:`local_key` makes a random
+one for the process, which only it and its children ever hold.
+
 Nothing else in rainstorm puts pickle on the wire (records and deltas are
 msgpack).
 """
@@ -32,6 +37,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +85,29 @@ def secret_key(env: dict[str, str] | None = None) -> bytes | None:
         raise UsageError(f"{origin} is too short ({len(raw)} characters; at least "
                          f"{MIN_KEY_CHARS}, e.g. 64 hex digits from secrets.token_hex(32))")
     return raw.encode("utf-8")
+
+
+_ephemeral: list[bytes] = []  # this process's random key, made on first use
+
+
+def local_key() -> bytes:
+    """The shared key if one is set, else this process's ephemeral key: for
+    runs whose workers are children of this process (given the key by it)."""
+    key = secret_key()
+    if key is not None:
+        return key
+    if not _ephemeral:
+        _ephemeral.append(secrets.token_hex(32).encode("ascii"))
+    return _ephemeral[0]
+
+
+def verifying_key(env: dict[str, str] | None = None) -> bytes | None:
+    """The key to verify with: the shared one, else (``env`` not given) the
+    ephemeral key of this process, if it made one."""
+    key = secret_key(env)
+    if key is None and env is None and _ephemeral:
+        return _ephemeral[0]
+    return key
 
 
 def _mac(key: bytes, name: str, payload: bytes) -> str:
@@ -155,7 +184,7 @@ def load_callable(text: str, where: str = "fn",
     """The function in a signed ``fn`` text; verifies the MAC with this
     process's key first and raises SignatureError without unpickling."""
     try:
-        key = secret_key(env)
+        key = verifying_key(env)
     except UsageError as exc:
         raise SignatureError(f"operator {where}: {exc}; it was not unpickled") from None
     payload = verify(text, key, where)

@@ -250,7 +250,14 @@ class Settings(_Model):
     max_backlog: int = Field(default=64, ge=1, description="entries per stream before backpressure")
     claim_idle_ms: int = Field(default=5000, ge=10)
     max_deliveries: int = Field(default=5, ge=1)
+    operator_timeout_s: float = Field(
+        default=300.0, gt=0, le=86400,
+        description="seconds one batch may compute before it fails like a raise")
     compact_every: int = Field(default=32, ge=2, description="delta-log entries per compaction")
+    skip_bad_records: bool = Field(
+        default=False,
+        description="a batch job whose input was dead-lettered succeeds (with a warning) "
+                    "instead of ending INCOMPLETE (exit status 3)")
     wait_replicas: int = Field(default=0, ge=0, description="WAIT for n replicas after commits")
     wait_aof: bool = Field(default=False, description="WAITAOF (local fsync) after commits")
     wait_timeout_ms: int = Field(default=1000, ge=0)

@@ -13,31 +13,85 @@ Two folders exist:
   against one atomic snapshot before trusting it.
 * ``maybe_compact`` (workers): when no coordinator keeps up and the log grows
   past 4 x ``compact_every`` deltas, a worker folds it.
+
+Both hold the short lease ``rs:{job}:compact:s<i>`` while they compact
+(:mod:`rainstorm.lease`: a dead holder's lease is taken over within seconds).
+
+A delta that does not decode, or does not merge (anyone holding a Redis
+password can XADD one), never stops a folder: the coordinator moves it to
+the dead-letter stream (kind ``delta``, counted in ``s<i>:dead_deltas``, so
+the job's result is marked incomplete) and folds on; a worker leaves it there
+and compacts around it; :func:`read_state` skips it with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from rainstorm import keys, lua
+from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.lease import Lease, holder_id
 from rainstorm.operators import aggregates
-from rainstorm.operators.aggregates import Aggregator
+from rainstorm.operators.aggregates import Aggregator, BadDelta
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 30_000
 WORKER_COMPACT_FACTOR = 4  # workers fold only when the coordinator lags far behind
+LEASE_RETRY_S = 0.5  # a folder denied the lease asks again after this long
+DEAD_DELTAS = "dead_deltas"  # counter s<i>:dead_deltas: deltas moved to the dead letters
+
+OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
 
 
-def fold(snap: lua.Snapshot, agg: Aggregator) -> dict[Any, Any]:
-    state = aggregates.decode(snap.base, agg)
-    for blob in snap.deltas:
-        aggregates.merge_blob(state, blob, agg)
+def fold(snap: lua.Snapshot, agg: Aggregator, on_bad: OnBad | None = None,
+         where: str = "state") -> dict[Any, Any]:
+    """The base plus every delta of ``snap``.  A bad delta is handed to
+    ``on_bad`` (default: skipped with a warning); a corrupt base fails the job."""
+    try:
+        state = aggregates.checked(snap.base, agg)
+    except BadDelta as exc:
+        raise JobFailed(f"{where}: the folded aggregate is corrupt ({exc}); the result "
+                        "cannot be trusted") from None
+    for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
+        apply(state, id_, blob, agg, on_bad or _skip)
     return state
+
+
+def apply(state: dict[Any, Any], id_: str, blob: bytes, agg: Aggregator,
+          on_bad: OnBad) -> bool:
+    """Merge one delta, all or nothing; a bad one goes to ``on_bad``."""
+    try:
+        aggregates.merge_checked(state, aggregates.checked(blob, agg), agg)
+    except BadDelta as exc:
+        on_bad(id_, blob, str(exc))
+        return False
+    return True
+
+
+def _skip(id_: str, blob: bytes, why: str) -> None:
+    log.warning("skipping undecodable aggregate delta %s (%d bytes): %s", id_, len(blob), why)
+
+
+def dead_letter_delta(r: redis.Redis, job: Job, stage: int, id_: str, blob: bytes,
+                      why: str) -> None:
+    """Move a bad delta from the log to the dead-letter stream, atomically
+    (the coordinator's job: it is the one folder that writes them)."""
+    log_key = keys.state_log(job.id, stage)
+    log.warning("job %s stage %d: aggregate delta %s is bad (%s): moved to the dead letters",
+                job.id, stage, id_, why)
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(keys.dlq(job.id), {"stage": stage, "kind": "delta", "uid": id_,
+                                 "stream": log_key, "deliveries": 0,
+                                 "error": f"undecodable aggregate delta: {why}", "d": blob})
+    pipe.xdel(log_key, id_)
+    pipe.hincrby(keys.counters(job.id), keys.counter_field(stage, DEAD_DELTAS), 1)
+    pipe.execute()
 
 
 def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None
@@ -47,7 +101,7 @@ def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None
     agg = _agg(job, allow)
     stage = job.plan.last.index
     snap = lua.snapshot(r, base=keys.state(job.id, stage), log=keys.state_log(job.id, stage))
-    return agg.finish(fold(snap, agg))
+    return agg.finish(fold(snap, agg, where=f"job {job.id} stage {stage}"))
 
 
 def _agg(job: Job, allow: tuple[str, ...] | None = None) -> Aggregator:
@@ -59,27 +113,51 @@ def _agg(job: Job, allow: tuple[str, ...] | None = None) -> Aggregator:
     return agg
 
 
-def maybe_compact(r: redis.Redis, job: Job, stage: int, agg: Aggregator | None = None) -> bool:
+_worker_holder: str | None = None
+
+
+def maybe_compact(r: redis.Redis, job: Job, stage: int, agg: Aggregator | None = None,
+                  holder: str | None = None) -> bool:
     """Fold the delta log if it grew too long; ``agg``: the worker's own
-    aggregator (its functions resolved under the worker's allowlist)."""
+    aggregator (its functions resolved under the worker's allowlist).  Bad
+    deltas stay in the log (the coordinator dead-letters them); the others
+    are compacted around them."""
+    global _worker_holder
     log_key = keys.state_log(job.id, stage)
     if r.xlen(log_key) < WORKER_COMPACT_FACTOR * job.spec.settings.compact_every:
         return False
-    lease = keys.compact_lease(job.id, stage)
-    if not r.set(lease, "worker", nx=True, px=LEASE_MS):
+    _worker_holder = _worker_holder or holder_id("worker")
+    lease = Lease(r, keys.compact_lease(job.id, stage), holder or _worker_holder)
+    if not lease.acquire():
         return False
     try:
-        snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key)
-        if not snap.log_ids:
+        try:
+            return compact_head(r, job, stage, agg or _agg(job), lease) is lua.CompactStatus.OK
+        except JobFailed as exc:  # a corrupt base: the coordinator fails the job
+            log.warning("not compacting: %s", exc)
             return False
-        agg = agg or _agg(job)
-        ok = lua.compact(r, base=keys.state(job.id, stage), log=log_key, version=snap.version,
-                         blob=aggregates.encode(fold(snap, agg), agg), ids=snap.log_ids)
-        log.info("compacted %d deltas of %s stage %d: %s", len(snap.log_ids), job.id, stage,
-                 "ok" if ok else "conflict")
-        return ok
     finally:
-        r.delete(lease)
+        lease.release()
+
+
+def compact_head(r: redis.Redis, job: Job, stage: int, agg: Aggregator,
+                 lease: Lease) -> lua.CompactStatus | None:
+    """Fold the head of the log (at most LIMITS.compact_ids deltas, bad ones
+    left where they are) into the base; None: nothing to fold."""
+    log_key = keys.state_log(job.id, stage)
+    snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key).head()
+    bad: set[str] = set()
+    state = fold(snap, agg, on_bad=lambda id_, _b, _w: bad.add(id_),
+                 where=f"job {job.id} stage {stage}")
+    ids = [i for i in snap.log_ids if i not in bad]
+    if not ids:
+        return None
+    blob = aggregates.encode(state, agg)
+    lease.renew()
+    status = lua.compact(r, base=keys.state(job.id, stage), log=log_key, meta=keys.meta(job.id),
+                         version=snap.version, blob=blob, ids=ids)
+    log.info("compacted %d deltas of %s stage %d: %s", len(ids), job.id, stage, status)
+    return status
 
 
 class Folder:
@@ -91,47 +169,79 @@ class Folder:
                  allow: tuple[str, ...] = ("*",)) -> None:
         self.r = r
         self.job = job
+        self.stage = stage
         self.agg = _agg(job, allow)
         self.base_key = keys.state(job.id, stage)
         self.log_key = keys.state_log(job.id, stage)
-        self.lease = keys.compact_lease(job.id, stage)
+        self.lease = Lease(r, keys.compact_lease(job.id, stage), holder_id("coordinator"))
         self.state: dict[Any, Any] = {}
         self.version = 0
         self.folded: list[str] = []  # log ids folded in memory, not yet compacted
         self.last_id = "0-0"
+        self._lease_retry_at = 0.0
         self._reset()
+
+    def _dead_letter(self, id_: str, blob: bytes, why: str) -> None:
+        dead_letter_delta(self.r, self.job, self.stage, id_, blob, why)
+
+    def _fold(self, snap: lua.Snapshot) -> dict[Any, Any]:
+        """Fold a snapshot, dead-lettering its bad deltas (and dropping their
+        ids from ``snap.log_ids``)."""
+        bad: list[str] = []
+
+        def on_bad(id_: str, blob: bytes, why: str) -> None:
+            self._dead_letter(id_, blob, why)
+            bad.append(id_)
+
+        state = fold(snap, self.agg, on_bad, where=f"job {self.job.id} stage {self.stage}")
+        snap.log_ids = [i for i in snap.log_ids if i not in set(bad)]
+        return state
 
     def _reset(self) -> None:
         snap = lua.snapshot(self.r, base=self.base_key, log=self.log_key)
-        self.state = fold(snap, self.agg)
+        last = snap.log_ids[-1] if snap.log_ids else "0-0"
+        self.state = self._fold(snap)
         self.version = snap.version
         self.folded = list(snap.log_ids)
-        self.last_id = snap.log_ids[-1] if snap.log_ids else "0-0"
+        self.last_id = last
 
     def poll(self, max_deltas: int = 64) -> int:
         """Fold deltas committed since the last poll; compact when due."""
         rows: Any = self.r.xrange(self.log_key, min=f"({self.last_id}", max="+", count=max_deltas)
-        for id_, fields in rows:
-            aggregates.merge_blob(self.state, fields.get(b"d", b""), self.agg)
-            self.last_id = id_.decode()
-            self.folded.append(self.last_id)
+        for raw_id, fields in rows:
+            id_ = raw_id.decode()
+            if apply(self.state, id_, fields.get(b"d", b""), self.agg, self._dead_letter):
+                self.folded.append(id_)
+            self.last_id = id_
         if len(self.folded) >= self.job.spec.settings.compact_every:
             self.compact()
         return len(rows)
 
     def compact(self) -> None:
-        if not self.folded or not self.r.set(self.lease, "coordinator", nx=True, px=LEASE_MS):
+        if not self.folded or time.monotonic() < self._lease_retry_at:
+            return
+        if not self.lease.acquire():
+            self._lease_retry_at = time.monotonic() + LEASE_RETRY_S
             return
         try:
-            ok = lua.compact(self.r, base=self.base_key, log=self.log_key, version=self.version,
-                             blob=aggregates.encode(self.state, self.agg), ids=self.folded)
+            if len(self.folded) > lua.LIMITS.compact_ids:  # more than one call may fold
+                compact_head(self.r, self.job, self.stage, self.agg, self.lease)
+                self._reset()
+                return
+            blob = aggregates.encode(self.state, self.agg)
+            self.lease.renew()
+            status = lua.compact(self.r, base=self.base_key, log=self.log_key,
+                                 meta=keys.meta(self.job.id), version=self.version, blob=blob,
+                                 ids=self.folded)
         finally:
-            self.r.delete(self.lease)
-        if ok:
+            self.lease.release()
+        if status is lua.CompactStatus.OK:
             self.version += 1
             self.folded = []
-        else:  # someone else folded, or Redis lost data: start again from Redis
+        elif status is lua.CompactStatus.CONFLICT:  # someone else folded, or Redis lost data
             self._reset()
+        else:  # the job stopped (or is gone): compaction is over, the fold stays in memory
+            self._lease_retry_at = float("inf")
 
     def final(self) -> dict[Any, Any]:
         """The complete aggregate, after checking the in-memory view against Redis."""
@@ -139,8 +249,8 @@ class Folder:
         known = set(self.folded)
         if snap.version != self.version or not known.issubset(snap.log_ids):
             log.warning("state of %s changed under the coordinator; refolding", self.job.id)
-            return self.agg.finish(fold(snap, self.agg))
+            return self.agg.finish(self._fold(snap))
         for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
             if id_ not in known:
-                aggregates.merge_blob(self.state, blob, self.agg)
+                apply(self.state, id_, blob, self.agg, self._dead_letter)
         return self.agg.finish(self.state)

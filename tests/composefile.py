@@ -36,7 +36,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 # the passwords the tests run with: not the defaults, so a service that does
 # not take its password from the variable fails
 TEST_ENV = {"RAINSTORM_REDIS_PASSWORD": "admin-pw-4-tests",
-            "RAINSTORM_WORKER_PASSWORD": "worker-pw-4-tests"}
+            "RAINSTORM_WORKER_PASSWORD": "worker-pw-4-tests",
+            "RAINSTORM_SECRET": "compose-signing-key-4-tests"}
 
 _VAR = re.compile(r"""\$(?:
     (?P<escaped>\$)

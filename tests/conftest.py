@@ -17,6 +17,8 @@ from rainstorm.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("RAINSTORM_ALLOW_MODULES", "tests")
+# the spec-signing key of the suite: submit signs with it, spawned workers inherit it
+os.environ.setdefault("RAINSTORM_SECRET", "rainstorm-test-suite-key-0123456789abcdef")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,7 +46,11 @@ class Backend(Protocol):
 
 @dataclass
 class LocalBackend:
-    """Workers as child processes of this one (they die with it)."""
+    """Workers as child processes of this one (they die with it).
+
+    Thread-safe: the autoscaler thread may still be starting or reaping
+    workers while another thread closes the backend; after ``close()``
+    nothing is started any more (``start`` returns '')."""
 
     r: redis.Redis
     redis_url: str
@@ -54,6 +59,8 @@ class LocalBackend:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, tuple[str, int, subprocess.Popen[bytes]]] = field(default_factory=dict)
     stopping: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    closed: bool = False
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def start(self, job: str, stage: int) -> str:
         wid = new_worker_id(job, stage)
@@ -64,38 +71,52 @@ class LocalBackend:
                "--id", wid]
         if self.allow_exec:
             cmd.append("--allow-exec")
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                                preexec_fn=preexec_die_with_parent())
-        self.procs[wid] = (job, stage, proc)
+        with self._lock:
+            if self.closed:
+                return ""
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                    preexec_fn=preexec_die_with_parent())
+            self.procs[wid] = (job, stage, proc)
         return wid
 
     def stop(self, worker_id: str) -> None:
-        job_stage_proc = self.procs.pop(worker_id, None)
+        with self._lock:
+            job_stage_proc = self.procs.pop(worker_id, None)
+            if job_stage_proc:
+                self.stopping[worker_id] = job_stage_proc[2]
         if job_stage_proc:
             ask_to_stop(self.r, worker_id, "autoscaler: scale down")
-            self.stopping[worker_id] = job_stage_proc[2]
 
     def running(self, job: str, stage: int) -> list[str]:
-        for wid, (_, _, proc) in list(self.procs.items()):
-            if proc.poll() is not None:
-                log.warning("autoscaled worker %s exited with %s", wid, proc.returncode)
-                del self.procs[wid]
-        for wid, proc in list(self.stopping.items()):
-            if proc.poll() is not None:
-                del self.stopping[wid]
-        return [w for w, (j, s, _) in self.procs.items() if j == job and s == stage]
+        with self._lock:
+            for wid, (_, _, proc) in list(self.procs.items()):
+                if proc.poll() is not None:
+                    log.warning("autoscaled worker %s exited with %s", wid, proc.returncode)
+                    del self.procs[wid]
+            for wid, proc in list(self.stopping.items()):
+                if proc.poll() is not None:
+                    del self.stopping[wid]
+            return [w for w, (j, s, _) in self.procs.items() if j == job and s == stage]
 
     def close(self, timeout_s: float = 15.0) -> None:
-        for wid in list(self.procs):
-            self.stop(wid)
+        with self._lock:
+            self.closed = True
+            ids = list(self.procs)
+        for wid in ids:
+            try:
+                self.stop(wid)
+            except redis.RedisError as exc:  # asking failed: it is killed below instead
+                log.warning("could not ask worker %s to stop (%s)", wid, exc)
+        with self._lock:
+            procs = list(self.stopping.values())
+            self.stopping.clear()
         deadline = time.monotonic() + timeout_s
-        for proc in self.stopping.values():
+        for proc in procs:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        self.stopping.clear()
 
 
 LABEL = "io.rainstorm.autoscaled"

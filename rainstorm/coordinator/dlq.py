@@ -63,17 +63,22 @@ def requeue(r: redis.Redis, job_id: str) -> Requeued:
         dead_id = as_str(id_)
         f = {as_str(k): v for k, v in fields.items()}
         stage, kind = int(f.get("stage", b"0")), as_str(f.get("kind", b""))
+        if kind not in ("entry", "record"):  # a bad delta or output entry: evidence only
+            continue
         uid = _requeue_uid(dead_id)
         if kind == "entry":
             stream, data, unbytes = as_str(f["stream"]), f.get("d", b""), 0
         else:
             rec = decode_dead_record(f.get("d", b""))
             stream, data, unbytes = _target(job, stage, rec.get("record"), uid)
-        ok = lua.requeue(r, counters=keys.counters(job_id), dlq=keys.dlq(job_id), stream=stream,
-                         dead_id=dead_id, stage=stage, kind=kind, uid=uid, payload=data,
-                         unbytes=unbytes)
-        moved += ok
-        skipped += not ok
+        res = lua.requeue(r, counters=keys.counters(job_id), dlq=keys.dlq(job_id),
+                          meta=keys.meta(job_id), stream=stream, dead_id=dead_id, stage=stage,
+                          kind=kind, uid=uid, payload=data, unbytes=unbytes)
+        if res in (lua.RequeueStatus.STOPPED, lua.RequeueStatus.GONE):
+            raise UsageError(f"job {job_id} stopped running while its dead letters were "
+                             f"requeued ({moved} moved back)")
+        moved += res is lua.RequeueStatus.OK
+        skipped += res is lua.RequeueStatus.ABSENT
     return Requeued(moved, skipped)
 
 

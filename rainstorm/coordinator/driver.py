@@ -5,6 +5,12 @@ connection error (with backoff, up to ``outage_timeout_s``), and because the
 loader re-reads its cursor and the fold is checked against Redis at the end,
 a rolled-back Redis is simply caught up with.  A Redis that comes back
 without the job's keys fails the job loudly.
+
+Whatever else goes wrong while driving (a corrupt folded state, a file sink
+that cannot be written, a bug) marks the job failed with a one-line reason
+and raises JobFailed: a job is never left ``running`` with no coordinator.
+A batch job whose input went to the dead-letter stream is stored ``done``
+with ``incomplete`` = 1 in its meta hash (see :mod:`rainstorm.coordinator.result`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.result import collect, keys_as_str, store, to_json, write_atomically
 from rainstorm.coordinator.sink import FileOutputSink
 from rainstorm.durability import make_durable
-from rainstorm.errors import JobFailed, JobStopped
+from rainstorm.errors import JobFailed, JobStopped, RainstormError
 from rainstorm.job import Job, JobState
 from rainstorm.state import Folder
 
@@ -65,6 +71,19 @@ class Driver:
         self._outage_since: float | None = None
 
     def run(self) -> Result:
+        """Drive the job to its end; any failure marks it failed (JobFailed)."""
+        try:
+            return self._loop()
+        except RainstormError as exc:
+            fail(self.r, self.job, str(exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything else: fail the job, one line
+            reason = f"coordinator error: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+            log.debug("job %s: %s", self.job.id, reason, exc_info=True)
+            fail(self.r, self.job, reason)
+            raise JobFailed(f"job {self.job.id}: {reason}") from exc
+
+    def _loop(self) -> Result:
         while True:
             try:
                 result = self._step()
@@ -117,7 +136,7 @@ class Driver:
         if self.on_progress:
             self.on_progress(status)
         if status.complete and not self.unbounded:
-            return self._finish()
+            return self._finish(status)
         if self.check:
             self.check()
         if self.deadline and now > self.deadline:
@@ -126,9 +145,11 @@ class Driver:
             time.sleep(0.01)
         return None
 
-    def _finish(self) -> Result:
+    def _finish(self, status: JobStatus) -> Result:
         result = keys_as_str(self.folder.final()) if self.folder else collect(self.r, self.job)
-        store(self.r, self.job, result)
+        if self.folder:  # final() may have dead-lettered a delta: count again
+            status = read_status(self.r, self.job)
+        store(self.r, self.job, result, dead_letters=status.dead_letters)
         make_durable(self.r, self.job)
         return result
 
@@ -167,10 +188,14 @@ class Driver:
             write_atomically(sink.path, to_json(self.live()))
 
     def stop_streaming(self) -> Result:
-        """`kill-job --keep` stopped a streaming job: everything committed is
-        in the sinks; return the last live result."""
+        """`kill-job --keep` (or Ctrl-C) stopped a streaming job.  No commit
+        lands once its state is not ``running`` (rainstorm_commit refuses),
+        so draining the output stream and the delta log now puts everything
+        committed into the sinks; return the last live result."""
         if self.sink:
-            while self.sink.poll():
+            self.sink.drain()
+        if self.folder:
+            while self.folder.poll():
                 pass
         self._snapshot_at = 0.0
         self._snapshot()
@@ -200,9 +225,18 @@ def drive(r: redis.Redis, job: Job, **kw: Any) -> Result:
 
 
 def fail(r: redis.Redis, job: Job, reason: str) -> None:
-    """Mark the job failed (if Redis still has it), best effort."""
+    """Mark the job failed (if Redis still has it), best effort.  A job that
+    is already done, cancelled or failed keeps its state (and first error)."""
     try:
-        if r.exists(keys.meta(job.id)):
-            r.hset(keys.meta(job.id), mapping={"state": JobState.FAILED.value, "error": reason})
+        state: Any = r.hget(keys.meta(job.id), "state")
+        if state is None and not r.exists(keys.meta(job.id)):
+            return
+        if state is not None and state.decode("utf-8", "replace") in _SETTLED:
+            return
+        r.hset(keys.meta(job.id), mapping={"state": JobState.FAILED.value, "error": reason,
+                                           "finished_at": time.time()})
     except redis.RedisError as exc:
         log.warning("could not mark job %s failed: %s", job.id, exc)
+
+
+_SETTLED = {JobState.DONE.value, JobState.CANCELLED.value, JobState.FAILED.value}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from rainstorm.errors import UsageError
@@ -45,7 +46,21 @@ def resolve_inputs(paths: list[str]) -> list[Path]:
 
 def _expand(p: Path) -> list[Path]:
     if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        return _walk(p)
     if p.is_file():
         return [p]
     raise UsageError(f"input is not a regular file or directory: {p}")
+
+
+def _walk(top: Path) -> list[Path]:
+    """The regular files under ``top`` (hidden names skipped, symlinked
+    directories not followed), sorted.  A directory that cannot be listed is
+    an error: skipping it would silently give a partial result."""
+
+    def refuse(exc: OSError) -> None:
+        raise UsageError(f"cannot read input directory {exc.filename}: {exc.strerror}")
+
+    found = []
+    for root, _dirs, names in os.walk(top, onerror=refuse):
+        found += [Path(root) / n for n in names if not n.startswith(".")]
+    return sorted(f for f in found if f.is_file())

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.errors import JobFailed, JobStopped
+from rainstorm.errors import CallTooLarge, JobFailed, JobStopped
 from rainstorm.job import Job
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,17 @@ def parse_pos(pos: str) -> tuple[int, int]:
     return int(f), int(off)
 
 
-def read_chunk(path: Path, offset: int, size: int) -> bytes:
-    """Up to ``size`` bytes from ``offset``, ending after a newline unless at EOF.
-    A line longer than ``size`` is returned whole."""
+def read_chunk(path: Path, offset: int, size: int, end: int | None = None) -> bytes:
+    """Up to ``size`` bytes from ``offset``, ending after a newline unless at EOF
+    (or at ``end``: bytes from there on are not read).  A line longer than
+    ``size`` is returned whole."""
     with path.open("rb") as fh:
         fh.seek(offset)
-        data = fh.read(size)
+
+        def read(n: int) -> bytes:
+            return fh.read(n if end is None else max(min(n, end - fh.tell()), 0))
+
+        data = read(size)
         if len(data) < size:
             return data  # EOF
         cut = data.rfind(b"\n")
@@ -48,7 +53,7 @@ def read_chunk(path: Path, offset: int, size: int) -> bytes:
             return data[: cut + 1]
         parts = [data]
         while True:
-            more = fh.read(size)
+            more = read(size)
             if not more:
                 break
             nl = more.find(b"\n")
@@ -111,19 +116,9 @@ class BaseLoader:
             return True
         return False
 
-    def step(self) -> LoadStep:
-        """Load one FCALL's worth of entries."""
-        pos = self.position()
-        if pos == DONE:
-            return LoadStep(done=True)
-        if self._throttled():
-            return LoadStep(done=False)
-        # rate-limited: one entry per call, so the pace is smooth
-        most = 1 if self._pace else self.job.spec.settings.batch_entries
-        entries, new_pos, records = self.gather(pos, most)
-        if not entries and new_pos == pos:
-            return LoadStep(done=False)  # an unbounded source with nothing new (it waited)
-        res = lua.load(
+    def _load(self, pos: str, new_pos: str, entries: list[tuple[str, str, bytes]]
+              ) -> lua.LoadResult:
+        return lua.load(
             self.r,
             counters=keys.counters(self.job.id),
             cursor=keys.cursor(self.job.id),
@@ -133,19 +128,42 @@ class BaseLoader:
             max_backlog=self.job.spec.settings.max_backlog,
             entries=entries,
         )
-        if res.status == "ok":
+
+    def step(self) -> LoadStep:
+        """Load one FCALL's worth of entries."""
+        pos = self.position()
+        if pos == DONE:
+            return LoadStep(done=True)
+        if self._throttled():
+            return LoadStep(done=False)
+        # rate-limited: one entry per call, so the pace is smooth
+        most = 1 if self._pace else self.job.spec.settings.batch_entries
+        while True:
+            entries, new_pos, records = self.gather(pos, most)
+            if not entries and new_pos == pos:
+                return LoadStep(done=False)  # an unbounded source with nothing new (it waited)
+            try:
+                res = self._load(pos, new_pos, entries)
+                break
+            except CallTooLarge as exc:  # over the library's caps: fewer entries per call
+                if len(entries) <= 1:
+                    raise JobFailed(f"job {self.job.id}: one source entry is too large to load "
+                                    f"({exc}); lower source.batch_records or batch_bytes"
+                                    ) from None
+                most = len(entries) // 2
+        if res.status is lua.LoadStatus.OK:
             self._backoff = 0.005
             if self._pace:
                 self._pace = (self._pace[0], self._pace[1], self._pace[2] + records)
             return LoadStep(done=new_pos == DONE, loaded_entries=len(entries))
-        if res.status == "gone":
+        if res.status is lua.LoadStatus.GONE:
             raise JobFailed(
                 f"job {self.job.id}: its keys are gone from Redis (flushed, or restarted without "
                 "persistence); loading again would give a partial result, so the job is failed"
             )
-        if res.status == "stopped":
+        if res.status is lua.LoadStatus.STOPPED:
             raise JobStopped(self.job.id, res.detail)
-        if res.status == "cursor":
+        if res.status is lua.LoadStatus.CURSOR:
             log.warning("cursor moved under us (another coordinator?): %s", res.detail)
             return LoadStep(done=res.detail == DONE)
         time.sleep(self._backoff)  # backlog: wait for workers to drain
@@ -154,12 +172,42 @@ class BaseLoader:
 
 
 class Loader(BaseLoader):
-    """The files of a text source, in order, cut into line-aligned entries."""
+    """The files of a text source, in order, cut into line-aligned entries.
+
+    The input is the files as listed at submit (like a Hadoop/Spark split):
+    exactly the bytes each had then are loaded.  A file that vanished or
+    shrank since fails the job, naming it; one that grew (a log still being
+    appended to) or was rewritten in place is loaded up to its recorded size,
+    with a warning."""
 
     def __init__(self, r: redis.Redis, job: Job) -> None:
         super().__init__(r, job)
         meta_files = r.hget(keys.meta(job.id), "files")
-        self.files = [Path(f[0]) for f in json.loads(meta_files or b"[]")]
+        listed = json.loads(meta_files or b"[]")
+        self.files = [Path(f[0]) for f in listed]
+        self.sizes: list[int] = [int(f[1]) for f in listed]
+        self.mtimes: list[int | None] = [int(f[2]) if len(f) > 2 else None for f in listed]
+        self._warned: set[int] = set()
+
+    def _check_file(self, fidx: int) -> int:
+        """The size file ``fidx`` had at submit, after checking it still has it."""
+        path, size = self.files[fidx], self.sizes[fidx]
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise JobFailed(f"job {self.job.id}: input {path} cannot be read any more "
+                            f"({exc.strerror}): it was removed or replaced after submit") from None
+        if st.st_size < size:
+            raise JobFailed(f"job {self.job.id}: input {path} shrank after submit, from {size} "
+                            f"to {st.st_size} bytes; its result would be partial")
+        mtime = self.mtimes[fidx]
+        if fidx not in self._warned and (st.st_size > size or
+                                         (mtime is not None and st.st_mtime_ns != mtime)):
+            self._warned.add(fidx)
+            log.warning("job %s: input %s changed after submit (%d bytes then, %d now): only "
+                        "the %d bytes it had at submit are loaded", self.job.id, path, size,
+                        st.st_size, size)
+        return size
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         src = self.job.spec.source
@@ -170,8 +218,17 @@ class Loader(BaseLoader):
         while fidx < len(self.files) and len(entries) < max_entries:
             if total >= MAX_CALL_BYTES:
                 break
-            chunk = read_chunk(self.files[fidx], off, src.batch_bytes)
+            end = self._check_file(fidx)
+            try:
+                chunk = read_chunk(self.files[fidx], off, src.batch_bytes, end)
+            except OSError as exc:
+                raise JobFailed(f"job {self.job.id}: cannot read input {self.files[fidx]}: "
+                                f"{exc.strerror}") from None
             if not chunk:
+                if off < end:  # shorter than the stat said: it shrank while being read
+                    self._check_file(fidx)
+                    raise JobFailed(f"job {self.job.id}: input {self.files[fidx]} ended at "
+                                    f"byte {off}, before its {end} bytes listed at submit")
                 fidx, off = fidx + 1, 0
                 continue
             uid = f"{fidx}:{off}"

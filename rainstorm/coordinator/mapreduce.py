@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
 from rainstorm.coordinator.run import LocalRun
 from rainstorm.errors import UsageError
@@ -123,6 +124,7 @@ def run_mapreduce(
 ) -> MapReduceReport:
     if output.exists():
         raise UsageError(f"--output: {output} already exists (remove it or choose another)")
+    check_writable(output, "--output")  # before the job: its result must have a place
     if combiner is not None and not is_callable_ref(combiner):
         raise UsageError(f"--combiner: expected module:function, got {combiner!r}")
     for flag, value in (("--mapper", mapper), ("--reducer", reducer)):

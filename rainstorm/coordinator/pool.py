@@ -3,6 +3,8 @@
 They are forked from the coordinator (like multiprocessing.Pool), so they
 start in milliseconds with every module already imported; each opens its own
 Redis connection.  Each is a real process that can be killed and stolen from.
+They verify job specs with the key they are given (the run's: the shared
+RAINSTORM_SECRET, or a random one of the coordinator process).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
-                 allow_exec: bool, level: int, parent_pid: int) -> None:
+                 allow_exec: bool, level: int, parent_pid: int, key: bytes | None) -> None:
     # forked with SIGTERM/SIGINT blocked (see spawn): first drop the handlers
     # inherited from the CLI, then let the signals in
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
@@ -31,9 +33,11 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
     from rainstorm.worker.loop import Worker, WorkerOptions
 
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if key is not None:  # for the spec and the pickled functions alike
+        os.environ["RAINSTORM_SECRET"] = key.decode()
     w = Worker(connect(redis_url), WorkerOptions(job=job_id, burst=True,
                                                   allow_modules=allow_modules,
-                                                  allow_exec=allow_exec))
+                                                  allow_exec=allow_exec, secret=key))
     # SIGTERM (from stop() or the parent's death) ends the process at once: a
     # worker holds nothing that is not in Redis, its pending entries get stolen.
     w.work()
@@ -41,10 +45,12 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
 
 class LocalWorkers:
     def __init__(self, n: int, redis_url: str, job_id: str,
-                 allow_modules: tuple[str, ...] = (), allow_exec: bool = False) -> None:
+                 allow_modules: tuple[str, ...] = (), allow_exec: bool = False,
+                 key: bytes | None = None) -> None:
+        """``key``: the spec-signing key the workers hold (default: env's)."""
         self._ctx = multiprocessing.get_context("fork")
         level = logging.getLogger().getEffectiveLevel()
-        self._args = (redis_url, job_id, allow_modules, allow_exec, level, os.getpid())
+        self._args = (redis_url, job_id, allow_modules, allow_exec, level, os.getpid(), key)
         self.procs: list[BaseProcess] = []
         for _ in range(n):
             self.spawn()

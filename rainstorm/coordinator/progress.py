@@ -9,6 +9,7 @@ import redis
 from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.state import DEAD_DELTAS
 
 
 @dataclass
@@ -41,6 +42,13 @@ class JobStatus:
     @property
     def complete(self) -> bool:
         return self.loaded and all(s.settled for s in self.stages)
+
+    @property
+    def dead_letters(self) -> int:
+        """Input entries, records and aggregate deltas now in the dead-letter
+        stream (requeued ones no longer count)."""
+        return sum(s.dead + self.counters.get(f"s{s.index}:dead_records", 0)
+                   + self.counters.get(f"s{s.index}:{DEAD_DELTAS}", 0) for s in self.stages)
 
 
 def _i(c: dict[bytes, bytes], name: str) -> int:

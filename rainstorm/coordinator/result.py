@@ -1,9 +1,18 @@
-"""Reading a finished job's result and writing its sink."""
+"""Reading a finished job's result and writing its sink.
+
+A batch job whose input went (in part) to the dead-letter stream finishes
+``done`` with an incomplete result: its meta hash holds ``dead_letters`` = N
+and ``incomplete`` = 1, and `run`, `submit`, `result` and the Dataset actions
+say so (exit status 3, IncompleteResult) -- unless the spec opted into
+skipping bad records (``settings.skip_bad_records``): then ``incomplete`` is
+0 and they warn.
+"""
 
 from __future__ import annotations
 
 import heapq
 import json
+import logging
 import os
 import tempfile
 import time
@@ -13,8 +22,13 @@ from typing import Any
 import redis
 
 from rainstorm import keys
+from rainstorm.errors import IncompleteResult
 from rainstorm.job import Job, JobState, decode_records
+from rainstorm.operators.aggregates import DECODE_ERRORS
+from rainstorm.replies import as_str
 from rainstorm.state import read_state
+
+log = logging.getLogger(__name__)
 
 WRITE_CHUNK = 5000
 TOP_KEPT = 1000
@@ -43,15 +57,21 @@ def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
             rows = rows[1:]
         if not rows:
             return out
-        for _id, fields in rows:
-            out.extend(decode_records(fields[b"d"]))
+        for id_, fields in rows:
+            try:
+                out.extend(decode_records(fields.get(b"d", b"")))
+            except DECODE_ERRORS as exc:  # not written by a commit: never part of a result
+                log.warning("job %s: skipping output entry %s, not a record batch: %s",
+                            job.id, as_str(id_), exc)
         last = rows[-1][0]
 
 
-def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any]) -> None:
+def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
+          dead_letters: int = 0) -> None:
     """Mark the job done and leave its result where redis-cli can read it:
     the top keys in the sorted set rs:{job}:top, and with a ``redis`` sink the
-    whole aggregate in the hash rs:{job}:result."""
+    whole aggregate in the hash rs:{job}:result.  ``dead_letters``: input
+    that is missing from it (see the module's doc)."""
     pipe = r.pipeline(transaction=True)
     if isinstance(result, dict):
         pipe.delete(keys.top(job.id))
@@ -64,11 +84,39 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any]) -> None:
                  for k, v in result.items()]
         for i in range(0, len(items), WRITE_CHUNK):
             pipe.hset(keys.result(job.id), mapping=dict(items[i : i + WRITE_CHUNK]))
+    incomplete = int(dead_letters > 0 and not job.spec.settings.skip_bad_records)
     pipe.hset(keys.meta(job.id), mapping={"state": JobState.DONE.value,
-                                          "finished_at": time.time()})
+                                          "finished_at": time.time(),
+                                          "dead_letters": dead_letters,
+                                          "incomplete": incomplete})
     pipe.execute()
     if job.spec.sink.type == "file" and job.spec.sink.path:
         write_atomically(job.spec.sink.path, to_json(result))
+
+
+def completeness(r: redis.Redis, job_id: str) -> tuple[int, bool]:
+    """(dead letters, incomplete) of a finished job, from its meta hash."""
+    raw: Any = r.hmget(keys.meta(job_id), "dead_letters", "incomplete")
+    return _int(raw[0]), _int(raw[1]) == 1
+
+
+def check_complete(job_id: str, dead_letters: int, incomplete: bool,
+                   result: Any = None) -> str | None:
+    """Raise IncompleteResult for an incomplete result; for bad records
+    skipped by choice, the warning to show (None: nothing to say)."""
+    if incomplete:
+        raise IncompleteResult(job_id, dead_letters, result)
+    if dead_letters:
+        return (f"warning: {dead_letters} bad records skipped (settings.skip_bad_records); "
+                f"see `rainstorm dlq {job_id}`")
+    return None
+
+
+def _int(raw: Any) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return 0
 
 
 def to_json(result: dict[str, Any] | list[Any]) -> str:

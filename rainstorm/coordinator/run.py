@@ -15,9 +15,10 @@ from rainstorm import keys, lua
 from rainstorm.autoscale.backends import LocalBackend
 from rainstorm.autoscale.controller import Autoscaler
 from rainstorm.autoscale.policy import ScalePolicy
-from rainstorm.connection import check_server, connect, redact
+from rainstorm.connection import connect, connect_timeout_s, open_checked, redact, wait_out_outage
 from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.inputs import resolve_inputs
+from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
@@ -25,8 +26,9 @@ from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.replication import ReplicaSet
 from rainstorm.server import EmbeddedRedis
-from rainstorm.signing import is_pickled
+from rainstorm.signing import is_pickled, local_key
 from rainstorm.spec import JobSpec
+from rainstorm.spec_signature import submitter_key
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ def prepare(spec: JobSpec, inputs: list[str] | None, job_id: str | None,
                 update={"source": spec.source.model_copy(update={"paths": inputs})})
         assert spec.source.type == "text"
         files = resolve_inputs(spec.source.paths)
+    if spec.sink.type == "file" and spec.sink.path:
+        check_writable(spec.sink.path, "sink.path")
     job = Job.build(job_id or new_job_id(spec), spec)
     validate(job)
     if not allow_exec and (where := runs_executables(job)):
@@ -83,7 +87,9 @@ class LocalRun:
     """
 
     def __init__(self, *, redis_url: str | None = None, persistence: str = "none",
-                 replicas: int = 0, rdb_every_s: int = 5, supervise: bool = True) -> None:
+                 replicas: int = 0, rdb_every_s: int = 5, supervise: bool = True,
+                 connect_timeout_s: float | None = None) -> None:
+        self.connect_timeout_s = connect_timeout_s
         self.server: EmbeddedRedis | None = None
         self.replicas: ReplicaSet | None = None
         if redis_url is None and replicas > 0:
@@ -149,20 +155,24 @@ class LocalRun:
         with ``autoscale``: workers pinned to stages, started and stopped by
         an autoscaler thread between the policy's bounds."""
         job, files = prepare(spec, inputs, job_id, allow_exec)
-        r = connect(self.url)
-        desc = check_server(r)
+        # local workers are our children: a random key does when none is set;
+        # remote workers (workers=0) need the shared one
+        key = local_key() if workers > 0 or autoscale else submitter_key()
+        r, desc = open_checked(self.url, wait_s=self.connect_timeout_s)
         lua.load_library(r)
         modules = allow_modules + spec_modules(job.spec)
         if workers > 0 and not autoscale:  # forked before our client connects
             r.close()
-            self.pool = LocalWorkers(workers, self.url, job.id, modules, allow_exec)
+            self.pool = LocalWorkers(workers, self.url, job.id, modules, allow_exec, key)
         t0 = time.perf_counter()
-        submit(r, job, files)
+        # safe to repeat (the same job is resumed): an outage here is waited out
+        wait_out_outage(lambda: submit(r, job, files, key=key),
+                        connect_timeout_s(self.connect_timeout_s), "Redis")
         if job.spec.unbounded:  # producers and `rainstorm tail` need to know where
             where = redact(self.url)
             print(f"streaming job {job.id} on {where}: runs until cancelled (Ctrl-C, or "
                   f"rainstorm kill-job {job.id} --redis {where})", file=sys.stderr, flush=True)
-        scaling = _Scaling(self.url, job.id, autoscale, modules, allow_exec) \
+        scaling = _Scaling(self.url, job.id, autoscale, modules, allow_exec, key) \
             if autoscale else None
         driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
         try:
@@ -205,11 +215,17 @@ def run_job(
     on_progress: Callable[[JobStatus], None] | None = None,
     timeout_s: float | None = None,
     autoscale: ScalePolicy | None = None,
+    connect_timeout_s: float | None = None,
 ) -> RunReport:
-    """Run one job to completion; see LocalRun for the servers it starts."""
+    """Run one job to completion; see LocalRun for the servers it starts.
+    ``connect_timeout_s``: how long to wait for ``redis_url`` if it is down."""
+    if workers == 0 and redis_url is None and autoscale is None:
+        raise UsageError("--workers 0 starts no worker, and no other worker can reach the "
+                         "embedded Redis: pass --redis URL (served by `rainstorm worker`) "
+                         "or --workers N")
     prepare(spec, inputs, job_id, allow_exec)  # user errors before any server starts
     with LocalRun(redis_url=redis_url, persistence=persistence, replicas=replicas,
-                  rdb_every_s=rdb_every_s) as env:
+                  rdb_every_s=rdb_every_s, connect_timeout_s=connect_timeout_s) as env:
         return env.run(spec, inputs=inputs, workers=workers, job_id=job_id,
                        allow_modules=allow_modules, allow_exec=allow_exec,
                        on_progress=on_progress,
@@ -220,9 +236,10 @@ class _Scaling:
     """An autoscaler thread with local worker processes, for `run --autoscale`."""
 
     def __init__(self, url: str, job_id: str, policy: ScalePolicy, modules: tuple[str, ...],
-                 allow_exec: bool) -> None:
+                 allow_exec: bool, key: bytes | None) -> None:
         self.r = connect(url)
-        self.backend = LocalBackend(self.r, url, modules, allow_exec)
+        self.backend = LocalBackend(self.r, url, modules, allow_exec,
+                                    env={"RAINSTORM_SECRET": key.decode()} if key else {})
         self.scaler = Autoscaler(self.r, self.backend, policy, job_id=job_id)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.scaler.run, args=(self.stop,),

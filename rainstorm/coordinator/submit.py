@@ -16,6 +16,7 @@ from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
 from rainstorm.spec import JobSpec, spec_to_json
+from rainstorm.spec_signature import sign_spec, submitter_key
 
 
 def validate(job: Job) -> None:
@@ -34,16 +35,24 @@ def new_job_id(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
 
 
-def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
-    """Create the job's keys.  Returns False if the same job already exists
-    (a restarted coordinator resumes it); raises if a different one does."""
+def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = None,
+           unsigned: bool = False) -> bool:
+    """Create the job's keys, the spec signed with ``key`` (default: the
+    shared RAINSTORM_SECRET; UsageError without one, unless ``unsigned``:
+    development mode).  Returns False if the same job already exists (a
+    restarted coordinator resumes it); raises if a different one does."""
+    key = submitter_key(key, unsigned)
     spec_json = spec_to_json(job.spec)
-    file_list: list[tuple[str, int]] = [(str(f), f.stat().st_size) for f in files]
+    signature = sign_spec(job.id, spec_json, key) if key is not None else None
+    # (path, size, mtime_ns): the loader loads these bytes and reports changes
+    file_list = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
     existing: Any = r.get(keys.spec(job.id))
     if existing is not None:
         old_files = json.loads(r.hget(keys.meta(job.id), "files") or b"[]")
         if existing.decode() != spec_json or [f[0] for f in old_files] != [f[0] for f in file_list]:
             raise UsageError(f"job {job.id!r} already exists with another spec or input")
+        if signature is not None:  # the same spec: vouch for it (e.g. after a key change)
+            r.set(keys.spec_signature(job.id), signature)
         return False
     for _stage, stream in job.all_streams():
         try:
@@ -53,6 +62,8 @@ def submit(r: redis.Redis, job: Job, files: list[Path]) -> bool:
                 raise
     pipe = r.pipeline(transaction=True)
     pipe.set(keys.spec(job.id), spec_json)
+    if signature is not None:
+        pipe.set(keys.spec_signature(job.id), signature)
     meta: dict[str | bytes, str | int | float] = {
         "state": JobState.RUNNING.value,
         "files": json.dumps(file_list),

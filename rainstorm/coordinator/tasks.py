@@ -4,6 +4,7 @@ cancelling a job."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -101,23 +102,58 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
     Workers drop it (its state turns terminal, then its streams vanish); a
     coordinator driving it fails with 'job … is cancelled' (a streaming
     job's coordinator stops and returns its last result).  ``keep``: only
-    cancel, keep the keys (a stopped streaming job's result stays readable)."""
+    cancel, keep the keys (a stopped streaming job's result stays readable).
+
+    Cancelling and deleting are one MULTI/EXEC transaction: a Redis user
+    that may not run one of the commands (an ACL refusal aborts the whole
+    transaction) leaves the job exactly as it was, and the error says so."""
     load_job(r, job_id)  # a clear error for an unknown job
-    r.hset(keys.meta(job_id), "state", JobState.CANCELLED.value)
-    if keep:
-        return 0
-    deleted = 0
-    batch: list[Any] = []
-    for key in r.scan_iter(match=keys.job_pattern(job_id).replace("{", "\\{")
-                           .replace("}", "\\}"), count=500):
-        if key == keys.meta(job_id).encode():
-            continue  # keep the tombstone: a driver sees 'cancelled', not 'gone'
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += int(r.delete(*batch))
-            batch = []
-    if batch:
-        deleted += int(r.delete(*batch))
-    r.srem(keys.JOBS, job_id)
-    r.expire(keys.meta(job_id), 3600)  # the tombstone goes away by itself
-    return deleted
+    tombstone = keys.meta(job_id)  # kept: a driver sees 'cancelled', not 'gone'
+    commands: list[tuple[Any, ...]] = [("HSET", tombstone, "state", JobState.CANCELLED.value)]
+    try:
+        if not keep:
+            doomed = [k for k in r.scan_iter(match=_match_all(job_id), count=500)
+                      if k != tombstone.encode()]
+            commands += [("DEL", *doomed[i:i + 500]) for i in range(0, len(doomed), 500)]
+            commands += [("SREM", keys.JOBS, job_id), ("EXPIRE", tombstone, 3600)]
+        replies = _transaction(r, commands)
+    except redis.exceptions.NoPermissionError as exc:
+        raise RainstormError(f"job {job_id} was left as it was: the Redis user may not do all "
+                             f"of kill-job ({exc}); use the admin user"
+                             + ("" if keep else ", or --keep to only cancel it")) from None
+    return sum(int(n) for n in replies[1:-2]) if not keep else 0
+
+
+def _match_all(job_id: str) -> str:
+    """SCAN MATCH pattern for every key of the job, its id taken literally
+    (a job id with ``*`` or ``[`` must not match other jobs' keys)."""
+    pattern = keys.job_pattern(job_id)
+    assert pattern.endswith("*")
+    return re.sub(r"([\\*?\[\]{}])", r"\\\1", pattern[:-1]) + "*"
+
+
+def _transaction(r: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` in one MULTI/EXEC on one connection, without redis-py's
+    retries.  MULTI is confirmed before anything is sent, so a user refused
+    MULTI changes nothing; a queued command refused by the ACL is followed by
+    DISCARD; a connection lost on the way discards the transaction."""
+    pool = r.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_command("MULTI")
+        conn.read_response()
+        try:
+            for cmd in commands:
+                conn.send_command(*cmd)
+                conn.read_response()  # QUEUED
+        except redis.ResponseError:
+            conn.send_command("DISCARD")
+            conn.read_response()
+            raise
+        conn.send_command("EXEC")
+        return list(conn.read_response())
+    except BaseException:
+        conn.disconnect()  # never hand a connection in an unknown state back to the pool
+        raise
+    finally:
+        pool.release(conn)

@@ -1,46 +1,87 @@
 """The Lua function library and one typed wrapper per function.
 
-Every call heals itself: if Redis answers "function not found" (a restarted
-server that lost its functions, a fresh replica) the library is loaded again
-with FUNCTION LOAD REPLACE and the call is retried once.
+Each wrapper builds its call from the layout in :mod:`rainstorm.lua.contract`
+(checked against the contract comments of rainstorm.lua by a unit test),
+refuses before sending what the library's ``MAX_*`` caps would refuse
+(:class:`~rainstorm.errors.CallTooLarge`), and parses the reply's status into
+its enum (an unknown status is a :class:`~rainstorm.errors.ProtocolError`).
+Every call goes through :func:`rainstorm.lua.library.fcall`: the library's
+version is checked once per client, and a missing library is loaded again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis
 
+from rainstorm.errors import CallTooLarge
+from rainstorm.lua.contract import (
+    COMMIT,
+    COMPACT,
+    DEADLETTER,
+    LOAD,
+    REQUEUE,
+    SNAPSHOT,
+    CommitStatus,
+    CompactStatus,
+    DeadletterStatus,
+    Layout,
+    LoadStatus,
+    RequeueStatus,
+    parse_status,
+)
+from rainstorm.lua.library import (
+    LIB_VERSION,
+    LIBRARY_NAME,
+    LIMITS,
+    check_version,
+    fcall,
+    library_source,
+    load_library,
+    loaded_version,
+)
 from rainstorm.replies import as_str
 
-LIBRARY_NAME = "rainstorm"
+__all__ = [
+    "LIBRARY_NAME", "LIB_VERSION", "LIMITS", "CommitRequest", "CommitResult", "CommitStatus",
+    "CompactStatus", "DeadletterStatus", "LoadResult", "LoadStatus", "RequeueStatus",
+    "Snapshot", "call_size", "check_version", "commit", "commit_size", "compact",
+    "deadletter", "library_source", "load", "load_library", "loaded_version", "requeue",
+    "snapshot",
+]
 
 
-def library_source() -> str:
-    return resources.files(__package__).joinpath("rainstorm.lua").read_text(encoding="utf-8")
+def _size(value: Any) -> int:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    return len(str(value))
 
 
-def load_library(r: redis.Redis) -> None:
-    r.function_load(library_source(), replace=True)
+def call_size(keys_: Sequence[Any], args: Sequence[Any]) -> int:
+    """The bytes of a call's KEYS and ARGV together, as the library counts them."""
+    return sum(map(_size, keys_)) + sum(map(_size, args))
 
 
-def _fcall(r: redis.Redis, name: str, keys: list[str], args: list[Any], ro: bool = False) -> Any:
-    call = r.fcall_ro if ro else r.fcall
-    try:
-        return call(name, len(keys), *keys, *args)
-    except redis.ResponseError as exc:
-        if "function not found" not in str(exc).lower():
-            raise
-        load_library(r)
-        return call(name, len(keys), *keys, *args)
+def _cap(layout: Layout, what: str, n: int, cap: int) -> None:
+    if n > cap:
+        raise CallTooLarge(layout.function, what, n, cap)
+
+
+def _call(r: redis.Redis, layout: Layout, keys_: list[str], args: list[Any],
+          ro: bool = False) -> Any:
+    _cap(layout, "bytes", call_size(keys_, args), LIMITS.bytes)
+    return fcall(r, layout.function, keys_, args, ro)
 
 
 @dataclass
 class LoadResult:
-    status: str  # ok | cursor | backlog | gone | stopped
-    detail: str = ""
+    status: LoadStatus
+    detail: str = ""  # cursor: where it is; backlog: the full stream; stopped: the state
 
 
 def load(
@@ -55,13 +96,16 @@ def load(
     entries: list[tuple[str, str, bytes]],
 ) -> LoadResult:
     """Append (stream, uid, payload) entries and move the cursor atomically."""
-    keys = [counters, cursor, meta] + [e[0] for e in entries]
-    args: list[Any] = [expected_pos, new_pos, max_backlog, len(entries)]
-    args.append(sum(len(e[2]) for e in entries))
-    for _, uid, payload in entries:
-        args += [uid, payload]
-    reply = _fcall(r, "rainstorm_load", keys, args)
-    return LoadResult(as_str(reply[0]), as_str(reply[1]) if len(reply) > 1 else "")
+    _cap(LOAD, "n", len(entries), LIMITS.load)
+    keys_, args = LOAD.build(
+        {"counters": counters, "cursor": cursor, "meta": meta},
+        {"expected_pos": expected_pos, "new_pos": new_pos, "max_backlog": max_backlog,
+         "n": len(entries), "nbytes": sum(len(e[2]) for e in entries)},
+        more_keys=[e[0] for e in entries],
+        more_args=[x for _, uid, payload in entries for x in (uid, payload)],
+    )
+    status, rest = parse_status(LoadStatus, LOAD.function, _call(r, LOAD, keys_, args))
+    return LoadResult(status, as_str(rest[0], "replace") if rest else "")
 
 
 @dataclass
@@ -69,6 +113,7 @@ class CommitRequest:
     counters: str
     dlq: str
     delta_log: str
+    meta: str
     group: str
     stage: int
     inputs: list[tuple[str, str, str]]  # (stream, id, uid)
@@ -88,47 +133,55 @@ class CommitRequest:
 
 @dataclass
 class CommitResult:
-    status: str  # ok | rejected | backlog | closed
+    status: CommitStatus
     rejected: dict[str, str] = field(default_factory=dict)  # id -> reason
-    stream: str = ""
+    stream: str = ""  # backlog: the full stream
     max_event_us: int | None = None  # closed: the stage's max event time now
+    state: str = ""  # stopped: the job's state
+
+
+def _commit_call(req: CommitRequest) -> tuple[list[str], list[Any]]:
+    _cap(COMMIT, "n_in", len(req.inputs), LIMITS.inputs)
+    _cap(COMMIT, "n_out", len(req.outputs), LIMITS.outputs)
+    _cap(COMMIT, "n_dead", len(req.dead), LIMITS.dead)
+    _cap(COMMIT, "n_extra", len(req.extra), LIMITS.extra)
+    more: list[Any] = [x for _, id_, uid in req.inputs for x in (id_, uid)]
+    more += [x for _, uid, payload in req.outputs for x in (uid, payload)]
+    more += req.dead
+    more += [x for name, incr in req.extra.items() for x in (name, incr)]
+    if req.window is not None:
+        more += ["" if v is None else v for v in req.window]
+    return COMMIT.build(
+        {"counters": req.counters, "dlq": req.dlq, "delta_log": req.delta_log,
+         "meta": req.meta},
+        {"group": req.group, "stage": req.stage, "n_in": len(req.inputs),
+         "n_out": len(req.outputs), "n_dead": len(req.dead), "max_backlog": req.max_backlog,
+         "delta": req.delta, "emit_field": req.emit_field, "records_in": req.records_in,
+         "records_out": req.records_out, "bytes_in": req.bytes_in, "n_extra": len(req.extra)},
+        more_keys=[i[0] for i in req.inputs] + [o[0] for o in req.outputs],
+        more_args=more,
+    )
+
+
+def commit_size(req: CommitRequest) -> int:
+    """The bytes ``req`` would send (to split a batch before it exceeds
+    ``LIMITS.bytes``)."""
+    return call_size(*_commit_call(req))
 
 
 def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
-    keys = [req.counters, req.dlq, req.delta_log]
-    keys += [i[0] for i in req.inputs] + [o[0] for o in req.outputs]
-    args: list[Any] = [
-        req.group,
-        req.stage,
-        len(req.inputs),
-        len(req.outputs),
-        len(req.dead),
-        req.max_backlog,
-        req.delta,
-        req.emit_field,
-        req.records_in,
-        req.records_out,
-        req.bytes_in,
-        len(req.extra),
-    ]
-    for _, id_, uid in req.inputs:
-        args += [id_, uid]
-    for _, uid, payload in req.outputs:
-        args += [uid, payload]
-    args += req.dead
-    for name, incr in req.extra.items():
-        args += [name, incr]
-    if req.window is not None:
-        args += ["" if v is None else v for v in req.window]
-    reply = _fcall(r, "rainstorm_commit", keys, args)
-    status = as_str(reply[0])
-    if status == "rejected":
-        pairs = [as_str(x) for x in reply[1:]]
+    """Raises CallTooLarge (nothing sent) when ``req`` exceeds a cap."""
+    keys_, args = _commit_call(req)
+    status, rest = parse_status(CommitStatus, COMMIT.function, _call(r, COMMIT, keys_, args))
+    if status is CommitStatus.REJECTED:
+        pairs = [as_str(x, "replace") for x in rest]
         return CommitResult(status, dict(zip(pairs[::2], pairs[1::2], strict=True)))
-    if status == "backlog":
-        return CommitResult(status, stream=as_str(reply[1]))
-    if status == "closed":
-        return CommitResult(status, max_event_us=int(reply[1]))
+    if status is CommitStatus.BACKLOG:
+        return CommitResult(status, stream=as_str(rest[0], "replace"))
+    if status is CommitStatus.CLOSED:
+        return CommitResult(status, max_event_us=int(rest[0]))
+    if status is CommitStatus.STOPPED:
+        return CommitResult(status, state=as_str(rest[0], "replace"))
     return CommitResult(status)
 
 
@@ -137,35 +190,44 @@ def deadletter(
     *,
     counters: str,
     dlq: str,
+    meta: str,
     stream: str,
     group: str,
     stage: int,
     entry_id: str,
-    uid: str,
+    uid: str | bytes,
     error: str,
     deliveries: int,
-) -> bool:
-    reply = _fcall(
-        r,
-        "rainstorm_deadletter",
-        [counters, dlq, stream],
-        [group, stage, entry_id, uid, error, deliveries],
+) -> DeadletterStatus:
+    keys_, args = DEADLETTER.build(
+        {"counters": counters, "dlq": dlq, "meta": meta, "stream": stream},
+        {"group": group, "stage": stage, "entry_id": entry_id, "uid": uid, "error": error,
+         "deliveries": deliveries},
     )
-    return as_str(reply[0]) == "ok"
+    reply = _call(r, DEADLETTER, keys_, args)
+    return parse_status(DeadletterStatus, DEADLETTER.function, reply)[0]
 
 
-def requeue(r: redis.Redis, *, counters: str, dlq: str, stream: str, dead_id: str,
-            stage: int, kind: str, uid: str, payload: bytes, unbytes: int = 0) -> bool:
-    """Move one dead letter back into ``stream``; False if it was already gone."""
-    reply = _fcall(r, "rainstorm_requeue", [counters, dlq, stream],
-                   [dead_id, stage, kind, uid, payload, unbytes])
-    return as_str(reply[0]) == "ok"
+def requeue(r: redis.Redis, *, counters: str, dlq: str, meta: str, stream: str, dead_id: str,
+            stage: int, kind: str, uid: str, payload: bytes, unbytes: int = 0
+            ) -> RequeueStatus:
+    """Move one dead letter back into ``stream`` (ABSENT: it was already gone)."""
+    keys_, args = REQUEUE.build(
+        {"counters": counters, "dlq": dlq, "meta": meta, "stream": stream},
+        {"dead_id": dead_id, "stage": stage, "kind": kind, "uid": uid, "payload": payload,
+         "unbytes": unbytes},
+    )
+    return parse_status(RequeueStatus, REQUEUE.function, _call(r, REQUEUE, keys_, args))[0]
 
 
-def compact(r: redis.Redis, *, base: str, log: str, version: int, blob: bytes,
-            ids: list[str]) -> bool:
-    reply = _fcall(r, "rainstorm_compact", [base, log], [version, blob, *ids])
-    return as_str(reply[0]) == "ok"
+def compact(r: redis.Redis, *, base: str, log: str, meta: str, version: int, blob: bytes,
+            ids: list[str]) -> CompactStatus:
+    """Replace the deltas ``ids`` by ``blob`` (their fold into the base);
+    at most ``LIMITS.compact_ids`` ids (see :meth:`Snapshot.head`)."""
+    _cap(COMPACT, "the number of ids", len(ids), LIMITS.compact_ids)
+    keys_, args = COMPACT.build({"base": base, "log": log, "meta": meta},
+                                {"version": version, "blob": blob}, more_args=ids)
+    return parse_status(CompactStatus, COMPACT.function, _call(r, COMPACT, keys_, args))[0]
 
 
 @dataclass
@@ -175,9 +237,14 @@ class Snapshot:
     log_ids: list[str]
     deltas: list[bytes]
 
+    def head(self, n: int = LIMITS.compact_ids) -> Snapshot:
+        """The base and the first ``n`` deltas: what one compaction may fold."""
+        return Snapshot(self.version, self.base, self.log_ids[:n], self.deltas[:n])
+
 
 def snapshot(r: redis.Redis, *, base: str, log: str) -> Snapshot:
-    reply = _fcall(r, "rainstorm_snapshot", [base, log], [], ro=True)
+    keys_, args = SNAPSHOT.build({"base": base, "log": log}, {})
+    reply = _call(r, SNAPSHOT, keys_, args, ro=True)
     rest = reply[2:]
     return Snapshot(int(reply[0]), reply[1] or b"", [as_str(x) for x in rest[::2]],
                     list(rest[1::2]))

@@ -1,23 +1,51 @@
 #!lua name=rainstorm
 --
--- rainstorm function library.  Loaded with FUNCTION LOAD REPLACE by
--- rainstorm.lua.Library; called only through its typed wrappers.
+-- rainstorm function library.  Loaded with FUNCTION LOAD by
+-- rainstorm.lua.load_library; called only through the typed wrappers in
+-- rainstorm/lua/__init__.py, which read LIB_VERSION and the MAX_* caps below
+-- from this file (one source of truth) and whose layout constants a unit test
+-- checks against the KEYS[i] / ARGV[i] contract lines of each function.
 --
 -- Rules every function here follows:
 --   * it touches only keys passed in KEYS (never builds key names);
+--   * it checks argument counts and sizes against the MAX_* caps FIRST, in
+--     O(1) for counts, so no call (even a hostile one) runs for long;
+--   * every writing function takes the job's meta hash and writes nothing
+--     unless the job is running ({'gone'}: no meta; {'stopped', state});
 --   * it validates every argument and every check BEFORE its first write,
 --     because a Lua error does not roll back earlier writes;
 --   * it deletes only stream entries that the same call acknowledged
 --     (never MAXLEN), so pending entries are never lost.
 
-local LIB_VERSION = '5'
+local LIB_VERSION = '6'
+
+-- Caps (plain integers: Python parses them).  Far above what rainstorm sends
+-- (batch_entries <= 256, parallelism <= 1024), low enough that a maximal call
+-- stays around 50 ms (docs/deployment.md has the measurements).
+local MAX_INPUTS = 1536       -- input entries per commit
+local MAX_OUTPUTS = 2048      -- output entries per commit
+local MAX_DEAD = 1024         -- dead-letter records per commit
+local MAX_EXTRA = 64          -- extra counters per commit
+local MAX_LOAD = 1024         -- entries per load
+local MAX_COMPACT_IDS = 4096  -- delta-log ids folded per compaction
+local MAX_BYTES = 20971520    -- 20 MiB: all KEYS and ARGV of one call together
 
 local function to_int(value, what)
-  local n = tonumber(value)
-  if n == nil or n ~= math.floor(n) or n < 0 then
-    error('rainstorm: ' .. what .. ' must be a non-negative integer, got ' .. tostring(value))
+  if type(value) ~= 'string' or #value > 15 or not string.match(value, '^%d+$') then
+    error('rainstorm: ' .. what .. ' must be a non-negative integer below 10^15, got '
+      .. string.sub(tostring(value), 1, 40))
   end
-  return n
+  return tonumber(value)
+end
+
+-- a signed integer of at most 15 digits (a counter increment)
+local function to_incr(value, what)
+  local digits = type(value) == 'string' and string.match(value, '^%-?(%d+)$')
+  if not digits or #digits > 15 then
+    error('rainstorm: ' .. what .. ' must be an integer below 10^15, got '
+      .. string.sub(tostring(value), 1, 40))
+  end
+  return tonumber(value)
 end
 
 -- '' -> nil, else an integer (may be negative; |n| < 2^53, so exact in a double)
@@ -25,9 +53,35 @@ local function to_time(value, what)
   if value == '' then return nil end
   local n = string.match(value, '^%-?%d+$') and tonumber(value)
   if not n or #value > 17 or math.abs(n) >= 2 ^ 53 then
-    error('rainstorm: ' .. what .. ' must be an integer below 2^53 or empty, got ' .. value)
+    error('rainstorm: ' .. what .. ' must be an integer below 2^53 or empty, got '
+      .. string.sub(value, 1, 40))
   end
   return n
+end
+
+local function cap(n, max, what, fn)
+  if n > max then
+    error(fn .. ': ' .. what .. ' is ' .. n .. ', above the cap of ' .. max)
+  end
+end
+
+-- The bytes of every key and argument together, against MAX_BYTES.  Called
+-- after the counts are capped, so the loop is bounded.
+local function cap_bytes(keys, args, fn)
+  local total = 0
+  for i = 1, #keys do total = total + #keys[i] end
+  for i = 1, #args do total = total + #args[i] end
+  if total > MAX_BYTES then
+    error(fn .. ': ' .. total .. ' bytes of arguments, above the cap of ' .. MAX_BYTES)
+  end
+end
+
+-- nil when the job (its meta hash) is running, else the reply to return
+local function not_running(meta)
+  local state = redis.call('HGET', meta, 'state')
+  if not state then return {'gone'} end
+  if state ~= 'running' then return {'stopped', state} end
+  return nil
 end
 
 local function field_of(entry_fields, name)
@@ -44,7 +98,7 @@ local function check_pending(stream, group, id, uid)
   if #pend == 0 then return 'acked' end
   local rows = redis.call('XRANGE', stream, id, id)
   if #rows == 0 then return 'missing' end
-  if field_of(rows[1][2], 'u') ~= uid then return 'stale' end
+  if (field_of(rows[1][2], 'u') or '') ~= uid then return 'stale' end  -- no u: uid ''
   return nil
 end
 
@@ -65,33 +119,34 @@ end
 -- rainstorm_load: append source batches to stage-0 streams and move the
 -- source cursor in the same atomic step.
 --
--- KEYS[1]        = counters hash        rs:{job}:counters
--- KEYS[2]        = cursor hash          rs:{job}:cursor
--- KEYS[3]        = job meta hash        rs:{job}:meta (must exist)
--- KEYS[4..3+n]   = stage-0 stream of each entry  rs:{job}:s0:p<k>
--- ARGV[1]        = expected cursor position ('' = nothing loaded yet)
--- ARGV[2]        = new cursor position (e.g. '3:1048576' or 'done')
--- ARGV[3]        = max_backlog (entries per stream, 0 = unbounded)
--- ARGV[4]        = n, number of entries
--- ARGV[5]        = bytes carried by the entries (for progress)
--- ARGV[6..]      = n pairs: uid, payload
+-- KEYS[1] = counters      rs:{job}:counters
+-- KEYS[2] = cursor        rs:{job}:cursor
+-- KEYS[3] = meta          rs:{job}:meta
+-- KEYS[4..3+n]            the stage-0 stream of each entry  rs:{job}:s0:p<k>
+-- ARGV[1] = expected_pos  expected cursor position ('' = nothing loaded yet)
+-- ARGV[2] = new_pos       new cursor position (e.g. '3:1048576' or 'done')
+-- ARGV[3] = max_backlog   entries per stream, 0 = unbounded
+-- ARGV[4] = n             number of entries (<= MAX_LOAD)
+-- ARGV[5] = nbytes        bytes carried by the entries (for progress)
+-- ARGV[6..]               n pairs: uid, payload
 -- Returns {'ok'} | {'cursor', current} | {'backlog', stream} | {'gone'} |
 --         {'stopped', state}
--- ('gone': the job's keys are missing, e.g. Redis restarted without data;
---  'stopped': the job is no longer running, e.g. cancelled.)
 ------------------------------------------------------------------------------
 local function load(keys, args)
+  local fn = 'rainstorm_load'
+  if #args < 5 then error(fn .. ': expected at least 5 args, got ' .. #args) end
+  local n = to_int(args[4], 'n')
+  cap(n, MAX_LOAD, 'n', fn)
+  if #keys ~= 3 + n then error(fn .. ': expected ' .. (3 + n) .. ' keys, got ' .. #keys) end
+  if #args ~= 5 + 2 * n then error(fn .. ': expected ' .. (5 + 2 * n) .. ' args') end
+  cap_bytes(keys, args, fn)
   local counters, cursor, meta = keys[1], keys[2], keys[3]
   local expected, new_pos = args[1], args[2]
   local max_backlog = to_int(args[3], 'max_backlog')
-  local n = to_int(args[4], 'n')
-  local nbytes = to_int(args[5], 'bytes')
-  if #keys ~= 3 + n then error('rainstorm_load: expected ' .. (3 + n) .. ' keys, got ' .. #keys) end
-  if #args ~= 5 + 2 * n then error('rainstorm_load: expected ' .. (5 + 2 * n) .. ' args') end
-  if new_pos == nil or new_pos == '' then error('rainstorm_load: empty new cursor') end
-  local state = redis.call('HGET', meta, 'state')
-  if not state then return {'gone'} end
-  if state ~= 'running' then return {'stopped', state} end
+  to_int(args[5], 'nbytes')
+  if new_pos == '' then error(fn .. ': empty new cursor') end
+  local stop = not_running(meta)
+  if stop then return stop end
 
   local current = redis.call('HGET', cursor, 'pos')
   if not current then current = '' end
@@ -107,7 +162,7 @@ local function load(keys, args)
   redis.call('HSET', cursor, 'pos', new_pos)
   if n > 0 then
     redis.call('HINCRBY', counters, 's0:emitted', n)
-    redis.call('HINCRBY', counters, 's0:loaded_bytes', nbytes)
+    redis.call('HINCRBY', counters, 's0:loaded_bytes', args[5])
   end
   return {'ok'}
 end
@@ -116,19 +171,24 @@ end
 -- rainstorm_commit: acknowledge a batch of input entries and emit what was
 -- computed from them, atomically.  First commit wins.
 --
--- KEYS[1]                = counters hash   rs:{job}:counters
--- KEYS[2]                = dead letters    rs:{job}:dlq
--- KEYS[3]                = delta log       rs:{job}:state:s<i>:log
--- KEYS[4..3+n_in]        = input stream of each input entry
--- KEYS[4+n_in..]         = output stream of each output entry
--- ARGV[1]  = consumer group of the input stage (g<i>)
--- ARGV[2]  = input stage index i
--- ARGV[3]  = n_in      ARGV[4] = n_out     ARGV[5] = n_dead
--- ARGV[6]  = max_backlog of output streams (0 = unbounded)
--- ARGV[7]  = aggregate delta (msgpack) or '' for none
--- ARGV[8]  = counter field that outputs are emitted into ('' if n_out = 0)
--- ARGV[9]  = records in     ARGV[10] = records out     ARGV[11] = input bytes
--- ARGV[12] = n_extra, extra counters (e.g. malformed rows skipped)
+-- KEYS[1] = counters      rs:{job}:counters
+-- KEYS[2] = dlq           rs:{job}:dlq
+-- KEYS[3] = delta_log     rs:{job}:state:s<i>:log
+-- KEYS[4] = meta          rs:{job}:meta
+-- KEYS[5..4+n_in]         the input stream of each input entry
+-- KEYS[5+n_in..]          the output stream of each output entry
+-- ARGV[1] = group         consumer group of the input stage (g<i>)
+-- ARGV[2] = stage         input stage index i
+-- ARGV[3] = n_in          input entries, 1..MAX_INPUTS
+-- ARGV[4] = n_out         output entries, 0..MAX_OUTPUTS
+-- ARGV[5] = n_dead        dead-letter records, 0..MAX_DEAD
+-- ARGV[6] = max_backlog   of output streams (0 = unbounded)
+-- ARGV[7] = delta         aggregate delta (msgpack) or '' for none
+-- ARGV[8] = emit_field    counter field outputs are emitted into ('' if n_out = 0)
+-- ARGV[9] = records_in
+-- ARGV[10] = records_out
+-- ARGV[11] = bytes_in     input bytes (stage 0)
+-- ARGV[12] = n_extra      extra counters (e.g. malformed rows skipped), 0..MAX_EXTRA
 -- ARGV[13..]  n_in pairs (id, uid), n_out pairs (uid, payload),
 --             n_dead dead-letter payloads (msgpack maps),
 --             n_extra pairs (counter field, integer increment)
@@ -141,45 +201,56 @@ end
 --   time (counters field s<i>:max_event_us) is already >= guard; on success
 --   s<i>:max_event_us = max(itself, batch max).
 -- Returns {'ok'} | {'rejected', id, reason, id, reason, ...} | {'backlog', stream} |
---         {'closed', current max event time}
+--         {'closed', current max event time} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
-local function commit(keys, args)
-  local counters, dlq, log = keys[1], keys[2], keys[3]
-  local group, stage = args[1], args[2]
+local function commit_counts(keys, args, fn)
+  if #args < 12 then error(fn .. ': expected at least 12 args, got ' .. #args) end
   local n_in = to_int(args[3], 'n_in')
   local n_out = to_int(args[4], 'n_out')
   local n_dead = to_int(args[5], 'n_dead')
-  local max_backlog = to_int(args[6], 'max_backlog')
-  local delta, emit_field = args[7], args[8]
-  local rec_in = to_int(args[9], 'records_in')
-  local rec_out = to_int(args[10], 'records_out')
-  local bytes_in = to_int(args[11], 'bytes_in')
   local n_extra = to_int(args[12], 'n_extra')
-  if n_in < 1 then error('rainstorm_commit: no input entries') end
-  if #keys ~= 3 + n_in + n_out then error('rainstorm_commit: wrong number of keys') end
+  if n_in < 1 then error(fn .. ': no input entries') end
+  cap(n_in, MAX_INPUTS, 'n_in', fn)
+  cap(n_out, MAX_OUTPUTS, 'n_out', fn)
+  cap(n_dead, MAX_DEAD, 'n_dead', fn)
+  cap(n_extra, MAX_EXTRA, 'n_extra', fn)
+  if #keys ~= 4 + n_in + n_out then error(fn .. ': wrong number of keys') end
   local n_fixed = 12 + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra
-  local windowed = #args == n_fixed + 2
-  if #args ~= n_fixed and not windowed then
-    error('rainstorm_commit: wrong number of args')
+  if #args ~= n_fixed and #args ~= n_fixed + 2 then
+    error(fn .. ': wrong number of args')
   end
+  cap_bytes(keys, args, fn)
+  return n_in, n_out, n_dead, n_extra, n_fixed
+end
+
+local function commit(keys, args)
+  local fn = 'rainstorm_commit'
+  local n_in, n_out, n_dead, n_extra, n_fixed = commit_counts(keys, args, fn)
+  local counters, dlq, log, meta = keys[1], keys[2], keys[3], keys[4]
+  local group, delta, emit_field = args[1], args[7], args[8]
+  local stage = to_int(args[2], 'stage')
+  local max_backlog = to_int(args[6], 'max_backlog')
+  to_int(args[9], 'records_in')
+  to_int(args[10], 'records_out')
+  local bytes_in = to_int(args[11], 'bytes_in')
+  local windowed = #args == n_fixed + 2
   local batch_max, guard
   if windowed then
     batch_max = to_time(args[n_fixed + 1], 'batch max event time')
     guard = to_time(args[n_fixed + 2], 'window guard')
   end
-  if n_out > 0 and emit_field == '' then error('rainstorm_commit: outputs without emit field') end
+  if n_out > 0 and emit_field == '' then error(fn .. ': outputs without emit field') end
   local ebase = 12 + 2 * n_in + 2 * n_out + n_dead
   for x = 1, n_extra do
-    local incr = tonumber(args[ebase + 2 * x])
-    if incr == nil or incr ~= math.floor(incr) then
-      error('rainstorm_commit: extra counter increment must be an integer')
-    end
+    to_incr(args[ebase + 2 * x], 'extra counter increment')
   end
+  local stop = not_running(meta)
+  if stop then return stop end
 
   local base = 12
   local rejected = {}
   for i = 1, n_in do
-    local why = check_pending(keys[3 + i], group, args[base + 2 * i - 1], args[base + 2 * i])
+    local why = check_pending(keys[4 + i], group, args[base + 2 * i - 1], args[base + 2 * i])
     if why then
       rejected[#rejected + 1] = args[base + 2 * i - 1]
       rejected[#rejected + 1] = why
@@ -198,19 +269,19 @@ local function commit(keys, args)
     if guard and current and current >= guard then return {'closed', raw} end
   end
   local outs = {}
-  for j = 1, n_out do outs[j] = keys[3 + n_in + j] end
+  for j = 1, n_out do outs[j] = keys[4 + n_in + j] end
   local full = over_backlog(outs, max_backlog)
   if full then return {'backlog', full} end
 
   -- all checks passed: write
   for i = 1, n_in do
-    local stream, id = keys[3 + i], args[base + 2 * i - 1]
+    local stream, id = keys[4 + i], args[base + 2 * i - 1]
     redis.call('XACK', stream, group, id)
     redis.call('XDEL', stream, id)
   end
   local obase = base + 2 * n_in
   for j = 1, n_out do
-    redis.call('XADD', keys[3 + n_in + j], '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])
+    redis.call('XADD', keys[4 + n_in + j], '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])
   end
   local dbase = obase + 2 * n_out
   for k = 1, n_dead do
@@ -220,9 +291,9 @@ local function commit(keys, args)
   local p = 's' .. stage .. ':'
   redis.call('HINCRBY', counters, p .. 'committed', n_in)
   redis.call('HINCRBY', counters, p .. 'commits', 1)
-  redis.call('HINCRBY', counters, p .. 'records_in', rec_in)
-  redis.call('HINCRBY', counters, p .. 'records_out', rec_out)
-  if bytes_in > 0 then redis.call('HINCRBY', counters, p .. 'bytes_in', bytes_in) end
+  redis.call('HINCRBY', counters, p .. 'records_in', args[9])
+  redis.call('HINCRBY', counters, p .. 'records_out', args[10])
+  if bytes_in > 0 then redis.call('HINCRBY', counters, p .. 'bytes_in', args[11]) end
   if n_dead > 0 then redis.call('HINCRBY', counters, p .. 'dead_records', n_dead) end
   if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
   for x = 1, n_extra do
@@ -237,16 +308,28 @@ end
 ------------------------------------------------------------------------------
 -- rainstorm_deadletter: move one whole input entry to the dead-letter stream.
 --
--- KEYS[1] = counters hash  KEYS[2] = dead letters  KEYS[3] = input stream
--- ARGV[1] = group  ARGV[2] = stage index  ARGV[3] = entry id  ARGV[4] = uid
--- ARGV[5] = error text   ARGV[6] = delivery count
--- Returns {'ok'} | {'rejected', id, reason}
+-- KEYS[1] = counters      rs:{job}:counters
+-- KEYS[2] = dlq           rs:{job}:dlq
+-- KEYS[3] = meta          rs:{job}:meta
+-- KEYS[4] = stream        the input stream holding the entry
+-- ARGV[1] = group         consumer group of the input stage (g<i>)
+-- ARGV[2] = stage         input stage index i
+-- ARGV[3] = entry_id
+-- ARGV[4] = uid
+-- ARGV[5] = error         the reason (text)
+-- ARGV[6] = deliveries    how often the entry was delivered
+-- Returns {'ok'} | {'rejected', id, reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
 local function deadletter(keys, args)
-  local counters, dlq, stream = keys[1], keys[2], keys[3]
-  if #keys ~= 3 or #args ~= 6 then error('rainstorm_deadletter: wrong arity') end
-  local group, stage, id, uid, err = args[1], args[2], args[3], args[4], args[5]
+  local fn = 'rainstorm_deadletter'
+  if #keys ~= 4 or #args ~= 6 then error(fn .. ': wrong arity') end
+  cap_bytes(keys, args, fn)
+  local counters, dlq, meta, stream = keys[1], keys[2], keys[3], keys[4]
+  local group, id, uid, err = args[1], args[3], args[4], args[5]
+  local stage = to_int(args[2], 'stage')
   local deliveries = to_int(args[6], 'deliveries')
+  local stop = not_running(meta)
+  if stop then return stop end
   local why = check_pending(stream, group, id, uid)
   if why then return {'rejected', id, why} end
   local rows = redis.call('XRANGE', stream, id, id)
@@ -262,24 +345,37 @@ end
 ------------------------------------------------------------------------------
 -- rainstorm_requeue: move one dead letter back into a stage stream, once.
 --
--- KEYS[1] = counters hash  KEYS[2] = dead letters  KEYS[3] = target stream
--- ARGV[1] = dead-letter entry id   ARGV[2] = stage index
--- ARGV[3] = kind: 'entry' (a whole input entry: it was counted dead, never
---           committed) or 'record' (one record of a committed entry: it goes
---           back as a new one-record entry, so the stage gains an emitted entry)
--- ARGV[4] = uid of the new entry   ARGV[5] = its payload
--- ARGV[6] = bytes to take back from s<i>:bytes_in (a stage-0 record that
---           was counted when its entry was committed)
--- Returns {'ok'} | {'gone'} (already requeued or removed)
+-- KEYS[1] = counters      rs:{job}:counters
+-- KEYS[2] = dlq           rs:{job}:dlq
+-- KEYS[3] = meta          rs:{job}:meta
+-- KEYS[4] = stream        the target stage stream
+-- ARGV[1] = dead_id       dead-letter entry id
+-- ARGV[2] = stage         stage index
+-- ARGV[3] = kind          'entry' (a whole input entry: it was counted dead,
+--           never committed) or 'record' (one record of a committed entry: it
+--           goes back as a new one-record entry, so the stage gains an
+--           emitted entry)
+-- ARGV[4] = uid           of the new entry
+-- ARGV[5] = payload       of the new entry
+-- ARGV[6] = unbytes       bytes to take back from s<i>:bytes_in (a stage-0
+--           record that was counted when its entry was committed)
+-- Returns {'ok'} | {'absent'} (already requeued or removed) | {'gone'} |
+--         {'stopped', state}
 ------------------------------------------------------------------------------
 local function requeue(keys, args)
-  local counters, dlq, stream = keys[1], keys[2], keys[3]
-  if #keys ~= 3 or #args ~= 6 then error('rainstorm_requeue: wrong arity') end
-  local id, stage, kind, uid, payload = args[1], args[2], args[3], args[4], args[5]
-  local unbytes = to_int(args[6], 'bytes')
-  to_int(stage, 'stage')
-  if kind ~= 'entry' and kind ~= 'record' then error('rainstorm_requeue: bad kind ' .. kind) end
-  if #redis.call('XRANGE', dlq, id, id) == 0 then return {'gone'} end
+  local fn = 'rainstorm_requeue'
+  if #keys ~= 4 or #args ~= 6 then error(fn .. ': wrong arity') end
+  cap_bytes(keys, args, fn)
+  local counters, dlq, meta, stream = keys[1], keys[2], keys[3], keys[4]
+  local id, kind, uid, payload = args[1], args[3], args[4], args[5]
+  local stage = to_int(args[2], 'stage')
+  local unbytes = to_int(args[6], 'unbytes')
+  if kind ~= 'entry' and kind ~= 'record' then
+    error(fn .. ': bad kind ' .. string.sub(kind, 1, 40))
+  end
+  local stop = not_running(meta)
+  if stop then return stop end
+  if #redis.call('XRANGE', dlq, id, id) == 0 then return {'absent'} end
   redis.call('XADD', stream, '*', 'u', uid, 'd', payload)
   redis.call('XDEL', dlq, id)
   local p = 's' .. stage .. ':'
@@ -289,7 +385,7 @@ local function requeue(keys, args)
     redis.call('HINCRBY', counters, p .. 'dead_records', -1)
     redis.call('HINCRBY', counters, p .. 'emitted', 1)
   end
-  if unbytes > 0 then redis.call('HINCRBY', counters, p .. 'bytes_in', -unbytes) end
+  if unbytes > 0 then redis.call('HINCRBY', counters, p .. 'bytes_in', '-' .. args[6]) end
   redis.call('HINCRBY', counters, p .. 'requeued', 1)
   return {'ok'}
 end
@@ -297,15 +393,23 @@ end
 ------------------------------------------------------------------------------
 -- rainstorm_compact: replace delta-log entries by their fold into the base.
 --
--- KEYS[1] = base hash rs:{job}:state:s<i>   KEYS[2] = delta log stream
--- ARGV[1] = expected base version   ARGV[2] = new folded state (msgpack)
--- ARGV[3..] = ids of the log entries folded into ARGV[2]
--- Returns {'ok', new_version} | {'conflict', reason}
+-- KEYS[1] = base          rs:{job}:state:s<i>
+-- KEYS[2] = log           rs:{job}:state:s<i>:log
+-- KEYS[3] = meta          rs:{job}:meta
+-- ARGV[1] = version       expected base version
+-- ARGV[2] = blob          the new folded state (msgpack)
+-- ARGV[3..]               ids of the log entries folded into the blob, 1..MAX_COMPACT_IDS
+-- Returns {'ok', new_version} | {'conflict', reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
 local function compact(keys, args)
-  local base, log = keys[1], keys[2]
-  if #keys ~= 2 or #args < 3 then error('rainstorm_compact: wrong arity') end
+  local fn = 'rainstorm_compact'
+  if #keys ~= 3 or #args < 3 then error(fn .. ': wrong arity') end
+  cap(#args - 2, MAX_COMPACT_IDS, 'the number of ids', fn)
+  cap_bytes(keys, args, fn)
+  local base, log, meta = keys[1], keys[2], keys[3]
   local expected = to_int(args[1], 'version')
+  local stop = not_running(meta)
+  if stop then return stop end
   local version = tonumber(redis.call('HGET', base, 'v') or '0')
   if version ~= expected then return {'conflict', 'version'} end
   for i = 3, #args do
@@ -318,11 +422,15 @@ end
 
 ------------------------------------------------------------------------------
 -- rainstorm_snapshot (read-only): the folded base and every delta not yet
--- folded, read atomically.
--- KEYS[1] = base hash   KEYS[2] = delta log stream
+-- folded, read atomically.  Its cost grows with the log, which compaction
+-- keeps short.
+--
+-- KEYS[1] = base          rs:{job}:state:s<i>
+-- KEYS[2] = log           rs:{job}:state:s<i>:log
 -- Returns {version, base_blob_or_empty, id1, delta1, id2, delta2, ...}
 ------------------------------------------------------------------------------
-local function snapshot(keys, _args)
+local function snapshot(keys, args)
+  if #keys ~= 2 or #args ~= 0 then error('rainstorm_snapshot: wrong arity') end
   local base, log = keys[1], keys[2]
   local v = redis.call('HGET', base, 'v') or '0'
   local out = {v, redis.call('HGET', base, 'd') or ''}
@@ -333,6 +441,10 @@ local function snapshot(keys, _args)
   return out
 end
 
+------------------------------------------------------------------------------
+-- rainstorm_version (read-only): LIB_VERSION, checked by every client before
+-- its first call.  No KEYS, no ARGV.
+------------------------------------------------------------------------------
 local function version(_keys, _args)
   return LIB_VERSION
 end

@@ -73,8 +73,14 @@ class Aggregator:
     def from_wire(self, v: Any) -> Any:
         return v
 
+    def valid(self, v: Any) -> bool:
+        """Is ``v`` (as decoded) a state value of this aggregate?  Checked on
+        every delta read back from Redis (a crafted one must not get in)."""
+        return True
+
 
 _MISSING = object()
+_NUMBER = (int, float)
 
 
 class Additive(Aggregator):
@@ -104,6 +110,9 @@ class Additive(Aggregator):
     def merge_pairs(self, acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
         _add_pairs(acc, pairs)
 
+    def valid(self, v: Any) -> bool:
+        return type(v) in _NUMBER
+
 
 class Extreme(Aggregator):
     def __init__(self, name: str) -> None:
@@ -126,6 +135,9 @@ class Mean(Aggregator):
     def from_wire(self, v: Any) -> Any:
         return tuple(v)
 
+    def valid(self, v: Any) -> bool:
+        return len(v) == 2 and type(v[0]) in _NUMBER and type(v[1]) is int
+
 
 class Distinct(Aggregator):
     """Exact number of distinct values per key (the state keeps the values)."""
@@ -147,6 +159,9 @@ class Distinct(Aggregator):
     def from_wire(self, v: Any) -> Any:
         return frozenset(v)
 
+    def valid(self, v: Any) -> bool:
+        return type(v) is frozenset
+
 
 class TopK(Aggregator):
     """The k largest values per key, largest first."""
@@ -167,6 +182,9 @@ class TopK(Aggregator):
 
     def from_wire(self, v: Any) -> Any:
         return tuple(v)
+
+    def valid(self, v: Any) -> bool:
+        return type(v) is tuple and len(v) <= self.k
 
 
 class Group(Aggregator):
@@ -201,6 +219,9 @@ class Group(Aggregator):
 
     def from_wire(self, v: Any) -> Any:
         return list(v)
+
+    def valid(self, v: Any) -> bool:
+        return type(v) is list
 
 
 _PLAIN_TYPES = (int, float, str, bytes, bool, type(None))
@@ -331,15 +352,19 @@ def pairs(blob: bytes, agg: Aggregator | None = None) -> Iterator[tuple[Any, Any
     msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
                           ext_hook=_ext_hook)
     if msg[0] == 1:
-        _, code, joined, raw = msg
-        values = array(code)
-        values.frombytes(raw)
-        keys = joined.split(SEP) if joined or len(values) else []
-        return zip(keys, values, strict=True)
+        return _columnar_pairs(msg)
     if agg is None or agg.additive:
         return iter(msg[1].items())
     conv = agg.from_wire
     return ((k, conv(v)) for k, v in msg[1].items())
+
+
+def _columnar_pairs(msg: Any) -> Iterator[tuple[Any, Any]]:
+    _, code, joined, raw = msg
+    values = array(code)
+    values.frombytes(raw)
+    keys = joined.split(SEP) if joined or len(values) else []
+    return zip(keys, values, strict=True)
 
 
 def merge_blob(acc: dict[Any, Any], blob: bytes, agg: Aggregator | None = None) -> None:
@@ -348,3 +373,76 @@ def merge_blob(acc: dict[Any, Any], blob: bytes, agg: Aggregator | None = None) 
 
 def decode(blob: bytes, agg: Aggregator | None = None) -> dict[Any, Any]:
     return dict(pairs(blob, agg))
+
+
+# -- deltas read back from Redis: decoded completely and checked -------------------
+# A delta log entry, or the folded base, can be written by anyone holding a
+# Redis password: the folders decode them here, so that no blob of any shape
+# raises anything but BadDelta, and a bad delta changes nothing.
+
+class BadDelta(ValueError):
+    """A delta that no commit writes: not msgpack, the wrong shape, or values
+    this aggregate does not hold or cannot merge."""
+
+
+# what decoding a crafted msgpack blob (and using what it holds) may raise
+DECODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError,
+                 OverflowError, RecursionError, msgpack.UnpackException)
+COLUMNAR_CODES = ("q", "d")
+
+
+def checked(blob: bytes, agg: Aggregator | None = None) -> Delta:
+    """``blob`` decoded completely into a delta; raises BadDelta only."""
+    merger = agg or Additive("sum")
+    try:
+        delta = _checked(blob, merger)
+    except BadDelta:
+        raise
+    except DECODE_ERRORS as exc:
+        raise BadDelta(_why(exc)) from None
+    return delta
+
+
+def _checked(blob: bytes, merger: Aggregator) -> Delta:
+    if not blob:
+        return {}
+    msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
+                          ext_hook=_ext_hook)
+    if type(msg) is not tuple or not msg or msg[0] not in (0, 1):
+        raise BadDelta("not a delta ([0, map] or [1, typecode, keys, values])")
+    if msg[0] == 1:
+        if not merger.additive or len(msg) != 4 or msg[1] not in COLUMNAR_CODES \
+                or type(msg[2]) is not str or type(msg[3]) is not bytes:
+            raise BadDelta("malformed columnar delta")
+        pairs_ = list(_columnar_pairs(msg))  # zip(strict=True): as many keys as values
+    else:
+        if len(msg) != 2 or type(msg[1]) is not dict:
+            raise BadDelta("malformed map delta")
+        conv = merger.from_wire
+        pairs_ = [(k, conv(v)) for k, v in msg[1].items()]
+        bad = next((v for _, v in pairs_ if not merger.valid(v)), _MISSING)
+        if bad is not _MISSING:
+            raise BadDelta(f"a value {merger.name} does not hold: {bad!r:.60}")
+    delta: Delta = {}
+    merger.merge_pairs(delta, pairs_)
+    return delta
+
+
+def merge_checked(acc: dict[Any, Any], delta: Delta, agg: Aggregator | None = None) -> None:
+    """Merge a :func:`checked` delta into ``acc``, all or nothing: raises
+    BadDelta, leaving ``acc`` as it was, when a value does not merge."""
+    merger = agg or Additive("sum")
+    if merger.additive:  # numbers on both sides (checked): + cannot fail
+        merger.merge_pairs(acc, delta.items())
+        return
+    get, merge, missing = acc.get, merger.merge, _MISSING
+    try:
+        new = {k: v if (old := get(k, missing)) is missing else merge(old, v)
+               for k, v in delta.items()}
+    except Exception as exc:  # values that do not compare, or reduce_by_key's own fn raising
+        raise BadDelta(_why(exc)) from None
+    acc.update(new)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]

@@ -75,11 +75,19 @@ def tab_value(line: str) -> str:
 
 
 def make_grep(pattern: str) -> Callable[[str], bool]:
-    rx = re.compile(pattern)
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string (a regular expression), got {pattern!r}")
+    try:
+        rx = re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:  # refused at validation
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
     return lambda line: rx.search(line) is not None
 
 
 def make_split(sep: str | None = None) -> Callable[[str], list[str]]:
+    if sep is not None and (not isinstance(sep, str) or not sep):
+        raise ValueError(f"sep must be a non-empty string (or absent: any whitespace), "
+                         f"got {sep!r}")
     return lambda line: line.split(sep)
 
 

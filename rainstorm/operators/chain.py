@@ -9,12 +9,13 @@ the operator and the user's function.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
-from rainstorm.operators.chain_errors import OperatorError, Rejected
+from rainstorm.operators.chain_errors import OperatorError, OperatorTimeout, Rejected
 from rainstorm.operators.external import as_line, make_pipe, make_reduce
 from rainstorm.operators.framed import FramedProcess
 from rainstorm.operators.plan import StagePlan, label
@@ -94,8 +95,10 @@ class Chain:
                                     stamper(stage.window, allow, stage.window_path)))
 
     def _fail(self, step: _Step, exc: Exception) -> OperatorError:
-        return OperatorError(f"operator {step.label} in stage {self.stage.index} raised {exc!r}",
-                             rejected=isinstance(exc, Rejected))
+        where = f"operator {step.label} in stage {self.stage.index}"
+        if isinstance(exc, OperatorTimeout):  # the worker's time limit fired inside it
+            return OperatorTimeout(f"{where} {exc}")
+        return OperatorError(f"{where} raised {exc!r}", rejected=isinstance(exc, Rejected))
 
     def run(self, records: list[Any]) -> list[Any]:
         for step in self.steps:
@@ -117,13 +120,24 @@ class Chain:
                 raise self._fail(step, exc) from exc
         return records
 
-    def run_isolated(self, records: list[Any]) -> tuple[list[Any], list[tuple[Any, str]]]:
-        """Record by record: (outputs of good records, [(bad record, error)])."""
+    def run_isolated(
+        self, records: list[Any],
+        limit: Callable[[], AbstractContextManager[object]] = nullcontext,
+        check: Callable[[list[Any]], None] | None = None,
+    ) -> tuple[list[Any], list[tuple[Any, str]]]:
+        """Record by record: (outputs of good records, [(bad record, error)]).
+        Each record runs under its own ``limit()``; ``check`` may refuse a
+        record's outputs (e.g. values that cannot be encoded) by raising
+        OperatorError."""
         good: list[Any] = []
         bad: list[tuple[Any, str]] = []
         for rec in records:
             try:
-                good.extend(self.run([rec]))
+                with limit():
+                    out = self.run([rec])
+                if check is not None:
+                    check(out)
+                good.extend(out)
             except OperatorError as exc:
                 bad.append((rec, str(exc)))
         return good, bad

@@ -20,3 +20,13 @@ class Rejected(Exception):
 
 class ExternalError(Exception):
     """An external program failed (exit status, timeout, cannot start)."""
+
+
+class OperatorTimeout(OperatorError):
+    """A batch (or, run record by record, one record) took longer than the
+    job's ``operator_timeout_s``: a failure like an operator that raises."""
+
+
+class Unencodable(OperatorError):
+    """An operator returned a value msgpack cannot encode (an int beyond 64
+    bits, a structure nested too deeply ...): a failure like a raise."""

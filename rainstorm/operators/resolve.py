@@ -5,8 +5,14 @@ or a signed pickled function (``pickle:<name>:<payload>.<mac>``, see
 rainstorm.signing).  Workers import user modules only when the module's
 top-level package is in their allowlist (``--allow-module``, env
 ``RAINSTORM_ALLOW_MODULES``), and unpickle only what is signed with their
-``RAINSTORM_SECRET``, so write access to Redis is not code execution on a
-worker.
+``RAINSTORM_SECRET``.
+
+``package.module:function`` names one callable *defined* in that module:
+``function`` is a single public identifier (no attribute chain such as
+``mod:os.system``, no ``_private`` or ``__dunder__`` name), and the object
+found must report an allowed module as its ``__module__``, so a function the
+module merely imported (``from os import system``) is refused too.  Classes
+defined there are callables like any other (a factory called with ``args``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,19 @@ def allowed_modules_from_env() -> tuple[str, ...]:
 
 def _module_allowed(module: str, allow: tuple[str, ...]) -> bool:
     return any(module == a or module.startswith(a + ".") or a == "*" for a in allow)
+
+
+def _check_ref(fn: str, where: str) -> tuple[str, str]:
+    """(module, attribute) of ``module:function``, both plain names."""
+    module, _, attr = fn.partition(":")
+    parts = module.split(".")
+    if not all(p.isidentifier() and not p.startswith("__") for p in parts):
+        raise UsageError(f"{where}: {fn!r}: {module!r} is not a module name")
+    if not attr.isidentifier() or attr.startswith("_"):
+        raise UsageError(f"{where}: {fn!r}: after the ':' comes one public function name "
+                         "defined in the module (no attribute chain, no _private or "
+                         "__dunder__ name)")
+    return module, attr
 
 
 def resolve(
@@ -68,20 +87,23 @@ def _builtin(fn: str, args: dict[str, Any], where: str) -> Callable[..., Any]:
 
 
 def _import(fn: str, allow: tuple[str, ...], where: str) -> Callable[..., Any]:
-    module, _, attr = fn.partition(":")
+    module, attr = _check_ref(fn, where)
     if not _module_allowed(module, allow):
         raise UsageError(
             f"{where}: module {module!r} is not in the worker allowlist "
             "(start workers with --allow-module or set RAINSTORM_ALLOW_MODULES)"
         )
     try:
-        obj: Any = importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError as exc:
         raise UsageError(f"{where}: cannot import {module!r}: {exc}") from None
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise UsageError(f"{where}: {module!r} has no attribute {attr!r}")
+    obj: Any = mod.__dict__.get(attr)  # the module's own namespace: no __getattr__ hook
+    if obj is None:
+        raise UsageError(f"{where}: {module!r} has no attribute {attr!r}")
+    defined_in = getattr(obj, "__module__", None)
+    if not isinstance(defined_in, str) or not _module_allowed(defined_in, allow):
+        raise UsageError(f"{where}: {fn!r} is defined in {defined_in!r}, not in an allowed "
+                         "module; name the function where it is defined")
     if not callable(obj):
         raise UsageError(f"{where}: {fn!r} is not callable")
     return obj  # type: ignore[no-any-return]

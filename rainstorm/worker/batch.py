@@ -3,8 +3,10 @@
 A batch is entries of one stage (any of its partitions).  The fused chain
 runs over all of them at once; the aggregate delta or the routed outputs are
 combined across the whole batch, so one FCALL carries as much as possible.
-Entries that were delivered ``max_deliveries`` times run record by record:
-the records that raise become dead letters, the rest is committed.
+Entries whose runs failed ``max_deliveries`` times run record by record:
+the records that raise (or time out, or return what msgpack cannot encode)
+become dead letters, the rest is committed.  Entries that cannot be decoded
+at all are found before anything runs (:meth:`StageRunner.undecodable`).
 """
 
 from __future__ import annotations
@@ -12,29 +14,73 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from rainstorm import keys
-from rainstorm.job import Job, batch_uid, decode_records, encode_records, partition_of
+from rainstorm.job import Job, batch_uid, decode_records, partition_of
 from rainstorm.lua import CommitRequest
 from rainstorm.operators import aggregates, metrics
 from rainstorm.operators.chain import Chain, OperatorError, split_lines
+from rainstorm.operators.chain_errors import Unencodable
 from rainstorm.operators.resolve import resolve
 from rainstorm.operators.windows import WindowBatch, Windows
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+Limit = Callable[[], AbstractContextManager[object]]  # a time limit (see worker.timeout)
+
+
+@dataclass(eq=False)
 class Entry:
     stream: str
     id: str
     uid: str
     data: bytes
     deliveries: int = 1
+    failures: int = 0  # failed runs so far (rs:{job}:failures)
+    problem: str = ""  # why the entry cannot be read at all (dead-lettered at once)
+    raw_uid: bytes | None = None  # the uid field as read, when it is not UTF-8
+    records: list[Any] | None = None  # decoded records (cached by undecodable())
+
+
+def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
+    """An Entry from a stream entry's fields, whatever they hold: a missing
+    ``u``/``d`` field or a uid that is not UTF-8 is recorded as its problem."""
+    uid_raw, data = fields.get(b"u"), fields.get(b"d")
+    problems = [f"no {name!r} field" for name, v in (("u", uid_raw), ("d", data)) if v is None]
+    e = Entry(stream, id_, "", data or b"", deliveries)
+    if uid_raw is not None:
+        try:
+            e.uid = uid_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            e.uid, e.raw_uid = uid_raw.decode("utf-8", "replace"), uid_raw
+            problems.append("its uid is not UTF-8")
+    if problems:
+        e.problem = "undecodable entry: " + ", ".join(problems)
+    return e
+
+
+def _pack_default(obj: Any) -> Any:
+    """Values msgpack cannot encode: an int beyond 64 bits is an error (never
+    silently a string); other objects are written as their repr."""
+    if isinstance(obj, int):
+        raise OverflowError(f"integer {obj} does not fit in 64 bits")
+    return repr(obj)
+
+
+def encode_outputs(records: list[Any]) -> bytes:
+    """Operator outputs as one msgpack batch; Unencodable if they cannot be."""
+    try:
+        return msgpack.packb(records, use_bin_type=True,  # type: ignore[no-any-return]
+                             default=_pack_default)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise Unencodable(f"operator output cannot be encoded: {exc}") from None
 
 
 @dataclass
@@ -79,6 +125,7 @@ class StageRunner:
         self.windows = Windows.of(self.stage.window) if self.stage.window else None
         # a windowed stage: its max event time, read by the worker before computing
         self.max_event_us: int | None = None
+        self.current: Entry | None = None  # the entry compute() is running
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
         if self.job.raw_text(self.stage.index):
@@ -86,41 +133,111 @@ class StageRunner:
             if bad:
                 comp.extra["s0:invalid_utf8_entries"] += 1
             return [], text
-        return decode_records(entry.data), None
+        if entry.records is None:
+            entry.records = decode_records(entry.data)
+        return list(entry.records), None  # a copy: map_partitions may change its list
+
+    def undecodable(self, entries: list[Entry]) -> list[tuple[Entry, str]]:
+        """The entries that can never run, with the reason: a missing field,
+        not msgpack, or not a list of records.  Decodes (and caches) the rest."""
+        bad = []
+        for e in entries:
+            if e.problem:
+                bad.append((e, e.problem))
+            elif not self.job.raw_text(self.stage.index):
+                why = self._decode(e)
+                if why:
+                    bad.append((e, why))
+        return bad
+
+    @staticmethod
+    def _decode(e: Entry) -> str:
+        try:
+            value = msgpack.unpackb(e.data, raw=False, use_list=False, strict_map_key=False)
+        except Exception as exc:  # noqa: BLE001  (any bytes: ExtraData, FormatError, ...)
+            return f"undecodable entry: not msgpack ({type(exc).__name__}: {exc})"
+        if not isinstance(value, tuple):
+            return f"undecodable entry: a {type(value).__name__}, not a list of records"
+        e.records = list(value)
+        return ""
 
     def _absorb(self, comp: Computed, outputs: list[Any]) -> None:
-        if self.agg:
-            if comp.window is not None:
-                outputs = comp.window.add(outputs)
-            self.agg.add(comp.delta, outputs, self.stage.keyed_out)
-        else:
-            comp.outputs.extend(outputs)
+        try:
+            if self.agg:
+                if comp.window is not None:
+                    outputs = comp.window.add(outputs)
+                self.agg.add(comp.delta, outputs, self.stage.keyed_out)
+            else:
+                comp.outputs.extend(outputs)
+        except OperatorError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (e.g. an unhashable key: the operator's fault)
+            raise OperatorError(f"stage {self.stage.index}: cannot aggregate the operators' "
+                                f"output: {exc!r}") from None
 
-    def compute(self, entries: list[Entry], isolate: set[str]) -> Computed:
+    def _check_output(self, outputs: list[Any]) -> None:
+        """Record by record: can one record's outputs be absorbed and encoded?"""
+        if not self.agg:
+            encode_outputs(outputs)
+            return
+        if self.windows:
+            return  # windowed values are checked with the whole batch
+        scratch: dict[Any, Any] = {}
+        try:
+            self.agg.add(scratch, outputs, self.stage.keyed_out)
+            aggregates.encode(self.agg.before_commit(scratch), self.agg)
+        except Exception as exc:  # noqa: BLE001  (user values: any failure is the operator's)
+            raise Unencodable(f"operator output cannot be aggregated or encoded: {exc!r}"
+                              ) from None
+
+    def compute(self, entries: list[Entry], isolate: set[str],
+                limit: Limit = nullcontext) -> Computed:
         """Run the chain; raises OperatorError if a non-isolated entry fails
-        (a Rejected record instead sends its entry record by record at once)."""
+        (a Rejected record instead sends its entry record by record at once).
+        ``limit()`` bounds the run of the whole entries together, and of each
+        record of an isolated entry alone; ``self.current`` names the entry
+        running (the culprit when a limit fires)."""
         comp = Computed()
         if self.windows:
             comp.window = self.windows.batch(self.max_event_us)
         metrics.drain()
-        for e in entries:
+        slow: list[Entry] = []
+        with limit():
+            for e in entries:
+                self.current = e
+                if e.id in isolate or not self._whole(comp, e):
+                    slow.append(e)
+        for e in slow:
+            self.current = e
             records, text = self._records(e, comp)
-            if e.id not in isolate:
-                try:
-                    self._run_whole(comp, records, text)
-                    continue
-                except OperatorError as exc:
-                    if not exc.rejected:
-                        raise
-                    metrics.drain()  # the record-by-record run counts again
             recs = split_lines(text) if text is not None else records
-            good, bad = self.chain.run_isolated(recs)
+            good, bad = self.chain.run_isolated(recs, limit, self._check_output)
             comp.records_in += len(recs)
             self._absorb(comp, good)
             comp.dead += [dead_record(self.job, self.stage.index, e, r, err) for r, err in bad]
+        self.current = None
         for name, n in metrics.drain().items():
             comp.extra[keys.counter_field(self.stage.index, name)] += n
         return comp
+
+    def _whole(self, comp: Computed, e: Entry) -> bool:
+        """Run one entry as a whole; False when a Rejected record sends it
+        record by record."""
+        records, text = self._records(e, comp)
+        try:
+            self._run_whole(comp, records, text)
+            return True
+        except OperatorError as exc:
+            if not exc.rejected:
+                raise
+            metrics.drain()  # the record-by-record run counts again
+            return False
+
+    def build(self, entries: list[Entry], isolate: set[str], max_backlog: int,
+              limit: Limit = nullcontext) -> CommitRequest:
+        """compute() and request() in one: what to commit for ``entries``;
+        OperatorError (Unencodable, OperatorTimeout ...) when it cannot be."""
+        return self.request(entries, self.compute(entries, isolate, limit), max_backlog)
 
     def _run_whole(self, comp: Computed, records: list[Any], text: str | None) -> None:
         if text is not None:
@@ -141,16 +258,28 @@ class StageRunner:
         if win.late:
             req.extra[keys.counter_field(i, "late_records")] = len(win.late)
             uid = f"{batch_uid([e.uid for e in entries])}.late"
-            req.outputs = [(keys.late(self.job.id), uid, encode_records(win.late))]
+            req.outputs = [(keys.late(self.job.id), uid, encode_outputs(win.late))]
             req.emit_field = keys.counter_field(i, "late_entries")
             req.max_backlog = 0  # a side output, read by the user: never backpressure
 
     def request(self, entries: list[Entry], comp: Computed, max_backlog: int) -> CommitRequest:
+        """The commit request; Unencodable if the outputs cannot be encoded."""
+        try:
+            return self._request(entries, comp, max_backlog)
+        except OperatorError:
+            raise
+        except (ValueError, TypeError, OverflowError, IndexError) as exc:
+            raise Unencodable(f"stage {self.stage.index}: operator output cannot be "
+                              f"encoded: {exc}") from None
+
+    def _request(self, entries: list[Entry], comp: Computed, max_backlog: int
+                 ) -> CommitRequest:
         job, i = self.job, self.stage.index
         req = CommitRequest(
             counters=keys.counters(job.id),
             dlq=keys.dlq(job.id),
             delta_log=keys.state_log(job.id, i),
+            meta=keys.meta(job.id),
             group=keys.group(i),
             stage=i,
             inputs=[(e.stream, e.id, e.uid) for e in entries],
@@ -172,7 +301,7 @@ class StageRunner:
             return req
         base = batch_uid([e.uid for e in entries])
         if self.is_last:
-            req.outputs = [(keys.output(job.id), f"{base}.0", encode_records(comp.outputs))]
+            req.outputs = [(keys.output(job.id), f"{base}.0", encode_outputs(comp.outputs))]
             req.emit_field = keys.counter_field(i, "output_entries")
             req.max_backlog = 0  # the output stream is the sink, read at the end
             return req
@@ -188,7 +317,7 @@ class StageRunner:
         for p, recs in enumerate(buckets):
             if recs:
                 req.outputs.append(
-                    (keys.stage_stream(job.id, i + 1, p), f"{base}.{p}", encode_records(recs))
+                    (keys.stage_stream(job.id, i + 1, p), f"{base}.{p}", encode_outputs(recs))
                 )
         req.emit_field = keys.counter_field(i + 1, "emitted")
         return req

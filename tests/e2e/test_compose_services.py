@@ -258,7 +258,8 @@ def test_autoscaler_service(stack: Stack) -> None:
             proc = subprocess.Popen(rainstorm_argv(service), env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT)
         try:
-            submit(admin, job, files)
+            coordinator_key = stack.service("coordinator")["environment"]["RAINSTORM_SECRET"]
+            submit(admin, job, files, key=coordinator_key.encode())  # as the coordinator
             driven = Driven(admin, job, timeout_s=60)
             container = wait_for(lambda: engine.started and engine.started[0], 20,
                                  "the autoscaler to start a worker container")

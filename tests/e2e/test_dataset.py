@@ -26,7 +26,7 @@ from rainstorm.coordinator.inputs import resolve_inputs
 from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.submit import submit
-from rainstorm.errors import UsageError
+from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
@@ -218,7 +218,7 @@ print("RESULT " + json.dumps(dict(counts.collect())))
 '''
 
 
-def test_rainstorm_run_script(files: list[Path], tmp_path: Path) -> None:
+def test_rainstorm_run_script(files: list[Path], tmp_path: Path, url: str) -> None:
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RAINSTORM_REDIS", "RAINSTORM_SECRET")}
@@ -229,10 +229,17 @@ def test_rainstorm_run_script(files: list[Path], tmp_path: Path) -> None:
     out = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
     assert len(out) == 1
     assert json.loads(out[0][7:]) == Counter(w[0] for w in words_of(files) if len(w) >= 5)
-    # without the key: one line, exit status 2, nothing ran
+    # without a key: on its embedded server, with its own random key
     res = subprocess.run([sys.executable, "-m", "rainstorm", "run", str(script),
                           glob_of(files), "5"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert [x for x in res.stdout.splitlines() if x.startswith("RESULT ")] == out
+    # on a given Redis with remote workers only: the shared key is needed; one
+    # line, exit status 2, nothing ran
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "run", str(script), "--redis", url,
+                          "--workers", "0", glob_of(files), "5"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2 and "RESULT" not in res.stdout
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "RAINSTORM_SECRET" in err[0], res.stderr
@@ -278,7 +285,6 @@ def _evil_fn(kind: str, marker: Path) -> str:
 @pytest.mark.parametrize("kind, reason", [
     ("forged", "operator pipeline.0.fn: signature check failed (RAINSTORM_SECRET differs?)"),
     ("unsigned", "operator pipeline.0.fn: pickled function is not signed"),
-    ("no-key", "operator pipeline.0.fn: pickled function, but no RAINSTORM_SECRET"),
 ])
 def test_bad_pickles_are_dead_lettered_never_unpickled(
         files: list[Path], url: str, r: redis.Redis, tmp_path: Path,
@@ -289,8 +295,6 @@ def test_bad_pickles_are_dead_lettered_never_unpickled(
                                     {"op": "count"}]})
     job = Job.build(f"evil-{kind}", spec)
     submit(r, job, resolve_inputs([glob_of(files)]))  # directly: no submitter-side checks
-    if kind == "no-key":
-        monkeypatch.delenv("RAINSTORM_SECRET")  # the forked workers have no key
     pool = LocalWorkers(2, url, job.id, ("tests",))
     try:
         result = Driver(r, job, timeout_s=60).run()  # must not hang
@@ -309,13 +313,36 @@ def test_bad_pickles_are_dead_lettered_never_unpickled(
                 if f.startswith(keys.REFUSED.encode())]
 
 
+def test_keyless_workers_refuse_the_job_and_unpickle_nothing(
+        files: list[Path], url: str, r: redis.Redis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers without a key cannot verify the spec's signature: they refuse the job."""
+    marker = tmp_path / "unpickled"
+    spec = parse_spec({"name": "evil", "source": {"type": "text", "batch_bytes": 4096},
+                       "pipeline": [{"op": "map", "fn": _evil_fn("no-key", marker)},
+                                    {"op": "count"}]})
+    job = Job.build("evil-no-key", spec)
+    submit(r, job, resolve_inputs([glob_of(files)]))
+    monkeypatch.delenv("RAINSTORM_SECRET")  # the forked workers have no key
+    pool = LocalWorkers(2, url, job.id, ("tests",))
+    try:
+        with pytest.raises(JobFailed, match="has no RAINSTORM_SECRET"):
+            Driver(r, job, timeout_s=60).run()
+    finally:
+        pool.stop()
+    assert not marker.exists()
+    assert read_status(r, job).stages[0].committed == 0
+
+
 def test_reduce_function_signed_with_another_key_dead_letters_the_aggregate_stage(
         files: list[Path], url: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = text(files).flat_map(str.split).key_by(len).repartition(2).reduce_by_key(
         lambda a, b: a + b)
     job = Job.build("evil-reduce", ds.spec())  # signed with KEY: the coordinator folds with it
-    submit(r, job, resolve_inputs([glob_of(files)]))
-    monkeypatch.setenv("RAINSTORM_SECRET", "another-worker-key-0123456789")
+    other = "another-worker-key-0123456789"
+    # the spec itself signed with the workers' key (or they would refuse the job)
+    submit(r, job, resolve_inputs([glob_of(files)]), key=other.encode())
+    monkeypatch.setenv("RAINSTORM_SECRET", other)
     pool = LocalWorkers(2, url, job.id, ("tests",))  # forked with the other key
     monkeypatch.setenv("RAINSTORM_SECRET", KEY)
     try:

@@ -5,6 +5,7 @@ processes) and the real test Redis: the autoscaler's Docker backend, and
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ pytest.importorskip("docker", reason="the Docker SDK is not installed: pip insta
                                       "'rainstorm[docker]' to test the docker backend")
 
 IMAGE = "rainstorm:test"
+SIGNING = {"RAINSTORM_SECRET": os.environ["RAINSTORM_SECRET"]}  # containers get only env=
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_autoscaler_runs_workers_as_containers(tmp_path: Path, url: str, r: redi
     job, files = prepare(spec, [str(p) for p in paths], "dk")
     submit(r, job, files)
     backend = DockerBackend(r, url, IMAGE, network="rainstorm",
-                            env={"RAINSTORM_ALLOW_MODULES": "tests",
+                            env={**SIGNING, "RAINSTORM_ALLOW_MODULES": "tests",
                                  "RAINSTORM_TEST_SLOW_MS": "4"})
     scaler = Autoscaler(r, backend, ScalePolicy(1, 3, period_s=0.5, cooldown_s=1,
                                                 interval_s=0.25), job_id=job.id)
@@ -113,7 +115,7 @@ def test_kill_worker_force_kills_its_container(tmp_path: Path, url: str, r: redi
                           claim_idle_ms=500)
     job, files = prepare(spec, [str(p) for p in paths], "dkill")
     submit(r, job, files)
-    backend = DockerBackend(r, url, IMAGE, env={"RAINSTORM_ALLOW_MODULES": "tests",
+    backend = DockerBackend(r, url, IMAGE, env={**SIGNING, "RAINSTORM_ALLOW_MODULES": "tests",
                                                 "RAINSTORM_TEST_SLOW_MS": "3"})
     boxed = backend.start(job.id, 0)
     procs = [worker(url, "--job", job.id, "--burst", RAINSTORM_TEST_SLOW_MS="3")]
@@ -176,8 +178,8 @@ def test_close_stops_only_its_own_jobs_containers(url: str, r: redis.Redis,
     """Two autoscalers on one engine (one per job): closing one leaves the
     other's workers alone; a worker still running at the deadline is
     force-removed (the engine SIGKILLs it); one that obeys leaves politely."""
-    ours = DockerBackend(r, url, IMAGE, env={"RAINSTORM_ALLOW_MODULES": "tests"})
-    theirs = DockerBackend(r, url, IMAGE, env={"RAINSTORM_ALLOW_MODULES": "tests"})
+    ours = DockerBackend(r, url, IMAGE, env={**SIGNING, "RAINSTORM_ALLOW_MODULES": "tests"})
+    theirs = DockerBackend(r, url, IMAGE, env={**SIGNING, "RAINSTORM_ALLOW_MODULES": "tests"})
     try:
         mine, other = ours.start("job-a", 0), theirs.start("job-b", 0)
         wait_for(lambda: {w["id"] for w in monitor.workers(r)} == {mine, other}, 15,

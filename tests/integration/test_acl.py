@@ -21,6 +21,7 @@ from rainstorm import keys, lua
 from rainstorm.coordinator.driver import drive
 from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
+from rainstorm.operators import aggregates
 from rainstorm.spec import parse_spec
 from tests.composefile import TEST_ENV, LocalRedis, command_args, load_compose, local_env
 from tests.conftest import reference_wordcount, write_corpus
@@ -65,11 +66,32 @@ def w(worker_url: str, admin: redis.Redis) -> Iterator[redis.Redis]:
     client.close()
 
 
+# exactly what workers, the dashboard, the autoscaler and the FUNCTION
+# library send (no whole category but @connection, whose @dangerous part is
+# removed again)
+WORKER_COMMANDS = {
+    "get", "mget", "type", "pttl", "hget", "hmget", "hgetall", "hlen", "smembers", "xlen",
+    "xrange", "xrevrange", "xpending", "fcall", "fcall_ro", "xreadgroup", "xautoclaim",
+    "xclaim", "xack", "xadd", "xdel", "hset", "hdel", "hincrby", "set", "del", "wait",
+    "waitaof", "info",
+}
+
+
 def test_compose_defines_the_worker_user() -> None:
     rules = command_args(REDIS["command"], "--user")
     assert rules[0] == "worker" and f">{TEST_ENV['RAINSTORM_WORKER_PASSWORD']}" in rules
     assert "~rs:*" in rules and "-@all" in rules
-    assert rules.index("-@dangerous") > max(rules.index("+@read"), rules.index("+@connection"))
+    categories = [x for x in rules if x[0] in "+-" and "@" in x]
+    assert categories == ["-@all", "+@connection", "-@dangerous"], categories
+    assert {x[1:] for x in rules if x.startswith("+") and "@" not in x} == WORKER_COMMANDS
+    assert rules.index("-@dangerous") == len(rules) - 2 and rules[-1] == "+info"
+    assert command_args(REDIS["command"], "--maxmemory") == ["1gb"]
+    assert command_args(REDIS["command"], "--maxmemory-policy") == ["noeviction"]
+
+
+def test_the_server_has_a_memory_bound(admin: redis.Redis) -> None:
+    cfg = admin.config_get("maxmemory*")
+    assert int(cfg["maxmemory"]) == 1 << 30 and cfg["maxmemory-policy"] == "noeviction"
 
 
 def test_worker_user_runs_a_job(tmp_path: Path, admin: redis.Redis, worker_url: str,
@@ -157,6 +179,30 @@ DENIED_COMMANDS: list[tuple[str, ...]] = [
     ("XGROUP", "DESTROY", "rs:x", "g0"),
     ("XTRIM", "rs:x", "MAXLEN", "0"),
     ("PUBLISH", "rs:x", "hello"),
+    # slow or wide reads: only the plain reads rainstorm uses are granted
+    ("LCS", "rs:a", "rs:b"),
+    ("SCAN", "0"),
+    ("SORT_RO", "rs:x"),
+    ("DUMP", "rs:x"),
+    ("RANDOMKEY",),
+    ("DBSIZE",),
+    ("OBJECT", "ENCODING", "rs:x"),
+    ("XINFO", "STREAM", "rs:x", "FULL"),
+    ("SUNION", "rs:a", "rs:b"),
+    ("ZRANGE", "rs:x", "0", "-1"),
+    ("LRANGE", "rs:x", "0", "-1"),
+    ("GETRANGE", "rs:x", "0", "-1"),
+    ("HRANDFIELD", "rs:x", "-100000"),
+    ("SRANDMEMBER", "rs:x", "-100000"),
+    ("BITCOUNT", "rs:x"),
+    ("PFCOUNT", "rs:x"),
+    ("GEOSEARCH", "rs:x", "FROMLONLAT", "0", "0", "BYRADIUS", "1", "km"),
+    ("CLIENT", "PAUSE", "1000"),
+    ("CLIENT", "NO-EVICT", "on"),
+    ("FUNCTION", "LIST"),
+    ("FUNCTION", "DUMP"),
+    ("LATENCY", "LATEST"),
+    ("MEMORY", "USAGE", "rs:x"),
 ]
 
 
@@ -189,23 +235,87 @@ def test_worker_user_may_do_what_workers_do(w: redis.Redis, admin: redis.Redis) 
     assert w.ping()
     assert dict(w.info("server"))["run_id"]
     assert w.execute_command("WAIT", 0, 0) == 0  # type: ignore[no-untyped-call]
-    assert w.fcall_ro("rainstorm_version", 0)
+    assert w.fcall_ro("rainstorm_version", 0) == lua.LIB_VERSION.encode()
+    admin.hset(keys.meta("acl"), "state", "running")
     base, log = keys.state("acl", 0), keys.state_log("acl", 0)
     ids = [w.xadd(log, {"d": b"delta"}).decode() for _ in range(3)]
     lease = keys.compact_lease("acl", 0)
-    assert w.set(lease, "worker", nx=True, px=1000)
+    assert w.set(lease, "worker", nx=True, px=1000) and w.pttl(lease) > 0
     snap = lua.snapshot(w, base=base, log=log)
     assert snap.log_ids == ids
-    assert lua.compact(w, base=base, log=log, version=snap.version, blob=b"folded", ids=ids)
+    ok = lua.compact(w, base=base, log=log, meta=keys.meta("acl"), version=snap.version,
+                     blob=b"folded", ids=ids)
+    assert ok is lua.CompactStatus.OK
     assert w.delete(lease) == 1
     assert w.xlen(log) == 0 and admin.hget(base, "d") == b"folded"
     w.hset(keys.WORKERS, "w1", "{}")
+    assert w.hlen(keys.WORKERS) == 1 and w.hmget(keys.WORKERS, ["w1"]) == [b"{}"]
     w.hincrby(keys.counters("acl"), "s0:lat:count", 1)
     w.hdel(keys.WORKERS, "w1")
     assert w.smembers(keys.JOBS) == set() and w.hgetall(keys.counters("acl"))
+    assert w.mget([keys.spec("acl"), keys.spec_signature("acl")]) == [None, None]
+    assert w.type(keys.meta("acl")) == b"hash"
     # an empty reply, not NOPERM: XREADGROUP on a missing group is a plain error
+    stream = keys.stage_stream("acl", 0, 0)
     with pytest.raises(redis.ResponseError, match="NOGROUP"):
-        w.xreadgroup("g0", "c", {keys.stage_stream("acl", 0, 0): ">"}, count=1)
+        w.xreadgroup("g0", "c", {stream: ">"}, count=1)
+    # the keep-alive of a long batch: XCLAIM ... JUSTID of its own entries
+    admin.xgroup_create(stream, "g0", id="0", mkstream=True)
+    entry = admin.xadd(stream, {"u": "0:0", "d": b"x"})
+    w.xreadgroup("g0", "c", {stream: ">"}, count=1)
+    assert w.xclaim(stream, "g0", "c", 0, [entry], justid=True) == [entry]
+    assert w.xpending(stream, "g0")["pending"] == 1 and w.xrevrange(stream, count=1)
+
+
+def _finished_job(admin: redis.Redis) -> tuple[str, str, bytes]:
+    """A job that finished with its aggregate folded into the base (version 1)
+    and one delta left in the log; returns (base, log, the base's blob)."""
+    job = "done-job"
+    base, log = keys.state(job, 0), keys.state_log(job, 0)
+    blob = aggregates.encode({"real": 3})
+    admin.hset(base, mapping={"v": 1, "d": blob})
+    admin.xadd(log, {"d": aggregates.encode({"real": 1})})
+    admin.hset(keys.meta(job), "state", "done")
+    return base, log, blob
+
+
+def test_attack_compact_cannot_rewrite_a_finished_result(w: redis.Redis, admin: redis.Redis
+                                                         ) -> None:
+    base, log, blob = _finished_job(admin)
+    ids = [i.decode() for i, _ in admin.xrange(log)]
+    forged = aggregates.encode({"made-up": 10**9})
+    reply = w.fcall("rainstorm_compact", 3, base, log, keys.meta("done-job"), 1, forged, *ids)
+    assert reply == [b"stopped", b"done"]
+    assert admin.hgetall(base) == {b"v": b"1", b"d": blob} and admin.xlen(log) == 1
+    # nor with the meta key of a job that does not exist
+    missing = keys.meta("nojob")
+    assert w.fcall("rainstorm_compact", 3, base, log, missing, 1, forged, *ids) == [b"gone"]
+    assert admin.hgetall(base) == {b"v": b"1", b"d": blob}
+
+
+def test_attack_commit_with_100k_made_up_ids_is_refused(w: redis.Redis, admin: redis.Redis
+                                                        ) -> None:
+    job = "victim"
+    admin.hset(keys.meta(job), "state", "running")
+    n = 100_000
+    ks = [keys.counters(job), keys.dlq(job), keys.state_log(job, 0), keys.meta(job)]
+    ks += [keys.stage_stream(job, 0, 0)] * n
+    args: list[Any] = ["g0", 0, n, 0, 0, 0, "", "", 0, 0, 0, 0]
+    for i in range(n):
+        args += [f"{i + 1}-0", f"u{i}"]
+    with pytest.raises(redis.ResponseError, match="n_in is 100000, above the cap"):
+        w.fcall("rainstorm_commit", len(ks), *ks, *args)
+    assert admin.hgetall(keys.counters(job)) == {}
+
+
+def test_attack_lcs_and_config_are_refused(w: redis.Redis, admin: redis.Redis) -> None:
+    admin.set("rs:a", "ab" * 5000)
+    admin.set("rs:b", "ba" * 5000)
+    assert "no permissions" in _refused(
+        lambda: w.execute_command("LCS", "rs:a", "rs:b"))  # type: ignore[no-untyped-call]
+    assert "no permissions" in _refused(lambda: w.config_set("maxmemory", "0"))
+    assert "no permissions" in _refused(lambda: w.config_get("maxmemory"))
+    assert int(admin.config_get("maxmemory")["maxmemory"]) == 1 << 30
 
 
 def test_wrong_password_is_one_line(srv: LocalRedis) -> None:

@@ -15,6 +15,7 @@ S1 = keys.stage_stream(JOB, 1, 0)
 
 
 def setup_entries(r: redis.Redis, n: int = 3) -> list[tuple[str, str, str]]:
+    r.hset(keys.meta(JOB), "state", "running")
     for stream, stage in ((S0, 0), (S1, 1)):
         r.xgroup_create(stream, keys.group(stage), id="0", mkstream=True)
     for i in range(n):
@@ -26,7 +27,7 @@ def setup_entries(r: redis.Redis, n: int = 3) -> list[tuple[str, str, str]]:
 def request(inputs: list[tuple[str, str, str]], **kw: object) -> lua.CommitRequest:
     base: dict[str, object] = dict(
         counters=keys.counters(JOB), dlq=keys.dlq(JOB), delta_log=keys.state_log(JOB, 0),
-        group=keys.group(0), stage=0, inputs=inputs, records_in=len(inputs))
+        meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs, records_in=len(inputs))
     base.update(kw)
     return lua.CommitRequest(**base)  # type: ignore[arg-type]
 
@@ -103,7 +104,7 @@ def test_backpressure_refuses_without_acking(r: redis.Redis) -> None:
 def test_malformed_call_writes_nothing(r: redis.Redis) -> None:
     inputs = setup_entries(r)
     before = snapshot_all(r)
-    keys_ = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), S0]
+    keys_ = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), keys.meta(JOB), S0]
     with pytest.raises(redis.ResponseError, match="n_out must be"):
         r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, "x", 0, 0, "", "", 0, 0, 0,
                 0, inputs[0][1], inputs[0][2])
@@ -137,12 +138,15 @@ def test_function_library_self_heals(r: redis.Redis) -> None:
 
 def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
     log_key, base = keys.state_log(JOB, 0), keys.state(JOB, 0)
+    r.hset(keys.meta(JOB), "state", "running")
     ids = [r.xadd(log_key, {"d": aggregates.encode({"a": i})}).decode() for i in (1, 2)]
     snap = lua.snapshot(r, base=base, log=log_key)
     assert snap.log_ids == ids and snap.version == 0
-    assert lua.compact(r, base=base, log=log_key, version=0,
-                       blob=aggregates.encode({"a": 3}), ids=ids)
-    assert not lua.compact(r, base=base, log=log_key, version=0, blob=b"", ids=ids)
+    kw = dict(base=base, log=log_key, meta=keys.meta(JOB), version=0)
+    ok = lua.compact(r, blob=aggregates.encode({"a": 3}), ids=ids, **kw)  # type: ignore[arg-type]
+    assert ok is lua.CompactStatus.OK
+    again = lua.compact(r, blob=b"", ids=ids, **kw)  # type: ignore[arg-type]
+    assert again is lua.CompactStatus.CONFLICT
     assert r.xlen(log_key) == 0
     assert aggregates.decode(lua.snapshot(r, base=base, log=log_key).base) == {"a": 3}
 
@@ -150,15 +154,17 @@ def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
 def test_requeue_moves_a_dead_entry_back_once(r: redis.Redis) -> None:
     inputs = setup_entries(r, 2)
     stream, id_, uid = inputs[0]
-    assert lua.deadletter(r, counters=keys.counters(JOB), dlq=keys.dlq(JOB), stream=stream,
-                          group=keys.group(0), stage=0, entry_id=id_, uid=uid, error="boom",
-                          deliveries=7)
+    dead = lua.deadletter(r, counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+                          stream=stream, group=keys.group(0), stage=0, entry_id=id_, uid=uid,
+                          error="boom", deliveries=7)
+    assert dead is lua.DeadletterStatus.OK
     assert r.xlen(S0) == 1 and r.hget(keys.counters(JOB), "s0:dead") == b"1"
     (dead_id, fields), = r.xrange(keys.dlq(JOB))
-    kw = dict(counters=keys.counters(JOB), dlq=keys.dlq(JOB), stream=S0,
+    kw = dict(counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB), stream=S0,
               dead_id=dead_id.decode(), stage=0, kind="entry", uid="rq1", payload=fields[b"d"])
-    assert lua.requeue(r, **kw)  # type: ignore[arg-type]
-    assert not lua.requeue(r, **kw)  # type: ignore[arg-type]  # a second call: already gone
+    assert lua.requeue(r, **kw) is lua.RequeueStatus.OK  # type: ignore[arg-type]
+    again = lua.requeue(r, **kw)  # type: ignore[arg-type]  # a second call: already gone
+    assert again is lua.RequeueStatus.ABSENT
     assert r.xlen(keys.dlq(JOB)) == 0 and r.xlen(S0) == 2
     c = r.hgetall(keys.counters(JOB))
     assert c[b"s0:dead"] == b"0" and c[b"s0:requeued"] == b"1"

@@ -64,6 +64,10 @@ def test_redis_service() -> None:
     assert command_args(cmd, "--appendonly") == ["yes"]
     assert command_args(cmd, "--appendfsync") == ["everysec"]
     assert command_args(cmd, "--maxmemory-policy") == ["noeviction"]
+    assert command_args(cmd, "--maxmemory") == ["${RAINSTORM_REDIS_MAXMEMORY:-1gb}"]
+    assert command_args(interpolate(cmd, {}), "--maxmemory") == ["1gb"]
+    assert command_args(interpolate(cmd, {"RAINSTORM_REDIS_MAXMEMORY": "4gb"}),
+                        "--maxmemory") == ["4gb"]
     # the data directory is a named volume, declared at the top level
     data_dir = command_args(cmd, "--dir")[0]
     named = {v.split(":")[0] for v in redis["volumes"] if v.split(":")[1] == data_dir}

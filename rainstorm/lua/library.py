@@ -1,0 +1,153 @@
+"""The FUNCTION library as a whole: its source, version and caps (read from
+rainstorm.lua itself, the one source of truth), loading it, and the version
+check every client makes before its first call.
+
+* :func:`fcall` checks, once per client, that Redis holds this library's
+  version (a one-line :class:`ProtocolError` naming both versions otherwise),
+  and heals a missing library: on "function not found" (a restarted server
+  that lost its functions, a fresh replica) it loads it and retries once.
+* :func:`load_library` never silently replaces another version while jobs
+  run: it refuses, naming both versions, unless forced (``force=True`` or
+  ``RAINSTORM_FORCE_LIBRARY=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.errors import ProtocolError
+from rainstorm.replies import as_str
+
+LIBRARY_NAME = "rainstorm"
+FORCE_ENV = "RAINSTORM_FORCE_LIBRARY"
+
+
+@cache
+def library_source() -> str:
+    return resources.files(__package__).joinpath("rainstorm.lua").read_text(encoding="utf-8")
+
+
+def _constant(pattern: str, what: str) -> str:
+    m = re.search(pattern, library_source(), re.MULTILINE)
+    if not m:
+        raise ProtocolError(f"rainstorm.lua defines no {what}")
+    return m.group(1)
+
+
+LIB_VERSION = _constant(r"^local LIB_VERSION = '([^']+)'", "LIB_VERSION")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The ``MAX_*`` caps of rainstorm.lua: a call above one is refused."""
+
+    inputs: int  # input entries per commit
+    outputs: int  # output entries per commit
+    dead: int  # dead-letter records per commit
+    extra: int  # extra counters per commit
+    load: int  # entries per load
+    compact_ids: int  # delta-log ids per compaction
+    bytes: int  # all KEYS and ARGV of one call together
+
+
+def _limits() -> Limits:
+    caps = {name.lower(): int(v) for name, v in
+            re.findall(r"^local MAX_([A-Z_]+) = (\d+)", library_source(), re.MULTILINE)}
+    try:
+        return Limits(**caps)
+    except TypeError as exc:
+        raise ProtocolError(f"rainstorm.lua's MAX_* caps do not match Limits: {exc}") from None
+
+
+LIMITS = _limits()
+
+_checked: weakref.WeakKeyDictionary[redis.Redis, str] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _missing(exc: redis.ResponseError) -> bool:
+    return "function not found" in str(exc).lower()
+
+
+def loaded_version(r: redis.Redis) -> str | None:
+    """The version of the library Redis holds, None when there is none."""
+    try:
+        return as_str(r.fcall_ro("rainstorm_version", 0), "replace")
+    except redis.ResponseError as exc:
+        if _missing(exc):
+            return None
+        raise
+
+
+def running_jobs(r: redis.Redis) -> list[str]:
+    members: Any = r.smembers(keys.JOBS)
+    ids = sorted(as_str(j, "replace") for j in members)
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(keys.meta(job_id), "state")
+    states = pipe.execute()
+    return [j for j, s in zip(ids, states, strict=True) if s == b"running"]
+
+
+def _mismatch(loaded: str) -> str:
+    return (f"Redis holds the rainstorm FUNCTION library version {loaded}, this rainstorm "
+            f"needs version {LIB_VERSION}")
+
+
+def load_library(r: redis.Redis, *, force: bool | None = None) -> None:
+    """Load (or replace) the library.  Another version is replaced only while
+    no job runs, or when forced; a missing library is always loaded."""
+    if force is None:
+        force = os.environ.get(FORCE_ENV, "") not in ("", "0")
+    loaded = loaded_version(r)
+    if loaded is not None and loaded != LIB_VERSION and not force:
+        running = running_jobs(r)
+        if running:
+            shown = ", ".join(running[:3]) + (" ..." if len(running) > 3 else "")
+            raise ProtocolError(
+                f"{_mismatch(loaded)}, and {len(running)} job(s) still run on it ({shown}): "
+                f"finish or kill them first, or set {FORCE_ENV}=1 to replace it anyway")
+    r.function_load(library_source(), replace=True)
+    with _lock:
+        _checked[r] = LIB_VERSION
+
+
+def check_version(r: redis.Redis) -> None:
+    """Once per client: Redis must hold this library's version (loaded here
+    when it holds none)."""
+    with _lock:
+        if _checked.get(r) == LIB_VERSION:
+            return
+    loaded = loaded_version(r)
+    if loaded is None:
+        load_library(r)
+        return
+    if loaded != LIB_VERSION:
+        raise ProtocolError(f"{_mismatch(loaded)}: upgrade every rainstorm client (or reload "
+                            "the library once no job runs)")
+    with _lock:
+        _checked[r] = loaded
+
+
+def fcall(r: redis.Redis, name: str, keys_: list[str], args: list[Any],
+          ro: bool = False) -> Any:
+    """One FCALL after the version check, healing a missing library once."""
+    check_version(r)
+    call = r.fcall_ro if ro else r.fcall
+    try:
+        return call(name, len(keys_), *keys_, *args)
+    except redis.ResponseError as exc:
+        if not _missing(exc):
+            raise
+        load_library(r)
+        return call(name, len(keys_), *keys_, *args)

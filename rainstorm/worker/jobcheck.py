@@ -1,0 +1,98 @@
+"""Jobs a worker cannot use: whatever is written to a job's keys, the worker
+skips that job (marking it failed with the reason) and carries on.
+
+A job's state that is no JobState, a spec key of the wrong type, garbage in
+``rs:jobs``: each is one log line and, where the job's meta hash can be
+written, ``state failed`` with ``error`` (unless the job already ended).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.connection import REDIS_DOWN
+from rainstorm.job import JobState
+from rainstorm.spec import JOB_ID_PATTERN
+
+log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+class BrokenJob(Exception):
+    """A job's keys hold something no worker can use; the message says what."""
+
+
+def listed_jobs(r: redis.Redis, warned: set[str]) -> list[str]:
+    """The ids in ``rs:jobs`` that can be job ids (others are logged once,
+    via ``warned``, and skipped)."""
+    try:
+        members: Any = r.smembers(keys.JOBS)
+    except redis.ResponseError as exc:
+        if isinstance(exc, REDIS_DOWN):
+            raise
+        _warn_once(warned, keys.JOBS, f"{keys.JOBS} is unreadable ({exc}); no job is served")
+        return []
+    ids = []
+    for raw in members:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if _JOB_ID.match(text):
+            ids.append(text)
+        else:
+            _warn_once(warned, text, f"{keys.JOBS} holds {text[:60]!r}, which is no job id; "
+                                     "skipped")
+    return sorted(ids)
+
+
+def _warn_once(warned: set[str], what: str, message: str) -> None:
+    if what not in warned:
+        warned.add(what)
+        log.error("%s", message)
+
+
+def is_running(r: redis.Redis, job_id: str) -> bool:
+    """True for a running job, False for an ended or unknown one; BrokenJob
+    when its state is no state at all."""
+    raw: Any = r.hget(keys.meta(job_id), "state")
+    if raw is None:
+        return False
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    try:
+        return not JobState(text).terminal
+    except ValueError:
+        raise BrokenJob(f"its state {text[:60]!r} is no job state") from None
+
+
+def missing_spec(r: redis.Redis, job_id: str) -> str | None:
+    """Why a running job has no readable spec (None: not written yet)."""
+    kind: Any = r.type(keys.spec(job_id))
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind in ("none", "string"):
+        return None
+    return f"its spec key {keys.spec(job_id)} is a {kind}, not a string"
+
+
+def mark_failed(r: redis.Redis, job_id: str, reason: str) -> str:
+    """``state failed`` with ``error``, unless the job already ended; best
+    effort (its meta hash may itself be what is broken): returns what
+    happened, for the caller's one log line."""
+    try:
+        state: Any = r.hget(keys.meta(job_id), "state")
+        if state is None or state.decode("utf-8", "replace") in _ENDED:
+            return "skipped"  # gone, or already ended
+        r.hset(keys.meta(job_id), mapping={"state": JobState.FAILED.value, "error": reason,
+                                           "finished_at": time.time()})
+        return "skipped and marked failed"
+    except redis.ResponseError as exc:
+        if isinstance(exc, REDIS_DOWN):
+            raise
+        return f"skipped (it cannot be marked failed: {exc})"
+
+
+_ENDED = {s.value for s in JobState if s.terminal}

@@ -1,0 +1,237 @@
+"""The coordinator against crafted data and its own failures: a delta of any
+shape is dead-lettered and the fold carries on; any error while driving
+marks the job failed (one line); a job refused under `submit` is failed; a
+dead holder's compaction lease is taken over within seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.lease import LEASE_MS, Lease, holder_id
+from rainstorm.operators import aggregates
+from rainstorm.state import Folder
+from tests.conftest import reference_wordcount, write_corpus
+from tests.helpers import ROOT, cli, start_worker, stop_all, wordcount_spec
+
+CRAFTED: list[tuple[str, dict[str, Any]]] = [
+    ("not msgpack", {"d": b"\xc1\xc1 not msgpack"}),
+    ("wrong shape", {"d": msgpack.packb({"the": 1})}),
+    ("wrong value type", {"d": msgpack.packb([0, {"the": "many"}])}),
+    ("bad columnar", {"d": msgpack.packb([1, "q", "a\x00b", b"\x01" * 8])}),
+]
+
+
+def _spec_file(tmp_path: Path, **settings: Any) -> Path:
+    spec = tmp_path / "wc.yaml"
+    spec.write_text(json.dumps({
+        "name": "wc", "source": {"type": "text", "batch_bytes": 4096},
+        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+        "settings": settings}))
+    return spec
+
+
+def _submit(url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "rainstorm", "submit", *args, "--redis", url],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **env))
+
+
+def test_crafted_deltas_are_dead_lettered_and_the_result_is_incomplete(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=30)
+    job, _ = prepare(wordcount_spec(), [str(p) for p in paths], "crafted")
+    stage = job.plan.last.index
+    for _what, fields in CRAFTED:  # before the coordinator starts: its first fold meets them
+        r.xadd(keys.state_log(job.id, stage), fields)
+    sub = _submit(url, str(_spec_file(tmp_path)), "--job", job.id, "--json",
+                  *[a for p in paths for a in ("--input", str(p))])
+    procs = [start_worker(url, job.id)]
+    try:
+        out, err = sub.communicate(timeout=120)
+    finally:
+        stop_all(procs)
+        sub.kill()
+    assert "Traceback" not in err, err
+    assert sub.returncode == 3, err  # INCOMPLETE, not a success and not a crash
+    assert err.strip().splitlines()[-1] == (
+        f"rainstorm: result INCOMPLETE: {len(CRAFTED)} dead letters, see `rainstorm dlq "
+        f"{job.id}` (or accept them: --skip-bad-records)"), err
+    assert Counter(json.loads(out)) == reference_wordcount(paths)  # the fold carried on
+    letters = json.loads(cli(url, "dlq", job.id, "--json").stdout)
+    assert sorted(d["kind"] for d in letters) == ["delta"] * len(CRAFTED)
+    assert all(d["error"].startswith("undecodable aggregate delta: ") for d in letters)
+    left = r.xrange(keys.state_log(job.id, stage))  # the bad ones moved out of the log
+    assert all(aggregates.checked(f[b"d"]) is not None for _id, f in left)
+    meta = {k.decode(): v.decode() for k, v in r.hgetall(keys.meta(job.id)).items()}
+    assert meta["state"] == "done" and meta["incomplete"] == "1"
+    assert meta["dead_letters"] == str(len(CRAFTED))
+    res = cli(url, "result", job.id, "--json")  # the same verdict later
+    assert res.returncode == 3 and "result INCOMPLETE: 4 dead letters" in res.stderr
+    assert Counter(json.loads(res.stdout)) == reference_wordcount(paths)
+
+
+def test_a_delta_arriving_while_folding_is_dead_lettered(r: redis.Redis, tmp_path: Path) -> None:
+    """In-process: deltas crafted between polls never leave the fold half-merged."""
+    job, files = prepare(wordcount_spec(compact_every=1000), [str(write_corpus(tmp_path)[0])],
+                         "poll")
+    submit(r, job, files)
+    stage = job.plan.last.index
+    log_key = keys.state_log(job.id, stage)
+    folder = Folder(r, job, stage)
+    r.xadd(log_key, {"d": aggregates.encode({"a": 1, "b": 2})})
+    for _what, fields in CRAFTED:
+        r.xadd(log_key, fields)
+    r.xadd(log_key, {"d": msgpack.packb([0, {"a": 5, "c": "x"}])})  # one bad value: all out
+    r.xadd(log_key, {"d": aggregates.encode({"a": 10})})
+    while folder.poll():
+        pass
+    assert folder.state == {"a": 11, "b": 2}
+    assert r.xlen(keys.dlq(job.id)) == len(CRAFTED) + 1
+    assert int(r.hget(keys.counters(job.id), f"s{stage}:dead_deltas") or 0) == len(CRAFTED) + 1
+    assert folder.final() == {"a": 11, "b": 2}
+
+
+def test_a_corrupt_folded_state_fails_the_job_in_one_line(tmp_path: Path, url: str,
+                                                          r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=10)
+    job, _ = prepare(wordcount_spec(), [str(p) for p in paths], "corrupt")
+    r.hset(keys.state(job.id, job.plan.last.index), mapping={"v": 3, "d": b"\xc1garbage"})
+    sub = _submit(url, str(_spec_file(tmp_path)), "--job", job.id, "--input", str(paths[0]))
+    out, err = sub.communicate(timeout=60)
+    assert sub.returncode == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert "the folded aggregate is corrupt" in lines[-1], err
+    assert len([ln for ln in lines if ln.startswith("rainstorm: error")]) == 1
+    row = json.loads(cli(url, "status", job.id, "--json").stdout)[0]
+    assert row["state"] == "failed"
+    assert "corrupt" in r.hget(keys.meta(job.id), "error").decode()
+
+
+def test_a_job_refused_by_every_worker_under_submit_is_marked_failed(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=10)
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(json.dumps({"name": "slow", "source": {"type": "text"},
+                                "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"},
+                                             {"op": "count"}]}))
+    sub = _submit(url, str(spec), "--job", "refused", "--input", str(paths[0]))
+    env = dict(os.environ, RAINSTORM_REDIS=url, RAINSTORM_ALLOW_MODULES="json")  # not tests
+    procs = [subprocess.Popen([sys.executable, "-m", "rainstorm", "worker", "--job", "refused",
+                               "--burst"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)]
+    try:
+        _out, err = sub.communicate(timeout=90)
+    finally:
+        stop_all(procs)
+        sub.kill()
+    assert sub.returncode == 1 and "Traceback" not in err, err
+    assert "refused by a worker" in err.strip().splitlines()[-1], err
+    rows = json.loads(cli(url, "status", "--json").stdout)
+    assert [(row["job"], row["state"]) for row in rows] == [("refused", "failed")]
+    meta = r.hgetall(keys.meta("refused"))
+    assert b"refused by a worker" in meta[b"error"] and meta[b"finished_at"]
+
+
+def test_unwritable_state_of_a_sink_fails_a_streaming_job_not_the_process(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    """An error nobody foresaw (here: the file sink shorter than recorded)
+    marks the job failed with one line; the coordinator does not hang or
+    leave the job running."""
+    out = tmp_path / "out.jsonl"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps({"name": "s", "source": {"type": "stream", "key": "ev"},
+                                "pipeline": [{"op": "map", "fn": "identity"}],
+                                "sink": {"type": "file", "path": str(out)}}))
+    r.hset(keys.sink("short"), mapping={"last_id": "1-0", "size": 1000})
+    sub = _submit(url, str(spec), "--job", "short")
+    _out, err = sub.communicate(timeout=60)
+    assert sub.returncode == 1 and "Traceback" not in err, err
+    assert "coordinator error: OSError" in err and "shorter" in err, err
+    assert r.hget(keys.meta("short"), "state") == b"failed"
+
+
+# -- the compaction lease -------------------------------------------------------------
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(10)
+    return p.pid
+
+
+def test_lease_is_taken_over_only_from_a_holder_that_is_gone(r: redis.Redis) -> None:
+    key = keys.compact_lease("lease", 0)
+    me = Lease(r, key, holder_id("coordinator"))
+    live_here = f"coordinator:{holder_id('x').split(':')[1]}:{os.getpid()}:other"
+    r.set(key, live_here, px=LEASE_MS)
+    assert not me.acquire()  # a live process on this host holds it
+    assert not me.renew()
+    me.release()
+    assert r.get(key) == live_here.encode()  # not ours to release
+    dead_here = f"coordinator:{holder_id('x').split(':')[1]}:{_dead_pid()}:gone"
+    r.set(key, dead_here, px=LEASE_MS)
+    assert me.acquire() and r.get(key) == me.holder.encode()  # its process has exited
+    assert me.renew() and 0 < r.pttl(key) <= LEASE_MS
+    me.release()
+    assert r.get(key) is None
+    r.set(key, "worker:elsewhere:4242:abcd", px=LEASE_MS)  # no heartbeat
+    assert me.acquire()
+    r.hset(keys.WORKERS, "w1", json.dumps({"host": "elsewhere", "pid": 4242,
+                                            "last_seen": time.time()}))
+    r.set(key, "worker:elsewhere:4242:abcd", px=LEASE_MS)  # with a live heartbeat
+    assert not me.acquire()
+    r.set(key, "coordinator:elsewhere:1:x")  # no expiry: set by hand
+    assert me.acquire()
+    r.set(key, "coordinator:elsewhere:1:x", px=30_000)  # longer than any holder sets
+    assert me.acquire()
+
+
+def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
+        tmp_path: Path, r: redis.Redis, url: str) -> None:
+    job, files = prepare(wordcount_spec(compact_every=8), [str(write_corpus(tmp_path)[0])],
+                         "lease")
+    submit(r, job, files)
+    stage = job.plan.last.index
+    lease_key, log_key = keys.compact_lease(job.id, stage), keys.state_log(job.id, stage)
+    holder = subprocess.Popen(  # a coordinator that takes the lease and is killed holding it
+        [sys.executable, "-c", "import sys, time, redis\n"
+         "from rainstorm.lease import Lease, holder_id\n"
+         "lease = Lease(redis.Redis.from_url(sys.argv[1]), sys.argv[2], holder_id('coordinator'))\n"
+         "assert lease.acquire()\nprint('held', flush=True)\ntime.sleep(600)\n",
+         url, lease_key], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    with holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+        finally:
+            holder.kill()
+    assert r.get(lease_key) is not None and r.pttl(lease_key) > LEASE_MS - 2000
+    expected: Counter[str] = Counter()
+    folder = Folder(r, job, stage)
+    t0 = time.monotonic()
+    longest = 0
+    for i in range(400):  # commits keep coming; the log must stay bounded
+        delta = {f"k{i % 13}": 1, "all": 1}
+        expected.update(delta)
+        r.xadd(log_key, {"d": aggregates.encode(delta)})
+        folder.poll()
+        longest = max(longest, r.xlen(log_key))
+    took = time.monotonic() - t0
+    version = int(r.hget(keys.state(job.id, stage), "v") or 0)
+    assert version >= 400 // 8 - 2, (version, took)  # compacted all along, not after 30 s
+    assert longest <= 2 * 8, longest
+    assert folder.final() == dict(expected)
+    assert lua.snapshot(r, base=keys.state(job.id, stage), log=log_key).version == version

@@ -1,0 +1,78 @@
+"""A batch job whose input went to the dead-letter stream is not a success:
+`run` (and `submit`, `result`) exit 3 with one line, --json output keeps its
+shape, Dataset actions raise IncompleteResult with the partial result --
+unless skipping bad records is opted into (a warning, exit 0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rainstorm import Dataset
+from rainstorm.errors import IncompleteResult
+from tests.helpers import ROOT
+from tests.ops import POISON, boom_on_poison
+
+LINES = [f"alpha beta {i % 5}" for i in range(40)] + [f"gamma {POISON} delta"]
+
+
+def _expected() -> Counter[str]:
+    return Counter(w for line in LINES if POISON not in line for w in line.split())
+
+
+@pytest.fixture
+def poisoned(tmp_path: Path) -> Path:
+    p = tmp_path / "in.txt"
+    p.write_text("\n".join(LINES) + "\n")
+    return p
+
+
+def _run(tmp_path: Path, poisoned: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    spec = tmp_path / "wc.yaml"
+    spec.write_text("name: wc\nsource: {type: text, batch_bytes: 1024}\n"
+                    "pipeline: [{op: flat_map, fn: 'tests.ops:boom_on_poison'}, {op: count}]\n"
+                    "settings: {max_deliveries: 1}\n")
+    return subprocess.run([sys.executable, "-m", "rainstorm", "run", str(spec), "--input",
+                           str(poisoned), "--workers", "1", "--json", "--no-progress",
+                           "--job", "inc", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
+
+
+def test_run_with_a_dead_letter_exits_3_and_says_incomplete(tmp_path: Path,
+                                                             poisoned: Path) -> None:
+    res = _run(tmp_path, poisoned)
+    assert res.returncode == 3, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "rainstorm: result INCOMPLETE: 1 dead letters, see `rainstorm dlq inc` "
+        "(or accept them: --skip-bad-records)")
+    assert Counter(json.loads(res.stdout)) == _expected()  # the same --json shape
+
+
+@pytest.mark.parametrize("opt_in", [["--skip-bad-records"],
+                                    ["--set", "settings.skip_bad_records=true"]])
+def test_skipping_bad_records_is_a_choice_with_a_warning(tmp_path: Path, poisoned: Path,
+                                                         opt_in: list[str]) -> None:
+    res = _run(tmp_path, poisoned, *opt_in)
+    assert res.returncode == 0, res.stderr
+    assert "warning: 1 bad records skipped (settings.skip_bad_records)" in res.stderr
+    assert "INCOMPLETE" not in res.stderr
+    assert Counter(json.loads(res.stdout)) == _expected()
+
+
+def test_dataset_actions_raise_incomplete_result_with_the_partial_result(
+        poisoned: Path) -> None:
+    words = (Dataset.read_text(str(poisoned), batch_bytes=1024).flat_map(boom_on_poison)
+             .with_settings(max_deliveries=1))
+    with pytest.raises(IncompleteResult) as err:
+        words.count_by_value().collect(workers=1)
+    assert err.value.dead_letters == 1 and err.value.exit_code == 3
+    assert Counter(err.value.result) == _expected()  # the partial result, kept
+    got = words.with_settings(skip_bad_records=True).count_by_value().collect(workers=1)
+    assert Counter(dict(got)) == _expected()

@@ -1,0 +1,323 @@
+"""A Redis write is not code execution (issue 10, found item 1).
+
+The attacker holds only the restricted `worker` password of docker-compose.yml,
+against a server started with the compose file's own ACL rules.  A job was
+submitted, signed, by the coordinator; the attacker rewrites its spec (a map
+step ``tests.hostile.mod:os.system``, or a ``pipe`` step running a shell) and
+XADDs an entry holding a shell command that would create a marker file.
+Workers started with ``--allow-module tests.hostile`` (and ``--allow-exec``)
+must not create it: they record a refusal naming the problem, stay up, and
+the job fails with that reason.  Controls: the signed job runs, and a signed
+``pipe`` step really creates the marker (so its absence means something).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from rainstorm import keys, lua, signing
+from rainstorm.coordinator.driver import drive, fail
+from rainstorm.coordinator.run import prepare
+from rainstorm.coordinator.submit import submit
+from rainstorm.errors import JobFailed
+from rainstorm.job import Job
+from rainstorm.spec import parse_spec, spec_to_json
+from rainstorm.spec_signature import sign_spec
+from rainstorm.worker.admit import INSECURE_WARNING
+from tests.composefile import TEST_ENV, LocalRedis, load_compose, local_env
+from tests.helpers import ROOT, wait_for
+
+COMPOSE = load_compose(TEST_ENV)
+KEY = os.environ["RAINSTORM_SECRET"]  # the suite's: the coordinator's and the workers'
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(COMPOSE["services"]["redis"], tmp_path_factory.mktemp("sec-redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _url(service: str, srv: LocalRedis) -> str:
+    return local_env(COMPOSE["services"][service], srv.port)["RAINSTORM_REDIS"]
+
+
+@pytest.fixture
+def admin(srv: LocalRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(_url("coordinator", srv))
+    client.flushall()
+    lua.load_library(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def attacker(srv: LocalRedis, admin: redis.Redis) -> Iterator[redis.Redis]:
+    url = _url("worker", srv)
+    assert urlsplit(url).username == "worker"
+    client = redis.Redis.from_url(url)
+    yield client
+    client.close()
+
+
+def _spec(first: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "sec", "source": {"type": "text", "batch_bytes": 4096},
+            "pipeline": [first, {"op": "count"}]}
+
+
+LEGIT = _spec({"op": "map", "fn": "tests.hostile.mod:shout"})
+
+
+def _submit(admin: redis.Redis, tmp_path: Path, job_id: str,
+            data: dict[str, Any] = LEGIT, unsigned: bool = False) -> tuple[Job, list[str]]:
+    """A job submitted by the coordinator (signed unless ``unsigned``)."""
+    words = [f"w{i % 7}" for i in range(200)]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(words) + "\n")
+    job, files = prepare(parse_spec(data), [str(src)], job_id)
+    submit(admin, job, files, unsigned=unsigned)
+    return job, words
+
+
+def _worker(srv: LocalRedis, log: Path, *args: str, key: str | None = KEY
+            ) -> subprocess.Popen[bytes]:
+    """`rainstorm worker` logged in as `worker`, allowed the hostile package."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAINSTORM_")}
+    env["RAINSTORM_REDIS"] = _url("worker", srv)
+    if key:
+        env["RAINSTORM_SECRET"] = key
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "rainstorm", "worker",
+                                 "--allow-module", "tests.hostile", *args],
+                                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stderr=out)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+def _attack(attacker: redis.Redis, job: Job, spec_data: dict[str, Any], marker: Path,
+            sig: str) -> None:
+    """As `worker`: rewrite the spec, fix its signature as told, XADD a shell command."""
+    evil = spec_to_json(parse_spec(spec_data))
+    attacker.set(keys.spec(job.id), evil)
+    if sig == "delete":
+        attacker.delete(keys.spec_signature(job.id))
+    elif sig == "forge":  # the attacker's guess at a key
+        attacker.set(keys.spec_signature(job.id),
+                     sign_spec(job.id, evil, b"attacker-guess-0123456789"))
+    attacker.xadd(keys.stage_stream(job.id, 0, 0), {"u": "evil:1", "d": f"touch {marker}\n"})
+
+
+def _refused_run(admin: redis.Redis, job: Job) -> str:
+    """Drive the job as the coordinator does; it must fail; returns the error."""
+    with pytest.raises(JobFailed) as info:
+        drive(admin, job, timeout_s=30)
+    fail(admin, job, str(info.value))
+    return str(info.value)
+
+
+def _refusals(admin: redis.Redis, job: Job) -> dict[str, str]:
+    meta: Any = admin.hgetall(keys.meta(job.id))
+    return {k.decode()[len(keys.REFUSED):]: v.decode() for k, v in meta.items()
+            if k.startswith(keys.REFUSED.encode())}
+
+
+ATTACKS = {
+    # issue 10: `pkg.mod:os.system` resolved to os.system once pkg/mod.py imported os
+    "os.system, old signature": ({"op": "map", "fn": "tests.hostile.mod:os.system"},
+                                 "keep", "job spec signature check failed"),
+    "os.system, forged signature": ({"op": "map", "fn": "tests.hostile.mod:os.system"},
+                                    "forge", "job spec signature check failed"),
+    "os.system, no signature": ({"op": "map", "fn": "tests.hostile.mod:os.system"},
+                                "delete", "job spec is not signed"),
+    "re-exported system": ({"op": "map", "fn": "tests.hostile.mod:system"},
+                           "keep", "job spec signature check failed"),
+    "pipe on --allow-exec": ({"op": "pipe", "cmd": ["sh", "-c", "xargs -r -L1 sh -c"]},
+                             "keep", "job spec signature check failed"),
+    "pipe, no signature": ({"op": "pipe", "cmd": ["sh", "-c", "xargs -r -L1 sh -c"]},
+                           "delete", "job spec is not signed"),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_a_worker_password_does_not_run_code(name: str, tmp_path: Path, admin: redis.Redis,
+                                             attacker: redis.Redis, srv: LocalRedis) -> None:
+    first, sig, reason = ATTACKS[name]
+    marker = tmp_path / "pwned"
+    job, _ = _submit(admin, tmp_path, "sec-attack")
+    _attack(attacker, job, _spec(first), marker, sig)
+    log = tmp_path / "worker.log"
+    proc = _worker(srv, log, "--job", job.id, "--allow-exec")
+    try:
+        error = _refused_run(admin, job)
+        assert proc.poll() is None, "the worker must stay up"  # never crashes
+    finally:
+        code = _stop(proc)
+    text = log.read_text(errors="replace")
+    assert not marker.exists()
+    assert code == 0 and "Traceback" not in text, text
+    refusals = _refusals(admin, job)
+    assert len(refusals) == 1 and next(iter(refusals.values())).startswith(reason), refusals
+    assert reason in error and "no live worker can run it" in error
+    assert admin.hget(keys.meta(job.id), "state") == b"failed"
+    assert reason in admin.hget(keys.meta(job.id), "error").decode()  # type: ignore[union-attr]
+    assert f"refuses job {job.id}: {reason}" in text
+
+
+def test_the_signed_job_runs_as_worker(tmp_path: Path, admin: redis.Redis,
+                                       srv: LocalRedis) -> None:
+    """Control: the same setup without the attack gives the right result."""
+    job, words = _submit(admin, tmp_path, "sec-legit")
+    proc = _worker(srv, tmp_path / "worker.log", "--job", job.id, "--burst")
+    try:
+        result = drive(admin, job, timeout_s=30)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+    assert result == Counter(w.upper() for w in words)
+    assert _refusals(admin, job) == {}
+
+
+def test_a_signed_pipe_really_runs_its_command(tmp_path: Path, admin: redis.Redis,
+                                               srv: LocalRedis) -> None:
+    """Control for the marker: what a key holder submits does run (on --allow-exec)."""
+    marker = tmp_path / "made"
+    job, words = _submit(admin, tmp_path, "sec-pipe",
+                         _spec({"op": "pipe", "cmd": ["sh", "-c", f"touch {marker}; cat"]}))
+    proc = _worker(srv, tmp_path / "worker.log", "--job", job.id, "--burst", "--allow-exec")
+    try:
+        assert drive(admin, job, timeout_s=30) == Counter(words)
+    finally:
+        _stop(proc)
+    assert marker.exists()
+
+
+def test_exec_allowlist_refuses_other_programs(tmp_path: Path, admin: redis.Redis,
+                                               srv: LocalRedis) -> None:
+    """A signed spec, but `sh` is not among the worker's --allow-exec-path programs."""
+    marker = tmp_path / "made"
+    job, _ = _submit(admin, tmp_path, "sec-exec",
+                     _spec({"op": "pipe", "cmd": ["sh", "-c", f"touch {marker}; cat"]}))
+    log = tmp_path / "worker.log"
+    proc = _worker(srv, log, "--job", job.id, "--allow-exec-path", "cat,grep")
+    try:
+        error = _refused_run(admin, job)
+    finally:
+        _stop(proc)
+    assert not marker.exists()
+    assert "pipeline.0: runs 'sh'" in error and "--allow-exec-path" in error, error
+
+
+def test_a_worker_without_the_key_runs_nothing(tmp_path: Path, admin: redis.Redis,
+                                               srv: LocalRedis) -> None:
+    job, _ = _submit(admin, tmp_path, "sec-nokey")
+    log = tmp_path / "worker.log"
+    proc = _worker(srv, log, "--job", job.id, key=None)
+    assert proc.wait(20) == 2
+    lines = log.read_text().strip().splitlines()
+    assert len(lines) == 1 and "RAINSTORM_SECRET" in lines[0], lines
+    assert "--insecure-accept-unsigned" in lines[0]
+    other = _worker(srv, tmp_path / "other.log", "--job", job.id,
+                    key="a-different-key-0123456789")
+    try:
+        error = _refused_run(admin, job)
+    finally:
+        _stop(other)
+    assert "job spec signature check failed" in error and "RAINSTORM_SECRET differs" in error
+
+
+def test_dev_mode_runs_unsigned_specs_and_says_so(tmp_path: Path, admin: redis.Redis,
+                                                  attacker: redis.Redis, srv: LocalRedis,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--insecure-accept-unsigned: an unsigned job runs, with a warning on
+    start; even then an attribute chain out of the module is refused."""
+    monkeypatch.delenv("RAINSTORM_SECRET")  # a submitter without a key: unsigned
+    job, words = _submit(admin, tmp_path, "sec-dev", unsigned=True)
+    assert admin.get(keys.spec_signature(job.id)) is None
+    log = tmp_path / "worker.log"
+    proc = _worker(srv, log, "--insecure-accept-unsigned", key=None)  # every job
+    try:
+        assert drive(admin, job, timeout_s=30) == Counter(w.upper() for w in words)
+        wait_for(lambda: INSECURE_WARNING in log.read_text(), 10, "the warning")
+        marker = tmp_path / "pwned"
+        evil, _ = _submit(admin, tmp_path, "sec-dev-evil", unsigned=True)
+        _attack(attacker, evil, _spec({"op": "map", "fn": "tests.hostile.mod:os.system"}),
+                marker, "keep")
+        error = _refused_run(admin, evil)
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
+    warnings = [ln for ln in log.read_text().splitlines() if INSECURE_WARNING in ln]
+    assert len(warnings) == 1 and " WARNING worker " in warnings[0], warnings  # on start
+    assert not marker.exists()
+    assert "'tests.hostile.mod:os.system': after the ':' comes one public function name" in error
+
+
+# -- the submitter's side --------------------------------------------------------
+
+def _no_key_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in ("RAINSTORM_SECRET", "RAINSTORM_SECRET_FILE", "RAINSTORM_REDIS")}
+
+
+def test_submit_without_a_key_is_one_line(tmp_path: Path, admin: redis.Redis,
+                                          srv: LocalRedis) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("a b\n")
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "submit", "examples/wordcount.yaml",
+                          "--input", str(src), "--redis", _url("coordinator", srv)],
+                         cwd=ROOT, env=_no_key_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RAINSTORM_SECRET" in lines[0], res.stderr
+    assert admin.dbsize() == 0  # nothing was written
+
+
+def test_run_needs_no_setup(tmp_path: Path) -> None:
+    """`rainstorm run` on its embedded server signs with a random key of its own."""
+    src = tmp_path / "in.txt"
+    src.write_text("a b a\n")
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "run", "examples/wordcount.yaml",
+                          "--input", str(src), "--json", "--workers", "1"], cwd=ROOT,
+                         env=_no_key_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert '"a": 2' in res.stdout and '"b": 1' in res.stdout, res.stdout
+
+
+def test_local_key_is_random_per_process() -> None:
+    code = "from rainstorm import signing; print(signing.local_key().decode())"
+    keys_ = {subprocess.run([sys.executable, "-c", code], env=_no_key_env(), cwd=ROOT,
+                            capture_output=True, text=True, timeout=30).stdout.strip()
+             for _ in range(2)}
+    assert len(keys_) == 2 and all(len(k) == 64 for k in keys_)
+    assert signing.local_key() == KEY.encode()  # a shared key, when set, is the key
+
+
+def test_compose_gives_coordinator_and_workers_the_same_key() -> None:
+    raw = load_compose(None)["services"]
+    values = {raw[s]["environment"]["RAINSTORM_SECRET"]
+              for s in ("coordinator", "worker", "autoscaler")}
+    assert len(values) == 1 and next(iter(values)).startswith("${RAINSTORM_SECRET:-")
+    env = {s: COMPOSE["services"][s]["environment"]["RAINSTORM_SECRET"]
+           for s in ("coordinator", "worker", "autoscaler")}
+    assert set(env.values()) == {TEST_ENV["RAINSTORM_SECRET"]}
+    assert "RAINSTORM_SECRET" not in COMPOSE["services"]["dashboard"]["environment"]
