@@ -38,10 +38,16 @@ class JobStatus:
     stages: list[StageStatus] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)  # worker id -> why it can't run it
+    # entries still in the stage streams, read only once the counters say
+    # every stage settled (None: not read).  Committed and dead-lettered
+    # entries are deleted, so a finished job has none: this catches entries
+    # the counters never saw (XADDed by hand), which would otherwise let the
+    # counters claim completion before the job's own entries were processed
+    unprocessed: int | None = None
 
     @property
     def complete(self) -> bool:
-        return self.loaded and all(s.settled for s in self.stages)
+        return self.loaded and all(s.settled for s in self.stages) and self.unprocessed == 0
 
     @property
     def dead_letters(self) -> int:
@@ -83,4 +89,9 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             _i(c, p + "rejected"), _i(c, p + "claimed"), _i(c, p + "records_in"),
             _i(c, p + "records_out"),
         ))
+    if status.loaded and all(s.settled for s in status.stages):
+        pipe = r.pipeline(transaction=False)
+        for _, stream in job.all_streams():
+            pipe.xlen(stream)
+        status.unprocessed = sum(pipe.execute())
     return status

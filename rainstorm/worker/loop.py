@@ -432,13 +432,14 @@ class Worker:
         bad = runner.undecodable(entries)
         for e, why in bad:  # can never run: dead letters now, not after retries
             self._dead_letter(act, stage, e, why)
+        undecodable = {id(e) for e, _ in bad}
+        entries = [e for e in entries if id(e) not in undecodable]
         hopeless = [e for e in entries if poison.hopeless(e, settings.max_deliveries)]
         for e in hopeless:
             self._dead_letter(act, stage, e, f"its runs failed {e.failures} times (the last "
                                              "ones record by record): the operator crashes "
                                              "or hangs on it")
-        gone = {id(e) for e, _ in bad} | {id(e) for e in hopeless}
-        entries = [e for e in entries if id(e) not in gone]
+        entries = [e for e in entries if e not in hopeless]
         if runner.windows:  # the watermark this batch is windowed against
             runner.max_event_us = read_max_event(self.r, act.job.id, stage)
         suspects = [e for e in entries if poison.suspect(e)]

@@ -235,3 +235,47 @@ def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
     assert longest <= 2 * 8, longest
     assert folder.final() == dict(expected)
     assert lua.snapshot(r, base=keys.state(job.id, stage), log=log_key).version == version
+
+
+def test_entries_the_counters_never_saw_do_not_end_the_job_early(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    """An entry XADDed by hand (e.g. with the worker password) is committed
+    like any other, so `committed` outgrows `emitted`; while a stopped
+    worker still holds one of the job's own entries the counters then
+    balance, yet the job must wait for that entry, not finish without it."""
+    from tests.helpers import Driven, pending_of, wait_for
+
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=20)
+    spec = wordcount_spec("tests.ops:slow_split", batch_bytes=2048, batch_entries=1,
+                          claim_idle_ms=4000)
+    job, files = prepare(spec, [str(p) for p in paths], "foreign")
+    submit(r, job, files)
+    driven = Driven(r, job)
+    slow = {"RAINSTORM_TEST_SLOW_MS": "5"}
+    holder = start_worker(url, job.id, **slow)
+    procs = [holder]
+    try:
+        wait_for(lambda: pending_of(r, job.id, _worker_id(r, holder.pid), job.streams(0)),
+                 30, "the first worker to hold an entry")
+        os.kill(holder.pid, signal.SIGSTOP)
+        held = pending_of(r, job.id, _worker_id(r, holder.pid), job.streams(0))
+        r.xadd(job.streams(0)[0], {"u": "foreign-1", "d": b"alpha beta alpha\n"})
+        procs.append(start_worker(url, job.id))
+        result = driven.result(120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+        stop_all(procs)
+    c = {k.decode(): int(v) for k, v in r.hgetall(keys.counters(job.id)).items()}
+    assert held and c["s0:claimed"] >= len(held)  # the stopped worker's entries were stolen
+    assert c["s0:committed"] == c["s0:emitted"] + 1  # the foreign entry was committed too
+    want = reference_wordcount(paths) + Counter({"alpha": 2, "beta": 1})
+    assert Counter(result) == want
+
+
+def _worker_id(r: redis.Redis, pid: int) -> str:
+    for wid, info in r.hgetall(keys.WORKERS).items():
+        if json.loads(info).get("pid") == pid:
+            return str(wid.decode())
+    return "?"

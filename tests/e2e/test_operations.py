@@ -70,7 +70,8 @@ def test_kill_worker_politely_and_by_force(tmp_path: Path, url: str, r: redis.Re
                           claim_idle_ms=500)
     job, files = prepare(spec, [str(p) for p in paths], "kw")
     submit(r, job, files)
-    env = {"RAINSTORM_TEST_SLOW_MS": "3"}
+    # slow enough (~60 entries x ~0.3 s) that the job outlasts the CLI calls below
+    env = {"RAINSTORM_TEST_SLOW_MS": "10"}
     procs = [worker(url, "--job", job.id, "--burst", **env) for _ in range(3)]
     try:
         driven = Driven(r, job)

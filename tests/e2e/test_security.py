@@ -321,3 +321,45 @@ def test_compose_gives_coordinator_and_workers_the_same_key() -> None:
            for s in ("coordinator", "worker", "autoscaler")}
     assert set(env.values()) == {TEST_ENV["RAINSTORM_SECRET"]}
     assert "RAINSTORM_SECRET" not in COMPOSE["services"]["dashboard"]["environment"]
+
+
+# -- found items 2 and 5 as attacks: writes that used to stop the pool -------------
+
+TWO_STAGES = {"name": "wc2", "source": {"type": "text", "batch_bytes": 4096},
+              "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "repartition"},
+                           {"op": "count"}]}
+
+
+def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalRedis,
+                                                     admin: redis.Redis,
+                                                     attacker: redis.Redis) -> None:
+    """As `worker`: a bogus job state, a spec that is not JSON, an undecodable
+    stage entry and a crafted aggregate delta.  Workers (logged in as
+    `worker`) and the coordinator stay up; the healthy job finishes with every
+    word of its input; the crafted data is in the dead-letter stream."""
+    bogus, _ = _submit(admin, tmp_path, "bogus")
+    broken, _ = _submit(admin, tmp_path, "broken")
+    attacker.hset(keys.meta(bogus.id), "state", "bogus")
+    attacker.set(keys.spec(broken.id), "{not json")
+    src = tmp_path / "healthy.txt"
+    src.write_text("".join(f"w{i % 11} x{i % 3}\n" for i in range(3000)))
+    job, files = prepare(parse_spec(TWO_STAGES), [str(src)], "healthy")
+    submit(admin, job, files)
+    attacker.xadd(job.streams(1)[0], {"u": "evil-1", "d": b"\xc1\xc1 not msgpack"})
+    attacker.xadd(keys.state_log(job.id, job.plan.last.index), {"d": b"\xc1 not a delta"})
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [_worker(srv, log) for log in logs]
+    try:
+        result = drive(admin, job, timeout_s=60)
+        assert all(p.poll() is None for p in procs), "every worker must stay up"
+    finally:
+        codes = [_stop(p) for p in procs]
+    text = "".join(log.read_text() for log in logs)
+    assert codes == [0, 0] and "Traceback" not in text, text
+    assert Counter(result) == Counter(src.read_text().split())
+    assert admin.hget(keys.meta(bogus.id), "state") == b"failed"
+    assert b"bogus" in (admin.hget(keys.meta(bogus.id), "error") or b"")
+    assert _refusals(admin, broken), "the unreadable spec is refused, not run"
+    letters = admin.xrange(keys.dlq(job.id))
+    assert {f.get(b"kind") for _, f in letters} >= {b"entry", b"delta"}, letters
+    assert admin.hget(keys.meta(job.id), "incomplete") == b"1"  # said, not hidden
