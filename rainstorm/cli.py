@@ -418,6 +418,8 @@ def worker(redis_url: str | None, job_id: str | None, burst: bool, stage: int | 
                                                 for p in item.split(",") if p))
     if worker_id:
         opts.worker_id = worker_id
+    # stopped while still connecting (e.g. waiting out an outage): a clean exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     w = Worker(_client(redis_url), opts)
     w.install_signal_handlers()
     w.work()

@@ -20,6 +20,13 @@ key                             type         written by / meaning
                                              finished batch job's ``dead_letters``
                                              and ``incomplete`` (1: its result
                                              misses dead-lettered input)
+``rs:{job}:seal``               string       coordinator, when the job finishes:
+                                             SHA-256 of the keys its result is
+                                             read from (rainstorm.coordinator.
+                                             seal); checked by `result`
+``rs:{job}:refusals``           hash         workers: worker id -> why it cannot
+                                             run the job (bad signature, module
+                                             not allowed, no --allow-exec ...)
 ``rs:{job}:cursor``             hash         FCALL rainstorm_load: ``pos`` =
                                              ``<file index>:<byte offset>`` of the
                                              next input byte, or ``done``
@@ -162,11 +169,15 @@ def job_pattern(job: str) -> str:
     return f"{_job(job)}:*"
 
 
-REFUSED = "refused:"  # meta field prefix: refused:<worker id> = why it cannot run the job
+def seal(job: str) -> str:
+    """String: a finished job's result digest (rainstorm.coordinator.seal)."""
+    return f"{_job(job)}:seal"
 
 
-def refusal_field(worker_id: str) -> str:
-    return REFUSED + worker_id
+def refusals(job: str) -> str:
+    """Hash: worker id -> why that worker cannot run the job (written by
+    workers, which may not write the meta hash)."""
+    return f"{_job(job)}:refusals"
 
 
 def counter_field(stage: int, name: str) -> str:

@@ -92,13 +92,14 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
     pipe.hget(keys.cursor(job_id), "pos")
     pipe.hgetall(keys.counters(job_id))
     pipe.xlen(keys.dlq(job_id))
-    raw_spec, meta_b, pos, counters_b, dlq_len = pipe.execute()
+    pipe.hgetall(keys.refusals(job_id))
+    raw_spec, meta_b, pos, counters_b, dlq_len, refused_b = pipe.execute()
     meta = {as_str(k): as_str(v) for k, v in (meta_b or {}).items()}
     c = {as_str(k): int(v) for k, v in (counters_b or {}).items()}
     view: dict[str, Any] = {
         "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
-        "refused": "; ".join(f"worker {k[len(keys.REFUSED):]}: {v}" for k, v in meta.items()
-                             if k.startswith(keys.REFUSED)) or None,
+        "refused": "; ".join(f"worker {as_str(k)}: {as_str(v)}"
+                             for k, v in (refused_b or {}).items()) or None,
         "loaded": pos == b"done", "unbounded": meta.get("unbounded") == "1",
         "total_bytes": int(meta.get("total_bytes", 0) or 0),
         "bytes_done": c.get("s0:bytes_in", 0), "dead_letters": int(dlq_len or 0),

@@ -94,13 +94,16 @@ def dead_letter_delta(r: redis.Redis, job: Job, stage: int, id_: str, blob: byte
     pipe.execute()
 
 
-def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None
-               ) -> dict[Any, Any]:
+def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None,
+               check: Callable[[lua.Snapshot], None] | None = None) -> dict[Any, Any]:
     """The finished aggregate as of now: base + every delta, read atomically.
-    ``allow``: see :func:`_agg` (only ``reduce_by_key`` resolves a function)."""
+    ``allow``: see :func:`_agg` (only ``reduce_by_key`` resolves a function);
+    ``check``: called with the snapshot before it is folded (may raise)."""
     agg = _agg(job, allow)
     stage = job.plan.last.index
     snap = lua.snapshot(r, base=keys.state(job.id, stage), log=keys.state_log(job.id, stage))
+    if check is not None:
+        check(snap)
     return agg.finish(fold(snap, agg, where=f"job {job.id} stage {stage}"))
 
 

@@ -24,6 +24,7 @@ import redis
 
 from rainstorm import keys, monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
+from rainstorm.coordinator import seal
 from rainstorm.coordinator.loader import BaseLoader, loader_for
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.result import collect, keys_as_str, store, to_json, write_atomically
@@ -149,7 +150,8 @@ class Driver:
         result = keys_as_str(self.folder.final()) if self.folder else collect(self.r, self.job)
         if self.folder:  # final() may have dead-lettered a delta: count again
             status = read_status(self.r, self.job)
-        store(self.r, self.job, result, dead_letters=status.dead_letters)
+        store(self.r, self.job, result, dead_letters=status.dead_letters,
+              sealed=seal.current(self.r, self.job))
         make_durable(self.r, self.job)
         return result
 

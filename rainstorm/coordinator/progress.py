@@ -66,7 +66,8 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
     pipe.hgetall(keys.meta(job.id))
     pipe.hget(keys.cursor(job.id), "pos")
     pipe.hgetall(keys.counters(job.id))
-    meta, pos, c = pipe.execute()
+    pipe.hgetall(keys.refusals(job.id))
+    meta, pos, c, refused = pipe.execute()
     if not meta:
         raise JobFailed(
             f"job {job.id}: its keys are gone from Redis (flushed, or a restart without "
@@ -79,8 +80,8 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
         total_bytes=int(meta.get(b"total_bytes", b"0")),
         bytes_done=_i(c, "s0:bytes_in"),
         counters={k.decode(): int(v) for k, v in c.items()},
-        refusals={k.decode()[len(keys.REFUSED):]: v.decode() for k, v in meta.items()
-                  if k.startswith(keys.REFUSED.encode())},
+        refusals={k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                  for k, v in refused.items()},
     )
     for s in job.plan.stages:
         p = f"s{s.index}:"

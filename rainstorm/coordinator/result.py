@@ -17,11 +17,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from rainstorm import keys
+from rainstorm.coordinator import seal
 from rainstorm.errors import IncompleteResult
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.operators.aggregates import DECODE_ERRORS
@@ -67,11 +68,12 @@ def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
 
 
 def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
-          dead_letters: int = 0) -> None:
+          dead_letters: int = 0, sealed: str | None = None) -> None:
     """Mark the job done and leave its result where redis-cli can read it:
     the top keys in the sorted set rs:{job}:top, and with a ``redis`` sink the
     whole aggregate in the hash rs:{job}:result.  ``dead_letters``: input
-    that is missing from it (see the module's doc)."""
+    that is missing from it (see the module's doc); ``sealed``: the digest of
+    its result keys (rainstorm.coordinator.seal), checked when it is read."""
     pipe = r.pipeline(transaction=True)
     if isinstance(result, dict):
         pipe.delete(keys.top(job.id))
@@ -85,10 +87,11 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
         for i in range(0, len(items), WRITE_CHUNK):
             pipe.hset(keys.result(job.id), mapping=dict(items[i : i + WRITE_CHUNK]))
     incomplete = int(dead_letters > 0 and not job.spec.settings.skip_bad_records)
-    pipe.hset(keys.meta(job.id), mapping={"state": JobState.DONE.value,
-                                          "finished_at": time.time(),
-                                          "dead_letters": dead_letters,
-                                          "incomplete": incomplete})
+    done: dict[str, Any] = {"state": JobState.DONE.value, "finished_at": time.time(),
+                            "dead_letters": dead_letters, "incomplete": incomplete}
+    if sealed is not None:
+        pipe.set(keys.seal(job.id), sealed)
+    pipe.hset(keys.meta(job.id), mapping=cast(Any, done))
     pipe.execute()
     if job.spec.sink.type == "file" and job.spec.sink.path:
         write_atomically(job.spec.sink.path, to_json(result))
@@ -124,8 +127,19 @@ def to_json(result: dict[str, Any] | list[Any]) -> str:
 
 
 def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
-    """A finished job's result, read again (the folded state or the output stream)."""
-    return collect(r, job)
+    """A job's result, read again (the folded state or the output stream); a
+    finished one only if its keys still match the seal written when it
+    finished (JobFailed otherwise)."""
+    raw: Any = r.get(keys.seal(job.id))
+    if raw is None:  # not finished (a streaming job), or finished before seals existed
+        return collect(r, job)
+    sealed = raw.decode("ascii", "replace")
+    if job.plan.aggregate:
+        return keys_as_str(read_state(
+            r, job, check=lambda snap: seal.check(job, sealed, seal.of_snapshot(snap))))
+    result = collect(r, job)
+    seal.check(job, sealed, seal.of_output(r, job))
+    return result
 
 
 def top(result: dict[str, Any], n: int) -> list[tuple[str, Any]]:

@@ -308,7 +308,7 @@ class Worker:
         except UsageError as exc:
             self.refused[job_id] = str(exc)
             log.error("worker %s refuses job %s: %s", self.id, job_id, exc)
-            self.r.hset(keys.meta(job_id), keys.refusal_field(self.id), str(exc))
+            self.r.hset(keys.refusals(job_id), self.id, str(exc))
             return
         self.jobs[job_id] = _Active(job, runners, dead_stages=dead_stages)
 

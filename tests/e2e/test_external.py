@@ -116,7 +116,7 @@ def test_a_refusing_worker_does_not_fail_a_job_others_can_run(tmp_path: Path, ur
     job, files = prepare(spec_with({"cmd": ["cat"]}), [str(p) for p in paths], "mixed")
     submit(r, job, files)
     def refusals() -> list[bytes]:
-        return [f for f in r.hkeys(keys.meta(job.id)) if f.startswith(keys.REFUSED.encode())]
+        return list(r.hkeys(keys.refusals(job.id)))
 
     refusing = start_worker(url, job.id)
     able = None

@@ -2,9 +2,10 @@
 
 The attacker holds only the restricted `worker` password of docker-compose.yml,
 against a server started with the compose file's own ACL rules.  A job was
-submitted, signed, by the coordinator; the attacker rewrites its spec (a map
-step ``tests.hostile.mod:os.system``, or a ``pipe`` step running a shell) and
-XADDs an entry holding a shell command that would create a marker file.
+submitted, signed, by the coordinator.  The worker user may not write specs
+(NOPERM); someone with more write access rewrites it (a map step
+``tests.hostile.mod:os.system``, or a ``pipe`` step running a shell) and the
+attacker XADDs an entry holding a shell command that would create a marker file.
 Workers started with ``--allow-module tests.hostile`` (and ``--allow-exec``)
 must not create it: they record a refusal naming the problem, stay up, and
 the job fails with that reason.  Controls: the signed job runs, and a signed
@@ -13,6 +14,7 @@ the job fails with that reason.  Controls: the signed job runs, and a signed
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,15 +116,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def _attack(attacker: redis.Redis, job: Job, spec_data: dict[str, Any], marker: Path,
-            sig: str) -> None:
-    """As `worker`: rewrite the spec, fix its signature as told, XADD a shell command."""
+            sig: str, writer: redis.Redis) -> None:
+    """Rewrite the spec, fix its signature as told, XADD a shell command.  The
+    `worker` user may not write specs or signatures at all (NOPERM), so the
+    rewrite is done by ``writer``: someone with more write access than the
+    worker password (another Redis user, a leaked admin password): the
+    signature must still stop it."""
     evil = spec_to_json(parse_spec(spec_data))
-    attacker.set(keys.spec(job.id), evil)
-    if sig == "delete":
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        attacker.set(keys.spec(job.id), evil)
+    with pytest.raises(redis.exceptions.NoPermissionError):
         attacker.delete(keys.spec_signature(job.id))
+    writer.set(keys.spec(job.id), evil)
+    if sig == "delete":
+        writer.delete(keys.spec_signature(job.id))
     elif sig == "forge":  # the attacker's guess at a key
-        attacker.set(keys.spec_signature(job.id),
-                     sign_spec(job.id, evil, b"attacker-guess-0123456789"))
+        writer.set(keys.spec_signature(job.id),
+                   sign_spec(job.id, evil, b"attacker-guess-0123456789"))
     attacker.xadd(keys.stage_stream(job.id, 0, 0), {"u": "evil:1", "d": f"touch {marker}\n"})
 
 
@@ -135,9 +145,8 @@ def _refused_run(admin: redis.Redis, job: Job) -> str:
 
 
 def _refusals(admin: redis.Redis, job: Job) -> dict[str, str]:
-    meta: Any = admin.hgetall(keys.meta(job.id))
-    return {k.decode()[len(keys.REFUSED):]: v.decode() for k, v in meta.items()
-            if k.startswith(keys.REFUSED.encode())}
+    rows: Any = admin.hgetall(keys.refusals(job.id))
+    return {k.decode(): v.decode() for k, v in rows.items()}
 
 
 ATTACKS = {
@@ -163,7 +172,7 @@ def test_a_worker_password_does_not_run_code(name: str, tmp_path: Path, admin: r
     first, sig, reason = ATTACKS[name]
     marker = tmp_path / "pwned"
     job, _ = _submit(admin, tmp_path, "sec-attack")
-    _attack(attacker, job, _spec(first), marker, sig)
+    _attack(attacker, job, _spec(first), marker, sig, writer=admin)
     log = tmp_path / "worker.log"
     proc = _worker(srv, log, "--job", job.id, "--allow-exec")
     try:
@@ -261,7 +270,7 @@ def test_dev_mode_runs_unsigned_specs_and_says_so(tmp_path: Path, admin: redis.R
         marker = tmp_path / "pwned"
         evil, _ = _submit(admin, tmp_path, "sec-dev-evil", unsigned=True)
         _attack(attacker, evil, _spec({"op": "map", "fn": "tests.hostile.mod:os.system"}),
-                marker, "keep")
+                marker, "keep", writer=admin)
         error = _refused_run(admin, evil)
         assert proc.poll() is None
     finally:
@@ -340,7 +349,9 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     bogus, _ = _submit(admin, tmp_path, "bogus")
     broken, _ = _submit(admin, tmp_path, "broken")
     attacker.hset(keys.meta(bogus.id), "state", "bogus")
-    attacker.set(keys.spec(broken.id), "{not json")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        attacker.set(keys.spec(broken.id), "{not json")
+    admin.set(keys.spec(broken.id), "{not json")  # (a user with more rights)
     src = tmp_path / "healthy.txt"
     src.write_text("".join(f"w{i % 11} x{i % 3}\n" for i in range(3000)))
     job, files = prepare(parse_spec(TWO_STAGES), [str(src)], "healthy")
@@ -350,6 +361,7 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     procs = [_worker(srv, log) for log in logs]
     try:
+        wait_for(lambda: admin.hlen(keys.WORKERS) >= 2, 30, "both workers to be up")
         result = drive(admin, job, timeout_s=60)
         assert all(p.poll() is None for p in procs), "every worker must stay up"
     finally:
@@ -363,3 +375,50 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     letters = admin.xrange(keys.dlq(job.id))
     assert {f.get(b"kind") for _, f in letters} >= {b"entry", b"delta"}, letters
     assert admin.hget(keys.meta(job.id), "incomplete") == b"1"  # said, not hidden
+
+
+@pytest.mark.parametrize("how", ["hset base", "xadd delta", "reopen and compact"])
+def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
+                                                      srv: LocalRedis, admin: redis.Redis,
+                                                      attacker: redis.Redis) -> None:
+    """Found item 4: as `worker`, after the job finished, rewrite its state
+    (directly, or by reopening it and calling rainstorm_compact).  The seal
+    (rs:{job}:seal, which `worker` may not write) no longer matches, so
+    `rainstorm result` refuses with one line instead of showing a forged result."""
+    import msgpack
+
+    job, words = _submit(admin, tmp_path, "sealed", data=_spec({"op": "map", "fn": "lower"}))
+    proc = _worker(srv, tmp_path / "w.log", "--job", job.id, "--burst")
+    try:
+        assert drive(admin, job, timeout_s=30) == Counter(words)
+    finally:
+        _stop(proc)
+    url = _url("coordinator", srv)
+    before = _result(url, job.id)
+    assert before.returncode == 0 and json.loads(before.stdout) == Counter(words), before.stderr
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        attacker.set(keys.seal(job.id), "0" * 64)
+    stage = job.plan.last.index
+    forged = msgpack.packb({"forged": 10**9})
+    if how == "hset base":
+        attacker.hset(keys.state(job.id, stage), "d", forged)
+    elif how == "xadd delta":
+        attacker.xadd(keys.state_log(job.id, stage), {"d": forged})
+    else:
+        attacker.hset(keys.meta(job.id), "state", "running")
+        version = int(attacker.hget(keys.state(job.id, stage), "v") or 0)
+        extra = attacker.xadd(keys.state_log(job.id, stage), {"d": forged}).decode()
+        assert lua.compact(attacker, base=keys.state(job.id, stage),
+                           log=keys.state_log(job.id, stage), meta=keys.meta(job.id),
+                           version=version, blob=forged, ids=[extra]) is lua.CompactStatus.OK
+        attacker.hset(keys.meta(job.id), "state", "done")
+    after = _result(url, job.id)
+    lines = after.stderr.strip().splitlines()
+    assert after.returncode == 1 and "forged" not in after.stdout, after.stdout
+    assert len(lines) == 1 and "was changed after it finished" in lines[0], after.stderr
+
+
+def _result(url: str, job_id: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rainstorm", "result", job_id, "--json",
+                           "--redis", url], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)

@@ -136,7 +136,7 @@ def test_broken_job_keys_never_stop_a_worker(tmp_path: Path, url: str, r: redis.
     assert stream["state"] == "failed" and "WRONGTYPE" in stream["error"]
     for name in ("json", "invalid"):  # refused (recorded) by the worker, with the reason
         meta = _meta(r, bad[name])
-        reasons = [v for k, v in meta.items() if k.startswith(keys.REFUSED)]
+        reasons = [v.decode() for v in r.hvals(keys.refusals(bad[name]))]
         assert meta["state"] == "failed" or (reasons and "spec" in reasons[0]), meta
     _no_traceback(*logs)
     text = logs[0].read_text()

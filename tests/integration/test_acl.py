@@ -77,10 +77,18 @@ WORKER_COMMANDS = {
 }
 
 
+# the only keys the worker user may write (it reads rs:*): never a job's spec,
+# signature, cursor, seal, sink position or stored result, nor the job list
+WORKER_WRITES = ["~rs:workers", "~rs:worker:*", "~rs:{*}:meta", "~rs:{*}:s[0-9]*",
+                 "~rs:{*}:counters", "~rs:{*}:failures", "~rs:{*}:refusals", "~rs:{*}:dlq",
+                 "~rs:{*}:state:*", "~rs:{*}:output", "~rs:{*}:late", "~rs:{*}:compact:*"]
+
+
 def test_compose_defines_the_worker_user() -> None:
     rules = command_args(REDIS["command"], "--user")
     assert rules[0] == "worker" and f">{TEST_ENV['RAINSTORM_WORKER_PASSWORD']}" in rules
-    assert "~rs:*" in rules and "-@all" in rules
+    assert "%R~rs:*" in rules and "~rs:*" not in rules and "-@all" in rules
+    assert [x for x in rules if x.startswith("~")] == WORKER_WRITES
     categories = [x for x in rules if x[0] in "+-" and "@" in x]
     assert categories == ["-@all", "+@connection", "-@dangerous"], categories
     assert {x[1:] for x in rules if x.startswith("+") and "@" not in x} == WORKER_COMMANDS

@@ -107,7 +107,9 @@ def test_passwords_come_from_variables() -> None:
 def test_worker_acl_rules() -> None:
     rules = command_args(load_compose()["services"]["redis"]["command"], "--user")
     assert rules[:2] == ["worker", "on"]
-    assert [r for r in rules if r.startswith(("~", "%", "allkeys"))] == ["~rs:*"]
+    keyrules = [r for r in rules if r.startswith(("~", "%", "allkeys"))]
+    assert keyrules[0] == "%R~rs:*" and "allkeys" not in keyrules
+    assert all(r.startswith("~rs:") and r != "~rs:*" for r in keyrules[1:]), keyrules
     assert "nopass" not in rules and "+@all" not in rules and "allcommands" not in rules
     assert "resetchannels" in rules and "allchannels" not in rules
     grants = [r for r in rules if r[0] in "+-"]

@@ -1,0 +1,79 @@
+"""A finished job's seal: the digest of what its result is read from.
+
+Once a job is done, nothing rainstorm runs changes its result keys: every
+FUNCTION refuses to write for a job that is not running.  But the ``worker``
+Redis user must be able to write those keys while jobs run (the FUNCTIONs
+run with their caller's permissions), so someone holding that password could
+still rewrite a finished result directly (HSET the folded state, XADD a
+delta).  The coordinator therefore records, in ``rs:{job}:seal`` (a key
+the worker user may only read, see docker-compose.yml, and that no
+FUNCTION takes), a SHA-256 over exactly what the result is read from -- the last stage's
+folded base and every delta left in its log (an aggregate), or every entry
+of the output stream (a records job).  Reading a finished result checks it,
+so a result changed after the job finished is refused with one line instead
+of being shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.errors import JobFailed
+from rainstorm.job import Job
+
+DOMAIN = b"rainstorm-result-v1\x00"
+_CHUNK = 1000
+
+
+def _frame(h: Any, blob: bytes) -> None:
+    h.update(len(blob).to_bytes(8, "big"))
+    h.update(blob)
+
+
+def of_snapshot(snap: lua.Snapshot) -> str:
+    """The digest of an aggregate's state as one snapshot read it."""
+    h = hashlib.sha256(DOMAIN + b"state\x00")
+    _frame(h, str(snap.version).encode())
+    _frame(h, snap.base)
+    for id_, delta in zip(snap.log_ids, snap.deltas, strict=True):
+        _frame(h, id_.encode())
+        _frame(h, delta)
+    return h.hexdigest()
+
+
+def of_output(r: redis.Redis, job: Job) -> str:
+    """The digest of every entry of a records job's output stream."""
+    h = hashlib.sha256(DOMAIN + b"output\x00")
+    start: Any = "-"
+    while True:
+        rows: Any = r.xrange(keys.output(job.id), min=start, max="+", count=_CHUNK)
+        for id_, fields in rows:
+            _frame(h, id_)
+            _frame(h, fields.get(b"u", b""))
+            _frame(h, fields.get(b"d", b""))
+        if len(rows) < _CHUNK:
+            return h.hexdigest()
+        start = b"(" + rows[-1][0]
+
+
+def current(r: redis.Redis, job: Job) -> str:
+    """The digest of the job's result keys as they are now."""
+    if job.plan.aggregate:
+        stage = job.plan.last.index
+        return of_snapshot(lua.snapshot(r, base=keys.state(job.id, stage),
+                                        log=keys.state_log(job.id, stage)))
+    return of_output(r, job)
+
+
+def check(job: Job, sealed: str | None, now: str) -> None:
+    """JobFailed (one line) when the result no longer matches its seal;
+    ``sealed`` None: a job finished before seals existed, nothing to check."""
+    if sealed is not None and sealed != now:
+        raise JobFailed(f"the result of job {job.id} was changed after it finished (its "
+                        "keys were written directly, e.g. with the worker password): "
+                        f"its seal {sealed[:12]}... no longer matches ({now[:12]}...); "
+                        "not showing it")
