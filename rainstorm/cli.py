@@ -233,9 +233,13 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
                          rdb_every_s=rdb_every_s, autoscale=policy,
                          on_progress=update if show else None,
                          connect_timeout_s=_connect_timeout())
-    if output:  # the spec's own file sink was written when the result was stored
-        write_atomically(output, to_json(report.result))
     _print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
+    if output:  # (checked writable before the job ran; the spec's file sink is written)
+        try:
+            write_atomically(output, to_json(report.result))
+        except OSError as exc:
+            raise _Exit(f"--output {output}: cannot write the result ({exc.strerror}); it "
+                        "was printed above", 1) from None
     mb = report.total_bytes / 1e6
     warn = report.status.counters.get("s0:invalid_utf8_entries", 0)
     who = f"autoscaled {autoscale} workers per stage" if autoscale else f"{workers} workers"
@@ -420,7 +424,9 @@ def worker(redis_url: str | None, job_id: str | None, burst: bool, stage: int | 
         opts.worker_id = worker_id
     # stopped while still connecting (e.g. waiting out an outage): a clean exit
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    w = Worker(_client(redis_url), opts)
+    client = _client(redis_url)
+    lua.refuse_other_version(client)  # one line now, not when the first batch commits
+    w = Worker(client, opts)
     w.install_signal_handlers()
     w.work()
 

@@ -20,10 +20,14 @@ key                             type         written by / meaning
                                              finished batch job's ``dead_letters``
                                              and ``incomplete`` (1: its result
                                              misses dead-lettered input)
-``rs:{job}:seal``               string       coordinator, when the job finishes:
-                                             SHA-256 of the keys its result is
+``rs:{job}:inputs``             string       submit: JSON list of the input files
+                                             ``[path, size, mtime_ns]``: exactly
+                                             what the loader loads
+``rs:{job}:seal``               hash         coordinator, when the job finishes:
+                                             ``sha256`` of the keys its result is
                                              read from (rainstorm.coordinator.
-                                             seal); checked by `result`
+                                             seal), ``dead_letters``,
+                                             ``incomplete``; trusted by `result`
 ``rs:{job}:refusals``           hash         workers: worker id -> why it cannot
                                              run the job (bad signature, module
                                              not allowed, no --allow-exec ...)
@@ -169,8 +173,13 @@ def job_pattern(job: str) -> str:
     return f"{_job(job)}:*"
 
 
+def inputs(job: str) -> str:
+    """String: the input files of a text source as listed at submit."""
+    return f"{_job(job)}:inputs"
+
+
 def seal(job: str) -> str:
-    """String: a finished job's result digest (rainstorm.coordinator.seal)."""
+    """Hash: a finished job's result digest and completeness (rainstorm.coordinator.seal)."""
     return f"{_job(job)}:seal"
 
 

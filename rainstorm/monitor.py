@@ -21,7 +21,7 @@ from rainstorm import keys
 from rainstorm.errors import RainstormError
 from rainstorm.job import Job
 from rainstorm.operators.plan import describe
-from rainstorm.replies import as_str
+from rainstorm.replies import as_int, as_str
 from rainstorm.spec import spec_from_json
 from rainstorm.worker.latency import read_histogram
 
@@ -95,13 +95,13 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
     pipe.hgetall(keys.refusals(job_id))
     raw_spec, meta_b, pos, counters_b, dlq_len, refused_b = pipe.execute()
     meta = {as_str(k): as_str(v) for k, v in (meta_b or {}).items()}
-    c = {as_str(k): int(v) for k, v in (counters_b or {}).items()}
+    c = {as_str(k, "replace"): as_int(v) for k, v in (counters_b or {}).items()}
     view: dict[str, Any] = {
         "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
-        "refused": "; ".join(f"worker {as_str(k)}: {as_str(v)}"
+        "refused": "; ".join(f"worker {as_str(k, 'replace')}: {as_str(v, 'replace')}"
                              for k, v in (refused_b or {}).items()) or None,
         "loaded": pos == b"done", "unbounded": meta.get("unbounded") == "1",
-        "total_bytes": int(meta.get("total_bytes", 0) or 0),
+        "total_bytes": as_int(meta.get("total_bytes")),
         "bytes_done": c.get("s0:bytes_in", 0), "dead_letters": int(dlq_len or 0),
         "name": None, "stages": [],
     }

@@ -148,7 +148,8 @@ def compact_head(r: redis.Redis, job: Job, stage: int, agg: Aggregator,
     """Fold the head of the log (at most LIMITS.compact_ids deltas, bad ones
     left where they are) into the base; None: nothing to fold."""
     log_key = keys.state_log(job.id, stage)
-    snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key).head()
+    snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key,
+                        max_deltas=lua.LIMITS.compact_ids)
     bad: set[str] = set()
     state = fold(snap, agg, on_bad=lambda id_, _b, _w: bad.add(id_),
                  where=f"job {job.id} stage {stage}")

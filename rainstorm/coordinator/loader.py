@@ -182,8 +182,7 @@ class Loader(BaseLoader):
 
     def __init__(self, r: redis.Redis, job: Job) -> None:
         super().__init__(r, job)
-        meta_files = r.hget(keys.meta(job.id), "files")
-        listed = json.loads(meta_files or b"[]")
+        listed = json.loads(r.get(keys.inputs(job.id)) or b"[]")
         self.files = [Path(f[0]) for f in listed]
         self.sizes: list[int] = [int(f[1]) for f in listed]
         self.mtimes: list[int | None] = [int(f[2]) if len(f) > 2 else None for f in listed]

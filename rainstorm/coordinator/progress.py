@@ -9,6 +9,7 @@ import redis
 from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.replies import as_int, as_str
 from rainstorm.state import DEAD_DELTAS
 
 
@@ -58,7 +59,7 @@ class JobStatus:
 
 
 def _i(c: dict[bytes, bytes], name: str) -> int:
-    return int(c.get(name.encode(), b"0"))
+    return as_int(c.get(name.encode()))
 
 
 def read_status(r: redis.Redis, job: Job) -> JobStatus:
@@ -75,21 +76,19 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
         )
     status = JobStatus(
         job_id=job.id,
-        state=meta.get(b"state", b"?").decode(),
+        state=as_str(meta.get(b"state", b"?"), "replace"),
         loaded=pos == b"done",
-        total_bytes=int(meta.get(b"total_bytes", b"0")),
+        total_bytes=as_int(meta.get(b"total_bytes")),
         bytes_done=_i(c, "s0:bytes_in"),
-        counters={k.decode(): int(v) for k, v in c.items()},
+        counters={as_str(k, "replace"): as_int(v) for k, v in c.items()},
         refusals={k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                   for k, v in refused.items()},
     )
     for s in job.plan.stages:
-        p = f"s{s.index}:"
-        status.stages.append(StageStatus(
-            s.index, _i(c, p + "emitted"), _i(c, p + "committed"), _i(c, p + "dead"),
-            _i(c, p + "rejected"), _i(c, p + "claimed"), _i(c, p + "records_in"),
-            _i(c, p + "records_out"),
-        ))
+        n = [_i(c, keys.counter_field(s.index, name)) for name in
+             ("emitted", "committed", "dead", "rejected", "claimed", "records_in",
+              "records_out")]
+        status.stages.append(StageStatus(s.index, *n))
     if status.loaded and all(s.settled for s in status.stages):
         pipe = r.pipeline(transaction=False)
         for _, stream in job.all_streams():

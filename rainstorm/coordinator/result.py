@@ -89,8 +89,9 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
     incomplete = int(dead_letters > 0 and not job.spec.settings.skip_bad_records)
     done: dict[str, Any] = {"state": JobState.DONE.value, "finished_at": time.time(),
                             "dead_letters": dead_letters, "incomplete": incomplete}
-    if sealed is not None:
-        pipe.set(keys.seal(job.id), sealed)
+    if sealed is not None:  # what `result` trusts: a key the worker user may not write
+        pipe.hset(keys.seal(job.id), mapping={"sha256": sealed, "dead_letters": dead_letters,
+                                              "incomplete": incomplete})
     pipe.hset(keys.meta(job.id), mapping=cast(Any, done))
     pipe.execute()
     if job.spec.sink.type == "file" and job.spec.sink.path:
@@ -98,8 +99,11 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
 
 
 def completeness(r: redis.Redis, job_id: str) -> tuple[int, bool]:
-    """(dead letters, incomplete) of a finished job, from its meta hash."""
-    raw: Any = r.hmget(keys.meta(job_id), "dead_letters", "incomplete")
+    """(dead letters, incomplete) of a finished job, from its seal (its meta
+    hash for a job finished before seals existed)."""
+    raw: Any = r.hmget(keys.seal(job_id), "dead_letters", "incomplete")
+    if raw[0] is None:
+        raw = r.hmget(keys.meta(job_id), "dead_letters", "incomplete")
     return _int(raw[0]), _int(raw[1]) == 1
 
 
@@ -130,7 +134,7 @@ def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
     """A job's result, read again (the folded state or the output stream); a
     finished one only if its keys still match the seal written when it
     finished (JobFailed otherwise)."""
-    raw: Any = r.get(keys.seal(job.id))
+    raw: Any = r.hget(keys.seal(job.id), "sha256")
     if raw is None:  # not finished (a streaming job), or finished before seals existed
         return collect(r, job)
     sealed = raw.decode("ascii", "replace")

@@ -196,8 +196,9 @@ class LocalRun:
                 self.pool = None
         status = read_status(r, job)
         r.close()
-        return RunReport(job.id, result, seconds, sum(f.stat().st_size for f in files),
-                         status, desc, driver.outages)
+        # sizes as recorded at submit: an input may be gone by now
+        return RunReport(job.id, result, seconds, status.total_bytes, status, desc,
+                         driver.outages)
 
 
 def run_job(

@@ -1,17 +1,20 @@
 """A finished job's seal: the digest of what its result is read from.
 
-Once a job is done, nothing rainstorm runs changes its result keys: every
-FUNCTION refuses to write for a job that is not running.  But the ``worker``
-Redis user must be able to write those keys while jobs run (the FUNCTIONs
-run with their caller's permissions), so someone holding that password could
-still rewrite a finished result directly (HSET the folded state, XADD a
-delta).  The coordinator therefore records, in ``rs:{job}:seal`` (a key
-the worker user may only read, see docker-compose.yml, and that no
-FUNCTION takes), a SHA-256 over exactly what the result is read from -- the last stage's
-folded base and every delta left in its log (an aggregate), or every entry
-of the output stream (a records job).  Reading a finished result checks it,
+Once a job is done, rainstorm's own processes no longer change its result
+keys: every FUNCTION refuses to write into a job whose meta state is not
+``running``.  But the ``worker`` Redis user must be able to write those keys
+and the meta hash while jobs run (the FUNCTIONs run with their caller's
+permissions), so someone holding that password could still rewrite a
+finished result (HSET the folded state, XADD a delta, or set the state back
+to running and call a FUNCTION).  The coordinator therefore records, in the
+hash ``rs:{job}:seal`` (a key the worker user may only read, see
+docker-compose.yml, and that no FUNCTION takes), a SHA-256 over exactly what
+the result is read from -- the last stage's folded base and every delta left
+in its log (an aggregate), or every entry of the output stream (a records
+job).  Reading a finished result checks it,
 so a result changed after the job finished is refused with one line instead
-of being shown.
+of being shown; its ``dead_letters`` and ``incomplete`` are kept there too,
+so nobody can make an incomplete result pass for a complete one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.progress import read_status
-from rainstorm.errors import RainstormError, UsageError
+from rainstorm.errors import JobFailed, RainstormError, UsageError
 from rainstorm.job import Job
 from rainstorm.monitor import job_ids
 from rainstorm.spec import spec_from_json
@@ -18,7 +18,11 @@ def load_job(r: redis.Redis, job_id: str) -> Job:
     raw: Any = r.get(keys.spec(job_id))
     if raw is None:
         raise UsageError(f"no such job: {job_id}")
-    return Job.build(job_id, spec_from_json(raw))
+    try:
+        return Job.build(job_id, spec_from_json(raw))
+    except ValueError as exc:  # not written by submit (pydantic errors are ValueErrors)
+        first = " ".join(str(exc).split())[:200]
+        raise JobFailed(f"job {job_id} has an unreadable spec: {first}") from None
 
 
 def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = N
     file_list = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
     existing: Any = r.get(keys.spec(job.id))
     if existing is not None:
-        old_files = json.loads(r.hget(keys.meta(job.id), "files") or b"[]")
+        old_files = json.loads(r.get(keys.inputs(job.id)) or b"[]")
         if existing.decode() != spec_json or [f[0] for f in old_files] != [f[0] for f in file_list]:
             raise UsageError(f"job {job.id!r} already exists with another spec or input")
         if signature is not None:  # the same spec: vouch for it (e.g. after a key change)
@@ -64,9 +64,11 @@ def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = N
     pipe.set(keys.spec(job.id), spec_json)
     if signature is not None:
         pipe.set(keys.spec_signature(job.id), signature)
+    # not in the meta hash: workers may write that, and the coordinator (the
+    # admin) must never be made to load a file nobody submitted
+    pipe.set(keys.inputs(job.id), json.dumps(file_list))
     meta: dict[str | bytes, str | int | float] = {
         "state": JobState.RUNNING.value,
-        "files": json.dumps(file_list),
         "total_bytes": sum(f[1] for f in file_list),
         "stages": len(job.plan.stages),
         "created_at": time.time(),

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from rainstorm.errors import CallTooLarge
+from rainstorm.errors import CallTooLarge, ProtocolError
 from rainstorm.lua.contract import (
     COMMIT,
     COMPACT,
@@ -42,6 +42,7 @@ from rainstorm.lua.library import (
     library_source,
     load_library,
     loaded_version,
+    refuse_other_version,
 )
 from rainstorm.replies import as_str
 
@@ -49,7 +50,8 @@ __all__ = [
     "LIBRARY_NAME", "LIB_VERSION", "LIMITS", "CommitRequest", "CommitResult", "CommitStatus",
     "CompactStatus", "DeadletterStatus", "LoadResult", "LoadStatus", "RequeueStatus",
     "Snapshot", "call_size", "check_version", "commit", "commit_size", "compact",
-    "deadletter", "library_source", "load", "load_library", "loaded_version", "requeue",
+    "deadletter", "library_source", "load", "load_library", "loaded_version",
+    "refuse_other_version", "requeue",
     "snapshot",
 ]
 
@@ -242,9 +244,39 @@ class Snapshot:
         return Snapshot(self.version, self.base, self.log_ids[:n], self.deltas[:n])
 
 
-def snapshot(r: redis.Redis, *, base: str, log: str) -> Snapshot:
-    keys_, args = SNAPSHOT.build({"base": base, "log": log}, {})
-    reply = _call(r, SNAPSHOT, keys_, args, ro=True)
-    rest = reply[2:]
-    return Snapshot(int(reply[0]), reply[1] or b"", [as_str(x) for x in rest[::2]],
-                    list(rest[1::2]))
+SNAPSHOT_TRIES = 5
+
+
+def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = None
+             ) -> Snapshot:
+    """The folded base and the deltas not yet folded: all of them, or the
+    first ``max_deltas`` (at most ``LIMITS.compact_ids``).  One FCALL reads
+    the base and a bounded first page atomically; longer logs are read on
+    with XRANGE, and the whole read is repeated if a compaction changed the
+    version meanwhile, so the result is always one consistent state."""
+    page = min(max_deltas or LIMITS.compact_ids, LIMITS.compact_ids)
+    for _ in range(SNAPSHOT_TRIES):
+        keys_, args = SNAPSHOT.build({"base": base, "log": log}, {"max_deltas": page})
+        reply = _call(r, SNAPSHOT, keys_, args, ro=True)
+        rest = reply[3:]
+        snap = Snapshot(int(reply[0]), reply[1] or b"", [as_str(x) for x in rest[::2]],
+                        list(rest[1::2]))
+        if reply[2] != b"1" or max_deltas is not None:
+            return snap
+        if _read_rest(r, base, log, snap, page):
+            return snap
+    raise ProtocolError(f"rainstorm_snapshot: {log} was compacted {SNAPSHOT_TRIES} times "
+                        "while it was being read")
+
+
+def _read_rest(r: redis.Redis, base: str, log: str, snap: Snapshot, page: int) -> bool:
+    """Append the log's deltas after ``snap``'s last one; False if the base
+    version moved meanwhile (a compaction: the view may miss deltas)."""
+    while True:
+        rows: Any = r.xrange(log, min=f"({snap.log_ids[-1]}", max="+", count=page)
+        for id_, fields in rows:
+            snap.log_ids.append(as_str(id_))
+            snap.deltas.append(fields.get(b"d", b""))
+        if len(rows) < page:
+            break
+    return int(r.hget(base, "v") or 0) == snap.version

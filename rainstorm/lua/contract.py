@@ -46,7 +46,7 @@ DEADLETTER = Layout("rainstorm_deadletter", ("counters", "dlq", "meta", "stream"
 REQUEUE = Layout("rainstorm_requeue", ("counters", "dlq", "meta", "stream"),
                  ("dead_id", "stage", "kind", "uid", "payload", "unbytes"))
 COMPACT = Layout("rainstorm_compact", ("base", "log", "meta"), ("version", "blob"))
-SNAPSHOT = Layout("rainstorm_snapshot", ("base", "log"), ())
+SNAPSHOT = Layout("rainstorm_snapshot", ("base", "log"), ("max_deltas",))
 VERSION = Layout("rainstorm_version", (), ())
 LAYOUTS = (LOAD, COMMIT, DEADLETTER, REQUEUE, COMPACT, SNAPSHOT, VERSION)
 

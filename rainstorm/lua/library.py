@@ -132,11 +132,18 @@ def check_version(r: redis.Redis) -> None:
     if loaded is None:
         load_library(r)
         return
-    if loaded != LIB_VERSION:
-        raise ProtocolError(f"{_mismatch(loaded)}: upgrade every rainstorm client (or reload "
-                            "the library once no job runs)")
+    refuse_other_version(r)
     with _lock:
         _checked[r] = loaded
+
+
+def refuse_other_version(r: redis.Redis) -> None:
+    """At start-up: ProtocolError when Redis holds another version of the
+    library (none loaded yet is fine: the coordinator loads it)."""
+    loaded = loaded_version(r)
+    if loaded is not None and loaded != LIB_VERSION:
+        raise ProtocolError(f"{_mismatch(loaded)}: upgrade every rainstorm client (or reload "
+                            "the library once no job runs)")
 
 
 def fcall(r: redis.Redis, name: str, keys_: list[str], args: list[Any],

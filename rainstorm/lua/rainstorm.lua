@@ -421,20 +421,33 @@ local function compact(keys, args)
 end
 
 ------------------------------------------------------------------------------
--- rainstorm_snapshot (read-only): the folded base and every delta not yet
--- folded, read atomically.  Its cost grows with the log, which compaction
--- keeps short.
+-- rainstorm_snapshot (read-only): the folded base and the first deltas not
+-- yet folded, read atomically.  At most max_deltas of them, so its cost is
+-- bounded however long the log grew (anyone who may XADD can grow it); the
+-- caller reads the rest of the log with XRANGE and checks that the version
+-- did not move meanwhile (rainstorm.lua.snapshot).
 --
 -- KEYS[1] = base          rs:{job}:state:s<i>
 -- KEYS[2] = log           rs:{job}:state:s<i>:log
--- Returns {version, base_blob_or_empty, id1, delta1, id2, delta2, ...}
+-- ARGV[1] = max_deltas    deltas to return, 1..MAX_COMPACT_IDS
+-- Returns {version, base_blob_or_empty, more ('1': the log holds more
+--          deltas after the last one returned, else '0'), id1, delta1, ...}
 ------------------------------------------------------------------------------
 local function snapshot(keys, args)
-  if #keys ~= 2 or #args ~= 0 then error('rainstorm_snapshot: wrong arity') end
+  local fn = 'rainstorm_snapshot'
+  if #keys ~= 2 or #args ~= 1 then error(fn .. ': wrong arity') end
+  local max_deltas = to_int(args[1], 'max_deltas')
+  if max_deltas < 1 then error(fn .. ': max_deltas must be at least 1') end
+  cap(max_deltas, MAX_COMPACT_IDS, 'max_deltas', fn)
   local base, log = keys[1], keys[2]
   local v = redis.call('HGET', base, 'v') or '0'
-  local out = {v, redis.call('HGET', base, 'd') or ''}
-  for _, row in ipairs(redis.call('XRANGE', log, '-', '+')) do
+  local out = {v, redis.call('HGET', base, 'd') or '', '0'}
+  local rows = redis.call('XRANGE', log, '-', '+', 'COUNT', max_deltas + 1)
+  for i, row in ipairs(rows) do
+    if i > max_deltas then
+      out[3] = '1'
+      break
+    end
     out[#out + 1] = row[1]
     out[#out + 1] = field_of(row[2], 'd') or ''
   end

@@ -37,7 +37,7 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.durability import wait_after_commit
-from rainstorm.errors import CallTooLarge, RainstormError, UsageError
+from rainstorm.errors import CallTooLarge, RainstormError, ServerError, UsageError
 from rainstorm.job import Job
 from rainstorm.lua import CommitRequest
 from rainstorm.operators.chain import OperatorError
@@ -156,6 +156,10 @@ class Worker:
                 except redis.ResponseError as exc:
                     self._refused_command(exc)  # never an exit: one job's keys are not all
                     continue
+                except ServerError:
+                    # the server itself does not fit (e.g. another version of the
+                    # FUNCTION library): no job's fault, so fail none; stop, one line
+                    raise
                 except DATA_ERRORS as exc:
                     if not self._touching:
                         raise  # not about a job's data: a bug, loud
@@ -275,6 +279,8 @@ class Worker:
             if isinstance(exc, REDIS_DOWN):
                 raise
             self._broken(job_id, f"its keys are unreadable ({exc})")
+        except ServerError:
+            raise  # the server, not this job (see work())
         except DATA_ERRORS as exc:  # whatever a job's keys hold
             self._broken(job_id, f"it cannot be adopted ({' '.join(repr(exc).split())[:300]})")
         return False

@@ -349,6 +349,7 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     bogus, _ = _submit(admin, tmp_path, "bogus")
     broken, _ = _submit(admin, tmp_path, "broken")
     attacker.hset(keys.meta(bogus.id), "state", "bogus")
+    attacker.hset(keys.counters(bogus.id), mapping={"s0:emitted": "many", "s0:claimed": "x"})
     with pytest.raises(redis.exceptions.NoPermissionError):
         attacker.set(keys.spec(broken.id), "{not json")
     admin.set(keys.spec(broken.id), "{not json")  # (a user with more rights)
@@ -371,6 +372,12 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     assert Counter(result) == Counter(src.read_text().split())
     assert admin.hget(keys.meta(bogus.id), "state") == b"failed"
     assert b"bogus" in (admin.hget(keys.meta(bogus.id), "error") or b"")
+    status = subprocess.run([sys.executable, "-m", "rainstorm", "status", "--json", "--redis",
+                             _url("coordinator", srv)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)  # bogus counters: still a status, no traceback
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    rows = {j["job"]: j for j in json.loads(status.stdout)}
+    assert rows[broken.id]["state"] == "broken" and rows[job.id]["state"] == "done", rows
     assert _refusals(admin, broken), "the unreadable spec is refused, not run"
     letters = admin.xrange(keys.dlq(job.id))
     assert {f.get(b"kind") for _, f in letters} >= {b"entry", b"delta"}, letters

@@ -368,3 +368,26 @@ def test_fault_storm_never_dead_letters_healthy_input(tmp_path: Path, url: str,
     c = counters(r, job.id)
     assert c.get("s0:dead", 0) == 0 and c["s0:claimed"] > 0  # steals happened, no loss
     _no_traceback(log)
+
+
+def test_another_library_version_stops_the_worker_not_the_job(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    """A worker that meets a FUNCTION library of another version (a coordinator
+    of another release replaced it) exits with one line naming both versions;
+    it fails no job, which another, matching worker can still finish."""
+    from rainstorm import lua
+
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=10)
+    job, files = prepare(wordcount_spec(), [str(p) for p in paths], "otherlib")
+    submit(r, job, files)
+    r.function_load("#!lua name=rainstorm\nredis.register_function{function_name="
+                    "'rainstorm_version', callback=function() return '0' end, "
+                    "flags={'no-writes'}}\n", replace=True)
+    log = tmp_path / "w.log"
+    proc = _worker(url, log, "--job", job.id, "--burst")
+    assert proc.wait(60) == 1
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("rainstorm: error")]
+    assert len(lines) == 1 and "version 0" in lines[0] and lua.LIB_VERSION in lines[0], \
+        log.read_text()
+    _no_traceback(log)
+    assert r.hget(keys.meta(job.id), "state") == b"running"  # not failed by it

@@ -124,6 +124,29 @@ def test_snapshot_head_folds_at_most_the_cap() -> None:
     assert len(snap.head().log_ids) == 10  # under the library's cap: all of it
 
 
+def test_a_long_log_is_read_in_bounded_pages(r: redis.Redis) -> None:
+    """Anyone who may XADD can grow a delta log: one snapshot FCALL returns
+    at most the cap, the wrapper reads the rest and still gets every delta,
+    in order, with the base it belongs to."""
+    base, log = keys.state(JOB, 1), keys.state_log(JOB, 1)
+    r.hset(base, mapping={"v": 7, "d": b"folded"})
+    n = L.compact_ids * 2 + 5
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(log, {"d": str(i).encode()})
+    pipe.execute()
+    reply = r.fcall_ro("rainstorm_snapshot", 2, base, log, L.compact_ids)
+    assert reply[2] == b"1" and len(reply) == 3 + 2 * L.compact_ids  # bounded, "more" said
+    with pytest.raises(redis.ResponseError, match="above the cap"):
+        r.fcall_ro("rainstorm_snapshot", 2, base, log, L.compact_ids + 1)
+    snap = lua.snapshot(r, base=base, log=log)
+    assert (snap.version, snap.base) == (7, b"folded")
+    assert snap.deltas == [str(i).encode() for i in range(n)]
+    assert snap.log_ids == [x[0].decode() for x in r.xrange(log)]
+    head = lua.snapshot(r, base=base, log=log, max_deltas=10)
+    assert head.deltas == [str(i).encode() for i in range(10)]
+
+
 def test_bad_integers_are_refused_before_writing(r: redis.Redis) -> None:
     inputs = pending(r, 1)
     before = snapshot_all(r)
