@@ -13,7 +13,8 @@ import pytest
 from tests.helpers import ROOT
 
 EXPERIMENTS = ["persistence_cost", "redis_restarts", "claim_idle", "straggler",
-               "redis_death_points", "bench_pipelines", "autoscale", "latency", "scaling"]
+               "redis_death_points", "bench_pipelines", "autoscale", "latency", "scaling",
+               "fcall_limits"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
