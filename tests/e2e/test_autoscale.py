@@ -37,7 +37,9 @@ def test_autoscale_follows_the_input_rate(tmp_path: Path, url: str, r: redis.Red
     job, files = prepare(spec, [str(p) for p in paths], "as")
     submit(r, job, files)
     trace, log = tmp_path / "trace.jsonl", tmp_path / "autoscale.log"
-    env = dict(os.environ, RAINSTORM_TEST_SLOW_MS="4", RAINSTORM_ALLOW_MODULES="tests")
+    # slow enough that one worker cannot keep up once the throttle is off (the
+    # backlog then sits at the backpressure limit), yet keeps up with 50 lines/s
+    env = dict(os.environ, RAINSTORM_TEST_SLOW_MS="10", RAINSTORM_ALLOW_MODULES="tests")
     with log.open("w") as log_fh:
         scaler = subprocess.Popen(
             [sys.executable, "-m", "rainstorm", "-v", "autoscale", "1:3", "--redis", url,
