@@ -728,7 +728,8 @@ def status(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
         table.add_column(col)
     for row in rows:
         for s in row["stages"]:
-            table.add_row(row["job"], row["state"], str(row["loaded"]),
+            state = "done (INCOMPLETE)" if row.get("incomplete") else row["state"]
+            table.add_row(row["job"], state, str(row["loaded"]),
                           f"{row['progress'] * 100:.1f}%", str(s["stage"]), str(s["emitted"]),
                           str(s["committed"]), str(s["dead"]), str(s["claimed"]),
                           str(s["rejected"]))

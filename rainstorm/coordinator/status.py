@@ -8,6 +8,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.progress import read_status
+from rainstorm.coordinator.result import completeness
 from rainstorm.errors import JobFailed, RainstormError, UsageError
 from rainstorm.job import Job
 from rainstorm.monitor import job_ids
@@ -37,8 +38,10 @@ def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[dict[str, An
             rows.append({"job": jid, "state": "broken", "error": str(exc), "loaded": False,
                          "progress": 0.0, "stages": []})
             continue
+        dead, incomplete = completeness(r, jid) if st.state == "done" else (0, False)
         rows.append({
             "job": jid, "state": st.state, "loaded": st.loaded,
+            "incomplete": incomplete, "dead_letters": dead,
             "progress": st.bytes_done / st.total_bytes if st.total_bytes else float(st.loaded),
             "stages": [{"stage": s.index, "emitted": s.emitted, "committed": s.committed,
                         "dead": s.dead, "claimed": s.claimed, "rejected": s.rejected,

@@ -76,3 +76,29 @@ def test_dataset_actions_raise_incomplete_result_with_the_partial_result(
     assert Counter(err.value.result) == _expected()  # the partial result, kept
     got = words.with_settings(skip_bad_records=True).count_by_value().collect(workers=1)
     assert Counter(dict(got)) == _expected()
+
+
+def test_status_and_result_say_incomplete_after_submit(tmp_path: Path, poisoned: Path,
+                                                       url: str) -> None:
+    from tests.helpers import cli, start_worker, stop_all
+
+    spec = tmp_path / "wc.yaml"
+    spec.write_text("name: wc\nsource: {type: text, batch_bytes: 1024}\n"
+                    "pipeline: [{op: flat_map, fn: 'tests.ops:boom_on_poison'}, {op: count}]\n"
+                    "settings: {max_deliveries: 1}\n")
+    worker = start_worker(url, "inc-sub")
+    try:
+        sub = cli(url, "submit", str(spec), "--input", str(poisoned), "--job", "inc-sub",
+                  "--json")
+    finally:
+        stop_all([worker])
+    assert sub.returncode == 3, sub.stderr
+    rows = {row["job"]: row for row in json.loads(cli(url, "status", "--json").stdout)}
+    assert rows["inc-sub"]["state"] == "done" and rows["inc-sub"]["incomplete"] is True
+    assert rows["inc-sub"]["dead_letters"] == 1
+    table = subprocess.run([sys.executable, "-m", "rainstorm", "status", "--redis", url],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, COLUMNS="200"))  # (no wrapped cells)
+    assert "done (INCOMPLETE)" in table.stdout, table.stdout + table.stderr
+    res = cli(url, "result", "inc-sub", "--json")
+    assert res.returncode == 3 and Counter(json.loads(res.stdout)) == _expected(), res.stderr
