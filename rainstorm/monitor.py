@@ -93,11 +93,13 @@ def job_view(r: redis.Redis, job_id: str) -> dict[str, Any]:
     pipe.hgetall(keys.counters(job_id))
     pipe.xlen(keys.dlq(job_id))
     pipe.hgetall(keys.refusals(job_id))
-    raw_spec, meta_b, pos, counters_b, dlq_len, refused_b = pipe.execute()
-    meta = {as_str(k): as_str(v) for k, v in (meta_b or {}).items()}
+    pipe.hget(keys.seal(job_id), "incomplete")
+    raw_spec, meta_b, pos, counters_b, dlq_len, refused_b, incomplete = pipe.execute()
+    meta = {as_str(k, "replace"): as_str(v, "replace") for k, v in (meta_b or {}).items()}
     c = {as_str(k, "replace"): as_int(v) for k, v in (counters_b or {}).items()}
     view: dict[str, Any] = {
         "id": job_id, "state": meta.get("state", "?"), "error": meta.get("error"),
+        "incomplete": incomplete == b"1",  # finished, but input was dead-lettered
         "refused": "; ".join(f"worker {as_str(k, 'replace')}: {as_str(v, 'replace')}"
                              for k, v in (refused_b or {}).items()) or None,
         "loaded": pos == b"done", "unbounded": meta.get("unbounded") == "1",

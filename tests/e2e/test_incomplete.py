@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 
 from rainstorm import Dataset
 from rainstorm.errors import IncompleteResult
@@ -79,7 +80,7 @@ def test_dataset_actions_raise_incomplete_result_with_the_partial_result(
 
 
 def test_status_and_result_say_incomplete_after_submit(tmp_path: Path, poisoned: Path,
-                                                       url: str) -> None:
+                                                       url: str, r: redis.Redis) -> None:
     from tests.helpers import cli, start_worker, stop_all
 
     spec = tmp_path / "wc.yaml"
@@ -96,6 +97,9 @@ def test_status_and_result_say_incomplete_after_submit(tmp_path: Path, poisoned:
     rows = {row["job"]: row for row in json.loads(cli(url, "status", "--json").stdout)}
     assert rows["inc-sub"]["state"] == "done" and rows["inc-sub"]["incomplete"] is True
     assert rows["inc-sub"]["dead_letters"] == 1
+    from rainstorm.monitor import job_view  # what the dashboard shows
+
+    assert job_view(r, "inc-sub")["incomplete"] is True
     table = subprocess.run([sys.executable, "-m", "rainstorm", "status", "--redis", url],
                            cwd=ROOT, capture_output=True, text=True, timeout=60,
                            env=dict(os.environ, COLUMNS="200"))  # (no wrapped cells)
