@@ -62,3 +62,9 @@ class IncompleteResult(RainstormError):
         self.job_id = job_id
         self.dead_letters = dead_letters
         self.result = result
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` (an exception's message or repr) as one line of at most
+    ``limit`` characters, for a one-line error or log message."""
+    return " ".join(str(text).split())[:limit]

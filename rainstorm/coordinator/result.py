@@ -26,7 +26,7 @@ from rainstorm.coordinator import seal
 from rainstorm.errors import IncompleteResult
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.operators.aggregates import DECODE_ERRORS
-from rainstorm.replies import as_str
+from rainstorm.replies import as_int, as_str
 from rainstorm.state import read_state
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def completeness(r: redis.Redis, job_id: str) -> tuple[int, bool]:
     raw: Any = r.hmget(keys.seal(job_id), "dead_letters", "incomplete")
     if raw[0] is None:
         raw = r.hmget(keys.meta(job_id), "dead_letters", "incomplete")
-    return _int(raw[0]), _int(raw[1]) == 1
+    return as_int(raw[0]), as_int(raw[1]) == 1
 
 
 def check_complete(job_id: str, dead_letters: int, incomplete: bool,
@@ -117,13 +117,6 @@ def check_complete(job_id: str, dead_letters: int, incomplete: bool,
         return (f"warning: {dead_letters} bad records skipped (settings.skip_bad_records); "
                 f"see `rainstorm dlq {job_id}`")
     return None
-
-
-def _int(raw: Any) -> int:
-    try:
-        return int(raw or 0)
-    except ValueError:
-        return 0
 
 
 def to_json(result: dict[str, Any] | list[Any]) -> str:

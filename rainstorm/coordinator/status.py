@@ -9,7 +9,7 @@ import redis
 from rainstorm import keys
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.result import completeness
-from rainstorm.errors import JobFailed, RainstormError, UsageError
+from rainstorm.errors import JobFailed, RainstormError, UsageError, one_line
 from rainstorm.job import Job
 from rainstorm.monitor import job_ids
 from rainstorm.spec import spec_from_json
@@ -22,7 +22,7 @@ def load_job(r: redis.Redis, job_id: str) -> Job:
     try:
         return Job.build(job_id, spec_from_json(raw))
     except ValueError as exc:  # not written by submit (pydantic errors are ValueErrors)
-        first = " ".join(str(exc).split())[:200]
+        first = one_line(exc, 200)
         raise JobFailed(f"job {job_id} has an unreadable spec: {first}") from None
 
 

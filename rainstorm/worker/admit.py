@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from rainstorm.errors import RainstormError
+from rainstorm.errors import RainstormError, one_line
 from rainstorm.job import Job
 from rainstorm.spec import PipeOp, ReduceOp, spec_from_json
 from rainstorm.spec_signature import SpecRefused, verify_spec
@@ -51,7 +51,7 @@ def admit(job_id: str, raw: bytes | str, signature: bytes | str | None,
     try:
         job = Job.build(job_id, spec_from_json(raw))
     except (RainstormError, ValueError) as exc:
-        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        why = one_line(exc) or type(exc).__name__
         raise SpecRefused(f"job spec is not a valid spec: {why}") from None
     if policy.exec_paths:
         check_programs(job, policy.exec_paths)

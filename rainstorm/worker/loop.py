@@ -37,7 +37,7 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.durability import wait_after_commit
-from rainstorm.errors import CallTooLarge, RainstormError, ServerError, UsageError
+from rainstorm.errors import CallTooLarge, RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
 from rainstorm.lua import CommitRequest
 from rainstorm.operators.chain import OperatorError
@@ -165,8 +165,7 @@ class Worker:
                         raise  # not about a job's data: a bug, loud
                     # what a job's keys hold broke its service: that job fails, not us
                     job, self._touching = self._touching, ""
-                    self._broken(job, "serving it failed: "
-                                      f"{' '.join(repr(exc).split())[:300]}")
+                    self._broken(job, f"serving it failed: {one_line(repr(exc))}")
                     continue
                 self._outage_since = None
                 if done:
@@ -187,7 +186,7 @@ class Worker:
             return
         else:
             log.error("worker %s: Redis refused a command (%s); carrying on", self.id,
-                      " ".join(str(exc).split())[:300])
+                      one_line(exc))
             time.sleep(min(1.0, self.opt.refresh_s))
         self.jobs.clear()
 
@@ -282,7 +281,7 @@ class Worker:
         except ServerError:
             raise  # the server, not this job (see work())
         except DATA_ERRORS as exc:  # whatever a job's keys hold
-            self._broken(job_id, f"it cannot be adopted ({' '.join(repr(exc).split())[:300]})")
+            self._broken(job_id, f"it cannot be adopted ({one_line(repr(exc))})")
         return False
 
     def _broken(self, job_id: str, reason: str) -> None:

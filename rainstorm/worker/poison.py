@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys
+from rainstorm.replies import as_int
 from rainstorm.worker.batch import Entry
 
 # failures beyond max_deliveries before a whole entry is dead-lettered: its
@@ -37,10 +38,7 @@ def read(r: redis.Redis, job: str, entries: list[Entry]) -> None:
     fields = [keys.failure_field(e.stream, e.id) for e in entries]
     values: Any = r.hmget(keys.failures(job), fields)
     for e, v in zip(entries, values, strict=True):
-        try:
-            e.failures = int(v) if v is not None else 0
-        except ValueError:
-            e.failures = 0  # not a number (written by hand): as if none
+        e.failures = as_int(v)  # not a number (written by hand): as if none
 
 
 def record(r: redis.Redis, job: str, e: Entry) -> int:
