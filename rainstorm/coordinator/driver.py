@@ -147,11 +147,18 @@ class Driver:
         return None
 
     def _finish(self, status: JobStatus) -> Result:
-        result = keys_as_str(self.folder.final()) if self.folder else collect(self.r, self.job)
-        if self.folder:  # final() may have dead-lettered a delta: count again
+        result: Result
+        if self.folder:
+            result = keys_as_str(self.folder.final())
+            # final() may have dead-lettered a delta: count again, and seal the
+            # state as it is now
             status = read_status(self.r, self.job)
-        store(self.r, self.job, result, dead_letters=status.dead_letters,
-              sealed=seal.current(self.r, self.job))
+            sealed = seal.of_state(self.r, self.job)
+        else:
+            digest = seal.OutputDigest()  # sealed in the same read of the output
+            result = collect(self.r, self.job, digest)
+            sealed = digest.hexdigest()
+        store(self.r, self.job, result, dead_letters=status.dead_letters, sealed=sealed)
         make_durable(self.r, self.job)
         return result
 

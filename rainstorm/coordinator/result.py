@@ -46,25 +46,22 @@ def keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
     return {jsonable_key(k): v for k, v in state.items()}
 
 
-def collect(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
-    """The job's full result: a key -> value map (aggregate) or a record list."""
+def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None
+            ) -> dict[str, Any] | list[Any]:
+    """The job's full result: a key -> value map (aggregate) or a record list;
+    ``digest``: fed every output entry read (a records job)."""
     if job.plan.aggregate:
         return keys_as_str(read_state(r, job))
     out: list[Any] = []
-    last: Any = b"-"
-    while True:
-        rows: Any = r.xrange(keys.output(job.id), min=last, max="+", count=1000)
-        if last != b"-":
-            rows = rows[1:]
-        if not rows:
-            return out
-        for id_, fields in rows:
-            try:
-                out.extend(decode_records(fields.get(b"d", b"")))
-            except DECODE_ERRORS as exc:  # not written by a commit: never part of a result
-                log.warning("job %s: skipping output entry %s, not a record batch: %s",
-                            job.id, as_str(id_), exc)
-        last = rows[-1][0]
+    for id_, fields in seal.output_rows(r, job):
+        if digest is not None:
+            digest.add(id_, fields)
+        try:
+            out.extend(decode_records(fields.get(b"d", b"")))
+        except DECODE_ERRORS as exc:  # not written by a commit: never part of a result
+            log.warning("job %s: skipping output entry %s, not a record batch: %s",
+                        job.id, as_str(id_), exc)
+    return out
 
 
 def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
@@ -134,8 +131,9 @@ def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
     if job.plan.aggregate:
         return keys_as_str(read_state(
             r, job, check=lambda snap: seal.check(job, sealed, seal.of_snapshot(snap))))
-    result = collect(r, job)
-    seal.check(job, sealed, seal.of_output(r, job))
+    digest = seal.OutputDigest()
+    result = collect(r, job, digest)
+    seal.check(job, sealed, digest.hexdigest())
     return result
 
 

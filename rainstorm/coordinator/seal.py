@@ -20,6 +20,7 @@ so nobody can make an incomplete result pass for a complete one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -48,28 +49,38 @@ def of_snapshot(snap: lua.Snapshot) -> str:
     return h.hexdigest()
 
 
-def of_output(r: redis.Redis, job: Job) -> str:
-    """The digest of every entry of a records job's output stream."""
-    h = hashlib.sha256(DOMAIN + b"output\x00")
+def output_rows(r: redis.Redis, job: Job) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+    """Every entry of a records job's output stream, in order, read in pages."""
     start: Any = "-"
     while True:
         rows: Any = r.xrange(keys.output(job.id), min=start, max="+", count=_CHUNK)
-        for id_, fields in rows:
-            _frame(h, id_)
-            _frame(h, fields.get(b"u", b""))
-            _frame(h, fields.get(b"d", b""))
+        yield from rows
         if len(rows) < _CHUNK:
-            return h.hexdigest()
+            return
         start = b"(" + rows[-1][0]
 
 
-def current(r: redis.Redis, job: Job) -> str:
-    """The digest of the job's result keys as they are now."""
-    if job.plan.aggregate:
-        stage = job.plan.last.index
-        return of_snapshot(lua.snapshot(r, base=keys.state(job.id, stage),
-                                        log=keys.state_log(job.id, stage)))
-    return of_output(r, job)
+class OutputDigest:
+    """The digest of output entries, fed while they are read for the result
+    (so sealing or checking a records job reads its output stream once)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(DOMAIN + b"output\x00")
+
+    def add(self, id_: bytes, fields: dict[bytes, bytes]) -> None:
+        _frame(self._h, id_)
+        _frame(self._h, fields.get(b"u", b""))
+        _frame(self._h, fields.get(b"d", b""))
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def of_state(r: redis.Redis, job: Job) -> str:
+    """The digest of an aggregate job's state as it is now (one snapshot)."""
+    stage = job.plan.last.index
+    return of_snapshot(lua.snapshot(r, base=keys.state(job.id, stage),
+                                    log=keys.state_log(job.id, stage)))
 
 
 def check(job: Job, sealed: str | None, now: str) -> None:

@@ -429,3 +429,28 @@ def _result(url: str, job_id: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rainstorm", "result", job_id, "--json",
                            "--redis", url], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
+
+
+def test_a_finished_records_result_cannot_be_changed_unnoticed(
+        tmp_path: Path, srv: LocalRedis, admin: redis.Redis, attacker: redis.Redis) -> None:
+    """The same for a job without aggregate: its result is the output stream,
+    sealed as it is read; an entry XADDed there afterwards is caught."""
+    import msgpack
+
+    data = {"name": "rec", "source": {"type": "text", "batch_bytes": 4096},
+            "pipeline": [{"op": "map", "fn": "tests.hostile.mod:shout"}]}
+    job, words = _submit(admin, tmp_path, "sealed-records", data=data)
+    proc = _worker(srv, tmp_path / "w.log", "--job", job.id, "--burst")
+    try:
+        assert sorted(drive(admin, job, timeout_s=30)) == sorted(w.upper() for w in words)
+    finally:
+        _stop(proc)
+    url = _url("coordinator", srv)
+    before = _result(url, job.id)
+    assert before.returncode == 0, before.stderr
+    assert sorted(json.loads(before.stdout)) == sorted(w.upper() for w in words)
+    attacker.xadd(keys.output(job.id), {"u": "forged.0", "d": msgpack.packb(["FORGED"])})
+    after = _result(url, job.id)
+    lines = after.stderr.strip().splitlines()
+    assert after.returncode == 1 and "FORGED" not in after.stdout, after.stdout
+    assert len(lines) == 1 and "was changed after it finished" in lines[0], after.stderr
