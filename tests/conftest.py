@@ -16,6 +16,7 @@ from rainstorm.samples import generate_lines
 from rainstorm.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.compose_redis"]  # srv, admin: Valkey with the compose file's ACL
 os.environ.setdefault("RAINSTORM_ALLOW_MODULES", "tests")
 # the spec-signing key of the suite: submit signs with it, spawned workers inherit it
 os.environ.setdefault("RAINSTORM_SECRET", "rainstorm-test-suite-key-0123456789abcdef")

@@ -36,38 +36,17 @@ from rainstorm.job import Job
 from rainstorm.spec import parse_spec, spec_to_json
 from rainstorm.spec_signature import sign_spec
 from rainstorm.worker.admit import INSECURE_WARNING
-from tests.composefile import TEST_ENV, LocalRedis, load_compose, local_env
+from tests.compose_redis import service_url
+from tests.composefile import TEST_ENV, LocalRedis, load_compose
 from tests.helpers import ROOT, wait_for
 
 COMPOSE = load_compose(TEST_ENV)
 KEY = os.environ["RAINSTORM_SECRET"]  # the suite's: the coordinator's and the workers'
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    server = LocalRedis(COMPOSE["services"]["redis"], tmp_path_factory.mktemp("sec-redis"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-def _url(service: str, srv: LocalRedis) -> str:
-    return local_env(COMPOSE["services"][service], srv.port)["RAINSTORM_REDIS"]
-
-
-@pytest.fixture
-def admin(srv: LocalRedis) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(_url("coordinator", srv))
-    client.flushall()
-    lua.load_library(client)
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def attacker(srv: LocalRedis, admin: redis.Redis) -> Iterator[redis.Redis]:
-    url = _url("worker", srv)
+    url = service_url("worker", srv)
     assert urlsplit(url).username == "worker"
     client = redis.Redis.from_url(url)
     yield client
@@ -97,7 +76,7 @@ def _worker(srv: LocalRedis, log: Path, *args: str, key: str | None = KEY
             ) -> subprocess.Popen[bytes]:
     """`rainstorm worker` logged in as `worker`, allowed the hostile package."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAINSTORM_")}
-    env["RAINSTORM_REDIS"] = _url("worker", srv)
+    env["RAINSTORM_REDIS"] = service_url("worker", srv)
     if key:
         env["RAINSTORM_SECRET"] = key
     with open(log, "wb") as out:
@@ -293,7 +272,7 @@ def test_submit_without_a_key_is_one_line(tmp_path: Path, admin: redis.Redis,
     src = tmp_path / "in.txt"
     src.write_text("a b\n")
     res = subprocess.run([sys.executable, "-m", "rainstorm", "submit", "examples/wordcount.yaml",
-                          "--input", str(src), "--redis", _url("coordinator", srv)],
+                          "--input", str(src), "--redis", service_url("coordinator", srv)],
                          cwd=ROOT, env=_no_key_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -373,8 +352,8 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     assert admin.hget(keys.meta(bogus.id), "state") == b"failed"
     assert b"bogus" in (admin.hget(keys.meta(bogus.id), "error") or b"")
     status = subprocess.run([sys.executable, "-m", "rainstorm", "status", "--json", "--redis",
-                             _url("coordinator", srv)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)  # bogus counters: still a status, no traceback
+                             service_url("coordinator", srv)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)  # bogus counters: still a status, no traceback
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
     rows = {j["job"]: j for j in json.loads(status.stdout)}
     assert rows[broken.id]["state"] == "broken" and rows[job.id]["state"] == "done", rows
@@ -400,7 +379,7 @@ def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
         assert drive(admin, job, timeout_s=30) == Counter(words)
     finally:
         _stop(proc)
-    url = _url("coordinator", srv)
+    url = service_url("coordinator", srv)
     before = _result(url, job.id)
     assert before.returncode == 0 and json.loads(before.stdout) == Counter(words), before.stderr
     with pytest.raises(redis.exceptions.NoPermissionError):
@@ -445,7 +424,7 @@ def test_a_finished_records_result_cannot_be_changed_unnoticed(
         assert sorted(drive(admin, job, timeout_s=30)) == sorted(w.upper() for w in words)
     finally:
         _stop(proc)
-    url = _url("coordinator", srv)
+    url = service_url("coordinator", srv)
     before = _result(url, job.id)
     assert before.returncode == 0, before.stderr
     assert sorted(json.loads(before.stdout)) == sorted(w.upper() for w in words)

@@ -23,7 +23,8 @@ from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.operators import aggregates
 from rainstorm.spec import parse_spec
-from tests.composefile import TEST_ENV, LocalRedis, command_args, load_compose, local_env
+from tests.compose_redis import service_url
+from tests.composefile import TEST_ENV, LocalRedis, command_args, load_compose
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, counters
 
@@ -31,32 +32,9 @@ COMPOSE = load_compose(TEST_ENV)
 REDIS = COMPOSE["services"]["redis"]
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    server = LocalRedis(REDIS, tmp_path_factory.mktemp("acl-redis"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-def _service_url(service: str, srv: LocalRedis) -> str:
-    return local_env(COMPOSE["services"][service], srv.port)["RAINSTORM_REDIS"]
-
-
-@pytest.fixture
-def admin(srv: LocalRedis) -> Iterator[redis.Redis]:
-    """The coordinator's connection (the compose file's default-user URL)."""
-    client = redis.Redis.from_url(_service_url("coordinator", srv))
-    client.flushall()
-    lua.load_library(client)
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def worker_url(srv: LocalRedis) -> str:
-    return _service_url("worker", srv)
+    return service_url("worker", srv)
 
 
 @pytest.fixture
