@@ -26,16 +26,16 @@ from typing import Any
 from common import DATA, finish, parser, pyplot, write_csv
 
 from rainstorm import keys, monitor
-from rainstorm.autoscale.backends import LocalBackend
-from rainstorm.autoscale.controller import Autoscaler
-from rainstorm.autoscale.policy import ScalePolicy
 from rainstorm.connection import connect
 from rainstorm.coordinator.driver import Driver
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
+from rainstorm.local.run import prepare
+from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
+from rainstorm.ops.autoscale.backends import LocalBackend
+from rainstorm.ops.autoscale.controller import Autoscaler
+from rainstorm.ops.autoscale.policy import ScalePolicy
 from rainstorm.samples import generate_lines
-from rainstorm.server import EmbeddedRedis
 from rainstorm.signing import local_key
 from rainstorm.spec import parse_spec
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import DATA, finish, parser, pyplot
 
-from rainstorm.coordinator.mapreduce import run_mapreduce
-from rainstorm.coordinator.run import run_job
+from rainstorm.apps.mapreduce import run_mapreduce
+from rainstorm.local.run import run_job
 from rainstorm.samples import write_corpus
 from rainstorm.spec import load_spec
 

@@ -23,7 +23,7 @@ from collections import Counter
 from multiprocessing import Pool
 from pathlib import Path
 
-from rainstorm.coordinator.run import run_job
+from rainstorm.local.run import run_job
 from rainstorm.samples import write_corpus
 from rainstorm.spec import load_spec
 

@@ -29,7 +29,7 @@ from common import (
     wordcount,
 )
 
-from rainstorm.coordinator.run import LocalRun
+from rainstorm.local.run import LocalRun
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rainstorm.coordinator.run import LocalRun, RunReport
+from rainstorm.local.run import LocalRun, RunReport
 from rainstorm.samples import generate_lines
 from rainstorm.spec import JobSpec, parse_spec
 

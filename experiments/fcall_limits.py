@@ -34,7 +34,7 @@ import redis
 from common import pyplot, write_csv
 
 from rainstorm import keys, lua
-from rainstorm.server import EmbeddedRedis
+from rainstorm.local.server import EmbeddedRedis
 
 OUT = Path(__file__).resolve().parent / "results"
 JOB = "limits"

@@ -28,8 +28,8 @@ from common import ROOT, finish, parser, pyplot
 from rainstorm import keys
 from rainstorm.connection import connect
 from rainstorm.job import decode_records
+from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
-from rainstorm.server import EmbeddedRedis
 
 SPEC = """name: latency
 source: {{type: stream, key: {key}, field: d, batch_records: 200}}

@@ -26,7 +26,7 @@ from common import (
     wordcount,
 )
 
-from rainstorm.coordinator.run import LocalRun
+from rainstorm.local.run import LocalRun
 
 MODES = [  # label, LocalRun kwargs, spec settings
     ("none", {"persistence": "none"}, {}),

@@ -27,8 +27,8 @@ from common import (
     wordcount,
 )
 
-from rainstorm.coordinator.run import LocalRun
-from rainstorm.server import EmbeddedRedis
+from rainstorm.local.run import LocalRun
+from rainstorm.local.server import EmbeddedRedis
 
 MODES = [("none", {"persistence": "none"}),
          ("rdb 1s", {"persistence": "rdb", "rdb_every_s": 1}),

@@ -27,7 +27,7 @@ from common import (
     wordcount,
 )
 
-from rainstorm.coordinator.run import LocalRun
+from rainstorm.local.run import LocalRun
 
 MODES = [("rdb 1s", {"persistence": "rdb", "rdb_every_s": 1}),
          ("aof everysec", {"persistence": "aof-everysec"})]

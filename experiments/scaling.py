@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_wordcount import pool, serial  # noqa: E402
 
 from rainstorm.connection import connect  # noqa: E402
-from rainstorm.coordinator.run import LocalRun  # noqa: E402
+from rainstorm.local.run import LocalRun  # noqa: E402
 from rainstorm.samples import write_corpus  # noqa: E402
 from rainstorm.spec import parse_spec  # noqa: E402
 

@@ -30,7 +30,7 @@ from common import (
     wordcount,
 )
 
-from rainstorm.coordinator.run import LocalRun
+from rainstorm.local.run import LocalRun
 
 CASES = [("no straggler", 300, False), ("straggler, stealing (300 ms)", 300, True),
          ("straggler, no stealing", 600_000, True)]

@@ -201,18 +201,18 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
     after --): it runs like spark-submit, its Datasets using --workers,
     --redis and --allow-module."""
     extra = click.get_current_context().args
-    if spec_path.endswith(".py"):  # a Dataset script (rainstorm.dataset)
-        from rainstorm.dataset import run_script
+    if spec_path.endswith(".py"):  # a Dataset script (rainstorm.apps.dataset)
+        from rainstorm.apps.dataset import run_script
 
         run_script(spec_path, extra, redis_url=redis_url, workers=workers, allow_modules=allow)
         return
     if extra:
         raise _Exit(f"unexpected extra arguments: {' '.join(extra)}", 2)
-    from rainstorm.autoscale.policy import ScalePolicy
-    from rainstorm.coordinator.inputs import resolve_inputs
     from rainstorm.coordinator.outputs import check_writable
     from rainstorm.coordinator.result import to_json, write_atomically
-    from rainstorm.coordinator.run import run_job
+    from rainstorm.local.run import run_job
+    from rainstorm.ops.autoscale.policy import ScalePolicy
+    from rainstorm.sources.inputs import resolve_inputs
     from rainstorm.spec import load_spec
 
     policy = ScalePolicy.parse_bounds(autoscale) if autoscale else None
@@ -297,7 +297,7 @@ class _Null:
 @_guard
 def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Show how SPEC is cut into stages, and which operators are fused."""
-    from rainstorm.operators.plan import describe, plan
+    from rainstorm.plan import describe, plan
     from rainstorm.spec import load_spec
 
     spec = load_spec(spec_path, list(overrides))
@@ -345,8 +345,8 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     from rainstorm.connection import connect_timeout_s, wait_out_outage
     from rainstorm.coordinator.driver import drive
     from rainstorm.coordinator.result import completeness
-    from rainstorm.coordinator.run import prepare
     from rainstorm.coordinator.submit import submit as do_submit
+    from rainstorm.local.run import prepare
     from rainstorm.spec import load_spec, parse_spec_text
     from rainstorm.spec_signature import submitter_key
 
@@ -453,7 +453,7 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
     """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""
     from pathlib import Path
 
-    from rainstorm.coordinator.mapreduce import run_mapreduce
+    from rainstorm.apps.mapreduce import run_mapreduce
 
     rep = run_mapreduce(mapper, reducer, [_prefix_glob(i) for i in inputs], Path(output),
                         partitions=partitions, combiner=combiner, workers=workers,
@@ -480,8 +480,8 @@ def _prefix_glob(text: str) -> str:
 @_guard
 def workers(redis_url: str | None, prune_s: float | None, as_json: bool) -> None:
     """Workers: id, host, pid, heartbeat age, pinned stage, current stage, batches."""
-    from rainstorm.coordinator.tasks import prune_workers
     from rainstorm.monitor import workers as list_workers
+    from rainstorm.ops.tasks import prune_workers
 
     r = _client(redis_url)
     if prune_s is not None:
@@ -509,7 +509,7 @@ def workers(redis_url: str | None, prune_s: float | None, as_json: bool) -> None
 def list_tasks(job_id: str | None, redis_url: str | None, sample_s: float,
                as_json: bool) -> None:
     """Per job, stage and partition: unread and pending entries, rates, holders."""
-    from rainstorm.coordinator.tasks import list_tasks as tasks
+    from rainstorm.ops.tasks import list_tasks as tasks
 
     rows = tasks(_client(redis_url), job_id, sample_s)
     if as_json:
@@ -533,7 +533,7 @@ def list_tasks(job_id: str | None, redis_url: str | None, sample_s: float,
 def kill_worker(worker_id: str, redis_url: str | None, force: bool) -> None:
     """Stop WORKER_ID: by default it finishes its batch and exits; with
     --force it dies at once and others steal its pending entries."""
-    from rainstorm.coordinator.tasks import kill_worker as stop
+    from rainstorm.ops.tasks import kill_worker as stop
 
     click.echo(stop(_client(redis_url), worker_id, force=force), err=True)
 
@@ -548,7 +548,7 @@ def kill_worker(worker_id: str, redis_url: str | None, force: bool) -> None:
 @_guard
 def dlq(job_id: str, redis_url: str | None, requeue: bool, limit: int, as_json: bool) -> None:
     """Show JOB's dead letters (stage, kind, error, deliveries), or requeue them."""
-    from rainstorm.coordinator import dlq as dead
+    from rainstorm.ops import dlq as dead
 
     r = _client(redis_url)
     if requeue:
@@ -602,9 +602,9 @@ def autoscale(bounds: str, redis_url: str | None, job_id: str | None, backend: s
     sized by backlog (high watermark) and utilization (low watermark)."""
     import threading
 
-    from rainstorm.autoscale.backends import Backend, DockerBackend, LocalBackend
-    from rainstorm.autoscale.controller import Autoscaler
-    from rainstorm.autoscale.policy import ScalePolicy
+    from rainstorm.ops.autoscale.backends import Backend, DockerBackend, LocalBackend
+    from rainstorm.ops.autoscale.controller import Autoscaler
+    from rainstorm.ops.autoscale.policy import ScalePolicy
     from rainstorm.signing import secret_key
 
     policy = ScalePolicy.parse_bounds(bounds, high_backlog_s=high_backlog_s,
@@ -637,7 +637,7 @@ def autoscale(bounds: str, redis_url: str | None, job_id: str | None, backend: s
 @_guard
 def throttle(job_id: str, rate: str, redis_url: str | None) -> None:
     """Limit how many input lines per second JOB's loader adds (RATE, or 'off')."""
-    from rainstorm.coordinator.status import load_job
+    from rainstorm.monitor import load_job
 
     r = _client(redis_url)
     load_job(r, job_id)
@@ -666,8 +666,8 @@ def throttle(job_id: str, rate: str, redis_url: str | None) -> None:
 def tail(job_id: str, redis_url: str | None, from_start: bool, interval_s: float) -> None:
     """Follow JOB's output: records as they are committed (JSON lines), or an
     aggregate's changed keys with their new values; until the job stops."""
-    from rainstorm.coordinator.follow import follow
-    from rainstorm.coordinator.status import load_job
+    from rainstorm.monitor import load_job
+    from rainstorm.ops.follow import follow
 
     r = _client(redis_url)
     job = load_job(r, job_id)
@@ -693,7 +693,7 @@ def tail(job_id: str, redis_url: str | None, from_start: bool, interval_s: float
 def kill_job(job_id: str, redis_url: str | None, keep: bool) -> None:
     """Cancel JOB and remove its keys (its coordinator fails with 'cancelled';
     a streaming job's coordinator stops cleanly)."""
-    from rainstorm.coordinator.tasks import kill_job as cancel
+    from rainstorm.ops.tasks import kill_job as cancel
 
     n = cancel(_client(redis_url), job_id, keep=keep)
     click.echo(f"job {job_id} cancelled; " + ("its keys are kept" if keep
@@ -716,7 +716,7 @@ def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
 @_guard
 def status(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
     """Show jobs, their stages and counters."""
-    from rainstorm.coordinator.status import job_statuses
+    from rainstorm.ops.status import job_statuses
 
     rows = job_statuses(_client(redis_url), job_id)
     if as_json:
@@ -745,7 +745,7 @@ def status(job_id: str | None, redis_url: str | None, as_json: bool) -> None:
 def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> None:
     """Print a finished job's result (exit status 3: INCOMPLETE, input was dead-lettered)."""
     from rainstorm.coordinator.result import check_complete, completeness, load_stored
-    from rainstorm.coordinator.status import load_job
+    from rainstorm.monitor import load_job
 
     r = _client(redis_url)
     job = load_job(r, job_id)
@@ -772,7 +772,7 @@ def result(job_id: str, redis_url: str | None, top_n: int, as_json: bool) -> Non
 @_guard
 def ui(redis_url: str | None, host: str, port: int, interval_s: float) -> None:
     """Serve a live web dashboard, /api/state (JSON) and /metrics (Prometheus)."""
-    from rainstorm.dashboard.server import serve
+    from rainstorm.ops.dashboard.server import serve
 
     r = _client(redis_url)
     signal.signal(signal.SIGTERM, _raise_interrupt)

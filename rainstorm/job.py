@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 
 from rainstorm import keys
-from rainstorm.operators.plan import JobPlan, StagePlan, plan
+from rainstorm.plan import JobPlan, StagePlan, plan
 from rainstorm.spec import JobSpec
 
 

@@ -10,6 +10,8 @@ restricted ACL user can run the dashboard.  Rates need two looks in time:
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections import deque
 from typing import Any
@@ -18,12 +20,12 @@ import msgpack
 import redis
 
 from rainstorm import keys
-from rainstorm.errors import RainstormError
+from rainstorm.errors import JobFailed, RainstormError, UsageError, one_line
 from rainstorm.job import Job
-from rainstorm.operators.plan import describe
+from rainstorm.latency import read_histogram
+from rainstorm.plan import describe
 from rainstorm.replies import as_int, as_str
 from rainstorm.spec import spec_from_json
-from rainstorm.worker.latency import read_histogram
 
 DEAD_AFTER_S = 5.0  # a heartbeat older than this: the worker is shown as dead
 STAGE_COUNTERS = ("emitted", "committed", "dead", "rejected", "claimed", "records_in",
@@ -221,3 +223,28 @@ class RateTracker:
             if not hist or t > hist[-1]["t"]:
                 hist.append(point)
         return snap
+
+
+def host_name() -> str:
+    """The host a worker reports: $RAINSTORM_HOSTNAME (e.g. a Kubernetes node
+    name) or the machine's host name.  kill-worker --force SIGKILLs only
+    workers whose host is its own."""
+    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
+
+
+
+def read_max_event(r: redis.Redis, job: str, stage: int) -> int | None:
+    """The largest event time committed in ``stage`` so far (µs), or None."""
+    raw = r.hget(keys.counters(job), keys.counter_field(stage, "max_event_us"))
+    return None if raw is None else int(raw)
+
+
+def load_job(r: redis.Redis, job_id: str) -> Job:
+    raw: Any = r.get(keys.spec(job_id))
+    if raw is None:
+        raise UsageError(f"no such job: {job_id}")
+    try:
+        return Job.build(job_id, spec_from_json(raw))
+    except ValueError as exc:  # not written by submit (pydantic errors are ValueErrors)
+        first = one_line(exc, 200)
+        raise JobFailed(f"job {job_id} has an unreadable spec: {first}") from None

@@ -9,7 +9,7 @@ A spec is a source, a linear pipeline of operators and a sink::
       - {op: count}
     sink: {type: stdout, top: 10}
 
-The planner (``rainstorm.operators.plan``) cuts the pipeline into stages.
+The planner (``rainstorm.plan``) cuts the pipeline into stages.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from rainstorm.job import Job
 from rainstorm.lease import Lease, holder_id
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
+from rainstorm.operators.resolve import allowed_modules_from_env
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None,
 def _agg(job: Job, allow: tuple[str, ...] | None = None) -> Aggregator:
     """The job's aggregate.  ``allow``: modules a ``reduce_by_key`` function
     may come from (default: env RAINSTORM_ALLOW_MODULES, as on workers)."""
-    agg = job.plan.aggregator(allow)
+    agg = aggregates.for_stage(job.plan.last,
+                               allowed_modules_from_env() if allow is None else allow)
     if agg is None:
         raise ValueError(f"job {job.id} has no aggregate")
     return agg

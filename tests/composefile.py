@@ -26,8 +26,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
+from rainstorm.local.server import find_server_binary, free_ports
 from rainstorm.procs import preexec_die_with_parent
-from rainstorm.server import find_server_binary, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

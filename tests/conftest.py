@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from rainstorm import lua
+from rainstorm.local.server import EmbeddedRedis
 from rainstorm.samples import generate_lines
-from rainstorm.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.compose_redis"]  # srv, admin: Valkey with the compose file's ACL

@@ -15,9 +15,9 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job
+from rainstorm.local.run import prepare
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent

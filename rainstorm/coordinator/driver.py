@@ -25,13 +25,14 @@ import redis
 from rainstorm import keys, monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.coordinator import seal
-from rainstorm.coordinator.loader import BaseLoader, loader_for
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.result import collect, keys_as_str, store, to_json, write_atomically
 from rainstorm.coordinator.sink import FileOutputSink
 from rainstorm.durability import make_durable
 from rainstorm.errors import JobFailed, JobStopped, RainstormError
 from rainstorm.job import Job, JobState
+from rainstorm.sources.loader import BaseLoader
+from rainstorm.sources.pick import loader_for
 from rainstorm.state import Folder
 
 log = logging.getLogger(__name__)

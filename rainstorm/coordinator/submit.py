@@ -10,11 +10,11 @@ from typing import Any, cast
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.unbounded import initial_cursor
 from rainstorm.durability import make_durable
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
+from rainstorm.sources.unbounded import initial_cursor
 from rainstorm.spec import JobSpec, spec_to_json
 from rainstorm.spec_signature import sign_spec, submitter_key
 

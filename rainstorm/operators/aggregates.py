@@ -28,6 +28,8 @@ from typing import Any
 import msgpack
 
 from rainstorm.operators.chain_errors import OperatorError
+from rainstorm.operators.resolve import resolve
+from rainstorm.plan import StagePlan
 
 Delta = dict[Any, Any]
 SEP = "\x00"
@@ -446,3 +448,18 @@ def merge_checked(acc: dict[Any, Any], delta: Delta, agg: Aggregator | None = No
 
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def for_stage(stage: StagePlan, allow: tuple[str, ...]) -> Aggregator | None:
+    """The aggregate ending ``stage`` (None if it has none), for folding
+    deltas.  Only ``reduce_by_key`` resolves a function here: a
+    ``module:function`` under ``allow`` (the caller's policy: workers pass
+    their allowlist, a coordinator whose spec came from its own user
+    ``("*",)``), a pickled one only if signed with this process's
+    RAINSTORM_SECRET."""
+    if not stage.aggregate:
+        return None
+    fn = None
+    if stage.aggregate == "reduce_by_key" and stage.combiner:
+        fn = resolve(stage.combiner, {}, allow, f"{stage.aggregate_path}.fn")
+    return aggregator(stage.aggregate, stage.top_k, fn)

@@ -18,9 +18,9 @@ from rainstorm.operators import builtins
 from rainstorm.operators.chain_errors import OperatorError, OperatorTimeout, Rejected
 from rainstorm.operators.external import as_line, make_pipe, make_reduce
 from rainstorm.operators.framed import FramedProcess
-from rainstorm.operators.plan import StagePlan, label
 from rainstorm.operators.resolve import resolve
 from rainstorm.operators.windows import stamper
+from rainstorm.plan import StagePlan, label
 from rainstorm.spec import PipeOp, ReduceOp
 
 Transform = Callable[[list[Any]], list[Any]]

@@ -30,9 +30,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from rainstorm import keys
 from rainstorm.operators.resolve import resolve
 from rainstorm.spec import WindowOp
 
@@ -157,8 +154,3 @@ def stamper(op: WindowOp, allow: tuple[str, ...], where: str
 
     return stamp
 
-
-def read_max_event(r: redis.Redis, job: str, stage: int) -> int | None:
-    """The largest event time committed in ``stage`` so far (µs), or None."""
-    raw = r.hget(keys.counters(job), keys.counter_field(stage, "max_event_us"))
-    return None if raw is None else int(raw)

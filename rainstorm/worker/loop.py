@@ -34,15 +34,15 @@ from typing import Any
 
 import redis
 
-from rainstorm import keys, lua
+from rainstorm import keys, lua, monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.durability import wait_after_commit
 from rainstorm.errors import CallTooLarge, RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
+from rainstorm.latency import LatencyRecorder
 from rainstorm.lua import CommitRequest
 from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.chain_errors import OperatorTimeout
-from rainstorm.operators.windows import read_max_event
 from rainstorm.replies import as_str
 from rainstorm.signing import SignatureError, secret_key
 from rainstorm.state import maybe_compact
@@ -58,7 +58,6 @@ from rainstorm.worker.jobcheck import (
     missing_spec,
 )
 from rainstorm.worker.keepalive import InFlight, KeepAlive
-from rainstorm.worker.latency import LatencyRecorder
 from rainstorm.worker.timeout import ticked
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class WorkerOptions:
     insecure_unsigned: bool = False  # development only: run specs nobody signed
     wait_for_job_s: float = 60.0
     worker_id: str = field(
-        default_factory=lambda: f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        default_factory=lambda: f"{monitor.host_name()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     )
 
 
@@ -446,7 +445,7 @@ class Worker:
                                              "or hangs on it")
         entries = [e for e in entries if e not in hopeless]
         if runner.windows:  # the watermark this batch is windowed against
-            runner.max_event_us = read_max_event(self.r, act.job.id, stage)
+            runner.max_event_us = monitor.read_max_event(self.r, act.job.id, stage)
         suspects = [e for e in entries if poison.suspect(e)]
         rest = [e for e in entries if e not in suspects]  # (a run changes e.failures)
         for e in suspects:
@@ -601,7 +600,7 @@ class Worker:
         self._last_heartbeat = now
         t0 = self._batch_t0
         busy_s = self.busy_s + (time.monotonic() - t0 if t0 is not None else 0.0)
-        info = {"host": host_name(), "pid": os.getpid(), "last_seen": now,
+        info = {"host": monitor.host_name(), "pid": os.getpid(), "last_seen": now,
                 "started": self._started_at, "current": self._current,
                 "state": "busy" if busy else "idle",
                 "batches": self.batches, "busy_s": round(busy_s, 3),
@@ -648,13 +647,6 @@ class Worker:
             pipe.execute()
         except redis.RedisError:
             pass  # best effort: a stale heartbeat only ages
-
-
-def host_name() -> str:
-    """The host a worker reports: $RAINSTORM_HOSTNAME (e.g. a Kubernetes node
-    name) or the machine's host name.  kill-worker --force SIGKILLs only
-    workers whose host is its own."""
-    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
 
 
 def _container_id() -> str | None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
+from rainstorm.local.run import prepare
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, Driven, cli, wait_for

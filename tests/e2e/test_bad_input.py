@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rainstorm.coordinator.run import run_job
+from rainstorm.local.run import run_job
 from tests.helpers import ROOT, wordcount_spec
 
 

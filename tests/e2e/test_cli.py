@@ -54,7 +54,7 @@ def test_redis_sink_readable_with_redis_cli_commands(tmp_path: Path, url: str) -
     import redis
 
     from rainstorm import keys
-    from rainstorm.coordinator.run import run_job
+    from rainstorm.local.run import run_job
     from rainstorm.spec import load_spec
 
     f = tmp_path / "in.txt"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from rainstorm.server import free_ports
+from rainstorm.local.server import free_ports
 from tests.composefile import (
     TEST_ENV,
     LocalRedis,
@@ -237,8 +237,8 @@ def test_autoscaler_service(stack: Stack) -> None:
     the real server): it starts worker containers of the compose image on the
     compose network, logged in as `worker`, and removes them when the job ends."""
     pytest.importorskip("docker", reason="the Docker SDK (pip install 'rainstorm[docker]')")
-    from rainstorm.coordinator.run import prepare
     from rainstorm.coordinator.submit import submit
+    from rainstorm.local.run import prepare
     from rainstorm.spec import parse_spec
     from tests.fake_docker import FakeDocker
     from tests.helpers import Driven

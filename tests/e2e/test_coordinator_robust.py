@@ -19,9 +19,9 @@ import msgpack
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.lease import LEASE_MS, Lease, holder_id
+from rainstorm.local.run import prepare
 from rainstorm.operators import aggregates
 from rainstorm.state import Folder
 from tests.conftest import reference_wordcount, write_corpus

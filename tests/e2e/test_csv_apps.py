@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.run import run_job
+from rainstorm.local.run import run_job
 from rainstorm.spec import load_spec
 from tests.helpers import ROOT
 

@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
-from rainstorm.coordinator.tasks import kill_job
-from rainstorm.server import EmbeddedRedis
+from rainstorm.local.run import prepare
+from rainstorm.local.server import EmbeddedRedis
+from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
 from tests.helpers import ROOT, start_worker, wait_for

@@ -22,12 +22,12 @@ import redis
 
 from rainstorm import Dataset, keys, signing
 from rainstorm.coordinator.driver import Driver
-from rainstorm.coordinator.inputs import resolve_inputs
-from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
+from rainstorm.local.pool import LocalWorkers
+from rainstorm.sources.inputs import resolve_inputs
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT

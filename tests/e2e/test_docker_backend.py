@@ -19,12 +19,12 @@ import pytest
 import redis
 
 from rainstorm import keys, monitor
-from rainstorm.autoscale.backends import LABEL, DockerBackend
-from rainstorm.autoscale.controller import Autoscaler
-from rainstorm.autoscale.policy import ScalePolicy
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
-from rainstorm.coordinator.tasks import list_tasks
+from rainstorm.local.run import prepare
+from rainstorm.ops.autoscale.backends import LABEL, DockerBackend
+from rainstorm.ops.autoscale.controller import Autoscaler
+from rainstorm.ops.autoscale.policy import ScalePolicy
+from rainstorm.ops.tasks import list_tasks
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.fake_docker import FakeDocker

@@ -16,9 +16,9 @@ import yaml
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare, run_job
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed, UsageError
+from rainstorm.local.run import prepare, run_job
 from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
 from tests.helpers import ROOT, start_worker, wait_for

@@ -16,8 +16,8 @@ import yaml
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare, run_job
 from rainstorm.coordinator.submit import submit
+from rainstorm.local.run import prepare, run_job
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, counters, start_worker, wait_for, wordcount_spec

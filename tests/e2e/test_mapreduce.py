@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rainstorm.coordinator.mapreduce import run_mapreduce
+from rainstorm.apps.mapreduce import run_mapreduce
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT
 

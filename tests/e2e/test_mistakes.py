@@ -20,13 +20,13 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.autoscale.backends import LocalBackend
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
-from rainstorm.server import EmbeddedRedis
+from rainstorm.local.run import prepare
+from rainstorm.local.server import EmbeddedRedis
+from rainstorm.ops.autoscale.backends import LocalBackend
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, start_worker, stop_all, wait_for, wordcount_spec
 
@@ -262,7 +262,7 @@ def test_input_that_grew_after_submit_is_loaded_as_listed(
         fh.write("appended words that were not there at submit\n" * 50)
     worker = start_worker(url, job.id)
     try:
-        with caplog.at_level(logging.WARNING, logger="rainstorm.coordinator.loader"):
+        with caplog.at_level(logging.WARNING, logger="rainstorm.sources.loader"):
             assert drive(r, job, timeout_s=60) == want
     finally:
         stop_all([worker])

@@ -29,10 +29,10 @@ import redis
 
 from rainstorm import keys, lua, signing
 from rainstorm.coordinator.driver import drive, fail
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.local.run import prepare
 from rainstorm.spec import parse_spec, spec_to_json
 from rainstorm.spec_signature import sign_spec
 from rainstorm.worker.admit import INSECURE_WARNING

@@ -16,7 +16,7 @@ from typing import IO
 
 import yaml
 
-from rainstorm.server import EmbeddedRedis
+from rainstorm.local.server import EmbeddedRedis
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, stop_all, wait_for
 

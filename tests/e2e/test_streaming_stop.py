@@ -12,11 +12,11 @@ from pathlib import Path
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.sink import FileOutputSink
 from rainstorm.coordinator.submit import submit
-from rainstorm.coordinator.tasks import kill_job
 from rainstorm.job import encode_records
+from rainstorm.local.run import prepare
+from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import parse_spec
 from tests.helpers import Streaming, counters, stop_all, wait_for, worker
 

@@ -11,9 +11,9 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
+from rainstorm.local.run import prepare
 from tests.conftest import write_corpus
 from tests.helpers import cli, start_worker, wait_for, wordcount_spec
 

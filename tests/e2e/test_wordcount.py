@@ -18,7 +18,7 @@ import redis
 import yaml
 
 from rainstorm import keys
-from rainstorm.coordinator.run import run_job
+from rainstorm.local.run import run_job
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, counters, wait_for, wordcount_spec

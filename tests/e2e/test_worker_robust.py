@@ -25,9 +25,9 @@ import msgpack
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job
+from rainstorm.local.run import prepare
 from rainstorm.monitor import dead_letters
 from rainstorm.spec import JobSpec, parse_spec
 from rainstorm.worker.loop import STUCK_EXIT

@@ -19,8 +19,8 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
+from rainstorm.local.run import prepare
 from rainstorm.operators import aggregates
 from rainstorm.spec import parse_spec
 from tests.compose_redis import service_url

@@ -15,8 +15,8 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.errors import CallTooLarge, ProtocolError
+from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua.library import FORCE_ENV
-from rainstorm.server import EmbeddedRedis
 
 JOB = "caps"
 S0 = keys.stage_stream(JOB, 0, 0)

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.coordinator.run import prepare
 from rainstorm.coordinator.submit import submit
 from rainstorm.job import decode_records, encode_records
+from rainstorm.local.run import prepare
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
 from rainstorm.worker.loop import Worker, WorkerOptions

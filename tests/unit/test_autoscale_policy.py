@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from rainstorm.autoscale.policy import Observation, ScalePolicy, StageScaler
 from rainstorm.errors import UsageError
+from rainstorm.ops.autoscale.policy import Observation, ScalePolicy, StageScaler
 
 P = ScalePolicy(1, 4, high_backlog_s=2.0, low_utilization=0.5, period_s=3.0, cooldown_s=5.0)
 

@@ -14,7 +14,7 @@ from rainstorm import Dataset, signing
 from rainstorm.errors import UsageError
 from rainstorm.operators import aggregates
 from rainstorm.operators.chain_errors import OperatorError
-from rainstorm.operators.plan import plan
+from rainstorm.plan import plan
 
 KEY = "unit-test-secret-0123456789"
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rainstorm.coordinator.inputs import resolve_inputs
-from rainstorm.coordinator.loader import read_chunk
 from rainstorm.errors import UsageError
+from rainstorm.sources.inputs import resolve_inputs
+from rainstorm.sources.loader import read_chunk
 
 
 def test_read_chunk_cuts_at_newlines_and_covers_everything(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rainstorm.dashboard.metrics import CONTENT_TYPE, escape_label, render
+from rainstorm.ops.dashboard.metrics import CONTENT_TYPE, escape_label, render
 
 parser = pytest.importorskip("prometheus_client.parser",
                              reason="prometheus-client is needed to parse /metrics")

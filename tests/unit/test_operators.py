@@ -7,8 +7,8 @@ import pytest
 from rainstorm.errors import UsageError
 from rainstorm.operators import aggregates
 from rainstorm.operators.chain import Chain, OperatorError, split_lines
-from rainstorm.operators.plan import plan
 from rainstorm.operators.resolve import resolve
+from rainstorm.plan import plan
 from rainstorm.spec import parse_spec
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rainstorm.errors import UsageError
-from rainstorm.operators.plan import plan
+from rainstorm.plan import plan
 from rainstorm.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

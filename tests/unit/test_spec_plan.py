@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rainstorm.errors import UsageError
-from rainstorm.operators.plan import describe, plan
+from rainstorm.plan import describe, plan
 from rainstorm.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

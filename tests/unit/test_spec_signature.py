@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rainstorm.dataset import importable_ref
+from rainstorm.apps.dataset import importable_ref
 from rainstorm.errors import UsageError
 from rainstorm.operators.resolve import resolve
 from rainstorm.spec import parse_spec, spec_to_json

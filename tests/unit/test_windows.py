@@ -11,7 +11,6 @@ import pytest
 
 from rainstorm.errors import UsageError
 from rainstorm.operators.chain import Chain, OperatorError
-from rainstorm.operators.plan import describe, plan
 from rainstorm.operators.windows import (
     WindowBatch,
     Windows,
@@ -19,6 +18,7 @@ from rainstorm.operators.windows import (
     split_key,
     window_key,
 )
+from rainstorm.plan import describe, plan
 from rainstorm.spec import WindowOp, parse_spec
 
 S = 1_000_000  # µs per second

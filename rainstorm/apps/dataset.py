@@ -12,7 +12,7 @@ A Dataset is a description: a source and a list of operators.  Every
 transformation returns a new Dataset and runs nothing; an *action*
 (``collect``, ``count``, ``top``, ``save``) builds the same :class:`JobSpec`
 that ``rainstorm run`` runs (``spec()`` shows it, ``explain()`` its stages)
-and runs it, exactly once, with :func:`rainstorm.coordinator.run` machinery:
+and runs it, exactly once, with :func:`rainstorm.local.run` machinery:
 by default an embedded Redis and 2 forked local workers; with ``redis_url=``
 (or env ``RAINSTORM_REDIS``) on that Redis, where ``workers=0`` means "only
 remote workers" (``rainstorm worker --redis URL``).  Action keyword arguments
@@ -265,7 +265,7 @@ class Dataset:
     def explain(self, file: Any = None) -> str:
         """The stages, as ``rainstorm explain`` prints them; printed (to
         ``file``, default stdout) and returned."""
-        from rainstorm.operators.plan import describe, plan
+        from rainstorm.plan import describe, plan
 
         spec = self.spec()
         p = plan(spec)
@@ -398,8 +398,8 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     with (``raw_keys``) its keys as the operators made them, re-read from
     Redis, rather than as the JSON text of the job's stored result."""
     from rainstorm.connection import connect
-    from rainstorm.coordinator.run import LocalRun, prepare
     from rainstorm.job import Job
+    from rainstorm.local.run import LocalRun, prepare
     from rainstorm.state import read_state
 
     global last_report
@@ -556,7 +556,7 @@ def _paths(paths: str | Path | Iterable[str | Path]) -> list[str]:
 
 
 def _csv_header(paths: list[str], delimiter: str) -> list[str]:
-    from rainstorm.coordinator.inputs import resolve_inputs
+    from rainstorm.sources.inputs import resolve_inputs
 
     files = resolve_inputs(paths)
     if not files:

@@ -237,11 +237,3 @@ class Loader(BaseLoader):
         new_pos = DONE if fidx >= len(self.files) else f"{fidx}:{off}"
         return entries, new_pos, sum(e[2].count(b"\n") for e in entries)
 
-
-def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
-    """The loader of the job's source (files, a Redis stream, a growing file)."""
-    if job.spec.source.type == "text":
-        return Loader(r, job)
-    from rainstorm.coordinator.unbounded import StreamLoader, TailLoader
-
-    return StreamLoader(r, job) if job.spec.source.type == "stream" else TailLoader(r, job)

@@ -12,21 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from rainstorm import keys, lua
-from rainstorm.autoscale.backends import LocalBackend
-from rainstorm.autoscale.controller import Autoscaler
-from rainstorm.autoscale.policy import ScalePolicy
 from rainstorm.connection import connect, connect_timeout_s, open_checked, redact, wait_out_outage
 from rainstorm.coordinator.driver import Driver, fail
-from rainstorm.coordinator.inputs import resolve_inputs
 from rainstorm.coordinator.outputs import check_writable
-from rainstorm.coordinator.pool import LocalWorkers
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
-from rainstorm.replication import ReplicaSet
-from rainstorm.server import EmbeddedRedis
+from rainstorm.local.pool import LocalWorkers
+from rainstorm.local.replication import ReplicaSet
+from rainstorm.local.server import EmbeddedRedis
+from rainstorm.ops.autoscale.backends import LocalBackend
+from rainstorm.ops.autoscale.controller import Autoscaler
+from rainstorm.ops.autoscale.policy import ScalePolicy
 from rainstorm.signing import is_pickled, local_key
+from rainstorm.sources.inputs import resolve_inputs
 from rainstorm.spec import JobSpec
 from rainstorm.spec_signature import submitter_key
 

@@ -15,10 +15,10 @@ from typing import Any
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.loader import BaseLoader, Gathered, read_chunk
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, encode_records
 from rainstorm.replies import as_str
+from rainstorm.sources.loader import BaseLoader, Gathered, read_chunk
 
 log = logging.getLogger(__name__)
 

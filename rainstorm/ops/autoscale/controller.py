@@ -17,9 +17,9 @@ from typing import IO, Any
 import redis
 
 from rainstorm import monitor
-from rainstorm.autoscale.backends import Backend
-from rainstorm.autoscale.policy import Observation, ScalePolicy, StageScaler
 from rainstorm.connection import REDIS_DOWN
+from rainstorm.ops.autoscale.backends import Backend
+from rainstorm.ops.autoscale.policy import Observation, ScalePolicy, StageScaler
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from typing import Any
 import redis
 
 from rainstorm import keys, monitor
-from rainstorm.coordinator.status import load_job
 from rainstorm.errors import RainstormError, UsageError
 from rainstorm.job import JobState
-from rainstorm.worker.loop import host_name
+from rainstorm.monitor import load_job
 
 
 def list_tasks(r: redis.Redis, job_id: str | None = None,
@@ -59,7 +58,7 @@ def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
     if info["state"] == "dead":
         return f"worker {worker_id} is already dead (no heartbeat for " \
                f"{info['heartbeat_age_s']} s); nothing to kill"
-    if info.get("host") != host_name():
+    if info.get("host") != monitor.host_name():
         if info.get("container"):
             kill_container(str(info["container"]))
             return f"killed container {info['container']} of worker {worker_id}"

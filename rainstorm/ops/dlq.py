@@ -19,10 +19,9 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.coordinator.status import load_job
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, encode_records, partition_of
-from rainstorm.monitor import dead_letters, decode_dead_record
+from rainstorm.monitor import dead_letters, decode_dead_record, load_job
 from rainstorm.replies import as_str
 
 

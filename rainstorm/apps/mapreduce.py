@@ -31,8 +31,8 @@ from typing import Any
 
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
-from rainstorm.coordinator.run import LocalRun
 from rainstorm.errors import UsageError
+from rainstorm.local.run import LocalRun
 from rainstorm.spec import JobSpec, parse_spec
 
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

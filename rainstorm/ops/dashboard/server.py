@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 import redis
 
 from rainstorm import monitor
-from rainstorm.dashboard import metrics
 from rainstorm.errors import UsageError
+from rainstorm.ops.dashboard import metrics
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class Sampler:
 
 
 def _page() -> bytes:
-    return resources.files("rainstorm.dashboard").joinpath("static/index.html").read_bytes()
+    return resources.files("rainstorm.ops.dashboard").joinpath("static/index.html").read_bytes()
 
 
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "

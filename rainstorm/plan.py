@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 from rainstorm import signing
 from rainstorm.errors import UsageError
-from rainstorm.operators.aggregates import Aggregator, aggregator
-from rainstorm.operators.resolve import allowed_modules_from_env, resolve
 from rainstorm.spec import Aggregate, JobSpec, PipeOp, RecordOp, ReduceOp, Repartition, WindowOp
 
 
@@ -50,21 +48,6 @@ class JobPlan:
     @property
     def aggregate(self) -> str | None:
         return self.last.aggregate
-
-    def aggregator(self, allow: tuple[str, ...] | None = None) -> Aggregator | None:
-        """The final aggregate, for folding deltas.  Only ``reduce_by_key``
-        resolves a function here: a ``module:function`` under ``allow``
-        (default: env RAINSTORM_ALLOW_MODULES; the coordinator, whose spec
-        came from its own user, passes ``("*",)``), a pickled one only if
-        signed with this process's RAINSTORM_SECRET."""
-        last = self.last
-        if not last.aggregate:
-            return None
-        fn = None
-        if last.aggregate == "reduce_by_key" and last.combiner:
-            fn = resolve(last.combiner, {}, allowed_modules_from_env() if allow is None
-                         else allow, f"{last.aggregate_path}.fn")
-        return aggregator(last.aggregate, last.top_k, fn)
 
 
 def plan(spec: JobSpec) -> JobPlan:

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import redis
 
-from rainstorm.coordinator.tasks import ask_to_stop
 from rainstorm.errors import RainstormError, UsageError
+from rainstorm.ops.tasks import ask_to_stop
 from rainstorm.procs import preexec_die_with_parent
 
 log = logging.getLogger(__name__)

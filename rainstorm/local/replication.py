@@ -25,8 +25,8 @@ from typing import Any
 import redis
 
 from rainstorm.errors import ServerError
+from rainstorm.local.server import EmbeddedRedis, find_server_binary, free_ports
 from rainstorm.procs import preexec_die_with_parent
-from rainstorm.server import EmbeddedRedis, find_server_binary, free_ports
 
 MASTER_NAME = "rainstorm"
 

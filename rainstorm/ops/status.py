@@ -6,24 +6,10 @@ from typing import Any
 
 import redis
 
-from rainstorm import keys
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.result import completeness
-from rainstorm.errors import JobFailed, RainstormError, UsageError, one_line
-from rainstorm.job import Job
-from rainstorm.monitor import job_ids
-from rainstorm.spec import spec_from_json
-
-
-def load_job(r: redis.Redis, job_id: str) -> Job:
-    raw: Any = r.get(keys.spec(job_id))
-    if raw is None:
-        raise UsageError(f"no such job: {job_id}")
-    try:
-        return Job.build(job_id, spec_from_json(raw))
-    except ValueError as exc:  # not written by submit (pydantic errors are ValueErrors)
-        first = one_line(exc, 200)
-        raise JobFailed(f"job {job_id} has an unreadable spec: {first}") from None
+from rainstorm.errors import RainstormError
+from rainstorm.monitor import job_ids, load_job
 
 
 def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[dict[str, Any]]:

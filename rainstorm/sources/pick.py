@@ -1,0 +1,16 @@
+"""Choosing the loader of a job's source: files, a Redis stream, or a growing file."""
+
+from __future__ import annotations
+
+import redis
+
+from rainstorm.job import Job
+from rainstorm.sources.loader import BaseLoader, Loader
+from rainstorm.sources.unbounded import StreamLoader, TailLoader
+
+
+def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
+    """The loader of the job's source (files, a Redis stream, a growing file)."""
+    if job.spec.source.type == "text":
+        return Loader(r, job)
+    return StreamLoader(r, job) if job.spec.source.type == "stream" else TailLoader(r, job)
