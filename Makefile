@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test quick chaos lint docs bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -17,14 +17,26 @@ demo: $(STAMP)
 	$(BIN)/python -m rainstorm.samples --mb 20 --out data/sample
 	$(BIN)/rainstorm run examples/wordcount.yaml --input data/sample --workers 2
 
-test: $(STAMP)
-	$(BIN)/ruff check rainstorm tests experiments examples
-	$(BIN)/mypy
+# everything: lint, types, every test (unit, integration, e2e, slow, chaos)
+test: lint
 	$(BIN)/pytest -q
 
+# everyday work: lint, types, and every test but the slow and chaos ones
+quick: lint
+	$(BIN)/pytest -q -m "not slow and not chaos"
+
+# the fault tests alone: processes and servers killed on purpose
+chaos: $(STAMP)
+	$(BIN)/pytest -q -m chaos
+
 lint: $(STAMP)
-	$(BIN)/ruff check rainstorm tests experiments examples
+	$(BIN)/ruff check rainstorm tests experiments examples tools
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tools
+
+# regenerate README.md's module map (tests/unit/test_module_map.py checks it)
+docs: $(STAMP)
+	$(BIN)/python tools/module_map.py --write
 
 bench: $(STAMP)
 	$(BIN)/python experiments/bench_wordcount.py --mb 100

@@ -91,15 +91,14 @@ def run(schedule: list[tuple[float, float]]) -> tuple[list[dict[str, Any]],
     correct = out.get("result") == ref
     for row in rows:
         row["correct"] = correct
-    for d in scaler.decisions:
-        d["t_rel"] = round(d["t"] - t0_wall, 2)
-    return rows, scaler.decisions, correct
+    decisions = [{**d.to_json(), "t_rel": round(d.t - t0_wall, 2)} for d in scaler.decisions]
+    return rows, decisions, correct
 
 
 def sample(r: Any, job_id: str, schedule: list[tuple[float, float]], t0: float,
            driver: threading.Thread) -> list[dict[str, Any]]:
     """Every 0.5 s: set the scheduled rate (like `rainstorm throttle`) and record."""
-    rates = monitor.RateTracker()
+    tracker = monitor.RateTracker()
     rows = []
     while driver.is_alive():
         t = time.monotonic() - t0
@@ -108,14 +107,15 @@ def sample(r: Any, job_id: str, schedule: list[tuple[float, float]], t0: float,
             r.hset(keys.meta(job_id), "max_rate", target)
         else:  # the schedule is over: load the rest unthrottled
             r.hdel(keys.meta(job_id), "max_rate")
-        snap = rates.update(monitor.snapshot(r, job_id))
-        workers = Counter(w["stage"] for w in snap["workers"] if w["state"] == "alive")
+        snap = tracker.update(monitor.snapshot(r, job_id))
+        workers = Counter(w.stage for w in snap.workers if w.alive)
         row: dict[str, Any] = {"t": round(t, 2), "target_rate": target}
-        for st in snap["jobs"][0]["stages"] if snap["jobs"] else []:
-            i = st["index"]
+        for st in snap.jobs[0].stages if snap.jobs else []:
+            i = st.index
+            rates = st.rates or monitor.Rates(0.0, 0.0, 0.0)
             row[f"s{i}_lines_per_s" if i == 0 else f"s{i}_entries_per_s"] = \
-                st["records_rate"] if i == 0 else st["out_rate"]
-            row[f"s{i}_backlog"] = st["backlog"]
+                rates.records_rate if i == 0 else rates.out_rate
+            row[f"s{i}_backlog"] = st.backlog
             row[f"s{i}_workers"] = workers.get(i, 0)
         rows.append(row)
         driver.join(0.5)

@@ -49,13 +49,13 @@ def main() -> int:
                 spec = wordcount(claim_idle_ms=idle, batch_bytes=256 * 1024)
                 rep, secs, ok, err = timed_run(env, spec, paths, ref, on_progress=chaos,
                                                workers=3 if failures else 2)
-            c = rep.status.counters if rep else {}
+            s0 = rep.status.stages[0] if rep else None
             rows.append({"failures": f"worker killed every {kill_every:g}s" if failures
                          else "none", "claim_idle_ms": idle,
                          "kills": chaos.count if chaos else 0, "seconds": round(secs, 3),
-                         "claimed": c.get("s0:claimed", 0), "rejected": c.get("s0:rejected", 0),
+                         "claimed": s0.claimed if s0 else 0, "rejected": s0.rejected if s0 else 0,
                          # healthy input: any dead letter is a false poison verdict
-                         "dead_letters": c.get("s0:dead", 0) + c.get("s0:dead_records", 0),
+                         "dead_letters": s0.dead + s0.dead_records if s0 else 0,
                          "correct": ok, "error": err})
     status = finish("claim_idle", rows, a.out, lambda path: plot(rows, path, mb))
     if any(int(str(row["dead_letters"])) for row in rows):

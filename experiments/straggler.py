@@ -71,9 +71,9 @@ def main() -> int:
                         os.kill(env.pool.procs[0].pid, signal.SIGCONT)
                     except ProcessLookupError:
                         pass
-            c = rep.status.counters if rep else {}
+            s0 = rep.status.stages[0] if rep else None
             rows.append({"case": label, "repeat": rep_i, "seconds": round(secs, 3),
-                         "claimed": c.get("s0:claimed", 0), "rejected": c.get("s0:rejected", 0),
+                         "claimed": s0.claimed if s0 else 0, "rejected": s0.rejected if s0 else 0,
                          "correct": ok, "error": err})
     return finish("straggler", rows, a.out, lambda path: plot(rows, path, mb))
 

@@ -1,3 +1,5 @@
+"""`python -m rainstorm`: the `rainstorm` command."""
+
 from rainstorm.cli import main
 
 main()

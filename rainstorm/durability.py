@@ -25,6 +25,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.job import Job
+from rainstorm.protocol.counters import StageCounter
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def wait_after_commit(r: redis.Redis, job: Job, stage: int) -> None:
         short = replicas < s.wait_replicas
     if short:
         log.warning("commit of %s stage %d reached fewer replicas/disks than asked", job.id, stage)
-        r.hincrby(keys.counters(job.id), keys.counter_field(stage, "wait_short"), 1)
+        r.hincrby(keys.counters(job.id), keys.counter_field(stage, StageCounter.WAIT_SHORT), 1)
 
 
 def _cmd(r: redis.Redis, *args: Any) -> Any:

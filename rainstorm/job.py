@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import hashlib
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,22 +56,3 @@ def encode_records(records: list[Any]) -> bytes:
 
 def decode_records(blob: bytes) -> list[Any]:
     return list(msgpack.unpackb(blob, raw=False, use_list=False, strict_map_key=False))
-
-
-def key_bytes(key: Any) -> bytes:
-    if isinstance(key, str):
-        return key.encode("utf-8", "surrogatepass")
-    if isinstance(key, bytes):
-        return key
-    return msgpack.packb(key, use_bin_type=True, default=repr)  # type: ignore[no-any-return]
-
-
-def partition_of(key: Any, partitions: int) -> int:
-    """Stable partition of a key: crc32, never Python's salted hash()."""
-    return zlib.crc32(key_bytes(key)) % partitions
-
-
-def batch_uid(input_uids: list[str]) -> str:
-    """Deterministic id of a commit's input set; outputs are '<this>.<index>'."""
-    h = hashlib.blake2b("\x00".join(sorted(input_uids)).encode(), digest_size=10)
-    return h.hexdigest()

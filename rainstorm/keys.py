@@ -34,19 +34,25 @@ key                             type         written by / meaning
 ``rs:{job}:cursor``             hash         FCALL rainstorm_load: ``pos`` =
                                              ``<file index>:<byte offset>`` of the
                                              next input byte, or ``done``
-``rs:{job}:counters``           hash         FCALLs: ``s<i>:emitted``,
-                                             ``s<i>:committed``, ``s<i>:dead``,
-                                             ``s<i>:rejected``, ``s<i>:claimed``,
-                                             ``s<i>:dead_deltas`` (coordinator:
-                                             bad deltas dead-lettered),
-                                             ``s<i>:records_in`` ... per stage;
-                                             workers: ``s<i>:lat:<le_ms>``,
-                                             ``s<i>:lat:sum_us``, ``s<i>:lat:count``
-                                             (commit latency histogram);
-                                             windowed stages: ``s<i>:max_event_us``
-                                             (largest event time committed, µs),
-                                             ``s<i>:late_records``,
-                                             ``s<i>:late_windows``
+``rs:{job}:counters``           hash         per stage i, fields ``s<i>:<name>``
+                                             (each name defined, with its writer
+                                             and meaning, in rainstorm.protocol.
+                                             counters).  FCALLs: ``emitted``,
+                                             ``committed``, ``commits``, ``dead``,
+                                             ``dead_records``, ``rejected``,
+                                             ``requeued``, ``records_in``,
+                                             ``records_out``, ``bytes_in``,
+                                             ``loaded_bytes``, ``output_entries``,
+                                             ``late_entries``, ``max_event_us``;
+                                             workers, in the commit:
+                                             ``invalid_utf8_entries``,
+                                             ``malformed_rows``, ``late_records``,
+                                             ``late_windows``; workers:
+                                             ``claimed``, ``closed_retries``,
+                                             ``wait_short``, commit latency
+                                             ``lat:<le>``, ``lat:sum_us``,
+                                             ``lat:count``; coordinator:
+                                             ``dead_deltas``, ``missing_field``
 ``rs:{job}:s<i>:p<k>``          stream       stage i partition k; group ``g<i>``;
                                              fields ``u`` (uid), ``d`` (batch)
 ``rs:{job}:state:s<i>``         hash         compaction: ``v`` version, ``d``
@@ -82,6 +88,9 @@ key                             type         written by / meaning
 """
 
 from __future__ import annotations
+
+from rainstorm.protocol import counters as counters_schema
+from rainstorm.protocol.counters import StageCounter
 
 PREFIX = "rs"
 JOBS = f"{PREFIX}:jobs"
@@ -189,5 +198,6 @@ def refusals(job: str) -> str:
     return f"{_job(job)}:refusals"
 
 
-def counter_field(stage: int, name: str) -> str:
-    return f"s{stage}:{name}"
+def counter_field(stage: int, counter: StageCounter) -> str:
+    """A field of the counters hash; the names are rainstorm.protocol.counters'."""
+    return counters_schema.field(stage, counter)

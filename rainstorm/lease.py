@@ -87,7 +87,7 @@ class Lease:
         if host == _host():
             return not _pid_alive(pid)
         if kind == "worker":
-            return not any(w["host"] == host and w["pid"] == pid and w["state"] == "alive"
+            return not any(w.host == host and w.pid == pid and w.alive
                            for w in monitor.workers(self.r))
         return False
 

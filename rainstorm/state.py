@@ -40,12 +40,13 @@ from rainstorm.lease import Lease, holder_id
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
 from rainstorm.operators.resolve import allowed_modules_from_env
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import DATA, data_of
 
 log = logging.getLogger(__name__)
 
 WORKER_COMPACT_FACTOR = 4  # workers fold only when the coordinator lags far behind
 LEASE_RETRY_S = 0.5  # a folder denied the lease asks again after this long
-DEAD_DELTAS = "dead_deltas"  # counter s<i>:dead_deltas: deltas moved to the dead letters
 
 OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
 
@@ -89,9 +90,9 @@ def dead_letter_delta(r: redis.Redis, job: Job, stage: int, id_: str, blob: byte
     pipe = r.pipeline(transaction=True)
     pipe.xadd(keys.dlq(job.id), {"stage": stage, "kind": "delta", "uid": id_,
                                  "stream": log_key, "deliveries": 0,
-                                 "error": f"undecodable aggregate delta: {why}", "d": blob})
+                                 "error": f"undecodable aggregate delta: {why}", DATA: blob})
     pipe.xdel(log_key, id_)
-    pipe.hincrby(keys.counters(job.id), keys.counter_field(stage, DEAD_DELTAS), 1)
+    pipe.hincrby(keys.counters(job.id), keys.counter_field(stage, StageCounter.DEAD_DELTAS), 1)
     pipe.execute()
 
 
@@ -216,7 +217,7 @@ class Folder:
         rows: Any = self.r.xrange(self.log_key, min=f"({self.last_id}", max="+", count=max_deltas)
         for raw_id, fields in rows:
             id_ = raw_id.decode()
-            if apply(self.state, id_, fields.get(b"d", b""), self.agg, self._dead_letter):
+            if apply(self.state, id_, data_of(fields), self.agg, self._dead_letter):
                 self.folded.append(id_)
             self.last_id = id_
         if len(self.folded) >= self.job.spec.settings.compact_every:

@@ -22,6 +22,25 @@ os.environ.setdefault("RAINSTORM_ALLOW_MODULES", "tests")
 os.environ.setdefault("RAINSTORM_SECRET", "rainstorm-test-suite-key-0123456789abcdef")
 
 
+LEVELS = ("unit", "integration", "e2e")  # one per test, from its directory under tests/
+
+
+def level_of(path: Path) -> str | None:
+    """The level marker of a test file: the name of its directory under tests/."""
+    try:
+        parts = path.resolve().relative_to(ROOT / "tests").parts
+    except ValueError:  # not under tests/
+        return None
+    return parts[0] if len(parts) > 1 and parts[0] in LEVELS else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        level = level_of(item.path)
+        if level is not None:
+            item.add_marker(level)
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis() as srv:

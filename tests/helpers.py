@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,10 +15,8 @@ from typing import Any
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
+from rainstorm.coordinator.session import Session, prepare
 from rainstorm.job import Job
-from rainstorm.local.run import prepare
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +58,28 @@ def pending_of(r: redis.Redis, job: str, consumer: str, streams: list[str]) -> l
         for row in r.xpending_range(s, keys.group(0), "-", "+", 1000, consumername=consumer):
             ids.append(row["message_id"].decode())
     return ids
+
+
+def held_by(r: redis.Redis, job: Job, pid: int, consumer: str | None = None) -> list[str]:
+    """Stage-0 entry ids pending for worker process ``pid``: consumer
+    ``consumer``, or any whose name holds ``-<pid>-`` (a worker's default id)."""
+    names = [consumer] if consumer is not None else [
+        c["name"].decode() for s in job.streams(0) for c in r.xinfo_consumers(s, keys.group(0))
+        if f"-{pid}-" in c["name"].decode()]
+    return [i for name in dict.fromkeys(names) for i in pending_of(r, job.id, name,
+                                                                     job.streams(0))]
+
+
+def stopped_holding(r: redis.Redis, job: Job, pid: int, consumer: str | None = None) -> bool:
+    """SIGSTOP worker process ``pid``: True (and it stays stopped) if it holds
+    stage-0 entries, else SIGCONT and False.  Polled with wait_for, it catches
+    a worker in the middle of a batch without a race (a stopped worker cannot
+    commit what it holds)."""
+    os.kill(pid, signal.SIGSTOP)
+    if held_by(r, job, pid, consumer):
+        return True
+    os.kill(pid, signal.SIGCONT)
+    return False
 
 
 def consumers_of(r: redis.Redis, stream: str, stage: int = 0) -> dict[str, int]:
@@ -110,7 +131,7 @@ class Driven:
 
     def _run(self, r: redis.Redis, job: Job, timeout_s: float | None) -> None:
         try:
-            self.out["result"] = drive(r, job, timeout_s=timeout_s)
+            self.out["result"] = Session(r, job, []).drive(timeout_s=timeout_s)
         except Exception as exc:  # reported by result()
             self.out["error"] = exc
 
@@ -128,7 +149,7 @@ class Streaming(Driven):
 
     def __init__(self, r: redis.Redis, spec_data: dict[str, Any], job_id: str) -> None:
         self.job, files = prepare(parse_spec(spec_data), None, job_id)
-        submit(r, self.job, files)
+        Session(r, self.job, files).submit()
         super().__init__(r, self.job, timeout_s=None)
 
     def stopped(self, timeout_s: float = 30) -> Any:

@@ -12,7 +12,7 @@ A Dataset is a description: a source and a list of operators.  Every
 transformation returns a new Dataset and runs nothing; an *action*
 (``collect``, ``count``, ``top``, ``save``) builds the same :class:`JobSpec`
 that ``rainstorm run`` runs (``spec()`` shows it, ``explain()`` its stages)
-and runs it, exactly once, with :func:`rainstorm.local.run` machinery:
+and runs it, exactly once, with :func:`rainstorm.local.run.run_job`:
 by default an embedded Redis and 2 forked local workers; with ``redis_url=``
 (or env ``RAINSTORM_REDIS``) on that Redis, where ``workers=0`` means "only
 remote workers" (``rainstorm worker --redis URL``).  Action keyword arguments
@@ -74,6 +74,7 @@ class _Defaults:
     workers: int | None = None
     timeout_s: float | None = None
     allow_modules: tuple[str, ...] = ()
+    runner: Any = None  # (spec, RunOptions) -> RunReport; None: rainstorm.local.run.run_job
 
 
 _defaults = _Defaults()
@@ -82,11 +83,13 @@ last_report: Any = None  # the RunReport of the latest action in this process
 
 def configure(*, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
               timeout_s: float | None = _UNSET,
-              allow_modules: Iterable[str] | None = _UNSET) -> None:
+              allow_modules: Iterable[str] | None = _UNSET, runner: Any = _UNSET) -> None:
     """Defaults for the actions of every Dataset in this process (an action's
     own keyword arguments win).  ``redis_url=None``: env RAINSTORM_REDIS, else
     an embedded server; ``workers``: local worker processes (default 2; 0 with
-    a ``redis_url``: only remote workers)."""
+    a ``redis_url``: only remote workers).  ``runner(spec, RunOptions) ->
+    RunReport`` runs the actions instead of ``rainstorm.local.run.run_job``
+    (rainstorm.testing runs them in-process; None: back to run_job)."""
     if redis_url is not _UNSET:
         _defaults.redis_url = redis_url
     if workers is not _UNSET:
@@ -95,6 +98,8 @@ def configure(*, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
         _defaults.timeout_s = timeout_s
     if allow_modules is not _UNSET:
         _defaults.allow_modules = tuple(allow_modules or ())
+    if runner is not _UNSET:
+        _defaults.runner = runner
 
 
 @dataclass(frozen=True)
@@ -388,6 +393,8 @@ def _run_key(run: dict[str, Any]) -> bytes | None:
     worker a child of this process) the shared key or this process's random
     one; on a given Redis, whose workers may run anywhere, None (the shared
     RAINSTORM_SECRET, required)."""
+    if _defaults.runner is not None:  # rainstorm.testing: the workers are ours
+        return signing.local_key()
     return signing.local_key() if _target_url(run.get("redis_url", _UNSET)) is None else None
 
 
@@ -397,10 +404,7 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     """Run a bounded spec to the end: the list of records, or the aggregate,
     with (``raw_keys``) its keys as the operators made them, re-read from
     Redis, rather than as the JSON text of the job's stored result."""
-    from rainstorm.connection import connect
-    from rainstorm.job import Job
-    from rainstorm.local.run import LocalRun, prepare
-    from rainstorm.state import read_state
+    from rainstorm.local.run import RunOptions, run_job
 
     global last_report
     url = _target_url(redis_url)
@@ -408,25 +412,17 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     n = 2 if n is None else n
     if n < 0:
         raise UsageError(f"workers: expected 0 or more, got {n}")
-    if n == 0 and url is None:
+    if n == 0 and url is None and _defaults.runner is None:
         raise UsageError("workers=0 runs no local worker, which needs a redis_url (or "
                          "RAINSTORM_REDIS) that remote workers serve")
     timeout = _defaults.timeout_s if timeout_s is _UNSET else timeout_s
     allow = (*_defaults.allow_modules, *allow_modules, *_spec_refs(spec))
-    job, _ = prepare(spec, None, job_id)  # user errors before any server starts
-    with LocalRun(redis_url=url) as env:
-        report = env.run(spec, workers=n, job_id=job.id, allow_modules=allow,
-                         timeout_s=timeout)
-        last_report = report
-        result = report.result
-        if isinstance(result, dict) and raw_keys:
-            r = connect(env.url)
-            try:  # the fold with the keys' own types (the report has them as JSON text)
-                result = read_state(r, Job.build(report.job_id, spec), allow=("*",))
-            finally:
-                r.close()
-        _check_complete(spec, report.job_id, report.status.dead_letters, result)
-        return result
+    opts = RunOptions(redis_url=url, workers=n, job_id=job_id, allow_modules=allow,
+                      timeout_s=timeout, raw_keys=raw_keys)
+    report = (_defaults.runner or run_job)(spec, opts)
+    last_report = report
+    _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
+    return report.result
 
 
 def _check_complete(spec: JobSpec, job_id: str, dead: int, result: Any) -> None:

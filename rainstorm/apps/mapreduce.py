@@ -23,16 +23,16 @@ import re
 import shlex
 import shutil
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
 from rainstorm.errors import UsageError
-from rainstorm.local.run import LocalRun
+from rainstorm.local.run import LocalRun, RunOptions
+from rainstorm.protocol.entries import partition_of
 from rainstorm.spec import JobSpec, parse_spec
 
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -96,7 +96,7 @@ def write_shuffle(groups: dict[str, list[Any]], partitions: int, d: Path) -> lis
     d.mkdir(parents=True)
     by_part: list[list[str]] = [[] for _ in range(partitions)]
     for key in groups:
-        by_part[zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions].append(key)
+        by_part[partition_of(key, partitions)].append(key)
     paths = []
     for p, keys_ in enumerate(by_part):
         path = d / f"shuffle-{p:05d}.jsonl"
@@ -115,13 +115,16 @@ def run_mapreduce(
     *,
     partitions: int = 2,
     combiner: str | None = None,
-    workers: int = 2,
-    redis_url: str | None = None,
-    allow_exec: bool = False,
-    allow_modules: tuple[str, ...] = (),
     on_progress: Callable[[str, JobStatus], None] | None = None,
-    timeout_s: float | None = None,
+    options: RunOptions | None = None,
+    **fields: Any,
 ) -> MapReduceReport:
+    """Map, shuffle, reduce into ``output``/part-NNNNN.  ``options`` (and
+    ``fields`` replacing some of them: ``workers``, ``redis_url``,
+    ``allow_exec``, ``allow_modules``, ``timeout_s`` ...) run both jobs;
+    ``on_progress(phase, status)`` follows them."""
+    opts = replace(options or RunOptions(), **fields)
+    allow_exec = opts.allow_exec
     if output.exists():
         raise UsageError(f"--output: {output} already exists (remove it or choose another)")
     check_writable(output, "--output")  # before the job: its result must have a place
@@ -134,21 +137,18 @@ def run_mapreduce(
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with LocalRun(redis_url=redis_url) as env:
-            def progress(phase: str) -> Callable[[JobStatus], None] | None:
-                return (lambda st: on_progress(phase, st)) if on_progress else None
+        with LocalRun(opts) as env:
+            def phase(name: str) -> RunOptions:
+                return replace(opts, on_progress=(lambda st: on_progress(name, st))
+                               if on_progress else None)
 
             t0 = time.perf_counter()
-            mrep = env.run(mspec, workers=workers, allow_exec=allow_exec,
-                           allow_modules=allow_modules, on_progress=progress("map"),
-                           timeout_s=timeout_s)
+            mrep = env.run(mspec, phase("map"))
             t1 = time.perf_counter()
             groups = mrep.result
             assert isinstance(groups, dict)
             shuffle = write_shuffle(groups, partitions, tmp / "_shuffle")
-            rrep = env.run(reduce_spec(reducer, shuffle, partitions), workers=workers,
-                           allow_exec=allow_exec, allow_modules=allow_modules,
-                           on_progress=progress("reduce"), timeout_s=timeout_s)
+            rrep = env.run(reduce_spec(reducer, shuffle, partitions), phase("reduce"))
             t2 = time.perf_counter()
         assert isinstance(rrep.result, list)
         parts: list[list[str]] = [[] for _ in range(partitions)]

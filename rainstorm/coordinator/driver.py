@@ -122,6 +122,8 @@ class Driver:
     def _step(self) -> Result | None:
         job = self.job
         self._advance()
+        if self.check:
+            self.check()  # every step: in-process workers (rainstorm.testing) take turns here
         now = time.monotonic()
         if now - self.last_status < STATUS_EVERY_S and not self.loaded:
             return None
@@ -139,8 +141,6 @@ class Driver:
             self.on_progress(status)
         if status.complete and not self.unbounded:
             return self._finish(status)
-        if self.check:
-            self.check()
         if self.deadline and now > self.deadline:
             raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
         if self.loaded:
@@ -167,8 +167,8 @@ class Driver:
         """A worker that cannot run the job (module not allowed, no
         --allow-exec) refuses it; the job fails only when no live worker that
         could serve it is left, for REFUSAL_GRACE_S (a new worker may come)."""
-        able = {w["id"] for w in monitor.workers(self.r)
-                if w["state"] == "alive" and w["job"] in (None, self.job.id)} - set(refusals)
+        able = {w.id for w in monitor.workers(self.r)
+                if w.alive and w.job in (None, self.job.id)} - set(refusals)
         if able:
             self._refused_since = None
             return

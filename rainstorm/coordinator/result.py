@@ -26,6 +26,7 @@ from rainstorm.coordinator import seal
 from rainstorm.errors import IncompleteResult
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.operators.aggregates import DECODE_ERRORS
+from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
 from rainstorm.state import read_state
 
@@ -57,7 +58,7 @@ def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None
         if digest is not None:
             digest.add(id_, fields)
         try:
-            out.extend(decode_records(fields.get(b"d", b"")))
+            out.extend(decode_records(data_of(fields)))
         except DECODE_ERRORS as exc:  # not written by a commit: never part of a result
             log.warning("job %s: skipping output entry %s, not a record batch: %s",
                         job.id, as_str(id_), exc)

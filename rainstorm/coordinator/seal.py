@@ -28,6 +28,7 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.protocol.entries import data_of, uid_of
 
 DOMAIN = b"rainstorm-result-v1\x00"
 _CHUNK = 1000
@@ -69,8 +70,8 @@ class OutputDigest:
 
     def add(self, id_: bytes, fields: dict[bytes, bytes]) -> None:
         _frame(self._h, id_)
-        _frame(self._h, fields.get(b"u", b""))
-        _frame(self._h, fields.get(b"d", b""))
+        _frame(self._h, uid_of(fields))
+        _frame(self._h, data_of(fields))
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()

@@ -31,6 +31,7 @@ from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, decode_records
 from rainstorm.operators.aggregates import DECODE_ERRORS
+from rainstorm.protocol.entries import data_of
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class FileOutputSink:
         bad: list[tuple[bytes, str]] = []
         for id_, fields in rows:
             try:
-                recs = decode_records(fields.get(b"d", b""))
+                recs = decode_records(data_of(fields))
             except DECODE_ERRORS as exc:  # not what a commit writes: dead-letter it
                 bad.append((id_, f"{type(exc).__name__}: {exc}"[:200]))
                 continue

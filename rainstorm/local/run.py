@@ -1,24 +1,22 @@
-"""`rainstorm run`: embedded Redis + local workers + submit + drive + clean up."""
+"""`rainstorm run`: servers and local workers around the one submit-then-drive
+path (rainstorm.coordinator.session), then clean up.
+
+``RunOptions`` is everything a run can be told, passed whole from the CLI,
+the Dataset API and mapreduce down to ``LocalRun``."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
-from rainstorm import keys, lua
-from rainstorm.connection import connect, connect_timeout_s, open_checked, redact, wait_out_outage
-from rainstorm.coordinator.driver import Driver, fail
-from rainstorm.coordinator.outputs import check_writable
-from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
-from rainstorm.errors import JobFailed, UsageError
-from rainstorm.job import Job, JobState
+from rainstorm.connection import connect, open_checked, redact
+from rainstorm.coordinator.progress import JobStatus
+from rainstorm.coordinator.session import Session, prepare
+from rainstorm.errors import UsageError
 from rainstorm.local.pool import LocalWorkers
 from rainstorm.local.replication import ReplicaSet
 from rainstorm.local.server import EmbeddedRedis
@@ -26,11 +24,44 @@ from rainstorm.ops.autoscale.backends import LocalBackend
 from rainstorm.ops.autoscale.controller import Autoscaler
 from rainstorm.ops.autoscale.policy import ScalePolicy
 from rainstorm.signing import is_pickled, local_key
-from rainstorm.sources.inputs import resolve_inputs
 from rainstorm.spec import JobSpec
 from rainstorm.spec_signature import submitter_key
 
+__all__ = ["LocalRun", "RunOptions", "RunReport", "prepare", "run_job", "spec_modules"]
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one job runs: on which Redis, with which workers, on which input."""
+
+    # the server: a given Redis, else an embedded one (or a replica set)
+    redis_url: str | None = None
+    persistence: str = "none"  # embedded: none, rdb, aof-everysec, aof-always
+    rdb_every_s: int = 5
+    replicas: int = 0  # embedded primary + N replicas + 3 Sentinels
+    connect_timeout_s: float | None = None  # wait this long for a Redis that is down
+    # the job
+    inputs: tuple[str, ...] = ()  # replace source.paths
+    job_id: str | None = None  # default: <name>-<time>
+    timeout_s: float | None = None  # fail the job after this long
+    on_progress: Callable[[JobStatus], None] | None = None
+    raw_keys: bool = False  # an aggregate's keys as the operators made them, not JSON text
+    # the workers: forked local processes, or autoscaled between bounds
+    workers: int = 2
+    allow_modules: tuple[str, ...] = ()
+    allow_exec: bool = False
+    autoscale: ScalePolicy | None = None
+
+    def __post_init__(self) -> None:  # lists given by callers become tuples
+        object.__setattr__(self, "inputs", tuple(self.inputs or ()))
+        object.__setattr__(self, "allow_modules", tuple(self.allow_modules))
+
+
+def _options(options: RunOptions | None, fields: dict[str, Any]) -> RunOptions:
+    """``options`` (default: RunOptions()) with ``fields`` replaced."""
+    return replace(options or RunOptions(), **fields)
 
 
 @dataclass
@@ -53,30 +84,6 @@ def spec_modules(spec: JobSpec) -> tuple[str, ...]:
     return tuple(sorted(mods))
 
 
-def prepare(spec: JobSpec, inputs: list[str] | None, job_id: str | None,
-            allow_exec: bool = True) -> tuple[Job, list[Path]]:
-    """Everything that can fail on user input, before any Redis is touched.
-    ``allow_exec=False`` refuses specs that run external programs."""
-    if spec.source.type != "text":
-        if inputs:
-            raise UsageError(f"--input: a {spec.source.type} source has no input files")
-        files: list[Path] = []
-    else:
-        if inputs:
-            spec = spec.model_copy(
-                update={"source": spec.source.model_copy(update={"paths": inputs})})
-        assert spec.source.type == "text"
-        files = resolve_inputs(spec.source.paths)
-    if spec.sink.type == "file" and spec.sink.path:
-        check_writable(spec.sink.path, "sink.path")
-    job = Job.build(job_id or new_job_id(spec), spec)
-    validate(job)
-    if not allow_exec and (where := runs_executables(job)):
-        raise UsageError(f"{where[0]}: this job runs external programs; pass --allow-exec "
-                         "to let its workers run them")
-    return job, files
-
-
 class LocalRun:
     """The servers and workers of one `rainstorm run`, as a context manager.
 
@@ -84,19 +91,20 @@ class LocalRun:
     with ``replicas`` > 0, a primary + replicas + 3 Sentinels) that is
     supervised: if the embedded server dies it is restarted on its data
     directory, so with persistence on a job survives a Redis crash.
+    ``fields`` replace those of ``options`` (only the server's are read here).
     """
 
-    def __init__(self, *, redis_url: str | None = None, persistence: str = "none",
-                 replicas: int = 0, rdb_every_s: int = 5, supervise: bool = True,
-                 connect_timeout_s: float | None = None) -> None:
-        self.connect_timeout_s = connect_timeout_s
+    def __init__(self, options: RunOptions | None = None, *, supervise: bool = True,
+                 **fields: Any) -> None:
+        opts = _options(options, fields)
+        self.connect_timeout_s = opts.connect_timeout_s
         self.server: EmbeddedRedis | None = None
         self.replicas: ReplicaSet | None = None
-        if redis_url is None and replicas > 0:
-            self.replicas = ReplicaSet(replicas, persistence)
-        elif redis_url is None:
-            self.server = EmbeddedRedis(persistence, rdb_every_s=rdb_every_s)
-        self._url = redis_url
+        if opts.redis_url is None and opts.replicas > 0:
+            self.replicas = ReplicaSet(opts.replicas, opts.persistence)
+        elif opts.redis_url is None:
+            self.server = EmbeddedRedis(opts.persistence, rdb_every_s=opts.rdb_every_s)
+        self._url = opts.redis_url
         self.supervise = supervise
         self.pool: LocalWorkers | None = None
 
@@ -138,99 +146,63 @@ class LocalRun:
         if self.pool:
             self.pool.check()
 
-    def run(
-        self,
-        spec: JobSpec,
-        *,
-        inputs: list[str] | None = None,
-        workers: int = 2,
-        job_id: str | None = None,
-        allow_modules: tuple[str, ...] = (),
-        allow_exec: bool = False,
-        on_progress: Callable[[JobStatus], None] | None = None,
-        timeout_s: float | None = None,
-        autoscale: ScalePolicy | None = None,
-    ) -> RunReport:
+    def run(self, spec: JobSpec, options: RunOptions | None = None,
+            **fields: Any) -> RunReport:
         """Run ``spec`` to the end with ``workers`` forked local workers, or
         with ``autoscale``: workers pinned to stages, started and stopped by
-        an autoscaler thread between the policy's bounds."""
-        job, files = prepare(spec, inputs, job_id, allow_exec)
+        an autoscaler thread between the policy's bounds.  ``fields``
+        replace those of ``options`` (the server's are this LocalRun's)."""
+        opts = _options(options, fields)
+        job, files = prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec)
         # local workers are our children: a random key does when none is set;
         # remote workers (workers=0) need the shared one
-        key = local_key() if workers > 0 or autoscale else submitter_key()
+        key = local_key() if opts.workers > 0 or opts.autoscale else submitter_key()
         r, desc = open_checked(self.url, wait_s=self.connect_timeout_s)
-        lua.load_library(r)
-        modules = allow_modules + spec_modules(job.spec)
-        if workers > 0 and not autoscale:  # forked before our client connects
+        modules = opts.allow_modules + spec_modules(job.spec)
+        if opts.workers > 0 and not opts.autoscale:  # forked before our client connects
             r.close()
-            self.pool = LocalWorkers(workers, self.url, job.id, modules, allow_exec, key)
-        t0 = time.perf_counter()
+            self.pool = LocalWorkers(opts.workers, self.url, job.id, modules, opts.allow_exec,
+                                     key)
+        session = Session(r, job, files, key=key)
         # safe to repeat (the same job is resumed): an outage here is waited out
-        wait_out_outage(lambda: submit(r, job, files, key=key),
-                        connect_timeout_s(self.connect_timeout_s), "Redis")
+        session.submit(self.connect_timeout_s)
         if job.spec.unbounded:  # producers and `rainstorm tail` need to know where
             where = redact(self.url)
             print(f"streaming job {job.id} on {where}: runs until cancelled (Ctrl-C, or "
                   f"rainstorm kill-job {job.id} --redis {where})", file=sys.stderr, flush=True)
-        scaling = _Scaling(self.url, job.id, autoscale, modules, allow_exec, key) \
-            if autoscale else None
-        driver = Driver(r, job, on_progress=on_progress, check=self.check, timeout_s=timeout_s)
+        scaling = _Scaling(self.url, job.id, opts.autoscale, modules, opts.allow_exec, key) \
+            if opts.autoscale else None
         try:
-            try:
-                result = driver.run()
-            except KeyboardInterrupt:
-                if not job.spec.unbounded:
-                    raise
-                # Ctrl-C / SIGTERM is how a streaming run ends: stop, flush, report
-                r.hset(keys.meta(job.id), "state", JobState.CANCELLED.value)
-                result = driver.stop_streaming()
-            seconds = time.perf_counter() - t0
-        except JobFailed as exc:
-            fail(r, job, str(exc))
-            raise
+            # Ctrl-C / SIGTERM is how a streaming run ends: stop, flush, report
+            result = session.drive(timeout_s=opts.timeout_s, on_progress=opts.on_progress,
+                                   check=self.check, stop_on_interrupt=True)
         finally:
             if scaling:
                 scaling.close()
             if self.pool:
                 self.pool.stop()
                 self.pool = None
-        status = read_status(r, job)
+        if opts.raw_keys and isinstance(result, dict):
+            result = session.raw_state()
+        status = session.status()
         r.close()
         # sizes as recorded at submit: an input may be gone by now
-        return RunReport(job.id, result, seconds, status.total_bytes, status, desc,
-                         driver.outages)
+        return RunReport(job.id, result, session.seconds, status.total_bytes, status, desc,
+                         session.outages)
 
 
-def run_job(
-    spec: JobSpec,
-    *,
-    inputs: list[str] | None = None,
-    workers: int = 2,
-    redis_url: str | None = None,
-    job_id: str | None = None,
-    allow_modules: tuple[str, ...] = (),
-    allow_exec: bool = False,
-    persistence: str = "none",
-    replicas: int = 0,
-    rdb_every_s: int = 5,
-    on_progress: Callable[[JobStatus], None] | None = None,
-    timeout_s: float | None = None,
-    autoscale: ScalePolicy | None = None,
-    connect_timeout_s: float | None = None,
-) -> RunReport:
+def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> RunReport:
     """Run one job to completion; see LocalRun for the servers it starts.
-    ``connect_timeout_s``: how long to wait for ``redis_url`` if it is down."""
-    if workers == 0 and redis_url is None and autoscale is None:
+    ``fields`` replace those of ``options``, e.g. ``run_job(spec, workers=1)``."""
+    opts = _options(options, fields)
+    if opts.workers == 0 and opts.redis_url is None and opts.autoscale is None:
         raise UsageError("--workers 0 starts no worker, and no other worker can reach the "
                          "embedded Redis: pass --redis URL (served by `rainstorm worker`) "
                          "or --workers N")
-    prepare(spec, inputs, job_id, allow_exec)  # user errors before any server starts
-    with LocalRun(redis_url=redis_url, persistence=persistence, replicas=replicas,
-                  rdb_every_s=rdb_every_s, connect_timeout_s=connect_timeout_s) as env:
-        return env.run(spec, inputs=inputs, workers=workers, job_id=job_id,
-                       allow_modules=allow_modules, allow_exec=allow_exec,
-                       on_progress=on_progress,
-                       timeout_s=timeout_s, autoscale=autoscale)
+    # user errors before any server starts
+    prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec)
+    with LocalRun(opts) as env:
+        return env.run(spec, opts)
 
 
 class _Scaling:

@@ -44,6 +44,7 @@ from rainstorm.lua.library import (
     loaded_version,
     refuse_other_version,
 )
+from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_str
 
 __all__ = [
@@ -276,7 +277,7 @@ def _read_rest(r: redis.Redis, base: str, log: str, snap: Snapshot, page: int) -
         rows: Any = r.xrange(log, min=f"({snap.log_ids[-1]}", max="+", count=page)
         for id_, fields in rows:
             snap.log_ids.append(as_str(id_))
-            snap.deltas.append(fields.get(b"d", b""))
+            snap.deltas.append(data_of(fields))
         if len(rows) < page:
             break
     return int(r.hget(base, "v") or 0) == snap.version

@@ -1,22 +1,44 @@
 #!lua name=rainstorm
 --
--- rainstorm function library.  Loaded with FUNCTION LOAD by
--- rainstorm.lua.load_library; called only through the typed wrappers in
--- rainstorm/lua/__init__.py, which read LIB_VERSION and the MAX_* caps below
--- from this file (one source of truth) and whose layout constants a unit test
--- checks against the KEYS[i] / ARGV[i] contract lines of each function.
+-- The rainstorm FUNCTION library: every change to a job's state is one call
+-- of one of these functions, so Redis applies, persists and replicates it as
+-- one unit.  Loaded with FUNCTION LOAD REPLACE by
+-- rainstorm.lua.library.load_library (never over another version while jobs
+-- run, unless forced).  Python calls each function only through its typed
+-- wrapper in rainstorm/lua/__init__.py; rainstorm.lua.library reads
+-- LIB_VERSION and the MAX_* caps below from this file (one source of truth),
+-- and tests/unit/test_lua_contract.py checks the KEYS[i] / ARGV[i] contract
+-- lines above each function against the layouts in rainstorm.lua.contract.
+--
+-- Functions (KEYS, ARGV and replies are documented above each one):
+--   rainstorm_load        stage-0 entries + the source cursor, atomically
+--   rainstorm_commit      ack a batch's input entries, emit its outputs, its
+--                         dead records and its aggregate delta; first commit
+--                         wins; event-time windows refuse a closed window
+--   rainstorm_deadletter  move one whole input entry to the dead letters
+--   rainstorm_requeue     move one dead letter back into a stage, once
+--   rainstorm_compact     fold delta-log entries into the aggregate's base
+--   rainstorm_snapshot    (read-only) the base and the first unfolded deltas
+--   rainstorm_version     (read-only) LIB_VERSION
 --
 -- Rules every function here follows:
---   * it touches only keys passed in KEYS (never builds key names);
+--   * it touches only keys passed in KEYS: it builds hash field names
+--     (counters 's<i>:<name>', each defined in rainstorm/protocol/counters.py,
+--     which tests/unit/test_counter_names.py checks), never key names;
 --   * it checks argument counts and sizes against the MAX_* caps FIRST, in
 --     O(1) for counts, so no call (even a hostile one) runs for long;
 --   * every writing function takes the job's meta hash and writes nothing
 --     unless the job is running ({'gone'}: no meta; {'stopped', state});
 --   * it validates every argument and every check BEFORE its first write,
 --     because a Lua error does not roll back earlier writes;
---   * it deletes only stream entries that the same call acknowledged
---     (never MAXLEN), so pending entries are never lost.
+--   * it deletes only what the same call moves elsewhere: input entries it
+--     acknowledges (commit, deadletter), the dead letter it requeues, the
+--     delta-log entries it folds into the base (compact); never MAXLEN or
+--     XTRIM, so pending entries are never lost.
 
+-- LIB_VERSION changes whenever a function's KEYS, ARGV or replies change;
+-- every client checks it (rainstorm_version) before its first call and
+-- refuses another version with one line naming both.
 local LIB_VERSION = '6'
 
 -- Caps (plain integers: Python parses them).  Far above what rainstorm sends

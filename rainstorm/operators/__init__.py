@@ -1,0 +1,1 @@
+"""Operators, pure (no Redis): built-ins, callables, external programs, aggregates, windows."""

@@ -3,11 +3,14 @@
 map / filter / flat_map / key_by / map_partitions (the whole batch in, a
 list out) are each a thin list transform; the chain
 applies them in order with no Redis hop in between.  Errors name the stage,
-the operator and the user's function.
+the operator and the user's function.  Operators that count (a ``counts``
+attribute, see rainstorm.operators.metrics) are gathered: ``take_counts()``
+returns what they counted since it was last called.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -18,9 +21,11 @@ from rainstorm.operators import builtins
 from rainstorm.operators.chain_errors import OperatorError, OperatorTimeout, Rejected
 from rainstorm.operators.external import as_line, make_pipe, make_reduce
 from rainstorm.operators.framed import FramedProcess
+from rainstorm.operators.metrics import Counts
 from rainstorm.operators.resolve import resolve
 from rainstorm.operators.windows import stamper
 from rainstorm.plan import StagePlan, label
+from rainstorm.protocol.counters import StageCounter
 from rainstorm.spec import PipeOp, ReduceOp
 
 Transform = Callable[[list[Any]], list[Any]]
@@ -68,6 +73,7 @@ class Chain:
         self.stage = stage
         self.steps: list[_Step] = []
         self.block_first: Callable[[str], Iterable[Any]] | None = None
+        self._counting: list[Counts] = []  # the counters of operators that count
         for i, (op, where) in enumerate(zip(stage.ops, stage.op_paths, strict=True)):
             if isinstance(op, PipeOp | ReduceOp) and op.cmd and not allow_exec:
                 raise UsageError(
@@ -86,6 +92,9 @@ class Chain:
                 self.steps.append(_Step(label(op), make_reduce(op.cmd, reducer, op.timeout_s)))
                 continue
             fn = resolve(op.fn, op.args, allow, f"{where}.fn")
+            counts = getattr(fn, "counts", None)
+            if isinstance(counts, Counts):
+                self._counting.append(counts)
             value = resolve(op.value, {}, allow, f"{where}.value") if op.value else None
             if i == 0 and op.op == "flat_map" and not op.args and op.fn in builtins.BLOCK:
                 self.block_first = builtins.BLOCK[op.fn]
@@ -93,6 +102,13 @@ class Chain:
         if stage.window is not None:  # stamps event times; windows are assigned per batch
             self.steps.append(_Step(stage.window.label,
                                     stamper(stage.window, allow, stage.window_path)))
+
+    def take_counts(self) -> Counter[StageCounter]:
+        """What the operators counted since the last call (``malformed_rows`` ...)."""
+        out: Counter[StageCounter] = Counter()
+        for counts in self._counting:
+            out.update(counts.take())
+        return out
 
     def _fail(self, step: _Step, exc: Exception) -> OperatorError:
         where = f"operator {step.label} in stage {self.stage.index}"

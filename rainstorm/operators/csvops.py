@@ -4,8 +4,9 @@
 ``columns``) out, or none.  A row is malformed when the csv module rejects it
 (strict quoting) or its field count differs from ``columns``; the
 ``malformed`` policy then either skips it and counts it (counter
-``s<i>:malformed_rows``, committed with the batch) or dead-letters it (the
-record goes to rs:{job}:dlq with the reason, without retries).  The header
+``s<i>:malformed_rows``, kept in the parser's ``counts`` and committed with
+the batch) or dead-letters it (the record goes to rs:{job}:dlq with the
+reason, without retries).  The header
 line (equal to ``columns``) is skipped.  One record per line: a quoted field
 may hold commas, not newlines.
 """
@@ -16,38 +17,47 @@ import csv
 from collections.abc import Callable
 from typing import Any
 
-from rainstorm.operators import metrics
 from rainstorm.operators.chain_errors import Rejected
+from rainstorm.operators.metrics import Counts
+from rainstorm.protocol.counters import StageCounter
+
+
+class ParseCsv:
+    """``parse_csv``: one line in, a list of zero or one row out."""
+
+    def __init__(self, columns: list[str], malformed: str, delimiter: str) -> None:
+        if malformed not in ("skip", "dead_letter"):
+            raise ValueError(f"malformed must be 'skip' or 'dead_letter', not {malformed!r}")
+        if not columns:
+            raise ValueError("columns must name the fields")
+        self.names = list(columns)
+        self.malformed = malformed
+        self.delimiter = delimiter
+        self.counts = Counts()  # malformed_rows skipped
+
+    def _bad(self, why: str) -> list[dict[str, str]]:
+        if self.malformed == "dead_letter":
+            raise Rejected(f"malformed CSV row ({why})")
+        self.counts.count(StageCounter.MALFORMED_ROWS)
+        return []
+
+    def __call__(self, line: str) -> list[dict[str, str]]:
+        if not line.strip():
+            return []
+        try:
+            fields = next(csv.reader([line], delimiter=self.delimiter, strict=True))
+        except csv.Error as exc:
+            return self._bad(str(exc))
+        if fields == self.names:
+            return []  # the header
+        if len(fields) != len(self.names):
+            return self._bad(f"{len(fields)} fields, expected {len(self.names)}")
+        return [dict(zip(self.names, fields, strict=True))]
 
 
 def make_parse_csv(columns: list[str], malformed: str = "skip",
                    delimiter: str = ",") -> Callable[[str], list[dict[str, str]]]:
-    if malformed not in ("skip", "dead_letter"):
-        raise ValueError(f"malformed must be 'skip' or 'dead_letter', not {malformed!r}")
-    if not columns:
-        raise ValueError("columns must name the fields")
-    names = list(columns)
-
-    def bad(line: str, why: str) -> list[dict[str, str]]:
-        if malformed == "dead_letter":
-            raise Rejected(f"malformed CSV row ({why})")
-        metrics.count("malformed_rows")
-        return []
-
-    def parse(line: str) -> list[dict[str, str]]:
-        if not line.strip():
-            return []
-        try:
-            fields = next(csv.reader([line], delimiter=delimiter, strict=True))
-        except csv.Error as exc:
-            return bad(line, str(exc))
-        if fields == names:
-            return []  # the header
-        if len(fields) != len(names):
-            return bad(line, f"{len(fields)} fields, expected {len(names)}")
-        return [dict(zip(names, fields, strict=True))]
-
-    return parse
+    return ParseCsv(columns, malformed, delimiter)
 
 
 def make_select(columns: list[str]) -> Callable[[dict[str, Any]], list[Any]]:

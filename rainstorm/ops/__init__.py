@@ -1,0 +1,1 @@
+"""Operating jobs: status, tasks, dead letters, following output, the autoscaler, the dashboard."""

@@ -12,7 +12,6 @@ finished job's result is already written.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +19,9 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.errors import UsageError
-from rainstorm.job import Job, encode_records, partition_of
+from rainstorm.job import Job, encode_records
 from rainstorm.monitor import dead_letters, decode_dead_record, load_job
+from rainstorm.protocol.entries import DATA, partition_of, requeue_uid, spread
 from rainstorm.replies import as_str
 
 
@@ -40,7 +40,7 @@ class Requeued:
 def _target(job: Job, stage: int, record: Any, uid: str) -> tuple[str, bytes, int]:
     """(stream, payload, bytes to un-count) for one dead record sent back."""
     sp = job.stage(stage)
-    part = int(uid[:8], 16) % sp.partitions
+    part = spread(uid, 0, sp.partitions)
     if job.raw_text(stage):
         text = record if isinstance(record, str) else str(record)
         data = (text + "\n").encode("utf-8", "surrogatepass")
@@ -64,11 +64,11 @@ def requeue(r: redis.Redis, job_id: str) -> Requeued:
         stage, kind = int(f.get("stage", b"0")), as_str(f.get("kind", b""))
         if kind not in ("entry", "record"):  # a bad delta or output entry: evidence only
             continue
-        uid = _requeue_uid(dead_id)
+        uid = requeue_uid(dead_id)
         if kind == "entry":
-            stream, data, unbytes = as_str(f["stream"]), f.get("d", b""), 0
+            stream, data, unbytes = as_str(f["stream"]), f.get(DATA, b""), 0
         else:
-            rec = decode_dead_record(f.get("d", b""))
+            rec = decode_dead_record(f.get(DATA, b""))
             stream, data, unbytes = _target(job, stage, rec.get("record"), uid)
         res = lua.requeue(r, counters=keys.counters(job_id), dlq=keys.dlq(job_id),
                           meta=keys.meta(job_id), stream=stream, dead_id=dead_id, stage=stage,
@@ -79,8 +79,3 @@ def requeue(r: redis.Redis, job_id: str) -> Requeued:
         moved += res is lua.RequeueStatus.OK
         skipped += res is lua.RequeueStatus.ABSENT
     return Requeued(moved, skipped)
-
-
-def _requeue_uid(dead_id: str) -> str:
-    """Deterministic uid of a requeued letter (a hex string like batch uids)."""
-    return hashlib.blake2b(f"requeue:{dead_id}".encode(), digest_size=10).hexdigest()

@@ -17,6 +17,7 @@ import redis
 from rainstorm import keys
 from rainstorm.coordinator.result import keys_as_str
 from rainstorm.job import Job, decode_records
+from rainstorm.protocol.entries import data_of
 from rainstorm.state import read_state
 
 
@@ -40,7 +41,7 @@ def follow(r: redis.Redis, job: Job, *, from_start: bool = False, interval_s: fl
         for _stream, entries in reply or []:
             for id_, fields in entries:
                 last = id_
-                yield from decode_records(fields[b"d"])
+                yield from decode_records(data_of(fields))
         if not reply and not _running(r, job):
             return
 

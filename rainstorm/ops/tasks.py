@@ -1,5 +1,6 @@
-"""Task management: who holds what, worker liveness, stopping workers,
-cancelling a job."""
+"""Task management: who holds what (`list-tasks`, as typed TaskRows), worker
+liveness and stopping workers (`kill-worker`, `workers --prune`),
+throttling a job's input (`throttle`), cancelling a job (`kill-job`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -17,8 +19,30 @@ from rainstorm.job import JobState
 from rainstorm.monitor import load_job
 
 
+@dataclass(frozen=True)
+class TaskRow:
+    """One partition of one stage of one job, as `rainstorm list-tasks` shows it."""
+
+    job: str
+    state: str
+    stage: int
+    partition: int
+    stream: str
+    unread: int  # entries not yet read by any worker
+    pending: int  # entries read and not yet committed
+    in_rate: float | None  # the stage's entries/s in and out (None: not measured)
+    out_rate: float | None
+    holders: dict[str, int]  # worker id -> entries of the partition it holds pending
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "state": self.state, "stage": self.stage,
+                "partition": self.partition, "stream": self.stream, "unread": self.unread,
+                "pending": self.pending, "in_rate": self.in_rate, "out_rate": self.out_rate,
+                "holders": dict(self.holders)}
+
+
 def list_tasks(r: redis.Redis, job_id: str | None = None,
-               sample_s: float = 1.0) -> list[dict[str, Any]]:
+               sample_s: float = 1.0) -> list[TaskRow]:
     """Per job, stage and partition: entries waiting (unread) and being
     worked (pending), who holds them, and the stage's rates measured over
     ``sample_s`` seconds (0: no rates)."""
@@ -29,16 +53,10 @@ def list_tasks(r: redis.Redis, job_id: str | None = None,
     if sample_s > 0:
         time.sleep(sample_s)  # a rate needs two looks; this is the interval, not a sync
         snap = tracker.update(monitor.snapshot(r, job_id))
-    rows = []
-    for job in snap["jobs"]:
-        for st in job["stages"]:
-            for part in st["partition_rows"]:
-                rows.append({"job": job["id"], "state": job["state"], "stage": st["index"],
-                             "partition": part["partition"], "stream": part["stream"],
-                             "unread": part["unread"], "pending": part["pending"],
-                             "in_rate": st.get("in_rate"), "out_rate": st.get("out_rate"),
-                             "holders": part["holders"]})
-    return rows
+    return [TaskRow(job.id, job.state, st.index, part.partition, part.stream, part.unread,
+                    part.pending, st.rates.in_rate if st.rates else None,
+                    st.rates.out_rate if st.rates else None, part.holders)
+            for job in snap.jobs for st in job.stages for part in st.partition_rows]
 
 
 def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
@@ -49,27 +67,30 @@ def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
     heartbeat, wherever it runs).  ``force``: SIGKILL it, or kill its
     container through the Docker SDK; its pending entries are then stolen
     by the other workers after claim_idle_ms."""
-    info = {w["id"]: w for w in monitor.workers(r)}.get(worker_id)
+    info = {w.id: w for w in monitor.workers(r)}.get(worker_id)
     if info is None:
         raise UsageError(f"no such worker: {worker_id} (see `rainstorm workers`)")
     if not force:
         ask_to_stop(r, worker_id, reason)
         return f"asked worker {worker_id} to stop after its current batch"
-    if info["state"] == "dead":
+    if not info.alive:
         return f"worker {worker_id} is already dead (no heartbeat for " \
-               f"{info['heartbeat_age_s']} s); nothing to kill"
-    if info.get("host") != monitor.host_name():
-        if info.get("container"):
-            kill_container(str(info["container"]))
-            return f"killed container {info['container']} of worker {worker_id}"
-        raise UsageError(f"worker {worker_id} runs on host {info.get('host')}, not here: "
+               f"{info.heartbeat_age_s} s); nothing to kill"
+    if info.host != monitor.host_name():
+        if info.container:
+            kill_container(info.container)
+            return f"killed container {info.container} of worker {worker_id}"
+        raise UsageError(f"worker {worker_id} runs on host {info.host}, not here: "
                          "it cannot be SIGKILLed from this machine (drop --force to ask it "
                          "to stop through Redis)")
+    if info.pid is None:
+        raise UsageError(f"worker {worker_id} did not report its pid: it cannot be SIGKILLed "
+                         "(drop --force to ask it to stop through Redis)")
     try:  # same host (or same container), live heartbeat: the pid is the worker's
-        os.kill(int(info["pid"]), signal.SIGKILL)
+        os.kill(info.pid, signal.SIGKILL)
     except ProcessLookupError:
-        return f"worker {worker_id} (pid {info['pid']}) had already exited"
-    return f"sent SIGKILL to worker {worker_id} (pid {info['pid']})"
+        return f"worker {worker_id} (pid {info.pid}) had already exited"
+    return f"sent SIGKILL to worker {worker_id} (pid {info.pid})"
 
 
 def ask_to_stop(r: redis.Redis, worker_id: str, reason: str) -> None:
@@ -92,8 +113,18 @@ def kill_container(container: str) -> None:
 
 def prune_workers(r: redis.Redis, older_than_s: float = 60.0) -> int:
     """Forget heartbeats of workers silent for longer than ``older_than_s``."""
-    dead = [w["id"] for w in monitor.workers(r) if w["heartbeat_age_s"] > older_than_s]
+    dead = [w.id for w in monitor.workers(r) if w.heartbeat_age_s > older_than_s]
     return int(r.hdel(keys.WORKERS, *dead)) if dead else 0
+
+
+def throttle(r: redis.Redis, job_id: str, lines_per_s: float | None) -> None:
+    """Let the job's loader add at most ``lines_per_s`` input lines per second
+    (None: no limit); the loader reads it from the meta hash as it goes."""
+    load_job(r, job_id)  # a clear error for an unknown job
+    if lines_per_s is None:
+        r.hdel(keys.meta(job_id), "max_rate")
+    else:
+        r.hset(keys.meta(job_id), "max_rate", lines_per_s)
 
 
 def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:

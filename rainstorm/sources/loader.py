@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.errors import CallTooLarge, JobFailed, JobStopped
 from rainstorm.job import Job
+from rainstorm.protocol.entries import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class BaseLoader:
         return pos.decode() if pos else ""
 
     def stream_for(self, uid: str) -> str:
-        return self.streams[zlib.crc32(uid.encode()) % len(self.streams)]
+        return self.streams[partition_of(uid, len(self.streams))]
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         raise NotImplementedError

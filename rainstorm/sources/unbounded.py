@@ -17,6 +17,7 @@ import redis
 from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, encode_records
+from rainstorm.protocol.counters import StageCounter
 from rainstorm.replies import as_str
 from rainstorm.sources.loader import BaseLoader, Gathered, read_chunk
 
@@ -56,7 +57,8 @@ class StreamLoader(BaseLoader):
                 firsts.append(as_str(id_, "replace"))
             records.append(rec)
         if missing:
-            self.r.hincrby(keys.counters(self.job.id), "s0:missing_field", missing)
+            self.r.hincrby(keys.counters(self.job.id),
+                           keys.counter_field(0, StageCounter.MISSING_FIELD), missing)
             log.warning("%d entries of %s had no field %r (counted in s0:missing_field)",
                         missing, src.key, src.field)
         entries = []

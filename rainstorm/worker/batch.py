@@ -7,6 +7,12 @@ Entries whose runs failed ``max_deliveries`` times run record by record:
 the records that raise (or time out, or return what msgpack cannot encode)
 become dead letters, the rest is committed.  Entries that cannot be decoded
 at all are found before anything runs (:meth:`StageRunner.undecodable`).
+
+Nothing here reads Redis or module state: :meth:`StageRunner.compute` takes
+the entries and the stage's watermark (windowed stages) and returns what
+they computed, operator counters included; :meth:`StageRunner.request`
+turns that into the :class:`~rainstorm.lua.CommitRequest` (output uids and
+routing by rainstorm.protocol.entries).
 """
 
 from __future__ import annotations
@@ -22,13 +28,24 @@ from typing import Any
 import msgpack
 
 from rainstorm import keys
-from rainstorm.job import Job, batch_uid, decode_records, partition_of
+from rainstorm.job import Job, decode_records
 from rainstorm.lua import CommitRequest
-from rainstorm.operators import aggregates, metrics
+from rainstorm.operators import aggregates
 from rainstorm.operators.chain import Chain, OperatorError, split_lines
 from rainstorm.operators.chain_errors import Unencodable
 from rainstorm.operators.resolve import resolve
 from rainstorm.operators.windows import WindowBatch, Windows
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import (
+    DATA,
+    DATA_FIELD,
+    UID,
+    UID_FIELD,
+    batch_uid,
+    output_uid,
+    partition_of,
+    spread,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +69,8 @@ class Entry:
 def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
     """An Entry from a stream entry's fields, whatever they hold: a missing
     ``u``/``d`` field or a uid that is not UTF-8 is recorded as its problem."""
-    uid_raw, data = fields.get(b"u"), fields.get(b"d")
-    problems = [f"no {name!r} field" for name, v in (("u", uid_raw), ("d", data)) if v is None]
+    uid_raw, data = fields.get(UID_FIELD), fields.get(DATA_FIELD)
+    problems = [f"no {name!r} field" for name, v in ((UID, uid_raw), (DATA, data)) if v is None]
     e = Entry(stream, id_, "", data or b"", deliveries)
     if uid_raw is not None:
         try:
@@ -123,15 +140,13 @@ class StageRunner:
             if self.stage.aggregate else None
         self.is_last = stage == len(job.plan.stages) - 1
         self.windows = Windows.of(self.stage.window) if self.stage.window else None
-        # a windowed stage: its max event time, read by the worker before computing
-        self.max_event_us: int | None = None
         self.current: Entry | None = None  # the entry compute() is running
 
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
         if self.job.raw_text(self.stage.index):
             text, bad = decode_text(entry.data)
             if bad:
-                comp.extra["s0:invalid_utf8_entries"] += 1
+                comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
         if entry.records is None:
             entry.records = decode_records(entry.data)
@@ -190,17 +205,20 @@ class StageRunner:
             raise Unencodable(f"operator output cannot be aggregated or encoded: {exc!r}"
                               ) from None
 
-    def compute(self, entries: list[Entry], isolate: set[str],
-                limit: Limit = nullcontext) -> Computed:
+    def compute(self, entries: list[Entry], isolate: set[str], *,
+                watermark_us: int | None = None, limit: Limit = nullcontext) -> Computed:
         """Run the chain; raises OperatorError if a non-isolated entry fails
         (a Rejected record instead sends its entry record by record at once).
+        ``watermark_us``: a windowed stage's max event time so far (the
+        counters' ``s<i>:max_event_us``), which decides the windows still open.
         ``limit()`` bounds the run of the whole entries together, and of each
         record of an isolated entry alone; ``self.current`` names the entry
-        running (the culprit when a limit fires)."""
+        running (the culprit when a limit fires).  What the operators counted
+        is in the result's ``extra``, per stage."""
         comp = Computed()
         if self.windows:
-            comp.window = self.windows.batch(self.max_event_us)
-        metrics.drain()
+            comp.window = self.windows.batch(watermark_us)
+        self.chain.take_counts()  # left by a run that raised: never committed
         slow: list[Entry] = []
         with limit():
             for e in entries:
@@ -215,29 +233,35 @@ class StageRunner:
             comp.records_in += len(recs)
             self._absorb(comp, good)
             comp.dead += [dead_record(self.job, self.stage.index, e, r, err) for r, err in bad]
+            self._add_counts(comp)
         self.current = None
-        for name, n in metrics.drain().items():
-            comp.extra[keys.counter_field(self.stage.index, name)] += n
         return comp
+
+    def _add_counts(self, comp: Computed) -> None:
+        for name, n in self.chain.take_counts().items():
+            comp.extra[keys.counter_field(self.stage.index, name)] += n
 
     def _whole(self, comp: Computed, e: Entry) -> bool:
         """Run one entry as a whole; False when a Rejected record sends it
-        record by record."""
+        record by record (what its partial run counted is dropped: the
+        record-by-record run counts again)."""
         records, text = self._records(e, comp)
         try:
             self._run_whole(comp, records, text)
-            return True
         except OperatorError as exc:
             if not exc.rejected:
                 raise
-            metrics.drain()  # the record-by-record run counts again
+            self.chain.take_counts()
             return False
+        self._add_counts(comp)
+        return True
 
-    def build(self, entries: list[Entry], isolate: set[str], max_backlog: int,
-              limit: Limit = nullcontext) -> CommitRequest:
+    def build(self, entries: list[Entry], isolate: set[str], max_backlog: int, *,
+              watermark_us: int | None = None, limit: Limit = nullcontext) -> CommitRequest:
         """compute() and request() in one: what to commit for ``entries``;
         OperatorError (Unencodable, OperatorTimeout ...) when it cannot be."""
-        return self.request(entries, self.compute(entries, isolate, limit), max_backlog)
+        comp = self.compute(entries, isolate, watermark_us=watermark_us, limit=limit)
+        return self.request(entries, comp, max_backlog)
 
     def _run_whole(self, comp: Computed, records: list[Any], text: str | None) -> None:
         if text is not None:
@@ -254,12 +278,12 @@ class StageRunner:
         i = self.stage.index
         req.window = (win.max_event, win.guard)
         if win.late_windows:
-            req.extra[keys.counter_field(i, "late_windows")] = win.late_windows
+            req.extra[keys.counter_field(i, StageCounter.LATE_WINDOWS)] = win.late_windows
         if win.late:
-            req.extra[keys.counter_field(i, "late_records")] = len(win.late)
-            uid = f"{batch_uid([e.uid for e in entries])}.late"
+            req.extra[keys.counter_field(i, StageCounter.LATE_RECORDS)] = len(win.late)
+            uid = output_uid(batch_uid([e.uid for e in entries]), "late")
             req.outputs = [(keys.late(self.job.id), uid, encode_outputs(win.late))]
-            req.emit_field = keys.counter_field(i, "late_entries")
+            req.emit_field = keys.counter_field(i, StageCounter.LATE_ENTRIES)
             req.max_backlog = 0  # a side output, read by the user: never backpressure
 
     def request(self, entries: list[Entry], comp: Computed, max_backlog: int) -> CommitRequest:
@@ -301,8 +325,9 @@ class StageRunner:
             return req
         base = batch_uid([e.uid for e in entries])
         if self.is_last:
-            req.outputs = [(keys.output(job.id), f"{base}.0", encode_outputs(comp.outputs))]
-            req.emit_field = keys.counter_field(i, "output_entries")
+            req.outputs = [(keys.output(job.id), output_uid(base, 0),
+                            encode_outputs(comp.outputs))]
+            req.emit_field = keys.counter_field(i, StageCounter.OUTPUT_ENTRIES)
             req.max_backlog = 0  # the output stream is the sink, read at the end
             return req
         nxt = job.stage(i + 1)
@@ -311,13 +336,13 @@ class StageRunner:
             for rec in comp.outputs:
                 buckets[partition_of(rec[0], nxt.partitions)].append(rec)
         else:
-            start = int(base[:8], 16)
             for n, rec in enumerate(comp.outputs):
-                buckets[(start + n) % nxt.partitions].append(rec)
+                buckets[spread(base, n, nxt.partitions)].append(rec)
         for p, recs in enumerate(buckets):
             if recs:
                 req.outputs.append(
-                    (keys.stage_stream(job.id, i + 1, p), f"{base}.{p}", encode_outputs(recs))
+                    (keys.stage_stream(job.id, i + 1, p), output_uid(base, p),
+                     encode_outputs(recs))
                 )
-        req.emit_field = keys.counter_field(i + 1, "emitted")
+        req.emit_field = keys.counter_field(i + 1, StageCounter.EMITTED)
         return req

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import redis
 
 from rainstorm import keys
@@ -27,6 +28,7 @@ def trace_rows(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_autoscale_follows_the_input_rate(tmp_path: Path, url: str, r: redis.Redis) -> None:
     paths = write_corpus(tmp_path / "in", n_files=2, kb=40)
     spec = parse_spec({"name": "as", "source": {"type": "text", "batch_bytes": 1024,
@@ -48,18 +50,18 @@ def test_autoscale_follows_the_input_rate(tmp_path: Path, url: str, r: redis.Red
             cwd=ROOT, env=env, stderr=log_fh)
     try:
         driven = Driven(r, job, timeout_s=120)
-        wait_for(lambda: any(row["workers"] == 1 for row in trace_rows(trace)), 20,
+        wait_for(lambda: any(row["workers"] == 1 for row in trace_rows(trace)), 60,
                  "the minimum of one worker")
         assert cli(url, "throttle", job.id, "off").returncode == 0  # the input rate jumps
         wait_for(lambda: any(row["change"] > 0 and row["workers"] >= 1
-                             for row in trace_rows(trace)), 30, "a scale-up under load")
+                             for row in trace_rows(trace)), 60, "a scale-up under load")
         assert cli(url, "throttle", job.id, "20").returncode == 0  # and drops again
-        wait_for(lambda: any(row["change"] < 0 for row in trace_rows(trace)), 30,
+        wait_for(lambda: any(row["change"] < 0 for row in trace_rows(trace)), 60,
                  "a scale-down when idle")
         assert cli(url, "throttle", job.id, "off").returncode == 0
         result = driven.result()
         # a finished job keeps no workers
-        wait_for(lambda: not r.hlen(keys.WORKERS), 30, "the autoscaled workers to leave")
+        wait_for(lambda: not r.hlen(keys.WORKERS), 60, "the autoscaled workers to leave")
     finally:
         scaler.send_signal(signal.SIGTERM)
         try:

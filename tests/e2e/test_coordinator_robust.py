@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import redis
 
 from rainstorm import keys, lua
@@ -198,6 +199,7 @@ def test_lease_is_taken_over_only_from_a_holder_that_is_gone(r: redis.Redis) -> 
     assert me.acquire()
 
 
+@pytest.mark.chaos
 def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
         tmp_path: Path, r: redis.Redis, url: str) -> None:
     job, files = prepare(wordcount_spec(compact_every=8), [str(write_corpus(tmp_path)[0])],
@@ -237,13 +239,14 @@ def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
     assert lua.snapshot(r, base=keys.state(job.id, stage), log=log_key).version == version
 
 
+@pytest.mark.chaos
 def test_entries_the_counters_never_saw_do_not_end_the_job_early(
         tmp_path: Path, url: str, r: redis.Redis) -> None:
     """An entry XADDed by hand (e.g. with the worker password) is committed
     like any other, so `committed` outgrows `emitted`; while a stopped
     worker still holds one of the job's own entries the counters then
     balance, yet the job must wait for that entry, not finish without it."""
-    from tests.helpers import Driven, pending_of, wait_for
+    from tests.helpers import Driven, held_by, stopped_holding, wait_for
 
     paths = write_corpus(tmp_path / "in", n_files=2, kb=20)
     spec = wordcount_spec("tests.ops:slow_split", batch_bytes=2048, batch_entries=1,
@@ -255,10 +258,10 @@ def test_entries_the_counters_never_saw_do_not_end_the_job_early(
     holder = start_worker(url, job.id, **slow)
     procs = [holder]
     try:
-        wait_for(lambda: pending_of(r, job.id, _worker_id(r, holder.pid), job.streams(0)),
-                 30, "the first worker to hold an entry")
-        os.kill(holder.pid, signal.SIGSTOP)
-        held = pending_of(r, job.id, _worker_id(r, holder.pid), job.streams(0))
+        # stopped while it holds an entry (checked while stopped: no race with its commit)
+        wait_for(lambda: stopped_holding(r, job, holder.pid),
+                 90, "the first worker to hold an entry", every_s=0.02)
+        held = held_by(r, job, holder.pid)
         r.xadd(job.streams(0)[0], {"u": "foreign-1", "d": b"alpha beta alpha\n"})
         procs.append(start_worker(url, job.id))
         result = driven.result(120)
@@ -273,9 +276,3 @@ def test_entries_the_counters_never_saw_do_not_end_the_job_early(
     want = reference_wordcount(paths) + Counter({"alpha": 2, "beta": 1})
     assert Counter(result) == want
 
-
-def _worker_id(r: redis.Redis, pid: int) -> str:
-    for wid, info in r.hgetall(keys.WORKERS).items():
-        if json.loads(info).get("pid") == pid:
-            return str(wid.decode())
-    return "?"

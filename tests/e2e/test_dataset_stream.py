@@ -45,11 +45,13 @@ def test_streaming_dataset_script(tmp_path: Path) -> None:
         feeder.close()
         expected = Counter(f"x-{w.upper()}" for line in lines for w in line.split())
         wait_for(lambda: out.exists() and out.read_text().count("\n") >= sum(expected.values()),
-                 30, "the sink to receive every output")
+                 60, "the sink to receive every output")
         assert cli(where, "kill-job", job, "--keep").returncode == 0
-        stdout, err = proc.communicate(timeout=30)
+        stdout, err = proc.communicate(timeout=60)
     finally:
-        proc.kill()
+        if proc.poll() is None:  # (failed) reaped and its pipes closed, not left to the GC
+            proc.kill()
+            proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped with" in stdout
     assert Counter(json.loads(x) for x in out.read_text().splitlines()) == expected

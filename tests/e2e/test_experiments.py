@@ -12,9 +12,19 @@ import pytest
 
 from tests.helpers import ROOT
 
-EXPERIMENTS = ["persistence_cost", "redis_restarts", "claim_idle", "straggler",
-               "redis_death_points", "bench_pipelines", "autoscale", "latency", "scaling",
-               "fcall_limits"]
+SLOW, CHAOS = pytest.mark.slow, pytest.mark.chaos  # chaos: it kills Redis or workers
+EXPERIMENTS = [
+    pytest.param("persistence_cost", marks=SLOW),
+    pytest.param("redis_restarts", marks=CHAOS),
+    pytest.param("claim_idle", marks=CHAOS),
+    pytest.param("straggler", marks=CHAOS),
+    pytest.param("redis_death_points", marks=[SLOW, CHAOS]),
+    pytest.param("bench_pipelines", marks=SLOW),
+    pytest.param("autoscale", marks=SLOW),
+    pytest.param("latency", marks=SLOW),
+    "scaling",
+    "fcall_limits",
+]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import yaml
 
@@ -18,6 +19,7 @@ from rainstorm import keys
 from rainstorm.coordinator.driver import drive
 from rainstorm.coordinator.submit import submit
 from rainstorm.local.run import prepare, run_job
+from rainstorm.ops.tasks import throttle
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, counters, start_worker, wait_for, wordcount_spec
@@ -54,23 +56,30 @@ def setup_job(tmp_path: Path, url: str, r: redis.Redis, job_id: str, **settings:
     return job, paths
 
 
+@pytest.mark.chaos
 def test_worker_sigkilled_mid_batch(tmp_path: Path, url: str, r: redis.Redis) -> None:
     job, paths = setup_job(tmp_path, url, r, "kill9", claim_idle_ms=800, batch_entries=2)
+    throttle(r, job.id, 100)  # the job outlasts a slow start of the victim; lifted at the kill
     victim, survivor = start_worker(url, job.id, **SLOW), start_worker(url, job.id, **SLOW)
     killed: dict[str, list[str]] = {}
 
     def chaos(_status: object) -> None:
         if killed:
             return
+        victim.send_signal(signal.SIGSTOP)  # checked while stopped: it cannot commit meanwhile
         held = consumer_pending(r, job.streams(0), victim.pid)
-        if held:
-            victim.send_signal(signal.SIGKILL)
-            killed.update(held)
+        if not held:
+            victim.send_signal(signal.SIGCONT)
+            return
+        victim.send_signal(signal.SIGKILL)
+        killed.update(held)
+        throttle(r, job.id, None)
 
     try:
         result = drive(r, job, on_progress=chaos, timeout_s=120)
     finally:
         for p in (victim, survivor):
+            os.kill(p.pid, signal.SIGCONT) if p.poll() is None else None
             p.kill()
             p.wait(10)
     assert killed, "the victim never held a batch"
@@ -81,10 +90,12 @@ def test_worker_sigkilled_mid_batch(tmp_path: Path, url: str, r: redis.Redis) ->
     assert not still_pending(r, killed)
 
 
+@pytest.mark.chaos
 def test_straggler_sigstopped_is_robbed_and_its_late_commit_rejected(
     tmp_path: Path, url: str, r: redis.Redis
 ) -> None:
     job, paths = setup_job(tmp_path, url, r, "straggler", claim_idle_ms=600, batch_entries=2)
+    throttle(r, job.id, 100)  # the job outlasts a slow start of the straggler; lifted once caught
     straggler, thief = start_worker(url, job.id, **SLOW), start_worker(url, job.id, **SLOW)
     held: dict[str, list[str]] = {}
     phase = {"n": 0}
@@ -100,6 +111,7 @@ def test_straggler_sigstopped_is_robbed_and_its_late_commit_rejected(
                 return
             held.update(now_held)
             phase["n"] = 1
+            throttle(r, job.id, None)
         elif phase["n"] == 1 and not still_pending(r, held):
             straggler.send_signal(signal.SIGCONT)  # the thief committed its batch
             phase["n"] = 2
@@ -107,7 +119,7 @@ def test_straggler_sigstopped_is_robbed_and_its_late_commit_rejected(
     try:
         result = drive(r, job, on_progress=chaos, timeout_s=120)
         assert phase["n"] == 2
-        straggler.wait(30)  # it wakes, tries its stale commit, sees the job done, exits
+        straggler.wait(60)  # it wakes, tries its stale commit, sees the job done, exits
     finally:
         for p in (straggler, thief):
             os.kill(p.pid, signal.SIGCONT) if p.poll() is None else None
@@ -140,12 +152,14 @@ def test_operator_error_goes_to_dead_letters(tmp_path: Path, url: str, r: redis.
     assert counters(r, rep.job_id)["s0:dead_records"] == 1
 
 
+@pytest.mark.chaos
 def test_coordinator_killed_mid_load_resumes(tmp_path: Path, url: str, r: redis.Redis) -> None:
     paths = write_corpus(tmp_path / "in", n_files=3, kb=40)
     spec_file = tmp_path / "wc.yaml"
     spec_file.write_text(yaml.safe_dump({
         "name": "wc",
-        "source": {"type": "text", "batch_bytes": 2048},
+        # throttled (lifted after the kill) so that loading outlasts a slow test
+        "source": {"type": "text", "batch_bytes": 2048, "max_rate": 300},
         "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}, {"op": "count"}],
         "settings": {"max_backlog": 2, "batch_entries": 1, "claim_idle_ms": 2000},
     }))
@@ -160,11 +174,19 @@ def test_coordinator_killed_mid_load_resumes(tmp_path: Path, url: str, r: redis.
         def mid_load() -> bool:
             pos = r.hget(keys.cursor("resume"), "pos")
             return pos is not None and pos not in (b"", b"done") and pos > b"0:"
-        wait_for(mid_load, 60, "the loader to be part-way")
+        def stopped_mid_load() -> bool:  # checked while stopped: it cannot load meanwhile
+            coord.send_signal(signal.SIGSTOP)
+            if mid_load():
+                return True
+            coord.send_signal(signal.SIGCONT)
+            return False
+
+        wait_for(stopped_mid_load, 90, "the loader to be part-way", every_s=0.02)
         coord.send_signal(signal.SIGKILL)
         coord.wait(10)
         pos_at_kill = r.hget(keys.cursor("resume"), "pos")
         assert pos_at_kill != b"done"
+        throttle(r, "resume", None)
         again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                                timeout=180)
     finally:

@@ -99,7 +99,7 @@ def test_status_and_result_say_incomplete_after_submit(tmp_path: Path, poisoned:
     assert rows["inc-sub"]["dead_letters"] == 1
     from rainstorm.monitor import job_view  # what the dashboard shows
 
-    assert job_view(r, "inc-sub")["incomplete"] is True
+    assert job_view(r, "inc-sub").incomplete is True
     table = subprocess.run([sys.executable, "-m", "rainstorm", "status", "--redis", url],
                            cwd=ROOT, capture_output=True, text=True, timeout=60,
                            env=dict(os.environ, COLUMNS="200"))  # (no wrapped cells)

@@ -50,6 +50,7 @@ def test_wordcount_mapreduce(tmp_path: Path, url: str, mapper: str, reducer: str
     assert sorted(p.name for p in out.iterdir()) == ["part-00000", "part-00001", "part-00002"]
 
 
+@pytest.mark.chaos
 def test_worker_killed_during_reduce(tmp_path: Path, url: str) -> None:
     paths = write_corpus(tmp_path / "in", n_files=2, kb=20)
     out = tmp_path / "out"

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, start_worker, stop_all, wait_for, wordcount_spec
 
 SPEC = ROOT / "examples" / "wordcount.yaml"
+NEVER = "3600"  # RAINSTORM_CONNECT_TIMEOUT that no test waits out
 
 
 def rainstorm(*args: str, prefix: tuple[str, ...] = (), timeout_s: float = 120,
@@ -71,11 +71,11 @@ def text_input(tmp_path: Path) -> Path:
 # -- refused at once -----------------------------------------------------------
 
 def test_workers_0_without_redis_is_refused_at_once(text_input: Path) -> None:
-    t0 = time.monotonic()
+    # at once: a job with no worker, or a wait for Redis (an hour here), would hang
+    # past the 90 s the process is given, however loaded the machine
     res = rainstorm("run", str(SPEC), "--input", str(text_input), "--workers", "0",
-                    timeout_s=60)
+                    timeout_s=90, RAINSTORM_CONNECT_TIMEOUT=NEVER)
     one_line_error(res, 2, "--workers 0", "--redis")
-    assert time.monotonic() - t0 < 30
 
 
 @pytest.fixture
@@ -97,7 +97,8 @@ def silent_port() -> Iterator[int]:
     s.close()
 
 
-@pytest.mark.parametrize("kind", ["http", "silent", "db", "scheme", "port"])
+@pytest.mark.parametrize("kind", ["http", pytest.param("silent", marks=pytest.mark.slow), "db",
+                                  "scheme", "port"])
 def test_redis_handshake_mistakes_are_one_line_and_bounded(
     kind: str, http_port: int, silent_port: int, url: str
 ) -> None:
@@ -109,10 +110,11 @@ def test_redis_handshake_mistakes_are_one_line_and_bounded(
         "port": ("redis://127.0.0.1:sixty", "invalid Redis URL"),
     }[kind]
     for command in (["status"], ["worker", "--burst"]):
-        t0 = time.monotonic()
-        res = rainstorm(*command, "--redis", target, timeout_s=60)
+        # bounded: retrying as if Redis were down (for an hour here) would hang past
+        # the 90 s the process is given
+        res = rainstorm(*command, "--redis", target, timeout_s=90,
+                        RAINSTORM_CONNECT_TIMEOUT=NEVER)
         one_line_error(res, 1, needle)
-        assert time.monotonic() - t0 < 20, f"{kind}: took {time.monotonic() - t0:.0f} s"
 
 
 # -- checked before the job runs -----------------------------------------------
@@ -215,7 +217,7 @@ def test_input_deleted_while_loading_fails_the_job_with_one_line(
     proc = subprocess.Popen(
         [sys.executable, "-m", "rainstorm", "run", str(SPEC), "--input", str(paths[0]),
          "--input", str(paths[1]), "--job", "vanish", "--workers", "1", "--redis", url,
-         "--set", "source.max_rate=300", "--no-progress"],
+         "--set", "source.max_rate=100", "--no-progress"],  # ~3 s on the first file
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:

@@ -20,6 +20,8 @@ from rainstorm.monitor import load_job
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import start_worker, wordcount_spec
 
+pytestmark = pytest.mark.chaos  # every test here kills Redis or workers
+
 
 def slow_spec(**settings: object):  # type: ignore[no-untyped-def]
     base: dict[str, object] = {"batch_bytes": 2048, "claim_idle_ms": 1000, "batch_entries": 2}
@@ -78,6 +80,7 @@ def test_redis_restarted_empty_fails_loudly(tmp_path: Path, slow_env: None) -> N
         assert killed and server.restarts == 1
 
 
+@pytest.mark.slow
 def test_primary_killed_sentinel_failover(tmp_path: Path, slow_env: None) -> None:
     paths = write_corpus(tmp_path, n_files=3, kb=30)
     with LocalRun(replicas=2, persistence="none") as env:
@@ -105,7 +108,7 @@ def test_wait_replicas_after_commits(tmp_path: Path) -> None:
         rep = env.run(wordcount_spec(wait_replicas=1, wait_timeout_ms=2000),
                       inputs=[str(p) for p in paths], workers=2, timeout_s=60)
         assert rep.result == reference_wordcount(paths)
-        assert rep.status.counters.get("s0:wait_short", 0) == 0
+        assert rep.status.stages[0].wait_short == 0
 
 
 def _respawning_chaos(url: str, job: str, every_s: float, kills: list[int],

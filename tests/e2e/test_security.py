@@ -118,7 +118,7 @@ def _attack(attacker: redis.Redis, job: Job, spec_data: dict[str, Any], marker: 
 def _refused_run(admin: redis.Redis, job: Job) -> str:
     """Drive the job as the coordinator does; it must fail; returns the error."""
     with pytest.raises(JobFailed) as info:
-        drive(admin, job, timeout_s=30)
+        drive(admin, job, timeout_s=90)
     fail(admin, job, str(info.value))
     return str(info.value)
 
@@ -176,8 +176,8 @@ def test_the_signed_job_runs_as_worker(tmp_path: Path, admin: redis.Redis,
     job, words = _submit(admin, tmp_path, "sec-legit")
     proc = _worker(srv, tmp_path / "worker.log", "--job", job.id, "--burst")
     try:
-        result = drive(admin, job, timeout_s=30)
-        assert proc.wait(20) == 0
+        result = drive(admin, job, timeout_s=90)
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             _stop(proc)
@@ -193,7 +193,7 @@ def test_a_signed_pipe_really_runs_its_command(tmp_path: Path, admin: redis.Redi
                          _spec({"op": "pipe", "cmd": ["sh", "-c", f"touch {marker}; cat"]}))
     proc = _worker(srv, tmp_path / "worker.log", "--job", job.id, "--burst", "--allow-exec")
     try:
-        assert drive(admin, job, timeout_s=30) == Counter(words)
+        assert drive(admin, job, timeout_s=90) == Counter(words)
     finally:
         _stop(proc)
     assert marker.exists()
@@ -220,7 +220,7 @@ def test_a_worker_without_the_key_runs_nothing(tmp_path: Path, admin: redis.Redi
     job, _ = _submit(admin, tmp_path, "sec-nokey")
     log = tmp_path / "worker.log"
     proc = _worker(srv, log, "--job", job.id, key=None)
-    assert proc.wait(20) == 2
+    assert proc.wait(60) == 2
     lines = log.read_text().strip().splitlines()
     assert len(lines) == 1 and "RAINSTORM_SECRET" in lines[0], lines
     assert "--insecure-accept-unsigned" in lines[0]
@@ -244,8 +244,8 @@ def test_dev_mode_runs_unsigned_specs_and_says_so(tmp_path: Path, admin: redis.R
     log = tmp_path / "worker.log"
     proc = _worker(srv, log, "--insecure-accept-unsigned", key=None)  # every job
     try:
-        assert drive(admin, job, timeout_s=30) == Counter(w.upper() for w in words)
-        wait_for(lambda: INSECURE_WARNING in log.read_text(), 10, "the warning")
+        assert drive(admin, job, timeout_s=90) == Counter(w.upper() for w in words)
+        wait_for(lambda: INSECURE_WARNING in log.read_text(), 60, "the warning")
         marker = tmp_path / "pwned"
         evil, _ = _submit(admin, tmp_path, "sec-dev-evil", unsigned=True)
         _attack(attacker, evil, _spec({"op": "map", "fn": "tests.hostile.mod:os.system"}),
@@ -376,7 +376,7 @@ def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
     job, words = _submit(admin, tmp_path, "sealed", data=_spec({"op": "map", "fn": "lower"}))
     proc = _worker(srv, tmp_path / "w.log", "--job", job.id, "--burst")
     try:
-        assert drive(admin, job, timeout_s=30) == Counter(words)
+        assert drive(admin, job, timeout_s=90) == Counter(words)
     finally:
         _stop(proc)
     url = service_url("coordinator", srv)
@@ -421,7 +421,7 @@ def test_a_finished_records_result_cannot_be_changed_unnoticed(
     job, words = _submit(admin, tmp_path, "sealed-records", data=data)
     proc = _worker(srv, tmp_path / "w.log", "--job", job.id, "--burst")
     try:
-        assert sorted(drive(admin, job, timeout_s=30)) == sorted(w.upper() for w in words)
+        assert sorted(drive(admin, job, timeout_s=90)) == sorted(w.upper() for w in words)
     finally:
         _stop(proc)
     url = service_url("coordinator", srv)

@@ -6,6 +6,8 @@ the flush is cut off half-way."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from rainstorm.job import encode_records
 from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import parse_spec
-from tests.helpers import Streaming, counters, stop_all, wait_for, worker
+from tests.helpers import Streaming, counters, stop_all, stopped_holding, wait_for, worker
 
 
 def _pending(r: redis.Redis, job: str, parts: int) -> int:
@@ -43,9 +45,12 @@ def test_kill_job_keep_with_a_batch_in_flight_loses_nothing_from_the_sink(
     # 10 records per batch at 60 ms each: a stop lands in the middle of one
     procs = [worker(url, "--job", run.job.id, "--burst", RAINSTORM_TEST_SLOW_MS="60")]
     try:
+        # the worker is stopped while it holds a batch: the stop lands mid-batch for sure
         wait_for(lambda: counters(r, run.job.id).get("s0:committed", 0) >= 4
-                 and _pending(r, run.job.id, 2) > 0, 60, "commits, and a batch in flight")
+                 and stopped_holding(r, run.job, procs[0].pid), 60,
+                 "commits, and a batch in flight", every_s=0.02)
         kill_job(r, run.job.id, keep=True)  # what `kill-job --keep` does, at this instant
+        os.kill(procs[0].pid, signal.SIGCONT)
         run.stopped()
         assert procs[0].wait(60) == 0  # burst: it finished its batch (refused) and left
     finally:

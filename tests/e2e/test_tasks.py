@@ -14,6 +14,7 @@ from rainstorm.coordinator.driver import drive
 from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
 from rainstorm.local.run import prepare
+from rainstorm.ops.tasks import throttle
 from tests.conftest import write_corpus
 from tests.helpers import cli, start_worker, wait_for, wordcount_spec
 
@@ -23,7 +24,10 @@ def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) ->
     spec = wordcount_spec("tests.ops:slow_split", batch_bytes=2048, batch_entries=2)
     job, files = prepare(spec, [str(p) for p in paths], "tasks")
     submit(r, job, files)
-    procs = [start_worker(url, job.id, RAINSTORM_TEST_SLOW_MS="5") for _ in range(2)]
+    # loading is throttled so the job outlasts the inspection below on any machine
+    # (kill-job ends it as soon as both workers and a held entry have been seen)
+    throttle(r, job.id, 10)
+    procs = [start_worker(url, job.id, RAINSTORM_TEST_SLOW_MS="50") for _ in range(2)]
     seen: dict[str, object] = {}
 
     def inspect(_status: object) -> None:
@@ -40,9 +44,9 @@ def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) ->
 
     try:
         with pytest.raises(JobFailed, match="cancelled"):
-            drive(r, job, on_progress=inspect, timeout_s=60)
+            drive(r, job, on_progress=inspect, timeout_s=150)
         for p in procs:  # burst workers leave once their job is gone
-            p.wait(30)
+            p.wait(60)
     finally:
         for p in procs:
             p.kill()
@@ -62,4 +66,4 @@ def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) ->
     assert left == [] and not r.sismember(keys.JOBS, job.id)
     unknown = cli(url, "kill-job", "nope")
     assert unknown.returncode == 2 and "no such job: nope" in unknown.stderr
-    wait_for(lambda: all(p.poll() is not None for p in procs), 10, "workers to exit")
+    wait_for(lambda: all(p.poll() is not None for p in procs), 60, "workers to exit")

@@ -8,6 +8,7 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.operators import aggregates
+from rainstorm.protocol.counters import StageCounter
 
 JOB = "proto"
 S0 = keys.stage_stream(JOB, 0, 0)
@@ -40,7 +41,7 @@ def test_commit_acks_emits_and_deletes(r: redis.Redis) -> None:
     inputs = setup_entries(r)
     delta = aggregates.encode({"line": 3})
     req = request(inputs, delta=delta, outputs=[(S1, "b.0", b"payload")],
-                  emit_field=keys.counter_field(1, "emitted"))
+                  emit_field=keys.counter_field(1, StageCounter.EMITTED))
     assert lua.commit(r, req).status == "ok"
     assert r.xlen(S0) == 0 and r.xpending(S0, keys.group(0))["pending"] == 0
     assert r.xlen(S1) == 1 and r.xlen(keys.state_log(JOB, 0)) == 1
@@ -172,7 +173,7 @@ def test_requeue_moves_a_dead_entry_back_once(r: redis.Redis) -> None:
     assert back == {b"u": b"rq1", b"d": fields[b"d"]} == {b"u": b"rq1", b"d": b"line 0\n"}
 
 
-MAX_EVENT = keys.counter_field(0, "max_event_us")
+MAX_EVENT = keys.counter_field(0, StageCounter.MAX_EVENT_US)
 
 
 def test_window_guard_refuses_a_commit_into_a_closed_window(r: redis.Redis) -> None:

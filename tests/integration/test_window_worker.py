@@ -1,26 +1,29 @@
 """A worker whose batch counts into a window that another commit closes
 meanwhile: Redis refuses the commit, the worker recomputes with the new
-watermark, and the record goes to the late stream instead (real server)."""
+watermark, and the record goes to the late stream instead (real server).
+
+The race is produced for real: the worker's step is given the watermark it
+read before another worker's commit moved it (the step's only input for
+it), and that commit's effect is written to the counters hash first."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
 import redis
 
-from rainstorm import keys, lua
+from rainstorm import keys
 from rainstorm.coordinator.submit import submit
 from rainstorm.job import decode_records, encode_records
 from rainstorm.local.run import prepare
+from rainstorm.monitor import read_max_event
+from rainstorm.protocol.entries import data_of, entry_fields
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
+from rainstorm.worker.batch import entry_of
 from rainstorm.worker.loop import Worker, WorkerOptions
-from tests.helpers import counters, wait_for
+from tests.helpers import counters
 
 
-def test_a_commit_into_a_window_closed_meanwhile_is_recomputed(
-        r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commit_into_a_window_closed_meanwhile_is_recomputed(r: redis.Redis) -> None:
     spec = parse_spec({
         "name": "wk", "source": {"type": "stream", "key": "ev", "field": None},
         "pipeline": [{"op": "key_by", "fn": "field", "args": {"name": "user"}},
@@ -29,31 +32,47 @@ def test_a_commit_into_a_window_closed_meanwhile_is_recomputed(
         "settings": {"parallelism": 1}})
     job, files = prepare(spec, None, "wk")
     submit(r, job, files)
-    early, later = {"user": "a", "ts": "5"}, {"user": "a", "ts": "15.5"}
-    r.xadd(keys.stage_stream(job.id, 0, 0), {"u": "x1", "d": encode_records([early, later])})
-    r.hincrby(keys.counters(job.id), "s0:emitted", 1)
-    real = lua.commit
-    calls: list[str] = []
-
-    def racing(client: redis.Redis, req: lua.CommitRequest) -> lua.CommitResult:
-        if not calls:  # another worker's commit lands first: W = 12 s closes [0, 10)
-            r.hset(keys.counters(job.id), "s0:max_event_us", 12_000_000)
-        res = real(client, req)
-        calls.append(res.status)
-        return res
-
-    monkeypatch.setattr(lua, "commit", racing)
-    worker = Worker(r, WorkerOptions(job=job.id, block_ms=10))
-
-    def committed() -> Any:
-        worker._tick()
-        return counters(r, job.id).get("s0:committed") == 1
-
-    wait_for(committed, 20, "the entry to be committed")
-    assert calls == ["closed", "ok"]
+    with Worker(r, WorkerOptions(job=job.id)) as worker:
+        assert worker.run_once().idle  # adopts the job; nothing to read yet
+        early, later = {"user": "a", "ts": "5"}, {"user": "a", "ts": "15.5"}
+        stream = keys.stage_stream(job.id, 0, 0)
+        r.xadd(stream, entry_fields("x1", encode_records([early, later])))
+        r.hincrby(keys.counters(job.id), "s0:emitted", 1)
+        ((_, rows),) = r.xreadgroup(keys.group(0), worker.id, {stream: ">"})
+        entries = [entry_of(stream, id_.decode(), f) for id_, f in rows]
+        seen = read_max_event(r, job.id, 0)  # the watermark this worker read: none yet
+        assert seen is None
+        # another worker's commit lands first: W = 12 s closes [0, 10)
+        r.hset(keys.counters(job.id), "s0:max_event_us", 12_000_000)
+        out = worker.step.run(worker.jobs[job.id], 0, entries, seen)
+    assert (out.commits, out.committed, out.failed, out.dead_lettered) == (1, 1, 0, 0)
     assert read_state(r, job) == {"10|a": 1}  # counted only where still open
     (_, fields), = r.xrange(keys.late(job.id))
-    assert [tuple(x) for x in decode_records(fields[b"d"])] == [("a", early)]
+    assert [tuple(x) for x in decode_records(data_of(fields))] == [("a", early)]
     c = counters(r, job.id)
     assert c["s0:late_records"] == 1 and c["s0:closed_retries"] == 1
     assert c["s0:max_event_us"] == 15_500_000 and "s0:late_windows" not in c
+    assert c["s0:committed"] == 1
+
+
+def test_run_once_windows_against_the_watermark_in_redis(r: redis.Redis) -> None:
+    """run_once reads the watermark itself: a record behind it is late at once."""
+    spec = parse_spec({
+        "name": "wk2", "source": {"type": "stream", "key": "ev", "field": None},
+        "pipeline": [{"op": "key_by", "fn": "field", "args": {"name": "user"}},
+                     {"op": "window", "time": "field", "args": {"name": "ts"}, "size_s": 10},
+                     {"op": "count"}],
+        "settings": {"parallelism": 1}})
+    job, files = prepare(spec, None, "wk2")
+    submit(r, job, files)
+    r.hset(keys.counters(job.id), "s0:max_event_us", 12_000_000)
+    r.xadd(keys.stage_stream(job.id, 0, 0),
+           entry_fields("x1", encode_records([{"user": "b", "ts": "3"},
+                                              {"user": "b", "ts": "14"}])))
+    r.hincrby(keys.counters(job.id), "s0:emitted", 1)
+    with Worker(r, WorkerOptions(job=job.id)) as worker:
+        report = worker.run_once()
+    assert (report.committed, report.batches, report.idle) == (1, 1, False)
+    assert read_state(r, job) == {"10|b": 1}
+    assert counters(r, job.id)["s0:late_records"] == 1
+    assert "s0:closed_retries" not in counters(r, job.id)  # never refused: computed right

@@ -19,6 +19,7 @@ from rainstorm.worker.batch import Entry, entry_of
 from rainstorm.worker.isolate import run_forked
 from rainstorm.worker.keepalive import InFlight, KeepAlive
 from rainstorm.worker.timeout import ticked
+from tests.helpers import wait_for
 
 STREAM, GROUP = "rs:{kj}:s0:p0", "g0"
 
@@ -38,15 +39,14 @@ def test_renew_keeps_own_entries_fresh_without_counting_a_delivery(r: redis.Redi
     theirs = r.xadd(STREAM, {"u": "b", "d": b"y"}).decode()
     r.xreadgroup(GROUP, "me", {STREAM: ">"}, count=2)
     r.xclaim(STREAM, GROUP, "thief", 0, [theirs])  # stolen: no longer mine
-    wait = time.monotonic() + 5
-    while _pending(r, mine)["time_since_delivered"] < 120 and time.monotonic() < wait:
-        time.sleep(0.01)  # let the entries age (bounded)
+    # let the entries age well past what a renew (however slow the machine) leaves
+    wait_for(lambda: _pending(r, mine)["time_since_delivered"] >= 600, 30, "the entries to age")
     entries = [Entry(STREAM, mine, "a", b"x"), Entry(STREAM, theirs, "b", b"y")]
     cur = InFlight("kj", 0, GROUP, entries, every_s=0.2)
     assert _keepalive(r, "me").renew(cur) == 1
     row = _pending(r, mine)
     assert row["consumer"] == b"me" and row["times_delivered"] == 1
-    assert row["time_since_delivered"] < 100  # idle reset
+    assert row["time_since_delivered"] < 500  # idle reset
     assert _pending(r, theirs)["consumer"] == b"thief"  # never taken back
 
 
@@ -105,7 +105,7 @@ def test_run_forked_bounds_a_hang() -> None:
     t0 = time.monotonic()
     with pytest.raises(OperatorTimeout, match="isolated process"):
         run_forked(swallow, 1.0)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 20  # killed, not left to its 30 s loop
 
 
 def test_run_forked_passes_a_timeout_back() -> None:

@@ -7,6 +7,15 @@ from typing import Any
 
 import pytest
 
+from rainstorm.latency import Histogram
+from rainstorm.monitor import (
+    JobView,
+    PartitionView,
+    Snapshot,
+    StageCounts,
+    StageView,
+    WorkerView,
+)
 from rainstorm.ops.dashboard.metrics import CONTENT_TYPE, escape_label, render
 
 parser = pytest.importorskip("prometheus_client.parser",
@@ -18,39 +27,46 @@ INF = float("inf")
 
 
 def _stage(index: int, *, emitted: int, committed: int, dead: int, parts: list[tuple[int, int]],
-           buckets: list[tuple[float, int]], count: int, sum_s: float) -> dict[str, Any]:
-    rows = [{"partition": k, "stream": f"rs:{{j}}:s{index}:p{k}", "entries": u + p, "unread": u,
-             "pending": p, "holders": {"w1": p} if p else {}} for k, (u, p) in enumerate(parts)]
-    return {"index": index, "label": f"stage {index}", "partitions": len(parts),
-            "aggregate": index == 1, "emitted": emitted, "committed": committed, "dead": dead,
-            "rejected": 3 + index, "claimed": 5 + index, "records_in": 1000 + index,
-            "records_out": 900 + index, "backlog": max(emitted - committed - dead, 0),
-            "partition_rows": rows, "pending": sum(p for _, p in parts),
-            "latency": {"buckets": buckets, "sum_s": sum_s, "count": count}}
+           buckets: list[tuple[float, int]], count: int, sum_s: float) -> StageView:
+    rows = [PartitionView(partition=k, stream=f"rs:{{j}}:s{index}:p{k}", entries=u + p,
+                          unread=u, pending=p, holders={"w1": p} if p else {})
+            for k, (u, p) in enumerate(parts)]
+    counts = StageCounts(index, emitted=emitted, committed=committed, dead=dead,
+                         rejected=3 + index, claimed=5 + index, records_in=1000 + index,
+                         records_out=900 + index, latency=Histogram(buckets, sum_s, count))
+    return StageView(index=index, label=f"stage {index}", partitions=len(parts),
+                     aggregate="count" if index == 1 else None, counts=counts, capacity=0,
+                     partition_rows=rows)
 
 
-def make_snapshot() -> dict[str, Any]:
+def _job(id_: str, name: str | None, state: str, stages: list[StageView], *, done: int,
+         dead_letters: int) -> JobView:
+    """A job whose progress is ``done`` / 4 of its input."""
+    return JobView(id=id_, state=state, error=None, incomplete=False, refused=None,
+                   loaded=done == 4, unbounded=False, total_bytes=4, bytes_done=done,
+                   dead_letters=dead_letters, name=name, stages=stages)
+
+
+def _worker(id_: str, state: str, age: float, batches: int) -> WorkerView:
+    return WorkerView(id=id_, host="h", pid=1, container=None, heartbeat_age_s=age,
+                      state=state, busy=False, current="", batches=batches, busy_s=0.0,
+                      last_seen=0.0, job=None, stage=None, uptime_s=1.0)
+
+
+def make_snapshot() -> Snapshot:
     s0 = _stage(0, emitted=40, committed=31, dead=1, parts=[(4, 2), (1, 1)],
                 buckets=[(0.0005, 0), (0.001, 4), (0.0025, 10), (INF, 12)], count=12,
                 sum_s=0.0213)
     # a sample taken mid-heartbeat: count and buckets disagree by one
     s1 = _stage(1, emitted=20, committed=20, dead=0, parts=[(0, 0), (0, 0)],
                 buckets=[(0.0005, 1), (0.001, 2), (0.0025, 2), (INF, 7)], count=8, sum_s=0.5)
-    return {
-        "time": 1_700_000_000.0,
-        "jobs": [
-            {"id": ODD_JOB, "name": "wc", "state": "running", "progress": 0.25,
-             "dead_letters": 2, "stages": [s0, s1]},
-            {"id": "old", "name": "wc", "state": "done", "progress": 1.0, "dead_letters": 0,
-             "stages": []},
-            {"id": "odd", "name": None, "state": "broken", "progress": 0.0, "dead_letters": 0,
-             "stages": []},
-        ],
-        "workers": [
-            {"id": ODD_WORKER, "state": "alive", "heartbeat_age_s": 0.4, "batches": 17},
-            {"id": "w-dead", "state": "dead", "heartbeat_age_s": 12.5, "batches": 3},
-        ],
-    }
+    return Snapshot(
+        time=1_700_000_000.0,
+        jobs=[_job(ODD_JOB, "wc", "running", [s0, s1], done=1, dead_letters=2),
+              _job("old", "wc", "done", [], done=4, dead_letters=0),
+              _job("odd", None, "broken", [], done=0, dead_letters=0)],
+        workers=[_worker(ODD_WORKER, "alive", 0.4, 17), _worker("w-dead", "dead", 12.5, 3)],
+    )
 
 
 def parse(text: str) -> dict[str, dict[str, Any]]:
@@ -75,7 +91,7 @@ def key(**labels: Any) -> tuple[Any, ...]:
 def test_stage_gauges_and_counters_match_the_snapshot() -> None:
     snap = make_snapshot()
     fams = parse(render(snap))
-    job = snap["jobs"][0]
+    job = snap.jobs[0]
     expect = {
         "rainstorm_stage_backlog_entries": ("gauge", "backlog"),
         "rainstorm_stage_pending_entries": ("gauge", "pending"),
@@ -90,8 +106,8 @@ def test_stage_gauges_and_counters_match_the_snapshot() -> None:
         fam = sample.removesuffix("_total")
         assert fams[fam]["type"] == kind, sample
         got = values(fams, sample)
-        assert got == {key(job_id=ODD_JOB, stage=st["index"]): st[field]
-                       for st in job["stages"]}, sample
+        assert got == {key(job_id=ODD_JOB, stage=st.index): st.to_json()[field]
+                       for st in job.stages}, sample
     # the numbers are the snapshot's, not recomputed: spot-check a few literally
     assert values(fams, "rainstorm_stage_backlog_entries")[key(job_id=ODD_JOB, stage=0)] == 8
     assert values(fams, "rainstorm_stage_stolen_entries_total")[key(job_id=ODD_JOB, stage=1)] == 6
@@ -121,29 +137,30 @@ def test_latency_histogram() -> None:
     fams = parse(render(snap))
     hist = fams["rainstorm_commit_latency_seconds"]
     assert hist["type"] == "histogram"
-    for st in snap["jobs"][0]["stages"]:
-        lab = {"job_id": ODD_JOB, "stage": str(st["index"])}
+    for st in snap.jobs[0].stages:
+        lab = {"job_id": ODD_JOB, "stage": str(st.index)}
         buckets = [(float(labels["le"]), v) for name, labels, v in hist["samples"]
                    if name.endswith("_bucket") and labels.items() >= lab.items()]
         les = [le for le, _ in buckets]
         assert les == sorted(les) and math.isinf(les[-1])
         counts = [v for _, v in buckets]
         assert counts == sorted(counts), "cumulative buckets must not decrease"
-        assert [le for le, _ in st["latency"]["buckets"]] == les
-        assert counts == [c for _, c in st["latency"]["buckets"]]
+        assert [le for le, _ in st.counts.latency.buckets] == les
+        assert counts == [c for _, c in st.counts.latency.buckets]
         (count,) = [v for name, labels, v in hist["samples"]
                     if name.endswith("_count") and labels == lab]
         (total,) = [v for name, labels, v in hist["samples"]
                     if name.endswith("_sum") and labels == lab]
         assert count == counts[-1], "+Inf bucket must equal _count"
-        assert total == pytest.approx(st["latency"]["sum_s"])
+        assert total == pytest.approx(st.counts.latency.sum_s)
     (count0,) = [v for n, lab, v in hist["samples"] if n.endswith("_count") and lab["stage"] == "0"]
     assert count0 == 12
 
 
 def test_non_monotonic_buckets_are_repaired() -> None:
     snap = make_snapshot()
-    snap["jobs"][0]["stages"][0]["latency"]["buckets"] = [(0.001, 5), (0.01, 4), (INF, 6)]
+    st = snap.jobs[0].stages[0]
+    st.counts = StageCounts(0, latency=Histogram([(0.001, 5), (0.01, 4), (INF, 6)], 0.1, 6))
     fams = parse(render(snap))
     got = [v for n, lab, v in fams["rainstorm_commit_latency_seconds"]["samples"]
            if n.endswith("_bucket") and lab["stage"] == "0"]
@@ -185,7 +202,7 @@ def test_redis_down_exposes_only_redis_up() -> None:
 
 
 def test_empty_snapshot() -> None:
-    fams = parse(render({"time": 0.0, "jobs": [], "workers": []}))
+    fams = parse(render(Snapshot(0.0, [], [])))
     assert values(fams, "rainstorm_jobs") == {key(state=s): 0
                                                for s in ("running", "done", "failed",
                                                          "cancelled")}

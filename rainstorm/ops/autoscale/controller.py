@@ -12,16 +12,38 @@ import json
 import logging
 import threading
 import time
-from typing import IO, Any
+from dataclasses import asdict, dataclass
+from typing import IO
 
 import redis
 
 from rainstorm import monitor
 from rainstorm.connection import REDIS_DOWN
+from rainstorm.monitor import Rates, StageView, WorkerView
 from rainstorm.ops.autoscale.backends import Backend
 from rainstorm.ops.autoscale.policy import Observation, ScalePolicy, StageScaler
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    """One look at one stage: the numbers behind the decision, and the decision."""
+
+    t: float
+    job: str
+    stage: int
+    workers: int
+    in_rate: float
+    out_rate: float
+    backlog: int
+    backlog_s: float
+    utilization: float | None
+    change: int  # workers started (> 0) or stopped (< 0)
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
 
 
 class Autoscaler:
@@ -36,49 +58,49 @@ class Autoscaler:
         self.scalers: dict[tuple[str, int], StageScaler] = {}
         self._busy: dict[str, tuple[float, float]] = {}  # worker -> (last_seen, busy_s)
         self._util: dict[tuple[str, int], float] = {}
-        self.decisions: list[dict[str, Any]] = []  # the changes made, for reports
+        self.decisions: list[ScaleRow] = []  # the changes made, for reports
 
     def _utilization(self, job: str, stage: int, ids: list[str],
-                     beats: dict[str, dict[str, Any]]) -> float | None:
+                     beats: dict[str, WorkerView]) -> float | None:
         """Busy fraction of the stage's workers between their last two
         heartbeats (None until two heartbeats of one of them were seen).
         Heartbeats come every second: between them the last value holds."""
         busy = span = 0.0
         for wid in ids:
             w = beats.get(wid)
-            if not w or w["state"] != "alive":
+            if not w or not w.alive:
                 continue
             prev = self._busy.get(wid)
-            self._busy[wid] = (w["last_seen"], w["busy_s"])
-            if prev and w["last_seen"] > prev[0]:
-                busy += max(w["busy_s"] - prev[1], 0.0)
-                span += w["last_seen"] - prev[0]
+            self._busy[wid] = (w.last_seen, w.busy_s)
+            if prev and w.last_seen > prev[0]:
+                busy += max(w.busy_s - prev[1], 0.0)
+                span += w.last_seen - prev[0]
         if span > 0:
             self._util[(job, stage)] = min(busy / span, 1.0)
         return self._util.get((job, stage))
 
-    def tick(self) -> list[dict[str, Any]]:
+    def tick(self) -> list[ScaleRow]:
         """One look at every running job; returns the rows it logged."""
         snap = self.rates.update(monitor.snapshot(self.r, self.job_id))
-        beats = {w["id"]: w for w in snap["workers"]}
+        beats = {w.id: w for w in snap.workers}
         rows = []
-        for job in snap["jobs"]:
-            if job["state"] != "running":
-                self._retire(job["id"], len(job["stages"]))
+        for job in snap.jobs:
+            if job.state != "running":
+                self._retire(job.id, len(job.stages))
                 continue
-            for st in job["stages"]:
-                rows.append(self._stage(snap["time"], job["id"], st, beats))
+            for st in job.stages:
+                rows.append(self._stage(snap.time, job.id, st, beats))
         return rows
 
-    def _stage(self, t: float, job: str, st: dict[str, Any],
-               beats: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        stage = st["index"]
+    def _stage(self, t: float, job: str, st: StageView,
+               beats: dict[str, WorkerView]) -> ScaleRow:
+        stage = st.index
         ids = self.backend.running(job, stage)
-        obs = Observation(t=t, workers=len(ids), in_rate=st["in_rate"], out_rate=st["out_rate"],
-                          backlog=st["backlog"], utilization=self._utilization(job, stage, ids,
-                                                                               beats),
-                          capacity=st["capacity"],
-                          queued=sum(p["unread"] for p in st["partition_rows"]))
+        rates = st.rates or Rates(0.0, 0.0, 0.0)  # set: the tracker has seen it
+        obs = Observation(t=t, workers=len(ids), in_rate=rates.in_rate,
+                          out_rate=rates.out_rate, backlog=st.backlog,
+                          utilization=self._utilization(job, stage, ids, beats),
+                          capacity=st.capacity, queued=st.unread)
         scaler = self.scalers.setdefault((job, stage), StageScaler(self.policy))
         decision = scaler.decide(obs)
         if decision.change > 0:
@@ -87,20 +109,21 @@ class Autoscaler:
         elif decision.change < 0:
             for wid in ids[decision.change:]:  # the newest ones
                 self.backend.stop(wid)
-        row = {"t": round(t, 3), "job": job, "stage": stage, "workers": obs.workers,
-               "in_rate": obs.in_rate, "out_rate": obs.out_rate, "backlog": obs.backlog,
-               "backlog_s": round(min(obs.backlog_s, 1e9), 2),
-               "utilization": None if obs.utilization is None else round(obs.utilization, 3),
-               "change": decision.change, "reason": decision.reason}
+        row = ScaleRow(t=round(t, 3), job=job, stage=stage, workers=obs.workers,
+                       in_rate=obs.in_rate, out_rate=obs.out_rate, backlog=obs.backlog,
+                       backlog_s=round(min(obs.backlog_s, 1e9), 2),
+                       utilization=None if obs.utilization is None
+                       else round(obs.utilization, 3),
+                       change=decision.change, reason=decision.reason)
         if decision.change:
             self.decisions.append(row)
             log.info("autoscale %s stage %d: %+d worker(s) (%d -> %d): %s; in %.0f/s, "
                      "out %.0f/s, backlog %d entries, utilization %s", job, stage,
                      decision.change, obs.workers, obs.workers + decision.change,
                      decision.reason, obs.in_rate, obs.out_rate, obs.backlog,
-                     row["utilization"])
+                     row.utilization)
         if self.trace:
-            self.trace.write(json.dumps(row) + "\n")
+            self.trace.write(json.dumps(row.to_json()) + "\n")
             self.trace.flush()
         return row
 

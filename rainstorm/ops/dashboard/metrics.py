@@ -1,7 +1,9 @@
-"""Prometheus text exposition (format 0.0.4) of a :func:`rainstorm.monitor.snapshot`.
+"""Prometheus text exposition (format 0.0.4) of a :class:`rainstorm.monitor.Snapshot`.
 
-A pure function of the snapshot: no Redis access, no global registry, so it
-is trivially testable and the dashboard serves whatever it sampled last.
+A pure function of the snapshot (typed views, read by attribute; the stage
+counters by their :class:`~rainstorm.protocol.counters.StageCounter` names):
+no Redis access, no global registry, so it is trivially testable and the
+dashboard serves whatever it sampled last.
 
 Label ``job_id`` (not ``job``, which Prometheus reserves for the scrape job)
 names a rainstorm job, ``stage`` its stage index, ``partition`` a partition
@@ -14,6 +16,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from rainstorm.latency import Histogram
+from rainstorm.monitor import Snapshot, StageView
+from rainstorm.protocol.counters import StageCounter
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 JOB_STATES = ("running", "done", "failed", "cancelled")
@@ -21,24 +27,29 @@ JOB_STATES = ("running", "done", "failed", "cancelled")
 Labels = dict[str, Any]
 Sample = tuple[str, Labels, float | int]
 
-# (metric name, snapshot stage field, help)
+# (metric name, stage view property, help)
 _STAGE_GAUGES = (
     ("rainstorm_stage_backlog_entries", "backlog",
      "Entries emitted into the stage and not yet committed or dead-lettered."),
     ("rainstorm_stage_pending_entries", "pending",
      "Entries read by a worker and not yet committed (XPENDING)."),
 )
+# (metric name, stage counter, help)
 _STAGE_COUNTERS = (
-    ("rainstorm_stage_emitted_entries_total", "emitted", "Entries emitted into the stage."),
-    ("rainstorm_stage_committed_entries_total", "committed",
+    ("rainstorm_stage_emitted_entries_total", StageCounter.EMITTED,
+     "Entries emitted into the stage."),
+    ("rainstorm_stage_committed_entries_total", StageCounter.COMMITTED,
      "Entries of the stage committed exactly once."),
-    ("rainstorm_stage_records_in_total", "records_in", "Records processed by the stage."),
-    ("rainstorm_stage_records_out_total", "records_out", "Records the stage emitted."),
-    ("rainstorm_stage_rejected_commits_total", "rejected",
+    ("rainstorm_stage_records_in_total", StageCounter.RECORDS_IN,
+     "Records processed by the stage."),
+    ("rainstorm_stage_records_out_total", StageCounter.RECORDS_OUT,
+     "Records the stage emitted."),
+    ("rainstorm_stage_rejected_commits_total", StageCounter.REJECTED,
      "Commits refused because their inputs were no longer pending (stolen or replayed)."),
-    ("rainstorm_stage_stolen_entries_total", "claimed",
+    ("rainstorm_stage_stolen_entries_total", StageCounter.CLAIMED,
      "Entries stolen from idle or dead workers with XAUTOCLAIM."),
-    ("rainstorm_stage_dead_letters_total", "dead", "Entries of the stage dead-lettered."),
+    ("rainstorm_stage_dead_letters_total", StageCounter.DEAD,
+     "Entries of the stage dead-lettered."),
 )
 
 
@@ -87,12 +98,11 @@ class _Out:
         return "\n".join(self.lines) + "\n"
 
 
-def _stage_rows(snap: dict[str, Any]) -> list[tuple[Labels, dict[str, Any]]]:
-    return [({"job_id": job["id"], "stage": st["index"]}, st)
-            for job in snap.get("jobs", []) for st in job.get("stages", [])]
+def _stage_rows(snap: Snapshot) -> list[tuple[Labels, StageView]]:
+    return [({"job_id": job.id, "stage": st.index}, st) for job in snap.jobs for st in job.stages]
 
 
-def _histogram(labels: Labels, latency: dict[str, Any]) -> list[Sample]:
+def _histogram(labels: Labels, latency: Histogram) -> list[Sample]:
     """Cumulative ``_bucket`` samples, then ``_sum`` and ``_count``.  The
     counts are made monotonic and ``_count`` is the +Inf bucket, whatever
     a sample taken mid-heartbeat may hold."""
@@ -100,80 +110,74 @@ def _histogram(labels: Labels, latency: dict[str, Any]) -> list[Sample]:
     out: list[Sample] = []
     running = 0
     saw_inf = False
-    for le, cum in latency.get("buckets", []):
+    for le, cum in latency.buckets:
         running = max(running, int(cum))
         le_f = float(le)
         saw_inf = saw_inf or math.isinf(le_f)
         out.append((f"{name}_bucket", {**labels, "le": format_value(le_f)}, running))
     if not saw_inf:
-        running = max(running, int(latency.get("count", 0)))
+        running = max(running, int(latency.count))
         out.append((f"{name}_bucket", {**labels, "le": "+Inf"}, running))
-    out.append((f"{name}_sum", labels, float(latency.get("sum_s", 0.0))))
+    out.append((f"{name}_sum", labels, float(latency.sum_s)))
     out.append((f"{name}_count", labels, running))
     return out
 
 
-def _job_families(out: _Out, snap: dict[str, Any], redis_up: bool) -> None:
-    jobs = snap.get("jobs", [])
+def _job_families(out: _Out, snap: Snapshot, redis_up: bool) -> None:
+    jobs = snap.jobs
     by_state: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
     for job in jobs:
-        by_state[str(job.get("state"))] = by_state.get(str(job.get("state")), 0) + 1
+        by_state[job.state] = by_state.get(job.state, 0) + 1
     out.family("rainstorm_jobs", "gauge", "Jobs known to Redis, by state.",
                [("rainstorm_jobs", {"state": s}, n) for s, n in by_state.items()]
                if redis_up else [])
     out.family("rainstorm_job_progress_ratio", "gauge",
                "Share of the job's input bytes its first stage has committed (0..1).",
-               [("rainstorm_job_progress_ratio", {"job_id": j["id"], "name": j.get("name") or ""},
-                 float(j.get("progress", 0.0))) for j in jobs])
+               [("rainstorm_job_progress_ratio", {"job_id": j.id, "name": j.name or ""},
+                 float(j.progress)) for j in jobs])
     out.family("rainstorm_job_dead_letters", "gauge",
                "Entries and records now in the job's dead-letter stream.",
-               [("rainstorm_job_dead_letters", {"job_id": j["id"]}, int(j.get("dead_letters", 0)))
-                for j in jobs])
+               [("rainstorm_job_dead_letters", {"job_id": j.id}, j.dead_letters) for j in jobs])
 
 
-def _stage_families(out: _Out, snap: dict[str, Any]) -> None:
+def _stage_families(out: _Out, snap: Snapshot) -> None:
     rows = _stage_rows(snap)
-    for name, field, help_ in _STAGE_GAUGES:
-        out.family(name, "gauge", help_, [(name, lab, int(st.get(field, 0))) for lab, st in rows])
-    for name, field, help_ in _STAGE_COUNTERS:
+    for name, prop, help_ in _STAGE_GAUGES:
+        out.family(name, "gauge", help_, [(name, lab, int(getattr(st, prop)))
+                                          for lab, st in rows])
+    for name, counter, help_ in _STAGE_COUNTERS:
         out.family(name, "counter", help_,
-                   [(name, lab, int(st.get(field, 0))) for lab, st in rows])
+                   [(name, lab, st.counts.get(counter)) for lab, st in rows])
     hist: list[Sample] = []
     for lab, st in rows:
-        if st.get("latency"):
-            hist.extend(_histogram(lab, st["latency"]))
+        hist.extend(_histogram(lab, st.counts.latency))
     out.family("rainstorm_commit_latency_seconds", "histogram",
                "Time a successful commit took (the FCALL plus any WAIT/WAITAOF).", hist)
-    parts: list[tuple[Labels, dict[str, Any]]] = [
-        ({**lab, "partition": p["partition"]}, p)
-        for lab, st in rows for p in st.get("partition_rows", [])]
+    parts = [({**lab, "partition": p.partition}, p) for lab, st in rows
+             for p in st.partition_rows]
     out.family("rainstorm_partition_unread_entries", "gauge",
                "Entries of a partition stream not yet read by any worker.",
-               [("rainstorm_partition_unread_entries", lab, int(p.get("unread", 0)))
-                for lab, p in parts])
+               [("rainstorm_partition_unread_entries", lab, p.unread) for lab, p in parts])
     out.family("rainstorm_partition_pending_entries", "gauge",
                "Entries of a partition stream read and not yet committed.",
-               [("rainstorm_partition_pending_entries", lab, int(p.get("pending", 0)))
-                for lab, p in parts])
+               [("rainstorm_partition_pending_entries", lab, p.pending) for lab, p in parts])
 
 
-def _worker_families(out: _Out, snap: dict[str, Any]) -> None:
-    ws = snap.get("workers", [])
+def _worker_families(out: _Out, snap: Snapshot) -> None:
+    ws = snap.workers
     out.family("rainstorm_worker_heartbeat_age_seconds", "gauge",
                "Seconds since the worker's last heartbeat.",
-               [("rainstorm_worker_heartbeat_age_seconds", {"worker": w["id"]},
-                 float(w.get("heartbeat_age_s", 0.0))) for w in ws])
+               [("rainstorm_worker_heartbeat_age_seconds", {"worker": w.id},
+                 float(w.heartbeat_age_s)) for w in ws])
     out.family("rainstorm_worker_up", "gauge",
                "1 if the worker's heartbeat is fresh (alive), 0 if it is silent (dead).",
-               [("rainstorm_worker_up", {"worker": w["id"]}, int(w.get("state") == "alive"))
-                for w in ws])
+               [("rainstorm_worker_up", {"worker": w.id}, int(w.alive)) for w in ws])
     out.family("rainstorm_worker_batches_total", "counter",
                "Batches the worker has committed since it started.",
-               [("rainstorm_worker_batches_total", {"worker": w["id"]},
-                 int(w.get("batches", 0) or 0)) for w in ws])
+               [("rainstorm_worker_batches_total", {"worker": w.id}, w.batches) for w in ws])
 
 
-def render(snap: dict[str, Any] | None, *, redis_up: bool = True,
+def render(snap: Snapshot | None, *, redis_up: bool = True,
            sample_age_s: float | None = None) -> str:
     """The exposition text of ``snap``.  With ``redis_up=False`` (the last
     sample failed) or no snapshot at all, only the meta metrics are exposed
@@ -186,7 +190,7 @@ def render(snap: dict[str, Any] | None, *, redis_up: bool = True,
         out.family("rainstorm_sample_age_seconds", "gauge",
                    "Seconds since the dashboard's last successful sample of Redis.",
                    [("rainstorm_sample_age_seconds", {}, float(sample_age_s))])
-    data = snap if (snap is not None and redis_up) else {"jobs": [], "workers": []}
+    data = snap if (snap is not None and redis_up) else Snapshot(0.0, [], [])
     _job_families(out, data, redis_up and snap is not None)
     _stage_families(out, data)
     _worker_families(out, data)

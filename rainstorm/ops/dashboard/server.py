@@ -1,11 +1,13 @@
 """The `rainstorm ui` web server: one sampler thread, a stdlib HTTP server.
 
 The sampler alone talks to Redis (one connection, read commands only): every
-``interval_s`` it takes a :func:`rainstorm.monitor.snapshot`, feeds it to a
-:class:`rainstorm.monitor.RateTracker` and reads the newest dead letters of
-jobs that have any.  It then publishes one immutable state dict; request
-threads only read the published dict, so a page load or a Prometheus scrape
-never touches Redis and a slow Redis never piles up requests.
+``interval_s`` it takes a :func:`rainstorm.monitor.snapshot` (typed views),
+feeds it to a :class:`rainstorm.monitor.RateTracker` and reads the newest
+dead letters of jobs that have any.  It then publishes the snapshot (for
+``/metrics``) and its JSON (``Snapshot.to_json()`` plus rate history and dead
+letters, for ``/api/state``); request threads only read what was published,
+so a page load or a Prometheus scrape never touches Redis and a slow Redis
+never piles up requests.
 
 A failed sample keeps the previous one on the page (marked with the error);
 ``/metrics`` then exposes only ``rainstorm_redis_up 0``.
@@ -65,7 +67,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rainstorm-sampler", daemon=True)
-        self._snap: dict[str, Any] | None = None  # raw, for /metrics
+        self._snap: monitor.Snapshot | None = None  # typed, for /metrics
         self._api: dict[str, Any] = {"time": None, "jobs": [], "workers": [], "history": {},
                                      "dead_letters": {}}
         self._error: str | None = None
@@ -97,8 +99,8 @@ class Sampler:
         try:
             snap = monitor.snapshot(self.r)
             self._tracker.update(snap)
-            dls = {j["id"]: monitor.dead_letters(self.r, j["id"], DEAD_LETTERS)
-                   for j in snap["jobs"] if j.get("dead_letters")}
+            dls = {j.id: monitor.dead_letters(self.r, j.id, DEAD_LETTERS)
+                   for j in snap.jobs if j.dead_letters}
         except Exception as exc:  # Redis down, or anything odd in it: show, keep going
             msg = f"{type(exc).__name__}: {exc}"
             if msg != self._error:
@@ -106,11 +108,12 @@ class Sampler:
             with self._lock:
                 self._error = msg
             return
-        live = {j["id"] for j in snap["jobs"]}
+        live = {j.id for j in snap.jobs}
         for gone in [j for j in self._tracker.history if j not in live]:
             self._tracker.forget(gone)  # bounded: only jobs Redis still has
-        api = json_safe({**snap,
-                         "history": {j: list(h) for j, h in self._tracker.history.items()},
+        api = json_safe({**snap.to_json(),
+                         "history": {j: [p.to_json() for p in h]
+                                     for j, h in self._tracker.history.items()},
                          "dead_letters": dls})
         with self._lock:
             self._snap, self._api = snap, api

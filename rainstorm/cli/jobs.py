@@ -1,0 +1,383 @@
+"""Commands that run things: run, explain, submit, worker, mapreduce,
+autoscale.  Each parses, calls one function, and prints."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any
+
+import click
+
+from rainstorm import keys
+from rainstorm.cli.base import (
+    RedisOptions,
+    fail,
+    json_option,
+    raise_interrupt,
+    shared,
+    skip_bad_option,
+)
+from rainstorm.cli.show import Null, print_result, progress_bar
+
+
+@click.command(context_settings={"allow_extra_args": True})  # script.py [ARGS]
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB",
+              help="input files, directories or globs (replaces source.paths)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a spec field, e.g. settings.parallelism=4 (repeatable)")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256))
+@shared()
+@click.option("--job", "job_id", help="job id (default: <name>-<time>)")
+@click.option("--output", type=click.Path(dir_okay=False), help="write the result as JSON here")
+@click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+@click.option("--allow-exec", is_flag=True, help="let the workers run the spec's executables")
+@click.option("--persistence", default="none", show_default=True,
+              type=click.Choice(["none", "rdb", "aof-everysec", "aof-always"]),
+              help="embedded server: none, RDB snapshots, or AOF with fsync every second/write")
+@click.option("--rdb-every", "rdb_every_s", default=5, show_default=True,
+              type=click.IntRange(1, 3600), help="with --persistence rdb: snapshot interval (s)")
+@click.option("--replicas", default=0, show_default=True, type=click.IntRange(0, 8),
+              help="embedded primary + N replicas + 3 Sentinels; clients follow failovers")
+@click.option("--wait-replicas", type=click.IntRange(0, 8), default=None,
+              help="after each commit, WAIT for this many replicas (default: spec)")
+@click.option("--wait-aof", is_flag=True, default=None,
+              help="after each commit, WAITAOF: the commit is fsynced to the AOF")
+@click.option("--top", "top_n", type=int, default=None, help="rows to show (default: spec)")
+@click.option("--no-progress", is_flag=True)
+@skip_bad_option
+@click.option("--autoscale", metavar="MIN:MAX", default=None,
+              help="instead of --workers: per stage, keep MIN to MAX local workers, sized "
+                   "by the autoscaler (watermarks: see `rainstorm autoscale --help`)")
+@json_option
+def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], workers: int,
+        conn: RedisOptions, job_id: str | None, output: str | None, allow: tuple[str, ...],
+        allow_exec: bool, persistence: str, rdb_every_s: int, replicas: int,
+        wait_replicas: int | None, wait_aof: bool | None, top_n: int | None,
+        no_progress: bool, skip_bad: bool, autoscale: str | None, as_json: bool) -> None:
+    """Run SPEC to completion (embedded Redis and local workers unless --redis).
+
+    SPEC may be a Python script instead (SPEC.py [ARGS]...; script options
+    after --): it runs like spark-submit, its Datasets using --workers,
+    --redis and --allow-module."""
+    extra = click.get_current_context().args
+    if spec_path.endswith(".py"):  # a Dataset script (rainstorm.apps.dataset)
+        from rainstorm.apps.dataset import run_script
+
+        run_script(spec_path, extra, redis_url=conn.url, workers=workers, allow_modules=allow)
+        return
+    if extra:
+        raise fail(f"unexpected extra arguments: {' '.join(extra)}", 2)
+    from rainstorm.coordinator.outputs import check_writable
+    from rainstorm.coordinator.result import to_json, write_atomically
+    from rainstorm.local.run import RunOptions, run_job
+    from rainstorm.ops.autoscale.policy import ScalePolicy
+    from rainstorm.sources.inputs import resolve_inputs
+    from rainstorm.spec import load_spec
+
+    policy = ScalePolicy.parse_bounds(autoscale) if autoscale else None
+    if output:  # before anything runs: a result that cannot be written is lost
+        check_writable(output, "--output")
+    spec = _with_settings(load_spec(spec_path, list(overrides)), wait_replicas=wait_replicas,
+                          wait_aof=wait_aof, skip_bad_records=skip_bad or None)
+    total = 0
+    if spec.source.type == "text":
+        total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
+    signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops server and workers
+    show = not no_progress and sys.stderr.isatty()
+    prog, update = progress_bar(total)
+    opts = RunOptions(redis_url=conn.url, persistence=persistence, rdb_every_s=rdb_every_s,
+                      replicas=replicas, connect_timeout_s=conn.connect_timeout_s,
+                      inputs=inputs, job_id=job_id, on_progress=update if show else None,
+                      workers=workers, allow_modules=allow, allow_exec=allow_exec,
+                      autoscale=policy)
+    with prog if show else Null():
+        report = run_job(spec, opts)
+    print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
+    if output:  # (checked writable before the job ran; the spec's file sink is written)
+        try:
+            write_atomically(output, to_json(report.result))
+        except OSError as exc:
+            raise fail(f"--output {output}: cannot write the result ({exc.strerror}); it "
+                       "was printed above") from None
+    mb = report.total_bytes / 1e6
+    warn = report.status.stages[0].invalid_utf8_entries
+    who = f"autoscaled {autoscale} workers per stage" if autoscale else f"{workers} workers"
+    click.echo(
+        f"job {report.job_id}: {mb:.1f} MB in {report.seconds:.2f} s "
+        f"({mb / max(report.seconds, 1e-9):.1f} MB/s) with {who} on {report.server}",
+        err=True,
+    )
+    if warn:
+        click.echo(f"warning: {warn} input batches held invalid UTF-8; bad bytes were "
+                   "replaced by U+FFFD", err=True)
+    _check_complete(report.job_id, spec, report.status.dead_letters)
+
+
+def _with_settings(spec: Any, **settings: Any) -> Any:
+    """``spec`` with the settings given on the command line (None: the spec's)."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if not given:
+        return spec
+    return spec.model_copy(update={"settings": spec.settings.model_copy(update=given)})
+
+
+def _check_complete(job_id: str, spec: Any, dead_letters: int) -> None:
+    """After the result is printed: a batch job with dead letters exits 3
+    (IncompleteResult) unless bad records are skipped by choice (a warning)."""
+    from rainstorm.coordinator.result import check_complete
+
+    if spec.unbounded:  # a streaming job's letters can be requeued while it runs
+        if dead_letters:
+            click.echo(f"warning: {dead_letters} dead letters in {keys.dlq(job_id)}, see "
+                       f"`rainstorm dlq {job_id}`", err=True)
+        return
+    skip = spec.settings.skip_bad_records
+    note = check_complete(job_id, dead_letters, dead_letters > 0 and not skip)
+    if note:
+        click.echo(note, err=True)
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@json_option
+@shared(redis=False)
+def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Show how SPEC is cut into stages, and which operators are fused."""
+    from rainstorm.plan import describe, plan
+    from rainstorm.spec import load_spec
+
+    spec = load_spec(spec_path, list(overrides))
+    p = plan(spec)
+    if as_json:
+        click.echo(json.dumps([{"stage": s.index, "partitions": s.partitions,
+                                "fused": [o.label for o in s.ops],
+                                "keyed_in": s.keyed_in, "aggregate": s.aggregate,
+                                "window": s.window.label if s.window else None}
+                               for s in p.stages]))
+        return
+    click.echo(f"job {spec.name!r}: {len(p.stages)} stage(s)")
+    for line, s in zip(describe(p), p.stages, strict=True):
+        fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
+        click.echo(f"  {line}{fused}")
+
+
+@click.command()
+@click.argument("spec_path", metavar="[SPEC]", required=False, envvar="RAINSTORM_SPEC")
+@click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB", envvar="RAINSTORM_INPUT",
+              help="replaces source.paths (env RAINSTORM_INPUT, space-separated)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@shared()
+@click.option("--job", "job_id", envvar="RAINSTORM_JOB",
+              help="job id; submitting an existing id resumes it (env RAINSTORM_JOB)")
+@click.option("--timeout", "timeout_s", type=float, default=None)
+@click.option("--insecure-unsigned", "unsigned", is_flag=True,
+              envvar="RAINSTORM_INSECURE_UNSIGNED",
+              help="DEVELOPMENT ONLY: without RAINSTORM_SECRET, submit the spec unsigned "
+                   "(only workers started with --insecure-accept-unsigned run it)")
+@skip_bad_option
+@json_option
+def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str, ...],
+           conn: RedisOptions, job_id: str | None, timeout_s: float | None,
+           unsigned: bool, skip_bad: bool, as_json: bool) -> None:
+    """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere).
+
+    SPEC is a YAML/JSON file (env RAINSTORM_SPEC); without one, the spec's
+    YAML text is read from the environment variable RAINSTORM_SPEC_YAML.
+    The spec is signed with RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE),
+    the key the workers hold."""
+    from rainstorm.coordinator.result import completeness
+    from rainstorm.coordinator.session import Session, prepare
+    from rainstorm.spec_signature import submitter_key
+
+    spec = _with_settings(_submitted_spec(spec_path, overrides),
+                          skip_bad_records=skip_bad or None)
+    job, files = prepare(spec, list(inputs) or None, job_id)
+    key = submitter_key(unsigned=unsigned)  # no key: one line, before Redis is touched
+    if key is None:
+        click.echo("warning: --insecure-unsigned: the spec is not signed; only workers in "
+                   "development mode (--insecure-accept-unsigned) run it", err=True)
+    session = Session(conn.client(), job, files, key=key, unsigned=key is None)
+    fresh = session.submit(conn.connect_timeout_s)
+    click.echo(f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)
+    result = session.drive(timeout_s=timeout_s)  # a failure marks the job failed
+    print_result(result, spec.sink.top, as_json)
+    _check_complete(job.id, spec, completeness(session.r, job.id)[0])
+
+
+def _submitted_spec(spec_path: str | None, overrides: tuple[str, ...]) -> Any:
+    """SPEC, else the YAML text in RAINSTORM_SPEC_YAML."""
+    import os
+
+    from rainstorm.spec import load_spec, parse_spec_text
+
+    inline = os.environ.get("RAINSTORM_SPEC_YAML", "")
+    if spec_path:
+        return load_spec(spec_path, list(overrides))
+    if inline.strip():
+        return parse_spec_text(inline, "RAINSTORM_SPEC_YAML", list(overrides))
+    raise fail("no job given: pass SPEC, or set RAINSTORM_SPEC (a spec file) or "
+               "RAINSTORM_SPEC_YAML (the spec's YAML text)", 2)
+
+
+@click.command()
+@shared()
+@click.option("--job", "job_id", help="serve only this job")
+@click.option("--burst", is_flag=True, help="exit when no running job is left")
+@click.option("--stage", type=click.IntRange(0, None), default=None, envvar="RAINSTORM_STAGE",
+              help="serve only this stage (of every job, or of --job)")
+@click.option("--id", "worker_id", default=None, envvar="RAINSTORM_WORKER_ID",
+              help="worker id (default: <host>-<pid>-<random>); must be unique")
+@click.option("--allow-module", "allow", multiple=True, envvar="RAINSTORM_ALLOW_MODULES",
+              help="top-level modules operators may be imported from")
+@click.option("--allow-exec", is_flag=True, envvar="RAINSTORM_ALLOW_EXEC",
+              help="run jobs whose operators are external programs")
+@click.option("--allow-exec-path", "exec_paths", multiple=True, metavar="PROG",
+              envvar="RAINSTORM_ALLOW_EXEC_PATHS",
+              help="run only these programs (names or paths, as PATH resolves them; "
+                   "repeatable or comma-separated; implies --allow-exec)")
+@click.option("--insecure-accept-unsigned", "insecure", is_flag=True,
+              envvar="RAINSTORM_INSECURE_UNSIGNED",
+              help="DEVELOPMENT ONLY: run job specs nobody signed; anyone who can write to "
+                   "the Redis can then run code on this worker")
+def worker(conn: RedisOptions, job_id: str | None, burst: bool, stage: int | None,
+           worker_id: str | None, allow: tuple[str, ...], allow_exec: bool,
+           exec_paths: tuple[str, ...], insecure: bool) -> None:
+    """Run a worker: consume, compute, commit, until stopped.
+
+    It runs only job specs signed with the shared RAINSTORM_SECRET (or
+    RAINSTORM_SECRET_FILE) of their submitter."""
+    from rainstorm import lua
+    from rainstorm.operators.resolve import allowed_modules_from_env
+    from rainstorm.signing import secret_key
+    from rainstorm.worker.loop import Worker, WorkerOptions
+
+    key = secret_key()
+    if key is None and not insecure:
+        raise fail("no RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE) set: "
+                   "workers run only job specs signed with the submitters' key; set the "
+                   "same key here, or for development only pass --insecure-accept-unsigned", 2)
+    allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
+        allowed_modules_from_env()
+    opts = WorkerOptions(job=job_id, burst=burst, stage=stage, allow_modules=allow_all,
+                         allow_exec=allow_exec, secret=key, insecure_unsigned=insecure,
+                         allow_exec_paths=tuple(p for item in exec_paths
+                                                for p in item.split(",") if p))
+    if worker_id:
+        opts.worker_id = worker_id
+    # stopped while still connecting (e.g. waiting out an outage): a clean exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    client = conn.client()
+    lua.refuse_other_version(client)  # one line now, not when the first batch commits
+    w = Worker(client, opts)
+    w.install_signal_handlers()
+    w.work()
+
+
+@click.command()
+@click.option("--mapper", required=True, metavar="EXE_OR_CALLABLE",
+              help="a command line (fed input lines, writes key<TAB>value) or module:fn")
+@click.option("--reducer", required=True, metavar="EXE_OR_CALLABLE",
+              help="a command line (fed sorted key<TAB>value lines) or module:fn(key, values)")
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PREFIX_OR_GLOB")
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="directory for part-NNNNN files (must not exist)")
+@click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--combiner", metavar="CALLABLE", default=None,
+              help="module:fn(key, values) -> values, run on each map batch (map-side combine)")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
+@shared()
+@click.option("--allow-exec", is_flag=True, help="let workers run the mapper/reducer programs")
+@click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, partitions: int,
+              combiner: str | None, workers: int, conn: RedisOptions, allow_exec: bool,
+              allow: tuple[str, ...]) -> None:
+    """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""
+    from pathlib import Path
+
+    from rainstorm.apps.mapreduce import run_mapreduce
+    from rainstorm.local.run import RunOptions
+
+    opts = RunOptions(redis_url=conn.url, connect_timeout_s=conn.connect_timeout_s,
+                      workers=workers, allow_modules=allow, allow_exec=allow_exec)
+    rep = run_mapreduce(mapper, reducer, [_prefix_glob(i) for i in inputs], Path(output),
+                        partitions=partitions, combiner=combiner, options=opts)
+    click.echo(f"map {rep.map_seconds:.2f} s ({rep.keys} keys), reduce "
+               f"{rep.reduce_seconds:.2f} s: {rep.output_lines} lines in {rep.parts} parts "
+               f"under {rep.output}", err=True)
+
+
+def _prefix_glob(text: str) -> str:
+    """MapleJuice-style input prefix: 'logs/part' means 'logs/part*'."""
+    from pathlib import Path
+
+    if any(c in text for c in "*?[") or Path(text).exists():
+        return text
+    return text + "*"
+
+
+@click.command()
+@click.argument("bounds", metavar="MIN:MAX")
+@shared()
+@click.option("--job", "job_id", help="scale only this job (default: every running job)")
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local",
+              show_default=True, help="start workers as local processes or Docker containers")
+@click.option("--image", default="rainstorm:latest", show_default=True,
+              help="docker backend: image whose entry point is `rainstorm`")
+@click.option("--network", default=None, help="docker backend: network of the containers")
+@click.option("--worker-redis", default=None, envvar="RAINSTORM_WORKER_REDIS", metavar="URL",
+              help="the URL workers get (default: --redis), e.g. with the worker ACL user")
+@click.option("--high-backlog", "high_backlog_s", type=float, default=2.0, show_default=True,
+              help="add workers when a stage's backlog takes longer than this to drain (s)")
+@click.option("--low-utilization", type=float, default=0.5, show_default=True,
+              help="remove a worker when the stage's workers are busy less than this")
+@click.option("--period", "period_s", type=float, default=3.0, show_default=True,
+              help="a watermark must be crossed this long before acting (s)")
+@click.option("--cooldown", "cooldown_s", type=float, default=5.0, show_default=True,
+              help="after a change, leave the stage alone this long (s)")
+@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True,
+              help="seconds between looks")
+@click.option("--trace", type=click.File("a"), default=None,
+              help="append every look (numbers and decision) as a JSON line to this file")
+@click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
+@click.option("--allow-exec", is_flag=True, help="let the workers run external programs")
+def autoscale(bounds: str, conn: RedisOptions, job_id: str | None, backend: str, image: str,
+              network: str | None, worker_redis: str | None, high_backlog_s: float,
+              low_utilization: float, period_s: float, cooldown_s: float, interval_s: float,
+              trace: Any, allow: tuple[str, ...], allow_exec: bool) -> None:
+    """Keep MIN to MAX workers pinned to each stage of the running jobs,
+    sized by backlog (high watermark) and utilization (low watermark)."""
+    import threading
+
+    from rainstorm.ops.autoscale.backends import Backend, DockerBackend, LocalBackend
+    from rainstorm.ops.autoscale.controller import Autoscaler
+    from rainstorm.ops.autoscale.policy import ScalePolicy
+    from rainstorm.signing import secret_key
+
+    policy = ScalePolicy.parse_bounds(bounds, high_backlog_s=high_backlog_s,
+                                      low_utilization=low_utilization, period_s=period_s,
+                                      cooldown_s=cooldown_s, interval_s=interval_s)
+    r = conn.client()
+    url = worker_redis or conn.url or ""
+    env = {"RAINSTORM_ALLOW_MODULES": ",".join(allow)} if allow else {}
+    if allow_exec:
+        env["RAINSTORM_ALLOW_EXEC"] = "1"
+    if backend == "docker" and (key := secret_key()) is not None:  # local ones inherit it
+        env["RAINSTORM_SECRET"] = key.decode()  # containers verify specs with it too
+    chosen: Backend = (DockerBackend(r, url, image, network, env) if backend == "docker"
+                       else LocalBackend(r, url, allow, allow_exec))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    click.echo(f"autoscaling {job_id or 'every running job'}: {policy.min_workers} to "
+               f"{policy.max_workers} {backend} workers per stage", err=True)
+    try:
+        Autoscaler(r, chosen, policy, job_id=job_id, trace=trace).run(stop)
+    finally:
+        chosen.close()
+
+
+COMMANDS: list[Any] = [run, explain, submit, worker, mapreduce, autoscale]

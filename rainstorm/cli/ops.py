@@ -1,0 +1,251 @@
+"""Operations commands: status, result, workers, list-tasks, kill-worker,
+kill-job, dlq, throttle, tail, ui.  Each parses, calls one function of
+rainstorm.ops / rainstorm.monitor / rainstorm.coordinator, and prints."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rainstorm import keys
+from rainstorm.cli.base import RedisOptions, fail, json_option, raise_interrupt, shared
+from rainstorm.cli.show import print_result, table
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@shared()
+@json_option
+def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
+    """Show jobs, their stages and counters."""
+    from rainstorm.ops.status import job_statuses
+
+    rows = job_statuses(conn.client(), job_id)
+    if as_json:
+        click.echo(json.dumps([row.to_json() for row in rows]))
+        return
+    out = Table(title="rainstorm jobs")
+    for col in ("job", "state", "loaded", "progress", "stage", "emitted", "committed",
+                "dead", "claimed", "rejected"):
+        out.add_column(col)
+    for row in rows:
+        for s in row.stages:
+            state = "done (INCOMPLETE)" if row.incomplete else row.state
+            out.add_row(row.job, state, str(row.loaded), f"{row.progress * 100:.1f}%",
+                        str(s.index), str(s.emitted), str(s.committed), str(s.dead),
+                        str(s.claimed), str(s.rejected))
+    Console().print(out)
+
+
+@click.command()
+@click.argument("job_id")
+@shared()
+@click.option("--top", "top_n", type=int, default=10)
+@json_option
+def result(job_id: str, conn: RedisOptions, top_n: int, as_json: bool) -> None:
+    """Print a finished job's result (exit status 3: INCOMPLETE, input was dead-lettered)."""
+    from rainstorm.coordinator.result import check_complete, completeness, load_stored
+    from rainstorm.monitor import load_job
+
+    r = conn.client()
+    job = load_job(r, job_id)
+    state: Any = r.hget(keys.meta(job_id), "state")
+    live = job.spec.unbounded and state in (b"running", b"cancelled")
+    if state != b"done" and not live:
+        raise fail(f"job {job_id} is {state.decode() if state else 'unknown'}, not done")
+    if live:
+        click.echo(f"job {job_id} is a streaming job ({state.decode()}): its result so far",
+                   err=True)
+    print_result(load_stored(r, job), top_n, as_json)
+    note = check_complete(job_id, *completeness(r, job_id))
+    if note:
+        click.echo(note, err=True)
+
+
+@click.command()
+@shared()
+@click.option("--prune", "prune_s", type=float, default=None, metavar="SECONDS",
+              help="first forget workers silent for longer than SECONDS")
+@json_option
+def workers(conn: RedisOptions, prune_s: float | None, as_json: bool) -> None:
+    """Workers: id, host, pid, heartbeat age, pinned stage, current stage, batches."""
+    from rainstorm.monitor import workers as list_workers
+    from rainstorm.ops.tasks import prune_workers
+
+    r = conn.client()
+    if prune_s is not None:
+        n = prune_workers(r, prune_s)
+        click.echo(f"forgot {n} dead workers", err=True)
+    views = list_workers(r)
+    if as_json:
+        click.echo(json.dumps([w.to_json() for w in views]))
+        return
+    rows = [{**w.to_json(), "pinned": "-" if w.stage is None else f"{w.job or '*'}:s{w.stage}",
+             "where": w.container or w.host, "state": "busy" if w.busy else w.state}
+            for w in views]
+    table("rainstorm workers", rows, ["id", "where", "pid", "state", "heartbeat_age_s",
+                                      "pinned", "current", "batches"])
+
+
+@click.command("list-tasks")
+@click.argument("job_id", required=False)
+@shared()
+@click.option("--sample", "sample_s", type=click.FloatRange(0, 60), default=1.0,
+              show_default=True, help="seconds over which rates are measured (0: no rates)")
+@json_option
+def list_tasks(job_id: str | None, conn: RedisOptions, sample_s: float, as_json: bool) -> None:
+    """Per job, stage and partition: unread and pending entries, rates, holders."""
+    from rainstorm.ops.tasks import list_tasks as tasks
+
+    views = tasks(conn.client(), job_id, sample_s)
+    if as_json:
+        click.echo(json.dumps([t.to_json() for t in views]))
+        return
+    rows = [{**t.to_json(),
+             "holders": ", ".join(f"{k}: {v}" for k, v in t.holders.items()) or "-",
+             "rate": "-" if t.in_rate is None else f"{t.in_rate:g} in / {t.out_rate:g} out"}
+            for t in views]
+    table("rainstorm tasks (rates in entries/s)", rows,
+          ["job", "state", "stage", "partition", "unread", "pending", "rate", "holders"])
+
+
+@click.command("kill-worker")
+@click.argument("worker_id")
+@shared()
+@click.option("--force", is_flag=True,
+              help="SIGKILL it (same host) or kill its container (Docker SDK) instead of "
+                   "asking it to stop")
+def kill_worker(worker_id: str, conn: RedisOptions, force: bool) -> None:
+    """Stop WORKER_ID: by default it finishes its batch and exits; with
+    --force it dies at once and others steal its pending entries."""
+    from rainstorm.ops.tasks import kill_worker as stop
+
+    click.echo(stop(conn.client(), worker_id, force=force), err=True)
+
+
+@click.command()
+@click.argument("job_id")
+@shared()
+@click.option("--requeue", is_flag=True,
+              help="move every dead letter back into its stage (the job must be running)")
+@click.option("--limit", type=int, default=100, show_default=True, help="rows to show")
+@json_option
+def dlq(job_id: str, conn: RedisOptions, requeue: bool, limit: int, as_json: bool) -> None:
+    """Show JOB's dead letters (stage, kind, error, deliveries), or requeue them."""
+    from rainstorm.ops import dlq as dead
+
+    r = conn.client()
+    if requeue:
+        res = dead.requeue(r, job_id)
+        if as_json:
+            click.echo(json.dumps({"requeued": res.moved, "skipped": res.skipped}))
+        else:
+            click.echo(f"requeued {res.moved} dead letters of job {job_id}"
+                       + (f" ({res.skipped} were already gone)" if res.skipped else ""),
+                       err=True)
+        return
+    rows = dead.read(r, job_id, count=limit)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table(f"dead letters of {job_id}", rows,
+          ["id", "stage", "kind", "deliveries", "error", "record"])
+
+
+@click.command()
+@click.argument("job_id")
+@click.argument("rate")
+@shared()
+def throttle(job_id: str, rate: str, conn: RedisOptions) -> None:
+    """Limit how many input lines per second JOB's loader adds (RATE, or 'off')."""
+    from rainstorm.ops.tasks import throttle as set_rate
+
+    r = conn.client()
+    set_rate(r, job_id, _rate(rate))
+    click.echo(f"job {job_id}: " + ("loading unthrottled" if rate == "off"
+                                    else f"loading at most {float(rate):g} lines/s"), err=True)
+
+
+def _rate(text: str) -> float | None:
+    """RATE: a positive number of lines per second, or 'off' (None)."""
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise fail(f"RATE must be a positive number of lines per second or 'off', "
+                   f"got {text!r}", 2) from None
+    return value
+
+
+@click.command()
+@click.argument("job_id")
+@shared()
+@click.option("--from-start", is_flag=True, help="first everything already committed")
+@click.option("--interval", "interval_s", type=float, default=1.0, show_default=True,
+              help="aggregates: seconds between looks")
+def tail(job_id: str, conn: RedisOptions, from_start: bool, interval_s: float) -> None:
+    """Follow JOB's output: records as they are committed (JSON lines), or an
+    aggregate's changed keys with their new values; until the job stops."""
+    from rainstorm.monitor import load_job
+    from rainstorm.ops.follow import follow
+
+    r = conn.client()
+    job = load_job(r, job_id)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        for item in follow(r, job, from_start=from_start, interval_s=interval_s,
+                           stop=lambda: stop["now"]):
+            line = json.dumps(item if not job.plan.aggregate
+                              else {"key": item[0], "value": item[1]},
+                              ensure_ascii=False, default=repr)
+            click.echo(line)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command("kill-job")
+@click.argument("job_id")
+@shared()
+@click.option("--keep", is_flag=True,
+              help="only stop it: keep its keys (a streaming job's result stays readable)")
+def kill_job(job_id: str, conn: RedisOptions, keep: bool) -> None:
+    """Cancel JOB and remove its keys (its coordinator fails with 'cancelled';
+    a streaming job's coordinator stops cleanly)."""
+    from rainstorm.ops.tasks import kill_job as cancel
+
+    n = cancel(conn.client(), job_id, keep=keep)
+    click.echo(f"job {job_id} cancelled; " + ("its keys are kept"
+                                              if keep else f"{n} keys removed"), err=True)
+
+
+@click.command()
+@shared()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="port to listen on (0: any free port)")
+@click.option("--interval", "interval_s", default=1.0, show_default=True,
+              type=click.FloatRange(0.1, 60), help="seconds between samples of Redis")
+def ui(conn: RedisOptions, host: str, port: int, interval_s: float) -> None:
+    """Serve a live web dashboard, /api/state (JSON) and /metrics (Prometheus)."""
+    from rainstorm.ops.dashboard.server import serve
+
+    r = conn.client()
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        serve(r, host=host, port=port, interval_s=interval_s,
+              announce=lambda url: click.echo(f"rainstorm ui: serving on {url}", err=True))
+    except KeyboardInterrupt:
+        click.echo("rainstorm ui: stopped", err=True)
+
+
+COMMANDS: list[Any] = [status, result, workers, list_tasks, kill_worker, dlq, throttle, tail,
+                       kill_job, ui]

@@ -1,0 +1,73 @@
+"""How commands print: results (a table, JSON lines, or JSON), tables of
+rows, the progress bar of ``rainstorm run``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+err_console = Console(stderr=True)
+
+
+def print_result(result: dict[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
+    """An aggregate as a table of its ``top_n`` keys, records as JSON lines,
+    or (``as_json``) the whole result as JSON."""
+    from rainstorm.coordinator.result import to_json, top
+
+    if as_json:
+        click.echo(to_json(result))
+        return
+    if isinstance(result, list):
+        for rec in result[:top_n]:
+            click.echo(json.dumps(rec, ensure_ascii=False, default=repr))
+        if len(result) > top_n:
+            click.echo(f"… {len(result) - top_n} more records", err=True)
+        return
+    click.echo(f"top {min(top_n, len(result))} of {len(result)} keys")
+    table = Table()
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for k, v in top(result, top_n):
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
+    """``rows`` as a titled table of the columns ``cols``."""
+    out = Table(title=title)
+    for col in cols:
+        out.add_column(col)
+    for row in rows:
+        out.add_row(*(str(row.get(c, "")) for c in cols))
+    Console().print(out)
+
+
+def progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
+    """A bar over ``total`` input bytes, and the callback that moves it."""
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.percentage:>5.1f}%  {task.fields[info]}"),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+    task = prog.add_task("processing", total=max(total, 1), info="")
+
+    def update(st: Any) -> None:
+        committed = sum(s.committed for s in st.stages)
+        info = f"{st.bytes_done / 1e6:.1f}/{st.total_bytes / 1e6:.1f} MB, {committed} entries"
+        prog.update(task, completed=st.bytes_done if st.total_bytes else 0, info=info)
+
+    return prog, update
+
+
+class Null:
+    """A context manager that does nothing (no progress bar)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None

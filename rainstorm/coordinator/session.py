@@ -1,0 +1,124 @@
+"""Submit-then-drive: the one path every way of running a job takes.
+
+    job, files = prepare(spec, inputs, job_id)      # user errors, before Redis
+    session = Session(r, job, files, key=key)
+    session.submit(connect_timeout_s)               # create its keys (or resume it)
+    result = session.drive(check=...)               # load, wait, fold, store
+
+``rainstorm submit``, ``rainstorm run`` (rainstorm.local.run, which also
+starts servers and workers), the Dataset API (through ``run``),
+rainstorm.testing and the test suite all go through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.connection import connect_timeout_s, wait_out_outage
+from rainstorm.coordinator.driver import Driver, Result, fail
+from rainstorm.coordinator.outputs import check_writable
+from rainstorm.coordinator.progress import JobStatus, read_status
+from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
+from rainstorm.errors import JobFailed, UsageError
+from rainstorm.job import Job, JobState
+from rainstorm.sources.inputs import resolve_inputs
+from rainstorm.spec import JobSpec
+from rainstorm.state import read_state
+
+
+def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None = None,
+            allow_exec: bool = True) -> tuple[Job, list[Path]]:
+    """The job and its input files: everything that can fail on user input,
+    before any Redis is touched.  ``inputs`` replace ``source.paths``;
+    ``allow_exec=False`` refuses specs that run external programs."""
+    if spec.source.type != "text":
+        if inputs:
+            raise UsageError(f"--input: a {spec.source.type} source has no input files")
+        files: list[Path] = []
+    else:
+        if inputs:
+            spec = spec.model_copy(
+                update={"source": spec.source.model_copy(update={"paths": inputs})})
+        assert spec.source.type == "text"
+        files = resolve_inputs(spec.source.paths)
+    if spec.sink.type == "file" and spec.sink.path:
+        check_writable(spec.sink.path, "sink.path")
+    job = Job.build(job_id or new_job_id(spec), spec)
+    validate(job)
+    if not allow_exec and (where := runs_executables(job)):
+        raise UsageError(f"{where[0]}: this job runs external programs; pass --allow-exec "
+                         "to let its workers run them")
+    return job, files
+
+
+class Session:
+    """One prepared job on one Redis: submitted, then driven to its end.
+
+    ``key`` signs the spec (None: the shared RAINSTORM_SECRET; ``unsigned``:
+    development mode, no signature).  After ``drive``: ``seconds`` from the
+    start of ``submit`` to the result, ``outages`` the Redis outages ridden
+    out while driving."""
+
+    def __init__(self, r: redis.Redis, job: Job, files: list[Path], *,
+                 key: bytes | None = None, unsigned: bool = False) -> None:
+        self.r = r
+        self.job = job
+        self.files = files
+        self.key = key
+        self.unsigned = unsigned
+        self.seconds = 0.0
+        self.outages = 0
+        self._t0 = time.perf_counter()
+
+    def submit(self, wait_s: float | None = None) -> bool:
+        """Load the FUNCTION library and create the job's keys; False when the
+        same job is already there (it is resumed).  A Redis that is down or
+        not up yet is waited for up to ``wait_s`` (None: connect_timeout_s())."""
+        def once() -> bool:  # safe to repeat: a job already there is resumed
+            lua.load_library(self.r)
+            return submit(self.r, self.job, self.files, key=self.key, unsigned=self.unsigned)
+
+        self._t0 = time.perf_counter()
+        return wait_out_outage(once, connect_timeout_s(wait_s), "Redis")
+
+    def drive(self, *, timeout_s: float | None = None,
+              on_progress: Callable[[JobStatus], None] | None = None,
+              check: Callable[[], None] | None = None,
+              stop_on_interrupt: bool = False) -> Result:
+        """Load the input, wait until every stage committed all it was given,
+        fold, store and return the result; any failure marks the job failed.
+        ``check`` runs between looks (supervise servers, step workers);
+        ``stop_on_interrupt``: Ctrl-C (KeyboardInterrupt) stops a streaming
+        job cleanly and returns its last result."""
+        driver = Driver(self.r, self.job, on_progress=on_progress, check=check,
+                        timeout_s=timeout_s)
+        try:
+            try:
+                result = driver.run()
+            except KeyboardInterrupt:
+                if not (stop_on_interrupt and self.job.spec.unbounded):
+                    raise
+                self.r.hset(keys.meta(self.job.id), "state", JobState.CANCELLED.value)
+                result = driver.stop_streaming()
+        except JobFailed as exc:
+            fail(self.r, self.job, str(exc))
+            raise
+        finally:
+            self.outages = driver.outages
+        self.seconds = time.perf_counter() - self._t0
+        return result
+
+    def raw_state(self) -> dict[Any, Any]:
+        """A finished aggregate's state with its keys as the operators made
+        them (tuples, numbers); ``drive`` returns them as JSON text."""
+        return read_state(self.r, self.job, allow=("*",))
+
+    def status(self) -> JobStatus:
+        """The job's counters and state now."""
+        return read_status(self.r, self.job)

@@ -1,0 +1,60 @@
+"""What is going on in a Redis, read one way for every view: jobs, stages,
+partitions, workers, dead letters.
+
+``rainstorm status``/``workers``/``list-tasks``, the dashboard, ``/metrics``,
+the autoscaler and the coordinator's progress all read through here, so they
+agree on what a number means:
+
+* :mod:`~rainstorm.monitor.counts`: the one reader of a job's counters hash
+  (:func:`parse_counts`, :func:`read_progress`) -> ``StageCounts``/``JobCounts``;
+* :mod:`~rainstorm.monitor.views`: the typed views (``WorkerView``,
+  ``JobView``, ``StageView``, ``PartitionView``, ``Snapshot``), each with the
+  ``to_json()`` that ``--json`` and the dashboard's API print;
+* :mod:`~rainstorm.monitor.look`: one look at Redis (:func:`snapshot`,
+  :func:`job_view`, :func:`workers`, :func:`load_job`);
+* :mod:`~rainstorm.monitor.rates`: :class:`RateTracker`, per-second rates
+  from successive snapshots;
+* :mod:`~rainstorm.monitor.deadletters`: dead letters as rows.
+
+All reads are plain read commands, so a restricted ACL user can run the
+dashboard.
+"""
+
+from __future__ import annotations
+
+from rainstorm.monitor.counts import (
+    JobCounts,
+    JobProgress,
+    StageCounts,
+    parse_counts,
+    read_max_event,
+    read_progress,
+)
+from rainstorm.monitor.deadletters import dead_letter_row, dead_letters, decode_dead_record
+from rainstorm.monitor.look import (
+    host_name,
+    job_ids,
+    job_view,
+    load_job,
+    snapshot,
+    worker_view,
+    workers,
+)
+from rainstorm.monitor.rates import HistoryPoint, RateTracker
+from rainstorm.monitor.views import (
+    DEAD_AFTER_S,
+    JobView,
+    PartitionView,
+    Rates,
+    Snapshot,
+    StageView,
+    WorkerView,
+)
+
+__all__ = [
+    "DEAD_AFTER_S", "HistoryPoint", "JobCounts", "JobProgress", "JobView", "PartitionView",
+    "RateTracker", "Rates", "Snapshot", "StageCounts", "StageView", "WorkerView",
+    "dead_letter_row", "dead_letters", "decode_dead_record", "host_name", "job_ids",
+    "job_view", "load_job", "parse_counts", "read_max_event", "read_progress", "snapshot",
+    "worker_view", "workers",
+]

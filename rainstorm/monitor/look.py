@@ -1,0 +1,142 @@
+"""One look at a Redis: the jobs it knows, their stages and partitions, the
+workers' heartbeats.  Plain read commands only (GET, HGETALL, XLEN,
+XPENDING), so a restricted ACL user can run the dashboard."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+import redis
+
+from rainstorm import keys
+from rainstorm.errors import JobFailed, RainstormError, UsageError, one_line
+from rainstorm.job import Job
+from rainstorm.monitor.counts import PROGRESS_READS, JobProgress, parse_progress, queue_progress
+from rainstorm.monitor.views import (
+    DEAD_AFTER_S,
+    JobView,
+    PartitionView,
+    Snapshot,
+    StageView,
+    WorkerView,
+)
+from rainstorm.plan import describe
+from rainstorm.protocol.heartbeat import BUSY, Heartbeat
+from rainstorm.replies import as_int, as_str
+from rainstorm.spec import spec_from_json
+
+
+def job_ids(r: redis.Redis) -> list[str]:
+    members: Any = r.smembers(keys.JOBS)
+    return sorted(as_str(j) for j in members)
+
+
+def load_job(r: redis.Redis, job_id: str) -> Job:
+    raw: Any = r.get(keys.spec(job_id))
+    if raw is None:
+        raise UsageError(f"no such job: {job_id}")
+    try:
+        return Job.build(job_id, spec_from_json(raw))
+    except ValueError as exc:  # not written by submit (pydantic errors are ValueErrors)
+        first = one_line(exc, 200)
+        raise JobFailed(f"job {job_id} has an unreadable spec: {first}") from None
+
+
+def host_name() -> str:
+    """The host a worker reports: $RAINSTORM_HOSTNAME (e.g. a Kubernetes node
+    name) or the machine's host name.  kill-worker --force SIGKILLs only
+    workers whose host is its own."""
+    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
+
+
+def workers(r: redis.Redis, now: float | None = None) -> list[WorkerView]:
+    """Every worker that has sent a heartbeat, alive or (silent > 5 s) dead,
+    in id order; a value that is not a heartbeat is skipped."""
+    raw: Any = r.hgetall(keys.WORKERS)
+    now = time.time() if now is None else now
+    rows = []
+    for wid, blob in sorted(raw.items()):
+        beat = Heartbeat.from_json(blob)
+        if beat is not None:
+            rows.append(worker_view(as_str(wid, "replace"), beat, now))
+    return rows
+
+
+def worker_view(worker_id: str, beat: Heartbeat, now: float) -> WorkerView:
+    age = now - beat.last_seen
+    alive = age <= DEAD_AFTER_S
+    return WorkerView(id=worker_id, host=beat.host, pid=beat.pid, container=beat.container,
+                      heartbeat_age_s=round(age, 1), state="alive" if alive else "dead",
+                      busy=alive and beat.state == BUSY, current=beat.current,
+                      batches=beat.batches, busy_s=beat.busy_s, last_seen=beat.last_seen,
+                      job=beat.job, stage=beat.stage,
+                      uptime_s=round(now - (now if beat.started is None else beat.started), 1))
+
+
+def _partitions(r: redis.Redis, job: Job, stage: int) -> list[PartitionView]:
+    pipe = r.pipeline(transaction=False)
+    streams = job.streams(stage)
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xpending(stream, keys.group(stage))
+    replies = pipe.execute(raise_on_error=False)
+    out = []
+    for k, stream in enumerate(streams):
+        length, summary = replies[2 * k], replies[2 * k + 1]
+        if isinstance(length, Exception) or isinstance(summary, Exception):
+            length, summary = 0, {}
+        pending = int(summary.get("pending", 0) or 0)
+        holders = {as_str(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
+        out.append(PartitionView(partition=k, stream=stream, entries=int(length),
+                                 unread=max(int(length) - pending, 0), pending=pending,
+                                 holders=holders))
+    return out
+
+
+def job_view(r: redis.Redis, job_id: str) -> JobView:
+    """One job: state, progress, and per stage its counters, partitions and
+    commit latency histogram."""
+    pipe = r.pipeline(transaction=False)
+    pipe.get(keys.spec(job_id))
+    pipe.xlen(keys.dlq(job_id))
+    pipe.hget(keys.seal(job_id), "incomplete")
+    queue_progress(pipe, job_id)
+    replies = pipe.execute()
+    raw_spec, dlq_len, incomplete = replies[:3]
+    prog = parse_progress(job_id, replies[3:3 + PROGRESS_READS])
+    view = JobView(
+        id=job_id, state=prog.state, error=prog.meta.get("error"),
+        incomplete=incomplete == b"1",
+        refused="; ".join(f"worker {k}: {v}" for k, v in prog.refusals.items()) or None,
+        loaded=prog.loaded, unbounded=prog.meta.get("unbounded") == "1",
+        total_bytes=prog.total_bytes, bytes_done=prog.bytes_done,
+        dead_letters=as_int(dlq_len), name=None)
+    if raw_spec is None:
+        return replace(view, state="broken" if prog.meta else "gone")
+    try:
+        job = Job.build(job_id, spec_from_json(raw_spec))
+    except (RainstormError, ValueError) as exc:
+        return replace(view, state="broken", error=f"unreadable spec: {exc}")
+    return replace(view, name=job.spec.name, stages=_stages(r, job, prog))
+
+
+def _stages(r: redis.Redis, job: Job, prog: JobProgress) -> list[StageView]:
+    out = []
+    for s, line in zip(job.plan.stages, describe(job.plan), strict=True):
+        out.append(StageView(index=s.index, label=line.partition(": ")[2],
+                             partitions=s.partitions, aggregate=s.aggregate,
+                             counts=prog.counts.stage(s.index),
+                             capacity=job.spec.settings.max_backlog * s.partitions,
+                             partition_rows=_partitions(r, job, s.index)))
+    return out
+
+
+def snapshot(r: redis.Redis, job_id: str | None = None) -> Snapshot:
+    """Everything at one moment (jobs in id order, then workers)."""
+    now = time.time()
+    ids = [job_id] if job_id else job_ids(r)
+    return Snapshot(time=now, jobs=[job_view(r, j) for j in ids], workers=workers(r, now))

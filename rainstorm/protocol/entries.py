@@ -1,0 +1,99 @@
+"""Stream entries: their fields, how uids are derived, how entries are routed.
+
+Every stream rainstorm writes holds entries of one shape (written by the
+FUNCTION library in rainstorm/lua/rainstorm.lua and read by Python):
+
+    u  the entry's uid: deterministic, so a retried commit writes the same
+       uid and the commit path can tell a duplicate (stage streams, output,
+       late stream)
+    d  the payload: a text chunk (stage 0 of a file or tail source), a
+       msgpack batch of records (later stages, output, late), an aggregate
+       delta (``rs:{job}:state:s<i>:log``, and the folded base hash's ``d``
+       field), or a dead letter's entry or record (``rs:{job}:dlq``)
+
+Uids.  A source entry's uid names its place in the input (``t<offset>``,
+``x<stream id>``).  A commit's outputs are named after its input set:
+``batch_uid(inputs)`` (a hex digest) + ``.<partition>``, ``.0`` for the
+output stream, ``.late`` for late records; a requeued dead letter gets
+``requeue_uid(dead id)``.  The same inputs always give the same uids.
+
+Routing.  A keyed record goes to partition ``partition_of(key, n)`` (crc32
+of the key's bytes: stable across processes, unlike Python's salted
+``hash()``); a source entry to ``partition_of(uid, n)``; unkeyed records are
+spread round robin, starting at a point a hex uid fixes: the ``i``-th output
+of a batch with uid ``u`` goes to ``spread(u, i, n)``.
+
+The FUNCTION library writes and reads the same two fields by name (Lua
+cannot import this module); tests/unit/test_entries.py checks they agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+from redis.typing import EncodableT, FieldT
+
+UID = "u"
+DATA = "d"
+UID_FIELD = UID.encode()  # as a reply's field names come back (bytes)
+DATA_FIELD = DATA.encode()
+
+
+def entry_fields(uid: str, data: bytes | str) -> dict[FieldT, EncodableT]:
+    """The fields of an entry (for XADD)."""
+    return {UID: uid, DATA: data}
+
+
+def data_of(row: Mapping[bytes, bytes]) -> bytes:
+    """The payload of an entry as read (empty when it has none)."""
+    return row.get(DATA_FIELD, b"")
+
+
+def uid_of(row: Mapping[bytes, bytes]) -> bytes:
+    """The uid of an entry as read, in bytes (empty when it has none)."""
+    return row.get(UID_FIELD, b"")
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+def batch_uid(input_uids: list[str]) -> str:
+    """Deterministic id of a commit's input set (order does not matter)."""
+    return _digest("\x00".join(sorted(input_uids)))
+
+
+def output_uid(base: str, part: int | str) -> str:
+    """The uid of a commit's output for ``part`` (a partition, 0 for the
+    output stream, ``"late"`` for the late stream)."""
+    return f"{base}.{part}"
+
+
+def requeue_uid(dead_id: str) -> str:
+    """Deterministic uid of a requeued dead letter (a hex digest like batch uids)."""
+    return _digest(f"requeue:{dead_id}")
+
+
+def key_bytes(key: Any) -> bytes:
+    """The bytes a key is hashed by: UTF-8 of a string (lone surrogates
+    kept), a bytes key as is, anything else its msgpack encoding."""
+    if isinstance(key, str):
+        return key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return key
+    return msgpack.packb(key, use_bin_type=True, default=repr)  # type: ignore[no-any-return]
+
+
+def partition_of(key: Any, partitions: int) -> int:
+    """Stable partition of a key: crc32, never Python's salted hash()."""
+    return zlib.crc32(key_bytes(key)) % partitions
+
+
+def spread(uid: str, n: int, partitions: int) -> int:
+    """Round robin: the partition of the ``n``-th unkeyed record of a batch
+    whose uid is ``uid`` (a hex digest: its first 8 digits fix the start)."""
+    return (int(uid[:8], 16) + n) % partitions

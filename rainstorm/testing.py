@@ -1,0 +1,220 @@
+"""Run a job in-process and get its result: a kit for tests (like bytewax.testing).
+
+    from collections import Counter
+    from rainstorm.testing import run_job
+
+    def test_wordcount() -> None:
+        lines = ["the cat", "the dog", "a cat"]
+        spec = {"name": "wc", "source": {"type": "text"},
+                "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}]}
+        assert run_job(spec, lines) == Counter(" ".join(lines).split())
+
+There are no worker processes: the coordinator and ``workers`` in-process
+workers (:meth:`rainstorm.worker.loop.Worker.run_once`) take turns in the
+calling thread, on the same keys, Lua commits and exactly-once path as
+``rainstorm run``.  The Redis is an embedded server started once per process
+and reused (:func:`shared_url`; a private one for a block: :func:`server`),
+or the one of ``redis_url``.  Specs are signed with this process's key
+(rainstorm.signing.local_key), as ``rainstorm run`` does for its workers.
+
+An operator that raises is retried like in production, but after 50 ms
+instead of ``claim_idle_ms`` (unless the spec sets it); when its records
+end in the dead-letter stream, :class:`OperatorFailed` (an IncompleteResult)
+says on one line how many and the first error, unless the spec sets
+``settings.skip_bad_records``.
+
+Datasets: :func:`run_dataset`, or any action inside ``with in_process():``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from rainstorm.apps import dataset as datasets
+from rainstorm.connection import connect, redact
+from rainstorm.coordinator.driver import Result
+from rainstorm.coordinator.session import Session, prepare
+from rainstorm.errors import IncompleteResult, one_line
+from rainstorm.local.run import RunOptions, RunReport, spec_modules
+from rainstorm.local.server import EmbeddedRedis
+from rainstorm.monitor import dead_letters
+from rainstorm.ops.tasks import kill_job
+from rainstorm.signing import local_key
+from rainstorm.spec import JobSpec, load_spec, parse_spec
+from rainstorm.worker.loop import Worker, WorkerOptions
+
+__all__ = ["OperatorFailed", "in_process", "run_dataset", "run_in_process", "run_job",
+           "server", "shared_url"]
+
+RETRY_AFTER_MS = 50  # claim_idle_ms in the kit, unless the spec sets it
+ROUNDS_PER_LOOK = 100  # worker rounds between two looks of the coordinator
+
+_servers: list[EmbeddedRedis] = []  # the process-wide embedded server, once started
+_default_url: list[str] = []  # set by server(): the Redis of the block
+
+
+class OperatorFailed(IncompleteResult):
+    """The job's operators failed on some records, which ended in the
+    dead-letter stream: how many, and the first error, on one line."""
+
+    def __init__(self, job_id: str, dead_letters: int, result: Any, first_error: str) -> None:
+        super().__init__(job_id, dead_letters, result)
+        self.first_error = first_error
+        self.args = (f"job {job_id}: {dead_letters} dead letter(s); first: {first_error}",)
+
+
+def shared_url() -> str:
+    """The URL of this process's embedded Redis, started on first use and
+    stopped when the process exits."""
+    if _default_url:
+        return _default_url[-1]
+    if not _servers:
+        srv = EmbeddedRedis()
+        srv.start()
+        _servers.append(srv)
+        atexit.register(srv.stop)
+    return _servers[0].url
+
+
+@contextmanager
+def server() -> Iterator[str]:
+    """A private embedded Redis for the block (its URL); the kit's runs in
+    the block use it.  Stopped, and its data gone, at the end."""
+    srv = EmbeddedRedis()
+    srv.start()
+    _default_url.append(srv.url)
+    try:
+        yield srv.url
+    finally:
+        _default_url.pop()
+        srv.stop()
+
+
+def run_job(spec: JobSpec | dict[str, Any] | str | Path,
+            records: Iterable[str] | None = None, *, workers: int = 1,
+            redis_url: str | None = None, timeout_s: float = 60.0,
+            allow_modules: Iterable[str] = (), allow_exec: bool = False) -> Result:
+    """Run ``spec`` (a JobSpec, its dict, or a YAML/JSON file) to the end and
+    return its result: ``{key: value}`` (keys as text) for an aggregate, else
+    the list of output records.  ``records``: input lines, written to a
+    temporary file that replaces ``source.paths``."""
+    job_spec = _as_spec(spec)
+    opts = RunOptions(redis_url=redis_url, workers=workers, timeout_s=timeout_s,
+                      allow_modules=tuple(allow_modules), allow_exec=allow_exec)
+    if records is None:
+        return run_in_process(job_spec, opts).result
+    with tempfile.TemporaryDirectory(prefix="rainstorm-test-") as d:
+        path = Path(d) / "input.txt"
+        path.write_text("".join(f"{line}\n" for line in records), encoding="utf-8")
+        return run_in_process(job_spec, replace(opts, inputs=(str(path),))).result
+
+
+def run_dataset(ds: datasets.Dataset, *, workers: int = 1, redis_url: str | None = None,
+                timeout_s: float = 60.0) -> list[Any]:
+    """``ds.collect()``, run in-process (see :func:`in_process`)."""
+    with in_process(workers=workers, redis_url=redis_url, timeout_s=timeout_s):
+        return ds.collect()
+
+
+@contextmanager
+def in_process(*, workers: int = 1, redis_url: str | None = None,
+               timeout_s: float = 60.0) -> Iterator[None]:
+    """Inside the block, every Dataset action (collect, count, top, save)
+    runs in-process, with ``workers`` in-process workers."""
+    def runner(spec: JobSpec, opts: RunOptions) -> RunReport:
+        return run_in_process(spec, replace(opts, redis_url=redis_url, workers=workers,
+                                 timeout_s=opts.timeout_s or timeout_s))
+
+    datasets.configure(runner=runner)
+    try:
+        yield
+    finally:
+        datasets.configure(runner=None)
+
+
+def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
+    """Run ``spec`` in-process with ``options.workers`` workers (at least
+    one) on ``options.redis_url`` (None: :func:`shared_url`, and the job's
+    keys are removed after); the server and autoscale fields are not used.
+    OperatorFailed for dead letters, unless ``settings.skip_bad_records``."""
+    url = options.redis_url or shared_url()
+    job, files = prepare(_fast_retries(spec), list(options.inputs) or None, options.job_id,
+                         options.allow_exec)
+    key = local_key()
+    r = connect(url)
+    crew = [Worker(r, WorkerOptions(job=job.id, secret=key, allow_exec=options.allow_exec,
+                                    allow_modules=options.allow_modules
+                                    + spec_modules(job.spec)))
+            for _ in range(max(options.workers, 1))]
+    session = Session(r, job, files, key=key)
+    try:
+        session.submit(options.connect_timeout_s)
+        result = session.drive(timeout_s=options.timeout_s, on_progress=options.on_progress,
+                               check=lambda: _take_turns(crew))
+        if options.raw_keys and isinstance(result, dict):
+            result = session.raw_state()
+        status = session.status()
+        failed = _failure(r, job.id, job.spec, status.dead_letters, result)
+    finally:
+        for w in crew:
+            w.close()
+        if options.redis_url is None:  # the kit's own server: leave nothing behind
+            _forget(r, job.id)
+        r.close()
+    if failed:
+        raise failed from None
+    return RunReport(job.id, result, session.seconds, status.total_bytes, status,
+                     redact(url), session.outages)
+
+
+def _take_turns(crew: list[Worker]) -> None:
+    """Each worker works until it finds nothing to do (bounded: the
+    coordinator must look again, e.g. to load more input)."""
+    for w in crew:
+        for _ in range(ROUNDS_PER_LOOK):
+            if w.run_once().idle:
+                break
+
+
+def _as_spec(spec: JobSpec | dict[str, Any] | str | Path) -> JobSpec:
+    if isinstance(spec, JobSpec):
+        return spec
+    if isinstance(spec, dict):
+        return parse_spec(spec)
+    return load_spec(str(spec), [])
+
+
+def _fast_retries(spec: JobSpec) -> JobSpec:
+    """``spec`` with failed entries retried after RETRY_AFTER_MS (unless set)."""
+    if "claim_idle_ms" in spec.settings.model_fields_set:
+        return spec
+    fast = spec.settings.model_copy(update={"claim_idle_ms": RETRY_AFTER_MS})
+    return spec.model_copy(update={"settings": fast})
+
+
+def _failure(r: redis.Redis, job_id: str, spec: JobSpec, dead: int,
+             result: Result) -> OperatorFailed | None:
+    """OperatorFailed naming the first dead letter, unless there is none or
+    the spec skips bad records."""
+    if not dead or spec.settings.skip_bad_records:
+        return None
+    rows = dead_letters(r, job_id, count=1, newest_first=False)
+    first = "(unreadable)" if not rows else \
+        f"stage {rows[0]['stage']}: {rows[0]['error']} (record {rows[0]['record']})"
+    return OperatorFailed(job_id, dead, result, one_line(first))
+
+
+def _forget(r: redis.Redis, job_id: str) -> None:
+    """Remove the job's keys (best effort: a failed run may have left few)."""
+    try:
+        kill_job(r, job_id)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the run's own error
+        pass

@@ -1,0 +1,120 @@
+"""The jobs a worker serves: found, admitted, refused or marked failed.
+
+Every ``refresh_s`` the worker re-reads the running jobs (``rs:jobs``, or
+its one ``--job``).  A job new to it is *adopted*: its signed spec is
+verified before it is parsed (rainstorm.worker.admit), and a runner is
+built per stage.  A job this worker cannot run (a module outside its
+allowlist, an executable without --allow-exec) is *refused*, written to
+``rs:{job}:refusals`` for the coordinator.  A job no worker can use (keys
+of the wrong type, a spec that does not parse ...) is marked failed with
+the reason (rainstorm.worker.jobcheck): one log line, never an exit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from rainstorm import keys
+from rainstorm.connection import REDIS_DOWN
+from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
+from rainstorm.signing import SignatureError
+from rainstorm.worker.admit import Admission, admit
+from rainstorm.worker.batch import StageRunner
+from rainstorm.worker.jobcheck import (
+    BrokenJob,
+    is_running,
+    listed_jobs,
+    mark_failed,
+    missing_spec,
+)
+from rainstorm.worker.step import ActiveJob
+
+log = logging.getLogger(__name__)
+
+# what data of the wrong shape raises (a job's keys, entries, counters): the
+# job fails with the reason; anything else is a bug and stops the worker
+DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, RecursionError, RainstormError)
+
+
+class JobTable:
+    """The running jobs one worker knows, by id."""
+
+    def __init__(self, r: redis.Redis, worker_id: str, admission: Admission,
+                 allow_modules: tuple[str, ...], allow_exec: bool, only: str | None) -> None:
+        self.r = r
+        self.id = worker_id
+        self.admission = admission
+        self.allow_modules = allow_modules
+        self.allow_exec = allow_exec
+        self.only = only  # serve only this job (--job)
+        self.active: dict[str, ActiveJob] = {}
+        self.refused: dict[str, str] = {}  # job -> why this worker cannot run it
+        self.broken: dict[str, str] = {}  # job -> why no worker can (marked failed)
+        self.seen_job = False  # a job was running at some refresh
+        self._warned: set[str] = set()
+
+    def refresh(self) -> None:
+        ids = [self.only] if self.only else listed_jobs(self.r, self._warned)
+        running = {job_id for job_id in ids if self._check(job_id)}
+        for gone in set(self.active) - running:
+            del self.active[gone]
+
+    def _check(self, job_id: str) -> bool:
+        """Is the job running (and adopted, or refused by this worker)?  A job
+        whose keys no worker can use is marked failed and skipped, whatever
+        they hold."""
+        if job_id in self.broken:
+            return False
+        try:
+            if not is_running(self.r, job_id):
+                return False
+            self.seen_job = True
+            if job_id not in self.active and job_id not in self.refused:
+                self._adopt(job_id)
+            return True
+        except BrokenJob as exc:
+            self.fail(job_id, str(exc))
+        except redis.ResponseError as exc:
+            if isinstance(exc, REDIS_DOWN):
+                raise
+            self.fail(job_id, f"its keys are unreadable ({exc})")
+        except ServerError:
+            raise  # the server, not this job (see Worker.run_once)
+        except DATA_ERRORS as exc:  # whatever a job's keys hold
+            self.fail(job_id, f"it cannot be adopted ({one_line(repr(exc))})")
+        return False
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """No worker can serve the job: mark it failed with ``reason``."""
+        self.broken[job_id] = reason
+        self.active.pop(job_id, None)
+        done = mark_failed(self.r, job_id, reason)
+        log.error("worker %s: job %s is %s: %s", self.id, job_id, done, reason)
+
+    def _adopt(self, job_id: str) -> None:
+        raw, sig = self.r.mget([keys.spec(job_id), keys.spec_signature(job_id)])
+        if raw is None:
+            why = missing_spec(self.r, job_id)  # not written yet, or not a string
+            if why:
+                raise BrokenJob(why)
+            return
+        runners: dict[int, StageRunner] = {}
+        dead_stages: dict[int, str] = {}
+        try:
+            job = admit(job_id, raw, sig, self.admission)  # verified before parsed
+            for s in job.plan.stages:
+                try:
+                    runners[s.index] = StageRunner(job, s.index, self.allow_modules,
+                                                   self.allow_exec)
+                except SignatureError as exc:  # not a refusal: dead-letter, never unpickle
+                    dead_stages[s.index] = str(exc)
+                    log.error("worker %s: job %s stage %d: %s; its entries go to the "
+                              "dead-letter stream", self.id, job_id, s.index, exc)
+        except UsageError as exc:
+            self.refused[job_id] = str(exc)
+            log.error("worker %s refuses job %s: %s", self.id, job_id, exc)
+            self.r.hset(keys.refusals(job_id), self.id, str(exc))
+            return
+        self.active[job_id] = ActiveJob(job, runners, dead_stages=dead_stages)

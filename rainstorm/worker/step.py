@@ -1,0 +1,329 @@
+"""The worker's step: one batch of entries in, a commit and its outcome out.
+
+    run(job, stage, entries, watermark_us) -> Outcome
+      dead-letter what can never run (undecodable, failed too often)
+      compute (a windowed stage: against the watermark given):
+        suspects (a holder vanished while running them): alone, in a child
+        the rest together; entries whose run fails are counted and left
+        pending (retried after claim_idle_ms), the others are committed
+      commit: one FCALL (rainstorm.lua.commit), then by its answer
+        ok         after_commit: failure counts cleared, durability wait,
+                   latency observed, delta log compacted
+        rejected   without_stolen: another worker committed some entries
+                   (stolen from us): recompute without them
+        closed     with_new_watermark: a window of the batch closed
+                   meanwhile: recompute against the watermark Redis returned
+        backlog    wait_for_room: downstream is full; wait, commit again
+        stopped    the job is no longer running: the batch is dropped
+        too large  commit_in_halves (one entry too large is dead-lettered)
+
+Every input is an argument: the entries, the job's runners, the watermark;
+what the operators counted comes back in the computation
+(rainstorm.worker.batch).  The keep-alive thread keeps the batch's entries
+this worker's while it runs (rainstorm.worker.keepalive).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from rainstorm import keys, lua
+from rainstorm.durability import wait_after_commit
+from rainstorm.errors import CallTooLarge
+from rainstorm.job import Job
+from rainstorm.latency import LatencyRecorder
+from rainstorm.lua import CommitRequest, CommitResult, CommitStatus
+from rainstorm.operators.chain import OperatorError
+from rainstorm.operators.chain_errors import OperatorTimeout
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.state import maybe_compact
+from rainstorm.worker import poison
+from rainstorm.worker.batch import Entry, StageRunner
+from rainstorm.worker.isolate import grace_s, run_forked
+from rainstorm.worker.keepalive import KeepAlive
+from rainstorm.worker.timeout import ticked
+
+log = logging.getLogger(__name__)
+
+# (entries, watermark) -> what to commit for them; OperatorError if they fail
+Compute = Callable[[list[Entry], int | None], CommitRequest]
+
+
+@dataclass
+class ActiveJob:
+    """A job this worker serves: its runners, one per stage."""
+
+    job: Job
+    runners: dict[int, StageRunner]
+    last_claim: float = 0.0  # when idle entries were last stolen (monotonic)
+    # stages whose pickled functions failed the signature check: every entry
+    # given to them is dead-lettered with this reason (never unpickled, never run)
+    dead_stages: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What a step did with its entries."""
+
+    committed: int = 0  # entries committed
+    commits: int = 0  # successful commit calls
+    dead_lettered: int = 0  # entries sent to the dead-letter stream
+    failed: int = 0  # entries whose run failed (left pending, retried later)
+    dropped: int = 0  # entries of a job that stopped meanwhile (never written)
+
+    def add(self, other: Outcome) -> None:
+        self.committed += other.committed
+        self.commits += other.commits
+        self.dead_lettered += other.dead_lettered
+        self.failed += other.failed
+        self.dropped += other.dropped
+
+
+@dataclass
+class _Batch:
+    """One computation and its commit: the watermark it is computed against
+    changes when Redis answers ``closed``."""
+
+    act: ActiveJob
+    runner: StageRunner
+    compute: Compute
+    watermark_us: int | None
+    out: Outcome
+
+    @property
+    def job(self) -> Job:
+        return self.act.job
+
+    @property
+    def stage(self) -> int:
+        return self.runner.stage.index
+
+
+class Step:
+    """Runs batches for one worker (its id is the consumer name)."""
+
+    def __init__(self, r: redis.Redis, worker_id: str, keepalive: KeepAlive,
+                 latency: LatencyRecorder, stopping: Callable[[], bool],
+                 waiting: Callable[[], None]) -> None:
+        self.r = r
+        self.id = worker_id
+        self.keepalive = keepalive
+        self.latency = latency
+        self._stopping = stopping  # asked to stop: a backpressured batch is left pending
+        self._waiting = waiting  # called while waiting for room downstream (heartbeat)
+
+    def run(self, act: ActiveJob, stage: int, entries: list[Entry],
+            watermark_us: int | None = None) -> Outcome:
+        """Run and commit ``entries`` of ``stage``.  ``watermark_us``: a
+        windowed stage's max event time as read before the batch (counters
+        ``s<i>:max_event_us``); a commit refused because it moved meanwhile is
+        recomputed against the new one."""
+        out = Outcome()
+        if stage in act.dead_stages:
+            for e in entries:
+                self.dead_letter(act, stage, e, act.dead_stages[stage], out)
+            return out
+        self.keepalive.begin(act.job.id, stage, keys.group(stage), entries,
+                             act.job.spec.settings.claim_idle_ms)
+        try:
+            self._run(act, stage, entries, watermark_us, out)
+        finally:
+            self.keepalive.end()
+        return out
+
+    def _run(self, act: ActiveJob, stage: int, entries: list[Entry], watermark: int | None,
+             out: Outcome) -> None:
+        runner = act.runners[stage]
+        entries = self._runnable(act, runner, entries, out)
+        suspects = [e for e in entries if poison.suspect(e)]
+        rest = [e for e in entries if e not in suspects]  # (a run changes e.failures)
+        for e in suspects:
+            self._run_alone(act, runner, e, watermark, out)  # it may crash us too
+        if rest:
+            self._run_together(act, runner, rest, watermark, out)
+
+    def _runnable(self, act: ActiveJob, runner: StageRunner, entries: list[Entry],
+                  out: Outcome) -> list[Entry]:
+        """The entries that may run; the others are dead-lettered now."""
+        stage = runner.stage.index
+        bad = runner.undecodable(entries)
+        for e, why in bad:  # can never run: dead letters now, not after retries
+            self.dead_letter(act, stage, e, why, out)
+        undecodable = {id(e) for e, _ in bad}
+        entries = [e for e in entries if id(e) not in undecodable]
+        max_deliveries = act.job.spec.settings.max_deliveries
+        hopeless = [e for e in entries if poison.hopeless(e, max_deliveries)]
+        for e in hopeless:
+            self.dead_letter(act, stage, e, f"its runs failed {e.failures} times (the last "
+                                            "ones record by record): the operator crashes "
+                                            "or hangs on it", out)
+        return [e for e in entries if e not in hopeless]
+
+    # -- computing ------------------------------------------------------------
+    def _run_together(self, act: ActiveJob, runner: StageRunner, entries: list[Entry],
+                      watermark: int | None, out: Outcome) -> None:
+        settings = act.job.spec.settings
+        isolate = {e.id for e in entries if poison.isolated(e, settings.max_deliveries)}
+
+        def compute(part: list[Entry], watermark_us: int | None) -> CommitRequest:
+            return runner.build(part, isolate, settings.max_backlog, watermark_us=watermark_us,
+                                limit=lambda: self.keepalive.limit(settings.operator_timeout_s))
+
+        b = _Batch(act, runner, compute, watermark, out)
+        entries, req = self._compute_ok(b, entries)
+        if req is not None:
+            self._commit(b, entries, req)
+
+    def _run_alone(self, act: ActiveJob, runner: StageRunner, e: Entry,
+                   watermark: int | None, out: Outcome) -> None:
+        """A suspect entry, alone in a forked child (rainstorm.worker.isolate)."""
+        settings = act.job.spec.settings
+        isolate = {e.id} if poison.isolated(e, settings.max_deliveries) else set()
+        timeout = settings.operator_timeout_s
+
+        def compute(part: list[Entry], watermark_us: int | None) -> CommitRequest:
+            return run_forked(lambda tick: runner.build(
+                part, isolate, settings.max_backlog, watermark_us=watermark_us,
+                limit=lambda: ticked(tick, timeout)), timeout + grace_s(timeout))
+
+        b = _Batch(act, runner, compute, watermark, out)
+        try:
+            req = compute([e], watermark)
+        except OperatorError as exc:
+            self._failed(b, e, exc)
+            return
+        self._commit(b, [e], req)
+
+    def _compute_ok(self, b: _Batch, entries: list[Entry]
+                    ) -> tuple[list[Entry], CommitRequest | None]:
+        """The request for the entries that do not fail; each failing entry
+        has its failure counted and stays pending (retried after claim_idle_ms)."""
+        while entries:
+            try:
+                return entries, b.compute(entries, b.watermark_us)
+            except OperatorError as exc:
+                culprit = b.runner.current if isinstance(exc, OperatorTimeout) else None
+                if culprit is None or culprit not in entries:
+                    break
+                self._failed(b, culprit, exc)  # a timeout names its entry: retry the rest
+                entries = [e for e in entries if e is not culprit]
+        ok = []
+        for e in entries:  # find the failing entries; commit the others
+            try:
+                b.compute([e], b.watermark_us)
+                ok.append(e)
+            except OperatorError as exc:
+                self._failed(b, e, exc)
+        return ok, self._recompute(b, ok)
+
+    def _recompute(self, b: _Batch, entries: list[Entry]) -> CommitRequest | None:
+        """The request for ``entries`` again (after a rejection, a closed
+        window ...); None, leaving them pending, if it fails now (an operator
+        that is not deterministic)."""
+        if not entries:
+            return None
+        try:
+            return b.compute(entries, b.watermark_us)
+        except OperatorError as exc:
+            log.warning("worker %s: job %s: a batch that computed before failed now (%s); "
+                        "its entries are retried later", self.id, b.job.id, exc)
+            return None
+
+    def _failed(self, b: _Batch, e: Entry, exc: OperatorError) -> None:
+        n = poison.record(self.r, b.job.id, e)
+        b.out.failed += 1
+        log.warning("worker %s: entry %s of %s failed (run %d of %d before record by record):"
+                    " %s", self.id, e.uid, e.stream, n, b.job.spec.settings.max_deliveries, exc)
+
+    # -- committing -------------------------------------------------------------
+    def _commit(self, b: _Batch, entries: list[Entry], req: CommitRequest | None) -> None:
+        backoff = 0.01
+        while entries and req is not None:
+            t0 = time.perf_counter()
+            try:
+                res = lua.commit(self.r, req)
+            except CallTooLarge as exc:
+                self._commit_in_halves(b, entries, exc)
+                return
+            if res.status is CommitStatus.OK:
+                self._after_commit(b, entries, t0)
+                return
+            if res.status in (CommitStatus.STOPPED, CommitStatus.GONE):
+                log.info("worker %s: job %s is %s: batch dropped", self.id, b.job.id,
+                         res.state or res.status)
+                b.out.dropped += len(entries)
+                return  # nothing was written; the job's entries no longer matter
+            if res.status is CommitStatus.REJECTED:
+                entries, req = self._without_stolen(b, entries, res)
+            elif res.status is CommitStatus.CLOSED:
+                req = self._with_new_watermark(b, entries, res)
+            elif not self._wait_for_room(backoff):
+                return
+            else:
+                backoff = min(backoff * 2, 0.5)
+
+    def _after_commit(self, b: _Batch, entries: list[Entry], t0: float) -> None:
+        """Committed: forget the entries' failures, wait for the durability
+        asked for, observe the latency, compact the delta log if it grew."""
+        b.out.commits += 1
+        b.out.committed += len(entries)
+        poison.clear(self.r, b.job.id, entries)
+        wait_after_commit(self.r, b.job, b.stage)
+        self.latency.observe(b.job.id, b.stage, time.perf_counter() - t0)
+        if b.runner.agg:
+            maybe_compact(self.r, b.job, b.stage, b.runner.agg)
+
+    def _without_stolen(self, b: _Batch, entries: list[Entry], res: CommitResult
+                        ) -> tuple[list[Entry], CommitRequest | None]:
+        """Some entries were stolen and committed by another worker: the
+        request for the others (nothing was written)."""
+        log.info("worker %s: commit rejected for %s (already committed elsewhere)",
+                 self.id, res.rejected)
+        left = [e for e in entries if e.id not in res.rejected]
+        return left, self._recompute(b, left)
+
+    def _with_new_watermark(self, b: _Batch, entries: list[Entry], res: CommitResult
+                            ) -> CommitRequest | None:
+        """A window the batch counts into closed meanwhile: recompute against
+        the watermark Redis has now (its records for that window become late)."""
+        b.watermark_us = res.max_event_us
+        self.r.hincrby(keys.counters(b.job.id),
+                       keys.counter_field(b.stage, StageCounter.CLOSED_RETRIES), 1)
+        return self._recompute(b, entries)
+
+    def _wait_for_room(self, backoff_s: float) -> bool:
+        """Backpressure: downstream is full.  Wait (the keep-alive thread keeps
+        the entries ours meanwhile); False when asked to stop (the entries stay
+        pending and another worker claims them)."""
+        if self._stopping():
+            return False
+        time.sleep(backoff_s)
+        self._waiting()
+        return True
+
+    def _commit_in_halves(self, b: _Batch, entries: list[Entry], exc: CallTooLarge) -> None:
+        """A batch too large for one FCALL (the library's caps): commit it in
+        halves; one entry still too large is dead-lettered with the reason."""
+        if len(entries) == 1:
+            self.dead_letter(b.act, b.stage, entries[0],
+                             f"its commit is too large for one call: {exc}", b.out)
+            return
+        half = len(entries) // 2
+        for part in (entries[:half], entries[half:]):
+            self._commit(b, part, self._recompute(b, part))
+
+    def dead_letter(self, act: ActiveJob, stage: int, e: Entry, error: str,
+                    out: Outcome) -> None:
+        job = act.job.id
+        lua.deadletter(self.r, counters=keys.counters(job), dlq=keys.dlq(job),
+                       meta=keys.meta(job), stream=e.stream, group=keys.group(stage),
+                       stage=stage, entry_id=e.id,
+                       uid=e.raw_uid if e.raw_uid is not None else e.uid, error=error,
+                       deliveries=e.deliveries)
+        poison.clear(self.r, job, [e])
+        out.dead_lettered += 1

@@ -1,0 +1,95 @@
+"""The one submit-then-drive path (rainstorm.coordinator.session), with an
+in-process worker taking its turns in the driver's check hook."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.session import Session, prepare
+from rainstorm.errors import JobFailed, UsageError
+from rainstorm.spec import parse_spec
+from rainstorm.worker.loop import Worker, WorkerOptions
+from tests.helpers import wordcount_spec
+
+
+def _input(tmp_path: Path, lines: list[str]) -> list[str]:
+    p = tmp_path / "in.txt"
+    p.write_text("".join(f"{ln}\n" for ln in lines))
+    return [str(p)]
+
+
+def _turns(w: Worker) -> None:
+    for _ in range(50):
+        if w.run_once().idle:
+            return
+
+
+def test_prepare_fails_before_redis_on_a_missing_input(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        prepare(wordcount_spec(), [str(tmp_path / "nope.txt")], "j")
+    assert "\n" not in str(err.value)
+
+
+def test_submit_drive_and_resume(tmp_path: Path, r: redis.Redis) -> None:
+    lines = [f"a{i % 7} b{i % 3}" for i in range(500)]
+    job, files = prepare(wordcount_spec(), _input(tmp_path, lines), "sess")
+    session = Session(r, job, files)
+    assert session.submit() is True
+    assert Session(r, job, files).submit() is False  # the same job again: resumed
+    with Worker(r, WorkerOptions(job=job.id, allow_modules=("tests",))) as w:
+        result = session.drive(timeout_s=60, check=lambda: _turns(w))
+    assert result == Counter(w for ln in lines for w in ln.split())
+    assert session.seconds > 0 and session.status().dead_letters == 0
+    assert r.hget(keys.meta(job.id), "state") == b"done"
+
+
+def test_another_spec_under_the_same_id_is_refused(tmp_path: Path, r: redis.Redis) -> None:
+    job, files = prepare(wordcount_spec(), _input(tmp_path, ["a"]), "twice")
+    Session(r, job, files).submit()
+    other, files2 = prepare(wordcount_spec(batch_bytes=1024), _input(tmp_path, ["a"]), "twice")
+    with pytest.raises(UsageError, match="already exists"):
+        Session(r, other, files2).submit()
+
+
+def test_a_failed_drive_marks_the_job_failed(tmp_path: Path, r: redis.Redis) -> None:
+    job, files = prepare(wordcount_spec(), _input(tmp_path, ["a b"]), "noworker")
+    session = Session(r, job, files)
+    session.submit()
+    with pytest.raises(JobFailed, match="did not finish"):
+        session.drive(timeout_s=0.3)  # no worker: never finishes
+    assert r.hget(keys.meta(job.id), "state") == b"failed"
+
+
+STREAM = {"name": "live", "source": {"type": "stream", "key": "src:lines"},
+          "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}]}
+
+
+def _interrupt_when_counted(r: redis.Redis, w: Worker, job_id: str, n: int) -> None:
+    _turns(w)
+    if int(r.hget(keys.counters(job_id), "s0:committed") or 0) >= n:
+        raise KeyboardInterrupt
+
+
+def test_interrupt_stops_a_streaming_job_only_when_asked(r: redis.Redis) -> None:
+    for i in range(20):
+        r.xadd("src:lines", {"line": f"x y{i % 2}"})
+    job, files = prepare(parse_spec(STREAM), None, "live1")
+    session = Session(r, job, files)
+    session.submit()
+    with Worker(r, WorkerOptions(job=job.id)) as w:
+        result = session.drive(check=lambda: _interrupt_when_counted(r, w, job.id, 1),
+                               stop_on_interrupt=True)
+    assert r.hget(keys.meta(job.id), "state") == b"cancelled"
+    assert isinstance(result, dict) and set(result) <= {"x", "y0", "y1"} and result
+
+    job2, _ = prepare(parse_spec(STREAM), None, "live2")
+    session2 = Session(r, job2, [])
+    session2.submit()
+    with Worker(r, WorkerOptions(job=job2.id)) as w, pytest.raises(KeyboardInterrupt):
+        session2.drive(check=lambda: _interrupt_when_counted(r, w, job2.id, 1))
+    assert r.hget(keys.meta(job2.id), "state") == b"running"  # left to a resumed submit

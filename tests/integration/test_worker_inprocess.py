@@ -1,0 +1,124 @@
+"""The worker in-process, against the real server: Worker.run_once() for
+one round at a time, Worker.run(burst=True) for a whole job."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from rainstorm import keys
+from rainstorm.coordinator.submit import submit
+from rainstorm.job import Job, encode_records
+from rainstorm.local.run import prepare
+from rainstorm.protocol.entries import entry_fields
+from rainstorm.spec import parse_spec
+from rainstorm.state import read_state
+from rainstorm.worker import Worker, WorkerOptions
+from rainstorm.worker.batch import entry_of
+from rainstorm.worker.loop import BURST_OVER
+from tests.conftest import reference_wordcount, write_corpus
+from tests.helpers import Driven, counters, wait_for, wordcount_spec
+
+WORDS = ["a b a", "c a b", "d d d d"]
+
+
+def _stream_job(r: redis.Redis, job_id: str, **settings: int) -> Job:
+    """A word count over a stream source (its entries written by _add)."""
+    spec = parse_spec({
+        "name": job_id, "source": {"type": "stream", "key": "ev", "field": None},
+        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+        "settings": {"parallelism": 1, **settings}})
+    job, files = prepare(spec, None, job_id)
+    submit(r, job, files)
+    return job
+
+
+def _add(r: redis.Redis, job: Job) -> None:
+    """Stage-0 entries written by hand (as the loader does)."""
+    for i, line in enumerate(WORDS):
+        r.xadd(keys.stage_stream(job.id, 0, 0), entry_fields(f"x{i}", encode_records([line])))
+    r.hincrby(keys.counters(job.id), "s0:emitted", len(WORDS))
+
+
+def _expected() -> Counter[str]:
+    return Counter(w for line in WORDS for w in line.split())
+
+
+def test_run_once_reports_a_round_and_then_idle(r: redis.Redis) -> None:
+    job = _stream_job(r, "once")
+    _add(r, job)
+    with Worker(r, WorkerOptions(job=job.id)) as w:
+        first = w.run_once()
+        assert (first.committed, first.batches, first.idle, first.exit) == (3, 1, False, None)
+        assert (first.failed, first.dead_lettered, first.claimed) == (0, 0, 0)
+        assert w.run_once().idle
+        assert r.hexists(keys.WORKERS, w.id)  # registered while it runs
+    assert not r.hexists(keys.WORKERS, w.id)  # close() leaves
+    assert Counter(read_state(r, job)) == _expected()
+
+
+def test_a_stragglers_stolen_entries_are_committed_once(r: redis.Redis) -> None:
+    """Worker A reads the entries and stalls; worker B steals them (their idle
+    time passed claim_idle_ms) and commits them; A's late commit is refused
+    and A commits nothing: every word counted once."""
+    job = _stream_job(r, "steal", claim_idle_ms=10)
+    job_id = job.id
+    a = Worker(r, WorkerOptions(job=job_id))
+    b = Worker(r, WorkerOptions(job=job_id))
+    with a, b:
+        assert a.run_once().idle and b.run_once().idle  # adopt the job; B's first claim
+        _add(r, job)
+        stream = keys.stage_stream(job_id, 0, 0)
+        ((_, rows),) = r.xreadgroup(keys.group(0), a.id, {stream: ">"})  # A's read
+        held = [entry_of(stream, id_.decode(), f) for id_, f in rows]
+        assert len(held) == len(WORDS)
+
+        def all_stolen() -> bool:
+            b.jobs[job_id].last_claim = 0.0  # claim on this round (not every ms)
+            return b.run_once().claimed == len(WORDS)
+
+        wait_for(all_stolen, 10, "B to steal A's idle entries")
+        pending = r.xpending_range(stream, keys.group(0), "-", "+", 10)
+        assert pending == []  # B committed them
+        out = a.step.run(a.jobs[job_id], 0, held)  # A wakes up and commits late
+    assert (out.committed, out.commits, out.failed) == (0, 0, 0)
+    c = counters(r, job_id)
+    assert c["s0:committed"] == len(WORDS) and c["s0:claimed"] == len(WORDS)
+    assert c["s0:rejected"] == len(WORDS)
+    assert Counter(read_state(r, job)) == _expected()
+
+
+def test_a_stop_asked_with_the_stop_key_ends_the_round(r: redis.Redis) -> None:
+    job = _stream_job(r, "stop")
+    with Worker(r, WorkerOptions(job=job.id, heartbeat_s=0.0)) as w:
+        r.set(keys.worker_stop(w.id), "test")
+        assert w.run_once().exit is None  # this round beats and reads the stop key
+        assert w.run_once().exit == "asked to stop (test)"
+
+
+def test_wordcount_in_process_with_run_burst(r: redis.Redis, tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=20)
+    job, files = prepare(wordcount_spec(batch_bytes=2048, parallelism=2),
+                         [str(p) for p in paths], "inproc")
+    submit(r, job, files)
+    driven = Driven(r, job, timeout_s=60)  # the coordinator: loads, waits, folds
+    reason = Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True)
+    assert reason == BURST_OVER
+    assert Counter(driven.result(60)) == reference_wordcount(paths)
+
+
+def test_a_worker_leaving_never_recreates_a_deleted_jobs_counters(r: redis.Redis) -> None:
+    """Commit latencies are flushed with the heartbeat; those of a job whose
+    keys were deleted meanwhile (kill-job) are dropped, not written."""
+    job = _stream_job(r, "gone")
+    with Worker(r, WorkerOptions(job=job.id, heartbeat_s=60, refresh_s=0)) as w:
+        assert w.run_once().idle  # adopts; the first heartbeat
+        _add(r, job)
+        assert w.run_once().committed == len(WORDS)  # latency observed, not yet flushed
+        for k in r.scan_iter(match="rs:{gone}:*"):
+            r.delete(k)
+        r.srem(keys.JOBS, job.id)
+        assert w.run_once().idle and not w.jobs
+    assert not r.exists(keys.counters(job.id))

@@ -1,0 +1,158 @@
+"""StageRunner alone (no Redis): entries in, the commit request out.
+
+Routing, uids and emit fields are checked against independent computations
+written here (zlib.crc32 of the key, blake2b of the sorted input uids), not
+against rainstorm.protocol.entries."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections import Counter
+from typing import Any
+
+import msgpack
+
+from rainstorm import keys
+from rainstorm.job import Job, encode_records
+from rainstorm.spec import parse_spec
+from rainstorm.worker.batch import Entry, StageRunner
+
+LINES = ["the cat sat on the mat", "a dog and the cat", "zebra yak the end", "x y z w v u t"]
+PARTS = 3
+
+
+def _job(pipeline: list[dict[str, Any]], source: dict[str, Any] | None = None) -> Job:
+    spec = parse_spec({"name": "t", "source": source or {"type": "text"},
+                       "pipeline": pipeline, "settings": {"parallelism": PARTS}})
+    return Job.build("rq", spec)
+
+
+def _entries(lines: list[str], prefix: str = "t") -> list[Entry]:
+    return [Entry(f"rs:{{rq}}:s0:p{i % PARTS}", f"{i + 1}-0", f"{prefix}{i * 100}",
+                  (line + "\n").encode()) for i, line in enumerate(lines)]
+
+
+def _base(uids: list[str]) -> str:
+    return hashlib.blake2b("\x00".join(sorted(uids)).encode(), digest_size=10).hexdigest()
+
+
+def _decode(payload: bytes) -> list[Any]:
+    return list(msgpack.unpackb(payload, raw=False, use_list=False))
+
+
+KEYED = [{"op": "flat_map", "fn": "split_words"}, {"op": "key_by", "fn": "identity"},
+         {"op": "repartition"}, {"op": "map", "fn": "identity"}]
+UNKEYED = [{"op": "flat_map", "fn": "split_words"}, {"op": "repartition"},
+           {"op": "map", "fn": "upper"}]
+
+
+def test_keyed_outputs_go_to_the_partition_of_the_keys_crc32() -> None:
+    job = _job(KEYED)
+    entries = _entries(LINES)
+    req = StageRunner(job, 0, ()).build(entries, set(), max_backlog=7)
+    words = Counter(w for line in LINES for w in line.split())
+    routed: Counter[str] = Counter()
+    for stream, uid, payload in req.outputs:
+        part = int(stream.rsplit(":p", 1)[1])
+        assert stream == f"rs:{{rq}}:s1:p{part}"
+        assert uid == f"{_base([e.uid for e in entries])}.{part}"
+        for key, value in _decode(payload):
+            assert key == value and zlib.crc32(key.encode()) % PARTS == part
+            routed[key] += 1
+    assert routed == words
+    assert req.emit_field == "s1:emitted" and req.max_backlog == 7
+    assert req.records_in == len(LINES) and req.records_out == sum(words.values())
+    assert req.inputs == [(e.stream, e.id, e.uid) for e in entries]
+    assert req.bytes_in == sum(len(line) + 1 for line in LINES)  # stage 0 counts bytes
+    assert req.group == keys.group(0) and req.stage == 0 and req.delta == b""
+
+
+def test_unkeyed_outputs_are_spread_round_robin_from_the_uid() -> None:
+    job = _job(UNKEYED)
+    entries = _entries(LINES)
+    req = StageRunner(job, 0, ()).build(entries, set(), max_backlog=0)
+    words = [w for line in LINES for w in line.split()]  # (upper runs in stage 1)
+    start = int(_base([e.uid for e in entries])[:8], 16)
+    want: list[list[str]] = [[] for _ in range(PARTS)]
+    for n, w in enumerate(words):
+        want[(start + n) % PARTS].append(w)
+    got = {int(stream.rsplit(":p", 1)[1]): _decode(payload)
+           for stream, _uid, payload in req.outputs}
+    assert got == {p: ws for p, ws in enumerate(want) if ws}
+    sizes = [len(ws) for ws in want]
+    assert max(sizes) - min(sizes) <= 1  # an even spread
+
+
+def test_output_uids_are_stable_and_unique() -> None:
+    job = _job(KEYED)
+    runner = StageRunner(job, 0, ())
+    entries = _entries(LINES)
+    once = runner.build(entries, set(), 0)
+    again = runner.build(list(reversed(_entries(LINES))), set(), 0)
+    assert [(s, u) for s, u, _ in once.outputs] == sorted((s, u) for s, u, _ in again.outputs)
+    uids = [u for _, u, _ in once.outputs]
+    assert len(set(uids)) == len(uids)
+    other = runner.build(_entries(LINES, prefix="x"), set(), 0)  # another input set
+    assert not set(uids) & {u for _, u, _ in other.outputs}
+
+
+def test_the_last_stage_writes_the_output_stream_and_an_aggregate_a_delta() -> None:
+    job = _job(UNKEYED)
+    batch = [Entry("rs:{rq}:s1:p0", "1-0", "b.0", encode_records(["a", "b"]))]
+    req = StageRunner(job, 1, ()).build(batch, set(), max_backlog=9)
+    (stream, uid, payload), = req.outputs
+    assert (stream, uid) == (keys.output("rq"), f"{_base(['b.0'])}.0")
+    assert _decode(payload) == ["A", "B"]
+    assert req.emit_field == "s1:output_entries" and req.max_backlog == 0
+    assert req.bytes_in == 0  # only stage 0 counts input bytes
+    agg = _job([{"op": "flat_map", "fn": "split_words"}, {"op": "count"}])
+    req = StageRunner(agg, 0, ()).build(_entries(LINES), set(), 0)
+    assert req.outputs == [] and req.delta and req.emit_field == ""
+    assert req.records_out == len({w for line in LINES for w in line.split()})
+
+
+def test_operator_counts_come_back_with_the_computation() -> None:
+    job = _job([{"op": "flat_map", "fn": "parse_csv", "args": {"columns": ["a", "b"]}},
+                {"op": "map", "fn": "field", "args": {"name": "a"}}])
+    runner = StageRunner(job, 0, ())
+    entries = _entries(["a,b", "1,2", "bad", "3,4,5", "6,7"])
+    first = runner.compute(entries, set())
+    assert first.extra == Counter({"s0:malformed_rows": 2})
+    assert sorted(first.outputs) == ["1", "6"]
+    again = runner.compute(entries[:2], set())  # nothing carried over from the last run
+    assert again.extra == Counter()
+
+
+def test_the_watermark_is_an_argument_of_compute() -> None:
+    job = _job([{"op": "key_by", "fn": "field", "args": {"name": "user"}},
+                {"op": "window", "time": "field", "args": {"name": "ts"}, "size_s": 10},
+                {"op": "count"}], source={"type": "stream", "key": "ev", "field": None})
+    runner = StageRunner(job, 0, ())
+    early, later = {"user": "a", "ts": "5"}, {"user": "a", "ts": "15"}
+    batch = [Entry("rs:{rq}:s0:p0", "1-0", "x1", encode_records([early, later]))]
+    fresh = runner.build(batch, set(), 0)  # no watermark yet: both windows open
+    assert fresh.records_out == 2 and fresh.outputs == []
+    behind = runner.build(batch, set(), 0, watermark_us=12_000_000)  # closes [0, 10)
+    assert behind.records_out == 1 and behind.extra == {"s0:late_records": 1}
+    (stream, uid, payload), = behind.outputs
+    assert (stream, uid) == (keys.late("rq"), f"{_base(['x1'])}.late")
+    assert [tuple(x) for x in _decode(payload)] == [("a", early)]
+    assert behind.emit_field == "s0:late_entries"
+
+
+def test_counts_of_entries_run_whole_survive_a_later_entry_run_record_by_record() -> None:
+    """A record rejected in the second entry sends that entry record by record;
+    what the first entry counted (run whole) is still committed, and the
+    second entry's rows are counted once."""
+    job = _job([{"op": "flat_map", "fn": "parse_csv", "args": {"columns": ["a", "b"]}},
+                {"op": "map", "fn": "field", "args": {"name": "a"}},
+                {"op": "flat_map", "fn": "parse_csv",
+                 "args": {"columns": ["x"], "malformed": "dead_letter"}}])
+    runner = StageRunner(job, 0, ())
+    entries = _entries(["1,2\nbad", '"p,q",2\n3,4\nworse'])
+    comp = runner.compute(entries, set())
+    assert comp.extra == Counter({"s0:malformed_rows": 2})  # "bad" and "worse"
+    assert sorted(r["x"] for r in comp.outputs) == ["1", "3"]
+    (letter,) = [msgpack.unpackb(d) for d in comp.dead]
+    assert letter["record"] == '"p,q",2' and "malformed CSV row" in letter["error"]
