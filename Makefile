@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test quick chaos lint docs bench clean
+.PHONY: demo test quick check chaos lint docs bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -21,8 +21,12 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
-# everyday work: lint, types, and every test but the slow and chaos ones
+# everyday work (under a minute): lint, types, unit and in-process integration tests
 quick: lint
+	$(BIN)/pytest -q -m "(unit or integration) and not slow"
+
+# before a push: lint, types, and every test but the slow and chaos ones
+check: lint
 	$(BIN)/pytest -q -m "not slow and not chaos"
 
 # the fault tests alone: processes and servers killed on purpose

@@ -158,7 +158,7 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
     try:
         session.submit(options.connect_timeout_s)
         result = session.drive(timeout_s=options.timeout_s, on_progress=options.on_progress,
-                               check=lambda: _take_turns(crew))
+                               on_step=lambda: _take_turns(crew))
         if options.raw_keys and isinstance(result, dict):
             result = session.raw_state()
         status = session.status()

@@ -51,13 +51,19 @@ class Driver:
         *,
         on_progress: Callable[[JobStatus], None] | None = None,
         check: Callable[[], None] | None = None,
+        on_step: Callable[[], None] | None = None,
         timeout_s: float | None = None,
         outage_timeout_s: float = 120.0,
     ) -> None:
+        """``check``: called between looks at the job's status (supervise the
+        server and workers; may raise JobFailed); ``on_step``: called after
+        every load/fold step (in-process workers of rainstorm.testing take
+        their turn there)."""
         self.r = r
         self.job = job
         self.on_progress = on_progress
         self.check = check
+        self.on_step = on_step
         self.deadline = time.monotonic() + timeout_s if timeout_s else None
         self.timeout_s = timeout_s
         self.outage_timeout_s = outage_timeout_s
@@ -122,8 +128,8 @@ class Driver:
     def _step(self) -> Result | None:
         job = self.job
         self._advance()
-        if self.check:
-            self.check()  # every step: in-process workers (rainstorm.testing) take turns here
+        if self.on_step:
+            self.on_step()
         now = time.monotonic()
         if now - self.last_status < STATUS_EVERY_S and not self.loaded:
             return None
@@ -141,6 +147,8 @@ class Driver:
             self.on_progress(status)
         if status.complete and not self.unbounded:
             return self._finish(status)
+        if self.check:
+            self.check()
         if self.deadline and now > self.deadline:
             raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
         if self.loaded:

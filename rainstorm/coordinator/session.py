@@ -90,13 +90,15 @@ class Session:
     def drive(self, *, timeout_s: float | None = None,
               on_progress: Callable[[JobStatus], None] | None = None,
               check: Callable[[], None] | None = None,
+              on_step: Callable[[], None] | None = None,
               stop_on_interrupt: bool = False) -> Result:
         """Load the input, wait until every stage committed all it was given,
         fold, store and return the result; any failure marks the job failed.
-        ``check`` runs between looks (supervise servers, step workers);
+        ``check`` runs between looks (supervise servers and workers),
+        ``on_step`` after every step (in-process workers take their turn);
         ``stop_on_interrupt``: Ctrl-C (KeyboardInterrupt) stops a streaming
         job cleanly and returns its last result."""
-        driver = Driver(self.r, self.job, on_progress=on_progress, check=check,
+        driver = Driver(self.r, self.job, on_progress=on_progress, check=check, on_step=on_step,
                         timeout_s=timeout_s)
         try:
             try:

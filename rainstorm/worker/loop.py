@@ -48,6 +48,7 @@ from rainstorm.signing import secret_key
 from rainstorm.worker import poison
 from rainstorm.worker.admit import INSECURE_WARNING, Admission
 from rainstorm.worker.batch import Entry, entry_of
+from rainstorm.worker.jobcheck import BrokenJob, is_running
 from rainstorm.worker.jobs import DATA_ERRORS, JobTable
 from rainstorm.worker.keepalive import InFlight, KeepAlive
 from rainstorm.worker.liveness import Registration
@@ -279,7 +280,10 @@ class Worker:
         if not self.opt.job or self.table.seen_job or self.opt.job in self.table.broken:
             return True  # (a job that existed and is gone was cancelled or removed)
         if self.r.hget(keys.meta(self.opt.job), "state") is not None:
-            return True
+            try:  # submitted since this round's refresh: adopt it next round
+                return not is_running(self.r, self.opt.job)
+            except BrokenJob:
+                return True
         return time.monotonic() - self._started > self.opt.wait_for_job_s
 
     # -- trouble ------------------------------------------------------------
