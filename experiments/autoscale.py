@@ -27,8 +27,7 @@ from common import DATA, finish, parser, pyplot, write_csv
 
 from rainstorm import keys, monitor
 from rainstorm.connection import connect
-from rainstorm.coordinator.driver import Driver
-from rainstorm.coordinator.submit import submit
+from rainstorm.coordinator.session import Session
 from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
@@ -72,7 +71,8 @@ def run(schedule: list[tuple[float, float]]) -> tuple[list[dict[str, Any]],
         r = connect(srv.url)
         load_library(r)
         key = local_key()  # the workers are this process's children
-        submit(r, job, files, key=key)
+        session = Session(connect(srv.url), job, files, key=key)
+        session.submit()
         backend = LocalBackend(connect(srv.url), srv.url, ("enrich",),
                                env={"PYTHONPATH": str(Path(__file__).parent),
                                     "RAINSTORM_SECRET": key.decode()})
@@ -80,8 +80,9 @@ def run(schedule: list[tuple[float, float]]) -> tuple[list[dict[str, Any]],
         stop = threading.Event()
         threading.Thread(target=scaler.run, args=(stop,), daemon=True).start()
         out: dict[str, Any] = {}
-        drive = Driver(connect(srv.url), job, timeout_s=schedule[-1][0] * 4 + 60)
-        driver = threading.Thread(target=lambda: out.update(result=drive.run()), daemon=True)
+        timeout_s = schedule[-1][0] * 4 + 60
+        driver = threading.Thread(
+            target=lambda: out.update(result=session.drive(timeout_s=timeout_s)), daemon=True)
         t0, t0_wall = time.monotonic(), time.time()
         driver.start()
         rows = sample(r, job.id, schedule, t0, driver)

@@ -19,7 +19,8 @@ key                             type         written by / meaning
                                              created/finished times, error; a
                                              finished batch job's ``dead_letters``
                                              and ``incomplete`` (1: its result
-                                             misses dead-lettered input)
+                                             misses dead-lettered input); each
+                                             field in rainstorm.protocol.meta
 ``rs:{job}:inputs``             string       submit: JSON list of the input files
                                              ``[path, size, mtime_ns]``: exactly
                                              what the loader loads

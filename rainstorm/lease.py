@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 
 import redis
 
 from rainstorm import monitor
+from rainstorm.protocol.heartbeat import host_name
 from rainstorm.replies import as_str
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,7 @@ SLACK_MS = 1_000  # a TTL above LEASE_MS + SLACK_MS was not set by a live holder
 
 
 def holder_id(kind: str) -> str:
-    return f"{kind}:{_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _host() -> str:
-    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
+    return f"{kind}:{host_name()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Lease:
@@ -84,7 +80,7 @@ class Lease:
         if not pid_text.isdigit():
             return False  # not ours to judge: wait for its expiry
         pid = int(pid_text)
-        if host == _host():
+        if host == host_name():
             return not _pid_alive(pid)
         if kind == "worker":
             return not any(w.host == host and w.pid == pid and w.alive

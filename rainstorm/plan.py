@@ -12,6 +12,7 @@ Redis's delta log (see rainstorm.lua).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rainstorm import signing
 from rainstorm.errors import UsageError
@@ -36,6 +37,13 @@ class StagePlan:
     window: WindowOp | None = None
     window_path: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The stage as `rainstorm explain --json` shows it."""
+        return {"stage": self.index, "partitions": self.partitions,
+                "fused": [o.label for o in self.ops], "keyed_in": self.keyed_in,
+                "aggregate": self.aggregate,
+                "window": self.window.label if self.window else None}
+
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -48,6 +56,10 @@ class JobPlan:
     @property
     def aggregate(self) -> str | None:
         return self.last.aggregate
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Every stage's :meth:`StagePlan.to_json`."""
+        return [s.to_json() for s in self.stages]
 
 
 def plan(spec: JobSpec) -> JobPlan:
@@ -123,4 +135,15 @@ def describe(p: JobPlan) -> list[str]:
         end = f"{win} -> {s.aggregate}{k} [delta per commit, folded]" if s.aggregate else ""
         nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""
         lines.append(f"stage {s.index}: {s.partitions} partitions: {chain}{end}{nxt}")
+    return lines
+
+
+def explain(spec: JobSpec) -> list[str]:
+    """`rainstorm explain`'s lines (and Dataset.explain's): the job, then one
+    line per stage with how many operators are fused in it."""
+    p = plan(spec)
+    lines = [f"job {spec.name!r}: {len(p.stages)} stage(s)"]
+    for line, s in zip(describe(p), p.stages, strict=True):
+        fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
+        lines.append(f"  {line}{fused}")
     return lines

@@ -39,9 +39,9 @@ from rainstorm.job import Job
 from rainstorm.lease import Lease, holder_id
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
-from rainstorm.operators.resolve import allowed_modules_from_env
 from rainstorm.protocol.counters import StageCounter
-from rainstorm.protocol.entries import DATA, data_of
+from rainstorm.protocol.deadletter import Kind, letter_fields
+from rainstorm.protocol.entries import data_of
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,15 @@ def dead_letter_delta(r: redis.Redis, job: Job, stage: int, id_: str, blob: byte
     log.warning("job %s stage %d: aggregate delta %s is bad (%s): moved to the dead letters",
                 job.id, stage, id_, why)
     pipe = r.pipeline(transaction=True)
-    pipe.xadd(keys.dlq(job.id), {"stage": stage, "kind": "delta", "uid": id_,
-                                 "stream": log_key, "deliveries": 0,
-                                 "error": f"undecodable aggregate delta: {why}", DATA: blob})
+    pipe.xadd(keys.dlq(job.id), letter_fields(stage, Kind.DELTA, id_,
+                                              f"undecodable aggregate delta: {why}",
+                                              stream=log_key, data=blob))
     pipe.xdel(log_key, id_)
     pipe.hincrby(keys.counters(job.id), keys.counter_field(stage, StageCounter.DEAD_DELTAS), 1)
     pipe.execute()
 
 
-def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None,
+def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...],
                check: Callable[[lua.Snapshot], None] | None = None) -> dict[Any, Any]:
     """The finished aggregate as of now: base + every delta, read atomically.
     ``allow``: see :func:`_agg` (only ``reduce_by_key`` resolves a function);
@@ -109,36 +109,32 @@ def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...] | None = None,
     return agg.finish(fold(snap, agg, where=f"job {job.id} stage {stage}"))
 
 
-def _agg(job: Job, allow: tuple[str, ...] | None = None) -> Aggregator:
+def _agg(job: Job, allow: tuple[str, ...]) -> Aggregator:
     """The job's aggregate.  ``allow``: modules a ``reduce_by_key`` function
-    may come from (default: env RAINSTORM_ALLOW_MODULES, as on workers)."""
-    agg = aggregates.for_stage(job.plan.last,
-                               allowed_modules_from_env() if allow is None else allow)
+    may come from -- security policy, so the caller's own: ``("*",)`` for the
+    coordinator (its spec came from its own user), the allowlist of a worker
+    or of a command's environment (``allowed_modules_from_env()``) elsewhere."""
+    agg = aggregates.for_stage(job.plan.last, allow)
     if agg is None:
         raise ValueError(f"job {job.id} has no aggregate")
     return agg
 
 
-_worker_holder: str | None = None
-
-
-def maybe_compact(r: redis.Redis, job: Job, stage: int, agg: Aggregator | None = None,
-                  holder: str | None = None) -> bool:
+def maybe_compact(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: str) -> bool:
     """Fold the delta log if it grew too long; ``agg``: the worker's own
-    aggregator (its functions resolved under the worker's allowlist).  Bad
+    aggregator (its functions resolved under the worker's allowlist);
+    ``holder``: who holds the compaction lease (e.g. ``worker:<id>``).  Bad
     deltas stay in the log (the coordinator dead-letters them); the others
     are compacted around them."""
-    global _worker_holder
     log_key = keys.state_log(job.id, stage)
     if r.xlen(log_key) < WORKER_COMPACT_FACTOR * job.spec.settings.compact_every:
         return False
-    _worker_holder = _worker_holder or holder_id("worker")
-    lease = Lease(r, keys.compact_lease(job.id, stage), holder or _worker_holder)
+    lease = Lease(r, keys.compact_lease(job.id, stage), holder)
     if not lease.acquire():
         return False
     try:
         try:
-            return compact_head(r, job, stage, agg or _agg(job), lease) is lua.CompactStatus.OK
+            return compact_head(r, job, stage, agg, lease) is lua.CompactStatus.OK
         except JobFailed as exc:  # a corrupt base: the coordinator fails the job
             log.warning("not compacting: %s", exc)
             return False
@@ -168,12 +164,11 @@ def compact_head(r: redis.Redis, job: Job, stage: int, agg: Aggregator,
 
 
 class Folder:
-    """The coordinator's running fold of one stage's aggregate.  Its spec came
-    from the coordinator's own user, so a ``reduce_by_key`` function may come
-    from any module (``allow``)."""
+    """The coordinator's running fold of one stage's aggregate.  ``allow``:
+    the modules a ``reduce_by_key`` function may come from (the coordinator
+    passes ``("*",)``: its spec came from its own user)."""
 
-    def __init__(self, r: redis.Redis, job: Job, stage: int,
-                 allow: tuple[str, ...] = ("*",)) -> None:
+    def __init__(self, r: redis.Redis, job: Job, stage: int, allow: tuple[str, ...]) -> None:
         self.r = r
         self.job = job
         self.stage = stage

@@ -14,7 +14,8 @@ workers (:meth:`rainstorm.worker.loop.Worker.run_once`) take turns in the
 calling thread, on the same keys, Lua commits and exactly-once path as
 ``rainstorm run``.  The Redis is an embedded server started once per process
 and reused (:func:`shared_url`; a private one for a block: :func:`server`),
-or the one of ``redis_url``.  Specs are signed with this process's key
+or the one of ``redis_url`` (one small ``_Servers`` object holds them, a
+cache for the process).  Specs are signed with this process's key
 (rainstorm.signing.local_key), as ``rainstorm run`` does for its workers.
 
 An operator that raises is retried like in production, but after 50 ms
@@ -23,7 +24,9 @@ end in the dead-letter stream, :class:`OperatorFailed` (an IncompleteResult)
 says on one line how many and the first error, unless the spec sets
 ``settings.skip_bad_records``.
 
-Datasets: :func:`run_dataset`, or any action inside ``with in_process():``.
+Datasets: :func:`run_dataset`, or any action inside ``with in_process():``
+(set for the block and the current thread only: rainstorm.apps.execute keeps
+the defaults in a ContextVar).
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from typing import Any
 
 import redis
 
-from rainstorm.apps import dataset as datasets
+from rainstorm.apps.dataset import Dataset
+from rainstorm.apps.execute import configured
 from rainstorm.connection import connect, redact
 from rainstorm.coordinator.driver import Result
-from rainstorm.coordinator.session import Session, prepare
+from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import IncompleteResult, one_line
-from rainstorm.local.run import RunOptions, RunReport, spec_modules
+from rainstorm.local.run import RunOptions, spec_modules
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.monitor import dead_letters
 from rainstorm.ops.tasks import kill_job
@@ -57,8 +61,29 @@ __all__ = ["OperatorFailed", "in_process", "run_dataset", "run_in_process", "run
 RETRY_AFTER_MS = 50  # claim_idle_ms in the kit, unless the spec sets it
 ROUNDS_PER_LOOK = 100  # worker rounds between two looks of the coordinator
 
-_servers: list[EmbeddedRedis] = []  # the process-wide embedded server, once started
-_default_url: list[str] = []  # set by server(): the Redis of the block
+
+
+class _Servers:
+    """The kit's embedded servers: the process-wide one (started on first
+    use, stopped at exit) and a stack of the private ones of :func:`server`
+    blocks (the innermost is the kit's default while it runs)."""
+
+    def __init__(self) -> None:
+        self.shared: EmbeddedRedis | None = None
+        self.blocks: list[str] = []
+
+    def url(self) -> str:
+        if self.blocks:
+            return self.blocks[-1]
+        if self.shared is None:
+            srv = EmbeddedRedis()
+            srv.start()
+            atexit.register(srv.stop)
+            self.shared = srv
+        return self.shared.url
+
+
+_SERVERS = _Servers()
 
 
 class OperatorFailed(IncompleteResult):
@@ -74,14 +99,7 @@ class OperatorFailed(IncompleteResult):
 def shared_url() -> str:
     """The URL of this process's embedded Redis, started on first use and
     stopped when the process exits."""
-    if _default_url:
-        return _default_url[-1]
-    if not _servers:
-        srv = EmbeddedRedis()
-        srv.start()
-        _servers.append(srv)
-        atexit.register(srv.stop)
-    return _servers[0].url
+    return _SERVERS.url()
 
 
 @contextmanager
@@ -90,11 +108,11 @@ def server() -> Iterator[str]:
     the block use it.  Stopped, and its data gone, at the end."""
     srv = EmbeddedRedis()
     srv.start()
-    _default_url.append(srv.url)
+    _SERVERS.blocks.append(srv.url)
     try:
         yield srv.url
     finally:
-        _default_url.pop()
+        _SERVERS.blocks.remove(srv.url)
         srv.stop()
 
 
@@ -117,7 +135,7 @@ def run_job(spec: JobSpec | dict[str, Any] | str | Path,
         return run_in_process(job_spec, replace(opts, inputs=(str(path),))).result
 
 
-def run_dataset(ds: datasets.Dataset, *, workers: int = 1, redis_url: str | None = None,
+def run_dataset(ds: Dataset, *, workers: int = 1, redis_url: str | None = None,
                 timeout_s: float = 60.0) -> list[Any]:
     """``ds.collect()``, run in-process (see :func:`in_process`)."""
     with in_process(workers=workers, redis_url=redis_url, timeout_s=timeout_s):
@@ -133,11 +151,8 @@ def in_process(*, workers: int = 1, redis_url: str | None = None,
         return run_in_process(spec, replace(opts, redis_url=redis_url, workers=workers,
                                  timeout_s=opts.timeout_s or timeout_s))
 
-    datasets.configure(runner=runner)
-    try:
+    with configured(runner=runner):
         yield
-    finally:
-        datasets.configure(runner=None)
 
 
 def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
@@ -156,13 +171,11 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
             for _ in range(max(options.workers, 1))]
     session = Session(r, job, files, key=key)
     try:
-        session.submit(options.connect_timeout_s)
-        result = session.drive(timeout_s=options.timeout_s, on_progress=options.on_progress,
-                               on_step=lambda: _take_turns(crew))
-        if options.raw_keys and isinstance(result, dict):
-            result = session.raw_state()
-        status = session.status()
-        failed = _failure(r, job.id, job.spec, status.dead_letters, result)
+        report = session.run(Hooks(on_progress=options.on_progress,
+                                   on_step=lambda: _take_turns(crew)),
+                             wait_s=options.connect_timeout_s, timeout_s=options.timeout_s,
+                             raw_keys=options.raw_keys, server=redact(url))
+        failed = _failure(r, job.id, job.spec, report.status.dead_letters, report.result)
     finally:
         for w in crew:
             w.close()
@@ -171,8 +184,7 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
         r.close()
     if failed:
         raise failed from None
-    return RunReport(job.id, result, session.seconds, status.total_bytes, status,
-                     redact(url), session.outages)
+    return report
 
 
 def _take_turns(crew: list[Worker]) -> None:
@@ -208,7 +220,7 @@ def _failure(r: redis.Redis, job_id: str, spec: JobSpec, dead: int,
         return None
     rows = dead_letters(r, job_id, count=1, newest_first=False)
     first = "(unreadable)" if not rows else \
-        f"stage {rows[0]['stage']}: {rows[0]['error']} (record {rows[0]['record']})"
+        f"stage {rows[0].stage}: {rows[0].error} (record {rows[0].record})"
     return OperatorFailed(job_id, dead, result, one_line(first))
 
 
@@ -216,5 +228,5 @@ def _forget(r: redis.Redis, job_id: str) -> None:
     """Remove the job's keys (best effort: a failed run may have left few)."""
     try:
         kill_job(r, job_id)
-    except Exception:  # noqa: BLE001 - cleanup must not hide the run's own error
+    except redis.RedisError:  # cleanup must not hide the run's own error
         pass

@@ -1,4 +1,7 @@
-"""Helpers for end-to-end tests: specs, worker processes, bounded waits."""
+"""Helpers for tests: specs, worker processes, bounded waits, and the test
+suite's short forms of the one submit-then-drive path
+(rainstorm.coordinator.session.Session): :func:`submit` creates a job
+(workers may then race for it), :func:`drive` coordinates it to its end."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +20,10 @@ from typing import Any
 import redis
 
 from rainstorm import keys
+from rainstorm.coordinator.driver import Result
 from rainstorm.coordinator.session import Session, prepare
 from rainstorm.job import Job
+from rainstorm.monitor import JobCounts, read_progress
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +93,21 @@ def consumers_of(r: redis.Redis, stream: str, stage: int = 0) -> dict[str, int]:
     return {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(stream, keys.group(stage))}
 
 
-def counters(r: redis.Redis, job: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in r.hgetall(keys.counters(job)).items()}
+def counters(r: redis.Redis, job: str) -> JobCounts:
+    """The job's counters, typed, as rainstorm.monitor (the one reader) reads them."""
+    return read_progress(r, job).counts
+
+
+def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = None,
+           unsigned: bool = False) -> bool:
+    """Create ``job``'s keys through the Session (False: it was there, resumed)."""
+    return Session(r, job, files, key=key, unsigned=unsigned).submit()
+
+
+def drive(r: redis.Redis, job: Job, **kw: Any) -> Result:
+    """Coordinate a submitted ``job`` to its end through the Session
+    (keywords: those of Session.drive); a failure marks the job failed."""
+    return Session(r, job, []).drive(**kw)
 
 
 def streaming_banner(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -131,7 +151,7 @@ class Driven:
 
     def _run(self, r: redis.Redis, job: Job, timeout_s: float | None) -> None:
         try:
-            self.out["result"] = Session(r, job, []).drive(timeout_s=timeout_s)
+            self.out["result"] = drive(r, job, timeout_s=timeout_s)
         except Exception as exc:  # reported by result()
             self.out["error"] = exc
 
@@ -149,7 +169,7 @@ class Streaming(Driven):
 
     def __init__(self, r: redis.Redis, spec_data: dict[str, Any], job_id: str) -> None:
         self.job, files = prepare(parse_spec(spec_data), None, job_id)
-        Session(r, self.job, files).submit()
+        submit(r, self.job, files)
         super().__init__(r, self.job, timeout_s=None)
 
     def stopped(self, timeout_s: float = 30) -> Any:
@@ -160,6 +180,35 @@ def settled(r: redis.Redis, job: str, source_key: str) -> bool:
     """Every record XADDed to ``source_key`` so far is loaded and every entry committed."""
     last = r.xrevrange(source_key, count=1)
     pos = r.hget(keys.cursor(job), "pos")
-    c = counters(r, job)
-    return bool(last) and pos == last[0][0] and \
-        c.get("s0:committed", 0) + c.get("s0:dead", 0) == c.get("s0:emitted", -1)
+    s0 = counters(r, job).stage(0)
+    return bool(last) and pos == last[0][0] and s0.emitted > 0 and s0.settled
+
+
+AWK_MAP = "awk '{for (i = 1; i <= NF; i++) print $i \"\\t\" 1}'"
+AWK_REDUCE = "awk -F'\\t' '{c[$1] += $2} END {for (k in c) print k \"\\t\" c[k]}'"
+
+
+def read_parts(out: Path, partitions: int) -> Counter[str]:
+    """A MapReduce output directory's part files, checked: each key in the
+    part its crc32 routes it to, and in one reducer call only."""
+    got: Counter[str] = Counter()
+    for p in range(partitions):
+        for line in (out / f"part-{p:05d}").read_text(encoding="utf-8").splitlines():
+            word, n = line.rsplit("\t", 1)
+            assert zlib.crc32(word.encode()) % partitions == p  # each key in its partition
+            assert word not in got  # and in one reducer call only
+            got[word] = int(n)
+    return got
+
+
+def external_spec(pipe: dict[str, object], **settings: object) -> Any:
+    """A word count whose first step is the external program ``pipe``."""
+    return parse_spec({
+        "name": "ext", "source": {"batch_bytes": 2048},
+        "pipeline": [{"op": "pipe", **pipe}, {"op": "flat_map", "fn": "split_words"},
+                     {"op": "count"}],
+        "settings": settings})
+
+
+def lines_of(paths: list[Path]) -> list[str]:
+    return [ln for p in paths for ln in p.read_text(encoding="utf-8").splitlines()]

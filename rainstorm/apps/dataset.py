@@ -12,11 +12,13 @@ A Dataset is a description: a source and a list of operators.  Every
 transformation returns a new Dataset and runs nothing; an *action*
 (``collect``, ``count``, ``top``, ``save``) builds the same :class:`JobSpec`
 that ``rainstorm run`` runs (``spec()`` shows it, ``explain()`` its stages)
-and runs it, exactly once, with :func:`rainstorm.local.run.run_job`:
+and runs it, exactly once, through :func:`rainstorm.apps.execute.execute`:
 by default an embedded Redis and 2 forked local workers; with ``redis_url=``
 (or env ``RAINSTORM_REDIS``) on that Redis, where ``workers=0`` means "only
 remote workers" (``rainstorm worker --redis URL``).  Action keyword arguments
-override the module defaults set by :func:`configure`.
+override the defaults set by :func:`rainstorm.apps.execute.configure`
+(re-exported here).  This module is the API (sources, transformations,
+actions) and how functions are encoded into the spec.
 
 Functions: a built-in name (``"split_words"``), ``"package.module:function"``,
 or any Python callable.  A module-level function of an importable module is
@@ -44,9 +46,6 @@ from __future__ import annotations
 import csv
 import heapq
 import json
-import logging
-import os
-import runpy
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -54,52 +53,19 @@ from pathlib import Path
 from typing import Any
 
 from rainstorm import signing
-from rainstorm.errors import IncompleteResult, UsageError
+from rainstorm.apps.execute import configure, configured, execute, run_key, run_script
+from rainstorm.errors import UsageError
 from rainstorm.spec import JobSpec, parse_spec
 
-log = logging.getLogger(__name__)
+__all__ = ["Dataset", "configure", "configured", "encode_fn", "execute", "importable_ref",
+           "run_script"]
 
 Fn = Callable[..., Any] | str
-_UNSET: Any = object()
 _AGG_OPS = ("sum", "min", "max")
 
 # callables that equal a built-in operator function (no pickling, no key)
 _EQUIV: dict[Any, str] = {str.split: "split_words", str.lower: "lower", str.upper: "upper",
                           str.strip: "strip", len: "length"}
-
-
-@dataclass
-class _Defaults:
-    redis_url: str | None = None
-    workers: int | None = None
-    timeout_s: float | None = None
-    allow_modules: tuple[str, ...] = ()
-    runner: Any = None  # (spec, RunOptions) -> RunReport; None: rainstorm.local.run.run_job
-
-
-_defaults = _Defaults()
-last_report: Any = None  # the RunReport of the latest action in this process
-
-
-def configure(*, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
-              timeout_s: float | None = _UNSET,
-              allow_modules: Iterable[str] | None = _UNSET, runner: Any = _UNSET) -> None:
-    """Defaults for the actions of every Dataset in this process (an action's
-    own keyword arguments win).  ``redis_url=None``: env RAINSTORM_REDIS, else
-    an embedded server; ``workers``: local worker processes (default 2; 0 with
-    a ``redis_url``: only remote workers).  ``runner(spec, RunOptions) ->
-    RunReport`` runs the actions instead of ``rainstorm.local.run.run_job``
-    (rainstorm.testing runs them in-process; None: back to run_job)."""
-    if redis_url is not _UNSET:
-        _defaults.redis_url = redis_url
-    if workers is not _UNSET:
-        _defaults.workers = workers
-    if timeout_s is not _UNSET:
-        _defaults.timeout_s = timeout_s
-    if allow_modules is not _UNSET:
-        _defaults.allow_modules = tuple(allow_modules or ())
-    if runner is not _UNSET:
-        _defaults.runner = runner
 
 
 @dataclass(frozen=True)
@@ -270,15 +236,9 @@ class Dataset:
     def explain(self, file: Any = None) -> str:
         """The stages, as ``rainstorm explain`` prints them; printed (to
         ``file``, default stdout) and returned."""
-        from rainstorm.plan import describe, plan
+        from rainstorm.plan import explain
 
-        spec = self.spec()
-        p = plan(spec)
-        lines = [f"job {spec.name!r}: {len(p.stages)} stage(s)"]
-        for line, s in zip(describe(p), p.stages, strict=True):
-            fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
-            lines.append(f"  {line}{fused}")
-        text = "\n".join(lines)
+        text = "\n".join(explain(self.spec()))
         print(text, file=file or sys.stdout)
         return text
 
@@ -334,7 +294,7 @@ class Dataset:
         if self.bounded:
             raise UsageError("Dataset.start(): this dataset ends; use collect(), count(), "
                              "top() or save()")
-        spec = self._spec(self._p.ops, _run_key(run))
+        spec = self._spec(self._p.ops, run_key(run))
         if sink is not None:
             target = {"type": "file", "path": str(Path(sink).resolve())}
             spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=target)})
@@ -375,86 +335,10 @@ class Dataset:
             raise UsageError(f"Dataset.{action}(): this dataset reads the "
                              f"{self._p.source.get('type')} {self._p.source.get('key')!r}, "
                              "which never ends; only explain(), spec() and start() apply")
-        spec = self._spec(self._p.ops if ops is None else ops, _run_key(run))
+        spec = self._spec(self._p.ops if ops is None else ops, run_key(run))
         if sink:
             spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=sink)})
         return execute(spec, raw_keys=sink is None, **run)
-
-
-def _target_url(redis_url: str | None = _UNSET) -> str | None:
-    """The Redis an action runs on: its own, the default, env
-    RAINSTORM_REDIS, else None (an embedded server)."""
-    url = _defaults.redis_url if redis_url is _UNSET else redis_url
-    return url or os.environ.get("RAINSTORM_REDIS") or None
-
-
-def _run_key(run: dict[str, Any]) -> bytes | None:
-    """The key inline functions are signed with: on an embedded server (every
-    worker a child of this process) the shared key or this process's random
-    one; on a given Redis, whose workers may run anywhere, None (the shared
-    RAINSTORM_SECRET, required)."""
-    if _defaults.runner is not None:  # rainstorm.testing: the workers are ours
-        return signing.local_key()
-    return signing.local_key() if _target_url(run.get("redis_url", _UNSET)) is None else None
-
-
-def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
-            timeout_s: float | None = _UNSET, allow_modules: Iterable[str] = (),
-            job_id: str | None = None, raw_keys: bool = True) -> dict[Any, Any] | list[Any]:
-    """Run a bounded spec to the end: the list of records, or the aggregate,
-    with (``raw_keys``) its keys as the operators made them, re-read from
-    Redis, rather than as the JSON text of the job's stored result."""
-    from rainstorm.local.run import RunOptions, run_job
-
-    global last_report
-    url = _target_url(redis_url)
-    n = _defaults.workers if workers is _UNSET else workers
-    n = 2 if n is None else n
-    if n < 0:
-        raise UsageError(f"workers: expected 0 or more, got {n}")
-    if n == 0 and url is None and _defaults.runner is None:
-        raise UsageError("workers=0 runs no local worker, which needs a redis_url (or "
-                         "RAINSTORM_REDIS) that remote workers serve")
-    timeout = _defaults.timeout_s if timeout_s is _UNSET else timeout_s
-    allow = (*_defaults.allow_modules, *allow_modules, *_spec_refs(spec))
-    opts = RunOptions(redis_url=url, workers=n, job_id=job_id, allow_modules=allow,
-                      timeout_s=timeout, raw_keys=raw_keys)
-    report = (_defaults.runner or run_job)(spec, opts)
-    last_report = report
-    _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
-    return report.result
-
-
-def _check_complete(spec: JobSpec, job_id: str, dead: int, result: Any) -> None:
-    """Dead letters in a batch job: IncompleteResult (carrying ``result``),
-    unless ``settings.skip_bad_records`` (``with_settings(skip_bad_records=
-    True)``) accepts them; then, and for a streaming job, a warning."""
-    if not dead:
-        return
-    if spec.unbounded or spec.settings.skip_bad_records:
-        log.warning("job %s: %d dead letters (bad records skipped), see `rainstorm dlq %s`",
-                    job_id, dead, job_id)
-        return
-    raise IncompleteResult(job_id, dead, result)
-
-
-def run_script(path: str, argv: Iterable[str] = (), *, redis_url: str | None = None,
-               workers: int | None = None, allow_modules: Iterable[str] = ()) -> None:
-    """``rainstorm run script.py [args]``: run a Python script that builds and
-    runs Datasets (like spark-submit), with these execution defaults and
-    ``sys.argv = [script, *args]``."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"script not found: {path}")
-    configure(redis_url=redis_url, workers=workers, allow_modules=allow_modules)
-    old_argv, old_path = sys.argv, list(sys.path)
-    sys.argv = [str(p), *argv]
-    sys.path.insert(0, str(p.resolve().parent))  # as `python script.py` does
-    try:
-        runpy.run_path(str(p), run_name="__main__")
-    finally:
-        sys.argv = old_argv
-        sys.path[:] = old_path
 
 
 # -- encoding functions ------------------------------------------------------------
@@ -525,14 +409,6 @@ def importable_ref(fn: Any) -> str | None:
     if obj is None or getattr(obj, "__name__", None) != mod:
         return None
     return f"{mod}:{qual}" if getattr(obj, "__dict__", {}).get(qual) is fn else None
-
-
-def _spec_refs(spec: JobSpec) -> tuple[str, ...]:
-    """Modules the spec's functions come from (never the pickled ones)."""
-    fns = [f for op in spec.pipeline for f in (getattr(op, "fn", None), getattr(op, "value", None),
-                                               getattr(op, "combiner", None)) if f]
-    return tuple(sorted({f.partition(":")[0] for f in fns
-                         if ":" in f and not signing.is_pickled(f)}))
 
 
 def _op_label(op: _Op) -> str:

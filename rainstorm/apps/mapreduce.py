@@ -24,17 +24,20 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
+from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import UsageError
 from rainstorm.local.run import LocalRun, RunOptions
 from rainstorm.protocol.entries import partition_of
 from rainstorm.spec import JobSpec, parse_spec
 
+Runner = Callable[[JobSpec, RunOptions], RunReport]
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -48,6 +51,13 @@ class MapReduceReport:
     reduce_seconds: float
     map_job: str
     reduce_job: str
+
+
+def prefix_glob(text: str) -> str:
+    """MapleJuice-style input prefix: 'logs/part' means 'logs/part*'."""
+    if any(c in text for c in "*?[") or Path(text).exists():
+        return text
+    return text + "*"
 
 
 def is_callable_ref(text: str) -> bool:
@@ -117,12 +127,15 @@ def run_mapreduce(
     combiner: str | None = None,
     on_progress: Callable[[str, JobStatus], None] | None = None,
     options: RunOptions | None = None,
+    runner: Runner | None = None,
     **fields: Any,
 ) -> MapReduceReport:
     """Map, shuffle, reduce into ``output``/part-NNNNN.  ``options`` (and
     ``fields`` replacing some of them: ``workers``, ``redis_url``,
     ``allow_exec``, ``allow_modules``, ``timeout_s`` ...) run both jobs;
-    ``on_progress(phase, status)`` follows them."""
+    ``on_progress(phase, status)`` follows them.  ``runner(spec, options)``
+    runs each job instead of one LocalRun (rainstorm.testing.run_in_process
+    runs them in-process)."""
     opts = replace(options or RunOptions(), **fields)
     allow_exec = opts.allow_exec
     if output.exists():
@@ -137,18 +150,20 @@ def run_mapreduce(
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with LocalRun(opts) as env:
+        with nullcontext(None) if runner else LocalRun(opts) as env:
+            run: Runner = runner or cast(LocalRun, env).run
+
             def phase(name: str) -> RunOptions:
                 return replace(opts, on_progress=(lambda st: on_progress(name, st))
                                if on_progress else None)
 
             t0 = time.perf_counter()
-            mrep = env.run(mspec, phase("map"))
+            mrep = run(mspec, phase("map"))
             t1 = time.perf_counter()
             groups = mrep.result
             assert isinstance(groups, dict)
             shuffle = write_shuffle(groups, partitions, tmp / "_shuffle")
-            rrep = env.run(reduce_spec(reducer, shuffle, partitions), phase("reduce"))
+            rrep = run(reduce_spec(reducer, shuffle, partitions), phase("reduce"))
             t2 = time.perf_counter()
         assert isinstance(rrep.result, list)
         parts: list[list[str]] = [[] for _ in range(partitions)]

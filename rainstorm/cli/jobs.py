@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +21,9 @@ from rainstorm.cli.base import (
     skip_bad_option,
 )
 from rainstorm.cli.show import Null, print_result, progress_bar
+
+if TYPE_CHECKING:
+    from rainstorm.local.run import RunOptions
 
 
 @click.command(context_settings={"allow_extra_args": True})  # script.py [ARGS]
@@ -62,49 +66,88 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
     SPEC may be a Python script instead (SPEC.py [ARGS]...; script options
     after --): it runs like spark-submit, its Datasets using --workers,
     --redis and --allow-module."""
-    extra = click.get_current_context().args
-    if spec_path.endswith(".py"):  # a Dataset script (rainstorm.apps.dataset)
-        from rainstorm.apps.dataset import run_script
+    from rainstorm.local.run import RunOptions
 
-        run_script(spec_path, extra, redis_url=conn.url, workers=workers, allow_modules=allow)
+    _run(RunCommand(
+        spec_path, tuple(click.get_current_context().args), overrides,
+        RunOptions(redis_url=conn.url, connect_timeout_s=conn.connect_timeout_s,
+                   persistence=persistence, rdb_every_s=rdb_every_s, replicas=replicas,
+                   inputs=inputs, job_id=job_id, workers=workers, allow_modules=allow,
+                   allow_exec=allow_exec),
+        settings={"wait_replicas": wait_replicas, "wait_aof": wait_aof,
+                  "skip_bad_records": skip_bad or None},
+        autoscale=autoscale, output=output, top_n=top_n, progress=not no_progress,
+        as_json=as_json))
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """A `rainstorm run` command line: how to run (``options``; its
+    autoscale policy and progress callback are added from ``autoscale`` and
+    ``progress``), spec ``settings`` (None: the spec's), what to print and
+    where."""
+
+    spec_path: str
+    extra: tuple[str, ...]  # after SPEC: a script's arguments
+    overrides: tuple[str, ...]
+    options: RunOptions
+    settings: dict[str, Any] = field(default_factory=dict)
+    autoscale: str | None = None  # MIN:MAX
+    output: str | None = None
+    top_n: int | None = None
+    progress: bool = True
+    as_json: bool = False
+
+
+def _run(cmd: RunCommand) -> None:
+    """Run a spec (or a Dataset script), print its result and a summary."""
+    if cmd.spec_path.endswith(".py"):  # a Dataset script (rainstorm.apps.execute)
+        from rainstorm.apps.execute import run_script
+
+        run_script(cmd.spec_path, cmd.extra, redis_url=cmd.options.redis_url,
+                   workers=cmd.options.workers, allow_modules=cmd.options.allow_modules)
         return
-    if extra:
-        raise fail(f"unexpected extra arguments: {' '.join(extra)}", 2)
+    if cmd.extra:
+        raise fail(f"unexpected extra arguments: {' '.join(cmd.extra)}", 2)
     from rainstorm.coordinator.outputs import check_writable
-    from rainstorm.coordinator.result import to_json, write_atomically
-    from rainstorm.local.run import RunOptions, run_job
+    from rainstorm.local.run import run_job
     from rainstorm.ops.autoscale.policy import ScalePolicy
-    from rainstorm.sources.inputs import resolve_inputs
     from rainstorm.spec import load_spec
 
-    policy = ScalePolicy.parse_bounds(autoscale) if autoscale else None
-    if output:  # before anything runs: a result that cannot be written is lost
-        check_writable(output, "--output")
-    spec = _with_settings(load_spec(spec_path, list(overrides)), wait_replicas=wait_replicas,
-                          wait_aof=wait_aof, skip_bad_records=skip_bad or None)
-    total = 0
-    if spec.source.type == "text":
-        total = sum(f.stat().st_size for f in resolve_inputs(list(inputs) or spec.source.paths))
+    policy = ScalePolicy.parse_bounds(cmd.autoscale) if cmd.autoscale else None
+    if cmd.output:  # before anything runs: a result that cannot be written is lost
+        check_writable(cmd.output, "--output")
+    spec = _with_settings(load_spec(cmd.spec_path, list(cmd.overrides)), **cmd.settings)
     signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops server and workers
-    show = not no_progress and sys.stderr.isatty()
-    prog, update = progress_bar(total)
-    opts = RunOptions(redis_url=conn.url, persistence=persistence, rdb_every_s=rdb_every_s,
-                      replicas=replicas, connect_timeout_s=conn.connect_timeout_s,
-                      inputs=inputs, job_id=job_id, on_progress=update if show else None,
-                      workers=workers, allow_modules=allow, allow_exec=allow_exec,
-                      autoscale=policy)
+    show = cmd.progress and sys.stderr.isatty()
+    prog, update = progress_bar()
+    opts = replace(cmd.options, on_progress=update if show else None, autoscale=policy)
     with prog if show else Null():
         report = run_job(spec, opts)
-    print_result(report.result, top_n if top_n is not None else spec.sink.top, as_json)
-    if output:  # (checked writable before the job ran; the spec's file sink is written)
-        try:
-            write_atomically(output, to_json(report.result))
-        except OSError as exc:
-            raise fail(f"--output {output}: cannot write the result ({exc.strerror}); it "
-                       "was printed above") from None
+    print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
+                 cmd.as_json)
+    if cmd.output:  # (checked writable before the job ran; the spec's file sink is written)
+        _write_output(cmd.output, report.result)
+    who = f"autoscaled {cmd.autoscale} workers per stage" if cmd.autoscale \
+        else f"{cmd.options.workers} workers"
+    _summary(report, who)
+    _check_complete(report.job_id, spec, report.status.dead_letters)
+
+
+def _write_output(path: str, result: Any) -> None:
+    from rainstorm.coordinator.result import to_json, write_atomically
+
+    try:
+        write_atomically(path, to_json(result))
+    except OSError as exc:
+        raise fail(f"--output {path}: cannot write the result ({exc.strerror}); it "
+                   "was printed above") from None
+
+
+def _summary(report: Any, who: str) -> None:
+    """The last lines of `rainstorm run`: size, time, rate, where; bad UTF-8."""
     mb = report.total_bytes / 1e6
     warn = report.status.stages[0].invalid_utf8_entries
-    who = f"autoscaled {autoscale} workers per stage" if autoscale else f"{workers} workers"
     click.echo(
         f"job {report.job_id}: {mb:.1f} MB in {report.seconds:.2f} s "
         f"({mb / max(report.seconds, 1e-9):.1f} MB/s) with {who} on {report.server}",
@@ -113,7 +156,6 @@ def run(spec_path: str, inputs: tuple[str, ...], overrides: tuple[str, ...], wor
     if warn:
         click.echo(f"warning: {warn} input batches held invalid UTF-8; bad bytes were "
                    "replaced by U+FFFD", err=True)
-    _check_complete(report.job_id, spec, report.status.dead_letters)
 
 
 def _with_settings(spec: Any, **settings: Any) -> Any:
@@ -147,22 +189,16 @@ def _check_complete(job_id: str, spec: Any, dead_letters: int) -> None:
 @shared(redis=False)
 def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Show how SPEC is cut into stages, and which operators are fused."""
-    from rainstorm.plan import describe, plan
+    from rainstorm.plan import explain as lines
+    from rainstorm.plan import plan
     from rainstorm.spec import load_spec
 
     spec = load_spec(spec_path, list(overrides))
-    p = plan(spec)
     if as_json:
-        click.echo(json.dumps([{"stage": s.index, "partitions": s.partitions,
-                                "fused": [o.label for o in s.ops],
-                                "keyed_in": s.keyed_in, "aggregate": s.aggregate,
-                                "window": s.window.label if s.window else None}
-                               for s in p.stages]))
+        click.echo(json.dumps(plan(spec).to_json()))
         return
-    click.echo(f"job {spec.name!r}: {len(p.stages)} stage(s)")
-    for line, s in zip(describe(p), p.stages, strict=True):
-        fused = f"  [{len(s.ops)} operators fused]" if len(s.ops) > 1 else ""
-        click.echo(f"  {line}{fused}")
+    for line in lines(spec):
+        click.echo(line)
 
 
 @click.command()
@@ -190,7 +226,7 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     The spec is signed with RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE),
     the key the workers hold."""
     from rainstorm.coordinator.result import completeness
-    from rainstorm.coordinator.session import Session, prepare
+    from rainstorm.coordinator.session import Hooks, Session, prepare
     from rainstorm.spec_signature import submitter_key
 
     spec = _with_settings(_submitted_spec(spec_path, overrides),
@@ -201,10 +237,10 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
         click.echo("warning: --insecure-unsigned: the spec is not signed; only workers in "
                    "development mode (--insecure-accept-unsigned) run it", err=True)
     session = Session(conn.client(), job, files, key=key, unsigned=key is None)
-    fresh = session.submit(conn.connect_timeout_s)
-    click.echo(f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)
-    result = session.drive(timeout_s=timeout_s)  # a failure marks the job failed
-    print_result(result, spec.sink.top, as_json)
+    report = session.run(Hooks(on_submit=lambda fresh: click.echo(
+        f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)),
+        wait_s=conn.connect_timeout_s, timeout_s=timeout_s)  # a failure marks the job failed
+    print_result(report.result, spec.sink.top, as_json)
     _check_complete(job.id, spec, completeness(session.r, job.id)[0])
 
 
@@ -250,31 +286,25 @@ def worker(conn: RedisOptions, job_id: str | None, burst: bool, stage: int | Non
 
     It runs only job specs signed with the shared RAINSTORM_SECRET (or
     RAINSTORM_SECRET_FILE) of their submitter."""
-    from rainstorm import lua
-    from rainstorm.operators.resolve import allowed_modules_from_env
-    from rainstorm.signing import secret_key
-    from rainstorm.worker.loop import Worker, WorkerOptions
+    from rainstorm.local.worker_setup import WorkerFlags, worker_options
 
-    key = secret_key()
-    if key is None and not insecure:
-        raise fail("no RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE) set: "
-                   "workers run only job specs signed with the submitters' key; set the "
-                   "same key here, or for development only pass --insecure-accept-unsigned", 2)
-    allow_all = tuple(a for item in allow for a in item.split(",") if a) or \
-        allowed_modules_from_env()
-    opts = WorkerOptions(job=job_id, burst=burst, stage=stage, allow_modules=allow_all,
-                         allow_exec=allow_exec, secret=key, insecure_unsigned=insecure,
-                         allow_exec_paths=tuple(p for item in exec_paths
-                                                for p in item.split(",") if p))
-    if worker_id:
-        opts.worker_id = worker_id
+    opts = worker_options(WorkerFlags(job_id, burst, stage, worker_id, allow, allow_exec,
+                                      exec_paths, insecure))
+    _serve(conn, opts)
+
+
+def _serve(conn: RedisOptions, opts: Any) -> None:
+    """Connect (waiting out an outage), check the library, work until stopped."""
+    from rainstorm import lua
+    from rainstorm.worker.loop import Worker
+
     # stopped while still connecting (e.g. waiting out an outage): a clean exit
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     client = conn.client()
     lua.refuse_other_version(client)  # one line now, not when the first batch commits
     w = Worker(client, opts)
     w.install_signal_handlers()
-    w.work()
+    w.run()
 
 
 @click.command()
@@ -298,25 +328,16 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
     """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""
     from pathlib import Path
 
-    from rainstorm.apps.mapreduce import run_mapreduce
+    from rainstorm.apps.mapreduce import prefix_glob, run_mapreduce
     from rainstorm.local.run import RunOptions
 
     opts = RunOptions(redis_url=conn.url, connect_timeout_s=conn.connect_timeout_s,
                       workers=workers, allow_modules=allow, allow_exec=allow_exec)
-    rep = run_mapreduce(mapper, reducer, [_prefix_glob(i) for i in inputs], Path(output),
+    rep = run_mapreduce(mapper, reducer, [prefix_glob(i) for i in inputs], Path(output),
                         partitions=partitions, combiner=combiner, options=opts)
     click.echo(f"map {rep.map_seconds:.2f} s ({rep.keys} keys), reduce "
                f"{rep.reduce_seconds:.2f} s: {rep.output_lines} lines in {rep.parts} parts "
                f"under {rep.output}", err=True)
-
-
-def _prefix_glob(text: str) -> str:
-    """MapleJuice-style input prefix: 'logs/part' means 'logs/part*'."""
-    from pathlib import Path
-
-    if any(c in text for c in "*?[") or Path(text).exists():
-        return text
-    return text + "*"
 
 
 @click.command()
@@ -350,34 +371,35 @@ def autoscale(bounds: str, conn: RedisOptions, job_id: str | None, backend: str,
               trace: Any, allow: tuple[str, ...], allow_exec: bool) -> None:
     """Keep MIN to MAX workers pinned to each stage of the running jobs,
     sized by backlog (high watermark) and utilization (low watermark)."""
-    import threading
-
-    from rainstorm.ops.autoscale.backends import Backend, DockerBackend, LocalBackend
-    from rainstorm.ops.autoscale.controller import Autoscaler
+    from rainstorm.local.scaling import BackendOptions
     from rainstorm.ops.autoscale.policy import ScalePolicy
-    from rainstorm.signing import secret_key
 
     policy = ScalePolicy.parse_bounds(bounds, high_backlog_s=high_backlog_s,
                                       low_utilization=low_utilization, period_s=period_s,
                                       cooldown_s=cooldown_s, interval_s=interval_s)
+    _autoscale(conn, policy, BackendOptions(backend, image, network, allow, allow_exec),
+               worker_redis or conn.url or "", job_id, trace)
+
+
+def _autoscale(conn: RedisOptions, policy: Any, chosen: Any, url: str, job_id: str | None,
+               trace: Any) -> None:
+    """Scale until SIGTERM or Ctrl-C, then stop the workers started."""
+    import threading
+
+    from rainstorm.local.scaling import make_backend
+    from rainstorm.ops.autoscale.controller import Autoscaler
+
     r = conn.client()
-    url = worker_redis or conn.url or ""
-    env = {"RAINSTORM_ALLOW_MODULES": ",".join(allow)} if allow else {}
-    if allow_exec:
-        env["RAINSTORM_ALLOW_EXEC"] = "1"
-    if backend == "docker" and (key := secret_key()) is not None:  # local ones inherit it
-        env["RAINSTORM_SECRET"] = key.decode()  # containers verify specs with it too
-    chosen: Backend = (DockerBackend(r, url, image, network, env) if backend == "docker"
-                       else LocalBackend(r, url, allow, allow_exec))
+    backend = make_backend(r, url, chosen)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     click.echo(f"autoscaling {job_id or 'every running job'}: {policy.min_workers} to "
-               f"{policy.max_workers} {backend} workers per stage", err=True)
+               f"{policy.max_workers} {chosen.kind} workers per stage", err=True)
     try:
-        Autoscaler(r, chosen, policy, job_id=job_id, trace=trace).run(stop)
+        Autoscaler(r, backend, policy, job_id=job_id, trace=trace).run(stop)
     finally:
-        chosen.close()
+        backend.close()
 
 
 COMMANDS: list[Any] = [run, explain, submit, worker, mapreduce, autoscale]

@@ -12,7 +12,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from rainstorm import keys
 from rainstorm.cli.base import RedisOptions, fail, json_option, raise_interrupt, shared
 from rainstorm.cli.show import print_result, table
 
@@ -49,20 +48,16 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
 @json_option
 def result(job_id: str, conn: RedisOptions, top_n: int, as_json: bool) -> None:
     """Print a finished job's result (exit status 3: INCOMPLETE, input was dead-lettered)."""
-    from rainstorm.coordinator.result import check_complete, completeness, load_stored
-    from rainstorm.monitor import load_job
+    from rainstorm.coordinator.result import check_complete, stored_result
+    from rainstorm.operators.resolve import allowed_modules_from_env
 
-    r = conn.client()
-    job = load_job(r, job_id)
-    state: Any = r.hget(keys.meta(job_id), "state")
-    live = job.spec.unbounded and state in (b"running", b"cancelled")
-    if state != b"done" and not live:
-        raise fail(f"job {job_id} is {state.decode() if state else 'unknown'}, not done")
-    if live:
-        click.echo(f"job {job_id} is a streaming job ({state.decode()}): its result so far",
+    # who reads a result is no coordinator: its environment's module allowlist
+    stored = stored_result(conn.client(), job_id, allow=allowed_modules_from_env())
+    if stored.live:
+        click.echo(f"job {job_id} is a streaming job ({stored.state}): its result so far",
                    err=True)
-    print_result(load_stored(r, job), top_n, as_json)
-    note = check_complete(job_id, *completeness(r, job_id))
+    print_result(stored.result, top_n, as_json)
+    note = check_complete(job_id, stored.dead_letters, stored.incomplete)
     if note:
         click.echo(note, err=True)
 
@@ -149,7 +144,7 @@ def dlq(job_id: str, conn: RedisOptions, requeue: bool, limit: int, as_json: boo
                        + (f" ({res.skipped} were already gone)" if res.skipped else ""),
                        err=True)
         return
-    rows = dead.read(r, job_id, count=limit)
+    rows = [letter.to_json() for letter in dead.read(r, job_id, count=limit)]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -194,7 +189,8 @@ def _rate(text: str) -> float | None:
 def tail(job_id: str, conn: RedisOptions, from_start: bool, interval_s: float) -> None:
     """Follow JOB's output: records as they are committed (JSON lines), or an
     aggregate's changed keys with their new values; until the job stops."""
-    from rainstorm.monitor import load_job
+    from rainstorm.jobstore import load_job
+    from rainstorm.operators.resolve import allowed_modules_from_env
     from rainstorm.ops.follow import follow
 
     r = conn.client()
@@ -202,8 +198,8 @@ def tail(job_id: str, conn: RedisOptions, from_start: bool, interval_s: float) -
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
-        for item in follow(r, job, from_start=from_start, interval_s=interval_s,
-                           stop=lambda: stop["now"]):
+        for item in follow(r, job, allow=allowed_modules_from_env(), from_start=from_start,
+                           interval_s=interval_s, stop=lambda: stop["now"]):
             line = json.dumps(item if not job.plan.aggregate
                               else {"key": item[0], "value": item[1]},
                               ensure_ascii=False, default=repr)

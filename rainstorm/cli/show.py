@@ -48,17 +48,19 @@ def table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
     Console().print(out)
 
 
-def progress_bar(total: int) -> tuple[Progress, Callable[[Any], None]]:
-    """A bar over ``total`` input bytes, and the callback that moves it."""
+def progress_bar() -> tuple[Progress, Callable[[Any], None]]:
+    """A bar over the job's input bytes (their total as recorded at submit,
+    from the first status on), and the callback that moves it."""
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                     TextColumn("{task.percentage:>5.1f}%  {task.fields[info]}"),
                     TimeElapsedColumn(), console=err_console, transient=False)
-    task = prog.add_task("processing", total=max(total, 1), info="")
+    task = prog.add_task("processing", total=1, info="")
 
     def update(st: Any) -> None:
         committed = sum(s.committed for s in st.stages)
         info = f"{st.bytes_done / 1e6:.1f}/{st.total_bytes / 1e6:.1f} MB, {committed} entries"
-        prog.update(task, completed=st.bytes_done if st.total_bytes else 0, info=info)
+        prog.update(task, total=max(st.total_bytes, 1),
+                    completed=st.bytes_done if st.total_bytes else 0, info=info)
 
     return prog, update
 

@@ -16,9 +16,11 @@ from rainstorm.job import Job
 from rainstorm.monitor import JobProgress, StageCounts, read_progress
 
 
-@dataclass
-class JobStatus:
-    progress: JobProgress
+@dataclass(frozen=True)
+class JobStatus(JobProgress):
+    """A job's progress (state, loaded, total_bytes, bytes_done, refusals:
+    see JobProgress) with the counters of each stage of its plan."""
+
     stages: list[StageCounts] = field(default_factory=list)  # one per stage of the plan
     # entries still in the stage streams, read only once the counters say
     # every stage settled (None: not read).  Committed and dead-lettered
@@ -26,31 +28,6 @@ class JobStatus:
     # the counters never saw (XADDed by hand), which would otherwise let the
     # counters claim completion before the job's own entries were processed
     unprocessed: int | None = None
-
-    @property
-    def job_id(self) -> str:
-        return self.progress.job_id
-
-    @property
-    def state(self) -> str:
-        return self.progress.state
-
-    @property
-    def loaded(self) -> bool:
-        return self.progress.loaded
-
-    @property
-    def total_bytes(self) -> int:
-        return self.progress.total_bytes
-
-    @property
-    def bytes_done(self) -> int:
-        return self.progress.bytes_done
-
-    @property
-    def refusals(self) -> dict[str, str]:
-        """Worker id -> why it cannot run the job."""
-        return dict(self.progress.refusals)
 
     @property
     def complete(self) -> bool:
@@ -70,10 +47,12 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             f"job {job.id}: its keys are gone from Redis (flushed, or a restart without "
             "persistence); the result would be partial, so the job is failed"
         )
-    status = JobStatus(prog, [prog.counts.stage(s.index) for s in job.plan.stages])
-    if status.loaded and all(s.settled for s in status.stages):
+    stages = [prog.counts.stage(s.index) for s in job.plan.stages]
+    unprocessed = None
+    if prog.loaded and all(s.settled for s in stages):
         pipe = r.pipeline(transaction=False)
         for _, stream in job.all_streams():
             pipe.xlen(stream)
-        status.unprocessed = sum(pipe.execute())
-    return status
+        unprocessed = sum(pipe.execute())
+    return JobStatus(prog.job_id, prog.meta, prog.loaded, prog.counts, prog.refusals,
+                     stages, unprocessed)

@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,9 +24,11 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator import seal
-from rainstorm.errors import IncompleteResult
+from rainstorm.errors import IncompleteResult, RainstormError
 from rainstorm.job import Job, JobState, decode_records
+from rainstorm.jobstore import load_job
 from rainstorm.operators.aggregates import DECODE_ERRORS
+from rainstorm.protocol import meta
 from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
 from rainstorm.state import read_state
@@ -47,12 +50,13 @@ def keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
     return {jsonable_key(k): v for k, v in state.items()}
 
 
-def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None
-            ) -> dict[str, Any] | list[Any]:
+def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None, *,
+            allow: tuple[str, ...]) -> dict[str, Any] | list[Any]:
     """The job's full result: a key -> value map (aggregate) or a record list;
-    ``digest``: fed every output entry read (a records job)."""
+    ``digest``: fed every output entry read (a records job); ``allow``: the
+    modules a ``reduce_by_key`` function may come from (the caller's policy)."""
     if job.plan.aggregate:
-        return keys_as_str(read_state(r, job))
+        return keys_as_str(read_state(r, job, allow))
     out: list[Any] = []
     for id_, fields in seal.output_rows(r, job):
         if digest is not None:
@@ -85,8 +89,8 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
         for i in range(0, len(items), WRITE_CHUNK):
             pipe.hset(keys.result(job.id), mapping=dict(items[i : i + WRITE_CHUNK]))
     incomplete = int(dead_letters > 0 and not job.spec.settings.skip_bad_records)
-    done: dict[str, Any] = {"state": JobState.DONE.value, "finished_at": time.time(),
-                            "dead_letters": dead_letters, "incomplete": incomplete}
+    done: dict[str, Any] = {meta.STATE: JobState.DONE.value, meta.FINISHED_AT: time.time(),
+                            meta.DEAD_LETTERS: dead_letters, meta.INCOMPLETE: incomplete}
     if sealed is not None:  # what `result` trusts: a key the worker user may not write
         pipe.hset(keys.seal(job.id), mapping={"sha256": sealed, "dead_letters": dead_letters,
                                               "incomplete": incomplete})
@@ -101,7 +105,7 @@ def completeness(r: redis.Redis, job_id: str) -> tuple[int, bool]:
     hash for a job finished before seals existed)."""
     raw: Any = r.hmget(keys.seal(job_id), "dead_letters", "incomplete")
     if raw[0] is None:
-        raw = r.hmget(keys.meta(job_id), "dead_letters", "incomplete")
+        raw = r.hmget(keys.meta(job_id), meta.DEAD_LETTERS, meta.INCOMPLETE)
     return as_int(raw[0]), as_int(raw[1]) == 1
 
 
@@ -121,19 +125,20 @@ def to_json(result: dict[str, Any] | list[Any]) -> str:
     return json.dumps(result, ensure_ascii=False, default=repr)
 
 
-def load_stored(r: redis.Redis, job: Job) -> dict[str, Any] | list[Any]:
+def load_stored(r: redis.Redis, job: Job, *, allow: tuple[str, ...]
+                ) -> dict[str, Any] | list[Any]:
     """A job's result, read again (the folded state or the output stream); a
     finished one only if its keys still match the seal written when it
-    finished (JobFailed otherwise)."""
+    finished (JobFailed otherwise).  ``allow``: see :func:`collect`."""
     raw: Any = r.hget(keys.seal(job.id), "sha256")
     if raw is None:  # not finished (a streaming job), or finished before seals existed
-        return collect(r, job)
+        return collect(r, job, allow=allow)
     sealed = raw.decode("ascii", "replace")
     if job.plan.aggregate:
         return keys_as_str(read_state(
-            r, job, check=lambda snap: seal.check(job, sealed, seal.of_snapshot(snap))))
+            r, job, allow, check=lambda snap: seal.check(job, sealed, seal.of_snapshot(snap))))
     digest = seal.OutputDigest()
-    result = collect(r, job, digest)
+    result = collect(r, job, digest, allow=allow)
     seal.check(job, sealed, digest.hexdigest())
     return result
 
@@ -164,3 +169,27 @@ def write_atomically(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A job's result as `rainstorm result` shows it."""
+
+    result: dict[str, Any] | list[Any]
+    state: str  # the job's state
+    live: bool  # a streaming job still running (or stopped): its result so far
+    dead_letters: int
+    incomplete: bool
+
+
+def stored_result(r: redis.Redis, job_id: str, *, allow: tuple[str, ...]) -> StoredResult:
+    """The result of a finished job, or of a streaming one so far
+    (RainstormError when neither: the job is not done); ``allow``: see
+    :func:`collect`."""
+    job = load_job(r, job_id)
+    state = meta.job_state(r, job_id) or "unknown"
+    live = job.spec.unbounded and state in (JobState.RUNNING.value, JobState.CANCELLED.value)
+    if state != JobState.DONE.value and not live:
+        raise RainstormError(f"job {job_id} is {state}, not done")
+    result = load_stored(r, job, allow=allow)
+    return StoredResult(result, state, live, *completeness(r, job_id))

@@ -2,18 +2,22 @@
 
     job, files = prepare(spec, inputs, job_id)      # user errors, before Redis
     session = Session(r, job, files, key=key)
-    session.submit(connect_timeout_s)               # create its keys (or resume it)
-    result = session.drive(check=...)               # load, wait, fold, store
+    report = session.run(Hooks(check=...))          # submit, drive, report
 
+``Session.run`` is ``submit`` (create the job's keys, or resume it) then
+``drive`` (load, wait, fold, store), returning a :class:`RunReport`.
 ``rainstorm submit``, ``rainstorm run`` (rainstorm.local.run, which also
-starts servers and workers), the Dataset API (through ``run``),
-rainstorm.testing and the test suite all go through it.
+starts servers and workers), the Dataset API and mapreduce (through
+``run``) and rainstorm.testing call ``run``; tests that only create a job
+(to let workers race for it) call ``submit`` alone (tests/helpers.py
+wraps both for the test suite).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,35 @@ def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None =
         raise UsageError(f"{where[0]}: this job runs external programs; pass --allow-exec "
                          "to let its workers run them")
     return job, files
+
+
+@dataclass
+class RunReport:
+    """What a run gives back: the result, how long it took (from the start of
+    ``submit``), the input's total size as recorded at submit, the job's
+    counters at the end, where it ran and the Redis outages ridden out."""
+
+    job_id: str
+    result: Result
+    seconds: float
+    total_bytes: int
+    status: JobStatus
+    server: str = ""
+    redis_outages: int = 0
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Callbacks of one run: ``on_submit(fresh)`` once the job's keys exist
+    (False: an existing job is resumed); ``on_progress(status)`` at every
+    look; ``check()`` between looks (supervise servers and workers; may
+    raise JobFailed); ``on_step()`` after every step (in-process workers
+    take their turn)."""
+
+    on_submit: Callable[[bool], None] | None = None
+    on_progress: Callable[[JobStatus], None] | None = None
+    check: Callable[[], None] | None = None
+    on_step: Callable[[], None] | None = None
 
 
 class Session:
@@ -115,6 +148,26 @@ class Session:
             self.outages = driver.outages
         self.seconds = time.perf_counter() - self._t0
         return result
+
+    def run(self, hooks: Hooks | None = None, *, wait_s: float | None = None,
+            timeout_s: float | None = None, raw_keys: bool = False,
+            stop_on_interrupt: bool = False, server: str = "") -> RunReport:
+        """``submit`` (waiting up to ``wait_s`` for Redis), then ``drive`` to
+        the end.  ``raw_keys``: an aggregate's keys as the operators made
+        them (tuples, numbers), re-read from Redis, not as JSON text;
+        ``server``: where it runs, as the report shows it."""
+        hooks = hooks or Hooks()
+        fresh = self.submit(wait_s)
+        if hooks.on_submit:
+            hooks.on_submit(fresh)
+        result = self.drive(timeout_s=timeout_s, on_progress=hooks.on_progress,
+                            check=hooks.check, on_step=hooks.on_step,
+                            stop_on_interrupt=stop_on_interrupt)
+        if raw_keys and isinstance(result, dict):
+            result = self.raw_state()
+        status = self.status()
+        return RunReport(self.job.id, result, self.seconds, status.total_bytes, status, server,
+                         self.outages)
 
     def raw_state(self) -> dict[Any, Any]:
         """A finished aggregate's state with its keys as the operators made

@@ -31,6 +31,7 @@ from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, decode_records
 from rainstorm.operators.aggregates import DECODE_ERRORS
+from rainstorm.protocol.deadletter import Kind, letter_fields
 from rainstorm.protocol.entries import data_of
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,9 @@ class FileOutputSink:
         for id_, why in bad:
             log.warning("job %s: output entry %s is not a record batch (%s): moved to the "
                         "dead letters", self.job.id, id_.decode(), why)
-            pipe.xadd(keys.dlq(self.job.id), {"stage": self.job.plan.last.index,
-                                              "kind": "output", "uid": id_,
-                                              "error": f"undecodable output entry: {why}",
-                                              "deliveries": 0})
+            pipe.xadd(keys.dlq(self.job.id),
+                      letter_fields(self.job.plan.last.index, Kind.OUTPUT, id_,
+                                    f"undecodable output entry: {why}"))
         pipe.xtrim(keys.output(self.job.id), minid=_after(last_id), approximate=False)
         pipe.execute()
         self.last_id = last_id

@@ -14,6 +14,7 @@ from rainstorm.durability import make_durable
 from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
+from rainstorm.protocol import meta as fields
 from rainstorm.sources.unbounded import initial_cursor
 from rainstorm.spec import JobSpec, spec_to_json
 from rainstorm.spec_signature import sign_spec, submitter_key
@@ -68,15 +69,15 @@ def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = N
     # admin) must never be made to load a file nobody submitted
     pipe.set(keys.inputs(job.id), json.dumps(file_list))
     meta: dict[str | bytes, str | int | float] = {
-        "state": JobState.RUNNING.value,
-        "total_bytes": sum(f[1] for f in file_list),
-        "stages": len(job.plan.stages),
-        "created_at": time.time(),
+        fields.STATE: JobState.RUNNING.value,
+        fields.TOTAL_BYTES: sum(f[1] for f in file_list),
+        fields.STAGES: len(job.plan.stages),
+        fields.CREATED_AT: time.time(),
     }
     if job.spec.source.max_rate:
-        meta["max_rate"] = job.spec.source.max_rate
+        meta[fields.MAX_RATE] = job.spec.source.max_rate
     if job.spec.unbounded:
-        meta["unbounded"] = 1
+        meta[fields.UNBOUNDED] = 1
     start = initial_cursor(r, job)
     if start is not None:
         pipe.hset(keys.cursor(job.id), "pos", start)

@@ -1,2 +1,2 @@
-"""The local runtime: the embedded server, a replica set, local worker processes and
-`rainstorm run`."""
+"""The local runtime: the embedded server, a replica set, local worker processes
+(forked, or autoscaled), a `rainstorm worker`'s options, and `rainstorm run`."""

@@ -40,7 +40,7 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
                                                   allow_exec=allow_exec, secret=key))
     # SIGTERM (from stop() or the parent's death) ends the process at once: a
     # worker holds nothing that is not in Redis, its pending entries get stolen.
-    w.work()
+    w.run()
 
 
 class LocalWorkers:

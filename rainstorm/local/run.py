@@ -2,26 +2,27 @@
 path (rainstorm.coordinator.session), then clean up.
 
 ``RunOptions`` is everything a run can be told, passed whole from the CLI,
-the Dataset API and mapreduce down to ``LocalRun``."""
+the Dataset API and mapreduce down to ``LocalRun``; what comes back is the
+session's :class:`~rainstorm.coordinator.session.RunReport`."""
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from rainstorm.connection import connect, open_checked, redact
+from rainstorm.connection import open_checked, redact
 from rainstorm.coordinator.progress import JobStatus
-from rainstorm.coordinator.session import Session, prepare
+from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import UsageError
+from rainstorm.job import Job
 from rainstorm.local.pool import LocalWorkers
 from rainstorm.local.replication import ReplicaSet
+from rainstorm.local.scaling import BackendOptions, Scaling
 from rainstorm.local.server import EmbeddedRedis
-from rainstorm.ops.autoscale.backends import LocalBackend
-from rainstorm.ops.autoscale.controller import Autoscaler
 from rainstorm.ops.autoscale.policy import ScalePolicy
 from rainstorm.signing import is_pickled, local_key
 from rainstorm.spec import JobSpec
@@ -62,17 +63,6 @@ class RunOptions:
 def _options(options: RunOptions | None, fields: dict[str, Any]) -> RunOptions:
     """``options`` (default: RunOptions()) with ``fields`` replaced."""
     return replace(options or RunOptions(), **fields)
-
-
-@dataclass
-class RunReport:
-    job_id: str
-    result: dict[str, Any] | list[Any]
-    seconds: float
-    total_bytes: int
-    status: JobStatus
-    server: str
-    redis_outages: int = 0
 
 
 def spec_modules(spec: JobSpec) -> tuple[str, ...]:
@@ -153,7 +143,11 @@ class LocalRun:
         an autoscaler thread between the policy's bounds.  ``fields``
         replace those of ``options`` (the server's are this LocalRun's)."""
         opts = _options(options, fields)
-        job, files = prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec)
+        return self.run_prepared(*prepare(spec, list(opts.inputs) or None, opts.job_id,
+                                          opts.allow_exec), opts)
+
+    def run_prepared(self, job: Job, files: list[Path], opts: RunOptions) -> RunReport:
+        """:meth:`run` of a job already prepared (rainstorm.coordinator.session.prepare)."""
         # local workers are our children: a random key does when none is set;
         # remote workers (workers=0) need the shared one
         key = local_key() if opts.workers > 0 or opts.autoscale else submitter_key()
@@ -163,32 +157,34 @@ class LocalRun:
             r.close()
             self.pool = LocalWorkers(opts.workers, self.url, job.id, modules, opts.allow_exec,
                                      key)
+        scaling: list[Scaling] = []
+
+        def submitted(_fresh: bool) -> None:
+            if job.spec.unbounded:  # producers and `rainstorm tail` need to know where
+                where = redact(self.url)
+                print(f"streaming job {job.id} on {where}: runs until cancelled (Ctrl-C, or "
+                      f"rainstorm kill-job {job.id} --redis {where})", file=sys.stderr,
+                      flush=True)
+            if opts.autoscale:
+                scaling.append(Scaling(self.url, job.id, opts.autoscale, BackendOptions(
+                    allow_modules=modules, allow_exec=opts.allow_exec, key=key)))
+
         session = Session(r, job, files, key=key)
-        # safe to repeat (the same job is resumed): an outage here is waited out
-        session.submit(self.connect_timeout_s)
-        if job.spec.unbounded:  # producers and `rainstorm tail` need to know where
-            where = redact(self.url)
-            print(f"streaming job {job.id} on {where}: runs until cancelled (Ctrl-C, or "
-                  f"rainstorm kill-job {job.id} --redis {where})", file=sys.stderr, flush=True)
-        scaling = _Scaling(self.url, job.id, opts.autoscale, modules, opts.allow_exec, key) \
-            if opts.autoscale else None
         try:
-            # Ctrl-C / SIGTERM is how a streaming run ends: stop, flush, report
-            result = session.drive(timeout_s=opts.timeout_s, on_progress=opts.on_progress,
-                                   check=self.check, stop_on_interrupt=True)
+            # safe to repeat (the same job is resumed): an outage in submit is
+            # waited out; Ctrl-C / SIGTERM is how a streaming run ends: stop,
+            # flush, report
+            return session.run(Hooks(on_submit=submitted, on_progress=opts.on_progress,
+                                     check=self.check),
+                               wait_s=self.connect_timeout_s, timeout_s=opts.timeout_s,
+                               raw_keys=opts.raw_keys, stop_on_interrupt=True, server=desc)
         finally:
-            if scaling:
-                scaling.close()
+            for s in scaling:
+                s.close()
             if self.pool:
                 self.pool.stop()
                 self.pool = None
-        if opts.raw_keys and isinstance(result, dict):
-            result = session.raw_state()
-        status = session.status()
-        r.close()
-        # sizes as recorded at submit: an input may be gone by now
-        return RunReport(job.id, result, session.seconds, status.total_bytes, status, desc,
-                         session.outages)
+            r.close()
 
 
 def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> RunReport:
@@ -200,28 +196,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> 
                          "embedded Redis: pass --redis URL (served by `rainstorm worker`) "
                          "or --workers N")
     # user errors before any server starts
-    prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec)
+    job, files = prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec)
     with LocalRun(opts) as env:
-        return env.run(spec, opts)
-
-
-class _Scaling:
-    """An autoscaler thread with local worker processes, for `run --autoscale`."""
-
-    def __init__(self, url: str, job_id: str, policy: ScalePolicy, modules: tuple[str, ...],
-                 allow_exec: bool, key: bytes | None) -> None:
-        self.r = connect(url)
-        self.backend = LocalBackend(self.r, url, modules, allow_exec,
-                                    env={"RAINSTORM_SECRET": key.decode()} if key else {})
-        self.scaler = Autoscaler(self.r, self.backend, policy, job_id=job_id)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.scaler.run, args=(self.stop,),
-                                       name="autoscaler", daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.backend.close()
-        self.r.close()
+        return env.run_prepared(job, files, opts)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from rainstorm import keys
 from rainstorm.errors import CallTooLarge, ProtocolError
 from rainstorm.lua.contract import (
     COMMIT,
@@ -49,11 +50,10 @@ from rainstorm.replies import as_str
 
 __all__ = [
     "LIBRARY_NAME", "LIB_VERSION", "LIMITS", "CommitRequest", "CommitResult", "CommitStatus",
-    "CompactStatus", "DeadletterStatus", "LoadResult", "LoadStatus", "RequeueStatus",
-    "Snapshot", "call_size", "check_version", "commit", "commit_size", "compact",
-    "deadletter", "library_source", "load", "load_library", "loaded_version",
-    "refuse_other_version", "requeue",
-    "snapshot",
+    "CompactStatus", "DeadletterRequest", "DeadletterStatus", "JobKeys", "LoadResult",
+    "LoadStatus", "RequeueRequest", "RequeueStatus", "Snapshot", "call_size",
+    "check_version", "commit", "commit_size", "compact", "deadletter", "library_source",
+    "load", "load_library", "loaded_version", "refuse_other_version", "requeue", "snapshot",
 ]
 
 
@@ -188,37 +188,68 @@ def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
     return CommitResult(status)
 
 
-def deadletter(
-    r: redis.Redis,
-    *,
-    counters: str,
-    dlq: str,
-    meta: str,
-    stream: str,
-    group: str,
-    stage: int,
-    entry_id: str,
-    uid: str | bytes,
-    error: str,
-    deliveries: int,
-) -> DeadletterStatus:
+@dataclass(frozen=True)
+class JobKeys:
+    """The keys of a job that dead-lettering and requeueing touch."""
+
+    counters: str
+    dlq: str
+    meta: str
+
+    @classmethod
+    def of(cls, job_id: str) -> JobKeys:
+        return cls(keys.counters(job_id), keys.dlq(job_id), keys.meta(job_id))
+
+
+@dataclass(frozen=True)
+class DeadletterRequest:
+    """Move the pending entry ``entry_id`` of ``stream`` (stage ``stage``,
+    consumer group ``group``) to the job's dead-letter stream."""
+
+    job: JobKeys
+    stream: str
+    group: str
+    stage: int
+    entry_id: str
+    uid: str | bytes
+    error: str
+    deliveries: int
+
+
+def deadletter(r: redis.Redis, req: DeadletterRequest) -> DeadletterStatus:
     keys_, args = DEADLETTER.build(
-        {"counters": counters, "dlq": dlq, "meta": meta, "stream": stream},
-        {"group": group, "stage": stage, "entry_id": entry_id, "uid": uid, "error": error,
-         "deliveries": deliveries},
+        {"counters": req.job.counters, "dlq": req.job.dlq, "meta": req.job.meta,
+         "stream": req.stream},
+        {"group": req.group, "stage": req.stage, "entry_id": req.entry_id, "uid": req.uid,
+         "error": req.error, "deliveries": req.deliveries},
     )
     reply = _call(r, DEADLETTER, keys_, args)
     return parse_status(DeadletterStatus, DEADLETTER.function, reply)[0]
 
 
-def requeue(r: redis.Redis, *, counters: str, dlq: str, meta: str, stream: str, dead_id: str,
-            stage: int, kind: str, uid: str, payload: bytes, unbytes: int = 0
-            ) -> RequeueStatus:
-    """Move one dead letter back into ``stream`` (ABSENT: it was already gone)."""
+@dataclass(frozen=True)
+class RequeueRequest:
+    """Move the dead letter ``dead_id`` (of ``kind`` entry or record, from
+    stage ``stage``) back into ``stream`` as ``payload`` under ``uid``;
+    ``unbytes``: input bytes to count as not yet done again."""
+
+    job: JobKeys
+    stream: str
+    dead_id: str
+    stage: int
+    kind: str
+    uid: str
+    payload: bytes
+    unbytes: int = 0
+
+
+def requeue(r: redis.Redis, req: RequeueRequest) -> RequeueStatus:
+    """Move one dead letter back into its stream (ABSENT: it was already gone)."""
     keys_, args = REQUEUE.build(
-        {"counters": counters, "dlq": dlq, "meta": meta, "stream": stream},
-        {"dead_id": dead_id, "stage": stage, "kind": kind, "uid": uid, "payload": payload,
-         "unbytes": unbytes},
+        {"counters": req.job.counters, "dlq": req.job.dlq, "meta": req.job.meta,
+         "stream": req.stream},
+        {"dead_id": req.dead_id, "stage": req.stage, "kind": req.kind, "uid": req.uid,
+         "payload": req.payload, "unbytes": req.unbytes},
     )
     return parse_status(RequeueStatus, REQUEUE.function, _call(r, REQUEUE, keys_, args))[0]
 

@@ -26,6 +26,8 @@ import redis
 
 from rainstorm import keys
 from rainstorm.errors import ProtocolError
+from rainstorm.job import JobState
+from rainstorm.protocol import meta
 from rainstorm.replies import as_str
 
 LIBRARY_NAME = "rainstorm"
@@ -94,9 +96,9 @@ def running_jobs(r: redis.Redis) -> list[str]:
     ids = sorted(as_str(j, "replace") for j in members)
     pipe = r.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hget(keys.meta(job_id), "state")
+        pipe.hget(keys.meta(job_id), meta.STATE)
     states = pipe.execute()
-    return [j for j, s in zip(ids, states, strict=True) if s == b"running"]
+    return [j for j, s in zip(ids, states, strict=True) if meta.state_text(s) == JobState.RUNNING]
 
 
 def _mismatch(loaded: str) -> str:

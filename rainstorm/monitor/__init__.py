@@ -11,10 +11,10 @@ agree on what a number means:
   ``JobView``, ``StageView``, ``PartitionView``, ``Snapshot``), each with the
   ``to_json()`` that ``--json`` and the dashboard's API print;
 * :mod:`~rainstorm.monitor.look`: one look at Redis (:func:`snapshot`,
-  :func:`job_view`, :func:`workers`, :func:`load_job`);
+  :func:`job_view`, :func:`workers`);
 * :mod:`~rainstorm.monitor.rates`: :class:`RateTracker`, per-second rates
   from successive snapshots;
-* :mod:`~rainstorm.monitor.deadletters`: dead letters as rows.
+* :mod:`~rainstorm.monitor.deadletters`: dead letters as rows (``DeadLetter``).
 
 All reads are plain read commands, so a restricted ACL user can run the
 dashboard.
@@ -30,12 +30,10 @@ from rainstorm.monitor.counts import (
     read_max_event,
     read_progress,
 )
-from rainstorm.monitor.deadletters import dead_letter_row, dead_letters, decode_dead_record
+from rainstorm.monitor.deadletters import dead_letter_row, dead_letters
 from rainstorm.monitor.look import (
-    host_name,
     job_ids,
     job_view,
-    load_job,
     snapshot,
     worker_view,
     workers,
@@ -54,7 +52,7 @@ from rainstorm.monitor.views import (
 __all__ = [
     "DEAD_AFTER_S", "HistoryPoint", "JobCounts", "JobProgress", "JobView", "PartitionView",
     "RateTracker", "Rates", "Snapshot", "StageCounts", "StageView", "WorkerView",
-    "dead_letter_row", "dead_letters", "decode_dead_record", "host_name", "job_ids",
-    "job_view", "load_job", "parse_counts", "read_max_event", "read_progress", "snapshot",
+    "dead_letter_row", "dead_letters", "job_ids",
+    "job_view", "parse_counts", "read_max_event", "read_progress", "snapshot",
     "worker_view", "workers",
 ]

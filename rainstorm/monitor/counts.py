@@ -22,6 +22,7 @@ import redis
 from rainstorm import keys
 from rainstorm.latency import Histogram, read_histogram
 from rainstorm.protocol import counters as schema
+from rainstorm.protocol import meta as meta_fields
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.replies import as_int, as_str
 
@@ -60,6 +61,13 @@ class StageCounts:
     wait_short: int = 0
     max_event_us: int | None = None  # None: nothing committed with an event time yet
     latency: Histogram = field(default_factory=lambda: read_histogram({}))
+
+    SUMMARY = ("emitted", "committed", "dead", "claimed", "rejected", "records_in",
+               "records_out")  # the counters `rainstorm status --json` shows per stage
+
+    def to_json(self) -> dict[str, Any]:
+        """The stage's summary as `rainstorm status --json` prints it."""
+        return {"stage": self.index, **{name: getattr(self, name) for name in self.SUMMARY}}
 
     def get(self, counter: StageCounter) -> int:
         """One integer counter by name (``lat:*`` and ``max_event_us``: see
@@ -130,11 +138,11 @@ class JobProgress:
 
     @property
     def state(self) -> str:
-        return self.meta.get("state", "?")
+        return self.meta.get(meta_fields.STATE, "?")
 
     @property
     def total_bytes(self) -> int:
-        return as_int(self.meta.get("total_bytes"))
+        return as_int(self.meta.get(meta_fields.TOTAL_BYTES))
 
     @property
     def bytes_done(self) -> int:
@@ -180,4 +188,4 @@ def read_progress(r: redis.Redis, job_id: str) -> JobProgress:
 def read_max_event(r: redis.Redis, job: str, stage: int) -> int | None:
     """The largest event time committed in ``stage`` so far (µs), or None."""
     raw = r.hget(keys.counters(job), keys.counter_field(stage, StageCounter.MAX_EVENT_US))
-    return None if raw is None else int(raw)
+    return None if raw is None else as_int(raw)

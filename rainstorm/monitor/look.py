@@ -4,8 +4,6 @@ XPENDING), so a restricted ACL user can run the dashboard."""
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import replace
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys
-from rainstorm.errors import JobFailed, RainstormError, UsageError, one_line
+from rainstorm.errors import RainstormError
 from rainstorm.job import Job
 from rainstorm.monitor.counts import PROGRESS_READS, JobProgress, parse_progress, queue_progress
 from rainstorm.monitor.views import (
@@ -25,6 +23,7 @@ from rainstorm.monitor.views import (
     WorkerView,
 )
 from rainstorm.plan import describe
+from rainstorm.protocol import meta
 from rainstorm.protocol.heartbeat import BUSY, Heartbeat
 from rainstorm.replies import as_int, as_str
 from rainstorm.spec import spec_from_json
@@ -33,24 +32,6 @@ from rainstorm.spec import spec_from_json
 def job_ids(r: redis.Redis) -> list[str]:
     members: Any = r.smembers(keys.JOBS)
     return sorted(as_str(j) for j in members)
-
-
-def load_job(r: redis.Redis, job_id: str) -> Job:
-    raw: Any = r.get(keys.spec(job_id))
-    if raw is None:
-        raise UsageError(f"no such job: {job_id}")
-    try:
-        return Job.build(job_id, spec_from_json(raw))
-    except ValueError as exc:  # not written by submit (pydantic errors are ValueErrors)
-        first = one_line(exc, 200)
-        raise JobFailed(f"job {job_id} has an unreadable spec: {first}") from None
-
-
-def host_name() -> str:
-    """The host a worker reports: $RAINSTORM_HOSTNAME (e.g. a Kubernetes node
-    name) or the machine's host name.  kill-worker --force SIGKILLs only
-    workers whose host is its own."""
-    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
 
 
 def workers(r: redis.Redis, now: float | None = None) -> list[WorkerView]:
@@ -109,10 +90,10 @@ def job_view(r: redis.Redis, job_id: str) -> JobView:
     raw_spec, dlq_len, incomplete = replies[:3]
     prog = parse_progress(job_id, replies[3:3 + PROGRESS_READS])
     view = JobView(
-        id=job_id, state=prog.state, error=prog.meta.get("error"),
+        id=job_id, state=prog.state, error=prog.meta.get(meta.ERROR),
         incomplete=incomplete == b"1",
         refused="; ".join(f"worker {k}: {v}" for k, v in prog.refusals.items()) or None,
-        loaded=prog.loaded, unbounded=prog.meta.get("unbounded") == "1",
+        loaded=prog.loaded, unbounded=prog.meta.get(meta.UNBOUNDED) == "1",
         total_bytes=prog.total_bytes, bytes_done=prog.bytes_done,
         dead_letters=as_int(dlq_len), name=None)
     if raw_spec is None:

@@ -23,6 +23,7 @@ for plain pipes (strings as they are, pairs as key<TAB>value, else JSON).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -112,6 +113,19 @@ class FramedProcess:
         writer = threading.Thread(target=feed, daemon=True)
         writer.start()
         deadline = time.monotonic() + self.timeout_s
+        try:
+            out = self._answer(deadline)
+        except ExternalError:  # the program is gone (killed): release its pipes
+            writer.join(5)
+            for pipe in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    if pipe:
+                        pipe.close()
+            raise
+        writer.join(max(0.0, deadline - time.monotonic()))
+        return out
+
+    def _answer(self, deadline: float) -> list[str]:
         header = self._readline(deadline)
         if not header.startswith(OUT + " "):
             raise self._fail(f"answered {header[:80]!r} instead of '{OUT} <m>'")
@@ -119,9 +133,7 @@ class FramedProcess:
             m = int(header.split()[1])
         except (IndexError, ValueError):
             raise self._fail(f"sent a bad header {header[:80]!r}") from None
-        out = [self._readline(deadline) for _ in range(m)]
-        writer.join(max(0.0, deadline - time.monotonic()))
-        return out
+        return [self._readline(deadline) for _ in range(m)]
 
     def close(self) -> None:
         if self.proc and self.proc.poll() is None:

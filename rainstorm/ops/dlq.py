@@ -19,13 +19,17 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.errors import UsageError
-from rainstorm.job import Job, encode_records
-from rainstorm.monitor import dead_letters, decode_dead_record, load_job
-from rainstorm.protocol.entries import DATA, partition_of, requeue_uid, spread
+from rainstorm.job import Job, JobState, encode_records
+from rainstorm.jobstore import load_job
+from rainstorm.monitor import dead_letters
+from rainstorm.protocol import deadletter as dl
+from rainstorm.protocol.deadletter import DeadLetter, Kind, decode_dead_record
+from rainstorm.protocol.entries import DATA, requeue_uid, route
+from rainstorm.protocol.meta import job_state
 from rainstorm.replies import as_str
 
 
-def read(r: redis.Redis, job_id: str, count: int | None = None) -> list[dict[str, Any]]:
+def read(r: redis.Redis, job_id: str, count: int | None = None) -> list[DeadLetter]:
     """Dead letters oldest first (see :func:`rainstorm.monitor.dead_letters`)."""
     load_job(r, job_id)  # a clear error for an unknown job
     return dead_letters(r, job_id, count, newest_first=False)
@@ -40,39 +44,36 @@ class Requeued:
 def _target(job: Job, stage: int, record: Any, uid: str) -> tuple[str, bytes, int]:
     """(stream, payload, bytes to un-count) for one dead record sent back."""
     sp = job.stage(stage)
-    part = spread(uid, 0, sp.partitions)
+    stream = keys.stage_stream(job.id, stage, route(record, sp.keyed_in, uid, 0, sp.partitions))
     if job.raw_text(stage):
         text = record if isinstance(record, str) else str(record)
         data = (text + "\n").encode("utf-8", "surrogatepass")
-        return keys.stage_stream(job.id, stage, part), data, len(data)
-    if sp.keyed_in and isinstance(record, (list, tuple)) and record:
-        part = partition_of(record[0], sp.partitions)
-    return keys.stage_stream(job.id, stage, part), encode_records([record]), 0
+        return stream, data, len(data)
+    return stream, encode_records([record]), 0
 
 
 def requeue(r: redis.Redis, job_id: str) -> Requeued:
     job = load_job(r, job_id)
-    state: Any = r.hget(keys.meta(job_id), "state")
-    if as_str(state) != "running":
-        raise UsageError(f"job {job_id} is {as_str(state) if state else 'gone'}: dead letters can "
+    state = job_state(r, job_id)
+    if state != JobState.RUNNING:
+        raise UsageError(f"job {job_id} is {state or 'gone'}: dead letters can "
                          "only be requeued while it runs (resubmit it to process them)")
     moved = skipped = 0
     rows: Any = r.xrange(keys.dlq(job_id))
     for id_, fields in rows:
         dead_id = as_str(id_)
         f = {as_str(k): v for k, v in fields.items()}
-        stage, kind = int(f.get("stage", b"0")), as_str(f.get("kind", b""))
-        if kind not in ("entry", "record"):  # a bad delta or output entry: evidence only
+        stage, kind = int(f.get(dl.STAGE, b"0")), as_str(f.get(dl.KIND, b""))
+        if kind not in (Kind.ENTRY, Kind.RECORD):  # a bad delta or output entry: evidence only
             continue
         uid = requeue_uid(dead_id)
-        if kind == "entry":
-            stream, data, unbytes = as_str(f["stream"]), f.get(DATA, b""), 0
+        if kind == Kind.ENTRY:
+            stream, data, unbytes = as_str(f[dl.STREAM]), f.get(DATA, b""), 0
         else:
             rec = decode_dead_record(f.get(DATA, b""))
-            stream, data, unbytes = _target(job, stage, rec.get("record"), uid)
-        res = lua.requeue(r, counters=keys.counters(job_id), dlq=keys.dlq(job_id),
-                          meta=keys.meta(job_id), stream=stream, dead_id=dead_id, stage=stage,
-                          kind=kind, uid=uid, payload=data, unbytes=unbytes)
+            stream, data, unbytes = _target(job, stage, rec.get(dl.RECORD), uid)
+        res = lua.requeue(r, lua.RequeueRequest(lua.JobKeys.of(job_id), stream, dead_id, stage,
+                                                kind, uid, data, unbytes))
         if res in (lua.RequeueStatus.STOPPED, lua.RequeueStatus.GONE):
             raise UsageError(f"job {job_id} stopped running while its dead letters were "
                              f"requeued ({moved} moved back)")

@@ -16,20 +16,22 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.result import keys_as_str
-from rainstorm.job import Job, decode_records
+from rainstorm.job import Job, JobState, decode_records
 from rainstorm.protocol.entries import data_of
+from rainstorm.protocol.meta import job_state
 from rainstorm.state import read_state
 
 
 def _running(r: redis.Redis, job: Job) -> bool:
-    return r.hget(keys.meta(job.id), "state") == b"running"
+    return job_state(r, job.id) == JobState.RUNNING
 
 
-def follow(r: redis.Redis, job: Job, *, from_start: bool = False, interval_s: float = 1.0,
-           stop: Callable[[], bool] = lambda: False) -> Iterator[Any]:
-    """Yield output records (or ``(key, value)`` changes of an aggregate)."""
+def follow(r: redis.Redis, job: Job, *, allow: tuple[str, ...], from_start: bool = False,
+           interval_s: float = 1.0, stop: Callable[[], bool] = lambda: False) -> Iterator[Any]:
+    """Yield output records (or ``(key, value)`` changes of an aggregate);
+    ``allow``: the modules a ``reduce_by_key`` function may come from."""
     if job.plan.aggregate:
-        yield from _follow_aggregate(r, job, from_start, interval_s, stop)
+        yield from _follow_aggregate(r, job, allow, from_start, interval_s, stop)
         return
     last: Any = "0-0" if from_start else "$"
     if last == "$":  # resolve now, so nothing committed from here on is missed
@@ -46,11 +48,11 @@ def follow(r: redis.Redis, job: Job, *, from_start: bool = False, interval_s: fl
             return
 
 
-def _follow_aggregate(r: redis.Redis, job: Job, from_start: bool, interval_s: float,
-                      stop: Callable[[], bool]) -> Iterator[tuple[str, Any]]:
-    seen: dict[str, Any] = {} if from_start else keys_as_str(read_state(r, job))
+def _follow_aggregate(r: redis.Redis, job: Job, allow: tuple[str, ...], from_start: bool,
+                      interval_s: float, stop: Callable[[], bool]) -> Iterator[tuple[str, Any]]:
+    seen: dict[str, Any] = {} if from_start else keys_as_str(read_state(r, job, allow))
     while not stop():
-        now = keys_as_str(read_state(r, job))
+        now = keys_as_str(read_state(r, job, allow))
         for k, v in now.items():
             if seen.get(k) != v:
                 yield k, v

@@ -12,7 +12,8 @@ import redis
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.result import completeness
 from rainstorm.errors import RainstormError
-from rainstorm.monitor import StageCounts, job_ids, load_job
+from rainstorm.jobstore import load_job
+from rainstorm.monitor import StageCounts, job_ids
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,7 @@ class StatusRow:
         return {"job": self.job, "state": self.state, "loaded": self.loaded,
                 "incomplete": self.incomplete, "dead_letters": self.dead_letters,
                 "progress": self.progress,
-                "stages": [{"stage": s.index, "emitted": s.emitted, "committed": s.committed,
-                            "dead": s.dead, "claimed": s.claimed, "rejected": s.rejected,
-                            "records_in": s.records_in, "records_out": s.records_out}
-                           for s in self.stages]}
+                "stages": [s.to_json() for s in self.stages]}
 
 
 def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[StatusRow]:
@@ -55,6 +53,6 @@ def job_statuses(r: redis.Redis, job_id: str | None = None) -> list[StatusRow]:
             rows.append(StatusRow(jid, "broken", loaded=False, progress=0.0, error=str(exc)))
             continue
         dead, incomplete = completeness(r, jid) if st.state == "done" else (0, False)
-        rows.append(StatusRow(jid, st.state, st.loaded, st.progress.progress, st.stages,
+        rows.append(StatusRow(jid, st.state, st.loaded, st.progress, st.stages,
                               incomplete=incomplete, dead_letters=dead))
     return rows

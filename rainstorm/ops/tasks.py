@@ -16,7 +16,9 @@ import redis
 from rainstorm import keys, monitor
 from rainstorm.errors import RainstormError, UsageError
 from rainstorm.job import JobState
-from rainstorm.monitor import load_job
+from rainstorm.jobstore import load_job
+from rainstorm.protocol import meta
+from rainstorm.protocol.heartbeat import host_name
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def kill_worker(r: redis.Redis, worker_id: str, *, force: bool = False,
     if not info.alive:
         return f"worker {worker_id} is already dead (no heartbeat for " \
                f"{info.heartbeat_age_s} s); nothing to kill"
-    if info.host != monitor.host_name():
+    if info.host != host_name():
         if info.container:
             kill_container(info.container)
             return f"killed container {info.container} of worker {worker_id}"
@@ -122,9 +124,9 @@ def throttle(r: redis.Redis, job_id: str, lines_per_s: float | None) -> None:
     (None: no limit); the loader reads it from the meta hash as it goes."""
     load_job(r, job_id)  # a clear error for an unknown job
     if lines_per_s is None:
-        r.hdel(keys.meta(job_id), "max_rate")
+        r.hdel(keys.meta(job_id), meta.MAX_RATE)
     else:
-        r.hset(keys.meta(job_id), "max_rate", lines_per_s)
+        r.hset(keys.meta(job_id), meta.MAX_RATE, lines_per_s)
 
 
 def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
@@ -139,7 +141,8 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
     transaction) leaves the job exactly as it was, and the error says so."""
     load_job(r, job_id)  # a clear error for an unknown job
     tombstone = keys.meta(job_id)  # kept: a driver sees 'cancelled', not 'gone'
-    commands: list[tuple[Any, ...]] = [("HSET", tombstone, "state", JobState.CANCELLED.value)]
+    commands: list[tuple[Any, ...]] = [("HSET", tombstone, meta.STATE,
+                                             JobState.CANCELLED.value)]
     try:
         if not keep:
             doomed = [k for k in r.scan_iter(match=_match_all(job_id), count=500)

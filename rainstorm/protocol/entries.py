@@ -11,8 +11,11 @@ FUNCTION library in rainstorm/lua/rainstorm.lua and read by Python):
        delta (``rs:{job}:state:s<i>:log``, and the folded base hash's ``d``
        field), or a dead letter's entry or record (``rs:{job}:dlq``)
 
-Uids.  A source entry's uid names its place in the input (``t<offset>``,
-``x<stream id>``).  A commit's outputs are named after its input set:
+Uids.  A source entry's uid names its place in the input:
+``file_uid(file index, offset)`` = ``<file index>:<offset>`` (a file
+source), ``stream_uid(first id)`` = ``x<stream id>`` (a Redis stream
+source: the id of its chunk's first entry), ``tail_uid(offset)`` =
+``t<offset>`` (a tailed file).  A commit's outputs are named after its input set:
 ``batch_uid(inputs)`` (a hex digest) + ``.<partition>``, ``.0`` for the
 output stream, ``.late`` for late records; a requeued dead letter gets
 ``requeue_uid(dead id)``.  The same inputs always give the same uids.
@@ -21,7 +24,8 @@ Routing.  A keyed record goes to partition ``partition_of(key, n)`` (crc32
 of the key's bytes: stable across processes, unlike Python's salted
 ``hash()``); a source entry to ``partition_of(uid, n)``; unkeyed records are
 spread round robin, starting at a point a hex uid fixes: the ``i``-th output
-of a batch with uid ``u`` goes to ``spread(u, i, n)``.
+of a batch with uid ``u`` goes to ``spread(u, i, n)``.  ``route`` is that
+rule for one record (a commit's outputs, a requeued dead record).
 
 The FUNCTION library writes and reads the same two fields by name (Lua
 cannot import this module); tests/unit/test_entries.py checks they agree.
@@ -73,6 +77,22 @@ def output_uid(base: str, part: int | str) -> str:
     return f"{base}.{part}"
 
 
+def file_uid(file_index: int, offset: int) -> str:
+    """The uid of a file source's chunk starting at ``offset`` of input file
+    number ``file_index`` (also the loader's cursor format)."""
+    return f"{file_index}:{offset}"
+
+
+def stream_uid(first_id: str) -> str:
+    """The uid of a stream source's chunk whose first entry has id ``first_id``."""
+    return f"x{first_id}"
+
+
+def tail_uid(offset: int) -> str:
+    """The uid of a tailed file's chunk starting at byte ``offset``."""
+    return f"t{offset}"
+
+
 def requeue_uid(dead_id: str) -> str:
     """Deterministic uid of a requeued dead letter (a hex digest like batch uids)."""
     return _digest(f"requeue:{dead_id}")
@@ -97,3 +117,12 @@ def spread(uid: str, n: int, partitions: int) -> int:
     """Round robin: the partition of the ``n``-th unkeyed record of a batch
     whose uid is ``uid`` (a hex digest: its first 8 digits fix the start)."""
     return (int(uid[:8], 16) + n) % partitions
+
+
+def route(record: Any, keyed: bool, uid: str, n: int, partitions: int) -> int:
+    """The partition of the ``n``-th record of a batch (or dead record) whose
+    uid is ``uid``: a keyed record (a non-empty ``(key, ...)`` list or tuple)
+    by its key, any other round robin (:func:`spread`)."""
+    if keyed and isinstance(record, list | tuple) and record:
+        return partition_of(record[0], partitions)
+    return spread(uid, n, partitions)

@@ -4,16 +4,26 @@ Workers write it every heartbeat (``Heartbeat.to_json``); the monitor reads
 it (``Heartbeat.from_json``) for ``rainstorm workers``, the dashboard, the
 autoscaler and the coordinator's refusal check.  A value that is not a
 heartbeat (written by hand) reads as None and is skipped, never a crash.
+Its ``host`` is :func:`host_name`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
 BUSY = "busy"  # running a batch (the keep-alive thread beats during it)
 IDLE = "idle"  # waiting for work
+
+
+def host_name() -> str:
+    """The host a worker reports: $RAINSTORM_HOSTNAME (e.g. a Kubernetes node
+    name) or the machine's host name.  kill-worker --force SIGKILLs only
+    workers whose host is its own."""
+    return os.environ.get("RAINSTORM_HOSTNAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.errors import CallTooLarge, JobFailed, JobStopped
 from rainstorm.job import Job
-from rainstorm.protocol.entries import partition_of
+from rainstorm.protocol import meta
+from rainstorm.protocol.entries import file_uid, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class BaseLoader:
 
     def _throttled(self) -> bool:
         """True while loading more now would exceed the rate limit."""
-        raw: Any = self.r.hget(keys.meta(self.job.id), "max_rate")
+        raw: Any = self.r.hget(keys.meta(self.job.id), meta.MAX_RATE)
         rate = float(raw) if raw else 0.0
         now = time.monotonic()
         if rate <= 0:
@@ -230,10 +231,10 @@ class Loader(BaseLoader):
                                     f"byte {off}, before its {end} bytes listed at submit")
                 fidx, off = fidx + 1, 0
                 continue
-            uid = f"{fidx}:{off}"
+            uid = file_uid(fidx, off)
             entries.append((self.stream_for(uid), uid, chunk))
             total += len(chunk)
             off += len(chunk)
-        new_pos = DONE if fidx >= len(self.files) else f"{fidx}:{off}"
+        new_pos = DONE if fidx >= len(self.files) else file_uid(fidx, off)
         return entries, new_pos, sum(e[2].count(b"\n") for e in entries)
 

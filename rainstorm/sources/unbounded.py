@@ -18,6 +18,7 @@ from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job, encode_records
 from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import stream_uid, tail_uid
 from rainstorm.replies import as_str
 from rainstorm.sources.loader import BaseLoader, Gathered, read_chunk
 
@@ -64,7 +65,7 @@ class StreamLoader(BaseLoader):
         entries = []
         for n, first in enumerate(firsts):
             chunk = records[n * src.batch_records:(n + 1) * src.batch_records]
-            uid = f"x{first}"
+            uid = stream_uid(first)
             entries.append((self.stream_for(uid), uid, encode_records(chunk)))
         return entries, as_str(rows[-1][0], "replace"), len(records)
 
@@ -94,7 +95,7 @@ class TailLoader(BaseLoader):
             if cut < 0:
                 break  # a line still being written
             chunk = chunk[:cut + 1]
-            uid = f"t{off}"
+            uid = tail_uid(off)
             entries.append((self.stream_for(uid), uid, chunk))
             lines += chunk.count(b"\n")
             off += len(chunk)

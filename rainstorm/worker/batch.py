@@ -18,7 +18,6 @@ routing by rainstorm.protocol.entries).
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -36,6 +35,7 @@ from rainstorm.operators.chain_errors import Unencodable
 from rainstorm.operators.resolve import resolve
 from rainstorm.operators.windows import WindowBatch, Windows
 from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.deadletter import dead_record_blob
 from rainstorm.protocol.entries import (
     DATA,
     DATA_FIELD,
@@ -43,8 +43,7 @@ from rainstorm.protocol.entries import (
     UID_FIELD,
     batch_uid,
     output_uid,
-    partition_of,
-    spread,
+    route,
 )
 
 log = logging.getLogger(__name__)
@@ -119,11 +118,7 @@ def decode_text(data: bytes) -> tuple[str, bool]:
 
 
 def dead_record(job: Job, stage: int, entry: Entry, record: Any, error: str) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        {"job": job.id, "stage": stage, "uid": entry.uid, "deliveries": entry.deliveries,
-         "error": error, "record": record, "at": time.time()},
-        use_bin_type=True, default=repr,
-    )
+    return dead_record_blob(job.id, stage, entry.uid, entry.deliveries, error, record)
 
 
 class StageRunner:
@@ -332,12 +327,8 @@ class StageRunner:
             return req
         nxt = job.stage(i + 1)
         buckets: list[list[Any]] = [[] for _ in range(nxt.partitions)]
-        if self.stage.keyed_out:
-            for rec in comp.outputs:
-                buckets[partition_of(rec[0], nxt.partitions)].append(rec)
-        else:
-            for n, rec in enumerate(comp.outputs):
-                buckets[spread(base, n, nxt.partitions)].append(rec)
+        for n, rec in enumerate(comp.outputs):
+            buckets[route(rec, self.stage.keyed_out, base, n, nxt.partitions)].append(rec)
         for p, recs in enumerate(buckets):
             if recs:
                 req.outputs.append(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import Any
 
 import redis
@@ -18,6 +17,8 @@ import redis
 from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN
 from rainstorm.job import JobState
+from rainstorm.jobstore import mark_failed
+from rainstorm.protocol.meta import job_state
 from rainstorm.spec import JOB_ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,9 @@ def _warn_once(warned: set[str], what: str, message: str) -> None:
 def is_running(r: redis.Redis, job_id: str) -> bool:
     """True for a running job, False for an ended or unknown one; BrokenJob
     when its state is no state at all."""
-    raw: Any = r.hget(keys.meta(job_id), "state")
-    if raw is None:
+    text = job_state(r, job_id)
+    if text is None:
         return False
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     try:
         return not JobState(text).terminal
     except ValueError:
@@ -78,21 +78,14 @@ def missing_spec(r: redis.Redis, job_id: str) -> str | None:
     return f"its spec key {keys.spec(job_id)} is a {kind}, not a string"
 
 
-def mark_failed(r: redis.Redis, job_id: str, reason: str) -> str:
-    """``state failed`` with ``error``, unless the job already ended; best
-    effort (its meta hash may itself be what is broken): returns what
-    happened, for the caller's one log line."""
+def fail_job(r: redis.Redis, job_id: str, reason: str) -> str:
+    """Mark the job failed (rainstorm.jobstore.mark_failed) unless it already
+    ended; best effort (its meta hash may itself be what is broken): returns
+    what happened, for the caller's one log line."""
     try:
-        state: Any = r.hget(keys.meta(job_id), "state")
-        if state is None or state.decode("utf-8", "replace") in _ENDED:
-            return "skipped"  # gone, or already ended
-        r.hset(keys.meta(job_id), mapping={"state": JobState.FAILED.value, "error": reason,
-                                           "finished_at": time.time()})
-        return "skipped and marked failed"
+        marked = mark_failed(r, job_id, reason)
     except redis.ResponseError as exc:
         if isinstance(exc, REDIS_DOWN):
             raise
         return f"skipped (it cannot be marked failed: {exc})"
-
-
-_ENDED = {s.value for s in JobState if s.terminal}
+    return "skipped and marked failed" if marked else "skipped"  # gone, or already ended

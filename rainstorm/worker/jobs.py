@@ -24,9 +24,9 @@ from rainstorm.worker.admit import Admission, admit
 from rainstorm.worker.batch import StageRunner
 from rainstorm.worker.jobcheck import (
     BrokenJob,
+    fail_job,
     is_running,
     listed_jobs,
-    mark_failed,
     missing_spec,
 )
 from rainstorm.worker.step import ActiveJob
@@ -90,7 +90,7 @@ class JobTable:
         """No worker can serve the job: mark it failed with ``reason``."""
         self.broken[job_id] = reason
         self.active.pop(job_id, None)
-        done = mark_failed(self.r, job_id, reason)
+        done = fail_job(self.r, job_id, reason)
         log.error("worker %s: job %s is %s: %s", self.id, job_id, done, reason)
 
     def _adopt(self, job_id: str) -> None:

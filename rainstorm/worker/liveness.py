@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from rainstorm import keys, monitor
+from rainstorm import keys
 from rainstorm.latency import LatencyRecorder
-from rainstorm.protocol.heartbeat import BUSY, IDLE, Heartbeat
+from rainstorm.protocol.heartbeat import BUSY, IDLE, Heartbeat, host_name
 from rainstorm.replies import as_str
 
 
@@ -59,7 +59,7 @@ class Registration:
         a = self.activity
         t0 = a.batch_t0
         busy_s = a.busy_s + (time.monotonic() - t0 if t0 is not None else 0.0)
-        info = Heartbeat(host=monitor.host_name(), pid=os.getpid(), last_seen=now,
+        info = Heartbeat(host=host_name(), pid=os.getpid(), last_seen=now,
                          started=a.started_at, current=a.current,
                          state=BUSY if busy else IDLE, batches=a.batches,
                          busy_s=round(busy_s, 3), job=self.job, stage=self.stage,

@@ -5,8 +5,9 @@
         run_once():
           exit if asked to stop (signal, `kill-worker`), or (burst) no job has work left
           refresh the job list (every refresh_s)          rainstorm.worker.jobs
-          steal idle entries with XAUTOCLAIM (every claim_idle_ms / 2)
-          read new entries with XREADGROUP
+          steal idle entries with XAUTOCLAIM              rainstorm.worker.claim
+            (every claim_idle_ms / 2, or now: run_once(claim_now=True))
+          read new entries with XREADGROUP                rainstorm.worker.claim
           run the batch: compute, commit with one FCALL   rainstorm.worker.step
           heartbeat                                       rainstorm.worker.liveness
 
@@ -34,20 +35,19 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
-from typing import Any
 
 import redis
 
-from rainstorm import keys, monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.errors import ServerError, UsageError, one_line
 from rainstorm.latency import LatencyRecorder
-from rainstorm.protocol.counters import StageCounter
-from rainstorm.replies import as_str
+from rainstorm.monitor.counts import read_max_event
+from rainstorm.protocol.heartbeat import host_name
+from rainstorm.protocol.meta import job_state
 from rainstorm.signing import secret_key
-from rainstorm.worker import poison
+from rainstorm.worker import claim
 from rainstorm.worker.admit import INSECURE_WARNING, Admission
-from rainstorm.worker.batch import Entry, entry_of
+from rainstorm.worker.batch import Entry
 from rainstorm.worker.jobcheck import BrokenJob, is_running
 from rainstorm.worker.jobs import DATA_ERRORS, JobTable
 from rainstorm.worker.keepalive import InFlight, KeepAlive
@@ -83,7 +83,7 @@ class WorkerOptions:
     insecure_unsigned: bool = False  # development only: run specs nobody signed
     wait_for_job_s: float = 60.0
     worker_id: str = field(
-        default_factory=lambda: f"{monitor.host_name()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        default_factory=lambda: f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     )
 
 
@@ -173,19 +173,19 @@ class Worker:
         finally:
             self.close()
 
-    work = run  # the name the CLI and the local pool use
-
-    def run_once(self, block_ms: int = 0) -> RoundReport:
+    def run_once(self, block_ms: int = 0, *, claim_now: bool = False) -> RoundReport:
         """One round: refresh the jobs if due, steal idle entries, read one
         batch (waiting up to ``block_ms`` for new entries; 0: never waits)
-        and run it, heartbeat.  Redis being down, a refused command or a
-        job's bad data end the round (the job fails, not the worker)."""
+        and run it, heartbeat.  ``claim_now``: look for idle entries in this
+        round, not only every claim_idle_ms / 2.  Redis being down, a refused
+        command or a job's bad data end the round (the job fails, not the
+        worker)."""
         if self._stop:
             return RoundReport(exit=self._stop_reason)
         self._open_once()
         self._round = _Round()
         try:
-            done = self._tick(block_ms)
+            done = self._tick(block_ms, claim_now)
         except REDIS_DOWN as exc:
             self._outage(exc)  # Redis restarting or failing over: wait, go on
             return self._round.report()
@@ -207,7 +207,7 @@ class Worker:
         report = self._round.report()
         return replace(report, exit=done) if done else report
 
-    def _tick(self, block_ms: int) -> str | None:
+    def _tick(self, block_ms: int, claim_now: bool = False) -> str | None:
         """The round's work; returns an exit reason."""
         now = time.monotonic()
         if now - self._last_refresh >= self.opt.refresh_s or not self.jobs:
@@ -222,7 +222,7 @@ class Worker:
         if self._reread_own:
             self._reread_own = False
             self._run_own_pending()
-        self._steal_idle()
+        self._steal_idle(claim_now)
         if not self._read_and_run() and block_ms > 0:
             self._block_for_work(block_ms)
         self._touching = ""
@@ -279,7 +279,7 @@ class Worker:
         start before its job is submitted); otherwise no job means done."""
         if not self.opt.job or self.table.seen_job or self.opt.job in self.table.broken:
             return True  # (a job that existed and is gone was cancelled or removed)
-        if self.r.hget(keys.meta(self.opt.job), "state") is not None:
+        if job_state(self.r, self.opt.job) is not None:
             try:  # submitted since this round's refresh: adopt it next round
                 return not is_running(self.r, self.opt.job)
             except BrokenJob:
@@ -335,25 +335,10 @@ class Worker:
                     out.append((act, s.index))
         return out
 
-    def _read(self, act: ActiveJob, stage: int, block_ms: int | None,
-              start: str = ">") -> list[Entry]:
-        """New entries (``>``), or with start='0' this worker's own pending ones."""
-        job = act.job
-        self._touching = job.id
-        streams = job.streams(stage)
-        per_stream = max(1, job.spec.settings.batch_entries // len(streams))
-        reply: Any = self.r.xreadgroup(
-            keys.group(stage), self.id, {s: start for s in streams},
-            count=per_stream, block=block_ms,
-        )
-        entries = []
-        for stream, rows in reply or []:
-            for id_, fields in rows:
-                if not fields:  # deleted while pending (should not happen)
-                    continue
-                entries.append(entry_of(as_str(stream), as_str(id_), fields))
-        if start != ">":  # own pending entries (after a restart): they may have failed
-            poison.read(self.r, job.id, entries)
+    def _read(self, act: ActiveJob, stage: int, block_ms: int | None) -> list[Entry]:
+        """New entries of ``stage`` (rainstorm.worker.claim)."""
+        self._touching = act.job.id
+        entries = claim.read_new(self.r, self.id, act.job, stage, block_ms)
         self._round.read += len(entries)
         return entries
 
@@ -366,9 +351,12 @@ class Worker:
         return False
 
     def _run_own_pending(self, max_batches: int = 1000) -> None:
+        """Entries pending under this worker's name (after a restart or failover)."""
         for act, stage in self._targets():
             for _ in range(max_batches):
-                entries = self._read(act, stage, None, start="0")
+                self._touching = act.job.id
+                entries = claim.read_own_pending(self.r, self.id, act.job, stage)
+                self._round.read += len(entries)
                 if not entries:
                     break
                 self._run(act, stage, entries)
@@ -384,50 +372,24 @@ class Worker:
             self._run(act, stage, entries)
 
     # -- stealing -----------------------------------------------------------
-    def _steal_idle(self) -> None:
+    def _steal_idle(self, now_too: bool = False) -> None:
+        """Run entries idle past claim_idle_ms (rainstorm.worker.claim), for
+        each job when due (``now_too``: for each job now)."""
         now = time.monotonic()
         for act in list(self.jobs.values()):
-            settings = act.job.spec.settings
-            if (now - act.last_claim) * 1000 < settings.claim_idle_ms / 2:
+            if not (now_too or claim.claim_due(act, now)):
                 continue
-            act.last_claim = now
-            for stage, stream in act.job.all_streams():
-                if self.opt.stage is None or stage == self.opt.stage:
-                    self._claim_stream(act, stage, stream)
-
-    def _claim_stream(self, act: ActiveJob, stage: int, stream: str) -> None:
-        """Steal entries idle past claim_idle_ms: their holder died, hangs
-        in C code, or was stopped (live holders keep theirs fresh).  How often
-        they failed (not how often they were delivered) decides how they run."""
-        settings = act.job.spec.settings
-        group = keys.group(stage)
-        self._touching = act.job.id
-        reply: Any = self.r.xautoclaim(stream, group, self.id, settings.claim_idle_ms,
-                                       start_id="0-0", count=settings.batch_entries)
-        rows = reply[1] if reply else []
-        entries = []
-        for id_, fields in rows:
-            if not fields:
-                continue
-            sid = as_str(id_)
-            pend = self.r.xpending_range(stream, group, min=sid, max=sid, count=1)
-            deliveries = int(pend[0]["times_delivered"]) if pend else 1
-            entries.append(entry_of(stream, sid, fields, deliveries))
-        if not entries:
-            return
-        self.r.hincrby(keys.counters(act.job.id),
-                       keys.counter_field(stage, StageCounter.CLAIMED), len(entries))
-        log.info("worker %s claimed %d idle entries of %s", self.id, len(entries), stream)
-        self._round.claimed += len(entries)
-        poison.read(self.r, act.job.id, entries)
-        self._run(act, stage, entries)
+            self._touching = act.job.id
+            for stage, entries in claim.steal_idle(self.r, self.id, act, self.opt.stage):
+                self._round.claimed += len(entries)
+                self._run(act, stage, entries)
 
     # -- running --------------------------------------------------------------
     def _run(self, act: ActiveJob, stage: int, entries: list[Entry]) -> None:
         """One batch through the step (rainstorm.worker.step), timed."""
         runner = act.runners.get(stage)
         # the watermark this batch is windowed against
-        watermark = monitor.read_max_event(self.r, act.job.id, stage) \
+        watermark = read_max_event(self.r, act.job.id, stage) \
             if runner is not None and runner.windows and stage not in act.dead_stages else None
         a = self.registration.activity
         a.current = f"{act.job.id}:s{stage}"

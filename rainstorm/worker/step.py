@@ -37,6 +37,7 @@ from rainstorm.durability import wait_after_commit
 from rainstorm.errors import CallTooLarge
 from rainstorm.job import Job
 from rainstorm.latency import LatencyRecorder
+from rainstorm.lease import holder_id
 from rainstorm.lua import CommitRequest, CommitResult, CommitStatus
 from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.chain_errors import OperatorTimeout
@@ -116,6 +117,8 @@ class Step:
         self.latency = latency
         self._stopping = stopping  # asked to stop: a backpressured batch is left pending
         self._waiting = waiting  # called while waiting for room downstream (heartbeat)
+        # who holds a compaction lease this worker takes (rainstorm.lease)
+        self.lease_holder = holder_id("worker")
 
     def run(self, act: ActiveJob, stage: int, entries: list[Entry],
             watermark_us: int | None = None) -> Outcome:
@@ -276,7 +279,7 @@ class Step:
         wait_after_commit(self.r, b.job, b.stage)
         self.latency.observe(b.job.id, b.stage, time.perf_counter() - t0)
         if b.runner.agg:
-            maybe_compact(self.r, b.job, b.stage, b.runner.agg)
+            maybe_compact(self.r, b.job, b.stage, b.runner.agg, self.lease_holder)
 
     def _without_stolen(self, b: _Batch, entries: list[Entry], res: CommitResult
                         ) -> tuple[list[Entry], CommitRequest | None]:
@@ -320,10 +323,8 @@ class Step:
     def dead_letter(self, act: ActiveJob, stage: int, e: Entry, error: str,
                     out: Outcome) -> None:
         job = act.job.id
-        lua.deadletter(self.r, counters=keys.counters(job), dlq=keys.dlq(job),
-                       meta=keys.meta(job), stream=e.stream, group=keys.group(stage),
-                       stage=stage, entry_id=e.id,
-                       uid=e.raw_uid if e.raw_uid is not None else e.uid, error=error,
-                       deliveries=e.deliveries)
+        lua.deadletter(self.r, lua.DeadletterRequest(
+            lua.JobKeys.of(job), e.stream, keys.group(stage), stage, e.id,
+            e.raw_uid if e.raw_uid is not None else e.uid, error, e.deliveries))
         poison.clear(self.r, job, [e])
         out.dead_lettered += 1

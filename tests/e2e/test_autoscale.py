@@ -15,11 +15,10 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.submit import submit
 from rainstorm.local.run import prepare
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, Driven, cli, wait_for
+from tests.helpers import ROOT, Driven, cli, submit, wait_for
 
 
 def trace_rows(path: Path) -> list[dict[str, object]]:

@@ -237,12 +237,11 @@ def test_autoscaler_service(stack: Stack) -> None:
     the real server): it starts worker containers of the compose image on the
     compose network, logged in as `worker`, and removes them when the job ends."""
     pytest.importorskip("docker", reason="the Docker SDK (pip install 'rainstorm[docker]')")
-    from rainstorm.coordinator.submit import submit
     from rainstorm.local.run import prepare
     from rainstorm.ops.tasks import throttle
     from rainstorm.spec import parse_spec
     from tests.fake_docker import FakeDocker
-    from tests.helpers import Driven
+    from tests.helpers import Driven, submit
 
     service = stack.service("autoscaler")
     image = service["command"][service["command"].index("--image") + 1]

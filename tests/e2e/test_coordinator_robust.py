@@ -20,13 +20,20 @@ import pytest
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.coordinator.submit import submit
 from rainstorm.lease import LEASE_MS, Lease, holder_id
 from rainstorm.local.run import prepare
 from rainstorm.operators import aggregates
 from rainstorm.state import Folder
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, cli, start_worker, stop_all, wordcount_spec
+from tests.helpers import (
+    ROOT,
+    cli,
+    counters,
+    start_worker,
+    stop_all,
+    submit,
+    wordcount_spec,
+)
 
 CRAFTED: list[tuple[str, dict[str, Any]]] = [
     ("not msgpack", {"d": b"\xc1\xc1 not msgpack"}),
@@ -92,7 +99,7 @@ def test_a_delta_arriving_while_folding_is_dead_lettered(r: redis.Redis, tmp_pat
     submit(r, job, files)
     stage = job.plan.last.index
     log_key = keys.state_log(job.id, stage)
-    folder = Folder(r, job, stage)
+    folder = Folder(r, job, stage, allow=("*",))
     r.xadd(log_key, {"d": aggregates.encode({"a": 1, "b": 2})})
     for _what, fields in CRAFTED:
         r.xadd(log_key, fields)
@@ -222,7 +229,7 @@ def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
             holder.kill()
     assert r.get(lease_key) is not None and r.pttl(lease_key) > LEASE_MS - 2000
     expected: Counter[str] = Counter()
-    folder = Folder(r, job, stage)
+    folder = Folder(r, job, stage, allow=("*",))
     t0 = time.monotonic()
     longest = 0
     for i in range(400):  # commits keep coming; the log must stay bounded
@@ -270,9 +277,9 @@ def test_entries_the_counters_never_saw_do_not_end_the_job_early(
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGCONT)
         stop_all(procs)
-    c = {k.decode(): int(v) for k, v in r.hgetall(keys.counters(job.id)).items()}
-    assert held and c["s0:claimed"] >= len(held)  # the stopped worker's entries were stolen
-    assert c["s0:committed"] == c["s0:emitted"] + 1  # the foreign entry was committed too
+    c = counters(r, job.id)
+    assert held and c.stage(0).claimed >= len(held)  # the stopped worker's entries were stolen
+    assert c.stage(0).committed == c.stage(0).emitted + 1  # the foreign entry was committed too
     want = reference_wordcount(paths) + Counter({"alpha": 2, "beta": 1})
     assert Counter(result) == want
 

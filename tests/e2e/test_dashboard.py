@@ -18,14 +18,12 @@ from typing import Any
 import pytest
 import redis
 
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
 from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.ops.tasks import kill_job, throttle
 from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
-from tests.helpers import ROOT, start_worker, wait_for
+from tests.helpers import ROOT, drive, start_worker, submit, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"

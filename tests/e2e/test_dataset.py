@@ -19,16 +19,14 @@ import pytest
 import redis
 
 from rainstorm import Dataset, keys, signing
-from rainstorm.coordinator.driver import Driver
 from rainstorm.coordinator.progress import read_status
-from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.local.pool import LocalWorkers
 from rainstorm.sources.inputs import resolve_inputs
 from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
-from tests.helpers import ROOT
+from tests.helpers import ROOT, drive, submit
 
 KEY = "e2e-dataset-secret-0123456789abcdef"
 RUN: dict[str, Any] = {"workers": 2, "timeout_s": 60}
@@ -165,7 +163,7 @@ def test_bad_pickles_are_dead_lettered_never_unpickled(
     submit(r, job, resolve_inputs([glob_of(files)]))  # directly: no submitter-side checks
     pool = LocalWorkers(2, url, job.id, ("tests",))
     try:
-        result = Driver(r, job, timeout_s=60).run()  # must not hang
+        result = drive(r, job, timeout_s=60)  # must not hang
     finally:
         pool.stop()
     assert result == {}
@@ -194,7 +192,7 @@ def test_keyless_workers_refuse_the_job_and_unpickle_nothing(
     pool = LocalWorkers(2, url, job.id, ("tests",))
     try:
         with pytest.raises(JobFailed, match="has no RAINSTORM_SECRET"):
-            Driver(r, job, timeout_s=60).run()
+            drive(r, job, timeout_s=60)
     finally:
         pool.stop()
     assert not marker.exists()
@@ -213,7 +211,7 @@ def test_reduce_function_signed_with_another_key_dead_letters_the_aggregate_stag
     pool = LocalWorkers(2, url, job.id, ("tests",))  # forked with the other key
     monkeypatch.setenv("RAINSTORM_SECRET", KEY)
     try:
-        assert Driver(r, job, timeout_s=60).run() == {}
+        assert drive(r, job, timeout_s=60) == {}
     finally:
         pool.stop()
     s0, s1 = read_status(r, job).stages

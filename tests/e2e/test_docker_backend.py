@@ -19,7 +19,6 @@ import pytest
 import redis
 
 from rainstorm import keys, monitor
-from rainstorm.coordinator.submit import submit
 from rainstorm.local.run import prepare
 from rainstorm.ops.autoscale.backends import LABEL, DockerBackend
 from rainstorm.ops.autoscale.controller import Autoscaler
@@ -35,6 +34,7 @@ from tests.helpers import (
     counters,
     stop_all,
     stopped_holding,
+    submit,
     wait_for,
     wordcount_spec,
     worker,
@@ -138,7 +138,7 @@ def test_kill_worker_force_kills_its_container(tmp_path: Path, url: str, r: redi
         box_pid = box.proc.pid
 
         def holds() -> bool:  # listed as a holder, then stopped while it holds entries
-            return counters(r, job.id).get("s0:committed", 0) > 0 and any(
+            return counters(r, job.id).stage(0).committed > 0 and any(
                 row.holders.get(boxed) for row in list_tasks(r, job.id, sample_s=0)
             ) and stopped_holding(r, job, box_pid, boxed)
 
@@ -160,7 +160,7 @@ def test_kill_worker_force_kills_its_container(tmp_path: Path, url: str, r: redi
         stop_all(procs)
         backend.close(timeout_s=5)
     assert Counter(result) == reference_wordcount(paths)
-    assert counters(r, job.id)["s0:claimed"] > 0  # the container's entries were stolen
+    assert counters(r, job.id).stage(0).claimed > 0  # the container's entries were stolen
     assert not fake.containers and not fake.unknown  # close() removed the dead container
     gone = cli(url, "kill-worker", "--force", boxed)
     assert gone.returncode == 0 and "already dead" in gone.stderr

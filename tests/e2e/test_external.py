@@ -1,5 +1,8 @@
-"""External programs as operators: Unix filters unchanged, crashes and hangs
-dead-lettered with their stderr, and nothing runs without --allow-exec."""
+"""External programs as operators, with worker processes: nothing runs
+without --allow-exec (the CLI's exit code, workers' refusals), and framed
+programs serve many batches and dead-letter their failures.  Unix filters,
+crashes and hangs of plain programs run in-process:
+tests/integration/test_external_in_process.py."""
 
 from __future__ import annotations
 
@@ -15,76 +18,15 @@ import redis
 import yaml
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.local.run import prepare, run_job
-from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
-from tests.helpers import ROOT, start_worker, wait_for
-
-CRASH = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *POISON*) '
-         'echo "cannot digest: $l" >&2; exit 3;; esac; printf "%s\\n" "$l"; done']
-HANG = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *HANG*) sleep 30;; esac; '
-        'printf "%s\\n" "$l"; done']
-
-
-def spec_with(pipe: dict[str, object], **settings: object):  # type: ignore[no-untyped-def]
-    return parse_spec({
-        "name": "ext", "source": {"batch_bytes": 2048},
-        "pipeline": [{"op": "pipe", **pipe}, {"op": "flat_map", "fn": "split_words"},
-                     {"op": "count"}],
-        "settings": settings})
-
-
-def lines_of(paths: list[Path]) -> list[str]:
-    return [ln for p in paths for ln in p.read_text(encoding="utf-8").splitlines()]
-
-
-def test_grep_and_awk_unchanged(tmp_path: Path, url: str) -> None:
-    paths = write_corpus(tmp_path, n_files=2, kb=20)
-    # grep exits 1 on batches without a match: that is not a failure
-    rep = run_job(spec_with({"cmd": ["grep", "-E", "^(The|Zorglub) "]}),
-                  inputs=[str(p) for p in paths], workers=2, redis_url=url,
-                  allow_exec=True, timeout_s=60)
-    ref = Counter(w for ln in lines_of(paths) if ln.startswith("The ") for w in ln.split())
-    assert rep.result == ref and ref
-    awk = spec_with({"cmd": ["awk", "NF {print $NF, NF}"]})  # last word and word count
-    rep = run_job(awk, inputs=[str(p) for p in paths], workers=2, redis_url=url,
-                  allow_exec=True, timeout_s=60)
-    ref = Counter()
-    for ln in lines_of(paths):
-        if ln.split():
-            ref.update([ln.split()[-1], str(len(ln.split()))])
-    assert rep.result == ref
-
-
-@pytest.mark.parametrize("cmd, marker, needle", [
-    (CRASH, "POISON", "exited with status 3; stderr: 'cannot digest"),
-    (HANG, "HANG", "ran past its timeout of 0.5 s"),
-])
-def test_failing_program_dead_letters_only_its_record(
-    tmp_path: Path, url: str, r: redis.Redis, cmd: list[str], marker: str, needle: str
-) -> None:
-    paths = write_corpus(tmp_path, n_files=1, kb=6)
-    lines = paths[0].read_text().splitlines()
-    bad = f"{lines[10]} {marker}"
-    lines[10] = bad
-    paths[0].write_text("\n".join(lines) + "\n")
-    spec = spec_with({"cmd": cmd, "timeout_s": 0.5}, max_deliveries=2, claim_idle_ms=150)
-    rep = run_job(spec, inputs=[str(p) for p in paths], workers=2, redis_url=url,
-                  allow_exec=True, timeout_s=120)
-    ref = Counter(w for ln in lines if ln != bad for w in ln.split())
-    assert rep.result == ref
-    dead = r.xrange(keys.dlq(rep.job_id))
-    assert len(dead) == 1
-    letter = msgpack.unpackb(dead[0][1][b"d"])
-    assert letter["record"] == bad and needle in letter["error"], letter["error"]
+from tests.helpers import ROOT, drive, external_spec, lines_of, start_worker, submit, wait_for
 
 
 def test_executables_need_allow_exec(tmp_path: Path, url: str, r: redis.Redis) -> None:
     paths = write_corpus(tmp_path, n_files=1, kb=4)
-    spec = spec_with({"cmd": ["cat"]})
+    spec = external_spec({"cmd": ["cat"]})
     with pytest.raises(UsageError, match=r"pipeline.0: this job runs external programs; "
                                          r"pass --allow-exec"):
         run_job(spec, inputs=[str(paths[0])], workers=1, redis_url=url)
@@ -113,7 +55,7 @@ def test_a_refusing_worker_does_not_fail_a_job_others_can_run(tmp_path: Path, ur
     """One worker without --allow-exec refuses the job; one with it runs the
     whole job: the job succeeds, the refusal is recorded, not fatal."""
     paths = write_corpus(tmp_path, n_files=2, kb=10)
-    job, files = prepare(spec_with({"cmd": ["cat"]}), [str(p) for p in paths], "mixed")
+    job, files = prepare(external_spec({"cmd": ["cat"]}), [str(p) for p in paths], "mixed")
     submit(r, job, files)
     def refusals() -> list[bytes]:
         return list(r.hkeys(keys.refusals(job.id)))
@@ -141,7 +83,7 @@ def test_framed_program_serves_many_batches(tmp_path: Path, url: str,
     paths = write_corpus(tmp_path, n_files=2, kb=20)
     pids = tmp_path / "pids"
     monkeypatch.setenv("FRAMED_PIDS", str(pids))
-    rep = run_job(spec_with({"cmd": FRAMED, "mode": "framed"}), inputs=[str(p) for p in paths],
+    rep = run_job(external_spec({"cmd": FRAMED, "mode": "framed"}), inputs=[str(p) for p in paths],
                   workers=2, redis_url=url, allow_exec=True, timeout_s=60)
     assert rep.result == Counter(w.upper() for ln in lines_of(paths) for w in ln.split())
     started = pids.read_text().split()
@@ -159,7 +101,7 @@ def test_framed_program_failures_dead_letter(tmp_path: Path, url: str, r: redis.
     bad = f"{lines[7]} {marker}"
     lines[7] = bad
     paths[0].write_text("\n".join(lines) + "\n")
-    spec = spec_with({"cmd": FRAMED, "mode": "framed", "timeout_s": 0.5}, max_deliveries=2,
+    spec = external_spec({"cmd": FRAMED, "mode": "framed", "timeout_s": 0.5}, max_deliveries=2,
                      claim_idle_ms=150)
     rep = run_job(spec, inputs=[str(p) for p in paths], workers=2, redis_url=url,
                   allow_exec=True, timeout_s=120)

@@ -16,13 +16,11 @@ import redis
 import yaml
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
 from rainstorm.local.run import prepare, run_job
 from rainstorm.ops.tasks import throttle
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, counters, start_worker, wait_for, wordcount_spec
+from tests.helpers import ROOT, counters, drive, start_worker, submit, wait_for, wordcount_spec
 from tests.ops import POISON
 
 SLOW = {"RAINSTORM_TEST_SLOW_MS": "2"}
@@ -86,7 +84,7 @@ def test_worker_sigkilled_mid_batch(tmp_path: Path, url: str, r: redis.Redis) ->
     assert victim.returncode == -signal.SIGKILL
     assert result == reference_wordcount(paths)
     c = counters(r, job.id)
-    assert c["s0:claimed"] >= sum(len(v) for v in killed.values())
+    assert c.stage(0).claimed >= sum(len(v) for v in killed.values())
     assert not still_pending(r, killed)
 
 
@@ -127,8 +125,8 @@ def test_straggler_sigstopped_is_robbed_and_its_late_commit_rejected(
             p.wait(10)
     assert result == reference_wordcount(paths)
     c = counters(r, job.id)
-    assert c["s0:claimed"] >= sum(len(v) for v in held.values()) > 0
-    assert c["s0:rejected"] >= 1, c  # the straggler's late commit was refused
+    assert c.stage(0).claimed >= sum(len(v) for v in held.values()) > 0
+    assert c.stage(0).rejected >= 1, c  # the straggler's late commit was refused
 
 
 def test_operator_error_goes_to_dead_letters(tmp_path: Path, url: str, r: redis.Redis) -> None:
@@ -149,7 +147,7 @@ def test_operator_error_goes_to_dead_letters(tmp_path: Path, url: str, r: redis.
     letter = msgpack.unpackb(dead[0][1][b"d"])
     assert letter["record"] == poison_line and "ValueError" in letter["error"]
     assert "boom_on_poison" in letter["error"] and letter["deliveries"] >= 2
-    assert counters(r, rep.job_id)["s0:dead_records"] == 1
+    assert counters(r, rep.job_id).stage(0).dead_records == 1
 
 
 @pytest.mark.chaos
@@ -198,4 +196,4 @@ def test_coordinator_killed_mid_load_resumes(tmp_path: Path, url: str, r: redis.
     assert json.loads(again.stdout) == reference_wordcount(paths)
     c = counters(r, "resume")
     total = sum(p.stat().st_size for p in paths)
-    assert c["s0:loaded_bytes"] == c["s0:bytes_in"] == total  # every byte loaded once
+    assert c.stage(0).loaded_bytes == c.stage(0).bytes_in == total  # every byte loaded once

@@ -1,7 +1,8 @@
 """A batch job whose input went to the dead-letter stream is not a success:
 `run` (and `submit`, `result`) exit 3 with one line, --json output keeps its
-shape, Dataset actions raise IncompleteResult with the partial result --
-unless skipping bad records is opted into (a warning, exit 0)."""
+shape -- unless skipping bad records is opted into (a warning, exit 0).
+Dataset actions raising IncompleteResult run in-process:
+tests/integration/test_apps_in_process.py."""
 
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from rainstorm import Dataset
-from rainstorm.errors import IncompleteResult
 from tests.helpers import ROOT
-from tests.ops import POISON, boom_on_poison
+from tests.ops import POISON
 
 LINES = [f"alpha beta {i % 5}" for i in range(40)] + [f"gamma {POISON} delta"]
 
@@ -65,18 +64,6 @@ def test_skipping_bad_records_is_a_choice_with_a_warning(tmp_path: Path, poisone
     assert "warning: 1 bad records skipped (settings.skip_bad_records)" in res.stderr
     assert "INCOMPLETE" not in res.stderr
     assert Counter(json.loads(res.stdout)) == _expected()
-
-
-def test_dataset_actions_raise_incomplete_result_with_the_partial_result(
-        poisoned: Path) -> None:
-    words = (Dataset.read_text(str(poisoned), batch_bytes=1024).flat_map(boom_on_poison)
-             .with_settings(max_deliveries=1))
-    with pytest.raises(IncompleteResult) as err:
-        words.count_by_value().collect(workers=1)
-    assert err.value.dead_letters == 1 and err.value.exit_code == 3
-    assert Counter(err.value.result) == _expected()  # the partial result, kept
-    got = words.with_settings(skip_bad_records=True).count_by_value().collect(workers=1)
-    assert Counter(dict(got)) == _expected()
 
 
 def test_status_and_result_say_incomplete_after_submit(tmp_path: Path, poisoned: Path,

@@ -1,5 +1,6 @@
-"""MapReduce word count with Python and with shell mapper/reducer, and a
-worker SIGKILLed during the reduce phase: part files equal Counter."""
+"""MapReduce with worker processes: a worker SIGKILLed during the reduce
+phase (part files equal Counter) and the CLI's refusals.  The word counts
+themselves run in-process: tests/integration/test_apps_in_process.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -15,39 +15,7 @@ import pytest
 
 from rainstorm.apps.mapreduce import run_mapreduce
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT
-
-AWK_MAP = "awk '{for (i = 1; i <= NF; i++) print $i \"\\t\" 1}'"
-AWK_REDUCE = "awk -F'\\t' '{c[$1] += $2} END {for (k in c) print k \"\\t\" c[k]}'"
-
-
-def read_parts(out: Path, partitions: int) -> Counter[str]:
-    got: Counter[str] = Counter()
-    for p in range(partitions):
-        for line in (out / f"part-{p:05d}").read_text(encoding="utf-8").splitlines():
-            word, n = line.rsplit("\t", 1)
-            assert zlib.crc32(word.encode()) % partitions == p  # each key in its partition
-            assert word not in got  # and in one reducer call only
-            got[word] = int(n)
-    return got
-
-
-@pytest.mark.parametrize("mapper, reducer, combiner", [
-    ("tests.ops:wc_map", "tests.ops:wc_reduce", None),
-    ("tests.ops:wc_map", "tests.ops:wc_reduce", "tests.ops:wc_combine"),
-    (AWK_MAP, AWK_REDUCE, None),
-    (AWK_MAP, AWK_REDUCE, "tests.ops:wc_combine"),
-])
-def test_wordcount_mapreduce(tmp_path: Path, url: str, mapper: str, reducer: str,
-                             combiner: str | None) -> None:
-    paths = write_corpus(tmp_path / "in", n_files=3, kb=20)
-    out = tmp_path / "out"
-    rep = run_mapreduce(mapper, reducer, [str(tmp_path / "in" / "f*")], out, partitions=3,
-                        combiner=combiner, redis_url=url, allow_exec=True,
-                        allow_modules=("tests",), timeout_s=120)
-    assert read_parts(out, 3) == reference_wordcount(paths)
-    assert rep.keys == len(reference_wordcount(paths))
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000", "part-00001", "part-00002"]
+from tests.helpers import AWK_MAP, AWK_REDUCE, ROOT, read_parts
 
 
 @pytest.mark.chaos

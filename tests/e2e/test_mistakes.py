@@ -19,15 +19,13 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.ops.autoscale.backends import LocalBackend
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, start_worker, stop_all, wait_for, wordcount_spec
+from tests.helpers import ROOT, drive, start_worker, stop_all, submit, wait_for, wordcount_spec
 
 SPEC = ROOT / "examples" / "wordcount.yaml"
 NEVER = "3600"  # RAINSTORM_CONNECT_TIMEOUT that no test waits out

@@ -12,7 +12,6 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.submit import submit
 from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import throttle
 from rainstorm.spec import parse_spec
@@ -23,6 +22,7 @@ from tests.helpers import (
     counters,
     stop_all,
     stopped_holding,
+    submit,
     wait_for,
     wordcount_spec,
     worker,
@@ -68,8 +68,8 @@ def test_dead_letters_listed_then_requeued_after_the_fix(tmp_path: Path, url: st
         stop_all(procs)
     assert Counter(result) == reference_wordcount(paths)  # the poisoned line counted once
     c = counters(r, job.id)
-    assert c["s0:dead_records"] == 0 and c["s0:requeued"] == 1
-    assert c["s0:bytes_in"] == sum(p.stat().st_size for p in paths)
+    assert c.stage(0).dead_records == 0 and c.stage(0).requeued == 1
+    assert c.stage(0).bytes_in == sum(p.stat().st_size for p in paths)
     done = cli(url, "dlq", job.id, "--requeue")
     assert done.returncode == 2 and "only be requeued while it runs" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -114,7 +114,7 @@ def test_kill_worker_politely_and_by_force(tmp_path: Path, url: str, r: redis.Re
     finally:
         stop_all(procs)
     assert Counter(result) == reference_wordcount(paths)
-    assert counters(r, job.id)["s0:claimed"] > 0  # the brute's entries were stolen
+    assert counters(r, job.id).stage(0).claimed > 0  # the brute's entries were stolen
     unknown = cli(url, "kill-worker", "nobody")
     assert unknown.returncode == 2 and "no such worker: nobody" in unknown.stderr
 
@@ -135,7 +135,7 @@ def test_workers_pinned_to_a_stage(tmp_path: Path, url: str, r: redis.Redis) -> 
         wait_for(lambda: all(r.xlen(s) >= 4 for s in job.streams(1)), 30,
                  "stage 1's streams to fill up")
         c = counters(r, job.id)
-        assert c.get("s1:committed", 0) == 0 and c["s0:committed"] > 0
+        assert c.stage(1).committed == 0 and c.stage(0).committed > 0
         (w,) = json.loads(cli(url, "workers", "--json").stdout)
         assert w["stage"] == 0 and w["job"] == job.id
         procs.append(worker(url, "--job", job.id, "--stage", "1", "--burst"))

@@ -28,8 +28,7 @@ import pytest
 import redis
 
 from rainstorm import keys, lua, signing
-from rainstorm.coordinator.driver import drive, fail
-from rainstorm.coordinator.submit import submit
+from rainstorm.coordinator.driver import fail
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
@@ -38,7 +37,7 @@ from rainstorm.spec_signature import sign_spec
 from rainstorm.worker.admit import INSECURE_WARNING
 from tests.compose_redis import service_url
 from tests.composefile import TEST_ENV, LocalRedis, load_compose
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, drive, submit, wait_for
 
 COMPOSE = load_compose(TEST_ENV)
 KEY = os.environ["RAINSTORM_SECRET"]  # the suite's: the coordinator's and the workers'

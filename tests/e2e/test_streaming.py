@@ -86,7 +86,7 @@ def test_stream_source_every_output_once_while_a_worker_is_killed(
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert Counter(lines) == Counter(ids)  # every output exactly once
     c = counters(r, run.job.id)
-    assert c["s0:claimed"] > 0  # the victim's entries were taken over
+    assert c.stage(0).claimed > 0  # the victim's entries were taken over
     assert r.xlen(keys.output(run.job.id)) == 0  # written entries are trimmed
 
 
@@ -196,4 +196,4 @@ def test_a_dead_record_of_a_stream_source_is_requeued(tmp_path: Path, url: str,
         assert run.stopped() == dict(expected)
     finally:
         stop_all(procs)
-    assert counters(r, run.job.id)["s0:dead_records"] == 0
+    assert counters(r, run.job.id).stage(0).dead_records == 0

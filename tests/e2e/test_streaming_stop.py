@@ -15,12 +15,11 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.sink import FileOutputSink
-from rainstorm.coordinator.submit import submit
 from rainstorm.job import encode_records
 from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import parse_spec
-from tests.helpers import Streaming, counters, stop_all, stopped_holding, wait_for, worker
+from tests.helpers import Streaming, counters, stop_all, stopped_holding, submit, wait_for, worker
 
 
 def _pending(r: redis.Redis, job: str, parts: int) -> int:
@@ -46,7 +45,7 @@ def test_kill_job_keep_with_a_batch_in_flight_loses_nothing_from_the_sink(
     procs = [worker(url, "--job", run.job.id, "--burst", RAINSTORM_TEST_SLOW_MS="60")]
     try:
         # the worker is stopped while it holds a batch: the stop lands mid-batch for sure
-        wait_for(lambda: counters(r, run.job.id).get("s0:committed", 0) >= 4
+        wait_for(lambda: counters(r, run.job.id).stage(0).committed >= 4
                  and stopped_holding(r, run.job, procs[0].pid), 60,
                  "commits, and a batch in flight", every_s=0.02)
         kill_job(r, run.job.id, keep=True)  # what `kill-job --keep` does, at this instant
@@ -57,8 +56,8 @@ def test_kill_job_keep_with_a_batch_in_flight_loses_nothing_from_the_sink(
         stop_all(procs)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     c = counters(r, run.job.id)
-    assert c["s0:records_out"] > 0
-    assert len(lines) == c["s0:records_out"]  # everything committed reached the file
+    assert c.stage(0).records_out > 0
+    assert len(lines) == c.stage(0).records_out  # everything committed reached the file
     assert max(Counter(lines).values()) == 1 and set(lines) <= set(fed)  # once each
     assert r.xlen(keys.output(run.job.id)) == 0  # nothing left behind in the stream
     assert _pending(r, run.job.id, 2) > 0  # the batch in flight was refused, not committed

@@ -10,13 +10,11 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
 from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import throttle
 from tests.conftest import write_corpus
-from tests.helpers import cli, start_worker, wait_for, wordcount_spec
+from tests.helpers import cli, drive, start_worker, submit, wait_for, wordcount_spec
 
 
 def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) -> None:

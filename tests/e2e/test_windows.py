@@ -115,7 +115,7 @@ def test_windowed_counts_and_late_records_are_exact(
                 kill_holding_entries(r, run.job.id, procs[0], procs[1])
                 procs.append(worker(url, "--job", run.job.id, **env))
             wait_for(lambda: settled(r, run.job.id, "ev"), 90, f"phase {k} committed")
-        live = keys_as_str(read_state(r, run.job))
+        live = keys_as_str(read_state(r, run.job, ("*",)))
         shown = json.loads(cli(url, "result", run.job.id, "--json").stdout)
         res = cli(url, "kill-job", run.job.id, "--keep")
         assert res.returncode == 0, res.stderr
@@ -134,12 +134,12 @@ def test_windowed_counts_and_late_records_are_exact(
     assert sorted(got_late, key=lambda kv: int(kv[1]["id"])) == \
         sorted(((rec["user"], rec) for rec in late), key=lambda kv: int(kv[1]["id"]))
     c = counters(r, run.job.id)
-    assert c["s0:late_records"] == len(late) == (PHASES - 2) * LATE
-    assert c.get("s0:late_windows", 0) == 0 and c.get("s0:dead", 0) == 0
-    assert c["s0:max_event_us"] == 1000 * max(int(rec["ts"].replace(".", ""))
+    assert c.stage(0).late_records == len(late) == (PHASES - 2) * LATE
+    assert c.stage(0).late_windows == 0 and c.stage(0).dead == 0
+    assert c.stage(0).max_event_us == 1000 * max(int(rec["ts"].replace(".", ""))
                                               for rec in bands[PHASES])
     if kill:
-        assert c["s0:claimed"] > 0  # the victim's entries were taken over
+        assert c.stage(0).claimed > 0  # the victim's entries were taken over
 
 
 def test_a_misplaced_window_is_a_one_line_usage_error(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_closed_windows_are_final_and_every_record_is_accounted_for(
     def sample() -> bool:
         seen = r.hget(keys.counters(run.job.id), "s0:max_event_us")
         if seen is not None:  # read before the state: closed then, closed when read
-            samples.append((int(seen), keys_as_str(read_state(r, run.job))))
+            samples.append((int(seen), keys_as_str(read_state(r, run.job, ("*",)))))
         return settled(r, run.job.id, "ev")
 
     try:
@@ -195,7 +195,7 @@ def test_closed_windows_are_final_and_every_record_is_accounted_for(
                 sample()
                 time.sleep(0.01)
         wait_for(sample, 90, "every record committed")
-        final = keys_as_str(read_state(r, run.job))
+        final = keys_as_str(read_state(r, run.job, ("*",)))
         assert cli(url, "kill-job", run.job.id, "--keep").returncode == 0
         run.stopped()
     finally:
@@ -211,7 +211,7 @@ def test_closed_windows_are_final_and_every_record_is_accounted_for(
     assert checked > 100  # windows did close while the stream ran
     c = counters(r, run.job.id)
     late = [rec for _, f in r.xrange(keys.late(run.job.id)) for rec in decode_records(f[b"d"])]
-    assert len({rec[1]["id"] for rec in late}) == len(late) == c["s0:late_records"] > 0
-    assert c.get("s0:late_windows", 0) > 0
+    assert len({rec[1]["id"] for rec in late}) == len(late) == c.stage(0).late_records > 0
+    assert c.stage(0).late_windows > 0
     per_record = size // slide
-    assert sum(final.values()) + c["s0:late_windows"] + per_record * len(late) == per_record * n
+    assert sum(final.values()) + c.stage(0).late_windows + per_record * len(late) == per_record * n

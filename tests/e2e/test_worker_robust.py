@@ -26,7 +26,6 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
 from rainstorm.monitor import dead_letters
@@ -34,7 +33,7 @@ from rainstorm.spec import JobSpec, parse_spec
 from rainstorm.worker.loop import STUCK_EXIT
 from tests import robust_ops as ops
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, Driven, cli, counters, wait_for, wordcount_spec
+from tests.helpers import ROOT, Driven, cli, counters, submit, wait_for, wordcount_spec
 from tests.ops import HOLD
 
 
@@ -173,12 +172,12 @@ def test_undecodable_entries_are_dead_lettered_at_once(tmp_path: Path, url: str,
     assert Counter(result) == reference_wordcount(paths)
     rows = dead_letters(r, job.id, None)
     assert len(rows) == len(garbage)
-    assert all(row["kind"] == "entry" and row["deliveries"] == 1 for row in rows), rows
-    errors = " | ".join(row["error"] for row in rows)
+    assert all(row.kind == "entry" and row.deliveries == 1 for row in rows), rows
+    errors = " | ".join(row.error for row in rows)
     for why in ("not msgpack", "ExtraData", "not a list of records", "no 'u' field",
                 "no 'd' field", "not UTF-8"):
         assert why in errors, errors
-    assert counters(r, job.id)["s1:dead"] == len(garbage)
+    assert counters(r, job.id).stage(1).dead == len(garbage)
     _no_traceback(log)
 
 
@@ -197,8 +196,8 @@ def test_outputs_msgpack_cannot_encode_are_dead_letters(tmp_path: Path, url: str
         _stop([w])
     assert Counter(result) == _words_except(paths, (ops.BIG, ops.DEEP))
     rows = dead_letters(r, job.id, None)
-    assert sorted(row["record"] for row in rows) == sorted(repr(m) for m in marked)
-    assert all(row["kind"] == "record" and "cannot be encoded" in row["error"] for row in rows)
+    assert sorted(row.record for row in rows) == sorted(repr(m) for m in marked)
+    assert all(row.kind == "record" and "cannot be encoded" in row.error for row in rows)
     _no_traceback(log)
 
 
@@ -218,8 +217,8 @@ def test_hung_operator_times_out_into_a_dead_letter(tmp_path: Path, url: str,
         _stop([w])
     assert Counter(result) == _words_except(paths, (ops.HANG,))
     (row,) = dead_letters(r, job.id, None)
-    assert row["kind"] == "record" and ops.HANG in row["record"]
-    assert "timed out after 2 s" in row["error"]
+    assert row.kind == "record" and ops.HANG in row.record
+    assert "timed out after 2 s" in row.error
     assert not r.exists(keys.failures(job.id))  # cleared once the entry committed
     _no_traceback(log)
 
@@ -240,7 +239,7 @@ def test_operator_crashing_its_process_loses_only_its_entry(tmp_path: Path, url:
         _stop(procs)
     assert codes == [-signal.SIGKILL, 0]  # the first reader died; children die after
     (row,) = dead_letters(r, job.id, None)
-    assert row["kind"] == "entry" and "crashes or hangs" in row["error"]
+    assert row.kind == "entry" and "crashes or hangs" in row.error
     (_, fields), = r.xrange(keys.dlq(job.id))
     lost = fields[b"d"].decode()
     assert ops.CRASH in lost
@@ -267,7 +266,7 @@ def test_operator_swallowing_the_timeout_is_ended(tmp_path: Path, url: str,
     assert codes == [0, STUCK_EXIT]  # ended by the watchdog, not after its minute
     assert "stuck past operator_timeout_s" in "".join(log.read_text() for log in logs)
     (row,) = dead_letters(r, job.id, None)  # its isolated runs were killed, each counted
-    assert row["kind"] == "entry" and "crashes or hangs" in row["error"]
+    assert row.kind == "entry" and "crashes or hangs" in row.error
     (_, fields), = r.xrange(keys.dlq(job.id))
     lost = fields[b"d"].decode()
     assert ops.STUBBORN in lost
@@ -320,7 +319,7 @@ def test_long_batch_is_never_stolen_and_shows_busy(tmp_path: Path, url: str,
         def sleeper() -> list[dict[str, Any]]:  # all loaded, the rest committed: one busy
             c = counters(r, job.id)
             if r.hget(keys.cursor(job.id), "pos") != b"done" or \
-                    c.get("s0:committed", 0) < c.get("s0:emitted", 0) - 2:
+                    c.stage(0).committed < c.stage(0).emitted - 2:
                 return []
             rows = json.loads(cli(url, "workers", "--json").stdout)
             # alive: it beats every second while its batch runs (4 s of slack for a busy box)
@@ -340,7 +339,7 @@ def test_long_batch_is_never_stolen_and_shows_busy(tmp_path: Path, url: str,
         _stop(procs)
     assert busy and Counter(result) == reference_wordcount(paths)
     c = counters(r, job.id)
-    assert c.get("s0:rejected", 0) == 0 and c.get("s0:claimed", 0) == 0, c
+    assert c.stage(0).rejected == 0 and c.stage(0).claimed == 0, c
     assert not dead_letters(r, job.id, None)
 
 
@@ -376,7 +375,7 @@ def test_fault_storm_never_dead_letters_healthy_input(tmp_path: Path, url: str,
     assert Counter(result) == reference_wordcount(paths)
     assert not dead_letters(r, job.id, None)
     c = counters(r, job.id)
-    assert c.get("s0:dead", 0) == 0 and c["s0:claimed"] > 0  # steals happened, no loss
+    assert c.stage(0).dead == 0 and c.stage(0).claimed > 0  # steals happened, no loss
     _no_traceback(log)
 
 

@@ -6,9 +6,8 @@ command, is refused with NOPERM."""
 
 from __future__ import annotations
 
-import os
+import logging
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,18 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from rainstorm import keys, lua
-from rainstorm.coordinator.driver import drive
-from rainstorm.coordinator.submit import submit
+from rainstorm.cli import main
 from rainstorm.local.run import prepare
 from rainstorm.operators import aggregates
 from rainstorm.spec import parse_spec
+from rainstorm.worker.loop import Worker, WorkerOptions
 from tests.compose_redis import service_url
 from tests.composefile import TEST_ENV, LocalRedis, command_args, load_compose
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, counters
+from tests.helpers import counters, drive, submit
 
 COMPOSE = load_compose(TEST_ENV)
 REDIS = COMPOSE["services"]["redis"]
@@ -81,8 +81,8 @@ def test_the_server_has_a_memory_bound(admin: redis.Redis) -> None:
 
 
 def test_worker_user_runs_a_job(tmp_path: Path, admin: redis.Redis, worker_url: str,
-                                w: redis.Redis) -> None:
-    """Submitted as `default`, computed by a `rainstorm worker` logged in as
+                                w: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """Submitted as `default`, computed by a worker (in-process) logged in as
     `worker`: two stages (a repartition), so both stages' streams, the
     aggregate's delta log and the heartbeats go through the restricted user."""
     assert urlsplit(worker_url).username == "worker"
@@ -95,27 +95,24 @@ def test_worker_user_runs_a_job(tmp_path: Path, admin: redis.Redis, worker_url: 
     })
     job, files = prepare(spec, [str(p) for p in paths], "acl-wc")
     submit(admin, job, files)
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rainstorm", "worker", "--job", job.id, "--burst"],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stderr=err,
-            env=dict(os.environ, RAINSTORM_REDIS=worker_url),
-        )
+    crew = Worker(w, WorkerOptions(job=job.id, burst=True))  # in-process, as `worker`
+
+    def turns() -> None:
+        for _ in range(100):
+            report = crew.run_once()
+            if report.idle:
+                return
+
+    with caplog.at_level(logging.WARNING):
         try:
-            result = drive(admin, job, timeout_s=25)
-            proc.wait(20)
+            result = drive(admin, job, timeout_s=25, on_step=turns)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-    text = log.read_text(errors="replace")
-    assert "NOPERM" not in text, text
-    assert proc.returncode == 0, text
+            crew.close()
+    assert "NOPERM" not in caplog.text, caplog.text
     assert result == reference_wordcount(paths)
     c = counters(admin, job.id)
-    assert c["s0:committed"] == c["s0:emitted"] > 10
-    assert c["s1:committed"] == c["s1:emitted"] > 0
+    assert c.stage(0).committed == c.stage(0).emitted > 10
+    assert c.stage(1).committed == c.stage(1).emitted > 0
 
 
 def _refused(call: Callable[[], Any]) -> str:
@@ -306,10 +303,10 @@ def test_attack_lcs_and_config_are_refused(w: redis.Redis, admin: redis.Redis) -
 
 def test_wrong_password_is_one_line(srv: LocalRedis) -> None:
     bad = srv.url("worker", "wrong")
-    res = subprocess.run([sys.executable, "-m", "rainstorm", "workers", "--redis", bad],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert res.returncode != 0
+    res = CliRunner().invoke(main, ["workers", "--redis", bad])
+    assert res.exit_code != 0
     assert "Traceback" not in res.stderr
+    assert isinstance(res.exception, SystemExit)  # a one-line ClickException, no crash
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert "credentials" in lines[0] or "WRONGPASS" in lines[0] or "password" in lines[0]

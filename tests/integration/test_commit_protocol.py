@@ -155,16 +155,16 @@ def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
 def test_requeue_moves_a_dead_entry_back_once(r: redis.Redis) -> None:
     inputs = setup_entries(r, 2)
     stream, id_, uid = inputs[0]
-    dead = lua.deadletter(r, counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
-                          stream=stream, group=keys.group(0), stage=0, entry_id=id_, uid=uid,
-                          error="boom", deliveries=7)
+    dead = lua.deadletter(r, lua.DeadletterRequest(
+        lua.JobKeys.of(JOB), stream=stream, group=keys.group(0), stage=0, entry_id=id_,
+        uid=uid, error="boom", deliveries=7))
     assert dead is lua.DeadletterStatus.OK
     assert r.xlen(S0) == 1 and r.hget(keys.counters(JOB), "s0:dead") == b"1"
     (dead_id, fields), = r.xrange(keys.dlq(JOB))
-    kw = dict(counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB), stream=S0,
-              dead_id=dead_id.decode(), stage=0, kind="entry", uid="rq1", payload=fields[b"d"])
-    assert lua.requeue(r, **kw) is lua.RequeueStatus.OK  # type: ignore[arg-type]
-    again = lua.requeue(r, **kw)  # type: ignore[arg-type]  # a second call: already gone
+    req = lua.RequeueRequest(lua.JobKeys.of(JOB), stream=S0, dead_id=dead_id.decode(),
+                             stage=0, kind="entry", uid="rq1", payload=fields[b"d"])
+    assert lua.requeue(r, req) is lua.RequeueStatus.OK
+    again = lua.requeue(r, req)  # a second call: already gone
     assert again is lua.RequeueStatus.ABSENT
     assert r.xlen(keys.dlq(JOB)) == 0 and r.xlen(S0) == 2
     c = r.hgetall(keys.counters(JOB))

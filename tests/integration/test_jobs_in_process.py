@@ -41,7 +41,7 @@ def test_counts_equal_counter(workers: int, corpus: list[Path], url: str,
     rep = run(wordcount_spec(parallelism=3, batch_entries=4), corpus, url, workers)
     assert rep.result == reference_wordcount(corpus)
     c = counters(r, rep.job_id)
-    assert c["s0:committed"] == c["s0:emitted"] > 20  # many entries really went through Redis
+    assert c.stage(0).committed == c.stage(0).emitted > 20  # many entries really went through Redis
     for p in range(3):  # every stage stream drained
         assert r.xlen(keys.stage_stream(rep.job_id, 0, p)) == 0
     assert r.hget(keys.meta(rep.job_id), "state") == b"done"
@@ -169,6 +169,6 @@ def test_app2_post_type_counts_per_category(signs: Path, url: str, r: redis.Redi
                                  if row["Sign_Post"] == "Wood")
     c = counters(r, rep.job_id)
     if policy == "skip":
-        assert c.get("s0:malformed_rows") == malformed and r.xlen(keys.dlq(rep.job_id)) == 0
+        assert c.stage(0).malformed_rows == malformed and r.xlen(keys.dlq(rep.job_id)) == 0
     else:
-        assert c.get("s0:dead_records") == malformed == r.xlen(keys.dlq(rep.job_id))
+        assert c.stage(0).dead_records == malformed == r.xlen(keys.dlq(rep.job_id))

@@ -181,13 +181,12 @@ def test_no_writing_function_writes_into_a_stopped_job(r: redis.Redis, state: st
     assert res.status == want and res.state == (state or "")
     assert lua.compact(r, base=base, log=log, meta=keys.meta(JOB), version=1,
                        blob=b"1000000000", ids=delta_ids) == want
-    assert lua.deadletter(r, counters=keys.counters(JOB), dlq=keys.dlq(JOB),
-                          meta=keys.meta(JOB), stream=S0, group=keys.group(0), stage=0,
-                          entry_id=inputs[0][1], uid=inputs[0][2], error="e",
-                          deliveries=1) == want
-    assert lua.requeue(r, counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
-                       stream=S0, dead_id=dead_id, stage=0, kind="entry", uid="rq",
-                       payload=b"x") == want
+    assert lua.deadletter(r, lua.DeadletterRequest(
+        lua.JobKeys.of(JOB), stream=S0, group=keys.group(0), stage=0, entry_id=inputs[0][1],
+        uid=inputs[0][2], error="e", deliveries=1)) == want
+    assert lua.requeue(r, lua.RequeueRequest(
+        lua.JobKeys.of(JOB), stream=S0, dead_id=dead_id, stage=0, kind="entry", uid="rq",
+        payload=b"x")) == want
     loaded = lua.load(r, counters=keys.counters(JOB), cursor=keys.cursor(JOB),
                       meta=keys.meta(JOB), expected_pos="", new_pos="done", max_backlog=0,
                       entries=[(S0, "9:0", b"more")])

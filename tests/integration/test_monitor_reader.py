@@ -13,6 +13,7 @@ import redis
 
 from rainstorm import keys, lua, monitor
 from rainstorm.coordinator.progress import read_status
+from rainstorm.jobstore import load_job
 from rainstorm.latency import LatencyRecorder
 from rainstorm.monitor import RateTracker, job_view, read_progress, snapshot
 from rainstorm.ops.status import job_statuses
@@ -113,7 +114,7 @@ def test_job_view_and_its_json(r: redis.Redis) -> None:
                          "capacity", "partition_rows", "pending", "latency"]
     assert (st0["emitted"], st0["committed"], st0["backlog"], st0["claimed"]) == (3, 2, 1, 1)
     # stage 0 holds the one entry not committed, read by nobody, in partition 0
-    n0 = monitor.load_job(r, JOB).stage(0).partitions
+    n0 = load_job(r, JOB).stage(0).partitions
     assert [(p["entries"], p["unread"], p["pending"]) for p in st0["partition_rows"]] == \
         [(r.xlen(keys.stage_stream(JOB, 0, 0)), 1, 0)] + [(0, 0, 0)] * (n0 - 1)
     assert st1["partitions"] == 2 and len(st1["partition_rows"]) == 2
@@ -137,11 +138,11 @@ def test_status_and_tasks_rows(r: redis.Redis) -> None:
     broken = job_statuses(r)[0].to_json()
     assert list(broken) == ["job", "state", "error", "loaded", "progress", "stages"]
     tasks = [t.to_json() for t in list_tasks(r, JOB, sample_s=0)]
-    n0 = monitor.load_job(r, JOB).stage(0).partitions
+    n0 = load_job(r, JOB).stage(0).partitions
     assert [(t["stage"], t["partition"], t["unread"], t["in_rate"]) for t in tasks] == \
         [(0, 0, 1, 0.0)] + [(0, k, 0, 0.0) for k in range(1, n0)] + \
         [(1, 0, 1, 0.0), (1, 1, 0, 0.0)]
-    status = read_status(r, monitor.load_job(r, JOB))
+    status = read_status(r, load_job(r, JOB))
     assert status.dead_letters == 2 and not status.complete  # the two dead deltas
 
 

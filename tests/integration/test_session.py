@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.session import Session, prepare
+from rainstorm.coordinator.session import Hooks, Session, prepare
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.spec import parse_spec
 from rainstorm.worker.loop import Worker, WorkerOptions
-from tests.helpers import wordcount_spec
+from tests.helpers import counters, wordcount_spec
 
 
 def _input(tmp_path: Path, lines: list[str]) -> list[str]:
@@ -48,6 +48,27 @@ def test_submit_drive_and_resume(tmp_path: Path, r: redis.Redis) -> None:
     assert r.hget(keys.meta(job.id), "state") == b"done"
 
 
+def test_run_submits_drives_and_reports(tmp_path: Path, r: redis.Redis) -> None:
+    """Session.run, the path of `run`, `submit`, the Dataset API and the kit:
+    on_submit says fresh or resumed, every hook is called, the report holds
+    the result, the input's size as recorded at submit, and the counters."""
+    lines = [f"k{i % 5} v{i % 2}" for i in range(300)]
+    paths = _input(tmp_path, lines)
+    job, files = prepare(wordcount_spec(), paths, "sess-run")
+    seen: list[object] = []
+    with Worker(r, WorkerOptions(job=job.id, allow_modules=("tests",))) as w:
+        hooks = Hooks(on_submit=seen.append, on_progress=lambda st: seen.append("progress"),
+                      on_step=lambda: _turns(w))
+        report = Session(r, job, files).run(hooks, timeout_s=60, server="here")
+        again = Session(r, job, files).run(hooks, timeout_s=60, raw_keys=True)
+    want = Counter(w for ln in lines for w in ln.split())
+    assert report.result == want == again.result
+    assert seen[0] is True and False in seen and "progress" in seen  # resumed the 2nd time
+    assert report.job_id == job.id and report.server == "here" and report.seconds > 0
+    assert report.total_bytes == Path(paths[0]).stat().st_size
+    assert report.status.complete and report.status.stages[0].committed > 0
+
+
 def test_another_spec_under_the_same_id_is_refused(tmp_path: Path, r: redis.Redis) -> None:
     job, files = prepare(wordcount_spec(), _input(tmp_path, ["a"]), "twice")
     Session(r, job, files).submit()
@@ -71,7 +92,7 @@ STREAM = {"name": "live", "source": {"type": "stream", "key": "src:lines"},
 
 def _interrupt_when_counted(r: redis.Redis, w: Worker, job_id: str, n: int) -> None:
     _turns(w)
-    if int(r.hget(keys.counters(job_id), "s0:committed") or 0) >= n:
+    if counters(r, job_id).stage(0).committed >= n:
         raise KeyboardInterrupt
 
 

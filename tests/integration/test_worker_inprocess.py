@@ -12,7 +12,8 @@ from rainstorm import keys
 from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job, encode_records
 from rainstorm.local.run import prepare
-from rainstorm.protocol.entries import entry_fields
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import entry_fields, stream_uid
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
 from rainstorm.worker import Worker, WorkerOptions
@@ -38,8 +39,9 @@ def _stream_job(r: redis.Redis, job_id: str, **settings: int) -> Job:
 def _add(r: redis.Redis, job: Job) -> None:
     """Stage-0 entries written by hand (as the loader does)."""
     for i, line in enumerate(WORDS):
-        r.xadd(keys.stage_stream(job.id, 0, 0), entry_fields(f"x{i}", encode_records([line])))
-    r.hincrby(keys.counters(job.id), "s0:emitted", len(WORDS))
+        r.xadd(keys.stage_stream(job.id, 0, 0),
+               entry_fields(stream_uid(f"{i + 1}-0"), encode_records([line])))
+    r.hincrby(keys.counters(job.id), keys.counter_field(0, StageCounter.EMITTED), len(WORDS))
 
 
 def _expected() -> Counter[str]:
@@ -56,7 +58,7 @@ def test_run_once_reports_a_round_and_then_idle(r: redis.Redis) -> None:
         assert w.run_once().idle
         assert r.hexists(keys.WORKERS, w.id)  # registered while it runs
     assert not r.hexists(keys.WORKERS, w.id)  # close() leaves
-    assert Counter(read_state(r, job)) == _expected()
+    assert Counter(read_state(r, job, ("*",))) == _expected()
 
 
 def test_a_stragglers_stolen_entries_are_committed_once(r: redis.Redis) -> None:
@@ -76,18 +78,16 @@ def test_a_stragglers_stolen_entries_are_committed_once(r: redis.Redis) -> None:
         assert len(held) == len(WORDS)
 
         def all_stolen() -> bool:
-            b.jobs[job_id].last_claim = 0.0  # claim on this round (not every ms)
-            return b.run_once().claimed == len(WORDS)
+            return b.run_once(claim_now=True).claimed == len(WORDS)
 
         wait_for(all_stolen, 10, "B to steal A's idle entries")
         pending = r.xpending_range(stream, keys.group(0), "-", "+", 10)
         assert pending == []  # B committed them
         out = a.step.run(a.jobs[job_id], 0, held)  # A wakes up and commits late
     assert (out.committed, out.commits, out.failed) == (0, 0, 0)
-    c = counters(r, job_id)
-    assert c["s0:committed"] == len(WORDS) and c["s0:claimed"] == len(WORDS)
-    assert c["s0:rejected"] == len(WORDS)
-    assert Counter(read_state(r, job)) == _expected()
+    s0 = counters(r, job_id).stage(0)
+    assert (s0.committed, s0.claimed, s0.rejected) == (len(WORDS),) * 3
+    assert Counter(read_state(r, job, ("*",))) == _expected()
 
 
 def test_a_stop_asked_with_the_stop_key_ends_the_round(r: redis.Redis) -> None:

@@ -54,3 +54,19 @@ def test_round_robin_spreads_evenly_from_the_uids_start() -> None:
     assert [entries.spread(uid, n, 4) for n in range(8)] == [(start + n) % 4 for n in range(8)]
     spread = Counter(entries.spread(uid, n, 3) for n in range(10))
     assert max(spread.values()) - min(spread.values()) <= 1
+
+
+def test_source_uids() -> None:
+    assert entries.file_uid(2, 4096) == "2:4096"
+    assert entries.stream_uid("1700000000000-3") == "x1700000000000-3"
+    assert entries.tail_uid(77) == "t77"
+
+
+def test_one_routing_rule_for_keyed_and_unkeyed_records() -> None:
+    uid, n = entries.batch_uid(["t0", "t9"]), 5
+    for rec in [("k", 1), ["k", 1]]:  # a commit's tuple, a dead record's msgpack list
+        assert entries.route(rec, True, uid, 3, n) == zlib.crc32(b"k") % n
+    # unkeyed, or keyed but no (key, ...) record: round robin from the uid's start
+    start = int(uid[:8], 16)
+    for rec, keyed in [(("k", 1), False), ("text", True), ((), True), (7, True)]:
+        assert entries.route(rec, keyed, uid, 3, n) == (start + 3) % n

@@ -99,7 +99,7 @@ class Sampler:
         try:
             snap = monitor.snapshot(self.r)
             self._tracker.update(snap)
-            dls = {j.id: monitor.dead_letters(self.r, j.id, DEAD_LETTERS)
+            dls = {j.id: [d.to_json() for d in monitor.dead_letters(self.r, j.id, DEAD_LETTERS)]
                    for j in snap.jobs if j.dead_letters}
         except Exception as exc:  # Redis down, or anything odd in it: show, keep going
             msg = f"{type(exc).__name__}: {exc}"

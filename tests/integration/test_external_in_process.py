@@ -1,0 +1,81 @@
+"""External programs as operators, run in-process (rainstorm.testing: no
+worker process; the programs are real child processes of the workers):
+Unix filters unchanged, crashes and hangs dead-lettered with their stderr.
+Results against collections.Counter.  Moved here from
+tests/e2e/test_external.py, which keeps what needs a worker process
+(refusals by workers started without --allow-exec, the CLI's exit code) and
+the framed programs (long-lived: an in-process worker does not stop them
+yet when it closes)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import msgpack
+import pytest
+import redis
+
+from rainstorm import keys
+from rainstorm.local.run import RunOptions, RunReport
+from rainstorm.spec import JobSpec
+from rainstorm.testing import OperatorFailed, run_in_process
+from tests.conftest import write_corpus
+from tests.helpers import external_spec, lines_of
+
+CRASH = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *POISON*) '
+         'echo "cannot digest: $l" >&2; exit 3;; esac; printf "%s\\n" "$l"; done']
+HANG = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *HANG*) sleep 30;; esac; '
+        'printf "%s\\n" "$l"; done']
+
+
+def run(spec: JobSpec, paths: list[Path], url: str) -> RunReport:
+    return run_in_process(spec, RunOptions(redis_url=url, inputs=tuple(map(str, paths)),
+                                           workers=2, allow_exec=True, timeout_s=120))
+
+
+def poisoned(tmp_path: Path, line: int, marker: str) -> tuple[list[Path], list[str], str]:
+    """One input file whose line ``line`` carries ``marker``: (paths, lines, that line)."""
+    paths = write_corpus(tmp_path, n_files=1, kb=6)
+    lines = paths[0].read_text().splitlines()
+    bad = f"{lines[line]} {marker}"
+    lines[line] = bad
+    paths[0].write_text("\n".join(lines) + "\n")
+    return paths, lines, bad
+
+
+def only_dead_letter(r: redis.Redis, failed: OperatorFailed) -> dict[str, str]:
+    dead = r.xrange(keys.dlq(failed.job_id))
+    assert len(dead) == 1 == failed.dead_letters
+    letter: dict[str, str] = msgpack.unpackb(dead[0][1][b"d"])
+    return letter
+
+
+def test_grep_and_awk_unchanged(tmp_path: Path, url: str) -> None:
+    paths = write_corpus(tmp_path, n_files=2, kb=20)
+    # grep exits 1 on batches without a match: that is not a failure
+    rep = run(external_spec({"cmd": ["grep", "-E", "^(The|Zorglub) "]}), paths, url)
+    ref = Counter(w for ln in lines_of(paths) if ln.startswith("The ") for w in ln.split())
+    assert rep.result == ref and ref
+    rep = run(external_spec({"cmd": ["awk", "NF {print $NF, NF}"]}), paths, url)  # last word, NF
+    ref = Counter()
+    for ln in lines_of(paths):
+        if ln.split():
+            ref.update([ln.split()[-1], str(len(ln.split()))])
+    assert rep.result == ref
+
+
+@pytest.mark.parametrize("cmd, marker, needle", [
+    (CRASH, "POISON", "exited with status 3; stderr: 'cannot digest"),
+    (HANG, "HANG", "ran past its timeout of 0.5 s"),
+])
+def test_failing_program_dead_letters_only_its_record(
+    tmp_path: Path, url: str, r: redis.Redis, cmd: list[str], marker: str, needle: str
+) -> None:
+    paths, lines, bad = poisoned(tmp_path, 10, marker)
+    spec = external_spec({"cmd": cmd, "timeout_s": 0.5}, max_deliveries=2, claim_idle_ms=150)
+    with pytest.raises(OperatorFailed) as failed:
+        run(spec, paths, url)
+    assert failed.value.result == Counter(w for ln in lines if ln != bad for w in ln.split())
+    letter = only_dead_letter(r, failed.value)
+    assert letter["record"] == bad and needle in letter["error"], letter["error"]
