@@ -49,6 +49,13 @@ class Job:
         source), not msgpack record batches (later stages, a stream source)."""
         return stage == 0 and self.spec.source.type != "stream"
 
+    @property
+    def splits(self) -> bool:
+        """Stage-0 entries are splits that workers read from the files
+        (``source.transport: split``; ``auto`` left undecided is bytes)."""
+        src = self.spec.source
+        return src.type == "text" and src.transport == "split"
+
 
 def encode_records(records: list[Any]) -> bytes:
     return msgpack.packb(records, use_bin_type=True, default=repr)  # type: ignore[no-any-return]

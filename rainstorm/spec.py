@@ -49,6 +49,21 @@ class TextSource(_Model):
         description="lines per second the loader may add (default: as fast as backpressure "
                     "allows); change it while the job runs with `rainstorm throttle`")
     encoding_errors: Literal["replace"] = "replace"
+    transport: Literal["auto", "split", "bytes"] = Field(
+        default="auto",
+        description="split: stage-0 entries are byte ranges (batch_bytes each) that the "
+                    "workers read from the filesystem they share with the coordinator; "
+                    "bytes: the coordinator reads the files and loads their bytes into Redis "
+                    "(workers on other hosts); auto: split for `rainstorm run` with local "
+                    "workers, bytes otherwise (and whenever max_rate is set)")
+
+    @model_validator(mode="after")
+    def _split_is_not_paced(self) -> TextSource:
+        if self.transport == "split" and self.max_rate:
+            raise ValueError("transport: split cannot be paced by max_rate (lines per second: "
+                             "only a loader that reads the lines can count them); use "
+                             "transport: bytes")
+        return self
 
 
 class StreamSource(_Model):

@@ -162,7 +162,7 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
     OperatorFailed for dead letters, unless ``settings.skip_bad_records``."""
     url = options.redis_url or shared_url()
     job, files = prepare(_fast_retries(spec), list(options.inputs) or None, options.job_id,
-                         options.allow_exec)
+                         options.allow_exec, shared_fs=True)
     key = local_key()
     r = connect(url)
     crew = [Worker(r, WorkerOptions(job=job.id, secret=key, allow_exec=options.allow_exec,

@@ -32,15 +32,18 @@ from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, v
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.sources.inputs import resolve_inputs
+from rainstorm.sources.splits import resolve_transport
 from rainstorm.spec import JobSpec
 from rainstorm.state import read_state
 
 
 def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None = None,
-            allow_exec: bool = True) -> tuple[Job, list[Path]]:
+            allow_exec: bool = True, *, shared_fs: bool = False) -> tuple[Job, list[Path]]:
     """The job and its input files: everything that can fail on user input,
     before any Redis is touched.  ``inputs`` replace ``source.paths``;
-    ``allow_exec=False`` refuses specs that run external programs."""
+    ``allow_exec=False`` refuses specs that run external programs;
+    ``shared_fs``: the workers see this process's files (local workers), so
+    ``source.transport: auto`` becomes ``split`` (else ``bytes``)."""
     if spec.source.type != "text":
         if inputs:
             raise UsageError(f"--input: a {spec.source.type} source has no input files")
@@ -51,6 +54,7 @@ def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None =
                 update={"source": spec.source.model_copy(update={"paths": inputs})})
         assert spec.source.type == "text"
         files = resolve_inputs(spec.source.paths)
+        spec = resolve_transport(spec, shared_fs)
     if spec.sink.type == "file" and spec.sink.path:
         check_writable(spec.sink.path, "sink.path")
     job = Job.build(job_id or new_job_id(spec), spec)

@@ -144,7 +144,8 @@ class LocalRun:
         replace those of ``options`` (the server's are this LocalRun's)."""
         opts = _options(options, fields)
         return self.run_prepared(*prepare(spec, list(opts.inputs) or None, opts.job_id,
-                                          opts.allow_exec), opts)
+                                          opts.allow_exec, shared_fs=_local_workers(opts)),
+                                 opts)
 
     def run_prepared(self, job: Job, files: list[Path], opts: RunOptions) -> RunReport:
         """:meth:`run` of a job already prepared (rainstorm.coordinator.session.prepare)."""
@@ -187,6 +188,13 @@ class LocalRun:
             r.close()
 
 
+def _local_workers(opts: RunOptions) -> bool:
+    """Do only workers that run here (forked or autoscaled child processes,
+    which share our filesystem) serve the job, so ``transport: auto`` may
+    use splits?  Not with ``--redis``: workers elsewhere may serve it too."""
+    return (opts.workers > 0 or opts.autoscale is not None) and opts.redis_url is None
+
+
 def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> RunReport:
     """Run one job to completion; see LocalRun for the servers it starts.
     ``fields`` replace those of ``options``, e.g. ``run_job(spec, workers=1)``."""
@@ -196,7 +204,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> 
                          "embedded Redis: pass --redis URL (served by `rainstorm worker`) "
                          "or --workers N")
     # user errors before any server starts
-    job, files = prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec)
+    job, files = prepare(spec, list(opts.inputs) or None, opts.job_id, opts.allow_exec,
+                         shared_fs=_local_workers(opts))
     with LocalRun(opts) as env:
         return env.run_prepared(job, files, opts)
 

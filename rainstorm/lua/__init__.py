@@ -97,13 +97,16 @@ def load(
     new_pos: str,
     max_backlog: int,
     entries: list[tuple[str, str, bytes]],
+    nbytes: int | None = None,
 ) -> LoadResult:
-    """Append (stream, uid, payload) entries and move the cursor atomically."""
+    """Append (stream, uid, payload) entries and move the cursor atomically.
+    ``nbytes``: the input bytes they stand for (default: their payloads')."""
     _cap(LOAD, "n", len(entries), LIMITS.load)
     keys_, args = LOAD.build(
         {"counters": counters, "cursor": cursor, "meta": meta},
         {"expected_pos": expected_pos, "new_pos": new_pos, "max_backlog": max_backlog,
-         "n": len(entries), "nbytes": sum(len(e[2]) for e in entries)},
+         "n": len(entries),
+         "nbytes": sum(len(e[2]) for e in entries) if nbytes is None else nbytes},
         more_keys=[e[0] for e in entries],
         more_args=[x for _, uid, payload in entries for x in (uid, payload)],
     )

@@ -7,15 +7,17 @@ FUNCTION library in rainstorm/lua/rainstorm.lua and read by Python):
        uid and the commit path can tell a duplicate (stage streams, output,
        late stream)
     d  the payload: a text chunk (stage 0 of a file or tail source), a
-       msgpack batch of records (later stages, output, late), an aggregate
+       split descriptor (stage 0 of a file source loaded as splits: see
+       :class:`SplitRef`), a msgpack batch of records (later stages, output, late), an aggregate
        delta (``rs:{job}:state:s<i>:log``, and the folded base hash's ``d``
        field), or a dead letter's entry or record (``rs:{job}:dlq``)
 
 Uids.  A source entry's uid names its place in the input:
 ``file_uid(file index, offset)`` = ``<file index>:<offset>`` (a file
-source), ``stream_uid(first id)`` = ``x<stream id>`` (a Redis stream
-source: the id of its chunk's first entry), ``tail_uid(offset)`` =
-``t<offset>`` (a tailed file).  A commit's outputs are named after its input set:
+source: its bytes, or its split, starting at ``offset``),
+``stream_uid(first id)`` = ``x<stream id>`` (a Redis stream source: the id
+of its chunk's first entry), ``tail_uid(offset)`` = ``t<offset>`` (a
+tailed file).  A commit's outputs are named after its input set:
 ``batch_uid(inputs)`` (a hex digest) + ``.<partition>``, ``.0`` for the
 output stream, ``.late`` for late records; a requeued dead letter gets
 ``requeue_uid(dead id)``.  The same inputs always give the same uids.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -81,6 +84,51 @@ def file_uid(file_index: int, offset: int) -> str:
     """The uid of a file source's chunk starting at ``offset`` of input file
     number ``file_index`` (also the loader's cursor format)."""
     return f"{file_index}:{offset}"
+
+
+# A split descriptor: this prefix (never produced by encoding text as UTF-8,
+# so a requeued text record cannot look like one), then msgpack
+# [file index, start, end, size, mtime_ns].
+SPLIT_MAGIC = b"\xffsplit\x00"
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """A stage-0 entry of a file source loaded as splits: the lines that
+    start inside bytes ``[start, end)`` of input file number ``file_index``
+    (of ``rs:{job}:inputs``), which had ``size`` bytes and modification time
+    ``mtime_ns`` at submit.  Its uid is ``file_uid(file_index, start)``."""
+
+    file_index: int
+    start: int
+    end: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def uid(self) -> str:
+        return file_uid(self.file_index, self.start)
+
+    def payload(self) -> bytes:
+        body: bytes = msgpack.packb([self.file_index, self.start, self.end, self.size,
+                                     self.mtime_ns])
+        return SPLIT_MAGIC + body
+
+
+def split_of(data: bytes) -> SplitRef | None:
+    """The split a payload describes; None when it is not a split descriptor
+    (raw text); ValueError when it starts like one but is malformed."""
+    if not data.startswith(SPLIT_MAGIC):
+        return None
+    try:
+        v = msgpack.unpackb(data[len(SPLIT_MAGIC):], raw=False)
+    except Exception as exc:  # noqa: BLE001  (any bytes: ExtraData, FormatError, ...)
+        raise ValueError(f"malformed split descriptor ({type(exc).__name__})") from None
+    if (not isinstance(v, list) or len(v) != 5
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+            or v[1] > v[2]):
+        raise ValueError(f"malformed split descriptor {str(v)[:80]}")
+    return SplitRef(*v)
 
 
 def stream_uid(first_id: str) -> str:

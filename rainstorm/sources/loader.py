@@ -22,6 +22,7 @@ from rainstorm.errors import CallTooLarge, JobFailed, JobStopped
 from rainstorm.job import Job
 from rainstorm.protocol import meta
 from rainstorm.protocol.entries import file_uid, partition_of
+from rainstorm.sources.splits import cut
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ class LoadStep:
     loaded_entries: int = 0
 
 
-Gathered = tuple[list[tuple[str, str, bytes]], str, int]  # entries, new cursor, records
+# entries, new cursor, records (lines; 0 for splits: not read), and the input
+# bytes they stand for (None: their payloads')
+Gathered = tuple[list[tuple[str, str, bytes]], str, int, int | None]
 
 
 class BaseLoader:
@@ -117,8 +120,8 @@ class BaseLoader:
             return True
         return False
 
-    def _load(self, pos: str, new_pos: str, entries: list[tuple[str, str, bytes]]
-              ) -> lua.LoadResult:
+    def _load(self, pos: str, new_pos: str, entries: list[tuple[str, str, bytes]],
+              nbytes: int | None = None) -> lua.LoadResult:
         return lua.load(
             self.r,
             counters=keys.counters(self.job.id),
@@ -128,6 +131,7 @@ class BaseLoader:
             new_pos=new_pos,
             max_backlog=self.job.spec.settings.max_backlog,
             entries=entries,
+            nbytes=nbytes,
         )
 
     def step(self) -> LoadStep:
@@ -140,11 +144,11 @@ class BaseLoader:
         # rate-limited: one entry per call, so the pace is smooth
         most = 1 if self._pace else self.job.spec.settings.batch_entries
         while True:
-            entries, new_pos, records = self.gather(pos, most)
+            entries, new_pos, records, covered = self.gather(pos, most)
             if not entries and new_pos == pos:
                 return LoadStep(done=False)  # an unbounded source with nothing new (it waited)
             try:
-                res = self._load(pos, new_pos, entries)
+                res = self._load(pos, new_pos, entries, covered)
                 break
             except CallTooLarge as exc:  # over the library's caps: fewer entries per call
                 if len(entries) <= 1:
@@ -210,6 +214,8 @@ class Loader(BaseLoader):
         return size
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
+        if self.job.splits:
+            return self._gather_splits(pos, max_entries)
         src = self.job.spec.source
         assert src.type == "text"
         fidx, off = parse_pos(pos)
@@ -236,5 +242,26 @@ class Loader(BaseLoader):
             total += len(chunk)
             off += len(chunk)
         new_pos = DONE if fidx >= len(self.files) else file_uid(fidx, off)
-        return entries, new_pos, sum(e[2].count(b"\n") for e in entries)
+        return entries, new_pos, sum(e[2].count(b"\n") for e in entries), None
 
+
+    def _gather_splits(self, pos: str, max_entries: int) -> Gathered:
+        """Split descriptors from the cursor on: no input byte is read here
+        (the workers read them, and check each file against its record)."""
+        src = self.job.spec.source
+        assert src.type == "text"
+        fidx, off = parse_pos(pos)
+        entries: list[tuple[str, str, bytes]] = []
+        covered = 0
+        while fidx < len(self.files) and len(entries) < max_entries:
+            mtime = self.mtimes[fidx] or 0
+            for split in cut(fidx, self.sizes[fidx], mtime, src.batch_bytes, off):
+                entries.append((self.stream_for(split.uid), split.uid, split.payload()))
+                covered += split.end - split.start
+                off = split.end
+                if len(entries) >= max_entries:
+                    break
+            if off >= self.sizes[fidx]:
+                fidx, off = fidx + 1, 0
+        new_pos = DONE if fidx >= len(self.files) else file_uid(fidx, off)
+        return entries, new_pos, 0, covered

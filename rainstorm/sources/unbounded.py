@@ -42,7 +42,7 @@ class StreamLoader(BaseLoader):
                                   block=BLOCK_MS)
         rows = reply[0][1] if reply else []
         if not rows:
-            return [], pos, 0
+            return [], pos, 0, None
         records: list[Any] = []
         firsts: list[str] = []
         missing = 0
@@ -67,7 +67,7 @@ class StreamLoader(BaseLoader):
             chunk = records[n * src.batch_records:(n + 1) * src.batch_records]
             uid = stream_uid(first)
             entries.append((self.stream_for(uid), uid, encode_records(chunk)))
-        return entries, as_str(rows[-1][0], "replace"), len(records)
+        return entries, as_str(rows[-1][0], "replace"), len(records), None
 
 
 class TailLoader(BaseLoader):
@@ -101,8 +101,8 @@ class TailLoader(BaseLoader):
             off += len(chunk)
         if not entries:
             time.sleep(POLL_S)
-            return [], pos, 0
-        return entries, str(off), lines
+            return [], pos, 0, None
+        return entries, str(off), lines, None
 
 
 def initial_cursor(r: redis.Redis, job: Job) -> str | None:

@@ -44,7 +44,9 @@ from rainstorm.protocol.entries import (
     batch_uid,
     output_uid,
     route,
+    split_of,
 )
+from rainstorm.sources.splits import SplitChanged, read_split
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class Entry:
     problem: str = ""  # why the entry cannot be read at all (dead-lettered at once)
     raw_uid: bytes | None = None  # the uid field as read, when it is not UTF-8
     records: list[Any] | None = None  # decoded records (cached by undecodable())
+    text: bytes | None = None  # a split's bytes, read from its file (cached by undecodable())
 
 
 def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
@@ -122,11 +125,14 @@ def dead_record(job: Job, stage: int, entry: Entry, record: Any, error: str) -> 
 
 
 class StageRunner:
-    """Runs one stage of one job over batches of entries."""
+    """Runs one stage of one job over batches of entries.  ``inputs``: the
+    job's input files as listed at submit (``rs:{job}:inputs``: path, size,
+    mtime_ns), where the splits of stage 0 are read from."""
 
     def __init__(self, job: Job, stage: int, allow: tuple[str, ...],
-                 allow_exec: bool = False) -> None:
+                 allow_exec: bool = False, inputs: list[Any] | None = None) -> None:
         self.job = job
+        self.inputs = inputs or []
         self.stage = job.stage(stage)
         self.chain = Chain(self.stage, allow, allow_exec)
         combiner = resolve(self.stage.combiner, {}, allow,
@@ -137,9 +143,32 @@ class StageRunner:
         self.windows = Windows.of(self.stage.window) if self.stage.window else None
         self.current: Entry | None = None  # the entry compute() is running
 
+    def _split_text(self, e: Entry) -> bytes:
+        """The text of a raw-text entry: its payload, or for a split the
+        bytes read from its file (cached); SplitChanged or ValueError when
+        it cannot be read."""
+        if e.text is not None:
+            return e.text
+        split = split_of(e.data) if self.job.splits else None
+        if split is None:
+            return e.data  # bytes loaded through Redis (or a requeued text record)
+        if split.file_index >= len(self.inputs):
+            raise ValueError(f"undecodable entry: split {split.uid} names no input file "
+                             f"(the job has {len(self.inputs)})")
+        path, size, mtime = self.inputs[split.file_index][:3]
+        if (size, mtime) != (split.size, split.mtime_ns):
+            raise ValueError(f"undecodable entry: split {split.uid} does not match input "
+                             f"{path} as listed at submit")
+        e.text = read_split(path, split)
+        return e.text
+
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
         if self.job.raw_text(self.stage.index):
-            text, bad = decode_text(entry.data)
+            try:
+                data = self._split_text(entry)
+            except (SplitChanged, ValueError) as exc:
+                raise OperatorError(str(exc)) from None
+            text, bad = decode_text(data)
             if bad:
                 comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
@@ -154,7 +183,12 @@ class StageRunner:
         for e in entries:
             if e.problem:
                 bad.append((e, e.problem))
-            elif not self.job.raw_text(self.stage.index):
+            elif self.job.raw_text(self.stage.index):
+                try:
+                    self._split_text(e)
+                except (SplitChanged, ValueError) as exc:
+                    bad.append((e, str(exc)))
+            else:
                 why = self._decode(e)
                 if why:
                     bad.append((e, why))
@@ -305,7 +339,8 @@ class StageRunner:
             dead=comp.dead,
             max_backlog=max_backlog,
             records_in=comp.records_in,
-            bytes_in=sum(len(e.data) for e in entries) if i == 0 else 0,
+            bytes_in=sum(len(e.data if e.text is None else e.text) for e in entries)
+            if i == 0 else 0,
             extra=dict(comp.extra),
         )
         if self.agg:

@@ -12,7 +12,9 @@ the reason (rainstorm.worker.jobcheck): one log line, never an exit.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import redis
 
@@ -104,10 +106,13 @@ class JobTable:
         dead_stages: dict[int, str] = {}
         try:
             job = admit(job_id, raw, sig, self.admission)  # verified before parsed
+            # the files splits are read from: written at submit by the
+            # coordinator, never by a worker (a split names only these)
+            inputs = self._inputs(job_id) if job.splits else None
             for s in job.plan.stages:
                 try:
                     runners[s.index] = StageRunner(job, s.index, self.allow_modules,
-                                                   self.allow_exec)
+                                                   self.allow_exec, inputs)
                 except SignatureError as exc:  # not a refusal: dead-letter, never unpickle
                     dead_stages[s.index] = str(exc)
                     log.error("worker %s: job %s stage %d: %s; its entries go to the "
@@ -118,3 +123,13 @@ class JobTable:
             self.r.hset(keys.refusals(job_id), self.id, str(exc))
             return
         self.active[job_id] = ActiveJob(job, runners, dead_stages=dead_stages)
+
+    def _inputs(self, job_id: str) -> list[Any]:
+        """The job's input files as listed at submit: [path, size, mtime_ns]."""
+        raw: Any = self.r.get(keys.inputs(job_id))
+        listed = json.loads(raw) if raw is not None else []
+        if not isinstance(listed, list) or not all(
+                isinstance(f, list) and len(f) >= 3 and isinstance(f[0], str)
+                and all(isinstance(x, int) for x in f[1:3]) for f in listed):
+            raise BrokenJob("its input list (rs:{job}:inputs) is malformed")
+        return listed

@@ -1,0 +1,102 @@
+"""File sources loaded as splits, against the real server: the loader adds
+small descriptors (no input byte goes through Redis), workers read the
+ranges, the result is exact; a file changed after submit is dead-lettered
+with a reason naming it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from rainstorm import keys
+from rainstorm.local.run import RunOptions, prepare
+from rainstorm.monitor.deadletters import dead_letters
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import SPLIT_MAGIC, data_of, split_of, uid_of
+from rainstorm.sources.loader import Loader
+from rainstorm.spec import parse_spec
+from rainstorm.testing import run_in_process
+from rainstorm.worker import Worker, WorkerOptions
+from rainstorm.worker.loop import BURST_OVER
+from tests.conftest import reference_wordcount, write_corpus
+from tests.helpers import Driven, counters, submit, wait_for, wordcount_spec
+
+
+def test_the_loader_adds_descriptors_and_workers_count_exactly(r: redis.Redis,
+                                                               tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=3, kb=40)
+    (tmp_path / "in" / "empty.txt").write_bytes(b"")
+    inputs = [str(p) for p in paths] + [str(tmp_path / "in" / "empty.txt")]
+    job, files = prepare(wordcount_spec(batch_bytes=4096, parallelism=2), inputs, "splits",
+                         shared_fs=True)
+    assert job.splits
+    submit(r, job, files)
+    loader = Loader(r, job)
+    wait_for(lambda: loader.step().done, 10, "the loader to finish")
+    rows = [f for st in job.streams(0) for _, f in r.xrange(st)]
+    sizes = [p.stat().st_size for p in paths]
+    assert len(rows) == sum(math.ceil(s / 4096) for s in sizes)
+    for f in rows:
+        payload = data_of(f)
+        assert payload.startswith(SPLIT_MAGIC) and len(payload) < 64
+        split = split_of(payload)
+        assert split is not None and uid_of(f).decode() == split.uid
+    assert counters(r, job.id).stage(0).loaded_bytes == sum(sizes)  # progress as with bytes
+    driven = Driven(r, job, timeout_s=60)
+    assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
+    assert Counter(driven.result(60)) == reference_wordcount(paths)
+    assert counters(r, job.id).stage(0).bytes_in == sum(sizes)
+
+
+def test_a_file_changed_after_submit_is_dead_lettered_naming_it(r: redis.Redis,
+                                                                tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=10)
+    job, files = prepare(wordcount_spec(batch_bytes=4096, skip_bad_records=True),
+                         [str(p) for p in paths], "changed", shared_fs=True)
+    submit(r, job, files)
+    size_then = paths[1].stat().st_size
+    with paths[1].open("a") as fh:  # appended to after submit
+        fh.write("late words\n")
+    driven = Driven(r, job, timeout_s=60)
+    assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
+    result = Counter(driven.result(60))
+    assert result == reference_wordcount(paths[:1])  # never mixed: the changed file not read
+    dead = dead_letters(r, job.id, None)
+    assert len(dead) == math.ceil(size_then / 4096)  # each of its splits, once
+    want = f"input {paths[1]} changed after submit ("
+    assert all(want in d.error and "\n" not in d.error for d in dead), dead[0].error
+    assert {d.uid.split(":")[0] for d in dead} == {"1"}
+    assert counters(r, job.id).stage(0).dead_letters == len(dead)
+
+
+def test_in_process_runs_use_splits(r: redis.Redis, url: str, tmp_path: Path) -> None:
+    """rainstorm.testing's workers share our filesystem: auto is split."""
+    p = tmp_path / "t.txt"
+    p.write_text("a b\r\nb é\n\n" + "long " * 400 + "\nlast line no newline")
+    spec = parse_spec({"name": "t", "source": {"paths": [str(p)], "batch_bytes": 1024},
+                       "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}]})
+    report = run_in_process(spec, RunOptions(redis_url=url, workers=2))
+    want = Counter("a b b é last line no newline".split() + ["long"] * 400)
+    assert Counter(report.result) == want
+    assert report.status.total_bytes == p.stat().st_size
+    stored = json.loads(r.get(keys.spec(report.job_id)) or b"{}")
+    assert stored["source"]["transport"] == "split"
+
+
+def test_a_stage0_text_entry_in_a_split_job_is_read_as_text(r: redis.Redis,
+                                                            tmp_path: Path) -> None:
+    """A requeued dead text record is raw text, not a descriptor: it runs."""
+    p = tmp_path / "t.txt"
+    p.write_text("x y\n")
+    job, files = prepare(wordcount_spec(), [str(p)], "mixed", shared_fs=True)
+    submit(r, job, files)
+    stream = job.streams(0)[0]
+    r.xadd(stream, {"u": "requeued-1", "d": "z z\n"})
+    r.hincrby(keys.counters(job.id), keys.counter_field(0, StageCounter.EMITTED), 1)
+    driven = Driven(r, job, timeout_s=60)
+    assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
+    assert Counter(driven.result(60)) == Counter({"x": 1, "y": 1, "z": 2})
