@@ -23,7 +23,9 @@ key                             type         written by / meaning
                                              field in rainstorm.protocol.meta
 ``rs:{job}:inputs``             string       submit: JSON list of the input files
                                              ``[path, size, mtime_ns]``: exactly
-                                             what the loader loads
+                                             what the loader loads, or what the
+                                             workers read splits from (a split
+                                             names a file by its index here)
 ``rs:{job}:seal``               hash         coordinator, when the job finishes:
                                              ``sha256`` of the keys its result is
                                              read from (rainstorm.coordinator.

@@ -177,7 +177,10 @@ class BaseLoader:
 
 
 class Loader(BaseLoader):
-    """The files of a text source, in order, cut into line-aligned entries.
+    """The files of a text source, in order, cut into line-aligned entries
+    (``transport: bytes``), or into split descriptors that the workers read
+    (``transport: split``: rainstorm.sources.splits; no byte is read here,
+    and a changed file is the workers' to detect).
 
     The input is the files as listed at submit (like a Hadoop/Spark split):
     exactly the bytes each had then are loaded.  A file that vanished or

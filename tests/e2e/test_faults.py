@@ -46,17 +46,25 @@ def still_pending(r: redis.Redis, held: dict[str, list[str]]) -> bool:
     return False
 
 
-def setup_job(tmp_path: Path, url: str, r: redis.Redis, job_id: str, **settings: Any):  # type: ignore[no-untyped-def]
+def setup_job(tmp_path: Path, url: str, r: redis.Redis, job_id: str,  # type: ignore[no-untyped-def]
+              transport: str = "auto", **settings: Any):
     paths = write_corpus(tmp_path / "in", n_files=3, kb=30)
     spec = wordcount_spec("tests.ops:slow_split", batch_bytes=2048, **settings)
+    spec = spec.model_copy(update={"source": spec.source.model_copy(
+        update={"transport": transport})})
     job, files = prepare(spec, [str(p) for p in paths], job_id)
     submit(r, job, files)
     return job, paths
 
 
 @pytest.mark.chaos
-def test_worker_sigkilled_mid_batch(tmp_path: Path, url: str, r: redis.Redis) -> None:
-    job, paths = setup_job(tmp_path, url, r, "kill9", claim_idle_ms=800, batch_entries=2)
+@pytest.mark.parametrize("transport", ["bytes", "split"])
+def test_worker_sigkilled_mid_batch(tmp_path: Path, url: str, r: redis.Redis,
+                                    transport: str) -> None:
+    """Bytes through Redis or splits read by the workers: the same exactly-once."""
+    job, paths = setup_job(tmp_path, url, r, f"kill9-{transport}", transport,
+                           claim_idle_ms=800, batch_entries=2)
+    assert job.splits == (transport == "split")
     throttle(r, job.id, 100)  # the job outlasts a slow start of the victim; lifted at the kill
     victim, survivor = start_worker(url, job.id, **SLOW), start_worker(url, job.id, **SLOW)
     killed: dict[str, list[str]] = {}

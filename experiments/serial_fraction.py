@@ -1,0 +1,138 @@
+"""Serial fraction: how much of a word count's CPU the coordinator and the
+server spend (work no number of workers can share), bytes vs splits.
+
+A private server (embedded Valkey/Redis), 2 workers started as separate
+processes (`rainstorm worker --job J`), and the coordinator as a separate
+process too (`rainstorm submit`, output to /dev/null), over the same corpus
+(4 large files).  CPU seconds (user + system) of each process are read from
+/proc/<pid>/stat: the coordinator's when it has exited (before it is
+reaped), the workers' when the job is done, the server's as the difference
+over the run.  serial = (coordinator + server) / total.  The result is
+checked against collections.Counter (`rainstorm result J --json`, not timed).
+
+    python experiments/serial_fraction.py [--quick] [--mb 100] [--transport split,bytes]
+
+Writes experiments/results/serial_fraction.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, corpus, parser, print_rows, reference, write_csv  # noqa: E402
+
+from rainstorm.local.server import EmbeddedRedis  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+SPEC = """name: serial
+source: {{type: text, batch_bytes: 1048576, transport: {transport}}}
+pipeline:
+  - {{op: flat_map, fn: split_words}}
+  - {{op: count}}
+sink: {{type: stdout, top: 10}}
+settings: {{parallelism: 2}}
+"""
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (its own, not its children's), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
+
+
+def exited_cpu_s(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[float, int]:
+    """(CPU seconds, exit status) of a child once it exits, read before it
+    is reaped (a zombie keeps its /proc/<pid>/stat)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        if info is not None:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"the coordinator did not finish in {timeout_s:.0f} s")
+        time.sleep(0.02)
+    used = cpu_s(proc.pid)
+    return used, proc.wait()
+
+
+def one_run(paths: list[Path], transport: str, ref: Counter[str], timeout_s: float
+            ) -> dict[str, Any]:
+    env = dict(os.environ, RAINSTORM_SECRET=secrets.token_hex(16), PYTHONPATH=str(ROOT))
+    job = f"serial-{transport}-{os.getpid()}-{time.time_ns() % 10**6}"
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
+        assert server.proc is not None
+        spec = Path(tmp) / "spec.yaml"
+        spec.write_text(SPEC.format(transport=transport))
+        rs = [sys.executable, "-m", "rainstorm"]
+        server_t0 = cpu_s(server.proc.pid)
+        t0 = time.perf_counter()
+        workers = [subprocess.Popen([*rs, "worker", "--redis", server.url, "--job", job],
+                                    env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for _ in range(2)]
+        try:
+            coord = subprocess.Popen(
+                [*rs, "submit", str(spec), "--redis", server.url, "--job", job,
+                 *[a for p in paths for a in ("--input", str(p))]],
+                env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE)
+            coord_cpu, rc = exited_cpu_s(coord, timeout_s)
+            wall = time.perf_counter() - t0
+            worker_cpu = [cpu_s(w.pid) for w in workers]
+            server_cpu = cpu_s(server.proc.pid) - server_t0
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            for w in workers:
+                try:
+                    w.wait(20)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+                    w.wait(10)
+        err = coord.stderr.read().decode(errors="replace") if coord.stderr else ""
+        out = subprocess.run([*rs, "result", job, "--redis", server.url, "--json"], env=env,
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        correct = rc == 0 and out.returncode == 0 and Counter(json.loads(out.stdout)) == ref
+        if not correct:
+            print(f"run failed: rc={rc} {err.strip()[-300:]} {out.stderr.strip()[-300:]}",
+                  file=sys.stderr)
+    total = coord_cpu + sum(worker_cpu) + server_cpu
+    mb = sum(p.stat().st_size for p in paths) / 1e6
+    return {"transport": transport, "mb": round(mb, 1), "wall_s": round(wall, 2),
+            "coordinator_cpu_s": round(coord_cpu, 2),
+            "worker1_cpu_s": round(worker_cpu[0], 2), "worker2_cpu_s": round(worker_cpu[1], 2),
+            "server_cpu_s": round(server_cpu, 2), "total_cpu_s": round(total, 2),
+            "serial_fraction": round((coord_cpu + server_cpu) / total, 3) if total else 0.0,
+            "correct": correct}
+
+
+def main() -> int:
+    ap = parser(__doc__, mb=100)
+    ap.add_argument("--transport", default="split,bytes",
+                    help="comma-separated: split, bytes (each run once, side by side)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    args = ap.parse_args()
+    mb = 5.0 if args.quick else args.mb
+    paths = corpus("large", mb)
+    ref = reference(paths)
+    rows = [one_run(paths, t.strip(), ref, args.timeout) for t in args.transport.split(",")]
+    print_rows(rows)
+    write_csv(args.out / "serial_fraction.csv", rows)
+    return 0 if all(r["correct"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
