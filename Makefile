@@ -17,9 +17,11 @@ demo: $(STAMP)
 	$(BIN)/python -m rainstorm.samples --mb 20 --out data/sample
 	$(BIN)/rainstorm run examples/wordcount.yaml --input data/sample --workers 2
 
-# everything: lint, types, every test (unit, integration, e2e, slow, chaos)
+# everything: lint, types, every test (unit, integration, e2e, slow, chaos), in
+# $(JOBS) pytest processes (the e2e tests mostly wait on processes they spawn)
+JOBS ?= 2
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(JOBS)
 
 # everyday work (under a minute): lint, types, unit and in-process integration tests
 quick: lint
@@ -27,7 +29,7 @@ quick: lint
 
 # before a push: lint, types, and every test but the slow and chaos ones
 check: lint
-	$(BIN)/pytest -q -m "not slow and not chaos"
+	$(BIN)/pytest -q -n $(JOBS) -m "not slow and not chaos"
 
 # the fault tests alone: processes and servers killed on purpose
 chaos: $(STAMP)
