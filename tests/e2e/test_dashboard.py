@@ -20,6 +20,7 @@ import redis
 
 from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
+from rainstorm.monitor import DEAD_AFTER_S
 from rainstorm.ops.tasks import kill_job, throttle
 from rainstorm.spec import parse_spec
 from tests.conftest import write_corpus
@@ -242,10 +243,12 @@ def test_killed_worker_is_shown_dead(tmp_path: Path, url: str, r: redis.Redis, u
         proc.wait(10)
         dead = wait_for(lambda: worker_row("dead"), 60, "the killed worker to show as dead",
                         every_s=0.2)
-        assert dead["id"] == alive["id"] and dead["heartbeat_age_s"] > 5
+        # shown dead once silent for more than DEAD_AFTER_S (the age is rounded to 0.1 s)
+        assert dead["id"] == alive["id"] and dead["heartbeat_age_s"] >= DEAD_AFTER_S
         m = metric_values(ui.base)
         assert m[("rainstorm_worker_up", (("worker", dead["id"]),))] == 0
-        assert m[("rainstorm_worker_heartbeat_age_seconds", (("worker", dead["id"]),))] > 5
+        assert m[("rainstorm_worker_heartbeat_age_seconds", (("worker", dead["id"]),))] \
+            >= DEAD_AFTER_S
     finally:
         if proc.poll() is None:
             proc.kill()
