@@ -24,11 +24,22 @@ from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, wait_for, wordcount_spec
 
 
-def test_embedded_default_cleans_up(corpus: list[Path]) -> None:
-    before = set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*"))
-    rep = run_job(wordcount_spec(), inputs=[str(corpus[0])], workers=2, timeout_s=60)
+def test_embedded_default_cleans_up(corpus: list[Path], tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # a private temp dir: other test processes (pytest -n) start servers too
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    seen: set[str] = set()
+
+    def look(_status: object) -> None:  # the server's directory while it runs
+        seen.update(glob.glob(f"{private}/rainstorm-redis-*"))
+
+    rep = run_job(wordcount_spec(), inputs=[str(corpus[0])], workers=2, timeout_s=60,
+                  on_progress=look)
     assert rep.result == reference_wordcount(corpus[:1])
-    assert set(glob.glob(f"{tempfile.gettempdir()}/rainstorm-redis-*")) == before
+    assert seen, "the embedded server's directory was never seen"
+    assert not glob.glob(f"{private}/rainstorm-redis-*")  # removed at the end
 
 
 def test_streams_and_memory_stay_bounded(tmp_path: Path, url: str, r: redis.Redis) -> None:
