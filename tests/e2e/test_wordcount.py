@@ -24,12 +24,19 @@ from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, wait_for, wordcount_spec
 
 
-def test_embedded_default_cleans_up(corpus: list[Path], tmp_path: Path,
+def test_embedded_default_cleans_up(corpus: list[Path],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # a private temp dir: other test processes (pytest -n) start servers too
-    private = tmp_path / "tmp"
-    private.mkdir()
+    # a private temp dir: other test processes (pytest -n) start servers too;
+    # short, because the server's unix socket path must stay under 108 bytes
+    private = Path(tempfile.mkdtemp(prefix="rsc-"))
     monkeypatch.setattr(tempfile, "tempdir", str(private))
+    try:
+        _run_and_check_cleanup(corpus, private)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _run_and_check_cleanup(corpus: list[Path], private: Path) -> None:
     seen: set[str] = set()
 
     def look(_status: object) -> None:  # the server's directory while it runs
