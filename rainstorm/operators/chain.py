@@ -103,6 +103,12 @@ class Chain:
             self.steps.append(_Step(stage.window.label,
                                     stamper(stage.window, allow, stage.window_path)))
 
+    def close(self) -> None:
+        """Stop the long-lived programs of ``framed`` steps (idempotent)."""
+        for step in self.steps:
+            if isinstance(step.run, FramedProcess):
+                step.run.close()
+
     def take_counts(self) -> Counter[StageCounter]:
         """What the operators counted since the last call (``malformed_rows`` ...)."""
         out: Counter[StageCounter] = Counter()

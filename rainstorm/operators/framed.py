@@ -136,12 +136,20 @@ class FramedProcess:
         return [self._readline(deadline) for _ in range(m)]
 
     def close(self) -> None:
+        """End the program (EOF, then SIGKILL after 2 s) and release its pipes."""
         if self.proc and self.proc.poll() is None:
             assert self.proc.stdin
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
             try:
                 self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(5)
+        if self.proc:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError):
+                    if pipe:
+                        pipe.close()
         if self.stderr:
             self.stderr.close()

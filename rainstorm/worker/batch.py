@@ -143,6 +143,10 @@ class StageRunner:
         self.windows = Windows.of(self.stage.window) if self.stage.window else None
         self.current: Entry | None = None  # the entry compute() is running
 
+    def close(self) -> None:
+        """Stop the stage's external programs (a job this worker leaves)."""
+        self.chain.close()
+
     def _split_text(self, e: Entry) -> bytes:
         """The text of a raw-text entry: its payload, or for a split the
         bytes read from its file (cached); SplitChanged or ValueError when

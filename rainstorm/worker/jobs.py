@@ -61,7 +61,7 @@ class JobTable:
         ids = [self.only] if self.only else listed_jobs(self.r, self._warned)
         running = {job_id for job_id in ids if self._check(job_id)}
         for gone in set(self.active) - running:
-            del self.active[gone]
+            self.active.pop(gone).close()
 
     def _check(self, job_id: str) -> bool:
         """Is the job running (and adopted, or refused by this worker)?  A job
@@ -91,7 +91,9 @@ class JobTable:
     def fail(self, job_id: str, reason: str) -> None:
         """No worker can serve the job: mark it failed with ``reason``."""
         self.broken[job_id] = reason
-        self.active.pop(job_id, None)
+        left = self.active.pop(job_id, None)
+        if left:
+            left.close()
         done = fail_job(self.r, job_id, reason)
         log.error("worker %s: job %s is %s: %s", self.id, job_id, done, reason)
 

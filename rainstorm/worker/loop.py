@@ -237,6 +237,8 @@ class Worker:
         self._closed = True
         if self._open:
             self.keepalive.close()
+        for act in self.jobs.values():
+            act.close()  # external programs of framed steps
         self.latency.keep_only(set(self.jobs))  # a job gone: never recreate its counters
         self.registration.leave()
 

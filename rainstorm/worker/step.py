@@ -66,6 +66,11 @@ class ActiveJob:
     # given to them is dead-lettered with this reason (never unpickled, never run)
     dead_stages: dict[int, str] = field(default_factory=dict)
 
+    def close(self) -> None:
+        """Stop the programs its stages started (the worker leaves the job)."""
+        for runner in self.runners.values():
+            runner.close()
+
 
 @dataclass
 class Outcome:

@@ -3,12 +3,13 @@ worker process; the programs are real child processes of the workers):
 Unix filters unchanged, crashes and hangs dead-lettered with their stderr.
 Results against collections.Counter.  Moved here from
 tests/e2e/test_external.py, which keeps what needs a worker process
-(refusals by workers started without --allow-exec, the CLI's exit code) and
-the framed programs (long-lived: an in-process worker does not stop them
-yet when it closes)."""
+(refusals by workers started without --allow-exec, the CLI's exit code).
+A framed program (long-lived) is stopped when its in-process worker closes."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rainstorm.local.run import RunOptions, RunReport
 from rainstorm.spec import JobSpec
 from rainstorm.testing import OperatorFailed, run_in_process
 from tests.conftest import write_corpus
-from tests.helpers import external_spec, lines_of
+from tests.helpers import ROOT, external_spec, lines_of
 
 CRASH = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *POISON*) '
          'echo "cannot digest: $l" >&2; exit 3;; esac; printf "%s\\n" "$l"; done']
@@ -79,3 +80,33 @@ def test_failing_program_dead_letters_only_its_record(
     assert failed.value.result == Counter(w for ln in lines if ln != bad for w in ln.split())
     letter = only_dead_letter(r, failed.value)
     assert letter["record"] == bad and needle in letter["error"], letter["error"]
+
+
+def _children_running(marker: str) -> list[int]:
+    """Pids of this process's children whose command line contains ``marker``."""
+    me, out = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone meanwhile
+        if ppid == me and marker in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def test_framed_programs_stop_with_their_in_process_worker(tmp_path: Path, url: str) -> None:
+    paths = write_corpus(tmp_path, n_files=2, kb=20)
+    seen: list[int] = []
+    framed = [sys.executable, str(ROOT / "tests" / "framed_upper.py")]
+
+    def look(_status: object) -> None:  # the programs while the job runs
+        seen.extend(_children_running("framed_upper.py"))
+
+    rep = run_in_process(external_spec({"cmd": framed, "mode": "framed"}),
+                         RunOptions(redis_url=url, inputs=tuple(map(str, paths)), workers=2,
+                                    allow_exec=True, timeout_s=120, on_progress=look))
+    assert rep.result == Counter(w.upper() for ln in lines_of(paths) for w in ln.split())
+    assert seen, "no framed program was seen running"
+    assert not _children_running("framed_upper.py"), "framed programs outlived their workers"
