@@ -212,3 +212,24 @@ def external_spec(pipe: dict[str, object], **settings: object) -> Any:
 
 def lines_of(paths: list[Path]) -> list[str]:
     return [ln for p in paths for ln in p.read_text(encoding="utf-8").splitlines()]
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the live (or zombie) children of ``pid``, read from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

@@ -40,6 +40,7 @@ import redis
 
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.errors import ServerError, UsageError, one_line
+from rainstorm.job import JobState
 from rainstorm.latency import LatencyRecorder
 from rainstorm.monitor.counts import read_max_event
 from rainstorm.protocol.heartbeat import host_name
@@ -48,7 +49,6 @@ from rainstorm.signing import secret_key
 from rainstorm.worker import claim
 from rainstorm.worker.admit import INSECURE_WARNING, Admission
 from rainstorm.worker.batch import Entry
-from rainstorm.worker.jobcheck import BrokenJob, is_running
 from rainstorm.worker.jobs import DATA_ERRORS, JobTable
 from rainstorm.worker.keepalive import InFlight, KeepAlive
 from rainstorm.worker.liveness import Registration
@@ -281,11 +281,12 @@ class Worker:
         start before its job is submitted); otherwise no job means done."""
         if not self.opt.job or self.table.seen_job or self.opt.job in self.table.broken:
             return True  # (a job that existed and is gone was cancelled or removed)
-        if job_state(self.r, self.opt.job) is not None:
-            try:  # submitted since this round's refresh: adopt it next round
-                return not is_running(self.r, self.opt.job)
-            except BrokenJob:
-                return True
+        text = job_state(self.r, self.opt.job)
+        if text is not None:  # submitted since this round's refresh: adopt it next round
+            try:
+                return JobState(text).terminal
+            except ValueError:
+                return True  # no job state at all (the refresh marks it failed)
         return time.monotonic() - self._started > self.opt.wait_for_job_s
 
     # -- trouble ------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from rainstorm.apps.mapreduce import run_mapreduce
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import AWK_MAP, AWK_REDUCE, ROOT, read_parts
+from tests.helpers import AWK_MAP, AWK_REDUCE, ROOT, children, cmdline, read_parts
 
 
 @pytest.mark.chaos
@@ -26,10 +26,8 @@ def test_worker_killed_during_reduce(tmp_path: Path, url: str) -> None:
 
     def chaos(phase: str, status: object) -> None:
         if phase == "reduce" and not killed:
-            kids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
-                    if p.read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())
-                    and "rainstorm" not in p.parent.joinpath("cmdline").read_text()]
-            workers = [k for k in kids if "python" in Path(f"/proc/{k}/cmdline").read_text()]
+            workers = [k for k in children(os.getpid())
+                       if "python" in cmdline(k) and "rainstorm" not in cmdline(k)]
             if workers:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append(workers[0])

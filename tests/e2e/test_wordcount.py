@@ -21,7 +21,7 @@ import yaml
 from rainstorm import keys
 from rainstorm.local.run import run_job
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, wait_for, wordcount_spec
+from tests.helpers import ROOT, children, wait_for, wordcount_spec
 
 
 def test_embedded_default_cleans_up(corpus: list[Path],
@@ -106,17 +106,6 @@ def test_acl_user_in_url_and_cli_status_result(corpus: list[Path], url: str,
         r.acl_deluser("rsuser")
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -140,7 +129,7 @@ def test_killed_run_leaves_no_server_or_worker_behind(tmp_path: Path, sig: str) 
             [sys.executable, "-m", "rainstorm", "-v", "run", str(spec), "--input",
              str(paths[0])], cwd=ROOT, env=dict(os.environ, RAINSTORM_TEST_SLOW_MS="5"),
             stdout=subprocess.DEVNULL, stderr=errfh)
-    kids = wait_for(lambda: len(_children(proc.pid)) >= 3 and _children(proc.pid), 30,
+    kids = wait_for(lambda: len(children(proc.pid)) >= 3 and children(proc.pid), 30,
                     "server + 2 workers to start")
     cmdlines = [Path(f"/proc/{k}/cmdline").read_text() for k in kids]
     server_dir = Path(next(c for c in cmdlines if "redis.sock" in c)

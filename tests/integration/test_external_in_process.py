@@ -22,7 +22,7 @@ from rainstorm.local.run import RunOptions, RunReport
 from rainstorm.spec import JobSpec
 from rainstorm.testing import OperatorFailed, run_in_process
 from tests.conftest import write_corpus
-from tests.helpers import ROOT, external_spec, lines_of
+from tests.helpers import ROOT, children, cmdline, external_spec, lines_of
 
 CRASH = ["sh", "-c", 'while IFS= read -r l; do case "$l" in *POISON*) '
          'echo "cannot digest: $l" >&2; exit 3;; esac; printf "%s\\n" "$l"; done']
@@ -84,16 +84,7 @@ def test_failing_program_dead_letters_only_its_record(
 
 def _children_running(marker: str) -> list[int]:
     """Pids of this process's children whose command line contains ``marker``."""
-    me, out = os.getpid(), []
-    for d in Path("/proc").iterdir():
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue  # not a process, or gone meanwhile
-        if ppid == me and marker in cmd:
-            out.append(int(d.name))
-    return out
+    return [k for k in children(os.getpid()) if marker in cmdline(k)]
 
 
 def test_framed_programs_stop_with_their_in_process_worker(tmp_path: Path, url: str) -> None:
