@@ -47,6 +47,7 @@ from rainstorm.protocol.entries import (
     split_of,
 )
 from rainstorm.sources.splits import SplitChanged, read_split
+from rainstorm.state import fold_rule, split_delta
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,6 @@ class StageRunner:
         req = CommitRequest(
             counters=keys.counters(job.id),
             dlq=keys.dlq(job.id),
-            delta_log=keys.state_log(job.id, i),
             meta=keys.meta(job.id),
             group=keys.group(i),
             stage=i,
@@ -349,7 +349,8 @@ class StageRunner:
         )
         if self.agg:
             delta = self.agg.before_commit(dict(comp.delta))
-            req.delta = aggregates.encode(delta, self.agg) if delta else b""
+            req.deltas = split_delta(job, i, delta, self.agg) if delta else []
+            req.fold = fold_rule(job)
             req.records_out = len(comp.delta)
             if comp.window is not None:
                 self._window_request(req, comp.window, entries)
