@@ -40,31 +40,40 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from rainstorm import keys, lua
 from rainstorm.errors import JobFailed
-from rainstorm.job import Job
+from rainstorm.job import Job, decode_records
 from rainstorm.lease import Lease
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.deadletter import Kind, letter_fields
-from rainstorm.protocol.entries import partition_of
+from rainstorm.protocol.entries import data_of, partition_of
 
 log = logging.getLogger(__name__)
 
+CLOSED_PAGE = 1000  # output entries read per call
 FOLD_BYTES = 65536  # a log is never due for folding below this many bytes
 LEASE_WAIT_S = 10.0  # finalize waits this long for a folder's lease (its TTL is 5 s)
 DIGEST_DOMAIN = b"rainstorm-state-v2\x00"
 
 OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
-# a fold's closed part: takes the folded partition, removes what the fold
-# closes (event-time windows past the watermark) and returns it as output
-# entries (uid, payload) for the output stream
-Closer = Callable[[int, dict[Any, Any]], list[tuple[str, bytes]]]
+
+
+class Closer(Protocol):
+    """What a fold closes (event-time windows past the watermark:
+    rainstorm.window_close): ``before_snapshot`` runs before the partition
+    is read, ``close`` takes the closed part out of the folded partition and
+    returns it as output entries (uid, payload)."""
+
+    def before_snapshot(self) -> None: ...
+
+    def close(self, part: int, snap: lua.Snapshot, state: dict[Any, Any]
+              ) -> list[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,8 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     """Fold the head of one partition's log (at most LIMITS.compact_ids
     deltas; bad ones dead-lettered) into its base, emitting what ``closer``
     takes out of it; None: nothing to do."""
+    if closer:
+        closer.before_snapshot()
     snap = part.snapshot(r, max_deltas=lua.LIMITS.compact_ids)
     bad: set[str] = set()
 
@@ -192,7 +203,7 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     state = fold(snap, agg, on_bad, where=f"job {job.id} stage {part.stage} "
                                           f"partition {part.index}")
     ids = [i for i in snap.log_ids if i not in bad]
-    outputs = closer(part.index, state) if closer else []
+    outputs = closer.close(part.index, snap, state) if closer else []
     if not ids and not outputs:
         return None
     blob = aggregates.encode(state, agg)
@@ -229,12 +240,12 @@ def fold_due(r: redis.Redis, job: Job, due: Iterable[lua.Delta], stage: int, agg
     return done
 
 
-def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> str:
+def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> list[str]:
     """Fold every partition's log into its base, one partition at a time, so
     that the finished result is exactly the bases (called by the coordinator
     once a batch job is complete: no commit can land any more).  Returns the
-    digest (:class:`Digest`) of the state it leaves, for the job's seal."""
-    digest = Digest()
+    digest of each partition it leaves (:func:`part_digest`), for the seal."""
+    out = []
     for part in parts(job):
         while True:
             snap = part.snapshot(r)
@@ -248,8 +259,8 @@ def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> str:
                 lease.release()
             if status in (lua.CompactStatus.STOPPED, lua.CompactStatus.GONE):
                 raise JobFailed(f"job {job.id} stopped while its result was read")
-        digest.add(part.index, snap)
-    return digest.hexdigest()
+        out.append(part_digest(part.index, snap))
+    return out
 
 
 def _acquire(lease: Lease) -> None:
@@ -263,44 +274,72 @@ def _acquire(lease: Lease) -> None:
 
 # -- reading ----------------------------------------------------------------
 
-class Digest:
-    """SHA-256 over a state as its partitions' snapshots read it."""
+def part_digest(index: int, snap: lua.Snapshot) -> str:
+    """SHA-256 over one partition as a snapshot read it."""
+    h = hashlib.sha256(DIGEST_DOMAIN)
 
-    def __init__(self) -> None:
-        self._h = hashlib.sha256(DIGEST_DOMAIN)
+    def frame(blob: bytes) -> None:
+        h.update(len(blob).to_bytes(8, "big"))
+        h.update(blob)
 
-    def _frame(self, blob: bytes) -> None:
-        self._h.update(len(blob).to_bytes(8, "big"))
-        self._h.update(blob)
-
-    def add(self, index: int, snap: lua.Snapshot) -> None:
-        self._frame(f"{index}:{snap.version}".encode())
-        self._frame(snap.base)
-        for id_, delta in zip(snap.log_ids, snap.deltas, strict=True):
-            self._frame(id_.encode())
-            self._frame(delta)
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+    frame(f"{index}:{snap.version}".encode())
+    frame(snap.base)
+    for id_, delta in zip(snap.log_ids, snap.deltas, strict=True):
+        frame(id_.encode())
+        frame(delta)
+    return h.hexdigest()
 
 
-def digest(r: redis.Redis, job: Job) -> str:
-    """The digest of the job's aggregate state as it is now (read one
-    partition at a time)."""
-    d = Digest()
-    for part in parts(job):
-        d.add(part.index, part.snapshot(r))
-    return d.hexdigest()
+def combine(part_digests: list[str]) -> str:
+    """The digest of a whole state: over its partitions' digests, in order."""
+    return hashlib.sha256(DIGEST_DOMAIN + ",".join(part_digests).encode()).hexdigest()
+
+
+def digests(r: redis.Redis, job: Job) -> list[str]:
+    """Each partition's digest as it is now (read one partition at a time)."""
+    return [part_digest(part.index, part.snapshot(r)) for part in parts(job)]
 
 
 def iter_finished(r: redis.Redis, job: Job, allow: tuple[str, ...]
                   ) -> Iterator[dict[Any, Any]]:
     """The job's aggregate, finished, one partition at a time (each read as
-    one consistent snapshot); ``allow``: see :func:`agg_of`."""
+    one consistent snapshot); ``allow``: see :func:`agg_of`.  A streaming
+    job's windows that closed were emitted into its output stream
+    (rainstorm.window_close): they follow, page by page, as long as no sink
+    consumed them."""
     agg = agg_of(job, allow)
+    emits = job.spec.unbounded and job.plan.last.window is not None
+    seen: set[Any] = set()  # open windows: bounded (closed ones are evicted)
     for part in parts(job):
         snap = part.snapshot(r)
-        yield agg.finish(fold(snap, agg, where=f"job {job.id} partition {part.index}"))
+        state = agg.finish(fold(snap, agg, where=f"job {job.id} partition {part.index}"))
+        if emits:
+            seen.update(state)
+        yield state
+    if emits:  # read after the partitions: a window closed meanwhile is not missed
+        yield from _closed_windows(r, job, seen)
+
+
+def _closed_windows(r: redis.Redis, job: Job, seen: set[Any]) -> Iterator[dict[Any, Any]]:
+    start: Any = "-"
+    while True:
+        rows: Any = r.xrange(keys.output(job.id), min=start, max="+", count=CLOSED_PAGE)
+        page: dict[Any, Any] = {}
+        for _id, fields in rows:
+            try:
+                records = decode_records(data_of(fields))
+            except aggregates.DECODE_ERRORS as exc:  # not written by a fold: never shown
+                log.warning("job %s: skipping output entry, not closed windows: %s",
+                            job.id, exc)
+                continue
+            for rec in records:
+                if isinstance(rec, list | tuple) and len(rec) == 2 and rec[0] not in seen:
+                    page[rec[0]] = rec[1]
+        if page:
+            yield page
+        if len(rows) < CLOSED_PAGE:
+            return
+        start = b"(" + rows[-1][0]
 
 
 def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> dict[Any, Any]:
@@ -312,13 +351,20 @@ def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> dict[Any, An
     return out
 
 
-def read_key(r: redis.Redis, job: Job, allow: tuple[str, ...], key: Any
-             ) -> tuple[bool, Any, int]:
-    """(found, value, partition) of one key, reading only its partition."""
+@dataclass(frozen=True)
+class KeyRead:
+    """One key's value as :func:`read_key` found it."""
+
+    found: bool
+    value: Any
+    partition: int
+    digest: str  # of the partition as read (checked against a finished job's seal)
+
+
+def read_key(r: redis.Redis, job: Job, allow: tuple[str, ...], key: Any) -> KeyRead:
+    """One key's finished value, reading only its partition."""
     agg = agg_of(job, allow)
     p = partition_of(key, partitions(job))
-    part = Part(job.id, job.plan.last.index, p)
-    state = agg.finish(fold(part.snapshot(r), agg, where=f"job {job.id} partition {p}"))
-    if key in state:
-        return True, state[key], p
-    return False, None, p
+    snap = Part(job.id, job.plan.last.index, p).snapshot(r)
+    state = agg.finish(fold(snap, agg, where=f"job {job.id} partition {p}"))
+    return KeyRead(key in state, state.get(key), p, part_digest(p, snap))

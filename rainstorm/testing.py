@@ -44,7 +44,7 @@ import redis
 from rainstorm.apps.dataset import Dataset
 from rainstorm.apps.execute import configured
 from rainstorm.connection import connect, redact
-from rainstorm.coordinator.result import Result
+from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import IncompleteResult, one_line
 from rainstorm.local.run import RunOptions, spec_modules
@@ -175,6 +175,7 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
                                    on_step=lambda: _take_turns(crew)),
                              wait_s=options.connect_timeout_s, timeout_s=options.timeout_s,
                              raw_keys=options.raw_keys, server=redact(url))
+        report.result = materialized(report.result)  # a test asserts on all of it
         failed = _failure(r, job.id, job.spec, report.status.dead_letters, report.result)
     finally:
         for w in crew:

@@ -45,13 +45,20 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
 @click.argument("job_id")
 @shared()
 @click.option("--top", "top_n", type=int, default=10)
+@click.option("--key", "key", default=None, metavar="KEY",
+              help="print only this key's value, reading only its state partition "
+                   "(during the job or after it); exit status 1 if it has none")
 @json_option
-def result(job_id: str, conn: RedisOptions, top_n: int, as_json: bool) -> None:
+def result(job_id: str, conn: RedisOptions, top_n: int, key: str | None,
+           as_json: bool) -> None:
     """Print a finished job's result (exit status 3: INCOMPLETE, input was dead-lettered)."""
     from rainstorm.coordinator.result import check_complete, stored_result
     from rainstorm.operators.resolve import allowed_modules_from_env
 
     # who reads a result is no coordinator: its environment's module allowlist
+    if key is not None:
+        _print_key(conn, job_id, key, as_json)
+        return
     stored = stored_result(conn.client(), job_id, allow=allowed_modules_from_env())
     if stored.live:
         click.echo(f"job {job_id} is a streaming job ({stored.state}): its result so far",
@@ -60,6 +67,21 @@ def result(job_id: str, conn: RedisOptions, top_n: int, as_json: bool) -> None:
     note = check_complete(job_id, stored.dead_letters, stored.incomplete)
     if note:
         click.echo(note, err=True)
+
+
+def _print_key(conn: RedisOptions, job_id: str, key: str, as_json: bool) -> None:
+    from rainstorm.coordinator.result import stored_key
+    from rainstorm.operators.resolve import allowed_modules_from_env
+
+    read, found_as = stored_key(conn.client(), job_id, key, allow=allowed_modules_from_env())
+    if as_json:
+        click.echo(json.dumps({"key": found_as, "found": read.found, "value": read.value,
+                               "partition": read.partition}, ensure_ascii=False, default=repr))
+    elif read.found:
+        click.echo(f"{key}\t{read.value}")
+    if not read.found:
+        raise fail(f"job {job_id} has no key {key!r} (looked in state partition "
+                   f"{read.partition})", 1)
 
 
 @click.command()

@@ -35,7 +35,7 @@ from rainstorm.lease import holder_id
 from rainstorm.operators.aggregates import Aggregator
 from rainstorm.sources.loader import BaseLoader
 from rainstorm.sources.pick import loader_for
-from rainstorm.state import agg_of, finalize
+from rainstorm.state import agg_of, combine, finalize
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Driver:
         """Load one call's worth of input; move the streaming sinks on."""
         if self.loader is None:
             self.loader = loader_for(self.r, self.job)
-        if self.sink is None and self.unbounded and not self.job.plan.aggregate \
+        if self.sink is None and self.unbounded and self._emits_records() \
                 and self.job.spec.sink.type == "file" and self.job.spec.sink.path:
             self.sink = FileOutputSink(self.r, self.job, self.job.spec.sink.path)
         if not self.loaded:
@@ -160,16 +160,24 @@ class Driver:
         if self.agg:
             # every partition's log folded into its base: the bases are the
             # result, and what the seal covers
-            sealed = finalize(self.r, self.job, self.agg, holder_id("coordinator"))
+            parts = finalize(self.r, self.job, self.agg, holder_id("coordinator"))
+            sealed, sealed_parts = combine(parts), parts
             status = read_status(self.r, self.job)  # a bad delta may have been dead-lettered
             result = state_result(self.r, self.job, ALLOW_ALL)
         else:
             digest = seal.OutputDigest()  # sealed in the same read of the output
             result = collect(self.r, self.job, digest, allow=ALLOW_ALL)
-            sealed = digest.hexdigest()
-        store(self.r, self.job, result, dead_letters=status.dead_letters, sealed=sealed)
+            sealed, sealed_parts = digest.hexdigest(), []
+        store(self.r, self.job, result, dead_letters=status.dead_letters, sealed=sealed,
+              sealed_parts=sealed_parts)
         make_durable(self.r, self.job)
         return result
+
+    def _emits_records(self) -> bool:
+        """Does the job emit records into its output stream: a records job,
+        or a streaming one over event-time windows (each closed window is
+        emitted once: rainstorm.window_close)?"""
+        return not self.job.plan.aggregate or self.job.plan.last.window is not None
 
     def _check_refusals(self, refusals: dict[str, str]) -> None:
         """A worker that cannot run the job (module not allowed, no
@@ -198,7 +206,7 @@ class Driver:
         """A streaming aggregate with a file sink: rewrite the file (atomically)
         every SNAPSHOT_EVERY_S with the live aggregate."""
         sink = self.job.spec.sink
-        if not (self.agg and sink.type == "file" and sink.path):
+        if not (self.agg and not self._emits_records() and sink.type == "file" and sink.path):
             return
         now = time.monotonic()
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:

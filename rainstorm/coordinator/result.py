@@ -33,8 +33,7 @@ from rainstorm.operators.aggregates import DECODE_ERRORS
 from rainstorm.protocol import meta
 from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
-from rainstorm.state import digest as state_digest
-from rainstorm.state import iter_finished
+from rainstorm.state import KeyRead, combine, digests, iter_finished, read_key
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +128,15 @@ def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None, *
 
 
 def store(r: redis.Redis, job: Job, result: Result,
-          dead_letters: int = 0, sealed: str | None = None) -> None:
+          dead_letters: int = 0, sealed: str | None = None,
+          sealed_parts: list[str] | None = None) -> None:
     """Mark the job done and leave its result where redis-cli can read it:
     the top keys in the sorted set rs:{job}:top, and with a ``redis`` sink the
     whole aggregate in the hash rs:{job}:result.  ``dead_letters``: input
     that is missing from it (see the module's doc); ``sealed``: the digest of
-    its result keys (rainstorm.coordinator.seal), checked when it is read."""
+    its result keys (rainstorm.coordinator.seal), checked when it is read;
+    ``sealed_parts``: an aggregate's digest per state partition (so that one
+    key's partition can be checked alone)."""
     if isinstance(result, Mapping) and job.spec.sink.type == "redis":
         _write_hash(r, keys.result(job.id), result)
     pipe = r.pipeline(transaction=True)
@@ -148,7 +150,8 @@ def store(r: redis.Redis, job: Job, result: Result,
                             meta.DEAD_LETTERS: dead_letters, meta.INCOMPLETE: incomplete}
     if sealed is not None:  # what `result` trusts: a key the worker user may not write
         pipe.hset(keys.seal(job.id), mapping={"sha256": sealed, "dead_letters": dead_letters,
-                                              "incomplete": incomplete})
+                                              "incomplete": incomplete,
+                                              "parts": ",".join(sealed_parts or [])})
     pipe.hset(keys.meta(job.id), mapping=cast(Any, done))
     pipe.execute()
     if job.spec.sink.type == "file" and job.spec.sink.path:
@@ -237,7 +240,7 @@ def load_stored(r: redis.Redis, job: Job, *, allow: tuple[str, ...]) -> Result:
         return collect(r, job, allow=allow)
     sealed = raw.decode("ascii", "replace")
     if job.plan.aggregate:  # checked first, then read again as it is shown
-        seal.check(job, sealed, state_digest(r, job))
+        seal.check(job, sealed, combine(digests(r, job)))
         return state_result(r, job, allow)
     digest = seal.OutputDigest()
     result = collect(r, job, digest, allow=allow)
@@ -309,3 +312,36 @@ def stored_result(r: redis.Redis, job_id: str, *, allow: tuple[str, ...]) -> Sto
         raise RainstormError(f"job {job_id} is {state}, not done")
     result = load_stored(r, job, allow=allow)
     return StoredResult(result, state, live, *completeness(r, job_id))
+
+
+def stored_key(r: redis.Redis, job_id: str, key_text: str, *, allow: tuple[str, ...]
+               ) -> tuple[KeyRead, Any]:
+    """One key of an aggregate's result (finished, or so far for a running
+    job), reading only its state partition; (what was read, the key as found).
+    ``key_text`` is tried as text, then as JSON (``42``, ``["a", 1]``) for
+    non-text keys.  A finished job's partition is checked against its seal."""
+    job = load_job(r, job_id)
+    if not job.plan.aggregate:
+        raise RainstormError(f"job {job_id} has no keyed aggregate: --key reads one key of "
+                             "an aggregate's state")
+    found = read_key(r, job, allow, key_text)
+    key: Any = key_text
+    if not found.found:
+        try:
+            alt = json.loads(key_text)
+        except ValueError:
+            alt = None
+        if isinstance(alt, list):
+            alt = tuple(alt)
+        if alt is not None and not isinstance(alt, str):
+            other = read_key(r, job, allow, alt)
+            if other.found:
+                found, key = other, alt
+    raw: Any = r.hmget(keys.seal(job_id), "sha256", "parts")
+    if raw[0] is not None and raw[1]:
+        parts = raw[1].decode("ascii", "replace").split(",")
+        sealed = parts[found.partition] if found.partition < len(parts) else ""
+        if combine(parts) != raw[0].decode("ascii", "replace"):
+            sealed = ""
+        seal.check(job, sealed, found.digest)
+    return found, key

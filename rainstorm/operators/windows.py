@@ -59,6 +59,18 @@ def window_key(start_us: int, key: Any) -> str:
     return f"{seconds_label(start_us)}{SEP}{k}"
 
 
+def start_us(wkey: str) -> int:
+    """The exact start (µs) of the window of an aggregate key ``"<s>|<key>"``;
+    ValueError if it is not one."""
+    label = wkey.partition(SEP)[0]
+    neg = label.startswith("-")
+    whole, _, frac = label.lstrip("-").partition(".")
+    if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 6)):
+        raise ValueError(f"not a window key: {wkey[:60]!r}")
+    us = int(whole) * US + (int(frac.ljust(6, "0")) if frac else 0)
+    return -us if neg else us
+
+
 def split_key(wkey: str) -> tuple[float, str]:
     """``"<start>|<key>"`` back into (start in seconds, key as rendered)."""
     start, _, key = wkey.partition(SEP)
@@ -96,6 +108,18 @@ class Windows:
     def closes_at(self, start: int) -> int:
         """The max event time at which the window starting at ``start`` closes."""
         return start + self.size + self.lateness + self.delay
+
+    def closed(self, wkey: str, max_event: int | None) -> bool:
+        """Is the window of aggregate key ``wkey`` closed at this stage max
+        event time (the commit refuses every delta into it from then on)?"""
+        return max_event is not None and self.closes_at(start_us(wkey)) <= max_event
+
+    def closed_upto(self, max_event: int | None) -> int | None:
+        """How many slides' worth of windows are closed at ``max_event``: it
+        changes exactly when another window closes (None: none yet)."""
+        if max_event is None:
+            return None
+        return (max_event - self.size - self.lateness - self.delay) // self.slide
 
     def batch(self, max_event: int | None) -> WindowBatch:
         return WindowBatch(self, max_event)

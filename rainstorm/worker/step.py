@@ -43,6 +43,7 @@ from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.chain_errors import OperatorTimeout
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.state import fold_due
+from rainstorm.window_close import Sweeper
 from rainstorm.worker import poison
 from rainstorm.worker.batch import Entry, StageRunner
 from rainstorm.worker.isolate import grace_s, run_forked
@@ -65,6 +66,8 @@ class ActiveJob:
     # stages whose pickled functions failed the signature check: every entry
     # given to them is dead-lettered with this reason (never unpickled, never run)
     dead_stages: dict[int, str] = field(default_factory=dict)
+    # windowed stages of a streaming job: their sweeps (emit closed windows)
+    sweepers: dict[int, Sweeper] = field(default_factory=dict)
 
     def close(self) -> None:
         """Stop the programs its stages started (the worker leaves the job)."""
@@ -285,8 +288,24 @@ class Step:
         poison.clear(self.r, b.job.id, entries)
         wait_after_commit(self.r, b.job, b.stage)
         self.latency.observe(b.job.id, b.stage, time.perf_counter() - t0)
-        if b.runner.agg and res.due:
-            fold_due(self.r, b.job, res.due, b.stage, b.runner.agg, self.lease_holder)
+        if b.runner.agg:
+            sweeper = self._sweeper(b)
+            if res.due:
+                fold_due(self.r, b.job, res.due, b.stage, b.runner.agg, self.lease_holder,
+                         sweeper.closer if sweeper else None)
+            if sweeper:
+                sweeper.maybe_sweep()
+
+    def _sweeper(self, b: _Batch) -> Sweeper | None:
+        """The sweeps of a windowed stage of a streaming job (None: any other
+        stage keeps its state until the job ends)."""
+        runner = b.runner
+        if not (runner.windows and runner.agg and b.job.spec.unbounded):
+            return None
+        if b.stage not in b.act.sweepers:
+            b.act.sweepers[b.stage] = Sweeper(self.r, b.job, b.stage, runner.agg,
+                                              runner.windows, self.lease_holder)
+        return b.act.sweepers[b.stage]
 
     def _without_stolen(self, b: _Batch, entries: list[Entry], res: CommitResult
                         ) -> tuple[list[Entry], CommitRequest | None]:
