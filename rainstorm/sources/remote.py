@@ -22,21 +22,23 @@ local path and never touches fsspec (imported here only when a URL is met).
   of a local file (:func:`check`).
 
 Every failure is a :class:`RemoteError` with a one-line message naming the
-URL (404, an unreachable host after :data:`TIMEOUT_S`, an unknown scheme,
+URL (404, an unreachable host, no answer within :func:`timeout_s`, an unknown scheme,
 a backend that is not installed, a server without Range support).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from rainstorm.errors import UsageError
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-TIMEOUT_S = 30.0  # one request to a remote input, at most (connecting: CONNECT_S)
+TIMEOUT_S = 30.0  # one request to a remote input, at most (default of timeout_s())
 CONNECT_S = 10.0
 VERSION_FIELDS = ("ETag", "etag", "Last-Modified", "LastModified", "last_modified", "mtime",
                   "updated", "generation", "VersionId", "version_id", "md5Hash", "created")
@@ -99,21 +101,42 @@ def version_id(marker: str) -> int:
 
 
 def marker_of(info: dict[str, Any]) -> str:
-    """The version marker of an ``fs.info`` answer."""
-    return ";".join(f"{k}={info[k]}" for k in VERSION_FIELDS if info.get(k) not in (None, ""))
+    """The version marker of an ``fs.info`` (or listing) answer; times the
+    same whether given as a datetime or as seconds (listings and info of
+    one backend may differ: fsspec's memory filesystem)."""
+    return ";".join(f"{k}={_plain(info[k])}" for k in VERSION_FIELDS
+                    if info.get(k) not in (None, ""))
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, datetime):
+        value = value.timestamp()
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
 def describe(url: str, exc: BaseException) -> str:
     """One line for an fsspec/aiohttp failure on ``url``."""
-    if isinstance(exc, FileNotFoundError):
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and \
+            getattr(cause, "status", None) not in (404, 410):
+        return describe(url, cause)  # fsspec's http info says "not found" for any failure
+    if isinstance(exc, FileNotFoundError) or getattr(exc, "status", None) in (404, 410):
         return f"input URL not found: {url}"
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) or getattr(exc, "status", None) in (401, 403):
         return f"input URL {url}: permission denied"
     if isinstance(exc, TimeoutError) or type(exc).__name__ in ("FSTimeoutError",
                                                                "ServerTimeoutError"):
-        return f"input URL {url}: no answer within {TIMEOUT_S:.0f} s"
+        return f"input URL {url}: no answer within {timeout_s():.0f} s"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"cannot read input URL {url}: {text[:300]}"
+
+
+def timeout_s() -> float:
+    """How long one request to a remote input may take (RAINSTORM_URL_TIMEOUT_S)."""
+    try:
+        return max(float(os.environ.get("RAINSTORM_URL_TIMEOUT_S", TIMEOUT_S)), 0.1)
+    except ValueError:
+        return TIMEOUT_S
 
 
 _filesystems: dict[str, Any] = {}
@@ -135,8 +158,9 @@ def filesystem(url: str) -> tuple[Any, str]:
         if scheme in ("http", "https"):
             import aiohttp
 
+            limit = timeout_s()
             options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
-                total=TIMEOUT_S, sock_connect=CONNECT_S)}
+                total=limit, sock_connect=min(CONNECT_S, limit))}
         try:
             fs = fsspec.filesystem(scheme, **options)
         except ImportError as exc:
