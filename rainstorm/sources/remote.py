@@ -139,7 +139,7 @@ def timeout_s() -> float:
         return TIMEOUT_S
 
 
-_filesystems: dict[str, Any] = {}
+_filesystems: dict[str, Any] = {}  # by scheme, timeout and process
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -147,7 +147,8 @@ def filesystem(url: str) -> tuple[Any, str]:
     within it; RemoteError for an unknown scheme or a missing backend."""
     m = SCHEME.match(url)
     scheme = m.group(1).lower() if m else ""
-    fs = _filesystems.get(scheme)
+    cache_key = f"{scheme} {timeout_s()} {os.getpid()}"  # not a parent's: its loop, session
+    fs = _filesystems.get(cache_key)
     if fs is None:
         import fsspec  # a URL input: only now
 
@@ -167,7 +168,7 @@ def filesystem(url: str) -> tuple[Any, str]:
             package = BACKENDS.get(scheme) or exc.name or "the package fsspec names"
             raise RemoteError(f"input URL {url}: reading {scheme}:// needs {package} "
                               f"(pip install {package})") from None
-        _filesystems[scheme] = fs
+        _filesystems[cache_key] = fs
     return fs, url if _is_http(url) else fs._strip_protocol(url)
 
 
