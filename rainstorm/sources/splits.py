@@ -4,7 +4,9 @@ A file source loaded as splits puts no input bytes into Redis: the loader
 cuts each file (as listed at submit: path, size, mtime_ns) into byte ranges
 of ``source.batch_bytes`` and adds one small descriptor per range
 (:class:`~rainstorm.protocol.entries.SplitRef`); a worker reads its range
-from the filesystem it shares with the coordinator.
+from the filesystem it shares with the coordinator, or for a URL input with
+one ranged read through fsspec (rainstorm.sources.remote: the version
+marker stands in for mtime_ns).
 
 A split owns the lines that *start* inside ``[start, end)``, exactly as
 Hadoop's ``LineRecordReader``: a reader whose ``start`` is not 0 seeks to
