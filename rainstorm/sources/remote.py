@@ -89,7 +89,7 @@ class RemoteFile:
             fh: IO[str] = fs.open(path, "rt", encoding=encoding, errors=errors,
                                   newline=newline)
         except Exception as exc:  # noqa: BLE001  (any backend's error: one line)
-            raise RemoteError(describe(self.url, exc)) from None
+            raise UsageError(describe(self.url, exc)) from None
         return fh
 
 
@@ -181,7 +181,7 @@ def info(url: str) -> dict[str, Any]:
     return found
 
 
-def _unparse(fs: Any, url: str, path: str) -> str:
+def _unparse(fs: Any, path: str) -> str:
     """A listed path as a URL again (http listings are URLs already)."""
     return path if is_url(path) else fs.unstrip_protocol(path)
 
@@ -228,7 +228,7 @@ def _resolve(raw: str) -> list[RemoteFile]:
         raise RemoteError(describe(raw, exc)) from None
     out = []
     for p, i in sorted(listed, key=lambda pi: str(pi[0])):
-        url = _unparse(fs, raw, p)
+        url = _unparse(fs, p)
         if i.get("type") == "directory" or (_hidden(url) and not _hidden(raw)):
             continue
         if i.get("size") is None:  # an http listing's links: ask each
