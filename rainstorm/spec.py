@@ -39,7 +39,8 @@ class _Model(BaseModel):
 
 
 class TextSource(_Model):
-    """Lines of text files.  ``paths`` are files, directories or globs."""
+    """Lines of text files.  ``paths`` are files, directories or globs, local
+    or URLs read through fsspec (``https://``, ``s3://``, ...)."""
 
     type: Literal["text"] = "text"
     paths: list[str] = Field(default_factory=list)
@@ -55,7 +56,9 @@ class TextSource(_Model):
                     "workers read from the filesystem they share with the coordinator; "
                     "bytes: the coordinator reads the files and loads their bytes into Redis "
                     "(workers on other hosts); auto: split for `rainstorm run` with local "
-                    "workers, bytes otherwise (and whenever max_rate is set)")
+                    "workers and for URL inputs (every worker reaches a URL; a server that "
+                    "ignores Range requests: bytes), bytes otherwise (and whenever max_rate "
+                    "is set)")
 
     @model_validator(mode="after")
     def _split_is_not_paced(self) -> TextSource:

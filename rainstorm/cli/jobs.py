@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 @click.command(context_settings={"allow_extra_args": True})  # script.py [ARGS]
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--input", "inputs", multiple=True, metavar="PATH_OR_GLOB",
-              help="input files, directories or globs (replaces source.paths)")
+              help="input files, directories, globs or URLs (https://, s3://, ...; "
+                   "replaces source.paths)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a spec field, e.g. settings.parallelism=4 (repeatable)")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 256))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -32,30 +31,31 @@ from rainstorm.coordinator.result import Result
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
-from rainstorm.sources.inputs import resolve_inputs
+from rainstorm.sources.inputs import Input, resolve_inputs
 from rainstorm.sources.splits import resolve_transport
 from rainstorm.spec import JobSpec
 from rainstorm.state import read_state
 
 
 def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None = None,
-            allow_exec: bool = True, *, shared_fs: bool = False) -> tuple[Job, list[Path]]:
+            allow_exec: bool = True, *, shared_fs: bool = False) -> tuple[Job, list[Input]]:
     """The job and its input files: everything that can fail on user input,
     before any Redis is touched.  ``inputs`` replace ``source.paths``;
     ``allow_exec=False`` refuses specs that run external programs;
     ``shared_fs``: the workers see this process's files (local workers), so
-    ``source.transport: auto`` becomes ``split`` (else ``bytes``)."""
+    ``source.transport: auto`` becomes ``split`` (else ``bytes``; URLs:
+    ``split`` either way, see resolve_transport)."""
     if spec.source.type != "text":
         if inputs:
             raise UsageError(f"--input: a {spec.source.type} source has no input files")
-        files: list[Path] = []
+        files: list[Input] = []
     else:
         if inputs:
             spec = spec.model_copy(
                 update={"source": spec.source.model_copy(update={"paths": inputs})})
         assert spec.source.type == "text"
         files = resolve_inputs(spec.source.paths)
-        spec = resolve_transport(spec, shared_fs)
+        spec = resolve_transport(spec, shared_fs, files)
     if spec.sink.type == "file" and spec.sink.path:
         check_writable(spec.sink.path, "sink.path")
     job = Job.build(job_id or new_job_id(spec), spec)
@@ -103,7 +103,7 @@ class Session:
     start of ``submit`` to the result, ``outages`` the Redis outages ridden
     out while driving."""
 
-    def __init__(self, r: redis.Redis, job: Job, files: list[Path], *,
+    def __init__(self, r: redis.Redis, job: Job, files: list[Input], *,
                  key: bytes | None = None, unsigned: bool = False) -> None:
         self.r = r
         self.job = job

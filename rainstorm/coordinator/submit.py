@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -15,6 +14,7 @@ from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
 from rainstorm.protocol import meta as fields
+from rainstorm.sources.inputs import Input, listing
 from rainstorm.sources.unbounded import initial_cursor
 from rainstorm.spec import JobSpec, spec_to_json
 from rainstorm.spec_signature import sign_spec, submitter_key
@@ -36,7 +36,7 @@ def new_job_id(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
 
 
-def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = None,
+def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = None,
            unsigned: bool = False) -> bool:
     """Create the job's keys, the spec signed with ``key`` (default: the
     shared RAINSTORM_SECRET; UsageError without one, unless ``unsigned``:
@@ -45,8 +45,8 @@ def submit(r: redis.Redis, job: Job, files: list[Path], *, key: bytes | None = N
     key = submitter_key(key, unsigned)
     spec_json = spec_to_json(job.spec)
     signature = sign_spec(job.id, spec_json, key) if key is not None else None
-    # (path, size, mtime_ns): the loader loads these bytes and reports changes
-    file_list = [(str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
+    # (path, size, mtime_ns[, marker]): the loader loads these bytes and reports changes
+    file_list = listing(files)
     existing: Any = r.get(keys.spec(job.id))
     if existing is not None:
         old_files = json.loads(r.get(keys.inputs(job.id)) or b"[]")

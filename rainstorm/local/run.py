@@ -11,7 +11,6 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from rainstorm.connection import open_checked, redact
@@ -26,6 +25,7 @@ from rainstorm.local.scaling import BackendOptions, Scaling
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.ops.autoscale.policy import ScalePolicy
 from rainstorm.signing import is_pickled, local_key
+from rainstorm.sources.inputs import Input
 from rainstorm.spec import JobSpec
 from rainstorm.spec_signature import submitter_key
 
@@ -153,7 +153,7 @@ class LocalRun:
                                           opts.allow_exec, shared_fs=_local_workers(opts)),
                                  opts)
 
-    def run_prepared(self, job: Job, files: list[Path], opts: RunOptions) -> RunReport:
+    def run_prepared(self, job: Job, files: list[Input], opts: RunOptions) -> RunReport:
         """:meth:`run` of a job already prepared (rainstorm.coordinator.session.prepare)."""
         # local workers are our children: a random key does when none is set;
         # remote workers (workers=0) need the shared one

@@ -22,7 +22,8 @@ from rainstorm.errors import CallTooLarge, JobFailed, JobStopped
 from rainstorm.job import Job
 from rainstorm.protocol import meta
 from rainstorm.protocol.entries import file_uid, partition_of
-from rainstorm.sources.splits import cut
+from rainstorm.sources import remote
+from rainstorm.sources.splits import Fetch, cut
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +43,39 @@ def read_chunk(path: Path, offset: int, size: int, end: int | None = None) -> by
     (or at ``end``: bytes from there on are not read).  A line longer than
     ``size`` is returned whole."""
     with path.open("rb") as fh:
-        fh.seek(offset)
 
-        def read(n: int) -> bytes:
-            return fh.read(n if end is None else max(min(n, end - fh.tell()), 0))
+        def fetch(a: int, b: int) -> bytes:
+            fh.seek(a)
+            return fh.read(b - a)
 
-        data = read(size)
-        if len(data) < size:
-            return data  # EOF
-        cut = data.rfind(b"\n")
-        if cut >= 0:
-            return data[: cut + 1]
-        parts = [data]
-        while True:
-            more = read(size)
-            if not more:
-                break
-            nl = more.find(b"\n")
-            if nl >= 0:
-                parts.append(more[: nl + 1])
-                break
-            parts.append(more)
-        return b"".join(parts)
+        return chunk_at(fetch, offset, size, end)
+
+
+def chunk_at(fetch: Fetch, offset: int, size: int, end: int | None = None) -> bytes:
+    """:func:`read_chunk` over ``fetch`` (bytes [a, b), fewer only at EOF)."""
+
+    def read(at: int) -> bytes:
+        return fetch(at, at + size if end is None else max(min(at + size, end), at))
+
+    data = read(offset)
+    if len(data) < size:
+        return data  # EOF
+    cut = data.rfind(b"\n")
+    if cut >= 0:
+        return data[: cut + 1]
+    parts = [data]
+    at = offset + len(data)
+    while True:
+        more = read(at)
+        if not more:
+            break
+        at += len(more)
+        nl = more.find(b"\n")
+        if nl >= 0:
+            parts.append(more[: nl + 1])
+            break
+        parts.append(more)
+    return b"".join(parts)
 
 
 @dataclass
@@ -191,14 +203,17 @@ class Loader(BaseLoader):
     def __init__(self, r: redis.Redis, job: Job) -> None:
         super().__init__(r, job)
         listed = json.loads(r.get(keys.inputs(job.id)) or b"[]")
-        self.files = [Path(f[0]) for f in listed]
+        self.names: list[str] = [f[0] for f in listed]
         self.sizes: list[int] = [int(f[1]) for f in listed]
         self.mtimes: list[int | None] = [int(f[2]) if len(f) > 2 else None for f in listed]
         self._warned: set[int] = set()
+        self._stream: remote.Stream | None = None  # the URL being read (bytes transport)
 
     def _check_file(self, fidx: int) -> int:
         """The size file ``fidx`` had at submit, after checking it still has it."""
-        path, size = self.files[fidx], self.sizes[fidx]
+        if remote.is_url(self.names[fidx]):
+            return self._check_url(fidx)
+        path, size = Path(self.names[fidx]), self.sizes[fidx]
         try:
             st = path.stat()
         except OSError as exc:
@@ -216,6 +231,39 @@ class Loader(BaseLoader):
                         st.st_size, size)
         return size
 
+    def _check_url(self, fidx: int) -> int:
+        """:meth:`_check_file` for a URL: once per file (one request), when
+        its loading starts."""
+        url, size = self.names[fidx], self.sizes[fidx]
+        if self._stream is not None and self._stream.url == url:
+            return size
+        try:
+            why = remote.check(url, size, self.mtimes[fidx] or 0)
+        except remote.RemoteError as exc:
+            raise JobFailed(f"job {self.job.id}: {exc}") from None
+        if why and fidx not in self._warned:
+            self._warned.add(fidx)
+            log.warning("job %s: %s: only the %d bytes it had at submit are loaded",
+                        self.job.id, why, size)
+        return size
+
+    def _chunk(self, fidx: int, off: int, size: int, end: int) -> bytes:
+        name = self.names[fidx]
+        if not remote.is_url(name):
+            try:
+                return read_chunk(Path(name), off, size, end)
+            except OSError as exc:
+                raise JobFailed(f"job {self.job.id}: cannot read input {name}: "
+                                f"{exc.strerror}") from None
+        if self._stream is None or self._stream.url != name:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream = remote.Stream(name)
+        try:
+            return chunk_at(self._stream.read_at, off, size, end)
+        except remote.RemoteError as exc:
+            raise JobFailed(f"job {self.job.id}: {exc}") from None
+
     def gather(self, pos: str, max_entries: int) -> Gathered:
         if self.job.splits:
             return self._gather_splits(pos, max_entries)
@@ -224,27 +272,26 @@ class Loader(BaseLoader):
         fidx, off = parse_pos(pos)
         entries: list[tuple[str, str, bytes]] = []
         total = 0
-        while fidx < len(self.files) and len(entries) < max_entries:
+        while fidx < len(self.names) and len(entries) < max_entries:
             if total >= MAX_CALL_BYTES:
                 break
             end = self._check_file(fidx)
-            try:
-                chunk = read_chunk(self.files[fidx], off, src.batch_bytes, end)
-            except OSError as exc:
-                raise JobFailed(f"job {self.job.id}: cannot read input {self.files[fidx]}: "
-                                f"{exc.strerror}") from None
+            chunk = self._chunk(fidx, off, src.batch_bytes, end)
             if not chunk:
                 if off < end:  # shorter than the stat said: it shrank while being read
                     self._check_file(fidx)
-                    raise JobFailed(f"job {self.job.id}: input {self.files[fidx]} ended at "
+                    raise JobFailed(f"job {self.job.id}: input {self.names[fidx]} ended at "
                                     f"byte {off}, before its {end} bytes listed at submit")
                 fidx, off = fidx + 1, 0
+                if self._stream is not None:  # a URL read to its end
+                    self._stream.close()
+                    self._stream = None
                 continue
             uid = file_uid(fidx, off)
             entries.append((self.stream_for(uid), uid, chunk))
             total += len(chunk)
             off += len(chunk)
-        new_pos = DONE if fidx >= len(self.files) else file_uid(fidx, off)
+        new_pos = DONE if fidx >= len(self.names) else file_uid(fidx, off)
         return entries, new_pos, sum(e[2].count(b"\n") for e in entries), None
 
 
@@ -256,7 +303,7 @@ class Loader(BaseLoader):
         fidx, off = parse_pos(pos)
         entries: list[tuple[str, str, bytes]] = []
         covered = 0
-        while fidx < len(self.files) and len(entries) < max_entries:
+        while fidx < len(self.names) and len(entries) < max_entries:
             mtime = self.mtimes[fidx] or 0
             for split in cut(fidx, self.sizes[fidx], mtime, src.batch_bytes, off):
                 entries.append((self.stream_for(split.uid), split.uid, split.payload()))
@@ -266,5 +313,5 @@ class Loader(BaseLoader):
                     break
             if off >= self.sizes[fidx]:
                 fidx, off = fidx + 1, 0
-        new_pos = DONE if fidx >= len(self.files) else file_uid(fidx, off)
+        new_pos = DONE if fidx >= len(self.names) else file_uid(fidx, off)
         return entries, new_pos, 0, covered

@@ -4,7 +4,9 @@ A file source loaded as splits puts no input bytes into Redis: the loader
 cuts each file (as listed at submit: path, size, mtime_ns) into byte ranges
 of ``source.batch_bytes`` and adds one small descriptor per range
 (:class:`~rainstorm.protocol.entries.SplitRef`); a worker reads its range
-from the filesystem it shares with the coordinator.
+from the filesystem it shares with the coordinator, or for a URL input with
+one ranged read through fsspec (rainstorm.sources.remote: the version
+marker stands in for mtime_ns).
 
 A split owns the lines that *start* inside ``[start, end)``, exactly as
 Hadoop's ``LineRecordReader``: a reader whose ``start`` is not 0 seeks to
@@ -26,11 +28,14 @@ hosts), or ``auto``, decided at submit by :func:`resolve_transport`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from rainstorm.errors import UsageError
 from rainstorm.protocol.entries import SplitRef
+from rainstorm.sources import remote
+from rainstorm.sources.remote import RemoteFile
 from rainstorm.spec import JobSpec
 
 SPLIT = "split"
@@ -42,16 +47,32 @@ class SplitChanged(Exception):
     """The input file of a split changed (or vanished) after submit."""
 
 
-def resolve_transport(spec: JobSpec, shared_fs: bool) -> JobSpec:
-    """``spec`` with ``source.transport: auto`` decided: ``split`` when the
-    workers share the coordinator's filesystem (``shared_fs``: `rainstorm
-    run` with local workers, rainstorm.testing), else ``bytes``; also
-    ``bytes`` when the source is paced by ``max_rate`` (lines per second:
-    only a loader that reads the lines can count them)."""
+def resolve_transport(spec: JobSpec, shared_fs: bool,
+                      files: Sequence[Path | RemoteFile] = ()) -> JobSpec:
+    """``spec`` with ``source.transport: auto`` decided, in one rule: ``split``
+    when every worker can read every input as the coordinator does (local
+    files with ``shared_fs``: `rainstorm run` with local workers,
+    rainstorm.testing; URLs always: any worker reaches a URL as the
+    coordinator does), unless the source is paced by ``max_rate`` (lines
+    per second: only a loader that reads the lines can count them) or an
+    http(s) server ignores Range requests (its files are read once, by the
+    coordinator); else ``bytes``.  ``transport: split`` with such a server
+    is a UsageError."""
     src = spec.source
-    if src.type != "text" or src.transport != AUTO:
+    if src.type != "text" or src.transport == BYTES:
         return spec
-    chosen = SPLIT if shared_fs and not src.max_rate else BYTES
+    urls = [f for f in files if isinstance(f, RemoteFile)]
+    reachable = shared_fs or bool(urls) and len(urls) == len(files)
+    if src.transport == SPLIT or (reachable and not src.max_rate):
+        no_range = remote.ranges_unsupported(urls) if urls else ""
+        if no_range and src.transport == SPLIT:
+            raise UsageError(f"source.transport: split needs Range requests, which the server "
+                             f"of {no_range} ignores; use transport: bytes (or auto)")
+        if src.transport == SPLIT:
+            return spec
+        chosen = BYTES if no_range else SPLIT
+    else:
+        chosen = BYTES
     return spec.model_copy(update={"source": src.model_copy(update={"transport": chosen})})
 
 
@@ -65,20 +86,41 @@ def cut(file_index: int, size: int, mtime_ns: int, split_bytes: int, start: int 
         start = end
 
 
-def read_range(fh: BinaryIO, start: int, end: int) -> bytes:
-    """The bytes of the lines that start inside ``[start, end)`` of an open
-    file (Hadoop's LineRecordReader rule; see the module's docstring)."""
-    pos = start
+Fetch = Callable[[int, int], bytes]  # bytes [a, b) of a file (fewer only at its end)
+
+
+def line_range(fetch: Fetch, start: int, end: int, extend: int = 64 << 10) -> bytes:
+    """The bytes of the lines that start inside ``[start, end)`` (Hadoop's
+    LineRecordReader rule; see the module's docstring), read through
+    ``fetch``: one read of ``[start - 1, end)``, then ``extend`` bytes at a
+    time only while the last line runs past ``end``."""
     if start > 0:
-        fh.seek(start - 1)
-        pos = start - 1 + len(fh.readline())  # the rest of the line the last split owns
-    if pos >= end:
-        return b""
-    fh.seek(pos)
-    data = fh.read(end - pos)
-    if data and not data.endswith(b"\n"):
-        data += fh.readline()  # the last line runs past ``end``
+        head = fetch(start - 1, end)
+        nl = head.find(b"\n")  # the rest of the line the last split owns
+        if nl < 0:
+            return b""  # one line from before ``start`` runs through the whole range
+        data = head[nl + 1:]
+    else:
+        data = fetch(0, end)
+    at = end
+    while data and not data.endswith(b"\n"):  # the last line runs past ``end``
+        more = fetch(at, at + extend)
+        if not more:
+            break
+        nl = more.find(b"\n")
+        data += more if nl < 0 else more[: nl + 1]
+        at += len(more)
     return data
+
+
+def read_range(fh: BinaryIO, start: int, end: int) -> bytes:
+    """The bytes of the lines that start inside ``[start, end)`` of an open file."""
+
+    def fetch(a: int, b: int) -> bytes:
+        fh.seek(a)
+        return fh.read(b - a)
+
+    return line_range(fetch, start, end)
 
 
 def _changed(path: str, split: SplitRef, st: os.stat_result) -> str:
@@ -92,9 +134,11 @@ def _changed(path: str, split: SplitRef, st: os.stat_result) -> str:
 
 
 def read_split(path: str | Path, split: SplitRef) -> bytes:
-    """The bytes of ``split`` of the file at ``path``; SplitChanged when the
-    file is not the one recorded at submit (checked before and after
-    reading), or cannot be read."""
+    """The bytes of ``split`` of the file at ``path`` (a local path or a
+    URL); SplitChanged when the file is not the one recorded at submit
+    (checked before and after reading), or cannot be read."""
+    if isinstance(path, str) and remote.is_url(path):
+        return _read_url(path, split)
     try:
         with open(path, "rb") as fh:
             why = _changed(str(path), split, os.fstat(fh.fileno()))
@@ -106,4 +150,20 @@ def read_split(path: str | Path, split: SplitRef) -> bytes:
                            f"{split.uid} is not read") from None
     if why:
         raise SplitChanged(why)
+    return data
+
+
+def _read_url(url: str, split: SplitRef) -> bytes:
+    """A split of a remote input: its size and version (``mtime_ns``) checked
+    with ``fs.info`` before and after one ranged read."""
+    try:
+        why = remote.check(url, split.size, split.mtime_ns)
+        if not why:
+            data = line_range(lambda a, b: remote.fetch(url, a, b, split.size),
+                              split.start, split.end)
+            why = remote.check(url, split.size, split.mtime_ns)
+    except remote.RemoteError as exc:
+        why = str(exc)
+    if why:
+        raise SplitChanged(f"{why}: split {split.uid} is not read")
     return data

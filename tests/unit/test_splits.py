@@ -15,6 +15,7 @@ from rainstorm.protocol.entries import SPLIT_MAGIC, SplitRef, split_of
 from rainstorm.sources.splits import (
     SplitChanged,
     cut,
+    line_range,
     read_range,
     read_split,
     resolve_transport,
@@ -158,3 +159,36 @@ def test_split_with_max_rate_is_a_spec_error() -> None:
     with pytest.raises(UsageError, match="transport: split cannot be paced by max_rate"):
         parse_spec({"name": "t", "source": {"paths": ["x"], "transport": "split",
                                              "max_rate": 5}, "pipeline": [{"op": "count"}]})
+
+
+def test_the_line_rule_over_a_fetch_function_with_short_extensions() -> None:
+    """line_range (what a worker uses over ranged reads of a URL) with a
+    tiny ``extend``: lines running far past a split's end are finished
+    piecewise, and every line is still read by exactly one split."""
+    rng = random.Random(5)
+    for _ in range(200):
+        data = _random_file(rng)
+        def fetch(a: int, b: int, data: bytes = data) -> bytes:
+            assert 0 <= a <= b
+            return data[a:b]
+
+        lines = _nl_lines(data)
+        for split_bytes in (1, 3, rng.randrange(1, 100)):
+            parts = [line_range(fetch, s.start, s.end, extend=rng.randrange(1, 9))
+                     for s in cut(0, len(data), 0, split_bytes)]
+            assert b"".join(parts) == data  # no byte lost or doubled
+            assert [ln for p in parts for ln in _nl_lines(p)] == lines  # whole lines only
+
+
+def test_version_markers_ignore_how_a_time_is_given() -> None:
+    from datetime import UTC, datetime
+
+    from rainstorm.sources.remote import is_url, marker_of, version_id
+
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    assert marker_of({"created": when}) == marker_of({"created": when.timestamp()})
+    assert marker_of({"ETag": '"a"', "size": 3}) == 'ETag="a"'
+    assert version_id("") == 0 and 0 < version_id('ETag="a"') < 2**63
+    assert version_id('ETag="a"') != version_id('ETag="b"')
+    assert is_url("https://h/x") and is_url("s3://b/k") and not is_url("/tmp/a://b")
+    assert not is_url("data/*.txt") and not is_url("C:\\data")
