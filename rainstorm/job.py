@@ -47,7 +47,7 @@ class Job:
     def raw_text(self, stage: int) -> bool:
         """Entries of ``stage`` hold raw text lines (stage 0 of a file or tail
         source), not msgpack record batches (later stages, a stream source)."""
-        return stage == 0 and self.spec.source.type != "stream"
+        return stage == 0 and self.spec.source.type in ("text", "tail")
 
     @property
     def splits(self) -> bool:

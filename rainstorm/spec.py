@@ -95,6 +95,17 @@ class TailSource(_Model):
     max_rate: float | None = Field(default=None, gt=0, description="lines per second")
 
 
+class StateSource(_Model):
+    """A bounded source: the keyed state another job left in its state
+    partitions (that job's sink ``keep``), one stage-0 entry per partition.
+    A worker reads its partition directly from Redis and feeds its groups,
+    sorted by key, as records ``[partition, key, value]`` -- the reduce
+    phase of `rainstorm mapreduce`, reading the map phase's shuffle."""
+
+    type: Literal["state"]
+    job: str = Field(pattern=JOB_ID_PATTERN, description="the job whose state is read")
+
+
 def _source_type(value: Any) -> str:
     """A source without ``type`` is a text source (the default)."""
     if isinstance(value, dict):
@@ -103,7 +114,8 @@ def _source_type(value: Any) -> str:
 
 
 Source = Annotated[Annotated[TextSource, Tag("text")] | Annotated[StreamSource, Tag("stream")]
-                   | Annotated[TailSource, Tag("tail")], Discriminator(_source_type)]
+                   | Annotated[TailSource, Tag("tail")] | Annotated[StateSource, Tag("state")],
+                   Discriminator(_source_type)]
 
 
 class RecordOp(_Model):
@@ -249,9 +261,13 @@ Op = Annotated[RecordOp | PipeOp | ReduceOp | Repartition | WindowOp | Aggregate
 
 class Sink(_Model):
     """Where the result goes besides stdout: a JSON ``file`` (written
-    atomically), or ``redis``: the whole aggregate in the hash rs:{job}:result."""
+    atomically), ``redis``: the whole aggregate in the hash rs:{job}:result,
+    or ``keep``: the result stays where the workers committed it, unread by
+    the coordinator -- an aggregate in its state partitions (for a job with
+    a ``state`` source: rainstorm mapreduce's map phase), records in the
+    output stream (for the caller to read: its reduce phase)."""
 
-    type: Literal["stdout", "file", "redis"] = "stdout"
+    type: Literal["stdout", "file", "redis", "keep"] = "stdout"
     path: str | None = None
     top: int = Field(default=10, ge=0)
 
@@ -298,7 +314,7 @@ class JobSpec(_Model):
     @property
     def unbounded(self) -> bool:
         """A streaming job: its source never ends, it runs until cancelled."""
-        return self.source.type != "text"
+        return self.source.type in ("stream", "tail")
 
 
 def _format_error(origin: str, exc: ValidationError) -> str:

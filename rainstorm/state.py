@@ -52,7 +52,7 @@ from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.deadletter import Kind, letter_fields
-from rainstorm.protocol.entries import data_of, partition_of
+from rainstorm.protocol.entries import data_of, key_bytes, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -368,3 +368,25 @@ def read_key(r: redis.Redis, job: Job, allow: tuple[str, ...], key: Any) -> KeyR
     snap = Part(job.id, job.plan.last.index, p).snapshot(r)
     state = agg.finish(fold(snap, agg, where=f"job {job.id} partition {p}"))
     return KeyRead(key in state, state.get(key), p, part_digest(p, snap))
+
+
+def read_part(r: redis.Redis, job_id: str, ref: Any) -> list[list[Any]]:
+    """A state source's entry record ``[stage, partition, aggregate, k]``
+    (rainstorm.sources.state_source) read from job ``job_id``'s state: its
+    keys sorted, as ``[partition, key, finished value]`` records.  ValueError
+    for a record that names no state partition."""
+    if not (isinstance(ref, list | tuple) and len(ref) == 4 and isinstance(ref[0], int)
+            and isinstance(ref[1], int) and isinstance(ref[2], str)
+            and (ref[3] is None or isinstance(ref[3], int))):
+        raise ValueError(f"not a state partition reference: {str(ref)[:80]}")
+    stage, p, kind, k = ref
+    if kind == "reduce_by_key":  # its function is the source job's, not ours to run
+        raise ValueError("a state partition reference names a reduce_by_key aggregate")
+    agg = aggregates.aggregator(kind, k, None)  # ValueError: an unknown kind
+    snap = Part(job_id, stage, p).snapshot(r)
+    state = agg.finish(fold(snap, agg, where=f"job {job_id} partition {p}"))
+    try:
+        order = sorted(state)
+    except TypeError:  # keys of mixed types: by their bytes
+        order = sorted(state, key=key_bytes)
+    return [[p, key, state[key]] for key in order]

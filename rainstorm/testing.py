@@ -175,6 +175,8 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
                                    on_step=lambda: _take_turns(crew)),
                              wait_s=options.connect_timeout_s, timeout_s=options.timeout_s,
                              raw_keys=options.raw_keys, server=redact(url))
+        if options.on_result:
+            options.on_result(report, r)
         report.result = materialized(report.result)  # a test asserts on all of it
         failed = _failure(r, job.id, job.spec, report.status.dead_letters, report.result)
     finally:

@@ -1,23 +1,26 @@
 """`rainstorm mapreduce`: Hadoop-streaming-style jobs on the engine.
 
-Two exactly-once jobs in a row:
+Two exactly-once jobs in a row, on one shuffle that never passes through
+this process:
 1. map: the mapper (a program fed input lines, writing ``key<TAB>value``
    lines; or a callable ``module:fn(line)`` yielding ``(key, value)``), whose
-   pairs are grouped by key with the ``group`` aggregate;
-2. after the map phase has finished, the coordinator writes the groups,
-   hash-partitioned by key (crc32) into N partitions and sorted by key, as
-   shuffle files (one JSON line ``[partition, key, [values]]`` per key, so a
-   key is never split between reducer calls); the reduce job runs the reducer
-   over them (a program gets ``key<TAB>value`` lines sorted by key; a callable
-   is called ``fn(key, values)``);
-3. the outputs land in ``DIR/part-00000`` … (lines sorted within each part),
-   written to a temporary directory and renamed into place, so a killed run
-   never leaves a half-written output.
+   pairs are grouped by key with the ``group`` aggregate into N state
+   partitions (crc32 of the key; N = the number of reducers), folded by the
+   workers; the job's sink is ``keep``: its state stays where it is;
+2. reduce: a job whose source is that state (``source.type: state``): one
+   entry per partition, and a worker reads its partition straight from
+   Redis, keys sorted, so a key is never split between reducer calls (a
+   program gets ``key<TAB>value`` lines sorted by key; a callable is called
+   ``fn(key, values)``); a partition's output lines, sorted, are committed in
+   one entry into the job's output stream;
+3. this process streams the output stream into ``DIR/part-00000`` …
+   (part p = state partition p), in a temporary directory renamed into
+   place, so a killed run never leaves a half-written output.  It holds one
+   page of output at a time, never the groups.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -29,12 +32,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
+import redis
+
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
+from rainstorm.coordinator.seal import output_rows
 from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import UsageError
+from rainstorm.job import decode_records
+from rainstorm.jobstore import load_job
 from rainstorm.local.run import LocalRun, RunOptions
-from rainstorm.protocol.entries import partition_of
+from rainstorm.protocol.entries import data_of
 from rainstorm.spec import JobSpec, parse_spec
 
 Runner = Callable[[JobSpec, RunOptions], RunReport]
@@ -65,7 +73,7 @@ def is_callable_ref(text: str) -> bool:
 
 
 def map_spec(mapper: str, inputs: list[str], partitions: int,
-             combiner: str | None = None) -> JobSpec:
+             combiner: str | None = None, parallelism: int = 2) -> JobSpec:
     if is_callable_ref(mapper):
         ops: list[dict[str, Any]] = [
             {"op": "flat_map", "fn": mapper},
@@ -75,19 +83,21 @@ def map_spec(mapper: str, inputs: list[str], partitions: int,
                {"op": "key_by", "fn": "tab_key", "value": "tab_value"}]
     return parse_spec({"name": "mapreduce-map", "source": {"type": "text", "paths": inputs},
                        "pipeline": [*ops, {"op": "group", "combiner": combiner}],
-                       "settings": {"parallelism": partitions}}, "--mapper")
+                       "sink": {"type": "keep"},
+                       "settings": {"parallelism": parallelism,
+                                    "state_partitions": partitions}}, "--mapper")
 
 
-def reduce_spec(reducer: str, shuffle: list[Path], partitions: int) -> JobSpec:
+def reduce_spec(reducer: str, map_job: str, parallelism: int = 2) -> JobSpec:
     op: dict[str, Any] = {"op": "reduce"}
     if is_callable_ref(reducer):
         op["fn"] = reducer
     else:
         op["cmd"] = _argv(reducer, "--reducer")
-    return parse_spec({"name": "mapreduce-reduce",
-                       "source": {"type": "text", "paths": [str(p) for p in shuffle],
-                                  "batch_bytes": 1 << 18},
-                       "pipeline": [op], "settings": {"parallelism": partitions}}, "--reducer")
+    return parse_spec({"name": "mapreduce-reduce", "source": {"type": "state", "job": map_job},
+                       "pipeline": [op], "sink": {"type": "keep"},
+                       "settings": {"parallelism": parallelism, "batch_entries": 1}},
+                      "--reducer")
 
 
 def _argv(text: str, option: str) -> list[str]:
@@ -102,19 +112,27 @@ def _argv(text: str, option: str) -> list[str]:
     return argv
 
 
-def write_shuffle(groups: dict[str, list[Any]], partitions: int, d: Path) -> list[Path]:
-    d.mkdir(parents=True)
-    by_part: list[list[str]] = [[] for _ in range(partitions)]
-    for key in groups:
-        by_part[partition_of(key, partitions)].append(key)
-    paths = []
-    for p, keys_ in enumerate(by_part):
-        path = d / f"shuffle-{p:05d}.jsonl"
-        with path.open("w", encoding="utf-8") as fh:
-            for key in sorted(keys_):
-                fh.write(json.dumps([p, key, groups[key]], ensure_ascii=False) + "\n")
-        paths.append(path)
-    return paths
+class PartWriter:
+    """Streams a reduce job's output stream into part files (line order
+    within a part as committed: sorted by its reduce task)."""
+
+    def __init__(self, d: Path, partitions: int) -> None:
+        self.d = d
+        self.partitions = partitions
+        self.lines = 0
+
+    def __call__(self, report: RunReport, r: redis.Redis) -> None:
+        job = load_job(r, report.job_id)
+        files = [(self.d / f"part-{p:05d}").open("w", encoding="utf-8")
+                 for p in range(self.partitions)]
+        try:
+            for _id, fields in output_rows(r, job):
+                for part, line in decode_records(data_of(fields)):
+                    files[int(part)].write(line + "\n")
+                    self.lines += 1
+        finally:
+            for fh in files:
+                fh.close()
 
 
 def run_mapreduce(
@@ -146,36 +164,26 @@ def run_mapreduce(
     for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
         if not allow_exec and not is_callable_ref(value):
             raise UsageError(f"{flag} {value!r} is a program; pass --allow-exec to run it")
-    mspec = map_spec(mapper, inputs, partitions, combiner)
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        tmp.mkdir(parents=True)
+        writer = PartWriter(tmp, partitions)
         with nullcontext(None) if runner else LocalRun(opts) as env:
             run: Runner = runner or cast(LocalRun, env).run
 
-            def phase(name: str) -> RunOptions:
+            def phase(name: str, on_result: Any = None) -> RunOptions:
                 return replace(opts, on_progress=(lambda st: on_progress(name, st))
-                               if on_progress else None)
+                               if on_progress else None, on_result=on_result, job_id=None)
 
             t0 = time.perf_counter()
-            mrep = run(mspec, phase("map"))
+            mrep = run(map_spec(mapper, inputs, partitions, combiner), phase("map"))
             t1 = time.perf_counter()
-            groups = mrep.result
-            assert isinstance(groups, dict)
-            shuffle = write_shuffle(groups, partitions, tmp / "_shuffle")
-            rrep = run(reduce_spec(reducer, shuffle, partitions), phase("reduce"))
+            rrep = run(reduce_spec(reducer, mrep.job_id), phase("reduce", writer))
             t2 = time.perf_counter()
-        assert isinstance(rrep.result, list)
-        parts: list[list[str]] = [[] for _ in range(partitions)]
-        for part, line in rrep.result:
-            parts[int(part)].append(line)
-        for p, lines in enumerate(parts):
-            lines.sort()
-            (tmp / f"part-{p:05d}").write_text("".join(ln + "\n" for ln in lines),
-                                                encoding="utf-8")
-        shutil.rmtree(tmp / "_shuffle")
         os.replace(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return MapReduceReport(output, partitions, len(groups), len(rrep.result), t1 - t0,
-                           t2 - t1, mrep.job_id, rrep.job_id)
+    groups = rrep.status.stages[0].records_in
+    return MapReduceReport(output, partitions, groups, writer.lines, t1 - t0, t2 - t1,
+                           mrep.job_id, rrep.job_id)

@@ -123,7 +123,7 @@ def _run(cmd: RunCommand) -> None:
     show = cmd.progress and sys.stderr.isatty()
     prog, update = progress_bar()
 
-    def show_result(report: Any) -> None:  # while the server runs: streamed from it
+    def show_result(report: Any, _r: Any) -> None:  # while the server runs: streamed from it
         prog.stop()
         print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
                      cmd.as_json)

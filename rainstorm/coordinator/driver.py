@@ -157,7 +157,10 @@ class Driver:
 
     def _finish(self, status: JobStatus) -> Result:
         result: Result
-        if self.agg:
+        sealed_parts: list[str] = []
+        if self.job.spec.sink.type == "keep":  # left where it is, for another reader
+            result, sealed = ({} if self.agg else []), None
+        elif self.agg:
             # every partition's log folded into its base: the bases are the
             # result, and what the seal covers
             parts = finalize(self.r, self.job, self.agg, holder_id("coordinator"))
@@ -167,7 +170,7 @@ class Driver:
         else:
             digest = seal.OutputDigest()  # sealed in the same read of the output
             result = collect(self.r, self.job, digest, allow=ALLOW_ALL)
-            sealed, sealed_parts = digest.hexdigest(), []
+            sealed = digest.hexdigest()
         store(self.r, self.job, result, dead_letters=status.dead_letters, sealed=sealed,
               sealed_parts=sealed_parts)
         make_durable(self.r, self.job)

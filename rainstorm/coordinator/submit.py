@@ -74,8 +74,9 @@ def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = 
         fields.STAGES: len(job.plan.stages),
         fields.CREATED_AT: time.time(),
     }
-    if job.spec.source.max_rate:
-        meta[fields.MAX_RATE] = job.spec.source.max_rate
+    rate = getattr(job.spec.source, "max_rate", None)
+    if rate:
+        meta[fields.MAX_RATE] = rate
     if job.spec.unbounded:
         meta[fields.UNBOUNDED] = 1
     start = initial_cursor(r, job)

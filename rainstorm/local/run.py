@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import redis
+
 from rainstorm.connection import open_checked, redact
 from rainstorm.coordinator.progress import JobStatus
 from rainstorm.coordinator.result import materialized
@@ -53,7 +55,7 @@ class RunOptions:
     # result is then read from it one state partition at a time, as it is
     # consumed (without it, a result on a server this run stops is read
     # whole into memory before the server stops)
-    on_result: Callable[[RunReport], None] | None = None
+    on_result: Callable[[RunReport, redis.Redis], None] | None = None
     raw_keys: bool = False  # an aggregate's keys as the operators made them, not JSON text
     # the workers: forked local processes, or autoscaled between bounds
     workers: int = 2
@@ -187,7 +189,7 @@ class LocalRun:
                                  raw_keys=opts.raw_keys, stop_on_interrupt=True, server=desc)
             self._stop_workers(scaling)
             if opts.on_result:
-                opts.on_result(report)
+                opts.on_result(report, r)
             elif self._url is None:  # our server stops with us: read the result now
                 report.result = materialized(report.result)
             return report

@@ -71,8 +71,9 @@ def make_pipe(cmd: list[str], timeout_s: float,
 
 def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
                 timeout_s: float) -> Callable[[list[Any]], list[Any]]:
-    """The reduce side: records are JSON lines ``[partition, key, [values]]``
-    (one key each, keys sorted); outputs are ``(partition, line)`` pairs."""
+    """The reduce side: records are ``[partition, key, [values]]`` groups (one
+    key each, keys sorted); outputs are ``(partition, line)`` pairs, sorted
+    (a partition's groups come in one entry, so its part is sorted whole)."""
     pipe = make_pipe(cmd, timeout_s) if cmd else None
 
     def run(records: list[Any]) -> list[Any]:
@@ -82,10 +83,12 @@ def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
             for part in sorted({g[0] for g in groups}):
                 lines = [(k, v) for p, k, vals in groups if p == part for v in vals]
                 out += [(part, line) for line in pipe(lines)]
+            out.sort()
             return out
         assert fn is not None
         for part, key, vals in groups:
             out += [(part, o if isinstance(o, str) else as_line(o)) for o in fn(key, vals)]
+        out.sort()
         return out
 
     return run

@@ -86,6 +86,12 @@ def file_uid(file_index: int, offset: int) -> str:
     return f"{file_index}:{offset}"
 
 
+def state_uid(job: str, stage: int, part: int) -> str:
+    """The uid of a state source's entry: state partition ``part`` of stage
+    ``stage`` of job ``job``."""
+    return f"state:{job}:{stage}:{part}"
+
+
 # A split descriptor: this prefix (never produced by encoding text as UTF-8,
 # so a requeued text record cannot look like one), then msgpack
 # [file index, start, end, size, mtime_ns].

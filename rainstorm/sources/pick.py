@@ -6,6 +6,7 @@ import redis
 
 from rainstorm.job import Job
 from rainstorm.sources.loader import BaseLoader, Loader
+from rainstorm.sources.state_source import StateLoader
 from rainstorm.sources.unbounded import StreamLoader, TailLoader
 
 
@@ -13,4 +14,6 @@ def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
     """The loader of the job's source (files, a Redis stream, a growing file)."""
     if job.spec.source.type == "text":
         return Loader(r, job)
+    if job.spec.source.type == "state":
+        return StateLoader(r, job)
     return StreamLoader(r, job) if job.spec.source.type == "stream" else TailLoader(r, job)

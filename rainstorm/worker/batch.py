@@ -131,9 +131,14 @@ class StageRunner:
     mtime_ns), where the splits of stage 0 are read from."""
 
     def __init__(self, job: Job, stage: int, allow: tuple[str, ...],
-                 allow_exec: bool = False, inputs: list[Any] | None = None) -> None:
+                 allow_exec: bool = False, inputs: list[Any] | None = None,
+                 read_part: Callable[[Any], list[Any]] | None = None) -> None:
+        """``read_part``: a state source's reader (stage 0 of a job whose
+        source is another job's state): a record naming a state partition ->
+        that partition's ``[partition, key, value]`` records."""
         self.job = job
         self.inputs = inputs or []
+        self.read_part = read_part if stage == 0 and job.spec.source.type == "state" else None
         self.stage = job.stage(stage)
         self.chain = Chain(self.stage, allow, allow_exec)
         combiner = resolve(self.stage.combiner, {}, allow,
@@ -179,6 +184,11 @@ class StageRunner:
             return [], text
         if entry.records is None:
             entry.records = decode_records(entry.data)
+        if self.read_part is not None:  # records name state partitions: read them
+            try:
+                return [g for ref in entry.records for g in self.read_part(ref)], None
+            except ValueError as exc:
+                raise OperatorError(f"undecodable entry: {exc}") from None
         return list(entry.records), None  # a copy: map_partitions may change its list
 
     def undecodable(self, entries: list[Entry]) -> list[tuple[Entry, str]]:

@@ -12,8 +12,10 @@ the reason (rainstorm.worker.jobcheck): one log line, never an exit.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -21,7 +23,9 @@ import redis
 from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN
 from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
+from rainstorm.job import Job
 from rainstorm.signing import SignatureError
+from rainstorm.state import read_part
 from rainstorm.worker.admit import Admission, admit
 from rainstorm.worker.batch import StageRunner
 from rainstorm.worker.jobcheck import (
@@ -111,10 +115,11 @@ class JobTable:
             # the files splits are read from: written at submit by the
             # coordinator, never by a worker (a split names only these)
             inputs = self._inputs(job_id) if job.splits else None
+            reader = self._state_reader(job)
             for s in job.plan.stages:
                 try:
                     runners[s.index] = StageRunner(job, s.index, self.allow_modules,
-                                                   self.allow_exec, inputs)
+                                                   self.allow_exec, inputs, reader)
                 except SignatureError as exc:  # not a refusal: dead-letter, never unpickle
                     dead_stages[s.index] = str(exc)
                     log.error("worker %s: job %s stage %d: %s; its entries go to the "
@@ -125,6 +130,13 @@ class JobTable:
             self.r.hset(keys.refusals(job_id), self.id, str(exc))
             return
         self.active[job_id] = ActiveJob(job, runners, dead_stages=dead_stages)
+
+    def _state_reader(self, job: Job) -> Callable[[Any], list[Any]] | None:
+        """A state source's partitions are read from the source job's keys."""
+        src = job.spec.source
+        if src.type != "state":
+            return None
+        return functools.partial(read_part, self.r, src.job)
 
     def _inputs(self, job_id: str) -> list[Any]:
         """The job's input files as listed at submit: [path, size, mtime_ns]."""
