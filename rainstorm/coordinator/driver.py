@@ -40,6 +40,7 @@ from rainstorm.state import agg_of, combine, finalize
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 0.1
+WATCH_EVERY_S = 0.05  # once everything is loaded, the job's status is read this often
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
 REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
 # the modules a reduce_by_key function may come from: any, since the job's
@@ -151,8 +152,8 @@ class Driver:
             self.check()
         if self.deadline and now > self.deadline:
             raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
-        if self.loaded:
-            time.sleep(0.01)
+        if self.loaded:  # nothing to load: only watch (each look costs a few calls)
+            time.sleep(0.01 if self.on_step else WATCH_EVERY_S)
         return None
 
     def _finish(self, status: JobStatus) -> Result:

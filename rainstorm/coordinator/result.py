@@ -60,6 +60,18 @@ class StateResult(Mapping[str, Any]):
     def __init__(self, read: Callable[[], Iterator[dict[Any, Any]]]) -> None:
         self._read = read
         self._all: dict[str, Any] | None = None
+        self._summary: tuple[int, int, list[tuple[str, Any]]] | None = None
+
+    def summary(self, n: int) -> tuple[int, list[tuple[str, Any]]]:
+        """(number of keys, the top ``n``: see :func:`top`) in one read,
+        remembered (a finished result does not change)."""
+        if self._summary is None or self._summary[1] < n:
+            count, best = 0, dict[str, Any]()
+            for part in self.partitions():
+                count += len(part)
+                best.update(top(part, n))
+            self._summary = (count, n, top(best, n))
+        return self._summary[0], self._summary[2][:n]
 
     def partitions(self) -> Iterator[dict[str, Any]]:
         """The result, partition by partition, with JSON-able keys."""
@@ -88,7 +100,7 @@ class StateResult(Mapping[str, Any]):
     def __len__(self) -> int:
         if self._all is not None:
             return len(self._all)
-        return sum(len(part) for part in self.partitions())
+        return self.summary(TOP_KEPT)[0]
 
     def __repr__(self) -> str:
         return f"StateResult({self._whole()!r})"
@@ -253,10 +265,7 @@ def top(result: Mapping[str, Any], n: int) -> list[tuple[str, Any]]:
     for non-numeric values (top_k lists) the first n keys.  A StateResult
     is read one partition at a time."""
     if isinstance(result, StateResult):
-        best: dict[str, Any] = {}
-        for part in result.partitions():
-            best.update(top(part, n))
-        return top(best, n)
+        return result.summary(max(n, TOP_KEPT))[1][:n]
     if n <= 0 or not result:
         return []
     if not all(isinstance(v, int | float) for v in result.values()):
