@@ -66,6 +66,7 @@ class Entry:
     raw_uid: bytes | None = None  # the uid field as read, when it is not UTF-8
     records: list[Any] | None = None  # decoded records (cached by undecodable())
     text: bytes | None = None  # a split's bytes, read from its file (cached by undecodable())
+    missing_field: bool = False  # an entry of the user's stream without source.field
 
 
 def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
@@ -176,6 +177,8 @@ class StageRunner:
             if bad:
                 comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
+        if entry.missing_field:  # (the user's stream, read directly) counted, never silently
+            comp.extra[keys.counter_field(0, StageCounter.MISSING_FIELD)] += 1
         if entry.records is None:
             entry.records = decode_records(entry.data)
         return list(entry.records), None  # a copy: map_partitions may change its list
@@ -192,7 +195,7 @@ class StageRunner:
                     self._split_text(e)
                 except (SplitChanged, ValueError) as exc:
                     bad.append((e, str(exc)))
-            else:
+            elif e.records is None:  # (records of the user's stream come decoded)
                 why = self._decode(e)
                 if why:
                     bad.append((e, why))
@@ -332,14 +335,16 @@ class StageRunner:
     def _request(self, entries: list[Entry], comp: Computed, max_backlog: int
                  ) -> CommitRequest:
         job, i = self.job, self.stage.index
+        group = job.group_of(i, entries[0].stream)
+        keep = group != keys.group(i)  # the user's stream: acknowledged, kept, no uid field
         req = CommitRequest(
             counters=keys.counters(job.id),
             dlq=keys.dlq(job.id),
             delta_log=keys.state_log(job.id, i),
             meta=keys.meta(job.id),
-            group=keys.group(i),
+            group=group,
             stage=i,
-            inputs=[(e.stream, e.id, e.uid) for e in entries],
+            inputs=[(e.stream, e.id, "" if keep else e.uid) for e in entries],
             dead=comp.dead,
             max_backlog=max_backlog,
             records_in=comp.records_in,
