@@ -69,10 +69,15 @@ key                             type         written by / meaning
                                              the user's (not ``{job}``-tagged);
                                              deleting the job destroys the
                                              group, never the stream
-``rs:{job}:state:s<i>``         hash         compaction: ``v`` version, ``d``
-                                             msgpack of the folded aggregate
-``rs:{job}:state:s<i>:log``     stream       FCALL rainstorm_commit: one
-                                             aggregate delta (``d``) per commit
+``rs:{job}:state:s<i>:p<k>``    hash         state partition k of stage i's
+                                             aggregate (keys with crc32 % P = k):
+                                             compaction: ``v`` version, ``d``
+                                             msgpack of the folded part;
+                                             commit/compaction: ``lb`` bytes
+                                             logged and not yet folded
+``rs:{job}:state:s<i>:p<k>:log``  stream     FCALL rainstorm_commit: one
+                                             delta (``d``) per commit touching
+                                             the partition
 ``rs:{job}:output``             stream       FCALL rainstorm_commit: record
                                              batches of a job without aggregate
 ``rs:{job}:late``               stream       FCALL rainstorm_commit: late records
@@ -94,8 +99,8 @@ key                             type         written by / meaning
                                              the whole final aggregate, key -> value
 ``rs:{job}:top``                zset         coordinator: the 1000 largest keys
                                              of the final aggregate (score = value)
-``rs:{job}:compact:s<i>``       string       coordinator or worker: 5 s lease on
-                                             compaction = its holder's id
+``rs:{job}:compact:s<i>:p<k>``  string       worker or coordinator: 5 s lease on
+                                             folding partition k = its holder's id
                                              (rainstorm.lease), renewed while
                                              it works
 ==============================  ===========  =====================================
@@ -152,16 +157,18 @@ def source_group(job: str) -> str:
     return f"rainstorm:{job}"
 
 
-def state(job: str, stage: int) -> str:
-    return f"{_job(job)}:state:s{stage}"
+def state(job: str, stage: int, part: int) -> str:
+    """Hash: state partition ``part`` of stage ``stage``'s aggregate."""
+    return f"{_job(job)}:state:s{stage}:p{part}"
 
 
-def state_log(job: str, stage: int) -> str:
-    return f"{_job(job)}:state:s{stage}:log"
+def state_log(job: str, stage: int, part: int) -> str:
+    """Stream: the deltas of state partition ``part`` not yet folded."""
+    return f"{_job(job)}:state:s{stage}:p{part}:log"
 
 
-def compact_lease(job: str, stage: int) -> str:
-    return f"{_job(job)}:compact:s{stage}"
+def compact_lease(job: str, stage: int, part: int) -> str:
+    return f"{_job(job)}:compact:s{stage}:p{part}"
 
 
 def output(job: str) -> str:

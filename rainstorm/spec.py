@@ -289,7 +289,14 @@ class Settings(_Model):
     operator_timeout_s: float = Field(
         default=300.0, gt=0, le=86400,
         description="seconds one batch may compute before it fails like a raise")
-    compact_every: int = Field(default=32, ge=2, description="delta-log entries per compaction")
+    compact_every: int = Field(
+        default=256, ge=2, le=4096,
+        description="a state partition's log is folded at this many deltas (or sooner, "
+                    "once its bytes outgrow the folded base)")
+    state_partitions: int = Field(
+        default=64, ge=1, le=1024,
+        description="partitions of a keyed aggregate's state (key groups: folded by "
+                    "workers in parallel, read one at a time)")
     skip_bad_records: bool = Field(
         default=False,
         description="a batch job whose input was dead-lettered succeeds (with a warning) "

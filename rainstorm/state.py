@@ -1,34 +1,45 @@
-"""Aggregate state: a folded base plus a log of deltas, and who folds it.
+"""Partitioned keyed state: P partitions per aggregate, each a folded base
+plus a log of deltas, folded by workers in parallel.
 
-Each commit appends one delta (msgpack) to ``rs:{job}:state:s<i>:log``:
-O(1) work for Redis instead of one HINCRBY per key.  Folding merges deltas
-into ``rs:{job}:state:s<i>`` (``v`` version, ``d`` folded blob) with one FCALL
-that checks the base version and that every folded delta still exists, so a
-folder that dies or races changes nothing.
+A keyed aggregate of stage i has ``settings.state_partitions`` (P) state
+partitions, like Flink's key groups: a key belongs to partition
+``crc32(key) % P`` (:func:`rainstorm.protocol.entries.partition_of`, the
+same stable hash that routes records between stages).  Partition k is the
+hash ``rs:{job}:state:s<i>:p<k>`` (``v`` version, ``d`` msgpack of the
+folded part, ``lb`` bytes logged and not yet folded) and the stream
+``rs:{job}:state:s<i>:p<k>:log`` of deltas.
 
-Two folders exist:
-* ``Folder`` (the coordinator): keeps the folded state in memory, reads only
-  new deltas as they are committed (overlapping the fold with processing),
-  compacts every ``compact_every`` deltas, and at the end checks its view
-  against one atomic snapshot before trusting it.
-* ``maybe_compact`` (workers): when no coordinator keeps up and the log grows
-  past 4 x ``compact_every`` deltas, a worker folds it.
-
-Both hold the short lease ``rs:{job}:compact:s<i>`` while they compact
-(:mod:`rainstorm.lease`: a dead holder's lease is taken over within seconds).
+* A commit splits its batch's delta by partition (:func:`split_delta`) and
+  appends every part to its partition's log in the same FCALL that
+  acknowledges the input, so a batch's delta lands whole or not at all.
+* The commit answers which of the partitions it touched are now due for
+  folding -- LSM-like: once a log's bytes outgrow its base (and 64 KiB), or it
+  holds ``compact_every`` deltas -- and the worker that committed folds them
+  (:func:`fold_due`), each under the short lease ``rs:{job}:compact:s<i>:p<k>``
+  (:mod:`rainstorm.lease`) and with a version check inside
+  ``rainstorm_compact``, so a folder that dies or races changes nothing.
+  Total folding work stays linear in the deltas: a base is rewritten only
+  after as many bytes of deltas as it holds have arrived.
+* Nobody holds the whole aggregate: readers fold one partition at a time
+  (:func:`iter_finished`, :func:`read_key`), and at the end of a batch job
+  the coordinator folds every partition's remaining log into its base
+  (:func:`finalize`), so the finished result is exactly the bases, which
+  the job's seal covers.
 
 A delta that does not decode, or does not merge (anyone holding a Redis
-password can XADD one), never stops a folder: the coordinator moves it to
-the dead-letter stream (kind ``delta``, counted in ``s<i>:dead_deltas``, so
-the job's result is marked incomplete) and folds on; a worker leaves it there
-and compacts around it; :func:`read_state` skips it with a warning.
+password can XADD one), never stops a folder: a folder moves it to the
+dead-letter stream (kind ``delta``, counted in ``s<i>:dead_deltas``, so the
+job's result is marked incomplete) and folds on; readers skip it with a
+warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -36,19 +47,76 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
-from rainstorm.lease import Lease, holder_id
+from rainstorm.lease import Lease
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.deadletter import Kind, letter_fields
-from rainstorm.protocol.entries import data_of
+from rainstorm.protocol.entries import partition_of
 
 log = logging.getLogger(__name__)
 
-WORKER_COMPACT_FACTOR = 4  # workers fold only when the coordinator lags far behind
-LEASE_RETRY_S = 0.5  # a folder denied the lease asks again after this long
+FOLD_BYTES = 65536  # a log is never due for folding below this many bytes
+LEASE_WAIT_S = 10.0  # finalize waits this long for a folder's lease (its TTL is 5 s)
+DIGEST_DOMAIN = b"rainstorm-state-v2\x00"
 
 OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
+# a fold's closed part: takes the folded partition, removes what the fold
+# closes (event-time windows past the watermark) and returns it as output
+# entries (uid, payload) for the output stream
+Closer = Callable[[int, dict[Any, Any]], list[tuple[str, bytes]]]
+
+
+@dataclass(frozen=True)
+class Part:
+    """The keys of one state partition."""
+
+    job: str
+    stage: int
+    index: int
+
+    @property
+    def base(self) -> str:
+        return keys.state(self.job, self.stage, self.index)
+
+    @property
+    def log(self) -> str:
+        return keys.state_log(self.job, self.stage, self.index)
+
+    @property
+    def lease(self) -> str:
+        return keys.compact_lease(self.job, self.stage, self.index)
+
+    def snapshot(self, r: redis.Redis, max_deltas: int | None = None) -> lua.Snapshot:
+        return lua.snapshot(r, base=self.base, log=self.log, max_deltas=max_deltas)
+
+
+def partitions(job: Job) -> int:
+    return job.spec.settings.state_partitions
+
+
+def parts(job: Job, stage: int | None = None) -> list[Part]:
+    """Every state partition of ``stage`` (default: the last stage's aggregate)."""
+    i = job.plan.last.index if stage is None else stage
+    return [Part(job.id, i, p) for p in range(partitions(job))]
+
+
+def fold_rule(job: Job) -> lua.FoldRule:
+    return lua.FoldRule(entries=job.spec.settings.compact_every, bytes=FOLD_BYTES)
+
+
+def split_delta(job: Job, stage: int, delta: dict[Any, Any], agg: Aggregator
+                ) -> list[lua.Delta]:
+    """A batch's delta as one encoded part per state partition it touches."""
+    n = partitions(job)
+    buckets: dict[int, dict[Any, Any]] = {}
+    for k, v in delta.items():
+        buckets.setdefault(partition_of(k, n), {})[k] = v
+    out = []
+    for p in sorted(buckets):
+        part = Part(job.id, stage, p)
+        out.append(lua.Delta(part.base, part.log, aggregates.encode(buckets[p], agg), p))
+    return out
 
 
 def fold(snap: lua.Snapshot, agg: Aggregator, on_bad: OnBad | None = None,
@@ -80,36 +148,23 @@ def _skip(id_: str, blob: bytes, why: str) -> None:
     log.warning("skipping undecodable aggregate delta %s (%d bytes): %s", id_, len(blob), why)
 
 
-def dead_letter_delta(r: redis.Redis, job: Job, stage: int, id_: str, blob: bytes,
+def dead_letter_delta(r: redis.Redis, job_id: str, part: Part, id_: str, blob: bytes,
                       why: str) -> None:
-    """Move a bad delta from the log to the dead-letter stream, atomically
-    (the coordinator's job: it is the one folder that writes them)."""
-    log_key = keys.state_log(job.id, stage)
-    log.warning("job %s stage %d: aggregate delta %s is bad (%s): moved to the dead letters",
-                job.id, stage, id_, why)
+    """Move a bad delta from its log to the dead-letter stream, atomically."""
+    log.warning("job %s stage %d partition %d: aggregate delta %s is bad (%s): moved to "
+                "the dead letters", job_id, part.stage, part.index, id_, why)
     pipe = r.pipeline(transaction=True)
-    pipe.xadd(keys.dlq(job.id), letter_fields(stage, Kind.DELTA, id_,
+    pipe.xadd(keys.dlq(job_id), letter_fields(part.stage, Kind.DELTA, id_,
                                               f"undecodable aggregate delta: {why}",
-                                              stream=log_key, data=blob))
-    pipe.xdel(log_key, id_)
-    pipe.hincrby(keys.counters(job.id), keys.counter_field(stage, StageCounter.DEAD_DELTAS), 1)
+                                              stream=part.log, data=blob))
+    pipe.xdel(part.log, id_)
+    pipe.hincrby(part.base, "lb", -len(blob))
+    pipe.hincrby(keys.counters(job_id),
+                 keys.counter_field(part.stage, StageCounter.DEAD_DELTAS), 1)
     pipe.execute()
 
 
-def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...],
-               check: Callable[[lua.Snapshot], None] | None = None) -> dict[Any, Any]:
-    """The finished aggregate as of now: base + every delta, read atomically.
-    ``allow``: see :func:`_agg` (only ``reduce_by_key`` resolves a function);
-    ``check``: called with the snapshot before it is folded (may raise)."""
-    agg = _agg(job, allow)
-    stage = job.plan.last.index
-    snap = lua.snapshot(r, base=keys.state(job.id, stage), log=keys.state_log(job.id, stage))
-    if check is not None:
-        check(snap)
-    return agg.finish(fold(snap, agg, where=f"job {job.id} stage {stage}"))
-
-
-def _agg(job: Job, allow: tuple[str, ...]) -> Aggregator:
+def agg_of(job: Job, allow: tuple[str, ...]) -> Aggregator:
     """The job's aggregate.  ``allow``: modules a ``reduce_by_key`` function
     may come from -- security policy, so the caller's own: ``("*",)`` for the
     coordinator (its spec came from its own user), the allowlist of a worker
@@ -120,139 +175,150 @@ def _agg(job: Job, allow: tuple[str, ...]) -> Aggregator:
     return agg
 
 
-def maybe_compact(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: str) -> bool:
-    """Fold the delta log if it grew too long; ``agg``: the worker's own
-    aggregator (its functions resolved under the worker's allowlist);
-    ``holder``: who holds the compaction lease (e.g. ``worker:<id>``).  Bad
-    deltas stay in the log (the coordinator dead-letters them); the others
-    are compacted around them."""
-    log_key = keys.state_log(job.id, stage)
-    if r.xlen(log_key) < WORKER_COMPACT_FACTOR * job.spec.settings.compact_every:
-        return False
-    lease = Lease(r, keys.compact_lease(job.id, stage), holder)
-    if not lease.acquire():
-        return False
-    try:
-        try:
-            return compact_head(r, job, stage, agg, lease) is lua.CompactStatus.OK
-        except JobFailed as exc:  # a corrupt base: the coordinator fails the job
-            log.warning("not compacting: %s", exc)
-            return False
-    finally:
-        lease.release()
+# -- folding (workers while the job runs, the coordinator at its end) --------
 
-
-def compact_head(r: redis.Redis, job: Job, stage: int, agg: Aggregator,
-                 lease: Lease) -> lua.CompactStatus | None:
-    """Fold the head of the log (at most LIMITS.compact_ids deltas, bad ones
-    left where they are) into the base; None: nothing to fold."""
-    log_key = keys.state_log(job.id, stage)
-    snap = lua.snapshot(r, base=keys.state(job.id, stage), log=log_key,
-                        max_deltas=lua.LIMITS.compact_ids)
+def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Lease,
+              closer: Closer | None = None) -> lua.CompactStatus | None:
+    """Fold the head of one partition's log (at most LIMITS.compact_ids
+    deltas; bad ones dead-lettered) into its base, emitting what ``closer``
+    takes out of it; None: nothing to do."""
+    snap = part.snapshot(r, max_deltas=lua.LIMITS.compact_ids)
     bad: set[str] = set()
-    state = fold(snap, agg, on_bad=lambda id_, _b, _w: bad.add(id_),
-                 where=f"job {job.id} stage {stage}")
+
+    def on_bad(id_: str, blob: bytes, why: str) -> None:
+        dead_letter_delta(r, job.id, part, id_, blob, why)
+        bad.add(id_)
+
+    state = fold(snap, agg, on_bad, where=f"job {job.id} stage {part.stage} "
+                                          f"partition {part.index}")
     ids = [i for i in snap.log_ids if i not in bad]
-    if not ids:
+    outputs = closer(part.index, state) if closer else []
+    if not ids and not outputs:
         return None
     blob = aggregates.encode(state, agg)
     lease.renew()
-    status = lua.compact(r, base=keys.state(job.id, stage), log=log_key, meta=keys.meta(job.id),
-                         version=snap.version, blob=blob, ids=ids)
-    log.info("compacted %d deltas of %s stage %d: %s", len(ids), job.id, stage, status)
+    status = lua.compact(r, lua.CompactRequest(
+        base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
+        out=keys.output(job.id), version=snap.version, blob=blob, ids=ids, outputs=outputs,
+        emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
+        if outputs else ""))
+    log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,
+              part.stage, part.index, status)
     return status
 
 
-class Folder:
-    """The coordinator's running fold of one stage's aggregate.  ``allow``:
-    the modules a ``reduce_by_key`` function may come from (the coordinator
-    passes ``("*",)``: its spec came from its own user)."""
-
-    def __init__(self, r: redis.Redis, job: Job, stage: int, allow: tuple[str, ...]) -> None:
-        self.r = r
-        self.job = job
-        self.stage = stage
-        self.agg = _agg(job, allow)
-        self.base_key = keys.state(job.id, stage)
-        self.log_key = keys.state_log(job.id, stage)
-        self.lease = Lease(r, keys.compact_lease(job.id, stage), holder_id("coordinator"))
-        self.state: dict[Any, Any] = {}
-        self.version = 0
-        self.folded: list[str] = []  # log ids folded in memory, not yet compacted
-        self.last_id = "0-0"
-        self._lease_retry_at = 0.0
-        self._reset()
-
-    def _dead_letter(self, id_: str, blob: bytes, why: str) -> None:
-        dead_letter_delta(self.r, self.job, self.stage, id_, blob, why)
-
-    def _fold(self, snap: lua.Snapshot) -> dict[Any, Any]:
-        """Fold a snapshot, dead-lettering its bad deltas (and dropping their
-        ids from ``snap.log_ids``)."""
-        bad: list[str] = []
-
-        def on_bad(id_: str, blob: bytes, why: str) -> None:
-            self._dead_letter(id_, blob, why)
-            bad.append(id_)
-
-        state = fold(snap, self.agg, on_bad, where=f"job {self.job.id} stage {self.stage}")
-        snap.log_ids = [i for i in snap.log_ids if i not in set(bad)]
-        return state
-
-    def _reset(self) -> None:
-        snap = lua.snapshot(self.r, base=self.base_key, log=self.log_key)
-        last = snap.log_ids[-1] if snap.log_ids else "0-0"
-        self.state = self._fold(snap)
-        self.version = snap.version
-        self.folded = list(snap.log_ids)
-        self.last_id = last
-
-    def poll(self, max_deltas: int = 64) -> int:
-        """Fold deltas committed since the last poll; compact when due."""
-        rows: Any = self.r.xrange(self.log_key, min=f"({self.last_id}", max="+", count=max_deltas)
-        for raw_id, fields in rows:
-            id_ = raw_id.decode()
-            if apply(self.state, id_, data_of(fields), self.agg, self._dead_letter):
-                self.folded.append(id_)
-            self.last_id = id_
-        if len(self.folded) >= self.job.spec.settings.compact_every:
-            self.compact()
-        return len(rows)
-
-    def compact(self) -> None:
-        if not self.folded or time.monotonic() < self._lease_retry_at:
-            return
-        if not self.lease.acquire():
-            self._lease_retry_at = time.monotonic() + LEASE_RETRY_S
-            return
+def fold_due(r: redis.Redis, job: Job, due: Iterable[lua.Delta], stage: int, agg: Aggregator,
+             holder: str, closer: Closer | None = None) -> int:
+    """Fold the partitions a commit reported due, each under its lease (one
+    another folder holds is left to it); ``agg``: the worker's own
+    aggregator (its functions resolved under the worker's allowlist).
+    Returns how many were folded."""
+    done = 0
+    for d in due:
+        part = Part(job.id, stage, d.partition)
+        lease = Lease(r, part.lease, holder)
+        if not lease.acquire():
+            continue
         try:
-            if len(self.folded) > lua.LIMITS.compact_ids:  # more than one call may fold
-                compact_head(self.r, self.job, self.stage, self.agg, self.lease)
-                self._reset()
-                return
-            blob = aggregates.encode(self.state, self.agg)
-            self.lease.renew()
-            status = lua.compact(self.r, base=self.base_key, log=self.log_key,
-                                 meta=keys.meta(self.job.id), version=self.version, blob=blob,
-                                 ids=self.folded)
+            if fold_part(r, job, part, agg, lease, closer) is lua.CompactStatus.OK:
+                done += 1
+        except JobFailed as exc:  # a corrupt base: the coordinator fails the job
+            log.warning("not folding: %s", exc)
         finally:
-            self.lease.release()
-        if status is lua.CompactStatus.OK:
-            self.version += 1
-            self.folded = []
-        elif status is lua.CompactStatus.CONFLICT:  # someone else folded, or Redis lost data
-            self._reset()
-        else:  # the job stopped (or is gone): compaction is over, the fold stays in memory
-            self._lease_retry_at = float("inf")
+            lease.release()
+    return done
 
-    def final(self) -> dict[Any, Any]:
-        """The complete aggregate, after checking the in-memory view against Redis."""
-        snap = lua.snapshot(self.r, base=self.base_key, log=self.log_key)
-        known = set(self.folded)
-        if snap.version != self.version or not known.issubset(snap.log_ids):
-            log.warning("state of %s changed under the coordinator; refolding", self.job.id)
-            return self.agg.finish(self._fold(snap))
-        for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
-            if id_ not in known:
-                apply(self.state, id_, blob, self.agg, self._dead_letter)
-        return self.agg.finish(self.state)
+
+def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> str:
+    """Fold every partition's log into its base, one partition at a time, so
+    that the finished result is exactly the bases (called by the coordinator
+    once a batch job is complete: no commit can land any more).  Returns the
+    digest (:class:`Digest`) of the state it leaves, for the job's seal."""
+    digest = Digest()
+    for part in parts(job):
+        while True:
+            snap = part.snapshot(r)
+            if not snap.log_ids:
+                break
+            lease = Lease(r, part.lease, holder)
+            _acquire(lease)
+            try:
+                status = fold_part(r, job, part, agg, lease)
+            finally:
+                lease.release()
+            if status in (lua.CompactStatus.STOPPED, lua.CompactStatus.GONE):
+                raise JobFailed(f"job {job.id} stopped while its result was read")
+        digest.add(part.index, snap)
+    return digest.hexdigest()
+
+
+def _acquire(lease: Lease) -> None:
+    """Wait (bounded) for a lease a worker holds while it folds."""
+    deadline = time.monotonic() + LEASE_WAIT_S
+    while not lease.acquire():
+        if time.monotonic() > deadline:
+            raise JobFailed(f"{lease.key} stayed held for {LEASE_WAIT_S:.0f} s")
+        time.sleep(0.02)
+
+
+# -- reading ----------------------------------------------------------------
+
+class Digest:
+    """SHA-256 over a state as its partitions' snapshots read it."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(DIGEST_DOMAIN)
+
+    def _frame(self, blob: bytes) -> None:
+        self._h.update(len(blob).to_bytes(8, "big"))
+        self._h.update(blob)
+
+    def add(self, index: int, snap: lua.Snapshot) -> None:
+        self._frame(f"{index}:{snap.version}".encode())
+        self._frame(snap.base)
+        for id_, delta in zip(snap.log_ids, snap.deltas, strict=True):
+            self._frame(id_.encode())
+            self._frame(delta)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def digest(r: redis.Redis, job: Job) -> str:
+    """The digest of the job's aggregate state as it is now (read one
+    partition at a time)."""
+    d = Digest()
+    for part in parts(job):
+        d.add(part.index, part.snapshot(r))
+    return d.hexdigest()
+
+
+def iter_finished(r: redis.Redis, job: Job, allow: tuple[str, ...]
+                  ) -> Iterator[dict[Any, Any]]:
+    """The job's aggregate, finished, one partition at a time (each read as
+    one consistent snapshot); ``allow``: see :func:`agg_of`."""
+    agg = agg_of(job, allow)
+    for part in parts(job):
+        snap = part.snapshot(r)
+        yield agg.finish(fold(snap, agg, where=f"job {job.id} partition {part.index}"))
+
+
+def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> dict[Any, Any]:
+    """The whole finished aggregate in one dict (for callers that asked for
+    all of it, e.g. ``Dataset.collect``); ``allow``: see :func:`agg_of`."""
+    out: dict[Any, Any] = {}
+    for part in iter_finished(r, job, allow):
+        out.update(part)
+    return out
+
+
+def read_key(r: redis.Redis, job: Job, allow: tuple[str, ...], key: Any
+             ) -> tuple[bool, Any, int]:
+    """(found, value, partition) of one key, reading only its partition."""
+    agg = agg_of(job, allow)
+    p = partition_of(key, partitions(job))
+    part = Part(job.id, job.plan.last.index, p)
+    state = agg.finish(fold(part.snapshot(r), agg, where=f"job {job.id} partition {p}"))
+    if key in state:
+        return True, state[key], p
+    return False, None, p

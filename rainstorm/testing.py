@@ -44,7 +44,7 @@ import redis
 from rainstorm.apps.dataset import Dataset
 from rainstorm.apps.execute import configured
 from rainstorm.connection import connect, redact
-from rainstorm.coordinator.driver import Result
+from rainstorm.coordinator.result import Result
 from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import IncompleteResult, one_line
 from rainstorm.local.run import RunOptions, spec_modules

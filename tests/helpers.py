@@ -21,12 +21,12 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import Result
-from rainstorm.coordinator.session import Session, prepare
 from rainstorm.coordinator.progress import read_status
+from rainstorm.coordinator.session import Session, prepare
 from rainstorm.job import Job
 from rainstorm.jobstore import load_job
-from rainstorm.sources.direct import group_state
 from rainstorm.monitor import JobCounts, read_progress
+from rainstorm.sources.direct import group_state
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -139,7 +139,8 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     report = (defaults.runner or run_job)(spec, opts)
     _last_report.set(report)
     _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
-    return report.result
+    # the user's program asked for the whole result: materialize it
+    return report.result if isinstance(report.result, list) else dict(report.result)
 
 
 def _check_complete(spec: JobSpec, job_id: str, dead: int, result: Any) -> None:

@@ -121,13 +121,18 @@ def _run(cmd: RunCommand) -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops server and workers
     show = cmd.progress and sys.stderr.isatty()
     prog, update = progress_bar()
-    opts = replace(cmd.options, on_progress=update if show else None, autoscale=policy)
+
+    def show_result(report: Any) -> None:  # while the server runs: streamed from it
+        prog.stop()
+        print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
+                     cmd.as_json)
+        if cmd.output:  # (checked writable before the job ran; the spec's file sink is written)
+            _write_output(cmd.output, report.result)
+
+    opts = replace(cmd.options, on_progress=update if show else None, autoscale=policy,
+                   on_result=show_result)
     with prog if show else Null():
         report = run_job(spec, opts)
-    print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
-                 cmd.as_json)
-    if cmd.output:  # (checked writable before the job ran; the spec's file sink is written)
-        _write_output(cmd.output, report.result)
     who = f"autoscaled {cmd.autoscale} workers per stage" if cmd.autoscale \
         else f"{cmd.options.workers} workers"
     _summary(report, who)
@@ -135,10 +140,10 @@ def _run(cmd: RunCommand) -> None:
 
 
 def _write_output(path: str, result: Any) -> None:
-    from rainstorm.coordinator.result import to_json, write_atomically
+    from rainstorm.coordinator.result import write_json_atomically
 
     try:
-        write_atomically(path, to_json(result))
+        write_json_atomically(path, result)
     except OSError as exc:
         raise fail(f"--output {path}: cannot write the result ({exc.strerror}); it "
                    "was printed above") from None

@@ -4,7 +4,8 @@ rows, the progress bar of ``rainstorm run``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -15,13 +16,16 @@ from rich.table import Table
 err_console = Console(stderr=True)
 
 
-def print_result(result: dict[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
+def print_result(result: Mapping[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
     """An aggregate as a table of its ``top_n`` keys, records as JSON lines,
-    or (``as_json``) the whole result as JSON."""
-    from rainstorm.coordinator.result import to_json, top
+    or (``as_json``) the whole result as JSON (an aggregate streamed to
+    stdout one state partition at a time)."""
+    from rainstorm.coordinator.result import top, write_json
 
     if as_json:
-        click.echo(to_json(result))
+        write_json(sys.stdout, result)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
         return
     if isinstance(result, list):
         for rec in result[:top_n]:

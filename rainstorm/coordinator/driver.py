@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
@@ -26,22 +25,23 @@ from rainstorm import monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.coordinator import seal
 from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.result import collect, keys_as_str, store, to_json, write_atomically
+from rainstorm.coordinator.result import Result, collect, state_result, store, write_json_atomically
 from rainstorm.coordinator.sink import FileOutputSink
 from rainstorm.durability import make_durable
 from rainstorm.errors import JobFailed, JobStopped, RainstormError
 from rainstorm.job import Job, JobState
 from rainstorm.jobstore import mark_failed
+from rainstorm.lease import holder_id
+from rainstorm.operators.aggregates import Aggregator
 from rainstorm.sources.loader import BaseLoader
 from rainstorm.sources.pick import loader_for
-from rainstorm.state import Folder
+from rainstorm.state import agg_of, finalize
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 0.1
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
 REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
-Result = dict[str, Any] | list[Any]
 # the modules a reduce_by_key function may come from: any, since the job's
 # spec came from the coordinator's own user (workers have their allowlist)
 ALLOW_ALL = ("*",)
@@ -76,7 +76,7 @@ class Driver:
         self.unbounded = job.spec.unbounded
         self._snapshot_at = 0.0
         self._refused_since: float | None = None
-        self.folder: Folder | None = None
+        self.agg: Aggregator | None = agg_of(job, ALLOW_ALL) if job.plan.aggregate else None
         self.loaded = False
         self.last_status = 0.0
         self.outages = 0
@@ -107,14 +107,12 @@ class Driver:
                 return result
 
     def _advance(self) -> None:
-        """Load one call's worth of input and fold new aggregate deltas."""
+        """Load one call's worth of input; move the streaming sinks on."""
         if self.loader is None:
             self.loader = loader_for(self.r, self.job)
         if self.sink is None and self.unbounded and not self.job.plan.aggregate \
                 and self.job.spec.sink.type == "file" and self.job.spec.sink.path:
             self.sink = FileOutputSink(self.r, self.job, self.job.spec.sink.path)
-        if self.folder is None and self.job.plan.aggregate:
-            self.folder = Folder(self.r, self.job, self.job.plan.last.index, allow=ALLOW_ALL)
         if not self.loaded:
             try:
                 self.loaded = self.loader.step().done
@@ -122,8 +120,6 @@ class Driver:
                 if not (self.unbounded and exc.state == JobState.CANCELLED):
                     raise
                 self.loaded = True  # stopped: _step sees the state and stops cleanly
-        if self.folder:
-            self.folder.poll()
         if self.sink:
             self.sink.poll()
         if self.unbounded:
@@ -161,12 +157,12 @@ class Driver:
 
     def _finish(self, status: JobStatus) -> Result:
         result: Result
-        if self.folder:
-            result = keys_as_str(self.folder.final())
-            # final() may have dead-lettered a delta: count again, and seal the
-            # state as it is now
-            status = read_status(self.r, self.job)
-            sealed = seal.of_state(self.r, self.job)
+        if self.agg:
+            # every partition's log folded into its base: the bases are the
+            # result, and what the seal covers
+            sealed = finalize(self.r, self.job, self.agg, holder_id("coordinator"))
+            status = read_status(self.r, self.job)  # a bad delta may have been dead-lettered
+            result = state_result(self.r, self.job, ALLOW_ALL)
         else:
             digest = seal.OutputDigest()  # sealed in the same read of the output
             result = collect(self.r, self.job, digest, allow=ALLOW_ALL)
@@ -194,31 +190,28 @@ class Driver:
 
     def live(self) -> Result:
         """A streaming job's aggregate now (records jobs: the output stream)."""
-        if self.folder:
-            return keys_as_str(self.folder.agg.finish(dict(self.folder.state)))
+        if self.agg:
+            return state_result(self.r, self.job, ALLOW_ALL)
         return collect(self.r, self.job, allow=ALLOW_ALL)
 
     def _snapshot(self) -> None:
         """A streaming aggregate with a file sink: rewrite the file (atomically)
         every SNAPSHOT_EVERY_S with the live aggregate."""
         sink = self.job.spec.sink
-        if not (self.folder and sink.type == "file" and sink.path):
+        if not (self.agg and sink.type == "file" and sink.path):
             return
         now = time.monotonic()
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
-            write_atomically(sink.path, to_json(self.live()))
+            write_json_atomically(sink.path, self.live())
 
     def stop_streaming(self) -> Result:
         """`kill-job --keep` (or Ctrl-C) stopped a streaming job.  No commit
         lands once its state is not ``running`` (rainstorm_commit refuses),
-        so draining the output stream and the delta log now puts everything
-        committed into the sinks; return the last live result."""
+        so draining the output stream and reading the state now puts
+        everything committed into the sinks; return the last live result."""
         if self.sink:
             self.sink.drain()
-        if self.folder:
-            while self.folder.poll():
-                pass
         self._snapshot_at = 0.0
         self._snapshot()
         log.info("streaming job %s stopped", self.job.id)

@@ -16,9 +16,11 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import redis
 
@@ -31,7 +33,8 @@ from rainstorm.operators.aggregates import DECODE_ERRORS
 from rainstorm.protocol import meta
 from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
-from rainstorm.state import read_state
+from rainstorm.state import digest as state_digest
+from rainstorm.state import iter_finished
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,69 @@ def keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
     return {jsonable_key(k): v for k, v in state.items()}
 
 
+class StateResult(Mapping[str, Any]):
+    """A keyed aggregate's result, read from Redis one state partition at a
+    time whenever it is iterated (no process holds the whole aggregate);
+    random access (``result[k]``) reads it all once and keeps it."""
+
+    def __init__(self, read: Callable[[], Iterator[dict[Any, Any]]]) -> None:
+        self._read = read
+        self._all: dict[str, Any] | None = None
+
+    def partitions(self) -> Iterator[dict[str, Any]]:
+        """The result, partition by partition, with JSON-able keys."""
+        if self._all is not None:
+            yield self._all
+            return
+        for part in self._read():
+            yield keys_as_str(part)
+
+    def _whole(self) -> dict[str, Any]:
+        if self._all is None:
+            self._all = {k: v for part in self.partitions() for k, v in part.items()}
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        for part in self.partitions():
+            yield from part
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        for part in self.partitions():
+            yield from part.items()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._whole()[key]
+
+    def __len__(self) -> int:
+        if self._all is not None:
+            return len(self._all)
+        return sum(len(part) for part in self.partitions())
+
+    def __repr__(self) -> str:
+        return f"StateResult({self._whole()!r})"
+
+
+Result = Mapping[str, Any] | list[Any]
+
+
+def materialized(result: Result) -> Result:
+    """A result that no longer needs its server: a StateResult read whole."""
+    return dict(result) if isinstance(result, StateResult) else result
+
+
+def state_result(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> StateResult:
+    """The job's aggregate as it is now, read partition by partition."""
+    return StateResult(lambda: iter_finished(r, job, allow))
+
+
 def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None, *,
-            allow: tuple[str, ...]) -> dict[str, Any] | list[Any]:
-    """The job's full result: a key -> value map (aggregate) or a record list;
-    ``digest``: fed every output entry read (a records job); ``allow``: the
-    modules a ``reduce_by_key`` function may come from (the caller's policy)."""
+            allow: tuple[str, ...]) -> Result:
+    """The job's full result: a key -> value map (aggregate, read lazily
+    partition by partition) or a record list; ``digest``: fed every output
+    entry read (a records job); ``allow``: the modules a ``reduce_by_key``
+    function may come from (the caller's policy)."""
     if job.plan.aggregate:
-        return keys_as_str(read_state(r, job, allow))
+        return state_result(r, job, allow)
     out: list[Any] = []
     for id_, fields in seal.output_rows(r, job):
         if digest is not None:
@@ -69,25 +128,21 @@ def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None, *
     return out
 
 
-def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
+def store(r: redis.Redis, job: Job, result: Result,
           dead_letters: int = 0, sealed: str | None = None) -> None:
     """Mark the job done and leave its result where redis-cli can read it:
     the top keys in the sorted set rs:{job}:top, and with a ``redis`` sink the
     whole aggregate in the hash rs:{job}:result.  ``dead_letters``: input
     that is missing from it (see the module's doc); ``sealed``: the digest of
     its result keys (rainstorm.coordinator.seal), checked when it is read."""
+    if isinstance(result, Mapping) and job.spec.sink.type == "redis":
+        _write_hash(r, keys.result(job.id), result)
     pipe = r.pipeline(transaction=True)
-    if isinstance(result, dict):
+    if isinstance(result, Mapping):
         pipe.delete(keys.top(job.id))
         best = top(result, TOP_KEPT)
         if best and all(isinstance(v, int | float) for _, v in best):
             pipe.zadd(keys.top(job.id), dict(best))
-    if isinstance(result, dict) and job.spec.sink.type == "redis":
-        pipe.delete(keys.result(job.id))
-        items = [(k, v if isinstance(v, int | float) else json.dumps(v, default=repr))
-                 for k, v in result.items()]
-        for i in range(0, len(items), WRITE_CHUNK):
-            pipe.hset(keys.result(job.id), mapping=dict(items[i : i + WRITE_CHUNK]))
     incomplete = int(dead_letters > 0 and not job.spec.settings.skip_bad_records)
     done: dict[str, Any] = {meta.STATE: JobState.DONE.value, meta.FINISHED_AT: time.time(),
                             meta.DEAD_LETTERS: dead_letters, meta.INCOMPLETE: incomplete}
@@ -97,7 +152,27 @@ def store(r: redis.Redis, job: Job, result: dict[str, Any] | list[Any],
     pipe.hset(keys.meta(job.id), mapping=cast(Any, done))
     pipe.execute()
     if job.spec.sink.type == "file" and job.spec.sink.path:
-        write_atomically(job.spec.sink.path, to_json(result))
+        write_json_atomically(job.spec.sink.path, result)
+
+
+def _write_hash(r: redis.Redis, key: str, result: Mapping[str, Any]) -> None:
+    """The whole aggregate into the hash ``key``, written in chunks as the
+    partitions are read (never all of it in one call or in memory)."""
+    r.delete(key)
+    chunk: dict[str, Any] = {}
+    for k, v in _items(result):
+        chunk[k] = v if isinstance(v, int | float) else json.dumps(v, default=repr)
+        if len(chunk) >= WRITE_CHUNK:
+            r.hset(key, mapping=cast(Any, chunk))
+            chunk = {}
+    if chunk:
+        r.hset(key, mapping=cast(Any, chunk))
+
+
+def _items(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    if isinstance(result, StateResult):
+        return result.items()
+    return iter(result.items())
 
 
 def completeness(r: redis.Redis, job_id: str) -> tuple[int, bool]:
@@ -121,12 +196,39 @@ def check_complete(job_id: str, dead_letters: int, incomplete: bool,
     return None
 
 
-def to_json(result: dict[str, Any] | list[Any]) -> str:
-    return json.dumps(result, ensure_ascii=False, default=repr)
+def to_json(result: Result) -> str:
+    return "".join(json_chunks(result))
 
 
-def load_stored(r: redis.Redis, job: Job, *, allow: tuple[str, ...]
-                ) -> dict[str, Any] | list[Any]:
+def json_chunks(result: Result) -> Iterator[str]:
+    """The result as JSON text, in pieces: an aggregate one partition at a
+    time (each encoded by json's C encoder in one call)."""
+    if not isinstance(result, StateResult):
+        yield json.dumps(result if isinstance(result, list | dict) else dict(result),
+                         ensure_ascii=False, default=repr)
+        return
+    yield "{"
+    first = True
+    for part in result.partitions():
+        if part:
+            text = json.dumps(part, ensure_ascii=False, default=repr)
+            yield text[1:-1] if first else ", " + text[1:-1]
+            first = False
+    yield "}"
+
+
+def write_json(fh: IO[str], result: Result) -> None:
+    for chunk in json_chunks(result):
+        fh.write(chunk)
+
+
+def write_json_atomically(path: str | Path, result: Result) -> None:
+    """The result as JSON in ``path``, streamed, replaced atomically."""
+    with atomic_file(path) as fh:
+        write_json(fh, result)
+
+
+def load_stored(r: redis.Redis, job: Job, *, allow: tuple[str, ...]) -> Result:
     """A job's result, read again (the folded state or the output stream); a
     finished one only if its keys still match the seal written when it
     finished (JobFailed otherwise).  ``allow``: see :func:`collect`."""
@@ -134,18 +236,24 @@ def load_stored(r: redis.Redis, job: Job, *, allow: tuple[str, ...]
     if raw is None:  # not finished (a streaming job), or finished before seals existed
         return collect(r, job, allow=allow)
     sealed = raw.decode("ascii", "replace")
-    if job.plan.aggregate:
-        return keys_as_str(read_state(
-            r, job, allow, check=lambda snap: seal.check(job, sealed, seal.of_snapshot(snap))))
+    if job.plan.aggregate:  # checked first, then read again as it is shown
+        seal.check(job, sealed, state_digest(r, job))
+        return state_result(r, job, allow)
     digest = seal.OutputDigest()
     result = collect(r, job, digest, allow=allow)
     seal.check(job, sealed, digest.hexdigest())
     return result
 
 
-def top(result: dict[str, Any], n: int) -> list[tuple[str, Any]]:
+def top(result: Mapping[str, Any], n: int) -> list[tuple[str, Any]]:
     """The n largest values, ties broken by key (deterministic), in O(len);
-    for non-numeric values (top_k lists) the first n keys."""
+    for non-numeric values (top_k lists) the first n keys.  A StateResult
+    is read one partition at a time."""
+    if isinstance(result, StateResult):
+        best: dict[str, Any] = {}
+        for part in result.partitions():
+            best.update(top(part, n))
+        return top(best, n)
     if n <= 0 or not result:
         return []
     if not all(isinstance(v, int | float) for v in result.values()):
@@ -157,12 +265,20 @@ def top(result: dict[str, Any], n: int) -> list[tuple[str, Any]]:
 
 def write_atomically(path: str | Path, text: str) -> None:
     """Write a file so that a killed run never leaves a half-written one."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[str]]:
+    """A text file written under a temporary name and renamed into place
+    (after fsync) when the block ends; removed if the block raises."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -175,7 +291,7 @@ def write_atomically(path: str | Path, text: str) -> None:
 class StoredResult:
     """A job's result as `rainstorm result` shows it."""
 
-    result: dict[str, Any] | list[Any]
+    result: Result
     state: str  # the job's state
     live: bool  # a streaming job still running (or stopped): its result so far
     dead_letters: int

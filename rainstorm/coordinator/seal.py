@@ -9,9 +9,9 @@ finished result (HSET the folded state, XADD a delta, or set the state back
 to running and call a FUNCTION).  The coordinator therefore records, in the
 hash ``rs:{job}:seal`` (a key the worker user may only read, see
 docker-compose.yml, and that no FUNCTION takes), a SHA-256 over exactly what
-the result is read from -- the last stage's folded base and every delta left
-in its log (an aggregate), or every entry of the output stream (a records
-job).  Reading a finished result checks it,
+the result is read from -- every state partition of the last stage, as
+:func:`rainstorm.state.finalize` left it (an aggregate), or every entry of
+the output stream (a records job).  Reading a finished result checks it,
 so a result changed after the job finished is refused with one line instead
 of being shown; its ``dead_letters`` and ``incomplete`` are kept there too,
 so nobody can make an incomplete result pass for a complete one.
@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from rainstorm import keys, lua
+from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.protocol.entries import data_of, uid_of
@@ -37,17 +37,6 @@ _CHUNK = 1000
 def _frame(h: Any, blob: bytes) -> None:
     h.update(len(blob).to_bytes(8, "big"))
     h.update(blob)
-
-
-def of_snapshot(snap: lua.Snapshot) -> str:
-    """The digest of an aggregate's state as one snapshot read it."""
-    h = hashlib.sha256(DOMAIN + b"state\x00")
-    _frame(h, str(snap.version).encode())
-    _frame(h, snap.base)
-    for id_, delta in zip(snap.log_ids, snap.deltas, strict=True):
-        _frame(h, id_.encode())
-        _frame(h, delta)
-    return h.hexdigest()
 
 
 def output_rows(r: redis.Redis, job: Job) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
@@ -75,13 +64,6 @@ class OutputDigest:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
-
-
-def of_state(r: redis.Redis, job: Job) -> str:
-    """The digest of an aggregate job's state as it is now (one snapshot)."""
-    stage = job.plan.last.index
-    return of_snapshot(lua.snapshot(r, base=keys.state(job.id, stage),
-                                    log=keys.state_log(job.id, stage)))
 
 
 def check(job: Job, sealed: str | None, now: str) -> None:

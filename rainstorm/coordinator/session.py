@@ -25,9 +25,10 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.connection import connect_timeout_s, wait_out_outage
-from rainstorm.coordinator.driver import Driver, Result, fail
+from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus, read_status
+from rainstorm.coordinator.result import Result
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
@@ -167,7 +168,7 @@ class Session:
         result = self.drive(timeout_s=timeout_s, on_progress=hooks.on_progress,
                             check=hooks.check, on_step=hooks.on_step,
                             stop_on_interrupt=stop_on_interrupt)
-        if raw_keys and isinstance(result, dict):
+        if raw_keys and not isinstance(result, list):
             result = self.raw_state()
         status = self.status()
         return RunReport(self.job.id, result, self.seconds, status.total_bytes, status, server,

@@ -16,6 +16,7 @@ from typing import Any
 
 from rainstorm.connection import open_checked, redact
 from rainstorm.coordinator.progress import JobStatus
+from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import UsageError
 from rainstorm.job import Job
@@ -48,6 +49,11 @@ class RunOptions:
     job_id: str | None = None  # default: <name>-<time>
     timeout_s: float | None = None  # fail the job after this long
     on_progress: Callable[[JobStatus], None] | None = None
+    # called with the report while the server still runs: an aggregate's
+    # result is then read from it one state partition at a time, as it is
+    # consumed (without it, a result on a server this run stops is read
+    # whole into memory before the server stops)
+    on_result: Callable[[RunReport], None] | None = None
     raw_keys: bool = False  # an aggregate's keys as the operators made them, not JSON text
     # the workers: forked local processes, or autoscaled between bounds
     workers: int = 2
@@ -175,17 +181,27 @@ class LocalRun:
             # safe to repeat (the same job is resumed): an outage in submit is
             # waited out; Ctrl-C / SIGTERM is how a streaming run ends: stop,
             # flush, report
-            return session.run(Hooks(on_submit=submitted, on_progress=opts.on_progress,
-                                     check=self.check),
-                               wait_s=self.connect_timeout_s, timeout_s=opts.timeout_s,
-                               raw_keys=opts.raw_keys, stop_on_interrupt=True, server=desc)
+            report = session.run(Hooks(on_submit=submitted, on_progress=opts.on_progress,
+                                       check=self.check),
+                                 wait_s=self.connect_timeout_s, timeout_s=opts.timeout_s,
+                                 raw_keys=opts.raw_keys, stop_on_interrupt=True, server=desc)
+            self._stop_workers(scaling)
+            if opts.on_result:
+                opts.on_result(report)
+            elif self._url is None:  # our server stops with us: read the result now
+                report.result = materialized(report.result)
+            return report
         finally:
-            for s in scaling:
-                s.close()
-            if self.pool:
-                self.pool.stop()
-                self.pool = None
+            self._stop_workers(scaling)
             r.close()
+
+    def _stop_workers(self, scaling: list[Scaling]) -> None:
+        for s in scaling:
+            s.close()
+        scaling.clear()
+        if self.pool:
+            self.pool.stop()
+            self.pool = None
 
 
 def _local_workers(opts: RunOptions) -> bool:

@@ -50,7 +50,8 @@ from rainstorm.replies import as_str
 
 __all__ = [
     "LIBRARY_NAME", "LIB_VERSION", "LIMITS", "CommitRequest", "CommitResult", "CommitStatus",
-    "CompactStatus", "DeadletterRequest", "DeadletterStatus", "JobKeys", "LoadResult",
+    "CompactRequest", "CompactStatus", "DeadletterRequest", "DeadletterStatus", "Delta",
+    "FoldRule", "JobKeys", "LoadResult",
     "LoadStatus", "RequeueRequest", "RequeueStatus", "Snapshot", "call_size",
     "check_version", "commit", "commit_size", "compact", "deadletter", "library_source",
     "load", "load_library", "loaded_version", "refuse_other_version", "requeue", "snapshot",
@@ -114,18 +115,38 @@ def load(
     return LoadResult(status, as_str(rest[0], "replace") if rest else "")
 
 
+@dataclass(frozen=True)
+class Delta:
+    """One state partition's part of a commit's aggregate delta."""
+
+    base: str  # rs:{job}:state:s<i>:p<k>
+    log: str  # rs:{job}:state:s<i>:p<k>:log
+    blob: bytes  # msgpack
+    partition: int
+
+
+@dataclass(frozen=True)
+class FoldRule:
+    """When a partition's log is due for folding (LSM-like): at ``entries``
+    deltas, or once its unfolded bytes reach max(``bytes``, its base's)."""
+
+    entries: int = 256
+    bytes: int = 65536
+
+
 @dataclass
 class CommitRequest:
     counters: str
     dlq: str
-    delta_log: str
     meta: str
     group: str
     stage: int
     inputs: list[tuple[str, str, str]]  # (stream, id, uid)
     outputs: list[tuple[str, str, bytes]] = field(default_factory=list)  # (stream, uid, payload)
     dead: list[bytes] = field(default_factory=list)  # msgpack dead-letter records
-    delta: bytes = b""
+    deltas: list[Delta] = field(default_factory=list)  # one per state partition touched
+    fold: FoldRule = field(default_factory=FoldRule)
+    keep_inputs: bool = False  # a user's stream read directly: XACK, never XDEL
     emit_field: str = ""
     max_backlog: int = 0
     records_in: int = 0
@@ -144,6 +165,7 @@ class CommitResult:
     stream: str = ""  # backlog: the full stream
     max_event_us: int | None = None  # closed: the stage's max event time now
     state: str = ""  # stopped: the job's state
+    due: list[Delta] = field(default_factory=list)  # ok: partitions now due for folding
 
 
 def _commit_call(req: CommitRequest) -> tuple[list[str], list[Any]]:
@@ -151,20 +173,25 @@ def _commit_call(req: CommitRequest) -> tuple[list[str], list[Any]]:
     _cap(COMMIT, "n_out", len(req.outputs), LIMITS.outputs)
     _cap(COMMIT, "n_dead", len(req.dead), LIMITS.dead)
     _cap(COMMIT, "n_extra", len(req.extra), LIMITS.extra)
+    _cap(COMMIT, "n_delta", len(req.deltas), LIMITS.deltas)
     more: list[Any] = [x for _, id_, uid in req.inputs for x in (id_, uid)]
     more += [x for _, uid, payload in req.outputs for x in (uid, payload)]
     more += req.dead
     more += [x for name, incr in req.extra.items() for x in (name, incr)]
+    more += [d.blob for d in req.deltas]
     if req.window is not None:
         more += ["" if v is None else v for v in req.window]
     return COMMIT.build(
-        {"counters": req.counters, "dlq": req.dlq, "delta_log": req.delta_log,
-         "meta": req.meta},
+        {"counters": req.counters, "dlq": req.dlq, "meta": req.meta},
         {"group": req.group, "stage": req.stage, "n_in": len(req.inputs),
          "n_out": len(req.outputs), "n_dead": len(req.dead), "max_backlog": req.max_backlog,
-         "delta": req.delta, "emit_field": req.emit_field, "records_in": req.records_in,
-         "records_out": req.records_out, "bytes_in": req.bytes_in, "n_extra": len(req.extra)},
-        more_keys=[i[0] for i in req.inputs] + [o[0] for o in req.outputs],
+         "n_delta": len(req.deltas), "emit_field": req.emit_field,
+         "records_in": req.records_in, "records_out": req.records_out,
+         "bytes_in": req.bytes_in, "n_extra": len(req.extra),
+         "keep_inputs": int(req.keep_inputs), "fold_entries": req.fold.entries,
+         "fold_bytes": req.fold.bytes},
+        more_keys=[i[0] for i in req.inputs] + [o[0] for o in req.outputs]
+        + [k for d in req.deltas for k in (d.base, d.log)],
         more_args=more,
     )
 
@@ -188,7 +215,7 @@ def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
         return CommitResult(status, max_event_us=int(rest[0]))
     if status is CommitStatus.STOPPED:
         return CommitResult(status, state=as_str(rest[0], "replace"))
-    return CommitResult(status)
+    return CommitResult(status, due=[req.deltas[int(j) - 1] for j in rest])
 
 
 @dataclass(frozen=True)
@@ -257,13 +284,34 @@ def requeue(r: redis.Redis, req: RequeueRequest) -> RequeueStatus:
     return parse_status(RequeueStatus, REQUEUE.function, _call(r, REQUEUE, keys_, args))[0]
 
 
-def compact(r: redis.Redis, *, base: str, log: str, meta: str, version: int, blob: bytes,
-            ids: list[str]) -> CompactStatus:
-    """Replace the deltas ``ids`` by ``blob`` (their fold into the base);
-    at most ``LIMITS.compact_ids`` ids (see :meth:`Snapshot.head`)."""
-    _cap(COMPACT, "the number of ids", len(ids), LIMITS.compact_ids)
-    keys_, args = COMPACT.build({"base": base, "log": log, "meta": meta},
-                                {"version": version, "blob": blob}, more_args=ids)
+@dataclass(frozen=True)
+class CompactRequest:
+    """Replace the deltas ``ids`` of one state partition by ``blob`` (their
+    fold into the base, at most ``LIMITS.compact_ids`` of them: see
+    :meth:`Snapshot.head`), emitting ``outputs`` (uid, payload) into
+    ``out`` (windows the fold closed) in the same step."""
+
+    base: str
+    log: str
+    meta: str
+    counters: str
+    out: str
+    version: int
+    blob: bytes
+    ids: list[str]
+    outputs: list[tuple[str, bytes]] = field(default_factory=list)
+    emit_field: str = ""
+
+
+def compact(r: redis.Redis, req: CompactRequest) -> CompactStatus:
+    _cap(COMPACT, "the number of ids", len(req.ids), LIMITS.compact_ids)
+    _cap(COMPACT, "n_out", len(req.outputs), LIMITS.outputs)
+    keys_, args = COMPACT.build(
+        {"base": req.base, "log": req.log, "meta": req.meta, "counters": req.counters,
+         "out": req.out},
+        {"version": req.version, "blob": req.blob, "n_out": len(req.outputs),
+         "emit_field": req.emit_field},
+        more_args=[x for o in req.outputs for x in o] + req.ids)
     return parse_status(CompactStatus, COMPACT.function, _call(r, COMPACT, keys_, args))[0]
 
 

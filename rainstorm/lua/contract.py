@@ -38,14 +38,16 @@ class Layout:
 
 LOAD = Layout("rainstorm_load", ("counters", "cursor", "meta"),
               ("expected_pos", "new_pos", "max_backlog", "n", "nbytes"))
-COMMIT = Layout("rainstorm_commit", ("counters", "dlq", "delta_log", "meta"),
-                ("group", "stage", "n_in", "n_out", "n_dead", "max_backlog", "delta",
-                 "emit_field", "records_in", "records_out", "bytes_in", "n_extra"))
+COMMIT = Layout("rainstorm_commit", ("counters", "dlq", "meta"),
+                ("group", "stage", "n_in", "n_out", "n_dead", "max_backlog", "n_delta",
+                 "emit_field", "records_in", "records_out", "bytes_in", "n_extra",
+                 "keep_inputs", "fold_entries", "fold_bytes"))
 DEADLETTER = Layout("rainstorm_deadletter", ("counters", "dlq", "meta", "stream"),
                     ("group", "stage", "entry_id", "uid", "error", "deliveries"))
 REQUEUE = Layout("rainstorm_requeue", ("counters", "dlq", "meta", "stream"),
                  ("dead_id", "stage", "kind", "uid", "payload", "unbytes"))
-COMPACT = Layout("rainstorm_compact", ("base", "log", "meta"), ("version", "blob"))
+COMPACT = Layout("rainstorm_compact", ("base", "log", "meta", "counters", "out"),
+                 ("version", "blob", "n_out", "emit_field"))
 SNAPSHOT = Layout("rainstorm_snapshot", ("base", "log"), ("max_deltas",))
 VERSION = Layout("rainstorm_version", (), ())
 LAYOUTS = (LOAD, COMMIT, DEADLETTER, REQUEUE, COMPACT, SNAPSHOT, VERSION)

@@ -59,6 +59,7 @@ class Limits:
     extra: int  # extra counters per commit
     load: int  # entries per load
     compact_ids: int  # delta-log ids per compaction
+    deltas: int  # state partitions one commit writes a delta into
     bytes: int  # all KEYS and ARGV of one call together
 
 

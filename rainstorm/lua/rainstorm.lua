@@ -13,11 +13,13 @@
 -- Functions (KEYS, ARGV and replies are documented above each one):
 --   rainstorm_load        stage-0 entries + the source cursor, atomically
 --   rainstorm_commit      ack a batch's input entries, emit its outputs, its
---                         dead records and its aggregate delta; first commit
+--                         dead records and its aggregate deltas (one per state
+--                         partition); first commit
 --                         wins; event-time windows refuse a closed window
 --   rainstorm_deadletter  move one whole input entry to the dead letters
 --   rainstorm_requeue     move one dead letter back into a stage, once
---   rainstorm_compact     fold delta-log entries into the aggregate's base
+--   rainstorm_compact     fold a state partition's delta log into its base,
+--                         emitting the windows the fold closed
 --   rainstorm_snapshot    (read-only) the base and the first unfolded deltas
 --   rainstorm_version     (read-only) LIB_VERSION
 --
@@ -39,7 +41,7 @@
 -- LIB_VERSION changes whenever a function's KEYS, ARGV or replies change;
 -- every client checks it (rainstorm_version) before its first call and
 -- refuses another version with one line naming both.
-local LIB_VERSION = '6'
+local LIB_VERSION = '7'
 
 -- Caps (plain integers: Python parses them).  Far above what rainstorm sends
 -- (batch_entries <= 256, parallelism <= 1024), low enough that a maximal call
@@ -50,6 +52,7 @@ local MAX_DEAD = 1024         -- dead-letter records per commit
 local MAX_EXTRA = 64          -- extra counters per commit
 local MAX_LOAD = 1024         -- entries per load
 local MAX_COMPACT_IDS = 4096  -- delta-log ids folded per compaction
+local MAX_DELTAS = 1024       -- state partitions one commit writes a delta into
 local MAX_BYTES = 20971520    -- 20 MiB: all KEYS and ARGV of one call together
 
 local function to_int(value, what)
@@ -195,25 +198,31 @@ end
 --
 -- KEYS[1] = counters      rs:{job}:counters
 -- KEYS[2] = dlq           rs:{job}:dlq
--- KEYS[3] = delta_log     rs:{job}:state:s<i>:log
--- KEYS[4] = meta          rs:{job}:meta
--- KEYS[5..4+n_in]         the input stream of each input entry
--- KEYS[5+n_in..]          the output stream of each output entry
+-- KEYS[3] = meta          rs:{job}:meta
+-- KEYS[4..3+n_in]         the input stream of each input entry
+-- KEYS[4+n_in..]          the output stream of each output entry
+-- then 2 keys per delta:  its state partition's base rs:{job}:state:s<i>:p<k>
+--                         and delta log rs:{job}:state:s<i>:p<k>:log
 -- ARGV[1] = group         consumer group of the input stage (g<i>)
 -- ARGV[2] = stage         input stage index i
 -- ARGV[3] = n_in          input entries, 1..MAX_INPUTS
 -- ARGV[4] = n_out         output entries, 0..MAX_OUTPUTS
 -- ARGV[5] = n_dead        dead-letter records, 0..MAX_DEAD
 -- ARGV[6] = max_backlog   of output streams (0 = unbounded)
--- ARGV[7] = delta         aggregate delta (msgpack) or '' for none
+-- ARGV[7] = n_delta       aggregate deltas (one per state partition touched), 0..MAX_DELTAS
 -- ARGV[8] = emit_field    counter field outputs are emitted into ('' if n_out = 0)
 -- ARGV[9] = records_in
 -- ARGV[10] = records_out
 -- ARGV[11] = bytes_in     input bytes (stage 0)
 -- ARGV[12] = n_extra      extra counters (e.g. malformed rows skipped), 0..MAX_EXTRA
--- ARGV[13..]  n_in pairs (id, uid), n_out pairs (uid, payload),
+-- ARGV[13] = keep_inputs  '1': acknowledge the inputs without deleting them and
+--                         without the uid check (a user's stream read directly)
+-- ARGV[14] = fold_entries a partition's log is due for folding at this many deltas
+-- ARGV[15] = fold_bytes   ... or once its unfolded bytes reach max(this, its base's)
+-- ARGV[16..]  n_in pairs (id, uid), n_out pairs (uid, payload),
 --             n_dead dead-letter payloads (msgpack maps),
---             n_extra pairs (counter field, integer increment)
+--             n_extra pairs (counter field, integer increment),
+--             n_delta deltas (msgpack), in the order of their keys
 -- then, only for a stage with event-time windows, 2 more (integers, in µs):
 --   batch max = the largest event time in the batch ('' if none)
 --   guard     = the smallest stage max event time at which a window the batch
@@ -222,39 +231,59 @@ end
 --   Refused ({'closed', current}, nothing written) when the stage's max event
 --   time (counters field s<i>:max_event_us) is already >= guard; on success
 --   s<i>:max_event_us = max(itself, batch max).
--- Returns {'ok'} | {'rejected', id, reason, id, reason, ...} | {'backlog', stream} |
+-- Each delta is appended to its partition's log and its size added to the
+-- base's 'lb' (bytes logged, not yet folded).
+-- Returns {'ok', j, ...} (j: the deltas, 1-based, whose partition is now due
+--         for folding: LSM-like, when its log outgrew its base) |
+--         {'rejected', id, reason, id, reason, ...} | {'backlog', stream} |
 --         {'closed', current max event time} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
+local N_FIXED = 15
+
 local function commit_counts(keys, args, fn)
-  if #args < 12 then error(fn .. ': expected at least 12 args, got ' .. #args) end
+  if #args < N_FIXED then error(fn .. ': expected at least ' .. N_FIXED .. ' args, got ' .. #args) end
   local n_in = to_int(args[3], 'n_in')
   local n_out = to_int(args[4], 'n_out')
   local n_dead = to_int(args[5], 'n_dead')
+  local n_delta = to_int(args[7], 'n_delta')
   local n_extra = to_int(args[12], 'n_extra')
   if n_in < 1 then error(fn .. ': no input entries') end
   cap(n_in, MAX_INPUTS, 'n_in', fn)
   cap(n_out, MAX_OUTPUTS, 'n_out', fn)
   cap(n_dead, MAX_DEAD, 'n_dead', fn)
+  cap(n_delta, MAX_DELTAS, 'n_delta', fn)
   cap(n_extra, MAX_EXTRA, 'n_extra', fn)
-  if #keys ~= 4 + n_in + n_out then error(fn .. ': wrong number of keys') end
-  local n_fixed = 12 + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra
+  if #keys ~= 3 + n_in + n_out + 2 * n_delta then error(fn .. ': wrong number of keys') end
+  local n_fixed = N_FIXED + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra + n_delta
   if #args ~= n_fixed and #args ~= n_fixed + 2 then
     error(fn .. ': wrong number of args')
   end
   cap_bytes(keys, args, fn)
-  return n_in, n_out, n_dead, n_extra, n_fixed
+  return n_in, n_out, n_dead, n_extra, n_delta, n_fixed
+end
+
+-- Is a partition's log due for folding?  LSM-like: when its unfolded bytes
+-- reach its base's size (and at least fold_bytes), or it holds fold_entries
+-- deltas, so folding work stays linear in the deltas.
+local function fold_due(base, log, logged, fold_entries, fold_bytes)
+  if logged >= fold_bytes and logged >= redis.call('HSTRLEN', base, 'd') then return true end
+  return redis.call('XLEN', log) >= fold_entries
 end
 
 local function commit(keys, args)
   local fn = 'rainstorm_commit'
-  local n_in, n_out, n_dead, n_extra, n_fixed = commit_counts(keys, args, fn)
-  local counters, dlq, log, meta = keys[1], keys[2], keys[3], keys[4]
-  local group, delta, emit_field = args[1], args[7], args[8]
+  local n_in, n_out, n_dead, n_extra, n_delta, n_fixed = commit_counts(keys, args, fn)
+  local counters, dlq, meta = keys[1], keys[2], keys[3]
+  local group, emit_field = args[1], args[8]
   local stage = to_int(args[2], 'stage')
   local max_backlog = to_int(args[6], 'max_backlog')
   to_int(args[9], 'records_in')
   to_int(args[10], 'records_out')
   local bytes_in = to_int(args[11], 'bytes_in')
+  local keep = args[13] == '1'
+  if args[13] ~= '0' and not keep then error(fn .. ': keep_inputs must be 0 or 1') end
+  local fold_entries = to_int(args[14], 'fold_entries')
+  local fold_bytes = to_int(args[15], 'fold_bytes')
   local windowed = #args == n_fixed + 2
   local batch_max, guard
   if windowed then
@@ -262,19 +291,28 @@ local function commit(keys, args)
     guard = to_time(args[n_fixed + 2], 'window guard')
   end
   if n_out > 0 and emit_field == '' then error(fn .. ': outputs without emit field') end
-  local ebase = 12 + 2 * n_in + 2 * n_out + n_dead
+  local base = N_FIXED
+  local obase = base + 2 * n_in
+  local dbase = obase + 2 * n_out
+  local ebase = dbase + n_dead
+  local deltas = ebase + 2 * n_extra
   for x = 1, n_extra do
     to_incr(args[ebase + 2 * x], 'extra counter increment')
   end
   local stop = not_running(meta)
   if stop then return stop end
 
-  local base = 12
   local rejected = {}
   for i = 1, n_in do
-    local why = check_pending(keys[4 + i], group, args[base + 2 * i - 1], args[base + 2 * i])
+    local stream, id = keys[3 + i], args[base + 2 * i - 1]
+    local why
+    if keep then
+      if #redis.call('XPENDING', stream, group, id, id, 1) == 0 then why = 'acked' end
+    else
+      why = check_pending(stream, group, id, args[base + 2 * i])
+    end
     if why then
-      rejected[#rejected + 1] = args[base + 2 * i - 1]
+      rejected[#rejected + 1] = id
       rejected[#rejected + 1] = why
     end
   end
@@ -291,25 +329,30 @@ local function commit(keys, args)
     if guard and current and current >= guard then return {'closed', raw} end
   end
   local outs = {}
-  for j = 1, n_out do outs[j] = keys[4 + n_in + j] end
+  for j = 1, n_out do outs[j] = keys[3 + n_in + j] end
   local full = over_backlog(outs, max_backlog)
   if full then return {'backlog', full} end
 
   -- all checks passed: write
   for i = 1, n_in do
-    local stream, id = keys[4 + i], args[base + 2 * i - 1]
+    local stream, id = keys[3 + i], args[base + 2 * i - 1]
     redis.call('XACK', stream, group, id)
-    redis.call('XDEL', stream, id)
+    if not keep then redis.call('XDEL', stream, id) end
   end
-  local obase = base + 2 * n_in
   for j = 1, n_out do
-    redis.call('XADD', keys[4 + n_in + j], '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])
+    redis.call('XADD', keys[3 + n_in + j], '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])
   end
-  local dbase = obase + 2 * n_out
   for k = 1, n_dead do
     redis.call('XADD', dlq, '*', 'stage', stage, 'kind', 'record', 'd', args[dbase + k])
   end
-  if delta ~= '' then redis.call('XADD', log, '*', 'd', delta) end
+  local reply = {'ok'}
+  local kbase = 3 + n_in + n_out
+  for j = 1, n_delta do
+    local pbase, plog, blob = keys[kbase + 2 * j - 1], keys[kbase + 2 * j], args[deltas + j]
+    redis.call('XADD', plog, '*', 'd', blob)
+    local logged = redis.call('HINCRBY', pbase, 'lb', #blob)
+    if fold_due(pbase, plog, logged, fold_entries, fold_bytes) then reply[#reply + 1] = j end
+  end
   local p = 's' .. stage .. ':'
   redis.call('HINCRBY', counters, p .. 'committed', n_in)
   redis.call('HINCRBY', counters, p .. 'commits', 1)
@@ -324,7 +367,7 @@ local function commit(keys, args)
   if batch_max and (current == nil or batch_max > current) then
     redis.call('HSET', counters, max_field, args[n_fixed + 1])
   end
-  return {'ok'}
+  return reply
 end
 
 ------------------------------------------------------------------------------
@@ -413,32 +456,56 @@ local function requeue(keys, args)
 end
 
 ------------------------------------------------------------------------------
--- rainstorm_compact: replace delta-log entries by their fold into the base.
+-- rainstorm_compact: replace delta-log entries of one state partition by
+-- their fold into its base, and emit what the fold closed (event-time
+-- windows the watermark closed, evicted from the base in the same step).
 --
--- KEYS[1] = base          rs:{job}:state:s<i>
--- KEYS[2] = log           rs:{job}:state:s<i>:log
+-- KEYS[1] = base          rs:{job}:state:s<i>:p<k>
+-- KEYS[2] = log           rs:{job}:state:s<i>:p<k>:log
 -- KEYS[3] = meta          rs:{job}:meta
+-- KEYS[4] = counters      rs:{job}:counters
+-- KEYS[5] = out           the stream closed windows go to (rs:{job}:output)
 -- ARGV[1] = version       expected base version
 -- ARGV[2] = blob          the new folded state (msgpack)
--- ARGV[3..]               ids of the log entries folded into the blob, 1..MAX_COMPACT_IDS
+-- ARGV[3] = n_out         output entries, 0..MAX_OUTPUTS
+-- ARGV[4] = emit_field    counter field they are counted in ('' if n_out = 0)
+-- ARGV[5..]               n_out pairs (uid, payload), then the ids of the log
+--                         entries folded into the blob, 0..MAX_COMPACT_IDS
+-- The base's 'lb' (bytes logged, not yet folded) drops by the folded
+-- deltas' sizes.
 -- Returns {'ok', new_version} | {'conflict', reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
 local function compact(keys, args)
   local fn = 'rainstorm_compact'
-  if #keys ~= 3 or #args < 3 then error(fn .. ': wrong arity') end
-  cap(#args - 2, MAX_COMPACT_IDS, 'the number of ids', fn)
+  if #keys ~= 5 or #args < 4 then error(fn .. ': wrong arity') end
+  local n_out = to_int(args[3], 'n_out')
+  cap(n_out, MAX_OUTPUTS, 'n_out', fn)
+  local ibase = 4 + 2 * n_out
+  if #args < ibase then error(fn .. ': wrong number of args') end
+  cap(#args - ibase, MAX_COMPACT_IDS, 'the number of ids', fn)
   cap_bytes(keys, args, fn)
-  local base, log, meta = keys[1], keys[2], keys[3]
+  local base, log, meta, counters, out = keys[1], keys[2], keys[3], keys[4], keys[5]
   local expected = to_int(args[1], 'version')
+  local emit_field = args[4]
+  if n_out > 0 and emit_field == '' then error(fn .. ': outputs without emit field') end
   local stop = not_running(meta)
   if stop then return stop end
   local version = tonumber(redis.call('HGET', base, 'v') or '0')
   if version ~= expected then return {'conflict', 'version'} end
-  for i = 3, #args do
-    if #redis.call('XRANGE', log, args[i], args[i]) == 0 then return {'conflict', 'missing'} end
+  local folded = 0
+  for i = ibase + 1, #args do
+    local rows = redis.call('XRANGE', log, args[i], args[i])
+    if #rows == 0 then return {'conflict', 'missing'} end
+    folded = folded + #(field_of(rows[1][2], 'd') or '')
   end
-  for i = 3, #args do redis.call('XDEL', log, args[i]) end
-  redis.call('HSET', base, 'v', version + 1, 'd', args[2])
+  for i = ibase + 1, #args do redis.call('XDEL', log, args[i]) end
+  for j = 1, n_out do
+    redis.call('XADD', out, '*', 'u', args[3 + 2 * j], 'd', args[4 + 2 * j])
+  end
+  if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
+  local logged = tonumber(redis.call('HGET', base, 'lb') or '0') - folded
+  if logged < 0 then logged = 0 end
+  redis.call('HSET', base, 'v', version + 1, 'd', args[2], 'lb', logged)
   return {'ok', version + 1}
 end
 
@@ -449,8 +516,8 @@ end
 -- caller reads the rest of the log with XRANGE and checks that the version
 -- did not move meanwhile (rainstorm.lua.snapshot).
 --
--- KEYS[1] = base          rs:{job}:state:s<i>
--- KEYS[2] = log           rs:{job}:state:s<i>:log
+-- KEYS[1] = base          rs:{job}:state:s<i>:p<k>
+-- KEYS[2] = log           rs:{job}:state:s<i>:p<k>:log
 -- ARGV[1] = max_deltas    deltas to return, 1..MAX_COMPACT_IDS
 -- Returns {version, base_blob_or_empty, more ('1': the log holds more
 --          deltas after the last one returned, else '0'), id1, delta1, ...}

@@ -47,6 +47,7 @@ from rainstorm.protocol.entries import (
     split_of,
 )
 from rainstorm.sources.splits import SplitChanged, read_split
+from rainstorm.state import fold_rule, split_delta
 
 log = logging.getLogger(__name__)
 
@@ -340,11 +341,11 @@ class StageRunner:
         req = CommitRequest(
             counters=keys.counters(job.id),
             dlq=keys.dlq(job.id),
-            delta_log=keys.state_log(job.id, i),
             meta=keys.meta(job.id),
             group=group,
             stage=i,
             inputs=[(e.stream, e.id, "" if keep else e.uid) for e in entries],
+            keep_inputs=keep,
             dead=comp.dead,
             max_backlog=max_backlog,
             records_in=comp.records_in,
@@ -354,7 +355,8 @@ class StageRunner:
         )
         if self.agg:
             delta = self.agg.before_commit(dict(comp.delta))
-            req.delta = aggregates.encode(delta, self.agg) if delta else b""
+            req.deltas = split_delta(job, i, delta, self.agg) if delta else []
+            req.fold = fold_rule(job)
             req.records_out = len(comp.delta)
             if comp.window is not None:
                 self._window_request(req, comp.window, entries)

@@ -12,7 +12,8 @@ acknowledges it without deleting it.
 A whole entry that must be dead-lettered is committed like any other, with
 its record as the one dead record: the user's stream keeps the entry, the
 dead letter (kind ``record``) can be requeued into the job's own stage-0
-streams, which workers of a direct job read too (:func:`requeued_due`).
+streams, which workers of a direct job read too, in the rounds that steal
+(rainstorm.worker.claim).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ def dead_letter(r: redis.Redis, job: Job, e: Entry, error: str) -> CommitStatus:
     record = e.records[0] if e.records else None
     blob = dead_record_blob(job.id, 0, e.uid, e.deliveries, error, record)
     req = CommitRequest(counters=keys.counters(job.id), dlq=keys.dlq(job.id),
-                        delta_log=keys.state_log(job.id, 0), meta=keys.meta(job.id),
-                        group=keys.source_group(job.id), stage=0,
-                        inputs=[(e.stream, e.id, "")], dead=[blob])
+                        meta=keys.meta(job.id), group=keys.source_group(job.id), stage=0,
+                        inputs=[(e.stream, e.id, "")], dead=[blob], keep_inputs=True)
     return lua.commit(r, req).status

@@ -42,7 +42,7 @@ from rainstorm.lua import CommitRequest, CommitResult, CommitStatus
 from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.chain_errors import OperatorTimeout
 from rainstorm.protocol.counters import StageCounter
-from rainstorm.state import maybe_compact
+from rainstorm.state import fold_due
 from rainstorm.worker import poison, source
 from rainstorm.worker.batch import Entry, StageRunner
 from rainstorm.worker.isolate import grace_s, run_forked
@@ -260,7 +260,7 @@ class Step:
                 self._commit_in_halves(b, entries, exc)
                 return
             if res.status is CommitStatus.OK:
-                self._after_commit(b, entries, t0)
+                self._after_commit(b, entries, t0, res)
                 return
             if res.status in (CommitStatus.STOPPED, CommitStatus.GONE):
                 log.info("worker %s: job %s is %s: batch dropped", self.id, b.job.id,
@@ -276,16 +276,18 @@ class Step:
             else:
                 backoff = min(backoff * 2, 0.5)
 
-    def _after_commit(self, b: _Batch, entries: list[Entry], t0: float) -> None:
+    def _after_commit(self, b: _Batch, entries: list[Entry], t0: float, res: CommitResult
+                      ) -> None:
         """Committed: forget the entries' failures, wait for the durability
-        asked for, observe the latency, compact the delta log if it grew."""
+        asked for, observe the latency, fold the state partitions the commit
+        made due."""
         b.out.commits += 1
         b.out.committed += len(entries)
         poison.clear(self.r, b.job.id, entries)
         wait_after_commit(self.r, b.job, b.stage)
         self.latency.observe(b.job.id, b.stage, time.perf_counter() - t0)
-        if b.runner.agg:
-            maybe_compact(self.r, b.job, b.stage, b.runner.agg, self.lease_holder)
+        if b.runner.agg and res.due:
+            fold_due(self.r, b.job, res.due, b.stage, b.runner.agg, self.lease_holder)
 
     def _without_stolen(self, b: _Batch, entries: list[Entry], res: CommitResult
                         ) -> tuple[list[Entry], CommitRequest | None]:
