@@ -104,5 +104,5 @@ def _execute(pipe: Any, job: Job, source_existed: bool) -> None:
     except redis.ResponseError as exc:
         raise direct.create_failed(exc, job) or exc from None
     if not source_existed:
-        log.warning("job %s: source stream %r did not exist: created empty, the job waits "
-                    "for entries", job.id, job.source_stream)
+        log.info("job %s: source stream %r did not exist: created empty, the job waits "
+                 "for entries", job.id, job.source_stream)
