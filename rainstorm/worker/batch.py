@@ -252,16 +252,18 @@ class StageRunner:
         record of an isolated entry alone; ``self.current`` names the entry
         running (the culprit when a limit fires).  What the operators counted
         is in the result's ``extra``, per stage."""
-        comp = Computed()
-        if self.windows:
-            comp.window = self.windows.batch(watermark_us)
+        comp = self._computed(watermark_us)
         self.chain.take_counts()  # left by a run that raised: never committed
         slow: list[Entry] = []
         with limit():
-            for e in entries:
-                self.current = e
-                if e.id in isolate or not self._whole(comp, e):
-                    slow.append(e)
+            if self._together(comp, entries, isolate):
+                slow = [e for e in entries if e.id in isolate]
+            else:
+                comp = self._computed(watermark_us)
+                for e in entries:
+                    self.current = e
+                    if e.id in isolate or not self._whole(comp, e):
+                        slow.append(e)
         for e in slow:
             self.current = e
             records, text = self._records(e, comp)
@@ -273,6 +275,31 @@ class StageRunner:
             self._add_counts(comp)
         self.current = None
         return comp
+
+    def _computed(self, watermark_us: int | None) -> Computed:
+        comp = Computed()
+        if self.windows:
+            comp.window = self.windows.batch(watermark_us)
+        return comp
+
+    def _together(self, comp: Computed, entries: list[Entry], isolate: set[str]) -> bool:
+        """Entries of the user's stream (stage 0 read directly: one record
+        each, decoded when read) run as one list, as a copied batch would.
+        False (``comp`` to be thrown away) when they are not such entries, or
+        when a Rejected record sends them one by one."""
+        if self.stage.index != 0 or not self.job.direct:
+            return False
+        self.current = None  # a limit that fires names no entry: each is then run alone
+        records = [r for e in entries if e.id not in isolate for r in self._records(e, comp)[0]]
+        try:
+            self._run_whole(comp, records, None)
+        except OperatorError as exc:
+            if not exc.rejected:
+                raise
+            self.chain.take_counts()
+            return False
+        self._add_counts(comp)
+        return True
 
     def _add_counts(self, comp: Computed) -> None:
         for name, n in self.chain.take_counts().items():
