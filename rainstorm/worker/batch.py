@@ -291,15 +291,7 @@ class StageRunner:
             return False
         self.current = None  # a limit that fires names no entry: each is then run alone
         records = [r for e in entries if e.id not in isolate for r in self._records(e, comp)[0]]
-        try:
-            self._run_whole(comp, records, None)
-        except OperatorError as exc:
-            if not exc.rejected:
-                raise
-            self.chain.take_counts()
-            return False
-        self._add_counts(comp)
-        return True
+        return self._run_counted(comp, records, None)
 
     def _add_counts(self, comp: Computed) -> None:
         for name, n in self.chain.take_counts().items():
@@ -310,6 +302,11 @@ class StageRunner:
         record by record (what its partial run counted is dropped: the
         record-by-record run counts again)."""
         records, text = self._records(e, comp)
+        return self._run_counted(comp, records, text)
+
+    def _run_counted(self, comp: Computed, records: list[Any], text: str | None) -> bool:
+        """Run records (or text) as a whole, keeping what the operators
+        counted; False when a Rejected record means running them one by one."""
         try:
             self._run_whole(comp, records, text)
         except OperatorError as exc:
