@@ -133,7 +133,7 @@ def main() -> None:
     p.add_argument("--rates", default="50000,100000,150000")
     p.add_argument("--seconds", type=float, default=8.0)
     args = p.parse_args()
-    tmp = RESULTS / "tmp-stream-direct"
+    tmp = ROOT / "experiments" / "out" / "stream-direct"  # (ignored by git)
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     for rate in (int(x) for x in args.rates.split(",")):
