@@ -41,6 +41,27 @@ class Job:
     def all_streams(self) -> list[tuple[int, str]]:
         return [(s.index, st) for s in self.plan.stages for st in self.streams(s.index)]
 
+    @property
+    def direct(self) -> bool:
+        """Stage 0 reads the user's stream itself, through the job's consumer
+        group (a stream source with ``transport: direct``, or ``auto``
+        without ``max_rate``); requeued dead letters of stage 0 still come
+        through the job's own stage-0 streams."""
+        src = self.spec.source
+        return src.type == "stream" and src.direct
+
+    def group_of(self, stage: int, stream: str) -> str:
+        """The consumer group entries of ``stream`` are read through."""
+        if stage == 0 and self.direct and stream == self.source_stream:
+            return keys.source_group(self.id)
+        return keys.group(stage)
+
+    @property
+    def source_stream(self) -> str | None:
+        """The user's stream a direct job reads (None: not direct)."""
+        src = self.spec.source
+        return src.key if src.type == "stream" and src.direct else None
+
     def stage(self, i: int) -> StagePlan:
         return self.plan.stages[i]
 

@@ -58,6 +58,17 @@ key                             type         written by / meaning
                                              ``dead_deltas``, ``missing_field``
 ``rs:{job}:s<i>:p<k>``          stream       stage i partition k; group ``g<i>``;
                                              fields ``u`` (uid), ``d`` (batch)
+``<source.key>`` group          group        submit (XGROUP CREATE): consumer
+``rainstorm:<job>``                          group of a stream source read
+                                             directly (``transport: direct``):
+                                             workers XREADGROUP/XAUTOCLAIM the
+                                             user's stream through it and the
+                                             commit XACKs (never XDELs) its
+                                             entries; its last-delivered id is
+                                             the job's position.  The stream is
+                                             the user's (not ``{job}``-tagged);
+                                             deleting the job destroys the
+                                             group, never the stream
 ``rs:{job}:state:s<i>:p<k>``    hash         state partition k of stage i's
                                              aggregate (keys with crc32 % P = k):
                                              compaction: ``v`` version, ``d``
@@ -139,6 +150,11 @@ def stage_stream(job: str, stage: int, part: int) -> str:
 
 def group(stage: int) -> str:
     return f"g{stage}"
+
+
+def source_group(job: str) -> str:
+    """The consumer group a job reads its stream source through (direct mode)."""
+    return f"rainstorm:{job}"
 
 
 def state(job: str, stage: int, part: int) -> str:

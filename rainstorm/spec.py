@@ -81,8 +81,29 @@ class StreamSource(_Model):
                               "null: the whole entry as a dict")
     start: Literal["0", "$"] = Field(default="0", description="0: the stream's existing "
                                      "entries too; $: only entries added after submit")
-    batch_records: int = Field(default=100, ge=1, le=100_000, description="records per entry")
+    batch_records: int = Field(default=100, ge=1, le=100_000, description="records per entry "
+                               "(copy) or per batch (direct)")
     max_rate: float | None = Field(default=None, gt=0, description="records per second")
+    transport: Literal["auto", "direct", "copy"] = Field(
+        default="auto",
+        description="direct: workers read the stream through the job's own consumer group "
+                    "(rainstorm:<job>) and acknowledge its entries, never deleting them; "
+                    "copy: the coordinator reads it and copies batches into the job's stage-0 "
+                    "streams (needed to pace it with max_rate); auto: direct, or copy when "
+                    "max_rate is set")
+
+    @model_validator(mode="after")
+    def _direct_is_not_paced(self) -> StreamSource:
+        if self.transport == "direct" and self.max_rate:
+            raise ValueError("transport: direct cannot be paced by max_rate (workers read the "
+                             "stream themselves); use transport: copy")
+        return self
+
+    @property
+    def direct(self) -> bool:
+        """Workers read the stream directly (``transport`` direct, or auto
+        without max_rate)."""
+        return self.transport == "direct" or (self.transport == "auto" and not self.max_rate)
 
 
 class TailSource(_Model):

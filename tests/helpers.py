@@ -21,9 +21,12 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import Result
+from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.session import Session, prepare
 from rainstorm.job import Job
+from rainstorm.jobstore import load_job
 from rainstorm.monitor import JobCounts, read_progress
+from rainstorm.sources.direct import group_state
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,22 +62,33 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every_s: floa
         time.sleep(every_s)
 
 
-def pending_of(r: redis.Redis, job: str, consumer: str, streams: list[str]) -> list[str]:
+def pending_of(r: redis.Redis, job: str, consumer: str, streams: list[str],
+               group: str = keys.group(0)) -> list[str]:
     ids: list[str] = []
     for s in streams:
-        for row in r.xpending_range(s, keys.group(0), "-", "+", 1000, consumername=consumer):
+        for row in r.xpending_range(s, group, "-", "+", 1000, consumername=consumer):
             ids.append(row["message_id"].decode())
     return ids
+
+
+def stage0_inputs(job: Job) -> list[tuple[str, str]]:
+    """(stream, group) stage 0 reads: the job's stage-0 streams, and the
+    user's stream of a job that reads it directly."""
+    own = [(s, keys.group(0)) for s in job.streams(0)]
+    return own + ([(job.source_stream, keys.source_group(job.id))] if job.source_stream else [])
 
 
 def held_by(r: redis.Redis, job: Job, pid: int, consumer: str | None = None) -> list[str]:
     """Stage-0 entry ids pending for worker process ``pid``: consumer
     ``consumer``, or any whose name holds ``-<pid>-`` (a worker's default id)."""
-    names = [consumer] if consumer is not None else [
-        c["name"].decode() for s in job.streams(0) for c in r.xinfo_consumers(s, keys.group(0))
-        if f"-{pid}-" in c["name"].decode()]
-    return [i for name in dict.fromkeys(names) for i in pending_of(r, job.id, name,
-                                                                     job.streams(0))]
+    held = []
+    for stream, group in stage0_inputs(job):
+        names = [consumer] if consumer is not None else [
+            c["name"].decode() for c in r.xinfo_consumers(stream, group)
+            if f"-{pid}-" in c["name"].decode()]
+        held += [i for name in dict.fromkeys(names)
+                 for i in pending_of(r, job.id, name, [stream], group)]
+    return held
 
 
 def stopped_holding(r: redis.Redis, job: Job, pid: int, consumer: str | None = None) -> bool:
@@ -177,7 +191,14 @@ class Streaming(Driven):
 
 
 def settled(r: redis.Redis, job: str, source_key: str) -> bool:
-    """Every record XADDed to ``source_key`` so far is loaded and every entry committed."""
+    """Every record XADDed to ``source_key`` so far is loaded (or, read
+    directly, delivered) and every entry committed."""
+    the_job = load_job(r, job)
+    if the_job.direct:  # every entry delivered to the job's group (lag 0), none pending
+        info = group_state(r, the_job)
+        return (info is not None and info["lag"] == 0 and info["pending"] == 0
+                and info["entries-read"] > 0
+                and all(s.settled for s in read_status(r, the_job).stages))
     last = r.xrevrange(source_key, count=1)
     pos = r.hget(keys.cursor(job), "pos")
     s0 = counters(r, job).stage(0)

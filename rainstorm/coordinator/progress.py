@@ -14,6 +14,7 @@ import redis
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.monitor import JobProgress, StageCounts, read_progress
+from rainstorm.monitor.source import read_source, with_source
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             "persistence); the result would be partial, so the job is failed"
         )
     stages = [prog.counts.stage(s.index) for s in job.plan.stages]
+    if job.source_stream:  # read directly: stage 0's input is its group's backlog
+        lag = read_source(r, job.id, job.source_stream, job.streams(0))
+        stages[0] = with_source(stages[0], lag)
     unprocessed = None
     if prog.loaded and all(s.settled for s in stages):
         pipe = r.pipeline(transaction=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, cast
 
@@ -14,10 +15,13 @@ from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
 from rainstorm.protocol import meta as fields
+from rainstorm.sources import direct
 from rainstorm.sources.inputs import Input, listing
 from rainstorm.sources.unbounded import initial_cursor
 from rainstorm.spec import JobSpec, spec_to_json
 from rainstorm.spec_signature import sign_spec, submitter_key
+
+log = logging.getLogger(__name__)
 
 
 def validate(job: Job) -> None:
@@ -55,6 +59,7 @@ def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = 
         if signature is not None:  # the same spec: vouch for it (e.g. after a key change)
             r.set(keys.spec_signature(job.id), signature)
         return False
+    existed = direct.check_new(r, job) if job.direct else True  # before any write
     for _stage, stream in job.all_streams():
         try:
             r.xgroup_create(stream, keys.group(_stage), id="0", mkstream=True)
@@ -84,6 +89,21 @@ def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = 
         pipe.hset(keys.cursor(job.id), "pos", start)
     pipe.hset(keys.meta(job.id), mapping=cast(Any, meta))
     pipe.sadd(keys.JOBS, job.id)
-    pipe.execute()
+    _execute(pipe, job, existed)
     make_durable(r, job)  # a crash right after submit must not lose the job (RDB)
     return True
+
+
+def _execute(pipe: Any, job: Job, source_existed: bool) -> None:
+    """Run the submit transaction; a direct job's consumer group on its
+    source stream is created in it (with the spec, or not at all: a retried
+    submit resumes the job)."""
+    if job.direct:
+        direct.queue_create(pipe, job)
+    try:
+        pipe.execute()
+    except redis.ResponseError as exc:
+        raise direct.create_failed(exc, job) or exc from None
+    if not source_existed:
+        log.info("job %s: source stream %r did not exist: created empty, the job waits "
+                 "for entries", job.id, job.source_stream)

@@ -127,6 +127,58 @@ local function check_pending(stream, group, id, uid)
   return nil
 end
 
+-- A stream entry id as two numbers (ms, seq); nil if it is not one.
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  if not ms or #ms > 15 or #seq > 15 then return nil end
+  return tonumber(ms), tonumber(seq)
+end
+
+local function id_less(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- The input ids of a commit grouped by their stream (ids checked well-formed).
+local function inputs_by_stream(keys, args, n_in, base)
+  local out = {}
+  for i = 1, n_in do
+    local stream, id = keys[3 + i], args[base + 2 * i - 1]
+    if not id_parts(id) then error('rainstorm_commit: bad entry id ' .. string.sub(id, 1, 40)) end
+    local ids = out[stream]
+    if not ids then
+      ids = {}
+      out[stream] = ids
+    end
+    ids[#ids + 1] = id
+  end
+  return out
+end
+
+-- The set of ``ids`` still pending in ``group``: one XPENDING over their id
+-- range (other consumers' entries may interleave: up to 4x as many rows are
+-- read), then one call per id the range read could not cover.
+local function pending_among(stream, group, ids)
+  local lo, hi = ids[1], ids[1]
+  for _, id in ipairs(ids) do
+    if id_less(id, lo) then lo = id end
+    if id_less(hi, id) then hi = id end
+  end
+  local count = 4 * #ids + 16
+  local rows = redis.call('XPENDING', stream, group, lo, hi, count)
+  local pending = {}
+  for _, row in ipairs(rows) do pending[row[1]] = true end
+  if #rows >= count then  -- truncated: look the rest up one by one
+    for _, id in ipairs(ids) do
+      if not pending[id] and #redis.call('XPENDING', stream, group, id, id, 1) > 0 then
+        pending[id] = true
+      end
+    end
+  end
+  return pending
+end
+
 -- Streams (deduplicated) whose length exceeds max_backlog, or nil.
 local function over_backlog(streams, max_backlog)
   if max_backlog <= 0 then return nil end
@@ -303,17 +355,26 @@ local function commit(keys, args)
   if stop then return stop end
 
   local rejected = {}
-  for i = 1, n_in do
-    local stream, id = keys[3 + i], args[base + 2 * i - 1]
-    local why
-    if keep then
-      if #redis.call('XPENDING', stream, group, id, id, 1) == 0 then why = 'acked' end
-    else
-      why = check_pending(stream, group, id, args[base + 2 * i])
+  local by_stream
+  if keep then
+    by_stream = inputs_by_stream(keys, args, n_in, base)
+    for stream, ids in pairs(by_stream) do
+      local pending = pending_among(stream, group, ids)
+      for _, id in ipairs(ids) do
+        if not pending[id] then
+          rejected[#rejected + 1] = id
+          rejected[#rejected + 1] = 'acked'
+        end
+      end
     end
-    if why then
-      rejected[#rejected + 1] = id
-      rejected[#rejected + 1] = why
+  else
+    for i = 1, n_in do
+      local id = args[base + 2 * i - 1]
+      local why = check_pending(keys[3 + i], group, id, args[base + 2 * i])
+      if why then
+        rejected[#rejected + 1] = id
+        rejected[#rejected + 1] = why
+      end
     end
   end
   if #rejected > 0 then
@@ -334,10 +395,14 @@ local function commit(keys, args)
   if full then return {'backlog', full} end
 
   -- all checks passed: write
-  for i = 1, n_in do
-    local stream, id = keys[3 + i], args[base + 2 * i - 1]
-    redis.call('XACK', stream, group, id)
-    if not keep then redis.call('XDEL', stream, id) end
+  if keep then  -- one XACK per stream, nothing deleted (the user's stream)
+    for stream, ids in pairs(by_stream) do redis.call('XACK', stream, group, unpack(ids)) end
+  else
+    for i = 1, n_in do
+      local stream, id = keys[3 + i], args[base + 2 * i - 1]
+      redis.call('XACK', stream, group, id)
+      redis.call('XDEL', stream, id)
+    end
   end
   for j = 1, n_out do
     redis.call('XADD', keys[3 + n_in + j], '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])

@@ -39,6 +39,7 @@ from rainstorm.monitor.look import (
     workers,
 )
 from rainstorm.monitor.rates import HistoryPoint, RateTracker
+from rainstorm.monitor.source import SourceLag, read_source, with_source
 from rainstorm.monitor.views import (
     DEAD_AFTER_S,
     JobView,
@@ -51,8 +52,8 @@ from rainstorm.monitor.views import (
 
 __all__ = [
     "DEAD_AFTER_S", "HistoryPoint", "JobCounts", "JobProgress", "JobView", "PartitionView",
-    "RateTracker", "Rates", "Snapshot", "StageCounts", "StageView", "WorkerView",
+    "RateTracker", "Rates", "Snapshot", "SourceLag", "StageCounts", "StageView", "WorkerView",
     "dead_letter_row", "dead_letters", "job_ids",
-    "job_view", "parse_counts", "read_max_event", "read_progress", "snapshot",
-    "worker_view", "workers",
+    "job_view", "parse_counts", "read_max_event", "read_progress", "read_source",
+    "snapshot", "with_source", "worker_view", "workers",
 ]

@@ -14,6 +14,7 @@ from rainstorm import keys
 from rainstorm.errors import RainstormError
 from rainstorm.job import Job
 from rainstorm.monitor.counts import PROGRESS_READS, JobProgress, parse_progress, queue_progress
+from rainstorm.monitor.source import SourceLag, read_source, with_source
 from rainstorm.monitor.views import (
     DEAD_AFTER_S,
     JobView,
@@ -105,14 +106,25 @@ def job_view(r: redis.Redis, job_id: str) -> JobView:
     return replace(view, name=job.spec.name, stages=_stages(r, job, prog))
 
 
+def _source_row(lag: SourceLag) -> PartitionView:
+    """The user's stream of a job that reads it directly, as stage 0's first row."""
+    return PartitionView(partition=0, stream=lag.stream, entries=lag.length, unread=lag.unread,
+                         pending=lag.pending, holders=lag.holders)
+
+
 def _stages(r: redis.Redis, job: Job, prog: JobProgress) -> list[StageView]:
     out = []
     for s, line in zip(job.plan.stages, describe(job.plan), strict=True):
+        counts, rows = prog.counts.stage(s.index), _partitions(r, job, s.index)
+        if s.index == 0 and job.source_stream:  # its own streams: requeued letters only
+            lag = read_source(r, job.id, job.source_stream, [])
+            counts = with_source(counts, replace(lag, requeued=sum(p.entries for p in rows)))
+            rows = [_source_row(lag)] + [p for p in rows if p.entries]
         out.append(StageView(index=s.index, label=line.partition(": ")[2],
                              partitions=s.partitions, aggregate=s.aggregate,
-                             counts=prog.counts.stage(s.index),
+                             counts=counts,
                              capacity=job.spec.settings.max_backlog * s.partitions,
-                             partition_rows=_partitions(r, job, s.index)))
+                             partition_rows=rows))
     return out
 
 

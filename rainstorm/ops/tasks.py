@@ -15,7 +15,7 @@ import redis
 
 from rainstorm import keys, monitor
 from rainstorm.errors import RainstormError, UsageError
-from rainstorm.job import JobState
+from rainstorm.job import Job, JobState
 from rainstorm.jobstore import load_job
 from rainstorm.protocol import meta
 from rainstorm.protocol.heartbeat import host_name
@@ -122,7 +122,10 @@ def prune_workers(r: redis.Redis, older_than_s: float = 60.0) -> int:
 def throttle(r: redis.Redis, job_id: str, lines_per_s: float | None) -> None:
     """Let the job's loader add at most ``lines_per_s`` input lines per second
     (None: no limit); the loader reads it from the meta hash as it goes."""
-    load_job(r, job_id)  # a clear error for an unknown job
+    job = load_job(r, job_id)  # a clear error for an unknown job
+    if job.direct and lines_per_s is not None:
+        raise UsageError(f"job {job_id} reads stream {job.source_stream!r} directly: nothing "
+                         "paces it (submit it with source.transport: copy to throttle it)")
     if lines_per_s is None:
         r.hdel(keys.meta(job_id), meta.MAX_RATE)
     else:
@@ -139,22 +142,32 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
     Cancelling and deleting are one MULTI/EXEC transaction: a Redis user
     that may not run one of the commands (an ACL refusal aborts the whole
     transaction) leaves the job exactly as it was, and the error says so."""
-    load_job(r, job_id)  # a clear error for an unknown job
+    job = load_job(r, job_id)  # a clear error for an unknown job
     tombstone = keys.meta(job_id)  # kept: a driver sees 'cancelled', not 'gone'
     commands: list[tuple[Any, ...]] = [("HSET", tombstone, meta.STATE,
                                              JobState.CANCELLED.value)]
+    forget = [] if keep else _forget_source(r, job)
     try:
         if not keep:
             doomed = [k for k in r.scan_iter(match=_match_all(job_id), count=500)
                       if k != tombstone.encode()]
             commands += [("DEL", *doomed[i:i + 500]) for i in range(0, len(doomed), 500)]
+            commands += forget
             commands += [("SREM", keys.JOBS, job_id), ("EXPIRE", tombstone, 3600)]
         replies = _transaction(r, commands)
     except redis.exceptions.NoPermissionError as exc:
         raise RainstormError(f"job {job_id} was left as it was: the Redis user may not do all "
                              f"of kill-job ({exc}); use the admin user"
                              + ("" if keep else ", or --keep to only cancel it")) from None
-    return sum(int(n) for n in replies[1:-2]) if not keep else 0
+    return sum(int(n) for n in replies[1:-2 - len(forget)]) if not keep else 0
+
+
+def _forget_source(r: redis.Redis, job: Job) -> list[tuple[Any, ...]]:
+    """The command that removes a direct job's consumer group from the user's
+    stream (never the stream: it is the user's), if the group is there."""
+    if not job.source_stream or not monitor.read_source(r, job.id, job.source_stream, []).exists:
+        return []
+    return [("XGROUP", "DESTROY", job.source_stream, keys.source_group(job.id))]
 
 
 def _match_all(job_id: str) -> str:

@@ -31,8 +31,9 @@ name (``s<i>:<name>``)      written by          meaning
                             requeue (-)
 ``loaded_bytes``            FCALL load          input bytes loaded (stage 0)
 ``invalid_utf8_entries``    worker, in commit   stage-0 entries that were not UTF-8
-``missing_field``           coordinator         tailed stream entries without the
-                                                source field (stage 0)
+``missing_field``           coordinator (copy), stream source entries without the
+                            worker in commit    source field (stage 0)
+                            (direct)
 ``malformed_rows``          operator, commit    CSV rows skipped (on_error skip)
 ``output_entries``          FCALL commit        entries of the last stage's output
                                                 stream

@@ -1,10 +1,12 @@
-"""Choosing the loader of a job's source: files, a Redis stream, or a growing file."""
+"""Choosing the loader of a job's source: files, a Redis stream (copied, or
+only watched when the workers read it directly), or a growing file."""
 
 from __future__ import annotations
 
 import redis
 
 from rainstorm.job import Job
+from rainstorm.sources.direct import DirectWatch
 from rainstorm.sources.loader import BaseLoader, Loader
 from rainstorm.sources.state_source import StateLoader
 from rainstorm.sources.unbounded import StreamLoader, TailLoader
@@ -16,4 +18,6 @@ def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
         return Loader(r, job)
     if job.spec.source.type == "state":
         return StateLoader(r, job)
+    if job.direct:
+        return DirectWatch(r, job)
     return StreamLoader(r, job) if job.spec.source.type == "stream" else TailLoader(r, job)

@@ -28,6 +28,19 @@ BLOCK_MS = 100  # how long a stream read waits for new entries
 POLL_S = 0.05  # how often a tailed file is looked at when nothing is new
 
 
+def record_of(fields: dict[bytes, bytes], field: str | None) -> tuple[bool, Any]:
+    """The record a stream source's entry holds: (True, the value of
+    ``field``), (True, the whole entry as a dict) with ``field`` None, or
+    (False, None) when the entry has no such field (counted in
+    ``s0:missing_field``, never silently skipped)."""
+    if field is None:
+        return True, {as_str(k, "replace"): as_str(v, "replace") for k, v in fields.items()}
+    raw = fields.get(field.encode())
+    if raw is None:
+        return False, None
+    return True, as_str(raw, "replace")
+
+
 class StreamLoader(BaseLoader):
     """Entries of ``source.key`` after the cursor, ``batch_records`` per entry.
     A record is the value of ``source.field`` (or the whole entry as a dict);
@@ -47,11 +60,8 @@ class StreamLoader(BaseLoader):
         firsts: list[str] = []
         missing = 0
         for id_, fields in rows:
-            if src.field is None:
-                rec: Any = {as_str(k, "replace"): as_str(v, "replace") for k, v in fields.items()}
-            elif src.field.encode() in fields:
-                rec = as_str(fields[src.field.encode()], "replace")
-            else:
+            found, rec = record_of(fields, src.field)
+            if not found:
                 missing += 1
                 continue
             if len(records) % src.batch_records == 0:
@@ -107,9 +117,10 @@ class TailLoader(BaseLoader):
 
 def initial_cursor(r: redis.Redis, job: Job) -> str | None:
     """Where a new job's cursor starts: a stream source with ``start: $``
-    begins after the stream's current last entry; others at the beginning."""
+    begins after the stream's current last entry; others at the beginning
+    (a stream read directly has no cursor: its consumer group is one)."""
     src = job.spec.source
-    if src.type != "stream" or src.start != "$":
+    if src.type != "stream" or src.start != "$" or job.direct:
         return None
     try:
         info: Any = r.xinfo_stream(src.key)

@@ -67,6 +67,7 @@ class Entry:
     raw_uid: bytes | None = None  # the uid field as read, when it is not UTF-8
     records: list[Any] | None = None  # decoded records (cached by undecodable())
     text: bytes | None = None  # a split's bytes, read from its file (cached by undecodable())
+    missing_field: bool = False  # an entry of the user's stream without source.field
 
 
 def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
@@ -182,6 +183,8 @@ class StageRunner:
             if bad:
                 comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
+        if entry.missing_field:  # (the user's stream, read directly) counted, never silently
+            comp.extra[keys.counter_field(0, StageCounter.MISSING_FIELD)] += 1
         if entry.records is None:
             entry.records = decode_records(entry.data)
         if self.read_part is not None:  # records name state partitions: read them
@@ -203,7 +206,7 @@ class StageRunner:
                     self._split_text(e)
                 except (SplitChanged, ValueError) as exc:
                     bad.append((e, str(exc)))
-            else:
+            elif e.records is None:  # (records of the user's stream come decoded)
                 why = self._decode(e)
                 if why:
                     bad.append((e, why))
@@ -259,16 +262,18 @@ class StageRunner:
         record of an isolated entry alone; ``self.current`` names the entry
         running (the culprit when a limit fires).  What the operators counted
         is in the result's ``extra``, per stage."""
-        comp = Computed()
-        if self.windows:
-            comp.window = self.windows.batch(watermark_us)
+        comp = self._computed(watermark_us)
         self.chain.take_counts()  # left by a run that raised: never committed
         slow: list[Entry] = []
         with limit():
-            for e in entries:
-                self.current = e
-                if e.id in isolate or not self._whole(comp, e):
-                    slow.append(e)
+            if self._together(comp, entries, isolate):
+                slow = [e for e in entries if e.id in isolate]
+            else:
+                comp = self._computed(watermark_us)
+                for e in entries:
+                    self.current = e
+                    if e.id in isolate or not self._whole(comp, e):
+                        slow.append(e)
         for e in slow:
             self.current = e
             records, text = self._records(e, comp)
@@ -281,6 +286,23 @@ class StageRunner:
         self.current = None
         return comp
 
+    def _computed(self, watermark_us: int | None) -> Computed:
+        comp = Computed()
+        if self.windows:
+            comp.window = self.windows.batch(watermark_us)
+        return comp
+
+    def _together(self, comp: Computed, entries: list[Entry], isolate: set[str]) -> bool:
+        """Entries of the user's stream (stage 0 read directly: one record
+        each, decoded when read) run as one list, as a copied batch would.
+        False (``comp`` to be thrown away) when they are not such entries, or
+        when a Rejected record sends them one by one."""
+        if self.stage.index != 0 or not self.job.direct:
+            return False
+        self.current = None  # a limit that fires names no entry: each is then run alone
+        records = [r for e in entries if e.id not in isolate for r in self._records(e, comp)[0]]
+        return self._run_counted(comp, records, None)
+
     def _add_counts(self, comp: Computed) -> None:
         for name, n in self.chain.take_counts().items():
             comp.extra[keys.counter_field(self.stage.index, name)] += n
@@ -290,6 +312,11 @@ class StageRunner:
         record by record (what its partial run counted is dropped: the
         record-by-record run counts again)."""
         records, text = self._records(e, comp)
+        return self._run_counted(comp, records, text)
+
+    def _run_counted(self, comp: Computed, records: list[Any], text: str | None) -> bool:
+        """Run records (or text) as a whole, keeping what the operators
+        counted; False when a Rejected record means running them one by one."""
         try:
             self._run_whole(comp, records, text)
         except OperatorError as exc:
@@ -343,13 +370,16 @@ class StageRunner:
     def _request(self, entries: list[Entry], comp: Computed, max_backlog: int
                  ) -> CommitRequest:
         job, i = self.job, self.stage.index
+        group = job.group_of(i, entries[0].stream)
+        keep = group != keys.group(i)  # the user's stream: acknowledged, kept, no uid field
         req = CommitRequest(
             counters=keys.counters(job.id),
             dlq=keys.dlq(job.id),
             meta=keys.meta(job.id),
-            group=keys.group(i),
+            group=group,
             stage=i,
-            inputs=[(e.stream, e.id, e.uid) for e in entries],
+            inputs=[(e.stream, e.id, "" if keep else e.uid) for e in entries],
+            keep_inputs=keep,
             dead=comp.dead,
             max_backlog=max_backlog,
             records_in=comp.records_in,

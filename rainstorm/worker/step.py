@@ -44,7 +44,7 @@ from rainstorm.operators.chain_errors import OperatorTimeout
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.state import fold_due
 from rainstorm.window_close import Sweeper
-from rainstorm.worker import poison
+from rainstorm.worker import poison, source
 from rainstorm.worker.batch import Entry, StageRunner
 from rainstorm.worker.isolate import grace_s, run_forked
 from rainstorm.worker.keepalive import KeepAlive
@@ -139,7 +139,8 @@ class Step:
             for e in entries:
                 self.dead_letter(act, stage, e, act.dead_stages[stage], out)
             return out
-        self.keepalive.begin(act.job.id, stage, keys.group(stage), entries,
+        group = act.job.group_of(stage, entries[0].stream) if entries else keys.group(stage)
+        self.keepalive.begin(act.job.id, stage, group, entries,
                              act.job.spec.settings.claim_idle_ms)
         try:
             self._run(act, stage, entries, watermark_us, out)
@@ -349,6 +350,11 @@ class Step:
     def dead_letter(self, act: ActiveJob, stage: int, e: Entry, error: str,
                     out: Outcome) -> None:
         job = act.job.id
+        if source.is_source(act.job, stage, e.stream):  # the user's entry stays in their stream
+            source.dead_letter(self.r, act.job, e, error)
+            poison.clear(self.r, job, [e])
+            out.dead_lettered += 1
+            return
         lua.deadletter(self.r, lua.DeadletterRequest(
             lua.JobKeys.of(job), e.stream, keys.group(stage), stage, e.id,
             e.raw_uid if e.raw_uid is not None else e.uid, error, e.deliveries))

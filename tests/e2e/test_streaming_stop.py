@@ -15,17 +15,27 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.sink import FileOutputSink
-from rainstorm.job import encode_records
+from rainstorm.job import Job, encode_records
 from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import parse_spec
-from tests.helpers import Streaming, counters, stop_all, stopped_holding, submit, wait_for, worker
+from tests.helpers import (
+    Streaming,
+    counters,
+    stage0_inputs,
+    stop_all,
+    stopped_holding,
+    submit,
+    wait_for,
+    worker,
+)
 
 
-def _pending(r: redis.Redis, job: str, parts: int) -> int:
+def _pending(r: redis.Redis, job: Job) -> int:
+    """Stage-0 entries read and not committed (the user's stream, read directly)."""
     total = 0
-    for p in range(parts):
-        info: dict[str, int] = r.xpending(keys.stage_stream(job, 0, p), keys.group(0))  # type: ignore[assignment]
+    for stream, group in stage0_inputs(job):
+        info: dict[str, int] = r.xpending(stream, group)  # type: ignore[assignment]
         total += int(info["pending"])
     return total
 
@@ -60,7 +70,7 @@ def test_kill_job_keep_with_a_batch_in_flight_loses_nothing_from_the_sink(
     assert len(lines) == c.stage(0).records_out  # everything committed reached the file
     assert max(Counter(lines).values()) == 1 and set(lines) <= set(fed)  # once each
     assert r.xlen(keys.output(run.job.id)) == 0  # nothing left behind in the stream
-    assert _pending(r, run.job.id, 2) > 0  # the batch in flight was refused, not committed
+    assert _pending(r, run.job) > 0  # the batch in flight was refused, not committed
     assert len(lines) < len(fed)
 
 

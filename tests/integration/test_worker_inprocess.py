@@ -26,9 +26,11 @@ WORDS = ["a b a", "c a b", "d d d d"]
 
 
 def _stream_job(r: redis.Redis, job_id: str, **settings: int) -> Job:
-    """A word count over a stream source (its entries written by _add)."""
+    """A word count over a stream source copied into stage 0 (its entries
+    written by _add, as the coordinator's loader does)."""
     spec = parse_spec({
-        "name": job_id, "source": {"type": "stream", "key": "ev", "field": None},
+        "name": job_id, "source": {"type": "stream", "key": "ev", "field": None,
+                                   "transport": "copy"},
         "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
         "settings": {"parallelism": 1, **settings}})
     job, files = prepare(spec, None, job_id)
