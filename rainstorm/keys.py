@@ -54,8 +54,9 @@ key                             type         written by / meaning
                                              ``claimed``, ``closed_retries``,
                                              ``wait_short``, commit latency
                                              ``lat:<le>``, ``lat:sum_us``,
-                                             ``lat:count``; coordinator:
-                                             ``dead_deltas``, ``missing_field``
+                                             ``lat:count``; folders (rainstorm_
+                                             compact): ``dead_deltas``;
+                                             coordinator: ``missing_field``
 ``rs:{job}:s<i>:p<k>``          stream       stage i partition k; group ``g<i>``;
                                              fields ``u`` (uid), ``d`` (batch)
 ``<source.key>`` group          group        submit (XGROUP CREATE): consumer
@@ -86,9 +87,11 @@ key                             type         written by / meaning
 ``rs:{job}:sink``               hash         coordinator, streaming file sink:
                                              ``last_id`` written, file ``size``
 ``rs:{job}:dlq``                stream       dead letters: uid, stage, kind
-                                             (entry, record; coordinator: delta,
-                                             output = an undecodable delta-log or
-                                             output entry), error, deliveries, data
+                                             (entry, record; delta = an undecodable
+                                             delta-log entry, moved by its folder;
+                                             output = an undecodable output entry,
+                                             by the coordinator's file sink), error,
+                                             deliveries, data
 ``rs:{job}:failures``           hash         workers: ``<stream>/<entry id>`` ->
                                              failed runs of that pending entry
                                              (operator raised, timed out or

@@ -1,4 +1,4 @@
-"""A short lease held by one process: ``rs:{job}:compact:s<i>`` = its holder.
+"""A short lease held by one process: ``rs:{job}:compact:s<i>:p<k>`` = its holder.
 
 The holder is ``<kind>:<host>:<pid>:<nonce>`` (kind ``coordinator`` or
 ``worker``).  The lease lives ``LEASE_MS``, its holder renews it while it

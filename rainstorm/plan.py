@@ -5,8 +5,8 @@ map_partitions) are fused
 into one stage, as Spark fuses narrow transformations.  ``repartition`` ends
 a stage: its outputs are routed to the next stage's partitions by a stable
 hash of the key (crc32) or round-robin when unkeyed.  A keyed aggregate ends
-the pipeline: each commit carries the batch's combined delta, folded inside
-Redis's delta log (see rainstorm.lua).
+the pipeline: each commit carries the batch's combined delta, split by state
+partition, and workers fold each partition's log (see rainstorm.state).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def describe(p: JobPlan) -> list[str]:
         if s.aggregate == "reduce_by_key" and s.combiner:
             k = f"({signing.display(s.combiner)})"
         win = f" -> {s.window.label}" if s.window else ""
-        end = f"{win} -> {s.aggregate}{k} [delta per commit, folded]" if s.aggregate else ""
+        end = f"{win} -> {s.aggregate}{k} [delta per commit into state partitions, folded by workers]" if s.aggregate else ""
         nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""
         lines.append(f"stage {s.index}: {s.partitions} partitions: {chain}{end}{nxt}")
     return lines

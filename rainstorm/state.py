@@ -51,7 +51,6 @@ from rainstorm.lease import Lease
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
 from rainstorm.protocol.counters import StageCounter
-from rainstorm.protocol.deadletter import Kind, letter_fields
 from rainstorm.protocol.entries import data_of, key_bytes, partition_of
 
 log = logging.getLogger(__name__)
@@ -157,22 +156,6 @@ def _skip(id_: str, blob: bytes, why: str) -> None:
     log.warning("skipping undecodable aggregate delta %s (%d bytes): %s", id_, len(blob), why)
 
 
-def dead_letter_delta(r: redis.Redis, job_id: str, part: Part, id_: str, blob: bytes,
-                      why: str) -> None:
-    """Move a bad delta from its log to the dead-letter stream, atomically."""
-    log.warning("job %s stage %d partition %d: aggregate delta %s is bad (%s): moved to "
-                "the dead letters", job_id, part.stage, part.index, id_, why)
-    pipe = r.pipeline(transaction=True)
-    pipe.xadd(keys.dlq(job_id), letter_fields(part.stage, Kind.DELTA, id_,
-                                              f"undecodable aggregate delta: {why}",
-                                              stream=part.log, data=blob))
-    pipe.xdel(part.log, id_)
-    pipe.hincrby(part.base, "lb", -len(blob))
-    pipe.hincrby(keys.counters(job_id),
-                 keys.counter_field(part.stage, StageCounter.DEAD_DELTAS), 1)
-    pipe.execute()
-
-
 def agg_of(job: Job, allow: tuple[str, ...]) -> Aggregator:
     """The job's aggregate.  ``allow``: modules a ``reduce_by_key`` function
     may come from -- security policy, so the caller's own: ``("*",)`` for the
@@ -189,30 +172,33 @@ def agg_of(job: Job, allow: tuple[str, ...]) -> Aggregator:
 def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Lease,
               closer: Closer | None = None) -> lua.CompactStatus | None:
     """Fold the head of one partition's log (at most LIMITS.compact_ids
-    deltas; bad ones dead-lettered) into its base, emitting what ``closer``
-    takes out of it; None: nothing to do."""
+    deltas) into its base, moving bad ones to the dead letters and emitting
+    what ``closer`` takes out of it, in one ``rainstorm_compact``; None:
+    nothing to do."""
     if closer:
         closer.before_snapshot()
     snap = part.snapshot(r, max_deltas=lua.LIMITS.compact_ids)
-    bad: set[str] = set()
+    bad: dict[str, str] = {}
 
-    def on_bad(id_: str, blob: bytes, why: str) -> None:
-        dead_letter_delta(r, job.id, part, id_, blob, why)
-        bad.add(id_)
+    def on_bad(id_: str, _blob: bytes, why: str) -> None:
+        log.warning("job %s stage %d partition %d: aggregate delta %s is bad (%s): it goes "
+                    "to the dead letters", job.id, part.stage, part.index, id_, why)
+        bad[id_] = why[:200]
 
     state = fold(snap, agg, on_bad, where=f"job {job.id} stage {part.stage} "
                                           f"partition {part.index}")
     ids = [i for i in snap.log_ids if i not in bad]
     outputs = closer.close(part.index, snap, state) if closer else []
-    if not ids and not outputs:
+    if not ids and not outputs and not bad:
         return None
     blob = aggregates.encode(state, agg)
     lease.renew()
     status = lua.compact(r, lua.CompactRequest(
         base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
-        out=keys.output(job.id), version=snap.version, blob=blob, ids=ids, outputs=outputs,
+        out=keys.output(job.id), dlq=keys.dlq(job.id), stage=part.stage,
+        version=snap.version, blob=blob, ids=ids, outputs=outputs,
         emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
-        if outputs else ""))
+        if outputs else "", bad=list(bad.items())))
     log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,
               part.stage, part.index, status)
     return status
@@ -361,13 +347,18 @@ class KeyRead:
     digest: str  # of the partition as read (checked against a finished job's seal)
 
 
-def read_key(r: redis.Redis, job: Job, allow: tuple[str, ...], key: Any) -> KeyRead:
-    """One key's finished value, reading only its partition."""
+def read_key(r: redis.Redis, job: Job, allow: tuple[str, ...], key: Any,
+             check: Callable[[int, str], None] | None = None) -> KeyRead:
+    """One key's finished value, reading only its partition; ``check``:
+    called with the partition and its digest before it is folded (may raise)."""
     agg = agg_of(job, allow)
     p = partition_of(key, partitions(job))
     snap = Part(job.id, job.plan.last.index, p).snapshot(r)
+    digest = part_digest(p, snap)
+    if check is not None:
+        check(p, digest)
     state = agg.finish(fold(snap, agg, where=f"job {job.id} partition {p}"))
-    return KeyRead(key in state, state.get(key), p, part_digest(p, snap))
+    return KeyRead(key in state, state.get(key), p, digest)
 
 
 def read_part(r: redis.Redis, job_id: str, ref: Any) -> list[list[Any]]:

@@ -1,2 +1,2 @@
-"""A job's core: submit it, drive it to its end, fold its state, read its result, write
-its sinks."""
+"""A job's core: submit it, drive it to its end, read its result partition by partition,
+write its sinks."""

@@ -333,7 +333,8 @@ def stored_key(r: redis.Redis, job_id: str, key_text: str, *, allow: tuple[str, 
     if not job.plan.aggregate:
         raise RainstormError(f"job {job_id} has no keyed aggregate: --key reads one key of "
                              "an aggregate's state")
-    found = read_key(r, job, allow, key_text)
+    check = _part_check(r, job)
+    found = read_key(r, job, allow, key_text, check)
     key: Any = key_text
     if not found.found:
         try:
@@ -343,14 +344,22 @@ def stored_key(r: redis.Redis, job_id: str, key_text: str, *, allow: tuple[str, 
         if isinstance(alt, list):
             alt = tuple(alt)
         if alt is not None and not isinstance(alt, str):
-            other = read_key(r, job, allow, alt)
+            other = read_key(r, job, allow, alt, check)
             if other.found:
                 found, key = other, alt
-    raw: Any = r.hmget(keys.seal(job_id), "sha256", "parts")
-    if raw[0] is not None and raw[1]:
-        parts = raw[1].decode("ascii", "replace").split(",")
-        sealed = parts[found.partition] if found.partition < len(parts) else ""
-        if combine(parts) != raw[0].decode("ascii", "replace"):
-            sealed = ""
-        seal.check(job, sealed, found.digest)
     return found, key
+
+
+def _part_check(r: redis.Redis, job: Job) -> Callable[[int, str], None] | None:
+    """Checks one state partition's digest against a finished job's seal."""
+    raw: Any = r.hmget(keys.seal(job.id), "sha256", "parts")
+    if raw[0] is None or not raw[1]:
+        return None  # not finished (a streaming job), or sealed before partitions
+    parts = raw[1].decode("ascii", "replace").split(",")
+    whole = combine(parts) == raw[0].decode("ascii", "replace")
+
+    def check(p: int, digest: str) -> None:
+        sealed = parts[p] if whole and p < len(parts) else ""
+        seal.check(job, sealed, digest)
+
+    return check

@@ -288,30 +288,36 @@ def requeue(r: redis.Redis, req: RequeueRequest) -> RequeueStatus:
 class CompactRequest:
     """Replace the deltas ``ids`` of one state partition by ``blob`` (their
     fold into the base, at most ``LIMITS.compact_ids`` of them: see
-    :meth:`Snapshot.head`), emitting ``outputs`` (uid, payload) into
-    ``out`` (windows the fold closed) in the same step."""
+    :meth:`Snapshot.head`), move the ``bad`` deltas (log id, why) to the
+    dead letters, and emit ``outputs`` (uid, payload) into ``out`` (windows
+    the fold closed), all in one step."""
 
     base: str
     log: str
     meta: str
     counters: str
     out: str
+    dlq: str
+    stage: int
     version: int
     blob: bytes
     ids: list[str]
     outputs: list[tuple[str, bytes]] = field(default_factory=list)
     emit_field: str = ""
+    bad: list[tuple[str, str]] = field(default_factory=list)
 
 
 def compact(r: redis.Redis, req: CompactRequest) -> CompactStatus:
     _cap(COMPACT, "the number of ids", len(req.ids), LIMITS.compact_ids)
     _cap(COMPACT, "n_out", len(req.outputs), LIMITS.outputs)
+    _cap(COMPACT, "n_bad", len(req.bad), LIMITS.dead)
     keys_, args = COMPACT.build(
         {"base": req.base, "log": req.log, "meta": req.meta, "counters": req.counters,
-         "out": req.out},
-        {"version": req.version, "blob": req.blob, "n_out": len(req.outputs),
-         "emit_field": req.emit_field},
-        more_args=[x for o in req.outputs for x in o] + req.ids)
+         "out": req.out, "dlq": req.dlq},
+        {"version": req.version, "blob": req.blob, "stage": req.stage,
+         "n_out": len(req.outputs), "emit_field": req.emit_field, "n_bad": len(req.bad)},
+        more_args=[x for o in req.outputs for x in o] + [x for b in req.bad for x in b]
+        + req.ids)
     return parse_status(CompactStatus, COMPACT.function, _call(r, COMPACT, keys_, args))[0]
 
 

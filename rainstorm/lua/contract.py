@@ -46,8 +46,8 @@ DEADLETTER = Layout("rainstorm_deadletter", ("counters", "dlq", "meta", "stream"
                     ("group", "stage", "entry_id", "uid", "error", "deliveries"))
 REQUEUE = Layout("rainstorm_requeue", ("counters", "dlq", "meta", "stream"),
                  ("dead_id", "stage", "kind", "uid", "payload", "unbytes"))
-COMPACT = Layout("rainstorm_compact", ("base", "log", "meta", "counters", "out"),
-                 ("version", "blob", "n_out", "emit_field"))
+COMPACT = Layout("rainstorm_compact", ("base", "log", "meta", "counters", "out", "dlq"),
+                 ("version", "blob", "stage", "n_out", "emit_field", "n_bad"))
 SNAPSHOT = Layout("rainstorm_snapshot", ("base", "log"), ("max_deltas",))
 VERSION = Layout("rainstorm_version", (), ())
 LAYOUTS = (LOAD, COMMIT, DEADLETTER, REQUEUE, COMPACT, SNAPSHOT, VERSION)

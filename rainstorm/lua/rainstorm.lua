@@ -314,12 +314,14 @@ local function commit_counts(keys, args, fn)
   return n_in, n_out, n_dead, n_extra, n_delta, n_fixed
 end
 
--- Is a partition's log due for folding?  LSM-like: when its unfolded bytes
--- reach its base's size (and at least fold_bytes), or it holds fold_entries
--- deltas, so folding work stays linear in the deltas.
-local function fold_due(base, log, logged, fold_entries, fold_bytes)
+-- Will a partition's log be due for folding once ``blob`` is appended?
+-- LSM-like: when its unfolded bytes reach its base's size (and at least
+-- fold_bytes), or it holds fold_entries deltas, so folding work stays linear
+-- in the deltas.  Reads only (called before the commit's first write).
+local function fold_due(base, log, blob, fold_entries, fold_bytes)
+  local logged = tonumber(redis.call('HGET', base, 'lb') or '0') + #blob
   if logged >= fold_bytes and logged >= redis.call('HSTRLEN', base, 'd') then return true end
-  return redis.call('XLEN', log) >= fold_entries
+  return redis.call('XLEN', log) + 1 >= fold_entries
 end
 
 local function commit(keys, args)
@@ -393,6 +395,14 @@ local function commit(keys, args)
   for j = 1, n_out do outs[j] = keys[3 + n_in + j] end
   local full = over_backlog(outs, max_backlog)
   if full then return {'backlog', full} end
+  local reply = {'ok'}
+  local kbase = 3 + n_in + n_out
+  for j = 1, n_delta do
+    if fold_due(keys[kbase + 2 * j - 1], keys[kbase + 2 * j], args[deltas + j], fold_entries,
+        fold_bytes) then
+      reply[#reply + 1] = j
+    end
+  end
 
   -- all checks passed: write
   if keep then  -- one XACK per stream, nothing deleted (the user's stream)
@@ -410,13 +420,10 @@ local function commit(keys, args)
   for k = 1, n_dead do
     redis.call('XADD', dlq, '*', 'stage', stage, 'kind', 'record', 'd', args[dbase + k])
   end
-  local reply = {'ok'}
-  local kbase = 3 + n_in + n_out
   for j = 1, n_delta do
-    local pbase, plog, blob = keys[kbase + 2 * j - 1], keys[kbase + 2 * j], args[deltas + j]
-    redis.call('XADD', plog, '*', 'd', blob)
-    local logged = redis.call('HINCRBY', pbase, 'lb', #blob)
-    if fold_due(pbase, plog, logged, fold_entries, fold_bytes) then reply[#reply + 1] = j end
+    local blob = args[deltas + j]
+    redis.call('XADD', keys[kbase + 2 * j], '*', 'd', blob)
+    redis.call('HINCRBY', keys[kbase + 2 * j - 1], 'lb', #blob)
   end
   local p = 's' .. stage .. ':'
   redis.call('HINCRBY', counters, p .. 'committed', n_in)
@@ -522,36 +529,48 @@ end
 
 ------------------------------------------------------------------------------
 -- rainstorm_compact: replace delta-log entries of one state partition by
--- their fold into its base, and emit what the fold closed (event-time
--- windows the watermark closed, evicted from the base in the same step).
+-- their fold into its base, move the deltas that do not decode to the dead
+-- letters, and emit what the fold closed (event-time windows the watermark
+-- closed, evicted from the base in the same step).
 --
 -- KEYS[1] = base          rs:{job}:state:s<i>:p<k>
 -- KEYS[2] = log           rs:{job}:state:s<i>:p<k>:log
 -- KEYS[3] = meta          rs:{job}:meta
 -- KEYS[4] = counters      rs:{job}:counters
 -- KEYS[5] = out           the stream closed windows go to (rs:{job}:output)
+-- KEYS[6] = dlq           rs:{job}:dlq
 -- ARGV[1] = version       expected base version
 -- ARGV[2] = blob          the new folded state (msgpack)
--- ARGV[3] = n_out         output entries, 0..MAX_OUTPUTS
--- ARGV[4] = emit_field    counter field they are counted in ('' if n_out = 0)
--- ARGV[5..]               n_out pairs (uid, payload), then the ids of the log
---                         entries folded into the blob, 0..MAX_COMPACT_IDS
--- The base's 'lb' (bytes logged, not yet folded) drops by the folded
--- deltas' sizes.
+-- ARGV[3] = stage         stage index i
+-- ARGV[4] = n_out         output entries, 0..MAX_OUTPUTS
+-- ARGV[5] = emit_field    counter field they are counted in ('' if n_out = 0)
+-- ARGV[6] = n_bad         bad deltas to dead-letter, 0..MAX_DEAD
+-- ARGV[7..]               n_out pairs (uid, payload), n_bad pairs (log id,
+--                         why it is bad), then the ids of the log entries
+--                         folded into the blob, 0..MAX_COMPACT_IDS
+-- A bad delta goes to the dlq (kind 'delta', its bytes in 'd') and counts in
+-- s<i>:dead_deltas.  The base's 'lb' (bytes logged, not yet folded) drops
+-- by the sizes of the deltas folded or dead-lettered (never below 0).
 -- Returns {'ok', new_version} | {'conflict', reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
 local function compact(keys, args)
   local fn = 'rainstorm_compact'
-  if #keys ~= 5 or #args < 4 then error(fn .. ': wrong arity') end
-  local n_out = to_int(args[3], 'n_out')
+  if #keys ~= 6 or #args < 6 then error(fn .. ': wrong arity') end
+  local n_out = to_int(args[4], 'n_out')
+  local n_bad = to_int(args[6], 'n_bad')
   cap(n_out, MAX_OUTPUTS, 'n_out', fn)
-  local ibase = 4 + 2 * n_out
+  cap(n_bad, MAX_DEAD, 'n_bad', fn)
+  local obase = 6
+  local bbase = obase + 2 * n_out
+  local ibase = bbase + 2 * n_bad
   if #args < ibase then error(fn .. ': wrong number of args') end
   cap(#args - ibase, MAX_COMPACT_IDS, 'the number of ids', fn)
   cap_bytes(keys, args, fn)
-  local base, log, meta, counters, out = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local base, log, meta, counters, out, dlq = keys[1], keys[2], keys[3], keys[4], keys[5],
+    keys[6]
   local expected = to_int(args[1], 'version')
-  local emit_field = args[4]
+  local stage = to_int(args[3], 'stage')
+  local emit_field = args[5]
   if n_out > 0 and emit_field == '' then error(fn .. ': outputs without emit field') end
   local stop = not_running(meta)
   if stop then return stop end
@@ -563,13 +582,31 @@ local function compact(keys, args)
     if #rows == 0 then return {'conflict', 'missing'} end
     folded = folded + #(field_of(rows[1][2], 'd') or '')
   end
-  for i = ibase + 1, #args do redis.call('XDEL', log, args[i]) end
-  for j = 1, n_out do
-    redis.call('XADD', out, '*', 'u', args[3 + 2 * j], 'd', args[4 + 2 * j])
+  local bad = {}
+  for j = 1, n_bad do
+    local id = args[bbase + 2 * j - 1]
+    local rows = redis.call('XRANGE', log, id, id)
+    if #rows == 0 then return {'conflict', 'missing'} end
+    bad[j] = field_of(rows[1][2], 'd') or ''
+    folded = folded + #bad[j]
   end
-  if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
   local logged = tonumber(redis.call('HGET', base, 'lb') or '0') - folded
   if logged < 0 then logged = 0 end
+
+  -- all checks passed: write
+  for i = ibase + 1, #args do redis.call('XDEL', log, args[i]) end
+  for j = 1, n_bad do
+    local id = args[bbase + 2 * j - 1]
+    redis.call('XADD', dlq, '*', 'stage', stage, 'kind', 'delta', 'uid', id, 'stream', log,
+      'error', 'undecodable aggregate delta: ' .. args[bbase + 2 * j], 'deliveries', 0,
+      'd', bad[j])
+    redis.call('XDEL', log, id)
+  end
+  if n_bad > 0 then redis.call('HINCRBY', counters, 's' .. stage .. ':dead_deltas', n_bad) end
+  for j = 1, n_out do
+    redis.call('XADD', out, '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])
+  end
+  if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
   redis.call('HSET', base, 'v', version + 1, 'd', args[2], 'lb', logged)
   return {'ok', version + 1}
 end

@@ -21,6 +21,7 @@ from rainstorm.monitor.views import (
     PartitionView,
     Snapshot,
     StageView,
+    StateView,
     WorkerView,
 )
 from rainstorm.plan import describe
@@ -124,8 +125,24 @@ def _stages(r: redis.Redis, job: Job, prog: JobProgress) -> list[StageView]:
                              partitions=s.partitions, aggregate=s.aggregate,
                              counts=counts,
                              capacity=job.spec.settings.max_backlog * s.partitions,
-                             partition_rows=rows))
+                             partition_rows=rows,
+                             state=_state(r, job, s.index) if s.aggregate else None))
     return out
+
+
+def _state(r: redis.Redis, job: Job, stage: int) -> StateView:
+    """The state partitions of ``stage``'s aggregate, in one round trip."""
+    n = job.spec.settings.state_partitions
+    pipe = r.pipeline(transaction=False)
+    for p in range(n):
+        pipe.hstrlen(keys.state(job.id, stage, p), "d")
+        pipe.hget(keys.state(job.id, stage, p), "lb")
+        pipe.xlen(keys.state_log(job.id, stage, p))
+    raw = pipe.execute()
+    lags = [max(0, as_int(x)) for x in raw[1::3]]
+    return StateView(partitions=n, folded_bytes=sum(as_int(x) for x in raw[0::3]),
+                     unfolded_bytes=sum(lags), max_unfolded_bytes=max(lags, default=0),
+                     log_entries=sum(as_int(x) for x in raw[2::3]))
 
 
 def snapshot(r: redis.Redis, job_id: str | None = None) -> Snapshot:

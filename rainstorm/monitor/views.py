@@ -67,6 +67,23 @@ class PartitionView:
 
 
 @dataclass(frozen=True)
+class StateView:
+    """A keyed aggregate's state partitions: how much is folded, and how
+    much is logged and waiting to be folded (the fold lag)."""
+
+    partitions: int
+    folded_bytes: int  # the bases' blobs
+    unfolded_bytes: int  # deltas logged, not yet folded (sum over partitions)
+    max_unfolded_bytes: int  # the partition that lags most
+    log_entries: int  # deltas in the logs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"partitions": self.partitions, "folded_bytes": self.folded_bytes,
+                "unfolded_bytes": self.unfolded_bytes,
+                "max_unfolded_bytes": self.max_unfolded_bytes, "log_entries": self.log_entries}
+
+
+@dataclass(frozen=True)
 class Rates:
     """Per-second rates of a stage between two looks (RateTracker)."""
 
@@ -88,6 +105,7 @@ class StageView:
     capacity: int  # backpressure stops upstream when a stream holds max_backlog entries
     partition_rows: list[PartitionView]
     rates: Rates | None = None
+    state: StateView | None = None  # a keyed aggregate's state partitions
 
     @property
     def backlog(self) -> int:
@@ -110,7 +128,8 @@ class StageView:
             "records_in": c.records_in, "records_out": c.records_out,
             "backlog": self.backlog, "capacity": self.capacity,
             "partition_rows": [p.to_json() for p in self.partition_rows],
-            "pending": self.pending, "latency": c.latency.to_json()}
+            "pending": self.pending, "latency": c.latency.to_json(),
+            "state": self.state.to_json() if self.state else None}
         if self.rates is not None:
             out.update(in_rate=self.rates.in_rate, out_rate=self.rates.out_rate,
                        records_rate=self.rates.records_rate)

@@ -1,7 +1,9 @@
-"""The coordinator against crafted data and its own failures: a delta of any
-shape is dead-lettered and the fold carries on; any error while driving
-marks the job failed (one line); a job refused under `submit` is failed; a
-dead holder's compaction lease is taken over within seconds."""
+"""The folders (workers while a job runs, the coordinator's finalize at its
+end) against crafted data, and the coordinator against its own failures: a
+delta of any shape XADDed into a state partition's log is dead-lettered and
+the fold carries on; a corrupt base fails the job in one line; any error
+while driving marks the job failed (one line); a job refused under `submit`
+is failed; a dead folder's partition lease is taken over within seconds."""
 
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import msgpack
 import pytest
 import redis
 
-from rainstorm import keys, lua
+from rainstorm import keys, lua, state
+from rainstorm.job import Job
 from rainstorm.lease import LEASE_MS, Lease, holder_id
 from rainstorm.local.run import prepare
 from rainstorm.operators import aggregates
-from rainstorm.state import Folder
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import partition_of
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import (
     ROOT,
@@ -58,13 +62,24 @@ def _submit(url: str, *args: str, **env: str) -> subprocess.Popen[str]:
                             env=dict(os.environ, **env))
 
 
+def _keys_in(part: int, parts: int, n: int) -> list[str]:
+    """``n`` keys of state partition ``part`` (of ``parts``)."""
+    out = [k for k in (f"k{i}" for i in range(100 * parts)) if partition_of(k, parts) == part]
+    assert len(out) >= n
+    return out[:n]
+
+
 def test_crafted_deltas_are_dead_lettered_and_the_result_is_incomplete(
         tmp_path: Path, url: str, r: redis.Redis) -> None:
     paths = write_corpus(tmp_path / "in", n_files=2, kb=30)
     job, _ = prepare(wordcount_spec(), [str(p) for p in paths], "crafted")
-    stage = job.plan.last.index
-    for _what, fields in CRAFTED:  # before the coordinator starts: its first fold meets them
-        r.xadd(keys.state_log(job.id, stage), fields)
+    stage, parts = job.plan.last.index, state.partitions(job)
+    words = reference_wordcount(paths)
+    # before the job starts, each into the log of a partition its words go to
+    # (folded by a worker whose commit makes it due, or by finalize)
+    busy = sorted({partition_of(w, parts) for w in words})
+    for n, (_what, fields) in enumerate(CRAFTED):
+        r.xadd(keys.state_log(job.id, stage, busy[n * 7 % len(busy)]), fields)
     sub = _submit(url, str(_spec_file(tmp_path)), "--job", job.id, "--json",
                   *[a for p in paths for a in ("--input", str(p))])
     procs = [start_worker(url, job.id)]
@@ -82,8 +97,10 @@ def test_crafted_deltas_are_dead_lettered_and_the_result_is_incomplete(
     letters = json.loads(cli(url, "dlq", job.id, "--json").stdout)
     assert sorted(d["kind"] for d in letters) == ["delta"] * len(CRAFTED)
     assert all(d["error"].startswith("undecodable aggregate delta: ") for d in letters)
-    left = r.xrange(keys.state_log(job.id, stage))  # the bad ones moved out of the log
-    assert all(aggregates.checked(f[b"d"]) is not None for _id, f in left)
+    for p in range(parts):  # finalize folded every log into its base; the bad ones are out
+        assert r.xlen(keys.state_log(job.id, stage, p)) == 0
+        base = r.hget(keys.state(job.id, stage, p), "d") or b""
+        assert set(aggregates.checked(base)) == {w for w in words if partition_of(w, parts) == p}
     meta = {k.decode(): v.decode() for k, v in r.hgetall(keys.meta(job.id)).items()}
     assert meta["state"] == "done" and meta["incomplete"] == "1"
     assert meta["dead_letters"] == str(len(CRAFTED))
@@ -92,41 +109,77 @@ def test_crafted_deltas_are_dead_lettered_and_the_result_is_incomplete(
     assert Counter(json.loads(res.stdout)) == reference_wordcount(paths)
 
 
-def test_a_delta_arriving_while_folding_is_dead_lettered(r: redis.Redis, tmp_path: Path) -> None:
-    """In-process: deltas crafted between polls never leave the fold half-merged."""
-    job, files = prepare(wordcount_spec(compact_every=1000), [str(write_corpus(tmp_path)[0])],
-                         "poll")
+def _log(r: redis.Redis, part: state.Part, blob: bytes) -> None:
+    """A delta into a partition's log, its bytes counted as a commit counts them."""
+    r.xadd(part.log, {"d": blob})
+    r.hincrby(part.base, "lb", len(blob))
+
+
+def test_a_bad_delta_in_a_partition_log_is_dead_lettered_by_a_folder(
+        r: redis.Redis, tmp_path: Path) -> None:
+    """In-process: a worker folding a due partition (fold_due) and the
+    coordinator's finalize dead-letter crafted deltas, never leave a fold
+    half-merged, and count them (the result is incomplete); the rest is exact."""
+    job, files = prepare(wordcount_spec(compact_every=1000, state_partitions=4),
+                         [str(write_corpus(tmp_path)[0])], "poll")
     submit(r, job, files)
-    stage = job.plan.last.index
-    log_key = keys.state_log(job.id, stage)
-    folder = Folder(r, job, stage, allow=("*",))
-    r.xadd(log_key, {"d": aggregates.encode({"a": 1, "b": 2})})
+    stage, agg = job.plan.last.index, state.agg_of(job, ("*",))
+    a, b, c = _keys_in(1, 4, 3)
+    part = state.Part(job.id, stage, 1)
+    _log(r, part, aggregates.encode({a: 1, b: 2}))
     for _what, fields in CRAFTED:
-        r.xadd(log_key, fields)
-    r.xadd(log_key, {"d": msgpack.packb([0, {"a": 5, "c": "x"}])})  # one bad value: all out
-    r.xadd(log_key, {"d": aggregates.encode({"a": 10})})
-    while folder.poll():
-        pass
-    assert folder.state == {"a": 11, "b": 2}
+        r.xadd(part.log, fields)
+    _log(r, part, msgpack.packb([0, {a: 5, c: "x"}]))  # one bad value: all of it out
+    _log(r, part, aggregates.encode({a: 10}))
+    due = [lua.Delta(part.base, part.log, b"", 1)]  # as a commit reports it
+    assert state.fold_due(r, job, due, stage, agg, holder_id("worker")) == 1
+    assert aggregates.decode(r.hget(part.base, "d") or b"") == {a: 11, b: 2}
+    assert r.xlen(part.log) == 0 and r.get(part.lease) is None  # folded, lease released
     assert r.xlen(keys.dlq(job.id)) == len(CRAFTED) + 1
-    assert int(r.hget(keys.counters(job.id), f"s{stage}:dead_deltas") or 0) == len(CRAFTED) + 1
-    assert folder.final() == {"a": 11, "b": 2}
+    dead = keys.counter_field(stage, StageCounter.DEAD_DELTAS)
+    assert int(r.hget(keys.counters(job.id), dead) or 0) == len(CRAFTED) + 1
+    # more arrive after that fold, in this partition and another: finalize folds them
+    other = state.Part(job.id, stage, 3)
+    (d,) = _keys_in(3, 4, 1)
+    _log(r, part, aggregates.encode({b: 1}))
+    r.xadd(part.log, {"d": b"\xc1 late and bad"})
+    _log(r, other, aggregates.encode({d: 4}))
+    sealed = state.finalize(r, job, agg, holder_id("coordinator"))
+    assert all(r.xlen(p.log) == 0 for p in state.parts(job))
+    assert state.read_state(r, job, ("*",)) == {a: 11, b: 3, d: 4}
+    assert int(r.hget(keys.counters(job.id), dead) or 0) == len(CRAFTED) + 2
+    assert sealed == state.digests(r, job)  # what the seal covers: the bases as left
 
 
+@pytest.mark.parametrize("where", ["busy", "idle"])
 def test_a_corrupt_folded_state_fails_the_job_in_one_line(tmp_path: Path, url: str,
-                                                          r: redis.Redis) -> None:
+                                                          r: redis.Redis, where: str) -> None:
+    """A corrupt base: workers leave its partition unfolded, and the
+    coordinator's finalize (a partition the job's words go to) or its read
+    of the result (one no word goes to: nothing to fold) fails the job."""
     paths = write_corpus(tmp_path / "in", n_files=1, kb=10)
-    job, _ = prepare(wordcount_spec(), [str(p) for p in paths], "corrupt")
-    r.hset(keys.state(job.id, job.plan.last.index), mapping={"v": 3, "d": b"\xc1garbage"})
-    sub = _submit(url, str(_spec_file(tmp_path)), "--job", job.id, "--input", str(paths[0]))
-    out, err = sub.communicate(timeout=60)
+    job, _ = prepare(wordcount_spec(state_partitions=1024), [str(p) for p in paths], "corrupt")
+    parts = state.partitions(job)
+    used = {partition_of(w, parts) for w in reference_wordcount(paths)}
+    p = min(used) if where == "busy" else min(set(range(parts)) - used)
+    r.hset(keys.state(job.id, job.plan.last.index, p), mapping={"v": 3, "d": b"\xc1garbage"})
+    sub = _submit(url, str(_spec_file(tmp_path, state_partitions=1024)), "--job", job.id,
+                  "--input", str(paths[0]))
+    procs = [start_worker(url, job.id)]
+    try:
+        out, err = sub.communicate(timeout=90)
+    finally:
+        stop_all(procs)
+        sub.kill()
     assert sub.returncode == 1 and "Traceback" not in err, err
     lines = err.strip().splitlines()
     assert "the folded aggregate is corrupt" in lines[-1], err
+    assert f"partition {p}" in lines[-1], err
     assert len([ln for ln in lines if ln.startswith("rainstorm: error")]) == 1
     row = json.loads(cli(url, "status", job.id, "--json").stdout)[0]
     assert row["state"] == "failed"
     assert "corrupt" in r.hget(keys.meta(job.id), "error").decode()
+    assert r.hget(keys.state(job.id, job.plan.last.index, p), "d") == b"\xc1garbage"
 
 
 def test_a_job_refused_by_every_worker_under_submit_is_marked_failed(
@@ -180,7 +233,7 @@ def _dead_pid() -> int:
 
 
 def test_lease_is_taken_over_only_from_a_holder_that_is_gone(r: redis.Redis) -> None:
-    key = keys.compact_lease("lease", 0)
+    key = keys.compact_lease("lease", 0, 5)
     me = Lease(r, key, holder_id("coordinator"))
     live_here = f"coordinator:{holder_id('x').split(':')[1]}:{os.getpid()}:other"
     r.set(key, live_here, px=LEASE_MS)
@@ -206,20 +259,32 @@ def test_lease_is_taken_over_only_from_a_holder_that_is_gone(r: redis.Redis) -> 
     assert me.acquire()
 
 
+def _commits(r: redis.Redis, job: Job, n: int) -> list[tuple[str, str, str]]:
+    """``n`` stage-0 entries read by consumer ``c`` (each commits one delta)."""
+    stream = job.streams(0)[0]
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(stream, {"u": f"t{i}", "d": b"x\n"})
+    pipe.execute()
+    rows = r.xreadgroup(keys.group(0), "c", {stream: ">"}, count=n)[0][1]
+    return [(stream, rid.decode(), f"t{i}") for i, (rid, _) in enumerate(rows)]
+
+
 @pytest.mark.chaos
-def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
+def test_folding_resumes_within_seconds_after_its_holder_is_killed(
         tmp_path: Path, r: redis.Redis, url: str) -> None:
-    job, files = prepare(wordcount_spec(compact_every=8), [str(write_corpus(tmp_path)[0])],
-                         "lease")
+    every = 8
+    job, files = prepare(wordcount_spec(compact_every=every, state_partitions=4),
+                         [str(write_corpus(tmp_path)[0])], "lease")
     submit(r, job, files)
-    stage = job.plan.last.index
-    lease_key, log_key = keys.compact_lease(job.id, stage), keys.state_log(job.id, stage)
-    holder = subprocess.Popen(  # a coordinator that takes the lease and is killed holding it
+    stage, agg = job.plan.last.index, state.agg_of(job, ("*",))
+    part = state.Part(job.id, stage, 2)
+    holder = subprocess.Popen(  # a worker that takes the partition's lease, killed holding it
         [sys.executable, "-c", "import sys, time, redis\n"
          "from rainstorm.lease import Lease, holder_id\n"
-         "lease = Lease(redis.Redis.from_url(sys.argv[1]), sys.argv[2], holder_id('coordinator'))\n"
+         "lease = Lease(redis.Redis.from_url(sys.argv[1]), sys.argv[2], holder_id('worker'))\n"
          "assert lease.acquire()\nprint('held', flush=True)\ntime.sleep(600)\n",
-         url, lease_key], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+         url, part.lease], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     with holder:
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -227,23 +292,30 @@ def test_compaction_resumes_within_seconds_after_its_holder_is_killed(
             holder.wait(10)
         finally:
             holder.kill()
-    assert r.get(lease_key) is not None and r.pttl(lease_key) > LEASE_MS - 2000
+    assert r.get(part.lease) is not None and r.pttl(part.lease) > LEASE_MS - 2000
     expected: Counter[str] = Counter()
-    folder = Folder(r, job, stage, allow=("*",))
+    words = _keys_in(2, 4, 13)
+    me = holder_id("worker")
     t0 = time.monotonic()
-    longest = 0
-    for i in range(400):  # commits keep coming; the log must stay bounded
-        delta = {f"k{i % 13}": 1, "all": 1}
+    longest = folded = 0
+    for i, entry in enumerate(_commits(r, job, 400)):  # commits keep coming; the log stays bounded
+        delta = {words[i % 13]: 1, words[0]: 1}
         expected.update(delta)
-        r.xadd(log_key, {"d": aggregates.encode(delta)})
-        folder.poll()
-        longest = max(longest, r.xlen(log_key))
+        res = lua.commit(r, lua.CommitRequest(
+            counters=keys.counters(job.id), dlq=keys.dlq(job.id), meta=keys.meta(job.id),
+            group=keys.group(0), stage=stage, inputs=[entry], records_in=1,
+            deltas=[lua.Delta(part.base, part.log, aggregates.encode(delta), 2)],
+            fold=state.fold_rule(job)))
+        assert res.status is lua.CommitStatus.OK
+        folded += state.fold_due(r, job, res.due, stage, agg, me)  # as the committing worker
+        longest = max(longest, r.xlen(part.log))
     took = time.monotonic() - t0
-    version = int(r.hget(keys.state(job.id, stage), "v") or 0)
-    assert version >= 400 // 8 - 2, (version, took)  # compacted all along, not after 30 s
-    assert longest <= 2 * 8, longest
-    assert folder.final() == dict(expected)
-    assert lua.snapshot(r, base=keys.state(job.id, stage), log=log_key).version == version
+    version = int(r.hget(part.base, "v") or 0)
+    assert folded == version >= 400 // every - 2, (version, took)  # all along, not after 5 s
+    assert longest <= every, longest
+    state.finalize(r, job, agg, holder_id("coordinator"))
+    assert state.read_state(r, job, ("*",)) == dict(expected)
+    assert part.snapshot(r).version in (version, version + 1)
 
 
 @pytest.mark.chaos

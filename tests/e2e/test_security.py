@@ -27,11 +27,13 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from rainstorm import keys, lua, signing
+from rainstorm import keys, lua, signing, state
 from rainstorm.coordinator.driver import fail
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
+from rainstorm.operators import aggregates
+from rainstorm.protocol.entries import partition_of
 from rainstorm.spec import parse_spec, spec_to_json
 from rainstorm.spec_signature import sign_spec
 from rainstorm.worker.admit import INSECURE_WARNING
@@ -336,7 +338,10 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     job, files = prepare(parse_spec(TWO_STAGES), [str(src)], "healthy")
     submit(admin, job, files)
     attacker.xadd(job.streams(1)[0], {"u": "evil-1", "d": b"\xc1\xc1 not msgpack"})
-    attacker.xadd(keys.state_log(job.id, job.plan.last.index), {"d": b"\xc1 not a delta"})
+    # into the log of the state partition one of its words goes to
+    attacked = partition_of("w3", state.partitions(job))
+    attacker.xadd(keys.state_log(job.id, job.plan.last.index, attacked),
+                  {"d": b"\xc1 not a delta"})
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     procs = [_worker(srv, log) for log in logs]
     try:
@@ -362,16 +367,18 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     assert admin.hget(keys.meta(job.id), "incomplete") == b"1"  # said, not hidden
 
 
-@pytest.mark.parametrize("how", ["hset base", "xadd delta", "reopen and compact"])
+@pytest.mark.parametrize("how", ["hset base", "hset idle base", "xadd delta",
+                                 "reopen and compact"])
 def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
                                                       srv: LocalRedis, admin: redis.Redis,
                                                       attacker: redis.Redis) -> None:
-    """Found item 4: as `worker`, after the job finished, rewrite its state
-    (directly, or by reopening it and calling rainstorm_compact).  The seal
-    (rs:{job}:seal, which `worker` may not write) no longer matches, so
-    `rainstorm result` refuses with one line instead of showing a forged result."""
-    import msgpack
-
+    """Found item 4: as `worker`, after the job finished, rewrite one state
+    partition (directly, or by reopening the job and calling
+    rainstorm_compact); "idle base": a partition no key of the job went to.
+    The seal (rs:{job}:seal, which `worker` may not write) no longer
+    matches, so `rainstorm result` refuses with one line instead of showing a
+    forged result, and so does `result --key` of a key in that partition; a
+    key of another partition still reads (each partition is sealed)."""
     job, words = _submit(admin, tmp_path, "sealed", data=_spec({"op": "map", "fn": "lower"}))
     proc = _worker(srv, tmp_path / "w.log", "--job", job.id, "--burst")
     try:
@@ -383,29 +390,46 @@ def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
     assert before.returncode == 0 and json.loads(before.stdout) == Counter(words), before.stderr
     with pytest.raises(redis.exceptions.NoPermissionError):
         attacker.set(keys.seal(job.id), "0" * 64)
-    stage = job.plan.last.index
-    forged = msgpack.packb({"forged": 10**9})
-    if how == "hset base":
-        attacker.hset(keys.state(job.id, stage), "d", forged)
+    stage, n = job.plan.last.index, state.partitions(job)
+    used = {partition_of(w, n) for w in words}
+    if how == "hset idle base":  # a key of a partition that held nothing
+        p = min(set(range(n)) - used)
+        key = next(k for k in (f"forged{i}" for i in range(100 * n)) if partition_of(k, n) == p)
+    else:
+        key = "w3"
+        p = partition_of(key, n)
+    other = next(w for w in sorted(set(words)) if partition_of(w, n) != p)
+    base, log = keys.state(job.id, stage, p), keys.state_log(job.id, stage, p)
+    forged = aggregates.encode({key: 10**9})  # a valid delta: it would be shown
+    if how in ("hset base", "hset idle base"):
+        attacker.hset(base, "d", forged)
     elif how == "xadd delta":
-        attacker.xadd(keys.state_log(job.id, stage), {"d": forged})
+        attacker.xadd(log, {"d": forged})
     else:
         attacker.hset(keys.meta(job.id), "state", "running")
-        version = int(attacker.hget(keys.state(job.id, stage), "v") or 0)
-        extra = attacker.xadd(keys.state_log(job.id, stage), {"d": forged}).decode()
-        assert lua.compact(attacker, base=keys.state(job.id, stage),
-                           log=keys.state_log(job.id, stage), meta=keys.meta(job.id),
-                           version=version, blob=forged, ids=[extra]) is lua.CompactStatus.OK
+        version = int(attacker.hget(base, "v") or 0)
+        extra = attacker.xadd(log, {"d": forged}).decode()
+        assert lua.compact(attacker, lua.CompactRequest(
+            base=base, log=log, meta=keys.meta(job.id), counters=keys.counters(job.id),
+            out=keys.output(job.id), dlq=keys.dlq(job.id), stage=stage, version=version,
+            blob=forged, ids=[extra])) is lua.CompactStatus.OK
         attacker.hset(keys.meta(job.id), "state", "done")
     after = _result(url, job.id)
     lines = after.stderr.strip().splitlines()
-    assert after.returncode == 1 and "forged" not in after.stdout, after.stdout
+    assert after.returncode == 1 and str(10**9) not in after.stdout, after.stdout
     assert len(lines) == 1 and "was changed after it finished" in lines[0], after.stderr
+    one = _result(url, job.id, "--key", key)
+    lines = one.stderr.strip().splitlines()
+    assert one.returncode == 1 and str(10**9) not in one.stdout, one.stdout
+    assert len(lines) == 1 and "was changed after it finished" in lines[0], one.stderr
+    fine = _result(url, job.id, "--key", other)  # its partition is as sealed
+    assert fine.returncode == 0, fine.stderr
+    assert json.loads(fine.stdout)["value"] == Counter(words)[other]
 
 
-def _result(url: str, job_id: str) -> subprocess.CompletedProcess[str]:
+def _result(url: str, job_id: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rainstorm", "result", job_id, "--json",
-                           "--redis", url], cwd=ROOT, capture_output=True, text=True,
+                           *args, "--redis", url], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
 

@@ -55,13 +55,20 @@ def test_streams_and_memory_stay_bounded(tmp_path: Path, url: str, r: redis.Redi
                           compact_every=4)
     job_id = "bounded"
     streams = [keys.stage_stream(job_id, 0, p) for p in range(2)]
-    peak = {"len": 0, "stream_bytes": 0, "log": 0}
+    parts = spec.settings.state_partitions
+    logs = [keys.state_log(job_id, 0, p) for p in range(parts)]
+    peak = {"len": 0, "stream_bytes": 0, "log": 0, "logs_seen": 0}
 
     def sample(_status: object) -> None:
         peak["len"] = max(peak["len"], *(r.xlen(s) for s in streams))
         size = sum(r.memory_usage(s) or 0 for s in streams)
         peak["stream_bytes"] = max(peak["stream_bytes"], size)
-        peak["log"] = max(peak["log"], r.xlen(keys.state_log(job_id, 0)))
+        pipe = r.pipeline(transaction=False)
+        for log in logs:
+            pipe.xlen(log)
+        lens = pipe.execute()
+        peak["log"] = max(peak["log"], *lens)
+        peak["logs_seen"] += sum(1 for n in lens if n)
 
     rep = run_job(spec, inputs=[str(p) for p in paths], workers=2, redis_url=url,
                   job_id=job_id, on_progress=sample, timeout_s=120)
@@ -70,8 +77,17 @@ def test_streams_and_memory_stay_bounded(tmp_path: Path, url: str, r: redis.Redi
     assert 0 < peak["len"] <= 4 + 2
     # stream memory is bounded by in-flight entries, not by the 3 MB of input
     assert peak["stream_bytes"] < 2 * (4 + 2) * 16384 * 1.5, peak
-    # the delta log is folded: never more than the workers' fallback threshold
-    assert peak["log"] <= 4 * 4, peak
+    # every state partition's log is folded by the workers as it grows: it
+    # never holds more than compact_every deltas plus those the other
+    # worker commits while one folds (unfolded, a log would hold one delta
+    # per commit: about 100 here, every commit touching every partition)
+    commits = rep.status.stages[0].commits
+    assert commits > 4 * 20, commits
+    assert peak["logs_seen"] > 0, peak  # sampled while deltas were logged
+    assert peak["log"] <= 4 + 4 * 2, peak  # compact_every + 4 in-flight commits per worker
+    versions = [int(r.hget(keys.state(job_id, 0, p), "v") or 0) for p in range(parts)]
+    assert min(versions) >= commits // 4 // 4, versions  # folded all along, not at the end
+    assert not any(r.xlen(log) for log in logs)  # finalize folded the rest
     assert rep.status.stages[0].emitted > 150
 
 

@@ -17,10 +17,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from rainstorm import keys, lua
+from rainstorm import keys, lua, state
 from rainstorm.cli import main
+from rainstorm.job import Job
+from rainstorm.lease import Lease, holder_id
 from rainstorm.local.run import prepare
 from rainstorm.operators import aggregates
+from rainstorm.protocol.counters import StageCounter
 from rainstorm.spec import parse_spec
 from rainstorm.worker.loop import Worker, WorkerOptions
 from tests.compose_redis import service_url
@@ -48,7 +51,8 @@ def w(worker_url: str, admin: redis.Redis) -> Iterator[redis.Redis]:
 # library send (no whole category but @connection, whose @dangerous part is
 # removed again)
 WORKER_COMMANDS = {
-    "get", "mget", "type", "pttl", "hget", "hmget", "hgetall", "hlen", "smembers", "xlen",
+    "get", "mget", "type", "pttl", "hget", "hmget", "hgetall", "hlen", "hstrlen", "smembers",
+    "xlen",
     "xrange", "xrevrange", "xpending", "fcall", "fcall_ro", "xreadgroup", "xautoclaim",
     "xclaim", "xack", "xadd", "xdel", "hset", "hdel", "hincrby", "set", "del", "wait",
     "waitaof", "info",
@@ -214,23 +218,29 @@ def test_worker_user_keys_outside_rs_refused(w: redis.Redis, admin: redis.Redis)
 
 def test_worker_user_may_do_what_workers_do(w: redis.Redis, admin: redis.Redis) -> None:
     """What workers and the dashboard send directly besides the commit FCALL
-    (the delta-log compaction of rainstorm.state.maybe_compact included)."""
+    (a state partition's fold, as rainstorm.state.fold_part sends it, included)."""
     assert w.ping()
     assert dict(w.info("server"))["run_id"]
     assert w.execute_command("WAIT", 0, 0) == 0  # type: ignore[no-untyped-call]
     assert w.fcall_ro("rainstorm_version", 0) == lua.LIB_VERSION.encode()
     admin.hset(keys.meta("acl"), "state", "running")
-    base, log = keys.state("acl", 0), keys.state_log("acl", 0)
+    base, log = keys.state("acl", 0, 3), keys.state_log("acl", 0, 3)
     ids = [w.xadd(log, {"d": b"delta"}).decode() for _ in range(3)]
-    lease = keys.compact_lease("acl", 0)
+    w.hincrby(base, "lb", 15)
+    lease = keys.compact_lease("acl", 0, 3)
     assert w.set(lease, "worker", nx=True, px=1000) and w.pttl(lease) > 0
     snap = lua.snapshot(w, base=base, log=log)
     assert snap.log_ids == ids
-    ok = lua.compact(w, base=base, log=log, meta=keys.meta("acl"), version=snap.version,
-                     blob=b"folded", ids=ids)
+    field = keys.counter_field(0, StageCounter.OUTPUT_ENTRIES)
+    ok = lua.compact(w, lua.CompactRequest(
+        base=base, log=log, meta=keys.meta("acl"), counters=keys.counters("acl"),
+        out=keys.output("acl"), dlq=keys.dlq("acl"), stage=0, version=snap.version,
+        blob=b"folded", ids=ids,
+        outputs=[("w.0", b"a closed window")], emit_field=field))
     assert ok is lua.CompactStatus.OK
     assert w.delete(lease) == 1
-    assert w.xlen(log) == 0 and admin.hget(base, "d") == b"folded"
+    assert w.xlen(log) == 0 and admin.hmget(base, "d", "lb") == [b"folded", b"0"]
+    assert admin.xlen(keys.output("acl")) == 1 and admin.hget(keys.counters("acl"), field) == b"1"
     w.hset(keys.WORKERS, "w1", "{}")
     assert w.hlen(keys.WORKERS) == 1 and w.hmget(keys.WORKERS, ["w1"]) == [b"{}"]
     w.hincrby(keys.counters("acl"), "s0:lat:count", 1)
@@ -254,7 +264,7 @@ def _finished_job(admin: redis.Redis) -> tuple[str, str, bytes]:
     """A job that finished with its aggregate folded into the base (version 1)
     and one delta left in the log; returns (base, log, the base's blob)."""
     job = "done-job"
-    base, log = keys.state(job, 0), keys.state_log(job, 0)
+    base, log = keys.state(job, 0, 0), keys.state_log(job, 0, 0)
     blob = aggregates.encode({"real": 3})
     admin.hset(base, mapping={"v": 1, "d": blob})
     admin.xadd(log, {"d": aggregates.encode({"real": 1})})
@@ -267,13 +277,20 @@ def test_attack_compact_cannot_rewrite_a_finished_result(w: redis.Redis, admin: 
     base, log, blob = _finished_job(admin)
     ids = [i.decode() for i, _ in admin.xrange(log)]
     forged = aggregates.encode({"made-up": 10**9})
-    reply = w.fcall("rainstorm_compact", 3, base, log, keys.meta("done-job"), 1, forged, *ids)
+    out, counters_key = keys.output("done-job"), keys.counters("done-job")
+    # also trying to slip a forged output entry into the finished job's output
+    dlq = keys.dlq("done-job")
+    args = [1, forged, 0, 1, "s0:output_entries", 0, "u", b"forged", *ids]
+    reply = w.fcall("rainstorm_compact", 6, base, log, keys.meta("done-job"), counters_key, out,
+                    dlq, *args)
     assert reply == [b"stopped", b"done"]
     assert admin.hgetall(base) == {b"v": b"1", b"d": blob} and admin.xlen(log) == 1
+    assert admin.xlen(out) == 0 and admin.hgetall(counters_key) == {}
     # nor with the meta key of a job that does not exist
     missing = keys.meta("nojob")
-    assert w.fcall("rainstorm_compact", 3, base, log, missing, 1, forged, *ids) == [b"gone"]
-    assert admin.hgetall(base) == {b"v": b"1", b"d": blob}
+    assert w.fcall("rainstorm_compact", 6, base, log, missing, counters_key, out, dlq,
+                   *args) == [b"gone"]
+    assert admin.hgetall(base) == {b"v": b"1", b"d": blob} and admin.xlen(out) == 0
 
 
 def test_attack_commit_with_100k_made_up_ids_is_refused(w: redis.Redis, admin: redis.Redis
@@ -281,9 +298,9 @@ def test_attack_commit_with_100k_made_up_ids_is_refused(w: redis.Redis, admin: r
     job = "victim"
     admin.hset(keys.meta(job), "state", "running")
     n = 100_000
-    ks = [keys.counters(job), keys.dlq(job), keys.state_log(job, 0), keys.meta(job)]
+    ks = [keys.counters(job), keys.dlq(job), keys.meta(job)]
     ks += [keys.stage_stream(job, 0, 0)] * n
-    args: list[Any] = ["g0", 0, n, 0, 0, 0, "", "", 0, 0, 0, 0]
+    args: list[Any] = ["g0", 0, n, 0, 0, 0, 0, "", 0, 0, 0, 0, 0, 256, 65536]
     for i in range(n):
         args += [f"{i + 1}-0", f"u{i}"]
     with pytest.raises(redis.ResponseError, match="n_in is 100000, above the cap"):
@@ -314,3 +331,60 @@ def test_wrong_password_is_one_line(srv: LocalRedis) -> None:
     argv = srv.healthcheck_argv()
     argv[argv.index("--pass") + 1] = "wrong"
     assert subprocess.run(argv, capture_output=True, timeout=10).returncode != 0
+
+
+def test_worker_user_folds_a_partition_and_dead_letters_a_bad_delta(
+        w: redis.Redis, admin: redis.Redis) -> None:
+    """Workers fold due state partitions (rainstorm.state.fold_due): all of
+    it, a bad delta's dead-lettering included, goes through the `worker` user."""
+    spec = parse_spec({"name": "aclfold", "pipeline": [{"op": "flat_map", "fn": "split_words"},
+                                                       {"op": "count"}],
+                       "settings": {"state_partitions": 4}})
+    job = Job.build("aclfold", spec)
+    admin.hset(keys.meta(job.id), "state", "running")
+    part = state.Part(job.id, 0, 2)
+    good = [aggregates.encode({"a": 1, "b": 2}), aggregates.encode({"a": 5})]
+    for blob in (good[0], b"\xc1 not a delta", good[1]):
+        w.xadd(part.log, {"d": blob})
+        w.hincrby(part.base, "lb", len(blob))
+    agg = state.agg_of(job, ("*",))
+    lease = Lease(w, part.lease, holder_id("worker"))
+    assert lease.acquire()
+    try:
+        status = state.fold_part(w, job, part, agg, lease)
+    finally:
+        lease.release()
+    assert status is lua.CompactStatus.OK
+    assert aggregates.decode(admin.hget(part.base, "d") or b"") == {"a": 6, "b": 2}
+    assert admin.xlen(part.log) == 0 and admin.xlen(keys.dlq(job.id)) == 1
+    assert admin.hget(keys.counters(job.id), "s0:dead_deltas") == b"1"
+    assert admin.hget(part.base, "lb") == b"0"
+
+
+def test_worker_user_commits_into_a_partition_whose_log_outgrew_its_base(
+        w: redis.Redis, admin: redis.Redis) -> None:
+    """Once a partition's unfolded bytes reach the fold threshold, the commit
+    compares them with its base's size: that too runs as the `worker` user,
+    and the commit is whole (inputs acked, every delta logged) or refused."""
+    job = "aclcommit"
+    admin.hset(keys.meta(job), "state", "running")
+    stream = keys.stage_stream(job, 0, 0)
+    admin.xgroup_create(stream, "g0", id="0", mkstream=True)
+    admin.xadd(stream, {"u": "0:0", "d": b"a b\n"})
+    (rid, _), = w.xreadgroup("g0", "w1", {stream: ">"}, count=1)[0][1]
+    parts = [lua.Delta(keys.state(job, 0, p), keys.state_log(job, 0, p),
+                       aggregates.encode({k: 1}), p) for p, k in ((0, "a"), (1, "b"))]
+    admin.hset(parts[0].base, "d", b"x" * 1000)  # a folded base bigger than the delta
+    req = lua.CommitRequest(counters=keys.counters(job), dlq=keys.dlq(job), meta=keys.meta(job),
+                            group="g0", stage=0, inputs=[(stream, rid.decode(), "0:0")],
+                            records_in=1, deltas=parts, fold=lua.FoldRule(entries=64, bytes=1))
+    try:
+        res, err = lua.commit(w, req), ""
+    except redis.ResponseError as exc:
+        res, err = None, str(exc)
+    # whatever happened, it happened whole or not at all
+    logged = [admin.xlen(d.log) for d in parts]
+    acked = admin.xlen(stream) == 0
+    assert (logged, acked) in (([0, 0], False), ([1, 1], True)), (logged, acked, err)
+    assert res is not None and res.status is lua.CommitStatus.OK, err
+    assert [d.partition for d in res.due] == [1]  # b's base is empty; a's is 1000 bytes

@@ -3,6 +3,8 @@ nothing is written when a check fails."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import redis
 
@@ -13,6 +15,26 @@ from rainstorm.protocol.counters import StageCounter
 JOB = "proto"
 S0 = keys.stage_stream(JOB, 0, 0)
 S1 = keys.stage_stream(JOB, 1, 0)
+P = 4  # state partitions of these tests' aggregate
+LOG0, BASE0 = keys.state_log(JOB, 0, 0), keys.state(JOB, 0, 0)
+
+
+def deltas(state: dict[str, int], parts: int = P) -> list[lua.Delta]:
+    """``state`` split by state partition (crc32 % parts, computed here)."""
+    split: dict[int, dict[str, int]] = {}
+    for k, v in state.items():
+        split.setdefault(zlib.crc32(k.encode()) % parts, {})[k] = v
+    return [lua.Delta(keys.state(JOB, 0, p), keys.state_log(JOB, 0, p),
+                      aggregates.encode(split[p]), p) for p in sorted(split)]
+
+
+def one_delta(state: dict[str, int]) -> list[lua.Delta]:
+    """``state`` as one delta of partition 0 (its keys' partition does not matter to Lua)."""
+    return [lua.Delta(BASE0, LOG0, aggregates.encode(state), 0)]
+
+
+def logs_len(r: redis.Redis) -> int:
+    return sum(r.xlen(keys.state_log(JOB, 0, p)) for p in range(P))
 
 
 def setup_entries(r: redis.Redis, n: int = 3) -> list[tuple[str, str, str]]:
@@ -27,8 +49,8 @@ def setup_entries(r: redis.Redis, n: int = 3) -> list[tuple[str, str, str]]:
 
 def request(inputs: list[tuple[str, str, str]], **kw: object) -> lua.CommitRequest:
     base: dict[str, object] = dict(
-        counters=keys.counters(JOB), dlq=keys.dlq(JOB), delta_log=keys.state_log(JOB, 0),
-        meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs, records_in=len(inputs))
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+        group=keys.group(0), stage=0, inputs=inputs, records_in=len(inputs))
     base.update(kw)
     return lua.CommitRequest(**base)  # type: ignore[arg-type]
 
@@ -39,19 +61,28 @@ def snapshot_all(r: redis.Redis) -> dict[str, object]:
 
 def test_commit_acks_emits_and_deletes(r: redis.Redis) -> None:
     inputs = setup_entries(r)
-    delta = aggregates.encode({"line": 3})
-    req = request(inputs, delta=delta, outputs=[(S1, "b.0", b"payload")],
+    state = {"line": 3, "a": 1, "b": 2, "c": 5, "d": 8, "e": 13}
+    parts = deltas(state)
+    assert len(parts) > 1  # the delta spans several partitions
+    req = request(inputs, deltas=parts, outputs=[(S1, "b.0", b"payload")],
                   emit_field=keys.counter_field(1, StageCounter.EMITTED))
-    assert lua.commit(r, req).status == "ok"
+    res = lua.commit(r, req)
+    assert res.status == "ok" and res.due == []  # a fresh log is not due yet
     assert r.xlen(S0) == 0 and r.xpending(S0, keys.group(0))["pending"] == 0
-    assert r.xlen(S1) == 1 and r.xlen(keys.state_log(JOB, 0)) == 1
+    assert r.xlen(S1) == 1
+    for p in range(P):  # each partition's log holds its part, whole, and counts its bytes
+        rows = r.xrange(keys.state_log(JOB, 0, p))
+        mine = {k: v for k, v in state.items() if zlib.crc32(k.encode()) % P == p}
+        assert [aggregates.decode(f[b"d"]) for _, f in rows] == ([mine] if mine else [])
+        logged = sum(len(f[b"d"]) for _, f in rows)
+        assert int(r.hget(keys.state(JOB, 0, p), "lb") or 0) == logged
     c = r.hgetall(keys.counters(JOB))
     assert c[b"s0:committed"] == b"3" and c[b"s1:emitted"] == b"1"
 
 
 def test_same_commit_twice_changes_nothing(r: redis.Redis) -> None:
     inputs = setup_entries(r)
-    req = request(inputs, delta=aggregates.encode({"x": 1}))
+    req = request(inputs, deltas=deltas({"x": 1, "y": 2, "z": 3}))
     assert lua.commit(r, req).status == "ok"
     before = snapshot_all(r)
     again = lua.commit(r, req)  # e.g. redis-py retrying after a lost reply
@@ -77,10 +108,14 @@ def test_stolen_entry_first_commit_wins(r: redis.Redis) -> None:
 def test_partial_rejection_applies_nothing(r: redis.Redis) -> None:
     inputs = setup_entries(r)
     assert lua.commit(r, request(inputs[:1])).status == "ok"
-    log_len = r.xlen(keys.state_log(JOB, 0))
-    res = lua.commit(r, request(inputs, delta=aggregates.encode({"z": 9})))
+    before = snapshot_all(r)
+    res = lua.commit(r, request(inputs, deltas=deltas({"z": 9, "y": 8, "x": 7, "w": 6})))
     assert res.status == "rejected" and list(res.rejected) == [inputs[0][1]]
-    assert r.xlen(keys.state_log(JOB, 0)) == log_len
+    counters_key = keys.counters(JOB)
+    after = snapshot_all(r)
+    before.pop(counters_key)
+    after.pop(counters_key)
+    assert after == before and logs_len(r) == 0  # no log, no 'lb' written
     assert r.xpending(S0, keys.group(0))["pending"] == 2
 
 
@@ -105,15 +140,32 @@ def test_backpressure_refuses_without_acking(r: redis.Redis) -> None:
 def test_malformed_call_writes_nothing(r: redis.Redis) -> None:
     inputs = setup_entries(r)
     before = snapshot_all(r)
-    keys_ = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), keys.meta(JOB), S0]
+    keys_ = [keys.counters(JOB), keys.dlq(JOB), keys.meta(JOB), S0]
+    id_, uid = inputs[0][1], inputs[0][2]
+    # ARGV: group stage n_in n_out n_dead max_backlog n_delta emit_field records_in
+    # records_out bytes_in n_extra keep_inputs fold_entries fold_bytes, then the rest
     with pytest.raises(redis.ResponseError, match="n_out must be"):
-        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, "x", 0, 0, "", "", 0, 0, 0,
-                0, inputs[0][1], inputs[0][2])
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, "x", 0, 0, 0, "", 0, 0, 0,
+                0, 0, 8, 64, id_, uid)
     with pytest.raises(redis.ResponseError, match="wrong number of args"):
-        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, "", "", 0, 0, 0, 0)
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 0, "", 0, 0, 0, 0,
+                0, 8, 64)
     with pytest.raises(redis.ResponseError, match="increment must be an integer"):
-        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, "", "", 0, 0, 0, 1,
-                inputs[0][1], inputs[0][2], "s0:x", "1.5")
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 0, "", 0, 0, 0, 1,
+                0, 8, 64, id_, uid, "s0:x", "1.5")
+    with pytest.raises(redis.ResponseError, match="keep_inputs must be 0 or 1"):
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 0, "", 0, 0, 0, 0,
+                2, 8, 64, id_, uid)
+    with pytest.raises(redis.ResponseError, match="fold_bytes"):
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 0, "", 0, 0, 0, 0,
+                0, 8, "lots", id_, uid)
+    # a delta whose keys are missing (n_delta 1, no base/log keys), then whose blob is
+    with pytest.raises(redis.ResponseError, match="wrong number of keys"):
+        r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 1, "", 0, 0, 0, 0,
+                0, 8, 64, id_, uid, b"\x81\xa1a\x01")
+    with pytest.raises(redis.ResponseError, match="wrong number of args"):
+        r.fcall("rainstorm_commit", len(keys_) + 2, *keys_, BASE0, LOG0, "g0", 0, 1, 0, 0, 0, 1,
+                "", 0, 0, 0, 0, 0, 8, 64, id_, uid)
     assert snapshot_all(r) == before
 
 
@@ -137,19 +189,58 @@ def test_function_library_self_heals(r: redis.Redis) -> None:
     assert lua.commit(r, request(inputs)).status == "ok"
 
 
+def compact_request(ids: list[str], blob: bytes, version: int = 0, part: int = 0,
+                    **kw: object) -> lua.CompactRequest:
+    return lua.CompactRequest(  # type: ignore[arg-type]
+        base=keys.state(JOB, 0, part), log=keys.state_log(JOB, 0, part), meta=keys.meta(JOB),
+        counters=keys.counters(JOB), out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0,
+        version=version, blob=blob, ids=ids, **kw)
+
+
 def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
-    log_key, base = keys.state_log(JOB, 0), keys.state(JOB, 0)
     r.hset(keys.meta(JOB), "state", "running")
-    ids = [r.xadd(log_key, {"d": aggregates.encode({"a": i})}).decode() for i in (1, 2)]
-    snap = lua.snapshot(r, base=base, log=log_key)
+    blobs = [aggregates.encode({"a": i}) for i in (1, 2)]
+    ids = [r.xadd(LOG0, {"d": b}).decode() for b in blobs]
+    r.hset(BASE0, "lb", sum(map(len, blobs)))
+    snap = lua.snapshot(r, base=BASE0, log=LOG0)
     assert snap.log_ids == ids and snap.version == 0
-    kw = dict(base=base, log=log_key, meta=keys.meta(JOB), version=0)
-    ok = lua.compact(r, blob=aggregates.encode({"a": 3}), ids=ids, **kw)  # type: ignore[arg-type]
-    assert ok is lua.CompactStatus.OK
-    again = lua.compact(r, blob=b"", ids=ids, **kw)  # type: ignore[arg-type]
+    folded = aggregates.encode({"a": 3})
+    assert lua.compact(r, compact_request(ids, folded)) is lua.CompactStatus.OK
+    again = lua.compact(r, compact_request(ids, b""))  # the version moved
     assert again is lua.CompactStatus.CONFLICT
-    assert r.xlen(log_key) == 0
-    assert aggregates.decode(lua.snapshot(r, base=base, log=log_key).base) == {"a": 3}
+    assert r.xlen(LOG0) == 0 and r.hget(BASE0, "lb") == b"0"
+    assert aggregates.decode(lua.snapshot(r, base=BASE0, log=LOG0).base) == {"a": 3}
+    gone = r.xadd(LOG0, {"d": blobs[0]}).decode()
+    r.xdel(LOG0, gone)  # an id no longer in the log (another folder took it)
+    missing = lua.compact(r, compact_request([gone], b"", version=1))
+    assert missing is lua.CompactStatus.CONFLICT
+    assert aggregates.decode(r.hget(BASE0, "d") or b"") == {"a": 3}  # untouched
+
+
+def test_compaction_emits_what_the_fold_closed_in_the_same_step(r: redis.Redis) -> None:
+    r.hset(keys.meta(JOB), "state", "running")
+    blob = aggregates.encode({"10|a": 1})
+    id_ = r.xadd(keys.state_log(JOB, 0, 2), {"d": blob}).decode()
+    r.hset(keys.state(JOB, 0, 2), "lb", len(blob) + 5)  # 5 bytes of another, unfolded delta
+    outs = [("w.1", b"closed one"), ("w.2", b"closed two")]
+    field = keys.counter_field(0, StageCounter.OUTPUT_ENTRIES)
+    req = compact_request([id_], aggregates.encode({}), part=2, outputs=outs, emit_field=field)
+    assert lua.compact(r, req) is lua.CompactStatus.OK
+    rows = r.xrange(keys.output(JOB))
+    assert [(f[b"u"], f[b"d"]) for _, f in rows] == [(b"w.1", b"closed one"),
+                                                      (b"w.2", b"closed two")]
+    assert r.hget(keys.counters(JOB), field) == b"2"
+    assert r.hmget(keys.state(JOB, 0, 2), "v", "lb") == [b"1", b"5"]
+    assert r.xlen(keys.state_log(JOB, 0, 2)) == 0
+
+
+def test_keep_inputs_acks_without_deleting_or_checking_the_uid(r: redis.Redis) -> None:
+    inputs = setup_entries(r)
+    user = [(s, i, "") for s, i, _ in inputs]  # a user's stream: no uid of ours
+    assert lua.commit(r, request(user, keep_inputs=True)).status == "ok"
+    assert r.xlen(S0) == 3 and r.xpending(S0, keys.group(0))["pending"] == 0
+    again = lua.commit(r, request(user, keep_inputs=True))
+    assert again.status == "rejected" and set(again.rejected.values()) == {"acked"}
 
 
 def test_requeue_moves_a_dead_entry_back_once(r: redis.Redis) -> None:
@@ -181,7 +272,7 @@ def test_window_guard_refuses_a_commit_into_a_closed_window(r: redis.Redis) -> N
     r.hset(keys.counters(JOB), MAX_EVENT, 100_000_000)
     before = snapshot_all(r)
     late = (keys.late(JOB), "b.late", b"late records")
-    req = request(inputs, delta=aggregates.encode({"0|a": 1}), outputs=[late],
+    req = request(inputs, deltas=one_delta({"0|a": 1}), outputs=[late],
                   emit_field="s0:late_entries", window=(120_000_000, 100_000_000))
     res = lua.commit(r, req)  # the guard (a window's close) is already reached
     assert res.status == "closed" and res.max_event_us == 100_000_000
@@ -190,7 +281,7 @@ def test_window_guard_refuses_a_commit_into_a_closed_window(r: redis.Redis) -> N
     assert lua.commit(r, req).status == "ok"
     c = r.hgetall(keys.counters(JOB))
     assert c[MAX_EVENT.encode()] == b"120000000" and c[b"s0:late_entries"] == b"1"
-    assert r.xlen(keys.late(JOB)) == 1 and r.xlen(keys.state_log(JOB, 0)) == 1
+    assert r.xlen(keys.late(JOB)) == 1 and r.xlen(LOG0) == 1
 
 
 def test_window_commit_raises_the_max_event_time_only(r: redis.Redis) -> None:

@@ -22,6 +22,7 @@ JOB = "caps"
 S0 = keys.stage_stream(JOB, 0, 0)
 S1 = keys.stage_stream(JOB, 1, 0)
 L = lua.LIMITS
+BASE, LOG = keys.state(JOB, 0, 0), keys.state_log(JOB, 0, 0)
 
 
 def snapshot_all(r: redis.Redis) -> dict[str, Any]:
@@ -41,23 +42,26 @@ def pending(r: redis.Redis, n: int = 2) -> list[tuple[str, str, str]]:
 
 def request(inputs: list[tuple[str, str, str]], **kw: Any) -> lua.CommitRequest:
     base: dict[str, Any] = dict(
-        counters=keys.counters(JOB), dlq=keys.dlq(JOB), delta_log=keys.state_log(JOB, 0),
-        meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs,
-        records_in=len(inputs))
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+        group=keys.group(0), stage=0, inputs=inputs, records_in=len(inputs))
     base.update(kw)
     return lua.CommitRequest(**base)
 
 
 def raw_commit(r: redis.Redis, n_in: int, n_out: int = 0, n_dead: int = 0, n_extra: int = 0,
-               payload: bytes = b"") -> Any:
-    """FCALL rainstorm_commit as an attacker would send it (no Python checks)."""
-    ks = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), keys.meta(JOB)]
+               payload: bytes = b"", n_delta: int | None = None) -> Any:
+    """FCALL rainstorm_commit as an attacker would send it (no Python checks);
+    ``payload``: one delta's blob (n_delta 1) unless ``n_delta`` says how many."""
+    n_delta = (1 if payload else 0) if n_delta is None else n_delta
+    ks = [keys.counters(JOB), keys.dlq(JOB), keys.meta(JOB)]
     ks += [S0] * n_in + [S1] * n_out
-    args: list[Any] = ["g0", 0, n_in, n_out, n_dead, 0, payload, "s1:emitted" if n_out else "",
-                       0, 0, 0, n_extra]
+    ks += [k for p in range(n_delta) for k in (keys.state(JOB, 0, p), keys.state_log(JOB, 0, p))]
+    args: list[Any] = ["g0", 0, n_in, n_out, n_dead, 0, n_delta, "s1:emitted" if n_out else "",
+                       0, 0, 0, n_extra, 0, 8, 64]
     for i in range(n_in):
         args += [f"{i + 1}-0", f"u{i}"]
     args += ["u", b"x"] * n_out + [b"d"] * n_dead + ["s0:x", 1] * n_extra
+    args += [payload or b"\x80"] * n_delta
     return r.fcall("rainstorm_commit", len(ks), *ks, *args)
 
 
@@ -73,10 +77,11 @@ def test_commit_with_100k_made_up_ids_is_refused(r: redis.Redis) -> None:
         lua.commit(r, request(fake))
 
 
-@pytest.mark.parametrize("over", ["n_out", "n_dead", "n_extra", "bytes"])
+@pytest.mark.parametrize("over", ["n_out", "n_dead", "n_extra", "n_delta", "bytes"])
 def test_every_commit_cap_refuses_before_writing(r: redis.Redis, over: str) -> None:
     inputs = pending(r, 1)
-    n = {"n_out": L.outputs + 1, "n_dead": L.dead + 1, "n_extra": L.extra + 1}
+    n = {"n_out": L.outputs + 1, "n_dead": L.dead + 1, "n_extra": L.extra + 1,
+         "n_delta": L.deltas + 1}
     before = snapshot_all(r)
     big = b"x" * (L.bytes + 1) if over == "bytes" else b""
     with pytest.raises(redis.ResponseError, match=f"{over if over != 'bytes' else ''}.*cap of"):
@@ -87,7 +92,9 @@ def test_every_commit_cap_refuses_before_writing(r: redis.Redis, over: str) -> N
                   "emit_field": "s1:emitted"},
         "n_dead": {"dead": [b"d"] * n["n_dead"]},
         "n_extra": {"extra": {f"s0:x{j}": 1 for j in range(n["n_extra"])}},
-        "bytes": {"delta": big},
+        "n_delta": {"deltas": [lua.Delta(keys.state(JOB, 0, p), keys.state_log(JOB, 0, p),
+                                         b"\x80", p) for p in range(n["n_delta"])]},
+        "bytes": {"deltas": [lua.Delta(BASE, LOG, big, 0)]},
     }[over]
     with pytest.raises(CallTooLarge) as exc:
         lua.commit(r, request(inputs, **kw))
@@ -107,12 +114,25 @@ def test_load_and_compact_caps(r: redis.Redis) -> None:
         lua.load(r, counters=keys.counters(JOB), cursor=keys.cursor(JOB), meta=keys.meta(JOB),
                  expected_pos="", new_pos="done", max_backlog=0,
                  entries=[(S0, f"u{i}", b"x") for i in range(n)])
-    base, log = keys.state(JOB, 0), keys.state_log(JOB, 0)
     ids = [f"{i + 1}-0" for i in range(L.compact_ids + 1)]
+    ks = [BASE, LOG, keys.meta(JOB), keys.counters(JOB), keys.output(JOB), keys.dlq(JOB)]
     with pytest.raises(redis.ResponseError, match="number of ids is .* above the cap"):
-        r.fcall("rainstorm_compact", 3, base, log, keys.meta(JOB), 0, b"blob", *ids)
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 0, "", 0, *ids)
+    n_out = L.outputs + 1
+    with pytest.raises(redis.ResponseError, match="n_out is .* above the cap"):
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, n_out, "s0:output_entries", 0,
+                *(["u", b"x"] * n_out))
+    with pytest.raises(redis.ResponseError, match="wrong number of args"):
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 2, "s0:output_entries", 0,
+                "u", b"x")
+    kw: dict[str, Any] = dict(base=BASE, log=LOG, meta=keys.meta(JOB), counters=keys.counters(JOB),
+                              out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=0,
+                              blob=b"")
     with pytest.raises(CallTooLarge):
-        lua.compact(r, base=base, log=log, meta=keys.meta(JOB), version=0, blob=b"", ids=ids)
+        lua.compact(r, lua.CompactRequest(ids=ids, **kw))
+    with pytest.raises(CallTooLarge, match="n_out"):
+        lua.compact(r, lua.CompactRequest(ids=[], outputs=[("u", b"x")] * n_out,
+                                          emit_field="s0:output_entries", **kw))
     assert snapshot_all(r) == before
 
 
@@ -128,7 +148,7 @@ def test_a_long_log_is_read_in_bounded_pages(r: redis.Redis) -> None:
     """Anyone who may XADD can grow a delta log: one snapshot FCALL returns
     at most the cap, the wrapper reads the rest and still gets every delta,
     in order, with the base it belongs to."""
-    base, log = keys.state(JOB, 1), keys.state_log(JOB, 1)
+    base, log = keys.state(JOB, 1, 5), keys.state_log(JOB, 1, 5)
     r.hset(base, mapping={"v": 7, "d": b"folded"})
     n = L.compact_ids * 2 + 5
     pipe = r.pipeline(transaction=False)
@@ -164,7 +184,7 @@ def test_bad_integers_are_refused_before_writing(r: redis.Redis) -> None:
 def test_no_writing_function_writes_into_a_stopped_job(r: redis.Redis, state: str | None
                                                        ) -> None:
     inputs = pending(r, 2)
-    base, log = keys.state(JOB, 0), keys.state_log(JOB, 0)
+    base, log = BASE, LOG
     r.hset(base, mapping={"v": 1, "d": b"the result"})
     delta_ids = [r.xadd(log, {"d": b"delta"}).decode()]
     r.xadd(keys.dlq(JOB), {"stage": 0, "kind": "entry", "d": b"x"})
@@ -176,11 +196,14 @@ def test_no_writing_function_writes_into_a_stopped_job(r: redis.Redis, state: st
     before = snapshot_all(r)
     want = "gone" if state is None else "stopped"
 
-    res = lua.commit(r, request(inputs, delta=b"late", outputs=[(S1, "o", b"p")],
-                                emit_field="s1:emitted"))
+    res = lua.commit(r, request(inputs, deltas=[lua.Delta(base, log, b"late", 0)],
+                                outputs=[(S1, "o", b"p")], emit_field="s1:emitted"))
     assert res.status == want and res.state == (state or "")
-    assert lua.compact(r, base=base, log=log, meta=keys.meta(JOB), version=1,
-                       blob=b"1000000000", ids=delta_ids) == want
+    assert lua.compact(r, lua.CompactRequest(
+        base=base, log=log, meta=keys.meta(JOB), counters=keys.counters(JOB),
+        out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=1, blob=b"1000000000",
+        ids=delta_ids,
+        outputs=[("w", b"closed")], emit_field="s0:output_entries")) == want
     assert lua.deadletter(r, lua.DeadletterRequest(
         lua.JobKeys.of(JOB), stream=S0, group=keys.group(0), stage=0, entry_id=inputs[0][1],
         uid=inputs[0][2], error="e", deliveries=1)) == want

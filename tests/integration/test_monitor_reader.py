@@ -46,15 +46,15 @@ def _job(r: redis.Redis) -> None:
     rows = r.xreadgroup(keys.group(0), "w1", {s0: ">"}, count=2)[0][1]
     inputs = [(s0, rid.decode(), f"t{i}") for i, (rid, _) in enumerate(rows)]
     req = lua.CommitRequest(
-        counters=keys.counters(JOB), dlq=keys.dlq(JOB), delta_log=keys.state_log(JOB, 0),
-        meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs,
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+        group=keys.group(0), stage=0, inputs=inputs,
         outputs=[(s1, "b.0", b"x")], emit_field=keys.counter_field(1, StageCounter.EMITTED),
         records_in=2, records_out=3, bytes_in=len(LINES[0]) + len(LINES[1]),
         extra={keys.counter_field(0, StageCounter.MALFORMED_ROWS): 4})
     assert lua.commit(r, req).status is lua.CommitStatus.OK
     c = keys.counters(JOB)
     r.hincrby(c, keys.counter_field(0, StageCounter.CLAIMED), 1)  # as a worker's XAUTOCLAIM
-    r.hincrby(c, keys.counter_field(1, StageCounter.DEAD_DELTAS), 2)  # as the coordinator
+    r.hincrby(c, keys.counter_field(1, StageCounter.DEAD_DELTAS), 2)  # as a folder
     rec = LatencyRecorder()  # as a worker's heartbeat
     for seconds in (0.0003, 0.004, 0.004, 3.0):
         rec.observe(JOB, 1, seconds)
@@ -111,7 +111,7 @@ def test_job_view_and_its_json(r: redis.Redis) -> None:
     st0, st1 = out["stages"]
     assert list(st0) == ["index", "label", "partitions", "aggregate", "emitted", "committed",
                          "dead", "rejected", "claimed", "records_in", "records_out", "backlog",
-                         "capacity", "partition_rows", "pending", "latency"]
+                         "capacity", "partition_rows", "pending", "latency", "state"]
     assert (st0["emitted"], st0["committed"], st0["backlog"], st0["claimed"]) == (3, 2, 1, 1)
     # stage 0 holds the one entry not committed, read by nobody, in partition 0
     n0 = load_job(r, JOB).stage(0).partitions
@@ -174,3 +174,32 @@ def test_workers_from_heartbeats(r: redis.Redis) -> None:
                             "current": "wc/s0", "batches": 3, "busy_s": 1.5,
                             "last_seen": now - 1, "job": None, "stage": None, "uptime_s": 11.0}
     assert (w4.state, w4.busy, w4.alive) == ("dead", False, False)
+
+
+def test_state_view_sums_the_partitions_fold_lag(r: redis.Redis) -> None:
+    """A keyed aggregate's stage shows its state partitions: folded bytes,
+    bytes logged and not yet folded (the fold lag), and log entries, as
+    status JSON and /metrics read them; expected values from the raw keys."""
+    job = "monstate"
+    spec = parse_spec({"name": "st", "pipeline": [{"op": "flat_map", "fn": "split_words"},
+                                                  {"op": "count"}],
+                       "settings": {"state_partitions": 5}})
+    r.set(keys.spec(job), spec_to_json(spec))
+    r.hset(keys.meta(job), mapping={"state": "running", "total_bytes": 1})
+    r.sadd(keys.JOBS, job)
+    lags = {0: 10, 2: 700, 4: 3}
+    for p, lb in lags.items():
+        r.hset(keys.state(job, 0, p), mapping={"v": 1, "d": b"x" * (p + 1), "lb": lb})
+        for _ in range(p + 1):
+            r.xadd(keys.state_log(job, 0, p), {"d": b"y"})
+    st = job_view(r, job).stages[0].state
+    assert st is not None and st.partitions == 5
+    assert st.folded_bytes == sum(p + 1 for p in lags)
+    assert st.unfolded_bytes == sum(lags.values()) and st.max_unfolded_bytes == 700
+    assert st.log_entries == sum(p + 1 for p in lags)
+    shown = job_view(r, job).stages[0].to_json()["state"]
+    assert shown["unfolded_bytes"] == 713 and shown["partitions"] == 5
+    from rainstorm.ops.dashboard.metrics import render
+
+    text = render(snapshot(r, job), redis_up=True)
+    assert f'rainstorm_state_unfolded_bytes{{job_id="{job}",stage="0"}} 713' in text

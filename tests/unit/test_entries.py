@@ -21,7 +21,7 @@ def test_the_lua_library_writes_and_reads_the_same_fields() -> None:
     assert (entries.UID, entries.DATA) in pairs
     read = set(re.findall(r"field_of\([^,]+, '(\w+)'\)", LUA))
     assert read == {entries.UID, entries.DATA}
-    assert re.findall(r"'XADD', plog, '\*', '(\w+)'", LUA) == [entries.DATA]
+    assert re.findall(r"'XADD', keys\[kbase \+ 2 \* j\], '\*', '(\w+)'", LUA) == [entries.DATA]
 
 
 def test_fields_in_and_out() -> None:

@@ -49,7 +49,9 @@ def test_every_function_has_a_layout_matching_its_comment() -> None:
 def test_the_check_catches_a_drift() -> None:
     source = library_source().replace("-- ARGV[3] = n_in ", "-- ARGV[3] = n_inputs ")
     assert contract_comments(source)[COMMIT.function]["ARGV"][2] == "n_inputs"
-    swapped = library_source().replace("-- KEYS[3] = delta_log", "-- KEYS[9] = delta_log")
+    commit_meta = "-- KEYS[3] = meta          rs:{job}:meta\n-- KEYS[4..3+n_in]"
+    assert library_source().count(commit_meta) == 1  # rainstorm_commit's, alone
+    swapped = library_source().replace(commit_meta, commit_meta.replace("[3]", "[9]"))
     with pytest.raises(AssertionError, match="out of order"):
         contract_comments(swapped)
 

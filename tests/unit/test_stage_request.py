@@ -15,6 +15,7 @@ import msgpack
 
 from rainstorm import keys
 from rainstorm.job import Job, encode_records
+from rainstorm.operators import aggregates
 from rainstorm.spec import parse_spec
 from rainstorm.worker.batch import Entry, StageRunner
 
@@ -65,7 +66,7 @@ def test_keyed_outputs_go_to_the_partition_of_the_keys_crc32() -> None:
     assert req.records_in == len(LINES) and req.records_out == sum(words.values())
     assert req.inputs == [(e.stream, e.id, e.uid) for e in entries]
     assert req.bytes_in == sum(len(line) + 1 for line in LINES)  # stage 0 counts bytes
-    assert req.group == keys.group(0) and req.stage == 0 and req.delta == b""
+    assert req.group == keys.group(0) and req.stage == 0 and req.deltas == []
 
 
 def test_unkeyed_outputs_are_spread_round_robin_from_the_uid() -> None:
@@ -108,8 +109,32 @@ def test_the_last_stage_writes_the_output_stream_and_an_aggregate_a_delta() -> N
     assert req.bytes_in == 0  # only stage 0 counts input bytes
     agg = _job([{"op": "flat_map", "fn": "split_words"}, {"op": "count"}])
     req = StageRunner(agg, 0, ()).build(_entries(LINES), set(), 0)
-    assert req.outputs == [] and req.delta and req.emit_field == ""
+    assert req.outputs == [] and req.deltas and req.emit_field == ""
     assert req.records_out == len({w for line in LINES for w in line.split()})
+
+
+def test_an_aggregate_delta_is_split_by_the_state_partition_of_the_keys_crc32() -> None:
+    n = 7
+    spec = parse_spec({"name": "t", "source": {"type": "text"},
+                       "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+                       "settings": {"parallelism": PARTS, "state_partitions": n,
+                                    "compact_every": 9}})
+    req = StageRunner(Job.build("rq", spec), 0, ()).build(_entries(LINES), set(), 0)
+    words = Counter(w for line in LINES for w in line.split())
+    got: Counter[str] = Counter()
+    seen = []
+    for d in req.deltas:
+        assert (d.base, d.log) == (f"rs:{{rq}}:state:s0:p{d.partition}",
+                                   f"rs:{{rq}}:state:s0:p{d.partition}:log")
+        part = dict(aggregates.pairs(d.blob))
+        assert part and all(zlib.crc32(k.encode()) % n == d.partition for k in part)
+        assert not set(part) & set(got)  # a key in one delta only
+        got.update(part)
+        seen.append(d.partition)
+    assert got == words
+    assert seen == sorted(set(seen))  # one delta per partition touched
+    assert set(seen) == {zlib.crc32(w.encode()) % n for w in words}
+    assert req.fold.entries == 9
 
 
 def test_operator_counts_come_back_with_the_computation() -> None:

@@ -53,6 +53,19 @@ _STAGE_COUNTERS = (
 )
 
 
+_STATE_GAUGES = (
+    ("rainstorm_state_partitions", "partitions", "State partitions of a keyed aggregate."),
+    ("rainstorm_state_folded_bytes", "folded_bytes",
+     "Bytes of the folded bases of a keyed aggregate's state partitions."),
+    ("rainstorm_state_unfolded_bytes", "unfolded_bytes",
+     "Fold lag: bytes of aggregate deltas logged and not yet folded, all partitions."),
+    ("rainstorm_state_max_unfolded_bytes", "max_unfolded_bytes",
+     "Fold lag of the state partition that lags most."),
+    ("rainstorm_state_log_entries", "log_entries",
+     "Aggregate deltas waiting in the state partitions' logs."),
+)
+
+
 def escape_label(value: Any) -> str:
     """A label value as the text format wants it: backslash, quote, newline escaped."""
     s = "" if value is None else str(value)
@@ -161,6 +174,9 @@ def _stage_families(out: _Out, snap: Snapshot) -> None:
     out.family("rainstorm_partition_pending_entries", "gauge",
                "Entries of a partition stream read and not yet committed.",
                [("rainstorm_partition_pending_entries", lab, p.pending) for lab, p in parts])
+    states = [(lab, st.state) for lab, st in rows if st.state is not None]
+    for name, attr, help_ in _STATE_GAUGES:
+        out.family(name, "gauge", help_, [(name, lab, getattr(v, attr)) for lab, v in states])
 
 
 def _worker_families(out: _Out, snap: Snapshot) -> None:

@@ -1,0 +1,439 @@
+"""Partitioned keyed state against a real server: a commit splits its delta
+by state partition and says which partitions are due for folding (the LSM
+rule), folders race and die without changing the result, finalize leaves
+exactly the sealed bases, one key is read from its partition alone, and a
+word count is exact for any number of partitions.
+
+Partitions and sums are checked against computations written here
+(zlib.crc32 of the key, collections.Counter), not against
+rainstorm.protocol.entries or rainstorm.state."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from rainstorm import keys, lua, state
+from rainstorm.cli import main
+from rainstorm.coordinator.result import load_stored, materialized
+from rainstorm.errors import JobFailed
+from rainstorm.job import Job
+from rainstorm.jobstore import load_job
+from rainstorm.lease import LEASE_MS, Lease, holder_id
+from rainstorm.operators import aggregates
+from rainstorm.spec import parse_spec
+from rainstorm.testing import run_job
+from tests.helpers import ROOT, wait_for
+
+JOB = "parts"
+WORDS = [f"w{i}" for i in range(200)]
+
+
+def spec_dict(parts: int, compact_every: int = 256) -> dict[str, Any]:
+    return {"name": "wc", "source": {"type": "text"},
+            "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+            "settings": {"state_partitions": parts, "compact_every": compact_every}}
+
+
+def part_of(key: str, parts: int) -> int:
+    return zlib.crc32(key.encode()) % parts
+
+
+def in_part(p: int, parts: int, n: int) -> list[str]:
+    out = [w for w in (f"k{i}" for i in range(200 * parts)) if part_of(w, parts) == p]
+    assert len(out) >= n
+    return out[:n]
+
+
+class Running:
+    """A running job of one keyed stage (stage 0) and a way to commit
+    batches into it as a worker does (one input entry per commit)."""
+
+    def __init__(self, r: redis.Redis, parts: int, compact_every: int = 256) -> None:
+        self.r = r
+        self.job = Job.build(JOB, parse_spec(spec_dict(parts, compact_every)))
+        self.agg = state.agg_of(self.job, ("*",))
+        self.stream = keys.stage_stream(JOB, 0, 0)
+        r.hset(keys.meta(JOB), "state", "running")
+        r.xgroup_create(self.stream, keys.group(0), id="0", mkstream=True)
+        self.n = 0
+
+    def commit(self, delta: dict[str, int], fold: lua.FoldRule | None = None
+               ) -> lua.CommitResult:
+        self.n += 1
+        self.r.xadd(self.stream, {"u": f"u{self.n}", "d": b"x\n"})
+        (rid, _), = self.r.xreadgroup(keys.group(0), "w", {self.stream: ">"}, count=1)[0][1]
+        res = lua.commit(self.r, lua.CommitRequest(
+            counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+            group=keys.group(0), stage=0, inputs=[(self.stream, rid.decode(), f"u{self.n}")],
+            records_in=1, deltas=state.split_delta(self.job, 0, delta, self.agg),
+            fold=fold or state.fold_rule(self.job)))
+        assert res.status is lua.CommitStatus.OK
+        return res
+
+    def part(self, p: int) -> state.Part:
+        return state.Part(JOB, 0, p)
+
+    def fold(self, p: int) -> lua.CompactStatus | None:
+        lease = Lease(self.r, self.part(p).lease, holder_id("worker"))
+        assert lease.acquire()
+        try:
+            return state.fold_part(self.r, self.job, self.part(p), self.agg, lease)
+        finally:
+            lease.release()
+
+    def lb(self, p: int) -> int:
+        return int(self.r.hget(self.part(p).base, "lb") or 0)
+
+    def version(self, p: int) -> int:
+        return int(self.r.hget(self.part(p).base, "v") or 0)
+
+    def base(self, p: int) -> dict[str, Any]:
+        return aggregates.decode(self.r.hget(self.part(p).base, "d") or b"")
+
+
+# -- (a) a commit's delta, split; the LSM rule ----------------------------------------
+
+def test_a_commit_splits_its_delta_by_the_partition_of_each_key(r: redis.Redis) -> None:
+    run = Running(r, parts=7)
+    rng = random.Random(7)
+    delta = {w: rng.randint(1, 9) for w in rng.sample(WORDS, 60)}
+    run.commit(delta)
+    logged: Counter[str] = Counter()
+    for p in range(7):
+        rows = r.xrange(run.part(p).log)
+        mine = {k: v for k, v in delta.items() if part_of(k, 7) == p}
+        assert len(rows) == (1 if mine else 0)  # one delta per partition touched, or none
+        for _, fields in rows:
+            assert aggregates.decode(fields[b"d"]) == mine
+            assert run.lb(p) == len(fields[b"d"])  # its bytes counted in the base's 'lb'
+            logged.update(aggregates.decode(fields[b"d"]))
+    assert logged == Counter(delta)
+    assert r.xlen(keys.state_log(JOB, 0, 7)) == 0  # no partition beyond P
+
+
+def test_a_partition_is_due_exactly_by_the_lsm_rule(r: redis.Redis) -> None:
+    """Due when its unfolded bytes reach max(fold_bytes, its base's size) or
+    its log holds fold_entries deltas; 'lb' rises with commits and falls
+    with compaction by the bytes folded."""
+    parts = 3
+    run = Running(r, parts)
+    rule = lua.FoldRule(entries=6, bytes=120)
+    rng = random.Random(3)
+    logged = [0] * parts  # our own count of each partition's unfolded bytes and deltas
+    entries = [0] * parts
+    base_len = [0] * parts
+    expected: Counter[str] = Counter()
+    seen_due = {"bytes": 0, "entries": 0, "base": 0}
+    for n in range(120):
+        # small deltas, now and then a wide one (a big base after its fold)
+        width = 60 if n % 37 == 5 else rng.randint(1, 3)
+        delta = {w: rng.randint(1, 5) for w in rng.sample(WORDS, width)}
+        expected.update(delta)
+        res = run.commit(delta, rule)
+        want = set()
+        for p in range(parts):
+            mine = {k: v for k, v in delta.items() if part_of(k, parts) == p}
+            if not mine:
+                continue
+            (_, last), = r.xrevrange(run.part(p).log, count=1)
+            assert aggregates.decode(last[b"d"]) == mine
+            logged[p] += len(last[b"d"])
+            entries[p] += 1
+            by_bytes = logged[p] >= rule.bytes and logged[p] >= base_len[p]
+            by_entries = entries[p] >= rule.entries
+            if by_bytes or by_entries:
+                want.add(p)
+                seen_due["bytes" if by_bytes else "entries"] += 1
+                if not by_bytes and logged[p] >= rule.bytes:
+                    seen_due["base"] += 1  # the base's size held it back
+            assert run.lb(p) == logged[p]
+        assert {d.partition for d in res.due} == want, n
+        assert all(d.base == run.part(d.partition).base for d in res.due)
+        for p in sorted(want):
+            before, v = run.lb(p), run.version(p)
+            assert run.fold(p) is lua.CompactStatus.OK
+            assert before > 0 and run.lb(p) == 0 and run.version(p) == v + 1
+            assert r.xlen(run.part(p).log) == 0
+            logged[p] = entries[p] = 0
+            base_len[p] = len(r.hget(run.part(p).base, "d") or b"")
+    assert all(seen_due.values()), seen_due  # each arm of the rule was exercised
+    total: Counter[str] = Counter()
+    for p in range(parts):
+        total.update(run.base(p))
+    for p in range(parts):  # what is left unfolded
+        for _, fields in r.xrange(run.part(p).log):
+            total.update(aggregates.decode(fields[b"d"]))
+    assert total == expected
+
+
+def test_compaction_lowers_lb_by_the_bytes_it_folded_only(r: redis.Redis) -> None:
+    run = Running(r, parts=2)
+    a, b = in_part(1, 2, 2)
+    run.commit({a: 1})
+    run.commit({a: 2, b: 3})
+    part = run.part(1)
+    snap = part.snapshot(r)
+    late = run.commit({b: 10})  # lands after the folder's snapshot
+    assert late.due == []
+    (_, fields), = r.xrevrange(part.log, count=1)
+    assert run.lb(1) == sum(len(d) for d in snap.deltas) + len(fields[b"d"])
+    status = lua.compact(r, lua.CompactRequest(
+        base=part.base, log=part.log, meta=keys.meta(JOB), counters=keys.counters(JOB),
+        out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=snap.version,
+        blob=aggregates.encode(state.fold(snap, run.agg)), ids=snap.log_ids))
+    assert status is lua.CompactStatus.OK
+    assert run.lb(1) == len(fields[b"d"])  # the late delta is still counted
+    assert run.base(1) == {a: 3, b: 3} and r.xlen(part.log) == 1
+    assert run.fold(1) is lua.CompactStatus.OK
+    assert run.lb(1) == 0 and run.base(1) == {a: 3, b: 13}
+
+
+# -- (b) two folders racing on one partition --------------------------------------------
+
+def test_two_folders_racing_on_a_partition_one_wins_by_version(
+        r: redis.Redis, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Running(r, parts=4)
+    words = in_part(2, 4, 20)
+    rng = random.Random(2)
+    expected: Counter[str] = Counter()
+    for _ in range(30):
+        delta = {w: rng.randint(1, 4) for w in rng.sample(words, 5)}
+        expected.update(delta)
+        run.commit(delta)
+    part = run.part(2)
+    real = lua.compact
+    both_read = threading.Barrier(2)
+
+    def compact_after_both_read(client: redis.Redis, req: lua.CompactRequest
+                                ) -> lua.CompactStatus:
+        both_read.wait(timeout=10)  # both folders have their snapshot: a real race
+        return real(client, req)
+
+    monkeypatch.setattr(lua, "compact", compact_after_both_read)
+    statuses: list[lua.CompactStatus | None] = []
+    errors: list[BaseException] = []
+
+    def folder(name: str, take: bool) -> None:
+        client = redis.Redis.from_url(server.url)
+        try:
+            # the second one's lease was taken over meanwhile (it paused past
+            # its TTL) and it does not know: only the version check stops it
+            lease = Lease(client, part.lease, holder_id(name))
+            assert lease.acquire() is take
+            statuses.append(state.fold_part(client, run.job, part, run.agg, lease))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=folder, args=("worker", True)),
+               threading.Thread(target=folder, args=("paused", False))]
+    threads[0].start()
+    wait_for(lambda: r.get(part.lease) is not None, 10, "the first folder's lease")
+    threads[1].start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert sorted(s.value for s in statuses if s) == sorted(
+        [lua.CompactStatus.OK.value, lua.CompactStatus.CONFLICT.value]), statuses
+    assert run.version(2) == 1 and run.lb(2) == 0 and r.xlen(part.log) == 0
+    assert Counter(run.base(2)) == expected
+
+
+# -- (c) a folder killed while holding the lease -----------------------------------------
+
+KILLED_FOLDER = """
+import json, sys, time
+import redis
+from rainstorm import lua, state
+from rainstorm.job import Job
+from rainstorm.lease import Lease, holder_id
+from rainstorm.spec import parse_spec
+
+url, job_id, spec, p = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+r = redis.Redis.from_url(url)
+job = Job.build(job_id, parse_spec(spec))
+part = state.Part(job_id, 0, p)
+
+def stuck(*_args, **_kw):  # folded, about to compact: killed here
+    print("folded", flush=True)
+    time.sleep(600)
+
+lua.compact = stuck
+lease = Lease(r, part.lease, holder_id("worker"))
+assert lease.acquire()
+state.fold_part(r, job, part, state.agg_of(job, ("*",)), lease)
+"""
+
+
+def test_a_folder_killed_holding_the_lease_changes_nothing_and_is_taken_over(
+        r: redis.Redis, server: Any) -> None:
+    run = Running(r, parts=4)
+    words = in_part(3, 4, 10)
+    expected: Counter[str] = Counter()
+    for i in range(12):
+        delta = {words[i % 10]: i + 1, words[0]: 1}
+        expected.update(delta)
+        run.commit(delta)
+    part = run.part(3)
+    watched = [part.base, part.log, keys.output(JOB), keys.counters(JOB), keys.dlq(JOB)]
+    before = {k: r.dump(k) for k in watched}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_FOLDER, server.url, JOB,
+                              json.dumps(spec_dict(4)), "3"], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    with child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "folded"
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+            killed_at = time.monotonic()
+        finally:
+            child.kill()
+    assert {k: r.dump(k) for k in watched} == before  # nothing changed
+    holder = (r.get(part.lease) or b"").decode()
+    assert holder.startswith("worker:") and f":{child.pid}:" in holder
+    assert 0 < r.pttl(part.lease) <= LEASE_MS
+    due = [lua.Delta(part.base, part.log, b"", 3)]
+    wait_for(lambda: state.fold_due(r, run.job, due, 0, run.agg, holder_id("worker")) == 1,
+             LEASE_MS / 1000, "another folder to take the lease over and fold")
+    assert time.monotonic() - killed_at < LEASE_MS / 1000  # within the dead one's TTL
+    assert r.get(part.lease) is None  # released by the new folder
+    assert Counter(run.base(3)) == expected and r.xlen(part.log) == 0
+    assert run.version(3) == 1 and run.lb(3) == 0
+
+
+# -- (d) finalize and the seal --------------------------------------------------------------
+
+def test_finalize_leaves_only_bases_and_returns_their_digests(r: redis.Redis) -> None:
+    parts = 5
+    run = Running(r, parts)
+    rng = random.Random(5)
+    expected: Counter[str] = Counter()
+    for n in range(40):
+        delta = {w: rng.randint(1, 3) for w in rng.sample(WORDS, 8)}
+        expected.update(delta)
+        res = run.commit(delta, lua.FoldRule(entries=4, bytes=1 << 20))
+        if n < 20:  # workers fold for a while, then stop (the rest is left to finalize)
+            for d in res.due:
+                run.fold(d.partition)
+    assert any(r.xlen(run.part(p).log) for p in range(parts))
+    assert any(run.version(p) for p in range(parts))
+    sealed = state.finalize(r, run.job, run.agg, holder_id("coordinator"))
+    assert all(r.xlen(run.part(p).log) == 0 for p in range(parts))
+    assert all(run.lb(p) == 0 for p in range(parts))
+    assert sealed == state.digests(r, run.job)
+    assert len(sealed) == parts and len(set(sealed)) == parts
+    total: Counter[str] = Counter()
+    for p in range(parts):
+        base = run.base(p)
+        assert all(part_of(k, parts) == p for k in base)
+        total.update(base)
+    assert total == expected
+    # the digests cover every partition: one changed base changes one digest
+    r.hset(run.part(4).base, "d", aggregates.encode({**run.base(4), "forged": 1}))
+    now = state.digests(r, run.job)
+    assert [a != b for a, b in zip(sealed, now, strict=True)] == [False] * 4 + [True]
+
+
+def test_a_base_written_after_the_job_is_refused_with_one_line(r: redis.Redis,
+                                                               url: str) -> None:
+    lines = [" ".join(random.Random(i).choices(WORDS, k=12)) for i in range(300)]
+    result = run_job(spec_dict(8, compact_every=4), lines, workers=2, redis_url=url)
+    want = Counter(" ".join(lines).split())
+    assert Counter(result) == want
+    (raw,) = r.smembers(keys.JOBS)
+    job = load_job(r, raw.decode())
+    assert Counter(materialized(load_stored(r, job, allow=("*",)))) == want  # the control
+    ok = CliRunner().invoke(main, ["result", job.id, "--json", "--redis", url])
+    assert ok.exit_code == 0, ok.output
+    p = part_of("w7", 8)
+    base = state.Part(job.id, 0, p).base
+    folded = aggregates.decode(r.hget(base, "d") or b"")
+    assert folded["w7"] == want["w7"]
+    r.hset(base, "d", aggregates.encode({**folded, "w7": 10**9}))  # as an attacker
+    with pytest.raises(JobFailed, match="was changed after it finished") as exc:
+        load_stored(r, job, allow=("*",))
+    assert "\n" not in str(exc.value)
+    res = CliRunner().invoke(main, ["result", job.id, "--json", "--redis", url])
+    assert res.exit_code == 1 and str(10**9) not in res.stdout
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "was changed after it finished" in err[0], res.stderr
+
+
+# -- (e) one key, one partition ---------------------------------------------------------------
+
+def test_read_key_reads_only_the_keys_partition(r: redis.Redis) -> None:
+    parts = 6
+    run = Running(r, parts)
+    rng = random.Random(6)
+    expected: Counter[str] = Counter()
+    for n in range(30):
+        delta = {w: rng.randint(1, 9) for w in rng.sample(WORDS[:100], 10)}
+        expected.update(delta)
+        run.commit(delta)
+        if n == 14:  # half of it folded into the bases, half still in the logs
+            for p in range(parts):
+                run.fold(p)
+    assert any(run.version(p) for p in range(parts))
+    assert any(r.xlen(run.part(p).log) for p in range(parts))
+    present = sorted(expected)
+    absent = [w for w in WORDS[100:]]  # never committed
+    for key in present[:25] + absent[:10]:
+        got = state.read_key(r, run.job, ("*",), key)
+        assert got.partition == part_of(key, parts)
+        assert (got.found, got.value) == ((True, expected[key]) if key in expected
+                                          else (False, None)), key
+    # a corrupt partition breaks only its own keys' reads: no other is read
+    broken = part_of(present[0], parts)
+    r.hset(run.part(broken).base, "d", b"\xc1 corrupt")
+    for key in present + absent[:10]:
+        if part_of(key, parts) == broken:
+            with pytest.raises(JobFailed, match=f"partition {broken}"):
+                state.read_key(r, run.job, ("*",), key)
+        else:
+            got = state.read_key(r, run.job, ("*",), key)
+            assert got.value == (expected[key] if key in expected else None), key
+
+
+# -- (f) a word count for any number of partitions --------------------------------------------
+
+@pytest.mark.parametrize("parts", [1, 7, 64])
+def test_wordcount_is_exact_for_any_number_of_partitions(parts: int, r: redis.Redis,
+                                                         url: str) -> None:
+    rng = random.Random(parts)
+    lines = [" ".join(rng.choices(WORDS, k=rng.randint(0, 15))) for _ in range(1000)]
+    spec = {**spec_dict(parts, compact_every=3), "source": {"type": "text", "batch_bytes": 1024}}
+    result = run_job(spec, lines, workers=2, redis_url=url)
+    want = Counter(" ".join(lines).split())
+    assert Counter(result) == want and len(result) == len(want)
+    (raw,) = r.smembers(keys.JOBS)
+    job_id = raw.decode()
+    bases = {k.decode() for k in r.keys(f"rs:{{{job_id}}}:state:s0:p*")}
+    assert bases <= {keys.state(job_id, 0, p) for p in range(parts)} | {
+        keys.state_log(job_id, 0, p) for p in range(parts)}
+    total: Counter[str] = Counter()
+    folded = 0
+    for p in range(parts):
+        base = r.hget(keys.state(job_id, 0, p), "d") or b""
+        for k in aggregates.decode(base):
+            assert part_of(k, parts) == p
+        total.update(aggregates.decode(base))
+        assert r.xlen(keys.state_log(job_id, 0, p)) == 0  # finalize folded every log
+        folded += int(r.hget(keys.state(job_id, 0, p), "v") or 0)
+    assert total == want
+    assert folded > parts  # workers folded while the job ran, not only finalize
+
