@@ -55,6 +55,10 @@ from rainstorm.state import agg_of, fold, parts
 JOB = "winmem"
 SOURCE = "events"
 MAX_DELAY_S = 3  # workers commit batches a little out of order: no record is late
+# a stage stream holds at most this many entries: the loader routes entries to
+# the 2 stage partitions by hash, so one may run this far ahead of the other,
+# i.e. BACKLOG * batch_records records of event time (keep it under MAX_DELAY_S)
+BACKLOG = 16
 LAG_EVENT_S = 2  # the producer waits while this many event-seconds are unread
 
 SPEC = """name: {job}
@@ -64,7 +68,7 @@ pipeline:
   - {{op: window, time: field, args: {{name: ts}}, size_s: 1, max_delay_s: {delay}}}
   - {{op: count}}
 sink: {{type: file, path: {path}}}
-settings: {{batch_entries: 8, max_backlog: 64, claim_idle_ms: 5000}}
+settings: {{batch_entries: 8, max_backlog: {backlog}, claim_idle_ms: 5000}}
 """
 
 
@@ -153,6 +157,9 @@ class Sampler:
             "open_entries": len(opened),
             "open_windows": len({k.split("|", 1)[0] for k in opened}),
             "used_memory_mb": round(info["used_memory"] / 2**20, 2),
+            "late_records": int(self.r.hget(keys.counters(JOB), keys.counter_field(
+                0, StageCounter.LATE_RECORDS)) or 0),
+            "late_stream_bytes": int(self.r.memory_usage(keys.late(JOB), samples=0) or 0),
             "source_len": self.r.xlen(SOURCE),
             "output_len": self.r.xlen(keys.output(JOB)),
             "file_mb": round(self.sink.stat().st_size / 2**20, 2) if self.sink.exists() else 0,
@@ -240,7 +247,7 @@ def run(a: Any, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     sink = tmp / "windows.jsonl"
     spec_path = tmp / "spec.yaml"
     spec_text = SPEC.format(job=JOB, key=SOURCE, batch=a.batch_records, delay=MAX_DELAY_S,
-                            path=sink)
+                            path=sink, backlog=BACKLOG)
     spec_path.write_text(spec_text)
     import yaml
 
