@@ -47,9 +47,9 @@ from rainstorm.coordinator.session import prepare
 from rainstorm.job import Job, decode_records
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
-from rainstorm.spec import parse_spec
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.entries import data_of
+from rainstorm.spec import parse_spec
 from rainstorm.state import agg_of, fold, parts
 
 JOB = "winmem"
