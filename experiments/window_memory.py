@@ -54,7 +54,7 @@ from rainstorm.state import agg_of, fold, parts
 
 JOB = "winmem"
 SOURCE = "events"
-MAX_DELAY_S = 3  # workers commit batches a little out of order: no record is late
+MAX_DELAY_S = 3  # commits land a little out of order: few records are late (checked exactly)
 # a stage stream holds at most this many entries: the loader routes entries to
 # the 2 stage partitions by hash, so one may run this far ahead of the other,
 # i.e. BACKLOG * batch_records records of event time (keep it under MAX_DELAY_S)
