@@ -132,7 +132,8 @@ def describe(p: JobPlan) -> list[str]:
         if s.aggregate == "reduce_by_key" and s.combiner:
             k = f"({signing.display(s.combiner)})"
         win = f" -> {s.window.label}" if s.window else ""
-        end = f"{win} -> {s.aggregate}{k} [delta per commit into state partitions, folded by workers]" if s.aggregate else ""
+        end = (f"{win} -> {s.aggregate}{k} [delta per commit into state partitions, "
+               "folded by workers]") if s.aggregate else ""
         nxt = " -> repartition" if s.index < len(p.stages) - 1 else ""
         lines.append(f"stage {s.index}: {s.partitions} partitions: {chain}{end}{nxt}")
     return lines

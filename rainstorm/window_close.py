@@ -20,12 +20,15 @@ snapshot that may not hold the whole log (a full page) closes nothing.
 
 Windows close in partitions that get no new deltas too: a worker sweeps
 every state partition of the stage whenever the watermark has closed
-another slide's worth of windows since its last sweep (:class:`Sweeper`).
+another slide's worth of windows since its last sweep (:class:`Sweeper`);
+a partition another folder holds meanwhile is folded again once it is free
+(that folder may have read the max event time before the slide closed).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -39,6 +42,8 @@ from rainstorm.protocol.counters import StageCounter
 from rainstorm.state import Part, fold_part, parts
 
 log = logging.getLogger(__name__)
+
+BUSY_WAIT_S = 6.0  # a sweep waits this long for a partition another folder holds (TTL 5 s)
 
 
 class WindowCloser:
@@ -100,15 +105,33 @@ class Sweeper:
         if upto is None or upto == self.swept:
             return 0
         done = 0
+        busy = []
         for part in parts(self.job, self.stage):
-            done += self._sweep(part)
+            folded = self._sweep(part)
+            if folded is None:
+                busy.append(part)
+            else:
+                done += folded
+        # another folder held these: it may have read the max event time
+        # before this slide closed, and no later sweep need come (the stream
+        # may pause or end), so fold them again once they are free
+        for part in busy:
+            done += self._sweep(part, wait_s=BUSY_WAIT_S) or 0
         self.swept = upto
         return done
 
-    def _sweep(self, part: Part) -> int:
+    def _sweep(self, part: Part, wait_s: float = 0.0) -> int | None:
+        """Fold ``part`` closing its windows: 1 if folded, 0 if there was
+        nothing to do, None if its lease stayed held for ``wait_s``."""
         lease = Lease(self.r, part.lease, self.holder)
-        if not lease.acquire():
-            return 0  # its folder closes its windows
+        deadline = time.monotonic() + wait_s
+        while not lease.acquire():
+            if time.monotonic() >= deadline:
+                if wait_s:
+                    log.warning("%s stayed held for %.0f s: its closed windows wait for "
+                                "the next sweep", part.lease, wait_s)
+                return None
+            time.sleep(0.01)
         try:
             status = fold_part(self.r, self.job, part, self.closer.agg, lease, self.closer)
         finally:

@@ -22,6 +22,7 @@ EXPERIMENTS = [
     pytest.param("bench_pipelines", marks=SLOW),
     pytest.param("autoscale", marks=SLOW),
     pytest.param("latency", marks=SLOW),
+    pytest.param("window_memory", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
