@@ -22,6 +22,8 @@ EXPERIMENTS = [
     pytest.param("bench_pipelines", marks=SLOW),
     pytest.param("autoscale", marks=SLOW),
     pytest.param("latency", marks=SLOW),
+    pytest.param("keys_grow", marks=SLOW),
+    pytest.param("stream_cpu", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
