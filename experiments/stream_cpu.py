@@ -293,8 +293,8 @@ def main() -> int:
     ap.add_argument("--rates", default="10000,25000,50000,100000")
     a = ap.parse_args()
     rates = [5000, 20000] if a.quick else [int(x) for x in a.rates.split(",")]
-    seconds = 4.0 if a.quick else a.seconds
-    cal_s = 1.5 if a.quick else 3.0
+    seconds = 2.5 if a.quick else a.seconds
+    cal_s = 1.0 if a.quick else 3.0
     rows = []
     with tempfile.TemporaryDirectory(prefix="rs-scpu-") as tmp:
         for rate in rates:
