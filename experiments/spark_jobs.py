@@ -2,8 +2,12 @@
 
     python spark_jobs.py app2 SIGNS.csv POST OUT.json
     python spark_jobs.py wordcount DIR OUT.json
+    python spark_jobs.py mr-words|mr-urls INPUT OUTDIR OUT.json
 
 Writes {"seconds": job time without session start-up, "startup_s": ..., "result": {...}}.
+The mr-* jobs (keys_grow.py) write Hadoop-style part files into OUTDIR instead
+(reduceByKey into 2 partitions, lines ``key<TAB>count`` sorted within each
+part, as a Hadoop reducer's output), and "result" is null.
 """
 
 from __future__ import annotations
@@ -12,6 +16,14 @@ import json
 import sys
 import time
 from operator import add
+
+
+def url_pair(line: str) -> list[tuple[str, int]]:
+    """The request path of an access-log line, as examples/mr/urls.py:count_map."""
+    try:
+        return [(line.split('"', 2)[1].split()[1], 1)]
+    except IndexError:
+        return []
 
 
 def main() -> None:
@@ -39,6 +51,17 @@ def main() -> None:
             return [f[5]] if len(f) == 8 and f[4] == post and f[0] != "X" else []
 
         result = dict(spark.sparkContext.textFile(path).flatMap(category).countByValue())
+    elif job in ("mr-words", "mr-urls"):
+        path, outdir, out = sys.argv[2:5]
+        lines = spark.sparkContext.textFile(path)
+        if job == "mr-words":
+            pairs = lines.flatMap(lambda line: [(w, 1) for w in line.split()])
+        else:
+            pairs = lines.flatMap(url_pair)
+        (pairs.reduceByKey(add, 2)
+         .mapPartitions(lambda kvs: (f"{k}\t{v}" for k, v in sorted(kvs)))
+         .saveAsTextFile(outdir))
+        result = None
     else:
         path, out = sys.argv[2:4]
         counts = (spark.sparkContext.textFile(path).flatMap(str.split)

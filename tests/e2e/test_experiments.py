@@ -23,6 +23,8 @@ EXPERIMENTS = [
     pytest.param("autoscale", marks=SLOW),
     pytest.param("latency", marks=SLOW),
     pytest.param("window_memory", marks=SLOW),
+    pytest.param("keys_grow", marks=SLOW),
+    pytest.param("stream_cpu", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
