@@ -29,6 +29,12 @@ def count_reduce(url: str, ones: list[int]) -> Iterator[str]:
     yield f"{url}\t{sum(int(n) for n in ones)}"
 
 
+def count_combine(_url: str, ones: list[int]) -> list[int]:
+    """The map side's partial count (Hadoop's combiner; PySpark's
+    reduceByKey does the same by itself)."""
+    return [sum(int(n) for n in ones)]
+
+
 def share_map(line: str) -> Iterator[tuple[str, str]]:
     if line.strip():
         yield "all", line
