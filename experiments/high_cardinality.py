@@ -182,7 +182,7 @@ def server_facts(url: str, job: str) -> dict[str, Any]:
         peak = int(r.info("memory")["used_memory_peak"])
         slow = r.slowlog_get(1024)
         worst = max(slow, key=lambda e: e["duration"], default=None)
-        latest = r.execute_command("LATENCY", "LATEST")
+        latest = r.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
         stats = r.info("commandstats")
     finally:
         r.close()
@@ -233,10 +233,12 @@ def main() -> int:
             for who in order:
                 job = f"hc-{rep}-{os.getpid()}"
                 facts: dict[str, Any] = {}
+                rss: dict[str, float] = {}
+                res: dict[str, int] | None
                 if who == POOL:
                     t = time.perf_counter()
                     res, started = pool_share(files)
-                    wall, rss = time.perf_counter() - t, {}
+                    wall = time.perf_counter() - t
                     facts["pool_start_s"] = round(started, 3)
                     ok = res == truth
                 elif who == EMBEDDED:

@@ -42,6 +42,10 @@ DATA = HERE / "data" / "realtext"
 PIECE = 4_000_000  # bytes per distinct piece (cut at a newline)
 
 
+class Unavailable(Exception):
+    """The packages cannot be fetched here (no apt-get, no Debian mirror)."""
+
+
 def _gcide(root: Path) -> Iterator[str]:
     raw = gzip.open(root / "usr/share/dictd/gcide.dict.dz").read().decode("utf-8", "replace")
     pron = re.compile(r"\\[^\\\n]*\\")
@@ -126,7 +130,7 @@ def distinct_pieces() -> list[Path]:
     if marker.exists():
         return sorted(d.glob("*.txt"))
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        raise SystemExit("realtext: needs apt-get and dpkg-deb (Debian) to fetch the text")
+        raise Unavailable("needs apt-get and dpkg-deb (Debian) to fetch the text")
     d.mkdir(parents=True, exist_ok=True)
     debs = DATA / "debs"
     debs.mkdir(parents=True, exist_ok=True)
@@ -136,8 +140,8 @@ def distinct_pieces() -> list[Path]:
             res = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True,
                                  text=True, timeout=600)
             if res.returncode != 0:
-                raise SystemExit(f"realtext: apt-get download {pkg} failed: "
-                                 f"{res.stderr.strip().splitlines()[-1:]}")
+                last = (res.stderr.strip().splitlines() or ["?"])[-1]
+                raise Unavailable(f"apt-get download {pkg} failed: {last}")
         deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
         versions.append(deb.name)
         with tempfile.TemporaryDirectory() as tmp:
@@ -213,7 +217,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--mb", type=float, default=200.0)
     a = ap.parse_args()
-    paths = real_corpus(a.mb)
+    try:
+        paths = real_corpus(a.mb)
+    except Unavailable as exc:
+        print(f"realtext: {exc}", file=sys.stderr)
+        return 1
     print(describe(paths))
     print(f"distinct pieces: {DATA / 'distinct'} ({len(distinct_pieces())} files)")
     for pkg in SOURCES:

@@ -22,6 +22,8 @@ EXPERIMENTS = [
     pytest.param("bench_pipelines", marks=SLOW),
     pytest.param("autoscale", marks=SLOW),
     pytest.param("latency", marks=SLOW),
+    pytest.param("cli_path", marks=SLOW),
+    pytest.param("high_cardinality", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
