@@ -25,7 +25,8 @@ Per repeat, side by side in a rotating order:
   of 1 MiB blocks, merged in the parent (Pool start reported separately).
 
 Both rainstorm rows poll /proc every 20 ms: the CLI process (the coordinator),
-every descendant (forked workers; the embedded server) and the own server;
+every descendant (forked workers; the embedded server; a worker's forks for
+suspect entries, ``isolated``: rainstorm.worker.isolate) and the own server;
 peak RSS is each process's last VmHWM seen.  Results must equal a Counter computed
 before the timed runs (serial with --quick, else Pool): exit 1 otherwise.  Prints PASS/FAIL against
 issue 12's targets.  Writes experiments/results/high_cardinality.csv and .png.
@@ -128,10 +129,17 @@ class Watch:
                 self.role[pid] = "server"
             elif pid == self.root:
                 self.role[pid] = "coordinator"
-            elif b"rainstorm" in cmd:
-                self.role[pid] = "worker"
+            elif b"rainstorm" in cmd:  # forked by the CLI: a worker; deeper: a worker's
+                self.role[pid] = "worker" if self._ppid(pid) == self.root else "isolated"
             else:
                 self.role[pid] = "other"
+
+    @staticmethod
+    def _ppid(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
 
     def stop(self) -> dict[str, float]:
         """Peak RSS in MB per process: coordinator, worker1.., server."""
@@ -144,8 +152,12 @@ class Watch:
             if role == "worker":
                 n += 1
                 role = f"worker{n}"
-            if role != "other":
-                out[role] = round(self.peak_kb[pid] / 1024, 1)
+            mb = round(self.peak_kb[pid] / 1024, 1)
+            if role == "isolated":  # a worker's fork for a suspect entry (rainstorm.worker.isolate)
+                out["isolated"] = max(out.get("isolated", 0.0), mb)
+                out["isolated_forks"] = out.get("isolated_forks", 0) + 1
+            elif role != "other":
+                out[role] = mb
         return out
 
 
@@ -263,6 +275,8 @@ def main() -> int:
                     "rss_worker1_mb": rss.get("worker1", ""),
                     "rss_worker2_mb": rss.get("worker2", ""),
                     "rss_server_mb": rss.get("server", ""),
+                    "isolated_forks": rss.get("isolated_forks", 0),
+                    "rss_isolated_mb": rss.get("isolated", ""),
                     **{k: g["facts"].get(k, "") for k in (
                         "server_start_s", "pool_start_s", "state_keys", "state_mb",
                         "server_peak_mb", "max_call_ms", "max_call", "latency_latest_max_ms",
@@ -286,7 +300,8 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
               f"max {max(ratios):.2f})")
     ratio = med(EMBEDDED, "seconds") / med(POOL, "seconds")
     rs_rows = [r for r in rows if r["contender"] in (EMBEDDED, OWN)]
-    cols = ("rss_coordinator_mb", "rss_worker1_mb", "rss_worker2_mb", "rss_server_mb")
+    cols = ("rss_coordinator_mb", "rss_worker1_mb", "rss_worker2_mb", "rss_server_mb",
+            "rss_isolated_mb")
     peaks = {c.removeprefix("rss_").removesuffix("_mb"):
              max((float(r[c]) for r in rs_rows if r[c] != ""), default=0.0) for c in cols}
     own = [r for r in rows if r["contender"] == OWN and r["state_mb"] != ""]
