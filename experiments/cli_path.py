@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_wordcount import _count_blocks as _count  # noqa: E402
 from common import ROOT, corpus, finish, parser, pyplot, reference  # noqa: E402
 from realtext import Unavailable, describe, real_corpus  # noqa: E402
 
@@ -83,15 +84,6 @@ def blocks(files: list[Path], size: int) -> list[tuple[str, int, int]]:
                 out.append((str(f), start, end - start))
                 start = end
     return out
-
-
-def _count(tasks: list[tuple[str, int, int]]) -> Counter[str]:
-    c: Counter[str] = Counter()
-    for path, off, n in tasks:
-        with open(path, "rb") as fh:
-            fh.seek(off)
-            c.update(fh.read(n).decode("utf-8", "replace").split())
-    return c
 
 
 def _count_one(task: tuple[str, int, int]) -> Counter[str]:
