@@ -25,6 +25,8 @@ EXPERIMENTS = [
     pytest.param("window_memory", marks=SLOW),
     pytest.param("keys_grow", marks=SLOW),
     pytest.param("stream_cpu", marks=SLOW),
+    pytest.param("cli_path", marks=SLOW),
+    pytest.param("high_cardinality", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]

