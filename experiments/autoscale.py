@@ -27,6 +27,7 @@ from common import DATA, finish, parser, pyplot, write_csv
 
 from rainstorm import keys, monitor
 from rainstorm.connection import connect
+from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import Session
 from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
@@ -82,7 +83,8 @@ def run(schedule: list[tuple[float, float]]) -> tuple[list[dict[str, Any]],
         out: dict[str, Any] = {}
         timeout_s = schedule[-1][0] * 4 + 60
         driver = threading.Thread(
-            target=lambda: out.update(result=session.drive(timeout_s=timeout_s)), daemon=True)
+            target=lambda: out.update(result=materialized(session.drive(timeout_s=timeout_s))),
+            daemon=True)
         t0, t0_wall = time.monotonic(), time.time()
         driver.start()
         rows = sample(r, job.id, schedule, t0, driver)

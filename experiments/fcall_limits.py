@@ -60,9 +60,11 @@ def fresh_job(r: redis.Redis) -> None:
 def hostile_commit(r: redis.Redis, n: int) -> tuple[float, bool]:
     fresh_job(r)
     stream = keys.stage_stream(JOB, 0, 0)
-    ks = [keys.counters(JOB), keys.dlq(JOB), keys.state_log(JOB, 0), keys.meta(JOB)]
+    ks = [keys.counters(JOB), keys.dlq(JOB), keys.meta(JOB)]
     ks += [stream] * n
-    args: list[Any] = ["g0", 0, n, 0, 0, 0, "", "", 0, 0, 0, 0]
+    # group, stage, n_in, n_out, n_dead, max_backlog, n_delta, emit_field, records
+    # in/out, bytes_in, n_extra, keep_inputs, fold_entries, fold_bytes
+    args: list[Any] = ["g0", 0, n, 0, 0, 0, 0, "", 0, 0, 0, 0, 0, 256, 65536]
     for i in range(n):
         args += [f"{i + 1}-0", f"u{i}"]
     ms, reply = server_ms(r, lambda: r.fcall("rainstorm_commit", len(ks), *ks, *args))
@@ -81,8 +83,7 @@ def legit_commit(r: redis.Redis, n: int, payload: int) -> tuple[float, bool]:
     inputs = [(stream, id_.decode(), f"u{i}") for i, (id_, _f) in enumerate(rows[0][1])]
     blob = b"y" * payload
     req = lua.CommitRequest(
-        counters=keys.counters(JOB), dlq=keys.dlq(JOB), delta_log=keys.state_log(JOB, 0),
-        meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs,
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs,
         outputs=[(keys.stage_stream(JOB, 1, 0), f"o{i}", blob) for i in range(n)],
         emit_field=keys.counter_field(1, "emitted"))
     ms, res = server_ms(r, lambda: lua.commit(r, req))
@@ -91,14 +92,15 @@ def legit_commit(r: redis.Redis, n: int, payload: int) -> tuple[float, bool]:
 
 def long_log_snapshot(r: redis.Redis, n: int) -> tuple[float, bool]:
     fresh_job(r)
-    log = keys.state_log(JOB, 1)
+    log = keys.state_log(JOB, 1, 0)
     pipe = r.pipeline(transaction=False)
     for i in range(n):
         pipe.xadd(log, {"d": b"%d" % i})
     pipe.execute()
-    ms, reply = server_ms(r, lambda: r.fcall_ro("rainstorm_snapshot", 2, keys.state(JOB, 1),
-                                                log, lua.LIMITS.compact_ids))
-    snap = lua.snapshot(r, base=keys.state(JOB, 1), log=log)
+    ms, reply = server_ms(r, lambda: r.fcall_ro("rainstorm_snapshot", 2,
+                                                keys.state(JOB, 1, 0), log,
+                                                lua.LIMITS.compact_ids))
+    snap = lua.snapshot(r, base=keys.state(JOB, 1, 0), log=log)
     return ms, len(snap.deltas) == n and not isinstance(reply, Exception)
 
 

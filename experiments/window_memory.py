@@ -95,10 +95,24 @@ def produce(url: str, seconds: int, rate: int, users: int, seed: int, ref_path: 
     r.close()
 
 
+def _consumed_upto(r: Any) -> bytes | None:
+    """Where the job has consumed the source up to: the oldest entry its
+    workers still hold (read directly through the job's consumer group), else
+    the last one delivered to them."""
+    group = keys.source_group(JOB)
+    if not r.exists(SOURCE):
+        return None
+    oldest = r.xpending(SOURCE, group).get("min")
+    if oldest:
+        return oldest  # type: ignore[no-any-return]
+    info = [g for g in r.xinfo_groups(SOURCE) if g["name"].decode() == group]
+    return info[0]["last-delivered-id"] if info else None
+
+
 def _wait_for_room(r: Any, max_unread: int) -> None:
-    """Trim the source up to the job's cursor; wait while it is too far behind."""
+    """Trim the source up to what the job consumed; wait while it is too far behind."""
     while True:
-        pos = r.hget(keys.cursor(JOB), "pos")
+        pos = _consumed_upto(r)
         if pos:
             r.xtrim(SOURCE, minid=pos, approximate=False)
         if r.xlen(SOURCE) <= max_unread:
@@ -234,12 +248,11 @@ def wait(cond: Any, timeout_s: float, what: str) -> None:
 
 
 def settled(r: Any) -> bool:
+    """Every record produced was delivered to the job's group and committed."""
     last = r.xrevrange(SOURCE, count=1)
-    c = r.hgetall(keys.counters(JOB))
-    pending = sum(g["pending"] for p in range(2)
-                  for g in r.xinfo_groups(keys.stage_stream(JOB, 0, p)))
-    return bool(last) and r.hget(keys.cursor(JOB), "pos") == last[0][0] and pending == 0 \
-        and int(c.get(b"s0:emitted", 0)) == int(c.get(b"s0:committed", -1))
+    info = [g for g in r.xinfo_groups(SOURCE) if g["name"].decode() == keys.source_group(JOB)]
+    return bool(last) and bool(info) and info[0]["last-delivered-id"] == last[0][0] \
+        and info[0]["pending"] == 0
 
 
 def run(a: Any, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -224,6 +225,23 @@ def fold_due(r: redis.Redis, job: Job, due: Iterable[lua.Delta], stage: int, agg
         finally:
             lease.release()
     return done
+
+
+def fold_lagging(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: str,
+                 closer: Closer | None = None) -> int:
+    """Fold every partition of ``stage`` whose log holds anything (a worker
+    with nothing else to do: at the end of a batch job this leaves the
+    coordinator's :func:`finalize` little to fold).  Partitions another
+    folder holds are left to it.  Returns how many were folded."""
+    n = partitions(job)
+    pipe = r.pipeline(transaction=False)
+    for p in range(n):
+        pipe.xlen(keys.state_log(job.id, stage, p))
+    lengths = pipe.execute()
+    start = random.randrange(n)  # workers folding at once start apart
+    due = [lua.Delta("", "", b"", p) for p in [*range(start, n), *range(start)]
+           if lengths[p]]
+    return fold_due(r, job, due, stage, agg, holder, closer)
 
 
 def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> list[str]:

@@ -20,8 +20,8 @@ from typing import Any
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.driver import Result
 from rainstorm.coordinator.progress import read_status
+from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Session, prepare
 from rainstorm.job import Job
 from rainstorm.jobstore import load_job
@@ -165,7 +165,8 @@ class Driven:
 
     def _run(self, r: redis.Redis, job: Job, timeout_s: float | None) -> None:
         try:
-            self.out["result"] = drive(r, job, timeout_s=timeout_s)
+            # read now: the job's keys may be gone when the test looks
+            self.out["result"] = materialized(drive(r, job, timeout_s=timeout_s))
         except Exception as exc:  # reported by result()
             self.out["error"] = exc
 

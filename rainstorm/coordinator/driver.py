@@ -40,7 +40,7 @@ from rainstorm.state import agg_of, combine, finalize
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 0.1
-WATCH_EVERY_S = 0.05  # once everything is loaded, the job's status is read this often
+WATCH_EVERY_S = 0.1  # once everything is loaded, the job's status is read this often
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
 REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
 # the modules a reduce_by_key function may come from: any, since the job's

@@ -47,7 +47,7 @@ def jsonable_key(k: Any) -> str:
 
 def keys_as_str(state: dict[Any, Any]) -> dict[str, Any]:
     """An aggregate with JSON-able keys (no copy when they already are str)."""
-    if all(type(k) is str for k in state):
+    if not state or set(map(type, state)) == {str}:  # (C speed: no Python loop)
         return state
     return {jsonable_key(k): v for k, v in state.items()}
 
@@ -66,11 +66,15 @@ class StateResult(Mapping[str, Any]):
         """(number of keys, the top ``n``: see :func:`top`) in one read,
         remembered (a finished result does not change)."""
         if self._summary is None or self._summary[1] < n:
-            count, best = 0, dict[str, Any]()
+            count, numeric = 0, True
+            picked: list[tuple[str, Any]] = []
             for part in self.partitions():
                 count += len(part)
-                best.update(top(part, n))
-            self._summary = (count, n, top(best, n))
+                if numeric and not _numeric(part):
+                    numeric = False
+                picked += _candidates(part, n) if numeric else sorted(part.items())[:n]
+            best = _ranked(picked, n) if numeric else sorted(picked)[:n]
+            self._summary = (count, n, best)
         return self._summary[0], self._summary[2][:n]
 
     def partitions(self) -> Iterator[dict[str, Any]]:
@@ -268,11 +272,34 @@ def top(result: Mapping[str, Any], n: int) -> list[tuple[str, Any]]:
         return result.summary(max(n, TOP_KEPT))[1][:n]
     if n <= 0 or not result:
         return []
-    if not all(isinstance(v, int | float) for v in result.values()):
+    if not _numeric(result):
         return sorted(result.items())[:n]  # lists (top_k): by key
-    cut = heapq.nlargest(n, result.values())[-1]
-    near = [(k, v) for k, v in result.items() if v >= cut]
-    return sorted(near, key=lambda kv: (-kv[1], kv[0]))[:n]
+    return _ranked(_candidates(result, n), n)
+
+
+_NUMBERS = {int, float, bool}
+
+
+def _numeric(part: Mapping[str, Any]) -> bool:
+    return set(map(type, part.values())) <= _NUMBERS
+
+
+def _candidates(part: Mapping[str, Any], n: int) -> list[tuple[str, Any]]:
+    """Every item that may be among the n largest (ties at the cut kept)."""
+    if n <= 0 or not part:
+        return []
+    if len(part) <= n:
+        return list(part.items())
+    cut = sorted(part.values())[-n]
+    return [(k, v) for k, v in part.items() if v >= cut]
+
+
+def _ranked(items: list[tuple[str, Any]], n: int) -> list[tuple[str, Any]]:
+    """The n largest of ``items`` by value, ties by key."""
+    if len(items) > n:
+        cut = heapq.nlargest(n, (v for _, v in items))[-1]
+        items = [kv for kv in items if kv[1] >= cut]
+    return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
 def write_atomically(path: str | Path, text: str) -> None:

@@ -223,8 +223,13 @@ class Worker:
             self._reread_own = False
             self._run_own_pending()
         self._steal_idle(claim_now)
-        if not self._read_and_run() and block_ms > 0:
-            self._block_for_work(block_ms)
+        if not self._read_and_run():
+            for act in self.jobs.values():  # idle: fold what our commits left unfolded
+                if act.unfolded:
+                    self._touching = act.job.id
+                    self.step.fold_idle(act)
+            if block_ms > 0:
+                self._block_for_work(block_ms)
         self._touching = ""
         self._heartbeat()
         return None

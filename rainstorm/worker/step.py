@@ -42,7 +42,7 @@ from rainstorm.lua import CommitRequest, CommitResult, CommitStatus
 from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.chain_errors import OperatorTimeout
 from rainstorm.protocol.counters import StageCounter
-from rainstorm.state import fold_due
+from rainstorm.state import fold_due, fold_lagging
 from rainstorm.window_close import Sweeper
 from rainstorm.worker import poison, source
 from rainstorm.worker.batch import Entry, StageRunner
@@ -68,6 +68,9 @@ class ActiveJob:
     dead_stages: dict[int, str] = field(default_factory=dict)
     # windowed stages of a streaming job: their sweeps (emit closed windows)
     sweepers: dict[int, Sweeper] = field(default_factory=dict)
+    # aggregate stages this worker committed deltas into since it last folded
+    # their lagging partitions (rainstorm.state.fold_lagging, when idle)
+    unfolded: set[int] = field(default_factory=set)
 
     def close(self) -> None:
         """Stop the programs its stages started (the worker leaves the job)."""
@@ -290,12 +293,27 @@ class Step:
         wait_after_commit(self.r, b.job, b.stage)
         self.latency.observe(b.job.id, b.stage, time.perf_counter() - t0)
         if b.runner.agg:
+            b.act.unfolded.add(b.stage)
             sweeper = self._sweeper(b)
             if res.due:
                 fold_due(self.r, b.job, res.due, b.stage, b.runner.agg, self.lease_holder,
                          sweeper.closer if sweeper else None)
             if sweeper:
                 sweeper.maybe_sweep()
+
+    def fold_idle(self, act: ActiveJob) -> int:
+        """Nothing to read for ``act``: fold the partitions of its aggregate
+        stages that still hold unfolded deltas (once per stretch of commits)."""
+        done = 0
+        for stage in sorted(act.unfolded):
+            runner = act.runners.get(stage)
+            if runner is None or runner.agg is None:
+                continue
+            sweeper = act.sweepers.get(stage)
+            done += fold_lagging(self.r, act.job, stage, runner.agg, self.lease_holder,
+                                 sweeper.closer if sweeper else None)
+        act.unfolded.clear()
+        return done
 
     def _sweeper(self, b: _Batch) -> Sweeper | None:
         """The sweeps of a windowed stage of a streaming job (None: any other

@@ -118,7 +118,9 @@ def test_tail_source_live_aggregate_and_rainstorm_tail(tmp_path: Path, url: str,
             expected.update(["partial", "line"])
         wait_for(lambda: dict(json.loads(cli(url, "result", run.job.id, "--json").stdout))
                  == dict(expected), 60, "the live result with the finished line")
-        res = cli(url, "kill-job", run.job.id)  # cancel and remove
+        # stop, keeping its state (a plain kill-job removes it at once, so the
+        # coordinator's last look would find none: the state lives only in Redis)
+        res = cli(url, "kill-job", run.job.id, "--keep")
         assert res.returncode == 0, res.stderr
         final = run.stopped()
         out, _ = follower.communicate(timeout=60)

@@ -48,9 +48,13 @@ def window_starts(ts: str, size_s: int, slide_s: int) -> list[int]:
 
 
 def victim_holds_entries(r: redis.Redis, job: str, pid: int) -> bool:
+    """Entries of the job's stage-0 streams, or of the source stream "ev" the
+    workers read directly (its default), pending under the victim's name."""
+    groups = [(keys.stage_stream(job, 0, p), keys.group(0)) for p in range(2)]
+    groups.append(("ev", keys.source_group(job)))
     return any(f"-{pid}-" in c["name"].decode() and c["pending"] > 0
-               for p in range(2)
-               for c in r.xinfo_consumers(keys.stage_stream(job, 0, p), keys.group(0)))
+               for stream, group in groups if r.exists(stream)
+               for c in r.xinfo_consumers(stream, group))
 
 
 def kill_holding_entries(r: redis.Redis, job: str, victim: subprocess.Popen[bytes],
