@@ -83,7 +83,8 @@ def legit_commit(r: redis.Redis, n: int, payload: int) -> tuple[float, bool]:
     inputs = [(stream, id_.decode(), f"u{i}") for i, (id_, _f) in enumerate(rows[0][1])]
     blob = b"y" * payload
     req = lua.CommitRequest(
-        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB), group=keys.group(0), stage=0, inputs=inputs,
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+        group=keys.group(0), stage=0, inputs=inputs,
         outputs=[(keys.stage_stream(JOB, 1, 0), f"o{i}", blob) for i in range(n)],
         emit_field=keys.counter_field(1, "emitted"))
     ms, res = server_ms(r, lambda: lua.commit(r, req))
