@@ -89,8 +89,8 @@ class StreamSource(_Model):
         description="direct: workers read the stream through the job's own consumer group "
                     "(rainstorm:<job>) and acknowledge its entries, never deleting them; "
                     "copy: the coordinator reads it and copies batches into the job's stage-0 "
-                    "streams (needed to pace it with max_rate); auto: direct, or copy when "
-                    "max_rate is set")
+                    "streams (needed to pace it with max_rate); auto: copy, the faster on one "
+                    "server (experiments/README.md, stream_direct.py)")
 
     @model_validator(mode="after")
     def _direct_is_not_paced(self) -> StreamSource:
@@ -101,9 +101,9 @@ class StreamSource(_Model):
 
     @property
     def direct(self) -> bool:
-        """Workers read the stream directly (``transport`` direct, or auto
-        without max_rate)."""
-        return self.transport == "direct" or (self.transport == "auto" and not self.max_rate)
+        """Workers read the stream directly (``transport: direct``; ``auto``
+        copies: measured faster on one server, see experiments/README.md)."""
+        return self.transport == "direct"
 
 
 class TailSource(_Model):

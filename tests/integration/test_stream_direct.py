@@ -1,4 +1,4 @@
-"""A stream source read directly (``source.transport: direct``, the default):
+"""A stream source read directly (``source.transport: direct``; ``auto`` copies):
 workers consume the user's stream through the job's consumer group and
 acknowledge its entries without deleting them.  In-process workers against
 the real server; results compared with a Counter over what was XADDed."""
@@ -27,6 +27,7 @@ from tests.helpers import counters, settled, wait_for
 
 
 def _job(r: redis.Redis, job_id: str, key: str = "ev", **source: Any) -> Job:
+    source = {"transport": "direct", **source}
     spec = parse_spec({
         "name": job_id, "source": {"type": "stream", "key": key, **source},
         "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
