@@ -62,7 +62,7 @@ BACKLOG = 16
 LAG_EVENT_S = 2  # the producer waits while this many event-seconds are unread
 
 SPEC = """name: {job}
-source: {{type: stream, key: {key}, field: null, batch_records: {batch}}}
+source: {{type: stream, key: {key}, field: null, batch_records: {batch}, transport: direct}}
 pipeline:
   - {{op: key_by, fn: field, args: {{name: u}}}}
   - {{op: window, time: field, args: {{name: ts}}, size_s: 1, max_delay_s: {delay}}}

@@ -164,9 +164,16 @@ def test_straggler_frozen_in_cycles_is_robbed(tmp_path: Path, url: str, r: redis
     # frozen 1.2 s, running 0.4 s: a frozen worker renews nothing, so its
     # entries go idle past claim_idle_ms and are stolen (a live, merely slow
     # worker keeps its entries: its keep-alive thread renews them)
+    def holds_entries() -> bool:
+        return any(f"-{slow.pid}-" in c["name"].decode() and c["pending"] > 0
+                   for stream in job.streams(0) if r.exists(stream)
+                   for c in r.xinfo_consumers(stream, keys.group(0)))
+
     def duty_cycle(_status: object) -> None:
         if time.monotonic() - cycle["at"] < (1.2 if cycle["stopped"] else 0.4):
             return
+        if not cycle["stopped"] and not holds_entries():
+            return  # freeze it only while it holds entries: those must be stolen
         cycle["at"] = time.monotonic()
         slow.send_signal(signal.SIGCONT if cycle["stopped"] else signal.SIGSTOP)
         cycle["stopped"] = not cycle["stopped"]

@@ -25,6 +25,7 @@ import redis
 from rainstorm import keys
 from rainstorm.coordinator.result import keys_as_str
 from rainstorm.job import decode_records
+from rainstorm.jobstore import load_job
 from rainstorm.state import read_state
 from tests.helpers import ROOT, Streaming, cli, counters, settled, stop_all, wait_for, worker
 
@@ -51,7 +52,8 @@ def victim_holds_entries(r: redis.Redis, job: str, pid: int) -> bool:
     """Entries of the job's stage-0 streams, or of the source stream "ev" the
     workers read directly (its default), pending under the victim's name."""
     groups = [(keys.stage_stream(job, 0, p), keys.group(0)) for p in range(2)]
-    groups.append(("ev", keys.source_group(job)))
+    if load_job(r, job).direct:
+        groups = [("ev", keys.source_group(job))]
     return any(f"-{pid}-" in c["name"].decode() and c["pending"] > 0
                for stream, group in groups if r.exists(stream)
                for c in r.xinfo_consumers(stream, group))
