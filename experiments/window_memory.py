@@ -102,10 +102,13 @@ def _consumed_upto(r: Any) -> bytes | None:
     group = keys.source_group(JOB)
     if not r.exists(SOURCE):
         return None
-    oldest = r.xpending(SOURCE, group).get("min")
-    if oldest:
-        return oldest  # type: ignore[no-any-return]
-    info = [g for g in r.xinfo_groups(SOURCE) if g["name"].decode() == group]
+    pipe = r.pipeline(transaction=True)  # one moment: no delivery in between
+    pipe.xinfo_groups(SOURCE)
+    pipe.xpending(SOURCE, group)
+    groups, pending = pipe.execute()
+    if pending.get("min"):
+        return pending["min"]  # type: ignore[no-any-return]
+    info = [g for g in groups if g["name"].decode() == group]
     return info[0]["last-delivered-id"] if info else None
 
 
