@@ -145,6 +145,10 @@ def run_job(r: redis.Redis, url: str, tmp_path: Path, kill_at: int | None
                              for w in state_windows(r, run)), 30,
                  "every closed window evicted")
         seen["state"] = state_windows(r, run)
+        # the file sink trims what it wrote: the final sweep's entries go within
+        # a few of its polls (a single look right after the sweep may see them)
+        wait_for(lambda: r.xlen(keys.output(run.job.id)) <= 5, 30,
+                 "the file sink to drain the output stream")
         seen["output_len_before_stop"] = r.xlen(keys.output(run.job.id))
         res = cli(url, "kill-job", run.job.id, "--keep")
         assert res.returncode == 0, res.stderr
