@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 
 import redis
@@ -59,6 +60,16 @@ class Lease:
         if current != self.holder:
             log.warning("%s: taking over the lease of %s (gone)", self.key, current)
         self.r.set(self.key, self.holder, px=LEASE_MS)
+        return True
+
+    def acquire_within(self, timeout_s: float, every_s: float = 0.01) -> bool:
+        """Take the lease, waiting up to ``timeout_s`` while another holds
+        it (a fold takes milliseconds); False if it stayed held."""
+        deadline = time.monotonic() + timeout_s
+        while not self.acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(every_s)
         return True
 
     def renew(self) -> bool:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -256,7 +255,8 @@ def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> list[str
             if not snap.log_ids:
                 break
             lease = Lease(r, part.lease, holder)
-            _acquire(lease)
+            if not lease.acquire_within(LEASE_WAIT_S):
+                raise JobFailed(f"{lease.key} stayed held for {LEASE_WAIT_S:.0f} s")
             try:
                 status = fold_part(r, job, part, agg, lease)
             finally:
@@ -265,15 +265,6 @@ def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str) -> list[str
                 raise JobFailed(f"job {job.id} stopped while its result was read")
         out.append(part_digest(part.index, snap))
     return out
-
-
-def _acquire(lease: Lease) -> None:
-    """Wait (bounded) for a lease a worker holds while it folds."""
-    deadline = time.monotonic() + LEASE_WAIT_S
-    while not lease.acquire():
-        if time.monotonic() > deadline:
-            raise JobFailed(f"{lease.key} stayed held for {LEASE_WAIT_S:.0f} s")
-        time.sleep(0.02)
 
 
 # -- reading ----------------------------------------------------------------

@@ -28,7 +28,6 @@ a partition another folder holds meanwhile is folded again once it is free
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
@@ -124,14 +123,11 @@ class Sweeper:
         """Fold ``part`` closing its windows: 1 if folded, 0 if there was
         nothing to do, None if its lease stayed held for ``wait_s``."""
         lease = Lease(self.r, part.lease, self.holder)
-        deadline = time.monotonic() + wait_s
-        while not lease.acquire():
-            if time.monotonic() >= deadline:
-                if wait_s:
-                    log.warning("%s stayed held for %.0f s: its closed windows wait for "
-                                "the next sweep", part.lease, wait_s)
-                return None
-            time.sleep(0.01)
+        if not lease.acquire_within(wait_s):
+            if wait_s:
+                log.warning("%s stayed held for %.0f s: its closed windows wait for "
+                            "the next sweep", part.lease, wait_s)
+            return None
         try:
             status = fold_part(self.r, self.job, part, self.closer.agg, lease, self.closer)
         finally:
