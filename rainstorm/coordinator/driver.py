@@ -25,7 +25,16 @@ from rainstorm import monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.coordinator import seal
 from rainstorm.coordinator.progress import JobStatus, read_status
-from rainstorm.coordinator.result import Result, collect, state_result, store, write_json_atomically
+from rainstorm.coordinator.result import (
+    TOP_KEPT,
+    Result,
+    Summary,
+    collect,
+    state_result,
+    store,
+    summarize_final,
+    write_json_atomically,
+)
 from rainstorm.coordinator.sink import FileOutputSink
 from rainstorm.durability import make_durable
 from rainstorm.errors import JobFailed, JobStopped, RainstormError
@@ -164,10 +173,14 @@ class Driver:
         elif self.agg:
             # every partition's log folded into its base: the bases are the
             # result, and what the seal covers
-            parts = finalize(self.r, self.job, self.agg, holder_id("coordinator"))
+            summ, agg, job = Summary(TOP_KEPT), self.agg, self.job
+            parts = finalize(self.r, job, agg, holder_id("coordinator"),
+                             lambda i, snap: summarize_final(summ, job, agg, i, snap))
             sealed, sealed_parts = combine(parts), parts
             status = read_status(self.r, self.job)  # a bad delta may have been dead-lettered
             result = state_result(self.r, self.job, ALLOW_ALL)
+            if not job.spec.unbounded:  # (a streaming job's closed windows are read after)
+                result.preset(summ)
         else:
             digest = seal.OutputDigest()  # sealed in the same read of the output
             result = collect(self.r, self.job, digest, allow=ALLOW_ALL)

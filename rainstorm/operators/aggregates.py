@@ -302,16 +302,16 @@ def _add_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
 
 
 def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
-    keys = delta.keys()
-    if not all(type(k) is str for k in keys):
+    if set(map(type, delta)) != {str}:  # (type checks at C speed: no Python loop)
         return None
-    joined = SEP.join(keys)
+    joined = SEP.join(delta)
     if joined.count(SEP) != len(delta) - 1:
         return None  # a key contains NUL
     values = list(delta.values())
-    if all(type(v) is int for v in values):
+    types = set(map(type, values))
+    if types == {int}:
         code = "q"
-    elif all(type(v) is float for v in values):
+    elif types == {float}:
         code = "d"
     else:
         return None
@@ -405,29 +405,72 @@ def checked(blob: bytes, agg: Aggregator | None = None) -> Delta:
     return delta
 
 
-def _checked(blob: bytes, merger: Aggregator) -> Delta:
-    if not blob:
-        return {}
+def _unpacked(blob: bytes) -> Any:
     msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
                           ext_hook=_ext_hook)
     if type(msg) is not tuple or not msg or msg[0] not in (0, 1):
         raise BadDelta("not a delta ([0, map] or [1, typecode, keys, values])")
+    return msg
+
+
+def _columnar_checked(msg: Any, merger: Aggregator) -> None:
+    if not merger.additive or len(msg) != 4 or msg[1] not in COLUMNAR_CODES \
+            or type(msg[2]) is not str or type(msg[3]) is not bytes:
+        raise BadDelta("malformed columnar delta")
+
+
+def columns(blob: bytes, agg: Aggregator) -> tuple[list[str], array] | None:  # type: ignore[type-arg]
+    """A columnar blob (an additive aggregate's usual delta or base) as its
+    key list and value array, without building a dict (C speed: for reading
+    a result once, e.g. its top keys); None when ``blob`` is a map delta.
+    Checked like :func:`checked`: raises BadDelta only."""
+    try:
+        msg = _unpacked(blob) if blob else None
+        if msg is None or msg[0] != 1:
+            return None
+        _columnar_checked(msg, agg)
+        values = array(msg[1])
+        values.frombytes(msg[3])
+        keys = msg[2].split(SEP) if msg[2] or len(values) else []
+        if len(keys) != len(values):
+            raise BadDelta(f"columnar delta: {len(keys)} keys, {len(values)} values")
+        return keys, values
+    except BadDelta:
+        raise
+    except DECODE_ERRORS as exc:
+        raise BadDelta(_why(exc)) from None
+
+
+def _checked(blob: bytes, merger: Aggregator) -> Delta:
+    if not blob:
+        return {}
+    msg = _unpacked(blob)
     if msg[0] == 1:
-        if not merger.additive or len(msg) != 4 or msg[1] not in COLUMNAR_CODES \
-                or type(msg[2]) is not str or type(msg[3]) is not bytes:
-            raise BadDelta("malformed columnar delta")
-        pairs_ = list(_columnar_pairs(msg))  # zip(strict=True): as many keys as values
-    else:
-        if len(msg) != 2 or type(msg[1]) is not dict:
-            raise BadDelta("malformed map delta")
-        conv = merger.from_wire
-        pairs_ = [(k, conv(v)) for k, v in msg[1].items()]
-        bad = next((v for _, v in pairs_ if not merger.valid(v)), _MISSING)
-        if bad is not _MISSING:
-            raise BadDelta(f"a value {merger.name} does not hold: {bad!r:.60}")
+        _columnar_checked(msg, merger)
+        return dict(_columnar_pairs(msg))  # zip(strict=True): as many keys as values
+    if len(msg) != 2 or type(msg[1]) is not dict:
+        raise BadDelta("malformed map delta")
+    conv = merger.from_wire
+    pairs_ = [(k, conv(v)) for k, v in msg[1].items()]
+    bad = next((v for _, v in pairs_ if not merger.valid(v)), _MISSING)
+    if bad is not _MISSING:
+        raise BadDelta(f"a value {merger.name} does not hold: {bad!r:.60}")
     delta: Delta = {}
     merger.merge_pairs(delta, pairs_)
     return delta
+
+
+def merge_blob_checked(acc: dict[Any, Any], blob: bytes, agg: Aggregator | None = None
+                       ) -> None:
+    """:func:`checked` ``blob`` merged into ``acc``, all or nothing (raises
+    BadDelta only, leaving ``acc`` as it was); a columnar blob is checked
+    first, then added straight from its columns (no dict of it is built)."""
+    merger = agg or Additive("sum")
+    cols = columns(blob, merger) if merger.additive else None
+    if cols is None:
+        merge_checked(acc, checked(blob, merger), merger)
+    else:  # as many keys as values, all str; numbers from an array: + cannot fail
+        _add_pairs(acc, zip(*cols, strict=True))
 
 
 def merge_checked(acc: dict[Any, Any], delta: Delta, agg: Aggregator | None = None) -> None:

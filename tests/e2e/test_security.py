@@ -289,7 +289,7 @@ def test_run_needs_no_setup(tmp_path: Path) -> None:
                           "--input", str(src), "--json", "--workers", "1"], cwd=ROOT,
                          env=_no_key_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert '"a": 2' in res.stdout and '"b": 1' in res.stdout, res.stdout
+    assert json.loads(res.stdout) == {"a": 2, "b": 1}, res.stdout
 
 
 def test_local_key_is_random_per_process() -> None:

@@ -13,9 +13,10 @@ from typing import Any
 
 import msgpack
 
-from rainstorm import keys
+from rainstorm import keys, state
 from rainstorm.job import Job, encode_records
 from rainstorm.operators import aggregates
+from rainstorm.protocol.entries import partition_of
 from rainstorm.spec import parse_spec
 from rainstorm.worker.batch import Entry, StageRunner
 
@@ -181,3 +182,22 @@ def test_counts_of_entries_run_whole_survive_a_later_entry_run_record_by_record(
     assert sorted(r["x"] for r in comp.outputs) == ["1", "3"]
     (letter,) = [msgpack.unpackb(d) for d in comp.dead]
     assert letter["record"] == '"p,q",2' and "malformed CSV row" in letter["error"]
+
+
+def test_a_delta_splits_every_kind_of_key_where_partition_of_reads_it() -> None:
+    """str keys take an inlined crc32; it must agree with partition_of
+    (what `rainstorm result --key` reads) for non-ASCII and empty keys,
+    and mixed keys take partition_of itself."""
+    n = 5
+    spec = parse_spec({"name": "t", "source": {"type": "text"},
+                       "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+                       "settings": {"state_partitions": n}})
+    job, agg = Job.build("rq", spec), aggregates.aggregator("count")
+    str_keys = {f"w{i}": i for i in range(50)} | {"é": 1, "日本": 2, "": 4}
+    for delta in (str_keys, {**str_keys, ("t", 1): 5, 7: 6}):
+        got = {}
+        for d in state.split_delta(job, 0, delta, agg):
+            for k, v in aggregates.decode(d.blob).items():
+                assert partition_of(k, n) == d.partition, k
+                got[k] = v
+        assert got == delta
