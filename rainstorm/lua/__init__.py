@@ -35,6 +35,7 @@ from rainstorm.lua.contract import (
     parse_status,
 )
 from rainstorm.lua.library import (
+    FOLD_RATIO,
     LIB_VERSION,
     LIBRARY_NAME,
     LIMITS,
@@ -49,7 +50,8 @@ from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_str
 
 __all__ = [
-    "LIBRARY_NAME", "LIB_VERSION", "LIMITS", "CommitRequest", "CommitResult", "CommitStatus",
+    "FOLD_RATIO", "LIBRARY_NAME", "LIB_VERSION", "LIMITS", "CommitRequest", "CommitResult",
+    "CommitStatus",
     "CompactRequest", "CompactStatus", "DeadletterRequest", "DeadletterStatus", "Delta",
     "FoldRule", "JobKeys", "LoadResult",
     "LoadStatus", "RequeueRequest", "RequeueStatus", "Snapshot", "call_size",

@@ -47,6 +47,7 @@ def _constant(pattern: str, what: str) -> str:
 
 
 LIB_VERSION = _constant(r"^local LIB_VERSION = '([^']+)'", "LIB_VERSION")
+FOLD_RATIO = int(_constant(r"^local FOLD_RATIO = (\d+)", "FOLD_RATIO"))
 
 
 @dataclass(frozen=True)

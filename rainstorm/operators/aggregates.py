@@ -307,18 +307,52 @@ def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
     joined = SEP.join(delta)
     if joined.count(SEP) != len(delta) - 1:
         return None  # a key contains NUL
-    values = list(delta.values())
-    types = set(map(type, values))
-    if types == {int}:
-        code = "q"
-    elif types == {float}:
-        code = "d"
-    else:
+    code = _value_code(delta)
+    if code is None:
         return None
     try:
-        return [1, code, joined, array(code, values).tobytes()]
+        return [1, code, joined, array(code, delta.values()).tobytes()]
     except OverflowError:
         return None
+
+
+def encode_split(delta: dict[Any, Any], where: list[int], n: int, agg: Aggregator | None,
+                 str_keys: bool) -> dict[int, bytes]:
+    """``delta`` cut into ``n`` parts (``where[i]``: the part of its i-th
+    key), each part that holds a key encoded as :func:`encode` would;
+    ``str_keys``: every key is a str (known to the caller).  A columnar
+    delta is cut into key and value lists (one type check of the whole
+    delta, no dict per part)."""
+    code = _value_code(delta) if str_keys and (agg is None or agg.additive) else None
+    if code is None:
+        buckets: list[dict[Any, Any]] = [{} for _ in range(n)]
+        for (k, v), p in zip(delta.items(), where, strict=True):
+            buckets[p][k] = v
+        return {p: encode(b, agg) for p, b in enumerate(buckets) if b}
+    names: list[list[str]] = [[] for _ in range(n)]
+    values: list[list[Any]] = [[] for _ in range(n)]
+    for k, v, p in zip(delta, delta.values(), where, strict=True):
+        names[p].append(k)
+        values[p].append(v)
+    out = {}
+    for p in range(n):
+        if names[p]:
+            joined = SEP.join(names[p])
+            try:
+                if joined.count(SEP) != len(names[p]) - 1:
+                    raise OverflowError  # a key contains NUL: a map
+                raw = array(code, values[p]).tobytes()
+            except OverflowError:
+                out[p] = encode(dict(zip(names[p], values[p], strict=True)), agg)
+                continue
+            out[p] = msgpack.packb([1, code, joined, raw], use_bin_type=True)
+    return out
+
+
+def _value_code(delta: dict[Any, Any]) -> str | None:
+    """The array typecode of a delta's values when one holds them all."""
+    types = set(map(type, delta.values()))
+    return "q" if types == {int} else "d" if types == {float} else None
 
 
 BIGINT_EXT = 1  # msgpack ext type: an int beyond 64 bits, as decimal text

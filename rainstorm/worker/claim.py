@@ -41,11 +41,13 @@ log = logging.getLogger(__name__)
 
 
 def _read(r: redis.Redis, consumer: str, job: Job, stage: int, block_ms: int | None,
-          start: str, own_streams: bool = False) -> list[Entry]:
+          start: str, own_streams: bool = False, most: int | None = None) -> list[Entry]:
     """Entries of ``stage``: of the user's stream for stage 0 of a direct
-    job (``own_streams``: of the job's stage-0 streams even then)."""
+    job (``own_streams``: of the job's stage-0 streams even then); ``most``:
+    entries per batch (default: the job's batch_entries)."""
     streams = job.streams(stage)
-    group, count = keys.group(stage), max(1, job.spec.settings.batch_entries // len(streams))
+    most = job.spec.settings.batch_entries if most is None else most
+    group, count = keys.group(stage), max(1, most // len(streams))
     if stage == 0 and job.source_stream and not own_streams:
         streams, group, count = [job.source_stream], keys.source_group(job.id), \
             source.batch_size(job)
@@ -61,10 +63,11 @@ def _read(r: redis.Redis, consumer: str, job: Job, stage: int, block_ms: int | N
     return entries
 
 
-def read_new(r: redis.Redis, consumer: str, job: Job, stage: int,
+def read_new(r: redis.Redis, consumer: str, act: ActiveJob, stage: int,
              block_ms: int | None) -> list[Entry]:
-    """New entries of ``stage`` (waiting up to ``block_ms``; None: not at all)."""
-    return _read(r, consumer, job, stage, block_ms, ">")
+    """New entries of ``stage`` (waiting up to ``block_ms``; None: not at
+    all), as many as the job's batches of the stage hold now."""
+    return _read(r, consumer, act.job, stage, block_ms, ">", most=act.batch_entries(stage))
 
 
 def read_own_pending(r: redis.Redis, consumer: str, job: Job, stage: int) -> list[Entry]:

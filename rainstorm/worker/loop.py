@@ -346,7 +346,7 @@ class Worker:
     def _read(self, act: ActiveJob, stage: int, block_ms: int | None) -> list[Entry]:
         """New entries of ``stage`` (rainstorm.worker.claim)."""
         self._touching = act.job.id
-        entries = claim.read_new(self.r, self.id, act.job, stage, block_ms)
+        entries = claim.read_new(self.r, self.id, act, stage, block_ms)
         self._round.read += len(entries)
         return entries
 

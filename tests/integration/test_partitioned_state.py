@@ -126,7 +126,7 @@ def test_a_commit_splits_its_delta_by_the_partition_of_each_key(r: redis.Redis) 
 
 
 def test_a_partition_is_due_exactly_by_the_lsm_rule(r: redis.Redis) -> None:
-    """Due when its unfolded bytes reach max(fold_bytes, its base's size) or
+    """Due when its unfolded bytes reach max(fold_bytes, FOLD_RATIO x its base's size) or
     its log holds fold_entries deltas; 'lb' rises with commits and falls
     with compaction by the bytes folded."""
     parts = 3
@@ -153,7 +153,7 @@ def test_a_partition_is_due_exactly_by_the_lsm_rule(r: redis.Redis) -> None:
             assert aggregates.decode(last[b"d"]) == mine
             logged[p] += len(last[b"d"])
             entries[p] += 1
-            by_bytes = logged[p] >= rule.bytes and logged[p] >= base_len[p]
+            by_bytes = logged[p] >= rule.bytes and logged[p] >= lua.FOLD_RATIO * base_len[p]
             by_entries = entries[p] >= rule.entries
             if by_bytes or by_entries:
                 want.add(p)

@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import redis
 
 from rainstorm import keys
@@ -100,3 +101,35 @@ def test_a_stage0_text_entry_in_a_split_job_is_read_as_text(r: redis.Redis,
     driven = Driven(r, job, timeout_s=60)
     assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
     assert Counter(driven.result(60)) == Counter({"x": 1, "y": 1, "z": 2})
+
+
+def test_a_commit_above_the_soft_size_is_split_and_later_batches_shrink(
+        r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Distinct keys only (each 4 KiB split commits a delta of about its own
+    size): with an 8 KiB soft cap and 8 entries a batch, the first batch is
+    committed in halves (recomputed), the next ones read fewer entries; no
+    commit of several entries is above the cap, and the count is exact."""
+    from rainstorm import lua
+    from rainstorm.worker import step
+
+    monkeypatch.setattr(step, "COMMIT_SOFT_BYTES", 8192)
+    sizes: list[tuple[int, int]] = []
+    real_commit = lua.commit
+
+    def observed(r_: redis.Redis, req: lua.CommitRequest) -> lua.CommitResult:
+        sizes.append((len(req.inputs), lua.commit_size(req)))
+        return real_commit(r_, req)
+
+    monkeypatch.setattr(step.lua, "commit", observed)  # (the real call, sizes noted)
+    src = tmp_path / "in"
+    src.mkdir()
+    words = [f"id{i:07d}" for i in range(12_000)]  # 120 KB: ~30 splits of distinct keys
+    (src / "ids.txt").write_text("\n".join(words) + "\n")
+    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=8), [str(src / "ids.txt")],
+                         "softcap", shared_fs=True)
+    submit(r, job, files)
+    driven = Driven(r, job, timeout_s=60)
+    assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
+    assert Counter(driven.result(60)) == Counter(words)
+    assert sizes and all(size <= 8192 for n, size in sizes if n > 1), sizes
+    assert max(n for n, _ in sizes) < 8 and len(sizes) >= 30, sizes  # split, then shrunk

@@ -187,14 +187,17 @@ def test_counts_of_entries_run_whole_survive_a_later_entry_run_record_by_record(
 def test_a_delta_splits_every_kind_of_key_where_partition_of_reads_it() -> None:
     """str keys take an inlined crc32; it must agree with partition_of
     (what `rainstorm result --key` reads) for non-ASCII and empty keys,
-    and mixed keys take partition_of itself."""
+    and mixed keys take partition_of itself; every part decodes to its
+    keys, whatever its encoding."""
     n = 5
     spec = parse_spec({"name": "t", "source": {"type": "text"},
                        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
                        "settings": {"state_partitions": n}})
     job, agg = Job.build("rq", spec), aggregates.aggregator("count")
     str_keys = {f"w{i}": i for i in range(50)} | {"é": 1, "日本": 2, "": 4}
-    for delta in (str_keys, {**str_keys, ("t", 1): 5, 7: 6}):
+    odd = {**str_keys, "nul\x00key": 7, "big": 2**70}  # a map part each, the rest columnar
+    for delta in (str_keys, {**str_keys, ("t", 1): 5, 7: 6}, odd,
+                  {k: v + 0.5 for k, v in str_keys.items()}):
         got = {}
         for d in state.split_delta(job, 0, delta, agg):
             for k, v in aggregates.decode(d.blob).items():
