@@ -45,11 +45,12 @@ def test_sample_is_a_function_of_seed_and_records(rng: random.Random) -> None:
 def test_sample_does_not_depend_on_the_interpreter() -> None:
     """Never Python's salted hash(): processes with other hash seeds agree."""
     records = "[str(i) for i in range(64)] + [(1, 'a')] * 9"
-    code = f"from rainstorm.operators.builtins import make_sample; print(make_sample(0.5, 11)({records}))"
+    code = ("from rainstorm.operators.builtins import make_sample; "
+            f"print(make_sample(0.5, 11)({records}))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2")}
-    here = builtins.make_sample(0.5, 11)(eval(records))  # noqa: S307  (our own literal)
+    here = builtins.make_sample(0.5, 11)(eval(records))  # (our own literal)
     assert outs == {f"{here}\n"} and 0 < len(here) < 73
 
 
