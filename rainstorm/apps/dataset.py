@@ -74,6 +74,7 @@ from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, UsageError
 from rainstorm.jobstore import load_job
 from rainstorm.operators import builtins
+from rainstorm.operators.resolve import resolve
 from rainstorm.spec import JobSpec, Settings, parse_spec
 from rainstorm.state import iter_finished
 
@@ -100,13 +101,6 @@ class _Op:
 
 
 @dataclass(frozen=True)
-class _Sort:
-    keyfunc: Fn
-    ascending: bool
-    ranges: int | None  # None: settings.state_partitions
-
-
-@dataclass(frozen=True)
 class _Plan:
     source: dict[str, Any]
     ops: tuple[_Op, ...] = ()
@@ -116,7 +110,20 @@ class _Plan:
     settings: dict[str, Any] = field(default_factory=dict)
     ends: str = ""  # the method whose aggregate ends the pipeline (for messages)
     keys_only: bool = False  # distinct: the records are the aggregate's keys
-    sort: _Sort | None = None  # sort_by: ops are the dataset to sort
+    sort: _Sort | None = None  # sort_by: its base is the dataset to sort
+
+
+@dataclass(frozen=True)
+class _Sort:
+    keyfunc: Fn
+    ascending: bool
+    ranges: int | None  # None: settings.state_partitions
+    base: _Plan  # what is sorted: by the workers, or here if it is an aggregate
+
+    @property
+    def here(self) -> bool:
+        """An aggregate's result (or a sorted one) is sorted in this process."""
+        return self.base.aggregate
 
 
 class Dataset:
@@ -306,15 +313,16 @@ class Dataset:
         ``settings.state_partitions``), a second one groups every record
         under its range, each batch sorted by the workers; the ranges are
         then read and merged one at a time, in order (rainstorm.apps.sorting).
-        Equal keys in no particular order.  Ends the pipeline."""
+        After an aggregate (whose result is read whole anyway), its collected
+        result is sorted in this process.  Equal keys in no particular
+        order.  Ends the pipeline."""
         if not (isinstance(keyfunc, str) or callable(keyfunc)):
             raise UsageError(f"sort_by: expected a key function, got {keyfunc!r}")
         if not isinstance(ascending, bool):
             raise UsageError(f"sort_by: ascending must be True or False, got {ascending!r}")
         _check_partitions("sort_by", num_partitions)
-        self._open("sort_by")
-        return Dataset(replace(self._p, aggregate=True, ends="sort_by",
-                               sort=_Sort(keyfunc, ascending, num_partitions)))
+        srt = _Sort(keyfunc, ascending, num_partitions, self._p)
+        return Dataset(replace(self._p, aggregate=True, ends="sort_by", sort=srt))
 
     def named(self, name: str) -> Dataset:
         """The job's name (job ids are ``<name>-<time>``)."""
@@ -333,26 +341,30 @@ class Dataset:
     def spec(self) -> JobSpec:
         """The JobSpec an action runs (callables encoded; see the module doc)."""
         if self._p.sort is not None:
-            raise UsageError("spec(): sort_by runs two jobs (a sample of the keys, then the "
-                             "range shuffle, cut where the sample says); explain() shows them")
+            raise UsageError("spec(): a sort_by runs two jobs (a sample of the keys, then the "
+                             "range shuffle), or sorts an aggregate's result here; explain() "
+                             "shows what runs")
         return self._spec(self._p.ops)
 
     def explain(self, file: Any = None) -> str:
         """The stages, as ``rainstorm explain`` prints them; printed (to
         ``file``, default stdout) and returned."""
+        print(text := "\n".join(self._explained()), file=file or sys.stdout)
+        return text
+
+    def _explained(self) -> list[str]:
         from rainstorm.plan import explain
 
-        if self._p.sort is None:
-            text = "\n".join(explain(self.spec()))
-        else:
-            base, srt = self._unsorted(), self._p.sort
-            text = "\n".join([
-                "sort_by: 2 jobs, then the ranges are read in order",
+        srt = self._p.sort
+        if srt is None:
+            return explain(self.spec())
+        base = self._unsorted()
+        if srt.here:
+            return ["sort_by: in this process, over the collected result of:",
+                    *base._explained()]
+        return ["sort_by: 2 jobs, then the ranges are read in order",
                 *explain(base._spec((*base._p.ops, *_sample_ops(srt)))),
-                *explain(base._spec((*base._p.ops, *_shuffle_ops(srt, [], [0])))),
-            ])
-        print(text, file=file or sys.stdout)
-        return text
+                *explain(base._spec((*base._p.ops, *_shuffle_ops(srt, [], [0]))))]
 
     # -- actions ------------------------------------------------------------
     def collect(self, **run: Any) -> list[Any]:
@@ -384,6 +396,7 @@ class Dataset:
         to its end: it does not stop early once ``n`` records exist."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise UsageError(f"take: expected a number of records >= 0, got {n!r}")
+        self._bounded("take")
         if n == 0:
             return []
         if self._p.sort is not None:
@@ -521,7 +534,8 @@ class Dataset:
 
     def _unsorted(self) -> Dataset:
         """What ``sort_by`` sorts."""
-        return Dataset(replace(self._p, aggregate=False, ends="", sort=None))
+        assert self._p.sort is not None
+        return Dataset(self._p.sort.base)
 
     def _sorted(self, run: dict[str, Any], consume: Callable[[Iterator[list[Any]]], T]) -> T:
         """Run ``sort_by``'s two jobs; ``consume(ranges)`` gets the sorted
@@ -529,6 +543,8 @@ class Dataset:
         srt = self._p.sort
         assert srt is not None
         base = self._unsorted()
+        if srt.here:
+            return consume(base._sorted_here(srt, run))
         sample = base._run("sort_by", run, (*base._p.ops, *_sample_ops(srt)))
         assert isinstance(sample, list)
         n = srt.ranges or base._setting("state_partitions")
@@ -546,6 +562,20 @@ class Dataset:
             exc.result = out[0] if out else None
             raise
         return out[0]
+
+    def _sorted_here(self, srt: _Sort, run: dict[str, Any]) -> Iterator[list[Any]]:
+        """This dataset's collected records sorted here, cut into the ranges
+        of :meth:`_sorted` (``srt.ranges`` contiguous slices)."""
+        fn = srt.keyfunc if callable(srt.keyfunc) else \
+            resolve(srt.keyfunc, {}, ("*",), "sort_by")
+        records = self.collect(**run)
+        try:
+            records.sort(key=lambda rec: builtins.tuplify(fn(rec)), reverse=not srt.ascending)
+        except TypeError as exc:
+            raise UsageError(f"sort_by: the sort keys do not compare with each other: {exc}"
+                             ) from None
+        n = srt.ranges or self._setting("state_partitions")
+        return (records[i * len(records) // n:(i + 1) * len(records) // n] for i in range(n))
 
     def _save_parts(self, path: str | Path, line: Callable[[Any], str],
                     run: dict[str, Any]) -> None:

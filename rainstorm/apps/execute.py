@@ -1,7 +1,7 @@
 """How Dataset actions run: the execution defaults, ``execute`` and
 ``rainstorm run script.py``.
 
-An action (``collect``, ``count``, ``top``, ``save``, ``start``) builds its
+An action (``collect``, ``count``, ``take``, ``save``, ``start`` …) builds its
 JobSpec (rainstorm.apps.dataset) and calls :func:`execute`, which runs it with
 :func:`rainstorm.local.run.run_job` -- by default an embedded Redis and 2
 forked local workers; with ``redis_url=`` (or env ``RAINSTORM_REDIS``) on

@@ -90,6 +90,12 @@ def test_sort_by_equals_sorted(files: list[Path]) -> None:
     assert [w.lower() for w in ranked.take(5)] == sorted(w.lower() for w in ws)[:5]
     assert ranked.first().lower() == min(w.lower() for w in ws)
     assert ranked.count() == len(ws)
+    # after an aggregate: its collected result, sorted here
+    counts = Counter(ws)
+    by_count = words(files).count_by_value().sort_by(lambda kv: (-kv[1], kv[0]))
+    assert by_count.take(5) == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert words(files).distinct().sort_by(lambda w: w, ascending=False).collect() == \
+        sorted(set(ws), reverse=True)
 
 
 def test_take_and_first(files: list[Path], tmp_path: Path) -> None:

@@ -104,8 +104,8 @@ def test_range_partitioner_pieces(rng: random.Random) -> None:
     (lambda: Dataset.read_text("x").distinct(num_partitions=2000), "num_partitions must"),
     (lambda: Dataset.read_text("x").distinct().map(len), "ends in an aggregate \\(distinct\\)"),
     (lambda: Dataset.read_text("x").sort_by(len).filter(len), "ends in an aggregate \\(sort_by"),
-    (lambda: Dataset.read_text("x").count_by_value().sort_by(len), "already ends"),
-    (lambda: Dataset.read_text("x").sort_by(len).spec(), "sort_by runs two jobs"),
+    (lambda: Dataset.read_text("x").group_by_key().distinct(), "already ends"),
+    (lambda: Dataset.read_text("x").sort_by(len).spec(), "a sort_by runs two jobs"),
     (lambda: Dataset.from_stream("s").take(3), "never ends"),
     (lambda: Dataset.from_stream("s").save("/tmp/nowhere-x", parts=True), "never ends"),
 ])
@@ -129,6 +129,9 @@ def test_sort_by_explains_its_two_jobs() -> None:
     assert text.startswith("sort_by: 2 jobs")
     assert "range_sample" in text and "group" in text
     assert repr(ds).endswith("sort_by(length)>")
+    here = Dataset.read_text("x").count_by_value().sort_by("length").explain(file=io.StringIO())
+    assert here.startswith("sort_by: in this process, over the collected result of:\n"
+                           "job 'dataset': 1 stage(s)")
 
 
 def test_part_directory_is_complete_or_absent(tmp_path: Path) -> None:
