@@ -9,7 +9,6 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,10 @@ import pytest
 
 from rainstorm import Dataset
 from rainstorm.errors import IncompleteResult, UsageError
-from rainstorm.testing import in_process
 from tests.conftest import write_corpus
-
-KEY = "integration-everyday-secret-0123456789abcdef"
-
-
-@pytest.fixture(autouse=True)
-def in_process_on_the_suite_server(monkeypatch: pytest.MonkeyPatch, url: str) -> Iterator[None]:
-    monkeypatch.setenv("RAINSTORM_SECRET", KEY)
-    monkeypatch.delenv("RAINSTORM_SECRET_FILE", raising=False)
-    monkeypatch.delenv("RAINSTORM_REDIS", raising=False)
-    with in_process(redis_url=url, workers=2):
-        yield
+from tests.integration.test_dataset_in_process import (  # noqa: F401  (autouse fixture)
+    in_process_on_the_suite_server,
+)
 
 
 @pytest.fixture(scope="module")
