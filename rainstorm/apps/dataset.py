@@ -568,12 +568,13 @@ class Dataset:
         of :meth:`_sorted` (``srt.ranges`` contiguous slices)."""
         fn = srt.keyfunc if callable(srt.keyfunc) else \
             resolve(srt.keyfunc, {}, ("*",), "sort_by")
-        records = self.collect(**run)
+        keyed = [(builtins.tuplify(fn(rec)), rec) for rec in self.collect(**run)]
         try:
-            records.sort(key=lambda rec: builtins.tuplify(fn(rec)), reverse=not srt.ascending)
+            keyed.sort(key=_first, reverse=not srt.ascending)
         except TypeError as exc:
             raise UsageError(f"sort_by: the sort keys do not compare with each other: {exc}"
                              ) from None
+        records = [rec for _, rec in keyed]
         n = srt.ranges or self._setting("state_partitions")
         return (records[i * len(records) // n:(i + 1) * len(records) // n] for i in range(n))
 
@@ -662,6 +663,10 @@ def _shuffle_ops(srt: _Sort, cuts: list[Any], keys: list[int]) -> tuple[_Op, ...
 def _check_partitions(what: str, n: int | None) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024):
         raise UsageError(f"{what}: num_partitions must be a number from 1 to 1024, got {n!r}")
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
 
 
 def _json_line(record: Any) -> str:

@@ -189,7 +189,9 @@ def make_range_key(bounds: list[Any], keys: list[Any], descending: bool = False
     order = list(reversed(keys)) if descending else list(keys)
 
     def range_key(pair: Any) -> tuple[Any, Any]:
-        key = tuplify(pair[0])
+        key = pair[0]
+        if type(key) is list or type(key) is tuple:  # (str and numbers: no call)
+            key = tuplify(key)
         return order[bisect_left(cuts, key)], (key, pair[1])
 
     return range_key

@@ -86,6 +86,9 @@ def test_sort_by_equals_sorted(files: list[Path]) -> None:
     assert by_count.take(5) == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     assert words(files).distinct().sort_by(lambda w: w, ascending=False).collect() == \
         sorted(set(ws), reverse=True)
+    with pytest.raises(UsageError, match="sort keys do not compare") as info:
+        words(files).count_by_value().sort_by(lambda kv: kv[0] if kv[1] > 1 else 0).collect()
+    assert "\n" not in str(info.value)
 
 
 def test_take_and_first(files: list[Path], tmp_path: Path) -> None:
@@ -125,6 +128,10 @@ def test_sample_fraction_seed_and_retries(tmp_path: Path) -> None:
     first.sort(key=int)
     assert sorted(ds.sample(0.1, seed=42).collect(), key=int) == first  # same seed, same sample
     assert sorted(ds.sample(False, 0.1, 43).collect(), key=int) != first
+    # distinct records: whatever the batches and partitions
+    other = Dataset.read_text(str(tmp_path / "numbers.txt"), batch_bytes=65536)
+    assert sorted(other.with_settings(parallelism=3).sample(0.1, seed=42).collect(),
+                  key=int) == first
     # a batch that fails and is run again keeps exactly the records it kept
     markers = tmp_path / "failed-once"
     markers.mkdir()
