@@ -110,14 +110,21 @@ def tuplify(value: Any) -> Any:
     return value
 
 
-def identity_bytes(record: Any) -> bytes:
-    """A record's stable identity: its msgpack encoding (lists and tuples
-    alike, as they cross Redis), else its repr; never Python's salted hash()."""
-    try:
-        return msgpack.packb(record, use_bin_type=True,  # type: ignore[no-any-return]
-                             default=repr)
-    except (ValueError, TypeError, OverflowError):
-        return repr(record).encode("utf-8", "surrogatepass")
+class Identity:
+    """A record's stable identity, as bytes: a str its UTF-8, anything else
+    its msgpack encoding (lists and tuples alike, as they cross Redis), else
+    its repr -- never Python's salted hash().  One per thread (a Packer)."""
+
+    def __init__(self) -> None:
+        self._packer = msgpack.Packer(use_bin_type=True, default=repr)
+
+    def __call__(self, record: Any) -> bytes:
+        if type(record) is str:
+            return record.encode("utf-8", "surrogatepass")
+        try:
+            return self._packer.pack(record)  # type: ignore[no-any-return]
+        except (ValueError, TypeError, OverflowError):
+            return repr(record).encode("utf-8", "surrogatepass")
 
 
 def check_fraction(fraction: Any) -> float:
@@ -137,22 +144,25 @@ def make_sample(fraction: float, seed: int) -> Callable[[list[Any]], list[Any]]:
     """``sample`` (a map_partitions function): keeps each record with
     probability ``fraction`` (Bernoulli, without replacement).  The decision
     is a keyed hash (BLAKE2b, keyed by ``seed``) of the record's identity
-    (:func:`identity_bytes`) and of how many equal records came before it in
-    the batch: it depends on nothing else, so a batch that is run again
+    (:class:`Identity`) and of how many equal records came before it in the
+    batch: it depends on nothing else, so a batch that is run again
     (retried, stolen from a dead worker) keeps exactly the same records."""
     threshold = round(check_fraction(fraction) * 2**64)  # keep when hash < threshold
     salt = hashlib.blake2b(str(check_seed(seed)).encode(), digest_size=32).digest()
+    keyed = hashlib.blake2b(key=salt, digest_size=8)  # copied: keyed once, not per record
+    identity = Identity()
+    first = bytes(8)
 
     def sample(records: list[Any]) -> list[Any]:
         seen: dict[bytes, int] = {}
         out = []
         for rec in records:
-            ident = identity_bytes(rec)
+            ident = identity(rec)
             n = seen.get(ident, 0)
             seen[ident] = n + 1
-            digest = hashlib.blake2b(n.to_bytes(8, "big") + ident, key=salt,
-                                     digest_size=8).digest()
-            if int.from_bytes(digest, "big") < threshold:
+            h = keyed.copy()
+            h.update((n.to_bytes(8, "big") if n else first) + ident)
+            if int.from_bytes(h.digest(), "big") < threshold:
                 out.append(rec)
         return out
 
