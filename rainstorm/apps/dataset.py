@@ -10,7 +10,8 @@
 
 A Dataset is a description: a source and a list of operators.  Every
 transformation returns a new Dataset and runs nothing; an *action*
-(``collect``, ``count``, ``top``, ``save``) builds the same :class:`JobSpec`
+(``collect``, ``count``, ``take``, ``first``, ``reduce``, ``top``, ``save``,
+``save_as_text_file``) builds the same :class:`JobSpec`
 that ``rainstorm run`` runs (``spec()`` shows it, ``explain()`` its stages)
 and runs it, exactly once, through :func:`rainstorm.apps.execute.execute`:
 by default an embedded Redis and 2 forked local workers; with ``redis_url=``
@@ -37,30 +38,51 @@ Records: lines (str) from ``read_text``; dicts ``{column: str}`` from
 see and must keep pairs, as in Spark's pair RDDs).  Records cross Redis as
 msgpack, so lists come back as tuples.  ``reduce_by_key`` / ``count_by_key``
 on a dataset without ``key_by`` read its records as ``(key, value)`` pairs.
-An aggregate ends the pipeline: collect and go on in Python, or start a new
-Dataset.
+An aggregate ends the pipeline (``distinct``, ``group_by_key`` and ``sort_by``
+are aggregates here too): collect and go on in Python, or start a new
+Dataset.  ``sort_by`` runs two jobs (rainstorm.apps.sorting); part files
+are written by rainstorm.apps.parts.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import heapq
+import itertools
 import json
+import secrets
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import redis
 
 from rainstorm import signing
-from rainstorm.apps.execute import configure, configured, execute, run_key, run_script
-from rainstorm.errors import UsageError
-from rainstorm.spec import JobSpec, parse_spec
+from rainstorm.apps import parts, sorting
+from rainstorm.apps.execute import (
+    configure,
+    configured,
+    execute,
+    run_key,
+    run_report,
+    run_script,
+)
+from rainstorm.coordinator.session import RunReport
+from rainstorm.errors import IncompleteResult, UsageError
+from rainstorm.jobstore import load_job
+from rainstorm.operators import builtins
+from rainstorm.operators.resolve import resolve
+from rainstorm.spec import JobSpec, Settings, parse_spec
+from rainstorm.state import iter_finished
 
 __all__ = ["Dataset", "configure", "configured", "encode_fn", "execute", "importable_ref",
            "run_script"]
 
 Fn = Callable[..., Any] | str
+T = TypeVar("T")
 _AGG_OPS = ("sum", "min", "max")
 
 # callables that equal a built-in operator function (no pickling, no key)
@@ -86,6 +108,22 @@ class _Plan:
     aggregate: bool = False
     name: str = "dataset"
     settings: dict[str, Any] = field(default_factory=dict)
+    ends: str = ""  # the method whose aggregate ends the pipeline (for messages)
+    keys_only: bool = False  # distinct: the records are the aggregate's keys
+    sort: _Sort | None = None  # sort_by: its base is the dataset to sort
+
+
+@dataclass(frozen=True)
+class _Sort:
+    keyfunc: Fn
+    ascending: bool
+    ranges: int | None  # None: settings.state_partitions
+    base: _Plan  # what is sorted: by the workers, or here if it is an aggregate
+
+    @property
+    def here(self) -> bool:
+        """An aggregate's result (or a sorted one) is sorted in this process."""
+        return self.base.aggregate
 
 
 class Dataset:
@@ -129,6 +167,16 @@ class Dataset:
                                                       "delimiter": delimiter}))
 
     @classmethod
+    def read_json(cls, paths: str | Path | Iterable[str | Path], *,
+                  batch_bytes: int | None = None) -> Dataset:
+        """JSON lines: one JSON value per line (objects as dicts, arrays as
+        tuples once they cross Redis), parsed by the built-in ``parse_json``;
+        blank lines are skipped, and a line that is not JSON goes to the
+        dead-letter stream with the reason (the action then raises
+        IncompleteResult, unless ``with_settings(skip_bad_records=True)``)."""
+        return cls.read_text(paths, batch_bytes=batch_bytes)._then(_Op("flat_map", "parse_json"))
+
+    @classmethod
     def from_stream(cls, key: str, field: str | None = "line", *, start: str = "0",
                     batch_records: int | None = None) -> Dataset:
         """The entries of a Redis stream (on the job's Redis): the value of
@@ -156,6 +204,29 @@ class Dataset:
         """``fn(list_of_records) -> iterable``, once per batch (a batch is what
         a worker commits at once, not a fixed partition)."""
         return self._then(_Op("map_partitions", fn, dict(args or {})))
+
+    def sample(self, fraction: float | bool, seed: Any = None, *args: Any) -> Dataset:
+        """Each record with probability ``fraction`` (Bernoulli sampling,
+        without replacement), decided from ``seed`` and the record itself
+        (the built-in ``sample``), so the same seed gives the same sample and
+        a batch run twice (a worker died) keeps the same records.  No seed:
+        one drawn now, kept by this Dataset.  PySpark's
+        ``sample(False, fraction, seed)`` is accepted too."""
+        if isinstance(fraction, bool):  # PySpark: sample(withReplacement, fraction, seed)
+            if fraction:
+                raise UsageError("sample: sampling with replacement is not supported; "
+                                 "use sample(fraction, seed)")
+            if len(args) > 1:
+                raise UsageError("sample: expected sample(False, fraction, seed)")
+            fraction, seed = seed, (args[0] if args else None)
+        elif args:
+            raise UsageError("sample: expected sample(fraction, seed=None)")
+        try:
+            fraction = builtins.check_fraction(fraction)
+            seed = secrets.randbits(63) if seed is None else builtins.check_seed(seed)
+        except ValueError as exc:
+            raise UsageError(f"sample: {exc}") from None
+        return self._then(_Op("map_partitions", "sample", {"fraction": fraction, "seed": seed}))
 
     def key_by(self, fn: Fn, value: Fn | None = None) -> Dataset:
         """``(fn(r), value(r))`` pairs (``value`` default: the record itself)."""
@@ -215,6 +286,44 @@ class Dataset:
             raise UsageError("count_by_value: the records are keyed pairs; use count_by_key")
         return self._then(_Op("count"), aggregate=True)
 
+    def distinct(self, num_partitions: int | None = None) -> Dataset:
+        """The distinct records: computed by the workers as the ``count``
+        aggregate keyed by the record itself; the records are its keys.
+        Lists are keyed (and come back) as tuples; dicts cannot be keys
+        (their records fail, as in PySpark).  ``num_partitions``: its state
+        partitions (``settings.state_partitions``).  Ends the pipeline."""
+        ds = self._partitions("distinct", num_partitions)
+        ds = ds._then(_Op("key_by", "tuplify", {}, "one"), keyed=True)
+        out = ds._then(_Op("count"), aggregate=True)
+        return Dataset(replace(out._p, ends="distinct", keys_only=True))
+
+    def group_by_key(self, num_partitions: int | None = None) -> Dataset:
+        """``(key, [values])`` pairs, the values of a key in no particular
+        order, grouped by the workers (the ``group`` aggregate, as
+        `rainstorm mapreduce`'s shuffle).  Records without a ``key_by`` are
+        read as ``(key, value)`` pairs.  Ends the pipeline."""
+        ds = self._partitions("group_by_key", num_partitions)._pairs()
+        return Dataset(replace(ds._then(_Op("group"), aggregate=True)._p, ends="group_by_key"))
+
+    def sort_by(self, keyfunc: Fn, ascending: bool = True,
+                num_partitions: int | None = None) -> Dataset:
+        """The records sorted by ``keyfunc(record)`` (numbers, strings or
+        tuples of them), by range partitioning as Spark does: a first job
+        samples the keys to cut them into ``num_partitions`` ranges (default
+        ``settings.state_partitions``), a second one groups every record
+        under its range, each batch sorted by the workers; the ranges are
+        then read and merged one at a time, in order (rainstorm.apps.sorting).
+        After an aggregate (whose result is read whole anyway), its collected
+        result is sorted in this process.  Equal keys in no particular
+        order.  Ends the pipeline."""
+        if not (isinstance(keyfunc, str) or callable(keyfunc)):
+            raise UsageError(f"sort_by: expected a key function, got {keyfunc!r}")
+        if not isinstance(ascending, bool):
+            raise UsageError(f"sort_by: ascending must be True or False, got {ascending!r}")
+        _check_partitions("sort_by", num_partitions)
+        srt = _Sort(keyfunc, ascending, num_partitions, self._p)
+        return Dataset(replace(self._p, aggregate=True, ends="sort_by", sort=srt))
+
     def named(self, name: str) -> Dataset:
         """The job's name (job ids are ``<name>-<time>``)."""
         return Dataset(replace(self._p, name=name))
@@ -231,26 +340,48 @@ class Dataset:
 
     def spec(self) -> JobSpec:
         """The JobSpec an action runs (callables encoded; see the module doc)."""
+        if self._p.sort is not None:
+            raise UsageError("spec(): a sort_by runs two jobs (a sample of the keys, then the "
+                             "range shuffle), or sorts an aggregate's result here; explain() "
+                             "shows what runs")
         return self._spec(self._p.ops)
 
     def explain(self, file: Any = None) -> str:
         """The stages, as ``rainstorm explain`` prints them; printed (to
         ``file``, default stdout) and returned."""
+        print(text := "\n".join(self._explained()), file=file or sys.stdout)
+        return text
+
+    def _explained(self) -> list[str]:
         from rainstorm.plan import explain
 
-        text = "\n".join(explain(self.spec()))
-        print(text, file=file or sys.stdout)
-        return text
+        srt = self._p.sort
+        if srt is None:
+            return explain(self.spec())
+        base = self._unsorted()
+        if srt.here:
+            return ["sort_by: in this process, over the collected result of:",
+                    *base._explained()]
+        return ["sort_by: 2 jobs, then the ranges are read in order",
+                *explain(base._spec((*base._p.ops, *_sample_ops(srt)))),
+                *explain(base._spec((*base._p.ops, *_shuffle_ops(srt, [], [0]))))]
 
     # -- actions ------------------------------------------------------------
     def collect(self, **run: Any) -> list[Any]:
-        """Every record (in no particular order), or for an aggregate the
-        ``(key, value)`` pairs."""
+        """Every record (in no particular order, but sorted after
+        ``sort_by``); for an aggregate the ``(key, value)`` pairs (after
+        ``distinct``: the distinct records)."""
+        if self._p.sort is not None:
+            return self._sorted(run, lambda ranges: [r for rng in ranges for r in rng])
         result = self._run("collect", run)
-        return list(result.items()) if isinstance(result, dict) else result
+        if isinstance(result, dict):
+            return list(result) if self._p.keys_only else list(result.items())
+        return result
 
     def count(self, **run: Any) -> int:
         """The number of records (of keys, for an aggregate), counted by the workers."""
+        if self._p.sort is not None:
+            return self._unsorted().count(**run)
         if self._p.aggregate:
             return len(self.collect(**run))
         ops = (*self._p.ops, _Op("key_by", "const", {"value": "n"}, "one"), _Op("count"))
@@ -258,32 +389,101 @@ class Dataset:
         assert isinstance(result, dict)
         return int(sum(result.values()))
 
+    def take(self, n: int, **run: Any) -> list[Any]:
+        """``n`` records (fewer if there are not as many): the first ``n``
+        after ``sort_by`` (reading the sorted ranges stops there), else any
+        ``n`` (not necessarily the first lines of the input).  The job runs
+        to its end: it does not stop early once ``n`` records exist."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UsageError(f"take: expected a number of records >= 0, got {n!r}")
+        self._bounded("take")
+        if n == 0:
+            return []
+        if self._p.sort is not None:
+            return self._sorted(run, lambda ranges: list(
+                itertools.islice(itertools.chain.from_iterable(ranges), n)))
+        return self.collect(**run)[:n]
+
+    def first(self, **run: Any) -> Any:
+        """One record (the first after ``sort_by``); ValueError when there
+        is none, as in PySpark."""
+        got = self.take(1, **run)
+        if not got:
+            raise ValueError("Dataset is empty")
+        return got[0]
+
+    def reduce(self, fn: Fn, **run: Any) -> Any:
+        """All records folded with ``fn(a, b)``, associative and commutative
+        (as in Spark: records are folded in no particular order), by the
+        workers: the ``reduce_by_key`` aggregate under one constant key.
+        After an aggregate (or ``sort_by``), over its collected records, in
+        this process.  ValueError for an empty dataset, as in PySpark."""
+        if (isinstance(fn, str) and ":" not in fn) or not (isinstance(fn, str) or callable(fn)):
+            raise UsageError(f"reduce: expected a function f(a, b) or package.module:function, "
+                             f"got {fn!r}")
+        if self._p.aggregate:
+            if not callable(fn):
+                raise UsageError("reduce: after an aggregate it runs here: give a function")
+            records = self.collect(**run)
+            if not records:
+                raise ValueError("Can not reduce() empty Dataset")
+            return functools.reduce(fn, records)
+        ops = (*self._p.ops, _Op("key_by", "const", {"value": 0}, "identity"),
+               _Op("reduce_by_key", fn))
+        result = self._run("reduce", run, ops)
+        assert isinstance(result, dict)
+        if not result:
+            raise ValueError("Can not reduce() empty Dataset")
+        return next(iter(result.values()))
+
     def top(self, k: int, *, key: Callable[[Any], Any] | None = None,
             **run: Any) -> list[Any]:
         """The ``k`` largest records, largest first (``key`` as in ``sorted``;
         records are compared here, after the job); for an aggregate the ``k``
         ``(key, value)`` pairs with the largest values (``key`` applies to the
         value; ties in no particular order)."""
-        if self._p.aggregate:
+        if self._p.sort is not None:
+            return self._unsorted().top(k, key=key, **run)
+        if self._p.aggregate and not self._p.keys_only:
             items = self.collect(**run)
             return heapq.nlargest(k, items, key=(lambda kv: kv[1]) if key is None
                                   else (lambda kv: key(kv[1])))
         return heapq.nlargest(k, self.collect(**run), key=key)
 
-    def save(self, path: str | Path, **run: Any) -> None:
-        """Write the result atomically (temp file + rename): an aggregate as one
-        JSON object (``{key: value}``, keys as text, by the coordinator's file
-        sink), records as JSON lines."""
-        from rainstorm.coordinator.result import write_atomically
+    def save(self, path: str | Path, *, parts: bool = False, **run: Any) -> None:
+        """Write the result atomically.  ``parts=False``: one file (temp file +
+        rename): an aggregate as one JSON object (``{key: value}``, keys as
+        text, by the coordinator's file sink), records as JSON lines.
+        ``parts=True``: ``path`` is a directory of part files (see
+        :meth:`save_as_text_file`), each line a record as JSON (an
+        aggregate's ``[key, value]``), which ``read_json`` reads back."""
+        if parts:
+            self._save_parts(path, _json_line, run)
+            return
+        from rainstorm.coordinator.result import atomic_file
 
         target = str(Path(path).resolve())
-        if self._p.aggregate:
+        if self._p.sort is not None:
+            with atomic_file(target) as fh:
+                self._sorted(run, lambda ranges: fh.writelines(
+                    _json_line(rec) + "\n" for rng in ranges for rec in rng))
+            return
+        if self._p.aggregate and not self._p.keys_only:
             self._run("save", run, sink={"type": "file", "path": target})
             return
-        records = self._run("save", run)
-        assert isinstance(records, list)
-        write_atomically(target, "".join(json.dumps(rec, ensure_ascii=False, default=repr)
-                                         + "\n" for rec in records))
+        with atomic_file(target) as fh:
+            fh.writelines(_json_line(rec) + "\n" for rec in self.collect(**run))
+
+    def save_as_text_file(self, path: str | Path, **run: Any) -> None:
+        """Spark's saveAsTextFile: the directory ``path`` of part files
+        ``part-00000`` … and ``_SUCCESS``, each line ``str(record)``, written
+        atomically (complete, or not at all).  One part per partition: of the
+        last stage for records (a contiguous slice of the records each, so
+        the parts of a ``sort_by`` are in order), of the state for an
+        aggregate (``settings.state_partitions``, or ``num_partitions=``),
+        read and written one partition at a time.  An existing ``path`` is
+        refused unless it is an earlier such output, which is replaced."""
+        self._save_parts(path, str, run)
 
     def start(self, sink: str | Path | None = None, **run: Any) -> dict[Any, Any] | list[Any]:
         """Run an unbounded dataset (``from_stream``) until it is cancelled
@@ -304,16 +504,109 @@ class Dataset:
         src = self._p.source
         what = src.get("paths") if src.get("type") == "text" else src.get("key")
         ops = " -> ".join(_op_label(o) for o in self._p.ops) or "(source only)"
+        if self._p.sort is not None:
+            ops += f" -> sort_by({_op_label(_Op('', self._p.sort.keyfunc)).strip('()')})"
         return f"<Dataset {src.get('type')} {what!r}: {ops}>"
 
     # -- internals ------------------------------------------------------------
     def _then(self, op: _Op, *, keyed: bool | None = None, aggregate: bool = False) -> Dataset:
-        if self._p.aggregate:
-            raise UsageError(f"{op.op}: the dataset already ends in an aggregate "
-                             "(reduce_by_key/count_by_key); collect() it and go on in Python")
+        self._open(op.op)
         return Dataset(replace(self._p, ops=(*self._p.ops, op),
                                keyed=self._p.keyed if keyed is None else keyed,
-                               aggregate=aggregate))
+                               aggregate=aggregate, ends=""))
+
+    def _open(self, what: str) -> None:
+        """UsageError unless an operator may still follow (no aggregate yet)."""
+        if self._p.aggregate:
+            ends = self._p.ends or "reduce_by_key/count_by_key"
+            raise UsageError(f"{what}: the dataset already ends in an aggregate ({ends}); "
+                             "collect() it and go on in Python")
+
+    def _partitions(self, what: str, n: int | None) -> Dataset:
+        """This dataset with ``n`` state partitions (None: as it is)."""
+        _check_partitions(what, n)
+        self._open(what)
+        return self if n is None else self.with_settings(state_partitions=n)
+
+    def _setting(self, name: str) -> int:
+        """A numeric setting of the spec: as set, else its default."""
+        return int(self._p.settings.get(name, getattr(Settings(), name)))
+
+    def _unsorted(self) -> Dataset:
+        """What ``sort_by`` sorts."""
+        assert self._p.sort is not None
+        return Dataset(self._p.sort.base)
+
+    def _sorted(self, run: dict[str, Any], consume: Callable[[Iterator[list[Any]]], T]) -> T:
+        """Run ``sort_by``'s two jobs; ``consume(ranges)`` gets the sorted
+        ranges, in order, while the second job's Redis still holds them."""
+        srt = self._p.sort
+        assert srt is not None
+        base = self._unsorted()
+        if srt.here:
+            return consume(base._sorted_here(srt, run))
+        sample = base._run("sort_by", run, (*base._p.ops, *_sample_ops(srt)))
+        assert isinstance(sample, list)
+        n = srt.ranges or base._setting("state_partitions")
+        cuts = sorting.boundaries(sample, n)
+        shuffle = Dataset(replace(base._p, settings={**base._p.settings, "state_partitions": n}))
+        ops = (*base._p.ops, *_shuffle_ops(srt, cuts, sorting.range_keys(n)[:len(cuts) + 1]))
+        out: list[T] = []
+
+        def on_result(report: RunReport, r: redis.Redis) -> None:
+            out.append(consume(sorting.ranges(report, r, not srt.ascending)))
+
+        try:
+            shuffle._report("sort_by", run, ops, on_result=on_result)
+        except IncompleteResult as exc:
+            exc.result = out[0] if out else None
+            raise
+        return out[0]
+
+    def _sorted_here(self, srt: _Sort, run: dict[str, Any]) -> Iterator[list[Any]]:
+        """This dataset's collected records sorted here, cut into the ranges
+        of :meth:`_sorted` (``srt.ranges`` contiguous slices)."""
+        fn = srt.keyfunc if callable(srt.keyfunc) else \
+            resolve(srt.keyfunc, {}, ("*",), "sort_by")
+        keyed = [(builtins.tuplify(fn(rec)), rec) for rec in self.collect(**run)]
+        try:
+            keyed.sort(key=_first, reverse=not srt.ascending)
+        except TypeError as exc:
+            raise UsageError(f"sort_by: the sort keys do not compare with each other: {exc}"
+                             ) from None
+        records = [rec for _, rec in keyed]
+        n = srt.ranges or self._setting("state_partitions")
+        return (records[i * len(records) // n:(i + 1) * len(records) // n] for i in range(n))
+
+    def _save_parts(self, path: str | Path, line: Callable[[Any], str],
+                    run: dict[str, Any]) -> None:
+        self._bounded("save")
+        target = parts.check_target(path, "save")
+        if self._p.sort is not None:
+            n = self._p.sort.ranges or self._setting("state_partitions")
+            with parts.part_directory(target, n) as files:
+                self._sorted(run, lambda ranges: files.write_all(map(line, rng)
+                                                                 for rng in ranges))
+            return
+        if self._p.aggregate:
+            keys_only = self._p.keys_only
+
+            def on_result(report: RunReport, r: redis.Redis) -> None:
+                job = load_job(r, report.job_id)
+                files.write_all(map(line, part.keys() if keys_only else part.items())
+                                for part in iter_finished(r, job, ("*",)))
+
+            with parts.part_directory(target, self._setting("state_partitions")) as files:
+                self._report("save", run, self._p.ops, on_result=on_result)
+            return
+        records = self._run("save", run)
+        assert isinstance(records, list)
+        n = next((op.partitions for op in reversed(self._p.ops) if op.op == "repartition"
+                  and op.partitions), None) or self._setting("parallelism")
+        with parts.part_directory(target, n) as files:
+            for i in range(n):
+                files.write(i, map(line, records[i * len(records) // n:
+                                                 (i + 1) * len(records) // n]))
 
     def _pairs(self) -> Dataset:
         """Keyed records: as they are after a key_by, else read as (key, value) pairs."""
@@ -329,19 +622,56 @@ class Dataset:
                            "pipeline": pipeline, "settings": self._p.settings},
                           origin="built by Dataset")
 
-    def _run(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...] | None = None,
-             sink: dict[str, Any] | None = None) -> dict[Any, Any] | list[Any]:
+    def _bounded(self, action: str) -> None:
         if not self.bounded:
             raise UsageError(f"Dataset.{action}(): this dataset reads the "
                              f"{self._p.source.get('type')} {self._p.source.get('key')!r}, "
                              "which never ends; only explain(), spec() and start() apply")
+
+    def _run(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...] | None = None,
+             sink: dict[str, Any] | None = None) -> dict[Any, Any] | list[Any]:
+        self._bounded(action)
         spec = self._spec(self._p.ops if ops is None else ops, run_key(run))
         if sink:
             spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=sink)})
         return execute(spec, raw_keys=sink is None, **run)
 
+    def _report(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...],
+                on_result: Callable[[RunReport, redis.Redis], None]) -> RunReport:
+        """Run ``ops``, reading the result with ``on_result`` (keys not re-read)."""
+        self._bounded(action)
+        return run_report(self._spec(ops, run_key(run)), raw_keys=False, on_result=on_result,
+                          **run)
+
 
 # -- encoding functions ------------------------------------------------------------
+
+def _sample_ops(srt: _Sort) -> tuple[_Op, ...]:
+    """sort_by's first job: a weighted sample of the sort keys."""
+    return (_Op("map", srt.keyfunc),
+            _Op("map_partitions", "range_sample", {"m": sorting.SAMPLE_PER_BATCH}))
+
+
+def _shuffle_ops(srt: _Sort, cuts: list[Any], keys: list[int]) -> tuple[_Op, ...]:
+    """sort_by's second job: every record grouped under its range's key."""
+    return (_Op("key_by", srt.keyfunc),
+            _Op("map", "range_key", {"bounds": cuts, "keys": keys,
+                                     "descending": not srt.ascending}),
+            _Op("group", "sort_group"))
+
+
+def _check_partitions(what: str, n: int | None) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024):
+        raise UsageError(f"{what}: num_partitions must be a number from 1 to 1024, got {n!r}")
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def _json_line(record: Any) -> str:
+    return json.dumps(record, ensure_ascii=False, default=repr)
+
 
 def _encode(op: _Op, n: int, key: bytes | None = None) -> dict[str, Any]:
     where = f"pipeline.{n}"
@@ -349,6 +679,8 @@ def _encode(op: _Op, n: int, key: bytes | None = None) -> dict[str, Any]:
         return {"op": "repartition", "partitions": op.partitions}
     if op.op in ("count", *_AGG_OPS):
         return {"op": op.op}
+    if op.op == "group":
+        return {"op": "group", "combiner": op.fn} if op.fn else {"op": "group"}
     if op.op == "window":
         assert op.fn is not None and op.window is not None
         out_w: dict[str, Any] = {"op": "window",

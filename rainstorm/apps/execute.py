@@ -1,7 +1,7 @@
 """How Dataset actions run: the execution defaults, ``execute`` and
 ``rainstorm run script.py``.
 
-An action (``collect``, ``count``, ``top``, ``save``, ``start``) builds its
+An action (``collect``, ``count``, ``take``, ``save``, ``start`` …) builds its
 JobSpec (rainstorm.apps.dataset) and calls :func:`execute`, which runs it with
 :func:`rainstorm.local.run.run_job` -- by default an embedded Redis and 2
 forked local workers; with ``redis_url=`` (or env ``RAINSTORM_REDIS``) on
@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from rainstorm import signing
 from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, UsageError
@@ -34,7 +36,7 @@ from rainstorm.local.run import RunOptions, run_job, spec_modules
 from rainstorm.spec import JobSpec
 
 __all__ = ["Defaults", "Runner", "configure", "configured", "execute", "last_report",
-           "run_key", "run_script"]
+           "run_key", "run_report", "run_script"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,21 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     """Run a spec to the end: the list of records, or the aggregate, with
     (``raw_keys``) its keys as the operators made them, re-read from Redis,
     rather than as the JSON text of the job's stored result."""
+    report = run_report(spec, redis_url=redis_url, workers=workers, timeout_s=timeout_s,
+                        allow_modules=allow_modules, job_id=job_id, raw_keys=raw_keys)
+    # the user's program asked for the whole result: materialize it
+    return report.result if isinstance(report.result, list) else dict(report.result)
+
+
+def run_report(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
+               timeout_s: float | None = _UNSET, allow_modules: Iterable[str] = (),
+               job_id: str | None = None, raw_keys: bool = True,
+               on_result: Callable[[RunReport, redis.Redis], None] | None = None
+               ) -> RunReport:
+    """:func:`execute`'s run, returning its report.  ``on_result(report, r)``
+    is called while the job's Redis still runs, to read the result from it
+    as it is consumed (a state partition at a time); the report's result is
+    then not read (nor materialized) here."""
     defaults = _defaults.get()
     url = _target_url(redis_url)
     n = defaults.workers if workers is _UNSET else workers
@@ -135,12 +152,11 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     timeout = defaults.timeout_s if timeout_s is _UNSET else timeout_s
     allow = (*defaults.allow_modules, *allow_modules, *spec_modules(spec))
     opts = RunOptions(redis_url=url, workers=n, job_id=job_id, allow_modules=allow,
-                      timeout_s=timeout, raw_keys=raw_keys)
+                      timeout_s=timeout, raw_keys=raw_keys, on_result=on_result)
     report = (defaults.runner or run_job)(spec, opts)
     _last_report.set(report)
     _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
-    # the user's program asked for the whole result: materialize it
-    return report.result if isinstance(report.result, list) else dict(report.result)
+    return report
 
 
 def _check_complete(spec: JobSpec, job_id: str, dead: int, result: Any) -> None:

@@ -8,11 +8,17 @@ line), which the fused chain uses on stage 0 when it is the first operator.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgpack
+
 from rainstorm.operators import csvops
+from rainstorm.operators.chain_errors import Rejected
 
 
 def split_words(line: str) -> list[str]:
@@ -74,6 +80,133 @@ def tab_value(line: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def parse_json(line: str) -> list[Any]:
+    """JSON lines (a flat_map function): a line's JSON value, nothing for a
+    blank line; a line that is not JSON is Rejected (dead-lettered at once,
+    with the reason, never retried)."""
+    if not line.strip():
+        return []
+    try:
+        return [json.loads(line)]
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(f"not JSON: {exc}") from None
+
+
+def sort_group(_key: Any, values: list[Any]) -> list[Any]:
+    """A ``group`` combiner: a key's values, ``(sort key, record)`` pairs,
+    sorted by sort key (so the folded group is a few sorted runs)."""
+    return sorted(values, key=_first)
+
+
+def _first(pair: Any) -> Any:
+    return pair[0]
+
+
+def tuplify(value: Any) -> Any:
+    """Lists (at any depth) as tuples, as values come back from msgpack or
+    JSON, so that they compare with each other."""
+    if isinstance(value, list | tuple):
+        return tuple(tuplify(v) for v in value)
+    return value
+
+
+class Identity:
+    """A record's stable identity, as bytes: a str its UTF-8, anything else
+    its msgpack encoding (lists and tuples alike, as they cross Redis), else
+    its repr -- never Python's salted hash().  One per thread (a Packer)."""
+
+    def __init__(self) -> None:
+        self._packer = msgpack.Packer(use_bin_type=True, default=repr)
+
+    def __call__(self, record: Any) -> bytes:
+        if type(record) is str:
+            return record.encode("utf-8", "surrogatepass")
+        try:
+            return self._packer.pack(record)  # type: ignore[no-any-return]
+        except (ValueError, TypeError, OverflowError):
+            return repr(record).encode("utf-8", "surrogatepass")
+
+
+def check_fraction(fraction: Any) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+            or not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    return float(fraction)
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    return seed
+
+
+def make_sample(fraction: float, seed: int) -> Callable[[list[Any]], list[Any]]:
+    """``sample`` (a map_partitions function): keeps each record with
+    probability ``fraction`` (Bernoulli, without replacement).  The decision
+    is a keyed hash (BLAKE2b, keyed by ``seed``) of the record's identity
+    (:class:`Identity`) and of how many equal records came before it in the
+    batch: it depends on nothing else, so a batch that is run again
+    (retried, stolen from a dead worker) keeps exactly the same records."""
+    threshold = round(check_fraction(fraction) * 2**64)  # keep when hash < threshold
+    salt = hashlib.blake2b(str(check_seed(seed)).encode(), digest_size=32).digest()
+    keyed = hashlib.blake2b(key=salt, digest_size=8)  # copied: keyed once, not per record
+    identity = Identity()
+    first = bytes(8)
+
+    def sample(records: list[Any]) -> list[Any]:
+        seen: dict[bytes, int] = {}
+        out = []
+        for rec in records:
+            ident = identity(rec)
+            n = seen.get(ident, 0)
+            seen[ident] = n + 1
+            h = keyed.copy()
+            h.update((n.to_bytes(8, "big") if n else first) + ident)
+            if int.from_bytes(h.digest(), "big") < threshold:
+                out.append(rec)
+        return out
+
+    return sample
+
+
+def make_range_sample(m: int) -> Callable[[list[Any]], list[Any]]:
+    """``range_sample`` (a map_partitions function over sort keys): at most
+    ``m`` keys of the batch, evenly spaced, each as ``(weight, key)`` where
+    the weights add up to the batch's size (the input of a range
+    partitioner's boundaries, as Spark's RangePartitioner samples)."""
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive integer, got {m!r}")
+
+    def pick(keys: list[Any]) -> list[Any]:
+        n = len(keys)
+        if n <= m:
+            return [(1.0, k) for k in keys]
+        return [(n / m, keys[(2 * i + 1) * n // (2 * m)]) for i in range(m)]
+
+    return pick
+
+
+def make_range_key(bounds: list[Any], keys: list[Any], descending: bool = False
+                   ) -> Callable[[Any], tuple[Any, Any]]:
+    """``range_key`` (a map over ``(sort key, record)`` pairs): the pair
+    keyed by its range, ``keys[i]`` for the i-th of the ranges that
+    ``bounds`` (sorted) cut (``keys`` reversed when ``descending``), with the
+    sort key as a tuple where it was a list."""
+    if not isinstance(bounds, list) or not isinstance(keys, list) \
+            or len(keys) != len(bounds) + 1:
+        raise ValueError("range_key needs bounds (a list) and one key more than bounds")
+    cuts = [tuplify(b) for b in bounds]
+    order = list(reversed(keys)) if descending else list(keys)
+
+    def range_key(pair: Any) -> tuple[Any, Any]:
+        key = pair[0]
+        if type(key) is list or type(key) is tuple:  # (str and numbers: no call)
+            key = tuplify(key)
+        return order[bisect_left(cuts, key)], (key, pair[1])
+
+    return range_key
+
+
 def make_grep(pattern: str) -> Callable[[str], bool]:
     if not isinstance(pattern, str):
         raise TypeError(f"pattern must be a string (a regular expression), got {pattern!r}")
@@ -110,6 +243,9 @@ PLAIN: dict[str, Callable[..., Any]] = {
     "pair_value": pair_value,
     "tab_key": tab_key,
     "tab_value": tab_value,
+    "parse_json": parse_json,
+    "tuplify": tuplify,
+    "sort_group": sort_group,
 }
 FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "grep": make_grep,
@@ -119,6 +255,9 @@ FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "select": csvops.make_select,
     "field": csvops.make_field,
     "equals": csvops.make_equals,
+    "sample": make_sample,
+    "range_sample": make_range_sample,
+    "range_key": make_range_key,
 }
 BLOCK: dict[str, Callable[[str], Iterable[Any]]] = {"split_words": split_words_block}
 

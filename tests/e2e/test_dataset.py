@@ -220,3 +220,17 @@ def test_reduce_function_signed_with_another_key_dead_letters_the_aggregate_stag
     errors = {f[b"error"].decode() for _, f in r.xrange(keys.dlq(job.id))}  # type: ignore[union-attr]
     assert errors == {"operator pipeline.3.combiner: signature check failed "
                       "(RAINSTORM_SECRET differs?)"}
+
+
+# -- the everyday API with worker processes (results read while the server runs) -------
+
+def test_sort_by_and_part_files_with_worker_processes(files: list[Path], tmp_path: Path) -> None:
+    words = words_of(files)
+    ds = text(files).flat_map(str.split)
+    assert ds.sort_by(lambda w: (-len(w), w), num_partitions=3).collect(**RUN) == \
+        sorted(words, key=lambda w: (-len(w), w))
+    out = tmp_path / "counts"
+    ds.count_by_value().with_settings(state_partitions=3).save(out, parts=True, **RUN)
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001", "part-00002"]
+    got = [json.loads(line) for p in out.glob("part-*") for line in p.read_text().splitlines()]
+    assert dict(got) == Counter(words)
