@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 import operator
 import os
 import tempfile
@@ -246,13 +247,37 @@ def dumps(value: Any) -> str:
     cannot hold as its repr).  orjson (~20x faster than json on a big
     aggregate) unless it cannot say the same as json: an int beyond 64 bits,
     a lone surrogate (TypeError), or NaN/infinity, which orjson writes as
-    null (so any null is checked again by json, which writes NaN)."""
+    null (json writes NaN)."""
     try:
         out = orjson.dumps(value, default=repr)
     except TypeError:
-        out = b"null"
-    if b"null" not in out:
-        return out.decode()
+        return _json(value)
+    if b"null" in out and not _finite(value):
+        return _json(value)
+    return out.decode()
+
+
+_NO_FLOATS = {int, str, bool, type(None)}
+
+
+def _finite(value: Any) -> bool:
+    """Holds ``value`` no NaN or infinity (False: perhaps it does)?  At C
+    speed for the flat maps and lists a result is."""
+    values = value.values() if isinstance(value, dict) else value
+    if not isinstance(values, list | tuple | type({}.values())):
+        return False
+    types = set(map(type, values))
+    if types <= _NO_FLOATS:
+        return True
+    if not types <= {int, float}:
+        return False
+    try:
+        return all(map(math.isfinite, values))
+    except OverflowError:
+        return False
+
+
+def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=repr, separators=(",", ":"))
 
 
