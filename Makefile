@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# bytecode, as a wheel install has it (an editable install has none, and
+	# with PYTHONDONTWRITEBYTECODE set every process would compile every module)
+	$(BIN)/python -m compileall -q rainstorm
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,7 +7,11 @@ process too (`rainstorm submit`, output to /dev/null), over the same corpus
 (4 large files).  CPU seconds (user + system) of each process are read from
 /proc/<pid>/stat: the coordinator's when it has exited (before it is
 reaped), the workers' when the job is done, the server's as the difference
-over the run.  serial = (coordinator + server) / total.  The result is
+over the run.  serial = (coordinator + server) / total.  The same job on a
+one-line input gives the fixed cost of a job (the coordinator's interpreter
+start and imports, ~0.8 s here, and the server's share of submitting):
+``serial_fraction_beyond_fixed`` leaves it out of both sides, i.e. the part
+that grows with the input.  The result is
 checked against collections.Counter (`rainstorm result J --json`, not timed).
 
     python experiments/serial_fraction.py [--quick] [--mb 100] [--transport split,bytes]
@@ -129,6 +133,18 @@ def main() -> int:
     paths = corpus("large", mb)
     ref = reference(paths)
     rows = [one_run(paths, t.strip(), ref, args.timeout) for t in args.transport.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:  # the same job on one line: the fixed cost
+        tiny = Path(tmp) / "one.txt"
+        tiny.write_text("one line\n")
+        fixed = [one_run([tiny], r["transport"], reference([tiny]), args.timeout) for r in rows]
+    for row, f in zip(rows, fixed, strict=True):
+        row["fixed_coordinator_cpu_s"], row["fixed_server_cpu_s"] = \
+            f["coordinator_cpu_s"], f["server_cpu_s"]
+        serial = row["coordinator_cpu_s"] + row["server_cpu_s"] - f["coordinator_cpu_s"] \
+            - f["server_cpu_s"]
+        rest = row["total_cpu_s"] - f["coordinator_cpu_s"] - f["server_cpu_s"]
+        row["serial_fraction_beyond_fixed"] = round(serial / rest, 3) if rest > 0 else 0.0
+        row["correct"] = row["correct"] and f["correct"]
     print_rows(rows)
     write_csv(args.out / "serial_fraction.csv", rows)
     return 0 if all(r["correct"] for r in rows) else 1
