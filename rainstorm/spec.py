@@ -311,7 +311,7 @@ class Settings(_Model):
     compact_every: int = Field(
         default=256, ge=2, le=4096,
         description="a state partition's log is folded at this many deltas (or sooner, "
-                    "once its bytes outgrow the folded base)")
+                    "once its bytes reach 4x the folded base)")
     state_partitions: int = Field(
         default=64, ge=1, le=1024,
         description="partitions of a keyed aggregate's state (key groups: folded by "

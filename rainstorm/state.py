@@ -13,13 +13,13 @@ folded part, ``lb`` bytes logged and not yet folded) and the stream
   appends every part to its partition's log in the same FCALL that
   acknowledges the input, so a batch's delta lands whole or not at all.
 * The commit answers which of the partitions it touched are now due for
-  folding -- LSM-like: once a log's bytes outgrow its base (and 64 KiB), or it
+  folding -- LSM-like: once a log's bytes reach FOLD_RATIO (4) x its base (and 64 KiB), or it
   holds ``compact_every`` deltas -- and the worker that committed folds them
   (:func:`fold_due`), each under the short lease ``rs:{job}:compact:s<i>:p<k>``
   (:mod:`rainstorm.lease`) and with a version check inside
   ``rainstorm_compact``, so a folder that dies or races changes nothing.
   Total folding work stays linear in the deltas: a base is rewritten only
-  after as many bytes of deltas as it holds have arrived.
+  after 4x as many bytes of deltas as it holds have arrived.
 * Nobody holds the whole aggregate: readers fold one partition at a time
   (:func:`iter_finished`, :func:`read_key`), and at the end of a batch job
   the coordinator folds every partition's remaining log into its base
