@@ -206,15 +206,15 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     return status
 
 
-def fold_due(r: redis.Redis, job: Job, due: Iterable[lua.Delta], stage: int, agg: Aggregator,
+def fold_due(r: redis.Redis, job: Job, due: Iterable[int], stage: int, agg: Aggregator,
              holder: str, closer: Closer | None = None) -> int:
-    """Fold the partitions a commit reported due, each under its lease (one
-    another folder holds is left to it); ``agg``: the worker's own
-    aggregator (its functions resolved under the worker's allowlist).
-    Returns how many were folded."""
+    """Fold the partitions ``due`` (indices: those a commit reported due),
+    each under its lease (one another folder holds is left to it); ``agg``:
+    the worker's own aggregator (its functions resolved under the worker's
+    allowlist).  Returns how many were folded."""
     done = 0
-    for d in due:
-        part = Part(job.id, stage, d.partition)
+    for index in due:
+        part = Part(job.id, stage, index)
         lease = Lease(r, part.lease, holder)
         if not lease.acquire():
             continue
@@ -240,8 +240,7 @@ def fold_lagging(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: 
         pipe.xlen(keys.state_log(job.id, stage, p))
     lengths = pipe.execute()
     start = random.randrange(n)  # workers folding at once start apart
-    due = [lua.Delta("", "", b"", p) for p in [*range(start, n), *range(start)]
-           if lengths[p]]
+    due = [p for p in [*range(start, n), *range(start)] if lengths[p]]
     return fold_due(r, job, due, stage, agg, holder, closer)
 
 

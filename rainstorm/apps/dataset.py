@@ -73,7 +73,7 @@ from rainstorm.apps.execute import (
 from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, UsageError
 from rainstorm.jobstore import load_job
-from rainstorm.operators import builtins
+from rainstorm.operators import builtins, lookup
 from rainstorm.operators.resolve import resolve
 from rainstorm.spec import JobSpec, Settings, parse_spec
 from rainstorm.state import iter_finished
@@ -227,6 +227,29 @@ class Dataset:
         except ValueError as exc:
             raise UsageError(f"sample: {exc}") from None
         return self._then(_Op("map_partitions", "sample", {"fraction": fraction, "seed": seed}))
+
+    def lookup(self, table: str | Path, *, key: str, on: str | None = None,
+               how: str = "inner", format: str | None = None,  # noqa: A002
+               delimiter: str = ",") -> Dataset:
+        """A stream-table (enrichment) join: ``(record, row)`` for each row
+        of the table file whose column ``key`` equals the record's key (its
+        field ``on``, or the first element of a pair), compared as text;
+        ``how="left"`` keeps records without a row as ``(record, None)``.
+        The table (CSV with a header, or JSON lines: ``format="jsonl"``) is
+        read whole by every worker, up to 256 MiB; it must not change while
+        the job runs (workers refuse a changed file).  Works on streams
+        too (Flink's lookup join).  See rainstorm.operators.lookup."""
+        args: dict[str, Any] = {"path": str(table), "key": key, "how": how,
+                                "delimiter": delimiter}
+        if on is not None:
+            args["field"] = on
+        if format is not None:
+            args["format"] = format
+        try:
+            lookup.make_lookup(**lookup.stamp(args))  # one-line errors now, not on a worker
+        except ValueError as exc:
+            raise UsageError(f"lookup: {exc}") from None
+        return self._then(_Op("flat_map", "lookup", args), keyed=False)
 
     def key_by(self, fn: Fn, value: Fn | None = None) -> Dataset:
         """``(fn(r), value(r))`` pairs (``value`` default: the record itself)."""

@@ -31,9 +31,10 @@ from rainstorm.coordinator.result import Result
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
+from rainstorm.operators import lookup
 from rainstorm.sources.inputs import Input, resolve_inputs
 from rainstorm.sources.splits import resolve_transport
-from rainstorm.spec import JobSpec
+from rainstorm.spec import JobSpec, RecordOp
 from rainstorm.state import read_state
 
 
@@ -58,12 +59,27 @@ def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None =
         spec = resolve_transport(spec, shared_fs, files)
     if spec.sink.type == "file" and spec.sink.path:
         check_writable(spec.sink.path, "sink.path")
+    spec = stamp_tables(spec)
     job = Job.build(job_id or new_job_id(spec), spec)
     validate(job)
     if not allow_exec and (where := runs_executables(job)):
         raise UsageError(f"{where[0]}: this job runs external programs; pass --allow-exec "
                          "to let its workers run them")
     return job, files
+
+
+def stamp_tables(spec: JobSpec) -> JobSpec:
+    """Every ``lookup`` table's size and mtime recorded in its args (a worker
+    whose file differs refuses the job); UsageError when one cannot be read."""
+    pipeline = list(spec.pipeline)
+    for n, op in enumerate(pipeline):
+        if isinstance(op, RecordOp) and op.fn == "lookup":
+            try:
+                args = lookup.stamp(op.args)
+            except ValueError as exc:
+                raise UsageError(f"pipeline.{n}.args: {exc}") from None
+            pipeline[n] = op.model_copy(update={"args": args})
+    return spec.model_copy(update={"pipeline": pipeline}) if pipeline != spec.pipeline else spec
 
 
 @dataclass

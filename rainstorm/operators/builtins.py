@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from rainstorm.operators import csvops
+from rainstorm.operators import csvops, lookup
 from rainstorm.operators.chain_errors import Rejected
 
 
@@ -258,6 +258,7 @@ FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "sample": make_sample,
     "range_sample": make_range_sample,
     "range_key": make_range_key,
+    "lookup": lookup.make_lookup,
 }
 BLOCK: dict[str, Callable[[str], Iterable[Any]]] = {"split_words": split_words_block}
 

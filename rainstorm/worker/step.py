@@ -311,8 +311,8 @@ class Step:
             b.act.unfolded.add(b.stage)
             sweeper = self._sweeper(b)
             if res.due:
-                fold_due(self.r, b.job, res.due, b.stage, b.runner.agg, self.lease_holder,
-                         sweeper.closer if sweeper else None)
+                fold_due(self.r, b.job, [d.partition for d in res.due], b.stage,
+                         b.runner.agg, self.lease_holder, sweeper.closer if sweeper else None)
             if sweeper:
                 sweeper.maybe_sweep()
 

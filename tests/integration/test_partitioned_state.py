@@ -307,8 +307,7 @@ def test_a_folder_killed_holding_the_lease_changes_nothing_and_is_taken_over(
     holder = (r.get(part.lease) or b"").decode()
     assert holder.startswith("worker:") and f":{child.pid}:" in holder
     assert 0 < r.pttl(part.lease) <= LEASE_MS
-    due = [lua.Delta(part.base, part.log, b"", 3)]
-    wait_for(lambda: state.fold_due(r, run.job, due, 0, run.agg, holder_id("worker")) == 1,
+    wait_for(lambda: state.fold_due(r, run.job, [3], 0, run.agg, holder_id("worker")) == 1,
              LEASE_MS / 1000, "another folder to take the lease over and fold")
     assert time.monotonic() - killed_at < LEASE_MS / 1000  # within the dead one's TTL
     assert r.get(part.lease) is None  # released by the new folder
