@@ -239,10 +239,11 @@ def _cogrouped(record: Any) -> tuple[Any, Any, Any]:
 
 
 def check_pair(record: Any) -> Any:
-    """A join's side: the record itself if it is a ``(key, value)`` pair."""
+    """A join's side: a ``(key, value)`` pair, its key's lists as tuples
+    (a JSON array key, hashable as it comes back from Redis)."""
     if not (isinstance(record, list | tuple) and len(record) == 2):
         raise Rejected(f"a join's side must hold (key, value) pairs, got {str(record)[:80]!r}")
-    return record
+    return tuplify(record[0]), record[1]
 
 
 def cogroup(record: Any) -> tuple[Any, tuple[list[Any], list[Any]]]:
