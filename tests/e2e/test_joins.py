@@ -79,3 +79,15 @@ def test_worker_killed_during_the_join(tmp_path: Path, url: str, r: redis.Redis)
     # the sides are gone, the join job is done
     left_over = sorted(j.decode() for j in r.smembers(keys.JOBS))
     assert len(left_over) == 1 and left_over[0].startswith("joined-")
+
+
+def test_join_on_an_embedded_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Redis given: the three jobs share one embedded server started for
+    the action (each job alone would start its own); inline functions are
+    signed with this process's key, as for any action on an embedded server."""
+    monkeypatch.delenv("RAINSTORM_REDIS", raising=False)
+    monkeypatch.delenv("RAINSTORM_SECRET", raising=False)
+    monkeypatch.delenv("RAINSTORM_SECRET_FILE", raising=False)
+    a = _pairs(tmp_path / "a.jsonl", [(1, "x"), (2, "y"), (2, "z")])
+    b = _pairs(tmp_path / "b.jsonl", [(2, "u"), (3, "v")]).map(lambda kv: (kv[0], kv[1] * 2))
+    assert sorted(a.join(b, 2).collect(workers=1)) == [(2, ("y", "uu")), (2, ("z", "uu"))]
