@@ -121,10 +121,20 @@ class StateSource(_Model):
     partitions (that job's sink ``keep``), one stage-0 entry per partition.
     A worker reads its partition directly from Redis and feeds its groups,
     sorted by key, as records ``[partition, key, value]`` -- the reduce
-    phase of `rainstorm mapreduce`, reading the map phase's shuffle."""
+    phase of `rainstorm mapreduce`, reading the map phase's shuffle.
+
+    With ``other``: a keyed join.  ``job`` and ``other`` both grouped their
+    ``(key, value)`` records with the ``group`` aggregate into the same
+    number of state partitions (so partition p of each holds the same keys:
+    they are co-partitioned); an entry names partition p of both, and a
+    worker feeds one record per key of either, ``[key, [values of job,
+    values of other]]`` (the cogroup), keys sorted."""
 
     type: Literal["state"]
     job: str = Field(pattern=JOB_ID_PATTERN, description="the job whose state is read")
+    other: str | None = Field(default=None, pattern=JOB_ID_PATTERN,
+                              description="a join: the second job, read partition by "
+                              "partition with job's (both group aggregates, kept)")
 
 
 def _source_type(value: Any) -> str:

@@ -182,7 +182,9 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:
     finally:
         for w in crew:
             w.close()
-        if options.redis_url is None:  # the kit's own server: leave nothing behind
+        # the kit's own server: leave nothing behind, but a job that keeps its
+        # state for the next (a join's side: the join deletes it)
+        if options.redis_url is None and job.spec.sink.type != "keep":
             _forget(r, job.id)
         r.close()
     if failed:

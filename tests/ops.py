@@ -72,3 +72,9 @@ def slow_user(record: dict[str, str]) -> str:
     """A key function: record['user'], slowly (RAINSTORM_TEST_SLOW_MS per record, default 2)."""
     time.sleep(float(os.environ.get("RAINSTORM_TEST_SLOW_MS", "2")) / 1000)
     return record["user"]
+
+
+def slow_pair(record: tuple[object, object]) -> tuple[object, object]:
+    """The record, slowly: RAINSTORM_TEST_SLOW_MS per record (default 2)."""
+    time.sleep(float(os.environ.get("RAINSTORM_TEST_SLOW_MS", "2")) / 1000)
+    return record

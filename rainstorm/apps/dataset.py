@@ -41,7 +41,11 @@ on a dataset without ``key_by`` read its records as ``(key, value)`` pairs.
 An aggregate ends the pipeline (``distinct``, ``group_by_key`` and ``sort_by``
 are aggregates here too): collect and go on in Python, or start a new
 Dataset.  ``sort_by`` runs two jobs (rainstorm.apps.sorting); part files
-are written by rainstorm.apps.parts.
+are written by rainstorm.apps.parts.  A join (``join``, ``left_outer_join``,
+``right_outer_join``, ``full_outer_join``, ``cogroup``) runs three jobs on
+one Redis: each side grouped by key into the same state partitions, then
+a job reading partition p of both (a ``state`` source with ``other``); see
+docs/python-api.md.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import json
 import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,15 +71,20 @@ from rainstorm.apps.execute import (
     configure,
     configured,
     execute,
+    one_server,
     run_key,
     run_report,
     run_script,
 )
+from rainstorm.connection import connect
+from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import RunReport
-from rainstorm.errors import IncompleteResult, UsageError
+from rainstorm.errors import IncompleteResult, RainstormError, UsageError
 from rainstorm.jobstore import load_job
+from rainstorm.monitor.deadletters import dead_letters
 from rainstorm.operators import builtins, lookup
 from rainstorm.operators.resolve import resolve
+from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import JobSpec, Settings, parse_spec
 from rainstorm.state import iter_finished
 
@@ -84,6 +94,9 @@ __all__ = ["Dataset", "configure", "configured", "encode_fn", "execute", "import
 Fn = Callable[..., Any] | str
 T = TypeVar("T")
 _AGG_OPS = ("sum", "min", "max")
+# join method -> the operator over the cogroup records (builtins of the same name)
+_JOINS = {"join": "flat_map", "left_outer_join": "flat_map", "right_outer_join": "flat_map",
+          "full_outer_join": "flat_map", "cogroup": "map"}
 
 # callables that equal a built-in operator function (no pickling, no key)
 _EQUIV: dict[Any, str] = {str.split: "split_words", str.lower: "lower", str.upper: "upper",
@@ -111,7 +124,15 @@ class _Plan:
     ends: str = ""  # the method whose aggregate ends the pipeline (for messages)
     keys_only: bool = False  # distinct: the records are the aggregate's keys
     sort: _Sort | None = None  # sort_by: its base is the dataset to sort
+    join: _Join | None = None  # a join: its source reads the state of its two sides
 
+
+@dataclass(frozen=True)
+class _Join:
+    how: str  # join, left_outer_join, right_outer_join, full_outer_join, cogroup
+    left: _Plan
+    right: _Plan
+    partitions: int  # state partitions of both sides
 
 @dataclass(frozen=True)
 class _Sort:
@@ -347,6 +368,86 @@ class Dataset:
         srt = _Sort(keyfunc, ascending, num_partitions, self._p)
         return Dataset(replace(self._p, aggregate=True, ends="sort_by", sort=srt))
 
+    # -- joins ----------------------------------------------------------------
+    def join(self, other: Dataset, num_partitions: int | None = None) -> Dataset:
+        """PySpark's ``join`` of two ``(key, value)`` datasets (the inner
+        join): ``(key, (va, vb))`` for every pair of values with equal keys,
+        so a key present n times here and m times there gives n * m records.
+        Three jobs run on one Redis: each side grouped by key (``group``)
+        into ``num_partitions`` state partitions (default: the sides'
+        ``state_partitions``), then a job reading partition p of both sides
+        at once; the sides' jobs are deleted after it.  A transformation, not
+        an action: map, filter, aggregate or collect the result.  Limits:
+        docs/python-api.md."""
+        return self._join(other, "join", num_partitions)
+
+    def left_outer_join(self, other: Dataset, num_partitions: int | None = None) -> Dataset:
+        """:meth:`join`, plus ``(key, (va, None))`` for each value of a key
+        that ``other`` does not have."""
+        return self._join(other, "left_outer_join", num_partitions)
+
+    def right_outer_join(self, other: Dataset, num_partitions: int | None = None) -> Dataset:
+        """:meth:`join`, plus ``(key, (None, vb))`` for each value of a key
+        that this dataset does not have."""
+        return self._join(other, "right_outer_join", num_partitions)
+
+    def full_outer_join(self, other: Dataset, num_partitions: int | None = None) -> Dataset:
+        """Both outer joins: a key on one side only pairs with None."""
+        return self._join(other, "full_outer_join", num_partitions)
+
+    def cogroup(self, other: Dataset, num_partitions: int | None = None) -> Dataset:
+        """PySpark's ``cogroup``: ``(key, (values here, values there))`` for
+        every key of either side (values in no particular order; collected,
+        lists come back as tuples)."""
+        return self._join(other, "cogroup", num_partitions)
+
+    def _join(self, other: Any, how: str, n: int | None) -> Dataset:
+        if not isinstance(other, Dataset):
+            raise UsageError(f"{how}: expected a Dataset to join with, got "
+                             f"{type(other).__name__}")
+        _check_partitions(how, n)
+        for side, ds in (("this dataset", self), ("the other dataset", other)):
+            ds._joinable(how, side)
+        given = {int(ds._setting("state_partitions")) for ds in (self, other)
+                 if "state_partitions" in ds._p.settings}
+        if n is None and len(given) > 1:
+            raise UsageError(f"{how}: the two sides have different state_partitions "
+                             f"({self._p.settings.get('state_partitions')} and "
+                             f"{other._p.settings.get('state_partitions')}); give "
+                             "num_partitions=N for both")
+        parts = n or (given.pop() if given else Settings().state_partitions)
+        source = {"type": "state", "job": "join-left", "other": "join-right"}  # until they run
+        return Dataset(_Plan(source, (_Op(_JOINS[how], how),), name=self._p.name,
+                             settings={"batch_entries": 1},
+                             join=_Join(how, self._p, other._p, parts)))
+
+    def _joinable(self, how: str, side: str) -> None:
+        """UsageError unless this dataset can be a side of a join."""
+        if not self.bounded:
+            raise UsageError(f"{how}: {side} reads the {self._p.source.get('type')} "
+                             f"{self._p.source.get('key')!r}, which never ends; only bounded "
+                             "datasets join")
+        if self._p.aggregate:
+            ends = self._p.ends or "an aggregate (reduce_by_key/count_by_key)"
+            raise UsageError(f"{how}: {side} ends in {ends}; a join reads (key, value) "
+                             "records: collect() it and join in Python, or join before it")
+        if not self._p.ops and self._p.source.get("type") == "text":
+            raise UsageError(f"{how}: {side} holds lines of text, not (key, value) pairs; "
+                             "key_by() or map() them to pairs first")
+
+    def _side_job(self, how: str, n: int, run: dict[str, Any], key: bytes | None) -> str:
+        """Run this side of a join: its pairs grouped by key into ``n`` state
+        partitions, kept in Redis; the job's id.  A record that is not a
+        pair fails it with one line naming it."""
+        ds = self if self._p.keyed else self._then(_Op("map", "check_pair"))
+        grouped = ds.group_by_key(n)
+        try:
+            report = grouped._launch(how, run, grouped._p.ops, key=key, raw_keys=False,
+                                     on_result=_ignore, sink={"type": "keep"})
+        except IncompleteResult as exc:
+            raise UsageError(f"{how}: a side failed: {_first_error(exc, run)}") from None
+        return report.job_id
+
     def named(self, name: str) -> Dataset:
         """The job's name (job ids are ``<name>-<time>``)."""
         return Dataset(replace(self._p, name=name))
@@ -359,10 +460,13 @@ class Dataset:
     # -- the spec -------------------------------------------------------------
     @property
     def bounded(self) -> bool:
-        return bool(self._p.source.get("type") == "text")
+        return self._p.source.get("type") in ("text", "state")
 
     def spec(self) -> JobSpec:
         """The JobSpec an action runs (callables encoded; see the module doc)."""
+        if self._p.join is not None:
+            raise UsageError(f"spec(): a {self._p.join.how} runs three jobs (one per side, "
+                             "then the join); explain() shows what runs")
         if self._p.sort is not None:
             raise UsageError("spec(): a sort_by runs two jobs (a sample of the keys, then the "
                              "range shuffle), or sorts an aggregate's result here; explain() "
@@ -379,6 +483,14 @@ class Dataset:
         from rainstorm.plan import explain
 
         srt = self._p.sort
+        jn = self._p.join
+        if srt is None and jn is not None:
+            lines = [f"{jn.how}: 3 jobs on one Redis: each side grouped by key into "
+                     f"{jn.partitions} state partitions, then partition p of both read at once"]
+            for name, side in (("left", jn.left), ("right", jn.right)):
+                lines += [f"{name} side (sink keep):",
+                          *Dataset(side).group_by_key(jn.partitions)._explained()]
+            return [*lines, "the join:", *explain(self._spec(self._p.ops))]
         if srt is None:
             return explain(self.spec())
         base = self._unsorted()
@@ -637,13 +749,17 @@ class Dataset:
             return self
         return self._then(_Op("key_by", "pair_key", {}, "pair_value"), keyed=True)
 
-    def _spec(self, ops: tuple[_Op, ...], key: bytes | None = None) -> JobSpec:
+    def _spec(self, ops: tuple[_Op, ...], key: bytes | None = None,
+              source: dict[str, Any] | None = None,
+              sink: dict[str, Any] | None = None) -> JobSpec:
         if not ops:
             ops = (_Op("map", "identity"),)  # a spec needs one operator
         pipeline = [_encode(op, n, key) for n, op in enumerate(ops)]
-        return parse_spec({"name": self._p.name, "source": self._p.source,
-                           "pipeline": pipeline, "settings": self._p.settings},
-                          origin="built by Dataset")
+        data = {"name": self._p.name, "source": source or self._p.source,
+                "pipeline": pipeline, "settings": self._p.settings}
+        if sink:
+            data["sink"] = sink
+        return parse_spec(data, origin="built by Dataset")
 
     def _bounded(self, action: str) -> None:
         if not self.bounded:
@@ -653,18 +769,92 @@ class Dataset:
 
     def _run(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...] | None = None,
              sink: dict[str, Any] | None = None) -> dict[Any, Any] | list[Any]:
-        self._bounded(action)
-        spec = self._spec(self._p.ops if ops is None else ops, run_key(run))
-        if sink:
-            spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=sink)})
-        return execute(spec, raw_keys=sink is None, **run)
+        ops = self._p.ops if ops is None else ops
+        if self._p.join is None:
+            self._bounded(action)
+            spec = self._spec(ops, run_key(run), sink=sink)
+            return execute(spec, raw_keys=sink is None, **run)
+        report = self._launch(action, run, ops, raw_keys=sink is None, sink=sink)
+        # (as execute does) the user's program asked for the whole result
+        return report.result if isinstance(report.result, list) else dict(report.result)
 
     def _report(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...],
                 on_result: Callable[[RunReport, redis.Redis], None]) -> RunReport:
         """Run ``ops``, reading the result with ``on_result`` (keys not re-read)."""
+        return self._launch(action, run, ops, raw_keys=False, on_result=on_result)
+
+    def _launch(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...], *,
+                raw_keys: bool, key: bytes | None = None,
+                on_result: Callable[[RunReport, redis.Redis], None] | None = None,
+                sink: dict[str, Any] | None = None) -> RunReport:
+        """Run ``ops`` over this dataset's source; a join's on one Redis
+        after its two sides ran (:meth:`_side_job`), whose jobs are deleted
+        once it is done (or failed).  ``key``: what inline functions are
+        signed with (default: :func:`run_key` of ``run``)."""
         self._bounded(action)
-        return run_report(self._spec(ops, run_key(run)), raw_keys=False, on_result=on_result,
-                          **run)
+        jn = self._p.join
+        if jn is None:
+            spec = self._spec(ops, run_key(run) if key is None else key, sink=sink)
+            return run_report(spec, raw_keys=raw_keys, on_result=on_result, **run)
+        with one_server(run) as run:
+            key = run_key(run) if key is None else key
+            sides: list[str] = []
+            try:
+                for side in (jn.left, jn.right):
+                    sides.append(Dataset(side)._side_job(jn.how, jn.partitions, run, key))
+                source = {"type": "state", "job": sides[0], "other": sides[1]}
+
+                def finish(report: RunReport, r: redis.Redis) -> None:
+                    if on_result is not None:
+                        on_result(report, r)
+                    else:  # before its server (or the sides' state) may go
+                        report.result = materialized(report.result)
+                    _drop_jobs(r, sides)
+                    sides.clear()
+
+                return run_report(self._spec(ops, key, source, sink), raw_keys=raw_keys,
+                                  on_result=finish, **run)
+            finally:
+                if sides and run.get("redis_url"):  # the join failed: drop what it left
+                    with _client(run["redis_url"]) as r:
+                        _drop_jobs(r, sides)
+
+
+def _ignore(_report: RunReport, _r: redis.Redis) -> None:
+    """An ``on_result`` that reads nothing (a join's side keeps its state)."""
+
+
+def _drop_jobs(r: redis.Redis, job_ids: list[str]) -> None:
+    """Delete jobs a join no longer needs (best effort: cleanup must not
+    hide the join's own error)."""
+    for job_id in job_ids:
+        try:
+            kill_job(r, job_id)
+        except (redis.RedisError, RainstormError):
+            pass
+
+
+@contextmanager
+def _client(url: str) -> Iterator[redis.Redis]:
+    r = connect(url)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _first_error(exc: IncompleteResult, run: dict[str, Any]) -> str:
+    """What failed a join's side: its first dead letter's error."""
+    first = getattr(exc, "first_error", None)  # rainstorm.testing's OperatorFailed
+    if isinstance(first, str):
+        return first
+    url = run.get("redis_url")
+    if url:
+        with _client(url) as r:
+            rows = dead_letters(r, exc.job_id, count=1, newest_first=False)
+        if rows:
+            return f"{rows[0].error} (record {str(rows[0].record)[:80]})"
+    return str(exc)
 
 
 # -- encoding functions ------------------------------------------------------------

@@ -32,11 +32,11 @@ import redis
 from rainstorm import signing
 from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, UsageError
-from rainstorm.local.run import RunOptions, run_job, spec_modules
+from rainstorm.local.run import LocalRun, RunOptions, run_job, spec_modules
 from rainstorm.spec import JobSpec
 
 __all__ = ["Defaults", "Runner", "configure", "configured", "execute", "last_report",
-           "run_key", "run_report", "run_script"]
+           "one_server", "run_key", "run_report", "run_script"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Defaults:
 _NONE_SET = Defaults()  # frozen: safe to share as the ContextVar's default
 _defaults: ContextVar[Defaults] = ContextVar("rainstorm_dataset_defaults", default=_NONE_SET)
 _last_report: ContextVar[RunReport | None] = ContextVar("rainstorm_last_report", default=None)
+# the embedded server of a one_server block (its workers are children of this process)
+_own_url: ContextVar[str | None] = ContextVar("rainstorm_own_server", default=None)
 
 
 def _changed(redis_url: Any, workers: Any, timeout_s: Any, allow_modules: Any,
@@ -116,7 +118,29 @@ def run_key(run: dict[str, Any]) -> bytes | None:
     RAINSTORM_SECRET, required).  ``run``: the action's keyword arguments."""
     if _defaults.get().runner is not None:  # e.g. rainstorm.testing: the workers are ours
         return signing.local_key()
-    return signing.local_key() if _target_url(run.get("redis_url", _UNSET)) is None else None
+    url = _target_url(run.get("redis_url", _UNSET))
+    return signing.local_key() if url is None or url == _own_url.get() else None
+
+
+@contextmanager
+def one_server(run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The keyword arguments for several jobs of one action that must run on
+    one Redis (a join: its two sides, then the join reading their state).
+    Where each job would start its own embedded server, one is started for
+    the block and ``redis_url`` names it (its jobs' local workers are still
+    children of this process: :func:`run_key` signs with the local key);
+    otherwise ``run`` as it is (a given Redis, or a runner's)."""
+    n = _defaults.get().workers if run.get("workers", _UNSET) is _UNSET else run["workers"]
+    if _defaults.get().runner is not None or _target_url(run.get("redis_url", _UNSET)) \
+            is not None or n == 0:
+        yield run
+        return
+    with LocalRun(RunOptions()) as env:
+        token = _own_url.set(env.url)
+        try:
+            yield {**run, "redis_url": env.url}
+        finally:
+            _own_url.reset(token)
 
 
 def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | None = _UNSET,

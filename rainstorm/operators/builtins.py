@@ -228,6 +228,54 @@ def make_const(value: Any) -> Callable[[Any], Any]:
     return lambda _record: value
 
 
+# -- keyed joins: over a join source's cogroup records (key, (values_a, values_b))
+def _cogrouped(record: Any) -> tuple[Any, Any, Any]:
+    try:
+        key, (a, b) = record
+    except (TypeError, ValueError):
+        raise Rejected("a join expects (key, (values, values)) records from a join source "
+                       f"(source.other), got {str(record)[:80]}") from None
+    return key, a, b
+
+
+def check_pair(record: Any) -> Any:
+    """A join's side: a ``(key, value)`` pair, its key's lists as tuples
+    (a JSON array key, hashable as it comes back from Redis)."""
+    if not (isinstance(record, list | tuple) and len(record) == 2):
+        raise Rejected(f"a join's side must hold (key, value) pairs, got {str(record)[:80]!r}")
+    return tuplify(record[0]), record[1]
+
+
+def cogroup(record: Any) -> tuple[Any, tuple[list[Any], list[Any]]]:
+    """PySpark's cogroup: ``(key, ([values of a], [values of b]))``."""
+    key, a, b = _cogrouped(record)
+    return key, (list(a), list(b))
+
+
+def join(record: Any) -> list[tuple[Any, tuple[Any, Any]]]:
+    """The inner join (a flat_map): ``(key, (va, vb))`` for every pair."""
+    key, a, b = _cogrouped(record)
+    return [(key, (x, y)) for x in a for y in b]
+
+
+def left_outer_join(record: Any) -> list[tuple[Any, tuple[Any, Any]]]:
+    """Also ``(key, (va, None))`` for a key only in a."""
+    key, a, b = _cogrouped(record)
+    return [(key, (x, y)) for x in a for y in (b or [None])]
+
+
+def right_outer_join(record: Any) -> list[tuple[Any, tuple[Any, Any]]]:
+    """Also ``(key, (None, vb))`` for a key only in b."""
+    key, a, b = _cogrouped(record)
+    return [(key, (x, y)) for x in (a or [None]) for y in b]
+
+
+def full_outer_join(record: Any) -> list[tuple[Any, tuple[Any, Any]]]:
+    """Both outer sides: a key in only one of them pairs with None."""
+    key, a, b = _cogrouped(record)
+    return [(key, (x, y)) for x in (a or [None]) for y in (b or [None])]
+
+
 # name -> (plain function, or factory taking the spec's args)
 PLAIN: dict[str, Callable[..., Any]] = {
     "split_words": split_words,
@@ -246,6 +294,12 @@ PLAIN: dict[str, Callable[..., Any]] = {
     "parse_json": parse_json,
     "tuplify": tuplify,
     "sort_group": sort_group,
+    "check_pair": check_pair,
+    "cogroup": cogroup,
+    "join": join,
+    "left_outer_join": left_outer_join,
+    "right_outer_join": right_outer_join,
+    "full_outer_join": full_outer_join,
 }
 FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "grep": make_grep,

@@ -25,6 +25,7 @@ from rainstorm.connection import REDIS_DOWN
 from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
 from rainstorm.signing import SignatureError
+from rainstorm.sources.state_source import read_cogroup
 from rainstorm.state import read_part
 from rainstorm.worker.admit import Admission, admit
 from rainstorm.worker.batch import StageRunner
@@ -132,10 +133,13 @@ class JobTable:
         self.active[job_id] = ActiveJob(job, runners, dead_stages=dead_stages)
 
     def _state_reader(self, job: Job) -> Callable[[Any], list[Any]] | None:
-        """A state source's partitions are read from the source job's keys."""
+        """A state source's partitions are read from the source job's keys
+        (a join's from both jobs' keys)."""
         src = job.spec.source
         if src.type != "state":
             return None
+        if src.other is not None:
+            return functools.partial(read_cogroup, self.r, src.job, src.other)
         return functools.partial(read_part, self.r, src.job)
 
     def _inputs(self, job_id: str) -> list[Any]:
