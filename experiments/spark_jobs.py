@@ -3,6 +3,7 @@
     python spark_jobs.py app2 SIGNS.csv POST OUT.json
     python spark_jobs.py wordcount DIR OUT.json
     python spark_jobs.py mr-words|mr-urls INPUT OUTDIR OUT.json
+    python spark_jobs.py join ORDERS.csv CUSTOMERS.csv OUT.json
 
 Writes {"seconds": job time without session start-up, "startup_s": ..., "result": {...}}.
 The mr-* jobs (keys_grow.py) write Hadoop-style part files into OUTDIR instead
@@ -51,6 +52,19 @@ def main() -> None:
             return [f[5]] if len(f) == 8 and f[4] == post and f[0] != "X" else []
 
         result = dict(spark.sparkContext.textFile(path).flatMap(category).countByValue())
+    elif job == "join":
+        # DataFrame API (join_tables.py): orders JOIN customers ON customer_id = id,
+        # the sum of amount per country; columns read as strings, as sqlite3 and
+        # rainstorm see them, amount cast to a long
+        from pyspark.sql import functions as f
+
+        orders_path, customers_path, out = sys.argv[2:5]
+        orders = spark.read.csv(orders_path, header=True)
+        customers = spark.read.csv(customers_path, header=True)
+        rows = (orders.join(customers, orders.customer_id == customers.id)
+                .groupBy("country").agg(f.sum(orders.amount.cast("long")).alias("s"))
+                .collect())
+        result = {r["country"]: int(r["s"]) for r in rows}
     elif job in ("mr-words", "mr-urls"):
         path, outdir, out = sys.argv[2:5]
         lines = spark.sparkContext.textFile(path)

@@ -176,7 +176,8 @@ def run_report(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | 
     timeout = defaults.timeout_s if timeout_s is _UNSET else timeout_s
     allow = (*defaults.allow_modules, *allow_modules, *spec_modules(spec))
     opts = RunOptions(redis_url=url, workers=n, job_id=job_id, allow_modules=allow,
-                      timeout_s=timeout, raw_keys=raw_keys, on_result=on_result)
+                      timeout_s=timeout, raw_keys=raw_keys, on_result=on_result,
+                      local_only=url is not None and url == _own_url.get())
     report = (defaults.runner or run_job)(spec, opts)
     _last_report.set(report)
     _check_complete(spec, report.job_id, report.status.dead_letters, report.result)

@@ -59,6 +59,10 @@ class RunOptions:
     raw_keys: bool = False  # an aggregate's keys as the operators made them, not JSON text
     # the workers: forked local processes, or autoscaled between bounds
     workers: int = 2
+    # every worker of the job runs here although redis_url is given (one
+    # embedded server shared by the jobs of one action: a join's sides), so
+    # transport auto may use splits
+    local_only: bool = False
     allow_modules: tuple[str, ...] = ()
     allow_exec: bool = False
     autoscale: ScalePolicy | None = None
@@ -210,7 +214,8 @@ def _local_workers(opts: RunOptions) -> bool:
     """Do only workers that run here (forked or autoscaled child processes,
     which share our filesystem) serve the job, so ``transport: auto`` may
     use splits?  Not with ``--redis``: workers elsewhere may serve it too."""
-    return (opts.workers > 0 or opts.autoscale is not None) and opts.redis_url is None
+    return (opts.workers > 0 or opts.autoscale is not None) and \
+        (opts.redis_url is None or opts.local_only)
 
 
 def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> RunReport:
