@@ -8,7 +8,12 @@ append to output visible.  For each rate: p50/p95/p99/max, the rate
 achieved, and whether it is sustainable (every record out within 2 s of the
 end, and the latency not growing through the run).
 
-    python experiments/latency.py [--quick] [--seconds 10]
+    python experiments/latency.py [--quick] [--seconds 10] [--rates ...] [--lookup]
+
+``--lookup``: the job is a stream-table join instead of the one ``map``
+(each record keyed by its first character, then the built-in ``lookup``
+against a 100,001-row CSV table generated here, one row per first digit:
+every record leaves with its row), written to latency_lookup.{csv,png}.
 
 Writes experiments/results/latency.{csv,png}.
 """
@@ -38,6 +43,14 @@ pipeline:
 settings: {{batch_entries: 8, max_backlog: 1000}}
 """
 
+LOOKUP_SPEC = """name: latency
+source: {{type: stream, key: {key}, field: d, batch_records: 200}}
+pipeline:
+  - {{op: key_by, fn: first_char}}
+  - {{op: flat_map, fn: lookup, args: {{path: "{table}", key: k}}}}
+settings: {{batch_entries: 8, max_backlog: 1000}}
+"""
+
 PRODUCER = r"""
 import sys, time, redis
 url, key, rate, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
@@ -64,11 +77,21 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
-def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
+def lookup_table(tmp: Path) -> Path:
+    """k,name: one row per digit (what records start with), 100k that no record matches."""
+    table = tmp / "table.csv"
+    rows = [f"{d},digit {d}" for d in range(10)] + [f"x{i},other {i}" for i in range(100_000)]
+    table.write_text("k,name\n" + "\n".join(rows) + "\n")
+    return table
+
+
+def measure(url: str, rate: int, seconds: float, tmp: Path, table: Path | None = None
+            ) -> dict[str, Any]:
     job = f"lat{rate}"
     key = f"src{rate}"
     spec = tmp / f"{job}.yaml"
-    spec.write_text(SPEC.format(key=key))
+    spec.write_text(SPEC.format(key=key) if table is None
+                    else LOOKUP_SPEC.format(key=key, table=table))
     env = dict(os.environ, RAINSTORM_REDIS=url)
     env.setdefault("RAINSTORM_SECRET", secrets.token_hex(32))  # signs the spec; workers verify
     r = connect(url)
@@ -98,6 +121,11 @@ def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
             for id_, fields in rows:
                 last = id_
                 for rec in decode_records(fields[b"d"]):
+                    if table is not None:  # ((first char, line), row): the row must match
+                        (first, line), row = rec
+                        if row is None or row["k"] != first or line[0] != first:
+                            raise SystemExit(f"a wrong join row: {rec!r}")
+                        rec = line
                     seq, stamp = rec.split()
                     seqs.add(int(seq))
                     lat_ms.append(((int(stamp) - t0) / 1e9, (now - int(stamp)) / 1e6))
@@ -154,6 +182,8 @@ def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", default="1000,5000,10000,20000,30000,50000")
+    ap.add_argument("--lookup", action="store_true",
+                    help="a stream-table (lookup) join instead of one map")
     a = ap.parse_args()
     rates = [1000, 5000] if a.quick else [int(x) for x in a.rates.split(",")]
     seconds = 3.0 if a.quick else a.seconds
@@ -164,13 +194,15 @@ def main() -> int:
         r = connect(srv.url)
         load_library(r)
         r.close()
+        table = lookup_table(tmp) if a.lookup else None
         for rate in rates:
-            row = measure(srv.url, rate, seconds, tmp)
+            row = measure(srv.url, rate, seconds, tmp, table)
             print(row, flush=True)
             rows.append(row)
     sustained = [r["rate"] for r in rows if r["sustainable"]]
     print(f"highest sustained rate tried: {max(sustained) if sustained else 'none'} records/s")
-    return finish("latency", rows, a.out, lambda p: plot(rows, p))
+    return finish("latency_lookup" if a.lookup else "latency", rows, a.out,
+                  lambda p: plot(rows, p))
 
 
 if __name__ == "__main__":

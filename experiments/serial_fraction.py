@@ -16,7 +16,7 @@ checked against collections.Counter (`rainstorm result J --json`, not timed).
 
     python experiments/serial_fraction.py [--quick] [--mb 100] [--transport split,bytes]
 
-Writes experiments/results/serial_fraction.csv.
+Writes experiments/results/serial_fraction.csv and .png.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, corpus, parser, print_rows, reference, write_csv  # noqa: E402
+from common import ROOT, corpus, finish, parser, pyplot, reference  # noqa: E402
 
 from rainstorm.local.server import EmbeddedRedis  # noqa: E402
 
@@ -145,9 +145,35 @@ def main() -> int:
         rest = row["total_cpu_s"] - f["coordinator_cpu_s"] - f["server_cpu_s"]
         row["serial_fraction_beyond_fixed"] = round(serial / rest, 3) if rest > 0 else 0.0
         row["correct"] = row["correct"] and f["correct"]
-    print_rows(rows)
-    write_csv(args.out / "serial_fraction.csv", rows)
-    return 0 if all(r["correct"] for r in rows) else 1
+    return finish("serial_fraction", rows, args.out, lambda p: plot(rows, p))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """CPU seconds per process, stacked, one bar per transport; the fixed
+    cost (a one-line job's coordinator + server) hatched."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = [r["transport"] for r in rows]
+    left = [0.0] * len(rows)
+    parts = [("fixed cost (coordinator + server)",
+              [r["fixed_coordinator_cpu_s"] + r["fixed_server_cpu_s"] for r in rows]),
+             ("coordinator beyond it", [r["coordinator_cpu_s"] - r["fixed_coordinator_cpu_s"]
+                                        for r in rows]),
+             ("server beyond it", [r["server_cpu_s"] - r["fixed_server_cpu_s"] for r in rows]),
+             ("workers", [r["worker1_cpu_s"] + r["worker2_cpu_s"] for r in rows])]
+    for label, widths in parts:
+        ax.barh(names, widths, left=left, label=label,
+                hatch="//" if label.startswith("fixed") else None)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, r in enumerate(rows):
+        ax.annotate(f"serial {100 * r['serial_fraction']:.1f} %, beyond the fixed cost "
+                    f"{100 * r['serial_fraction_beyond_fixed']:.1f} %", (left[i], i),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlabel(f"CPU seconds ({rows[0]['mb']} MB word count, 2 workers)")
+    ax.set_xlim(0, max(left) * 1.9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

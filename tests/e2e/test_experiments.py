@@ -27,16 +27,22 @@ EXPERIMENTS = [
     pytest.param("stream_cpu", marks=SLOW),
     pytest.param("cli_path", marks=SLOW),
     pytest.param("high_cardinality", marks=SLOW),
+    pytest.param("join_tables", marks=SLOW),
+    pytest.param("serial_fraction", marks=SLOW),
+    pytest.param("latency_lookup", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
+# results named apart from their script: name -> (script, its extra arguments)
+VARIANTS = {"latency_lookup": ("latency", ["--lookup"])}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_quick(name: str, tmp_path: Path) -> None:
+    script, extra = VARIANTS.get(name, (name, []))
     res = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", "--out",
-         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, str(ROOT / "experiments" / f"{script}.py"), "--quick", *extra,
+         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     with (tmp_path / f"{name}.csv").open() as fh:
         rows = list(csv.DictReader(fh))
