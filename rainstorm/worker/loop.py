@@ -58,6 +58,12 @@ log = logging.getLogger(__name__)
 
 STUCK_EXIT = 70  # exit status of a worker whose operator is stuck in C code
 BURST_OVER = "burst: no running job left"
+# a streaming job's lagging partitions are folded by an idle worker only after
+# this long without work: between the batches of a busy stream a worker is
+# idle for moments, and folding every partition with a delta in it then
+# rewrote their bases for a delta each (measured: ~75 % of the workers' CPU
+# at 30k records/s); commits still fold the partitions they make due
+STREAM_IDLE_FOLD_S = 1.0
 
 __all__ = ["BURST_OVER", "DATA_ERRORS", "RoundReport", "Worker", "WorkerOptions"]
 
@@ -224,8 +230,10 @@ class Worker:
             self._run_own_pending()
         self._steal_idle(claim_now)
         if not self._read_and_run():
+            now = time.monotonic()
             for act in self.jobs.values():  # idle: fold what our commits left unfolded
-                if act.unfolded:
+                if act.unfolded and (not act.job.spec.unbounded
+                                     or now - act.last_work >= STREAM_IDLE_FOLD_S):
                     self._touching = act.job.id
                     self.step.fold_idle(act)
             if block_ms > 0:
@@ -402,7 +410,7 @@ class Worker:
         a = self.registration.activity
         a.current = f"{act.job.id}:s{stage}"
         t0 = time.perf_counter()
-        a.batch_t0 = time.monotonic()
+        a.batch_t0 = act.last_work = time.monotonic()
         try:
             out = self.step.run(act, stage, entries, watermark)
         finally:

@@ -77,6 +77,7 @@ class ActiveJob:
     # aggregate stages this worker committed deltas into since it last folded
     # their lagging partitions (rainstorm.state.fold_lagging, when idle)
     unfolded: set[int] = field(default_factory=set)
+    last_work: float = 0.0  # when this worker last ran entries of the job (monotonic)
     # entries to read per batch, per stage, when fewer than batch_entries
     # (a batch whose commit outgrew COMMIT_SOFT_BYTES: see Step._commit)
     read_limit: dict[int, int] = field(default_factory=dict)
