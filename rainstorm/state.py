@@ -51,12 +51,13 @@ from rainstorm.job import Job, decode_records
 from rainstorm.lease import Lease
 from rainstorm.operators import aggregates
 from rainstorm.operators.aggregates import Aggregator, BadDelta
+from rainstorm.pages import pages
 from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.digests import frame
 from rainstorm.protocol.entries import data_of, key_bytes, partition_of
 
 log = logging.getLogger(__name__)
 
-CLOSED_PAGE = 1000  # output entries read per call
 FOLD_BYTES = 65536  # a log is never due for folding below this many bytes
 LEASE_WAIT_S = 10.0  # finalize waits this long for a folder's lease (its TTL is 5 s)
 DIGEST_DOMAIN = b"rainstorm-state-v2\x00"
@@ -277,16 +278,11 @@ def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str,
 def part_digest(index: int, snap: lua.Snapshot) -> str:
     """SHA-256 over one partition as a snapshot read it."""
     h = hashlib.sha256(DIGEST_DOMAIN)
-
-    def frame(blob: bytes) -> None:
-        h.update(len(blob).to_bytes(8, "big"))
-        h.update(blob)
-
-    frame(f"{index}:{snap.version}".encode())
-    frame(snap.base)
+    frame(h, f"{index}:{snap.version}".encode())
+    frame(h, snap.base)
     for id_, delta in zip(snap.log_ids, snap.deltas, strict=True):
-        frame(id_.encode())
-        frame(delta)
+        frame(h, id_.encode())
+        frame(h, delta)
     return h.hexdigest()
 
 
@@ -321,9 +317,7 @@ def iter_finished(r: redis.Redis, job: Job, allow: tuple[str, ...]
 
 
 def _closed_windows(r: redis.Redis, job: Job, seen: set[Any]) -> Iterator[dict[Any, Any]]:
-    start: Any = "-"
-    while True:
-        rows: Any = r.xrange(keys.output(job.id), min=start, max="+", count=CLOSED_PAGE)
+    for rows in pages(r, keys.output(job.id)):
         page: dict[Any, Any] = {}
         for _id, fields in rows:
             try:
@@ -337,9 +331,6 @@ def _closed_windows(r: redis.Redis, job: Job, seen: set[Any]) -> Iterator[dict[A
                     page[rec[0]] = rec[1]
         if page:
             yield page
-        if len(rows) < CLOSED_PAGE:
-            return
-        start = b"(" + rows[-1][0]
 
 
 def read_state(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> dict[Any, Any]:

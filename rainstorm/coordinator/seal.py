@@ -21,33 +21,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Any
 
 import redis
 
 from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.pages import pages
+from rainstorm.protocol.digests import frame
 from rainstorm.protocol.entries import data_of, uid_of
 
 DOMAIN = b"rainstorm-result-v1\x00"
-_CHUNK = 1000
-
-
-def _frame(h: Any, blob: bytes) -> None:
-    h.update(len(blob).to_bytes(8, "big"))
-    h.update(blob)
 
 
 def output_rows(r: redis.Redis, job: Job) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
     """Every entry of a records job's output stream, in order, read in pages."""
-    start: Any = "-"
-    while True:
-        rows: Any = r.xrange(keys.output(job.id), min=start, max="+", count=_CHUNK)
-        yield from rows
-        if len(rows) < _CHUNK:
-            return
-        start = b"(" + rows[-1][0]
+    for page in pages(r, keys.output(job.id)):
+        yield from page
 
 
 class OutputDigest:
@@ -58,9 +48,9 @@ class OutputDigest:
         self._h = hashlib.sha256(DOMAIN + b"output\x00")
 
     def add(self, id_: bytes, fields: dict[bytes, bytes]) -> None:
-        _frame(self._h, id_)
-        _frame(self._h, uid_of(fields))
-        _frame(self._h, data_of(fields))
+        frame(self._h, id_)
+        frame(self._h, uid_of(fields))
+        frame(self._h, data_of(fields))
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()

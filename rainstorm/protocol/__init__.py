@@ -6,4 +6,5 @@
 ``meta``: the field names of a job's meta hash (``rs:{job}:meta``) and the
 reader of its state.
 ``deadletter``: the fields of a dead letter (``rs:{job}:dlq``) and its typed row.
+``digests``: how a seal frames the pieces it digests.
 """

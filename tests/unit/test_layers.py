@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2] / "rainstorm"
 # Lowest first.  A module may import modules of its own layer or of a lower
 # one, never of a higher one.  Modules of one layer must not form a cycle.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "replies", "procs", "overrides", "keys", "protocol", "samples")),
+    ("base", ("errors", "replies", "procs", "overrides", "keys", "protocol", "samples",
+              "pages")),
     ("model", ("signing", "spec_signature", "spec", "plan", "job")),
     ("pure operators, lua, connection", ("operators", "lua", "connection")),
     ("shared state and readers", ("state", "window_close", "lease", "durability", "latency",
