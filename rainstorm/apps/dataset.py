@@ -19,7 +19,7 @@ by default an embedded Redis and 2 forked local workers; with ``redis_url=``
 remote workers" (``rainstorm worker --redis URL``).  Action keyword arguments
 override the defaults set by :func:`rainstorm.apps.execute.configure`
 (re-exported here).  This module is the API (sources, transformations,
-actions) and how functions are encoded into the spec.
+actions); rainstorm.apps.functions writes its functions into the spec.
 
 Functions: a built-in name (``"split_words"``), ``"package.module:function"``,
 or any Python callable.  A module-level function of an importable module is
@@ -76,6 +76,7 @@ from rainstorm.apps.execute import (
     run_report,
     run_script,
 )
+from rainstorm.apps.functions import Fn, encode_fn, importable_ref
 from rainstorm.connection import connect
 from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import RunReport
@@ -91,16 +92,12 @@ from rainstorm.state import iter_finished
 __all__ = ["Dataset", "configure", "configured", "encode_fn", "execute", "importable_ref",
            "run_script"]
 
-Fn = Callable[..., Any] | str
 T = TypeVar("T")
 _AGG_OPS = ("sum", "min", "max")
 # join method -> the operator over the cogroup records (builtins of the same name)
 _JOINS = {"join": "flat_map", "left_outer_join": "flat_map", "right_outer_join": "flat_map",
           "full_outer_join": "flat_map", "cogroup": "map"}
 
-# callables that equal a built-in operator function (no pickling, no key)
-_EQUIV: dict[Any, str] = {str.split: "split_words", str.lower: "lower", str.upper: "upper",
-                          str.strip: "strip", len: "length"}
 
 
 @dataclass(frozen=True)
@@ -897,7 +894,7 @@ def _encode(op: _Op, n: int, key: bytes | None = None) -> dict[str, Any]:
     if op.op == "window":
         assert op.fn is not None and op.window is not None
         out_w: dict[str, Any] = {"op": "window",
-                                 "time": _encode_fn(op.fn, f"{where}.time (window)", key),
+                                 "time": encode_fn(op.fn, f"{where}.time (window)", key),
                                  **op.window}
         if op.args:
             out_w["args"] = op.args
@@ -905,55 +902,14 @@ def _encode(op: _Op, n: int, key: bytes | None = None) -> dict[str, Any]:
     if op.op == "reduce_by_key":
         assert op.fn is not None
         return {"op": "reduce_by_key",
-                "fn": _encode_fn(op.fn, f"{where}.fn (reduce_by_key)", key)}
+                "fn": encode_fn(op.fn, f"{where}.fn (reduce_by_key)", key)}
     assert op.fn is not None
-    out: dict[str, Any] = {"op": op.op, "fn": _encode_fn(op.fn, f"{where}.fn ({op.op})", key)}
+    out: dict[str, Any] = {"op": op.op, "fn": encode_fn(op.fn, f"{where}.fn ({op.op})", key)}
     if op.args:
         out["args"] = op.args
     if op.value is not None:
-        out["value"] = _encode_fn(op.value, f"{where}.value ({op.op})", key)
+        out["value"] = encode_fn(op.value, f"{where}.value ({op.op})", key)
     return out
-
-
-def encode_fn(fn: Fn, where: str = "fn") -> str:
-    """A spec ``fn`` string for ``fn``: a name as is, a built-in equivalent, an
-    importable module-level function by reference, anything else pickled and
-    signed (UsageError without RAINSTORM_SECRET)."""
-    return _encode_fn(fn, where)
-
-
-def _encode_fn(fn: Fn, where: str, key: bytes | None = None) -> str:
-    if isinstance(fn, str):
-        return fn
-    if not callable(fn):
-        raise UsageError(f"{where}: expected a function or a name, got {fn!r}")
-    try:
-        if fn in _EQUIV:
-            return _EQUIV[fn]
-    except TypeError:  # unhashable callable
-        pass
-    ref = importable_ref(fn)
-    if ref is not None:
-        return ref
-    return signing.dump_callable(fn, where, key)
-
-
-def importable_ref(fn: Any) -> str | None:
-    """``module:name`` when a worker can import ``fn`` by that name: a public
-    module-level function (or class) of an imported module other than
-    ``__main__``/``builtins``; None for lambdas, closures, methods, ``_private``
-    functions and the like (workers resolve only ``module:public_name``)."""
-    mod = getattr(fn, "__module__", None)
-    qual = getattr(fn, "__qualname__", None)
-    if not isinstance(mod, str) or not isinstance(qual, str) or not qual.isidentifier() \
-            or qual.startswith("_"):
-        return None
-    if mod in ("__main__", "__mp_main__", "builtins") or mod.split(".")[0] == "pickle":
-        return None
-    obj: Any = sys.modules.get(mod)
-    if obj is None or getattr(obj, "__name__", None) != mod:
-        return None
-    return f"{mod}:{qual}" if getattr(obj, "__dict__", {}).get(qual) is fn else None
 
 
 def _op_label(op: _Op) -> str:
