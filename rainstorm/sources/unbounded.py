@@ -24,6 +24,10 @@ from rainstorm.sources.loader import BaseLoader, Gathered, read_chunk
 
 log = logging.getLogger(__name__)
 
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
+
 BLOCK_MS = 100  # how long a stream read waits for new entries
 POLL_S = 0.05  # how often a tailed file is looked at when nothing is new
 
@@ -41,26 +45,57 @@ def record_of(fields: dict[bytes, bytes], field: str | None) -> tuple[bool, Any]
     return True, as_str(raw, "replace")
 
 
+def raw_rows(reply: Any) -> list[Any]:
+    """The ``[id, [field, value, ...]]`` rows of an XREAD of one stream, as
+    the server sent them (RESP3: a map of stream to rows; RESP2: a list of
+    [stream, rows])."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return next(iter(reply.values()))
+    return reply[0][1]  # type: ignore[no-any-return]
+
+
+def record_of_flat(fields: list[bytes], field: str | None) -> tuple[bool, Any]:
+    """:func:`record_of` for an entry's fields as the server lists them
+    (``[field, value, ...]``: no dict built per entry)."""
+    if field is None:
+        return record_of(dict(zip(fields[::2], fields[1::2], strict=True)), None)
+    want = field.encode()
+    if fields and fields[0] == want:  # the usual entry: one field
+        return True, as_str(fields[1], "replace")
+    for i in range(2, len(fields) - 1, 2):
+        if fields[i] == want:
+            return True, as_str(fields[i + 1], "replace")
+    return False, None
+
+
 class StreamLoader(BaseLoader):
     """Entries of ``source.key`` after the cursor, ``batch_records`` per entry.
     A record is the value of ``source.field`` (or the whole entry as a dict);
     an entry without that field is counted in ``s0:missing_field`` and
-    skipped, never silently."""
+    skipped, never silently.  The stream is read with XREAD's reply as the
+    server sent it (redis-py's parser builds a dict per entry: ~3 µs of this
+    process's CPU per record, more than half of what it spends on one)."""
+
+    def __init__(self, r: redis.Redis, job: Job) -> None:
+        super().__init__(r, job)
+        self.raw = redis.Redis(connection_pool=r.connection_pool)
+        self.raw.set_response_callback("XREAD", _as_sent)
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         src = self.job.spec.source
         assert src.type == "stream"
         after = pos or "0-0"
-        reply: Any = self.r.xread({src.key: after}, count=src.batch_records * max_entries,
-                                  block=BLOCK_MS)
-        rows = reply[0][1] if reply else []
+        rows = raw_rows(self.raw.xread({src.key: after}, count=src.batch_records * max_entries,
+                                       block=BLOCK_MS))
         if not rows:
             return [], pos, 0, None
         records: list[Any] = []
         firsts: list[str] = []
         missing = 0
         for id_, fields in rows:
-            found, rec = record_of(fields, src.field)
+            found, rec = record_of_flat(fields, src.field)
             if not found:
                 missing += 1
                 continue

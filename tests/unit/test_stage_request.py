@@ -204,3 +204,19 @@ def test_a_delta_splits_every_kind_of_key_where_partition_of_reads_it() -> None:
                 assert partition_of(k, n) == d.partition, k
                 got[k] = v
         assert got == delta
+
+
+def test_a_stream_entry_read_as_sent_gives_the_record_a_dict_would() -> None:
+    """The loader reads XREAD replies unparsed; record_of_flat must agree
+    with record_of (the worker's direct read) on every shape of entry."""
+    from rainstorm.sources.unbounded import raw_rows, record_of, record_of_flat
+
+    entries = [[b"d", b"x y"], [b"a", b"1", b"d", "é".encode()], [b"a", b"1"], [],
+               [b"d", b"\xff"], [b"a", b"1", b"b", b"2"]]
+    for flat in entries:
+        as_dict = dict(zip(flat[::2], flat[1::2], strict=True))
+        for field in ("d", "a", None):
+            assert record_of_flat(flat, field) == record_of(as_dict, field), (flat, field)
+    rows = [[b"1-0", [b"d", b"x"]]]
+    assert raw_rows({b"s": rows}) == rows == raw_rows([[b"s", rows]])
+    assert raw_rows(None) == [] == raw_rows({})
