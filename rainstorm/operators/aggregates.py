@@ -22,7 +22,8 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgpack
@@ -304,14 +305,19 @@ def _add_pairs(acc: dict[Any, Any], pairs: Iterable[tuple[Any, Any]]) -> None:
 def _columnar(delta: dict[Any, Any]) -> list[Any] | None:
     if set(map(type, delta)) != {str}:  # (type checks at C speed: no Python loop)
         return None
-    joined = SEP.join(delta)
-    if joined.count(SEP) != len(delta) - 1:
-        return None  # a key contains NUL
     code = _value_code(delta)
-    if code is None:
-        return None
+    return None if code is None else _columnar_body(delta, delta.values(), code)
+
+
+def _columnar_body(names: Collection[str], values: Iterable[Any], code: str
+                   ) -> list[Any] | None:
+    """``[1, code, names joined by NUL, values as array bytes]``, or None
+    when a name holds NUL or a value does not fit ``code``."""
+    joined = SEP.join(names)
+    if joined.count(SEP) != len(names) - 1:
+        return None  # a key contains NUL
     try:
-        return [1, code, joined, array(code, delta.values()).tobytes()]
+        return [1, code, joined, array(code, values).tobytes()]
     except OverflowError:
         return None
 
@@ -337,15 +343,9 @@ def encode_split(delta: dict[Any, Any], where: list[int], n: int, agg: Aggregato
     out = {}
     for p in range(n):
         if names[p]:
-            joined = SEP.join(names[p])
-            try:
-                if joined.count(SEP) != len(names[p]) - 1:
-                    raise OverflowError  # a key contains NUL: a map
-                raw = array(code, values[p]).tobytes()
-            except OverflowError:
-                out[p] = encode(dict(zip(names[p], values[p], strict=True)), agg)
-                continue
-            out[p] = msgpack.packb([1, code, joined, raw], use_bin_type=True)
+            body = _columnar_body(names[p], values[p], code)
+            out[p] = encode(dict(zip(names[p], values[p], strict=True)), agg) if body is None \
+                else msgpack.packb(body, use_bin_type=True)
     return out
 
 
@@ -396,11 +396,15 @@ def pairs(blob: bytes, agg: Aggregator | None = None) -> Iterator[tuple[Any, Any
 
 
 def _columnar_pairs(msg: Any) -> Iterator[tuple[Any, Any]]:
+    return zip(*_column_lists(msg), strict=True)
+
+
+def _column_lists(msg: Any) -> tuple[list[str], array[Any]]:
+    """A columnar delta's keys and values (as many of each, unless crafted)."""
     _, code, joined, raw = msg
     values = array(code)
     values.frombytes(raw)
-    keys = joined.split(SEP) if joined or len(values) else []
-    return zip(keys, values, strict=True)
+    return (joined.split(SEP) if joined or len(values) else []), values
 
 
 def merge_blob(acc: dict[Any, Any], blob: bytes, agg: Aggregator | None = None) -> None:
@@ -427,16 +431,22 @@ DECODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError,
 COLUMNAR_CODES = ("q", "d")
 
 
-def checked(blob: bytes, agg: Aggregator | None = None) -> Delta:
-    """``blob`` decoded completely into a delta; raises BadDelta only."""
-    merger = agg or Additive("sum")
+@contextmanager
+def _bad_delta() -> Iterator[None]:
+    """Whatever decoding a crafted blob raises, as BadDelta."""
     try:
-        delta = _checked(blob, merger)
+        yield
     except BadDelta:
         raise
     except DECODE_ERRORS as exc:
         raise BadDelta(_why(exc)) from None
-    return delta
+
+
+def checked(blob: bytes, agg: Aggregator | None = None) -> Delta:
+    """``blob`` decoded completely into a delta; raises BadDelta only."""
+    with _bad_delta():
+        found = _checked(blob, agg or Additive("sum"))
+        return found if isinstance(found, dict) else dict(zip(*found, strict=True))
 
 
 def _unpacked(blob: bytes) -> Any:
@@ -447,41 +457,35 @@ def _unpacked(blob: bytes) -> Any:
     return msg
 
 
-def _columnar_checked(msg: Any, merger: Aggregator) -> None:
+def _checked_columns(msg: Any, merger: Aggregator) -> tuple[list[str], array[Any]]:
+    """A columnar delta's keys and values, as many of each."""
     if not merger.additive or len(msg) != 4 or msg[1] not in COLUMNAR_CODES \
             or type(msg[2]) is not str or type(msg[3]) is not bytes:
         raise BadDelta("malformed columnar delta")
+    keys, values = _column_lists(msg)
+    if len(keys) != len(values):
+        raise BadDelta(f"columnar delta: {len(keys)} keys, {len(values)} values")
+    return keys, values
 
 
-def columns(blob: bytes, agg: Aggregator) -> tuple[list[str], array] | None:  # type: ignore[type-arg]
+def columns(blob: bytes, agg: Aggregator) -> tuple[list[str], array[Any]] | None:
     """A columnar blob (an additive aggregate's usual delta or base) as its
     key list and value array, without building a dict (C speed: for reading
     a result once, e.g. its top keys); None when ``blob`` is a map delta.
     Checked like :func:`checked`: raises BadDelta only."""
-    try:
+    with _bad_delta():
         msg = _unpacked(blob) if blob else None
-        if msg is None or msg[0] != 1:
-            return None
-        _columnar_checked(msg, agg)
-        values = array(msg[1])
-        values.frombytes(msg[3])
-        keys = msg[2].split(SEP) if msg[2] or len(values) else []
-        if len(keys) != len(values):
-            raise BadDelta(f"columnar delta: {len(keys)} keys, {len(values)} values")
-        return keys, values
-    except BadDelta:
-        raise
-    except DECODE_ERRORS as exc:
-        raise BadDelta(_why(exc)) from None
+        return _checked_columns(msg, agg) if msg is not None and msg[0] == 1 else None
 
 
-def _checked(blob: bytes, merger: Aggregator) -> Delta:
+def _checked(blob: bytes, merger: Aggregator) -> Delta | tuple[list[str], array[Any]]:
+    """``blob`` decoded and checked: a columnar delta as its keys and values
+    (:func:`_checked_columns`), a map delta as a dict."""
     if not blob:
         return {}
     msg = _unpacked(blob)
     if msg[0] == 1:
-        _columnar_checked(msg, merger)
-        return dict(_columnar_pairs(msg))  # zip(strict=True): as many keys as values
+        return _checked_columns(msg, merger)
     if len(msg) != 2 or type(msg[1]) is not dict:
         raise BadDelta("malformed map delta")
     conv = merger.from_wire
@@ -500,11 +504,12 @@ def merge_blob_checked(acc: dict[Any, Any], blob: bytes, agg: Aggregator | None 
     BadDelta only, leaving ``acc`` as it was); a columnar blob is checked
     first, then added straight from its columns (no dict of it is built)."""
     merger = agg or Additive("sum")
-    cols = columns(blob, merger) if merger.additive else None
-    if cols is None:
-        merge_checked(acc, checked(blob, merger), merger)
+    with _bad_delta():
+        found = _checked(blob, merger)  # (unpacked once, whatever its shape)
+    if isinstance(found, dict):
+        merge_checked(acc, found, merger)
     else:  # as many keys as values, all str; numbers from an array: + cannot fail
-        _add_pairs(acc, zip(*cols, strict=True))
+        _add_pairs(acc, zip(*found, strict=True))
 
 
 def merge_checked(acc: dict[Any, Any], delta: Delta, agg: Aggregator | None = None) -> None:
