@@ -137,11 +137,16 @@ def fold(snap: lua.Snapshot, agg: Aggregator, on_bad: OnBad | None = None,
     try:
         state = aggregates.checked(snap.base, agg)
     except BadDelta as exc:
-        raise JobFailed(f"{where}: the folded aggregate is corrupt ({exc}); the result "
-                        "cannot be trusted") from None
+        raise corrupt_base(where, exc) from None
     for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
         apply(state, id_, blob, agg, on_bad or _skip)
     return state
+
+
+def corrupt_base(where: str, exc: BadDelta) -> JobFailed:
+    """The failure of a job whose folded base does not decode."""
+    return JobFailed(f"{where}: the folded aggregate is corrupt ({exc}); the result "
+                     "cannot be trusted")
 
 
 def apply(state: dict[Any, Any], id_: str, blob: bytes, agg: Aggregator,

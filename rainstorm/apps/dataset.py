@@ -60,6 +60,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -702,7 +703,7 @@ class Dataset:
             resolve(srt.keyfunc, {}, ("*",), "sort_by")
         keyed = [(builtins.tuplify(fn(rec)), rec) for rec in self.collect(**run)]
         try:
-            keyed.sort(key=_first, reverse=not srt.ascending)
+            keyed.sort(key=itemgetter(0), reverse=not srt.ascending)
         except TypeError as exc:
             raise UsageError(f"sort_by: the sort keys do not compare with each other: {exc}"
                              ) from None
@@ -873,10 +874,6 @@ def _shuffle_ops(srt: _Sort, cuts: list[Any], keys: list[int]) -> tuple[_Op, ...
 def _check_partitions(what: str, n: int | None) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024):
         raise UsageError(f"{what}: num_partitions must be a number from 1 to 1024, got {n!r}")
-
-
-def _first(pair: tuple[Any, Any]) -> Any:
-    return pair[0]
 
 
 def _json_line(record: Any) -> str:

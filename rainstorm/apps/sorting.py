@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -60,7 +61,7 @@ def boundaries(sample: list[Any], ranges: int) -> list[Any]:
     if ranges <= 1 or not sample:
         return []
     try:
-        ordered = sorted(((tuplify(k), float(w)) for w, k in sample), key=_first)
+        ordered = sorted(((tuplify(k), float(w)) for w, k in sample), key=itemgetter(0))
     except TypeError as exc:
         raise UsageError(f"sort_by: the sort keys do not compare with each other: {exc}"
                          ) from None
@@ -80,10 +81,6 @@ def boundaries(sample: list[Any], ranges: int) -> list[Any]:
     return out
 
 
-def _first(pair: tuple[Any, Any]) -> Any:
-    return pair[0]
-
-
 def _check_plain(key: Any) -> None:
     """A key that survives the JSON spec unchanged (tuples as lists)."""
     if isinstance(key, tuple):
@@ -101,6 +98,6 @@ def ranges(report: RunReport, r: redis.Redis, descending: bool) -> Iterator[list
     for part in iter_finished(r, job, ("*",)):
         records: list[Any] = []
         for runs in part.values():  # (one key: the range)
-            runs.sort(key=_first, reverse=descending)
+            runs.sort(key=itemgetter(0), reverse=descending)
             records.extend(rec for _, rec in runs)
         yield records

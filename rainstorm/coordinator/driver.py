@@ -174,12 +174,15 @@ class Driver:
             # every partition's log folded into its base: the bases are the
             # result, and what the seal covers
             summ, agg, job = Summary(TOP_KEPT), self.agg, self.job
-            parts = finalize(self.r, job, agg, holder_id("coordinator"),
-                             lambda i, snap: summarize_final(summ, job, agg, i, snap))
+            # the top keys from the same read, for a batch job (a streaming
+            # job's closed windows are read after its partitions)
+            summarize = None if job.spec.unbounded else \
+                (lambda i, snap: summarize_final(summ, job, agg, i, snap))
+            parts = finalize(self.r, job, agg, holder_id("coordinator"), summarize)
             sealed, sealed_parts = combine(parts), parts
             status = read_status(self.r, self.job)  # a bad delta may have been dead-lettered
             result = state_result(self.r, self.job, ALLOW_ALL)
-            if not job.spec.unbounded:  # (a streaming job's closed windows are read after)
+            if summarize:
                 result.preset(summ)
         else:
             digest = seal.OutputDigest()  # sealed in the same read of the output

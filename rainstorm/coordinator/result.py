@@ -30,7 +30,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator import seal
-from rainstorm.errors import IncompleteResult, JobFailed, RainstormError
+from rainstorm.errors import IncompleteResult, RainstormError
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.jobstore import load_job
 from rainstorm.lua import Snapshot
@@ -39,7 +39,15 @@ from rainstorm.operators.aggregates import DECODE_ERRORS, Aggregator
 from rainstorm.protocol import meta
 from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
-from rainstorm.state import KeyRead, combine, digests, fold, iter_finished, read_key
+from rainstorm.state import (
+    KeyRead,
+    combine,
+    corrupt_base,
+    digests,
+    fold,
+    iter_finished,
+    read_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +380,7 @@ def summarize_final(summ: Summary, job: Job, agg: Aggregator, index: int, snap: 
         try:
             cols = aggregates.columns(snap.base, agg)
         except aggregates.BadDelta as exc:
-            raise JobFailed(f"{where}: the folded aggregate is corrupt ({exc}); the result "
-                            "cannot be trusted") from None
+            raise corrupt_base(where, exc) from None
     if cols is not None:
         summ.add_columns(*cols)
     else:

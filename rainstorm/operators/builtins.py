@@ -13,6 +13,7 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -95,11 +96,7 @@ def parse_json(line: str) -> list[Any]:
 def sort_group(_key: Any, values: list[Any]) -> list[Any]:
     """A ``group`` combiner: a key's values, ``(sort key, record)`` pairs,
     sorted by sort key (so the folded group is a few sorted runs)."""
-    return sorted(values, key=_first)
-
-
-def _first(pair: Any) -> Any:
-    return pair[0]
+    return sorted(values, key=itemgetter(0))
 
 
 def tuplify(value: Any) -> Any:

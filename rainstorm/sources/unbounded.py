@@ -24,10 +24,6 @@ from rainstorm.sources.loader import BaseLoader, Gathered, read_chunk
 
 log = logging.getLogger(__name__)
 
-
-def _as_sent(response: Any, **_options: Any) -> Any:
-    return response
-
 BLOCK_MS = 100  # how long a stream read waits for new entries
 POLL_S = 0.05  # how often a tailed file is looked at when nothing is new
 
@@ -68,6 +64,10 @@ def record_of_flat(fields: list[bytes], field: str | None) -> tuple[bool, Any]:
         if fields[i] == want:
             return True, as_str(fields[i + 1], "replace")
     return False, None
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
 
 
 class StreamLoader(BaseLoader):
