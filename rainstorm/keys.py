@@ -7,6 +7,11 @@ shard of a Redis Cluster.  This docstring is also the ``redis-cli`` guide.
 key                             type         written by / meaning
 ==============================  ===========  =====================================
 ``rs:jobs``                     set          submit: ids of every known job
+``rs:graphs``                   set          graph runs: ids of every known graph
+``rs:graph:<id>``               string       graph runs: JSON of a dataflow graph:
+                                             its steps, each step's job id
+                                             (``<id>.<step>``) and inputs
+                                             (rainstorm.graph)
 ``rs:workers``                  hash         workers: id -> JSON heartbeat
 ``rs:worker:<id>:stop``         string       kill-worker / autoscaler: asks worker
                                              <id> to finish its batch and exit
@@ -116,7 +121,13 @@ from rainstorm.protocol.counters import StageCounter
 
 PREFIX = "rs"
 JOBS = f"{PREFIX}:jobs"
+GRAPHS = f"{PREFIX}:graphs"
 WORKERS = f"{PREFIX}:workers"
+
+
+def graph(graph_id: str) -> str:
+    """String: a dataflow graph's record (rainstorm.graph.Graph.to_json)."""
+    return f"{PREFIX}:graph:{graph_id}"
 
 
 def worker_stop(worker_id: str) -> str:

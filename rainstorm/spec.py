@@ -137,6 +137,20 @@ class StateSource(_Model):
                               "partition with job's (both group aggregates, kept)")
 
 
+class UpstreamSource(_Model):
+    """The records of other jobs of the same graph (rainstorm.graph): each
+    job's output stream (records, or closed windows), or once a batch
+    aggregate is done its finished state as ``[key, value]`` records.  The
+    coordinator copies them into this job's stage 0 with the cursor in the
+    same atomic call, as it copies a stream source.  Several jobs: their
+    union."""
+
+    type: Literal["upstream"]
+    jobs: list[Annotated[str, Field(pattern=JOB_ID_PATTERN)]] = Field(min_length=1)
+    unbounded: bool = Field(default=False, description="an upstream job is a streaming one: "
+                            "this job runs until cancelled too")
+
+
 def _source_type(value: Any) -> str:
     """A source without ``type`` is a text source (the default)."""
     if isinstance(value, dict):
@@ -145,7 +159,8 @@ def _source_type(value: Any) -> str:
 
 
 Source = Annotated[Annotated[TextSource, Tag("text")] | Annotated[StreamSource, Tag("stream")]
-                   | Annotated[TailSource, Tag("tail")] | Annotated[StateSource, Tag("state")],
+                   | Annotated[TailSource, Tag("tail")] | Annotated[StateSource, Tag("state")]
+                   | Annotated[UpstreamSource, Tag("upstream")],
                    Discriminator(_source_type)]
 
 
@@ -345,7 +360,8 @@ class JobSpec(_Model):
     @property
     def unbounded(self) -> bool:
         """A streaming job: its source never ends, it runs until cancelled."""
-        return self.source.type in ("stream", "tail")
+        src = self.source
+        return src.type in ("stream", "tail") or (src.type == "upstream" and src.unbounded)
 
 
 def _format_error(origin: str, exc: ValidationError) -> str:
@@ -365,14 +381,7 @@ def parse_spec(data: Any, origin: str = "<spec>") -> JobSpec:
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read a YAML or JSON spec file, apply ``--set key=value`` overrides, and
     validate; every problem is a one-line UsageError."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"spec file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read spec {p}: {exc}") from None
-    return parse_spec_text(text, str(p), overrides, json_text=p.suffix == ".json")
+    return parse_spec(read_spec_file(path, overrides), str(path))
 
 
 def parse_spec_text(text: str, origin: str = "<spec>", overrides: list[str] | None = None,
@@ -380,6 +389,26 @@ def parse_spec_text(text: str, origin: str = "<spec>", overrides: list[str] | No
     """Parse spec text (YAML, or JSON with ``json_text``), apply overrides and
     validate, like :func:`load_spec`; ``origin`` names the text in errors
     (a file name, or e.g. the environment variable it came from)."""
+    return parse_spec(spec_data(text, origin, overrides, json_text=json_text), origin)
+
+
+def read_spec_file(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A spec file's document (a job's or a graph's), overrides applied,
+    not yet validated; one-line UsageErrors."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"spec file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read spec {p}: {exc}") from None
+    return spec_data(text, str(p), overrides, json_text=p.suffix == ".json")
+
+
+def spec_data(text: str, origin: str = "<spec>", overrides: list[str] | None = None,
+              *, json_text: bool = False) -> dict[str, Any]:
+    """Spec text parsed (YAML, or JSON with ``json_text``) into its
+    document, overrides applied, not yet validated."""
     try:
         data = json.loads(text) if json_text else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -391,7 +420,7 @@ def parse_spec_text(text: str, origin: str = "<spec>", overrides: list[str] | No
         from rainstorm.overrides import apply
 
         data = apply(data, overrides)
-    return parse_spec(data, origin)
+    return dict(data)
 
 
 def spec_to_json(spec: JobSpec) -> str:

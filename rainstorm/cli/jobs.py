@@ -111,14 +111,18 @@ def _run(cmd: RunCommand) -> None:
     if cmd.extra:
         raise fail(f"unexpected extra arguments: {' '.join(cmd.extra)}", 2)
     from rainstorm.coordinator.outputs import check_writable
+    from rainstorm.graph import GraphSpec, load_any
     from rainstorm.local.run import run_job
     from rainstorm.ops.autoscale.policy import ScalePolicy
-    from rainstorm.spec import load_spec
 
     policy = ScalePolicy.parse_bounds(cmd.autoscale) if cmd.autoscale else None
     if cmd.output:  # before anything runs: a result that cannot be written is lost
         check_writable(cmd.output, "--output")
-    spec = _with_settings(load_spec(cmd.spec_path, list(cmd.overrides)), **cmd.settings)
+    loaded = load_any(cmd.spec_path, list(cmd.overrides))
+    if isinstance(loaded, GraphSpec):
+        _run_graph(cmd, loaded)
+        return
+    spec = _with_settings(loaded, **cmd.settings)
     signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops server and workers
     show = cmd.progress and sys.stderr.isatty()
     prog, update = progress_bar()
@@ -138,6 +142,37 @@ def _run(cmd: RunCommand) -> None:
         else f"{cmd.options.workers} workers"
     _summary(report, who)
     _check_complete(report.job_id, spec, report.status.dead_letters)
+
+
+def _run_graph(cmd: RunCommand, gspec: Any) -> None:
+    """`rainstorm run` of a graph: every leaf step's result (under its name;
+    with --json one object by step), then a summary line."""
+    from rainstorm.local.run import run_graph
+
+    if cmd.autoscale:
+        raise fail("--autoscale: a graph runs with --workers N", 2)
+    given = {k: v for k, v in cmd.settings.items() if v is not None}
+    if given:
+        gspec = gspec.model_copy(update={"settings": {**gspec.settings, **given}})
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    report = run_graph(gspec, cmd.options, origin=cmd.spec_path)
+    results = report.results
+    if cmd.as_json:
+        print_result(results, 0, True)
+    else:
+        for name, result in results.items():
+            step = report.graph.step(name)
+            click.echo(f"== step {name} ({step.job_id})")
+            print_result(result, cmd.top_n if cmd.top_n is not None else step.spec.sink.top,
+                         False)
+    if cmd.output:
+        _write_output(cmd.output, results)
+    mb = report.total_bytes / 1e6
+    click.echo(f"graph {report.graph_id}: {len(report.reports)} steps, {mb:.1f} MB in "
+               f"{report.seconds:.2f} s with {cmd.options.workers} workers on {report.server}",
+               err=True)
+    for step in report.graph.steps:
+        _check_complete(step.job_id, step.spec, report.reports[step.name].status.dead_letters)
 
 
 def _write_output(path: str, result: Any) -> None:
@@ -195,11 +230,23 @@ def _check_complete(job_id: str, spec: Any, dead_letters: int) -> None:
 @shared(redis=False)
 def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Show how SPEC is cut into stages, and which operators are fused."""
+    from rainstorm.coordinator.submit import new_id
+    from rainstorm.graph import GraphSpec, build, load_any
+    from rainstorm.graph import explain as graph_lines
     from rainstorm.plan import explain as lines
     from rainstorm.plan import plan
-    from rainstorm.spec import load_spec
 
-    spec = load_spec(spec_path, list(overrides))
+    spec = load_any(spec_path, list(overrides))
+    if isinstance(spec, GraphSpec):
+        graph = build(spec, new_id(spec.name), spec_path)
+        if as_json:
+            click.echo(json.dumps({"graph": json.loads(graph.to_json()),
+                                   "stages": {s.name: plan(s.spec).to_json()
+                                              for s in graph.steps}}))
+            return
+        for line in graph_lines(graph):
+            click.echo(line)
+        return
     if as_json:
         click.echo(json.dumps(plan(spec).to_json()))
         return

@@ -91,11 +91,28 @@ class Driver:
         self.last_status = 0.0
         self.outages = 0
         self._outage_since: float | None = None
+        self.nap = True  # wait between looks once loaded (a graph's runner waits instead)
 
     def run(self) -> Result:
         """Drive the job to its end; any failure marks it failed (JobFailed)."""
+        while True:
+            result = self.poll()
+            if result is not None:
+                return result
+
+    def poll(self) -> Result | None:
+        """One step of :meth:`run`: the result once the job is finished, else
+        None (a Redis outage is waited out a backoff at a time).  Any failure
+        marks the job failed (JobFailed).  A graph's steps are driven by
+        polling each in turn (rainstorm.coordinator.graph_run)."""
         try:
-            return self._loop()
+            try:
+                result = self._step()
+            except REDIS_DOWN as exc:
+                self._outage(exc)
+                return None
+            self._outage_since = None
+            return result
         except RainstormError as exc:
             fail(self.r, self.job, str(exc))
             raise
@@ -104,17 +121,6 @@ class Driver:
             log.debug("job %s: %s", self.job.id, reason, exc_info=True)
             fail(self.r, self.job, reason)
             raise JobFailed(f"job {self.job.id}: {reason}") from exc
-
-    def _loop(self) -> Result:
-        while True:
-            try:
-                result = self._step()
-            except REDIS_DOWN as exc:
-                self._outage(exc)
-                continue
-            self._outage_since = None
-            if result is not None:
-                return result
 
     def _advance(self) -> None:
         """Load one call's worth of input; move the streaming sinks on."""
@@ -161,7 +167,7 @@ class Driver:
             self.check()
         if self.deadline and now > self.deadline:
             raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
-        if self.loaded:  # nothing to load: only watch (each look costs a few calls)
+        if self.loaded and self.nap:  # nothing to load: only watch (each look costs calls)
             time.sleep(0.01 if self.on_step else WATCH_EVERY_S)
         return None
 

@@ -37,7 +37,12 @@ def runs_executables(job: Job) -> list[str]:
 
 
 def new_job_id(spec: JobSpec) -> str:
-    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    return new_id(spec.name)
+
+
+def new_id(name: str) -> str:
+    """``<name>-<time>``: a new job's (or graph's) id."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
 
 
 def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = None,

@@ -16,10 +16,12 @@ from typing import Any
 import redis
 
 from rainstorm.connection import open_checked, redact
+from rainstorm.coordinator.graph_run import GraphReport, GraphSession, Prepared, prepare_graph
 from rainstorm.coordinator.progress import JobStatus
 from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import UsageError
+from rainstorm.graph import Graph, GraphSpec, members
 from rainstorm.job import Job
 from rainstorm.local.pool import LocalWorkers
 from rainstorm.local.replication import ReplicaSet
@@ -31,7 +33,8 @@ from rainstorm.sources.inputs import Input
 from rainstorm.spec import JobSpec
 from rainstorm.spec_signature import submitter_key
 
-__all__ = ["LocalRun", "RunOptions", "RunReport", "prepare", "run_job", "spec_modules"]
+__all__ = ["GraphReport", "LocalRun", "RunOptions", "RunReport", "prepare", "run_graph", "run_job",
+           "spec_modules"]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,39 @@ class LocalRun:
             self._stop_workers(scaling)
             r.close()
 
+    def run_graph(self, graph: Graph, steps: Prepared, opts: RunOptions) -> GraphReport:
+        """Run a prepared graph (rainstorm.coordinator.graph_run) with
+        ``workers`` forked local workers serving all of its steps."""
+        if opts.autoscale:
+            raise UsageError("--autoscale runs one job's stages; a graph runs with --workers N")
+        key = local_key() if opts.workers > 0 else submitter_key()
+        r, desc = open_checked(self.url, wait_s=self.connect_timeout_s)
+        modules = tuple(sorted({m for job, _ in steps.values() for m in spec_modules(job.spec)}))
+        if opts.workers > 0:
+            r.close()
+            self.pool = LocalWorkers(opts.workers, self.url, members(graph.id),
+                                     opts.allow_modules + modules, opts.allow_exec, key)
+
+        def submitted(_fresh: bool) -> None:
+            if graph.unbounded:
+                where = redact(self.url)
+                print(f"streaming graph {graph.id} on {where}: runs until cancelled (Ctrl-C, "
+                      f"or rainstorm kill-job {graph.id} --redis {where})", file=sys.stderr,
+                      flush=True)
+
+        try:
+            report = GraphSession(r, graph, steps, key=key).run(
+                Hooks(on_submit=submitted, check=self.check), wait_s=self.connect_timeout_s,
+                timeout_s=opts.timeout_s, raw_keys=opts.raw_keys, stop_on_interrupt=True,
+                server=desc)
+            self._stop_workers([])
+            if self._url is None:  # our server stops with us: read the results now
+                report.results = {k: materialized(v) for k, v in report.results.items()}
+            return report
+        finally:
+            self._stop_workers([])
+            r.close()
+
     def _stop_workers(self, scaling: list[Scaling]) -> None:
         for s in scaling:
             s.close()
@@ -216,6 +252,23 @@ def _local_workers(opts: RunOptions) -> bool:
     use splits?  Not with ``--redis``: workers elsewhere may serve it too."""
     return (opts.workers > 0 or opts.autoscale is not None) and \
         (opts.redis_url is None or opts.local_only)
+
+
+def run_graph(gspec: GraphSpec, options: RunOptions | None = None, *, origin: str = "<spec>",
+              **fields: Any) -> GraphReport:
+    """Run a dataflow graph to completion: every step's job on one Redis
+    (embedded unless ``redis_url``), served by the same local workers."""
+    opts = _options(options, fields)
+    if opts.workers == 0 and opts.redis_url is None:
+        raise UsageError("--workers 0 starts no worker, and no other worker can reach the "
+                         "embedded Redis: pass --redis URL or --workers N")
+    if opts.inputs:
+        raise UsageError("--input: a graph's steps name their own sources; set them with "
+                         "--set steps.<step>.source.paths=...")
+    graph, steps = prepare_graph(gspec, opts.job_id, opts.allow_exec,
+                                 shared_fs=_local_workers(opts), origin=origin)
+    with LocalRun(opts) as env:
+        return env.run_graph(graph, steps, opts)
 
 
 def run_job(spec: JobSpec, options: RunOptions | None = None, **fields: Any) -> RunReport:

@@ -142,6 +142,13 @@ def stream_uid(first_id: str) -> str:
     return f"x{first_id}"
 
 
+def upstream_uid(index: int, where: str) -> str:
+    """The uid of what a graph step copies from its ``index``-th input: an
+    output entry (``where`` = its id) or a chunk of a finished aggregate
+    (``where`` = ``p<partition>:<first record>``)."""
+    return f"g{index}:{where}"
+
+
 def tail_uid(offset: int) -> str:
     """The uid of a tailed file's chunk starting at byte ``offset``."""
     return f"t{offset}"

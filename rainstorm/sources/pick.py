@@ -10,6 +10,7 @@ from rainstorm.sources.direct import DirectWatch
 from rainstorm.sources.loader import BaseLoader, Loader
 from rainstorm.sources.state_source import StateLoader
 from rainstorm.sources.unbounded import StreamLoader, TailLoader
+from rainstorm.sources.upstream import UpstreamLoader
 
 
 def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
@@ -18,6 +19,8 @@ def loader_for(r: redis.Redis, job: Job) -> BaseLoader:
         return Loader(r, job)
     if job.spec.source.type == "state":
         return StateLoader(r, job)
+    if job.spec.source.type == "upstream":
+        return UpstreamLoader(r, job)
     if job.direct:
         return DirectWatch(r, job)
     return StreamLoader(r, job) if job.spec.source.type == "stream" else TailLoader(r, job)

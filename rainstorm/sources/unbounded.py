@@ -66,7 +66,7 @@ def record_of_flat(fields: list[bytes], field: str | None) -> tuple[bool, Any]:
     return False, None
 
 
-def _as_sent(response: Any, **_options: Any) -> Any:
+def as_sent(response: Any, **_options: Any) -> Any:
     return response
 
 
@@ -81,7 +81,7 @@ class StreamLoader(BaseLoader):
     def __init__(self, r: redis.Redis, job: Job) -> None:
         super().__init__(r, job)
         self.raw = redis.Redis(connection_pool=r.connection_pool)
-        self.raw.set_response_callback("XREAD", _as_sent)
+        self.raw.set_response_callback("XREAD", as_sent)
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         src = self.job.spec.source

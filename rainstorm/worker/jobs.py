@@ -55,7 +55,7 @@ class JobTable:
         self.admission = admission
         self.allow_modules = allow_modules
         self.allow_exec = allow_exec
-        self.only = only  # serve only this job (--job)
+        self.only = only  # serve only this job (--job), or <graph>.*: a graph's steps
         self.active: dict[str, ActiveJob] = {}
         self.refused: dict[str, str] = {}  # job -> why this worker cannot run it
         self.broken: dict[str, str] = {}  # job -> why no worker can (marked failed)
@@ -63,7 +63,10 @@ class JobTable:
         self._warned: set[str] = set()
 
     def refresh(self) -> None:
-        ids = [self.only] if self.only else listed_jobs(self.r, self._warned)
+        ids = listed_jobs(self.r, self._warned) if self.only is None or self.only.endswith(
+            ".*") else [self.only]
+        if self.only is not None and self.only.endswith(".*"):  # a graph's steps
+            ids = [j for j in ids if j.startswith(self.only[:-1])]
         running = {job_id for job_id in ids if self._check(job_id)}
         for gone in set(self.active) - running:
             self.active.pop(gone).close()

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2] / "rainstorm"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "replies", "procs", "overrides", "keys", "protocol", "samples",
               "pages")),
-    ("model", ("signing", "spec_signature", "spec", "plan", "job")),
+    ("model", ("signing", "spec_signature", "spec", "plan", "job", "graph")),
     ("pure operators, lua, connection", ("operators", "lua", "connection")),
     ("shared state and readers", ("state", "window_close", "lease", "durability", "latency",
+                                  "graphstore",
                                   "monitor",
                                   "jobstore")),
     ("sources", ("sources",)),
