@@ -145,6 +145,7 @@ class GraphSession:
                 trimmed = self._trim(trimmed)
                 if all(d.loaded for name, d in drivers.items() if name not in results):
                     time.sleep(0.01 if hooks.on_step else WATCH_EVERY_S)
+            trim_copied(self.r, self.graph)  # what the last readers copied
         except KeyboardInterrupt:
             if not (stop_on_interrupt and self.graph.unbounded):
                 raise
