@@ -182,3 +182,50 @@ def test_input_and_unknown_steps_are_refused() -> None:
                                                       "pipeline": [{"op": "count"}]}}})
     with pytest.raises(UsageError, match="--input"):
         run_graph(gspec, RunOptions(inputs=("x",)))
+
+
+def test_a_streaming_graph_runs_until_cancelled(tmp_path: Path, url: str,
+                                                 r: redis.Redis) -> None:
+    import threading
+    import time
+
+    from rainstorm.ops.tasks import kill_job
+
+    gspec = parse_graph({"name": "s", "settings": {"state_partitions": 4}, "steps": {
+        "words": {"source": {"type": "stream", "key": "lines", "batch_records": 7},
+                  "pipeline": [{"op": "flat_map", "fn": "split_words"}]},
+        "counts": {"input": "words", "pipeline": [{"op": "count"}]},
+        "long": {"input": "words", "pipeline": [{"op": "filter", "fn": "grep",
+                                                 "args": {"pattern": "^....."}}]}}})
+    lines = [f"w{i % 13} x{i % 5} longword{i % 3}" for i in range(400)]
+    out: list[Any] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(run_graph(gspec, RunOptions(redis_url=url, workers=2, job_id="sg",
+                                                   timeout_s=120)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    for line in lines:
+        r.xadd("lines", {"line": line})
+    words = [w for line in lines for w in line.split()]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not failed:
+        c = read_progress(r, "sg.counts").counts.stage(0)
+        if c.records_in == len(words):
+            break
+        time.sleep(0.05)
+    assert not failed, failed
+    assert read_progress(r, "sg.counts").counts.stage(0).records_in == len(words)
+    kill_job(r, "sg.words", keep=True)  # one step cancelled: the graph stops
+    t.join(60)
+    assert not t.is_alive() and not failed, failed
+    report = out[0]
+    assert dict(report.results["counts"]) == dict(Counter(words))
+    assert Counter(report.results["long"]) == Counter(w for w in words if len(w) >= 5)
+    assert all(job_state(r, f"sg.{n}") == JobState.CANCELLED.value
+               for n in ("words", "counts", "long"))
