@@ -44,9 +44,12 @@ import redis
 from rainstorm.apps.dataset import Dataset
 from rainstorm.apps.execute import configured
 from rainstorm.connection import connect, redact
+from rainstorm.coordinator.graph_run import GraphReport, GraphSession, prepare_graph
 from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.errors import IncompleteResult, one_line
+from rainstorm.graph import GraphSpec, members
+from rainstorm.graphstore import forget_graph
 from rainstorm.local.run import RunOptions, spec_modules
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.monitor import dead_letters
@@ -151,8 +154,45 @@ def in_process(*, workers: int = 1, redis_url: str | None = None,
         return run_in_process(spec, replace(opts, redis_url=redis_url, workers=workers,
                                  timeout_s=opts.timeout_s or timeout_s))
 
-    with configured(runner=runner):
+    def graph_runner(gspec: GraphSpec, opts: RunOptions) -> GraphReport:
+        return run_graph_in_process(gspec, replace(opts, redis_url=redis_url, workers=workers,
+                                                   timeout_s=opts.timeout_s or timeout_s))
+
+    with configured(runner=runner, graph_runner=graph_runner):
         yield
+
+
+def run_graph_in_process(gspec: GraphSpec, options: RunOptions) -> GraphReport:
+    """:func:`run_in_process` for a dataflow graph: its steps served by
+    ``options.workers`` in-process workers; with the kit's own server, every
+    step's keys are removed after."""
+    url = options.redis_url or shared_url()
+    fast = gspec.model_copy(update={"settings": {"claim_idle_ms": RETRY_AFTER_MS,
+                                                 **gspec.settings}})
+    graph, steps = prepare_graph(fast, options.job_id, options.allow_exec, shared_fs=True)
+    key = local_key()
+    r = connect(url)
+    modules = tuple(m for job, _ in steps.values() for m in spec_modules(job.spec))
+    crew = [Worker(r, WorkerOptions(job=members(graph.id), secret=key,
+                                    allow_exec=options.allow_exec,
+                                    allow_modules=options.allow_modules + modules))
+            for _ in range(max(options.workers, 1))]
+    try:
+        report = GraphSession(r, graph, steps, key=key).run(
+            Hooks(on_step=lambda: _take_turns(crew)), timeout_s=options.timeout_s,
+            raw_keys=options.raw_keys, server=redact(url))
+        if options.on_result and len(report.results) == 1:
+            options.on_result(report.reports[next(iter(report.results))], r)
+        report.materialize()
+    finally:
+        for w in crew:
+            w.close()
+        if options.redis_url is None:
+            for s in graph.steps:
+                _forget(r, s.job_id)
+            forget_graph(r, graph.id)
+        r.close()
+    return report
 
 
 def run_in_process(spec: JobSpec, options: RunOptions) -> RunReport:

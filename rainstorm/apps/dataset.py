@@ -57,27 +57,29 @@ import itertools
 import json
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 
-from rainstorm import signing
 from rainstorm.apps import parts, sorting
+from rainstorm.apps.dataflow import Leaf, compile_graph, gives_pairs, graph_lines, needs_graph
 from rainstorm.apps.execute import (
     configure,
     configured,
     execute,
     one_server,
+    run_graph_report,
     run_key,
     run_report,
     run_script,
 )
 from rainstorm.apps.functions import Fn, encode_fn, importable_ref
+from rainstorm.apps.plans import AGG_OPS, Join, Op, Plan, Sort, encode_op, op_label
 from rainstorm.connection import connect
 from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import RunReport
@@ -94,55 +96,10 @@ __all__ = ["Dataset", "configure", "configured", "encode_fn", "execute", "import
            "run_script"]
 
 T = TypeVar("T")
-_AGG_OPS = ("sum", "min", "max")
 # join method -> the operator over the cogroup records (builtins of the same name)
 _JOINS = {"join": "flat_map", "left_outer_join": "flat_map", "right_outer_join": "flat_map",
           "full_outer_join": "flat_map", "cogroup": "map"}
 
-
-
-@dataclass(frozen=True)
-class _Op:
-    op: str  # map, filter, flat_map, map_partitions, key_by, repartition, or an aggregate
-    fn: Fn | None = None
-    args: dict[str, Any] = field(default_factory=dict)
-    value: Fn | None = None
-    partitions: int | None = None
-    window: dict[str, Any] | None = None  # window: size_s, slide_s, max_delay_s, ...
-
-
-@dataclass(frozen=True)
-class _Plan:
-    source: dict[str, Any]
-    ops: tuple[_Op, ...] = ()
-    keyed: bool = False
-    aggregate: bool = False
-    name: str = "dataset"
-    settings: dict[str, Any] = field(default_factory=dict)
-    ends: str = ""  # the method whose aggregate ends the pipeline (for messages)
-    keys_only: bool = False  # distinct: the records are the aggregate's keys
-    sort: _Sort | None = None  # sort_by: its base is the dataset to sort
-    join: _Join | None = None  # a join: its source reads the state of its two sides
-
-
-@dataclass(frozen=True)
-class _Join:
-    how: str  # join, left_outer_join, right_outer_join, full_outer_join, cogroup
-    left: _Plan
-    right: _Plan
-    partitions: int  # state partitions of both sides
-
-@dataclass(frozen=True)
-class _Sort:
-    keyfunc: Fn
-    ascending: bool
-    ranges: int | None  # None: settings.state_partitions
-    base: _Plan  # what is sorted: by the workers, or here if it is an aggregate
-
-    @property
-    def here(self) -> bool:
-        """An aggregate's result (or a sorted one) is sorted in this process."""
-        return self.base.aggregate
 
 
 class Dataset:
@@ -150,7 +107,7 @@ class Dataset:
 
     __slots__ = ("_p",)
 
-    def __init__(self, plan: _Plan) -> None:
+    def __init__(self, plan: Plan) -> None:
         self._p = plan
 
     # -- sources -----------------------------------------------------------
@@ -161,7 +118,7 @@ class Dataset:
         src: dict[str, Any] = {"type": "text", "paths": _paths(paths)}
         if batch_bytes is not None:
             src["batch_bytes"] = batch_bytes
-        return cls(_Plan(src))
+        return cls(Plan(src))
 
     @classmethod
     def read_csv(cls, paths: str | Path | Iterable[str | Path], *,
@@ -181,7 +138,7 @@ class Dataset:
                 raise UsageError("read_csv: give columns=[...] for files without a header")
             names = _csv_header(_paths(paths), delimiter)
         ds = cls.read_text(paths, batch_bytes=batch_bytes)
-        return ds._then(_Op("flat_map", "parse_csv", {"columns": names,
+        return ds._then(Op("flat_map", "parse_csv", {"columns": names,
                                                       "malformed": malformed,
                                                       "delimiter": delimiter}))
 
@@ -193,7 +150,7 @@ class Dataset:
         blank lines are skipped, and a line that is not JSON goes to the
         dead-letter stream with the reason (the action then raises
         IncompleteResult, unless ``with_settings(skip_bad_records=True)``)."""
-        return cls.read_text(paths, batch_bytes=batch_bytes)._then(_Op("flat_map", "parse_json"))
+        return cls.read_text(paths, batch_bytes=batch_bytes)._then(Op("flat_map", "parse_json"))
 
     @classmethod
     def from_stream(cls, key: str, field: str | None = "line", *, start: str = "0",
@@ -204,25 +161,25 @@ class Dataset:
         src: dict[str, Any] = {"type": "stream", "key": key, "field": field, "start": start}
         if batch_records is not None:
             src["batch_records"] = batch_records
-        return cls(_Plan(src))
+        return cls(Plan(src))
 
     # -- transformations ----------------------------------------------------
     def map(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
         """One output per record."""
-        return self._then(_Op("map", fn, dict(args or {})))
+        return self._then(Op("map", fn, dict(args or {})))
 
     def filter(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
         """The records for which ``fn`` is truthy."""
-        return self._then(_Op("filter", fn, dict(args or {})))
+        return self._then(Op("filter", fn, dict(args or {})))
 
     def flat_map(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
         """Any number of outputs per record (``fn`` returns an iterable)."""
-        return self._then(_Op("flat_map", fn, dict(args or {})))
+        return self._then(Op("flat_map", fn, dict(args or {})))
 
     def map_partitions(self, fn: Fn, *, args: dict[str, Any] | None = None) -> Dataset:
         """``fn(list_of_records) -> iterable``, once per batch (a batch is what
         a worker commits at once, not a fixed partition)."""
-        return self._then(_Op("map_partitions", fn, dict(args or {})))
+        return self._then(Op("map_partitions", fn, dict(args or {})))
 
     def sample(self, fraction: float | bool, seed: Any = None, *args: Any) -> Dataset:
         """Each record with probability ``fraction`` (Bernoulli sampling,
@@ -245,7 +202,7 @@ class Dataset:
             seed = secrets.randbits(63) if seed is None else builtins.check_seed(seed)
         except ValueError as exc:
             raise UsageError(f"sample: {exc}") from None
-        return self._then(_Op("map_partitions", "sample", {"fraction": fraction, "seed": seed}))
+        return self._then(Op("map_partitions", "sample", {"fraction": fraction, "seed": seed}))
 
     def lookup(self, table: str | Path, *, key: str, on: str | None = None,
                how: str = "inner", format: str | None = None,  # noqa: A002
@@ -268,11 +225,11 @@ class Dataset:
             lookup.make_lookup(**lookup.stamp(args))  # one-line errors now, not on a worker
         except ValueError as exc:
             raise UsageError(f"lookup: {exc}") from None
-        return self._then(_Op("flat_map", "lookup", args), keyed=False)
+        return self._then(Op("flat_map", "lookup", args), keyed=False)
 
     def key_by(self, fn: Fn, value: Fn | None = None) -> Dataset:
         """``(fn(r), value(r))`` pairs (``value`` default: the record itself)."""
-        return self._then(_Op("key_by", fn, {}, value), keyed=True)
+        return self._then(Op("key_by", fn, {}, value), keyed=True)
 
     def window(self, size_s: float, *, time: Fn, slide_s: float | None = None,
                max_delay_s: float = 0, allowed_lateness_s: float = 0,
@@ -288,14 +245,14 @@ class Dataset:
             raise UsageError("window(): key the records first (key_by), windows are per key")
         spec = {"size_s": size_s, "slide_s": slide_s, "max_delay_s": max_delay_s,
                 "allowed_lateness_s": allowed_lateness_s}
-        return self._then(_Op("window", time, args or {}, window=spec), keyed=True)
+        return self._then(Op("window", time, args or {}, window=spec), keyed=True)
 
     def repartition(self, n: int) -> Dataset:
         """End the stage here: records move to ``n`` partitions of the next
         stage (by crc32 of the key when keyed, round-robin otherwise)."""
         if not isinstance(n, int) or n < 1:
             raise UsageError(f"repartition: expected a positive number of partitions, got {n!r}")
-        return self._then(_Op("repartition", partitions=n))
+        return self._then(Op("repartition", partitions=n))
 
     def coalesce(self, n: int) -> Dataset:
         """Same as :meth:`repartition` here (a stage boundary with ``n``
@@ -309,24 +266,24 @@ class Dataset:
         (the ``reduce_by_key`` aggregate).  Ends the pipeline."""
         if op in (min, max):
             op = op.__name__
-        if isinstance(op, str) and op in _AGG_OPS:
-            return self._pairs()._then(_Op(op), aggregate=True)
+        if isinstance(op, str) and op in AGG_OPS:
+            return self._pairs()._then(Op(op), aggregate=True)
         if isinstance(op, str) and ":" not in op:
             raise UsageError(f"reduce_by_key: expected 'sum', 'min', 'max', a function or "
                              f"package.module:function, got {op!r}")
         if not (isinstance(op, str) or callable(op)):
             raise UsageError(f"reduce_by_key: expected a function, got {op!r}")
-        return self._pairs()._then(_Op("reduce_by_key", op), aggregate=True)
+        return self._pairs()._then(Op("reduce_by_key", op), aggregate=True)
 
     def count_by_key(self) -> Dataset:
         """The number of records per key.  Ends the pipeline."""
-        return self._pairs()._then(_Op("count"), aggregate=True)
+        return self._pairs()._then(Op("count"), aggregate=True)
 
     def count_by_value(self) -> Dataset:
         """The number of times each distinct record occurs.  Ends the pipeline."""
         if self._p.keyed:
             raise UsageError("count_by_value: the records are keyed pairs; use count_by_key")
-        return self._then(_Op("count"), aggregate=True)
+        return self._then(Op("count"), aggregate=True)
 
     def distinct(self, num_partitions: int | None = None) -> Dataset:
         """The distinct records: computed by the workers as the ``count``
@@ -335,8 +292,8 @@ class Dataset:
         (their records fail, as in PySpark).  ``num_partitions``: its state
         partitions (``settings.state_partitions``).  Ends the pipeline."""
         ds = self._partitions("distinct", num_partitions)
-        ds = ds._then(_Op("key_by", "tuplify", {}, "one"), keyed=True)
-        out = ds._then(_Op("count"), aggregate=True)
+        ds = ds._then(Op("key_by", "tuplify", {}, "one"), keyed=True)
+        out = ds._then(Op("count"), aggregate=True)
         return Dataset(replace(out._p, ends="distinct", keys_only=True))
 
     def group_by_key(self, num_partitions: int | None = None) -> Dataset:
@@ -345,7 +302,7 @@ class Dataset:
         `rainstorm mapreduce`'s shuffle).  Records without a ``key_by`` are
         read as ``(key, value)`` pairs.  Ends the pipeline."""
         ds = self._partitions("group_by_key", num_partitions)._pairs()
-        return Dataset(replace(ds._then(_Op("group"), aggregate=True)._p, ends="group_by_key"))
+        return Dataset(replace(ds._then(Op("group"), aggregate=True)._p, ends="group_by_key"))
 
     def sort_by(self, keyfunc: Fn, ascending: bool = True,
                 num_partitions: int | None = None) -> Dataset:
@@ -363,7 +320,7 @@ class Dataset:
         if not isinstance(ascending, bool):
             raise UsageError(f"sort_by: ascending must be True or False, got {ascending!r}")
         _check_partitions("sort_by", num_partitions)
-        srt = _Sort(keyfunc, ascending, num_partitions, self._p)
+        srt = Sort(keyfunc, ascending, num_partitions, self._p)
         return Dataset(replace(self._p, aggregate=True, ends="sort_by", sort=srt))
 
     # -- joins ----------------------------------------------------------------
@@ -399,6 +356,68 @@ class Dataset:
         lists come back as tuples)."""
         return self._join(other, "cogroup", num_partitions)
 
+    def union(self, *others: Dataset) -> Dataset:
+        """The records of this dataset and of ``others``, duplicates kept (as
+        PySpark's union).  Runs as a dataflow graph: each dataset a step, read
+        by one step (rainstorm.graph).  Keyed pairs stay keyed when every
+        side is keyed."""
+        for o in others:
+            if not isinstance(o, Dataset):
+                raise UsageError(f"union: expected Datasets, got {type(o).__name__}")
+        if not others:
+            return self
+        plans = (self._p, *(o._p for o in others))
+        for p in plans:
+            if p.sort is not None or p.join is not None:
+                raise UsageError("union: a side is a sort_by or a join, which runs several jobs "
+                                 "of its own; collect() it, or union before it")
+        return Dataset(Plan({"type": "upstream"}, inputs=plans,
+                            keyed=all(gives_pairs(p) for p in plans), name=self._p.name,
+                            settings=self._p.settings))
+
+    @staticmethod
+    def run_all(collect: Mapping[str, Dataset] | None = None, *,
+                save: Mapping[str, tuple[Dataset, str | Path]] | None = None,
+                **run: Any) -> dict[str, list[Any]]:
+        """Several outputs in one run, as one dataflow graph (Flink's several
+        sinks of one job): what the datasets share (the same Dataset
+        transformed two ways, a branch) is computed once.  ``collect``:
+        name -> Dataset, each returned like its ``collect()``; ``save``: name
+        -> (Dataset, path), written like its ``save(path)``.  Names are step
+        names (letters, digits, ``_``, ``-``).  Returns name -> records."""
+        leaves: list[Leaf] = []
+        targets: dict[str, Dataset] = {}
+        for name, ds in (collect or {}).items():
+            leaves.append(ds._leaf("run_all", name, None))
+            targets[name] = ds
+        for name, (ds, path) in (save or {}).items():
+            sink = {"type": "file", "path": str(Path(path).resolve())}
+            leaves.append(ds._leaf("run_all", name, sink))
+            targets[name] = ds
+        if not leaves:
+            raise UsageError("run_all: give at least one dataset to collect or save")
+        report = run_graph_report(compile_graph(leaves, run_key(run)), raw_keys=True, **run)
+        out: dict[str, list[Any]] = {}
+        for name, ds in targets.items():
+            result = report.results[name]
+            if isinstance(result, list):
+                out[name] = result
+            else:
+                out[name] = list(result) if ds._p.keys_only else list(dict(result).items())
+        return out
+
+    def _leaf(self, action: str, name: str, sink: dict[str, Any] | None) -> Leaf:
+        if not isinstance(self, Dataset):
+            raise UsageError(f"{action}: expected Datasets, got {type(self).__name__}")
+        self._bounded(action)
+        if self._p.sort is not None or self._p.join is not None:
+            raise UsageError(f"{action}: {name!r} is a sort_by or a join, which runs several "
+                             "jobs of its own; run it alone")
+        if sink is not None and not self._p.aggregate:
+            raise UsageError(f"{action}: save only an aggregate here ({name!r} holds records: "
+                             "collect it, or save() it alone)")
+        return Leaf(name, self._p, self._p.ops, sink)
+
     def _join(self, other: Any, how: str, n: int | None) -> Dataset:
         if not isinstance(other, Dataset):
             raise UsageError(f"{how}: expected a Dataset to join with, got "
@@ -415,9 +434,9 @@ class Dataset:
                              "num_partitions=N for both")
         parts = n or (given.pop() if given else Settings().state_partitions)
         source = {"type": "state", "job": "join-left", "other": "join-right"}  # until they run
-        return Dataset(_Plan(source, (_Op(_JOINS[how], how),), name=self._p.name,
+        return Dataset(Plan(source, (Op(_JOINS[how], how),), name=self._p.name,
                              settings={"batch_entries": 1},
-                             join=_Join(how, self._p, other._p, parts)))
+                             join=Join(how, self._p, other._p, parts)))
 
     def _joinable(self, how: str, side: str) -> None:
         """UsageError unless this dataset can be a side of a join."""
@@ -437,7 +456,7 @@ class Dataset:
         """Run this side of a join: its pairs grouped by key into ``n`` state
         partitions, kept in Redis; the job's id.  A record that is not a
         pair fails it with one line naming it."""
-        ds = self if self._p.keyed else self._then(_Op("map", "check_pair"))
+        ds = self if self._p.keyed else self._then(Op("map", "check_pair"))
         grouped = ds.group_by_key(n)
         try:
             report = grouped._launch(how, run, grouped._p.ops, key=key, raw_keys=False,
@@ -458,10 +477,15 @@ class Dataset:
     # -- the spec -------------------------------------------------------------
     @property
     def bounded(self) -> bool:
+        if self._p.inputs:
+            return all(Dataset(p).bounded for p in self._p.inputs)
         return self._p.source.get("type") in ("text", "state")
 
     def spec(self) -> JobSpec:
         """The JobSpec an action runs (callables encoded; see the module doc)."""
+        if needs_graph(self._p):
+            raise UsageError("spec(): this dataset runs as a dataflow graph of several jobs "
+                             "(a union, or a step after an aggregate); explain() shows it")
         if self._p.join is not None:
             raise UsageError(f"spec(): a {self._p.join.how} runs three jobs (one per side, "
                              "then the join); explain() shows what runs")
@@ -482,6 +506,8 @@ class Dataset:
 
         srt = self._p.sort
         jn = self._p.join
+        if srt is None and jn is None and needs_graph(self._p):
+            return graph_lines([Leaf("result", self._p, self._p.ops)])
         if srt is None and jn is not None:
             lines = [f"{jn.how}: 3 jobs on one Redis: each side grouped by key into "
                      f"{jn.partitions} state partitions, then partition p of both read at once"]
@@ -517,7 +543,7 @@ class Dataset:
             return self._unsorted().count(**run)
         if self._p.aggregate:
             return len(self.collect(**run))
-        ops = (*self._p.ops, _Op("key_by", "const", {"value": "n"}, "one"), _Op("count"))
+        ops = (*self._p.ops, Op("key_by", "const", {"value": "n"}, "one"), Op("count"))
         result = self._run("count", run, ops)
         assert isinstance(result, dict)
         return int(sum(result.values()))
@@ -561,8 +587,8 @@ class Dataset:
             if not records:
                 raise ValueError("Can not reduce() empty Dataset")
             return functools.reduce(fn, records)
-        ops = (*self._p.ops, _Op("key_by", "const", {"value": 0}, "identity"),
-               _Op("reduce_by_key", fn))
+        ops = (*self._p.ops, Op("key_by", "const", {"value": 0}, "identity"),
+               Op("reduce_by_key", fn))
         result = self._run("reduce", run, ops)
         assert isinstance(result, dict)
         if not result:
@@ -636,30 +662,36 @@ class Dataset:
     def __repr__(self) -> str:
         src = self._p.source
         what = src.get("paths") if src.get("type") == "text" else src.get("key")
-        ops = " -> ".join(_op_label(o) for o in self._p.ops) or "(source only)"
+        ops = " -> ".join(op_label(o) for o in self._p.ops) or "(source only)"
         if self._p.sort is not None:
-            ops += f" -> sort_by({_op_label(_Op('', self._p.sort.keyfunc)).strip('()')})"
+            ops += f" -> sort_by({op_label(Op('', self._p.sort.keyfunc)).strip('()')})"
         return f"<Dataset {src.get('type')} {what!r}: {ops}>"
 
     # -- internals ------------------------------------------------------------
-    def _then(self, op: _Op, *, keyed: bool | None = None, aggregate: bool = False) -> Dataset:
-        self._open(op.op)
-        return Dataset(replace(self._p, ops=(*self._p.ops, op),
-                               keyed=self._p.keyed if keyed is None else keyed,
+    def _then(self, op: Op, *, keyed: bool | None = None, aggregate: bool = False) -> Dataset:
+        base = self._open(op.op)
+        return Dataset(replace(base._p, ops=(*base._p.ops, op),
+                               keyed=base._p.keyed if keyed is None else keyed,
                                aggregate=aggregate, ends=""))
 
-    def _open(self, what: str) -> None:
-        """UsageError unless an operator may still follow (no aggregate yet)."""
-        if self._p.aggregate:
-            ends = self._p.ends or "reduce_by_key/count_by_key"
-            raise UsageError(f"{what}: the dataset already ends in an aggregate ({ends}); "
-                             "collect() it and go on in Python")
+    def _open(self, what: str) -> Dataset:
+        """Where an operator goes: this dataset, or after an aggregate a new
+        step reading its ``(key, value)`` pairs (its keys after ``distinct``:
+        rainstorm.apps.dataflow).  UsageError after ``sort_by``."""
+        if self._p.sort is not None:
+            raise UsageError(f"{what}: the dataset ends in sort_by; collect() it and go on in "
+                             "Python, or transform before sort_by")
+        if not self._p.aggregate:
+            return self
+        p = self._p
+        return Dataset(Plan({"type": "upstream"}, inputs=(p,), keyed=gives_pairs(p),
+                            name=p.name, settings=p.settings))
 
     def _partitions(self, what: str, n: int | None) -> Dataset:
         """This dataset with ``n`` state partitions (None: as it is)."""
         _check_partitions(what, n)
-        self._open(what)
-        return self if n is None else self.with_settings(state_partitions=n)
+        base = self._open(what)
+        return base if n is None else base.with_settings(state_partitions=n)
 
     def _setting(self, name: str) -> int:
         """A numeric setting of the spec: as set, else its default."""
@@ -696,7 +728,7 @@ class Dataset:
             raise
         return out[0]
 
-    def _sorted_here(self, srt: _Sort, run: dict[str, Any]) -> Iterator[list[Any]]:
+    def _sorted_here(self, srt: Sort, run: dict[str, Any]) -> Iterator[list[Any]]:
         """This dataset's collected records sorted here, cut into the ranges
         of :meth:`_sorted` (``srt.ranges`` contiguous slices)."""
         fn = srt.keyfunc if callable(srt.keyfunc) else \
@@ -745,14 +777,14 @@ class Dataset:
         """Keyed records: as they are after a key_by, else read as (key, value) pairs."""
         if self._p.keyed:
             return self
-        return self._then(_Op("key_by", "pair_key", {}, "pair_value"), keyed=True)
+        return self._then(Op("key_by", "pair_key", {}, "pair_value"), keyed=True)
 
-    def _spec(self, ops: tuple[_Op, ...], key: bytes | None = None,
+    def _spec(self, ops: tuple[Op, ...], key: bytes | None = None,
               source: dict[str, Any] | None = None,
               sink: dict[str, Any] | None = None) -> JobSpec:
         if not ops:
-            ops = (_Op("map", "identity"),)  # a spec needs one operator
-        pipeline = [_encode(op, n, key) for n, op in enumerate(ops)]
+            ops = (Op("map", "identity"),)  # a spec needs one operator
+        pipeline = [encode_op(op, n, key) for n, op in enumerate(ops)]
         data = {"name": self._p.name, "source": source or self._p.source,
                 "pipeline": pipeline, "settings": self._p.settings}
         if sink:
@@ -765,9 +797,15 @@ class Dataset:
                              f"{self._p.source.get('type')} {self._p.source.get('key')!r}, "
                              "which never ends; only explain(), spec() and start() apply")
 
-    def _run(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...] | None = None,
+    def _run(self, action: str, run: dict[str, Any], ops: tuple[Op, ...] | None = None,
              sink: dict[str, Any] | None = None) -> dict[Any, Any] | list[Any]:
         ops = self._p.ops if ops is None else ops
+        if needs_graph(self._p):
+            self._bounded(action)
+            graph = run_graph_report(compile_graph([Leaf("result", self._p, ops, sink)],
+                                                   run_key(run)), raw_keys=sink is None, **run)
+            result = graph.results["result"]
+            return result if isinstance(result, list) else dict(result)
         if self._p.join is None:
             self._bounded(action)
             spec = self._spec(ops, run_key(run), sink=sink)
@@ -776,12 +814,12 @@ class Dataset:
         # (as execute does) the user's program asked for the whole result
         return report.result if isinstance(report.result, list) else dict(report.result)
 
-    def _report(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...],
+    def _report(self, action: str, run: dict[str, Any], ops: tuple[Op, ...],
                 on_result: Callable[[RunReport, redis.Redis], None]) -> RunReport:
         """Run ``ops``, reading the result with ``on_result`` (keys not re-read)."""
         return self._launch(action, run, ops, raw_keys=False, on_result=on_result)
 
-    def _launch(self, action: str, run: dict[str, Any], ops: tuple[_Op, ...], *,
+    def _launch(self, action: str, run: dict[str, Any], ops: tuple[Op, ...], *,
                 raw_keys: bool, key: bytes | None = None,
                 on_result: Callable[[RunReport, redis.Redis], None] | None = None,
                 sink: dict[str, Any] | None = None) -> RunReport:
@@ -791,6 +829,11 @@ class Dataset:
         signed with (default: :func:`run_key` of ``run``)."""
         self._bounded(action)
         jn = self._p.join
+        if needs_graph(self._p):
+            doc = compile_graph([Leaf("result", self._p, ops, sink)],
+                                run_key(run) if key is None else key)
+            return run_graph_report(doc, raw_keys=raw_keys, on_result=on_result,
+                                    **run).reports["result"]
         if jn is None:
             spec = self._spec(ops, run_key(run) if key is None else key, sink=sink)
             return run_report(spec, raw_keys=raw_keys, on_result=on_result, **run)
@@ -857,18 +900,18 @@ def _first_error(exc: IncompleteResult, run: dict[str, Any]) -> str:
 
 # -- encoding functions ------------------------------------------------------------
 
-def _sample_ops(srt: _Sort) -> tuple[_Op, ...]:
+def _sample_ops(srt: Sort) -> tuple[Op, ...]:
     """sort_by's first job: a weighted sample of the sort keys."""
-    return (_Op("map", srt.keyfunc),
-            _Op("map_partitions", "range_sample", {"m": sorting.SAMPLE_PER_BATCH}))
+    return (Op("map", srt.keyfunc),
+            Op("map_partitions", "range_sample", {"m": sorting.SAMPLE_PER_BATCH}))
 
 
-def _shuffle_ops(srt: _Sort, cuts: list[Any], keys: list[int]) -> tuple[_Op, ...]:
+def _shuffle_ops(srt: Sort, cuts: list[Any], keys: list[int]) -> tuple[Op, ...]:
     """sort_by's second job: every record grouped under its range's key."""
-    return (_Op("key_by", srt.keyfunc),
-            _Op("map", "range_key", {"bounds": cuts, "keys": keys,
+    return (Op("key_by", srt.keyfunc),
+            Op("map", "range_key", {"bounds": cuts, "keys": keys,
                                      "descending": not srt.ascending}),
-            _Op("group", "sort_group"))
+            Op("group", "sort_group"))
 
 
 def _check_partitions(what: str, n: int | None) -> None:
@@ -878,42 +921,6 @@ def _check_partitions(what: str, n: int | None) -> None:
 
 def _json_line(record: Any) -> str:
     return json.dumps(record, ensure_ascii=False, default=repr)
-
-
-def _encode(op: _Op, n: int, key: bytes | None = None) -> dict[str, Any]:
-    where = f"pipeline.{n}"
-    if op.op == "repartition":
-        return {"op": "repartition", "partitions": op.partitions}
-    if op.op in ("count", *_AGG_OPS):
-        return {"op": op.op}
-    if op.op == "group":
-        return {"op": "group", "combiner": op.fn} if op.fn else {"op": "group"}
-    if op.op == "window":
-        assert op.fn is not None and op.window is not None
-        out_w: dict[str, Any] = {"op": "window",
-                                 "time": encode_fn(op.fn, f"{where}.time (window)", key),
-                                 **op.window}
-        if op.args:
-            out_w["args"] = op.args
-        return out_w
-    if op.op == "reduce_by_key":
-        assert op.fn is not None
-        return {"op": "reduce_by_key",
-                "fn": encode_fn(op.fn, f"{where}.fn (reduce_by_key)", key)}
-    assert op.fn is not None
-    out: dict[str, Any] = {"op": op.op, "fn": encode_fn(op.fn, f"{where}.fn ({op.op})", key)}
-    if op.args:
-        out["args"] = op.args
-    if op.value is not None:
-        out["value"] = encode_fn(op.value, f"{where}.value ({op.op})", key)
-    return out
-
-
-def _op_label(op: _Op) -> str:
-    if op.op == "repartition":
-        return f"repartition({op.partitions})"
-    fn = op.fn if isinstance(op.fn, str) or op.fn is None else signing.name_of(op.fn)
-    return f"{op.op}({fn or ''})"
 
 
 def _paths(paths: str | Path | Iterable[str | Path]) -> list[str]:

@@ -32,15 +32,18 @@ import redis
 from rainstorm import signing
 from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, UsageError
-from rainstorm.local.run import LocalRun, RunOptions, run_job, spec_modules
+from rainstorm.graph import GraphSpec, parse_graph
+from rainstorm.local.run import GraphReport, LocalRun, RunOptions, run_graph, run_job, spec_modules
 from rainstorm.spec import JobSpec
 
-__all__ = ["Defaults", "Runner", "configure", "configured", "execute", "last_report",
-           "one_server", "run_key", "run_report", "run_script"]
+__all__ = ["Defaults", "GraphRunner", "Runner", "configure", "configured", "execute",
+           "last_report", "one_server", "run_graph_report", "run_key", "run_report",
+           "run_script"]
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[JobSpec, RunOptions], RunReport]
+GraphRunner = Callable[[GraphSpec, RunOptions], GraphReport]
 _UNSET: Any = object()
 
 
@@ -53,6 +56,7 @@ class Defaults:
     timeout_s: float | None = None
     allow_modules: tuple[str, ...] = ()
     runner: Runner | None = None  # None: rainstorm.local.run.run_job
+    graph_runner: GraphRunner | None = None  # None: rainstorm.local.run.run_graph
 
 
 _NONE_SET = Defaults()  # frozen: safe to share as the ContextVar's default
@@ -63,9 +67,9 @@ _own_url: ContextVar[str | None] = ContextVar("rainstorm_own_server", default=No
 
 
 def _changed(redis_url: Any, workers: Any, timeout_s: Any, allow_modules: Any,
-             runner: Any) -> Defaults:
+             runner: Any, graph_runner: Any = _UNSET) -> Defaults:
     given = {"redis_url": redis_url, "workers": workers, "timeout_s": timeout_s,
-             "runner": runner}
+             "runner": runner, "graph_runner": graph_runner}
     changes = {k: v for k, v in given.items() if v is not _UNSET}
     if allow_modules is not _UNSET:
         changes["allow_modules"] = tuple(allow_modules or ())
@@ -74,25 +78,28 @@ def _changed(redis_url: Any, workers: Any, timeout_s: Any, allow_modules: Any,
 
 def configure(*, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
               timeout_s: float | None = _UNSET,
-              allow_modules: Iterable[str] | None = _UNSET, runner: Runner | None = _UNSET
-              ) -> None:
+              allow_modules: Iterable[str] | None = _UNSET, runner: Runner | None = _UNSET,
+              graph_runner: GraphRunner | None = _UNSET) -> None:
     """Defaults for the actions of every Dataset in this context (an action's
     own keyword arguments win).  ``redis_url=None``: env RAINSTORM_REDIS, else
     an embedded server; ``workers``: local worker processes (default 2; 0 with
     a ``redis_url``: only remote workers).  ``runner(spec, RunOptions) ->
     RunReport`` runs the actions instead of ``rainstorm.local.run.run_job``
     (None: back to run_job)."""
-    _defaults.set(_changed(redis_url, workers, timeout_s, allow_modules, runner))
+    _defaults.set(_changed(redis_url, workers, timeout_s, allow_modules, runner, graph_runner))
 
 
 @contextmanager
 def configured(*, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
                timeout_s: float | None = _UNSET,
-               allow_modules: Iterable[str] | None = _UNSET, runner: Runner | None = _UNSET
-               ) -> Iterator[None]:
+               allow_modules: Iterable[str] | None = _UNSET, runner: Runner | None = _UNSET,
+               graph_runner: GraphRunner | None = _UNSET) -> Iterator[None]:
     """:func:`configure` for the block only; the defaults before it come back
-    at its end."""
-    token = _defaults.set(_changed(redis_url, workers, timeout_s, allow_modules, runner))
+    at its end.  ``graph_runner(graph spec, RunOptions) -> GraphReport`` runs
+    the actions that need a dataflow graph (a union, a step after an
+    aggregate, ``Dataset.run_all``) instead of rainstorm.local.run.run_graph."""
+    token = _defaults.set(_changed(redis_url, workers, timeout_s, allow_modules, runner,
+                                   graph_runner))
     try:
         yield
     finally:
@@ -181,6 +188,35 @@ def run_report(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | 
     report = (defaults.runner or run_job)(spec, opts)
     _last_report.set(report)
     _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
+    return report
+
+
+def run_graph_report(doc: dict[str, Any], *, redis_url: str | None = _UNSET,
+                     workers: int | None = _UNSET, timeout_s: float | None = _UNSET,
+                     allow_modules: Iterable[str] = (), job_id: str | None = None,
+                     raw_keys: bool = True,
+                     on_result: Callable[[RunReport, redis.Redis], None] | None = None
+                     ) -> GraphReport:
+    """:func:`run_report` for a graph (the document rainstorm.apps.dataflow
+    compiles); ``on_result`` is called with its one leaf's report while its
+    Redis still runs."""
+    gspec = parse_graph(doc, "built by Dataset")
+    defaults = _defaults.get()
+    url = _target_url(redis_url)
+    n = defaults.workers if workers is _UNSET else workers
+    n = 2 if n is None else n
+    if n < 0:
+        raise UsageError(f"workers: expected 0 or more, got {n}")
+    timeout = defaults.timeout_s if timeout_s is _UNSET else timeout_s
+    opts = RunOptions(redis_url=url, workers=n, job_id=job_id,
+                      allow_modules=(*defaults.allow_modules, *allow_modules),
+                      timeout_s=timeout, raw_keys=raw_keys, on_result=on_result,
+                      local_only=url is not None and url == _own_url.get())
+    report = (defaults.graph_runner or run_graph)(gspec, opts)
+    for step in report.graph.steps:
+        rep = report.reports[step.name]
+        _last_report.set(rep)
+        _check_complete(step.spec, rep.job_id, rep.status.dead_letters, rep.result)
     return report
 
 

@@ -26,7 +26,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import WATCH_EVERY_S, Driver, fail
-from rainstorm.coordinator.result import Result
+from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Hooks, RunReport, Session, prepare
 from rainstorm.coordinator.submit import new_id
 from rainstorm.errors import JobFailed, UsageError
@@ -68,6 +68,11 @@ class GraphReport:
     reports: dict[str, RunReport] = field(default_factory=dict)  # every step
     seconds: float = 0.0
     server: str = ""
+
+    def materialize(self) -> None:
+        """Read every leaf's result whole (before its server stops)."""
+        for name, result in self.results.items():
+            self.results[name] = self.reports[name].result = materialized(result)
 
     @property
     def graph_id(self) -> str:

@@ -230,8 +230,10 @@ class LocalRun:
                 timeout_s=opts.timeout_s, raw_keys=opts.raw_keys, stop_on_interrupt=True,
                 server=desc)
             self._stop_workers([])
-            if self._url is None:  # our server stops with us: read the results now
-                report.results = {k: materialized(v) for k, v in report.results.items()}
+            if opts.on_result and len(report.results) == 1:
+                opts.on_result(report.reports[next(iter(report.results))], r)
+            elif self._url is None:  # our server stops with us: read the results now
+                report.materialize()
             return report
         finally:
             self._stop_workers([])
