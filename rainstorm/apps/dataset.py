@@ -38,9 +38,10 @@ Records: lines (str) from ``read_text``; dicts ``{column: str}`` from
 see and must keep pairs, as in Spark's pair RDDs).  Records cross Redis as
 msgpack, so lists come back as tuples.  ``reduce_by_key`` / ``count_by_key``
 on a dataset without ``key_by`` read its records as ``(key, value)`` pairs.
-An aggregate ends the pipeline (``distinct``, ``group_by_key`` and ``sort_by``
-are aggregates here too): collect and go on in Python, or start a new
-Dataset.  ``sort_by`` runs two jobs (rainstorm.apps.sorting); part files
+An aggregate ends its job (``distinct``, ``group_by_key`` and ``sort_by`` are
+aggregates here too); a transformation after it, a ``union`` and
+``run_all`` (several outputs of one run) make the action a dataflow graph
+of several jobs (rainstorm.apps.dataflow, rainstorm.graph).  ``sort_by`` runs two jobs (rainstorm.apps.sorting); part files
 are written by rainstorm.apps.parts.  A join (``join``, ``left_outer_join``,
 ``right_outer_join``, ``full_outer_join``, ``cogroup``) runs three jobs on
 one Redis: each side grouped by key into the same state partitions, then

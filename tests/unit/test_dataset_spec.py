@@ -61,8 +61,10 @@ def test_plan_shapes() -> None:
 
 
 def test_aggregate_ends_the_pipeline_and_streams_are_unbounded() -> None:
-    with pytest.raises(UsageError, match="already ends in an aggregate"):
-        Dataset.read_text("x.txt").count_by_value().map("lower")
+    after = Dataset.read_text("x.txt").count_by_value().map("lower")  # a step after it
+    with pytest.raises(UsageError, match="runs as a dataflow graph"):
+        after.spec()
+    assert after.bounded and not Dataset.from_stream("e").count_by_value().map("lower").bounded
     st = Dataset.from_stream("events").map("upper")
     assert st.spec().source.type == "stream" and not st.bounded
     for action in (st.collect, st.count, lambda: st.top(3), lambda: st.save("/tmp/x")):
