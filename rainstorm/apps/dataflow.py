@@ -223,7 +223,8 @@ class _Compiler:
 
 
 def gives_pairs(q: Plan) -> bool:
-    return (q.aggregate and not q.keys_only) or q.keyed
+    """Does plan ``q`` give (key, value) pairs (an aggregate's result, or keyed records)?"""
+    return not q.keys_only and (q.aggregate or q.keyed)
 
 
 def graph_lines(leaves: list[Leaf]) -> list[str]:

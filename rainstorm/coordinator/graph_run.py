@@ -232,14 +232,14 @@ def _copied_by_all(r: redis.Redis, graph: Graph, name: str, job_id: str) -> str 
         at = text.split("|")
         if len(at) != len(src.jobs):
             return None
-        mine = at[src.jobs.index(job_id)]
-        if mine == END:
-            continue
-        ms, _, seq = mine.partition("-")
-        try:
-            ids.append((int(ms), int(seq or 0)))
-        except ValueError:
-            return None  # a partition position: an aggregate's, nothing in its stream
+        for mine in (p for p, up in zip(at, src.jobs, strict=True) if up == job_id):
+            if mine == END:
+                continue
+            ms, _, seq = mine.partition("-")
+            try:
+                ids.append((int(ms), int(seq or 0)))
+            except ValueError:
+                return None  # a partition position: an aggregate's, nothing in its stream
     if not ids:
         return END
     low = min(ids)
