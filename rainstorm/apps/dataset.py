@@ -43,9 +43,10 @@ aggregates here too); a transformation after it, a ``union`` and
 ``run_all`` (several outputs of one run) make the action a dataflow graph
 of several jobs (rainstorm.apps.dataflow, rainstorm.graph).  ``sort_by`` runs
 two jobs (rainstorm.apps.sorting); part files are written by
-rainstorm.apps.parts.  A join (``join``, ``left_outer_join``, ``right_outer_join``, ``full_outer_join``, ``cogroup``) runs three jobs on
-one Redis: each side grouped by key into the same state partitions, then
-a job reading partition p of both (a ``state`` source with ``other``); see
+rainstorm.apps.parts.  A join (``join``, ``left_outer_join``,
+``right_outer_join``, ``full_outer_join``, ``cogroup``) runs three jobs on
+one Redis: each side grouped by key into the same state partitions, then a
+job reading partition p of both (a ``state`` source with ``other``); see
 docs/python-api.md.
 """
 
