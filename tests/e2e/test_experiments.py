@@ -30,6 +30,7 @@ EXPERIMENTS = [
     pytest.param("join_tables", marks=SLOW),
     pytest.param("serial_fraction", marks=SLOW),
     pytest.param("latency_lookup", marks=SLOW),
+    pytest.param("graph_overhead", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
