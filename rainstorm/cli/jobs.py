@@ -156,21 +156,36 @@ def _run_graph(cmd: RunCommand, gspec: Any) -> None:
         gspec = gspec.model_copy(update={"settings": {**gspec.settings, **given}})
     signal.signal(signal.SIGTERM, raise_interrupt)
     report = run_graph(gspec, cmd.options, origin=cmd.spec_path)
-    results = report.results
-    if cmd.as_json:
-        print_result(results, 0, True)
-    else:
-        for name, result in results.items():
-            step = report.graph.step(name)
-            click.echo(f"== step {name} ({step.job_id})")
-            print_result(result, cmd.top_n if cmd.top_n is not None else step.spec.sink.top,
-                         False)
+    _print_graph(report, cmd.top_n, cmd.as_json)
     if cmd.output:
-        _write_output(cmd.output, results)
+        _write_output(cmd.output, report.results)
     mb = report.total_bytes / 1e6
     click.echo(f"graph {report.graph_id}: {len(report.reports)} steps, {mb:.1f} MB in "
                f"{report.seconds:.2f} s with {cmd.options.workers} workers on {report.server}",
                err=True)
+    _graph_complete(report)
+
+
+def _print_graph(report: Any, top_n: int | None, as_json: bool) -> None:
+    """Every leaf step's result under its name (``as_json``: one object by step)."""
+    if as_json:  # {step: result}, each result streamed as `run --json` streams one
+        from rainstorm.coordinator.result import write_json
+
+        sys.stdout.write("{")
+        for n, (name, result) in enumerate(report.results.items()):
+            sys.stdout.write(("," if n else "") + json.dumps(name) + ":")
+            write_json(sys.stdout, result)
+        sys.stdout.write("}\n")
+        sys.stdout.flush()
+        return
+    for name, result in report.results.items():
+        step = report.graph.step(name)
+        click.echo(f"== step {name} ({step.job_id})")
+        print_result(result, top_n if top_n is not None else step.spec.sink.top, False)
+
+
+def _graph_complete(report: Any) -> None:
+    """:func:`_check_complete` of every step."""
     for step in report.graph.steps:
         _check_complete(step.job_id, step.spec, report.reports[step.name].status.dead_letters)
 
@@ -280,15 +295,15 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     the key the workers hold."""
     from rainstorm.coordinator.result import completeness
     from rainstorm.coordinator.session import Hooks, Session, prepare
-    from rainstorm.spec_signature import submitter_key
+    from rainstorm.graph import GraphSpec
 
-    spec = _with_settings(_submitted_spec(spec_path, overrides),
-                          skip_bad_records=skip_bad or None)
+    loaded = _submitted_spec(spec_path, overrides)
+    if isinstance(loaded, GraphSpec):
+        _submit_graph(loaded, conn, inputs, job_id, timeout_s, unsigned, skip_bad, as_json)
+        return
+    spec = _with_settings(loaded, skip_bad_records=skip_bad or None)
     job, files = prepare(spec, list(inputs) or None, job_id)
-    key = submitter_key(unsigned=unsigned)  # no key: one line, before Redis is touched
-    if key is None:
-        click.echo("warning: --insecure-unsigned: the spec is not signed; only workers in "
-                   "development mode (--insecure-accept-unsigned) run it", err=True)
+    key = _signing_key(unsigned)
     session = Session(conn.client(), job, files, key=key, unsigned=key is None)
     report = session.run(Hooks(on_submit=lambda fresh: click.echo(
         f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)),
@@ -297,17 +312,56 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     _check_complete(job.id, spec, completeness(session.r, job.id)[0])
 
 
+def _signing_key(unsigned: bool) -> bytes | None:
+    """The key `submit` signs with (no key: one line, before Redis is touched)."""
+    from rainstorm.spec_signature import submitter_key
+
+    key = submitter_key(unsigned=unsigned)
+    if key is None:
+        click.echo("warning: --insecure-unsigned: the spec is not signed; only workers in "
+                   "development mode (--insecure-accept-unsigned) run it", err=True)
+    return key
+
+
+def _submit_graph(gspec: Any, conn: RedisOptions, inputs: tuple[str, ...], graph_id: str | None,
+                  timeout_s: float | None, unsigned: bool, skip_bad: bool,
+                  as_json: bool) -> None:
+    """`submit` of a graph: every step submitted, all driven from here
+    (workers elsewhere serve them, e.g. `rainstorm worker --job 'GRAPH.*'`)."""
+    from rainstorm.coordinator.graph_run import GraphSession, prepare_graph
+    from rainstorm.coordinator.session import Hooks
+
+    if inputs:
+        raise fail("--input: a graph's steps name their own sources; set them with "
+                   "--set steps.<step>.source.paths=[...]", 2)
+    if skip_bad:
+        gspec = gspec.model_copy(update={"settings": {**gspec.settings,
+                                                      "skip_bad_records": True}})
+    graph, steps = prepare_graph(gspec, graph_id)
+    key = _signing_key(unsigned)
+    session = GraphSession(conn.client(), graph, steps, key=key, unsigned=key is None)
+    report = session.run(Hooks(on_submit=lambda fresh: click.echo(
+        f"{'submitted' if fresh else 'resuming'} graph {graph.id} ({len(graph.steps)} steps; "
+        f"workers serve it with --job '{graph.id}.*' or without --job)", err=True)),
+        wait_s=conn.connect_timeout_s, timeout_s=timeout_s)
+    _print_graph(report, None, as_json)
+    _graph_complete(report)
+
+
 def _submitted_spec(spec_path: str | None, overrides: tuple[str, ...]) -> Any:
-    """SPEC, else the YAML text in RAINSTORM_SPEC_YAML."""
+    """SPEC (a job's or a graph's), else the YAML text in RAINSTORM_SPEC_YAML."""
     import os
 
-    from rainstorm.spec import load_spec, parse_spec_text
+    from rainstorm.graph import is_graph, load_any, parse_graph
+    from rainstorm.spec import parse_spec, spec_data
 
     inline = os.environ.get("RAINSTORM_SPEC_YAML", "")
     if spec_path:
-        return load_spec(spec_path, list(overrides))
+        return load_any(spec_path, list(overrides))
     if inline.strip():
-        return parse_spec_text(inline, "RAINSTORM_SPEC_YAML", list(overrides))
+        data = spec_data(inline, "RAINSTORM_SPEC_YAML", list(overrides))
+        return parse_graph(data, "RAINSTORM_SPEC_YAML") if is_graph(data) else \
+            parse_spec(data, "RAINSTORM_SPEC_YAML")
     raise fail("no job given: pass SPEC, or set RAINSTORM_SPEC (a spec file) or "
                "RAINSTORM_SPEC_YAML (the spec's YAML text)", 2)
 

@@ -229,3 +229,35 @@ def test_a_streaming_graph_runs_until_cancelled(tmp_path: Path, url: str,
     assert Counter(report.results["long"]) == Counter(w for w in words if len(w) >= 5)
     assert all(job_state(r, f"sg.{n}") == JobState.CANCELLED.value
                for n in ("words", "counts", "long"))
+
+
+def test_submit_a_graph_served_by_a_remote_worker(tmp_path: Path, url: str) -> None:
+    """`rainstorm submit GRAPH --redis URL` drives every step; a `rainstorm
+    worker --job 'G.*'` process serves them (signed with the shared key)."""
+    import os
+
+    a = write_corpus(tmp_path / "a", n_files=1, kb=10, seed=8)
+    b = write_corpus(tmp_path / "b", n_files=1, kb=10, seed=9)
+    spec = tmp_path / "g.yaml"
+    spec.write_text(yaml.safe_dump(_graph(a, b, tmp_path / "upper.json")))
+    env = {**os.environ, "RAINSTORM_SECRET": "graph-test-secret-0123456789abcdef",
+           "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen([sys.executable, "-m", "rainstorm", "worker", "--redis", url,
+                               "--job", "gsub.*", "--burst"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([sys.executable, "-m", "rainstorm", "submit", str(spec), "--redis",
+                               url, "--job", "gsub", "--json", "--timeout", "120"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert "submitted graph gsub (6 steps" in done.stderr or \
+            "submitted graph gsub (5 steps" in done.stderr, done.stderr
+        got = json.loads(done.stdout)
+        wa, wb = _words(a), _words(b)
+        assert got["upper"] == dict(Counter(w.upper() for w in wa))
+        assert got["firsts"] == dict(Counter(w[0] for w in Counter(wa + wb)))
+        assert worker.wait(timeout=60) == 0  # --burst: every step done, it exits
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
