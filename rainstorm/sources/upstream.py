@@ -76,8 +76,12 @@ class UpstreamLoader(BaseLoader):
         return up.plan.aggregate is not None and not up.spec.unbounded
 
     def _state(self, i: int) -> str:
-        """Input ``i``'s state; JobFailed if it failed or was cancelled."""
+        """Input ``i``'s state; JobFailed if it failed, or was cancelled while
+        this job is a batch one (a streaming graph stops when any of its steps
+        is cancelled: rainstorm.coordinator.graph_run)."""
         state = job_state(self.r, self.ids[i])
+        if state == JobState.CANCELLED.value and self.job.spec.unbounded:
+            return state
         if state in (JobState.FAILED.value, JobState.CANCELLED.value) or state is None:
             raise JobFailed(f"job {self.job.id}: its input {self.ids[i]} is "
                             f"{state or 'gone'}")
