@@ -25,15 +25,18 @@ from rainstorm.ops.tasks import kill_job
 from rainstorm.protocol.entries import data_of
 
 USERS = ("ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ida", "jo")
+PHASE_S = 10  # event seconds per phase (see produce)
 FAR_S = 10**6  # the closing records' event time: every real window closes
 Rec = dict[str, str]
 
 
 def join_graph(name: str, out: Path, hows: tuple[str, ...], size_s: float,
                slide_s: float | None = None, max_delay_s: float = 0,
-               lateness_s: float = 0, **settings: Any) -> GraphSpec:
+               lateness_s: float = 0, first: tuple[dict[str, Any], ...] = (),
+               **settings: Any) -> GraphSpec:
     """left + right (streams ``clicks`` and ``orders``) -> joined (windowed
-    group) -> one pairs step per ``how``, each with its file sink out/<how>.jsonl."""
+    group, after the ops ``first``) -> one pairs step per ``how``, each with
+    its file sink out/<how>.jsonl."""
     window = {"op": "window", "time": "side_field", "args": {"name": "ts"}, "size_s": size_s,
               "slide_s": slide_s, "max_delay_s": max_delay_s,
               "allowed_lateness_s": lateness_s}
@@ -43,7 +46,8 @@ def join_graph(name: str, out: Path, hows: tuple[str, ...], size_s: float,
                              "args": {"side": side, "key": "user"}}]}
         for side, key in (("left", "clicks"), ("right", "orders"))}
     steps["joined"] = {"input": ["left", "right"],
-                       "pipeline": [{"op": "key_by", "fn": "pair_key", "value": "pair_value"},
+                       "pipeline": [*first,
+                                    {"op": "key_by", "fn": "pair_key", "value": "pair_value"},
                                     window, {"op": "group"}]}
     for how in hows:
         steps[f"pairs-{how}"] = {"input": "joined",
@@ -122,8 +126,8 @@ def file_pairs(path: Path) -> Counter[str]:
 def late_records(r: redis.Redis, job: str) -> list[Rec]:
     """What the window step sent to its late stream: the tagged records'
     originals (``[key, [side, record]]``)."""
-    return [value[1] for _, f in r.xrange(keys.late(job))
-            for _key, value in decode_records(data_of(f))]
+    rows: Any = r.xrange(keys.late(job))
+    return [value[1] for _, f in rows for _key, value in decode_records(data_of(f))]
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str,
@@ -184,3 +188,34 @@ class GraphThread:
         assert not self.thread.is_alive(), "the graph did not stop"
         assert not self.failed, self.failed
         return self.out[0]
+
+
+def produce(run: GraphThread, rng: random.Random, phases: int, per_s: int,
+            added: Callable[[int], None] = lambda _k: None) -> tuple[list[Rec], list[Rec]]:
+    """Both sides, a phase at a time (PHASE_S event seconds: max_delay_s >=
+    it, so no record of a phase is late), each committed by the window step
+    before the next is added; ``added(k)`` is called once phase k is added."""
+    left: list[Rec] = []
+    right: list[Rec] = []
+    for k in range(phases):
+        lo, hi = k * PHASE_S, (k + 1) * PHASE_S
+        more_l, more_r = events(rng, lo, hi, per_s, "left"), events(rng, lo, hi, per_s, "right")
+        left += more_l
+        right += more_r
+        xadd(run.r, "clicks", more_l)
+        xadd(run.r, "orders", more_r)
+        added(k)
+        run.wait_records("joined", len(left) + len(right))
+    return left, right
+
+
+def close_all(run: GraphThread, sent: int, want: dict[str, int]) -> None:
+    """Add the closing records, then wait until each pairs step's file has
+    its expected number of pairs (stop() then flushes everything committed)."""
+    xadd(run.r, "clicks", [closing("left")])
+    xadd(run.r, "orders", [closing("right")])
+    run.wait_records("joined", sent + 2)
+    out = Path(run.graph.step(f"pairs-{next(iter(want))}").spec.sink.path or "").parent
+    wait_for(lambda: all(sum(file_pairs(out / f"{h}.jsonl").values()) >= n
+                         for h, n in want.items()), 90, "every window's pairs in the files",
+             lambda: run.failed)

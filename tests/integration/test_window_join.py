@@ -13,48 +13,16 @@ import redis
 
 from rainstorm.local.run import RunOptions
 from tests.window_join import (
+    PHASE_S,
     GraphThread,
-    Rec,
-    closing,
-    events,
+    close_all,
     file_pairs,
     join_graph,
     late_records,
+    produce,
     reference,
-    wait_for,
     xadd,
 )
-
-PHASE_S = 10  # event seconds per phase; max_delay_s >= it: nothing in a phase is late
-
-
-def produce(run: GraphThread, rng: random.Random, phases: int, per_s: int
-            ) -> tuple[list[Rec], list[Rec]]:
-    """Both sides, a phase at a time, each committed by the window step
-    before the next is added."""
-    left: list[Rec] = []
-    right: list[Rec] = []
-    for k in range(phases):
-        lo, hi = k * PHASE_S, (k + 1) * PHASE_S
-        more_l, more_r = events(rng, lo, hi, per_s, "left"), events(rng, lo, hi, per_s, "right")
-        left += more_l
-        right += more_r
-        xadd(run.r, "clicks", more_l)
-        xadd(run.r, "orders", more_r)
-        run.wait_records("joined", len(left) + len(right))
-    return left, right
-
-
-def close_all(run: GraphThread, sent: int, want: dict[str, int]) -> None:
-    """Add the closing records, then wait until each pairs step's file has
-    its expected number of pairs (stop() then flushes everything committed)."""
-    xadd(run.r, "clicks", [closing("left")])
-    xadd(run.r, "orders", [closing("right")])
-    run.wait_records("joined", sent + 2)
-    out = Path(run.graph.step(f"pairs-{next(iter(want))}").spec.sink.path or "").parent
-    wait_for(lambda: all(sum(file_pairs(out / f"{h}.jsonl").values()) >= n
-                         for h, n in want.items()), 90, "every window's pairs in the files",
-             lambda: run.failed)
 
 
 def test_tumbling_join_inner_and_outer_with_late_records(
