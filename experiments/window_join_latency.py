@@ -41,6 +41,7 @@ from common import ROOT, percentile, pyplot
 from rainstorm import keys
 from rainstorm.connection import connect
 from rainstorm.job import decode_records
+from rainstorm.operators.window_keys import start_us
 from rainstorm.protocol.entries import data_of
 
 SIZE_S = 1.0
@@ -161,16 +162,22 @@ def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
     producer = subprocess.Popen([sys.executable, "-c", PRODUCER, url, left, right, str(rate),
                                  str(seconds)], stdout=subprocess.PIPE, text=True)
     seen: list[tuple[float, dict[str, Any], dict[str, Any], float]] = []
-    last: Any = "0-0"
-    out_key = keys.output(f"{gid}.pairs")
+    emitted: dict[float, float] = {}  # window start -> when the window step emitted it
+    out_key, win_key = keys.output(f"{gid}.pairs"), keys.output(f"{gid}.joined")
+    last: dict[str, Any] = {out_key: "0-0", win_key: "0-0"}
     # the last window closes ~ SIZE_S + DELAY_S after its start: wait that, and 3 s more
     end_by = time.monotonic() + seconds + SIZE_S + DELAY_S + 3.0
     while time.monotonic() < end_by:
-        reply: Any = r.xread({out_key: last}, count=1000, block=100)
+        reply: Any = r.xread(last, count=1000, block=100)
         now = time.time()
-        for _s, rows in reply or []:
+        for stream, rows in reply or []:
+            name = stream.decode()
             for id_, fields in rows:
-                last = id_
+                last[name] = id_
+                if name == win_key:  # closed windows, before the pairs step copies them
+                    for wkey, _group in decode_records(fields[b"d"]):
+                        emitted.setdefault(start_us(wkey) / 1e6, now)
+                    continue
                 for _key, (a, b), start in decode_records(fields[b"d"]):
                     seen.append((now, a, b, float(start)))
     producer.wait(30)
@@ -197,6 +204,8 @@ def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
     close_ms = sorted((now - closer[start]) * 1e3 for now, _a, _b, start in warm)
     pair_ms = sorted((now - max(float(a["ts"]), float(b["ts"]))) * 1e3
                      for now, a, b, _s in warm)
+    emit_ms = sorted((emitted[s] - closer[s]) * 1e3 for s in closer
+                     if s in emitted and s >= t_first + 1.0)
     complete = got == want
     return {"rate_per_side": rate, "seconds": seconds, "records": len(sent_l) + len(sent_r),
             "late": len(late), "pairs_expected": sum(want.values()), "pairs_seen": len(seen),
@@ -204,6 +213,9 @@ def measure(url: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
             "close_p95_ms": round(percentile(close_ms, 0.95), 1),
             "close_p99_ms": round(percentile(close_ms, 0.99), 1),
             "close_max_ms": round(close_ms[-1] if close_ms else 0, 1),
+            # per window: the record that closed it -> the window step emitted it
+            "emit_median_ms": round(percentile(emit_ms, 0.5), 1),
+            "emit_max_ms": round(emit_ms[-1] if emit_ms else 0, 1),
             "pair_p50_ms": round(percentile(pair_ms, 0.50), 1),
             "pair_p95_ms": round(percentile(pair_ms, 0.95), 1),
             "pair_p99_ms": round(percentile(pair_ms, 0.99), 1),
@@ -219,7 +231,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     rates = [r["rate_per_side"] for r in rows]
     for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
         ax.plot(rates, [r[f"close_{q}_ms"] for r in rows], style, label=f"close {q}")
-        ax.plot(rates, [r[f"pair_{q}_ms"] for r in rows], style, alpha=0.4, ls="--",
+        ax.plot(rates, [r[f"pair_{q}_ms"] for r in rows], style[0] + "--", alpha=0.4,
                 label=f"pair {q}")
     for r in rows:
         if not r["sustainable"]:
