@@ -30,11 +30,13 @@ EXPERIMENTS = [
     pytest.param("join_tables", marks=SLOW),
     pytest.param("serial_fraction", marks=SLOW),
     pytest.param("latency_lookup", marks=SLOW),
+    pytest.param("latency_window_join", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
 # results named apart from their script: name -> (script, its extra arguments)
-VARIANTS = {"latency_lookup": ("latency", ["--lookup"])}
+VARIANTS = {"latency_lookup": ("latency", ["--lookup"]),
+            "latency_window_join": ("latency", ["--window-join"])}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
