@@ -24,11 +24,13 @@ Writes experiments/results/latency.{csv,png}.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,7 @@ print(sent)
 """
 
 
+@functools.cache  # one table for every rate
 def lookup_table(tmp: Path) -> Path:
     """k,name: one row per digit (what records start with), 100k that no record matches."""
     table = tmp / "table.csv"
@@ -189,32 +192,27 @@ def main() -> int:
                     help="a windowed stream-stream join; --rates are per side")
     a = ap.parse_args()
     if a.window_join:
-        return window_join(a)
+        rates = [1000] if a.quick else [int(x) for x in
+                                        (a.rates_given or "1000,5000,10000").split(",")]
+        rows = ladder(rates, 4.0 if a.quick else a.seconds,
+                      lambda url, rate, seconds, tmp:
+                      window_join_latency.measure(url, rate, seconds, tmp))
+        return finish("latency_window_join", rows, a.out,
+                      lambda p: window_join_latency.plot(rows, p))
     rates = [1000, 5000] if a.quick else [
         int(x) for x in (a.rates_given or "1000,5000,10000,20000,30000,50000").split(",")]
-    seconds = 3.0 if a.quick else a.seconds
-    rows = []
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"rainstorm-latency-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    with EmbeddedRedis() as srv:
-        r = connect(srv.url)
-        load_library(r)
-        r.close()
-        table = lookup_table(tmp) if a.lookup else None
-        for rate in rates:
-            row = measure(srv.url, rate, seconds, tmp, table)
-            print(row, flush=True)
-            rows.append(row)
+    rows = ladder(rates, 3.0 if a.quick else a.seconds,
+                  lambda url, rate, seconds, tmp:
+                  measure(url, rate, seconds, tmp, lookup_table(tmp) if a.lookup else None))
     sustained = [r["rate"] for r in rows if r["sustainable"]]
     print(f"highest sustained rate tried: {max(sustained) if sustained else 'none'} records/s")
     return finish("latency_lookup" if a.lookup else "latency", rows, a.out,
                   lambda p: plot(rows, p))
 
 
-def window_join(a: Any) -> int:
-    rates = [1000] if a.quick else [int(x) for x in
-                                    (a.rates_given or "1000,5000,10000").split(",")]
-    seconds = 4.0 if a.quick else a.seconds
+def ladder(rates: list[int], seconds: float,
+           run: Callable[[str, int, float, Path], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``run(url, rate, seconds, tmp)`` for each rate on one embedded server."""
     rows = []
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"rainstorm-latency-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -223,12 +221,10 @@ def window_join(a: Any) -> int:
         load_library(r)
         r.close()
         for rate in rates:
-            row = window_join_latency.measure(srv.url, rate, seconds, tmp)
+            row = run(srv.url, rate, seconds, tmp)
             print(row, flush=True)
             rows.append(row)
-    return finish("latency_window_join", rows, a.out,
-                  lambda p: window_join_latency.plot(rows, p))
-
+    return rows
 
 if __name__ == "__main__":
     sys.exit(main())
