@@ -121,6 +121,13 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
 
 
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """The q-quantile of sorted values (nearest rank below); nan if none."""
+    if not sorted_ms:
+        return float("nan")
+    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
+
+
 def pyplot() -> Any:
     import matplotlib
 

@@ -8,27 +8,34 @@ append to output visible.  For each rate: p50/p95/p99/max, the rate
 achieved, and whether it is sustainable (every record out within 2 s of the
 end, and the latency not growing through the run).
 
-    python experiments/latency.py [--quick] [--seconds 10] [--rates ...] [--lookup]
+    python experiments/latency.py [--quick] [--seconds 10] [--rates ...] [--lookup | --window-join]
 
 ``--lookup``: the job is a stream-table join instead of the one ``map``
 (each record keyed by its first character, then the built-in ``lookup``
 against a 100,001-row CSV table generated here, one row per first digit:
 every record leaves with its row), written to latency_lookup.{csv,png}.
 
+``--window-join``: a windowed stream-stream join instead, at the rates per
+side (default 1000,5000,10000): see window_join_latency.py for what is
+measured; written to latency_window_join.{csv,png}.
+
 Writes experiments/results/latency.{csv,png}.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, finish, parser, pyplot
+import window_join_latency
+from common import ROOT, finish, parser, percentile, pyplot
 
 from rainstorm import keys
 from rainstorm.connection import connect
@@ -71,12 +78,7 @@ print(sent)
 """
 
 
-def percentile(sorted_ms: list[float], q: float) -> float:
-    if not sorted_ms:
-        return float("nan")
-    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
-
-
+@functools.cache  # one table for every rate
 def lookup_table(tmp: Path) -> Path:
     """k,name: one row per digit (what records start with), 100k that no record matches."""
     table = tmp / "table.csv"
@@ -181,12 +183,36 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rates", default="1000,5000,10000,20000,30000,50000")
+    ap.add_argument("--rates", dest="rates_given", default=None,
+                    help="default 1000,5000,10000,20000,30000,50000 (--window-join: "
+                         "1000,5000,10000 per side)")
     ap.add_argument("--lookup", action="store_true",
                     help="a stream-table (lookup) join instead of one map")
+    ap.add_argument("--window-join", action="store_true",
+                    help="a windowed stream-stream join; --rates are per side")
     a = ap.parse_args()
-    rates = [1000, 5000] if a.quick else [int(x) for x in a.rates.split(",")]
-    seconds = 3.0 if a.quick else a.seconds
+    if a.window_join:
+        rates = [1000] if a.quick else [int(x) for x in
+                                        (a.rates_given or "1000,5000,10000").split(",")]
+        rows = ladder(rates, 4.0 if a.quick else a.seconds,
+                      lambda url, rate, seconds, tmp:
+                      window_join_latency.measure(url, rate, seconds, tmp))
+        return finish("latency_window_join", rows, a.out,
+                      lambda p: window_join_latency.plot(rows, p))
+    rates = [1000, 5000] if a.quick else [
+        int(x) for x in (a.rates_given or "1000,5000,10000,20000,30000,50000").split(",")]
+    rows = ladder(rates, 3.0 if a.quick else a.seconds,
+                  lambda url, rate, seconds, tmp:
+                  measure(url, rate, seconds, tmp, lookup_table(tmp) if a.lookup else None))
+    sustained = [r["rate"] for r in rows if r["sustainable"]]
+    print(f"highest sustained rate tried: {max(sustained) if sustained else 'none'} records/s")
+    return finish("latency_lookup" if a.lookup else "latency", rows, a.out,
+                  lambda p: plot(rows, p))
+
+
+def ladder(rates: list[int], seconds: float,
+           run: Callable[[str, int, float, Path], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``run(url, rate, seconds, tmp)`` for each rate on one embedded server."""
     rows = []
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"rainstorm-latency-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -194,16 +220,11 @@ def main() -> int:
         r = connect(srv.url)
         load_library(r)
         r.close()
-        table = lookup_table(tmp) if a.lookup else None
         for rate in rates:
-            row = measure(srv.url, rate, seconds, tmp, table)
+            row = run(srv.url, rate, seconds, tmp)
             print(row, flush=True)
             rows.append(row)
-    sustained = [r["rate"] for r in rows if r["sustainable"]]
-    print(f"highest sustained rate tried: {max(sustained) if sustained else 'none'} records/s")
-    return finish("latency_lookup" if a.lookup else "latency", rows, a.out,
-                  lambda p: plot(rows, p))
-
+    return rows
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -97,6 +97,7 @@ class GraphSession:
         self.sessions = {s.name: Session(r, *steps[s.name], key=key, unsigned=unsigned)
                          for s in graph.steps}
         self._t0 = time.perf_counter()
+        self.cancelled = False  # a step was cancelled, so every step is being stopped
 
     def submit(self, wait_s: float | None = None) -> bool:
         """Submit every step (inputs first) and store the graph's record;
@@ -145,7 +146,7 @@ class GraphSession:
         try:
             while len(results) < len(drivers):
                 self._round(drivers, results)
-                if hooks.check:
+                if hooks.check and not self.cancelled:  # (stopping: workers may leave)
                     hooks.check()
                 trimmed = self._trim(trimmed)
                 if all(d.loaded for name, d in drivers.items() if name not in results):
@@ -182,6 +183,7 @@ class GraphSession:
         return now
 
     def _cancel(self) -> None:
+        self.cancelled = True
         for s in self.graph.steps:
             self.r.hset(keys.meta(s.job_id), "state", JobState.CANCELLED.value)
 

@@ -31,11 +31,13 @@ EXPERIMENTS = [
     pytest.param("serial_fraction", marks=SLOW),
     pytest.param("latency_lookup", marks=SLOW),
     pytest.param("graph_overhead", marks=SLOW),
+    pytest.param("latency_window_join", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
 # results named apart from their script: name -> (script, its extra arguments)
-VARIANTS = {"latency_lookup": ("latency", ["--lookup"])}
+VARIANTS = {"latency_lookup": ("latency", ["--lookup"]),
+            "latency_window_join": ("latency", ["--window-join"])}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

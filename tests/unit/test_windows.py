@@ -11,13 +11,8 @@ import pytest
 
 from rainstorm.errors import UsageError
 from rainstorm.operators.chain import Chain, OperatorError
-from rainstorm.operators.windows import (
-    WindowBatch,
-    Windows,
-    seconds_label,
-    split_key,
-    window_key,
-)
+from rainstorm.operators.window_keys import seconds_label, split_key, window_key
+from rainstorm.operators.windows import WindowBatch, Windows
 from rainstorm.plan import describe, plan
 from rainstorm.spec import WindowOp, parse_spec
 
