@@ -12,7 +12,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.errors import RainstormError
-from rainstorm.graphstore import GraphRecord, graphs, load_graph
+from rainstorm.graphstore import GraphRecord, load_graph, parse_record
 from rainstorm.job import Job
 from rainstorm.monitor.counts import PROGRESS_READS, JobProgress, parse_progress, queue_progress
 from rainstorm.monitor.source import SourceLag, read_source, with_source
@@ -160,7 +160,7 @@ def snapshot(r: redis.Redis, job_id: str | None = None) -> Snapshot:
     """Everything at one moment (jobs in id order, then workers).  ``job_id``
     may name a dataflow graph: then its steps' jobs, in the graph's order."""
     now = time.time()
-    records = graphs(r)
+    records = _graphs(r)
     steps = {s.job: (g.id, s.step) for g in records for s in g.steps}
     chosen = graph_named(r, job_id) if job_id else None
     if chosen is not None:
@@ -172,6 +172,23 @@ def snapshot(r: redis.Redis, job_id: str | None = None) -> Snapshot:
     views = {j.id: j for j in jobs if j.state != "gone"}
     return Snapshot(time=now, jobs=jobs, workers=workers(r, now),
                     graphs=[graph_view(g, views) for g in records], steps=steps)
+
+
+def _graphs(r: redis.Redis) -> list[GraphRecord]:
+    """Every listed graph whose record can be read, by id, in two round trips
+    (rainstorm.graphstore.graphs reads them one by one)."""
+    members: Any = r.smembers(keys.GRAPHS)
+    ids = sorted(as_str(g, "replace") for g in members)
+    pipe = r.pipeline(transaction=False)
+    for gid in ids:
+        pipe.get(keys.graph(gid))
+    out = []
+    for raw in pipe.execute() if ids else []:
+        try:
+            out.append(parse_record(raw))
+        except ValueError:
+            continue  # not a record (written by hand): not a graph
+    return out
 
 
 def graph_view(record: GraphRecord, views: dict[str, JobView]) -> GraphView:
