@@ -450,7 +450,8 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
 @click.command()
 @click.argument("bounds", metavar="MIN:MAX")
 @shared()
-@click.option("--job", "job_id", help="scale only this job (default: every running job)")
+@click.option("--job", "job_id", help="scale only this job, or every step of this dataflow "
+              "graph (default: every running job)")
 @click.option("--backend", type=click.Choice(["local", "docker"]), default="local",
               show_default=True, help="start workers as local processes or Docker containers")
 @click.option("--image", default="rainstorm:latest", show_default=True,

@@ -21,10 +21,17 @@ from rainstorm.cli.show import print_result, table
 @shared()
 @json_option
 def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
-    """Show jobs, their stages and counters."""
-    from rainstorm.ops.status import job_statuses
+    """Show jobs, their stages and counters; JOB_ID may name a dataflow
+    graph: then each step (its job, state, inputs, per stage emitted,
+    committed and backlog) and the graph's state."""
+    from rainstorm.ops.status import graph_status, graph_statuses, job_statuses
 
-    rows = job_statuses(conn.client(), job_id)
+    r = conn.client()
+    graph = graph_status(r, job_id) if job_id else None
+    if graph is not None:
+        _print_graph(graph, as_json)
+        return
+    rows = job_statuses(r, job_id)
     if as_json:
         click.echo(json.dumps([row.to_json() for row in rows]))
         return
@@ -38,6 +45,30 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
             out.add_row(row.job, state, str(row.loaded), f"{row.progress * 100:.1f}%",
                         str(s.index), str(s.emitted), str(s.committed), str(s.dead),
                         str(s.claimed), str(s.rejected))
+    Console().print(out)
+    graphs = [] if job_id else graph_statuses(r)
+    if graphs:
+        table("rainstorm graphs", [{"graph": g.record.id, "name": g.record.name,
+                                    "state": g.state,
+                                    "steps": ", ".join(f"{row.step}: {row.state}"
+                                                       for row in g.rows)} for g in graphs],
+              ["graph", "name", "state", "steps"])
+
+
+def _print_graph(graph: Any, as_json: bool) -> None:
+    """`status GRAPH_ID`: one row per stage of every step."""
+    if as_json:
+        click.echo(json.dumps(graph.to_json()))
+        return
+    out = Table(title=f"graph {graph.record.id} ({graph.record.name}): {graph.state}")
+    for col in ("step", "job", "state", "inputs", "stage", "emitted", "committed", "backlog"):
+        out.add_column(col)
+    for s, row in zip(graph.record.steps, graph.rows, strict=True):
+        state = "done (INCOMPLETE)" if row.incomplete else row.state
+        inputs = ", ".join(s.inputs) or "-"
+        for c in row.stages or [None]:
+            out.add_row(s.step, row.job, state, inputs, *(("-",) * 4 if c is None else
+                        (str(c.index), str(c.emitted), str(c.committed), str(c.backlog))))
     Console().print(out)
 
 
@@ -116,7 +147,8 @@ def workers(conn: RedisOptions, prune_s: float | None, as_json: bool) -> None:
               show_default=True, help="seconds over which rates are measured (0: no rates)")
 @json_option
 def list_tasks(job_id: str | None, conn: RedisOptions, sample_s: float, as_json: bool) -> None:
-    """Per job, stage and partition: unread and pending entries, rates, holders."""
+    """Per job, stage and partition: unread and pending entries, rates,
+    holders (JOB_ID may name a dataflow graph: every step's tasks)."""
     from rainstorm.ops.tasks import list_tasks as tasks
 
     views = tasks(conn.client(), job_id, sample_s)
@@ -127,8 +159,11 @@ def list_tasks(job_id: str | None, conn: RedisOptions, sample_s: float, as_json:
              "holders": ", ".join(f"{k}: {v}" for k, v in t.holders.items()) or "-",
              "rate": "-" if t.in_rate is None else f"{t.in_rate:g} in / {t.out_rate:g} out"}
             for t in views]
-    table("rainstorm tasks (rates in entries/s)", rows,
-          ["job", "state", "stage", "partition", "unread", "pending", "rate", "holders"])
+    steps = ["step"] if any(t.step for t in views) else []
+    table("rainstorm tasks (rates in entries/s)", [{**row, "step": row["step"] or "-"}
+                                                   for row in rows],
+          ["job", *steps, "state", "stage", "partition", "unread", "pending", "rate",
+           "holders"])
 
 
 @click.command("kill-worker")
@@ -237,10 +272,20 @@ def tail(job_id: str, conn: RedisOptions, from_start: bool, interval_s: float) -
               help="only stop it: keep its keys (a streaming job's result stays readable)")
 def kill_job(job_id: str, conn: RedisOptions, keep: bool) -> None:
     """Cancel JOB and remove its keys (its coordinator fails with 'cancelled';
-    a streaming job's coordinator stops cleanly)."""
+    a streaming job's coordinator stops cleanly).  JOB may name a dataflow
+    graph: every step's job, and the graph's record."""
+    from rainstorm.monitor import graph_named
+    from rainstorm.ops.tasks import kill_graph
     from rainstorm.ops.tasks import kill_job as cancel
 
-    n = cancel(conn.client(), job_id, keep=keep)
+    r = conn.client()
+    if graph_named(r, job_id) is not None:
+        steps, removed = kill_graph(r, job_id, keep=keep)
+        click.echo(f"graph {job_id} cancelled: {steps} steps; " + (
+            "their keys are kept" if keep else f"{removed} keys and the graph's record removed"),
+            err=True)
+        return
+    n = cancel(r, job_id, keep=keep)
     click.echo(f"job {job_id} cancelled; " + ("its keys are kept"
                                               if keep else f"{n} keys removed"), err=True)
 

@@ -8,10 +8,11 @@ agree on what a number means:
 * :mod:`~rainstorm.monitor.counts`: the one reader of a job's counters hash
   (:func:`parse_counts`, :func:`read_progress`) -> ``StageCounts``/``JobCounts``;
 * :mod:`~rainstorm.monitor.views`: the typed views (``WorkerView``,
-  ``JobView``, ``StageView``, ``PartitionView``, ``Snapshot``), each with the
-  ``to_json()`` that ``--json`` and the dashboard's API print;
+  ``JobView``, ``StageView``, ``PartitionView``, ``GraphView``, ``Snapshot``),
+  each with the ``to_json()`` that ``--json`` and the dashboard's API print;
 * :mod:`~rainstorm.monitor.look`: one look at Redis (:func:`snapshot`,
-  :func:`job_view`, :func:`workers`);
+  :func:`job_view`, :func:`workers`; :func:`graph_named`: the dataflow graph
+  an id names, whose step jobs a snapshot of that id holds);
 * :mod:`~rainstorm.monitor.rates`: :class:`RateTracker`, per-second rates
   from successive snapshots;
 * :mod:`~rainstorm.monitor.deadletters`: dead letters as rows (``DeadLetter``).
@@ -32,6 +33,8 @@ from rainstorm.monitor.counts import (
 )
 from rainstorm.monitor.deadletters import dead_letter_row, dead_letters
 from rainstorm.monitor.look import (
+    graph_named,
+    graph_view,
     job_ids,
     job_view,
     snapshot,
@@ -42,18 +45,22 @@ from rainstorm.monitor.rates import HistoryPoint, RateTracker
 from rainstorm.monitor.source import SourceLag, read_source, with_source
 from rainstorm.monitor.views import (
     DEAD_AFTER_S,
+    GraphStepView,
+    GraphView,
     JobView,
     PartitionView,
     Rates,
     Snapshot,
     StageView,
     WorkerView,
+    graph_state,
 )
 
 __all__ = [
-    "DEAD_AFTER_S", "HistoryPoint", "JobCounts", "JobProgress", "JobView", "PartitionView",
+    "DEAD_AFTER_S", "GraphStepView", "GraphView", "HistoryPoint", "JobCounts", "JobProgress",
+    "JobView", "PartitionView",
     "RateTracker", "Rates", "Snapshot", "SourceLag", "StageCounts", "StageView", "WorkerView",
-    "dead_letter_row", "dead_letters", "job_ids",
+    "dead_letter_row", "dead_letters", "graph_named", "graph_state", "graph_view", "job_ids",
     "job_view", "parse_counts", "read_max_event", "read_progress", "read_source",
     "snapshot", "with_source", "worker_view", "workers",
 ]

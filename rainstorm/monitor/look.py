@@ -12,11 +12,14 @@ import redis
 
 from rainstorm import keys
 from rainstorm.errors import RainstormError
+from rainstorm.graphstore import GraphRecord, load_graph, parse_record
 from rainstorm.job import Job
 from rainstorm.monitor.counts import PROGRESS_READS, JobProgress, parse_progress, queue_progress
 from rainstorm.monitor.source import SourceLag, read_source, with_source
 from rainstorm.monitor.views import (
     DEAD_AFTER_S,
+    GraphStepView,
+    GraphView,
     JobView,
     PartitionView,
     Snapshot,
@@ -145,8 +148,51 @@ def _state(r: redis.Redis, job: Job, stage: int) -> StateView:
                      log_entries=sum(as_int(x) for x in raw[2::3]))
 
 
+def graph_named(r: redis.Redis, name: str) -> GraphRecord | None:
+    """The dataflow graph ``name`` names, unless a job has that id (a job
+    id wins: commands that took a job id keep meaning that job)."""
+    if r.sismember(keys.JOBS, name):
+        return None
+    return load_graph(r, name)
+
+
 def snapshot(r: redis.Redis, job_id: str | None = None) -> Snapshot:
-    """Everything at one moment (jobs in id order, then workers)."""
+    """Everything at one moment (jobs in id order, then workers).  ``job_id``
+    may name a dataflow graph: then its steps' jobs, in the graph's order."""
     now = time.time()
-    ids = [job_id] if job_id else job_ids(r)
-    return Snapshot(time=now, jobs=[job_view(r, j) for j in ids], workers=workers(r, now))
+    records = _graphs(r)
+    steps = {s.job: (g.id, s.step) for g in records for s in g.steps}
+    chosen = graph_named(r, job_id) if job_id else None
+    if chosen is not None:
+        ids, records = chosen.jobs, [chosen]
+    else:
+        ids = [job_id] if job_id else job_ids(r)
+        records = [] if job_id else records
+    jobs = [job_view(r, j) for j in ids]
+    views = {j.id: j for j in jobs if j.state != "gone"}
+    return Snapshot(time=now, jobs=jobs, workers=workers(r, now),
+                    graphs=[graph_view(g, views) for g in records], steps=steps)
+
+
+def _graphs(r: redis.Redis) -> list[GraphRecord]:
+    """Every listed graph whose record can be read, by id, in two round trips
+    (rainstorm.graphstore.graphs reads them one by one)."""
+    members: Any = r.smembers(keys.GRAPHS)
+    ids = sorted(as_str(g, "replace") for g in members)
+    pipe = r.pipeline(transaction=False)
+    for gid in ids:
+        pipe.get(keys.graph(gid))
+    out = []
+    for raw in pipe.execute() if ids else []:
+        try:
+            out.append(parse_record(raw))
+        except ValueError:
+            continue  # not a record (written by hand): not a graph
+    return out
+
+
+def graph_view(record: GraphRecord, views: dict[str, JobView]) -> GraphView:
+    """A graph's record with its steps' job views (a step missing: gone)."""
+    return GraphView(id=record.id, name=record.name,
+                     steps=[GraphStepView(s.step, s.job, s.inputs, views.get(s.job))
+                            for s in record.steps])

@@ -9,6 +9,7 @@ public interface: keep them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,14 +168,104 @@ class JobView:
                 "progress": self.progress}
 
 
+def graph_state(states: Iterable[str]) -> str:
+    """A dataflow graph's state from its steps' states: failed if one failed
+    (or is broken), else cancelled if one was cancelled, done once every
+    step is done, gone if every step's keys are gone, else running."""
+    seen = list(states)
+    for bad in ("failed", "broken", "cancelled"):
+        if bad in seen:
+            return "cancelled" if bad == "cancelled" else "failed"
+    if seen and all(s == "done" for s in seen):
+        return "done"
+    if seen and all(s == "gone" for s in seen):
+        return "gone"
+    return "running"
+
+
+@dataclass(frozen=True)
+class GraphStepView:
+    """One step of a dataflow graph: its job's view (None: the job is gone)."""
+
+    step: str
+    job: str
+    inputs: tuple[str, ...]
+    view: JobView | None
+
+    @property
+    def state(self) -> str:
+        return self.view.state if self.view is not None else "gone"
+
+    @property
+    def stages(self) -> list[StageView]:
+        return self.view.stages if self.view is not None else []
+
+    @property
+    def backlog(self) -> int:
+        """Entries emitted into any of the step's stages and not yet committed."""
+        return sum(s.backlog for s in self.stages)
+
+    @property
+    def records_in(self) -> int:
+        """Records the step's first stage has processed."""
+        return self.stages[0].counts.records_in if self.stages else 0
+
+    @property
+    def records_out(self) -> int:
+        """Records the step's last stage emitted."""
+        return self.stages[-1].counts.records_out if self.stages else 0
+
+    @property
+    def records_rate(self) -> float | None:
+        """Records per second into the step (None: no rate measured yet)."""
+        rates = self.stages[0].rates if self.stages else None
+        return rates.records_rate if rates is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "job": self.job, "inputs": list(self.inputs),
+                "state": self.state, "stages": len(self.stages), "backlog": self.backlog,
+                "records_in": self.records_in, "records_out": self.records_out,
+                "records_rate": self.records_rate}
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """A dataflow graph (its record ``rs:graph:<id>``) with its steps' views."""
+
+    id: str
+    name: str
+    steps: list[GraphStepView]
+
+    @property
+    def state(self) -> str:
+        return graph_state(s.state for s in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"graph": self.id, "name": self.name, "state": self.state,
+                "steps": [s.to_json() for s in self.steps]}
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything at one moment: jobs in id order, then workers."""
+    """Everything at one moment: jobs in id order, then workers; the graphs
+    whose steps are all among the jobs, and every graph step's job id ->
+    (graph id, step name)."""
 
     time: float
     jobs: list[JobView]
     workers: list[WorkerView]
+    graphs: list[GraphView] = field(default_factory=list)
+    steps: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def step_of(self, job_id: str) -> tuple[str, str] | None:
+        """(graph id, step name) of a job that is a graph's step, else None."""
+        return self.steps.get(job_id)
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": self.time, "jobs": [j.to_json() for j in self.jobs],
-                "workers": [w.to_json() for w in self.workers]}
+        def job(j: JobView) -> dict[str, Any]:
+            graph, step = self.steps.get(j.id, (None, None))
+            return {**j.to_json(), "graph": graph, "step": step}
+
+        return {"time": self.time, "jobs": [job(j) for j in self.jobs],
+                "workers": [w.to_json() for w in self.workers],
+                "graphs": [g.to_json() for g in self.graphs]}

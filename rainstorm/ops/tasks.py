@@ -1,6 +1,7 @@
 """Task management: who holds what (`list-tasks`, as typed TaskRows), worker
 liveness and stopping workers (`kill-worker`, `workers --prune`),
-throttling a job's input (`throttle`), cancelling a job (`kill-job`)."""
+throttling a job's input (`throttle`), cancelling a job or every step of a
+dataflow graph (`kill-job`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import redis
 
 from rainstorm import keys, monitor
 from rainstorm.errors import RainstormError, UsageError
+from rainstorm.graphstore import forget_graph
 from rainstorm.job import Job, JobState
 from rainstorm.jobstore import load_job
 from rainstorm.protocol import meta
@@ -35,20 +37,23 @@ class TaskRow:
     in_rate: float | None  # the stage's entries/s in and out (None: not measured)
     out_rate: float | None
     holders: dict[str, int]  # worker id -> entries of the partition it holds pending
+    graph: str | None = None  # the dataflow graph whose step the job is (None: none)
+    step: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"job": self.job, "state": self.state, "stage": self.stage,
                 "partition": self.partition, "stream": self.stream, "unread": self.unread,
                 "pending": self.pending, "in_rate": self.in_rate, "out_rate": self.out_rate,
-                "holders": dict(self.holders)}
+                "holders": dict(self.holders), "graph": self.graph, "step": self.step}
 
 
 def list_tasks(r: redis.Redis, job_id: str | None = None,
                sample_s: float = 1.0) -> list[TaskRow]:
     """Per job, stage and partition: entries waiting (unread) and being
     worked (pending), who holds them, and the stage's rates measured over
-    ``sample_s`` seconds (0: no rates)."""
-    if job_id:
+    ``sample_s`` seconds (0: no rates).  ``job_id`` may name a dataflow
+    graph: then every step's tasks, each row naming its step."""
+    if job_id and monitor.graph_named(r, job_id) is None:
         load_job(r, job_id)  # a clear error for an unknown job
     tracker = monitor.RateTracker()
     snap = tracker.update(monitor.snapshot(r, job_id))
@@ -57,7 +62,8 @@ def list_tasks(r: redis.Redis, job_id: str | None = None,
         snap = tracker.update(monitor.snapshot(r, job_id))
     return [TaskRow(job.id, job.state, st.index, part.partition, part.stream, part.unread,
                     part.pending, st.rates.in_rate if st.rates else None,
-                    st.rates.out_rate if st.rates else None, part.holders)
+                    st.rates.out_rate if st.rates else None, part.holders,
+                    *(snap.step_of(job.id) or (None, None)))
             for job in snap.jobs for st in job.stages for part in st.partition_rows]
 
 
@@ -160,6 +166,24 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
                              f"of kill-job ({exc}); use the admin user"
                              + ("" if keep else ", or --keep to only cancel it")) from None
     return sum(int(n) for n in replies[1:-2 - len(forget)]) if not keep else 0
+
+
+def kill_graph(r: redis.Redis, graph_id: str, keep: bool = False) -> tuple[int, int]:
+    """Cancel every step of the dataflow graph ``graph_id`` and, unless
+    ``keep``, remove their keys and the graph's record; returns (steps
+    cancelled, keys removed).  Every step is cancelled before any is
+    removed, so no step's driver sees its input vanish while it still runs;
+    a step already gone is skipped."""
+    record = monitor.graph_named(r, graph_id)
+    if record is None:
+        raise UsageError(f"no such job or graph: {graph_id}")
+    present = [job for job in record.jobs if r.exists(keys.spec(job))]
+    for job in present:
+        kill_job(r, job, keep=True)
+    removed = 0 if keep else sum(kill_job(r, job) for job in present)
+    if not keep:
+        forget_graph(r, graph_id)
+    return len(present), removed
 
 
 def _forget_source(r: redis.Redis, job: Job) -> list[tuple[Any, ...]]:

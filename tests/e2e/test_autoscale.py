@@ -8,14 +8,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import redis
 
-from rainstorm import keys
+from rainstorm import keys, monitor
+from rainstorm.coordinator.graph_run import GraphSession, prepare_graph
+from rainstorm.coordinator.session import Hooks
+from rainstorm.graph import parse_graph
 from rainstorm.local.run import prepare
+from rainstorm.ops.autoscale.backends import LocalBackend
+from rainstorm.ops.autoscale.controller import Autoscaler
+from rainstorm.ops.autoscale.policy import ScalePolicy
 from rainstorm.spec import parse_spec
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, Driven, cli, submit, wait_for
@@ -101,3 +108,53 @@ def test_run_with_autoscale_is_exact(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "MIN <= MAX" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_autoscale_a_graph_pins_workers_to_each_step_and_stage(tmp_path: Path, url: str,
+                                                                r: redis.Redis) -> None:
+    """`autoscale --job GRAPH_ID`: every stage of every running step's job
+    gets its own workers (pinned to job <graph>.<step>, stage i); they alone
+    run the graph, exactly; a finished step keeps none."""
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=20)
+    gspec = parse_graph({"name": "asg", "steps": {
+        "words": {"source": {"type": "text", "paths": [str(p) for p in paths],
+                             "batch_bytes": 1024},
+                  "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}]},
+        "counts": {"input": "words",
+                   "pipeline": [{"op": "map", "fn": "lower"}, {"op": "repartition"},
+                                {"op": "count"}]},
+        "upper": {"input": "words", "pipeline": [{"op": "map", "fn": "upper"}],
+                  "sink": {"type": "file", "path": str(tmp_path / "upper.json")}}}})
+    graph, steps = prepare_graph(gspec, "asg")
+    GraphSession(r, graph, steps).submit()
+    scaler_r = redis.Redis.from_url(url)
+    backend = LocalBackend(scaler_r, url, allow_modules=("tests",),
+                           env={"RAINSTORM_TEST_SLOW_MS": "1"})
+    scaler = Autoscaler(scaler_r, backend, ScalePolicy(1, 2, period_s=0.5, cooldown_s=1,
+                                                       interval_s=0.25), job_id=graph.id)
+    stop = threading.Event()
+    loop = threading.Thread(target=scaler.run, args=(stop,), daemon=True)
+    loop.start()
+    pinned: set[tuple[str | None, int | None]] = set()
+
+    def look() -> None:
+        pinned.update((w.job, w.stage) for w in monitor.workers(r) if w.alive)
+
+    try:
+        results = GraphSession(r, graph, steps).drive(timeout_s=150,
+                                                      hooks=Hooks(on_step=look))
+        every = {(s.job_id, st.index) for s in graph.steps
+                 for st in steps[s.name][0].plan.stages}
+        assert len(every) == 4  # counts has two stages
+        assert {(d.job, d.stage) for d in scaler.decisions if d.change > 0} == every
+        assert pinned <= every and pinned  # no worker served anything else
+        wait_for(lambda: not any(backend.running(j, s) for j, s in every), 60,
+                 "the finished steps' workers to be stopped")
+    finally:
+        stop.set()
+        loop.join(30)
+        backend.close()
+        scaler_r.close()
+    words = [w for p in paths for w in p.read_text(encoding="utf-8").split()]
+    assert dict(results["counts"]) == dict(Counter(w.lower() for w in words))
+    assert Counter(results["upper"]) == Counter(w.upper() for w in words)

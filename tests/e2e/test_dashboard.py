@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,11 @@ def _browser() -> Any:
 
 
 def _read(page: Any, testid: str) -> int:
-    return int(float(page.get_attribute(f'[data-testid="{testid}"]', "data-value")))
+    return _read_sel(page, f'[data-testid="{testid}"]')
+
+
+def _read_sel(page: Any, selector: str) -> int:
+    return int(float(page.get_attribute(selector, "data-value")))
 
 
 WAIT_MORE = """([sel, v]) => { const e = document.querySelector(sel);
@@ -391,3 +396,121 @@ def test_streaming_job_on_the_page(tmp_path: Path, url: str, r: redis.Redis, ui:
     finally:
         w.kill()
         w.wait(10)
+
+
+def _graph_spec(paths: list[Path], out: Path) -> Any:
+    from rainstorm.graph import parse_graph
+
+    return parse_graph({"name": "dashg", "settings": {"parallelism": 2}, "steps": {
+        "words": {"source": {"type": "text", "paths": [str(p) for p in paths],
+                             "batch_bytes": 1024, "max_rate": 25},
+                  "pipeline": [{"op": "flat_map", "fn": "tests.ops:slow_split"}]},
+        "counts": {"input": "words", "pipeline": [{"op": "count"}]},
+        "upper": {"input": "words", "pipeline": [{"op": "map", "fn": "upper"}],
+                  "sink": {"type": "file", "path": str(out)}}}})
+
+
+def _step(gid: str, step: str, testid: str) -> str:
+    return (f'[data-testid="graph"][data-graph="{gid}"] [data-testid="graph-step"]'
+            f'[data-step="{step}"] [data-testid="{testid}"]')
+
+
+def test_dashboard_draws_a_running_graph(tmp_path: Path, url: str, r: redis.Redis,
+                                         ui: UI) -> None:
+    """A graph on the page: a box per step with its backlog and records/s,
+    an arrow from each input to its reader; the numbers move while it runs
+    and end equal to the steps' counters."""
+    from rainstorm.coordinator.graph_run import GraphSession, prepare_graph
+    from rainstorm.monitor import read_progress
+    from tests.helpers import worker
+
+    sync_playwright = _browser()
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=30)
+    graph, steps = prepare_graph(_graph_spec(paths, tmp_path / "upper.json"), "dashg")
+    session = GraphSession(r, graph, steps)
+    session.submit()
+    words_job = graph.step("words").job_id  # 25 lines/s: outlasts the page's first checks
+    procs = [worker(url, "--job", f"{graph.id}.*", RAINSTORM_TEST_SLOW_MS="5")
+             for _ in range(2)]
+    outcome: dict[str, Any] = {}
+
+    def coordinate() -> None:
+        client = redis.Redis.from_url(url)
+        try:
+            outcome["results"] = GraphSession(client, graph, steps).drive(timeout_s=150)
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            client.close()
+
+    coordinator = threading.Thread(target=coordinate, daemon=True)
+    coordinator.start()
+    records_in = _step(graph.id, "words", "step-records-in")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 1100})
+                page.goto(ui.base, timeout=60_000)
+                page.wait_for_selector(records_in, timeout=60_000)
+                box = f'[data-testid="graph"][data-graph="{graph.id}"]'
+                assert page.get_attribute(box, "data-state") == "running"
+                steps_on_page = page.locator(f'{box} [data-testid="graph-step"]')
+                assert sorted(steps_on_page.nth(i).get_attribute("data-step")
+                              for i in range(steps_on_page.count())) == \
+                    ["counts", "upper", "words"]
+                edges = page.locator(f'{box} [data-testid="graph-edge"]')
+                assert sorted((edges.nth(i).get_attribute("data-from"),
+                               edges.nth(i).get_attribute("data-to"))
+                              for i in range(edges.count())) == \
+                    [("words", "counts"), ("words", "upper")]
+                assert page.locator(f"{box} svg marker").count() == 1  # the arrowheads
+                seen = [_read_sel(page, records_in)]
+                for _ in range(2):  # the number moves while the graph runs, no reload
+                    page.wait_for_function(WAIT_MORE, arg=[records_in, seen[-1]],
+                                           timeout=60_000)
+                    seen.append(_read_sel(page, records_in))
+                page.wait_for_function(WAIT_MORE, arg=[_step(graph.id, "words", "step-rate"),
+                                                       0], timeout=60_000)
+                still_running = outcome == {}
+                page.locator(f'{box} [data-testid="graph-step"][data-step="counts"]').click()
+                assert page.inner_text('[data-testid="job-title"]').startswith(
+                    graph.step("counts").job_id)
+                throttle(r, words_job, None)
+                page.wait_for_function("(sel) => document.querySelector(sel).dataset.state "
+                                       "=== 'done'", arg=box, timeout=120_000)
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                shot = SCREENSHOT.with_name("dashboard-graph.png")
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"dashboard screenshot: {shot}")
+                coordinator.join(60)
+                for name in ("words", "counts", "upper"):  # the last numbers: the counters
+                    counts = read_progress(r, graph.step(name).job_id).counts.stage(0)
+                    sel = _step(graph.id, name, "step-records-in")
+                    page.wait_for_function("([sel, v]) => Number(document.querySelector(sel)"
+                                           ".dataset.value) === v", arg=[sel, counts.records_in],
+                                           timeout=30_000)
+                    assert _read_sel(page, _step(graph.id, name, "step-backlog")) == 0
+            finally:
+                browser.close()
+        assert seen[0] < seen[1] < seen[2] and still_running, outcome
+        assert "error" not in outcome, outcome
+        words = [w for p_ in paths for w in p_.read_text(encoding="utf-8").split()]
+        lines = sum(len(p_.read_text(encoding="utf-8").splitlines()) for p_ in paths)
+        assert dict(outcome["results"]["counts"]) == dict(Counter(words))
+        assert read_progress(r, words_job).counts.stage(0).records_in == lines
+    finally:
+        if coordinator.is_alive():
+            from rainstorm.ops.tasks import kill_graph
+
+            kill_graph(r, graph.id)
+        coordinator.join(30)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    assert not coordinator.is_alive()

@@ -132,11 +132,13 @@ def test_status_and_tasks_rows(r: redis.Redis) -> None:
             {"stage": 0, "emitted": 3, "committed": 2, "dead": 0, "claimed": 1, "rejected": 0,
              "records_in": 2, "records_out": 3},
             {"stage": 1, "emitted": 1, "committed": 0, "dead": 0, "claimed": 0, "rejected": 0,
-             "records_in": 0, "records_out": 0}]}
+             "records_in": 0, "records_out": 0}],
+        "graph": None, "step": None}  # not a dataflow graph's step
     r.set(keys.spec("bad"), "not a spec")
     r.sadd(keys.JOBS, "bad")
     broken = job_statuses(r)[0].to_json()
-    assert list(broken) == ["job", "state", "error", "loaded", "progress", "stages"]
+    assert list(broken) == ["job", "state", "error", "loaded", "progress", "stages", "graph",
+                            "step"]
     tasks = [t.to_json() for t in list_tasks(r, JOB, sample_s=0)]
     n0 = load_job(r, JOB).stage(0).partitions
     assert [(t["stage"], t["partition"], t["unread"], t["in_rate"]) for t in tasks] == \

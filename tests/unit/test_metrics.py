@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from rainstorm.graphstore import GraphRecord, GraphStep
 from rainstorm.latency import Histogram
 from rainstorm.monitor import (
     JobView,
@@ -15,6 +16,8 @@ from rainstorm.monitor import (
     StageCounts,
     StageView,
     WorkerView,
+    graph_state,
+    graph_view,
 )
 from rainstorm.ops.dashboard.metrics import CONTENT_TYPE, escape_label, render
 
@@ -206,3 +209,45 @@ def test_empty_snapshot() -> None:
     assert values(fams, "rainstorm_jobs") == {key(state=s): 0
                                                for s in ("running", "done", "failed",
                                                          "cancelled")}
+
+
+def test_graph_steps_carry_graph_and_step_labels() -> None:
+    """A graph's step jobs: every per-job series also names the graph and the
+    step (the other labels kept); other jobs' series are unchanged."""
+    base = make_snapshot()
+    s0 = base.jobs[0].stages[0]
+    words = _job("g.words", "g", "done", [s0], done=4, dead_letters=0)
+    counts = _job("g.counts", "g", "failed", base.jobs[0].stages[1:], done=4, dead_letters=1)
+    record = GraphRecord("g", "g", (GraphStep("words", "g.words", ()),
+                                    GraphStep("counts", "g.counts", ("words",))))
+    views = {j.id: j for j in (words, counts)}
+    snap = Snapshot(time=base.time, jobs=[*base.jobs, words, counts], workers=base.workers,
+                    graphs=[graph_view(record, views)],
+                    steps={"g.words": ("g", "words"), "g.counts": ("g", "counts")})
+    fams = parse(render(snap))
+    committed = values(fams, "rainstorm_stage_committed_entries_total")
+    assert committed[key(job_id="g.words", graph="g", step="words", stage=0)] == s0.counts.committed
+    assert committed[key(job_id="g.counts", graph="g", step="counts", stage=1)] == \
+        base.jobs[0].stages[1].counts.committed
+    assert committed[key(job_id=ODD_JOB, stage=0)] == s0.counts.committed  # not a step: as before
+    unread = values(fams, "rainstorm_partition_unread_entries")
+    assert unread[key(job_id="g.words", graph="g", step="words", stage=0, partition=0)] == 4
+    assert values(fams, "rainstorm_job_dead_letters")[
+        key(job_id="g.counts", graph="g", step="counts")] == 1
+    assert values(fams, "rainstorm_job_progress_ratio")[
+        key(job_id="g.words", graph="g", step="words", name="g")] == 1.0
+    assert values(fams, "rainstorm_graphs")[key(state="failed")] == 1  # a step failed
+    (g,) = snap.to_json()["graphs"]
+    assert (g["graph"], g["state"]) == ("g", "failed")
+    assert g["steps"][0] == {"step": "words", "job": "g.words", "inputs": [], "state": "done",
+                             "stages": 1, "backlog": s0.backlog, "records_in": 1000,
+                             "records_out": 900, "records_rate": None}
+
+
+@pytest.mark.parametrize(("states", "state"), [
+    ([], "running"), (["running", "done"], "running"), (["done", "done"], "done"),
+    (["done", "failed", "running"], "failed"), (["cancelled", "done"], "cancelled"),
+    (["broken", "cancelled"], "failed"), (["gone", "gone"], "gone"),
+    (["gone", "done"], "running")])
+def test_graph_state(states: list[str], state: str) -> None:
+    assert graph_state(states) == state

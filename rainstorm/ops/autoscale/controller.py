@@ -4,6 +4,11 @@ workers), let the policy decide, and start or stop workers pinned to that
 stage through a backend.  Every look is logged with the numbers behind the
 decision (``log`` at INFO when something changes, and every look as one
 JSON line to ``trace`` if given), so a decision can always be explained.
+
+``job_id`` may name a dataflow graph: each look then covers every step's
+job (rainstorm.monitor.snapshot resolves it), and each stage of each step
+gets its own workers, pinned to job ``<graph>.<step>`` and that stage; a
+step that finishes keeps none while the others still run.
 """
 
 from __future__ import annotations

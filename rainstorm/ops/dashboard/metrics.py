@@ -7,7 +7,9 @@ dashboard serves whatever it sampled last.
 
 Label ``job_id`` (not ``job``, which Prometheus reserves for the scrape job)
 names a rainstorm job, ``stage`` its stage index, ``partition`` a partition
-of that stage, ``worker`` a worker id.
+of that stage, ``worker`` a worker id.  A job that is a step of a dataflow
+graph also carries ``graph`` (the graph's id) and ``step`` (the step's name)
+on every per-job series, so ``sum by (graph, step)`` works.
 """
 
 from __future__ import annotations
@@ -111,8 +113,16 @@ class _Out:
         return "\n".join(self.lines) + "\n"
 
 
+def _job_labels(snap: Snapshot, job_id: str) -> Labels:
+    """``job_id``, and ``graph`` and ``step`` for a graph's step."""
+    where = snap.step_of(job_id)
+    return {"job_id": job_id} if where is None else \
+        {"job_id": job_id, "graph": where[0], "step": where[1]}
+
+
 def _stage_rows(snap: Snapshot) -> list[tuple[Labels, StageView]]:
-    return [({"job_id": job.id, "stage": st.index}, st) for job in snap.jobs for st in job.stages]
+    return [({**_job_labels(snap, job.id), "stage": st.index}, st)
+            for job in snap.jobs for st in job.stages]
 
 
 def _histogram(labels: Labels, latency: Histogram) -> list[Sample]:
@@ -146,11 +156,18 @@ def _job_families(out: _Out, snap: Snapshot, redis_up: bool) -> None:
                if redis_up else [])
     out.family("rainstorm_job_progress_ratio", "gauge",
                "Share of the job's input bytes its first stage has committed (0..1).",
-               [("rainstorm_job_progress_ratio", {"job_id": j.id, "name": j.name or ""},
+               [("rainstorm_job_progress_ratio", {**_job_labels(snap, j.id), "name": j.name or ""},
                  float(j.progress)) for j in jobs])
     out.family("rainstorm_job_dead_letters", "gauge",
                "Entries and records now in the job's dead-letter stream.",
-               [("rainstorm_job_dead_letters", {"job_id": j.id}, j.dead_letters) for j in jobs])
+               [("rainstorm_job_dead_letters", _job_labels(snap, j.id), j.dead_letters)
+                for j in jobs])
+    graphs: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
+    for g in snap.graphs:
+        graphs[g.state] = graphs.get(g.state, 0) + 1
+    out.family("rainstorm_graphs", "gauge", "Dataflow graphs known to Redis, by state.",
+               [("rainstorm_graphs", {"state": s}, n) for s, n in graphs.items()]
+               if redis_up else [])
 
 
 def _stage_families(out: _Out, snap: Snapshot) -> None:

@@ -7,7 +7,9 @@ dead letters of jobs that have any.  It then publishes the snapshot (for
 ``/metrics``) and its JSON (``Snapshot.to_json()`` plus rate history and dead
 letters, for ``/api/state``); request threads only read what was published,
 so a page load or a Prometheus scrape never touches Redis and a slow Redis
-never piles up requests.
+never piles up requests.  ``/api/state``'s ``graphs`` are the dataflow
+graphs (rainstorm.monitor.GraphView: each step's job, inputs, state,
+backlog and records/s) and each job names its ``graph`` and ``step``.
 
 A failed sample keeps the previous one on the page (marked with the error);
 ``/metrics`` then exposes only ``rainstorm_redis_up 0``.
@@ -68,8 +70,8 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rainstorm-sampler", daemon=True)
         self._snap: monitor.Snapshot | None = None  # typed, for /metrics
-        self._api: dict[str, Any] = {"time": None, "jobs": [], "workers": [], "history": {},
-                                     "dead_letters": {}}
+        self._api: dict[str, Any] = {"time": None, "jobs": [], "workers": [], "graphs": [],
+                                     "history": {}, "dead_letters": {}}
         self._error: str | None = None
         self._ok_at: float | None = None  # monotonic time of the last good sample
         self._samples = 0
