@@ -408,6 +408,46 @@ class Dataset:
                 out[name] = list(result) if ds._p.keys_only else list(dict(result).items())
         return out
 
+    def window_join(self, other: Dataset, size_s: float, *, time: Fn | str,
+                    how: str = "inner", slide_s: float | None = None,
+                    max_delay_s: float = 0, allowed_lateness_s: float = 0) -> Dataset:
+        """A windowed join of two keyed datasets (Flink's window join): for
+        each key and each event-time window (``size_s``, sliding every
+        ``slide_s``; default tumbling) holding records of both sides,
+        ``(key, (left value, right value), window start)`` for every pair;
+        ``how="left"``/``"right"``/``"full"`` also pair a side's values that
+        found no partner in that window with None; ``"cogroup"`` gives
+        ``(key, ([lefts], [rights]), start)``.  ``time``: a value's event time
+        in seconds (a function of the value, or the name of its field).  On
+        streams a window's pairs are emitted once, when the shared watermark
+        (largest event time - ``max_delay_s``) passes its end +
+        ``allowed_lateness_s``; later records go to the window step's late
+        stream (docs/windows.md).  Records without ``key_by`` are read as
+        ``(key, value)`` pairs.  A graph of four steps.  Files are read in no
+        event-time order, so on a bounded dataset give ``max_delay_s`` at
+        least the input's span of event times, or records go late."""
+        if not isinstance(other, Dataset):
+            raise UsageError(f"window_join: expected a Dataset to join with, got "
+                             f"{type(other).__name__}")
+        if how not in ("inner", "left", "right", "full", "cogroup"):
+            raise UsageError(f"window_join: how must be inner, left, right, full or cogroup, "
+                             f"not {how!r}")
+        if isinstance(time, str):
+            at: Fn = "side_field"
+            targs: dict[str, Any] = {"name": time}
+        elif callable(time):
+            fn = time
+            at, targs = (lambda v: fn(v[1])), {}
+        else:
+            raise UsageError(f"window_join: time must be a function or a field name, got "
+                             f"{time!r}")
+        sides = [ds._pairs().map("join_side", args={"side": side})
+                 for ds, side in ((self, "left"), (other, "right"))]
+        grouped = sides[0].union(sides[1]).window(
+            size_s, time=at, args=targs, slide_s=slide_s, max_delay_s=max_delay_s,
+            allowed_lateness_s=allowed_lateness_s).group_by_key()
+        return grouped.flat_map("window_join", args={"how": how})
+
     def _leaf(self, action: str, name: str, sink: dict[str, Any] | None) -> Leaf:
         if not isinstance(self, Dataset):
             raise UsageError(f"{action}: expected Datasets, got {type(self).__name__}")

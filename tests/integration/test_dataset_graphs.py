@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -111,3 +112,39 @@ def test_the_shared_step_ran_once(two: tuple[list[Path], list[Path]], r: redis.R
         assert read_progress(r, f"shared1.{leaf}").counts.stage(0).records_in == len(wa)
     assert r.xlen(keys.output(shared[0].job_id)) == 0
     assert dict(report.results["n"]) == dict(Counter(wa))
+
+
+def _window_pairs(left: list[Any], right: list[Any], size: int, how: str) -> Counter[str]:
+    """The windowed join in plain Python: bucket by window start, then pair."""
+    gl: dict[tuple[str, int], list[Any]] = {}
+    gr: dict[tuple[str, int], list[Any]] = {}
+    for side, groups in ((left, gl), (right, gr)):
+        for k, v in side:
+            groups.setdefault((k, int(v["t"] // size) * size), []).append(v)
+    want: Counter[str] = Counter()
+    for kw in set(gl) | set(gr):
+        ls, rs = gl.get(kw, []), gr.get(kw, [])
+        if how == "inner" and not (ls and rs):
+            continue
+        for x in ls or [None]:
+            for y in rs or [None]:
+                want[json.dumps([kw[0], [x, y], kw[1]], sort_keys=True)] += 1
+    return want
+
+
+@pytest.mark.parametrize("how", ["inner", "full"])
+def test_window_join_of_two_files(tmp_path: Path, how: str) -> None:
+    import random
+
+    rng = random.Random(5)
+    left = [(f"u{rng.randrange(6)}", {"t": rng.uniform(0, 50), "v": i}) for i in range(300)]
+    right = [(f"u{rng.randrange(8)}", {"t": rng.uniform(0, 50), "w": i}) for i in range(200)]
+    for name, rows in (("l", left), ("r", right)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    a = Dataset.read_json(str(tmp_path / "l.jsonl"))
+    b = Dataset.read_json(str(tmp_path / "r.jsonl"))
+    got = a.window_join(b, 10, time="t", how=how, max_delay_s=60).collect()
+    assert Counter(json.dumps([k, list(p), s], sort_keys=True) for k, p, s in got) == \
+        _window_pairs(left, right, 10, how)
+    by_fn = a.window_join(b, 10, time=lambda v: v["t"], how=how, max_delay_s=60).count()
+    assert by_fn == len(got)

@@ -109,6 +109,12 @@ def test_range_partitioner_pieces(rng: random.Random) -> None:
      "union: a side is a sort_by"),
     (lambda: Dataset.read_text("x").union(3), "union: expected Datasets"),  # type: ignore[arg-type]
     (lambda: Dataset.run_all(), "give at least one dataset"),
+    (lambda: Dataset.read_text("x").window_join(3, 10, time="t"),  # type: ignore[arg-type]
+     "window_join: expected a Dataset"),
+    (lambda: Dataset.read_text("x").window_join(Dataset.read_text("y"), 10, time="t",
+                                                how="outer"), "how must be inner"),
+    (lambda: Dataset.read_text("x").window_join(Dataset.read_text("y"), 10, time=3),
+     "time must be a function or a field name"),  # type: ignore[arg-type]
     (lambda: Dataset.run_all({"a b": Dataset.read_text("x")}), "output name 'a b'"),
     (lambda: Dataset.run_all({"a": Dataset.from_stream("s")}), "never ends"),
     (lambda: Dataset.read_text("x").sort_by(len).spec(), "a sort_by runs two jobs"),
