@@ -695,9 +695,14 @@ class Dataset:
         if self.bounded:
             raise UsageError("Dataset.start(): this dataset ends; use collect(), count(), "
                              "top() or save()")
+        target = {"type": "file", "path": str(Path(sink).resolve())} if sink is not None \
+            else None
+        if needs_graph(self._p):  # (its steps stop together: cancel any one of them)
+            doc = compile_graph([Leaf("result", self._p, self._p.ops, target)], run_key(run))
+            last = run_graph_report(doc, raw_keys=False, **run).results["result"]
+            return last if isinstance(last, list) else dict(last)
         spec = self._spec(self._p.ops, run_key(run))
-        if sink is not None:
-            target = {"type": "file", "path": str(Path(sink).resolve())}
+        if target is not None:
             spec = spec.model_copy(update={"sink": spec.sink.model_copy(update=target)})
         return execute(spec, raw_keys=False, **run)
 
