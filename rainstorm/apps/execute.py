@@ -162,6 +162,28 @@ def execute(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | Non
     return report.result if isinstance(report.result, list) else dict(report.result)
 
 
+def _run_options(redis_url: Any, workers: Any, timeout_s: Any, allow_modules: tuple[str, ...],
+                 job_id: str | None, raw_keys: bool,
+                 on_result: Callable[[RunReport, redis.Redis], None] | None,
+                 own_runner: bool) -> RunOptions:
+    """An action's RunOptions: its keyword arguments over the defaults
+    (``own_runner``: a configured runner, which needs no local worker)."""
+    defaults = _defaults.get()
+    url = _target_url(redis_url)
+    n = defaults.workers if workers is _UNSET else workers
+    n = 2 if n is None else n
+    if n < 0:
+        raise UsageError(f"workers: expected 0 or more, got {n}")
+    if n == 0 and url is None and not own_runner:
+        raise UsageError("workers=0 runs no local worker, which needs a redis_url (or "
+                         "RAINSTORM_REDIS) that remote workers serve")
+    return RunOptions(redis_url=url, workers=n, job_id=job_id,
+                      allow_modules=(*defaults.allow_modules, *allow_modules),
+                      timeout_s=defaults.timeout_s if timeout_s is _UNSET else timeout_s,
+                      raw_keys=raw_keys, on_result=on_result,
+                      local_only=url is not None and url == _own_url.get())
+
+
 def run_report(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | None = _UNSET,
                timeout_s: float | None = _UNSET, allow_modules: Iterable[str] = (),
                job_id: str | None = None, raw_keys: bool = True,
@@ -172,19 +194,8 @@ def run_report(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | 
     as it is consumed (a state partition at a time); the report's result is
     then not read (nor materialized) here."""
     defaults = _defaults.get()
-    url = _target_url(redis_url)
-    n = defaults.workers if workers is _UNSET else workers
-    n = 2 if n is None else n
-    if n < 0:
-        raise UsageError(f"workers: expected 0 or more, got {n}")
-    if n == 0 and url is None and defaults.runner is None:
-        raise UsageError("workers=0 runs no local worker, which needs a redis_url (or "
-                         "RAINSTORM_REDIS) that remote workers serve")
-    timeout = defaults.timeout_s if timeout_s is _UNSET else timeout_s
-    allow = (*defaults.allow_modules, *allow_modules, *spec_modules(spec))
-    opts = RunOptions(redis_url=url, workers=n, job_id=job_id, allow_modules=allow,
-                      timeout_s=timeout, raw_keys=raw_keys, on_result=on_result,
-                      local_only=url is not None and url == _own_url.get())
+    opts = _run_options(redis_url, workers, timeout_s, (*allow_modules, *spec_modules(spec)),
+                        job_id, raw_keys, on_result, defaults.runner is not None)
     report = (defaults.runner or run_job)(spec, opts)
     _last_report.set(report)
     _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
@@ -202,16 +213,8 @@ def run_graph_report(doc: dict[str, Any], *, redis_url: str | None = _UNSET,
     Redis still runs."""
     gspec = parse_graph(doc, "built by Dataset")
     defaults = _defaults.get()
-    url = _target_url(redis_url)
-    n = defaults.workers if workers is _UNSET else workers
-    n = 2 if n is None else n
-    if n < 0:
-        raise UsageError(f"workers: expected 0 or more, got {n}")
-    timeout = defaults.timeout_s if timeout_s is _UNSET else timeout_s
-    opts = RunOptions(redis_url=url, workers=n, job_id=job_id,
-                      allow_modules=(*defaults.allow_modules, *allow_modules),
-                      timeout_s=timeout, raw_keys=raw_keys, on_result=on_result,
-                      local_only=url is not None and url == _own_url.get())
+    opts = _run_options(redis_url, workers, timeout_s, tuple(allow_modules), job_id, raw_keys,
+                        on_result, defaults.graph_runner is not None)
     report = (defaults.graph_runner or run_graph)(gspec, opts)
     for step in report.graph.steps:
         rep = report.reports[step.name]
