@@ -88,7 +88,7 @@ from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, RainstormError, UsageError
 from rainstorm.jobstore import load_job
 from rainstorm.monitor.deadletters import dead_letters
-from rainstorm.operators import builtins, lookup
+from rainstorm.operators import builtins, hash_lookup, lookup
 from rainstorm.operators.resolve import resolve
 from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import JobSpec, Settings, parse_spec
@@ -228,6 +228,24 @@ class Dataset:
         except ValueError as exc:
             raise UsageError(f"lookup: {exc}") from None
         return self._then(Op("flat_map", "lookup", args), keyed=False)
+
+    def lookup_hash(self, hash: str, *, on: str | None = None,  # noqa: A002
+                    how: str = "inner", cache_s: float = 1.0) -> Dataset:
+        """A stream-table join against a table kept in the Redis hash
+        ``hash`` on the job's Redis (field: a key, value: its row as JSON):
+        ``(record, row)`` for a record whose key (its field ``on``, or a
+        pair's first element) is in the hash; ``how="left"`` keeps the others
+        as ``(record, None)``.  Rows may change while the job runs: a worker
+        sees a change within ``cache_s`` seconds (processing-time lookups, as
+        Flink's lookup join; see rainstorm.operators.hash_lookup)."""
+        args: dict[str, Any] = {"hash": hash, "how": how, "cache_s": cache_s}
+        if on is not None:
+            args["field"] = on
+        try:
+            hash_lookup.make_lookup_hash(**args)  # one-line errors now, not on a worker
+        except ValueError as exc:
+            raise UsageError(f"lookup_hash: {exc}") from None
+        return self._then(Op("flat_map", "lookup_hash", args), keyed=False)
 
     def key_by(self, fn: Fn, value: Fn | None = None) -> Dataset:
         """``(fn(r), value(r))`` pairs (``value`` default: the record itself)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from rainstorm.operators import csvops, lookup, window_join
+from rainstorm.operators import csvops, hash_lookup, lookup, window_join
 from rainstorm.operators.chain_errors import Rejected
 
 
@@ -310,6 +310,7 @@ FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
     "range_sample": make_range_sample,
     "range_key": make_range_key,
     "lookup": lookup.make_lookup,
+    "lookup_hash": hash_lookup.make_lookup_hash,
     "join_side": window_join.make_join_side,
     "side_field": window_join.make_side_field,
     "window_join": window_join.make_window_join,

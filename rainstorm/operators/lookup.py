@@ -79,7 +79,7 @@ def make_lookup(path: str, key: str, field: str | None = None, how: str = "inner
     missing: list[Any] = [None] if left else []
 
     def lookup(record: Any) -> list[Any]:
-        k = _record_key(record, field)
+        k = record_key(record, field)
         rows = table.get(k if type(k) is str else str(k), missing) if k is not None \
             else missing
         return [(record, row) for row in rows]
@@ -87,7 +87,8 @@ def make_lookup(path: str, key: str, field: str | None = None, how: str = "inner
     return lookup
 
 
-def _record_key(record: Any, field: str | None) -> Any:
+def record_key(record: Any, field: str | None) -> Any:
+    """A record's join key: its field ``field``, or a pair's first element."""
     if field is not None:
         return record.get(field) if isinstance(record, dict) else None
     if isinstance(record, list | tuple) and record:

@@ -24,6 +24,7 @@ from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN
 from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
+from rainstorm.operators import hash_lookup
 from rainstorm.signing import SignatureError
 from rainstorm.sources.state_source import read_cogroup
 from rainstorm.state import read_part
@@ -51,6 +52,8 @@ class JobTable:
     def __init__(self, r: redis.Redis, worker_id: str, admission: Admission,
                  allow_modules: tuple[str, ...], allow_exec: bool, only: str | None) -> None:
         self.r = r
+        # lookup_hash joins read their table from this Redis (operators are pure)
+        hash_lookup.use_reader(functools.partial(_hget, r))
         self.id = worker_id
         self.admission = admission
         self.allow_modules = allow_modules
@@ -154,3 +157,8 @@ class JobTable:
                 and all(isinstance(x, int) for x in f[1:3]) for f in listed):
             raise BrokenJob("its input list (rs:{job}:inputs) is malformed")
         return listed
+
+
+def _hget(r: redis.Redis, key: str, field: str) -> bytes | None:
+    raw: Any = r.hget(key, field)
+    return raw if raw is None or isinstance(raw, bytes) else str(raw).encode()

@@ -132,3 +132,35 @@ pipeline:
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "customers.csv" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_lookup_hash_joins_with_rows_kept_in_redis(tmp_path: Path, r: Any, how: str) -> None:
+    """A table in a Redis hash (field: key, value: the row as JSON), read by
+    the workers; against plain Python over the same rows."""
+    opath, _cpath, orders, customers = _tables(tmp_path)
+    table = {c["id"]: c for c in customers}  # a hash holds one row per key: the last
+    r.hset("rs:tables:customers", mapping={k: json.dumps(v) for k, v in table.items()})
+    got = Dataset.read_csv(str(opath)).lookup_hash("rs:tables:customers", on="customer_id",
+                                                   how=how).collect()
+    want: Counter[str] = Counter()
+    for o in orders:
+        row = table.get(o["customer_id"])
+        if row is not None or how == "left":
+            want[json.dumps([o, row], sort_keys=True)] += 1
+    assert _got(got) == want
+    # a row changed while nothing caches it is seen by the next job
+    r.hset("rs:tables:customers", "7", json.dumps({"id": "7", "name": "renamed"}))
+    again = Dataset.read_csv(str(opath)).filter(lambda o: o["customer_id"] == "7") \
+        .lookup_hash("rs:tables:customers", on="customer_id", cache_s=0).collect()
+    assert again and all(row["name"] == "renamed" for _, row in again)
+
+
+def test_lookup_hash_mistakes_are_one_line() -> None:
+    ds = Dataset.read_text("x")
+    for call, says in ((lambda: ds.lookup_hash(""), "hash must name"),
+                       (lambda: ds.lookup_hash("h", how="outer"), "how must be one of"),
+                       (lambda: ds.lookup_hash("h", cache_s=-1), "cache_s must be")):
+        with pytest.raises(UsageError, match=says) as info:
+            call()
+        assert "\n" not in str(info.value)
