@@ -150,7 +150,8 @@ def test_run_a_streaming_spec_until_ctrl_c(tmp_path: Path) -> None:
                     "pipeline: [{op: count}]\n")
     proc = subprocess.Popen([sys.executable, "-m", "rainstorm", "run", str(spec), "--workers",
                              "1", "--json", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONFAULTHANDLER="1"))
     try:
         where, job = streaming_banner(proc)  # where it runs, for producers
         assert job.startswith("clicks-")
@@ -162,7 +163,13 @@ def test_run_a_streaming_spec_until_ctrl_c(tmp_path: Path) -> None:
                  == len(urls), 60, "every click counted")
         feeder.close()
         proc.send_signal(signal.SIGINT)  # how a streaming run ends
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # where it hangs: faulthandler's dump on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"no exit within 60 s of SIGINT; its threads:\n{err[-4000:]}"
+                                 ) from None
     finally:
         if proc.poll() is None:  # (failed) reaped and its pipes closed, not left to the GC
             proc.kill()
