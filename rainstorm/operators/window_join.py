@@ -1,4 +1,4 @@
-"""Built-ins of the windowed stream-stream join (a graph of three steps).
+"""Built-ins of the windowed stream-stream join (a graph of four steps).
 
     left:   {op: map, fn: join_side, args: {side: left, key: user}}    # (key, ["left", record])
     right:  {op: map, fn: join_side, args: {side: right, key: user}}
