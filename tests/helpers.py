@@ -97,8 +97,12 @@ def stopped_holding(r: redis.Redis, job: Job, pid: int, consumer: str | None = N
     a worker in the middle of a batch without a race (a stopped worker cannot
     commit what it holds)."""
     os.kill(pid, signal.SIGSTOP)
-    if held_by(r, job, pid, consumer):
-        return True
+    try:
+        if held_by(r, job, pid, consumer):
+            return True
+    except BaseException:  # (its streams not made yet...): never leave it stopped
+        os.kill(pid, signal.SIGCONT)
+        raise
     os.kill(pid, signal.SIGCONT)
     return False
 

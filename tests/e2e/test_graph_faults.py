@@ -31,7 +31,8 @@ def _kill_a_reader_worker(r: redis.Redis, run: LocalRun, job_id: str,
     while not stop.is_set() and time.monotonic() < deadline:
         if run.pool is not None and r.exists(f"rs:{{{job_id}}}:spec"):
             job = load_job(r, job_id)
-            for pid in list(run.pool.pids):
+            for pid in [p.pid for p in run.pool.alive if p.pid is not None]:  # (live: a dead
+                # worker's pid may belong to another process by now)
                 try:
                     if stopped_holding(r, job, pid):
                         held = held_by(r, job, pid)

@@ -166,10 +166,14 @@ def test_run_a_streaming_spec_until_ctrl_c(tmp_path: Path) -> None:
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:  # where it hangs: faulthandler's dump on SIGABRT
+            try:  # and whether its server still answers
+                answer = str(redis.Redis.from_url(where, socket_timeout=2).ping())
+            except redis.RedisError as exc:
+                answer = repr(exc)
             proc.send_signal(signal.SIGABRT)
             out, err = proc.communicate(timeout=30)
-            raise AssertionError(f"no exit within 60 s of SIGINT; its threads:\n{err[-4000:]}"
-                                 ) from None
+            raise AssertionError(f"no exit within 60 s of SIGINT (its server's PING: {answer}); "
+                                 f"its threads:\n{err[-4000:]}") from None
     finally:
         if proc.poll() is None:  # (failed) reaped and its pipes closed, not left to the GC
             proc.kill()

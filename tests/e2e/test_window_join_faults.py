@@ -39,7 +39,8 @@ def _kill_a_window_worker(run: GraphThread, job_id: str, killed: list[tuple[int,
     pool = run.run.pool
     while not stop.is_set() and time.monotonic() < deadline and pool is not None:
         job = load_job(run.r, job_id)
-        for pid in list(pool.pids):
+        for pid in [p.pid for p in pool.alive if p.pid is not None]:  # (live: a dead
+            # worker's pid may belong to another process by now)
             try:
                 if stopped_holding(run.r, job, pid):
                     held = held_by(run.r, job, pid)
