@@ -1,4 +1,5 @@
-"""Child processes that never outlive the process that started them."""
+"""Child processes that never outlive the process that started them, and
+a stop signal that cannot be lost."""
 
 from __future__ import annotations
 
@@ -6,9 +7,29 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
+
+# set by interrupt() (the CLI's handler of SIGINT and SIGTERM): a coordinator
+# loop checks it, because the KeyboardInterrupt the handler raises can be
+# swallowed (raised inside a __del__ or a finalizer, it is only printed)
+INTERRUPTED = threading.Event()
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A signal handler: Ctrl-C (and SIGTERM) as KeyboardInterrupt, recorded
+    in INTERRUPTED so that it is seen even if that exception is lost."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_interrupted() -> None:
+    """KeyboardInterrupt if a stop signal came and was not yet handled."""
+    if INTERRUPTED.is_set():
+        INTERRUPTED.clear()
+        raise KeyboardInterrupt("interrupted")
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:

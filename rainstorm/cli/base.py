@@ -13,6 +13,7 @@ import click
 import redis
 
 from rainstorm.errors import RainstormError
+from rainstorm.procs import interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,8 +114,10 @@ def shared(*, redis: bool = True) -> Callable[[F], F]:
 
 
 def raise_interrupt(signum: int, frame: object) -> None:
-    """A signal handler: SIGTERM as Ctrl-C, so ``finally`` blocks clean up."""
-    raise KeyboardInterrupt(f"signal {signum}")
+    """A signal handler: SIGTERM (and Ctrl-C) as KeyboardInterrupt, so
+    ``finally`` blocks clean up; recorded, so a loop that lost the exception
+    still stops (rainstorm.procs.interrupt)."""
+    interrupt(signum, frame)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")

@@ -124,6 +124,7 @@ def _run(cmd: RunCommand) -> None:
         return
     spec = _with_settings(loaded, **cmd.settings)
     signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops server and workers
+    signal.signal(signal.SIGINT, raise_interrupt)  # (Ctrl-C: recorded, never lost)
     show = cmd.progress and sys.stderr.isatty()
     prog, update = progress_bar()
 
@@ -155,6 +156,7 @@ def _run_graph(cmd: RunCommand, gspec: Any) -> None:
     if given:
         gspec = gspec.model_copy(update={"settings": {**gspec.settings, **given}})
     signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGINT, raise_interrupt)
     report = run_graph(gspec, cmd.options, origin=cmd.spec_path)
     _print_graph(report, cmd.top_n, cmd.as_json)
     if cmd.output:

@@ -42,6 +42,7 @@ from rainstorm.job import Job, JobState
 from rainstorm.jobstore import mark_failed
 from rainstorm.lease import holder_id
 from rainstorm.operators.aggregates import Aggregator
+from rainstorm.procs import check_interrupted
 from rainstorm.sources.loader import BaseLoader
 from rainstorm.sources.pick import loader_for
 from rainstorm.state import agg_of, combine, finalize
@@ -165,6 +166,7 @@ class Driver:
             return self._finish(status)
         if self.check:
             self.check()
+        check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost
         if self.deadline and now > self.deadline:
             raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
         if self.loaded and self.nap:  # nothing to load: only watch (each look costs calls)

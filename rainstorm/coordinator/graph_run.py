@@ -33,6 +33,7 @@ from rainstorm.errors import JobFailed, UsageError
 from rainstorm.graph import Graph, GraphSpec, build
 from rainstorm.graphstore import save_graph
 from rainstorm.job import Job, JobState
+from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input
 from rainstorm.sources.loader import DONE
 from rainstorm.sources.upstream import END
@@ -153,6 +154,7 @@ class GraphSession:
                     time.sleep(0.01 if hooks.on_step else WATCH_EVERY_S)
             trim_copied(self.r, self.graph)  # what the last readers copied
         except KeyboardInterrupt:
+            INTERRUPTED.clear()  # handled here
             if not (stop_on_interrupt and self.graph.unbounded):
                 raise
             self._cancel()

@@ -32,6 +32,7 @@ from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, v
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators import lookup
+from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input, resolve_inputs
 from rainstorm.sources.splits import resolve_transport
 from rainstorm.spec import JobSpec, RecordOp
@@ -158,6 +159,7 @@ class Session:
             try:
                 result = driver.run()
             except KeyboardInterrupt:
+                INTERRUPTED.clear()  # handled here
                 if not (stop_on_interrupt and self.job.spec.unbounded):
                     raise
                 self.r.hset(keys.meta(self.job.id), "state", JobState.CANCELLED.value)

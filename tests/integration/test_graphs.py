@@ -214,13 +214,14 @@ def test_a_streaming_graph_runs_until_cancelled(tmp_path: Path, url: str,
         r.xadd("lines", {"line": line})
     words = [w for line in lines for w in line.split()]
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not failed:
-        c = read_progress(r, "sg.counts").counts.stage(0)
-        if c.records_in == len(words):
-            break
+    def every_reader_has_all() -> bool:  # (cancelling stops a step that is behind)
+        return all(read_progress(r, f"sg.{n}").counts.stage(0).records_in == len(words)
+                   for n in ("counts", "long"))
+
+    while time.monotonic() < deadline and not failed and not every_reader_has_all():
         time.sleep(0.05)
     assert not failed, failed
-    assert read_progress(r, "sg.counts").counts.stage(0).records_in == len(words)
+    assert every_reader_has_all()
     kill_job(r, "sg.words", keep=True)  # one step cancelled: the graph stops
     t.join(60)
     assert not t.is_alive() and not failed, failed
