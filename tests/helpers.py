@@ -25,6 +25,7 @@ from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Session, prepare
 from rainstorm.job import Job
 from rainstorm.jobstore import load_job
+from rainstorm.local.pool import LocalWorkers
 from rainstorm.monitor import JobCounts, read_progress
 from rainstorm.sources.direct import group_state
 from rainstorm.spec import JobSpec, parse_spec
@@ -105,6 +106,31 @@ def stopped_holding(r: redis.Redis, job: Job, pid: int, consumer: str | None = N
         raise
     os.kill(pid, signal.SIGCONT)
     return False
+
+
+def kill_a_holder(r: redis.Redis, pool: Callable[[], LocalWorkers | None], job_id: str,
+                  killed: list[tuple[int, list[str]]], stop: threading.Event,
+                  poll_s: float = 0.01, within_s: float = 120) -> None:
+    """Once job ``job_id`` exists, SIGSTOP the live workers of ``pool()`` one
+    at a time until one holds stage-0 entries of it (so it cannot commit
+    them), then SIGKILL it; ``(pid, the entries it held)`` is appended to
+    ``killed``.  Only live workers: a dead worker's pid may belong to another
+    process by now."""
+    deadline = time.monotonic() + within_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        workers = pool()
+        if workers is not None and r.exists(keys.spec(job_id)):
+            job = load_job(r, job_id)
+            for pid in [p.pid for p in workers.alive if p.pid is not None]:
+                try:
+                    if stopped_holding(r, job, pid):
+                        held = held_by(r, job, pid)
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append((pid, held))
+                        return
+                except (ProcessLookupError, redis.ResponseError):
+                    continue  # gone, or its streams not made yet
+        stop.wait(poll_s)
 
 
 def consumers_of(r: redis.Redis, stream: str, stage: int = 0) -> dict[str, int]:

@@ -140,7 +140,7 @@ class _Compiler:
                 # a branch right after the union: the union is one step
                 name = self.add_step(start, prefix or [Op("map", "identity")], node, plan.settings)
                 for op, child in node.children:
-                    self.walk(child, {"input": name}, self.reading_step(node, name), [op])
+                    self.walk(child, {"input": name}, self.reading_step(node, prefix), [op])
                 return
             self.walk(node, start, prefix, [], first=True)
             return
@@ -162,7 +162,7 @@ class _Compiler:
         name = self.add_step(start, prefix + ops or [Op("map", "identity")], node,
                              node.ends[0].settings if node.ends else {})
         for op, child in node.children:
-            self.walk(child, {"input": name}, self.reading_step(node, name), [op])
+            self.walk(child, {"input": name}, self.reading_step(node, prefix + ops), [op])
 
     def add_step(self, start: dict[str, Any], ops: list[Op], node: _Node,
                  settings: dict[str, Any]) -> str:
@@ -193,23 +193,13 @@ class _Compiler:
                 self.steps[d.name] = extra
         return name
 
-    def reading_step(self, node: _Node, name: str) -> list[Op]:
-        """What a step reading step ``name`` (cut at ``node``) starts with."""
+    def reading_step(self, node: _Node, step_ops: list[Op]) -> list[Op]:
+        """What a step reading the step cut at ``node`` (whose operators are
+        ``step_ops``, starting with its own re-keying) starts with."""
         d = node.ends[0] if node.ends else None
         if d is not None and d.plan is not None:
             return self.reading((d.plan,))
-        return _rekey(_keyed(self.ops_to(node)))
-
-    def ops_to(self, node: _Node) -> list[Op]:
-        for root in self.roots.values():
-            path = _path(root.node, node)
-            if path is not None:
-                return self.root_ops(root) + path
-        return []
-
-    def root_ops(self, root: _Root) -> list[Op]:
-        return [Op("key_by", "pair_key", {}, "pair_value")] if root.plan.inputs and \
-            all(gives_pairs(q) for q in root.plan.inputs) else []
+        return _rekey(_keyed(step_ops))
 
     def reading(self, plans: tuple[Plan, ...]) -> list[Op]:
         """The first operators of a step reading ``plans``' records."""
@@ -245,16 +235,6 @@ def _keyed(ops: list[Op]) -> bool:
         elif op.op in _UNKEYING or (op.op == "flat_map" and op.fn == "lookup"):
             keyed = False
     return keyed
-
-
-def _path(root: _Node, target: _Node) -> list[Op] | None:
-    if root is target:
-        return []
-    for op, child in root.children:
-        rest = _path(child, target)
-        if rest is not None:
-            return [op, *rest]
-    return None
 
 
 def compile_graph(leaves: list[Leaf], key: bytes | None) -> dict[str, Any]:

@@ -123,15 +123,13 @@ class GraphSession:
         for s in self.graph.steps:
             sess = self.sessions[s.name]
             result = results[s.name]
-            if raw_keys and not isinstance(result, list):
+            if s.leaf and raw_keys and not isinstance(result, list):  # (only leaves are read)
                 result = sess.raw_state()
-            report.reports[s.name] = RunReport(s.job_id, result, seconds, 0, sess.status(),
-                                               server)
+            status = sess.status()
+            report.reports[s.name] = RunReport(s.job_id, result, seconds, status.total_bytes,
+                                               status, server, sess.outages)
             if s.leaf:
                 report.results[s.name] = result
-        for name, rep in report.reports.items():
-            rep.total_bytes = rep.status.total_bytes
-            rep.redis_outages = self.sessions[name].outages
         return report
 
     def drive(self, *, timeout_s: float | None = None, hooks: Hooks | None = None,

@@ -4,10 +4,7 @@ leaf still equals plain Python, with nothing lost or counted twice."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,31 +14,9 @@ import redis
 
 from rainstorm.coordinator.graph_run import prepare_graph
 from rainstorm.graph import parse_graph
-from rainstorm.jobstore import load_job
 from rainstorm.local.run import LocalRun, RunOptions
 from tests.conftest import write_corpus
-from tests.helpers import held_by, stopped_holding
-
-
-def _kill_a_reader_worker(r: redis.Redis, run: LocalRun, job_id: str,
-                          killed: list[tuple[int, list[str]]], stop: threading.Event) -> None:
-    """Once step ``job_id`` runs, SIGSTOP the workers one at a time until one
-    holds stage-0 entries of it (it cannot commit them), then SIGKILL it."""
-    deadline = time.monotonic() + 120
-    while not stop.is_set() and time.monotonic() < deadline:
-        if run.pool is not None and r.exists(f"rs:{{{job_id}}}:spec"):
-            job = load_job(r, job_id)
-            for pid in [p.pid for p in run.pool.alive if p.pid is not None]:  # (live: a dead
-                # worker's pid may belong to another process by now)
-                try:
-                    if stopped_holding(r, job, pid):
-                        held = held_by(r, job, pid)
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append((pid, held))
-                        return
-                except (ProcessLookupError, redis.ResponseError):
-                    continue  # gone, or its streams not made yet
-        stop.wait(0.01)
+from tests.helpers import kill_a_holder
 
 
 @pytest.mark.chaos
@@ -63,8 +38,9 @@ def test_worker_killed_in_a_branch_of_a_graph(tmp_path: Path, url: str, r: redis
     stop = threading.Event()
     out: list[Any] = []
     with LocalRun(opts) as run:
-        chaos = threading.Thread(target=_kill_a_reader_worker,
-                                 args=(r, run, "gk1.slow", killed, stop), daemon=True)
+        chaos = threading.Thread(target=kill_a_holder,
+                                 args=(r, lambda: run.pool, "gk1.slow", killed, stop),
+                                 daemon=True)
         chaos.start()
         try:
             out.append(run.run_graph(graph, steps, opts))

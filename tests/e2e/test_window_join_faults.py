@@ -5,19 +5,15 @@ Python, each exactly once, and no record was made late by the kill."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from rainstorm.jobstore import load_job
 from rainstorm.local.run import RunOptions
-from tests.helpers import held_by, stopped_holding
+from tests.helpers import kill_a_holder
 from tests.window_join import (
     PHASE_S,
     GraphThread,
@@ -29,27 +25,6 @@ from tests.window_join import (
     reference,
     wait_for,
 )
-
-
-def _kill_a_window_worker(run: GraphThread, job_id: str, killed: list[tuple[int, list[str]]],
-                          stop: threading.Event) -> None:
-    """SIGSTOP the workers one at a time until one holds stage-0 entries of
-    step ``job_id`` (so it cannot commit them), then SIGKILL it."""
-    deadline = time.monotonic() + 120
-    pool = run.run.pool
-    while not stop.is_set() and time.monotonic() < deadline and pool is not None:
-        job = load_job(run.r, job_id)
-        for pid in [p.pid for p in pool.alive if p.pid is not None]:  # (live: a dead
-            # worker's pid may belong to another process by now)
-            try:
-                if stopped_holding(run.r, job, pid):
-                    held = held_by(run.r, job, pid)
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append((pid, held))
-                    return
-            except (ProcessLookupError, redis.ResponseError):
-                continue  # gone, or its streams not made yet
-        stop.wait(0.005)
 
 
 @pytest.mark.chaos
@@ -65,8 +40,9 @@ def test_worker_killed_during_the_streaming_join(tmp_path: Path, url: str,
     run.wait_running()
     killed: list[tuple[int, list[str]]] = []
     stop = threading.Event()
-    chaos = threading.Thread(target=_kill_a_window_worker,
-                             args=(run, "wjk1.joined", killed, stop), daemon=True)
+    chaos = threading.Thread(target=kill_a_holder,
+                             args=(run.r, lambda: run.run.pool, "wjk1.joined", killed, stop,
+                                   0.005), daemon=True)
 
     def added(k: int) -> None:
         if k == 2:  # windows have been closing for a while: kill in the middle of phase 2
