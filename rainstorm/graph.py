@@ -56,11 +56,12 @@ from rainstorm.spec import (
 )
 
 __all__ = ["Graph", "GraphSpec", "Step", "StepSpec", "build", "explain", "is_graph", "load_any",
-           "members", "parse_graph"]
+           "members", "members_of", "parse_graph"]
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 OUT_SUFFIX = "-out"
 MAX_ID = 100  # a job id's length (rainstorm.spec.JOB_ID_PATTERN)
+MEMBERS = ".*"  # <graph id>.*: every step of that graph (a worker's --job)
 
 
 class _Strict(BaseModel):
@@ -131,7 +132,12 @@ class Graph:
 def members(graph_id: str) -> str:
     """What a worker serving one graph is told to serve (WorkerOptions.job):
     every job ``<graph_id>.<step>``."""
-    return f"{graph_id}.*"
+    return f"{graph_id}{MEMBERS}"
+
+
+def members_of(pattern: str) -> str | None:
+    """The graph id a :func:`members` pattern names (None: it names a job)."""
+    return pattern[:-len(MEMBERS)] if pattern.endswith(MEMBERS) else None
 
 
 def is_graph(data: Any) -> bool:

@@ -23,6 +23,7 @@ import redis
 from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN
 from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
+from rainstorm.graph import members_of
 from rainstorm.job import Job
 from rainstorm.operators import hash_lookup
 from rainstorm.signing import SignatureError
@@ -66,10 +67,13 @@ class JobTable:
         self._warned: set[str] = set()
 
     def refresh(self) -> None:
-        ids = listed_jobs(self.r, self._warned) if self.only is None or self.only.endswith(
-            ".*") else [self.only]
-        if self.only is not None and self.only.endswith(".*"):  # a graph's steps
-            ids = [j for j in ids if j.startswith(self.only[:-1])]
+        graph = members_of(self.only) if self.only is not None else None
+        if self.only is None:
+            ids = listed_jobs(self.r, self._warned)
+        elif graph is not None:  # a graph's steps
+            ids = [j for j in listed_jobs(self.r, self._warned) if j.startswith(graph + ".")]
+        else:
+            ids = [self.only]
         running = {job_id for job_id in ids if self._check(job_id)}
         for gone in set(self.active) - running:
             self.active.pop(gone).close()
