@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 FOLD_BYTES = 65536  # a log is never due for folding below this many bytes
 LEASE_WAIT_S = 10.0  # finalize waits this long for a folder's lease (its TTL is 5 s)
+HELP_GRACE_S = 1.0  # finalize leaves the folding to workers while one folded this recently
+HELP_POLL_S = 0.01
 DIGEST_DOMAIN = b"rainstorm-state-v2\x00"
 
 OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
@@ -234,31 +237,68 @@ def fold_due(r: redis.Redis, job: Job, due: Iterable[int], stage: int, agg: Aggr
     return done
 
 
+def _lagging(r: redis.Redis, job: Job, stage: int, among: Iterable[int]) -> list[int]:
+    """The partitions of ``among`` whose log holds anything, in that order."""
+    among = list(among)
+    pipe = r.pipeline(transaction=False)
+    for p in among:
+        pipe.xlen(keys.state_log(job.id, stage, p))
+    return [p for p, n in zip(among, pipe.execute(), strict=True) if n]
+
+
 def fold_lagging(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: str,
                  closer: Closer | None = None) -> int:
     """Fold every partition of ``stage`` whose log holds anything (a worker
-    with nothing else to do: at the end of a batch job this leaves the
-    coordinator's :func:`finalize` little to fold).  Partitions another
-    folder holds are left to it.  Returns how many were folded."""
+    with nothing else to do).  Partitions another folder holds are left to
+    it, and looked at once more at the end.  A batch job's partitions go in
+    ascending order, the order in which the coordinator's :func:`finalize`
+    reads them at the job's end (so it reads while the workers fold the
+    rest, and folds nothing itself); a streaming job's from a random one,
+    so that workers folding at once start apart.  Returns how many were
+    folded."""
     n = partitions(job)
-    pipe = r.pipeline(transaction=False)
-    for p in range(n):
-        pipe.xlen(keys.state_log(job.id, stage, p))
-    lengths = pipe.execute()
-    start = random.randrange(n)  # workers folding at once start apart
-    due = [p for p in [*range(start, n), *range(start)] if lengths[p]]
-    return fold_due(r, job, due, stage, agg, holder, closer)
+    start = 0 if not job.spec.unbounded else random.randrange(n)
+    order = [*range(start, n), *range(start)]
+    done = fold_due(r, job, _lagging(r, job, stage, order), stage, agg, holder, closer)
+    again = _lagging(r, job, stage, order)  # skipped under another's lease, or logged since
+    return done + fold_due(r, job, again, stage, agg, holder, closer) if again else done
+
+
+class _Helpers:
+    """Are workers folding this stage's partitions (a lease is held), or
+    were they within HELP_GRACE_S?  At a batch job's end every idle worker
+    folds what is left (:func:`fold_lagging`), in parallel; the coordinator
+    folds a partition itself only once none has been folding for the grace
+    (no worker left, or they left a partition alone)."""
+
+    def __init__(self, r: redis.Redis, job: Job) -> None:
+        self.r = r
+        self.leases = [part.lease for part in parts(job)]
+        self.seen = time.monotonic()  # the workers get the grace to start
+
+    def folding(self) -> bool:
+        now = time.monotonic()
+        if now - self.seen >= HELP_GRACE_S:
+            return False
+        if self.r.exists(*self.leases):
+            self.seen = now
+        return True
 
 
 def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str,
              on_final: Callable[[int, lua.Snapshot], None] | None = None) -> list[str]:
     """Fold every partition's log into its base, one partition at a time, so
     that the finished result is exactly the bases (called by the coordinator
-    once a batch job is complete: no commit can land any more).  Returns the
-    digest of each partition it leaves (:func:`part_digest`), for the seal;
-    ``on_final(index, snapshot)`` sees each partition as it leaves it."""
+    once a batch job is complete: no commit can land any more).  Workers do
+    the folding while they do (:class:`_Helpers`); this reads each
+    partition once its log is empty.  Returns the digest of each partition
+    it leaves (:func:`part_digest`), for the seal; ``on_final(index,
+    snapshot)`` sees each partition as it leaves it."""
     out = []
+    helpers = _Helpers(r, job)
     for part in parts(job):
+        while r.xlen(part.log) and helpers.folding():
+            time.sleep(HELP_POLL_S)
         while True:
             snap = part.snapshot(r)
             if not snap.log_ids:
