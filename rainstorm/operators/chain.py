@@ -42,10 +42,21 @@ def _transform(kind: str, fn: Callable[..., Any], value: Callable[..., Any] | No
     if kind == "map_partitions":  # a batch in, a batch out
         return lambda recs: list(fn(recs))
     if kind == "key_by":
+        if fn is builtins.pair_key and value is builtins.pair_value:
+            return _pairs
         if value is not None:
             return lambda recs: [(fn(r), value(r)) for r in recs]
         return lambda recs: [(fn(r), r) for r in recs]
     raise ValueError(f"unknown record operator {kind!r}")
+
+
+def _pairs(recs: list[Any]) -> list[Any]:
+    """``key_by(pair_key, pair_value)``: records that are (key, value)
+    tuples already pass as they are (checked at C speed, the usual output
+    of a mapper); any other as ``(r[0], r[1])``."""
+    if set(map(type, recs)) <= {tuple} and set(map(len, recs)) <= {2}:
+        return recs
+    return [(r[0], r[1]) for r in recs]
 
 
 @dataclass
