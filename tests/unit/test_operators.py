@@ -44,6 +44,18 @@ def test_map_filter_flat_map_key_by_compose() -> None:
     assert ch.run(lines) == expect
 
 
+def test_key_by_pairs_equals_pair_key_and_pair_value() -> None:
+    """key_by(pair_key, pair_value) passes (k, v) tuples through as they
+    are; lists and longer records become (r[0], r[1]); short ones fail."""
+    ch = chain_for([{"op": "key_by", "fn": "pair_key", "value": "pair_value"}])
+    tuples = [("a", 1), ("b", [2]), ("a", None)]
+    assert ch.run(list(tuples)) == [(r[0], r[1]) for r in tuples]
+    mixed = [["a", 1], ("b", 2, 3), "xy"]
+    assert ch.run(list(mixed)) == [("a", 1), ("b", 2), ("x", "y")]
+    with pytest.raises(OperatorError, match="IndexError"):
+        ch.run([("a", 1), ("b",)])
+
+
 def test_operator_error_names_stage_and_function() -> None:
     ch = chain_for([{"op": "flat_map", "fn": "tests.ops:boom_on_poison"}])
     with pytest.raises(OperatorError, match=r"flat_map\(tests.ops:boom_on_poison\) in stage 0"):
