@@ -306,6 +306,8 @@ def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str,
             lease = Lease(r, part.lease, holder)
             if not lease.acquire_within(LEASE_WAIT_S):
                 raise JobFailed(f"{lease.key} stayed held for {LEASE_WAIT_S:.0f} s")
+            log.info("job %s: %s folds partition %d itself (no worker folded it)", job.id,
+                     holder, part.index)
             try:
                 status = fold_part(r, job, part, agg, lease)
             finally:

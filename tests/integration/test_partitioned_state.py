@@ -348,6 +348,53 @@ def test_finalize_leaves_only_bases_and_returns_their_digests(r: redis.Redis) ->
     assert [a != b for a, b in zip(sealed, now, strict=True)] == [False] * 4 + [True]
 
 
+def test_finalize_reads_while_workers_fold_and_folds_only_what_they_leave(
+        r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """Two folders (threads, as idle workers at a batch job's end) fold every
+    lagging partition while finalize reads: finalize folds none itself.
+    (Without them it folds them itself: the test below.)"""
+    parts = 8
+    run = Running(r, parts)
+    rng = random.Random(8)
+    expected: Counter[str] = Counter()
+    for _ in range(30):
+        delta = {w: rng.randint(1, 3) for w in rng.sample(WORDS, 12)}
+        expected.update(delta)
+        run.commit(delta, lua.FoldRule(entries=4096, bytes=1 << 30))  # nothing folds early
+    assert all(r.xlen(run.part(p).log) for p in range(parts))
+
+    def worker() -> None:
+        state.fold_lagging(redis.Redis(connection_pool=r.connection_pool), run.job, 0,
+                           run.agg, holder_id("worker"))
+
+    caplog.set_level("INFO", logger="rainstorm.state")
+    folders = [threading.Thread(target=worker) for _ in range(2)]
+    for t in folders:
+        t.start()
+    sealed = state.finalize(r, run.job, run.agg, holder_id("coordinator"))
+    for t in folders:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert not [m for m in caplog.messages if "itself" in m]
+    assert sealed == state.digests(r, run.job)
+    total: Counter[str] = Counter()
+    for p in range(parts):
+        total.update(run.base(p))
+    assert total == expected
+
+
+
+def test_finalize_without_workers_folds_itself(r: redis.Redis,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    run = Running(r, 4)
+    run.commit({"solo": 1, "duo": 2}, lua.FoldRule(entries=4096, bytes=1 << 30))
+    lagging = [p for p in range(4) if r.xlen(run.part(p).log)]
+    caplog.set_level("INFO", logger="rainstorm.state")
+    state.finalize(r, run.job, run.agg, holder_id("coordinator"))
+    assert len([m for m in caplog.messages if "itself" in m]) == len(lagging) >= 1
+    assert {k: v for p in range(4) for k, v in run.base(p).items()} == {"solo": 1, "duo": 2}
+
+
 def test_a_base_written_after_the_job_is_refused_with_one_line(r: redis.Redis,
                                                                url: str) -> None:
     lines = [" ".join(random.Random(i).choices(WORDS, k=12)) for i in range(300)]
