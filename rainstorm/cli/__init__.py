@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from rainstorm import heap
 from rainstorm.cli import jobs, ops
 
 
@@ -24,6 +25,7 @@ from rainstorm.cli import jobs, ops
 @click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
 def main(verbose: int) -> None:
     """rainstorm: exactly-once stream and batch processing on Redis."""
+    heap.tune()
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

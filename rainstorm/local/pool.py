@@ -15,6 +15,7 @@ import os
 import signal
 from multiprocessing.process import BaseProcess
 
+from rainstorm import heap
 from rainstorm.errors import JobFailed
 from rainstorm.procs import die_with_parent
 
@@ -29,6 +30,7 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(parent_pid)
+    heap.tune()  # (a fork of the CLI has it already; one of a Dataset script has not)
     from rainstorm.connection import connect
     from rainstorm.worker.loop import Worker, WorkerOptions
 

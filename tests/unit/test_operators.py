@@ -147,3 +147,39 @@ def test_map_partitions_gets_the_whole_batch() -> None:
     ch = chain_for([{"op": "flat_map", "fn": "split_words"},
                     {"op": "map_partitions", "fn": "tests.ops:dedupe_batch"}])
     assert ch.run(["a b a", "b c"]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("kind", aggregates.KINDS)
+def test_checked_fold_equals_python(kind: str, rng) -> None:  # type: ignore[no-untyped-def]
+    """The folders' path (every blob decoded and checked, then merged all or
+    nothing) gives what Python gives; keys are shared between some deltas
+    and new in others (Group adds the new ones at C speed)."""
+    keys = [f"k{i}" for i in range(60)]
+    pairs = [(rng.choice(keys[: rng.choice([5, 60])]), rng.randint(-50, 50))
+             for _ in range(500)]
+    agg = aggregates.aggregator(kind, 3)
+    blobs = []
+    for i in range(0, len(pairs), 50):
+        delta: Counter[object] = Counter()
+        agg.add(delta, pairs[i:i + 50], True)
+        blobs.append(aggregates.encode(dict(delta), agg))
+    state = aggregates.checked(blobs[0], agg)
+    for blob in blobs[1:]:
+        aggregates.merge_blob_checked(state, blob, agg)
+    got = agg.finish(state)
+    if kind == "group":
+        got = {k: sorted(v) for k, v in got.items()}
+    assert got == _python_reference(kind, pairs)
+
+
+@pytest.mark.parametrize("crafted", [{"a": 5}, {"a": [1], "b": None}, {"a": {"x": 1}},
+                                     {"a": "xy"}])
+def test_a_crafted_group_delta_is_bad_and_changes_nothing(crafted: dict[str, object]) -> None:
+    import msgpack
+
+    agg = aggregates.aggregator("group")
+    state = {"a": [1]}
+    blob = msgpack.packb([0, crafted], use_bin_type=True)
+    with pytest.raises(aggregates.BadDelta):
+        aggregates.merge_blob_checked(state, blob, agg)
+    assert state == {"a": [1]}
