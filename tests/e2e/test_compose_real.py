@@ -88,6 +88,7 @@ class Stack:
     env: dict[str, str]
     ui_port: int
     timings: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, object] = field(default_factory=dict)  # what the checks saw, for the report
 
     def compose(self, *args: str, timeout_s: float = 120, check: bool = True,
                 **env: str) -> subprocess.CompletedProcess[str]:
@@ -176,10 +177,11 @@ def stack() -> Iterator[Stack]:
     finally:
         st.compose("--profile", "autoscale", "down", "-v", "--timeout", "30",
                    timeout_s=120, check=False)
-        print(f"\ncompose test timings (s): {json.dumps(st.timings)}")
+        print(f"\ncompose test timings (s): {json.dumps(st.timings)}\nseen: {st.seen}")
         report = os.environ.get("RAINSTORM_COMPOSE_REPORT")
         if report:
-            Path(report).write_text(json.dumps(st.timings, indent=1) + "\n")
+            Path(report).write_text(json.dumps({"timings_s": st.timings, "seen": st.seen},
+                                               indent=1, default=str) + "\n")
 
 
 def _input_counter(st: Stack) -> Counter[str]:
@@ -282,7 +284,8 @@ def test_compose_stack(stack: Stack) -> None:
         for w in rows:
             cid = _container_of(str(w["id"]), ids)
             _run(["docker", "pause", cid], 30)
-            if _pending_of(st, "paced-1", str(w["id"])) > 0:
+            if (held := _pending_of(st, "paced-1", str(w["id"]))) > 0:
+                st.seen["killed worker's pending entries"] = held
                 victim_id = str(w["id"])
                 victim = cid
                 break
@@ -300,6 +303,8 @@ def test_compose_stack(stack: Stack) -> None:
     st.compose("up", "-d", "--no-recreate", "--scale", "worker=4", "worker", timeout_s=120)
     assert st.state(victim)["Running"]
     st.finished(st.name("coordinator"), 120)
+    st.seen["crashed worker restarts"] = st.state(crashed)["RestartCount"]
+    st.seen["docker-killed worker restarts by policy"] = st.state(victim)["RestartCount"]
     assert st.result("paced-1") == expected
     st.timed("worker killed + worker crashed mid-job -> exact", t)
 
@@ -312,6 +317,8 @@ def test_compose_stack(stack: Stack) -> None:
     wait_for(lambda: st.state(st.name("redis"))["Status"] == "exited", 30, "Valkey down")
     st.compose("up", "-d", "--no-recreate", "redis", timeout_s=120)
     st.finished(st.name("coordinator"), 180)
+    st.seen["coordinator restarts while Valkey was down"] = \
+        st.state(st.name("coordinator"))["RestartCount"]
     assert st.result("paced-2") == expected
     st.timed("Valkey killed mid-job -> exact", t)
 
@@ -328,6 +335,7 @@ def test_compose_stack(stack: Stack) -> None:
         return out.strip().split("\n") if out.strip() else []
 
     started = wait_for(autoscaled, 90, "an autoscaled worker container", every_s=0.5)
+    st.seen["autoscaled containers"] = started
     assert all(f"{st.project}_default" in row and f"{st.project}_data" in row
                for row in started), started
     st.finished(st.name("coordinator"), 180)
