@@ -11,11 +11,13 @@ order, each bounded in time:
 * the `worker` ACL user cannot load functions, touch CONFIG, write a job's
   spec or flush;
 * the dashboard's ``/`` and ``/metrics`` from this host (RAINSTORM_UI_PORT);
-* ``--scale worker=4``: four worker containers, each doing some of a job;
-  in that job one worker, paused while it holds pending entries, is
-  ``docker kill``ed (an operator stop: Docker never restarts it; ``docker
-  compose up -d`` does) and another one's process is SIGKILLed from the host
-  (a crash: its restart policy restarts it) -- the result stays exact;
+* ``--scale worker=4``: four worker containers, each doing some of a job
+  over a second, bigger input (the `sample` service run again; the workers
+  slowed by a CPU quota so that the job lasts); in that job one worker,
+  paused while it holds pending entries, is ``docker kill``ed (an operator
+  stop: Docker never restarts it; ``docker compose up -d`` does) and
+  another one's process is SIGKILLed from the host (a crash: its restart
+  policy restarts it) -- the result stays exact;
 * Valkey ``docker kill``ed mid-job and started again: AOF, exact result;
 * ``--profile autoscale``: the autoscaler starts worker containers on the
   project's network and data volume, and removes them when the job is done;
@@ -51,6 +53,21 @@ DOCKER_ENV = ROOT / "tools" / "docker_env.sh"
 STANDINS = {"RAINSTORM_BASE_IMAGE": "rainstorm-standin/python:3.11-slim",
             "RAINSTORM_VALKEY_IMAGE": "rainstorm-standin/valkey:8.1"}
 SAMPLE_MB = "5"
+BIG_MB = "30"
+# every worker busy for a while: splits of a bigger input, read from the volume
+BIG_SPEC = """\
+name: big
+source:
+  type: text
+  paths: ["data/big/*.txt"]
+  batch_bytes: 262144
+pipeline:
+  - {op: flat_map, fn: split_words}
+  - {op: count}
+settings:
+  claim_idle_ms: 2000
+sink: {type: stdout, top: 3}
+"""
 # a job that lasts ~10 s: the loader paces the input (transport bytes), so
 # there is time to kill things while it runs
 PACED_SPEC = """\
@@ -59,7 +76,7 @@ source:
   type: text
   paths: ["data/sample/*.txt"]
   batch_bytes: 16384
-  max_rate: 7000
+  max_rate: 5000
 pipeline:
   - {op: flat_map, fn: split_words}
   - {op: count}
@@ -184,10 +201,10 @@ def stack() -> Iterator[Stack]:
                                                indent=1, default=str) + "\n")
 
 
-def _input_counter(st: Stack) -> Counter[str]:
+def _input_counter(st: Stack, directory: str = "data/sample") -> Counter[str]:
     """Python's str.split over the input files, as they lie in the data volume."""
-    text = st.compose("exec", "-T", "worker", "sh", "-c", "cat data/sample/*.txt",
-                      timeout_s=60).stdout
+    text = st.compose("exec", "-T", "worker", "sh", "-c", f"cat {directory}/*.txt",
+                      timeout_s=120).stdout
     c: Counter[str] = Counter()
     for line in text.splitlines():
         c.update(line.split())
@@ -258,54 +275,68 @@ def test_compose_stack(stack: Stack) -> None:
     assert "rainstorm_redis_up 1" in wait_for(lambda: page("/metrics"), 30, "/metrics")
     st.timed("dashboard / and /metrics", t)
 
-    # 4. four workers; one docker-killed while it holds pending entries,
-    #    one crashed (its process SIGKILLed from the host); exact result
+    # 4. four workers, each taking part of a job on a bigger input (splits,
+    #    unpaced: every worker busy); in it, one worker docker-killed while it
+    #    holds pending entries, another crashed (its process SIGKILLed from
+    #    the host); the result stays exact
+    t = time.monotonic()
+    st.compose("run", "--rm", "--no-deps", "-T", "sample", "--mb", BIG_MB, "--out", "data/big",
+               timeout_s=180)
+    big = _input_counter(st, "data/big")
+    st.timed("a second input (sample service, --mb 30) and its Counter", t)
     t = time.monotonic()
     st.compose("up", "-d", "--no-recreate", "--scale", "worker=4", "worker", timeout_s=120)
     ids = st.compose("ps", "-q", "worker").stdout.split()
     assert len(ids) == 4
-    wait_for(lambda: len(st.workers()) >= 4, 60, "4 worker heartbeats", every_s=0.5)
-    st.submit("paced-1", PACED_SPEC)
+    before = wait_for(lambda: (rows := st.workers()) and len(rows) >= 4 and rows, 60,
+                      "4 worker heartbeats", every_s=0.5)
+    batches = {str(w["id"]): int(str(w["batches"])) for w in before}
+    # 30 MB take a free 2-core machine ~3 s: slowed down (a CPU quota per
+    # container), the job lasts long enough to catch a worker mid-batch
+    _run(["docker", "update", "--cpus", "0.15", *ids], 30)
+    st.submit("big-1", BIG_SPEC)
 
-    def busy_rows() -> list[dict[str, object]]:
-        rows = [w for w in st.workers() if w["state"] == "alive"]
-        return rows if len(rows) == 4 and all(int(str(w["batches"])) > 0 for w in rows) \
-            else []
+    def all_working() -> list[dict[str, object]]:
+        rows = [w for w in st.workers() if str(w["id"]) in batches]
+        return rows if len(rows) == 4 and all(
+            int(str(w["batches"])) > batches[str(w["id"])] for w in rows) else []
 
-    rows = wait_for(busy_rows, 60, "all 4 workers to take work", every_s=0.5)
+    rows = wait_for(all_working, 60, "all 4 workers to take work in big-1", every_s=0.3)
     assert {_container_of(str(w["id"]), ids) for w in rows} == set(ids)
     st.timed("scale=4, all took work", t)
 
     t = time.monotonic()
-    victim_id = victim = ""
-    deadline = time.monotonic() + 60
-    while not victim_id:  # pause workers until one is caught holding entries
-        assert time.monotonic() < deadline, "no worker caught holding pending entries"
-        for w in rows:
-            cid = _container_of(str(w["id"]), ids)
-            _run(["docker", "pause", cid], 30)
-            if (held := _pending_of(st, "paced-1", str(w["id"]))) > 0:
-                st.seen["killed worker's pending entries"] = held
-                victim_id = str(w["id"])
-                victim = cid
-                break
-            _run(["docker", "unpause", cid], 30)
+    victim = ""
+    for w in rows * 3:
+        # frozen, a worker acks nothing: caught holding a batch, it is killed
+        wid = str(w["id"])
+        cid = _container_of(wid, ids)
+        _run(["docker", "pause", cid], 30)
+        held = _pending_of(st, "big-1", wid)
+        if held:
+            st.seen["killed worker's pending entries"] = held
+            victim = cid
+            break
+        _run(["docker", "unpause", cid], 30)
+    assert victim, "no worker caught holding pending entries"
     _run(["docker", "kill", victim], 30)
     wait_for(lambda: st.state(victim)["Status"] == "exited", 30, "the killed worker to exit")
     crashed = next(c for c in ids if c != victim)
     pid = int(str(st.state(crashed)["Pid"]))
     os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    st.seen["job running when both were killed"] = st.state(st.name("coordinator"))["Running"]
     # the crashed one comes back by its restart policy; the docker-killed one
     # (Docker: an operator stop) when compose reconciles the replicas
-    wait_for(lambda: int(str((s := st.state(crashed))["RestartCount"])) >= 1 and s["Running"], 60,
-             "the crashed worker's restart", every_s=0.5)
+    wait_for(lambda: int(str((s := st.state(crashed))["RestartCount"])) >= 1 and s["Running"],
+             60, "the crashed worker's restart", every_s=0.5)
     assert st.state(victim)["Status"] == "exited"
     st.compose("up", "-d", "--no-recreate", "--scale", "worker=4", "worker", timeout_s=120)
     assert st.state(victim)["Running"]
-    st.finished(st.name("coordinator"), 120)
+    st.finished(st.name("coordinator"), 240)
+    _run(["docker", "update", "--cpus", "0", *ids], 30)
     st.seen["crashed worker restarts"] = st.state(crashed)["RestartCount"]
     st.seen["docker-killed worker restarts by policy"] = st.state(victim)["RestartCount"]
-    assert st.result("paced-1") == expected
+    assert st.result("big-1") == big
     st.timed("worker killed + worker crashed mid-job -> exact", t)
 
     # 5. Valkey killed mid-job and started again (AOF)
