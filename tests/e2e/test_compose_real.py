@@ -291,9 +291,10 @@ def test_compose_stack(stack: Stack) -> None:
     before = wait_for(lambda: (rows := st.workers()) and len(rows) >= 4 and rows, 60,
                       "4 worker heartbeats", every_s=0.5)
     batches = {str(w["id"]): int(str(w["batches"])) for w in before}
-    # 30 MB take a free 2-core machine ~3 s: slowed down (a CPU quota per
-    # container), the job lasts long enough to catch a worker mid-batch
-    _run(["docker", "update", "--cpus", "0.15", *ids], 30)
+    # 30 MB take a free 2-core machine ~3 s: slowed down (a CPU quota of 8%
+    # of a core per container), the job lasts long enough to catch a worker
+    # mid-batch
+    _run(["docker", "update", "--cpus", "0.08", *ids], 30)
     st.submit("big-1", BIG_SPEC)
 
     def all_working() -> list[dict[str, object]]:
