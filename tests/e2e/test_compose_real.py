@@ -346,6 +346,9 @@ def test_compose_stack(stack: Stack) -> None:
     wait_for(lambda: any(w.get("current") == "paced-2:s0" and int(str(w["batches"])) > 0
                          for w in st.workers()), 60, "paced-2 under way", every_s=0.5)
     _run(["docker", "kill", st.name("redis")], 30)
+    running = st.state(st.name("coordinator"))["Running"]
+    st.seen["job running when Valkey was killed"] = running
+    assert running, "paced-2 ended before Valkey was killed"
     wait_for(lambda: st.state(st.name("redis"))["Status"] == "exited", 30, "Valkey down")
     st.compose("up", "-d", "--no-recreate", "redis", timeout_s=120)
     st.finished(st.name("coordinator"), 180)
