@@ -47,7 +47,9 @@ from rainstorm.local.server import free_ports
 from tests.composefile import COMPOSE_FILE, ROOT, TEST_ENV
 from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.docker]
+# from nothing (apt-get, debootstrap, image builds) it takes ~4 min here,
+# above the suite's 180 s per test
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.docker, pytest.mark.timeout(900)]
 
 DOCKER_ENV = ROOT / "tools" / "docker_env.sh"
 STANDINS = {"RAINSTORM_BASE_IMAGE": "rainstorm-standin/python:3.11-slim",
