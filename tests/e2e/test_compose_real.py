@@ -172,9 +172,9 @@ def _docker_env() -> None:
         pytest.skip("the real compose test needs root (tools/docker_env.sh: apt-get, dockerd)")
     try:
         res = subprocess.run(["bash", str(DOCKER_ENV)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=1200, env={**os.environ, **STANDINS})
+                             text=True, timeout=600, env={**os.environ, **STANDINS})
     except subprocess.TimeoutExpired:
-        pytest.skip("tools/docker_env.sh did not finish within 20 min")
+        pytest.skip("tools/docker_env.sh did not finish within 10 min")
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
         pytest.skip(f"no Docker engine here: {last}")
