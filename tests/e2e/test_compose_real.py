@@ -56,36 +56,19 @@ STANDINS = {"RAINSTORM_BASE_IMAGE": "rainstorm-standin/python:3.11-slim",
             "RAINSTORM_VALKEY_IMAGE": "rainstorm-standin/valkey:8.1"}
 SAMPLE_MB = "5"
 BIG_MB = "30"
+def _wordcount(name: str, glob: str, source: str, claim_idle_ms: int) -> str:
+    """The YAML of a word count over ``glob``, ``source`` more source settings."""
+    return (f"name: {name}\nsource: {{type: text, paths: [{glob!r}], {source}}}\n"
+            "pipeline: [{op: flat_map, fn: split_words}, {op: count}]\n"
+            f"settings: {{claim_idle_ms: {claim_idle_ms}}}\nsink: {{type: stdout, top: 3}}\n")
+
+
 # every worker busy for a while: splits of a bigger input, read from the volume
-BIG_SPEC = """\
-name: big
-source:
-  type: text
-  paths: ["data/big/*.txt"]
-  batch_bytes: 262144
-pipeline:
-  - {op: flat_map, fn: split_words}
-  - {op: count}
-settings:
-  claim_idle_ms: 2000
-sink: {type: stdout, top: 3}
-"""
+BIG_SPEC = _wordcount("big", "data/big/*.txt", "batch_bytes: 262144", 2000)
 # a job that lasts ~10 s: the loader paces the input (transport bytes), so
 # there is time to kill things while it runs
-PACED_SPEC = """\
-name: paced
-source:
-  type: text
-  paths: ["data/sample/*.txt"]
-  batch_bytes: 16384
-  max_rate: 5000
-pipeline:
-  - {op: flat_map, fn: split_words}
-  - {op: count}
-settings:
-  claim_idle_ms: 1000
-sink: {type: stdout, top: 3}
-"""
+PACED_SPEC = _wordcount("paced", "data/sample/*.txt", "batch_bytes: 16384, max_rate: 5000",
+                        1000)
 
 
 def _run(argv: list[str], timeout_s: float, env: dict[str, str] | None = None,
