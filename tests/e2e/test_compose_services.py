@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from rainstorm import keys
 from rainstorm.local.server import free_ports
 from tests.composefile import (
     TEST_ENV,
@@ -145,6 +146,9 @@ def test_compose_job_runs(stack: Stack) -> None:
         assert admin.config_get("appendonly")["appendonly"] == "yes"
         assert admin.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert (stack.redis.dir / "appendonlydir").is_dir()
+        # submit --shared-fs: the workers read the input as splits
+        spec = json.loads(admin.get(keys.spec(job)) or b"{}")
+        assert spec["source"]["transport"] == "split"
     finally:
         admin.close()
     # submitting the same job again resumes it: done, so the same result
