@@ -216,8 +216,8 @@ def workdir_with_mounts(service: dict[str, Any], root: Path,
     local.mkdir(parents=True, exist_ok=True)
     for volume in service.get("volumes", []):
         source, target = volume.split(":")[:2]
-        if not source.startswith((".", "/")):
-            continue  # a named volume
+        if not source.startswith((".", "/")) and source not in sources:
+            continue  # a named volume nobody substitutes
         rel = os.path.relpath(target, workdir)
         assert not rel.startswith(".."), f"{target} is outside the working dir {workdir}"
         host = sources.get(source) or (ROOT / source).resolve()

@@ -63,6 +63,7 @@ class Container:
     created: str  # RFC 3339 with nanoseconds, like the Engine's (sorts by time)
     proc: subprocess.Popen[bytes] | None = None
     signals: list[int] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)  # HostConfig.Binds: "VOLUME:/path[:mode]"
 
     @property
     def status(self) -> str:
@@ -84,7 +85,7 @@ class Container:
                 "State": {"Status": self.status, "Running": self.status == "running",
                           "Pid": self.proc.pid if self.status == "running" and self.proc else 0,
                           "ExitCode": self.exit_code},
-                "HostConfig": {"NetworkMode": self.network},
+                "HostConfig": {"NetworkMode": self.network, "Binds": self.binds},
                 "NetworkSettings": {"Networks": {self.network: {}}}}
 
     def summary(self) -> dict[str, Any]:
@@ -230,8 +231,9 @@ class FakeDocker:
             name = name or f"fake_{cid[:8]}"
             if any(c.name == name for c in self.containers.values()):
                 return 409, {"message": f'Conflict. The container name "/{name}" is in use'}
-            self.containers[cid] = Container(cid, name, image, list(cfg.get("Cmd") or []), env,
-                                             dict(cfg.get("Labels") or {}), network, created)
+            self.containers[cid] = Container(
+                cid, name, image, list(cfg.get("Cmd") or []), env, dict(cfg.get("Labels") or {}),
+                network, created, binds=list((cfg.get("HostConfig") or {}).get("Binds") or []))
         return 201, {"Id": cid, "Warnings": []}
 
     def _list(self, all_: bool, labels: list[str]) -> Any:

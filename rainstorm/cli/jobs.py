@@ -284,11 +284,14 @@ def explain(spec_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
               envvar="RAINSTORM_INSECURE_UNSIGNED",
               help="DEVELOPMENT ONLY: without RAINSTORM_SECRET, submit the spec unsigned "
                    "(only workers started with --insecure-accept-unsigned run it)")
+@click.option("--shared-fs", is_flag=True, envvar="RAINSTORM_SHARED_FS",
+              help="the workers see this process's input files at the same paths (one volume "
+                   "mounted in all): source.transport auto sends them splits, not the bytes")
 @skip_bad_option
 @json_option
 def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str, ...],
            conn: RedisOptions, job_id: str | None, timeout_s: float | None,
-           unsigned: bool, skip_bad: bool, as_json: bool) -> None:
+           unsigned: bool, shared_fs: bool, skip_bad: bool, as_json: bool) -> None:
     """Submit SPEC to a running Redis and coordinate it to the end (workers run elsewhere).
 
     SPEC is a YAML/JSON file (env RAINSTORM_SPEC); without one, the spec's
@@ -301,10 +304,11 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
 
     loaded = _submitted_spec(spec_path, overrides)
     if isinstance(loaded, GraphSpec):
-        _submit_graph(loaded, conn, inputs, job_id, timeout_s, unsigned, skip_bad, as_json)
+        _submit_graph(loaded, conn, inputs, job_id, timeout_s, unsigned, shared_fs, skip_bad,
+                      as_json)
         return
     spec = _with_settings(loaded, skip_bad_records=skip_bad or None)
-    job, files = prepare(spec, list(inputs) or None, job_id)
+    job, files = prepare(spec, list(inputs) or None, job_id, shared_fs=shared_fs)
     key = _signing_key(unsigned)
     session = Session(conn.client(), job, files, key=key, unsigned=key is None)
     report = session.run(Hooks(on_submit=lambda fresh: click.echo(
@@ -326,7 +330,7 @@ def _signing_key(unsigned: bool) -> bytes | None:
 
 
 def _submit_graph(gspec: Any, conn: RedisOptions, inputs: tuple[str, ...], graph_id: str | None,
-                  timeout_s: float | None, unsigned: bool, skip_bad: bool,
+                  timeout_s: float | None, unsigned: bool, shared_fs: bool, skip_bad: bool,
                   as_json: bool) -> None:
     """`submit` of a graph: every step submitted, all driven from here
     (workers elsewhere serve them, e.g. `rainstorm worker --job 'GRAPH.*'`)."""
@@ -339,7 +343,7 @@ def _submit_graph(gspec: Any, conn: RedisOptions, inputs: tuple[str, ...], graph
     if skip_bad:
         gspec = gspec.model_copy(update={"settings": {**gspec.settings,
                                                       "skip_bad_records": True}})
-    graph, steps = prepare_graph(gspec, graph_id)
+    graph, steps = prepare_graph(gspec, graph_id, shared_fs=shared_fs)
     key = _signing_key(unsigned)
     session = GraphSession(conn.client(), graph, steps, key=key, unsigned=key is None)
     report = session.run(Hooks(on_submit=lambda fresh: click.echo(
@@ -459,6 +463,9 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
 @click.option("--image", default="rainstorm:latest", show_default=True,
               help="docker backend: image whose entry point is `rainstorm`")
 @click.option("--network", default=None, help="docker backend: network of the containers")
+@click.option("--volume", "volumes", multiple=True, metavar="VOLUME:PATH",
+              help="docker backend: mount this volume (or absolute host directory) at PATH in "
+                   "each container, e.g. the input files' volume for splits (repeatable)")
 @click.option("--worker-redis", default=None, envvar="RAINSTORM_WORKER_REDIS", metavar="URL",
               help="the URL workers get (default: --redis), e.g. with the worker ACL user")
 @click.option("--high-backlog", "high_backlog_s", type=float, default=2.0, show_default=True,
@@ -476,7 +483,8 @@ def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, p
 @click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
 @click.option("--allow-exec", is_flag=True, help="let the workers run external programs")
 def autoscale(bounds: str, conn: RedisOptions, job_id: str | None, backend: str, image: str,
-              network: str | None, worker_redis: str | None, high_backlog_s: float,
+              network: str | None, volumes: tuple[str, ...], worker_redis: str | None,
+              high_backlog_s: float,
               low_utilization: float, period_s: float, cooldown_s: float, interval_s: float,
               trace: Any, allow: tuple[str, ...], allow_exec: bool) -> None:
     """Keep MIN to MAX workers pinned to each stage of the running jobs,
@@ -487,7 +495,12 @@ def autoscale(bounds: str, conn: RedisOptions, job_id: str | None, backend: str,
     policy = ScalePolicy.parse_bounds(bounds, high_backlog_s=high_backlog_s,
                                       low_utilization=low_utilization, period_s=period_s,
                                       cooldown_s=cooldown_s, interval_s=interval_s)
-    _autoscale(conn, policy, BackendOptions(backend, image, network, allow, allow_exec),
+    for v in volumes:
+        source, _, target = v.partition(":")
+        if not source or not target.startswith("/"):
+            raise fail(f"--volume {v}: expected VOLUME:/absolute/path", 2)
+    _autoscale(conn, policy, BackendOptions(backend, image, network, allow, allow_exec,
+                                            volumes=volumes),
                worker_redis or conn.url or "", job_id, trace)
 
 

@@ -32,6 +32,7 @@ class BackendOptions:
     # the spec-signing key the workers hold (None: local workers inherit the
     # environment's; containers get the shared RAINSTORM_SECRET, when set)
     key: bytes | None = None
+    volumes: tuple[str, ...] = ()  # docker: "VOLUME:/path" mounted in each container
 
 
 def make_backend(r: redis.Redis, url: str, opts: BackendOptions) -> Backend:
@@ -44,7 +45,7 @@ def make_backend(r: redis.Redis, url: str, opts: BackendOptions) -> Backend:
         key = opts.key if opts.key is not None else secret_key()
         if key is not None:  # containers verify specs with it too
             env["RAINSTORM_SECRET"] = key.decode()
-        return DockerBackend(r, url, opts.image, opts.network, env)
+        return DockerBackend(r, url, opts.image, opts.network, env, volumes=list(opts.volumes))
     return LocalBackend(r, url, opts.allow_modules, opts.allow_exec,
                         env={"RAINSTORM_SECRET": opts.key.decode()} if opts.key else {})
 

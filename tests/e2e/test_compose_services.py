@@ -3,7 +3,7 @@ the same commands behind the image's entry point, the same environment
 (interpolated the way compose does), the same volume layout below the
 image's working directory.  Substituted, and only that: the local server
 binary, free ports, 127.0.0.1 for the `redis` host name and for the
-dashboard's listening address, a temp dir for ./data and for Valkey's /data.
+dashboard's listening address, a temp dir for the `data` volume and for Valkey's /data.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from rainstorm import keys
 from rainstorm.local.server import free_ports
 from tests.composefile import (
     TEST_ENV,
@@ -56,7 +57,7 @@ class Stack:
         """Run service ``name`` (or its command + ``extra`` args) to the end."""
         service = (compose or self.compose)["services"][name]
         root = self.tmp / f"root-{name}-{time.monotonic_ns()}"
-        cwd = workdir_with_mounts(service, root, {"./data": self.tmp / "data"})
+        cwd = workdir_with_mounts(service, root, {"data": self.tmp / "data"})
         argv = rainstorm_argv(service)
         if extra:
             argv = argv[:-len(service["command"])] + list(extra)
@@ -76,7 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         srv.start()  # returns once the service's healthcheck passes
         for i in range(int(worker["deploy"]["replicas"])):
-            cwd = workdir_with_mounts(worker, tmp / f"root-worker-{i}", {})
+            cwd = workdir_with_mounts(worker, tmp / f"root-worker-{i}", {"data": tmp / "data"})
             log = tmp / f"worker-{i}.log"
             with open(log, "wb") as out:
                 st.workers.append(subprocess.Popen(
@@ -116,7 +117,7 @@ def _wait_for_workers(st: Stack, timeout_s: float = 60) -> None:
 
 def test_compose_job_runs(stack: Stack) -> None:
     """`rainstorm submit` with the coordinator's environment (the default
-    spec, examples/wordcount.yaml, over the mounted ./data), computed by the
+    spec, examples/wordcount.yaml, over the mounted data volume), computed by the
     worker replicas logged in as the `worker` ACL user."""
     _wait_for_workers(stack)
     run = stack.run("coordinator")
@@ -145,6 +146,9 @@ def test_compose_job_runs(stack: Stack) -> None:
         assert admin.config_get("appendonly")["appendonly"] == "yes"
         assert admin.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert (stack.redis.dir / "appendonlydir").is_dir()
+        # submit --shared-fs: the workers read the input as splits
+        spec = json.loads(admin.get(keys.spec(job)) or b"{}")
+        assert spec["source"]["transport"] == "split"
     finally:
         admin.close()
     # submitting the same job again resumes it: done, so the same result

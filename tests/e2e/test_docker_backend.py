@@ -69,7 +69,8 @@ def test_autoscaler_runs_workers_as_containers(tmp_path: Path, url: str, r: redi
     submit(r, job, files)
     backend = DockerBackend(r, url, IMAGE, network="rainstorm",
                             env={**SIGNING, "RAINSTORM_ALLOW_MODULES": "tests",
-                                 "RAINSTORM_TEST_SLOW_MS": "4"})
+                                 "RAINSTORM_TEST_SLOW_MS": "4"},
+                            volumes=["rs-data:/work/data"])
     scaler = Autoscaler(r, backend, ScalePolicy(1, 3, period_s=0.5, cooldown_s=1,
                                                 interval_s=0.25), job_id=job.id)
     stop = threading.Event()
@@ -90,6 +91,7 @@ def test_autoscaler_runs_workers_as_containers(tmp_path: Path, url: str, r: redi
         assert (beat.container, beat.host) == (first.id[:12], first.id[:12])
         for c in fake.started:  # each container: its worker, pinned, told where Redis is
             assert c.image == IMAGE and c.network == "rainstorm"
+            assert c.binds == ["rs-data:/work/data"]
             assert c.labels == {LABEL: "true", f"{LABEL}.job": job.id, f"{LABEL}.stage": "0"}
             assert c.cmd == ["worker", "--job", job.id, "--stage", "0", "--id", c.name]
             assert c.env["RAINSTORM_REDIS"] == url
@@ -178,6 +180,12 @@ def test_docker_backend_without_an_engine_fails_in_one_line(
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "cannot reach the Docker engine" in lines[0]
+    bad = subprocess.run(
+        [sys.executable, "-m", "rainstorm", "autoscale", "1:2", "--backend", "docker",
+         "--volume", "data", "--redis", url], cwd=ROOT, capture_output=True, text=True,
+        timeout=30)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "rainstorm: error: --volume data: expected VOLUME:/absolute/path"], bad.stderr
     # kill-worker --force of a worker in a container elsewhere: the same one line
     r.hset(keys.WORKERS, "boxed-1", '{"host": "elsewhere", "pid": 1, "container": "abc", '
                                     f'"last_seen": {time.time()}}}')

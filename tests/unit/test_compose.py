@@ -58,7 +58,8 @@ def test_the_schema_catches_mistakes() -> None:
 def test_redis_service() -> None:
     compose = load_compose()
     redis = compose["services"]["redis"]
-    assert redis["image"] == "valkey/valkey:8.1"
+    assert redis["image"] == "${RAINSTORM_VALKEY_IMAGE:-valkey/valkey:8.1}"
+    assert interpolate(redis["image"], {}) == "valkey/valkey:8.1"
     cmd = redis["command"]
     assert cmd[0] == "valkey-server"
     assert command_args(cmd, "--appendonly") == ["yes"]
@@ -130,39 +131,74 @@ def test_worker_acl_rules() -> None:
 def test_rainstorm_services() -> None:
     compose = load_compose()
     services = compose["services"]
-    builds = {json.dumps(services[n].get("build"), sort_keys=True) for n in RAINSTORM_SERVICES}
-    images = {services[n].get("image") for n in RAINSTORM_SERVICES}
-    assert len(builds) == 1 and builds != {"null"}, "one image, built once, for every service"
-    assert len(images) == 1
+    # one build (the `sample` service's), one image; nobody pulls it
+    builders = [n for n, s in services.items() if "build" in s]
+    assert builders == ["sample"], "one image, built once, for every service"
+    assert services["sample"]["build"] == {
+        "context": ".", "args": {"BASE_IMAGE": "${RAINSTORM_BASE_IMAGE:-python:3.11-slim}"}}
+    images = {services[n].get("image") for n in (*RAINSTORM_SERVICES, "sample")}
+    assert images == {"rainstorm:local"}
     for name in RAINSTORM_SERVICES:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["pull_policy"] == "never"
     worker = services["worker"]
     assert worker["command"] == ["worker"]
     assert "container_name" not in worker and "ports" not in worker, \
         "`docker compose up --scale worker=N` needs neither"
     assert worker["restart"] == "unless-stopped" and worker["deploy"]["replicas"] >= 1
     coord = services["coordinator"]
-    assert coord["command"] == ["submit"]
+    assert coord["command"] == ["submit", "--shared-fs"]
+    assert coord["depends_on"]["sample"]["condition"] == "service_completed_successfully"
     assert set(coord["environment"]) >= {"RAINSTORM_REDIS", "RAINSTORM_SPEC",
                                          "RAINSTORM_SPEC_YAML", "RAINSTORM_INPUT",
-                                         "RAINSTORM_JOB"}
+                                         "RAINSTORM_JOB", "RAINSTORM_SECRET"}
+    # signed specs: the coordinator signs with the key the workers verify with
+    assert coord["environment"]["RAINSTORM_SECRET"] == worker["environment"]["RAINSTORM_SECRET"]
     dash = services["dashboard"]
     assert dash["command"][:1] == ["ui"]
     port = dash["command"][dash["command"].index("--port") + 1]
     assert any(str(p).split(":")[-1] == port for p in dash["ports"])
+    assert any(str(p).startswith("127.0.0.1:${RAINSTORM_UI_PORT:-8080}:")
+               for p in dash["ports"])
     assert all("container_name" not in s for s in services.values())
+    # a network per project: no fixed name shared by every stack on the engine
+    assert "name" not in (compose.get("networks") or {}).get("default", {})
     scaler = services["autoscaler"]
     assert scaler["profiles"] == ["autoscale"], "the Docker socket only when asked for"
+    assert scaler["environment"]["RAINSTORM_SECRET"] == coord["environment"]["RAINSTORM_SECRET"]
     image_arg = scaler["command"][scaler["command"].index("--image") + 1]
     network_arg = scaler["command"][scaler["command"].index("--network") + 1]
-    assert image_arg == worker["image"] and network_arg == compose["networks"]["default"]["name"]
+    volume_arg = scaler["command"][scaler["command"].index("--volume") + 1]
+    assert image_arg == worker["image"]
+    # what compose names this project's network and `data` volume
+    assert interpolate(network_arg, {"COMPOSE_PROJECT_NAME": "p1"}) == "p1_default"
+    assert interpolate(volume_arg, {"COMPOSE_PROJECT_NAME": "p1"}) == "p1_data:/work/data"
     assert "/var/run/docker.sock:/var/run/docker.sock" in scaler["volumes"]
+
+
+def test_one_data_volume_for_coordinator_and_workers() -> None:
+    """The input is one filesystem, at one path, in the sample writer, the
+    coordinator and every worker (splits), a named volume unless
+    RAINSTORM_DATA names a host directory."""
+    workdir = dockerfile()["workdir"]
+    for env, source in (({}, "data"), ({"RAINSTORM_DATA": "./mine"}, "./mine")):
+        services = load_compose(env)["services"]
+        for name in ("sample", "coordinator", "worker"):
+            mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+            assert mounts[f"{workdir}/data"] == source, name
+    assert "data" in load_compose()["volumes"]
+    sample = load_compose({})["services"]["sample"]
+    assert sample["entrypoint"] == ["python", "-m", "rainstorm.samples"]
+    out = sample["command"][sample["command"].index("--out") + 1]
+    assert out == "data/sample" and sample["restart"] == "no"
 
 
 def test_coordinator_mounts_and_default_spec() -> None:
     """The default spec lies in a mounted directory, at the path the
-    container's working directory gives it, and names the mounted data."""
-    coord = load_compose({})["services"]["coordinator"]
+    container's working directory gives it, and names the data the
+    `sample` service writes into the mounted data volume."""
+    services = load_compose({})["services"]
+    coord = services["coordinator"]
     workdir = dockerfile()["workdir"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in coord["volumes"]}
     spec_in_container = Path(workdir) / coord["environment"]["RAINSTORM_SPEC"]
@@ -170,13 +206,16 @@ def test_coordinator_mounts_and_default_spec() -> None:
                 for dst, src in mounts.items() if spec_in_container.is_relative_to(dst))
     assert host.is_file(), host
     paths = parse_spec_text(host.read_text(), str(host)).source.paths
-    assert paths and all(any((Path(workdir) / p).is_relative_to(d) for d in mounts)
-                         for p in paths)
+    sample = services["sample"]["command"]
+    written = Path(workdir) / sample[sample.index("--out") + 1]
+    assert paths and all(Path(workdir, p).parent == written for p in paths), paths
+    assert any(written.is_relative_to(d) for d in mounts)
 
 
 def test_dockerfile_and_dockerignore() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\s*$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}\s*$", text, re.M)
     assert re.search(r'^RUN pip install "\.\[docker\]"(\s|$)', text, re.M), \
         "the package and the Docker SDK (autoscaler), no dev extras"
     assert "dev" not in text.split("pip install")[1].split("\n")[0]

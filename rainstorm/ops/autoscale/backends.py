@@ -125,7 +125,8 @@ LABEL = "io.rainstorm.autoscaled"
 @dataclass
 class DockerBackend:
     """Workers as containers of ``image`` (entry point ``rainstorm``), on
-    ``network``, through the Docker SDK (``pip install 'rainstorm[docker]'``)."""
+    ``network``, through the Docker SDK (``pip install 'rainstorm[docker]'``),
+    with ``volumes`` (``"VOLUME:/path"``) mounted."""
 
     r: redis.Redis
     redis_url: str
@@ -133,6 +134,7 @@ class DockerBackend:
     network: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     client: Any = None
+    volumes: list[str] = field(default_factory=list)
     stopping: set[str] = field(default_factory=set)
     jobs: set[str] = field(default_factory=set)  # served: close() stops only their containers
 
@@ -153,7 +155,7 @@ class DockerBackend:
         self.jobs.add(job)
         self.client.containers.run(
             self.image, ["worker", "--job", job, "--stage", str(stage), "--id", wid],
-            name=wid, detach=True, network=self.network,
+            name=wid, detach=True, network=self.network, volumes=list(self.volumes),
             environment={**self.env, "RAINSTORM_REDIS": self.redis_url},
             labels={LABEL: "true", f"{LABEL}.job": job, f"{LABEL}.stage": str(stage)},
         )
