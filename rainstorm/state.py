@@ -22,9 +22,10 @@ folded part, ``lb`` bytes logged and not yet folded) and the stream
   after 4x as many bytes of deltas as it holds have arrived.
 * Nobody holds the whole aggregate: readers fold one partition at a time
   (:func:`iter_finished`, :func:`read_key`), and at the end of a batch job
-  the coordinator folds every partition's remaining log into its base
-  (:func:`finalize`), so the finished result is exactly the bases, which
-  the job's seal covers.
+  every partition's remaining log is folded into its base -- by the idle
+  workers (:func:`fold_lagging`), in the order the coordinator reads them
+  (:func:`finalize`), by the coordinator only where no worker does -- so the
+  finished result is exactly the bases, which the job's seal covers.
 
 A delta that does not decode, or does not merge (anyone holding a Redis
 password can XADD one), never stops a folder: a folder moves it to the
