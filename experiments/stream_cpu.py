@@ -24,7 +24,10 @@ what the producer sent.  Target (issue 12): <= 5 µs of engine CPU per record
 (``engine_us``: coordinator + workers + the whole server), PASS/FAIL printed.
 
     python experiments/stream_cpu.py [--quick] [--rates 10000,25000,50000,100000]
-        [--seconds 10]
+        [--seconds 10] [--linger-ms 0,20]
+
+``--linger-ms`` runs every rate once per value of ``source.linger_ms`` (the
+loader waits up to that long for a full entry of ``batch_records``).
 
 Writes experiments/results/stream_cpu.{csv,png}.
 """
@@ -59,7 +62,7 @@ WARMUP_S = 1.0
 SAMPLE_S = 0.05
 
 SPEC = """name: stream-cpu
-source: {{type: stream, key: {key}, field: d, batch_records: 200}}
+source: {{type: stream, key: {key}, field: d, batch_records: 200, linger_ms: {linger}}}
 pipeline:
   - {{op: count}}
 settings: {{batch_entries: 8, max_backlog: 1000}}
@@ -187,10 +190,11 @@ def summary(run: Run) -> dict[str, Any]:
             "correct": got == sent_counter(sent)}
 
 
-def measure(rate: int, seconds: float, cal_s: float, tmp: Path) -> dict[str, Any]:
-    job, key = f"cpu{rate}", f"src{rate}"
+def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int = 0
+            ) -> dict[str, Any]:
+    job, key = f"cpu{rate}l{linger_ms}", f"src{rate}l{linger_ms}"
     spec = tmp / f"{job}.yaml"
-    spec.write_text(SPEC.format(key=key))
+    spec.write_text(SPEC.format(key=key, linger=linger_ms))
     with EmbeddedRedis() as srv:
         assert srv.proc is not None
         url, spid = srv.url, srv.proc.pid
@@ -258,13 +262,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     rates = [r["offered_rate"] for r in rows]
+    names = [f"{r['offered_rate']}" + (f"\nlinger {r['linger_ms']}" if r["linger_ms"] else "")
+             for r in rows]
     bottom = [0.0] * len(rows)
     for col, label in (("coordinator_cpu_s", "coordinator"), ("worker1_cpu_s", "worker 1"),
                        ("worker2_cpu_s", "worker 2"), ("server_cpu_s", "server")):
         vals = [r[col] / max(1, r["window_records"]) * 1e6 for r in rows]
-        a1.bar([str(x) for x in rates], vals, bottom=bottom, label=label)
+        a1.bar(names, vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    a1.plot([str(x) for x in rates], [r["producer_us"] for r in rows], "k^--",
+    a1.plot(names, [r["producer_us"] for r in rows], "k^--",
             label="producer (not engine)")
     a1.axhline(TARGET_US, color="red", ls=":", lw=1, label=f"target {TARGET_US:g} µs")
     a1.set_xlabel("offered rate (records/s)")
@@ -272,7 +278,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     a1.set_title("engine CPU per record, steady window")
     a1.legend(fontsize=8)
     a2.plot(rates, rates, color="grey", ls=":", lw=1, label="offered")
-    a2.plot(rates, [r["committed_rate"] for r in rows], "o-", label="committed")
+    for linger in sorted({r["linger_ms"] for r in rows}):
+        sub = [r for r in rows if r["linger_ms"] == linger]
+        tag = f" (linger {linger} ms)" if linger else ""
+        a2.plot([r["offered_rate"] for r in sub], [r["committed_rate"] for r in sub], "o-",
+                label="committed" + tag)
     a2.plot(rates, [r["produced_rate"] for r in rows], "s--", label="produced")
     a2.set_xlabel("offered rate (records/s)")
     a2.set_ylabel("records/s")
@@ -291,18 +301,23 @@ def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--seconds", type=float, default=10.0, help="producer time per rate")
     ap.add_argument("--rates", default="10000,25000,50000,100000")
+    ap.add_argument("--linger-ms", default="0",
+                    help="source.linger_ms values, each run at every rate (e.g. 0,20)")
     a = ap.parse_args()
+    lingers = [int(x) for x in a.linger_ms.split(",")]
     rates = [5000, 20000] if a.quick else [int(x) for x in a.rates.split(",")]
     seconds = 2.5 if a.quick else a.seconds
     cal_s = 1.0 if a.quick else 3.0
     rows = []
     with tempfile.TemporaryDirectory(prefix="rs-scpu-") as tmp:
         for rate in rates:
-            row = measure(rate, seconds, cal_s, Path(tmp))
-            print(row, flush=True)
-            rows.append(row)
+            for linger in lingers:
+                row = {"linger_ms": linger, **measure(rate, seconds, cal_s, Path(tmp), linger)}
+                print(row, flush=True)
+                rows.append(row)
     for r in rows:
-        print(f"{r['offered_rate']:>7}/s offered: {r['committed_rate']:>7}/s committed"
+        print(f"{r['offered_rate']:>7}/s offered, linger {r['linger_ms']} ms: "
+              f"{r['committed_rate']:>7}/s committed"
               f"{'' if r['sustained'] else ' (NOT sustained)'}, engine {r['engine_us']} µs/rec "
               f"(without the XADDs' server share {r['engine_net_us']}), producer "
               f"{r['producer_us']} µs/rec, lag p99 {r['lag_p99_ms']} ms: {r['target']}")

@@ -87,10 +87,12 @@ class StreamLoader(BaseLoader):
         src = self.job.spec.source
         assert src.type == "stream"
         after = pos or "0-0"
-        rows = raw_rows(self.raw.xread({src.key: after}, count=src.batch_records * max_entries,
-                                       block=BLOCK_MS))
+        cap = src.batch_records * max_entries
+        rows = raw_rows(self.raw.xread({src.key: after}, count=cap, block=BLOCK_MS))
         if not rows:
             return [], pos, 0, None
+        if src.linger_ms and len(rows) < src.batch_records:
+            rows = self._linger(rows, cap)
         records: list[Any] = []
         firsts: list[str] = []
         missing = 0
@@ -113,6 +115,21 @@ class StreamLoader(BaseLoader):
             uid = stream_uid(first)
             entries.append((self.stream_for(uid), uid, encode_records(chunk)))
         return entries, as_str(rows[-1][0], "replace"), len(records), None
+
+    def _linger(self, rows: list[Any], cap: int) -> list[Any]:
+        """``rows`` plus what arrives within ``linger_ms`` of reading them,
+        until one entry's ``batch_records`` are there."""
+        src = self.job.spec.source
+        assert src.type == "stream"
+        deadline = time.monotonic() + src.linger_ms / 1000
+        while len(rows) < src.batch_records:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms < 1:
+                break
+            more = raw_rows(self.raw.xread({src.key: as_str(rows[-1][0], "replace")},
+                                           count=cap - len(rows), block=wait_ms))
+            rows = [*rows, *more]
+        return rows
 
 
 class TailLoader(BaseLoader):
