@@ -583,10 +583,19 @@ local function compact(keys, args)
   local version = tonumber(redis.call('HGET', base, 'v') or '0')
   if version ~= expected then return {'conflict', 'version'} end
   local folded = 0
-  for i = ibase + 1, #args do
-    local rows = redis.call('XRANGE', log, args[i], args[i])
-    if #rows == 0 then return {'conflict', 'missing'} end
-    folded = folded + #(field_of(rows[1][2], 'd') or '')
+  if #args > ibase then
+    -- one XRANGE over the ids' span (a snapshot's ids, ascending: the span
+    -- holds them and the bad ones, so COUNT bounds it); an id not in it is
+    -- missing (deleted meanwhile, or not in ascending order)
+    local rows = redis.call('XRANGE', log, args[ibase + 1], args[#args], 'COUNT',
+      #args - ibase + n_bad)
+    local size = {}
+    for _, row in ipairs(rows) do size[row[1]] = #(field_of(row[2], 'd') or '') end
+    for i = ibase + 1, #args do
+      local bytes = size[args[i]]
+      if bytes == nil then return {'conflict', 'missing'} end
+      folded = folded + bytes
+    end
   end
   local bad = {}
   for j = 1, n_bad do
@@ -600,7 +609,12 @@ local function compact(keys, args)
   if logged < 0 then logged = 0 end
 
   -- all checks passed: write
-  for i = ibase + 1, #args do redis.call('XDEL', log, args[i]) end
+  local i = ibase + 1
+  while i <= #args do  -- one XDEL per 1000 ids
+    local j = math.min(i + 999, #args)
+    redis.call('XDEL', log, unpack(args, i, j))
+    i = j + 1
+  end
   for j = 1, n_bad do
     local id = args[bbase + 2 * j - 1]
     redis.call('XADD', dlq, '*', 'stage', stage, 'kind', 'delta', 'uid', id, 'stream', log,
