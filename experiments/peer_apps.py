@@ -4,7 +4,7 @@ and DataFrame).  Standard library only at import, so any Python runs it:
 
     python peer_apps.py ENGINE APP PATH REPEAT OUT.json
       ENGINE: serial | pool | dask | spark-rdd | spark-df
-      APP: signs1 | signs2 | lyrics1 | lyrics2
+      APP: signs1 | signs2 | lyrics1 | lyrics2 | wordcount (PATH: a directory of .txt)
 
 Every engine parses each line with the same strict ``csv.reader`` as
 rainstorm's ``parse_csv`` (a malformed line or a wrong field count is
@@ -45,6 +45,8 @@ def parse(line: str, n: int) -> list[str] | None:
 
 def make_fn(app: str) -> Any:
     """line -> [] or [output]: the app's per-line work (module-level for pickling)."""
+    if app == "wordcount":
+        return str.split
     cols, fcol, value, out = APPS[app]
     n, fi, oi = len(cols), cols.index(fcol), [cols.index(c) for c in out]
 
@@ -67,9 +69,27 @@ def run_lines(app: str, lines: Any) -> Any:
     return c
 
 
+def files_of(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".txt"))
+    return [path]
+
+
 def serial(app: str, path: str) -> Any:
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-        return run_lines(app, (line.rstrip("\r\n") for line in fh))
+    parts = []
+    for f in files_of(path):
+        with open(f, encoding="utf-8", errors="replace", newline="") as fh:
+            parts.append(run_lines(app, (line.rstrip("\r\n") for line in fh)))
+    return merge(app, parts)
+
+
+def merge(app: str, parts: list[Any]) -> Any:
+    if app.endswith("1"):
+        return [r for part in parts for r in part]
+    total: Counter[str] = Counter()
+    for part in parts:
+        total.update(part)
+    return total
 
 
 def _range(task: tuple[str, str, int, int]) -> Any:
@@ -81,30 +101,28 @@ def _range(task: tuple[str, str, int, int]) -> Any:
 
 
 def pool(app: str, path: str, procs: int = 2) -> Any:
+    """Each file cut into ``procs`` ranges at newlines, one task per range."""
     from multiprocessing import Pool
 
-    size = os.path.getsize(path)
-    cuts = [0]
-    with open(path, "rb") as fh:
-        for i in range(1, procs):
-            fh.seek(size * i // procs)
-            fh.readline()
-            cuts.append(fh.tell())
-    cuts.append(size)
+    tasks = []
+    for f in files_of(path):
+        size = os.path.getsize(f)
+        cuts = [0]
+        with open(f, "rb") as fh:
+            for i in range(1, procs):
+                fh.seek(size * i // procs)
+                fh.readline()
+                cuts.append(max(fh.tell(), cuts[-1]))
+        cuts.append(size)
+        tasks += [(app, f, cuts[i], cuts[i + 1]) for i in range(procs)]
     with Pool(procs) as p:
-        parts = p.map(_range, [(app, path, cuts[i], cuts[i + 1]) for i in range(procs)])
-    if app.endswith("1"):
-        return [r for part in parts for r in part]
-    total: Counter[str] = Counter()
-    for part in parts:
-        total.update(part)
-    return total
+        return merge(app, p.map(_range, tasks))
 
 
 def dask_app(app: str, path: str) -> Any:
     import dask.bag as db
 
-    bag = db.read_text(path, blocksize=8 << 20, linedelimiter="\n").map(
+    bag = db.read_text(files_of(path), blocksize=8 << 20, linedelimiter="\n").map(
         lambda line: line.rstrip("\r\n")).map(make_fn(app)).flatten()
     if app.endswith("1"):
         return bag.compute(scheduler="processes", num_workers=2)
@@ -135,7 +153,10 @@ def main() -> None:
             result = dask_app(app, path)
         elif engine == "spark-rdd":
             rdd = spark.sparkContext.textFile(path).flatMap(make_fn(app))
-            result = rdd.collect() if app.endswith("1") else dict(rdd.countByValue())
+            if app.endswith("1"):
+                result = rdd.collect()
+            else:  # combined per partition, then merged (as reduceByKey does)
+                result = rdd.map(lambda k: (k, 1)).reduceByKey(lambda a, b: a + b).collectAsMap()
         else:  # spark-df: Spark's CSV reader, header, all columns strings
             cols, fcol, value, outc = APPS[app]
             df = spark.read.csv(path, header=True).where(f"`{fcol}` = '{value}'")

@@ -15,7 +15,10 @@ Apps (the same on both datasets, as in the seeds' RainStorm lab):
 * App 1, filter + project: signs with Sign_Post = Punched Telespar ->
   (OBJECTID, Sign_Type); songs with genre = rock -> (title, artist, views);
 * App 2, filter + count per category: signs with Sign_Post = Wood, count
-  per Category; songs with genre = pop, count per year.
+  per Category; songs with genre = pop, count per year;
+* and a batch word count over ``--wc-mb`` of generated text in 4 files
+  (examples/wordcount.yaml; the peers split on whitespace and count), for
+  the head-to-head table of REPORT.md.
 
 Contenders, all checked against a serial Python pass (strict csv.reader
 per line, as rainstorm's parse_csv): rainstorm's CLI (`rainstorm run
@@ -30,7 +33,8 @@ differently).  Peers' start-up (Spark session, Dask import) is reported
 apart and not in their seconds.  --quick: small inputs, no Spark or Dask.
 
     python experiments/rainstorm_vs_spark.py [--quick] [--signs-rows 500000]
-        [--lyrics-rows 150000] [--repeat 3] [--spark-python PY] [--dask-python PY]
+        [--lyrics-rows 150000] [--wc-mb 50] [--repeat 3] [--apps signs1,...,wordcount]
+        [--spark-python PY] [--dask-python PY]
 
 Writes experiments/results/rainstorm_vs_spark.{csv,png}.
 """
@@ -49,7 +53,7 @@ from typing import Any
 
 import peer_apps
 from cli_path import rainstorm_cmd
-from common import DATA, ROOT, finish, parser, pyplot, spread
+from common import DATA, ROOT, corpus, finish, parser, pyplot, spread
 from keys_grow import find_spark
 
 from rainstorm import Dataset
@@ -70,6 +74,8 @@ pipeline:
 
 
 def spec_text(app: str) -> str:
+    if app == "wordcount":
+        return (ROOT / "examples" / "wordcount.yaml").read_text()
     cols, fcol, value, out = peer_apps.APPS[app]
     tail = (f"  - {{op: map, fn: select, args: {{columns: {json.dumps(out)}}}}}"
             if app.endswith("1") else
@@ -90,7 +96,8 @@ def run_cli(app: str, path: Path, tmp: Path) -> tuple[float, float, Any]:
     out = tmp / "out.json"
     t = time.perf_counter()
     with out.open("wb") as fh:
-        res = subprocess.run([*rainstorm_cmd(), "run", str(spec), "--input", str(path),
+        inp = str(path / "*.txt") if path.is_dir() else str(path)
+        res = subprocess.run([*rainstorm_cmd(), "run", str(spec), "--input", inp,
                               "--workers", "2", "--json"], stdout=fh, stderr=subprocess.PIPE,
                              cwd=tmp, timeout=1800)
     wall = time.perf_counter() - t
@@ -102,6 +109,9 @@ def run_cli(app: str, path: Path, tmp: Path) -> tuple[float, float, Any]:
 
 
 def run_dataset(app: str, path: Path) -> Any:
+    if app == "wordcount":
+        return dict(Dataset.read_text(str(path / "*.txt")).flat_map(str.split)
+                    .count_by_value().collect(workers=2, timeout_s=1800))
     cols, fcol, value, out = peer_apps.APPS[app]
     ds = Dataset.read_csv(str(path), columns=cols).filter(lambda r: r[fcol] == value)
     if app.endswith("1"):
@@ -146,11 +156,14 @@ def main() -> int:
     ap.add_argument("--signs-rows", type=int, default=500_000)
     ap.add_argument("--lyrics-rows", type=int, default=150_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--apps", default="signs1,signs2,lyrics1,lyrics2,wordcount")
+    ap.add_argument("--wc-mb", type=float, default=50.0, help="word count input (4 files)")
     ap.add_argument("--spark-python", default=None)
     ap.add_argument("--dask-python", default=None)
     a = ap.parse_args()
     repeat = 2 if a.quick else a.repeat
     paths = datasets(*((20_000, 15_000) if a.quick else (a.signs_rows, a.lyrics_rows)))
+    paths["wordcount"] = corpus("large", 2.0 if a.quick else a.wc_mb)[0].parent
     spark_py, why_spark = find_spark(a.spark_python)
     dask_py, why_dask = find_dask(a.dask_python)
     if a.quick:
@@ -159,9 +172,10 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for app in peer_apps.APPS:
-            path = paths["signs" if app.startswith("signs") else "lyrics"]
-            mb = path.stat().st_size / 1e6
+        for app in a.apps.split(","):
+            path = paths[app.rstrip("12")]
+            mb = sum(f.stat().st_size for f in
+                     (path.glob("*.txt") if path.is_dir() else [path])) / 1e6
             ref = canon(app, peer_apps.serial(app, str(path)))
 
             def add(name: str, secs: list[float], startup: float | str, results: list[Any],
@@ -195,8 +209,8 @@ def main() -> int:
                      ("PySpark RDD local[2]", spark_py, "spark-rdd", why_spark),
                      ("PySpark DataFrame local[2]", spark_py, "spark-df", why_spark)]
             for name, py, engine, why in peers:
-                if engine == "spark-df" and app.startswith("signs"):
-                    continue  # Spark's CSV reader parses the malformed rows its own way
+                if engine == "spark-df" and not app.startswith("lyrics"):
+                    continue  # Spark's CSV reader parses the signs' malformed rows its own way
                 if py is None:
                     print(f"{name} skipped: {why}")
                     continue
@@ -226,7 +240,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 err.append(r["mb_per_s_std"])
         ax.bar(xs, ys, width, yerr=err, capsize=2, label=name)
     labels = {"signs1": "signs App 1\nfilter + project", "signs2": "signs App 2\ncount/category",
-              "lyrics1": "lyrics App 1\nfilter + project", "lyrics2": "lyrics App 2\ncount/year"}
+              "lyrics1": "lyrics App 1\nfilter + project", "lyrics2": "lyrics App 2\ncount/year",
+              "wordcount": "word count\n(4 text files)"}
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(apps))], [labels[a] for a in apps])
     ax.set_ylabel("MB/s (median, +- std over repeats)")
     ax.set_title("2 cores; start-up of peers (Spark session, Dask import) not included",
