@@ -94,15 +94,7 @@ class ThreadedWorkers(LocalWorkers):
     def spawn(self) -> Any:
         if not hasattr(self, "threads"):
             return None
-        p = self._ctx.Process(target=_threads_main, args=(self.threads, *self._args),
-                              daemon=True, name="rainstorm-threads")
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            p.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self.procs.append(p)
-        return p
+        return self._start(_threads_main, (self.threads, *self._args), "rainstorm-threads")
 
 
 def rainstorm_run(files: list[Path], ref: Counter[str], n: int,
