@@ -168,6 +168,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
            label="a word's count visible (mean)")
     bx.set_xticks(list(xs), names)
     bx.set_ylabel("seconds after submit")
+    bx.set_yscale("log")
     bx.set_title("when counts become visible (all input present at t=0)", fontsize=9)
     bx.legend(fontsize=8)
     for axis in (ax, bx):

@@ -182,7 +182,6 @@ def plot(rows: list[dict[str, Any]], path: Path, file_mb: float) -> None:
     ax.set_xticks([1, 2, 4])
     ax.set_xlabel("workers (the machine has 2 cores)")
     ax.set_title(f"fixed input: {first['mb']} MB in {first['files']} files", fontsize=9)
-    bx.set_xscale("log")
     bx.set_xlabel(f"input files of {file_mb:g} MB each (2 workers)")
     bx.set_title("fixed workers, input growing", fontsize=9)
     fig.tight_layout()
