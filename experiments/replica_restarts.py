@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,8 @@ def main() -> int:
 def plot(rows: list[dict[str, Any]], path: Path, mb: float) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
-    labels = [f"{r['mode']}\nevery {r['kill_every_s']:g} s" if r["kill_every_s"] else "no kill"
-              for r in rows]
+    labels = [textwrap.fill(f"{r['mode']}, every {r['kill_every_s']:g} s", 20)
+              if r["kill_every_s"] else "no kill" for r in rows]
     colors = ["#3a7" if r["correct"] else "#e90" if r["failed_loudly"] else "#d22" for r in rows]
     ax.bar(range(len(rows)), [r["seconds_median"] for r in rows], color=colors,
            yerr=[[r["seconds_median"] - r["seconds_min"] for r in rows],
