@@ -61,12 +61,14 @@ def wordcount(**settings: Any) -> JobSpec:
 
 def timed_run(env: LocalRun, spec: JobSpec, paths: list[Path], ref: Counter[str],
               workers: int = 2, on_progress: Callable[[Any], None] | None = None,
-              timeout_s: float = 600) -> tuple[RunReport | None, float, bool, str]:
-    """(report, seconds, correct, error): a failed job is a row, not a crash."""
+              timeout_s: float = 600, **fields: Any
+              ) -> tuple[RunReport | None, float, bool, str]:
+    """(report, seconds, correct, error): a failed job is a row, not a crash.
+    ``fields``: more RunOptions (e.g. connect_timeout_s)."""
     t = time.perf_counter()
     try:
         rep = env.run(spec, inputs=[str(p) for p in paths], workers=workers,
-                      on_progress=on_progress, timeout_s=timeout_s)
+                      on_progress=on_progress, timeout_s=timeout_s, **fields)
     except Exception as exc:  # noqa: BLE001 -- an experiment records failures as data
         return None, time.perf_counter() - t, False, str(exc).splitlines()[0][:120]
     return rep, rep.seconds, rep.result == ref, ""
@@ -164,3 +166,26 @@ def all_correct(rows: list[dict[str, Any]]) -> int:
         print(f"WRONG RESULTS in {len(wrong)} runs", file=sys.stderr)
         return 1
     return 0
+
+
+def spread(prefix: str, values: list[float], digits: int = 3) -> dict[str, float]:
+    """Median, min, max and standard deviation of repeats, as CSV columns."""
+    import statistics
+
+    if not values:
+        return {f"{prefix}_{k}": float("nan") for k in ("median", "min", "max", "std")}
+    return {f"{prefix}_median": round(statistics.median(values), digits),
+            f"{prefix}_min": round(min(values), digits),
+            f"{prefix}_max": round(max(values), digits),
+            f"{prefix}_std": round(statistics.stdev(values), digits) if len(values) > 1 else 0.0}
+
+
+def text_file(path: Path, n_bytes: int, seed: int = 11) -> Path:
+    """A file of generated words, ``n_bytes`` long or one line more. Cached."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_text("\n".join(generate_lines(max(n_bytes, 1), seed)) + "\n",
+                       encoding="utf-8")
+        tmp.rename(path)
+    return path

@@ -13,7 +13,9 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from rainstorm import heap
 from rainstorm.errors import JobFailed
@@ -59,8 +61,12 @@ class LocalWorkers:
 
     def spawn(self) -> BaseProcess:
         """Start one more worker (also used to replace killed ones)."""
-        p = self._ctx.Process(target=_worker_main, args=self._args, daemon=True,
-                              name="rainstorm-worker")
+        return self._start(_worker_main, self._args, "rainstorm-worker")
+
+    def _start(self, target: Callable[..., None], args: tuple[Any, ...],
+               name: str) -> BaseProcess:
+        """Fork ``target(*args)`` as one of this pool's processes."""
+        p = self._ctx.Process(target=target, args=args, daemon=True, name=name)
         # no stop signal may reach the child before it drops the parent's handlers
         old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
