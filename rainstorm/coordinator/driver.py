@@ -263,10 +263,16 @@ class Driver:
         waited = now - self._outage_since
         if waited > self.outage_timeout_s:
             raise JobFailed(f"Redis unreachable for {waited:.0f} s: {exc}") from None
+        if self.deadline and now > self.deadline:  # the job's own limit holds in an outage too
+            raise JobFailed(f"job {self.job.id} did not finish within {self.timeout_s} s "
+                            f"(Redis unreachable for the last {waited:.0f} s: {exc})") from None
         if self.check:
             self.check()  # e.g. restart a crashed embedded server
         self.loaded = False  # re-read the cursor: Redis may have rolled back
-        time.sleep(outage_backoff_s(waited))
+        pause = outage_backoff_s(waited)
+        if self.deadline:
+            pause = max(0.0, min(pause, self.deadline - now))
+        time.sleep(pause)
 
 
 def fail(r: redis.Redis, job: Job, reason: str) -> None:

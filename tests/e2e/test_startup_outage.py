@@ -16,7 +16,8 @@ from typing import IO
 
 import yaml
 
-from rainstorm.connection import DEFAULT_CONNECT_TIMEOUT_S
+from rainstorm import keys
+from rainstorm.connection import DEFAULT_CONNECT_TIMEOUT_S, connect
 from rainstorm.local.server import EmbeddedRedis
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import ROOT, stop_all, wait_for
@@ -118,3 +119,32 @@ def test_bad_connect_timeout_setting_is_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == ("rainstorm: error: RAINSTORM_CONNECT_TIMEOUT must be a "
                                   "number of seconds >= 0, got 'soon'")
+
+
+def test_the_jobs_timeout_holds_while_redis_is_down(tmp_path: Path) -> None:
+    """`submit --timeout 5` of a job no worker serves: Redis SIGKILLed while
+    it runs, the coordinator gives up at the job's 5 s (one line, exit 1),
+    not after the 120 s it rides out outages for."""
+    paths = write_corpus(tmp_path / "in", n_files=1, kb=5)
+    spec = _spec_file(tmp_path)
+    srv = EmbeddedRedis(workdir=tmp_path / "redis")
+    srv.start()
+    err = tmp_path / "submit.err"
+    with (tmp_path / "submit.out").open("wb") as out, err.open("wb") as err_fh:
+        proc = _rainstorm(["submit", str(spec), "--input", str(paths[0]), "--job", "late",
+                           "--timeout", "5", "--redis", srv.url], out, err_fh)
+        try:
+            r = connect(srv.url)
+            wait_for(lambda: r.hget(keys.meta("late"), "state") == b"running", 60,
+                     "the job to run")
+            started = time.monotonic()
+            srv.kill()
+            assert srv.proc is not None and srv.proc.poll() is not None  # the fault happened
+            assert proc.wait(60) == 1
+            took = time.monotonic() - started
+        finally:
+            stop_all([proc])
+            srv.stop()
+    text = err.read_text()
+    assert "did not finish within 5.0 s" in text and "Redis unreachable" in text, text
+    assert "Traceback" not in text and took < 30, (took, text)
