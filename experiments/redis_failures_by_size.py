@@ -8,7 +8,7 @@ finished result is compared with ``collections.Counter``; a run that does not
 finish in time fails loudly (recorded, not wrong).  redis_restarts.py varies
 the kill rate at one size; this varies the size at one kill rate.
 
-    python experiments/redis_failures_by_size.py [--quick] [--sizes 25,50,100] [--every 2]
+    python experiments/redis_failures_by_size.py [--quick] [--sizes 25,50,100] [--every 0.5]
 
 Writes experiments/results/redis_failures_by_size.{csv,png}.
 """
@@ -27,7 +27,7 @@ from rainstorm.local.run import LocalRun
 def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--sizes", default="25,50,100", help="MB, comma-separated")
-    ap.add_argument("--every", type=float, default=2.0, help="seconds between kills")
+    ap.add_argument("--every", type=float, default=0.5, help="seconds between kills")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=180.0)
     a = ap.parse_args()
