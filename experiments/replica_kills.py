@@ -17,8 +17,8 @@ whose entries are then redone, so the result stays exact.  With every node
 gone the data are gone: the job must fail loudly (or time out with a
 message), never report a result.  ``failed_loudly`` records that.  A
 Redis that becomes unreachable during the job is waited for up to the
-coordinator's fixed outage limit (120 s; the job's ``timeout_s`` is not
-applied while it waits), so the every-node case takes ~2 minutes.
+coordinator's outage limit (120 s) or the job's ``timeout_s``, whichever
+comes first (``--timeout``: 60 s; 30 s with ``--quick``).
 
     python experiments/replica_kills.py [--quick] [--mb 20] [--replicas 2] [--repeat 2]
 
