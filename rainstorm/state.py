@@ -262,7 +262,7 @@ def fold_lagging(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: 
     order = [*range(start, n), *range(start)]
     done = fold_due(r, job, _lagging(r, job, stage, order), stage, agg, holder, closer)
     again = _lagging(r, job, stage, order)  # skipped under another's lease, or logged since
-    return done + fold_due(r, job, again, stage, agg, holder, closer) if again else done
+    return done + fold_due(r, job, again, stage, agg, holder, closer)
 
 
 class _Helpers:

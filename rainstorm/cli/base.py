@@ -5,6 +5,7 @@ the one decorator that adds them."""
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -113,11 +114,16 @@ def shared(*, redis: bool = True) -> Callable[[F], F]:
     return decorate
 
 
-def raise_interrupt(signum: int, frame: object) -> None:
-    """A signal handler: SIGTERM (and Ctrl-C) as KeyboardInterrupt, so
-    ``finally`` blocks clean up; recorded, so a loop that lost the exception
-    still stops (rainstorm.procs.interrupt)."""
-    interrupt(signum, frame)
+# A signal handler: SIGTERM (and Ctrl-C) as KeyboardInterrupt, so ``finally``
+# blocks clean up; recorded, so a loop that lost the exception still stops.
+raise_interrupt = interrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and Ctrl-C raise KeyboardInterrupt (recorded, never lost), so
+    that `finally` stops the embedded server and the workers."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGINT, raise_interrupt)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")

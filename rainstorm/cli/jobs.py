@@ -16,9 +16,9 @@ from rainstorm.cli.base import (
     RedisOptions,
     fail,
     json_option,
-    raise_interrupt,
     shared,
     skip_bad_option,
+    stop_on_signals,
 )
 from rainstorm.cli.show import Null, print_result, progress_bar
 
@@ -123,8 +123,7 @@ def _run(cmd: RunCommand) -> None:
         _run_graph(cmd, loaded)
         return
     spec = _with_settings(loaded, **cmd.settings)
-    signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops server and workers
-    signal.signal(signal.SIGINT, raise_interrupt)  # (Ctrl-C: recorded, never lost)
+    stop_on_signals()
     show = cmd.progress and sys.stderr.isatty()
     prog, update = progress_bar()
 
@@ -155,8 +154,7 @@ def _run_graph(cmd: RunCommand, gspec: Any) -> None:
     given = {k: v for k, v in cmd.settings.items() if v is not None}
     if given:
         gspec = gspec.model_copy(update={"settings": {**gspec.settings, **given}})
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    signal.signal(signal.SIGINT, raise_interrupt)
+    stop_on_signals()
     report = run_graph(gspec, cmd.options, origin=cmd.spec_path)
     _print_graph(report, cmd.top_n, cmd.as_json)
     if cmd.output:

@@ -167,8 +167,7 @@ class Driver:
         if self.check:
             self.check()
         check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost
-        if self.deadline and now > self.deadline:
-            raise JobFailed(f"job {job.id} did not finish within {self.timeout_s} s")
+        self._check_deadline(now)
         if self.loaded and self.nap:  # nothing to load: only watch (each look costs calls)
             time.sleep(0.01 if self.on_step else WATCH_EVERY_S)
         return None
@@ -253,6 +252,13 @@ class Driver:
         log.info("streaming job %s stopped", self.job.id)
         return self.live()
 
+    def _check_deadline(self, now: float, why: str = "") -> None:
+        """JobFailed once the job's ``timeout_s`` has passed (``why``: what
+        else the message says)."""
+        if self.deadline and now > self.deadline:
+            raise JobFailed(f"job {self.job.id} did not finish within {self.timeout_s} s{why}") \
+                from None
+
     def _outage(self, exc: Exception) -> None:
         now = time.monotonic()
         if self._outage_since is None:
@@ -263,9 +269,8 @@ class Driver:
         waited = now - self._outage_since
         if waited > self.outage_timeout_s:
             raise JobFailed(f"Redis unreachable for {waited:.0f} s: {exc}") from None
-        if self.deadline and now > self.deadline:  # the job's own limit holds in an outage too
-            raise JobFailed(f"job {self.job.id} did not finish within {self.timeout_s} s "
-                            f"(Redis unreachable for the last {waited:.0f} s: {exc})") from None
+        # the job's own limit holds in an outage too
+        self._check_deadline(now, f" (Redis unreachable for the last {waited:.0f} s: {exc})")
         if self.check:
             self.check()  # e.g. restart a crashed embedded server
         self.loaded = False  # re-read the cursor: Redis may have rolled back
