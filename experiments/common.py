@@ -11,6 +11,7 @@ import csv
 import os
 import random
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -170,8 +171,6 @@ def all_correct(rows: list[dict[str, Any]]) -> int:
 
 def spread(prefix: str, values: list[float], digits: int = 3) -> dict[str, float]:
     """Median, min, max and standard deviation of repeats, as CSV columns."""
-    import statistics
-
     if not values:
         return {f"{prefix}_{k}": float("nan") for k in ("median", "min", "max", "std")}
     return {f"{prefix}_median": round(statistics.median(values), digits),
