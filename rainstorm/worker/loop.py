@@ -64,6 +64,9 @@ BURST_OVER = "burst: no running job left"
 # rewrote their bases for a delta each (measured: ~75 % of the workers' CPU
 # at 30k records/s); commits still fold the partitions they make due
 STREAM_IDLE_FOLD_S = 1.0
+# a burst worker whose job has no state any more (removed, or a node that
+# restarted or is resyncing) leaves only after this long
+GONE_GRACE_S = 10.0
 
 __all__ = ["BURST_OVER", "DATA_ERRORS", "RoundReport", "Worker", "WorkerOptions"]
 
@@ -133,6 +136,7 @@ class Worker:
         self._last_refresh = 0.0
         self._rotate = 0
         self._outage_since: float | None = None
+        self._gone_since: float | None = None  # the job found gone since (burst)
         self._run_id = ""
         self._reread_own = False
         self._touching = ""  # the job whose keys are being used (to blame a WRONGTYPE)
@@ -292,8 +296,10 @@ class Worker:
     def _burst_over(self) -> bool:
         """In burst mode with --job, wait for the job to appear (a worker may
         start before its job is submitted); otherwise no job means done."""
-        if not self.opt.job or self.table.seen_job or self.opt.job in self.table.broken:
-            return True  # (a job that existed and is gone was cancelled or removed)
+        if not self.opt.job or self.opt.job in self.table.broken:
+            return True
+        if self.table.seen_job:
+            return self._seen_job_over()
         text = job_state(self.r, self.opt.job)
         if text is not None:  # submitted since this round's refresh: adopt it next round
             try:
@@ -301,6 +307,25 @@ class Worker:
             except ValueError:
                 return True  # no job state at all (the refresh marks it failed)
         return time.monotonic() - self._started > self.opt.wait_for_job_s
+
+    def _seen_job_over(self) -> bool:
+        """Has the job this burst worker served ended?  Ended (done, failed,
+        cancelled): yes.  Running again (its streams were missing for a
+        moment, e.g. NOGROUP from a node that had just restarted): no, it is
+        adopted at the next refresh.  Gone without a final state (removed,
+        or a node that lost or has not yet loaded it): only after
+        GONE_GRACE_S of that, so a restart or failover does not end every
+        burst worker of a job that is still running."""
+        ended = self.table.ended()
+        if ended is not None:
+            self._gone_since = None
+            return ended
+        now = time.monotonic()
+        if self._gone_since is None:
+            self._gone_since = now
+            log.info("worker %s: job %s not found; waiting up to %.0f s before leaving",
+                     self.id, self.opt.job, GONE_GRACE_S)
+        return now - self._gone_since > GONE_GRACE_S
 
     # -- trouble ------------------------------------------------------------
     def _outage(self, exc: Exception) -> None:

@@ -3,9 +3,11 @@ one round at a time, Worker.run(burst=True) for a whole job."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import redis
 
 from rainstorm import keys
@@ -16,7 +18,7 @@ from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.entries import entry_fields, stream_uid
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
-from rainstorm.worker import Worker, WorkerOptions
+from rainstorm.worker import Worker, WorkerOptions, loop
 from rainstorm.worker.batch import entry_of
 from rainstorm.worker.loop import BURST_OVER
 from tests.conftest import reference_wordcount, write_corpus
@@ -124,3 +126,44 @@ def test_a_worker_leaving_never_recreates_a_deleted_jobs_counters(r: redis.Redis
         r.srem(keys.JOBS, job.id)
         assert w.run_once().idle and not w.jobs
     assert not r.exists(keys.counters(job.id))
+
+
+def _hide(r: redis.Redis, job_id: str) -> dict[bytes, bytes]:
+    """Every key of the job dumped and deleted: the job as a node that had
+    just restarted empty, or not yet reloaded it, shows it (no state, NOGROUP)."""
+    dumped = {k: r.dump(k) for k in r.scan_iter(match=f"rs:{{{job_id}}}:*")}
+    r.delete(*dumped)
+    return dumped  # type: ignore[return-value]
+
+
+def test_a_burst_worker_rides_out_its_job_vanishing_for_a_moment(r: redis.Redis) -> None:
+    """Its job's keys gone (NOGROUP, no state) is not the job's end: the
+    burst worker stays; when they are back it goes on, and leaves at once
+    when the job ends."""
+    job = _stream_job(r, "blink")
+    with Worker(r, WorkerOptions(job=job.id, burst=True, refresh_s=0, block_ms=10)) as w:
+        assert w.run_once().exit is None and w.jobs  # adopted
+        dumped = _hide(r, job.id)
+        rounds = [w.run_once() for _ in range(20)]
+        assert not w.jobs  # the fault happened: the worker lost its job
+        assert all(rep.exit is None for rep in rounds)
+        for k, v in dumped.items():
+            r.restore(k, 0, v)
+        _add(r, job)
+        wait_for(lambda: w.run_once().committed > 0 or None, 30, "the batch committed")
+        assert Counter(read_state(r, job, ("count",))) == _expected()
+        r.hset(keys.meta(job.id), "state", "cancelled")
+        assert w.run_once().exit == BURST_OVER
+
+
+def test_a_burst_worker_leaves_a_removed_job_after_a_grace(
+        r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "GONE_GRACE_S", 0.5)
+    job = _stream_job(r, "removed")
+    with Worker(r, WorkerOptions(job=job.id, burst=True, refresh_s=0, block_ms=10)) as w:
+        assert w.run_once().exit is None and w.jobs
+        _hide(r, job.id)
+        r.srem(keys.JOBS, job.id)
+        t0 = time.monotonic()
+        wait_for(lambda: w.run_once().exit == BURST_OVER or None, 30, "the worker left")
+        assert time.monotonic() - t0 >= 0.5
