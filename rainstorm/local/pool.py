@@ -17,11 +17,17 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import redis
+
 from rainstorm import heap
+from rainstorm.connection import REDIS_DOWN, connect
 from rainstorm.errors import JobFailed
 from rainstorm.procs import die_with_parent
+from rainstorm.worker.jobcheck import ended, served_ids
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+MAX_RESTARTS = 5  # times check() starts the workers again for a job that runs again
+log = logging.getLogger(__name__)
 
 
 def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
@@ -33,7 +39,6 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(parent_pid)
     heap.tune()  # (a fork of the CLI has it already; one of a Dataset script has not)
-    from rainstorm.connection import connect
     from rainstorm.worker.loop import Worker, WorkerOptions
 
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -56,6 +61,8 @@ class LocalWorkers:
         level = logging.getLogger().getEffectiveLevel()
         self._args = (redis_url, job_id, allow_modules, allow_exec, level, os.getpid(), key)
         self.procs: list[BaseProcess] = []
+        self._r: redis.Redis | None = None  # (check(): reads the job's state once all left)
+        self.restarts = 0  # times every worker was started again (check())
         for _ in range(n):
             self.spawn()
 
@@ -85,12 +92,46 @@ class LocalWorkers:
         return [p.pid for p in self.procs if p.pid is not None]
 
     def check(self) -> None:
-        """Fail loudly if every worker has died."""
-        if self.procs and all(not p.is_alive() for p in self.procs):
-            codes = [p.exitcode for p in self.procs]
+        """Fail loudly when every worker is gone while the job still needs
+        one: one crashed (a non-zero exit status), or all left on their own
+        (burst, status 0) though the job runs.  Workers that left because
+        the job ended are no failure, even when the coordinator has not seen
+        the end yet (it may be riding out a Redis restart): it sees it at
+        its next status read."""
+        if not self.procs or any(p.is_alive() for p in self.procs):
+            return
+        codes = [p.exitcode for p in self.procs]
+        if any(c != 0 for c in codes):
             raise JobFailed(f"all workers exited before the job finished (exit codes {codes})")
+        running = self._job_running()
+        if running is not True:
+            return  # ended, gone (the coordinator reports it), or unknown while Redis is down
+        if self.restarts >= MAX_RESTARTS:
+            raise JobFailed(f"all workers exited before the job finished (exit codes {codes}; "
+                            f"started again {self.restarts} times)")
+        # they saw the job end, then Redis lost that (a restart from an AOF
+        # fsynced every second rolls back the last writes): the job runs again
+        self.restarts += 1
+        log.warning("the job runs again after its workers left (Redis rolled back?): "
+                    "starting %d workers again", len(self.procs))
+        self.procs = []
+        for _ in codes:
+            self.spawn()
+
+    def _job_running(self) -> bool | None:
+        """Does the workers' job (or graph) still run?  None: cannot tell
+        (no state, or Redis unreachable)."""
+        if self._r is None:
+            self._r = connect(self._args[0])
+        try:
+            over = ended(self._r, served_ids(self._r, self._args[1], set()))
+        except REDIS_DOWN:
+            return None
+        return None if over is None else not over
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        if self._r is not None:
+            self._r.close()
         for p in self.procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM

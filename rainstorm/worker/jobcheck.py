@@ -16,6 +16,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN
+from rainstorm.graph import members_of
 from rainstorm.job import JobState
 from rainstorm.jobstore import mark_failed
 from rainstorm.protocol.meta import job_state
@@ -49,6 +50,32 @@ def listed_jobs(r: redis.Redis, warned: set[str]) -> list[str]:
             _warn_once(warned, text, f"{keys.JOBS} holds {text[:60]!r}, which is no job id; "
                                      "skipped")
     return sorted(ids)
+
+
+def served_ids(r: redis.Redis, only: str | None, warned: set[str]) -> list[str]:
+    """The jobs a worker serving ``only`` looks at: its one job (--job), a
+    graph's listed steps (``<graph>.*``), or every listed job (None)."""
+    graph = members_of(only) if only is not None else None
+    if only is None:
+        return listed_jobs(r, warned)
+    if graph is not None:
+        return [j for j in listed_jobs(r, warned) if j.startswith(graph + ".")]
+    return [only]
+
+
+def ended(r: redis.Redis, ids: list[str]) -> bool | None:
+    """Have the jobs ``ids`` ended?  True when every one is in a final state
+    (or holds no job state at all: a refresh marks it failed), False when one
+    runs, None when there are none or one has no state: removed, or
+    unreadable for a moment (a node restarted or resyncing) -- the caller
+    decides how long to believe that."""
+    states = [job_state(r, j) for j in ids]
+    if not ids or None in states:
+        return None
+    try:
+        return all(JobState(text).terminal for text in states if text is not None)
+    except ValueError:
+        return True
 
 
 def _warn_once(warned: set[str], what: str, message: str) -> None:

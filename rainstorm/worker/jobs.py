@@ -23,10 +23,8 @@ import redis
 from rainstorm import keys
 from rainstorm.connection import REDIS_DOWN
 from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
-from rainstorm.graph import members_of
-from rainstorm.job import Job, JobState
+from rainstorm.job import Job
 from rainstorm.operators import hash_lookup
-from rainstorm.protocol.meta import job_state
 from rainstorm.signing import SignatureError
 from rainstorm.sources.state_source import read_cogroup
 from rainstorm.state import read_part
@@ -34,10 +32,11 @@ from rainstorm.worker.admit import Admission, admit
 from rainstorm.worker.batch import StageRunner
 from rainstorm.worker.jobcheck import (
     BrokenJob,
+    ended,
     fail_job,
     is_running,
-    listed_jobs,
     missing_spec,
+    served_ids,
 )
 from rainstorm.worker.step import ActiveJob
 
@@ -67,34 +66,13 @@ class JobTable:
         self.seen_job = False  # a job was running at some refresh
         self._warned: set[str] = set()
 
-    def _ids(self) -> list[str]:
-        """The jobs this worker would serve: its --job, a graph's listed
-        steps, or every listed job."""
-        graph = members_of(self.only) if self.only is not None else None
-        if self.only is None:
-            return listed_jobs(self.r, self._warned)
-        if graph is not None:  # a graph's steps
-            return [j for j in listed_jobs(self.r, self._warned) if j.startswith(graph + ".")]
-        return [self.only]
-
     def ended(self) -> bool | None:
-        """Have the jobs this worker serves ended?  True when every one is in
-        a final state (or holds no job state at all: the refresh marks it
-        failed), False when one runs (adopted at the next refresh), None when
-        none is listed or one has no state: removed, or unreadable for a
-        moment (a node restarted or resyncing) -- the caller decides how
-        long to believe that."""
-        ids = self._ids()
-        states = [job_state(self.r, j) for j in ids]
-        if not ids or None in states:
-            return None
-        try:
-            return all(JobState(text).terminal for text in states if text is not None)
-        except ValueError:
-            return True
+        """Have the jobs this worker serves ended?  (:func:`ended`)"""
+        return ended(self.r, served_ids(self.r, self.only, self._warned))
 
     def refresh(self) -> None:
-        running = {job_id for job_id in self._ids() if self._check(job_id)}
+        ids = served_ids(self.r, self.only, self._warned)
+        running = {job_id for job_id in ids if self._check(job_id)}
         for gone in set(self.active) - running:
             self.active.pop(gone).close()
 
