@@ -373,7 +373,9 @@ def _submitted_spec(spec_path: str | None, overrides: tuple[str, ...]) -> Any:
 @click.command()
 @shared()
 @click.option("--job", "job_id", help="serve only this job")
-@click.option("--burst", is_flag=True, help="exit when no running job is left")
+@click.option("--burst", is_flag=True,
+              help="exit when no running job is left (with --job: when it has ended, or "
+                   "10 s after it is found gone: a Redis restart or failover is ridden out)")
 @click.option("--stage", type=click.IntRange(0, None), default=None, envvar="RAINSTORM_STAGE",
               help="serve only this stage (of every job, or of --job)")
 @click.option("--id", "worker_id", default=None, envvar="RAINSTORM_WORKER_ID",

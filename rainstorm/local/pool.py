@@ -94,7 +94,7 @@ class LocalWorkers:
     def check(self) -> None:
         """Fail loudly when every worker is gone while the job still needs
         one: one crashed (a non-zero exit status), or all left on their own
-        (burst, status 0) though the job runs.  Workers that left because
+        (burst, status 0) though the job runs (they are started again).  Workers that left because
         the job ended are no failure, even when the coordinator has not seen
         the end yet (it may be riding out a Redis restart): it sees it at
         its next status read."""
@@ -109,10 +109,11 @@ class LocalWorkers:
         if self.restarts >= MAX_RESTARTS:
             raise JobFailed(f"all workers exited before the job finished (exit codes {codes}; "
                             f"started again {self.restarts} times)")
-        # they saw the job end, then Redis lost that (a restart from an AOF
-        # fsynced every second rolls back the last writes): the job runs again
+        # they saw the job end, then Redis lost that (a failover rolls back
+        # the commits the promoted replica had not received): it runs again
         self.restarts += 1
-        log.warning("the job runs again after its workers left (Redis rolled back?): "
+        log.warning("the job runs again after its workers left (Redis rolled back: a "
+                    "failover or a restart): "
                     "starting %d workers again", len(self.procs))
         self.procs = []
         for _ in codes:
