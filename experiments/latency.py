@@ -143,6 +143,13 @@ def measure(url: str, rate: int, seconds: float, tmp: Path, table: Path | None =
             p.kill()
     r.delete(key)
     r.close()
+    return summarize(rate, seconds, total, lat_ms, seqs)
+
+
+def summarize(rate: int, seconds: float, total: int, lat_ms: list[tuple[float, float]],
+              seqs: set[int]) -> dict[str, Any]:
+    """A rate's row from ``lat_ms`` ((seconds into the run, latency ms) per
+    record delivered) and the sequence numbers seen."""
     ms = sorted(v for _t, v in lat_ms)
     warm = [v for t, v in lat_ms if t >= 1.0]  # the first second warms up
     first = sorted(v for t, v in lat_ms if 1.0 <= t < 1.0 + (seconds - 1) / 3)

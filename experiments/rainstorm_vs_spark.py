@@ -33,8 +33,8 @@ differently).  Peers' start-up (Spark session, Dask import) is reported
 apart and not in their seconds.  --quick: small inputs, no Spark or Dask.
 
     python experiments/rainstorm_vs_spark.py [--quick] [--signs-rows 500000]
-        [--lyrics-rows 150000] [--wc-mb 50] [--repeat 3] [--apps signs1,...,wordcount]
-        [--spark-python PY] [--dask-python PY]
+        [--lyrics-rows 150000] [--wc-mb 50 | --wc-dir DIR] [--repeat 3]
+        [--apps signs1,...,wordcount] [--spark-python PY] [--dask-python PY] [--name NAME]
 
 Writes experiments/results/rainstorm_vs_spark.{csv,png}.
 """
@@ -158,12 +158,17 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--apps", default="signs1,signs2,lyrics1,lyrics2,wordcount")
     ap.add_argument("--wc-mb", type=float, default=50.0, help="word count input (4 files)")
+    ap.add_argument("--wc-dir", type=Path, default=None,
+                    help="word count over this directory's .txt files instead (e.g. "
+                         "high_cardinality.py's ids: experiments/data/high_cardinality/ids-100mb)")
     ap.add_argument("--spark-python", default=None)
     ap.add_argument("--dask-python", default=None)
+    ap.add_argument("--name", default="rainstorm_vs_spark",
+                    help="results as NAME.csv and NAME.png (e.g. for a --wc-dir run)")
     a = ap.parse_args()
     repeat = 2 if a.quick else a.repeat
     paths = datasets(*((20_000, 15_000) if a.quick else (a.signs_rows, a.lyrics_rows)))
-    paths["wordcount"] = corpus("large", 2.0 if a.quick else a.wc_mb)[0].parent
+    paths["wordcount"] = a.wc_dir or corpus("large", 2.0 if a.quick else a.wc_mb)[0].parent
     spark_py, why_spark = find_spark(a.spark_python)
     dask_py, why_dask = find_dask(a.dask_python)
     if a.quick:
@@ -220,7 +225,7 @@ def main() -> int:
         if why:
             rows.append({**{k: "" for k in rows[0]}, "contender": name, "correct": True,
                          "failed_loudly": False, "note": f"skipped: {why}"})
-    return finish("rainstorm_vs_spark", rows, a.out, lambda p: plot(rows, p))
+    return finish(a.name, rows, a.out, lambda p: plot(rows, p))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -40,6 +40,7 @@ EXPERIMENTS = [
     pytest.param("replica_restarts", marks=[SLOW, CHAOS]),
     pytest.param("workers_and_files", marks=SLOW),
     pytest.param("rainstorm_vs_spark", marks=SLOW),
+    pytest.param("latency_vs_spark", marks=SLOW),
     "scaling",
     "fcall_limits",
 ]
