@@ -22,7 +22,7 @@ Flink, the other streaming peer users would name, was not tried (PyFlink
 is on PyPI; a next step).
 
     python experiments/latency_vs_spark.py [--quick] [--rates 1000,10000,30000]
-        [--seconds 10] [--spark-python PY]
+        [--seconds 10] [--repeat 3] [--spark-python PY]
 
 PySpark is found as keys_grow.find_spark does (--spark-python, $SPARK_PYTHON,
 this Python, data/spark-venv); without it, or with --quick and no
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,18 +102,35 @@ def spark_rate(python: str, rate: int, seconds: float) -> dict[str, Any]:
             "query_ready_s": round(ready_s, 2), "batches": got["batches"]}
 
 
+def summary(rows: list[dict[str, Any]]) -> None:
+    """Median (min-max) of p50 and p99 per engine and rate, over the repeats."""
+    for engine in (RAINSTORM, SPARK):
+        for rate in sorted({r["rate"] for r in rows if r["engine"] == engine}):
+            mine = [r for r in rows if r["engine"] == engine and r["rate"] == rate]
+            text = ", ".join(
+                f"{q} {statistics.median(r[q] for r in mine):g} ms "
+                f"({min(r[q] for r in mine):g}-{max(r[q] for r in mine):g})"
+                for q in ("p50_ms", "p99_ms"))
+            sustained = sum(bool(r["sustainable"]) for r in mine)
+            print(f"{engine} at {rate}/s over {len(mine)} runs: {text}; "
+                  f"sustained {sustained} of {len(mine)}")
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for engine, color in ((RAINSTORM, "#3a7"), (SPARK, "#888")):
-        mine = [r for r in rows if r["engine"] == engine]
-        if not mine:
+        rates = sorted({r["rate"] for r in rows if r["engine"] == engine})
+        if not rates:
             continue
-        rates = [r["rate"] for r in mine]
-        ax.plot(rates, [r["p50_ms"] for r in mine], marker="o", color=color,
-                label=f"{engine} p50")
-        ax.plot(rates, [r["p99_ms"] for r in mine], marker="^", ls="--", color=color,
-                label=f"{engine} p99")
+        for q, marker, ls in (("p50_ms", "o", "-"), ("p99_ms", "^", "--")):
+            per = [[r[q] for r in rows if r["engine"] == engine and r["rate"] == rate]
+                   for rate in rates]
+            med = [statistics.median(v) for v in per]
+            ax.errorbar(rates, med, yerr=[[m - min(v) for m, v in zip(med, per, strict=True)],
+                                          [max(v) - m for m, v in zip(med, per, strict=True)]],
+                        marker=marker, ls=ls, color=color, capsize=3,
+                        label=f"{engine} {q.removesuffix('_ms')} (median, min-max)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (records/s)")
@@ -128,21 +146,25 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,10000,30000")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--spark-python", default=None)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of every rate, each engine")
     a = ap.parse_args()
     rates = [1000] if a.quick else [int(x) for x in a.rates.split(",")]
     seconds = 3.0 if a.quick else a.seconds
-    rows = [{"engine": RAINSTORM, **row} for row in latency.ladder(
-        rates, seconds, lambda url, rate, secs, tmp: latency.measure(url, rate, secs, tmp))]
+    repeat = 1 if a.quick else a.repeat
     python, why = find_spark(a.spark_python)
     if a.quick and not a.spark_python:
         python, why = None, "--quick runs Spark only with --spark-python"
     if python is None:
         print(f"Spark not run: {why}")
-    else:
-        for rate in rates:
-            row = spark_rate(python, rate, seconds)
+    rows: list[dict[str, Any]] = []
+    for rep in range(repeat):  # the engines alternate, repeat after repeat
+        rows += [{"engine": RAINSTORM, "repeat": rep, **row} for row in latency.ladder(
+            rates, seconds, lambda url, rate, secs, tmp: latency.measure(url, rate, secs, tmp))]
+        for rate in rates if python is not None else []:
+            row = {"repeat": rep, **spark_rate(python, rate, seconds)}
             print(row, flush=True)
             rows.append(row)
+    summary(rows)
     cols = {k: "" for r in rows for k in r}  # (Spark's rows say more)
     rows = [{**cols, **r} for r in rows]
     return finish("latency_vs_spark", rows, a.out, lambda p: plot(rows, p))

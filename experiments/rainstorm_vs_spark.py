@@ -168,7 +168,8 @@ def main() -> int:
     a = ap.parse_args()
     repeat = 2 if a.quick else a.repeat
     paths = datasets(*((20_000, 15_000) if a.quick else (a.signs_rows, a.lyrics_rows)))
-    paths["wordcount"] = (a.wc_dir.resolve() if a.wc_dir else None) or corpus("large", 2.0 if a.quick else a.wc_mb)[0].parent
+    paths["wordcount"] = (a.wc_dir.resolve() if a.wc_dir
+                          else corpus("large", 2.0 if a.quick else a.wc_mb)[0].parent)
     spark_py, why_spark = find_spark(a.spark_python)
     dask_py, why_dask = find_dask(a.dask_python)
     if a.quick:
