@@ -92,12 +92,12 @@ class LocalWorkers:
         return [p.pid for p in self.procs if p.pid is not None]
 
     def check(self) -> None:
-        """Fail loudly when every worker is gone while the job still needs
-        one: one crashed (a non-zero exit status), or all left on their own
-        (burst, status 0) though the job runs (they are started again).  Workers that left because
-        the job ended are no failure, even when the coordinator has not seen
-        the end yet (it may be riding out a Redis restart): it sees it at
-        its next status read."""
+        """When every worker is gone: fail loudly if one crashed (a non-zero
+        exit status); start them again if all left on their own (burst,
+        status 0) but the job runs again (at most MAX_RESTARTS times, then
+        fail).  Workers that left because the job ended are no failure, even
+        when the coordinator has not seen the end yet (it may be riding out
+        a Redis restart): it sees it at its next status read."""
         if not self.procs or any(p.is_alive() for p in self.procs):
             return
         codes = [p.exitcode for p in self.procs]
@@ -113,8 +113,7 @@ class LocalWorkers:
         # the commits the promoted replica had not received): it runs again
         self.restarts += 1
         log.warning("the job runs again after its workers left (Redis rolled back: a "
-                    "failover or a restart): "
-                    "starting %d workers again", len(self.procs))
+                    "failover or a restart): starting %d workers again", len(self.procs))
         self.procs = []
         for _ in codes:
             self.spawn()
