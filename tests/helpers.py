@@ -23,10 +23,12 @@ from rainstorm import keys
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Session, prepare
-from rainstorm.job import Job
+from rainstorm.job import Job, encode_records
 from rainstorm.jobstore import load_job
 from rainstorm.local.pool import LocalWorkers
 from rainstorm.monitor import JobCounts, read_progress
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import entry_fields, stream_uid
 from rainstorm.sources.direct import group_state
 from rainstorm.spec import JobSpec, parse_spec
 
@@ -41,6 +43,29 @@ def wordcount_spec(fn: str = "split_words", **settings: Any) -> JobSpec:
         "pipeline": [{"op": "flat_map", "fn": fn}, {"op": "count"}],
         "settings": settings,
     })
+
+
+def stream_wordcount_job(r: redis.Redis, job_id: str, **settings: int) -> Job:
+    """A submitted word count over a stream source copied into stage 0
+    (parallelism 1): its stage-0 entries are written by :func:`add_stage0`,
+    as the coordinator's loader writes them."""
+    spec = parse_spec({
+        "name": job_id, "source": {"type": "stream", "key": "ev", "field": None,
+                                   "transport": "copy"},
+        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
+        "settings": {"parallelism": 1, **settings}})
+    job, files = prepare(spec, None, job_id)
+    submit(r, job, files)
+    return job
+
+
+def add_stage0(r: redis.Redis, job: Job, lines: list[str], first: int = 1) -> None:
+    """One stage-0 entry per line (uids ``first``-0, ``first + 1``-0, ...)
+    and the stage's emitted counter, as the loader writes them."""
+    for i, line in enumerate(lines, start=first):
+        r.xadd(keys.stage_stream(job.id, 0, 0),
+               entry_fields(stream_uid(f"{i}-0"), encode_records([line])))
+    r.hincrby(keys.counters(job.id), keys.counter_field(0, StageCounter.EMITTED), len(lines))
 
 
 def start_worker(url: str, job: str, **env: str) -> subprocess.Popen[bytes]:

@@ -55,12 +55,12 @@ def listed_jobs(r: redis.Redis, warned: set[str]) -> list[str]:
 def served_ids(r: redis.Redis, only: str | None, warned: set[str]) -> list[str]:
     """The jobs a worker serving ``only`` looks at: its one job (--job), a
     graph's listed steps (``<graph>.*``), or every listed job (None)."""
-    graph = members_of(only) if only is not None else None
     if only is None:
         return listed_jobs(r, warned)
-    if graph is not None:
-        return [j for j in listed_jobs(r, warned) if j.startswith(graph + ".")]
-    return [only]
+    graph = members_of(only)
+    if graph is None:
+        return [only]
+    return [j for j in listed_jobs(r, warned) if j.startswith(graph + ".")]
 
 
 def ended(r: redis.Redis, ids: list[str]) -> bool | None:

@@ -1,8 +1,8 @@
 """`rainstorm run`'s local workers supervised (LocalWorkers.check): workers
 that left because their job ended are no failure, and are started again
-when the job runs again (a Redis restarted from an AOF fsynced every second
-can roll back the writes that ended it); a crash of them all is a loud
-failure.  Real forked worker processes against the suite's server."""
+when the job runs again (a failover or a restart can roll back the writes
+that ended it); a crash of them all is a loud failure.  Real forked
+worker processes against the suite's server."""
 
 from __future__ import annotations
 
@@ -14,38 +14,14 @@ import pytest
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed
-from rainstorm.job import Job, encode_records
+from rainstorm.job import Job
 from rainstorm.local.pool import LocalWorkers
-from rainstorm.local.run import prepare
-from rainstorm.protocol.counters import StageCounter
-from rainstorm.protocol.entries import entry_fields, stream_uid
 from rainstorm.protocol.meta import STATE
-from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
-from tests.helpers import wait_for
+from tests.helpers import add_stage0, stream_wordcount_job, wait_for
 
 LINES = ["a b a", "c a b", "d d d d"]
-
-
-def _job(r: redis.Redis, job_id: str) -> Job:
-    spec = parse_spec({
-        "name": job_id, "source": {"type": "stream", "key": "ev", "field": None,
-                                   "transport": "copy"},
-        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
-        "settings": {"parallelism": 1}})
-    job, files = prepare(spec, None, job_id)
-    submit(r, job, files)
-    return job
-
-
-def _add(r: redis.Redis, job: Job, first: int) -> None:
-    """Stage-0 entries written as the loader writes them."""
-    for i, line in enumerate(LINES, start=first):
-        r.xadd(keys.stage_stream(job.id, 0, 0),
-               entry_fields(stream_uid(f"{i}-0"), encode_records([line])))
-    r.hincrby(keys.counters(job.id), keys.counter_field(0, StageCounter.EMITTED), len(LINES))
 
 
 def _counted(r: redis.Redis, job: Job, times: int) -> bool | None:
@@ -55,10 +31,10 @@ def _counted(r: redis.Redis, job: Job, times: int) -> bool | None:
 
 def test_workers_leaving_an_ended_job_are_started_again_when_it_runs_again(
         r: redis.Redis, url: str) -> None:
-    job = _job(r, "rollback")
+    job = stream_wordcount_job(r, "rollback")
     pool = LocalWorkers(2, url, job.id)
     try:
-        _add(r, job, 1)
+        add_stage0(r, job, LINES)
         wait_for(lambda: _counted(r, job, 1), 60, "the first records counted")
         r.hset(keys.meta(job.id), STATE, "done")
         wait_for(lambda: not pool.alive or None, 60, "the workers left the ended job")
@@ -67,7 +43,7 @@ def test_workers_leaving_an_ended_job_are_started_again_when_it_runs_again(
         assert pool.restarts == 0 and not pool.alive
         # Redis rolled back: the job runs again, with input nobody committed
         r.hset(keys.meta(job.id), STATE, "running")
-        _add(r, job, 10)
+        add_stage0(r, job, LINES, first=10)
         pool.check()
         assert pool.restarts == 1 and len(pool.alive) == 2
         wait_for(lambda: _counted(r, job, 2), 60, "the records after the rollback counted")
@@ -76,10 +52,10 @@ def test_workers_leaving_an_ended_job_are_started_again_when_it_runs_again(
 
 
 def test_every_worker_crashed_is_a_loud_failure(r: redis.Redis, url: str) -> None:
-    job = _job(r, "crashed")
+    job = stream_wordcount_job(r, "crashed")
     pool = LocalWorkers(1, url, job.id)
     try:
-        _add(r, job, 1)
+        add_stage0(r, job, LINES)
         wait_for(lambda: _counted(r, job, 1), 60, "the records counted")
         pid = pool.pids[0]
         os.kill(pid, signal.SIGKILL)

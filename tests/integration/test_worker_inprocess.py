@@ -12,40 +12,23 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.submit import submit
-from rainstorm.job import Job, encode_records
 from rainstorm.local.run import prepare
-from rainstorm.protocol.counters import StageCounter
-from rainstorm.protocol.entries import entry_fields, stream_uid
-from rainstorm.spec import parse_spec
+from rainstorm.protocol.meta import STATE
 from rainstorm.state import read_state
 from rainstorm.worker import Worker, WorkerOptions, loop
 from rainstorm.worker.batch import entry_of
 from rainstorm.worker.loop import BURST_OVER
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import Driven, counters, wait_for, wordcount_spec
+from tests.helpers import (
+    Driven,
+    add_stage0,
+    counters,
+    stream_wordcount_job,
+    wait_for,
+    wordcount_spec,
+)
 
 WORDS = ["a b a", "c a b", "d d d d"]
-
-
-def _stream_job(r: redis.Redis, job_id: str, **settings: int) -> Job:
-    """A word count over a stream source copied into stage 0 (its entries
-    written by _add, as the coordinator's loader does)."""
-    spec = parse_spec({
-        "name": job_id, "source": {"type": "stream", "key": "ev", "field": None,
-                                   "transport": "copy"},
-        "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
-        "settings": {"parallelism": 1, **settings}})
-    job, files = prepare(spec, None, job_id)
-    submit(r, job, files)
-    return job
-
-
-def _add(r: redis.Redis, job: Job) -> None:
-    """Stage-0 entries written by hand (as the loader does)."""
-    for i, line in enumerate(WORDS):
-        r.xadd(keys.stage_stream(job.id, 0, 0),
-               entry_fields(stream_uid(f"{i + 1}-0"), encode_records([line])))
-    r.hincrby(keys.counters(job.id), keys.counter_field(0, StageCounter.EMITTED), len(WORDS))
 
 
 def _expected() -> Counter[str]:
@@ -53,8 +36,8 @@ def _expected() -> Counter[str]:
 
 
 def test_run_once_reports_a_round_and_then_idle(r: redis.Redis) -> None:
-    job = _stream_job(r, "once")
-    _add(r, job)
+    job = stream_wordcount_job(r, "once")
+    add_stage0(r, job, WORDS)
     with Worker(r, WorkerOptions(job=job.id)) as w:
         first = w.run_once()
         assert (first.committed, first.batches, first.idle, first.exit) == (3, 1, False, None)
@@ -69,13 +52,13 @@ def test_a_stragglers_stolen_entries_are_committed_once(r: redis.Redis) -> None:
     """Worker A reads the entries and stalls; worker B steals them (their idle
     time passed claim_idle_ms) and commits them; A's late commit is refused
     and A commits nothing: every word counted once."""
-    job = _stream_job(r, "steal", claim_idle_ms=10)
+    job = stream_wordcount_job(r, "steal", claim_idle_ms=10)
     job_id = job.id
     a = Worker(r, WorkerOptions(job=job_id))
     b = Worker(r, WorkerOptions(job=job_id))
     with a, b:
         assert a.run_once().idle and b.run_once().idle  # adopt the job; B's first claim
-        _add(r, job)
+        add_stage0(r, job, WORDS)
         stream = keys.stage_stream(job_id, 0, 0)
         ((_, rows),) = r.xreadgroup(keys.group(0), a.id, {stream: ">"})  # A's read
         held = [entry_of(stream, id_.decode(), f) for id_, f in rows]
@@ -95,7 +78,7 @@ def test_a_stragglers_stolen_entries_are_committed_once(r: redis.Redis) -> None:
 
 
 def test_a_stop_asked_with_the_stop_key_ends_the_round(r: redis.Redis) -> None:
-    job = _stream_job(r, "stop")
+    job = stream_wordcount_job(r, "stop")
     with Worker(r, WorkerOptions(job=job.id, heartbeat_s=0.0)) as w:
         r.set(keys.worker_stop(w.id), "test")
         assert w.run_once().exit is None  # this round beats and reads the stop key
@@ -116,10 +99,10 @@ def test_wordcount_in_process_with_run_burst(r: redis.Redis, tmp_path: Path) -> 
 def test_a_worker_leaving_never_recreates_a_deleted_jobs_counters(r: redis.Redis) -> None:
     """Commit latencies are flushed with the heartbeat; those of a job whose
     keys were deleted meanwhile (kill-job) are dropped, not written."""
-    job = _stream_job(r, "gone")
+    job = stream_wordcount_job(r, "gone")
     with Worker(r, WorkerOptions(job=job.id, heartbeat_s=60, refresh_s=0)) as w:
         assert w.run_once().idle  # adopts; the first heartbeat
-        _add(r, job)
+        add_stage0(r, job, WORDS)
         assert w.run_once().committed == len(WORDS)  # latency observed, not yet flushed
         for k in r.scan_iter(match="rs:{gone}:*"):
             r.delete(k)
@@ -131,7 +114,7 @@ def test_a_worker_leaving_never_recreates_a_deleted_jobs_counters(r: redis.Redis
 def _hide(r: redis.Redis, job_id: str) -> dict[bytes, bytes]:
     """Every key of the job dumped and deleted: the job as a node that had
     just restarted empty, or not yet reloaded it, shows it (no state, NOGROUP)."""
-    dumped = {k: r.dump(k) for k in r.scan_iter(match=f"rs:{{{job_id}}}:*")}
+    dumped = {k: r.dump(k) for k in r.scan_iter(match=keys.job_pattern(job_id))}
     r.delete(*dumped)
     return dumped  # type: ignore[return-value]
 
@@ -140,7 +123,7 @@ def test_a_burst_worker_rides_out_its_job_vanishing_for_a_moment(r: redis.Redis)
     """Its job's keys gone (NOGROUP, no state) is not the job's end: the
     burst worker stays; when they are back it goes on, and leaves at once
     when the job ends."""
-    job = _stream_job(r, "blink")
+    job = stream_wordcount_job(r, "blink")
     with Worker(r, WorkerOptions(job=job.id, burst=True, refresh_s=0, block_ms=10)) as w:
         assert w.run_once().exit is None and w.jobs  # adopted
         dumped = _hide(r, job.id)
@@ -149,17 +132,17 @@ def test_a_burst_worker_rides_out_its_job_vanishing_for_a_moment(r: redis.Redis)
         assert all(rep.exit is None for rep in rounds)
         for k, v in dumped.items():
             r.restore(k, 0, v)
-        _add(r, job)
+        add_stage0(r, job, WORDS)
         wait_for(lambda: w.run_once().committed > 0 or None, 30, "the batch committed")
         assert Counter(read_state(r, job, ("count",))) == _expected()
-        r.hset(keys.meta(job.id), "state", "cancelled")
+        r.hset(keys.meta(job.id), STATE, "cancelled")
         assert w.run_once().exit == BURST_OVER
 
 
 def test_a_burst_worker_leaves_a_removed_job_after_a_grace(
         r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "GONE_GRACE_S", 0.5)
-    job = _stream_job(r, "removed")
+    job = stream_wordcount_job(r, "removed")
     with Worker(r, WorkerOptions(job=job.id, burst=True, refresh_s=0, block_ms=10)) as w:
         assert w.run_once().exit is None and w.jobs
         _hide(r, job.id)
