@@ -297,7 +297,8 @@ def test_compose_stack(stack: Stack) -> None:
         # frozen, a worker acks nothing: caught holding a batch, it is killed
         wid = str(w["id"])
         cid = _container_of(wid, ids)
-        _run(["docker", "pause", cid], 30)
+        if _run(["docker", "pause", cid], 30, check=False).returncode:
+            continue  # the cgroup freezer can fail for a moment ("unable to freeze"): try the next
         held = _pending_of(st, "big-1", wid)
         if held:
             st.seen["killed worker's pending entries"] = held
