@@ -29,7 +29,7 @@ from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus, read_status
 from rainstorm.coordinator.result import Result
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
-from rainstorm.errors import JobFailed, UsageError
+from rainstorm.errors import JobFailed, ServerError, UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators import lookup
 from rainstorm.procs import INTERRUPTED
@@ -180,7 +180,7 @@ class Session:
         them (tuples, numbers), re-read from Redis, not as JSON text;
         ``server``: where it runs, as the report shows it."""
         hooks = hooks or Hooks()
-        fresh = self.submit(wait_s)
+        fresh = self._submit_within(wait_s, timeout_s)
         if hooks.on_submit:
             hooks.on_submit(fresh)
         result = self.drive(timeout_s=timeout_s, on_progress=hooks.on_progress,
@@ -191,6 +191,21 @@ class Session:
         status = self.status()
         return RunReport(self.job.id, result, self.seconds, status.total_bytes, status, server,
                          self.outages)
+
+    def _submit_within(self, wait_s: float | None, timeout_s: float | None) -> bool:
+        """``submit``, its wait for Redis bounded by the job's own time limit
+        too: Redis lost right after the job was written (``state`` running,
+        ``submit`` not yet returned) fails the job at its ``timeout_s`` with
+        one line, not after the whole connect timeout."""
+        limit = connect_timeout_s(wait_s)
+        if not timeout_s or timeout_s >= limit:
+            return self.submit(limit)
+        try:
+            return self.submit(timeout_s)
+        except ServerError as exc:
+            raise JobFailed(f"job {self.job.id} did not finish within {timeout_s} s "
+                            f"(Redis unreachable while submitting it: "
+                            f"{str(exc).split(';')[0]})") from None
 
     def raw_state(self) -> dict[Any, Any]:
         """A finished aggregate's state with its keys as the operators made

@@ -3,6 +3,7 @@ in-process worker taking its turns in the driver's check hook."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 import redis
 
 from rainstorm import keys
+from rainstorm.connection import connect
 from rainstorm.coordinator.session import Hooks, Session, prepare
 from rainstorm.errors import JobFailed, UsageError
+from rainstorm.local.server import EmbeddedRedis
 from rainstorm.spec import parse_spec
 from rainstorm.worker.loop import Worker, WorkerOptions
 from tests.helpers import counters, wordcount_spec
@@ -115,3 +118,26 @@ def test_interrupt_stops_a_streaming_job_only_when_asked(r: redis.Redis) -> None
     with Worker(r, WorkerOptions(job=job2.id)) as w, pytest.raises(KeyboardInterrupt):
         session2.drive(check=lambda: _interrupt_when_counted(r, w, job2.id, 1))
     assert r.hget(keys.meta(job2.id), "state") == b"running"  # left to a resumed submit
+
+
+def test_the_jobs_timeout_bounds_the_submits_wait_for_redis(tmp_path: Path) -> None:
+    """Redis lost while `submit` writes the job (the race the e2e outage
+    test can hit on a loaded machine): the submit's wait is bounded by the
+    job's own timeout, not the whole connect timeout, and fails in one line."""
+    srv = EmbeddedRedis(workdir=tmp_path / "redis")
+    srv.start()
+    r = connect(srv.url)
+    job, files = prepare(wordcount_spec(), _input(tmp_path, ["a b"]), "lost")
+    srv.kill()
+    assert srv.proc is not None and srv.proc.poll() is not None  # the fault happened
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(JobFailed) as err:
+            Session(r, job, files).run(wait_s=120, timeout_s=2)
+    finally:
+        srv.stop()
+    took = time.monotonic() - t0
+    text = str(err.value)
+    assert "did not finish within 2" in text and "Redis unreachable" in text, text
+    assert "\n" not in text and "--connect-timeout" not in text, text
+    assert took < 30, took  # not the 120 s connect timeout
