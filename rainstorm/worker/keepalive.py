@@ -22,9 +22,7 @@ every ``heartbeat_s``:
 
 from __future__ import annotations
 
-import faulthandler
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,8 +35,13 @@ import redis
 from rainstorm.worker.batch import Entry
 from rainstorm.worker.isolate import grace_s
 from rainstorm.worker.timeout import can_interrupt, time_limit
+from rainstorm.worker.watchdog import WATCHDOG
 
 log = logging.getLogger(__name__)
+
+# an idle arming is cancelled when it would fire within 3 looks of this
+# thread plus this (a look delayed by a slow Redis call must not let it fire)
+IDLE_MARGIN_S = 30.0
 
 
 @dataclass
@@ -71,7 +74,6 @@ class KeepAlive:
         self._closed = False
         self._last_beat = 0.0
         self._period = heartbeat_s  # how long the thread sleeps between looks
-        self._devnull = -1  # faulthandler's output (a descriptor): no stack dump for users
         self._thread = threading.Thread(target=self._loop, name="rainstorm-keepalive",
                                         daemon=True)
 
@@ -83,6 +85,7 @@ class KeepAlive:
         self._closed = True
         self._wake.set()
         self._thread.join(5)
+        WATCHDOG.disarm()  # nothing watches an idle arming any more
 
     def begin(self, job: str, stage: int, group: str, entries: list[Entry],
               claim_idle_ms: int) -> None:
@@ -119,23 +122,28 @@ class KeepAlive:
         """time_limit(seconds), watched by this thread (and, in the main
         thread, by faulthandler's watchdog, which needs no GIL)."""
         last_resort = can_interrupt()
-        if last_resort:
-            if self._devnull < 0:
-                self._devnull = os.open(os.devnull, os.O_WRONLY)  # kept for the process
-            faulthandler.dump_traceback_later(seconds + 2 * grace_s(seconds), exit=True,
-                                              file=self._devnull)
+        if last_resort:  # fires past this thread's own bound (limit + grace)
+            grace = grace_s(seconds)
+            WATCHDOG.cover(seconds + 2 * grace, grace / 2)
         try:
             with self.phase(seconds), time_limit(seconds):
                 yield
         finally:
             if last_resort:
-                faulthandler.cancel_dump_traceback_later()
+                WATCHDOG.done(self._idle_margin_s())
+
+    def _idle_margin_s(self) -> float:
+        """An arming of the watchdog due sooner than this is cancelled between
+        phases: this thread may not look again before it fires."""
+        return 3 * self._period + IDLE_MARGIN_S
 
     # -- the thread -------------------------------------------------------------
     def _loop(self) -> None:
         while not self._closed:
             self._wake.wait(self._period)
             self._wake.clear()
+            # between phases: no arming may fire before this thread looks again
+            WATCHDOG.idle(self._idle_margin_s())
             cur = self._cur
             if cur is None or self._closed:
                 continue
