@@ -332,6 +332,13 @@ class Sink(_Model):
         return self
 
 
+# A streaming job's default state_partitions: its commits are small (a few
+# hundred records) and each touches nearly every partition, so 64 partitions
+# cost ~1 ms of commit and fold work per commit; 8 measured 25.3 -> 20.8 µs of
+# engine CPU per record at 30k records/s (experiments/stream_cpu.py).
+STREAM_STATE_PARTITIONS = 8
+
+
 class Settings(_Model):
     parallelism: int = Field(default=2, ge=1, le=1024, description="partitions per stage")
     batch_entries: int = Field(default=8, ge=1, le=256, description="entries per commit")
@@ -348,7 +355,8 @@ class Settings(_Model):
     state_partitions: int = Field(
         default=64, ge=1, le=1024,
         description="partitions of a keyed aggregate's state (key groups: folded by "
-                    "workers in parallel, read one at a time)")
+                    "workers in parallel, read one at a time); a streaming job's default "
+                    f"is {STREAM_STATE_PARTITIONS}")
     skip_bad_records: bool = Field(
         default=False,
         description="a batch job whose input was dead-lettered succeeds (with a warning) "
@@ -364,6 +372,13 @@ class JobSpec(_Model):
     pipeline: list[Op] = Field(min_length=1)
     sink: Sink = Field(default_factory=Sink)
     settings: Settings = Field(default_factory=Settings)
+
+    @model_validator(mode="after")
+    def _streaming_state_partitions(self) -> JobSpec:
+        """A streaming job not given state_partitions gets STREAM_STATE_PARTITIONS."""
+        if self.unbounded and "state_partitions" not in self.settings.model_fields_set:
+            self.settings.state_partitions = STREAM_STATE_PARTITIONS
+        return self
 
     @property
     def unbounded(self) -> bool:
