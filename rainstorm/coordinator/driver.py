@@ -158,6 +158,7 @@ class Driver:
             raise JobFailed(f"job {job.id} is {status.state}")
         if not status.loaded:
             self.loaded = False  # a restarted Redis may have rolled the cursor back
+            self._forget_position()
         if status.refusals:
             self._check_refusals(dict(status.refusals))
         if self.on_progress:
@@ -252,6 +253,10 @@ class Driver:
         log.info("streaming job %s stopped", self.job.id)
         return self.live()
 
+    def _forget_position(self) -> None:
+        if self.loader is not None:
+            self.loader.forget_position()
+
     def _check_deadline(self, now: float, why: str = "") -> None:
         """JobFailed once the job's ``timeout_s`` has passed (``why``: what
         else the message says)."""
@@ -274,6 +279,7 @@ class Driver:
         if self.check:
             self.check()  # e.g. restart a crashed embedded server
         self.loaded = False  # re-read the cursor: Redis may have rolled back
+        self._forget_position()
         pause = outage_backoff_s(waited)
         if self.deadline:
             pause = max(0.0, min(pause, self.deadline - now))

@@ -78,6 +78,9 @@ def chunk_at(fetch: Fetch, offset: int, size: int, end: int | None = None) -> by
     return b"".join(parts)
 
 
+RATE_EVERY_S = 0.2  # how often the rate limit (meta max_rate) is read
+
+
 @dataclass
 class LoadStep:
     done: bool
@@ -103,10 +106,21 @@ class BaseLoader:
         self.streams = job.streams(0)
         self._backoff = 0.005
         self._pace: tuple[float, float, int] | None = None  # (rate, since, records since)
+        # the cursor as this loader's last load left it (None: read it from
+        # Redis); the load FCALL checks it anyway, so a stale one costs a retry
+        self._pos: str | None = None
+        self._rate: tuple[float, float] = (0.0, -RATE_EVERY_S)  # (meta max_rate, read at)
 
     def position(self) -> str:
-        pos: Any = self.r.hget(keys.cursor(self.job.id), "pos")
-        return pos.decode() if pos else ""
+        if self._pos is None:
+            pos: Any = self.r.hget(keys.cursor(self.job.id), "pos")
+            self._pos = pos.decode() if pos else ""
+        return self._pos
+
+    def forget_position(self) -> None:
+        """Read the cursor from Redis again next time (after an outage:
+        Redis may have rolled it back)."""
+        self._pos = None
 
     def stream_for(self, uid: str) -> str:
         return self.streams[partition_of(uid, len(self.streams))]
@@ -116,9 +130,12 @@ class BaseLoader:
 
     def _throttled(self) -> bool:
         """True while loading more now would exceed the rate limit."""
-        raw: Any = self.r.hget(keys.meta(self.job.id), meta.MAX_RATE)
-        rate = float(raw) if raw else 0.0
         now = time.monotonic()
+        rate, read_at = self._rate
+        if now - read_at >= RATE_EVERY_S:
+            raw: Any = self.r.hget(keys.meta(self.job.id), meta.MAX_RATE)
+            rate = float(raw) if raw else 0.0
+            self._rate = (rate, now)
         if rate <= 0:
             self._pace = None
             return False
@@ -149,6 +166,7 @@ class BaseLoader:
     def step(self) -> LoadStep:
         """Load one FCALL's worth of entries."""
         pos = self.position()
+        self._pos = None  # until this step's load is known to have moved it
         if pos == DONE:
             return LoadStep(done=True)
         if self._throttled():
@@ -158,6 +176,7 @@ class BaseLoader:
         while True:
             entries, new_pos, records, covered = self.gather(pos, most)
             if not entries and new_pos == pos:
+                self._pos = pos
                 return LoadStep(done=False)  # an unbounded source with nothing new (it waited)
             try:
                 res = self._load(pos, new_pos, entries, covered)
@@ -170,6 +189,7 @@ class BaseLoader:
                 most = len(entries) // 2
         if res.status is lua.LoadStatus.OK:
             self._backoff = 0.005
+            self._pos = new_pos
             if self._pace:
                 self._pace = (self._pace[0], self._pace[1], self._pace[2] + records)
             return LoadStep(done=new_pos == DONE, loaded_entries=len(entries))
@@ -183,6 +203,7 @@ class BaseLoader:
         if res.status is lua.LoadStatus.CURSOR:
             log.warning("cursor moved under us (another coordinator?): %s", res.detail)
             return LoadStep(done=res.detail == DONE)
+        self._pos = pos  # backlog: nothing written
         time.sleep(self._backoff)  # backlog: wait for workers to drain
         self._backoff = min(self._backoff * 2, 0.2)
         return LoadStep(done=False)

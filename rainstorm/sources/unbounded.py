@@ -66,6 +66,42 @@ def record_of_flat(fields: list[bytes], field: str | None) -> tuple[bool, Any]:
     return False, None
 
 
+def _records_of(rows: list[Any], field: str | None, per_entry: int
+                ) -> tuple[list[Any], list[str], int]:
+    """(the records of ``rows``, the id of the first record of every
+    ``per_entry``, how many rows had no ``field``).  The usual rows (one
+    field, the one wanted) at C speed: a record cost the loader ~1 µs in
+    a loop of calls."""
+    if field is not None:
+        want = field.encode()
+        values = [f[1] for _id, f in rows if len(f) == 2 and f[0] == want]
+        if len(values) == len(rows):
+            return ([v.decode("utf-8", "replace") for v in values],
+                    [as_str(rows[i][0], "replace") for i in range(0, len(rows), per_entry)], 0)
+    records: list[Any] = []
+    firsts: list[str] = []
+    missing = 0
+    for id_, fields in rows:
+        found, rec = record_of_flat(fields, field)
+        if not found:
+            missing += 1
+            continue
+        if len(records) % per_entry == 0:
+            firsts.append(as_str(id_, "replace"))
+        records.append(rec)
+    return records, firsts, missing
+
+
+def _fill_eta_s(rows: list[Any], want: int) -> float | None:
+    """Seconds until ``want`` rows are there at the rate ``rows`` arrived
+    (from their ids' millisecond parts); None while they span no time."""
+    first, last = (int(bytes(rows[i][0]).split(b"-", 1)[0]) for i in (0, -1))
+    if last <= first or len(rows) < 2:
+        return None
+    per_ms = (len(rows) - 1) / (last - first)
+    return (want - len(rows)) / per_ms / 1000
+
+
 def as_sent(response: Any, **_options: Any) -> Any:
     return response
 
@@ -93,17 +129,7 @@ class StreamLoader(BaseLoader):
             return [], pos, 0, None
         if src.linger_ms and len(rows) < src.batch_records:
             rows = self._linger(rows, cap)
-        records: list[Any] = []
-        firsts: list[str] = []
-        missing = 0
-        for id_, fields in rows:
-            found, rec = record_of_flat(fields, src.field)
-            if not found:
-                missing += 1
-                continue
-            if len(records) % src.batch_records == 0:
-                firsts.append(as_str(id_, "replace"))
-            records.append(rec)
+        records, firsts, missing = _records_of(rows, src.field, src.batch_records)
         if missing:
             self.r.hincrby(keys.counters(self.job.id),
                            keys.counter_field(0, StageCounter.MISSING_FIELD), missing)
@@ -118,16 +144,27 @@ class StreamLoader(BaseLoader):
 
     def _linger(self, rows: list[Any], cap: int) -> list[Any]:
         """``rows`` plus what arrives within ``linger_ms`` of reading them,
-        until one entry's ``batch_records`` are there."""
+        until one entry's ``batch_records`` are there.  Once the arrival rate
+        can be told from the entries' ids (their millisecond part), it sleeps
+        until the entry should be full (never past the linger) and reads
+        once: a blocking XREAD returns at the first new entry, and one such
+        read per producer flush cost the loader ~2 µs per record at 30k/s."""
         src = self.job.spec.source
         assert src.type == "stream"
         deadline = time.monotonic() + src.linger_ms / 1000
+        more: list[Any] = rows
         while len(rows) < src.batch_records:
-            wait_ms = int((deadline - time.monotonic()) * 1000)
-            if wait_ms < 1:
+            left_s = deadline - time.monotonic()
+            if left_s < 0.001:
                 break
+            eta_s = _fill_eta_s(rows, src.batch_records) if more else None
+            if eta_s is None:  # no rate yet, or none came: wait for the next entry
+                block: int | None = int(left_s * 1000)
+            else:
+                time.sleep(min(eta_s, left_s))
+                block = None
             more = raw_rows(self.raw.xread({src.key: as_str(rows[-1][0], "replace")},
-                                           count=cap - len(rows), block=wait_ms))
+                                           count=cap - len(rows), block=block))
             rows = [*rows, *more]
         return rows
 

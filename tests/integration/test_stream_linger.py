@@ -13,8 +13,11 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from rainstorm import keys
 from rainstorm.cli import main
 from rainstorm.job import Job, decode_records
+from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.entries import stream_uid
 from rainstorm.sources.unbounded import StreamLoader
 from rainstorm.spec import parse_spec
 from tests.helpers import wait_for
@@ -78,3 +81,31 @@ def test_direct_has_no_linger(tmp_path: Any) -> None:
                     "pipeline: [{op: count}]\n")
     res = CliRunner().invoke(main, ["explain", str(spec)])
     assert res.exit_code == 2 and "linger_ms" in res.output
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_gather_reads_records_fields_and_entry_starts(r: redis.Redis, odd: bool) -> None:
+    """The loader's records equal a plain reading of the stream: the value
+    of field ``d`` (decoded with U+FFFD for bad UTF-8), an entry without it
+    counted and skipped; an entry starts every batch_records records, at
+    its first record's id.  ``odd``: such entries among the usual ones."""
+    added: list[tuple[bytes, dict[str, Any]]] = []
+    for i in range(250):
+        fields: dict[str, Any] = {"d": f"w{i % 7}"}
+        if odd and i == 3:
+            fields = {"x": "1"}  # no field d
+        elif odd and i == 120:
+            fields = {"x": "2", "d": "second"}
+        elif odd and i == 201:
+            fields = {"d": b"\xffbad"}
+        added.append((r.xadd("ev", fields), fields))  # type: ignore[arg-type]
+    kept = [(id_, f) for id_, f in added if "d" in f]
+    want = [f["d"].decode("utf-8", "replace") if isinstance(f["d"], bytes) else f["d"]
+            for _id, f in kept]
+    entries, pos, n, _ = _loader(r, linger_ms=0).gather("", 8)
+    assert n == len(want) and _records(entries) == want
+    starts = [kept[i][0].decode() for i in range(0, len(kept), 100)]
+    assert [uid for _stream, uid, _blob in entries] == [stream_uid(s) for s in starts]
+    assert pos == added[-1][0].decode()
+    missing = r.hget(keys.counters("lg"), keys.counter_field(0, StageCounter.MISSING_FIELD))
+    assert int(missing or 0) == (1 if odd else 0)
