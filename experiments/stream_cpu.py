@@ -24,7 +24,7 @@ what the producer sent.  Target (issue 12): <= 5 µs of engine CPU per record
 (``engine_us``: coordinator + workers + the whole server), PASS/FAIL printed.
 
     python experiments/stream_cpu.py [--quick] [--rates 10000,25000,50000,100000]
-        [--seconds 10] [--linger-ms 0,20]
+        [--seconds 10] [--linger-ms 0,20] [--batch-records 200]
 
 ``--linger-ms`` runs every rate once per value of ``source.linger_ms`` (the
 loader waits up to that long for a full entry of ``batch_records``).
@@ -62,7 +62,7 @@ WARMUP_S = 1.0
 SAMPLE_S = 0.05
 
 SPEC = """name: stream-cpu
-source: {{type: stream, key: {key}, field: d, batch_records: 200, linger_ms: {linger}}}
+source: {{type: stream, key: {key}, field: d, batch_records: {batch}, linger_ms: {linger}}}
 pipeline:
   - {{op: count}}
 settings: {{batch_entries: 8, max_backlog: 1000}}
@@ -190,11 +190,11 @@ def summary(run: Run) -> dict[str, Any]:
             "correct": got == sent_counter(sent)}
 
 
-def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int = 0
-            ) -> dict[str, Any]:
-    job, key = f"cpu{rate}l{linger_ms}", f"src{rate}l{linger_ms}"
+def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int = 0,
+            batch_records: int = 200) -> dict[str, Any]:
+    job, key = f"cpu{rate}l{linger_ms}b{batch_records}", f"src{rate}l{linger_ms}b{batch_records}"
     spec = tmp / f"{job}.yaml"
-    spec.write_text(SPEC.format(key=key, linger=linger_ms))
+    spec.write_text(SPEC.format(key=key, linger=linger_ms, batch=batch_records))
     with EmbeddedRedis() as srv:
         assert srv.proc is not None
         url, spid = srv.url, srv.proc.pid
@@ -303,6 +303,9 @@ def main() -> int:
     ap.add_argument("--rates", default="10000,25000,50000,100000")
     ap.add_argument("--linger-ms", default="0",
                     help="source.linger_ms values, each run at every rate (e.g. 0,20)")
+    ap.add_argument("--batch-records", type=int, default=200,
+                    help="source.batch_records: records per stage-0 entry (e.g. 1000 with "
+                         "--linger-ms 50, throughput over latency)")
     a = ap.parse_args()
     lingers = [int(x) for x in a.linger_ms.split(",")]
     rates = [5000, 20000] if a.quick else [int(x) for x in a.rates.split(",")]
@@ -312,7 +315,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rs-scpu-") as tmp:
         for rate in rates:
             for linger in lingers:
-                row = {"linger_ms": linger, **measure(rate, seconds, cal_s, Path(tmp), linger)}
+                row = {"linger_ms": linger, "batch_records": a.batch_records,
+                       **measure(rate, seconds, cal_s, Path(tmp), linger, a.batch_records)}
                 print(row, flush=True)
                 rows.append(row)
     for r in rows:
