@@ -24,7 +24,7 @@ what the producer sent.  Target (issue 12): <= 5 µs of engine CPU per record
 (``engine_us``: coordinator + workers + the whole server), PASS/FAIL printed.
 
     python experiments/stream_cpu.py [--quick] [--rates 10000,25000,50000,100000]
-        [--seconds 10] [--linger-ms 0,20] [--batch-records 200]
+        [--seconds 10] [--linger-ms 0,20] [--batch-records 200] [--name stream_cpu]
 
 ``--linger-ms`` runs every rate once per value of ``source.linger_ms`` (the
 loader waits up to that long for a full entry of ``batch_records``).
@@ -306,6 +306,7 @@ def main() -> int:
     ap.add_argument("--batch-records", type=int, default=200,
                     help="source.batch_records: records per stage-0 entry (e.g. 1000 with "
                          "--linger-ms 50, throughput over latency)")
+    ap.add_argument("--name", default="stream_cpu", help="results file name (CSV and PNG)")
     a = ap.parse_args()
     lingers = [int(x) for x in a.linger_ms.split(",")]
     rates = [5000, 20000] if a.quick else [int(x) for x in a.rates.split(",")]
@@ -329,7 +330,7 @@ def main() -> int:
     print(f"highest sustained rate: {max(sustained) if sustained else 'none'} records/s; "
           f"target <= {TARGET_US:g} µs/record: "
           f"{'PASS' if all(r['target'] == 'PASS' for r in rows) else 'FAIL'}")
-    return finish("stream_cpu", rows, a.out, lambda p: plot(rows, p))
+    return finish(a.name, rows, a.out, lambda p: plot(rows, p))
 
 
 if __name__ == "__main__":
