@@ -236,11 +236,16 @@ def median_row(base: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, An
     return row
 
 
+# the same job with the built-in summing combiner (Hadoop's LongSumReducer as
+# a combiner; what PySpark's reduceByKey(add) does)
+SUMMED = "rainstorm mapreduce --combiner sum, 2 workers"
+
+
 def point(workload: str, distinct: int | str, lines: int, mb: float, inp: Path,
           spark_py: str | None, why_no_spark: str, repeat: int) -> list[dict[str, Any]]:
     """Every contender ``repeat`` times, interleaved (one run each per round)."""
     systems = ["serial Python (Counter)", "rainstorm mapreduce, 2 workers",
-               "PySpark local[2]"]
+               SUMMED, "PySpark local[2]"]
     if workload == "wordcount":
         files = sorted(inp.glob("part-*.txt"))
         ref = Counter[str]()
@@ -259,12 +264,15 @@ def point(workload: str, distinct: int | str, lines: int, mb: float, inp: Path,
                         r: dict[str, Any] = {"seconds": fn(files, out)}
                         r["wall_s"] = r["seconds"]
                     elif s.startswith("rainstorm"):
+                        summed = s == SUMMED
                         r = (rainstorm_mr("tests.ops:wc_map", "tests.ops:wc_reduce", "tests",
-                                          str(inp / "part-*.txt"), out, "tests.ops:wc_combine")
+                                          str(inp / "part-*.txt"), out,
+                                          "sum" if summed else "tests.ops:wc_combine")
                              if workload == "wordcount" else
                              rainstorm_mr("examples.mr.urls:count_map",
                                           "examples.mr.urls:count_reduce", "examples.mr.urls",
                                           str(inp / "part-*.log"), out,
+                                          "sum" if summed else
                                           "examples.mr.urls:count_combine"))
                     elif spark_py is None:
                         runs[s].append({"note": why_no_spark, "correct": False})
@@ -325,19 +333,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def findings(rows: list[dict[str, Any]]) -> None:
     def med(workload: str, distinct: Any, system: str) -> float | None:
         for r in rows:
-            if (r["workload"], str(r["distinct"]), r["system"][:5]) == (workload, str(distinct),
-                                                                      system[:5]):
+            if (r["workload"], str(r["distinct"])) == (workload, str(distinct)) and \
+                    r["system"].startswith(system):
                 return r["seconds_median"] or None
         return None
     for w, ds in (("wordcount", ["-"]),
                   ("urls", [r["distinct"] for r in rows if r["workload"] == "urls"])):
         for d in dict.fromkeys(ds):
-            rs, sp, se = med(w, d, "rainstorm"), med(w, d, "PySpark"), med(w, d, "serial")
+            sp, se = med(w, d, "PySpark"), med(w, d, "serial")
             parts = [f"{w} {d}:"]
-            if rs and sp:
-                parts.append(f"rainstorm/PySpark {rs / sp:.2f}x")
-            if rs and se:
-                parts.append(f"rainstorm/serial {rs / se:.2f}x")
+            for tag, name in (("rainstorm", "rainstorm mapreduce, 2"),
+                              ("rainstorm --combiner sum", SUMMED)):
+                rs = med(w, d, name)
+                if rs and sp:
+                    parts.append(f"{tag}/PySpark {rs / sp:.2f}x")
+                if rs and se:
+                    parts.append(f"{tag}/serial {rs / se:.2f}x")
             print(" ".join(parts))
     st = [r["startup_s"] for r in rows if r["system"].startswith("PySpark") and r["startup_s"]]
     if st:

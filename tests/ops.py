@@ -78,3 +78,13 @@ def slow_pair(record: tuple[object, object]) -> tuple[object, object]:
     """The record, slowly: RAINSTORM_TEST_SLOW_MS per record (default 2)."""
     time.sleep(float(os.environ.get("RAINSTORM_TEST_SLOW_MS", "2")) / 1000)
     return record
+
+
+def wc_map_text_values(line: str) -> list[tuple[str, str]]:
+    """A mapper whose values are not numbers (``--combiner sum`` refuses them)."""
+    return [(w, "one") for w in line.split()]
+
+
+def total_and_calls(key: str, values: list[int]) -> list[str]:
+    """A reducer saying how many values it was given along with their sum."""
+    return [f"{key}\t{sum(values)}\t{len(values)}"]

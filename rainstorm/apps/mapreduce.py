@@ -61,6 +61,11 @@ class MapReduceReport:
     reduce_job: str
 
 
+# --combiner sum: the built-in partial sum (Hadoop's LongSumReducer used as
+# a combiner; Spark's reduceByKey(add))
+SUM_COMBINER = "sum"
+
+
 def prefix_glob(text: str) -> str:
     """MapleJuice-style input prefix: 'logs/part' means 'logs/part*'."""
     if any(c in text for c in "*?[") or Path(text).exists():
@@ -74,15 +79,21 @@ def is_callable_ref(text: str) -> bool:
 
 def map_spec(mapper: str, inputs: list[str], partitions: int,
              combiner: str | None = None, parallelism: int = 2) -> JobSpec:
+    """The map job.  ``combiner`` SUM_COMBINER: the values of a key are
+    summed as they come (the ``sum`` aggregate: no value lists, no combiner
+    calls), so each reducer call gets the key's total as its one value."""
+    summed = combiner == SUM_COMBINER
     if is_callable_ref(mapper):
         ops: list[dict[str, Any]] = [
             {"op": "flat_map", "fn": mapper},
             {"op": "key_by", "fn": "pair_key", "value": "pair_value"}]
     else:
         ops = [{"op": "pipe", "cmd": _argv(mapper, "--mapper")},
-               {"op": "key_by", "fn": "tab_key", "value": "tab_value"}]
+               {"op": "key_by", "fn": "tab_key",
+                "value": "tab_number" if summed else "tab_value"}]
+    shuffle = {"op": "sum"} if summed else {"op": "group", "combiner": combiner}
     return parse_spec({"name": "mapreduce-map", "source": {"type": "text", "paths": inputs},
-                       "pipeline": [*ops, {"op": "group", "combiner": combiner}],
+                       "pipeline": [*ops, shuffle],
                        "sink": {"type": "keep"},
                        "settings": {"parallelism": parallelism,
                                     "state_partitions": partitions}}, "--mapper")
@@ -159,8 +170,9 @@ def run_mapreduce(
     if output.exists():
         raise UsageError(f"--output: {output} already exists (remove it or choose another)")
     check_writable(output, "--output")  # before the job: its result must have a place
-    if combiner is not None and not is_callable_ref(combiner):
-        raise UsageError(f"--combiner: expected module:function, got {combiner!r}")
+    if combiner is not None and combiner != SUM_COMBINER and not is_callable_ref(combiner):
+        raise UsageError(f"--combiner: expected module:function or {SUM_COMBINER}, "
+                         f"got {combiner!r}")
     for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
         if not allow_exec and not is_callable_ref(value):
             raise UsageError(f"{flag} {value!r} is a program; pass --allow-exec to run it")

@@ -429,8 +429,10 @@ def _serve(conn: RedisOptions, opts: Any) -> None:
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="directory for part-NNNNN files (must not exist)")
 @click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--combiner", metavar="CALLABLE", default=None,
-              help="module:fn(key, values) -> values, run on each map batch (map-side combine)")
+@click.option("--combiner", metavar="CALLABLE|sum", default=None,
+              help="module:fn(key, values) -> values, run on each map batch (map-side "
+                   "combine); sum: the built-in partial sum (numeric values; each reducer "
+                   "call gets the key's total)")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @shared()
 @click.option("--allow-exec", is_flag=True, help="let workers run the mapper/reducer programs")

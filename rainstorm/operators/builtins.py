@@ -81,6 +81,20 @@ def tab_value(line: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def tab_number(line: str) -> int | float:
+    """Hadoop streaming with a summing combiner: the value after the first
+    tab as a number (an int when it is one); ValueError otherwise."""
+    text = tab_value(line).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"the value of {line[:80]!r} is not a number") from None
+
+
 def parse_json(line: str) -> list[Any]:
     """JSON lines (a flat_map function): a line's JSON value, nothing for a
     blank line; a line that is not JSON is Rejected (dead-lettered at once,
@@ -288,6 +302,7 @@ PLAIN: dict[str, Callable[..., Any]] = {
     "pair_value": pair_value,
     "tab_key": tab_key,
     "tab_value": tab_value,
+    "tab_number": tab_number,
     "parse_json": parse_json,
     "tuplify": tuplify,
     "sort_group": sort_group,
