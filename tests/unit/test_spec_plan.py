@@ -6,7 +6,7 @@ import pytest
 
 from rainstorm.errors import UsageError
 from rainstorm.plan import describe, plan
-from rainstorm.spec import load_spec, parse_spec
+from rainstorm.spec import STREAM_STATE_PARTITIONS, Settings, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +72,24 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     lst.write_text("- 1\n")
     with pytest.raises(UsageError, match="mapping"):
         load_spec(lst)
+
+
+@pytest.mark.parametrize("source, given, expected", [
+    ({"type": "stream", "key": "ev"}, None, STREAM_STATE_PARTITIONS),
+    ({"type": "tail", "path": "/tmp/x.log"}, None, STREAM_STATE_PARTITIONS),
+    ({"type": "stream", "key": "ev"}, 64, 64),
+    ({"type": "stream", "key": "ev"}, 3, 3),
+    ({"type": "text", "paths": ["x.txt"]}, None, Settings().state_partitions),
+    ({"type": "text", "paths": ["x.txt"]}, 8, 8),
+])
+def test_a_streaming_job_defaults_to_fewer_state_partitions(
+        source: dict[str, object], given: int | None, expected: int) -> None:
+    """A streaming job not given state_partitions gets 8 (its small commits
+    touch nearly every partition); a given value is kept; a batch job keeps
+    the general default; the value survives a dump and parse (workers re-read
+    the spec)."""
+    settings = {} if given is None else {"state_partitions": given}
+    spec = parse_spec({"name": "j", "source": source, "pipeline": [{"op": "count"}],
+                       "settings": settings})
+    assert spec.settings.state_partitions == expected
+    assert parse_spec(spec.model_dump()).settings.state_partitions == expected
