@@ -166,7 +166,6 @@ class BaseLoader:
     def step(self) -> LoadStep:
         """Load one FCALL's worth of entries."""
         pos = self.position()
-        self._pos = None  # until this step's load is known to have moved it
         if pos == DONE:
             return LoadStep(done=True)
         if self._throttled():
@@ -176,8 +175,8 @@ class BaseLoader:
         while True:
             entries, new_pos, records, covered = self.gather(pos, most)
             if not entries and new_pos == pos:
-                self._pos = pos
                 return LoadStep(done=False)  # an unbounded source with nothing new (it waited)
+            self._pos = None  # until the load's answer says where the cursor is
             try:
                 res = self._load(pos, new_pos, entries, covered)
                 break

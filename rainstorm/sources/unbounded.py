@@ -96,7 +96,7 @@ def _fill_eta_s(rows: list[Any], want: int) -> float | None:
     """Seconds until ``want`` rows are there at the rate ``rows`` arrived
     (from their ids' millisecond parts); None while they span no time."""
     first, last = (int(bytes(rows[i][0]).split(b"-", 1)[0]) for i in (0, -1))
-    if last <= first or len(rows) < 2:
+    if last <= first:
         return None
     per_ms = (len(rows) - 1) / (last - first)
     return (want - len(rows)) / per_ms / 1000
