@@ -52,7 +52,7 @@ from rainstorm.errors import JobFailed
 from rainstorm.job import Job, decode_records
 from rainstorm.lease import Lease
 from rainstorm.operators import aggregates
-from rainstorm.operators.aggregates import Aggregator, BadDelta
+from rainstorm.operators.aggregates import Aggregator, BadDelta, Columns
 from rainstorm.pages import pages
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.digests import frame
@@ -351,17 +351,44 @@ def iter_finished(r: redis.Redis, job: Job, allow: tuple[str, ...]
     job's windows that closed were emitted into its output stream
     (rainstorm.window_close): they follow, page by page, as long as no sink
     consumed them."""
+    for part in iter_finished_parts(r, job, allow):
+        yield part if isinstance(part, dict) else dict(zip(*part, strict=True))
+
+
+def iter_finished_parts(r: redis.Redis, job: Job, allow: tuple[str, ...]
+                        ) -> Iterator[dict[Any, Any] | Columns]:
+    """:func:`iter_finished`, where a partition that :func:`base_columns`
+    can read comes as its key and value columns (no dict is built: a
+    reader that counts, ranks or streams them needs none)."""
     agg = agg_of(job, allow)
     emits = job.spec.unbounded and job.plan.last.window is not None
     seen: set[Any] = set()  # open windows: bounded (closed ones are evicted)
     for part in parts(job):
         snap = part.snapshot(r)
-        state = agg.finish(fold(snap, agg, where=f"job {job.id} partition {part.index}"))
+        where = f"job {job.id} partition {part.index}"
+        cols = None if emits else base_columns(snap, agg, where)
+        if cols is not None:
+            yield cols
+            continue
+        state = agg.finish(fold(snap, agg, where=where))
         if emits:
             seen.update(state)
         yield state
     if emits:  # read after the partitions: a window closed meanwhile is not missed
         yield from _closed_windows(r, job, seen)
+
+
+def base_columns(snap: lua.Snapshot, agg: Aggregator, where: str) -> Columns | None:
+    """A partition whose log is empty (the base is all of it) and whose base
+    is an additive aggregate's columnar blob, as its key list and value
+    array (None otherwise: fold it).  Raises JobFailed if the base does not
+    decode."""
+    if snap.log_ids or not agg.additive:
+        return None
+    try:
+        return aggregates.columns(snap.base, agg)
+    except BadDelta as exc:
+        raise corrupt_base(where, exc) from None
 
 
 def _closed_windows(r: redis.Redis, job: Job, seen: set[Any]) -> Iterator[dict[Any, Any]]:

@@ -124,19 +124,19 @@ def _run(cmd: RunCommand) -> None:
         return
     spec = _with_settings(loaded, **cmd.settings)
     stop_on_signals()
-    show = cmd.progress and sys.stderr.isatty()
-    prog, update = progress_bar()
+    bar = progress_bar() if cmd.progress and sys.stderr.isatty() else None
 
     def show_result(report: Any, _r: Any) -> None:  # while the server runs: streamed from it
-        prog.stop()
+        if bar:
+            bar[0].stop()
         print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
                      cmd.as_json)
         if cmd.output:  # (checked writable before the job ran; the spec's file sink is written)
             _write_output(cmd.output, report.result)
 
-    opts = replace(cmd.options, on_progress=update if show else None, autoscale=policy,
+    opts = replace(cmd.options, on_progress=bar[1] if bar else None, autoscale=policy,
                    on_result=show_result)
-    with prog if show else Null():
+    with bar[0] if bar else Null():
         report = run_job(spec, opts)
     who = f"autoscaled {cmd.autoscale} workers per stage" if cmd.autoscale \
         else f"{cmd.options.workers} workers"

@@ -9,8 +9,6 @@ import signal
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from rainstorm.cli.base import RedisOptions, fail, json_option, raise_interrupt, shared
 from rainstorm.cli.show import print_result, table
@@ -35,6 +33,9 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([row.to_json() for row in rows]))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     out = Table(title="rainstorm jobs")
     for col in ("job", "state", "loaded", "progress", "stage", "emitted", "committed",
                 "dead", "claimed", "rejected"):
@@ -60,6 +61,9 @@ def _print_graph(graph: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(graph.to_json()))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     out = Table(title=f"graph {graph.record.id} ({graph.record.name}): {graph.state}")
     for col in ("step", "job", "state", "inputs", "stage", "emitted", "committed", "backlog"):
         out.add_column(col)

@@ -34,18 +34,17 @@ from rainstorm.errors import IncompleteResult, RainstormError
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.jobstore import load_job
 from rainstorm.lua import Snapshot
-from rainstorm.operators import aggregates
-from rainstorm.operators.aggregates import DECODE_ERRORS, Aggregator
+from rainstorm.operators.aggregates import DECODE_ERRORS, Aggregator, Columns
 from rainstorm.protocol import meta
 from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
 from rainstorm.state import (
     KeyRead,
+    base_columns,
     combine,
-    corrupt_base,
     digests,
     fold,
-    iter_finished,
+    iter_finished_parts,
     read_key,
 )
 
@@ -71,7 +70,7 @@ class StateResult(Mapping[str, Any]):
     time whenever it is iterated (no process holds the whole aggregate);
     random access (``result[k]``) reads it all once and keeps it."""
 
-    def __init__(self, read: Callable[[], Iterator[dict[Any, Any]]]) -> None:
+    def __init__(self, read: Callable[[], Iterator[dict[Any, Any] | Columns]]) -> None:
         self._read = read
         self._all: dict[str, Any] | None = None
         self._summary: tuple[int, int, list[tuple[str, Any]]] | None = None
@@ -81,8 +80,11 @@ class StateResult(Mapping[str, Any]):
         remembered (a finished result does not change)."""
         if self._summary is None or self._summary[1] < n:
             summ = Summary(n)
-            for part in self.partitions():
-                summ.add(part)
+            for part in self._parts():
+                if isinstance(part, dict):
+                    summ.add(part)
+                else:
+                    summ.add_columns(*part)
             self.preset(summ)
         assert self._summary is not None
         return self._summary[0], self._summary[2][:n]
@@ -92,13 +94,19 @@ class StateResult(Mapping[str, Any]):
         (the coordinator's end-of-job fold: one read less)."""
         self._summary = (summ.count, summ.n, summ.best())
 
-    def partitions(self) -> Iterator[dict[str, Any]]:
-        """The result, partition by partition, with JSON-able keys."""
+    def _parts(self) -> Iterator[dict[str, Any] | Columns]:
+        """The result, partition by partition, with JSON-able keys: a dict,
+        or the columns of a columnar one (str keys; no dict built)."""
         if self._all is not None:
             yield self._all
             return
         for part in self._read():
-            yield keys_as_str(part)
+            yield keys_as_str(part) if isinstance(part, dict) else part
+
+    def partitions(self) -> Iterator[dict[str, Any]]:
+        """The result, partition by partition, with JSON-able keys."""
+        for part in self._parts():
+            yield part if isinstance(part, dict) else dict(zip(*part, strict=True))
 
     def _whole(self) -> dict[str, Any]:
         if self._all is None:
@@ -106,12 +114,12 @@ class StateResult(Mapping[str, Any]):
         return self._all
 
     def __iter__(self) -> Iterator[str]:
-        for part in self.partitions():
-            yield from part
+        for part in self._parts():
+            yield from part if isinstance(part, dict) else part[0]
 
     def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
-        for part in self.partitions():
-            yield from part.items()
+        for part in self._parts():
+            yield from part.items() if isinstance(part, dict) else zip(*part, strict=True)
 
     def __getitem__(self, key: str) -> Any:
         return self._whole()[key]
@@ -135,7 +143,7 @@ def materialized(result: Result) -> Result:
 
 def state_result(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> StateResult:
     """The job's aggregate as it is now, read partition by partition."""
-    return StateResult(lambda: iter_finished(r, job, allow))
+    return StateResult(lambda: iter_finished_parts(r, job, allow))
 
 
 def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None, *,
@@ -375,12 +383,7 @@ def summarize_final(summ: Summary, job: Job, agg: Aggregator, index: int, snap: 
     snapshot the end-of-job fold left (no log: the base is the result; an
     additive aggregate's columnar base is read as columns)."""
     where = f"job {job.id} partition {index}"
-    cols = None
-    if not snap.log_ids and agg.additive:
-        try:
-            cols = aggregates.columns(snap.base, agg)
-        except aggregates.BadDelta as exc:
-            raise corrupt_base(where, exc) from None
+    cols = base_columns(snap, agg, where)
     if cols is not None:
         summ.add_columns(*cols)
     else:

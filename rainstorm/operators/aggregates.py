@@ -33,6 +33,8 @@ from rainstorm.operators.resolve import resolve
 from rainstorm.plan import StagePlan
 
 Delta = dict[Any, Any]
+# an additive aggregate's columnar blob read as its keys and their values
+Columns = tuple[list[str], "array[Any]"]
 SEP = "\x00"
 
 
@@ -438,7 +440,7 @@ def _columnar_pairs(msg: Any) -> Iterator[tuple[Any, Any]]:
     return zip(*_column_lists(msg), strict=True)
 
 
-def _column_lists(msg: Any) -> tuple[list[str], array[Any]]:
+def _column_lists(msg: Any) -> Columns:
     """A columnar delta's keys and values (as many of each, unless crafted)."""
     _, code, joined, raw = msg
     values = array(code)
@@ -496,7 +498,7 @@ def _unpacked(blob: bytes) -> Any:
     return msg
 
 
-def _checked_columns(msg: Any, merger: Aggregator) -> tuple[list[str], array[Any]]:
+def _checked_columns(msg: Any, merger: Aggregator) -> Columns:
     """A columnar delta's keys and values, as many of each."""
     if not merger.additive or len(msg) != 4 or msg[1] not in COLUMNAR_CODES \
             or type(msg[2]) is not str or type(msg[3]) is not bytes:
@@ -507,7 +509,7 @@ def _checked_columns(msg: Any, merger: Aggregator) -> tuple[list[str], array[Any
     return keys, values
 
 
-def columns(blob: bytes, agg: Aggregator) -> tuple[list[str], array[Any]] | None:
+def columns(blob: bytes, agg: Aggregator) -> Columns | None:
     """A columnar blob (an additive aggregate's usual delta or base) as its
     key list and value array, without building a dict (C speed: for reading
     a result once, e.g. its top keys); None when ``blob`` is a map delta.
@@ -517,7 +519,7 @@ def columns(blob: bytes, agg: Aggregator) -> tuple[list[str], array[Any]] | None
         return _checked_columns(msg, agg) if msg is not None and msg[0] == 1 else None
 
 
-def _checked(blob: bytes, merger: Aggregator) -> Delta | tuple[list[str], array[Any]]:
+def _checked(blob: bytes, merger: Aggregator) -> Delta | Columns:
     """``blob`` decoded and checked: a columnar delta as its keys and values
     (:func:`_checked_columns`), a map delta as a dict."""
     if not blob:

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from rainstorm import keys, lua, state
 from rainstorm.cli import main
-from rainstorm.coordinator.result import load_stored, materialized
+from rainstorm.coordinator.result import load_stored, materialized, state_result, to_json, top
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.jobstore import load_job
@@ -83,6 +83,17 @@ class Running:
             fold=fold or state.fold_rule(self.job)))
         assert res.status is lua.CommitStatus.OK
         return res
+
+    def commit_unfolded(self, seed: int, commits: int, width: int) -> Counter[str]:
+        """``commits`` random deltas of ``width`` words, none folded by the
+        commit rule; returns their sum, computed here."""
+        rng = random.Random(seed)
+        total: Counter[str] = Counter()
+        for _ in range(commits):
+            delta = {w: rng.randint(1, 3) for w in rng.sample(WORDS, width)}
+            total.update(delta)
+            self.commit(delta, lua.FoldRule(entries=4096, bytes=1 << 30))
+        return total
 
     def part(self, p: int) -> state.Part:
         return state.Part(JOB, 0, p)
@@ -355,12 +366,7 @@ def test_finalize_reads_while_workers_fold_and_folds_only_what_they_leave(
     (Without them it folds them itself: the test below.)"""
     parts = 8
     run = Running(r, parts)
-    rng = random.Random(8)
-    expected: Counter[str] = Counter()
-    for _ in range(30):
-        delta = {w: rng.randint(1, 3) for w in rng.sample(WORDS, 12)}
-        expected.update(delta)
-        run.commit(delta, lua.FoldRule(entries=4096, bytes=1 << 30))  # nothing folds early
+    expected = run.commit_unfolded(8, 30, 12)
     assert all(r.xlen(run.part(p).log) for p in range(parts))
 
     def worker() -> None:
@@ -418,6 +424,27 @@ def test_a_base_written_after_the_job_is_refused_with_one_line(r: redis.Redis,
     assert res.exit_code == 1 and str(10**9) not in res.stdout
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "was changed after it finished" in err[0], res.stderr
+
+
+def test_every_reader_of_a_result_sees_the_same_counts_from_columns_and_folds(
+        r: redis.Redis) -> None:
+    """A partition whose log is empty is read as its base's columns (no dict
+    built), the others are folded: items, keys, len, top and the JSON of the
+    result all equal a Counter of the deltas committed."""
+    parts = 6
+    run = Running(r, parts)
+    expected = run.commit_unfolded(11, 30, 15)
+    for p in range(0, parts, 2):
+        assert run.fold(p) is lua.CompactStatus.OK
+    shapes = [type(x) for x in state.iter_finished_parts(r, run.job, ("*",))]
+    assert shapes == [tuple, dict] * (parts // 2)
+    res = state_result(r, run.job, ("*",))
+    assert dict(res.items()) == expected
+    assert sorted(res) == sorted(expected)
+    assert len(res) == len(expected)
+    assert top(res, 7) == sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:7]
+    assert json.loads(to_json(res)) == expected
+    assert Counter(materialized(res)) == expected
 
 
 # -- (e) one key, one partition ---------------------------------------------------------------
