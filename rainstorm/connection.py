@@ -25,6 +25,7 @@ T = TypeVar("T")
 # start-up waits this long for an unreachable Redis (restarting, not up yet)
 DEFAULT_CONNECT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_ENV = "RAINSTORM_CONNECT_TIMEOUT"
+CONNECT_HINT = f"wait longer with --connect-timeout SECONDS or {CONNECT_TIMEOUT_ENV}"
 # a server that accepts the connection but does not answer the handshake in
 # this long is not a usable Redis (an HTTP port, a stalled process)
 HANDSHAKE_TIMEOUT_S = 5.0
@@ -170,9 +171,11 @@ def connect_timeout_s(given: float | None = None) -> float:
     return value
 
 
-def wait_out_outage(fn: Callable[[], T], limit_s: float, what: str) -> T:
+def wait_out_outage(fn: Callable[[], T], limit_s: float, what: str,
+                    hint: str = CONNECT_HINT) -> T:
     """``fn()``, retried with backoff while Redis is down, for up to ``limit_s``
-    seconds; then one ServerError line.  Wrong credentials are not waited out."""
+    seconds; then one ServerError line, ending in ``hint`` (what to do about
+    it; "": nothing).  Wrong credentials are not waited out."""
     start = time.monotonic()
     warned = False
     while True:
@@ -184,10 +187,8 @@ def wait_out_outage(fn: Callable[[], T], limit_s: float, what: str) -> T:
             waited = time.monotonic() - start
             if waited >= limit_s:
                 raise ServerError(
-                    f"cannot reach {what} (tried for {waited:.0f} s): {str(exc).rstrip('.')}; "
-                    "wait longer with "
-                    f"--connect-timeout SECONDS or {CONNECT_TIMEOUT_ENV}"
-                ) from None
+                    f"cannot reach {what} (tried for {waited:.0f} s): {str(exc).rstrip('.')}"
+                    + (f"; {hint}" if hint else "")) from None
             if not warned:
                 warned = True
                 log.warning("%s unavailable (%s); retrying for up to %.0f s", what, exc, limit_s)

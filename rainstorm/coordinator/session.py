@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.connection import connect_timeout_s, wait_out_outage
+from rainstorm.connection import CONNECT_HINT, connect_timeout_s, wait_out_outage
 from rainstorm.coordinator.driver import Driver, fail
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus, read_status
@@ -131,16 +131,17 @@ class Session:
         self.outages = 0
         self._t0 = time.perf_counter()
 
-    def submit(self, wait_s: float | None = None) -> bool:
+    def submit(self, wait_s: float | None = None, hint: str = CONNECT_HINT) -> bool:
         """Load the FUNCTION library and create the job's keys; False when the
         same job is already there (it is resumed).  A Redis that is down or
-        not up yet is waited for up to ``wait_s`` (None: connect_timeout_s())."""
+        not up yet is waited for up to ``wait_s`` (None: connect_timeout_s()),
+        then it fails with one line ending in ``hint``."""
         def once() -> bool:  # safe to repeat: a job already there is resumed
             lua.load_library(self.r)
             return submit(self.r, self.job, self.files, key=self.key, unsigned=self.unsigned)
 
         self._t0 = time.perf_counter()
-        return wait_out_outage(once, connect_timeout_s(wait_s), "Redis")
+        return wait_out_outage(once, connect_timeout_s(wait_s), "Redis", hint)
 
     def drive(self, *, timeout_s: float | None = None,
               on_progress: Callable[[JobStatus], None] | None = None,
@@ -201,11 +202,10 @@ class Session:
         if not timeout_s or timeout_s >= limit:
             return self.submit(limit)
         try:
-            return self.submit(timeout_s)
+            return self.submit(timeout_s, hint="")  # (no --connect-timeout hint: not that limit)
         except ServerError as exc:
             raise JobFailed(f"job {self.job.id} did not finish within {timeout_s} s "
-                            f"(Redis unreachable while submitting it: "
-                            f"{str(exc).split(';')[0]})") from None
+                            f"(Redis unreachable while submitting it: {exc})") from None
 
     def raw_state(self) -> dict[Any, Any]:
         """A finished aggregate's state with its keys as the operators made

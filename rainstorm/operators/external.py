@@ -77,9 +77,9 @@ def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
     pipe = make_pipe(cmd, timeout_s) if cmd else None
 
     def run(records: list[Any]) -> list[Any]:
-        groups = [json.loads(r) if isinstance(r, str) else r for r in records]
         # a summed shuffle (--combiner sum) holds a key's total: its one value
-        groups = [g if type(g[2]) is list else (g[0], g[1], [g[2]]) for g in groups]
+        groups = [g if type(g[2]) is list else (g[0], g[1], [g[2]])
+                  for g in (json.loads(r) if isinstance(r, str) else r for r in records)]
         out: list[Any] = []
         if pipe is not None:
             for part in sorted({g[0] for g in groups}):
