@@ -145,7 +145,8 @@ class Chain:
         """Stage 0: a decoded text batch (many lines)."""
         if self.block_first is None:
             return self.run(split_lines(text))
-        records = list(self.block_first(text))
+        first = self.block_first(text)
+        records = first if type(first) is list else list(first)  # (no copy of a big list)
         for step in self.steps[1:]:
             try:
                 records = step.run(records)
