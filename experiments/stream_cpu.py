@@ -24,7 +24,13 @@ what the producer sent.  Target (issue 12): <= 5 µs of engine CPU per record
 (``engine_us``: coordinator + workers + the whole server), PASS/FAIL printed.
 
     python experiments/stream_cpu.py [--quick] [--rates 10000,25000,50000,100000]
-        [--seconds 10] [--linger-ms 0,20] [--batch-records 200] [--name stream_cpu]
+        [--seconds 10] [--linger-ms 0,20] [--batch-records 200] [--producer python|lua]
+        [--name stream_cpu]
+
+``--producer lua`` makes each tick's XADDs with one EVAL inside the server
+instead of a Python process's pipelined XADDs (~8 µs of its own CPU a
+record): the engine gets the machine's cores, for its highest sustained
+rate; the records' server cost is measured either way (``server_xadd_us``).
 
 ``--linger-ms`` runs every rate once per value of ``source.linger_ms`` (the
 loader waits up to that long for a full entry of ``batch_records``).
@@ -69,11 +75,16 @@ settings: {{batch_entries: 8, max_backlog: 1000}}
 """
 
 # record seq carries key k<seq * 7919 % KEYS>; logs (time, sent) after each flush, as
-# JSON into the file argv[6] at the end
+# JSON into the file argv[6] at the end.  argv[7] "lua": the XADDs of each tick are
+# made by one EVAL inside the server (a producer that costs ~no CPU of its own, so
+# the engine has the machine's cores to itself); "python": pipelined XADDs
 PRODUCER = r"""
 import json, sys, time, redis
 url, key, rate, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-nkeys, out = int(sys.argv[5]), sys.argv[6]
+nkeys, out, how = int(sys.argv[5]), sys.argv[6], sys.argv[7]
+LUA = ("for seq = tonumber(ARGV[1]), tonumber(ARGV[2]) - 1 do "
+       "redis.call('XADD', KEYS[1], '*', 'd', 'k' .. string.format('%d', "
+       "seq * 7919 % tonumber(ARGV[3]))) end return 1")
 r = redis.Redis.from_url(url)
 tick = 0.002
 log = []
@@ -81,10 +92,13 @@ t0 = time.monotonic(); sent = 0; total = int(rate * seconds)
 while sent < total:
     due = int(min((time.monotonic() - t0) * rate, total))
     if due > sent:
-        pipe = r.pipeline(transaction=False)
-        for seq in range(sent, due):
-            pipe.xadd(key, {"d": f"k{seq * 7919 % nkeys}"})
-        pipe.execute()
+        if how == "lua":
+            r.eval(LUA, 1, key, sent, due, nkeys)
+        else:
+            pipe = r.pipeline(transaction=False)
+            for seq in range(sent, due):
+                pipe.xadd(key, {"d": f"k{seq * 7919 % nkeys}"})
+            pipe.execute()
         sent = due
         log.append((time.time(), sent))
     time.sleep(tick)
@@ -106,10 +120,11 @@ def percentile(xs: list[float], q: float) -> float:
 class Producer:
     """The producer process; its log file; its CPU read before it is reaped."""
 
-    def __init__(self, url: str, key: str, rate: int, seconds: float, log: Path) -> None:
+    def __init__(self, url: str, key: str, rate: int, seconds: float, log: Path,
+                 how: str = "python") -> None:
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-c", PRODUCER, url, key, str(rate),
-                                      str(seconds), str(KEYS), str(log)])
+                                      str(seconds), str(KEYS), str(log), how])
 
     def exited(self) -> bool:
         flags = os.WEXITED | os.WNOWAIT | os.WNOHANG
@@ -129,11 +144,12 @@ class Producer:
         return used, json.loads(self.log.read_text())
 
 
-def calibrate(url: str, server_pid: int, rate: int, seconds: float, tmp: Path) -> float:
+def calibrate(url: str, server_pid: int, rate: int, seconds: float, tmp: Path,
+              how: str = "python") -> float:
     """Server µs per XADD at this rate, the producer alone (no job)."""
     r = connect(url)
     before = cpu_s(server_pid)
-    _cpu, log = Producer(url, "calibration", rate, seconds, tmp / "cal.json").finish(
+    _cpu, log = Producer(url, "calibration", rate, seconds, tmp / "cal.json", how).finish(
         seconds + 60)
     used = cpu_s(server_pid) - before
     r.delete("calibration")
@@ -191,7 +207,7 @@ def summary(run: Run) -> dict[str, Any]:
 
 
 def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int = 0,
-            batch_records: int = 200) -> dict[str, Any]:
+            batch_records: int = 200, how: str = "python") -> dict[str, Any]:
     job, key = f"cpu{rate}l{linger_ms}b{batch_records}", f"src{rate}l{linger_ms}b{batch_records}"
     spec = tmp / f"{job}.yaml"
     spec.write_text(SPEC.format(key=key, linger=linger_ms, batch=batch_records))
@@ -200,7 +216,7 @@ def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int =
         url, spid = srv.url, srv.proc.pid
         r = connect(url)
         load_library(r)
-        xadd_us = calibrate(url, spid, rate, cal_s, tmp)
+        xadd_us = calibrate(url, spid, rate, cal_s, tmp, how)
         env = dict(os.environ, RAINSTORM_REDIS=url, PYTHONPATH=str(ROOT),
                    RAINSTORM_SECRET=secrets.token_hex(32))
         rs = [sys.executable, "-m", "rainstorm"]
@@ -222,7 +238,7 @@ def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int =
             def engine_cpu() -> list[float]:
                 return [cpu_s(p.pid) for p in engine] + [cpu_s(spid)]
 
-            prod = Producer(url, key, rate, seconds, tmp / f"{job}.json")
+            prod = Producer(url, key, rate, seconds, tmp / f"{job}.json", how)
             t_start = time.time()
             samples: list[tuple[float, int]] = []
             window: list[tuple[float, int, list[float]]] = []
@@ -306,6 +322,10 @@ def main() -> int:
     ap.add_argument("--batch-records", type=int, default=200,
                     help="source.batch_records: records per stage-0 entry (e.g. 1000 with "
                          "--linger-ms 50, throughput over latency)")
+    ap.add_argument("--producer", choices=("python", "lua"), default="python",
+                    help="python: pipelined XADDs (~8 µs of its own CPU a record); lua: "
+                         "one EVAL a tick makes them in the server, so the engine has "
+                         "the cores to itself (its server CPU is measured either way)")
     ap.add_argument("--name", default="stream_cpu", help="results file name (CSV and PNG)")
     a = ap.parse_args()
     lingers = [int(x) for x in a.linger_ms.split(",")]
@@ -317,7 +337,9 @@ def main() -> int:
         for rate in rates:
             for linger in lingers:
                 row = {"linger_ms": linger, "batch_records": a.batch_records,
-                       **measure(rate, seconds, cal_s, Path(tmp), linger, a.batch_records)}
+                       "producer": a.producer,
+                       **measure(rate, seconds, cal_s, Path(tmp), linger, a.batch_records,
+                                 a.producer)}
                 print(row, flush=True)
                 rows.append(row)
     for r in rows:

@@ -25,6 +25,7 @@ EXPERIMENTS = [
     pytest.param("window_memory", marks=SLOW),
     pytest.param("keys_grow", marks=SLOW),
     pytest.param("stream_cpu", marks=SLOW),
+    pytest.param("stream_cpu_lua", marks=SLOW),
     pytest.param("cli_path", marks=SLOW),
     pytest.param("high_cardinality", marks=SLOW),
     pytest.param("join_tables", marks=SLOW),
@@ -46,7 +47,8 @@ EXPERIMENTS = [
 ]
 # results named apart from their script: name -> (script, its extra arguments)
 VARIANTS = {"latency_lookup": ("latency", ["--lookup"]),
-            "latency_window_join": ("latency", ["--window-join"])}
+            "latency_window_join": ("latency", ["--window-join"]),
+            "stream_cpu_lua": ("stream_cpu", ["--producer", "lua", "--name", "stream_cpu_lua"])}
 # seconds, where the default 300 may be too short: replica_kills rides out
 # Redis outages (every node dead: until the job's 30 s timeout) on a loaded machine
 TIMEOUTS = {"replica_kills": 480}
