@@ -157,8 +157,7 @@ class Driver:
         if status.state not in (JobState.RUNNING, JobState.DONE):
             raise JobFailed(f"job {job.id} is {status.state}")
         if not status.loaded:
-            self.loaded = False  # a restarted Redis may have rolled the cursor back
-            self._forget_position()
+            self._reload()  # a restarted Redis may have rolled the cursor back
         if status.refusals:
             self._check_refusals(dict(status.refusals))
         if self.on_progress:
@@ -253,7 +252,10 @@ class Driver:
         log.info("streaming job %s stopped", self.job.id)
         return self.live()
 
-    def _forget_position(self) -> None:
+    def _reload(self) -> None:
+        """Load again from the cursor as Redis now has it (not as the loader
+        last left it): after an outage, or when status says not loaded."""
+        self.loaded = False
         if self.loader is not None:
             self.loader.forget_position()
 
@@ -278,8 +280,7 @@ class Driver:
         self._check_deadline(now, f" (Redis unreachable for the last {waited:.0f} s: {exc})")
         if self.check:
             self.check()  # e.g. restart a crashed embedded server
-        self.loaded = False  # re-read the cursor: Redis may have rolled back
-        self._forget_position()
+        self._reload()  # Redis may have rolled the cursor back
         pause = outage_backoff_s(waited)
         if self.deadline:
             pause = max(0.0, min(pause, self.deadline - now))
