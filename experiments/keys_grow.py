@@ -45,6 +45,7 @@ from typing import Any
 
 from common import DATA, ROOT, finish, parser, pyplot
 
+from rainstorm.apps.mapreduce import SUM_COMBINER
 from rainstorm.samples import write_corpus
 
 SECTIONS = ["blog", "docs", "shop", "api/v1", "static/img", "news", "about", "item"]
@@ -267,12 +268,12 @@ def point(workload: str, distinct: int | str, lines: int, mb: float, inp: Path,
                         summed = s == SUMMED
                         r = (rainstorm_mr("tests.ops:wc_map", "tests.ops:wc_reduce", "tests",
                                           str(inp / "part-*.txt"), out,
-                                          "sum" if summed else "tests.ops:wc_combine")
+                                          SUM_COMBINER if summed else "tests.ops:wc_combine")
                              if workload == "wordcount" else
                              rainstorm_mr("examples.mr.urls:count_map",
                                           "examples.mr.urls:count_reduce", "examples.mr.urls",
                                           str(inp / "part-*.log"), out,
-                                          "sum" if summed else
+                                          SUM_COMBINER if summed else
                                           "examples.mr.urls:count_combine"))
                     elif spark_py is None:
                         runs[s].append({"note": why_no_spark, "correct": False})
