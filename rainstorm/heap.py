@@ -19,6 +19,15 @@ THRESHOLDS = (100_000, 50, 100)  # young collections, then every 50th and 5,000t
 _tuned = False
 
 
+def defer() -> None:
+    """The thresholds of :func:`tune` now, without freezing: for the imports
+    at a command's start (~400 modules, ~130 dataclasses built with exec),
+    which the default thresholds collected a few times over a heap that is
+    all modules and functions (~20 ms of every command; see experiments/
+    README.md, session 12).  :func:`tune` freezes once they are done."""
+    gc.set_threshold(*THRESHOLDS)
+
+
 def tune() -> None:
     """Raise the collector's thresholds and freeze the heap as it is now
     (idempotent; once per process, its forks inherit it)."""

@@ -64,6 +64,7 @@ FOLD_BYTES = 65536  # a log is never due for folding below this many bytes
 LEASE_WAIT_S = 10.0  # finalize waits this long for a folder's lease (its TTL is 5 s)
 HELP_GRACE_S = 1.0  # finalize leaves the folding to workers while one folded this recently
 HELP_POLL_S = 0.01
+HELP_POLL_MAX_S = 0.08
 DIGEST_DOMAIN = b"rainstorm-state-v2\x00"
 
 OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
@@ -288,37 +289,57 @@ class _Helpers:
 
 def finalize(r: redis.Redis, job: Job, agg: Aggregator, holder: str,
              on_final: Callable[[int, lua.Snapshot], None] | None = None) -> list[str]:
-    """Fold every partition's log into its base, one partition at a time, so
-    that the finished result is exactly the bases (called by the coordinator
-    once a batch job is complete: no commit can land any more).  Workers do
-    the folding while they do (:class:`_Helpers`); this reads each
-    partition once its log is empty.  Returns the digest of each partition
-    it leaves (:func:`part_digest`), for the seal; ``on_final(index,
-    snapshot)`` sees each partition as it leaves it."""
-    out = []
+    """Fold every partition's log into its base, so that the finished result
+    is exactly the bases (called by the coordinator once a batch job is
+    complete: no commit can land any more).  Workers do the folding while
+    they do (:class:`_Helpers`); this reads each partition once its log is
+    empty, in whatever order they empty: one pipelined look at every log
+    still unread per round, and between fruitless rounds a wait that doubles
+    from HELP_POLL_S to HELP_POLL_MAX_S (looking every 10 ms took a third of
+    a core from the folding workers on a 2-core machine).  Returns the
+    digest of each partition (:func:`part_digest`) in index order, for the
+    seal; ``on_final(index, snapshot)`` sees each partition as it leaves it
+    (in the order read)."""
+    digests: dict[int, str] = {}
     helpers = _Helpers(r, job)
-    for part in parts(job):
-        while r.xlen(part.log) and helpers.folding():
-            time.sleep(HELP_POLL_S)
-        while True:
-            snap = part.snapshot(r)
-            if not snap.log_ids:
-                break
-            lease = Lease(r, part.lease, holder)
-            if not lease.acquire_within(LEASE_WAIT_S):
-                raise JobFailed(f"{lease.key} stayed held for {LEASE_WAIT_S:.0f} s")
-            log.info("job %s: %s folds partition %d itself (no worker folded it)", job.id,
-                     holder, part.index)
-            try:
-                status = fold_part(r, job, part, agg, lease)
-            finally:
-                lease.release()
-            if status in (lua.CompactStatus.STOPPED, lua.CompactStatus.GONE):
-                raise JobFailed(f"job {job.id} stopped while its result was read")
-        out.append(part_digest(part.index, snap))
-        if on_final:
-            on_final(part.index, snap)
-    return out
+    todo = parts(job)
+    nap = HELP_POLL_S
+    while todo:
+        lagging = set(_lagging(r, job, todo[0].stage, [p.index for p in todo]))
+        ready = [p for p in todo if p.index not in lagging] if helpers.folding() else todo
+        for part in ready:
+            snap = _final_snapshot(r, job, agg, holder, part)
+            digests[part.index] = part_digest(part.index, snap)
+            if on_final:
+                on_final(part.index, snap)
+        todo = [p for p in todo if p.index not in digests]
+        if todo and not ready:
+            time.sleep(nap)
+            nap = min(2 * nap, HELP_POLL_MAX_S)
+        else:
+            nap = HELP_POLL_S
+    return [digests[i] for i in range(partitions(job))]
+
+
+def _final_snapshot(r: redis.Redis, job: Job, agg: Aggregator, holder: str, part: Part
+                    ) -> lua.Snapshot:
+    """The snapshot of ``part`` with an empty log: what the workers left,
+    or folded here under its lease (no worker folded it)."""
+    while True:
+        snap = part.snapshot(r)
+        if not snap.log_ids:
+            return snap
+        lease = Lease(r, part.lease, holder)
+        if not lease.acquire_within(LEASE_WAIT_S):
+            raise JobFailed(f"{lease.key} stayed held for {LEASE_WAIT_S:.0f} s")
+        log.info("job %s: %s folds partition %d itself (no worker folded it)", job.id,
+                 holder, part.index)
+        try:
+            status = fold_part(r, job, part, agg, lease)
+        finally:
+            lease.release()
+        if status in (lua.CompactStatus.STOPPED, lua.CompactStatus.GONE):
+            raise JobFailed(f"job {job.id} stopped while its result was read")
 
 
 # -- reading ----------------------------------------------------------------

@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
-
 from rainstorm import heap
-from rainstorm.cli import jobs, ops
+
+heap.defer()  # before the imports below (tuned for good in main)
+
+import click  # noqa: E402
+
+from rainstorm.cli import jobs, ops  # noqa: E402
 
 
 @click.group()

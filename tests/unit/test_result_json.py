@@ -42,3 +42,23 @@ def test_top_keys_from_columns_equal_a_sort_of_everything() -> None:
                             key=lambda kv: (-kv[1], kv[0]))
         assert by_columns.best() == by_dicts.best() == everything[:n]
         assert by_columns.count == by_dicts.count == len(everything)
+
+
+def test_top_keys_stay_right_once_a_cut_filters_the_later_partitions() -> None:
+    """Partitions fed in either form, in an order where later ones hold
+    larger values and ties at the cut: the cut the first ones set must never
+    drop a key of the true top n."""
+    rng = random.Random(7)
+    parts = [{f"k{p}_{i}": rng.randint(1, 5 + 3 * p) for i in range(rng.randint(50, 300))}
+             for p in range(40)]
+    everything = sorted(((k, v) for part in parts for k, v in part.items()),
+                        key=lambda kv: (-kv[1], kv[0]))
+    for n in (1, 7, 100, 2000):
+        summ = Summary(n)
+        for i, part in enumerate(parts):
+            if i % 3:
+                summ.add_columns(list(part), array("q", part.values()))
+            else:
+                summ.add(part)
+        assert summ.best() == everything[:n]
+        assert summ.count == len(everything)
