@@ -15,7 +15,8 @@
                    meanwhile: recompute against the watermark Redis returned
         backlog    wait_for_room: downstream is full; wait, commit again
         stopped    the job is no longer running: the batch is dropped
-        too large  commit_in_halves (one entry too large is dead-lettered)
+        too large  commit_in_parts: smaller batches, each computed again (one
+                   entry too large is dead-lettered)
 
 Every input is an argument: the entries, the job's runners, the watermark;
 what the operators counted comes back in the computation
@@ -52,11 +53,15 @@ from rainstorm.worker.timeout import ticked
 
 log = logging.getLogger(__name__)
 
-# A commit of several entries above this many bytes is split in halves, and
+# A commit of several entries above this many bytes is split in parts, and
 # the stage reads fewer entries per batch after it: one FCALL stalls the
 # server for every client while it runs (~6 ms per MiB of deltas measured
 # on 8 M distinct keys; the issue's bound is 50 ms per call).
 COMMIT_SOFT_BYTES = 4 << 20
+# a stage whose batch went above it reads as many entries as fill this much of it
+COMMIT_FILL = 0.75
+# entries a stage's first batch reads at most (more once its commits show room)
+FIRST_ENTRIES = 8
 
 # (entries, watermark) -> what to commit for them; OperatorError if they fail
 Compute = Callable[[list[Entry], int | None], CommitRequest]
@@ -79,11 +84,17 @@ class ActiveJob:
     unfolded: set[int] = field(default_factory=set)
     last_work: float = 0.0  # when this worker last ran entries of the job (monotonic)
     # entries to read per batch, per stage, when fewer than batch_entries
-    # (a batch whose commit outgrew COMMIT_SOFT_BYTES: see Step._commit)
+    # (a batch whose commit outgrew COMMIT_SOFT_BYTES: see Step._too_big)
     read_limit: dict[int, int] = field(default_factory=dict)
 
     def batch_entries(self, stage: int) -> int:
-        return self.read_limit.get(stage, self.job.spec.settings.batch_entries)
+        """Entries to read for the next batch of ``stage``: at first no more
+        than FIRST_ENTRIES (a batch computed above COMMIT_SOFT_BYTES is
+        computed again in parts: batch_entries 32 over real text took 2.1x
+        the time of 8, experiments/commit_size.py), then as Step._too_big
+        adapts it, up to the spec's batch_entries."""
+        configured = self.job.spec.settings.batch_entries
+        return self.read_limit.get(stage, min(configured, FIRST_ENTRIES))
 
     def close(self) -> None:
         """Stop the programs its stages started (the worker leaves the job)."""
@@ -159,7 +170,14 @@ class Step:
         self.keepalive.begin(act.job.id, stage, group, entries,
                              act.job.spec.settings.claim_idle_ms)
         try:
-            self._run(act, stage, entries, watermark_us, out)
+            # at most the stage's batch size at a time (one read takes that
+            # many from each of the stage's streams); the size adapts after
+            # each commit, and the keep-alive holds every entry read till its turn
+            rest = entries
+            while rest:
+                n = act.batch_entries(stage)
+                self._run(act, stage, rest[:n], watermark_us, out)
+                rest = rest[n:]
         finally:
             self.keepalive.end()
         return out
@@ -271,7 +289,11 @@ class Step:
     # -- committing -------------------------------------------------------------
     def _commit(self, b: _Batch, entries: list[Entry], req: CommitRequest | None) -> None:
         if req is not None and self._too_big(b, entries, req):
-            self._commit_in_halves(b, entries, f"its commit is above {COMMIT_SOFT_BYTES} bytes")
+            # in batches of the size _too_big just adapted (each computed
+            # again, once): halving computed the first oversized batch of a
+            # stage up to log2(its entries) times over
+            self._commit_in_parts(b, entries, f"its commit is above {COMMIT_SOFT_BYTES} bytes",
+                                  b.act.batch_entries(b.stage))
             return
         backoff = 0.01
         while entries and req is not None:
@@ -279,7 +301,7 @@ class Step:
             try:
                 res = lua.commit(self.r, req)
             except CallTooLarge as exc:
-                self._commit_in_halves(b, entries, exc)
+                self._commit_in_parts(b, entries, exc)
                 return
             if res.status is CommitStatus.OK:
                 self._after_commit(b, entries, t0, res)
@@ -374,27 +396,35 @@ class Step:
         """Is a commit of several entries above COMMIT_SOFT_BYTES (one server
         call that long stalls the server for every client: ~6 ms per MiB)?
         Adapts the entries read per batch of the stage to the bytes an entry
-        commits (shrinks at once, grows back by doubling)."""
+        commits: above the cap it shrinks at once to what fills COMMIT_FILL of
+        it, and it grows back (doubling, never past that fill) only while
+        commits stay under half the cap.  Without the room, the next batches
+        of real text (whose words repeat, so fewer entries commit more bytes
+        each) came out above the cap again and were computed twice: with
+        batch_entries 32, 2.6x the time of 8 (experiments/commit_size.py)."""
         size, act, stage = lua.commit_size(req), b.act, b.stage
-        per_entry = max(1, size // len(entries))
-        fits = max(1, COMMIT_SOFT_BYTES // per_entry)
+        configured = act.job.spec.settings.batch_entries
         limit = act.batch_entries(stage)
-        if fits < limit:
-            act.read_limit[stage] = fits
-        elif limit < act.job.spec.settings.batch_entries:
-            act.read_limit[stage] = min(fits, 2 * limit, act.job.spec.settings.batch_entries)
+        fits = max(1, int(COMMIT_SOFT_BYTES * COMMIT_FILL * len(entries)) // max(1, size))
+        if size > COMMIT_SOFT_BYTES:
+            act.read_limit[stage] = min(limit, fits)
+        elif size < COMMIT_SOFT_BYTES // 2 and limit < configured:
+            act.read_limit[stage] = min(configured, 2 * limit, max(limit, fits))
         return size > COMMIT_SOFT_BYTES and len(entries) > 1
 
-    def _commit_in_halves(self, b: _Batch, entries: list[Entry], exc: CallTooLarge | str
-                          ) -> None:
-        """A batch too large for one FCALL (the library's caps): commit it in
-        halves; one entry still too large is dead-lettered with the reason."""
+    def _commit_in_parts(self, b: _Batch, entries: list[Entry], exc: CallTooLarge | str,
+                         most: int = 0) -> None:
+        """A batch too large for one FCALL (above the soft size, or the
+        library's caps): commit it in parts of ``most`` entries (in halves
+        when that does not make it smaller); one entry still too large is
+        dead-lettered with the reason."""
         if len(entries) == 1:
             self.dead_letter(b.act, b.stage, entries[0],
                              f"its commit is too large for one call: {exc}", b.out)
             return
-        half = len(entries) // 2
-        for part in (entries[:half], entries[half:]):
+        n = most if 0 < most < len(entries) else (len(entries) + 1) // 2
+        for i in range(0, len(entries), n):
+            part = entries[i:i + n]
             self._commit(b, part, self._recompute(b, part))
 
     def dead_letter(self, act: ActiveJob, stage: int, e: Entry, error: str,

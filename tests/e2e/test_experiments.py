@@ -30,6 +30,7 @@ EXPERIMENTS = [
     pytest.param("high_cardinality", marks=SLOW),
     pytest.param("join_tables", marks=SLOW),
     pytest.param("serial_fraction", marks=SLOW),
+    pytest.param("commit_size", marks=SLOW),
     pytest.param("latency_lookup", marks=SLOW),
     pytest.param("graph_overhead", marks=SLOW),
     pytest.param("latency_window_join", marks=SLOW),

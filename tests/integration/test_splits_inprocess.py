@@ -107,7 +107,7 @@ def test_a_commit_above_the_soft_size_is_split_and_later_batches_shrink(
         r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Distinct keys only (each 4 KiB split commits a delta of about its own
     size): with an 8 KiB soft cap and 8 entries a batch, the first batch is
-    committed in halves (recomputed), the next ones read fewer entries; no
+    committed in parts (recomputed), the next ones read fewer entries; no
     commit of several entries is above the cap, and the count is exact."""
     from rainstorm import lua
     from rainstorm.worker import step
@@ -133,3 +133,70 @@ def test_a_commit_above_the_soft_size_is_split_and_later_batches_shrink(
     assert Counter(driven.result(60)) == Counter(words)
     assert sizes and all(size <= 8192 for n, size in sizes if n > 1), sizes
     assert max(n for n, _ in sizes) < 8 and len(sizes) >= 30, sizes  # split, then shrunk
+
+
+def _observe(monkeypatch: pytest.MonkeyPatch, cap: int
+             ) -> tuple[list[tuple[int, int]], list[int]]:
+    """The soft cap set to ``cap``; (inputs, bytes) of every commit call and
+    the number of entries of every computation, noted as they happen."""
+    from rainstorm import lua
+    from rainstorm.worker import batch, step
+
+    monkeypatch.setattr(step, "COMMIT_SOFT_BYTES", cap)
+    commits: list[tuple[int, int]] = []
+    computed: list[int] = []
+    real_commit, real_build = lua.commit, batch.StageRunner.build
+
+    def observed(r_: redis.Redis, req: lua.CommitRequest) -> lua.CommitResult:
+        commits.append((len(req.inputs), lua.commit_size(req)))
+        return real_commit(r_, req)
+
+    def build(self: batch.StageRunner, entries: list[batch.Entry], *a: object, **kw: object
+              ) -> lua.CommitRequest:
+        computed.append(len(entries))
+        return real_build(self, entries, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(step.lua, "commit", observed)  # (the real calls, sizes noted)
+    monkeypatch.setattr(batch.StageRunner, "build", build)
+    return commits, computed
+
+
+def test_a_large_batch_entries_starts_small_and_grows_only_with_room(
+        r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """batch_entries 32 over splits whose words repeat (a commit's delta
+    hardly grows with its entries): the first batch reads FIRST_ENTRIES, later
+    ones grow while their commits stay under half the cap; no entry is
+    computed twice and the count is exact.  Over splits of distinct ids
+    (each delta as large as its split) with the same cap, no commit of several
+    entries is above the cap, and only the first batch is computed a second
+    time (in parts of the size its commit showed fit, not in halves)."""
+    from rainstorm.worker import step
+
+    commits, computed = _observe(monkeypatch, 16384)
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(20)) for i in range(3000)]
+    (src / "words.txt").write_text("\n".join(lines) + "\n")  # ~300 KB: ~75 splits
+    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=32),
+                         [str(src / "words.txt")], "grows", shared_fs=True)
+    submit(r, job, files)
+    driven = Driven(r, job, timeout_s=60)
+    assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
+    assert Counter(driven.result(60)) == Counter(w for ln in lines for w in ln.split())
+    assert commits[0][0] <= step.FIRST_ENTRIES < max(n for n, _ in commits), commits
+    assert sum(computed) == sum(n for n, _ in commits), (computed, commits)  # none twice
+
+    commits.clear()
+    computed.clear()
+    ids = [f"id{i:07d}" for i in range(20_000)]  # ~200 KB of distinct keys: ~50 splits
+    (src / "ids.txt").write_text("\n".join(ids) + "\n")
+    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=32),
+                         [str(src / "ids.txt")], "dense", shared_fs=True)
+    submit(r, job, files)
+    driven = Driven(r, job, timeout_s=60)
+    assert Worker(r, WorkerOptions(job=job.id, block_ms=10)).run(burst=True) == BURST_OVER
+    assert Counter(driven.result(60)) == Counter(ids)
+    assert all(size <= 16384 for n, size in commits if n > 1), commits
+    # only the first batch (FIRST_ENTRIES read from each of the 2 streams,
+    # run FIRST_ENTRIES at a time) is computed a second time, in parts
+    assert sum(computed) <= sum(n for n, _ in commits) + step.FIRST_ENTRIES, repr(computed)
