@@ -341,7 +341,8 @@ STREAM_STATE_PARTITIONS = 8
 
 class Settings(_Model):
     parallelism: int = Field(default=2, ge=1, le=1024, description="partitions per stage")
-    batch_entries: int = Field(default=8, ge=1, le=256, description="entries per commit")
+    batch_entries: int = Field(default=8, ge=1, le=256, description="entries per commit at most "
+                               "(a stage starts at 8 and adapts to keep a commit under 4 MiB)")
     max_backlog: int = Field(default=64, ge=1, description="entries per stream before backpressure")
     claim_idle_ms: int = Field(default=5000, ge=10)
     max_deliveries: int = Field(default=5, ge=1)
