@@ -170,12 +170,15 @@ class Step:
         self.keepalive.begin(act.job.id, stage, group, entries,
                              act.job.spec.settings.claim_idle_ms)
         try:
-            # at most the stage's batch size at a time (one read takes that
-            # many from each of the stage's streams); the size adapts after
-            # each commit, and the keep-alive holds every entry read till its turn
+            # at most the stage's batch size at a time (a read takes at least
+            # one entry from each of the stage's streams; stolen entries come
+            # batch_entries at a time); the size adapts after each commit, and
+            # the keep-alive holds every entry read till its turn.  The user's
+            # stream, read directly, comes sized by its batch_records: whole.
             rest = entries
+            direct = bool(entries) and source.is_source(act.job, stage, entries[0].stream)
             while rest:
-                n = act.batch_entries(stage)
+                n = len(rest) if direct else act.batch_entries(stage)
                 self._run(act, stage, rest[:n], watermark_us, out)
                 rest = rest[n:]
         finally:
@@ -288,12 +291,13 @@ class Step:
 
     # -- committing -------------------------------------------------------------
     def _commit(self, b: _Batch, entries: list[Entry], req: CommitRequest | None) -> None:
-        if req is not None and self._too_big(b, entries, req):
-            # in batches of the size _too_big just adapted (each computed
-            # again, once): halving computed the first oversized batch of a
-            # stage up to log2(its entries) times over
+        part = self._too_big(b, entries, req) if req is not None else 0
+        if part:
+            # in parts of the size that fits (each computed again, once):
+            # halving computed the first oversized batch of a stage up to
+            # log2(its entries) times over
             self._commit_in_parts(b, entries, f"its commit is above {COMMIT_SOFT_BYTES} bytes",
-                                  b.act.batch_entries(b.stage))
+                                  part)
             return
         backoff = 0.01
         while entries and req is not None:
@@ -392,25 +396,28 @@ class Step:
         self._waiting()
         return True
 
-    def _too_big(self, b: _Batch, entries: list[Entry], req: CommitRequest) -> bool:
-        """Is a commit of several entries above COMMIT_SOFT_BYTES (one server
-        call that long stalls the server for every client: ~6 ms per MiB)?
-        Adapts the entries read per batch of the stage to the bytes an entry
-        commits: above the cap it shrinks at once to what fills COMMIT_FILL of
-        it, and it grows back (doubling, never past that fill) only while
-        commits stay under half the cap.  Without the room, the next batches
-        of real text (whose words repeat, so fewer entries commit more bytes
-        each) came out above the cap again and were computed twice: with
-        batch_entries 32, 2.6x the time of 8 (experiments/commit_size.py)."""
+    def _too_big(self, b: _Batch, entries: list[Entry], req: CommitRequest) -> int:
+        """0 when the commit fits, else (a commit of several entries above
+        COMMIT_SOFT_BYTES: one server call that long stalls the server for
+        every client, ~6 ms per MiB) the entries per part that fill
+        COMMIT_FILL of it.  Adapts the entries read per batch of the stage
+        to the bytes an entry commits: above the cap it shrinks at once to
+        that part size, and it grows back (doubling, never past that fill)
+        only while commits stay under half the cap.  Without the room, the
+        next batches of real text (whose words repeat, so fewer entries
+        commit more bytes each) came out above the cap again and were
+        computed twice: with batch_entries 32, 2.55x the time of 8
+        (experiments/commit_size.py)."""
         size, act, stage = lua.commit_size(req), b.act, b.stage
         configured = act.job.spec.settings.batch_entries
         limit = act.batch_entries(stage)
         fits = max(1, int(COMMIT_SOFT_BYTES * COMMIT_FILL * len(entries)) // max(1, size))
         if size > COMMIT_SOFT_BYTES:
             act.read_limit[stage] = min(limit, fits)
-        elif size < COMMIT_SOFT_BYTES // 2 and limit < configured:
+            return min(fits, len(entries) - 1) if len(entries) > 1 else 0
+        if size < COMMIT_SOFT_BYTES // 2 and limit < configured:
             act.read_limit[stage] = min(configured, 2 * limit, max(limit, fits))
-        return size > COMMIT_SOFT_BYTES and len(entries) > 1
+        return 0
 
     def _commit_in_parts(self, b: _Batch, entries: list[Entry], exc: CallTooLarge | str,
                          most: int = 0) -> None:

@@ -72,6 +72,10 @@ def test_direct_counts_every_record_once_and_keeps_the_users_stream(r: redis.Red
     kept = [ln for i, ln in enumerate(lines) if i % 10 != 9]
     with Worker(r, WorkerOptions(job=job.id)) as a, Worker(r, WorkerOptions(job=job.id)) as b:
         _drain(r, job, a, b)
+    # batch_records a commit: a read of the user's stream is committed whole,
+    # never cut to the stage's batch_entries
+    assert a.batches + b.batches <= 1.25 * (len(before) + len(lines)) / 16, \
+        (a.batches, b.batches)
     expected = Counter(w for line in before + kept for w in line.split())
     assert Counter(read_state(r, job, ("*",))) == expected
     assert r.xlen("ev") == len(before) + len(lines)  # the user's stream is intact
