@@ -90,7 +90,7 @@ class ActiveJob:
     def batch_entries(self, stage: int) -> int:
         """Entries to read for the next batch of ``stage``: at first no more
         than FIRST_ENTRIES (a batch computed above COMMIT_SOFT_BYTES is
-        computed again in parts: batch_entries 32 over real text took 2.1x
+        computed again in parts: batch_entries 32 over real text took 2.55x
         the time of 8, experiments/commit_size.py), then as Step._too_big
         adapts it, up to the spec's batch_entries."""
         configured = self.job.spec.settings.batch_entries
