@@ -26,7 +26,8 @@ Per repeat, side by side in a rotating order:
 
 Both rainstorm rows poll /proc every 20 ms: the CLI process (the coordinator),
 every descendant (forked workers; the embedded server; a worker's forks for
-suspect entries, ``isolated``: rainstorm.worker.isolate) and the own server;
+suspect entries, ``isolated``: rainstorm.worker.isolate; the CLI's JSON encoders
+of a large result, ``json``: rainstorm.coordinator.json_pool) and the own server;
 peak RSS is each process's last VmHWM seen.  Results must equal a Counter computed
 before the timed runs (serial with --quick, else Pool): exit 1 otherwise.  Prints PASS/FAIL against
 issue 12's targets.  Writes experiments/results/high_cardinality.csv and .png.
@@ -54,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_path import pool_share, rainstorm_cmd  # noqa: E402
 from common import ROOT, finish, parser, pyplot, reference  # noqa: E402
 
+from rainstorm.coordinator.json_pool import PROCESS_NAME  # noqa: E402
 from rainstorm.local.server import EmbeddedRedis  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "high_cardinality"
@@ -124,15 +126,26 @@ class Watch:
         if not m:
             return  # a zombie: its last value stays
         self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), int(m.group(1)))
+        if self.role.get(pid) == "worker" and self._comm(pid) == PROCESS_NAME:
+            self.role[pid] = "json"  # seen before its pool's initializer named it
         if pid not in self.role:
             if b"valkey-server" in cmd or b"redis-server" in cmd:
                 self.role[pid] = "server"
             elif pid == self.root:
                 self.role[pid] = "coordinator"
+            elif self._comm(pid) == PROCESS_NAME:  # a JSON encoder of the result's end
+                self.role[pid] = "json"
             elif b"rainstorm" in cmd:  # forked by the CLI: a worker; deeper: a worker's
                 self.role[pid] = "worker" if self._ppid(pid) == self.root else "isolated"
             else:
                 self.role[pid] = "other"
+
+    @staticmethod
+    def _comm(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return ""
 
     @staticmethod
     def _ppid(pid: int) -> int:
@@ -156,6 +169,8 @@ class Watch:
             if role == "isolated":  # a worker's fork for a suspect entry (rainstorm.worker.isolate)
                 out["isolated"] = max(out.get("isolated", 0.0), mb)
                 out["isolated_forks"] = out.get("isolated_forks", 0) + 1
+            elif role == "json":  # the CLI's forks that encode a large result (json_pool)
+                out["json"] = max(out.get("json", 0.0), mb)
             elif role != "other":
                 out[role] = mb
         return out
@@ -277,6 +292,7 @@ def main() -> int:
                     "rss_server_mb": rss.get("server", ""),
                     "isolated_forks": rss.get("isolated_forks", 0),
                     "rss_isolated_mb": rss.get("isolated", ""),
+                    "rss_json_mb": rss.get("json", ""),
                     **{k: g["facts"].get(k, "") for k in (
                         "server_start_s", "pool_start_s", "state_keys", "state_mb",
                         "server_peak_mb", "max_call_ms", "max_call", "latency_latest_max_ms",
@@ -301,7 +317,7 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
     ratio = med(EMBEDDED, "seconds") / med(POOL, "seconds")
     rs_rows = [r for r in rows if r["contender"] in (EMBEDDED, OWN)]
     cols = ("rss_coordinator_mb", "rss_worker1_mb", "rss_worker2_mb", "rss_server_mb",
-            "rss_isolated_mb")
+            "rss_isolated_mb", "rss_json_mb")
     peaks = {c.removeprefix("rss_").removesuffix("_mb"):
              max((float(r[c]) for r in rs_rows if r[c] != ""), default=0.0) for c in cols}
     own = [r for r in rows if r["contender"] == OWN and r["state_mb"] != ""]

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 # set by interrupt() (the CLI's handler of SIGINT and SIGTERM): a coordinator
 # loop checks it, because the KeyboardInterrupt the handler raises can be
@@ -43,6 +44,16 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
             pass
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def name_process(name: str) -> None:
+    """Linux: the process's name as ``ps -o comm`` and /proc/<pid>/comm show
+    it (at most 15 bytes); elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
 
 
 def preexec_die_with_parent() -> Callable[[], None]:

@@ -382,21 +382,35 @@ def iter_finished_parts(r: redis.Redis, job: Job, allow: tuple[str, ...]
     can read comes as its key and value columns (no dict is built: a
     reader that counts, ranks or streams them needs none)."""
     agg = agg_of(job, allow)
-    emits = job.spec.unbounded and job.plan.last.window is not None
+    if not emits_windows(job):
+        for part in parts(job):
+            yield finished_part(r, job, agg, part)
+        return
     seen: set[Any] = set()  # open windows: bounded (closed ones are evicted)
     for part in parts(job):
-        snap = part.snapshot(r)
-        where = f"job {job.id} partition {part.index}"
-        cols = None if emits else base_columns(snap, agg, where)
-        if cols is not None:
-            yield cols
-            continue
-        state = agg.finish(fold(snap, agg, where=where))
-        if emits:
-            seen.update(state)
+        state = agg.finish(fold(part.snapshot(r), agg,
+                                where=f"job {job.id} partition {part.index}"))
+        seen.update(state)
         yield state
-    if emits:  # read after the partitions: a window closed meanwhile is not missed
-        yield from _closed_windows(r, job, seen)
+    # read after the partitions: a window closed meanwhile is not missed
+    yield from _closed_windows(r, job, seen)
+
+
+def emits_windows(job: Job) -> bool:
+    """A streaming job over event-time windows: its closed windows are in its
+    output stream, not in its state partitions."""
+    return job.spec.unbounded and job.plan.last.window is not None
+
+
+def finished_part(r: redis.Redis, job: Job, agg: Aggregator, part: Part
+                  ) -> dict[Any, Any] | Columns:
+    """One partition of a job that emits no windows, as one snapshot read
+    it: the columns of a folded additive base (:func:`base_columns`), else
+    the folded dict."""
+    snap = part.snapshot(r)
+    where = f"job {job.id} partition {part.index}"
+    cols = base_columns(snap, agg, where)
+    return cols if cols is not None else agg.finish(fold(snap, agg, where=where))
 
 
 def base_columns(snap: lua.Snapshot, agg: Aggregator, where: str) -> Columns | None:

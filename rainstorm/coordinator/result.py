@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from rainstorm import keys
-from rainstorm.coordinator import seal
+from rainstorm.coordinator import json_pool, seal
 from rainstorm.errors import IncompleteResult, RainstormError
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.jobstore import load_job
@@ -40,11 +40,16 @@ from rainstorm.protocol.entries import data_of
 from rainstorm.replies import as_int, as_str
 from rainstorm.state import (
     KeyRead,
+    Part,
+    agg_of,
     base_columns,
     combine,
     digests,
+    emits_windows,
+    finished_part,
     fold,
     iter_finished_parts,
+    partitions,
     read_key,
 )
 
@@ -70,8 +75,13 @@ class StateResult(Mapping[str, Any]):
     time whenever it is iterated (no process holds the whole aggregate);
     random access (``result[k]``) reads it all once and keeps it."""
 
-    def __init__(self, read: Callable[[], Iterator[dict[Any, Any] | Columns]]) -> None:
+    def __init__(self, read: Callable[[], Iterator[dict[Any, Any] | Columns]],
+                 read_one: Callable[[int], dict[Any, Any] | Columns] | None = None,
+                 n_parts: int = 0) -> None:
+        """``read``: every partition in order; ``read_one(i)``: partition i
+        alone, of ``n_parts`` (for encoding them in parallel: json_pool)."""
         self._read = read
+        self._one, self._n = read_one, n_parts
         self._all: dict[str, Any] | None = None
         self._summary: tuple[int, int, list[tuple[str, Any]]] | None = None
 
@@ -108,6 +118,24 @@ class StateResult(Mapping[str, Any]):
         for part in self._parts():
             yield part if isinstance(part, dict) else dict(zip(*part, strict=True))
 
+    def json_bodies(self) -> Iterator[str]:
+        """Each partition as the body of a JSON object (no braces; "" when
+        empty), in order: by forked processes when the result is large
+        (json_pool), else here one at a time."""
+        procs = json_pool.usable(self._summary[0]) \
+            if self._one is not None and self._summary is not None and self._all is None else 0
+        if procs:
+            yield from json_pool.bodies(self._json_body, self._n, procs)
+            return
+        for part in self.partitions():
+            yield dumps(part)[1:-1] if part else ""
+
+    def _json_body(self, index: int) -> str:
+        assert self._one is not None
+        part = self._one(index)
+        part = keys_as_str(part) if isinstance(part, dict) else dict(zip(*part, strict=True))
+        return dumps(part)[1:-1] if part else ""
+
     def _whole(self) -> dict[str, Any]:
         if self._all is None:
             self._all = {k: v for part in self.partitions() for k, v in part.items()}
@@ -142,8 +170,18 @@ def materialized(result: Result) -> Result:
 
 
 def state_result(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> StateResult:
-    """The job's aggregate as it is now, read partition by partition."""
-    return StateResult(lambda: iter_finished_parts(r, job, allow))
+    """The job's aggregate as it is now, read partition by partition (and,
+    unless it emits windows, one partition by index)."""
+    if emits_windows(job):
+        return StateResult(lambda: iter_finished_parts(r, job, allow))
+    aggs: list[Aggregator] = []  # resolved at the first read, as iter_finished_parts does
+
+    def one(i: int) -> dict[Any, Any] | Columns:
+        if not aggs:
+            aggs.append(agg_of(job, allow))
+        return finished_part(r, job, aggs[0], Part(job.id, job.plan.last.index, i))
+
+    return StateResult(lambda: iter_finished_parts(r, job, allow), one, partitions(job))
 
 
 def collect(r: redis.Redis, job: Job, digest: seal.OutputDigest | None = None, *,
@@ -250,10 +288,9 @@ def json_chunks(result: Result) -> Iterator[str]:
         return
     yield "{"
     first = True
-    for part in result.partitions():
-        if part:
-            text = dumps(part)
-            yield text[1:-1] if first else "," + text[1:-1]
+    for text in result.json_bodies():
+        if text:
+            yield text if first else "," + text
             first = False
     yield "}"
 

@@ -448,10 +448,28 @@ def test_every_reader_of_a_result_sees_the_same_counts_from_columns_and_folds(
     assert Counter(materialized(res)) == expected
 
 
-def test_the_json_of_a_result_is_orjsons_whatever_its_keys_hold(r: redis.Redis) -> None:
+PARALLEL_JSON = """
+import sys
+import redis
+from rainstorm.coordinator import json_pool
+from rainstorm.coordinator.result import state_result, to_json
+from rainstorm.job import Job
+from rainstorm.spec import parse_spec
+from tests.integration.test_partitioned_state import JOB, spec_dict
+json_pool.MIN_KEYS = 1  # any result: the forked encoders
+res = state_result(redis.Redis.from_url(sys.argv[1]),
+                   Job.build(JOB, parse_spec(spec_dict(int(sys.argv[2])))), ("*",))
+sys.stderr.write(f"processes {json_pool.usable(res.summary(10)[0])}\\n")
+sys.stdout.write(to_json(res))
+"""
+
+
+def test_the_json_of_a_result_is_orjsons_whatever_its_keys_hold(r: redis.Redis, url: str
+                                                                ) -> None:
     """A result written partition by partition (columns and folds, keys JSON
     escapes or not) is byte for byte orjson's text of the same items, and
-    parses back to the counts committed."""
+    parses back to the counts committed; encoded by forked processes (a
+    large result's path, forced in a process of its own), the same bytes."""
     parts = 4
     run = Running(r, parts)
     odd = ['say "hi"', "back\\slash", "tab\there", "nl\nx", "\x7f", "café", "\u2028",
@@ -474,6 +492,13 @@ def test_the_json_of_a_result_is_orjsons_whatever_its_keys_hold(r: redis.Redis) 
     text = to_json(res)
     assert text == orjson.dumps(dict(res.items())).decode()
     assert json.loads(text) == expected
+    forked = subprocess.run([sys.executable, "-c", PARALLEL_JSON, url, str(parts)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert forked.returncode == 0, forked.stderr[-2000:]
+    used = int(forked.stderr.split("processes ")[1].split()[0])
+    if (os.cpu_count() or 1) > 1:
+        assert used >= 2, forked.stderr  # the forked path really ran
+    assert forked.stdout == text
 
 
 # -- (e) one key, one partition ---------------------------------------------------------------
