@@ -57,10 +57,11 @@ def _body(index: int) -> str | None:
 def usable(keys: int) -> int:
     """How many processes to encode a result of ``keys`` keys with (0: none,
     encode it here)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if keys < MIN_KEYS or (cpus or 1) < 2 or threading.active_count() > 1:
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count()) or 1
+    if keys < MIN_KEYS or cpus < 2 or threading.active_count() > 1:
         return 0
-    return min(MAX_PROCS, cpus or 1)
+    return min(MAX_PROCS, cpus)
 
 
 def bodies(encode: Encode, n: int, procs: int) -> Iterator[str]:

@@ -10,6 +10,7 @@ skipping bad records (``settings.skip_bad_records``): then ``incomplete`` is
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -111,12 +112,12 @@ class StateResult(Mapping[str, Any]):
             yield self._all
             return
         for part in self._read():
-            yield keys_as_str(part) if isinstance(part, dict) else part
+            yield _str_keys(part)
 
     def partitions(self) -> Iterator[dict[str, Any]]:
         """The result, partition by partition, with JSON-able keys."""
         for part in self._parts():
-            yield part if isinstance(part, dict) else dict(zip(*part, strict=True))
+            yield _as_dict(part)
 
     def json_bodies(self) -> Iterator[str]:
         """Each partition as the body of a JSON object (no braces; "" when
@@ -128,13 +129,11 @@ class StateResult(Mapping[str, Any]):
             yield from json_pool.bodies(self._json_body, self._n, procs)
             return
         for part in self.partitions():
-            yield dumps(part)[1:-1] if part else ""
+            yield _json_body(part)
 
     def _json_body(self, index: int) -> str:
         assert self._one is not None
-        part = self._one(index)
-        part = keys_as_str(part) if isinstance(part, dict) else dict(zip(*part, strict=True))
-        return dumps(part)[1:-1] if part else ""
+        return _json_body(_as_dict(_str_keys(self._one(index))))
 
     def _whole(self) -> dict[str, Any]:
         if self._all is None:
@@ -161,6 +160,20 @@ class StateResult(Mapping[str, Any]):
         return f"StateResult({self._whole()!r})"
 
 
+def _str_keys(part: dict[Any, Any] | Columns) -> dict[str, Any] | Columns:
+    """A partition with JSON-able keys (columns have str keys already)."""
+    return keys_as_str(part) if isinstance(part, dict) else part
+
+
+def _as_dict(part: dict[str, Any] | Columns) -> dict[str, Any]:
+    return part if isinstance(part, dict) else dict(zip(*part, strict=True))
+
+
+def _json_body(part: dict[str, Any]) -> str:
+    """A partition as the body of a JSON object (no braces; "" when empty)."""
+    return dumps(part)[1:-1] if part else ""
+
+
 Result = Mapping[str, Any] | list[Any]
 
 
@@ -174,12 +187,10 @@ def state_result(r: redis.Redis, job: Job, allow: tuple[str, ...]) -> StateResul
     unless it emits windows, one partition by index)."""
     if emits_windows(job):
         return StateResult(lambda: iter_finished_parts(r, job, allow))
-    aggs: list[Aggregator] = []  # resolved at the first read, as iter_finished_parts does
+    agg = functools.cache(lambda: agg_of(job, allow))  # at the first read, as iter_finished_parts
 
     def one(i: int) -> dict[Any, Any] | Columns:
-        if not aggs:
-            aggs.append(agg_of(job, allow))
-        return finished_part(r, job, aggs[0], Part(job.id, job.plan.last.index, i))
+        return finished_part(r, job, agg(), Part(job.id, job.plan.last.index, i))
 
     return StateResult(lambda: iter_finished_parts(r, job, allow), one, partitions(job))
 
