@@ -124,6 +124,10 @@ def split_delta(job: Job, stage: int, delta: dict[Any, Any], agg: Aggregator
                 ) -> list[lua.Delta]:
     """A batch's delta as one encoded part per state partition it touches."""
     n = partitions(job)
+    native = aggregates.native_split(delta, n, agg)
+    if native is not None:
+        return [lua.Delta(part.base, part.log, native[p], p)
+                for p in sorted(native) for part in (Part(job.id, stage, p),)]
     str_keys = set(map(type, delta)) == {str}
     if str_keys:  # the usual keys: partition_of inlined (2x faster)
         crc = zlib.crc32
@@ -191,6 +195,35 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     if closer:
         closer.before_snapshot()
     snap = part.snapshot(r, max_deltas=lua.LIMITS.compact_ids)
+    folded = _folded(job, part, snap, agg, closer)
+    if folded is None:
+        return None
+    blob, ids, outputs, bad = folded
+    lease.renew()
+    status = lua.compact(r, lua.CompactRequest(
+        base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
+        out=keys.output(job.id), dlq=keys.dlq(job.id), stage=part.stage,
+        version=snap.version, blob=blob, ids=ids, outputs=outputs,
+        emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
+        if outputs else "", bad=list(bad.items())))
+    log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,
+              part.stage, part.index, status)
+    return status
+
+
+Folded = tuple[bytes, list[str], list[tuple[str, bytes]], dict[str, str]]
+
+
+def _folded(job: Job, part: Part, snap: lua.Snapshot, agg: Aggregator,
+            closer: Closer | None) -> Folded | None:
+    """What folding ``snap`` writes: the new base blob, the log ids it
+    folded, the entries ``closer`` emits, the bad deltas (id: why); None
+    when there is nothing to do.  Native code folds an additive aggregate's
+    columnar blobs where it can (:func:`aggregates.native_fold`)."""
+    blob = None if closer or not snap.log_ids else \
+        aggregates.native_fold(snap.base, list(snap.deltas), agg)
+    if blob is not None:
+        return blob, list(snap.log_ids), [], {}
     bad: dict[str, str] = {}
 
     def on_bad(id_: str, _blob: bytes, why: str) -> None:
@@ -204,17 +237,7 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     outputs = closer.close(part.index, snap, state) if closer else []
     if not ids and not outputs and not bad:
         return None
-    blob = aggregates.encode(state, agg)
-    lease.renew()
-    status = lua.compact(r, lua.CompactRequest(
-        base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
-        out=keys.output(job.id), dlq=keys.dlq(job.id), stage=part.stage,
-        version=snap.version, blob=blob, ids=ids, outputs=outputs,
-        emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
-        if outputs else "", bad=list(bad.items())))
-    log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,
-              part.stage, part.index, status)
-    return status
+    return aggregates.encode(state, agg), ids, outputs, bad
 
 
 def fold_due(r: redis.Redis, job: Job, due: Iterable[int], stage: int, agg: Aggregator,

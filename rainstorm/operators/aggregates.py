@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from rainstorm import native
 from rainstorm.operators.chain_errors import OperatorError
 from rainstorm.operators.resolve import resolve
 from rainstorm.plan import StagePlan
@@ -388,6 +389,24 @@ def encode_split(delta: dict[Any, Any], where: list[int], n: int, agg: Aggregato
             out[p] = encode(dict(zip(names[p], values[p], strict=True)), agg) if body is None \
                 else msgpack.packb(body, use_bin_type=True)
     return out
+
+
+def native_split(delta: dict[Any, Any], n: int, agg: Aggregator) -> dict[int, bytes] | None:
+    """:func:`encode_split` of a delta with str keys, by crc32 of their UTF-8,
+    done by the native code (rainstorm.native): the same bytes, or None where
+    it does not apply (not built, not additive, other keys or values)."""
+    return native.cut(delta, n) if native.cut is not None and agg.additive else None
+
+
+def native_fold(base: bytes, deltas: list[bytes], agg: Aggregator) -> bytes | None:
+    """``base`` with ``deltas`` merged in, encoded, as :func:`checked`,
+    :func:`merge_blob_checked` and :func:`encode` would give it, done by the
+    native code: None where it does not apply (not built, not additive, a
+    blob that is not a well-formed columnar one -- maybe a bad delta, which
+    the Python fold deals with -- or an int64 sum that overflows)."""
+    if native.fold is None or not agg.additive:
+        return None
+    return native.fold([base, *deltas])
 
 
 def _value_code(delta: dict[Any, Any]) -> str | None:

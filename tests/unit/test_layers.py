@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / "rainstorm"
 # one, never of a higher one.  Modules of one layer must not form a cycle.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "replies", "procs", "overrides", "keys", "protocol", "samples",
-              "pages", "heap")),
+              "pages", "heap", "native")),
     ("model", ("signing", "spec_signature", "spec", "plan", "job", "graph")),
     ("pure operators, lua, connection", ("operators", "lua", "connection")),
     ("shared state and readers", ("state", "window_close", "lease", "durability", "latency",

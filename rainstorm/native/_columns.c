@@ -1,0 +1,509 @@
+/* rainstorm.native._columns: the per-key hot paths of an additive aggregate,
+ * in C.  Both functions write exactly the bytes the Python code in
+ * rainstorm.operators.aggregates writes, or answer None, and then the Python
+ * code does the work (tests/unit/test_native.py compares the two on random
+ * and on crafted input).
+ *
+ * A columnar blob is the msgpack array [1, code, keys, values]: code "q"
+ * (int64) or "d" (double), keys a str of the keys joined by NUL, values the
+ * native-endian array bytes (array(code).tobytes()).
+ *
+ *   cut(delta: dict, n: int) -> dict[int, bytes] | None
+ *       A batch's delta cut into n state partitions by crc32(UTF-8 of the
+ *       key) % n, each partition that holds a key as its columnar blob.
+ *       None unless every key is a str (no NUL, no lone surrogate) and every
+ *       value an int that fits int64 or every value a float.
+ *
+ *   fold(blobs: list[bytes]) -> bytes | None
+ *       The base (blobs[0], b"" for none) with every delta after it merged
+ *       in, the way rainstorm.state.fold merges them (a blob merged into an
+ *       empty state replaces, later ones add), as one columnar blob.  None
+ *       unless every blob is b"" or a columnar blob in the usual encoding,
+ *       well formed, all of one code, and no int64 sum overflows.
+ *
+ * Blobs come from Redis, where anyone holding a password can write them:
+ * every length is checked against the buffer before it is used, and the
+ * key hash is Python's own keyed one (_Py_HashBytes), so crafted keys
+ * cannot make the table quadratic.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* -- growable byte buffers ------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const void *src, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+/* -- crc32, as zlib.crc32 ------------------------------------------------- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_of(const char *s, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    const unsigned char *p = (const unsigned char *)s;
+    while (n-- > 0)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* -- writing a columnar blob, as msgpack.packb(..., use_bin_type=True) ---- */
+
+#define MAX_RAW 0xFFFFFFFFu
+
+static size_t str_header(unsigned char *h, size_t n)
+{
+    if (n < 32) {
+        h[0] = (unsigned char)(0xA0 | n);
+        return 1;
+    }
+    if (n < 256) {
+        h[0] = 0xD9;
+        h[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        h[0] = 0xDA;
+        h[1] = (unsigned char)(n >> 8);
+        h[2] = (unsigned char)n;
+        return 3;
+    }
+    h[0] = 0xDB;
+    h[1] = (unsigned char)(n >> 24);
+    h[2] = (unsigned char)(n >> 16);
+    h[3] = (unsigned char)(n >> 8);
+    h[4] = (unsigned char)n;
+    return 5;
+}
+
+static size_t bin_header(unsigned char *h, size_t n)
+{
+    if (n < 256) {
+        h[0] = 0xC4;
+        h[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        h[0] = 0xC5;
+        h[1] = (unsigned char)(n >> 8);
+        h[2] = (unsigned char)n;
+        return 3;
+    }
+    h[0] = 0xC6;
+    h[1] = (unsigned char)(n >> 24);
+    h[2] = (unsigned char)(n >> 16);
+    h[3] = (unsigned char)(n >> 8);
+    h[4] = (unsigned char)n;
+    return 5;
+}
+
+/* [1, code, keys, values] as bytes; Py_None (a new reference) when a part is
+ * too large for msgpack */
+static PyObject *columnar_blob(char code, const char *keys, size_t keys_len,
+                               const char *vals, size_t vals_len)
+{
+    if (keys_len > MAX_RAW || vals_len > MAX_RAW)
+        Py_RETURN_NONE;
+    unsigned char head[4] = {0x94, 0x01, 0xA1, (unsigned char)code};
+    unsigned char sh[5], bh[5];
+    size_t sn = str_header(sh, keys_len), bn = bin_header(bh, vals_len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 + sn + keys_len + bn +
+                                                                 vals_len));
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    memcpy(w, head, 4);
+    w += 4;
+    memcpy(w, sh, sn);
+    w += sn;
+    if (keys_len)
+        memcpy(w, keys, keys_len);
+    w += keys_len;
+    memcpy(w, bh, bn);
+    w += bn;
+    if (vals_len)
+        memcpy(w, vals, vals_len);
+    return out;
+}
+
+/* -- cut ------------------------------------------------------------------ */
+
+static PyObject *cut(PyObject *self, PyObject *args)
+{
+    PyObject *delta;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!n:cut", &PyDict_Type, &delta, &n))
+        return NULL;
+    if (n < 1 || n > (1 << 20)) {
+        PyErr_Format(PyExc_ValueError, "cut: %zd partitions (1 to 1048576)", n);
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    if (!PyDict_Next(delta, &pos, &k, &v))
+        Py_RETURN_NONE;
+    char code;
+    if (PyLong_CheckExact(v))
+        code = 'q';
+    else if (PyFloat_CheckExact(v))
+        code = 'd';
+    else
+        Py_RETURN_NONE;
+
+    Buf *keys = PyMem_Calloc((size_t)n, sizeof(Buf));
+    Buf *vals = PyMem_Calloc((size_t)n, sizeof(Buf));
+    PyObject *out = NULL;
+    if (keys == NULL || vals == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    pos = 0;
+    while (PyDict_Next(delta, &pos, &k, &v)) {
+        if (!PyUnicode_CheckExact(k))
+            goto fallback;
+        char raw[8];
+        if (code == 'q') {
+            if (!PyLong_CheckExact(v))
+                goto fallback;
+            int overflow;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow)
+                goto fallback;
+            if (x == -1 && PyErr_Occurred())
+                goto done;
+            memcpy(raw, &x, 8);
+        } else {
+            if (!PyFloat_CheckExact(v))
+                goto fallback;
+            double d = PyFloat_AS_DOUBLE(v);
+            memcpy(raw, &d, 8);
+        }
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(k, &len);
+        if (s == NULL) { /* a lone surrogate: Python's surrogatepass path */
+            PyErr_Clear();
+            goto fallback;
+        }
+        if (len && memchr(s, 0, (size_t)len))
+            goto fallback; /* a key holding NUL: a map blob */
+        Buf *kb = &keys[crc32_of(s, len) % (uint32_t)n];
+        Buf *vb = &vals[kb - keys];
+        if ((vb->len && buf_put(kb, "", 1) < 0) || buf_put(kb, s, (size_t)len) < 0 ||
+            buf_put(vb, raw, 8) < 0)
+            goto done;
+    }
+    out = PyDict_New();
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t p = 0; p < n; p++) {
+        if (!vals[p].len)
+            continue;
+        PyObject *blob = columnar_blob(code, keys[p].p, keys[p].len, vals[p].p, vals[p].len);
+        if (blob == Py_None) {
+            Py_DECREF(blob);
+            goto fallback;
+        }
+        PyObject *key = blob ? PyLong_FromSsize_t(p) : NULL;
+        int bad = key == NULL || PyDict_SetItem(out, key, blob) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(blob);
+        if (bad) {
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
+    goto done;
+fallback:
+    Py_XDECREF(out);
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    if (keys)
+        for (Py_ssize_t p = 0; p < n; p++)
+            PyMem_Free(keys[p].p);
+    if (vals)
+        for (Py_ssize_t p = 0; p < n; p++)
+            PyMem_Free(vals[p].p);
+    PyMem_Free(keys);
+    PyMem_Free(vals);
+    return out;
+}
+
+/* -- reading a columnar blob ---------------------------------------------- */
+
+typedef struct {
+    char code; /* 0: an empty blob (no keys) */
+    const char *keys;
+    size_t keys_len;
+    const char *vals;
+    size_t count;
+} Cols;
+
+static size_t be(const unsigned char *p, int n)
+{
+    size_t x = 0;
+    for (int i = 0; i < n; i++)
+        x = (x << 8) | p[i];
+    return x;
+}
+
+/* 1: parsed; 0: not a columnar blob in the usual encoding (fold in Python) */
+static int parse(const char *blob, size_t n, Cols *c)
+{
+    const unsigned char *p = (const unsigned char *)blob, *end = p + n;
+    memset(c, 0, sizeof *c);
+    if (n == 0)
+        return 1;
+    if (n < 4 || p[0] != 0x94 || p[1] != 0x01 || p[2] != 0xA1 || (p[3] != 'q' && p[3] != 'd'))
+        return 0;
+    c->code = (char)p[3];
+    p += 4;
+    size_t klen;
+    if (p >= end)
+        return 0;
+    if ((*p & 0xE0) == 0xA0) {
+        klen = *p & 0x1F;
+        p += 1;
+    } else {
+        int w = *p == 0xD9 ? 1 : *p == 0xDA ? 2 : *p == 0xDB ? 4 : 0;
+        if (!w || (size_t)(end - p) < (size_t)(1 + w))
+            return 0;
+        klen = be(p + 1, w);
+        p += 1 + w;
+    }
+    if ((size_t)(end - p) < klen)
+        return 0;
+    c->keys = (const char *)p;
+    c->keys_len = klen;
+    p += klen;
+    if (p >= end)
+        return 0;
+    int w = *p == 0xC4 ? 1 : *p == 0xC5 ? 2 : *p == 0xC6 ? 4 : 0;
+    if (!w || (size_t)(end - p) < (size_t)(1 + w))
+        return 0;
+    size_t vlen = be(p + 1, w);
+    p += 1 + w;
+    if ((size_t)(end - p) != vlen || vlen % 8)
+        return 0;
+    c->vals = (const char *)p;
+    c->count = vlen / 8;
+    /* as many keys as values (a blob with no values has no keys) */
+    size_t nkeys = 0;
+    if (klen || c->count) {
+        nkeys = 1;
+        for (const char *q = c->keys; (q = memchr(q, 0, klen - (size_t)(q - c->keys))); q++)
+            nkeys++;
+    }
+    if (nkeys != c->count)
+        return 0;
+    /* keys are UTF-8, as msgpack's str decoding demands */
+    PyObject *text = PyUnicode_DecodeUTF8(c->keys, (Py_ssize_t)klen, "strict");
+    if (text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(text);
+    return 1;
+}
+
+/* -- fold ----------------------------------------------------------------- */
+
+typedef struct {
+    const char *key;
+    size_t len;
+    Py_hash_t hash;
+    union {
+        long long q;
+        double d;
+    } v;
+} Entry;
+
+typedef struct {
+    Entry *entries;
+    size_t count;
+    Py_ssize_t *slots; /* index into entries, -1: empty */
+    size_t mask;
+} Table;
+
+/* the entry of key (its hash h), added (value unset) if absent: *fresh says
+ * which; NULL when the table is full (cannot happen: sized for every key) */
+static Entry *lookup(Table *t, const char *key, size_t len, Py_hash_t h, int *fresh)
+{
+    size_t i = (size_t)h & t->mask;
+    for (size_t tries = 0; tries <= t->mask; tries++, i = (i + 1) & t->mask) {
+        Py_ssize_t at = t->slots[i];
+        if (at < 0) {
+            Entry *e = &t->entries[t->count];
+            t->slots[i] = (Py_ssize_t)t->count++;
+            e->key = key;
+            e->len = len;
+            e->hash = h;
+            *fresh = 1;
+            return e;
+        }
+        Entry *e = &t->entries[at];
+        if (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0) {
+            *fresh = 0;
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/* merge one parsed blob; 0: an int64 sum overflowed (fold in Python) */
+static int merge(Table *t, const Cols *c)
+{
+    int replace = t->count == 0; /* dict.update into an empty state */
+    const char *k = c->keys, *kend = c->keys + c->keys_len;
+    for (size_t i = 0; i < c->count; i++) {
+        const char *nul = memchr(k, 0, (size_t)(kend - k));
+        size_t len = nul ? (size_t)(nul - k) : (size_t)(kend - k);
+        int fresh;
+        Entry *e = lookup(t, k, len, _Py_HashBytes(k, (Py_ssize_t)len), &fresh);
+        if (e == NULL)
+            return 0;
+        if (c->code == 'q') {
+            long long x;
+            memcpy(&x, c->vals + 8 * i, 8);
+            if (fresh || replace)
+                e->v.q = x;
+            else if (__builtin_add_overflow(e->v.q, x, &e->v.q))
+                return 0;
+        } else {
+            double x;
+            memcpy(&x, c->vals + 8 * i, 8);
+            /* a new key in a non-empty state is get(k, 0) + x: 0.0 + x */
+            e->v.d = replace ? x : fresh ? 0.0 + x : e->v.d + x;
+        }
+        k += len + 1;
+    }
+    return 1;
+}
+
+static PyObject *encoded(const Table *t, char code)
+{
+    if (t->count == 0) /* encode({}): [0, {}] */
+        return PyBytes_FromStringAndSize("\x92\x00\x80", 3);
+    Buf keys = {0}, vals = {0};
+    PyObject *out = NULL;
+    for (size_t i = 0; i < t->count; i++) {
+        const Entry *e = &t->entries[i];
+        if ((i && buf_put(&keys, "", 1) < 0) || buf_put(&keys, e->key, e->len) < 0 ||
+            buf_put(&vals, &e->v, 8) < 0)
+            goto done;
+    }
+    out = columnar_blob(code, keys.p, keys.len, vals.p, vals.len);
+done:
+    PyMem_Free(keys.p);
+    PyMem_Free(vals.p);
+    return out;
+}
+
+static PyObject *fold(PyObject *self, PyObject *args)
+{
+    PyObject *blobs;
+    if (!PyArg_ParseTuple(args, "O!:fold", &PyList_Type, &blobs))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(blobs);
+    Cols *cols = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Cols));
+    if (cols == NULL)
+        return PyErr_NoMemory();
+    /* the blobs stay referenced by the list: no Python code runs in here */
+    size_t total = 0;
+    char code = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(blobs, i);
+        if (!PyBytes_CheckExact(b) ||
+            !parse(PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), &cols[i]) ||
+            (cols[i].code && code && cols[i].code != code)) {
+            PyMem_Free(cols);
+            Py_RETURN_NONE;
+        }
+        if (cols[i].code)
+            code = cols[i].code;
+        total += cols[i].count;
+    }
+    Table t = {0};
+    size_t size = 8;
+    while (size < 2 * total)
+        size *= 2;
+    PyObject *out = NULL;
+    t.entries = PyMem_Malloc((total ? total : 1) * sizeof(Entry));
+    t.slots = PyMem_Malloc(size * sizeof(Py_ssize_t));
+    t.mask = size - 1;
+    if (t.entries == NULL || t.slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memset(t.slots, 0xFF, size * sizeof(Py_ssize_t));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!merge(&t, &cols[i])) {
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+    }
+    out = encoded(&t, code ? code : 'q');
+done:
+    PyMem_Free(t.entries);
+    PyMem_Free(t.slots);
+    PyMem_Free(cols);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"cut", cut, METH_VARARGS, "A delta cut into n partitions as columnar blobs, or None."},
+    {"fold", fold, METH_VARARGS, "Columnar blobs folded into one, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_columns",
+    "The per-key hot paths of an additive aggregate's columnar blobs, in C.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__columns(void)
+{
+    crc_init();
+    return PyModule_Create(&module);
+}

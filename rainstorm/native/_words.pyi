@@ -1,0 +1,3 @@
+from typing import Any
+
+def count_words(text: str, acc: dict[Any, Any], /) -> int: ...

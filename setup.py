@@ -1,0 +1,11 @@
+"""The optional C extensions (rainstorm.native); everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+
+def native(name: str) -> Extension:
+    return Extension(f"rainstorm.native.{name}", [f"rainstorm/native/{name}.c"],
+                     optional=True, extra_compile_args=["-O2"])
+
+
+setup(ext_modules=[native("_columns"), native("_words")])

@@ -1,0 +1,193 @@
+"""The native code (rainstorm.native) writes exactly the bytes the Python
+code writes, or answers None: cutting deltas into partitions and folding
+columnar blobs, on random deltas and keys of every kind, and on blobs
+crafted or mangled the way anyone holding a Redis password could write them
+(a mangled blob is folded natively only where Python folds it to the same
+bytes; anything else is left to Python, which moves bad deltas aside)."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any
+
+import msgpack
+import pytest
+
+from rainstorm import native
+from rainstorm.operators import aggregates
+from rainstorm.operators.aggregates import Additive, BadDelta
+from rainstorm.protocol.entries import partition_of
+
+pytestmark = [pytest.mark.unit,
+              pytest.mark.skipif(not native.AVAILABLE,
+                                 reason="rainstorm.native was not built (no C compiler at "
+                                        "install) or RAINSTORM_NATIVE=0")]
+
+SUM = Additive("sum")
+WORDS = ["the", "a", "", "é", "日本語", "naïve", "x" * 40, "y" * 300, "🙂", "tab\tkey",
+         "line\nkey", "quote\"", "\\", "\x7f", "\u2028"]
+
+
+def python_split(delta: dict[Any, Any], n: int) -> dict[int, bytes]:
+    """rainstorm.state.split_delta's Python path, with the crc32 computed
+    independently here."""
+    str_keys = set(map(type, delta)) == {str}
+    where = [zlib.crc32(k.encode("utf-8", "surrogatepass")) % n if type(k) is str
+             else partition_of(k, n) for k in delta]
+    return aggregates.encode_split(delta, where, n, SUM, str_keys)
+
+
+def python_fold(blobs: list[bytes]) -> bytes | None:
+    """rainstorm.state.fold's Python path and encode; None if a blob is bad."""
+    try:
+        state = aggregates.checked(blobs[0], SUM)
+        for blob in blobs[1:]:
+            aggregates.merge_blob_checked(state, blob, SUM)
+    except BadDelta:
+        return None
+    return aggregates.encode(state, SUM)
+
+
+def random_key(rng: random.Random) -> str:
+    pick = rng.random()
+    if pick < 0.5:
+        return "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 8)))
+    if pick < 0.8:
+        return rng.choice(WORDS) + str(rng.randint(0, 50))
+    return "".join(chr(rng.randint(1, 0x2FFF)) for _ in range(rng.randint(0, 5)))
+
+
+def random_delta(rng: random.Random, size: int, floats: bool) -> dict[str, Any]:
+    if floats:
+        return {random_key(rng): rng.choice([rng.uniform(-1e6, 1e6), -0.0, 0.0, 1e308,
+                                             float("inf"), 0.5])
+                for _ in range(size)}
+    return {random_key(rng): rng.choice([1, -1, rng.randint(-10**6, 10**6), 2**63 - 1,
+                                         -(2**63), 0])
+            for _ in range(size)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n", [1, 7, 64, 1000])
+def test_cut_writes_what_python_writes(seed: int, n: int) -> None:
+    rng = random.Random(seed * 1000 + n)
+    for size in (1, 5, 300):
+        delta = random_delta(rng, size, floats=seed % 2 == 1)
+        assert native.cut is not None
+        assert native.cut(delta, n) == python_split(delta, n)
+
+
+def test_cut_of_large_parts_uses_the_wide_msgpack_headers() -> None:
+    # joined keys beyond 65535 bytes (str32) and values beyond 65535 (bin32)
+    delta = {f"key-{i:06d}-" + "z" * 20: i for i in range(9000)}
+    assert native.cut is not None
+    for n in (1, 2):
+        assert native.cut(delta, n) == python_split(delta, n)
+
+
+@pytest.mark.parametrize("delta", [
+    {"a\x00b": 1},  # a key holding NUL: a map blob in Python
+    {"lone\udc80": 1},  # a lone surrogate: Python's surrogatepass
+    {"big": 2**63},  # beyond int64
+    {"neg": -(2**63) - 1},
+    {"a": 1, "b": 2.0},  # mixed values
+    {"t": True},  # bool is no int here
+    {1: 1},  # not a str key
+    {"a": 1, 2: 1},
+    {"a": "text"},
+    {},
+], ids=repr)
+def test_cut_leaves_to_python_what_is_not_columnar(delta: dict[Any, Any]) -> None:
+    assert native.cut is not None
+    assert native.cut(delta, 8) is None
+    if "lone\udc80" not in delta:  # (which msgpack refuses: the batch is unencodable)
+        assert python_split(delta, 8) is not None  # Python encodes it
+
+
+def blob(keys: list[str], values: list[Any], code: str = "q") -> bytes:
+    body = aggregates._columnar_body(keys, values, code)
+    assert body is not None
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fold_writes_what_python_writes(seed: int) -> None:
+    rng = random.Random(seed)
+    floats = seed % 2 == 1
+    pool = [random_key(rng) for _ in range(400)]
+    deltas = []
+    for _ in range(rng.randint(1, 12)):
+        d = {rng.choice(pool): (rng.uniform(-5, 5) if floats else rng.randint(-9, 9))
+             for _ in range(rng.randint(0, 120))}
+        deltas.append(aggregates.encode(d, SUM) if d else b"")
+    base = b"" if seed % 3 == 0 else deltas.pop(0)
+    assert native.fold is not None
+    got = native.fold([base, *deltas])
+    assert got is not None
+    assert got == python_fold([base, *deltas])
+
+
+@pytest.mark.parametrize("blobs", [
+    [b""],  # nothing: encode({})
+    [b"", blob([""], [5])],  # the empty key alone
+    [blob(["a", "b", "a"], [1, 2, 3])],  # a crafted duplicate into an empty state: replaces
+    [blob(["a"], [1]), blob(["a", "b", "a"], [1, 2, 3])],  # into a non-empty one: adds
+    [blob(["x"], [-0.0], "d"), blob(["y"], [-0.0], "d")],  # 0 + -0.0 is 0.0 for a new key
+    [b"", blob(["x"], [-0.0], "d")],
+    [blob(["a"], [2**62]), blob(["a"], [-(2**62)]), blob(["a", "b"], [2**62, 1])],
+], ids=lambda b: repr(b)[:60])
+def test_fold_of_edge_cases_writes_what_python_writes(blobs: list[bytes]) -> None:
+    assert native.fold is not None
+    assert native.fold(blobs) == python_fold(blobs)
+
+
+@pytest.mark.parametrize("blobs", [
+    [blob(["a"], [2**63 - 1]), blob(["a"], [1])],  # the sum is beyond int64
+    [blob(["a"], [1]), blob(["a"], [1.0], "d")],  # codes mixed
+    [aggregates.encode({"a": 1, 2: 3}, SUM)],  # a map blob
+    [b"", b"\x94\x01\xa1q"],  # truncated
+    [b"", msgpack.packb([1, "q", "a\x00b", b"\x00" * 8])],  # 2 keys, 1 value
+    [b"", msgpack.packb([1, "q", "a", b"\x00" * 7])],  # not whole values
+    [b"", msgpack.packb([1, "q", b"a", b"\x00" * 8], use_bin_type=True)],  # keys as bin
+    [b"", msgpack.packb([1, "q", "a", b"\x00" * 8], use_bin_type=True) + b"\x00"],  # extra
+    [b"", b"\x94\x01\xa1q\xa2\xff\xfe\xc4\x08" + b"\x00" * 8],  # keys not UTF-8
+    [b"", b"\x94\x01\xa1q\xa3\xed\xa0\x80\xc4\x08" + b"\x00" * 8],  # a UTF-8 surrogate
+    [b"", msgpack.packb([1, "z", "a", b"\x00" * 8], use_bin_type=True)],  # unknown code
+], ids=lambda b: repr(b)[:60])
+def test_fold_leaves_to_python_what_is_not_plain_columnar(blobs: list[bytes]) -> None:
+    assert native.fold is not None
+    assert native.fold(blobs) is None
+
+
+def mangle(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        what = rng.random()
+        at = rng.randrange(len(b) + 1)
+        if what < 0.4 and b:
+            b[min(at, len(b) - 1)] ^= 1 << rng.randrange(8)
+        elif what < 0.6:
+            del b[at:at + rng.randint(1, 9)]
+        elif what < 0.8:
+            b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 9)))
+        elif b:
+            b[min(at, len(b) - 1)] = rng.choice([0x00, 0xFF, 0xC4, 0xC6, 0xDB, 0xD9, 0x94])
+    return bytes(b)
+
+
+def test_mangled_blobs_are_folded_natively_only_as_python_folds_them() -> None:
+    rng = random.Random(11)
+    good = [blob(["alpha", "beta", "é", ""], [1, 2, 3, 4]),
+            blob(["k" * 300, "x"], [7, -7]),
+            blob(["f", "g"], [0.5, -1.5], "d"),
+            aggregates.encode({f"w{i}": i for i in range(70)}, SUM)]
+    assert native.fold is not None
+    native_folds = 0
+    for _ in range(4000):
+        base, delta = rng.choice(good), mangle(rng, rng.choice(good))
+        got = native.fold([base, delta])
+        if got is not None:
+            native_folds += 1
+            assert got == python_fold([base, delta]), delta
+    assert native_folds > 100  # mangling left some blobs well formed (values changed)
