@@ -5,7 +5,8 @@ from setuptools import Extension, setup
 
 def native(name: str) -> Extension:
     return Extension(f"rainstorm.native.{name}", [f"rainstorm/native/{name}.c"],
-                     optional=True, extra_compile_args=["-O2"])
+                     depends=["rainstorm/native/columnar.h"], optional=True,
+                     extra_compile_args=["-O2"])
 
 
 setup(ext_modules=[native("_columns"), native("_words")])

@@ -43,7 +43,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
@@ -57,6 +57,9 @@ from rainstorm.pages import pages
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.digests import frame
 from rainstorm.protocol.entries import data_of, key_bytes, partition_of
+
+if TYPE_CHECKING:
+    from rainstorm.native._words import WordCounts
 
 log = logging.getLogger(__name__)
 
@@ -120,23 +123,28 @@ def fold_rule(job: Job) -> lua.FoldRule:
     return lua.FoldRule(entries=job.spec.settings.compact_every, bytes=FOLD_BYTES)
 
 
-def split_delta(job: Job, stage: int, delta: dict[Any, Any], agg: Aggregator
+def split_delta(job: Job, stage: int, delta: dict[Any, Any] | WordCounts, agg: Aggregator
                 ) -> list[lua.Delta]:
-    """A batch's delta as one encoded part per state partition it touches."""
+    """A batch's delta as one encoded part per state partition it touches
+    (cut by native code where it can: rainstorm.native)."""
     n = partitions(job)
-    native = aggregates.native_split(delta, n, agg)
-    if native is not None:
-        return [lua.Delta(part.base, part.log, native[p], p)
-                for p in sorted(native) for part in (Part(job.id, stage, p),)]
+    if isinstance(delta, dict):
+        blobs = aggregates.native_split(delta, n, agg) or _python_split(delta, n, agg)
+    else:  # word counts, counted natively
+        cut = delta.cut(n)  # None: a word holds NUL or a lone surrogate
+        blobs = cut if cut is not None else _python_split(delta.to_dict(), n, agg)
+    return [lua.Delta(part.base, part.log, blobs[p], p)
+            for p in sorted(blobs) for part in (Part(job.id, stage, p),)]
+
+
+def _python_split(delta: dict[Any, Any], n: int, agg: Aggregator) -> dict[int, bytes]:
     str_keys = set(map(type, delta)) == {str}
     if str_keys:  # the usual keys: partition_of inlined (2x faster)
         crc = zlib.crc32
         where = [crc(k.encode("utf-8", "surrogatepass")) % n for k in delta]
     else:
         where = [partition_of(k, n) for k in delta]
-    blobs = aggregates.encode_split(delta, where, n, agg, str_keys)
-    return [lua.Delta(part.base, part.log, blobs[p], p)
-            for p in sorted(blobs) for part in (Part(job.id, stage, p),)]
+    return aggregates.encode_split(delta, where, n, agg, str_keys)
 
 
 def fold(snap: lua.Snapshot, agg: Aggregator, on_bad: OnBad | None = None,

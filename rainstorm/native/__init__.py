@@ -1,11 +1,12 @@
 """Native code for the per-key hot paths, optional.
 
-``rainstorm.native._columns`` is a C extension built when the package is
-installed (setup.py; ``optional``: where no C compiler is found, the
-install goes on without it).  It cuts a batch's delta into state
-partitions (:func:`cut`) and folds columnar blobs (:func:`fold`), writing
-exactly the bytes rainstorm.operators.aggregates writes, or answering None,
-and then the Python code does the work.  Nothing depends on it but speed.
+Two C extensions are built when the package is installed (setup.py;
+``optional``: where no C compiler is found, the install goes on without
+them).  ``_columns`` cuts a batch's delta into state partitions
+(:func:`cut`) and folds columnar blobs (:func:`fold`); ``_words`` counts
+the words of word count's texts (:data:`WordCounts`).  Each writes exactly
+the bytes rainstorm.operators.aggregates writes, or answers None, and then
+the Python code does the work.  Nothing depends on them but speed.
 
 ``RAINSTORM_NATIVE=0`` turns it off (A/B measurements, tests of the Python
 path); :data:`AVAILABLE` says whether it is in use.
@@ -15,23 +16,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    from rainstorm.native import _words
 
 Cut = Callable[[dict[Any, Any], int], "dict[int, bytes] | None"]
 Fold = Callable[[list[bytes]], "bytes | None"]
 
 cut: Cut | None = None
 fold: Fold | None = None
+WordCounts: type[_words.WordCounts] | None = None
 
 if os.environ.get("RAINSTORM_NATIVE", "1") != "0":
     try:
-        from rainstorm.native import _columns
+        from rainstorm.native import _columns, _words
     except ImportError:  # not built here (no C compiler at install time)
         pass
     else:
-        cut, fold = _columns.cut, _columns.fold
+        cut, fold, WordCounts = _columns.cut, _columns.fold, _words.WordCounts
 
 AVAILABLE = cut is not None
+
+
+def is_word_counts(x: object) -> TypeGuard[_words.WordCounts]:
+    return WordCounts is not None and isinstance(x, WordCounts)
 
 
 def describe() -> str:

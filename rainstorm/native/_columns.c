@@ -26,145 +26,7 @@
  * key hash is Python's own keyed one (_Py_HashBytes), so crafted keys
  * cannot make the table quadratic.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
-
-/* -- growable byte buffers ------------------------------------------------ */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} Buf;
-
-static int buf_reserve(Buf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra)
-        cap *= 2;
-    char *p = PyMem_Realloc(b->p, cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_put(Buf *b, const void *src, size_t n)
-{
-    if (buf_reserve(b, n) < 0)
-        return -1;
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-    return 0;
-}
-
-/* -- crc32, as zlib.crc32 ------------------------------------------------- */
-
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-static uint32_t crc32_of(const char *s, Py_ssize_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    const unsigned char *p = (const unsigned char *)s;
-    while (n-- > 0)
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
-}
-
-/* -- writing a columnar blob, as msgpack.packb(..., use_bin_type=True) ---- */
-
-#define MAX_RAW 0xFFFFFFFFu
-
-static size_t str_header(unsigned char *h, size_t n)
-{
-    if (n < 32) {
-        h[0] = (unsigned char)(0xA0 | n);
-        return 1;
-    }
-    if (n < 256) {
-        h[0] = 0xD9;
-        h[1] = (unsigned char)n;
-        return 2;
-    }
-    if (n < 65536) {
-        h[0] = 0xDA;
-        h[1] = (unsigned char)(n >> 8);
-        h[2] = (unsigned char)n;
-        return 3;
-    }
-    h[0] = 0xDB;
-    h[1] = (unsigned char)(n >> 24);
-    h[2] = (unsigned char)(n >> 16);
-    h[3] = (unsigned char)(n >> 8);
-    h[4] = (unsigned char)n;
-    return 5;
-}
-
-static size_t bin_header(unsigned char *h, size_t n)
-{
-    if (n < 256) {
-        h[0] = 0xC4;
-        h[1] = (unsigned char)n;
-        return 2;
-    }
-    if (n < 65536) {
-        h[0] = 0xC5;
-        h[1] = (unsigned char)(n >> 8);
-        h[2] = (unsigned char)n;
-        return 3;
-    }
-    h[0] = 0xC6;
-    h[1] = (unsigned char)(n >> 24);
-    h[2] = (unsigned char)(n >> 16);
-    h[3] = (unsigned char)(n >> 8);
-    h[4] = (unsigned char)n;
-    return 5;
-}
-
-/* [1, code, keys, values] as bytes; Py_None (a new reference) when a part is
- * too large for msgpack */
-static PyObject *columnar_blob(char code, const char *keys, size_t keys_len,
-                               const char *vals, size_t vals_len)
-{
-    if (keys_len > MAX_RAW || vals_len > MAX_RAW)
-        Py_RETURN_NONE;
-    unsigned char head[4] = {0x94, 0x01, 0xA1, (unsigned char)code};
-    unsigned char sh[5], bh[5];
-    size_t sn = str_header(sh, keys_len), bn = bin_header(bh, vals_len);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 + sn + keys_len + bn +
-                                                                 vals_len));
-    if (out == NULL)
-        return NULL;
-    char *w = PyBytes_AS_STRING(out);
-    memcpy(w, head, 4);
-    w += 4;
-    memcpy(w, sh, sn);
-    w += sn;
-    if (keys_len)
-        memcpy(w, keys, keys_len);
-    w += keys_len;
-    memcpy(w, bh, bn);
-    w += bn;
-    if (vals_len)
-        memcpy(w, vals, vals_len);
-    return out;
-}
+#include "columnar.h"
 
 /* -- cut ------------------------------------------------------------------ */
 
@@ -174,8 +36,8 @@ static PyObject *cut(PyObject *self, PyObject *args)
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "O!n:cut", &PyDict_Type, &delta, &n))
         return NULL;
-    if (n < 1 || n > (1 << 20)) {
-        PyErr_Format(PyExc_ValueError, "cut: %zd partitions (1 to 1048576)", n);
+    if (n < 1 || n > MAX_PARTITIONS) {
+        PyErr_Format(PyExc_ValueError, "cut: %zd partitions (1 to %d)", n, MAX_PARTITIONS);
         return NULL;
     }
     Py_ssize_t pos = 0;
@@ -189,14 +51,10 @@ static PyObject *cut(PyObject *self, PyObject *args)
         code = 'd';
     else
         Py_RETURN_NONE;
-
-    Buf *keys = PyMem_Calloc((size_t)n, sizeof(Buf));
-    Buf *vals = PyMem_Calloc((size_t)n, sizeof(Buf));
+    Parts ps = {0};
     PyObject *out = NULL;
-    if (keys == NULL || vals == NULL) {
-        PyErr_NoMemory();
+    if (parts_init(&ps, n) < 0)
         goto done;
-    }
     pos = 0;
     while (PyDict_Next(delta, &pos, &k, &v)) {
         if (!PyUnicode_CheckExact(k))
@@ -226,46 +84,16 @@ static PyObject *cut(PyObject *self, PyObject *args)
         }
         if (len && memchr(s, 0, (size_t)len))
             goto fallback; /* a key holding NUL: a map blob */
-        Buf *kb = &keys[crc32_of(s, len) % (uint32_t)n];
-        Buf *vb = &vals[kb - keys];
-        if ((vb->len && buf_put(kb, "", 1) < 0) || buf_put(kb, s, (size_t)len) < 0 ||
-            buf_put(vb, raw, 8) < 0)
+        if (parts_add(&ps, s, len, raw) < 0)
             goto done;
     }
-    out = PyDict_New();
-    if (out == NULL)
-        goto done;
-    for (Py_ssize_t p = 0; p < n; p++) {
-        if (!vals[p].len)
-            continue;
-        PyObject *blob = columnar_blob(code, keys[p].p, keys[p].len, vals[p].p, vals[p].len);
-        if (blob == Py_None) {
-            Py_DECREF(blob);
-            goto fallback;
-        }
-        PyObject *key = blob ? PyLong_FromSsize_t(p) : NULL;
-        int bad = key == NULL || PyDict_SetItem(out, key, blob) < 0;
-        Py_XDECREF(key);
-        Py_XDECREF(blob);
-        if (bad) {
-            Py_CLEAR(out);
-            goto done;
-        }
-    }
+    out = parts_blobs(&ps, code);
     goto done;
 fallback:
-    Py_XDECREF(out);
     out = Py_None;
     Py_INCREF(out);
 done:
-    if (keys)
-        for (Py_ssize_t p = 0; p < n; p++)
-            PyMem_Free(keys[p].p);
-    if (vals)
-        for (Py_ssize_t p = 0; p < n; p++)
-            PyMem_Free(vals[p].p);
-    PyMem_Free(keys);
-    PyMem_Free(vals);
+    parts_free(&ps);
     return out;
 }
 

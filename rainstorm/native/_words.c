@@ -1,50 +1,60 @@
 /* rainstorm.native._words: word count's hot loop, in C.
  *
- *   count_words(text: str, acc: dict) -> int
- *       Adds every word of text.split() to acc, as Counter.update(
- *       text.split()) does (acc[w] = acc.get(w, 0) + 1, keys new to acc in
- *       the order of their first occurrence), and answers how many words
- *       there were.  Whitespace is str.split()'s own (Py_UNICODE_ISSPACE).
- *       The words are counted in a table of spans of text first, so a str
- *       is made once per distinct word, not once per word.
+ *   WordCounts()            the words of one batch and how often each came
+ *     .add_text(text: str) -> int
+ *         counts every word of text.split() (str.split()'s own whitespace,
+ *         Py_UNICODE_ISSPACE) and answers how many there were
+ *     len(wc)              the distinct words
+ *     .cut(n: int) -> dict[int, bytes] | None
+ *         the counts cut into n state partitions as columnar blobs: the
+ *         bytes rainstorm.native._columns.cut (and the Python code) writes
+ *         for the Counter of the same words, or None where a word holds NUL
+ *         or a lone surrogate (then .to_dict() goes the Python way)
+ *     .to_dict() -> dict[str, int]
+ *         the counts as Counter.update(text.split()) over the same texts
+ *         leaves them: in the order of each word's first occurrence
+ *
+ * Counter.update(text.split()) makes a str object for every word and hashes
+ * it; here a word is hashed where it lies and its UTF-8 is copied once per
+ * batch, and no str is made at all on the way to the commit.
  *
  * The text is the user's input: the table hashes with Python's own keyed
  * hash (_Py_HashBytes), so crafted words cannot make it quadratic.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <string.h>
+#include "columnar.h"
 
 static unsigned char space1[256]; /* Py_UNICODE_ISSPACE of each 1-byte char */
 
 typedef struct {
-    const char *at; /* the word's first code unit */
-    Py_ssize_t len; /* in code units */
+    size_t at;  /* the word's UTF-8 in the arena */
+    size_t len; /* in bytes */
     Py_hash_t hash;
-    Py_ssize_t count;
+    long long count;
 } Word;
 
 typedef struct {
+    PyObject_HEAD
+    Buf arena;   /* every distinct word's UTF-8 (surrogates as surrogatepass writes them) */
     Word *words; /* in order of first occurrence */
     Py_ssize_t count, cap;
-    Py_ssize_t *slots; /* index into words, -1: empty */
+    Py_ssize_t *slots; /* index into words, -1: empty; twice cap */
     size_t mask;
-    int kind;
-} Table;
+    int odd; /* a word holds NUL or a lone surrogate: no columnar blobs */
+    Buf scratch; /* one word's UTF-8, for texts that are not ASCII */
+} WordCounts;
 
-static int grow(Table *t)
+static int grow(WordCounts *t)
 {
-    size_t size = 2 * (t->mask + 1);
+    size_t size = t->slots ? 2 * (t->mask + 1) : 1024;
     Py_ssize_t *slots = PyMem_Malloc(size * sizeof(Py_ssize_t));
     Word *words = PyMem_Realloc(t->words, (size / 2) * sizeof(Word));
+    if (words)
+        t->words = words;
     if (slots == NULL || words == NULL) {
         PyMem_Free(slots);
-        if (words)
-            t->words = words;
         PyErr_NoMemory();
         return -1;
     }
-    t->words = words;
     t->cap = (Py_ssize_t)(size / 2);
     memset(slots, 0xFF, size * sizeof(Py_ssize_t));
     for (Py_ssize_t i = 0; i < t->count; i++) {
@@ -59,17 +69,17 @@ static int grow(Table *t)
     return 0;
 }
 
-static int add(Table *t, const char *at, Py_ssize_t len)
+/* count one word, given as its UTF-8 */
+static int add(WordCounts *t, const char *s, size_t len)
 {
-    size_t bytes = (size_t)len * (size_t)t->kind;
-    Py_hash_t h = _Py_HashBytes(at, (Py_ssize_t)bytes);
+    Py_hash_t h = _Py_HashBytes(s, (Py_ssize_t)len);
     size_t j = (size_t)h & t->mask;
     for (;; j = (j + 1) & t->mask) {
         Py_ssize_t i = t->slots[j];
         if (i < 0)
             break;
         Word *w = &t->words[i];
-        if (w->hash == h && w->len == len && memcmp(w->at, at, bytes) == 0) {
+        if (w->hash == h && w->len == len && memcmp(t->arena.p + w->at, s, len) == 0) {
             w->count++;
             return 0;
         }
@@ -80,94 +90,237 @@ static int add(Table *t, const char *at, Py_ssize_t len)
         for (j = (size_t)h & t->mask; t->slots[j] >= 0; j = (j + 1) & t->mask)
             ;
     }
+    size_t at = t->arena.len;
+    if (buf_put(&t->arena, s, len) < 0)
+        return -1;
+    if (len && memchr(s, 0, len))
+        t->odd = 1;
     t->slots[j] = t->count;
     t->words[t->count++] = (Word){at, len, h, 1};
     return 0;
 }
 
-#define SCAN(TYPE, ISSPACE)                                              \
-    do {                                                                 \
-        const TYPE *s = (const TYPE *)data;                              \
-        Py_ssize_t i = 0;                                                \
-        for (;;) {                                                       \
-            while (i < n && ISSPACE(s[i]))                               \
-                i++;                                                     \
-            if (i >= n)                                                  \
-                break;                                                   \
-            Py_ssize_t start = i;                                        \
-            while (i < n && !ISSPACE(s[i]))                              \
-                i++;                                                     \
-            if (add(&t, (const char *)(s + start), i - start) < 0)       \
-                goto done;                                               \
-            words++;                                                     \
-        }                                                                \
-    } while (0)
-
-#define SPACE1(c) space1[(c)]
-#define SPACEN(c) Py_UNICODE_ISSPACE(c)
-
-static PyObject *count_words(PyObject *self, PyObject *args)
+/* one word of a text that is not ASCII, as UTF-8 in t->scratch (a lone
+ * surrogate written as surrogatepass writes it, and marked odd) */
+static int utf8_of(WordCounts *t, int kind, const void *data, Py_ssize_t start, Py_ssize_t end)
 {
-    PyObject *text, *acc;
-    if (!PyArg_ParseTuple(args, "UO!:count_words", &text, &PyDict_Type, &acc))
-        return NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text), words = 0;
+    t->scratch.len = 0;
+    if (buf_reserve(&t->scratch, 4 * (size_t)(end - start)) < 0)
+        return -1;
+    unsigned char *w = (unsigned char *)t->scratch.p;
+    for (Py_ssize_t i = start; i < end; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80) {
+            *w++ = (unsigned char)c;
+        } else if (c < 0x800) {
+            *w++ = (unsigned char)(0xC0 | (c >> 6));
+            *w++ = (unsigned char)(0x80 | (c & 0x3F));
+        } else if (c < 0x10000) {
+            if (c >= 0xD800 && c <= 0xDFFF)
+                t->odd = 1;
+            *w++ = (unsigned char)(0xE0 | (c >> 12));
+            *w++ = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+            *w++ = (unsigned char)(0x80 | (c & 0x3F));
+        } else {
+            *w++ = (unsigned char)(0xF0 | (c >> 18));
+            *w++ = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+            *w++ = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+            *w++ = (unsigned char)(0x80 | (c & 0x3F));
+        }
+    }
+    t->scratch.len = (size_t)(w - (unsigned char *)t->scratch.p);
+    return 0;
+}
+
+/* the code point of the UTF-8 sequence at s (valid: CPython wrote it), its
+ * length in *w */
+static inline Py_UCS4 code_point(const unsigned char *s, const unsigned char *end, int *w)
+{
+    if (s[0] < 0xE0 && end - s >= 2) {
+        *w = 2;
+        return ((Py_UCS4)(s[0] & 0x1F) << 6) | (s[1] & 0x3F);
+    }
+    if (s[0] < 0xF0 && end - s >= 3) {
+        *w = 3;
+        return ((Py_UCS4)(s[0] & 0x0F) << 12) | ((Py_UCS4)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+    }
+    if (end - s >= 4) {
+        *w = 4;
+        return ((Py_UCS4)(s[0] & 0x07) << 18) | ((Py_UCS4)(s[1] & 0x3F) << 12) |
+               ((Py_UCS4)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
+    }
+    *w = 1;
+    return 0xFFFD;
+}
+
+/* the end of the run at s of whitespace (space 1) or of other chars (0) */
+static inline const unsigned char *run_end(const unsigned char *s, const unsigned char *end,
+                                           int space)
+{
+    while (s < end) {
+        if (*s < 0x80) {
+            if (space1[*s] != space)
+                break;
+            s++;
+        } else {
+            int w;
+            if ((Py_UNICODE_ISSPACE(code_point(s, end, &w)) != 0) != space)
+                break;
+            s += w;
+        }
+    }
+    return s;
+}
+
+/* the words of UTF-8 text (an ASCII str's own bytes, or its UTF-8 form) */
+static Py_ssize_t add_utf8(WordCounts *t, const unsigned char *s, const unsigned char *end)
+{
+    Py_ssize_t words = 0;
+    for (;;) {
+        s = run_end(s, end, 1);
+        if (s >= end)
+            return words;
+        const unsigned char *word = s;
+        s = run_end(s, end, 0);
+        if (add(t, (const char *)word, (size_t)(s - word)) < 0)
+            return -1;
+        words++;
+    }
+}
+
+/* the words of a str with a lone surrogate (no UTF-8 form), char by char */
+static Py_ssize_t add_chars(WordCounts *t, PyObject *text)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), words = 0, i = 0;
+    int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
-    Table t = {0};
-    t.kind = PyUnicode_KIND(text);
+    for (;;) {
+        while (i < n && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            i++;
+        if (i >= n)
+            return words;
+        Py_ssize_t start = i;
+        while (i < n && !Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            i++;
+        if (utf8_of(t, kind, data, start, i) < 0 || add(t, t->scratch.p, t->scratch.len) < 0)
+            return -1;
+        words++;
+    }
+}
+
+static PyObject *add_text(WordCounts *t, PyObject *text)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "add_text: a str, not %.60s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    if (t->slots == NULL && grow(t) < 0)
+        return NULL;
+    Py_ssize_t len, words;
+    /* an ASCII str's own bytes; another's UTF-8 (made once, kept by the str) */
+    const char *u = PyUnicode_AsUTF8AndSize(text, &len);
+    if (u != NULL) {
+        words = add_utf8(t, (const unsigned char *)u, (const unsigned char *)u + len);
+    } else {
+        PyErr_Clear();
+        words = add_chars(t, text);
+    }
+    return words < 0 ? NULL : PyLong_FromSsize_t(words);
+}
+
+static PyObject *cut(WordCounts *t, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > MAX_PARTITIONS) {
+        PyErr_Format(PyExc_ValueError, "cut: %zd partitions (1 to %d)", n, MAX_PARTITIONS);
+        return NULL;
+    }
+    if (t->odd || t->count == 0)
+        Py_RETURN_NONE;
+    Parts ps = {0};
     PyObject *out = NULL;
-    t.mask = 1023;
-    t.cap = 512;
-    t.slots = PyMem_Malloc((t.mask + 1) * sizeof(Py_ssize_t));
-    t.words = PyMem_Malloc((size_t)t.cap * sizeof(Word));
-    if (t.slots == NULL || t.words == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (parts_init(&ps, n) == 0) {
+        Py_ssize_t i = 0;
+        for (; i < t->count; i++) {
+            const Word *w = &t->words[i];
+            if (parts_add(&ps, t->arena.p + w->at, (Py_ssize_t)w->len, &w->count) < 0)
+                break;
+        }
+        if (i == t->count)
+            out = parts_blobs(&ps, 'q');
     }
-    memset(t.slots, 0xFF, (t.mask + 1) * sizeof(Py_ssize_t));
-    if (t.kind == PyUnicode_1BYTE_KIND)
-        SCAN(Py_UCS1, SPACE1);
-    else if (t.kind == PyUnicode_2BYTE_KIND)
-        SCAN(Py_UCS2, SPACEN);
-    else
-        SCAN(Py_UCS4, SPACEN);
-    for (Py_ssize_t i = 0; i < t.count; i++) {
-        Word *w = &t.words[i];
-        PyObject *key = PyUnicode_FromKindAndData(t.kind, w->at, w->len);
-        if (key == NULL)
-            goto done;
-        PyObject *old = PyDict_GetItemWithError(acc, key); /* borrowed */
-        PyObject *add = PyLong_FromSsize_t(w->count);
-        PyObject *sum = NULL;
-        if (add != NULL && (old != NULL || !PyErr_Occurred()))
-            sum = old == NULL ? Py_NewRef(add) : PyNumber_Add(old, add);
-        int bad = sum == NULL || PyDict_SetItem(acc, key, sum) < 0;
-        Py_DECREF(key);
-        Py_XDECREF(add);
-        Py_XDECREF(sum);
-        if (bad)
-            goto done;
-    }
-    out = PyLong_FromSsize_t(words);
-done:
-    PyMem_Free(t.slots);
-    PyMem_Free(t.words);
+    parts_free(&ps);
     return out;
 }
 
-static PyMethodDef methods[] = {
-    {"count_words", count_words, METH_VARARGS,
-     "Add every word of text.split() to a dict of counts; the number of words."},
+static PyObject *to_dict(WordCounts *t, PyObject *unused)
+{
+    PyObject *out = PyDict_New();
+    for (Py_ssize_t i = 0; out && i < t->count; i++) {
+        const Word *w = &t->words[i];
+        PyObject *key = PyUnicode_DecodeUTF8(t->arena.p + w->at, (Py_ssize_t)w->len,
+                                             "surrogatepass");
+        PyObject *value = key ? PyLong_FromLongLong(w->count) : NULL;
+        if (value == NULL || PyDict_SetItem(out, key, value) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+    }
+    return out;
+}
+
+static Py_ssize_t length(WordCounts *t)
+{
+    return t->count;
+}
+
+static void dealloc(WordCounts *t)
+{
+    PyMem_Free(t->arena.p);
+    PyMem_Free(t->scratch.p);
+    PyMem_Free(t->words);
+    PyMem_Free(t->slots);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyMethodDef word_methods[] = {
+    {"add_text", (PyCFunction)add_text, METH_O,
+     "Count every word of text.split(); the number of words."},
+    {"cut", (PyCFunction)cut, METH_O,
+     "The counts cut into n partitions as columnar blobs, or None."},
+    {"to_dict", (PyCFunction)to_dict, METH_NOARGS, "The counts as a dict, words in order."},
     {NULL, NULL, 0, NULL},
 };
 
+static PySequenceMethods word_sequence = {.sq_length = (lenfunc)length};
+
+static PyTypeObject WordCountsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rainstorm.native._words.WordCounts",
+    .tp_doc = "The words of one batch and how often each came.",
+    .tp_basicsize = sizeof(WordCounts),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)dealloc,
+    .tp_methods = word_methods,
+    .tp_as_sequence = &word_sequence,
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_words", "Word count's hot loop, in C.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_words", "Word count's hot loop, in C.", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__words(void)
 {
+    crc_init();
     for (int c = 0; c < 256; c++)
         space1[c] = Py_UNICODE_ISSPACE(c) ? 1 : 0;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&WordCountsType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "WordCounts", (PyObject *)&WordCountsType) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -114,6 +114,12 @@ class Chain:
             self.steps.append(_Step(stage.window.label,
                                     stamper(stage.window, allow, stage.window_path)))
 
+    @property
+    def words_only(self) -> bool:
+        """The chain is ``flat_map: split_words`` alone: its outputs are the
+        words of text.split() (what rainstorm.native.WordCounts counts)."""
+        return self.block_first is builtins.split_words_block and len(self.steps) == 1
+
     def close(self) -> None:
         """Stop the long-lived programs of ``framed`` steps (idempotent)."""
         for step in self.steps:

@@ -22,11 +22,11 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from rainstorm import keys
+from rainstorm import keys, native
 from rainstorm.job import Job, decode_records
 from rainstorm.lua import CommitRequest
 from rainstorm.operators import aggregates
@@ -48,6 +48,9 @@ from rainstorm.protocol.entries import (
 )
 from rainstorm.sources.splits import SplitChanged, read_split
 from rainstorm.state import fold_rule, split_delta
+
+if TYPE_CHECKING:
+    from rainstorm.native._words import WordCounts
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,9 @@ def encode_outputs(records: list[Any]) -> bytes:
 class Computed:
     records_in: int = 0
     outputs: list[Any] = field(default_factory=list)
-    delta: Counter[Any] = field(default_factory=Counter)
+    # a stage that counts the words of text (split_words, count) counts them
+    # natively where it can (rainstorm.native.WordCounts), else in a Counter
+    delta: Counter[Any] | WordCounts = field(default_factory=Counter)
     dead: list[bytes] = field(default_factory=list)
     extra: Counter[str] = field(default_factory=Counter)  # counters committed with the batch
     window: WindowBatch | None = None  # a windowed stage: windows, late records, guard
@@ -149,6 +154,10 @@ class StageRunner:
         self.is_last = stage == len(job.plan.stages) - 1
         self.windows = Windows.of(self.stage.window) if self.stage.window else None
         self.current: Entry | None = None  # the entry compute() is running
+        # word count: text split into words and counted, natively
+        self.count_words = native.WordCounts is not None and self.chain.words_only \
+            and job.raw_text(stage) and isinstance(self.agg, aggregates.Additive) \
+            and self.agg.name == "count" and not self.stage.keyed_out and not self.windows
 
     def close(self) -> None:
         """Stop the stage's external programs (a job this worker leaves)."""
@@ -224,11 +233,14 @@ class StageRunner:
         return ""
 
     def _absorb(self, comp: Computed, outputs: list[Any]) -> None:
+        if not isinstance(comp.delta, Counter):  # records, not text: counted by Python
+            comp.delta = Counter(comp.delta.to_dict())
+        delta = comp.delta
         try:
             if self.agg:
                 if comp.window is not None:
                     outputs = comp.window.add(outputs)
-                self.agg.add(comp.delta, outputs, self.stage.keyed_out)
+                self.agg.add(delta, outputs, self.stage.keyed_out)
             else:
                 comp.outputs.extend(outputs)
         except OperatorError:
@@ -288,6 +300,8 @@ class StageRunner:
 
     def _computed(self, watermark_us: int | None) -> Computed:
         comp = Computed()
+        if self.count_words and native.WordCounts is not None:
+            comp.delta = native.WordCounts()
         if self.windows:
             comp.window = self.windows.batch(watermark_us)
         return comp
@@ -336,8 +350,11 @@ class StageRunner:
 
     def _run_whole(self, comp: Computed, records: list[Any], text: str | None) -> None:
         if text is not None:
-            outputs = self.chain.run_text(text)
             comp.records_in += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+            if native.is_word_counts(comp.delta):
+                comp.delta.add_text(text)
+                return
+            outputs = self.chain.run_text(text)
         else:
             outputs = self.chain.run(records)
             comp.records_in += len(records)
@@ -388,8 +405,9 @@ class StageRunner:
             extra=dict(comp.extra),
         )
         if self.agg:
-            delta = self.agg.before_commit(dict(comp.delta))
-            req.deltas = split_delta(job, i, delta, self.agg) if delta else []
+            delta = self.agg.before_commit(dict(comp.delta)) \
+                if isinstance(comp.delta, Counter) else comp.delta
+            req.deltas = split_delta(job, i, delta, self.agg) if len(delta) else []
             req.fold = fold_rule(job)
             req.records_out = len(comp.delta)
             if comp.window is not None:

@@ -8,6 +8,7 @@ bytes; anything else is left to Python, which moves bad deltas aside)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 import zlib
 from typing import Any
 
@@ -191,3 +192,51 @@ def test_mangled_blobs_are_folded_natively_only_as_python_folds_them() -> None:
             native_folds += 1
             assert got == python_fold([base, delta]), delta
     assert native_folds > 100  # mangling left some blobs well formed (values changed)
+
+
+TEXTS = [
+    "the cat the hat\nthe end",
+    "caf\xe9 na\xefve\xa0x\x85y z",  # Latin-1 text, NBSP and NEL are whitespace
+    "日本 語\u3000日本\u2028語 \u2029 e\u200bf",  # ideographic space, line/para separators
+    "🙂 a🙂b \U0001F642 tab\tsep\x1c\x1d\x1e\x1fv\x0b\x0c end",
+    "", "   \n\t ", "one",
+]
+
+
+@pytest.mark.parametrize("texts", [TEXTS, TEXTS[:1] * 3, TEXTS[1:4], ["x " * 5000 + "y"]],
+                         ids=["all", "ascii", "unicode", "long"])
+def test_word_counts_count_what_counter_counts_and_cut_what_python_cuts(texts: list[str]
+                                                                        ) -> None:
+    assert native.WordCounts is not None
+    wc, ref = native.WordCounts(), Counter[str]()
+    for text in texts:
+        assert wc.add_text(text) == len(text.split())
+        ref.update(text.split())
+    assert len(wc) == len(ref)
+    assert list(wc.to_dict().items()) == list(ref.items())  # the same order too
+    for n in (1, 7, 64):
+        assert wc.cut(n) == python_split(dict(ref), n)
+
+
+def test_word_counts_on_real_sized_random_text() -> None:
+    rng = random.Random(3)
+    vocab = [random_key(rng) for _ in range(3000)] + ["naïve", "日本語", "🙂"]
+    seps = [" ", "\n", "\t", " \u3000", "\xa0", "  "]
+    texts = ["".join(rng.choice(vocab) + rng.choice(seps) for _ in range(rng.randint(0, 4000)))
+             for _ in range(5)]
+    assert native.WordCounts is not None
+    wc, ref = native.WordCounts(), Counter[str]()
+    for text in texts:
+        wc.add_text(text)
+        ref.update(text.split())
+    assert list(wc.to_dict().items()) == list(ref.items())
+    assert wc.cut(16) == python_split(dict(ref), 16)
+
+
+@pytest.mark.parametrize("text", ["a\x00b c", "lone\udc80 x", "x \ud800"], ids=repr)
+def test_word_counts_leave_odd_words_to_python(text: str) -> None:
+    assert native.WordCounts is not None
+    wc = native.WordCounts()
+    wc.add_text(text)
+    assert wc.cut(8) is None  # a word with NUL or a lone surrogate: Python encodes it
+    assert wc.to_dict() == Counter(text.split())

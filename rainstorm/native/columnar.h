@@ -1,0 +1,222 @@
+/* Shared by rainstorm.native's extensions: growable buffers, zlib's crc32,
+ * and writing a columnar blob as msgpack.packb([1, code, keys, values],
+ * use_bin_type=True) writes it.  Everything is static: each extension
+ * compiles its own copy. */
+#ifndef RAINSTORM_COLUMNAR_H
+#define RAINSTORM_COLUMNAR_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* -- growable byte buffers ------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static inline int buf_reserve(Buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(Buf *b, const void *src, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+/* -- crc32, as zlib.crc32 ------------------------------------------------- */
+
+static uint32_t crc_table[256];
+
+static inline void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static inline uint32_t crc32_of(const char *s, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    const unsigned char *p = (const unsigned char *)s;
+    while (n-- > 0)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* -- writing a columnar blob, as msgpack.packb(..., use_bin_type=True) ---- */
+
+#define MAX_RAW 0xFFFFFFFFu
+#define MAX_PARTITIONS (1 << 20)
+
+static inline size_t str_header(unsigned char *h, size_t n)
+{
+    if (n < 32) {
+        h[0] = (unsigned char)(0xA0 | n);
+        return 1;
+    }
+    if (n < 256) {
+        h[0] = 0xD9;
+        h[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        h[0] = 0xDA;
+        h[1] = (unsigned char)(n >> 8);
+        h[2] = (unsigned char)n;
+        return 3;
+    }
+    h[0] = 0xDB;
+    h[1] = (unsigned char)(n >> 24);
+    h[2] = (unsigned char)(n >> 16);
+    h[3] = (unsigned char)(n >> 8);
+    h[4] = (unsigned char)n;
+    return 5;
+}
+
+static inline size_t bin_header(unsigned char *h, size_t n)
+{
+    if (n < 256) {
+        h[0] = 0xC4;
+        h[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        h[0] = 0xC5;
+        h[1] = (unsigned char)(n >> 8);
+        h[2] = (unsigned char)n;
+        return 3;
+    }
+    h[0] = 0xC6;
+    h[1] = (unsigned char)(n >> 24);
+    h[2] = (unsigned char)(n >> 16);
+    h[3] = (unsigned char)(n >> 8);
+    h[4] = (unsigned char)n;
+    return 5;
+}
+
+/* [1, code, keys, values] as bytes; Py_None (a new reference) when a part is
+ * too large for msgpack */
+static inline PyObject *columnar_blob(char code, const char *keys, size_t keys_len,
+                               const char *vals, size_t vals_len)
+{
+    if (keys_len > MAX_RAW || vals_len > MAX_RAW)
+        Py_RETURN_NONE;
+    unsigned char head[4] = {0x94, 0x01, 0xA1, (unsigned char)code};
+    unsigned char sh[5], bh[5];
+    size_t sn = str_header(sh, keys_len), bn = bin_header(bh, vals_len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 + sn + keys_len + bn +
+                                                                 vals_len));
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    memcpy(w, head, 4);
+    w += 4;
+    memcpy(w, sh, sn);
+    w += sn;
+    if (keys_len)
+        memcpy(w, keys, keys_len);
+    w += keys_len;
+    memcpy(w, bh, bn);
+    w += bn;
+    if (vals_len)
+        memcpy(w, vals, vals_len);
+    return out;
+}
+
+/* the partition of a key: crc32 of its UTF-8 bytes modulo n */
+static inline uint32_t partition_of(const char *s, Py_ssize_t len, Py_ssize_t n)
+{
+    return crc32_of(s, len) % (uint32_t)n;
+}
+
+/* -- a delta cut into n partitions: each partition's keys and values ---- */
+
+typedef struct {
+    Py_ssize_t n;
+    Buf *keys, *vals;
+} Parts;
+
+static inline int parts_init(Parts *ps, Py_ssize_t n)
+{
+    ps->n = n;
+    ps->keys = PyMem_Calloc((size_t)n, sizeof(Buf));
+    ps->vals = PyMem_Calloc((size_t)n, sizeof(Buf));
+    if (ps->keys == NULL || ps->vals == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* the key (UTF-8, no NUL) and its 8 value bytes into its partition */
+static inline int parts_add(Parts *ps, const char *key, Py_ssize_t len, const void *value)
+{
+    Py_ssize_t p = (Py_ssize_t)partition_of(key, len, ps->n);
+    Buf *kb = &ps->keys[p], *vb = &ps->vals[p];
+    if ((vb->len && buf_put(kb, "", 1) < 0) || buf_put(kb, key, (size_t)len) < 0 ||
+        buf_put(vb, value, 8) < 0)
+        return -1;
+    return 0;
+}
+
+/* {partition: columnar blob} of every partition that holds a key; Py_None
+ * (a new reference) when one is too large for msgpack */
+static inline PyObject *parts_blobs(const Parts *ps, char code)
+{
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t p = 0; p < ps->n; p++) {
+        if (!ps->vals[p].len)
+            continue;
+        PyObject *blob = columnar_blob(code, ps->keys[p].p, ps->keys[p].len, ps->vals[p].p,
+                                       ps->vals[p].len);
+        if (blob == Py_None) {
+            Py_DECREF(out);
+            return blob;
+        }
+        PyObject *key = blob ? PyLong_FromSsize_t(p) : NULL;
+        int bad = key == NULL || PyDict_SetItem(out, key, blob) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(blob);
+        if (bad) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static inline void parts_free(Parts *ps)
+{
+    for (Py_ssize_t p = 0; ps->keys && p < ps->n; p++)
+        PyMem_Free(ps->keys[p].p);
+    for (Py_ssize_t p = 0; ps->vals && p < ps->n; p++)
+        PyMem_Free(ps->vals[p].p);
+    PyMem_Free(ps->keys);
+    PyMem_Free(ps->vals);
+}
+
+#endif
