@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # the package and its runtime dependencies, plus the Docker SDK for the
 # autoscaler's docker backend (no dev extras)
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY rainstorm ./rainstorm
 RUN pip install ".[docker]" && rm -rf /src
 

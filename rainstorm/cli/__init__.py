@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from rainstorm import heap
+from rainstorm import heap, native
 
 heap.defer()  # before the imports below (tuned for good in main)
 
@@ -25,6 +25,8 @@ from rainstorm.cli import jobs, ops  # noqa: E402
 
 
 @click.group()
+@click.version_option(package_name="rainstorm",
+                      message=f"%(prog)s %(version)s (per-key work: {native.describe()})")
 @click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
 def main(verbose: int) -> None:
     """rainstorm: exactly-once stream and batch processing on Redis."""

@@ -27,12 +27,13 @@ Fold = Callable[[list[bytes]], "bytes | None"]
 cut: Cut | None = None
 fold: Fold | None = None
 WordCounts: type[_words.WordCounts] | None = None
+WHY_NOT = "turned off by RAINSTORM_NATIVE=0"
 
 if os.environ.get("RAINSTORM_NATIVE", "1") != "0":
     try:
         from rainstorm.native import _columns, _words
     except ImportError:  # not built here (no C compiler at install time)
-        pass
+        WHY_NOT = "not built: no C compiler when rainstorm was installed"
     else:
         cut, fold, WordCounts = _columns.cut, _columns.fold, _words.WordCounts
 
@@ -44,5 +45,5 @@ def is_word_counts(x: object) -> TypeGuard[_words.WordCounts]:
 
 
 def describe() -> str:
-    """One word for logs and ``--version``: native or python."""
-    return "native" if AVAILABLE else "python"
+    """For logs and ``--version``: which code does the per-key work, and why."""
+    return "native code (C)" if AVAILABLE else f"Python code (native code {WHY_NOT})"

@@ -38,6 +38,7 @@ from types import FrameType, TracebackType
 
 import redis
 
+from rainstorm import native
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.errors import ServerError, UsageError, one_line
 from rainstorm.job import JobState
@@ -271,7 +272,7 @@ class Worker:
             raise UsageError(f"worker {self.id} is closed: start a new Worker")
         if not self._open:
             self._open = True
-            log.info("worker %s starting", self.id)
+            log.info("worker %s starting (per-key work: %s)", self.id, native.describe())
             self.keepalive.start()
 
     def request_stop(self, *_: object) -> None:

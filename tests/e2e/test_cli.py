@@ -66,3 +66,38 @@ def test_redis_sink_readable_with_redis_cli_commands(tmp_path: Path, url: str) -
     assert r.hgetall(keys.result(rep.job_id)) == {"a": "1", "b": "3", "c": "1"}
     assert r.zrevrange(keys.top(rep.job_id), 0, 0) == ["b"]
     r.close()
+
+
+def test_native_and_python_word_counts_agree_with_a_counter(tmp_path: Path) -> None:
+    """Word count with the native code (rainstorm.native) and with it turned
+    off (RAINSTORM_NATIVE=0): the same counts, each equal to a Counter, over
+    many splits, commits and folds, on text with every kind of whitespace
+    str.split() knows and words in every Unicode width."""
+    import random
+
+    from rainstorm import native
+
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(5000)] + ["naïve", "café", "日本語", "🙂x", "a\x00b", "Ω"]
+    seps = [" ", "\n", "\t", "\u3000", "\xa0", "\x85", "\u2028", "  \n"]
+    text = "".join(rng.choice(vocab) + rng.choice(seps) for _ in range(300_000))
+    f = tmp_path / "in.txt"
+    f.write_text(text, encoding="utf-8")
+    want = Counter(text.split())
+    for setting in ("1", "0"):
+        out = tmp_path / f"native{setting}.json"
+        version = subprocess.run([sys.executable, "-m", "rainstorm", "--version"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60,
+                                 env=dict(os.environ, RAINSTORM_NATIVE=setting))
+        built = setting == "1" and native.AVAILABLE
+        assert ("native code (C)" in version.stdout) == built, version.stdout
+        with out.open("w") as sink:
+            res = subprocess.run(
+                [sys.executable, "-m", "rainstorm", "run",
+                 str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f), "--workers", "2",
+                 "--json", "--set", "source.batch_bytes=65536",
+                 "--set", "settings.state_partitions=8"],
+                cwd=ROOT, stdout=sink, stderr=subprocess.PIPE, text=True, timeout=300,
+                env=dict(os.environ, RAINSTORM_NATIVE=setting))
+        assert res.returncode == 0, res.stderr
+        assert json.loads(out.read_text()) == want, f"RAINSTORM_NATIVE={setting}"
