@@ -8,8 +8,8 @@ bytes; anything else is left to Python, which moves bad deltas aside)."""
 from __future__ import annotations
 
 import random
-from collections import Counter
 import zlib
+from collections import Counter
 from typing import Any
 
 import msgpack
