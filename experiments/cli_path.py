@@ -19,6 +19,11 @@ Pool variants (the best median is the baseline of the ratio; both reported):
 * ``pool-chunks``: ``imap_unordered`` over 4 MiB blocks, a Counter per block,
   merged in the parent while the others are counted.
 
+``rainstorm, Python code``: the same command with RAINSTORM_NATIVE=0, the
+per-key work done by Python instead of rainstorm.native's C (word count's
+split and count, the cut into state partitions, the folds): the Pool is
+plain Python, so this row is the like-for-like one.
+
 Breakdown rows: ``rainstorm (no --json)`` prints only the top 10 (the JSON
 output's cost is the difference); ``job_s`` is the job's own time from the
 CLI's summary line (submit to result; the rest of the wall time is the
@@ -55,6 +60,7 @@ SHARE_BLOCK = 1 << 20
 CHUNK_BLOCK = 4 << 20
 RS = "rainstorm (--json > file)"
 RS_NOJSON = "rainstorm (no --json)"
+RS_PY = "rainstorm, Python code (RAINSTORM_NATIVE=0)"
 SHARE, CHUNKS = "pool-share", "pool-chunks"
 
 
@@ -111,15 +117,18 @@ def pool_chunks(files: list[Path]) -> tuple[Counter[str], float]:
     return total, started
 
 
-def run_cli(files: list[Path], as_json: bool, tmp: Path) -> tuple[float, float, Counter[str]]:
-    """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`."""
+def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False
+            ) -> tuple[float, float, Counter[str]]:
+    """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`;
+    ``python``: with the native code turned off (RAINSTORM_NATIVE=0)."""
     out = tmp / "out.json"
     args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
             "--input", str(files[0].parent / "*.txt"), "--workers", "2"]
     t = time.perf_counter()
     with open(out if as_json else os.devnull, "wb") as fh:
         res = subprocess.run([*args, "--json"] if as_json else args, stdout=fh,
-                             stderr=subprocess.PIPE, cwd=tmp, timeout=1200)
+                             stderr=subprocess.PIPE, cwd=tmp, timeout=1200,
+                             env=dict(os.environ, RAINSTORM_NATIVE="0" if python else "1"))
     wall = time.perf_counter() - t
     err = res.stderr.decode(errors="replace")
     if res.returncode != 0:
@@ -143,14 +152,14 @@ def cli_start_s() -> float:
 def measure(name: str, files: list[Path], repeat: int, serial: Counter[str] | None,
             tmp: Path) -> list[dict[str, Any]]:
     mb = sum(f.stat().st_size for f in files) / 1e6
-    contenders = [RS, SHARE, RS_NOJSON, CHUNKS]
+    contenders = [RS, SHARE, RS_NOJSON, CHUNKS, RS_PY]
     rows = []
     for rep in range(repeat):
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         got: dict[str, dict[str, Any]] = {}
         for who in order:
-            if who in (RS, RS_NOJSON):
-                wall, job_s, res = run_cli(files, who == RS, tmp)
+            if who in (RS, RS_NOJSON, RS_PY):
+                wall, job_s, res = run_cli(files, who != RS_NOJSON, tmp, python=who == RS_PY)
                 got[who] = {"seconds": wall, "job_s": job_s, "pool_start_s": "",
                             "result": res}
             else:
@@ -182,6 +191,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
 
         best = min((SHARE, CHUNKS), key=lambda w: statistics.median(times(w)))
         ratios = [a / b for a, b in zip(times(RS), times(best), strict=True)]
+        py = [a / b for a, b in zip(times(RS_PY), times(best), strict=True)]
         nojson = [a / b for a, b in zip(times(RS), times(RS_NOJSON), strict=True)]
         job = [float(r["job_s"]) for r in mine if r["contender"] == RS]
         start = [float(r["pool_start_s"]) for r in mine if r["contender"] == best]
@@ -194,7 +204,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
             f"{statistics.median(times(SHARE if best == CHUNKS else CHUNKS)):.2f} s; "
             f"ratio rainstorm/{best} median {statistics.median(ratios):.2f} "
             f"(min {min(ratios):.2f}, max {max(ratios):.2f}); --json costs "
-            f"{statistics.median(nojson):.2f}x of no --json")
+            f"{statistics.median(nojson):.2f}x of no --json; with the native code off "
+            f"{statistics.median(times(RS_PY)):.2f} s, ratio median "
+            f"{statistics.median(py):.2f} (min {min(py):.2f}, max {max(py):.2f})")
     return lines
 
 
@@ -202,7 +214,7 @@ def plot_to(rows: list[dict[str, Any]], title: str) -> Any:
     def plot(path: Path) -> None:
         plt = pyplot()
         names = list(dict.fromkeys(r["corpus"] for r in rows))
-        who = [RS, RS_NOJSON, SHARE, CHUNKS]
+        who = [RS, RS_NOJSON, RS_PY, SHARE, CHUNKS]
         fig, ax = plt.subplots(figsize=(8, 3.6))
         width = 0.8 / len(who)
         for i, w in enumerate(who):
@@ -238,6 +250,8 @@ def main() -> int:
         print(f"real text unavailable ({exc}): the generated corpus only")
     corpora.append(("generated", corpus("large", mb)))
     print(f"cli start (rainstorm --help): {cli_start_s():.2f} s")
+    print(subprocess.run([*rainstorm_cmd(), "--version"], capture_output=True, text=True,
+                         timeout=60).stdout.strip())
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rs-cli-") as tmp:
         for name, files in corpora:
