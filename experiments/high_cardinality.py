@@ -21,6 +21,10 @@ Per repeat, side by side in a rotating order:
   0 over ``rs:{job}:state:*``, found with SCAN), the largest single command
   (SLOWLOG, LATENCY LATEST) and the worst ``usec_per_call`` of INFO
   commandstats;
+* ``rainstorm run, Python code`` — the first with RAINSTORM_NATIVE=0: the
+  per-key work (split and count, the cut into partitions, the folds) in
+  Python instead of rainstorm.native's C, the like-for-like row against a
+  plain-Python Pool;
 * ``Pool(2)`` — plain Python: a Counter per process over an interleaved share
   of 1 MiB blocks, merged in the parent (Pool start reported separately).
 
@@ -62,6 +66,7 @@ DATA = Path(__file__).resolve().parent / "data" / "high_cardinality"
 LINE_BYTES = 10
 SPREAD = 2.15  # ids drawn from SPREAD x lines values: ~0.8 x lines distinct
 EMBEDDED, OWN, POOL = "rainstorm run", "rainstorm run --redis", "Pool(2)"
+PYTHON = "rainstorm run, Python code"
 
 
 def id_corpus(mb: float, files: int = 4, seed: int = 7) -> list[Path]:
@@ -177,8 +182,10 @@ class Watch:
 
 
 def run_cli(files: list[Path], tmp: Path, url: str | None, server_pid: int | None,
-            job: str) -> tuple[float, dict[str, float], dict[str, int] | None]:
-    """(wall seconds, peak RSS MB per process, result or None) of one `rainstorm run`."""
+            job: str, python: bool = False
+            ) -> tuple[float, dict[str, float], dict[str, int] | None]:
+    """(wall seconds, peak RSS MB per process, result or None) of one `rainstorm
+    run`; ``python``: with RAINSTORM_NATIVE=0."""
     out = tmp / "out.json"
     args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
             "--input", str(files[0].parent / "*.txt"), "--workers", "2", "--json",
@@ -187,7 +194,8 @@ def run_cli(files: list[Path], tmp: Path, url: str | None, server_pid: int | Non
         args += ["--redis", url, "--set", "source.transport=split"]
     t = time.perf_counter()
     with open(out, "wb") as fh:
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.PIPE, cwd=tmp)
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.PIPE, cwd=tmp,
+                                env=dict(os.environ, RAINSTORM_NATIVE="0" if python else "1"))
         watch = Watch(proc.pid, (server_pid,) if server_pid else ())
         _, err = proc.communicate(timeout=1800)
     wall = time.perf_counter() - t
@@ -251,11 +259,12 @@ def main() -> int:
     truth: Counter[str] = reference(files) if a.quick else pool_share(files)[0]
     print(f"{mb:g} MB, {sum(truth.values()):,} lines, {len(truth):,} distinct keys")
     rows: list[dict[str, Any]] = []
-    contenders = [EMBEDDED, POOL, OWN]
+    contenders = [EMBEDDED, POOL, OWN, PYTHON]
     with tempfile.TemporaryDirectory(prefix="rs-hc-") as tmp_s:
         tmp = Path(tmp_s)
         for rep in range(repeat):
-            order = contenders[rep % 3:] + contenders[:rep % 3]
+            k = rep % len(contenders)
+            order = contenders[k:] + contenders[:k]
             got: dict[str, dict[str, Any]] = {}
             for who in order:
                 job = f"hc-{rep}-{os.getpid()}"
@@ -268,8 +277,8 @@ def main() -> int:
                     wall = time.perf_counter() - t
                     facts["pool_start_s"] = round(started, 3)
                     ok = res == truth
-                elif who == EMBEDDED:
-                    wall, rss, res = run_cli(files, tmp, None, None, job)
+                elif who in (EMBEDDED, PYTHON):
+                    wall, rss, res = run_cli(files, tmp, None, None, job, who == PYTHON)
                     ok = res is not None and res == truth
                 else:
                     wall, rss, res, facts = one_own(files, tmp, job)
@@ -308,14 +317,14 @@ def verdicts(rows: list[dict[str, Any]]) -> None:
         return statistics.median(float(r[col]) for r in rows if r["contender"] == who)
 
     pool = [float(r["seconds"]) for r in rows if r["contender"] == POOL]
-    for who in (EMBEDDED, OWN):
+    for who in (EMBEDDED, OWN, PYTHON):
         ratios = [float(r["seconds"]) / p for r, p in
                   zip([r for r in rows if r["contender"] == who], pool, strict=True)]
         print(f"{who}: median {med(who, 'seconds'):.2f} s vs Pool(2) {med(POOL, 'seconds'):.2f}"
               f" s: ratio median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
               f"max {max(ratios):.2f})")
     ratio = med(EMBEDDED, "seconds") / med(POOL, "seconds")
-    rs_rows = [r for r in rows if r["contender"] in (EMBEDDED, OWN)]
+    rs_rows = [r for r in rows if r["contender"] in (EMBEDDED, OWN, PYTHON)]
     cols = ("rss_coordinator_mb", "rss_worker1_mb", "rss_worker2_mb", "rss_server_mb",
             "rss_isolated_mb", "rss_json_mb")
     peaks = {c.removeprefix("rss_").removesuffix("_mb"):
@@ -345,7 +354,7 @@ def plot_to(rows: list[dict[str, Any]], mb: float) -> Any:
     def plot(path: Path) -> None:
         plt = pyplot()
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        who = [EMBEDDED, OWN, POOL]
+        who = [EMBEDDED, OWN, PYTHON, POOL]
         for i, w in enumerate(who):
             ts = [float(r["seconds"]) for r in rows if r["contender"] == w]
             med = statistics.median(ts)
