@@ -9,4 +9,4 @@ def native(name: str) -> Extension:
                      extra_compile_args=["-O2"])
 
 
-setup(ext_modules=[native("_columns"), native("_words")])
+setup(ext_modules=[native("_columns"), native("_words"), native("_pairs")])

@@ -4,7 +4,9 @@ Two C extensions are built when the package is installed (setup.py;
 ``optional``: where no C compiler is found, the install goes on without
 them).  ``_columns`` cuts a batch's delta into state partitions
 (:func:`cut`) and folds columnar blobs (:func:`fold`); ``_words`` counts
-the words of word count's texts (:data:`WordCounts`).  Each writes exactly
+the words of word count's texts (:data:`WordCounts`); ``_pairs`` checks a
+mapper's (key, value) records (:func:`all_pairs`) and groups their values
+(:func:`group_add`).  Each writes exactly
 the bytes rainstorm.operators.aggregates writes, or answers None, and then
 the Python code does the work.  Nothing depends on them but speed.
 
@@ -27,15 +29,18 @@ Fold = Callable[[list[bytes]], "bytes | None"]
 cut: Cut | None = None
 fold: Fold | None = None
 WordCounts: type[_words.WordCounts] | None = None
+all_pairs: Callable[[list[Any]], bool] | None = None
+group_add: Callable[[dict[Any, Any], list[Any]], bool] | None = None
 WHY_NOT = "turned off by RAINSTORM_NATIVE=0"
 
 if os.environ.get("RAINSTORM_NATIVE", "1") != "0":
     try:
-        from rainstorm.native import _columns, _words
+        from rainstorm.native import _columns, _pairs, _words
     except ImportError:  # not built here (no C compiler at install time)
         WHY_NOT = "not built: no C compiler when rainstorm was installed"
     else:
         cut, fold, WordCounts = _columns.cut, _columns.fold, _words.WordCounts
+        all_pairs, group_add = _pairs.all_pairs, _pairs.group_add
 
 AVAILABLE = cut is not None
 

@@ -229,6 +229,9 @@ class Group(Aggregator):
         return {k: list(self.combiner(k, vals)) for k, vals in delta.items()}
 
     def add(self, acc: dict[Any, Any], records: Iterable[Any], keyed: bool) -> None:
+        if native.group_add is not None and type(records) is list \
+                and native.group_add(acc, records):
+            return  # (all of them (key, value) tuples: grouped in C)
         for k, v in records:
             vals = acc.get(k)
             if vals is None:

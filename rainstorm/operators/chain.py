@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from rainstorm import native
 from rainstorm.errors import UsageError
 from rainstorm.operators import builtins
 from rainstorm.operators.chain_errors import OperatorError, OperatorTimeout, Rejected
@@ -54,7 +55,10 @@ def _pairs(recs: list[Any]) -> list[Any]:
     """``key_by(pair_key, pair_value)``: records that are (key, value)
     tuples already pass as they are (checked at C speed, the usual output
     of a mapper); any other as ``(r[0], r[1])``."""
-    if set(map(type, recs)) <= {tuple} and set(map(len, recs)) <= {2}:
+    if native.all_pairs is not None:
+        if native.all_pairs(recs):
+            return recs
+    elif set(map(type, recs)) <= {tuple} and set(map(len, recs)) <= {2}:
         return recs
     return [(r[0], r[1]) for r in recs]
 

@@ -240,3 +240,35 @@ def test_word_counts_leave_odd_words_to_python(text: str) -> None:
     wc.add_text(text)
     assert wc.cut(8) is None  # a word with NUL or a lone surrogate: Python encodes it
     assert wc.to_dict() == Counter(text.split())
+
+
+@pytest.mark.parametrize("records", [
+    [("a", 1), ("b", 2), ("a", 3), (("t", 1), None), (7, [1]), ("a", "x")],
+    [], [("k", i % 3) for i in range(1000)],
+], ids=["mixed", "empty", "many"])
+def test_group_add_groups_what_python_groups(records: list[Any]) -> None:
+    assert native.group_add is not None and native.all_pairs is not None
+    assert native.all_pairs(records)
+    got: dict[Any, Any] = {"a": [0]}
+    want: dict[Any, Any] = {"a": [0]}
+    assert native.group_add(got, records)
+    for k, v in records:
+        want.setdefault(k, []).append(v)
+    assert list(got.items()) == list(want.items())
+
+
+@pytest.mark.parametrize("records", [
+    [("a", 1), ("b", 2, 3)], [("a", 1), ["b", 2]], [("a", 1), "ab"], [("a",)],
+], ids=repr)
+def test_group_add_leaves_other_records_to_python(records: list[Any]) -> None:
+    assert native.group_add is not None and native.all_pairs is not None
+    acc: dict[Any, Any] = {}
+    assert not native.all_pairs(records)
+    assert not native.group_add(acc, records)
+    assert acc == {}  # untouched
+
+
+def test_group_add_raises_on_an_unhashable_key_as_python_does() -> None:
+    assert native.group_add is not None
+    with pytest.raises(TypeError):
+        native.group_add({}, [("a", 1), ([1], 2)])
