@@ -68,7 +68,8 @@ WARMUP_S = 1.0
 SAMPLE_S = 0.05
 
 SPEC = """name: stream-cpu
-source: {{type: stream, key: {key}, field: d, batch_records: {batch}, linger_ms: {linger}}}
+source: {{type: stream, key: {key}, field: d, batch_records: {batch}, linger_ms: {linger},
+          transport: {transport}}}
 pipeline:
   - {{op: count}}
 settings: {{batch_entries: 8, max_backlog: 1000}}
@@ -207,10 +208,12 @@ def summary(run: Run) -> dict[str, Any]:
 
 
 def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int = 0,
-            batch_records: int = 200, how: str = "python") -> dict[str, Any]:
+            batch_records: int = 200, how: str = "python", transport: str = "auto"
+            ) -> dict[str, Any]:
     job, key = f"cpu{rate}l{linger_ms}b{batch_records}", f"src{rate}l{linger_ms}b{batch_records}"
     spec = tmp / f"{job}.yaml"
-    spec.write_text(SPEC.format(key=key, linger=linger_ms, batch=batch_records))
+    spec.write_text(SPEC.format(key=key, linger=linger_ms, batch=batch_records,
+                                transport=transport))
     with EmbeddedRedis() as srv:
         assert srv.proc is not None
         url, spid = srv.url, srv.proc.pid
@@ -326,6 +329,10 @@ def main() -> int:
                     help="python: pipelined XADDs (~8 µs of its own CPU a record); lua: "
                          "one EVAL a tick makes them in the server, so the engine has "
                          "the cores to itself (its server CPU is measured either way)")
+    ap.add_argument("--transport", choices=("auto", "copy", "direct"), default="auto",
+                    help="source.transport: copy (auto) has the coordinator copy batches "
+                         "into the job's streams; direct has the workers read the stream "
+                         "(no linger_ms)")
     ap.add_argument("--name", default="stream_cpu", help="results file name (CSV and PNG)")
     a = ap.parse_args()
     lingers = [int(x) for x in a.linger_ms.split(",")]
@@ -337,9 +344,9 @@ def main() -> int:
         for rate in rates:
             for linger in lingers:
                 row = {"linger_ms": linger, "batch_records": a.batch_records,
-                       "producer": a.producer,
+                       "producer": a.producer, "transport": a.transport,
                        **measure(rate, seconds, cal_s, Path(tmp), linger, a.batch_records,
-                                 a.producer)}
+                                 a.producer, a.transport)}
                 print(row, flush=True)
                 rows.append(row)
     for r in rows:
