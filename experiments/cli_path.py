@@ -215,7 +215,7 @@ def plot_to(rows: list[dict[str, Any]], title: str) -> Any:
         plt = pyplot()
         names = list(dict.fromkeys(r["corpus"] for r in rows))
         who = [RS, RS_NOJSON, RS_PY, SHARE, CHUNKS]
-        fig, ax = plt.subplots(figsize=(8, 3.6))
+        fig, ax = plt.subplots(figsize=(10.5, 3.6))
         width = 0.8 / len(who)
         for i, w in enumerate(who):
             for j, n in enumerate(names):
@@ -228,7 +228,7 @@ def plot_to(rows: list[dict[str, Any]], title: str) -> Any:
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel("seconds (bar: median, line: min-max)")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(path, dpi=110)
     return plot
