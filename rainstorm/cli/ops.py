@@ -13,6 +13,9 @@ import click
 from rainstorm.cli.base import RedisOptions, fail, json_option, raise_interrupt, shared
 from rainstorm.cli.show import print_result, table
 
+# a worker's per-key code, as `workers` shows it (None: a worker older than the field)
+_CODE = {True: "C", False: "Python", None: "-"}
+
 
 @click.command()
 @click.argument("job_id", required=False)
@@ -138,10 +141,11 @@ def workers(conn: RedisOptions, prune_s: float | None, as_json: bool) -> None:
         click.echo(json.dumps([w.to_json() for w in views]))
         return
     rows = [{**w.to_json(), "pinned": "-" if w.stage is None else f"{w.job or '*'}:s{w.stage}",
-             "where": w.container or w.host, "state": "busy" if w.busy else w.state}
+             "where": w.container or w.host, "state": "busy" if w.busy else w.state,
+             "code": _CODE[w.native]}
             for w in views]
     table("rainstorm workers", rows, ["id", "where", "pid", "state", "heartbeat_age_s",
-                                      "pinned", "current", "batches"])
+                                      "pinned", "current", "batches", "code"])
 
 
 @click.command("list-tasks")

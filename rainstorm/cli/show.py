@@ -46,17 +46,26 @@ def print_result(result: Mapping[str, Any] | list[Any], top_n: int, as_json: boo
     Console().print(table)
 
 
+PIPED_WIDTH = 200  # a table's width when stdout is not a terminal
+
+
 def table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
     """``rows`` as a titled table of the columns ``cols``."""
     from rich.console import Console
     from rich.table import Table
 
     out = Table(title=title)
-    for col in cols:
-        out.add_column(col)
+    for i, col in enumerate(cols):
+        # the first column names the row (a worker's or job's id): never cut
+        # short, whatever the terminal's width; the others give way
+        whole = max((len(str(row.get(col, ""))) for row in rows), default=0) if i == 0 else None
+        out.add_column(col, min_width=whole, no_wrap=i == 0)
     for row in rows:
         out.add_row(*(str(row.get(c, "")) for c in cols))
-    Console().print(out)
+    console = Console()
+    if not console.is_terminal:  # piped (grep, a file): whole cells, not 80 columns' worth
+        console.width = max(console.width, PIPED_WIDTH)
+    console.print(out)
 
 
 def progress_bar() -> tuple[Progress, Callable[[Any], None]]:

@@ -59,7 +59,7 @@ def worker_view(worker_id: str, beat: Heartbeat, now: float) -> WorkerView:
                       heartbeat_age_s=round(age, 1), state="alive" if alive else "dead",
                       busy=alive and beat.state == BUSY, current=beat.current,
                       batches=beat.batches, busy_s=beat.busy_s, last_seen=beat.last_seen,
-                      job=beat.job, stage=beat.stage,
+                      job=beat.job, stage=beat.stage, native=beat.native,
                       uptime_s=round(now - (now if beat.started is None else beat.started), 1))
 
 

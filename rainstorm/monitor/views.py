@@ -36,6 +36,7 @@ class WorkerView:
     job: str | None  # pinned to this job (None: any)
     stage: int | None  # pinned to this stage (None: any)
     uptime_s: float
+    native: bool | None = None  # per-key loops in C (rainstorm.native); None: not said
 
     @property
     def alive(self) -> bool:
@@ -46,7 +47,7 @@ class WorkerView:
                 "heartbeat_age_s": self.heartbeat_age_s, "state": self.state,
                 "busy": self.busy, "current": self.current, "batches": self.batches,
                 "busy_s": self.busy_s, "last_seen": self.last_seen, "job": self.job,
-                "stage": self.stage, "uptime_s": self.uptime_s}
+                "stage": self.stage, "uptime_s": self.uptime_s, "native": self.native}
 
 
 @dataclass(frozen=True)

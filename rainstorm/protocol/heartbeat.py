@@ -39,6 +39,7 @@ class Heartbeat:
     job: str | None = None  # the job it is pinned to (--job), None: any
     stage: int | None = None  # the stage it is pinned to (--stage), None: any
     container: str | None = None  # its container id, when it runs in one
+    native: bool | None = None  # its per-key loops in C (rainstorm.native); None: not said
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,7 +57,8 @@ class Heartbeat:
                        batches=int(info.get("batches") or 0),
                        busy_s=float(info.get("busy_s") or 0.0),
                        job=_opt(info.get("job"), str), stage=_opt(info.get("stage"), int),
-                       container=_opt(info.get("container"), str))
+                       container=_opt(info.get("container"), str),
+                       native=_opt(info.get("native"), bool))
         except (ValueError, TypeError, AttributeError):
             return None
 

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 100  # how long a stream read waits for new entries
 POLL_S = 0.05  # how often a tailed file is looked at when nothing is new
+# a linger sleeps this much past the time its entry should be full (5 % and
+# 1 ms: a producer's flush), so that one read usually finds it full
+LINGER_MARGIN, LINGER_MARGIN_S = 0.05, 0.001
 
 
 def record_of(fields: dict[bytes, bytes], field: str | None) -> tuple[bool, Any]:
@@ -92,13 +95,22 @@ def _records_of(rows: list[Any], field: str | None, per_entry: int
     return records, firsts, missing
 
 
-def _fill_eta_s(rows: list[Any], want: int) -> float | None:
-    """Seconds until ``want`` rows are there at the rate ``rows`` arrived
-    (from their ids' millisecond parts); None while they span no time."""
-    first, last = (int(bytes(rows[i][0]).split(b"-", 1)[0]) for i in (0, -1))
-    if last <= first:
+def _per_ms(rows: list[Any]) -> float | None:
+    """Rows per millisecond at the rate ``rows`` arrived (from their ids'
+    millisecond parts); None while they span no time."""
+    if len(rows) < 2:
         return None
-    per_ms = (len(rows) - 1) / (last - first)
+    first, last = (int(bytes(rows[i][0]).split(b"-", 1)[0]) for i in (0, -1))
+    return (len(rows) - 1) / (last - first) if last > first else None
+
+
+def _fill_eta_s(rows: list[Any], want: int, known_per_ms: float | None) -> float | None:
+    """Seconds until ``want`` rows are there at the rate ``rows`` arrived, or
+    at ``known_per_ms`` (the rate the last linger saw) while they span no
+    time; None when neither tells."""
+    per_ms = _per_ms(rows) or known_per_ms
+    if not per_ms:
+        return None
     return (want - len(rows)) / per_ms / 1000
 
 
@@ -118,6 +130,7 @@ class StreamLoader(BaseLoader):
         super().__init__(r, job)
         self.raw = redis.Redis(connection_pool=r.connection_pool)
         self.raw.set_response_callback("XREAD", as_sent)
+        self._per_ms: float | None = None  # the arrival rate the last linger saw
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         src = self.job.spec.source
@@ -145,10 +158,12 @@ class StreamLoader(BaseLoader):
     def _linger(self, rows: list[Any], cap: int) -> list[Any]:
         """``rows`` plus what arrives within ``linger_ms`` of reading them,
         until one entry's ``batch_records`` are there.  Once the arrival rate
-        can be told from the entries' ids (their millisecond part), it sleeps
-        until the entry should be full (never past the linger) and reads
-        once: a blocking XREAD returns at the first new entry, and one such
-        read per producer flush cost the loader ~2 µs per record at 30k/s."""
+        is known (from the entries' ids, their millisecond part, or from the
+        last linger), it sleeps until the entry should be full, plus a
+        margin of LINGER_MARGIN (never past the linger), and reads once: a
+        blocking XREAD returns at the first new entry, and one such read per
+        producer flush cost the loader ~2 µs per record at 30k/s; without
+        the margin, a read just short of the entry took two or three more."""
         src = self.job.spec.source
         assert src.type == "stream"
         deadline = time.monotonic() + src.linger_ms / 1000
@@ -157,15 +172,16 @@ class StreamLoader(BaseLoader):
             left_s = deadline - time.monotonic()
             if left_s < 0.001:
                 break
-            eta_s = _fill_eta_s(rows, src.batch_records) if more else None
+            eta_s = _fill_eta_s(rows, src.batch_records, self._per_ms) if more else None
             if eta_s is None:  # no rate yet, or none came: wait for the next entry
                 block: int | None = int(left_s * 1000)
             else:
-                time.sleep(min(eta_s, left_s))
+                time.sleep(min(eta_s * (1 + LINGER_MARGIN) + LINGER_MARGIN_S, left_s))
                 block = None
             more = raw_rows(self.raw.xread({src.key: as_str(rows[-1][0], "replace")},
                                            count=cap - len(rows), block=block))
             rows = [*rows, *more]
+        self._per_ms = _per_ms(rows) or self._per_ms
         return rows
 
 

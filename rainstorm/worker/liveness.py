@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from rainstorm import keys
+from rainstorm import keys, native
 from rainstorm.latency import LatencyRecorder
 from rainstorm.protocol.heartbeat import BUSY, IDLE, Heartbeat, host_name
 from rainstorm.replies import as_str
@@ -63,7 +63,7 @@ class Registration:
                          started=a.started_at, current=a.current,
                          state=BUSY if busy else IDLE, batches=a.batches,
                          busy_s=round(busy_s, 3), job=self.job, stage=self.stage,
-                         container=container_id())
+                         container=container_id(), native=native.AVAILABLE)
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(keys.WORKERS, self.id, info.to_json())
         if flush:

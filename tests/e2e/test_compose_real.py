@@ -8,6 +8,8 @@ order, each bounded in time:
 * the default job (the `sample` service's input, splits on the shared data
   volume) == collections.Counter over the input files, read back from the
   volume;
+* its workers run the C per-key code (rainstorm.native), compiled in the
+  image's build stage, and the image holds no compiler;
 * the `worker` ACL user cannot load functions, touch CONFIG, write a job's
   spec or flush;
 * the dashboard's ``/`` and ``/metrics`` from this host (RAINSTORM_UI_PORT);
@@ -228,6 +230,13 @@ def test_compose_stack(stack: Stack) -> None:
     spec = st.admin_cli("get", "rs:{compose-job}:spec", check=True).stdout
     assert '"transport":"split"' in spec.replace(" ", ""), "splits on the shared volume"
     st.timed("default job == Counter", t)
+    # the image's build stage compiled the C per-key code: its workers run it
+    # (the image itself has no compiler)
+    code = {str(w["id"]): w["native"] for w in st.workers() if w["state"] == "alive"}
+    assert code and all(v is True for v in code.values()), code
+    gcc = st.compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "coordinator",
+                     "-c", "command -v gcc cc || echo none", timeout_s=60).stdout
+    assert gcc.strip() == "none", f"a compiler in the image: {gcc}"
 
     # 2. the worker ACL user holds
     t = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rainstorm import keys
+from rainstorm import keys, native
 from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import throttle
 from rainstorm.spec import parse_spec
@@ -138,6 +138,11 @@ def test_workers_pinned_to_a_stage(tmp_path: Path, url: str, r: redis.Redis) -> 
         assert c.stage(1).committed == 0 and c.stage(0).committed > 0
         (w,) = json.loads(cli(url, "workers", "--json").stdout)
         assert w["stage"] == 0 and w["job"] == job.id
+        # which code does its per-key work: the same as this process's
+        assert w["native"] is native.AVAILABLE
+        row = next(line for line in cli(url, "workers").stdout.splitlines() if w["id"] in line)
+        cells = [c.strip() for c in row.strip().strip("│").split("│")]
+        assert cells[0] == w["id"] and cells[-1] == ("C" if native.AVAILABLE else "Python"), row
         procs.append(worker(url, "--job", job.id, "--stage", "1", "--burst"))
         result = driven.result()
     finally:

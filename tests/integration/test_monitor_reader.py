@@ -174,7 +174,8 @@ def test_workers_from_heartbeats(r: redis.Redis) -> None:
     assert w1.to_json() == {"id": "w1", "host": "h1", "pid": 42, "container": None,
                             "heartbeat_age_s": 1.0, "state": "alive", "busy": True,
                             "current": "wc/s0", "batches": 3, "busy_s": 1.5,
-                            "last_seen": now - 1, "job": None, "stage": None, "uptime_s": 11.0}
+                            "last_seen": now - 1, "job": None, "stage": None, "uptime_s": 11.0,
+                            "native": None}
     assert (w4.state, w4.busy, w4.alive) == ("dead", False, False)
 
 

@@ -220,3 +220,22 @@ def test_a_stream_entry_read_as_sent_gives_the_record_a_dict_would() -> None:
     rows = [[b"1-0", [b"d", b"x"]]]
     assert raw_rows({b"s": rows}) == rows == raw_rows([[b"s", rows]])
     assert raw_rows(None) == [] == raw_rows({})
+
+
+def test_a_linger_times_the_entry_from_the_ids_or_the_last_rate() -> None:
+    """How long a linger sleeps for a full entry: from the rows' own ids
+    (their millisecond parts) when they span time, else from the rate the
+    last linger saw, else it cannot tell (None: it blocks for the next one)."""
+    from rainstorm.sources.unbounded import _fill_eta_s, _per_ms
+
+    def rows(*ms: int) -> list[Any]:
+        return [[f"{m}-{i}".encode(), [b"d", b"x"]] for i, m in enumerate(ms)]
+
+    ten_a_ms = rows(*range(1000, 1010))  # 10 rows over 9 ms
+    assert _per_ms(ten_a_ms) == 1.0
+    assert _fill_eta_s(ten_a_ms, 100, None) == (100 - 10) / 1.0 / 1000
+    assert _fill_eta_s(ten_a_ms, 100, 5.0) == 0.09  # its own rate wins
+    same_ms = rows(7, 7, 7)
+    assert _per_ms(same_ms) is None and _per_ms(rows(7)) is None
+    assert _fill_eta_s(same_ms, 100, None) is None
+    assert _fill_eta_s(same_ms, 100, 2.0) == (100 - 3) / 2.0 / 1000
