@@ -131,17 +131,29 @@ class StreamLoader(BaseLoader):
         self.raw = redis.Redis(connection_pool=r.connection_pool)
         self.raw.set_response_callback("XREAD", as_sent)
         self._per_ms: float | None = None  # the arrival rate the last linger saw
+        self._full_at: float | None = None  # when, at that rate, the next entry is full
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         src = self.job.spec.source
         assert src.type == "stream"
         after = pos or "0-0"
         cap = src.batch_records * max_entries
+        deadline = None
+        if src.linger_ms and self._full_at is not None:
+            # caught up, at a known rate: read once the next entry should be
+            # full (what a first read now would find is short of it anyway);
+            # the linger then counts from before the sleep, as a record read
+            # after it waited through it
+            now = time.monotonic()
+            deadline = now + src.linger_ms / 1000
+            wait_s, self._full_at = min(self._full_at - now, src.linger_ms / 1000), None
+            if wait_s > 0.001:
+                time.sleep(wait_s)
         rows = raw_rows(self.raw.xread({src.key: after}, count=cap, block=BLOCK_MS))
         if not rows:
             return [], pos, 0, None
         if src.linger_ms and len(rows) < src.batch_records:
-            rows = self._linger(rows, cap)
+            rows = self._linger(rows, cap, deadline)
         records, firsts, missing = _records_of(rows, src.field, src.batch_records)
         if missing:
             self.r.hincrby(keys.counters(self.job.id),
@@ -155,18 +167,20 @@ class StreamLoader(BaseLoader):
             entries.append((self.stream_for(uid), uid, encode_records(chunk)))
         return entries, as_str(rows[-1][0], "replace"), len(records), None
 
-    def _linger(self, rows: list[Any], cap: int) -> list[Any]:
-        """``rows`` plus what arrives within ``linger_ms`` of reading them,
-        until one entry's ``batch_records`` are there.  Once the arrival rate
-        is known (from the entries' ids, their millisecond part, or from the
-        last linger), it sleeps until the entry should be full, plus a
-        margin of LINGER_MARGIN (never past the linger), and reads once: a
-        blocking XREAD returns at the first new entry, and one such read per
-        producer flush cost the loader ~2 µs per record at 30k/s; without
-        the margin, a read just short of the entry took two or three more."""
+    def _linger(self, rows: list[Any], cap: int, deadline: float | None) -> list[Any]:
+        """``rows`` plus what arrives within ``linger_ms`` of reading them
+        (or until ``deadline``), until one entry's ``batch_records`` are
+        there.  Once the arrival rate is known (from the entries' ids, their
+        millisecond part, or from the last linger), it sleeps until the
+        entry should be full, plus a margin of LINGER_MARGIN (never past the
+        linger), and reads once: a blocking XREAD returns at the first new
+        entry, and one such read per producer flush cost the loader ~2 µs
+        per record at 30k/s; without the margin, a read just short of the
+        entry took two or three more.  It leaves the time the next entry
+        should be full in ``_full_at`` for the next gather."""
         src = self.job.spec.source
         assert src.type == "stream"
-        deadline = time.monotonic() + src.linger_ms / 1000
+        deadline = deadline or time.monotonic() + src.linger_ms / 1000
         more: list[Any] = rows
         while len(rows) < src.batch_records:
             left_s = deadline - time.monotonic()
@@ -182,6 +196,9 @@ class StreamLoader(BaseLoader):
                                            count=cap - len(rows), block=block))
             rows = [*rows, *more]
         self._per_ms = _per_ms(rows) or self._per_ms
+        eta_s = _fill_eta_s([], src.batch_records, self._per_ms)
+        self._full_at = None if eta_s is None else time.monotonic() + min(
+            eta_s * (1 + LINGER_MARGIN) + LINGER_MARGIN_S, src.linger_ms / 1000)
         return rows
 
 

@@ -109,3 +109,21 @@ def test_gather_reads_records_fields_and_entry_starts(r: redis.Redis, odd: bool)
     assert pos == added[-1][0].decode()
     missing = r.hget(keys.counters("lg"), keys.counter_field(0, StageCounter.MISSING_FIELD))
     assert int(missing or 0) == (1 if odd else 0)
+
+
+def test_the_sleep_before_a_read_counts_into_the_linger(r: redis.Redis) -> None:
+    """Caught up at a known rate, the loader sleeps before its read until
+    the next entry should be full; that sleep is part of the linger, never
+    added to it, however far off the entry's fill time was reckoned."""
+    import time
+
+    linger_s = 1.0
+    loader = _loader(r, linger_ms=int(linger_s * 1000))
+    loader._full_at = time.monotonic() + 60  # a rate far too slow: an hour-long entry
+    for i in range(10):
+        r.xadd("ev", {"d": f"a{i}"})
+    t0 = time.monotonic()
+    entries, _pos, n, _ = loader.gather("", 4)
+    took = time.monotonic() - t0
+    assert _records(entries) == [f"a{i}" for i in range(10)] and n == 10
+    assert linger_s * 0.9 <= took < linger_s * 1.8, took  # slept, then no second linger
