@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -50,10 +51,11 @@ def _job(id_: str, name: str | None, state: str, stages: list[StageView], *, don
                    dead_letters=dead_letters, name=name, stages=stages)
 
 
-def _worker(id_: str, state: str, age: float, batches: int) -> WorkerView:
+def _worker(id_: str, state: str, age: float, batches: int,
+            native: bool | None = None) -> WorkerView:
     return WorkerView(id=id_, host="h", pid=1, container=None, heartbeat_age_s=age,
                       state=state, busy=False, current="", batches=batches, busy_s=0.0,
-                      last_seen=0.0, job=None, stage=None, uptime_s=1.0)
+                      last_seen=0.0, job=None, stage=None, uptime_s=1.0, native=native)
 
 
 def make_snapshot() -> Snapshot:
@@ -68,7 +70,8 @@ def make_snapshot() -> Snapshot:
         jobs=[_job(ODD_JOB, "wc", "running", [s0, s1], done=1, dead_letters=2),
               _job("old", "wc", "done", [], done=4, dead_letters=0),
               _job("odd", None, "broken", [], done=0, dead_letters=0)],
-        workers=[_worker(ODD_WORKER, "alive", 0.4, 17), _worker("w-dead", "dead", 12.5, 3)],
+        workers=[_worker(ODD_WORKER, "alive", 0.4, 17, native=True),
+                 _worker("w-dead", "dead", 12.5, 3, native=False)],
     )
 
 
@@ -129,6 +132,8 @@ def test_partitions_workers_and_jobs() -> None:
     assert fams["rainstorm_worker_batches"]["type"] == "counter"
     assert values(fams, "rainstorm_worker_batches_total") == {key(worker=ODD_WORKER): 17,
                                                               key(worker="w-dead"): 3}
+    assert values(fams, "rainstorm_worker_native") == {key(worker=ODD_WORKER): 1,
+                                                       key(worker="w-dead"): 0}
     jobs = values(fams, "rainstorm_jobs")
     assert jobs == {key(state="running"): 1, key(state="done"): 1, key(state="broken"): 1,
                     key(state="failed"): 0, key(state="cancelled"): 0}
@@ -251,3 +256,13 @@ def test_graph_steps_carry_graph_and_step_labels() -> None:
     (["gone", "done"], "running")])
 def test_graph_state(states: list[str], state: str) -> None:
     assert graph_state(states) == state
+
+
+def test_a_worker_that_does_not_say_its_code_has_no_native_sample() -> None:
+    """A heartbeat without ``native`` (a worker from before the field) is
+    left out of rainstorm_worker_native rather than shown as Python."""
+    snap = make_snapshot()
+    snap = replace(snap, workers=[*snap.workers, _worker("w-old", "alive", 1.0, 0)])
+    fams = parse(render(snap))
+    assert key(worker="w-old") in values(fams, "rainstorm_worker_up")
+    assert key(worker="w-old") not in values(fams, "rainstorm_worker_native")

@@ -208,6 +208,11 @@ def _worker_families(out: _Out, snap: Snapshot) -> None:
     out.family("rainstorm_worker_batches_total", "counter",
                "Batches the worker has committed since it started.",
                [("rainstorm_worker_batches_total", {"worker": w.id}, w.batches) for w in ws])
+    out.family("rainstorm_worker_native", "gauge",
+               "1 if the worker's per-key loops run in C (rainstorm.native), 0 if in Python "
+               "(no compiler where it was installed, or RAINSTORM_NATIVE=0).",
+               [("rainstorm_worker_native", {"worker": w.id}, int(w.native))
+                for w in ws if w.native is not None])
 
 
 def render(snap: Snapshot | None, *, redis_up: bool = True,
