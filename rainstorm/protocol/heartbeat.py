@@ -58,10 +58,16 @@ class Heartbeat:
                        busy_s=float(info.get("busy_s") or 0.0),
                        job=_opt(info.get("job"), str), stage=_opt(info.get("stage"), int),
                        container=_opt(info.get("container"), str),
-                       native=_opt(info.get("native"), bool))
+                       native=_bool_or_none(info.get("native")))
         except (ValueError, TypeError, AttributeError):
             return None
 
 
 def _opt(value: Any, kind: type[Any]) -> Any:
     return None if value is None else kind(value)
+
+
+def _bool_or_none(value: Any) -> bool | None:
+    """A JSON true/false as it is; anything else (missing, a string like
+    "false" that bool() would call true) as not said."""
+    return value if isinstance(value, bool) else None

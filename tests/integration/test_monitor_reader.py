@@ -206,3 +206,18 @@ def test_state_view_sums_the_partitions_fold_lag(r: redis.Redis) -> None:
 
     text = render(snapshot(r, job), redis_up=True)
     assert f'rainstorm_state_unfolded_bytes{{job_id="{job}",stage="0"}} 713' in text
+
+
+def test_a_heartbeat_says_its_code_only_with_a_json_boolean(r: redis.Redis) -> None:
+    """``native`` is read as the worker wrote it: true/false, and anything
+    else (anyone with a password can write a heartbeat) as not said, never
+    as bool() of a string."""
+    now = time.time()
+    beat = Heartbeat(host="h", pid=1, last_seen=now, state="idle")
+    blobs = {"c": replace(beat, native=True).to_json(), "py": replace(beat, native=False).to_json(),
+             "old": beat.to_json()}
+    for wid, value in (("s1", '"false"'), ("s2", "1"), ("s3", "[]")):
+        blobs[wid] = beat.to_json()[:-1] + f', "native": {value}}}'
+    r.hset(keys.WORKERS, mapping=blobs)
+    got = {w.id: w.native for w in monitor.workers(r, now)}
+    assert got == {"c": True, "py": False, "old": None, "s1": None, "s2": None, "s3": None}
