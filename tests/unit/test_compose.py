@@ -215,10 +215,19 @@ def test_coordinator_mounts_and_default_spec() -> None:
 def test_dockerfile_and_dockerignore() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim\s*$", text, re.M)
+    # a build stage with the compiler, then the image from the same base
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS build\s*$", text, re.M)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}\s*$", text, re.M)
-    assert re.search(r'^RUN pip install "\.\[docker\]"(\s|$)', text, re.M), \
+    build, image = text.split("\nFROM ${BASE_IMAGE}\n")
+    assert re.search(r'^RUN pip wheel --wheel-dir /wheels "\.\[docker\]"(\s|$)', build, re.M), \
         "the package and the Docker SDK (autoscaler), no dev extras"
-    assert "dev" not in text.split("pip install")[1].split("\n")[0]
+    assert "assert native.AVAILABLE" in build, "the build fails if the C code did not compile"
+    assert re.search(r'^RUN pip install --no-index --find-links /wheels "rainstorm\[docker\]"',
+                     image, re.M)
+    assert "gcc" not in image, "no compiler in the image"
+    for line in text.splitlines():
+        if "pip install" in line or "pip wheel" in line:
+            assert "dev" not in line, line
     assert dockerfile()["entrypoint"] == ["rainstorm"]
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", "data", ".git", ".env", "experiments/results", ".pytest_cache",
