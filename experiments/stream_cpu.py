@@ -24,8 +24,8 @@ what the producer sent.  Target (issue 12): <= 5 µs of engine CPU per record
 (``engine_us``: coordinator + workers + the whole server), PASS/FAIL printed.
 
     python experiments/stream_cpu.py [--quick] [--rates 10000,25000,50000,100000]
-        [--seconds 10] [--linger-ms 0,20] [--batch-records 200] [--producer python|lua]
-        [--name stream_cpu]
+        [--seconds 10] [--linger-ms 0,20] [--batch-records 200,1000] [--repeat 1]
+        [--producer python|lua] [--name stream_cpu]
 
 ``--producer lua`` makes each tick's XADDs with one EVAL inside the server
 instead of a Python process's pipelined XADDs (~8 µs of its own CPU a
@@ -33,7 +33,10 @@ record): the engine gets the machine's cores, for its highest sustained
 rate; the records' server cost is measured either way (``server_xadd_us``).
 
 ``--linger-ms`` runs every rate once per value of ``source.linger_ms`` (the
-loader waits up to that long for a full entry of ``batch_records``).
+loader waits up to that long for a full entry of ``batch_records``), and
+``--batch-records`` once per value of ``source.batch_records``;
+``--repeat N`` runs all of that N times, setting after setting, so that
+settings compared are measured side by side on a noisy host.
 
 Writes experiments/results/stream_cpu.{csv,png}.
 """
@@ -281,7 +284,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     rates = [r["offered_rate"] for r in rows]
+    several = {k: len({r[k] for r in rows}) > 1 for k in ("batch_records", "round")}
     names = [f"{r['offered_rate']}" + (f"\nlinger {r['linger_ms']}" if r["linger_ms"] else "")
+             + (f"\nbatch {r['batch_records']}" if several["batch_records"] else "")
+             + (f"\nround {r['round']}" if several["round"] else "")
              for r in rows]
     bottom = [0.0] * len(rows)
     for col, label in (("coordinator_cpu_s", "coordinator"), ("worker1_cpu_s", "worker 1"),
@@ -297,9 +303,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     a1.set_title("engine CPU per record, steady window")
     a1.legend(fontsize=8)
     a2.plot(rates, rates, color="grey", ls=":", lw=1, label="offered")
-    for linger in sorted({r["linger_ms"] for r in rows}):
-        sub = [r for r in rows if r["linger_ms"] == linger]
-        tag = f" (linger {linger} ms)" if linger else ""
+    for linger, batch in sorted({(r["linger_ms"], r["batch_records"]) for r in rows}):
+        sub = [r for r in rows if (r["linger_ms"], r["batch_records"]) == (linger, batch)]
+        tag = (f" (linger {linger} ms)" if linger else "") \
+            + (f" (batch {batch})" if several["batch_records"] else "")
         a2.plot([r["offered_rate"] for r in sub], [r["committed_rate"] for r in sub], "o-",
                 label="committed" + tag)
     a2.plot(rates, [r["produced_rate"] for r in rows], "s--", label="produced")
@@ -322,9 +329,12 @@ def main() -> int:
     ap.add_argument("--rates", default="10000,25000,50000,100000")
     ap.add_argument("--linger-ms", default="0",
                     help="source.linger_ms values, each run at every rate (e.g. 0,20)")
-    ap.add_argument("--batch-records", type=int, default=200,
-                    help="source.batch_records: records per stage-0 entry (e.g. 1000 with "
-                         "--linger-ms 50, throughput over latency)")
+    ap.add_argument("--batch-records", default="200",
+                    help="source.batch_records values, each run at every rate and linger: "
+                         "records per stage-0 entry (e.g. 1000,3000 with --linger-ms 50, "
+                         "throughput over latency)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds: every setting once a round, in turn (side by side)")
     ap.add_argument("--producer", choices=("python", "lua"), default="python",
                     help="python: pipelined XADDs (~8 µs of its own CPU a record); lua: "
                          "one EVAL a tick makes them in the server, so the engine has "
@@ -336,21 +346,25 @@ def main() -> int:
     ap.add_argument("--name", default="stream_cpu", help="results file name (CSV and PNG)")
     a = ap.parse_args()
     lingers = [int(x) for x in a.linger_ms.split(",")]
+    batches = [int(x) for x in a.batch_records.split(",")]
     rates = [5000, 20000] if a.quick else [int(x) for x in a.rates.split(",")]
     seconds = 2.5 if a.quick else a.seconds
     cal_s = 1.0 if a.quick else 3.0
     rows = []
     with tempfile.TemporaryDirectory(prefix="rs-scpu-") as tmp:
-        for rate in rates:
-            for linger in lingers:
-                row = {"linger_ms": linger, "batch_records": a.batch_records,
-                       "producer": a.producer, "transport": a.transport,
-                       **measure(rate, seconds, cal_s, Path(tmp), linger, a.batch_records,
-                                 a.producer, a.transport)}
-                print(row, flush=True)
-                rows.append(row)
+        for rnd in range(1, max(1, a.repeat) + 1):
+            for rate in rates:
+                for linger in lingers:
+                    for batch in batches:
+                        row = {"round": rnd, "linger_ms": linger, "batch_records": batch,
+                               "producer": a.producer, "transport": a.transport,
+                               **measure(rate, seconds, cal_s, Path(tmp), linger, batch,
+                                         a.producer, a.transport)}
+                        print(row, flush=True)
+                        rows.append(row)
     for r in rows:
-        print(f"{r['offered_rate']:>7}/s offered, linger {r['linger_ms']} ms: "
+        print(f"{r['offered_rate']:>7}/s offered, linger {r['linger_ms']} ms, batch_records "
+              f"{r['batch_records']}, round {r['round']}: "
               f"{r['committed_rate']:>7}/s committed"
               f"{'' if r['sustained'] else ' (NOT sustained)'}, engine {r['engine_us']} µs/rec "
               f"(without the XADDs' server share {r['engine_net_us']}), producer "

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -79,7 +79,8 @@ def _sentinel_client(url: str, retry: Retry) -> redis.Redis:
         )
     auth = {"username": unquote(parts.username) if parts.username else None,
             "password": unquote(parts.password) if parts.password else None}
-    sentinel: Any = Sentinel(nodes, socket_timeout=2.0)  # type: ignore[no-untyped-call]
+    # called through Any: redis-py before 8.2 leaves Sentinel() untyped, 8.2 types it
+    sentinel: Any = cast(Any, Sentinel)(nodes, socket_timeout=2.0)
     client: redis.Redis = sentinel.master_for(
         name, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_timeout=10.0, **auth,
