@@ -285,10 +285,12 @@ def test_compose_stack(stack: Stack) -> None:
     before = wait_for(lambda: (rows := st.workers()) and len(rows) >= 4 and rows, 60,
                       "4 worker heartbeats", every_s=0.5)
     batches = {str(w["id"]): int(str(w["batches"])) for w in before}
-    # 30 MB take a free 2-core machine ~3 s: slowed down (a CPU quota of 8%
-    # of a core per container), the job lasts long enough to catch a worker
-    # mid-batch
-    _run(["docker", "update", "--cpus", "0.08", *ids], 30)
+    # 30 MB take a free 2-core machine ~1 s of worker CPU (the C per-key
+    # code; ~3 s in Python): slowed down (a CPU quota of 3% of a core per
+    # container; 8% let the job end before a worker was caught mid-batch
+    # once the workers ran the C code), the job lasts long enough to catch
+    # a worker mid-batch
+    _run(["docker", "update", "--cpus", "0.03", *ids], 30)
     st.submit("big-1", BIG_SPEC)
 
     def all_working() -> list[dict[str, object]]:
