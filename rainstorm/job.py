@@ -44,11 +44,17 @@ class Job:
     @property
     def direct(self) -> bool:
         """Stage 0 reads the user's stream itself, through the job's consumer
-        group (a stream source with ``transport: direct``, or ``auto``
-        without ``max_rate``); requeued dead letters of stage 0 still come
-        through the job's own stage-0 streams."""
+        group (a stream source with ``transport: direct``); requeued dead
+        letters of stage 0 still come through the job's own stage-0 streams."""
         src = self.spec.source
         return src.type == "stream" and src.direct
+
+    @property
+    def stream_ranges(self) -> bool:
+        """Stage-0 entries are id ranges of the user's stream, which workers
+        read (a stream source with ``transport: split``: rainstorm.sources.ranges)."""
+        src = self.spec.source
+        return src.type == "stream" and src.ranges
 
     def group_of(self, stage: int, stream: str) -> str:
         """The consumer group entries of ``stream`` are read through."""

@@ -82,20 +82,25 @@ class StreamSource(_Model):
     start: Literal["0", "$"] = Field(default="0", description="0: the stream's existing "
                                      "entries too; $: only entries added after submit")
     batch_records: int = Field(default=100, ge=1, le=100_000, description="records per entry "
-                               "(copy) or per batch (direct)")
+                               "(copy, split) or per batch (direct)")
     max_rate: float | None = Field(default=None, gt=0, description="records per second")
     linger_ms: int = Field(
         default=0, ge=0, le=1000,
-        description="copy: wait up to this long for batch_records records before loading a "
-                    "smaller entry (Kafka's linger.ms): fewer, fuller entries and less CPU per "
-                    "record, for at most this much more latency; 0: load what is there")
-    transport: Literal["auto", "direct", "copy"] = Field(
+        description="copy, split: wait up to this long for batch_records records before "
+                    "loading a smaller entry (Kafka's linger.ms): fewer, fuller entries and "
+                    "less CPU per record, for at most this much more latency; 0: load what "
+                    "is there")
+    transport: Literal["auto", "split", "direct", "copy"] = Field(
         default="auto",
-        description="direct: workers read the stream through the job's own consumer group "
+        description="split: the coordinator cuts the stream into id ranges of about "
+                    "batch_records entries, counted with XINFO STREAM, and workers read their "
+                    "range with XRANGE (no record passes through the coordinator; a range "
+                    "trimmed or deleted before it is read is dead-lettered, never half read; "
+                    "max_rate paces it by reading the ids of the entries it cuts); "
+                    "direct: workers read the stream through the job's own consumer group "
                     "(rainstorm:<job>) and acknowledge its entries, never deleting them; "
                     "copy: the coordinator reads it and copies batches into the job's stage-0 "
-                    "streams (needed to pace it with max_rate); auto: copy, the faster on one "
-                    "server (experiments/README.md, stream_direct.py)")
+                    "streams; auto: split (experiments/README.md)")
 
     @model_validator(mode="after")
     def _direct_is_not_paced(self) -> StreamSource:
@@ -109,9 +114,15 @@ class StreamSource(_Model):
 
     @property
     def direct(self) -> bool:
-        """Workers read the stream directly (``transport: direct``; ``auto``
-        copies: measured faster on one server, see experiments/README.md)."""
+        """Workers read the stream directly, record by record, through a
+        consumer group on it (``transport: direct``)."""
         return self.transport == "direct"
+
+    @property
+    def ranges(self) -> bool:
+        """Workers read the stream in id ranges the coordinator cuts
+        (``transport: split``, what ``auto`` becomes)."""
+        return self.transport == "split"
 
 
 class TailSource(_Model):

@@ -247,8 +247,8 @@ class Streaming(Driven):
 
 
 def settled(r: redis.Redis, job: str, source_key: str) -> bool:
-    """Every record XADDed to ``source_key`` so far is loaded (or, read
-    directly, delivered) and every entry committed."""
+    """Every record XADDed to ``source_key`` so far is loaded (or cut into
+    ranges, or read directly, delivered) and every entry committed."""
     the_job = load_job(r, job)
     if the_job.direct:  # every entry delivered to the job's group (lag 0), none pending
         info = group_state(r, the_job)
@@ -257,6 +257,8 @@ def settled(r: redis.Redis, job: str, source_key: str) -> bool:
                 and all(s.settled for s in read_status(r, the_job).stages))
     last = r.xrevrange(source_key, count=1)
     pos = r.hget(keys.cursor(job), "pos")
+    if pos is not None and the_job.stream_ranges:  # <last id>/<entries-added there>
+        pos = pos.split(b"/")[0]
     s0 = counters(r, job).stage(0)
     return bool(last) and pos == last[0][0] and s0.emitted > 0 and s0.settled
 
@@ -310,3 +312,18 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def produce_lines(r: redis.Redis, key: str, lines: list[str], every: int = 0) -> int:
+    """XADD the lines (field ``line``); with ``every``, each every-th entry
+    has only a field ``other`` (no record).  Returns how many lack it."""
+    pipe = r.pipeline(transaction=False)
+    missing = 0
+    for i, line in enumerate(lines):
+        if every and i % every == every - 1:
+            pipe.xadd(key, {"other": line})
+            missing += 1
+        else:
+            pipe.xadd(key, {"line": line})
+    pipe.execute()
+    return missing

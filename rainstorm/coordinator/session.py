@@ -34,6 +34,7 @@ from rainstorm.job import Job, JobState
 from rainstorm.operators import lookup
 from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input, resolve_inputs
+from rainstorm.sources.ranges import resolve_stream_transport
 from rainstorm.sources.splits import resolve_transport
 from rainstorm.spec import JobSpec, RecordOp
 from rainstorm.state import read_state
@@ -138,6 +139,7 @@ class Session:
         then it fails with one line ending in ``hint``."""
         def once() -> bool:  # safe to repeat: a job already there is resumed
             lua.load_library(self.r)
+            self.job = resolve_stream_transport(self.r, self.job)  # auto: what workers can read
             return submit(self.r, self.job, self.files, key=self.key, unsigned=self.unsigned)
 
         self._t0 = time.perf_counter()

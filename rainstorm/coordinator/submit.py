@@ -15,7 +15,7 @@ from rainstorm.errors import UsageError
 from rainstorm.job import Job, JobState
 from rainstorm.operators.chain import Chain
 from rainstorm.protocol import meta as fields
-from rainstorm.sources import direct
+from rainstorm.sources import direct, ranges
 from rainstorm.sources.inputs import Input, listing
 from rainstorm.sources.unbounded import initial_cursor
 from rainstorm.spec import JobSpec, spec_to_json
@@ -89,7 +89,7 @@ def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = 
         meta[fields.MAX_RATE] = rate
     if job.spec.unbounded:
         meta[fields.UNBOUNDED] = 1
-    start = initial_cursor(r, job)
+    start = ranges.initial_cursor(r, job) if job.stream_ranges else initial_cursor(r, job)
     if start is not None:
         pipe.hset(keys.cursor(job.id), "pos", start)
     pipe.hset(keys.meta(job.id), mapping=cast(Any, meta))

@@ -131,7 +131,8 @@ def throttle(r: redis.Redis, job_id: str, lines_per_s: float | None) -> None:
     job = load_job(r, job_id)  # a clear error for an unknown job
     if job.direct and lines_per_s is not None:
         raise UsageError(f"job {job_id} reads stream {job.source_stream!r} directly: nothing "
-                         "paces it (submit it with source.transport: copy to throttle it)")
+                         "paces it (submit it with source.transport: copy or split to "
+                         "throttle it)")
     if lines_per_s is None:
         r.hdel(keys.meta(job_id), meta.MAX_RATE)
     else:

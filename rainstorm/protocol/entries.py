@@ -8,19 +8,23 @@ FUNCTION library in rainstorm/lua/rainstorm.lua and read by Python):
        late stream)
     d  the payload: a text chunk (stage 0 of a file or tail source), a
        split descriptor (stage 0 of a file source loaded as splits: see
-       :class:`SplitRef`), a msgpack batch of records (later stages, output, late), an aggregate
-       delta (``rs:{job}:state:s<i>:log``, and the folded base hash's ``d``
+       :class:`SplitRef`), a range descriptor (stage 0 of a stream
+       source read as ranges: :class:`RangeRef`), a msgpack batch of
+       records (later stages, output, late), an aggregate delta
+       (``rs:{job}:state:s<i>:log``, and the folded base hash's ``d``
        field), or a dead letter's entry or record (``rs:{job}:dlq``)
 
 Uids.  A source entry's uid names its place in the input:
 ``file_uid(file index, offset)`` = ``<file index>:<offset>`` (a file
 source: its bytes, or its split, starting at ``offset``),
 ``stream_uid(first id)`` = ``x<stream id>`` (a Redis stream source: the id
-of its chunk's first entry), ``tail_uid(offset)`` = ``t<offset>`` (a
-tailed file).  A commit's outputs are named after its input set:
-``batch_uid(inputs)`` (a hex digest) + ``.<partition>``, ``.0`` for the
-output stream, ``.late`` for late records; a requeued dead letter gets
-``requeue_uid(dead id)``.  The same inputs always give the same uids.
+of its chunk's first entry), ``range_uid(after)`` = ``r<stream id>`` (a
+range of a Redis stream, :class:`RangeRef`: the id its range starts
+after), ``tail_uid(offset)`` = ``t<offset>`` (a tailed file).  A
+commit's outputs are named after its input set: ``batch_uid(inputs)`` (a
+hex digest) + ``.<partition>``, ``.0`` for the output stream, ``.late``
+for late records; a requeued dead letter gets ``requeue_uid(dead id)``.
+The same inputs always give the same uids.
 
 Routing.  A keyed record goes to partition ``partition_of(key, n)`` (crc32
 of the key's bytes: stable across processes, unlike Python's salted
@@ -135,6 +139,66 @@ def split_of(data: bytes) -> SplitRef | None:
             or v[1] > v[2]):
         raise ValueError(f"malformed split descriptor {str(v)[:80]}")
     return SplitRef(*v)
+
+
+# A stream range descriptor (stage 0 of a stream source read as ranges):
+# this prefix, then msgpack [after id, last id, count].
+RANGE_MAGIC = b"\xffrange\x00"
+
+
+@dataclass(frozen=True)
+class RangeRef:
+    """A stage-0 entry of a stream source read as ranges (``transport:
+    split``): the ``count`` entries of the user's stream with ids in
+    ``(after, last]``, as the stream's ``entries-added`` counter told when
+    the range was cut.  Its uid is ``range_uid(after)``."""
+
+    after: str
+    last: str
+    count: int
+
+    @property
+    def uid(self) -> str:
+        return range_uid(self.after)
+
+    def payload(self) -> bytes:
+        body: bytes = msgpack.packb([self.after, self.last, self.count])
+        return RANGE_MAGIC + body
+
+
+def _stream_id(v: object) -> bool:
+    if not isinstance(v, str) or len(v) > 41:
+        return False
+    ms, dash, seq = v.partition("-")
+    return bool(dash) and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii()
+
+
+def range_of(data: bytes) -> RangeRef | None:
+    """The range a payload describes; None when it is not a range descriptor
+    (a requeued record's batch); ValueError when it starts like one but is
+    malformed."""
+    if not data.startswith(RANGE_MAGIC):
+        return None
+    try:
+        v = msgpack.unpackb(data[len(RANGE_MAGIC):], raw=False)
+    except Exception as exc:  # noqa: BLE001  (any bytes: ExtraData, FormatError, ...)
+        raise ValueError(f"malformed range descriptor ({type(exc).__name__})") from None
+    if (not isinstance(v, list) or len(v) != 3 or not _stream_id(v[0]) or not _stream_id(v[1])
+            or not isinstance(v[2], int) or isinstance(v[2], bool) or not 0 < v[2] <= 1 << 31
+            or id_key(v[0]) >= id_key(v[1])):
+        raise ValueError(f"malformed range descriptor {str(v)[:80]}")
+    return RangeRef(*v)
+
+
+def id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id as (milliseconds, sequence), for comparing ids."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def range_uid(after: str) -> str:
+    """The uid of a stream range that starts after the entry id ``after``."""
+    return f"r{after}"
 
 
 def stream_uid(first_id: str) -> str:

@@ -69,7 +69,7 @@ def record_of_flat(fields: list[bytes], field: str | None) -> tuple[bool, Any]:
     return False, None
 
 
-def _records_of(rows: list[Any], field: str | None, per_entry: int
+def records_of_rows(rows: list[Any], field: str | None, per_entry: int
                 ) -> tuple[list[Any], list[str], int]:
     """(the records of ``rows``, the id of the first record of every
     ``per_entry``, how many rows had no ``field``).  The usual rows (one
@@ -154,7 +154,7 @@ class StreamLoader(BaseLoader):
             return [], pos, 0, None
         if src.linger_ms and len(rows) < src.batch_records:
             rows = self._linger(rows, cap, deadline)
-        records, firsts, missing = _records_of(rows, src.field, src.batch_records)
+        records, firsts, missing = records_of_rows(rows, src.field, src.batch_records)
         if missing:
             self.r.hincrby(keys.counters(self.job.id),
                            keys.counter_field(0, StageCounter.MISSING_FIELD), missing)
@@ -240,9 +240,10 @@ class TailLoader(BaseLoader):
 def initial_cursor(r: redis.Redis, job: Job) -> str | None:
     """Where a new job's cursor starts: a stream source with ``start: $``
     begins after the stream's current last entry; others at the beginning
-    (a stream read directly has no cursor: its consumer group is one)."""
+    (a stream read directly has no cursor: its consumer group is one; a
+    stream read as ranges has its own, rainstorm.sources.ranges)."""
     src = job.spec.source
-    if src.type != "stream" or src.start != "$" or job.direct:
+    if src.type != "stream" or src.start != "$" or job.direct or job.stream_ranges:
         return None
     try:
         info: Any = r.xinfo_stream(src.key)

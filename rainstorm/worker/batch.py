@@ -41,11 +41,14 @@ from rainstorm.protocol.entries import (
     DATA_FIELD,
     UID,
     UID_FIELD,
+    RangeRef,
     batch_uid,
     output_uid,
+    range_of,
     route,
     split_of,
 )
+from rainstorm.sources.ranges import RangeChanged
 from rainstorm.sources.splits import SplitChanged, read_split
 from rainstorm.state import fold_rule, split_delta
 
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 
 
 Limit = Callable[[], AbstractContextManager[object]]  # a time limit (see worker.timeout)
+# a stream range's records, and how many of its entries had no source.field
+ReadRange = Callable[[RangeRef], tuple[list[Any], int]]
 
 
 @dataclass(eq=False)
@@ -71,6 +76,7 @@ class Entry:
     records: list[Any] | None = None  # decoded records (cached by undecodable())
     text: bytes | None = None  # a split's bytes, read from its file (cached by undecodable())
     missing_field: bool = False  # an entry of the user's stream without source.field
+    missing: int = 0  # entries of a stream range without source.field
 
 
 def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
@@ -138,13 +144,18 @@ class StageRunner:
 
     def __init__(self, job: Job, stage: int, allow: tuple[str, ...],
                  allow_exec: bool = False, inputs: list[Any] | None = None,
-                 read_part: Callable[[Any], list[Any]] | None = None) -> None:
+                 read_part: Callable[[Any], list[Any]] | None = None,
+                 read_range: ReadRange | None = None) -> None:
         """``read_part``: a state source's reader (stage 0 of a job whose
         source is another job's state): a record naming a state partition ->
-        that partition's ``[partition, key, value]`` records."""
+        that partition's ``[partition, key, value]`` records.  ``read_range``:
+        a stream range's reader (stage 0 of a stream source read as ranges:
+        rainstorm.sources.ranges): its records, and how many entries had no
+        ``source.field``."""
         self.job = job
         self.inputs = inputs or []
         self.read_part = read_part if stage == 0 and job.spec.source.type == "state" else None
+        self.read_range = read_range if stage == 0 and job.stream_ranges else None
         self.stage = job.stage(stage)
         self.chain = Chain(self.stage, allow, allow_exec)
         combiner = resolve(self.stage.combiner, {}, allow,
@@ -192,8 +203,9 @@ class StageRunner:
             if bad:
                 comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
-        if entry.missing_field:  # (the user's stream, read directly) counted, never silently
-            comp.extra[keys.counter_field(0, StageCounter.MISSING_FIELD)] += 1
+        if entry.missing_field or entry.missing:  # (the user's stream) counted, never silently
+            comp.extra[keys.counter_field(0, StageCounter.MISSING_FIELD)] += \
+                entry.missing or 1
         if entry.records is None:
             entry.records = decode_records(entry.data)
         if self.read_part is not None:  # records name state partitions: read them
@@ -216,10 +228,23 @@ class StageRunner:
                 except (SplitChanged, ValueError) as exc:
                     bad.append((e, str(exc)))
             elif e.records is None:  # (records of the user's stream come decoded)
-                why = self._decode(e)
+                why = self._read_range(e) if self.read_range else ""
+                why = why or ("" if e.records is not None else self._decode(e))
                 if why:
                     bad.append((e, why))
         return bad
+
+    def _read_range(self, e: Entry) -> str:
+        """Read the records of a stream range into ``e``; why it cannot be
+        (a requeued dead letter is a batch of records, not a range)."""
+        assert self.read_range is not None
+        try:
+            ref = range_of(e.data)
+            if ref is not None:
+                e.records, e.missing = self.read_range(ref)
+        except (RangeChanged, ValueError) as exc:
+            return f"undecodable entry: {exc}" if isinstance(exc, ValueError) else str(exc)
+        return ""
 
     @staticmethod
     def _decode(e: Entry) -> str:

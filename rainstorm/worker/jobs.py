@@ -26,10 +26,11 @@ from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
 from rainstorm.operators import hash_lookup
 from rainstorm.signing import SignatureError
+from rainstorm.sources.ranges import raw_client, read_range
 from rainstorm.sources.state_source import read_cogroup
 from rainstorm.state import read_part
 from rainstorm.worker.admit import Admission, admit
-from rainstorm.worker.batch import StageRunner
+from rainstorm.worker.batch import ReadRange, StageRunner
 from rainstorm.worker.jobcheck import (
     BrokenJob,
     ended,
@@ -125,10 +126,11 @@ class JobTable:
             # coordinator, never by a worker (a split names only these)
             inputs = self._inputs(job_id) if job.splits else None
             reader = self._state_reader(job)
+            ranges = self._range_reader(job)
             for s in job.plan.stages:
                 try:
                     runners[s.index] = StageRunner(job, s.index, self.allow_modules,
-                                                   self.allow_exec, inputs, reader)
+                                                   self.allow_exec, inputs, reader, ranges)
                 except SignatureError as exc:  # not a refusal: dead-letter, never unpickle
                     dead_stages[s.index] = str(exc)
                     log.error("worker %s: job %s stage %d: %s; its entries go to the "
@@ -149,6 +151,20 @@ class JobTable:
         if src.other is not None:
             return functools.partial(read_cogroup, self.r, src.job, src.other)
         return functools.partial(read_part, self.r, src.job)
+
+    def _range_reader(self, job: Job) -> ReadRange | None:
+        """A stream read as ranges: each is read from the user's stream."""
+        src = job.spec.source
+        if src.type != "stream" or not job.stream_ranges:
+            return None
+        raw = raw_client(self.r)
+        try:
+            raw.xlen(src.key)  # may this worker read it (an ACL)?
+        except redis.exceptions.NoPermissionError as exc:
+            raise UsageError(f"it cannot read the job's source stream {src.key!r} ({exc}): "
+                             f"grant this worker's ACL user %R~{src.key}, or submit the job "
+                             "with source.transport: copy") from None
+        return functools.partial(read_range, raw, src.key, src.field)
 
     def _inputs(self, job_id: str) -> list[Any]:
         """The job's input files as listed at submit: [path, size, mtime_ns]."""

@@ -1,4 +1,4 @@
-"""A stream source read directly (``source.transport: direct``; ``auto`` copies):
+"""A stream source read directly (``source.transport: direct``):
 workers consume the user's stream through the job's consumer group and
 acknowledge its entries without deleting them.  In-process workers against
 the real server; results compared with a Counter over what was XADDed."""
@@ -23,7 +23,7 @@ from rainstorm.sources.direct import DirectWatch
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
 from rainstorm.worker import Worker, WorkerOptions
-from tests.helpers import counters, settled, wait_for
+from tests.helpers import counters, produce_lines, settled, wait_for
 
 
 def _job(r: redis.Redis, job_id: str, key: str = "ev", **source: Any) -> Job:
@@ -37,21 +37,6 @@ def _job(r: redis.Redis, job_id: str, key: str = "ev", **source: Any) -> Job:
     return job
 
 
-def _produce(r: redis.Redis, key: str, lines: list[str], every: int = 0) -> int:
-    """XADD the lines (field ``line``); with ``every``, each every-th entry
-    has only a field ``other`` (no record).  Returns how many lack it."""
-    pipe = r.pipeline(transaction=False)
-    missing = 0
-    for i, line in enumerate(lines):
-        if every and i % every == every - 1:
-            pipe.xadd(key, {"other": line})
-            missing += 1
-        else:
-            pipe.xadd(key, {"line": line})
-    pipe.execute()
-    return missing
-
-
 def _drain(r: redis.Redis, job: Job, *workers: Worker, key: str = "ev") -> None:
     def turn() -> bool:
         for w in workers:
@@ -63,12 +48,12 @@ def _drain(r: redis.Redis, job: Job, *workers: Worker, key: str = "ev") -> None:
 
 def test_direct_counts_every_record_once_and_keeps_the_users_stream(r: redis.Redis) -> None:
     before = [f"old{i % 5} x" for i in range(120)]
-    _produce(r, "ev", before)
+    produce_lines(r, "ev", before)
     job = _job(r, "direct", batch_records=16)  # start: 0, the entries already there too
     assert job.direct
     assert r.xinfo_groups("ev")[0]["name"] == keys.source_group(job.id).encode()
     lines = [f"w{i % 13} v{i % 7}" for i in range(1000)]
-    missing = _produce(r, "ev", lines, every=10)
+    missing = produce_lines(r, "ev", lines, every=10)
     kept = [ln for i, ln in enumerate(lines) if i % 10 != 9]
     with Worker(r, WorkerOptions(job=job.id)) as a, Worker(r, WorkerOptions(job=job.id)) as b:
         _drain(r, job, a, b)
@@ -90,9 +75,9 @@ def test_direct_counts_every_record_once_and_keeps_the_users_stream(r: redis.Red
 
 
 def test_start_dollar_skips_what_was_there(r: redis.Redis) -> None:
-    _produce(r, "ev", ["before submit"] * 30)
+    produce_lines(r, "ev", ["before submit"] * 30)
     job = _job(r, "later", start="$")
-    _produce(r, "ev", ["after submit"] * 40)
+    produce_lines(r, "ev", ["after submit"] * 40)
     with Worker(r, WorkerOptions(job=job.id)) as w:
         _drain(r, job, w)
     assert read_state(r, job, ("*",)) == {"after": 40, "submit": 40}
@@ -100,7 +85,7 @@ def test_start_dollar_skips_what_was_there(r: redis.Redis) -> None:
 
 def test_backlog_is_the_groups_lag_in_every_view(r: redis.Redis) -> None:
     job = _job(r, "lagging", batch_records=10)
-    _produce(r, "ev", ["a b"] * 75)
+    produce_lines(r, "ev", ["a b"] * 75)
     view = job_view(r, job.id)
     s0 = view.stages[0]
     assert s0.backlog == 75 and s0.unread == 75 and s0.pending == 0
@@ -118,7 +103,7 @@ def test_a_stolen_batch_is_committed_once(r: redis.Redis) -> None:
     dead worker): a worker steals it once idle past claim_idle_ms."""
     job = _job(r, "steal", batch_records=50)
     lines = [f"s{i % 9}" for i in range(50)]
-    _produce(r, "ev", lines)
+    produce_lines(r, "ev", lines)
     group = keys.source_group(job.id)
     r.xreadgroup(group, "dead-worker", {"ev": ">"}, count=50)
     assert r.xpending("ev", group)["pending"] == 50
@@ -158,7 +143,7 @@ def test_a_missing_stream_is_created_and_a_deleted_one_fails_the_job(r: redis.Re
 
 
 def test_deleting_the_job_removes_its_group_never_the_stream(r: redis.Redis) -> None:
-    _produce(r, "ev", ["a"] * 5)
+    produce_lines(r, "ev", ["a"] * 5)
     other = _job(r, "other")
     job = _job(r, "gone")
     kill_job(r, job.id)
@@ -172,7 +157,7 @@ def test_copy_mode_still_copies(r: redis.Redis) -> None:
     assert not job.direct and not r.exists("ev")  # no group, no stream created
     from rainstorm.sources.pick import loader_for
 
-    _produce(r, "ev", [f"c{i % 4}" for i in range(100)], every=10)
+    produce_lines(r, "ev", [f"c{i % 4}" for i in range(100)], every=10)
     loader = loader_for(r, job)
     wait_for(lambda: loader.step() and settled_copy(r, job), 30, "the stream copied",
              every_s=0)
