@@ -25,7 +25,7 @@ what the producer sent.  Target (issue 12): <= 5 µs of engine CPU per record
 
     python experiments/stream_cpu.py [--quick] [--rates 10000,25000,50000,100000]
         [--seconds 10] [--linger-ms 0,20] [--batch-records 200,1000] [--repeat 1]
-        [--producer python|lua] [--name stream_cpu]
+        [--producer python|lua] [--transport copy,split] [--name stream_cpu]
 
 ``--producer lua`` makes each tick's XADDs with one EVAL inside the server
 instead of a Python process's pipelined XADDs (~8 µs of its own CPU a
@@ -213,7 +213,8 @@ def summary(run: Run) -> dict[str, Any]:
 def measure(rate: int, seconds: float, cal_s: float, tmp: Path, linger_ms: int = 0,
             batch_records: int = 200, how: str = "python", transport: str = "auto"
             ) -> dict[str, Any]:
-    job, key = f"cpu{rate}l{linger_ms}b{batch_records}", f"src{rate}l{linger_ms}b{batch_records}"
+    tag = f"{rate}l{linger_ms}b{batch_records}{transport}"
+    job, key = f"cpu{tag}", f"src{tag}"
     spec = tmp / f"{job}.yaml"
     spec.write_text(SPEC.format(key=key, linger=linger_ms, batch=batch_records,
                                 transport=transport))
@@ -284,9 +285,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     rates = [r["offered_rate"] for r in rows]
-    several = {k: len({r[k] for r in rows}) > 1 for k in ("batch_records", "round")}
+    several = {k: len({r[k] for r in rows}) > 1 for k in ("batch_records", "round", "transport")}
     names = [f"{r['offered_rate']}" + (f"\nlinger {r['linger_ms']}" if r["linger_ms"] else "")
              + (f"\nbatch {r['batch_records']}" if several["batch_records"] else "")
+             + (f"\n{r['transport']}" if several["transport"] else "")
              + (f"\nround {r['round']}" if several["round"] else "")
              for r in rows]
     bottom = [0.0] * len(rows)
@@ -303,10 +305,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     a1.set_title("engine CPU per record, steady window")
     a1.legend(fontsize=8)
     a2.plot(rates, rates, color="grey", ls=":", lw=1, label="offered")
-    for linger, batch in sorted({(r["linger_ms"], r["batch_records"]) for r in rows}):
-        sub = [r for r in rows if (r["linger_ms"], r["batch_records"]) == (linger, batch)]
+    for linger, batch, how in sorted({(r["linger_ms"], r["batch_records"], r["transport"])
+                                      for r in rows}):
+        sub = [r for r in rows if (r["linger_ms"], r["batch_records"], r["transport"])
+               == (linger, batch, how)]
         tag = (f" (linger {linger} ms)" if linger else "") \
-            + (f" (batch {batch})" if several["batch_records"] else "")
+            + (f" (batch {batch})" if several["batch_records"] else "") \
+            + (f" ({how})" if several["transport"] else "")
         a2.plot([r["offered_rate"] for r in sub], [r["committed_rate"] for r in sub], "o-",
                 label="committed" + tag)
     a2.plot(rates, [r["produced_rate"] for r in rows], "s--", label="produced")
@@ -339,14 +344,18 @@ def main() -> int:
                     help="python: pipelined XADDs (~8 µs of its own CPU a record); lua: "
                          "one EVAL a tick makes them in the server, so the engine has "
                          "the cores to itself (its server CPU is measured either way)")
-    ap.add_argument("--transport", choices=("auto", "copy", "direct"), default="auto",
-                    help="source.transport: copy (auto) has the coordinator copy batches "
-                         "into the job's streams; direct has the workers read the stream "
-                         "(no linger_ms)")
+    ap.add_argument("--transport", default="auto",
+                    help="source.transport values, each run at every setting (e.g. "
+                         "copy,split): split (auto) has the coordinator cut id ranges that "
+                         "the workers read; copy has it copy batches into the job's "
+                         "streams; direct has the workers read the stream (no linger_ms)")
     ap.add_argument("--name", default="stream_cpu", help="results file name (CSV and PNG)")
     a = ap.parse_args()
     lingers = [int(x) for x in a.linger_ms.split(",")]
     batches = [int(x) for x in a.batch_records.split(",")]
+    transports = a.transport.split(",")
+    if not set(transports) <= {"auto", "split", "copy", "direct"}:
+        ap.error(f"--transport: {a.transport!r}: auto, split, copy or direct, comma-separated")
     rates = [5000, 20000] if a.quick else [int(x) for x in a.rates.split(",")]
     seconds = 2.5 if a.quick else a.seconds
     cal_s = 1.0 if a.quick else 3.0
@@ -356,15 +365,16 @@ def main() -> int:
             for rate in rates:
                 for linger in lingers:
                     for batch in batches:
-                        row = {"round": rnd, "linger_ms": linger, "batch_records": batch,
-                               "producer": a.producer, "transport": a.transport,
-                               **measure(rate, seconds, cal_s, Path(tmp), linger, batch,
-                                         a.producer, a.transport)}
-                        print(row, flush=True)
-                        rows.append(row)
+                        for how in transports:
+                            row = {"round": rnd, "linger_ms": linger, "batch_records": batch,
+                                   "producer": a.producer, "transport": how,
+                                   **measure(rate, seconds, cal_s, Path(tmp), linger, batch,
+                                             a.producer, how)}
+                            print(row, flush=True)
+                            rows.append(row)
     for r in rows:
-        print(f"{r['offered_rate']:>7}/s offered, linger {r['linger_ms']} ms, batch_records "
-              f"{r['batch_records']}, round {r['round']}: "
+        print(f"{r['offered_rate']:>7}/s offered, {r['transport']}, linger {r['linger_ms']} ms, "
+              f"batch_records {r['batch_records']}, round {r['round']}: "
               f"{r['committed_rate']:>7}/s committed"
               f"{'' if r['sustained'] else ' (NOT sustained)'}, engine {r['engine_us']} µs/rec "
               f"(without the XADDs' server share {r['engine_net_us']}), producer "

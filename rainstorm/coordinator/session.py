@@ -34,7 +34,7 @@ from rainstorm.job import Job, JobState
 from rainstorm.operators import lookup
 from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input, resolve_inputs
-from rainstorm.sources.ranges import resolve_stream_transport
+from rainstorm.sources.ranges import as_submitted, resolve_stream_transport
 from rainstorm.sources.splits import resolve_transport
 from rainstorm.spec import JobSpec, RecordOp
 from rainstorm.state import read_state
@@ -156,6 +156,7 @@ class Session:
         ``on_step`` after every step (in-process workers take their turn);
         ``stop_on_interrupt``: Ctrl-C (KeyboardInterrupt) stops a streaming
         job cleanly and returns its last result."""
+        self.job = as_submitted(self.r, self.job)  # built before submit decided ``auto``
         driver = Driver(self.r, self.job, on_progress=on_progress, check=check, on_step=on_step,
                         timeout_s=timeout_s)
         try:

@@ -29,12 +29,14 @@ stream tightly behind the job should use ``transport: copy``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
 import redis
 
+from rainstorm import keys
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.protocol.entries import RangeRef, id_key
@@ -70,6 +72,8 @@ def resolve_stream_transport(r: redis.Redis, job: Job) -> Job:
     src = job.spec.source
     if src.type != "stream" or src.transport not in ("auto", "split"):
         return job
+    if src.transport == "auto" and (stored := submitted_transport(r, job)):
+        return _with_transport(job, stored)  # resumed: as it was decided then
     why = workers_cannot_read(r, src.key)
     if src.transport == "split":
         if why:
@@ -78,10 +82,38 @@ def resolve_stream_transport(r: redis.Redis, job: Job) -> Job:
         return job
     if why:
         log.warning("%s: the coordinator copies the stream (source.transport: copy)", why)
-    chosen = "copy" if why else "split"
+    return _with_transport(job, "copy" if why else "split")
+
+
+def _with_transport(job: Job, transport: str) -> Job:
+    src = job.spec.source
+    if src.type != "stream" or src.transport == transport:
+        return job
     spec = job.spec.model_copy(
-        update={"source": src.model_copy(update={"transport": chosen})})
+        update={"source": src.model_copy(update={"transport": transport})})
     return Job.build(job.id, spec)
+
+
+def submitted_transport(r: redis.Redis, job: Job) -> str | None:
+    """The stream transport of ``job`` as submitted (its spec in Redis), when
+    that decided ``auto``: ``split`` or ``copy``; None otherwise."""
+    raw: Any = r.get(keys.spec(job.id))
+    try:
+        source = json.loads(raw)["source"] if raw is not None else None
+    except (ValueError, TypeError, KeyError):
+        return None  # not this module's to judge: submit refuses a different spec
+    chosen = source.get("transport") if isinstance(source, dict) else None
+    return chosen if chosen in ("split", "copy") else None
+
+
+def as_submitted(r: redis.Redis, job: Job) -> Job:
+    """``job`` with the transport its submit decided (a job object built
+    before submit still says ``auto``)."""
+    src = job.spec.source
+    if src.type != "stream" or src.transport != "auto":
+        return job
+    stored = submitted_transport(r, job)
+    return _with_transport(job, stored) if stored else job
 
 
 def workers_cannot_read(r: redis.Redis, key: str) -> str:
