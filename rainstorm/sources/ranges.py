@@ -190,10 +190,15 @@ def parse_pos(pos: str) -> tuple[str, int | None]:
     return after, int(base) if base else None
 
 
-def read_range(raw: redis.Redis, key: str, field: str | None, ref: RangeRef
+def read_range(raw: redis.Redis, key: str, field: str | None, most: int, ref: RangeRef
                ) -> tuple[list[Any], int]:
     """(the records of ``ref``, how many of its entries had no ``field``);
-    RangeChanged when the stream no longer holds all of its entries."""
+    RangeChanged when the stream no longer holds all of its entries;
+    ValueError for a range of more than ``most`` entries (the loader cuts
+    none: BACKLOG_ENTRIES x batch_records at most), which is not read."""
+    if ref.count > most:
+        raise ValueError(f"range {ref.uid} counts {ref.count} entries, more than the "
+                         f"{most} a range of this job may hold")
     rows: Any = _call(raw, "XRANGE", key, "(" + ref.after, ref.last,
                                     "COUNT", ref.count + 1)
     rows = rows or []
@@ -220,6 +225,7 @@ class RangeLoader(BaseLoader):
         self.raw = raw_client(r)
         self._per_s: float | None = None  # entries per second, as the counter grew
         self._seen: tuple[float, int] | None = None  # (when, counter) last looked at
+        self._cut_at: float | None = None  # when the last range was cut from the counter
 
     def _look(self) -> tuple[str, int, int] | None:
         try:
@@ -243,6 +249,7 @@ class RangeLoader(BaseLoader):
         after, base = parse_pos(pos)
         if base is None:
             return self._backlog(after, max_entries)
+        deadline = self._nap()
         info = self._look()
         if info is None:
             self._wait(after)
@@ -260,9 +267,12 @@ class RangeLoader(BaseLoader):
         if n > BACKLOG_ENTRIES * self.batch:
             return self._backlog(after, max_entries)
         if n < self.batch and self.linger_s:
-            last, added, n = self._linger(after, base, last, added)
+            last, added, n = self._linger(base, last, added, deadline)
+            if n > BACKLOG_ENTRIES * self.batch:  # a burst while it lingered
+                return self._backlog(after, max_entries)
         if id_key(last) <= id_key(after):  # counted, yet deleted already: nothing to cut
             return [], f"{after}/{added}", 0, None
+        self._cut_at = time.monotonic()
         ref = RangeRef(after, last, n)
         return [(self.stream_for(ref.uid), ref.uid, ref.payload())], f"{last}/{added}", n, None
 
@@ -271,12 +281,28 @@ class RangeLoader(BaseLoader):
         blocking XREAD of one entry."""
         _call(self.raw, "XREAD", "COUNT", 1, "BLOCK", BLOCK_MS, "STREAMS", self.key, after)
 
-    def _linger(self, after: str, base: int, last: str, added: int) -> tuple[str, int, int]:
+    def _nap(self) -> float | None:
+        """Caught up at a known rate: sleep until the next range should be
+        full before looking (a look before it finds it short anyway).  The
+        linger counts from the last cut, when the next range's first entry
+        could arrive: returns that deadline (None: from the first look)."""
+        if not (self.linger_s and self._per_s and self._cut_at):
+            return None
+        deadline = self._cut_at + self.linger_s
+        full_at = self._cut_at + self.batch / self._per_s * (1 + LINGER_MARGIN) + LINGER_MARGIN_S
+        wait_s = min(full_at, deadline) - time.monotonic()
+        self._cut_at = None
+        if wait_s > 0.001:
+            time.sleep(wait_s)
+        return deadline
+
+    def _linger(self, base: int, last: str, added: int, deadline: float | None
+                ) -> tuple[str, int, int]:
         """(last id, counter, entries) once ``batch_records`` entries are
-        there or ``linger_ms`` ran out: sleeping until the entries should be
-        there at the rate the counter grew (plus LINGER_MARGIN), then looking
-        again."""
-        deadline = time.monotonic() + self.linger_s
+        there or ``linger_ms`` ran out (from ``deadline``, or from now):
+        sleeping until the entries should be there at the rate the counter
+        grew (plus LINGER_MARGIN), then looking again."""
+        deadline = deadline or time.monotonic() + self.linger_s
         n = added - base
         while n < self.batch:
             left_s = deadline - time.monotonic()
@@ -289,8 +315,6 @@ class RangeLoader(BaseLoader):
                 break  # gone or replaced: the next gather says so
             last, added, _ = info
             n = added - base
-        if n > BACKLOG_ENTRIES * self.batch:  # a burst: still one range, the next one smaller
-            log.debug("range of %d entries after a linger (%s)", n, self.key)
         return last, added, n
 
     def _backlog(self, after: str, max_entries: int) -> Gathered:

@@ -26,7 +26,7 @@ from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
 from rainstorm.operators import hash_lookup
 from rainstorm.signing import SignatureError
-from rainstorm.sources.ranges import raw_client, read_range
+from rainstorm.sources.ranges import BACKLOG_ENTRIES, raw_client, read_range
 from rainstorm.sources.state_source import read_cogroup
 from rainstorm.state import read_part
 from rainstorm.worker.admit import Admission, admit
@@ -164,7 +164,8 @@ class JobTable:
             raise UsageError(f"it cannot read the job's source stream {src.key!r} ({exc}): "
                              f"grant this worker's ACL user %R~{src.key}, or submit the job "
                              "with source.transport: copy") from None
-        return functools.partial(read_range, raw, src.key, src.field)
+        return functools.partial(read_range, raw, src.key, src.field,
+                                 BACKLOG_ENTRIES * src.batch_records)
 
     def _inputs(self, job_id: str) -> list[Any]:
         """The job's input files as listed at submit: [path, size, mtime_ns]."""

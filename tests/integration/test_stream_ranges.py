@@ -17,7 +17,7 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
-from rainstorm.protocol.entries import RangeRef, id_key, range_of
+from rainstorm.protocol.entries import RangeRef, entry_fields, id_key, range_of
 from rainstorm.sources.ranges import RangeLoader, resolve_stream_transport
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
@@ -185,3 +185,20 @@ def test_malformed_range_descriptors_are_refused() -> None:
                 ["1-0", "5-0", True], ["1-0", "5-0"], "nope"):
         with pytest.raises(ValueError, match="malformed range descriptor"):
             range_of(b"\xffrange\x00" + msgpack.packb(bad))
+
+
+def test_a_range_larger_than_the_loader_cuts_is_not_read(r: redis.Redis) -> None:
+    """A descriptor written with the worker password, naming more entries
+    than any range the loader cuts (2 x batch_records), is dead-lettered
+    unread: a worker never reads a whole stream for one entry."""
+    job = _job(r, "forged", batch_records=10)
+    produce_lines(r, "ev", ["f"] * 50)
+    last = r.xrevrange("ev", count=1)[0][0].decode()
+    ref = RangeRef("0-0", last, 50)
+    r.xadd(job.streams(0)[0], entry_fields(ref.uid, ref.payload()))
+    with Worker(r, WorkerOptions(job=job.id)) as w:
+        wait_for(lambda: w.run_once() and r.xlen(keys.dlq(job.id)), 30,
+                 "the forged range dead-lettered", every_s=0)
+    assert read_state(r, job, ("*",)) == {}
+    (_id, dead), = r.xrange(keys.dlq(job.id))
+    assert b"counts 50 entries, more than the 20 a range of this job may hold" in dead[b"error"]
