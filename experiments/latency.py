@@ -9,6 +9,7 @@ achieved, and whether it is sustainable (every record out within 2 s of the
 end, and the latency not growing through the run).
 
     python experiments/latency.py [--quick] [--seconds 10] [--rates ...] [--lookup | --window-join]
+        [--transport auto|split|copy]
 
 ``--lookup``: the job is a stream-table join instead of the one ``map``
 (each record keyed by its first character, then the built-in ``lookup``
@@ -44,14 +45,14 @@ from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
 
 SPEC = """name: latency
-source: {{type: stream, key: {key}, field: d, batch_records: 200}}
+source: {{type: stream, key: {key}, field: d, batch_records: 200, transport: {transport}}}
 pipeline:
   - {{op: map, fn: identity}}
 settings: {{batch_entries: 8, max_backlog: 1000}}
 """
 
 LOOKUP_SPEC = """name: latency
-source: {{type: stream, key: {key}, field: d, batch_records: 200}}
+source: {{type: stream, key: {key}, field: d, batch_records: 200, transport: {transport}}}
 pipeline:
   - {{op: key_by, fn: first_char}}
   - {{op: flat_map, fn: lookup, args: {{path: "{table}", key: k}}}}
@@ -87,13 +88,13 @@ def lookup_table(tmp: Path) -> Path:
     return table
 
 
-def measure(url: str, rate: int, seconds: float, tmp: Path, table: Path | None = None
-            ) -> dict[str, Any]:
-    job = f"lat{rate}"
-    key = f"src{rate}"
+def measure(url: str, rate: int, seconds: float, tmp: Path, table: Path | None = None,
+            transport: str = "auto") -> dict[str, Any]:
+    job = f"lat{rate}{transport}"
+    key = f"src{rate}{transport}"
     spec = tmp / f"{job}.yaml"
-    spec.write_text(SPEC.format(key=key) if table is None
-                    else LOOKUP_SPEC.format(key=key, table=table))
+    spec.write_text(SPEC.format(key=key, transport=transport) if table is None
+                    else LOOKUP_SPEC.format(key=key, table=table, transport=transport))
     env = dict(os.environ, RAINSTORM_REDIS=url)
     env.setdefault("RAINSTORM_SECRET", secrets.token_hex(32))  # signs the spec; workers verify
     r = connect(url)
@@ -197,6 +198,9 @@ def main() -> int:
                     help="a stream-table (lookup) join instead of one map")
     ap.add_argument("--window-join", action="store_true",
                     help="a windowed stream-stream join; --rates are per side")
+    ap.add_argument("--transport", choices=("auto", "split", "copy"), default="auto",
+                    help="source.transport (auto: split); other than auto, the results "
+                         "are written to latency[_lookup]_<transport>")
     a = ap.parse_args()
     if a.window_join:
         rates = [1000] if a.quick else [int(x) for x in
@@ -210,10 +214,13 @@ def main() -> int:
         int(x) for x in (a.rates_given or "1000,5000,10000,20000,30000,50000").split(",")]
     rows = ladder(rates, 3.0 if a.quick else a.seconds,
                   lambda url, rate, seconds, tmp:
-                  measure(url, rate, seconds, tmp, lookup_table(tmp) if a.lookup else None))
+                  measure(url, rate, seconds, tmp, lookup_table(tmp) if a.lookup else None,
+                          a.transport))
     sustained = [r["rate"] for r in rows if r["sustainable"]]
     print(f"highest sustained rate tried: {max(sustained) if sustained else 'none'} records/s")
-    return finish("latency_lookup" if a.lookup else "latency", rows, a.out,
+    name = ("latency_lookup" if a.lookup else "latency") + \
+        ("" if a.transport == "auto" else f"_{a.transport}")
+    return finish(name, rows, a.out,
                   lambda p: plot(rows, p))
 
 
