@@ -24,6 +24,7 @@ from tests.helpers import (
     ROOT,
     cli,
     counters,
+    produce_lines,
     settled,
     stop_all,
     stopped_holding,
@@ -52,10 +53,7 @@ def test_ranges_exact_while_the_coordinator_and_a_worker_are_killed(
         feeder = redis.Redis.from_url(url)
         while len(sent) < TOTAL:
             batch = [f"w{i % 17} v{i % 5}" for i in range(len(sent), len(sent) + 50)]
-            pipe = feeder.pipeline(transaction=False)
-            for line in batch:
-                pipe.xadd("events", {"line": line})
-            pipe.execute()
+            produce_lines(feeder, "events", batch)
             sent.extend(batch)
             if len(sent) == TOTAL // 2:
                 halfway.set()

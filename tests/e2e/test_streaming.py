@@ -23,6 +23,7 @@ from tests.helpers import (
     Streaming,
     cli,
     counters,
+    produce_lines,
     settled,
     stop_all,
     stopped_holding,
@@ -52,10 +53,7 @@ def test_stream_source_every_output_once_while_a_worker_is_killed(
         deadline = time.monotonic() + 120
         while (len(ids) < 3000 or not killed.is_set()) and time.monotonic() < deadline:
             batch = [f"ev{i:06d}" for i in range(len(ids), len(ids) + 50)]
-            pipe = feeder.pipeline(transaction=False)
-            for rec in batch:
-                pipe.xadd("events", {"line": rec})
-            pipe.execute()
+            produce_lines(feeder, "events", batch)
             ids.extend(batch)
             if len(ids) >= 1000:
                 fed.set()
