@@ -33,7 +33,7 @@ name (``s<i>:<name>``)      written by          meaning
 ``invalid_utf8_entries``    worker, in commit   stage-0 entries that were not UTF-8
 ``missing_field``           coordinator (copy), stream source entries without the
                             worker in commit    source field (stage 0)
-                            (direct)
+                            (direct, split)
 ``malformed_rows``          operator, commit    CSV rows skipped (on_error skip)
 ``output_entries``          FCALL commit        entries of the last stage's output
                                                 stream

@@ -46,7 +46,7 @@ from rainstorm.sources.unbounded import (
     BLOCK_MS,
     LINGER_MARGIN,
     LINGER_MARGIN_S,
-    as_sent,
+    raw_client,
     records_of_rows,
 )
 
@@ -125,15 +125,6 @@ def workers_cannot_read(r: redis.Redis, key: str) -> str:
         return ""  # no user `worker`, or not an admin: the workers are this user
     text = as_str(verdict, "replace")
     return "" if text == "OK" else f"the ACL user {WORKER_USER!r} may not read stream {key!r}"
-
-
-def raw_client(r: redis.Redis) -> redis.Redis:
-    """A client on ``r``'s connections whose stream reads come as the server
-    sent them (redis-py's parser builds a dict per entry)."""
-    raw = redis.Redis(connection_pool=r.connection_pool)
-    for command in ("XINFO STREAM", "XRANGE", "XREAD"):
-        raw.set_response_callback(command, as_sent)
-    return raw
 
 
 def _call(client: Any, *args: Any) -> Any:

@@ -118,6 +118,15 @@ def as_sent(response: Any, **_options: Any) -> Any:
     return response
 
 
+def raw_client(r: redis.Redis) -> redis.Redis:
+    """A client on ``r``'s connections whose stream reads come as the server
+    sent them (redis-py's parser builds a dict per entry)."""
+    raw = redis.Redis(connection_pool=r.connection_pool)
+    for command in ("XINFO STREAM", "XRANGE", "XREAD"):
+        raw.set_response_callback(command, as_sent)
+    return raw
+
+
 class StreamLoader(BaseLoader):
     """Entries of ``source.key`` after the cursor, ``batch_records`` per entry.
     A record is the value of ``source.field`` (or the whole entry as a dict);
@@ -128,8 +137,7 @@ class StreamLoader(BaseLoader):
 
     def __init__(self, r: redis.Redis, job: Job) -> None:
         super().__init__(r, job)
-        self.raw = redis.Redis(connection_pool=r.connection_pool)
-        self.raw.set_response_callback("XREAD", as_sent)
+        self.raw = raw_client(r)
         self._per_ms: float | None = None  # the arrival rate the last linger saw
         self._full_at: float | None = None  # when, at that rate, the next entry is full
 

@@ -32,7 +32,7 @@ from rainstorm.protocol.entries import DATA_FIELD, upstream_uid
 from rainstorm.protocol.meta import job_state
 from rainstorm.replies import as_str
 from rainstorm.sources.loader import DONE, BaseLoader, Gathered
-from rainstorm.sources.unbounded import BLOCK_MS, as_sent
+from rainstorm.sources.unbounded import BLOCK_MS, raw_client
 from rainstorm.state import agg_of, fold, parts
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,7 @@ class UpstreamLoader(BaseLoader):
             except UsageError:
                 raise JobFailed(f"job {job.id}: its input job {up} is not on this Redis"
                                 ) from None
-        self.raw = redis.Redis(connection_pool=r.connection_pool)
-        self.raw.set_response_callback("XREAD", as_sent)
+        self.raw = raw_client(r)
 
     def _aggregate(self, i: int) -> bool:
         """Does input ``i`` leave a finished aggregate (not records)?"""

@@ -75,8 +75,9 @@ class Entry:
     raw_uid: bytes | None = None  # the uid field as read, when it is not UTF-8
     records: list[Any] | None = None  # decoded records (cached by undecodable())
     text: bytes | None = None  # a split's bytes, read from its file (cached by undecodable())
-    missing_field: bool = False  # an entry of the user's stream without source.field
-    missing: int = 0  # entries of a stream range without source.field
+    # entries of the user's stream without source.field: this one (read
+    # directly), or those of its range (read as ranges)
+    missing: int = 0
 
 
 def entry_of(stream: str, id_: str, fields: dict[bytes, bytes], deliveries: int = 1) -> Entry:
@@ -203,9 +204,8 @@ class StageRunner:
             if bad:
                 comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
-        if entry.missing_field or entry.missing:  # (the user's stream) counted, never silently
-            comp.extra[keys.counter_field(0, StageCounter.MISSING_FIELD)] += \
-                entry.missing or 1
+        if entry.missing:  # (the user's stream) counted, never silently
+            comp.extra[keys.counter_field(0, StageCounter.MISSING_FIELD)] += entry.missing
         if entry.records is None:
             entry.records = decode_records(entry.data)
         if self.read_part is not None:  # records name state partitions: read them

@@ -26,8 +26,9 @@ from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import Job
 from rainstorm.operators import hash_lookup
 from rainstorm.signing import SignatureError
-from rainstorm.sources.ranges import BACKLOG_ENTRIES, raw_client, read_range
+from rainstorm.sources.ranges import BACKLOG_ENTRIES, read_range
 from rainstorm.sources.state_source import read_cogroup
+from rainstorm.sources.unbounded import raw_client
 from rainstorm.state import read_part
 from rainstorm.worker.admit import Admission, admit
 from rainstorm.worker.batch import ReadRange, StageRunner

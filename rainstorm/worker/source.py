@@ -56,7 +56,7 @@ def entry_maker(job: Job, stage: int, stream: str) -> EntryOf:
         found, record = record_of(fields, field)
         e = Entry(stream, id_, stream_uid(id_), b"", deliveries)
         e.records = [record] if found else []
-        e.missing_field = not found
+        e.missing = 0 if found else 1
         return e
 
     return of
