@@ -6,9 +6,11 @@ stream, ``--rate`` records per second of event time (evenly spaced, users
 drawn from ``--users`` with a fixed seed), for ``--event-minutes`` of event
 time, as fast as the engine takes them: it waits while more than two
 event-seconds of records are unread by the job, and trims the source stream
-up to the job's cursor, so the source stays bounded too.  The job (stream
-source, key_by user, 1 s tumbling windows, count, file sink; 2 workers, a
-coordinator, a private embedded server) emits every window the watermark
+up to what the job consumed, so the source stays bounded too.  The job
+(stream source read as ranges, ``--transport split``, the default, or
+through a consumer group, ``direct``; key_by user, 1 s tumbling windows,
+count, file sink; 2 workers, a coordinator, a private embedded server)
+emits every window the watermark
 closes into its output stream; the file sink appends it to a JSON-lines file
 and trims the stream.
 
@@ -22,6 +24,7 @@ producer computed (numpy array per event second and user), and the state
 exactly the windows still open; exit status 1 otherwise.
 
     python experiments/window_memory.py [--quick] [--event-minutes 60] [--rate 10000]
+        [--transport split|direct]
 
 Writes experiments/results/window_memory.{csv,png}.
 """
@@ -48,7 +51,8 @@ from rainstorm.job import Job, decode_records
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
 from rainstorm.protocol.counters import StageCounter
-from rainstorm.protocol.entries import data_of
+from rainstorm.protocol.entries import data_of, id_key, range_of
+from rainstorm.sources.ranges import parse_pos
 from rainstorm.spec import parse_spec
 from rainstorm.state import agg_of, fold, parts
 
@@ -62,7 +66,7 @@ BACKLOG = 16
 LAG_EVENT_S = 2  # the producer waits while this many event-seconds are unread
 
 SPEC = """name: {job}
-source: {{type: stream, key: {key}, field: null, batch_records: {batch}, transport: direct}}
+source: {{type: stream, key: {key}, field: null, batch_records: {batch}, transport: {transport}}}
 pipeline:
   - {{op: key_by, fn: field, args: {{name: u}}}}
   - {{op: window, time: field, args: {{name: ts}}, size_s: 1, max_delay_s: {delay}}}
@@ -78,11 +82,12 @@ def produce(url: str, seconds: int, rate: int, users: int, seed: int, ref_path: 
     """XADD ``rate`` records per event second for ``seconds`` event seconds,
     paced by the job's cursor; the counts per (second, user) go to ref_path."""
     r = connect(url)
+    job = Job.build(JOB, parse_spec(json.loads(r.get(keys.spec(JOB)) or b"{}")))
     rng = random.Random(seed)
     ref = np.zeros((seconds, users), dtype=np.uint32)
     step_us = 1_000_000 // rate
     for s in range(seconds):
-        _wait_for_room(r, LAG_EVENT_S * rate)
+        _wait_for_room(r, job, LAG_EVENT_S * rate)
         pipe = r.pipeline(transaction=False)
         for i in range(rate):
             u = rng.randrange(users)
@@ -95,14 +100,31 @@ def produce(url: str, seconds: int, rate: int, users: int, seed: int, ref_path: 
     r.close()
 
 
-def _consumed_upto(r: Any) -> bytes | None:
-    """Where the job has consumed the source up to: the oldest entry its
-    workers still hold (read directly through the job's consumer group), else
-    the last one delivered to them."""
-    group = keys.source_group(JOB)
+def _consumed_upto(r: Any, job: Job) -> bytes | None:
+    """Where the job has consumed the source up to (XTRIM MINID keeps ids >=
+    it): read directly through the job's consumer group, the oldest entry its
+    workers still hold, else the last one delivered to them; read as ranges,
+    past the oldest range not yet committed (its descriptor is still in a
+    stage-0 stream), else past the last range cut (the cursor)."""
     if not r.exists(SOURCE):
         return None
     pipe = r.pipeline(transaction=True)  # one moment: no delivery in between
+    if job.stream_ranges:
+        pipe.hget(keys.cursor(JOB), "pos")
+        for stream in job.streams(0):
+            pipe.xrange(stream)
+        pos, *streams = pipe.execute()
+        if not pos:
+            return None
+        afters = [parse_pos(pos.decode())[0]]
+        for rows in streams:
+            for _id, fields in rows:
+                ref = range_of(data_of(fields))
+                if ref is not None:
+                    afters.append(ref.after)
+        ms, seq = min(id_key(a) for a in afters)
+        return f"{ms}-{seq + 1}".encode()
+    group = keys.source_group(JOB)
     pipe.xinfo_groups(SOURCE)
     pipe.xpending(SOURCE, group)
     groups, pending = pipe.execute()
@@ -112,10 +134,10 @@ def _consumed_upto(r: Any) -> bytes | None:
     return info[0]["last-delivered-id"] if info else None
 
 
-def _wait_for_room(r: Any, max_unread: int) -> None:
+def _wait_for_room(r: Any, job: Job, max_unread: int) -> None:
     """Trim the source up to what the job consumed; wait while it is too far behind."""
     while True:
-        pos = _consumed_upto(r)
+        pos = _consumed_upto(r, job)
         if pos:
             r.xtrim(SOURCE, minid=pos, approximate=False)
         if r.xlen(SOURCE) <= max_unread:
@@ -250,11 +272,18 @@ def wait(cond: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def settled(r: Any) -> bool:
-    """Every record produced was delivered to the job's group and committed."""
+def settled(r: Any, job: Job) -> bool:
+    """Every record produced was delivered to the job's group (or cut into a
+    range) and committed."""
     last = r.xrevrange(SOURCE, count=1)
+    if not last:
+        return False
+    if job.stream_ranges:
+        pos = (r.hget(keys.cursor(JOB), "pos") or b"").decode()
+        return parse_pos(pos)[0] == last[0][0].decode() \
+            and not any(r.xlen(s) for s in job.streams(0))
     info = [g for g in r.xinfo_groups(SOURCE) if g["name"].decode() == keys.source_group(JOB)]
-    return bool(last) and bool(info) and info[0]["last-delivered-id"] == last[0][0] \
+    return bool(info) and info[0]["last-delivered-id"] == last[0][0] \
         and info[0]["pending"] == 0
 
 
@@ -263,7 +292,8 @@ def run(a: Any, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     sink = tmp / "windows.jsonl"
     spec_path = tmp / "spec.yaml"
     spec_text = SPEC.format(job=JOB, key=SOURCE, batch=a.batch_records, delay=MAX_DELAY_S,
-                            path=sink, backlog=BACKLOG)
+                            path=sink, backlog=BACKLOG,
+                            transport=a.transport)
     spec_path.write_text(spec_text)
     import yaml
 
@@ -300,7 +330,7 @@ def run(a: Any, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             if producer.returncode != 0:
                 raise SystemExit("the producer failed")
             wall = time.monotonic() - sampler.t0
-            wait(lambda: settled(r), 300, "every record committed")
+            wait(lambda: settled(r, job), 300, "every record committed")
             final = sampler.sample()
             print(final, flush=True)
             final_us = max_event_us(r) or 0
@@ -357,7 +387,7 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Non
     x = [r["event_s"] / 60 for r in rows]
     ax1.plot(x, [r["used_memory_mb"] for r in rows], label="Redis used_memory")
     ax1.plot(x, [r["state_bytes"] / 2**20 for r in rows], label="state partitions (bases + logs)")
-    ax1.plot(x, [r["late_stream_bytes"] / 2**20 for r in rows], label="late stream (never trimmed)")
+    ax1.plot(x, [r["late_stream_bytes"] / 2**20 for r in rows], label="late stream")
     ax1.set_ylabel("MB")
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8, loc="upper left")
@@ -391,6 +421,8 @@ def main() -> int:
                     help="records per stage entry (default: rate / 20)")
     ap.add_argument("--sample-s", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--transport", choices=("split", "direct"), default="split",
+                    help="how the workers read the source stream (source.transport)")
     a = ap.parse_args()
     if a.quick:
         a.event_minutes, a.rate, a.users, a.sample_s = 1.0, 2000, 200, 1.0

@@ -369,6 +369,12 @@ class Settings(_Model):
         description="partitions of a keyed aggregate's state (key groups: folded by "
                     "workers in parallel, read one at a time); a streaming job's default "
                     f"is {STREAM_STATE_PARTITIONS}")
+    max_late_entries: int = Field(
+        default=10_000, ge=0,
+        description="a streaming job keeps the newest this many entries of rs:{job}:late "
+                    "(each holds one batch's late records); older ones are trimmed while it "
+                    "runs, and every late record stays counted in s<i>:late_records. 0: keep "
+                    "them all (memory then grows with the late records)")
     skip_bad_records: bool = Field(
         default=False,
         description="a batch job whose input was dead-lettered succeeds (with a warning) "

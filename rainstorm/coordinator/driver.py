@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import redis
 
-from rainstorm import monitor
+from rainstorm import keys, monitor
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
 from rainstorm.coordinator import seal
 from rainstorm.coordinator.progress import JobStatus, read_status
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 0.1
 WATCH_EVERY_S = 0.1  # once everything is loaded, the job's status is read this often
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
+LATE_TRIM_EVERY_S = 1.0  # a streaming job's late stream is trimmed this often
 REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
 # the modules a reduce_by_key function may come from: any, since the job's
 # spec came from the coordinator's own user (workers have their allowlist)
@@ -86,6 +87,7 @@ class Driver:
         self.sink: FileOutputSink | None = None
         self.unbounded = job.spec.unbounded
         self._snapshot_at = 0.0
+        self._late_trim_at = 0.0
         self._refused_since: float | None = None
         self.agg: Aggregator | None = agg_of(job, ALLOW_ALL) if job.plan.aggregate else None
         self.loaded = False
@@ -141,6 +143,7 @@ class Driver:
             self.sink.poll()
         if self.unbounded:
             self._snapshot()
+            self._trim_late()
 
     def _step(self) -> Result | None:
         job = self.job
@@ -239,6 +242,22 @@ class Driver:
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
             write_json_atomically(sink.path, self.live())
+
+    def _trim_late(self) -> None:
+        """A streaming windowed job: keep the newest ``max_late_entries``
+        entries of its late stream (every LATE_TRIM_EVERY_S), so that late
+        records cannot grow Redis memory for ever.  Each was counted in
+        ``s<i>:late_records`` by the commit that wrote it; the trimmed
+        entries are ``late_entries`` - XLEN."""
+        keep = self.job.spec.settings.max_late_entries
+        if not keep or not any(s.window for s in self.job.plan.stages):
+            return
+        now = time.monotonic()
+        if now - self._late_trim_at >= LATE_TRIM_EVERY_S:
+            self._late_trim_at = now
+            trimmed = self.r.xtrim(keys.late(self.job.id), maxlen=keep, approximate=False)
+            if trimmed:
+                log.debug("job %s: trimmed %s late entries", self.job.id, trimmed)
 
     def stop_streaming(self) -> Result:
         """`kill-job --keep` (or Ctrl-C) stopped a streaming job.  No commit
