@@ -52,7 +52,7 @@ from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua import load_library
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.entries import data_of, id_key, range_of
-from rainstorm.sources.ranges import parse_pos
+from rainstorm.protocol.stream_cursor import parse_pos
 from rainstorm.spec import parse_spec
 from rainstorm.state import agg_of, fold, parts
 

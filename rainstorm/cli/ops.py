@@ -25,6 +25,7 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
     """Show jobs, their stages and counters; JOB_ID may name a dataflow
     graph: then each step (its job, state, inputs, per stage emitted,
     committed and backlog) and the graph's state."""
+    from rainstorm.monitor.stream_lag import lag_line
     from rainstorm.ops.status import graph_status, graph_statuses, job_statuses
 
     r = conn.client()
@@ -50,6 +51,9 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
                         str(s.index), str(s.emitted), str(s.committed), str(s.dead),
                         str(s.claimed), str(s.rejected))
     Console().print(out)
+    for row in rows:
+        if row.source is not None:
+            click.echo(f"{row.job}: {lag_line(row.source)}")
     graphs = [] if job_id else graph_statuses(r)
     if graphs:
         table("rainstorm graphs", [{"graph": g.record.id, "name": g.record.name,

@@ -16,6 +16,7 @@ from rainstorm.graphstore import GraphRecord, load_graph, parse_record
 from rainstorm.job import Job
 from rainstorm.monitor.counts import PROGRESS_READS, JobProgress, parse_progress, queue_progress
 from rainstorm.monitor.source import SourceLag, read_source, with_source
+from rainstorm.monitor.stream_lag import stream_lag
 from rainstorm.monitor.views import (
     DEAD_AFTER_S,
     GraphStepView,
@@ -107,7 +108,9 @@ def job_view(r: redis.Redis, job_id: str) -> JobView:
         job = Job.build(job_id, spec_from_json(raw_spec))
     except (RainstormError, ValueError) as exc:
         return replace(view, state="broken", error=f"unreadable spec: {exc}")
-    return replace(view, name=job.spec.name, stages=_stages(r, job, prog))
+    direct = read_source(r, job.id, job.source_stream, []) if job.source_stream else None
+    return replace(view, name=job.spec.name, stages=_stages(r, job, prog, direct),
+                   source=stream_lag(r, job, direct))
 
 
 def _source_row(lag: SourceLag) -> PartitionView:
@@ -116,12 +119,14 @@ def _source_row(lag: SourceLag) -> PartitionView:
                          pending=lag.pending, holders=lag.holders)
 
 
-def _stages(r: redis.Redis, job: Job, prog: JobProgress) -> list[StageView]:
+def _stages(r: redis.Redis, job: Job, prog: JobProgress, direct: SourceLag | None
+            ) -> list[StageView]:
+    """``direct``: the group backlog of a job that reads its stream directly."""
     out = []
     for s, line in zip(job.plan.stages, describe(job.plan), strict=True):
         counts, rows = prog.counts.stage(s.index), _partitions(r, job, s.index)
-        if s.index == 0 and job.source_stream:  # its own streams: requeued letters only
-            lag = read_source(r, job.id, job.source_stream, [])
+        if s.index == 0 and direct is not None:  # its own streams: requeued letters only
+            lag = direct
             counts = with_source(counts, replace(lag, requeued=sum(p.entries for p in rows)))
             rows = [_source_row(lag)] + [p for p in rows if p.entries]
         out.append(StageView(index=s.index, label=line.partition(": ")[2],

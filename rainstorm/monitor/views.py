@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rainstorm.monitor.counts import StageCounts
+from rainstorm.monitor.stream_lag import StreamLag
 
 DEAD_AFTER_S = 5.0  # a heartbeat older than this: the worker is shown as dead
 
@@ -154,6 +155,7 @@ class JobView:
     dead_letters: int  # entries in its dead-letter stream
     name: str | None
     stages: list[StageView] = field(default_factory=list)
+    source: StreamLag | None = None  # a stream source: how far behind it the job is
 
     @property
     def progress(self) -> float:
@@ -166,6 +168,7 @@ class JobView:
                 "unbounded": self.unbounded, "total_bytes": self.total_bytes,
                 "bytes_done": self.bytes_done, "dead_letters": self.dead_letters,
                 "name": self.name, "stages": [s.to_json() for s in self.stages],
+                "source": self.source.to_json() if self.source else None,
                 "progress": self.progress}
 
 

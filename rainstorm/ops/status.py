@@ -16,6 +16,7 @@ from rainstorm.errors import RainstormError, UsageError
 from rainstorm.graphstore import GraphRecord, graphs
 from rainstorm.jobstore import load_job
 from rainstorm.monitor import StageCounts, graph_named, graph_state, job_ids
+from rainstorm.monitor.stream_lag import StreamLag, stream_lag
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class StatusRow:
     error: str | None = None
     graph: str | None = None  # the dataflow graph this job is a step of
     step: str | None = None
+    source: StreamLag | None = None  # a stream source: how far behind it the job is
 
     def to_json(self) -> dict[str, Any]:
         where = {"graph": self.graph, "step": self.step}
@@ -42,7 +44,8 @@ class StatusRow:
         return {"job": self.job, "state": self.state, "loaded": self.loaded,
                 "incomplete": self.incomplete, "dead_letters": self.dead_letters,
                 "progress": self.progress,
-                "stages": [s.to_json() for s in self.stages], **where}
+                "stages": [s.to_json() for s in self.stages],
+                "source": self.source.to_json() if self.source else None, **where}
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ def _row(r: redis.Redis, jid: str, where: tuple[str, str] | None, *,
          strict: bool) -> StatusRow:
     graph, step = where or (None, None)
     try:
-        st = read_status(r, load_job(r, jid))
+        job = load_job(r, jid)
+        st = read_status(r, job)
     except RainstormError as exc:
         if strict:
             raise
@@ -105,5 +109,7 @@ def _row(r: redis.Redis, jid: str, where: tuple[str, str] | None, *,
         return StatusRow(jid, state, loaded=False, progress=0.0, error=str(exc),
                          graph=graph, step=step)
     dead, incomplete = completeness(r, jid) if st.state == "done" else (0, False)
+    lag = stream_lag(r, job) if st.state == "running" else None
     return StatusRow(jid, st.state, st.loaded, st.progress, st.stages,
-                     incomplete=incomplete, dead_letters=dead, graph=graph, step=step)
+                     incomplete=incomplete, dead_letters=dead, graph=graph, step=step,
+                     source=lag)

@@ -17,8 +17,9 @@ on.  A backlog (``start: 0`` on a long stream, or more than two entries'
 worth arrived at once) has no counter value at each boundary: the
 coordinator reads the ids of up to ``batch_entries`` entries' records with
 ``XRANGE`` and cuts ranges of exactly ``batch_records`` (its cursor is then
-``<after>/``, counter unknown), until a read reaches the end of the stream
-in the same MULTI as the ``XINFO`` that gives the counter again.
+``<after>/~<estimate>``: no exact counter, the last exact one plus the
+entries cut since, for the monitor's lag), until a read reaches the end of
+the stream in the same MULTI as the ``XINFO`` that gives the counter again.
 
 A range whose entries were trimmed (``MAXLEN``/``MINID``) or deleted
 (``XDEL``) before a worker read it holds fewer entries than its count: the
@@ -40,6 +41,7 @@ from rainstorm import keys
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.protocol.entries import RangeRef, id_key
+from rainstorm.protocol.stream_cursor import backlog_pos, exact_pos, parse_pos, pos_estimate
 from rainstorm.replies import as_str
 from rainstorm.sources.loader import BaseLoader, Gathered
 from rainstorm.sources.unbounded import (
@@ -170,15 +172,9 @@ def initial_cursor(r: redis.Redis, job: Job) -> str:
     except redis.ResponseError as exc:
         raise UsageError(_not_a_stream(exc, src.key)) from None
     if info is None:
-        return "0-0/0"  # no stream yet: everything added later
+        return exact_pos("0-0", 0)  # no stream yet: everything added later
     last, added, length = info
-    return f"{last}/{added}" if src.start == "$" else f"0-0/{added - length}"
-
-
-def parse_pos(pos: str) -> tuple[str, int | None]:
-    """(the id the next range starts after, the counter there or None)."""
-    after, _, base = (pos or "0-0/0").partition("/")
-    return after, int(base) if base else None
+    return exact_pos(last, added) if src.start == "$" else exact_pos("0-0", added - length)
 
 
 def read_range(raw: redis.Redis, key: str, field: str | None, most: int, ref: RangeRef
@@ -239,7 +235,7 @@ class RangeLoader(BaseLoader):
     def gather(self, pos: str, max_entries: int) -> Gathered:
         after, base = parse_pos(pos)
         if base is None:
-            return self._backlog(after, max_entries)
+            return self._backlog(after, max_entries, pos_estimate(pos))
         deadline = self._nap()
         info = self._look()
         if info is None:
@@ -256,16 +252,17 @@ class RangeLoader(BaseLoader):
             self._wait(last)
             return [], pos, 0, None
         if n > BACKLOG_ENTRIES * self.batch:
-            return self._backlog(after, max_entries)
+            return self._backlog(after, max_entries, base)
         if n < self.batch and self.linger_s:
             last, added, n = self._linger(base, last, added, deadline)
             if n > BACKLOG_ENTRIES * self.batch:  # a burst while it lingered
-                return self._backlog(after, max_entries)
+                return self._backlog(after, max_entries, base)
         if id_key(last) <= id_key(after):  # counted, yet deleted already: nothing to cut
-            return [], f"{after}/{added}", 0, None
+            return [], exact_pos(after, added), 0, None
         self._cut_at = time.monotonic()
         ref = RangeRef(after, last, n)
-        return [(self.stream_for(ref.uid), ref.uid, ref.payload())], f"{last}/{added}", n, None
+        entry = (self.stream_for(ref.uid), ref.uid, ref.payload())
+        return [entry], exact_pos(last, added), n, None
 
     def _wait(self, after: str) -> None:
         """Until an entry after ``after`` is added (at most BLOCK_MS): one
@@ -308,10 +305,12 @@ class RangeLoader(BaseLoader):
             n = added - base
         return last, added, n
 
-    def _backlog(self, after: str, max_entries: int) -> Gathered:
+    def _backlog(self, after: str, max_entries: int, estimate: int | None) -> Gathered:
         """Ranges of exactly ``batch_records`` entries, cut from their ids
         (read with XRANGE in the same MULTI as the counter, which becomes the
-        cursor's again once a read reaches the stream's end)."""
+        cursor's again once a read reaches the stream's end).  Meanwhile the
+        cursor carries ``estimate`` (the counter at ``after``, if known)
+        plus the entries cut, for the monitor's lag (:func:`pos_estimate`)."""
         cap = self.batch * max(1, max_entries)
         pipe = self.raw.pipeline(transaction=True)
         _call(pipe, "XINFO STREAM", self.key)
@@ -321,7 +320,7 @@ class RangeLoader(BaseLoader):
         except redis.ResponseError as exc:
             if "no such key" in str(exc).lower():
                 self._wait(after)
-                return [], f"{after}/", 0, None
+                return [], backlog_pos(after, estimate), 0, None
             raise JobFailed(f"job {self.job.id}: {_not_a_stream(exc, self.key)}") from None
         last, added, _length = _counted(info_reply)
         if id_key(last) < id_key(after):
@@ -335,5 +334,7 @@ class RangeLoader(BaseLoader):
             ref = RangeRef(first_after, end, len(chunk))
             entries.append((self.stream_for(ref.uid), ref.uid, ref.payload()))
         if len(rows) < cap:  # the end: the counter holds from here on
-            return entries, f"{last}/{added}", len(rows), None
-        return entries, f"{end}/", len(rows), None
+            return entries, exact_pos(last, added), len(rows), None
+        return entries, backlog_pos(end, None if estimate is None else estimate + len(rows)), \
+            len(rows), None
+

@@ -107,7 +107,8 @@ def test_job_view_and_its_json(r: redis.Redis) -> None:
     out = json.loads(json.dumps(view.to_json()))
     assert list(out) == ["id", "state", "error", "incomplete", "refused", "loaded",
                          "unbounded", "total_bytes", "bytes_done", "dead_letters", "name",
-                         "stages", "progress"]
+                         "stages", "source", "progress"]
+    assert out["source"] is None  # a text source: no stream to lag behind
     st0, st1 = out["stages"]
     assert list(st0) == ["index", "label", "partitions", "aggregate", "emitted", "committed",
                          "dead", "rejected", "claimed", "records_in", "records_out", "backlog",
@@ -133,7 +134,7 @@ def test_status_and_tasks_rows(r: redis.Redis) -> None:
              "records_in": 2, "records_out": 3},
             {"stage": 1, "emitted": 1, "committed": 0, "dead": 0, "claimed": 0, "rejected": 0,
              "records_in": 0, "records_out": 0}],
-        "graph": None, "step": None}  # not a dataflow graph's step
+        "source": None, "graph": None, "step": None}  # not a dataflow graph's step
     r.set(keys.spec("bad"), "not a spec")
     r.sadd(keys.JOBS, "bad")
     broken = job_statuses(r)[0].to_json()

@@ -18,6 +18,7 @@ from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
 from rainstorm.protocol.entries import RangeRef, entry_fields, id_key, range_of
+from rainstorm.protocol.stream_cursor import parse_pos
 from rainstorm.sources.ranges import RangeLoader, resolve_stream_transport
 from rainstorm.spec import parse_spec
 from rainstorm.state import read_state
@@ -44,7 +45,7 @@ def _cut(loader: RangeLoader, r: redis.Redis, job: Job, key: str = "ev") -> None
         loader.step()
         pos = (r.hget(keys.cursor(job.id), "pos") or b"").decode()
         last = r.xinfo_stream(key)["last-generated-id"].decode()
-        return pos.split("/")[0] == last and not pos.endswith("/")
+        return parse_pos(pos)[0] == last and parse_pos(pos)[1] is not None
 
     wait_for(caught_up, 30, "the loader's cursor at the stream's end", every_s=0)
 

@@ -162,6 +162,13 @@ def _job_families(out: _Out, snap: Snapshot, redis_up: bool) -> None:
                "Entries and records now in the job's dead-letter stream.",
                [("rainstorm_job_dead_letters", _job_labels(snap, j.id), j.dead_letters)
                 for j in jobs])
+    out.family("rainstorm_source_lag_entries", "gauge",
+               "Entries of the job's Redis stream source it has not read yet (its consumer "
+               "lag); how: exact, about (an estimate while a backlog is cut) or at least "
+               "(a count capped at 10000).",
+               [("rainstorm_source_lag_entries",
+                 {**_job_labels(snap, j.id), "stream": j.source.stream, "how": j.source.how},
+                 j.source.records) for j in jobs if j.source is not None])
     graphs: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
     for g in snap.graphs:
         graphs[g.state] = graphs.get(g.state, 0) + 1
