@@ -390,6 +390,10 @@ def test_streaming_job_on_the_page(tmp_path: Path, url: str, r: redis.Redis, ui:
             page.wait_for_function("() => document.querySelector("
                                    "'[data-testid=job-progress]').textContent"
                                    ".includes('21 records in')", timeout=60_000)
+            # the input box: how far behind its stream the job is (all read by now)
+            page.wait_for_function("() => { const e = document.querySelector("
+                                   "'[data-testid=source-lag]'); return e && e.textContent"
+                                   ".includes('stream ev: 0 not read yet'); }", timeout=60_000)
             browser.close()
         kill_job(r, run.job.id, keep=True)
         assert run.stopped() == {"a": 1, **{f"b{i}": 1 for i in range(20)}}
