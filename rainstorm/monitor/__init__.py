@@ -15,7 +15,10 @@ agree on what a number means:
   an id names, whose step jobs a snapshot of that id holds);
 * :mod:`~rainstorm.monitor.rates`: :class:`RateTracker`, per-second rates
   from successive snapshots;
-* :mod:`~rainstorm.monitor.deadletters`: dead letters as rows (``DeadLetter``).
+* :mod:`~rainstorm.monitor.deadletters`: dead letters as rows (``DeadLetter``);
+* :mod:`~rainstorm.monitor.source` and :mod:`~rainstorm.monitor.stream_lag`:
+  a stream source's backlog (read directly) and how far behind its stream a
+  job is (every transport: ``StreamLag``).
 
 All reads are plain read commands, so a restricted ACL user can run the
 dashboard.

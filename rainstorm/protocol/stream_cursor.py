@@ -11,7 +11,7 @@ stream's ``entries-added`` counter there.
 * ``<after>/``: the same without an estimate (written before estimates).
 
 The loader (rainstorm.sources.ranges) writes it; the monitor reads how far
-behind the stream the job is from it (rainstorm.monitor.source)."""
+behind the stream the job is from it (rainstorm.monitor.stream_lag)."""
 
 from __future__ import annotations
 
