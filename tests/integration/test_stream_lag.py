@@ -13,8 +13,7 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
 from rainstorm.monitor import job_view, snapshot
-from rainstorm.monitor.source import LAG_COUNT_CAP
-from rainstorm.monitor.stream_lag import StreamLag, lag_line, stream_lag
+from rainstorm.monitor.stream_lag import COPY_COUNT_CAP, StreamLag, lag_line, stream_lag
 from rainstorm.ops.dashboard.metrics import render
 from rainstorm.ops.status import job_statuses
 from rainstorm.protocol.stream_cursor import parse_pos
@@ -29,7 +28,7 @@ def _job(r: redis.Redis, job_id: str, transport: str) -> Job:
         "name": job_id, "source": {"type": "stream", "key": job_id, "batch_records": 10,
                                    "linger_ms": 0, "transport": transport},
         "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
-        "settings": {"parallelism": 1, "batch_entries": 2}})
+        "settings": {"parallelism": 1, "batch_entries": 2, "max_backlog": 1000}})
     job, files = prepare(spec, None, job_id)
     job = resolve_stream_transport(r, job)
     submit(r, job, files)
@@ -69,8 +68,11 @@ def test_copy_lag_counts_after_the_cursor_up_to_the_cap(r: redis.Redis) -> None:
     loader_for(r, job).step()  # copies 20
     assert stream_lag(r, job) == StreamLag(job.id, 10, "exact") == \
         StreamLag(job.id, _after_cursor(r, job), "exact")
-    produce_lines(r, job.id, ["x"] * LAG_COUNT_CAP)
-    assert stream_lag(r, job) == StreamLag(job.id, LAG_COUNT_CAP, "at least")
+    produce_lines(r, job.id, ["x"] * COPY_COUNT_CAP)
+    assert stream_lag(r, job) == StreamLag(job.id, COPY_COUNT_CAP, "at least")
+    while loader_for(r, job).step().loaded_entries:  # copied to the end: one XINFO says 0
+        pass
+    assert stream_lag(r, job) == StreamLag(job.id, 0, "exact") and _after_cursor(r, job) == 0
 
 
 def test_direct_lag_is_the_groups(r: redis.Redis) -> None:

@@ -165,7 +165,7 @@ def _job_families(out: _Out, snap: Snapshot, redis_up: bool) -> None:
     out.family("rainstorm_source_lag_entries", "gauge",
                "Entries of the job's Redis stream source it has not read yet (its consumer "
                "lag); how: exact, about (an estimate while a backlog is cut) or at least "
-               "(a count capped at 10000).",
+               "(a capped count).",
                [("rainstorm_source_lag_entries",
                  {**_job_labels(snap, j.id), "stream": j.source.stream, "how": j.source.how},
                  j.source.records) for j in jobs if j.source is not None])
