@@ -88,6 +88,7 @@ class Driver:
         self.unbounded = job.spec.unbounded
         self._snapshot_at = 0.0
         self._late_trim_at = 0.0
+        self._late_warned = False
         self._refused_since: float | None = None
         self.agg: Aggregator | None = agg_of(job, ALLOW_ALL) if job.plan.aggregate else None
         self.loaded = False
@@ -255,7 +256,14 @@ class Driver:
         now = time.monotonic()
         if now - self._late_trim_at >= LATE_TRIM_EVERY_S:
             self._late_trim_at = now
-            trimmed = self.r.xtrim(keys.late(self.job.id), maxlen=keep, approximate=False)
+            try:
+                trimmed = self.r.xtrim(keys.late(self.job.id), maxlen=keep, approximate=False)
+            except redis.ResponseError as exc:  # not a stream (written by hand): left alone
+                if not self._late_warned:
+                    log.warning("job %s: not trimming %s: %s", self.job.id,
+                                keys.late(self.job.id), exc)
+                self._late_warned = True
+                return
             if trimmed:
                 log.debug("job %s: trimmed %s late entries", self.job.id, trimmed)
 
