@@ -41,21 +41,25 @@ class SourceLag:
     holders: dict[str, int] = field(default_factory=dict)  # worker id -> entries pending
     requeued: int = 0  # entries in the job's own stage-0 streams (requeued dead letters)
     exists: bool = True  # the group (and stream) exist
+    # how ``unread`` is known: XINFO's lag ("exact"), counted up to LAG_COUNT_CAP
+    # ("counted"), or not at all ("unknown": no XINFO for this user; shown as 0)
+    unread_from: str = "exact"
 
     @property
     def backlog(self) -> int:
         return self.unread + self.pending + self.requeued
 
 
-def _unread(r: redis.Redis, stream: str, info: dict[str, Any] | None) -> int:
+def _unread(r: redis.Redis, stream: str, info: dict[str, Any] | None) -> tuple[int, str]:
+    """(entries after the group's position, how that is known: see SourceLag)."""
     if info is None:
-        return 0  # not readable (no XINFO for this user, or no group)
+        return 0, "unknown"  # not readable (no XINFO for this user, or no group)
     lag = info.get("lag")
     if lag is not None:
-        return as_int(lag)
+        return as_int(lag), "exact"
     last = as_str(info.get("last-delivered-id") or b"0-0")
     rows: Any = r.xrange(stream, min=f"({last}", max="+", count=LAG_COUNT_CAP)
-    return len(rows)
+    return len(rows), "counted"
 
 
 def read_source(r: redis.Redis, job_id: str, stream: str, own_streams: list[str]) -> SourceLag:
@@ -77,9 +81,11 @@ def read_source(r: redis.Redis, job_id: str, stream: str, own_streams: list[str]
                 info = {as_str(k): v for k, v in g.items()}
     holders = {as_str(c["name"], "replace"): int(c["pending"])
                for c in summary.get("consumers") or []}
+    unread, unread_from = _unread(r, stream, info)
     return SourceLag(stream, as_int(length) if not isinstance(length, Exception) else 0,
-                     _unread(r, stream, info), int(summary.get("pending", 0) or 0), holders,
-                     sum(as_int(n) for n in own if not isinstance(n, Exception)))
+                     unread, int(summary.get("pending", 0) or 0), holders,
+                     sum(as_int(n) for n in own if not isinstance(n, Exception)),
+                     unread_from=unread_from)
 
 
 def with_source(counts: StageCounts, lag: SourceLag) -> StageCounts:

@@ -55,7 +55,10 @@ def stream_lag(r: redis.Redis, job: Job, direct: SourceLag | None = None) -> Str
     try:
         if job.direct:
             lag = direct or read_source(r, job.id, src.key, [])
-            return StreamLag(src.key, lag.unread, _counted(lag.unread)) if lag.exists else None
+            if not lag.exists or lag.unread_from == "unknown":
+                return None
+            how: How = _counted(lag.unread) if lag.unread_from == "counted" else "exact"
+            return StreamLag(src.key, lag.unread, how)
         pos = as_str(r.hget(keys.cursor(job.id), "pos") or b"")
         if job.stream_ranges:
             return _ranges_lag(r, src.key, pos)

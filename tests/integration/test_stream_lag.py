@@ -95,3 +95,21 @@ def test_status_the_dashboard_view_and_metrics_show_the_lag(r: redis.Redis, url:
     res = cli(url, "status", job.id)
     assert res.returncode == 0, res.stderr
     assert f"{job.id}: source stream '{job.id}': 42 entries not read yet" in res.stdout
+
+
+def test_a_user_without_xinfo_gets_no_lag_rather_than_a_wrong_one(r: redis.Redis) -> None:
+    """The compose `worker` user may not run XINFO: the lag is left out (None),
+    never shown as 0."""
+    jobs = [_job(r, f"lag-noxinfo-{t}", t) for t in ("split", "copy", "direct")]
+    for job in jobs:
+        produce_lines(r, job.id, ["w"] * 5)
+        assert stream_lag(r, job) == StreamLag(job.id, 5, "exact")  # the admin sees it
+    r.execute_command("ACL", "SETUSER", "lagviewer", "on", ">lagpw", "~*", "+@all", "-xinfo")
+    kwargs = dict(r.connection_pool.connection_kwargs, username="lagviewer", password="lagpw")
+    viewer = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=r.connection_pool.connection_class, **kwargs))
+    try:
+        assert [stream_lag(viewer, job) for job in jobs] == [None, None, None]
+    finally:
+        viewer.close()
+        r.execute_command("ACL", "DELUSER", "lagviewer")
