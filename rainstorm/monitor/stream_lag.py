@@ -12,7 +12,7 @@ entries per stage-0 stream):
   exact, one call.  While a backlog is cut the cursor's counter is an
   estimate (``how`` = ``about``).
 * ``copy``: 0 when the cursor is the stream's last id (XINFO STREAM), else
-  the entries after it, counted with XRANGE up to COPY_COUNT_CAP (``how`` =
+  the entries after it, counted with XRANGE up to LAG_COUNT_CAP (``how`` =
   ``at least`` when capped: XRANGE reads entries whole).
 * ``direct``: the job's consumer group's ``lag`` (rainstorm.monitor.source).
 
@@ -33,7 +33,6 @@ from rainstorm.protocol.stream_cursor import parse_pos, pos_estimate
 from rainstorm.replies import as_str
 
 How = Literal["exact", "about", "at least"]
-COPY_COUNT_CAP = 1000  # entries read to count a copying job's lag
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def _ranges_lag(r: redis.Redis, key: str, pos: str) -> StreamLag | None:
 
 def _copy_lag(r: redis.Redis, key: str, pos: str) -> StreamLag:
     """0 when the cursor is at the stream's last id (one XINFO); else the
-    entries after it, read whole, so counted only up to COPY_COUNT_CAP (the
+    entries after it, read whole, so counted only up to LAG_COUNT_CAP (the
     dashboard looks every second, and a stream's entries may be large)."""
     try:
         info: Any = r.xinfo_stream(key)
@@ -93,13 +92,13 @@ def _copy_lag(r: redis.Redis, key: str, pos: str) -> StreamLag:
         raise
     if as_str(info.get("last-generated-id") or b"0-0") == (pos or "0-0"):
         return StreamLag(key, 0)
-    rows: Any = r.xrange(key, min=f"({pos or '0-0'}", max="+", count=COPY_COUNT_CAP)
-    return StreamLag(key, len(rows), _counted(len(rows), COPY_COUNT_CAP))
+    rows: Any = r.xrange(key, min=f"({pos or '0-0'}", max="+", count=LAG_COUNT_CAP)
+    return StreamLag(key, len(rows), _counted(len(rows)))
 
 
-def _counted(n: int, cap: int = LAG_COUNT_CAP) -> How:
-    """A count of entries read up to ``cap``: capped, it is a lower bound."""
-    return "at least" if n >= cap else "exact"
+def _counted(n: int) -> How:
+    """A count of entries read up to LAG_COUNT_CAP: capped, it is a lower bound."""
+    return "at least" if n >= LAG_COUNT_CAP else "exact"
 
 
 def lag_line(lag: StreamLag) -> str:

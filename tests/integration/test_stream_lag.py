@@ -13,7 +13,8 @@ from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job
 from rainstorm.local.run import prepare
 from rainstorm.monitor import job_view, snapshot
-from rainstorm.monitor.stream_lag import COPY_COUNT_CAP, StreamLag, lag_line, stream_lag
+from rainstorm.monitor.source import LAG_COUNT_CAP
+from rainstorm.monitor.stream_lag import StreamLag, lag_line, stream_lag
 from rainstorm.ops.dashboard.metrics import render
 from rainstorm.ops.status import job_statuses
 from rainstorm.protocol.stream_cursor import parse_pos
@@ -68,8 +69,8 @@ def test_copy_lag_counts_after_the_cursor_up_to_the_cap(r: redis.Redis) -> None:
     loader_for(r, job).step()  # copies 20
     assert stream_lag(r, job) == StreamLag(job.id, 10, "exact") == \
         StreamLag(job.id, _after_cursor(r, job), "exact")
-    produce_lines(r, job.id, ["x"] * COPY_COUNT_CAP)
-    assert stream_lag(r, job) == StreamLag(job.id, COPY_COUNT_CAP, "at least")
+    produce_lines(r, job.id, ["x"] * LAG_COUNT_CAP)
+    assert stream_lag(r, job) == StreamLag(job.id, LAG_COUNT_CAP, "at least")
     while loader_for(r, job).step().loaded_entries:  # copied to the end: one XINFO says 0
         pass
     assert stream_lag(r, job) == StreamLag(job.id, 0, "exact") and _after_cursor(r, job) == 0
