@@ -29,7 +29,7 @@ import redis
 from rainstorm import keys
 from rainstorm.job import Job
 from rainstorm.monitor.source import LAG_COUNT_CAP, SourceLag, read_source
-from rainstorm.protocol.stream_cursor import parse_pos, pos_estimate
+from rainstorm.protocol.stream_cursor import parse_pos, pos_estimate, stream_counter
 from rainstorm.replies import as_str
 
 How = Literal["exact", "about", "at least"]
@@ -70,13 +70,10 @@ def _ranges_lag(r: redis.Redis, key: str, pos: str) -> StreamLag | None:
     at = pos_estimate(pos)
     if at is None:
         return None
-    try:
-        info: Any = r.xinfo_stream(key)
-    except redis.ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return StreamLag(key, 0)
-        raise
-    added = int(info.get("entries-added", 0))
+    info = stream_counter(r, key)
+    if info is None:  # no stream (yet): nothing to read
+        return StreamLag(key, 0)
+    _last, added, _length = info
     return StreamLag(key, max(0, added - at), "exact" if parse_pos(pos)[1] is not None else "about")
 
 
@@ -84,13 +81,8 @@ def _copy_lag(r: redis.Redis, key: str, pos: str) -> StreamLag:
     """0 when the cursor is at the stream's last id (one XINFO); else the
     entries after it, read whole, so counted only up to LAG_COUNT_CAP (the
     dashboard looks every second, and a stream's entries may be large)."""
-    try:
-        info: Any = r.xinfo_stream(key)
-    except redis.ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return StreamLag(key, 0)
-        raise
-    if as_str(info.get("last-generated-id") or b"0-0") == (pos or "0-0"):
+    info = stream_counter(r, key)
+    if info is None or info[0] == (pos or "0-0"):
         return StreamLag(key, 0)
     rows: Any = r.xrange(key, min=f"({pos or '0-0'}", max="+", count=LAG_COUNT_CAP)
     return StreamLag(key, len(rows), _counted(len(rows)))

@@ -11,9 +11,16 @@ stream's ``entries-added`` counter there.
 * ``<after>/``: the same without an estimate (written before estimates).
 
 The loader (rainstorm.sources.ranges) writes it; the monitor reads how far
-behind the stream the job is from it (rainstorm.monitor.stream_lag)."""
+behind the stream the job is from it (rainstorm.monitor.stream_lag).  Both
+read the counter it is measured against with :func:`stream_counter`."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from rainstorm.replies import as_str
 
 
 def exact_pos(after: str, added: int) -> str:
@@ -35,3 +42,25 @@ def pos_estimate(pos: str) -> int | None:
     """The counter at the cursor, exact or estimated; None when not known."""
     base = (pos or "0-0/0").partition("/")[2].removeprefix("~")
     return int(base) if base.isdigit() else None
+
+
+def counted(reply: Any) -> tuple[str, int, int]:
+    """(last-generated-id, entries-added, length) of an XINFO STREAM reply,
+    as the server sent it (a raw client) or as redis-py parsed it."""
+    if isinstance(reply, dict):
+        info = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in reply.items()}
+    else:
+        info = dict(zip(reply[::2], reply[1::2], strict=True))
+    return (as_str(info[b"last-generated-id"], "replace"), int(info[b"entries-added"]),
+            int(info[b"length"]))
+
+
+def stream_counter(client: redis.Redis, key: str) -> tuple[str, int, int] | None:
+    """:func:`counted` of stream ``key`` now; None while there is no such key
+    (any other error, e.g. NOPERM or WRONGTYPE, is raised)."""
+    try:
+        return counted(client.execute_command("XINFO STREAM", key))  # type: ignore[no-untyped-call]
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise

@@ -41,7 +41,14 @@ from rainstorm import keys
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.protocol.entries import RangeRef, id_key
-from rainstorm.protocol.stream_cursor import backlog_pos, exact_pos, parse_pos, pos_estimate
+from rainstorm.protocol.stream_cursor import (
+    backlog_pos,
+    counted,
+    exact_pos,
+    parse_pos,
+    pos_estimate,
+    stream_counter,
+)
 from rainstorm.replies import as_str
 from rainstorm.sources.loader import BaseLoader, Gathered
 from rainstorm.sources.unbounded import (
@@ -134,29 +141,6 @@ def _call(client: Any, *args: Any) -> Any:
     return client.execute_command(*args)
 
 
-def _as_map(reply: Any) -> dict[bytes, Any]:
-    if isinstance(reply, dict):
-        return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in reply.items()}
-    return dict(zip(reply[::2], reply[1::2], strict=True))
-
-
-def _counted(reply: Any) -> tuple[str, int, int]:
-    """(last-generated-id, entries-added, length) of an XINFO STREAM reply."""
-    info = _as_map(reply)
-    return (as_str(info[b"last-generated-id"], "replace"), int(info[b"entries-added"]),
-            int(info[b"length"]))
-
-
-def _info(raw: redis.Redis, key: str) -> tuple[str, int, int] | None:
-    """:func:`_counted` of ``key`` now; None while there is no such key."""
-    try:
-        return _counted(_call(raw, "XINFO STREAM", key))
-    except redis.ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return None
-        raise
-
-
 def _not_a_stream(exc: redis.ResponseError, key: str) -> str:
     return f"source.key: {key!r} is not a stream ({as_str(str(exc).encode(), 'replace')})"
 
@@ -168,7 +152,7 @@ def initial_cursor(r: redis.Redis, job: Job) -> str:
     src = job.spec.source
     assert src.type == "stream"
     try:
-        info = _info(raw_client(r), src.key)
+        info = stream_counter(raw_client(r), src.key)
     except redis.ResponseError as exc:
         raise UsageError(_not_a_stream(exc, src.key)) from None
     if info is None:
@@ -216,7 +200,7 @@ class RangeLoader(BaseLoader):
 
     def _look(self) -> tuple[str, int, int] | None:
         try:
-            info = _info(self.raw, self.key)
+            info = stream_counter(self.raw, self.key)
         except redis.ResponseError as exc:
             raise JobFailed(f"job {self.job.id}: {_not_a_stream(exc, self.key)}") from None
         if info is not None:
@@ -322,7 +306,7 @@ class RangeLoader(BaseLoader):
                 self._wait(after)
                 return [], backlog_pos(after, estimate), 0, None
             raise JobFailed(f"job {self.job.id}: {_not_a_stream(exc, self.key)}") from None
-        last, added, _length = _counted(info_reply)
+        last, added, _length = counted(info_reply)
         if id_key(last) < id_key(after):
             raise self._replaced(f"ends at {last}, before {after}, where the job was")
         rows = rows or []
