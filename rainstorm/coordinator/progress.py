@@ -14,7 +14,7 @@ import redis
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
 from rainstorm.monitor import JobProgress, StageCounts, read_progress
-from rainstorm.monitor.source import read_source, with_source
+from rainstorm.monitor.source import SourceLag, read_source, with_source
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class JobStatus(JobProgress):
     # the counters never saw (XADDed by hand), which would otherwise let the
     # counters claim completion before the job's own entries were processed
     unprocessed: int | None = None
+    direct: SourceLag | None = None  # a stream read directly: its group's backlog, as read
 
     @property
     def complete(self) -> bool:
@@ -49,6 +50,7 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             "persistence); the result would be partial, so the job is failed"
         )
     stages = [prog.counts.stage(s.index) for s in job.plan.stages]
+    lag = None
     if job.source_stream:  # read directly: stage 0's input is its group's backlog
         lag = read_source(r, job.id, job.source_stream, job.streams(0))
         stages[0] = with_source(stages[0], lag)
@@ -59,4 +61,4 @@ def read_status(r: redis.Redis, job: Job) -> JobStatus:
             pipe.xlen(stream)
         unprocessed = sum(pipe.execute())
     return JobStatus(prog.job_id, prog.meta, prog.loaded, prog.counts, prog.refusals,
-                     stages, unprocessed)
+                     stages, unprocessed, lag)

@@ -109,7 +109,7 @@ def _row(r: redis.Redis, jid: str, where: tuple[str, str] | None, *,
         return StatusRow(jid, state, loaded=False, progress=0.0, error=str(exc),
                          graph=graph, step=step)
     dead, incomplete = completeness(r, jid) if st.state == "done" else (0, False)
-    lag = stream_lag(r, job) if st.state == "running" else None
+    lag = stream_lag(r, job, st.direct) if st.state == "running" else None
     return StatusRow(jid, st.state, st.loaded, st.progress, st.stages,
                      incomplete=incomplete, dead_letters=dead, graph=graph, step=step,
                      source=lag)
