@@ -1,166 +1,238 @@
-"""How word count scales with the number of workers (for machines with more
-cores than this one: the numbers in experiments/README.md come from a
-16-core machine lent for the purpose).
+"""How word count scales with the number of workers, on the path users type.
 
-Per worker count n: rainstorm with n local workers vs multiprocessing.Pool(n)
-(the strongest Pool variant of bench_wordcount.py), same corpus, results
-compared with a serial Counter.  Also the CPU time the embedded Valkey used
-(its single thread is the shared resource every commit goes through).
+For each worker count n, on the same corpus:
 
-    python experiments/scaling.py [--quick] [--mb 200] [--workers 1,2,4,8,12]
-    python experiments/scaling.py --plot-only results/scaling.csv   # the PNG from a CSV
+* ``rainstorm``: ``rainstorm run examples/wordcount.yaml --input 'DIR/*.txt'
+  --workers n --json > out.json`` as a subprocess. The time includes the
+  interpreter, the embedded server's start and stop, the job and the JSON
+  output (cli_path.py's command with n workers). ``job_s`` is the job's own
+  time from the CLI's summary line.
+* ``pool``: ``multiprocessing.Pool(n)``. Each process counts an interleaved
+  share of ~1 MiB blocks into one Counter; the parent merges the n Counters
+  (cli_path.py's pool-share, the faster Pool variant there).
+* ``pyspark``: PySpark ``local[n]`` (textFile, flatMap(str.split),
+  reduceByKey, collect; experiments/spark_jobs.py). Its time leaves out the
+  session's start, which goes in ``startup_s``. It runs only when a Python
+  with pyspark and a java are found (keys_grow.find_spark); otherwise one line
+  says why, and the rows are left out.
 
-Writes experiments/results/scaling.{csv,png} (the PNG needs matplotlib).
+There are two corpora:
+
+* real English text (experiments/realtext.py), repeated beyond its ~54 MB of
+  distinct text;
+* generated text (rainstorm.samples, 16 files, written by every core side by
+  side).
+
+The reference is a Pool over every core. With ``--quick`` it is also checked
+against a serial Counter. Every contender's result must equal it (exit 1
+otherwise).
+
+    python experiments/scaling.py [--quick] [--mb 1000] [--workers 1,2,4,8,14]
+        [--corpora real,generated] [--budget-s 0] [--spark-python PY]
+    python experiments/scaling.py --plot-only experiments/results/scaling.csv
+
+``--budget-s``: start no new measurement after that many seconds (0: no
+limit), so a run on a lent machine with a time limit still returns what it
+measured. Each row goes into the CSV as soon as it is measured.
+
+Writes experiments/results/scaling.{csv,png}.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_wordcount import pool, serial  # noqa: E402
+from cli_path import pool_share, rainstorm_cmd, run_cli  # noqa: E402
+from common import ROOT, parser, pyplot, reference  # noqa: E402
+from keys_grow import find_spark  # noqa: E402
+from realtext import Unavailable, describe, real_corpus  # noqa: E402
 
-from rainstorm.connection import connect  # noqa: E402
-from rainstorm.local.run import LocalRun  # noqa: E402
 from rainstorm.samples import write_corpus  # noqa: E402
-from rainstorm.spec import parse_spec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def redis_cpu(url: str) -> float:
-    r = connect(url)
-    info: Any = r.info("cpu")
-    r.close()
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+FIELDS = ["corpus", "mb", "workers", "contender", "seconds", "mb_s", "job_s", "startup_s",
+          "distinct_words", "correct", "cores", "note"]
+RS, POOL, SPARK = "rainstorm", "pool", "pyspark"
+SPARK_TIMEOUT_S = 1800
 
 
-def _letters_of(path: Path) -> Counter[str]:
-    return Counter(w[0] for w in path.read_bytes().decode("utf-8", "replace").split())
+def generated(mb: float) -> list[Path]:
+    files = 16
+    return write_corpus(ROOT / "data" / f"scaling-gen-{mb:g}mb", mb, files=files,
+                        jobs=os.cpu_count() or 1)
 
 
-def serial_letters(files: list[Path]) -> Counter[str]:
-    c: Counter[str] = Counter()
-    for f in files:
-        c.update(_letters_of(f))
-    return c
+def spark_count(python: str, files: list[Path], cores: int, tmp: Path
+                ) -> tuple[float, float, Counter[str]]:
+    """(job seconds, session start seconds, counts) of PySpark local[cores]."""
+    out = tmp / "spark.json"
+    res = subprocess.run([python, str(ROOT / "experiments" / "spark_jobs.py"), "wordcount",
+                          str(files[0].parent / "*.txt"), str(out)],
+                         capture_output=True, text=True, timeout=SPARK_TIMEOUT_S,
+                         env=dict(os.environ, SPARK_CORES=str(cores)))
+    if res.returncode:
+        raise RuntimeError(f"spark failed: {res.stderr.strip()[-300:]}")
+    data = json.loads(out.read_text())
+    out.unlink()
+    return float(data["seconds"]), float(data["startup_s"]), Counter(data["result"])
 
 
-def pool_letters(files: list[Path], procs: int) -> Counter[str]:
-    from multiprocessing import Pool
+class Rows:
+    """The CSV, written row by row (a run cut short keeps what it measured)."""
 
-    with Pool(procs) as p:
-        parts = p.map(_letters_of, files)
-    return sum(parts, Counter())
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        with path.open("w", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=FIELDS).writeheader()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=FIELDS).writerow(row)
+        print(f"{row['corpus']:9} n={row['workers']:<2} {row['contender']:9} "
+              f"{row['seconds']:8.2f} s {row['mb_s']:7.1f} MB/s correct={row['correct']}"
+              + (f" ({row['note']})" if row["note"] else ""), flush=True)
 
 
-WORKLOADS = {
-    # ~700k distinct words per 100 MB: merging per-key counts is a large serial part
-    "wordcount": ([{"op": "flat_map", "fn": "split_words"}, {"op": "count"}], serial, pool),
-    # the same reading and splitting, but a tiny aggregate (first letters)
-    "letters": ([{"op": "flat_map", "fn": "split_words"}, {"op": "map", "fn": "first_char"},
-                 {"op": "count"}], serial_letters, pool_letters),
-}
-
-
-def run(files: list[Path], corpus: Path, workers: list[int],
-        workload: str) -> list[dict[str, Any]]:
+def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str],
+            spark_py: str | None, rows: Rows, deadline: float, tmp: Path) -> None:
     mb = sum(f.stat().st_size for f in files) / 1e6
-    pipeline, serial_fn, pool_fn = WORKLOADS[workload]
-    ref, t_serial = timed(serial_fn, files)
-    spec = parse_spec({"name": workload, "source": {"type": "text"}, "pipeline": pipeline})
-    rows = []
-    for n in workers:
-        res, t_pool = timed(pool_fn, files, n)
-        pool_ok = res == ref
-        with LocalRun() as env:
-            cpu0 = redis_cpu(env.url)
-            report = env.run(spec, inputs=[str(corpus)], workers=n)
-            cpu = redis_cpu(env.url) - cpu0
-        ok = Counter(report.result) == ref and pool_ok
-        rows.append({"workload": workload, "workers": n, "mb": round(mb, 1),
-                     "rainstorm_s": round(report.seconds, 3),
-                     "rainstorm_mb_s": round(mb / report.seconds, 1),
-                     "pool_s": round(t_pool, 3), "pool_mb_s": round(mb / t_pool, 1),
-                     "ratio_vs_pool": round(report.seconds / t_pool, 3),
-                     "serial_s": round(t_serial, 3), "redis_cpu_s": round(cpu, 2),
-                     "cores": os.cpu_count(), "correct": ok})
-        print(rows[-1], flush=True)
-    return rows
+    base = {"corpus": name, "mb": round(mb, 1), "distinct_words": len(truth),
+            "cores": os.cpu_count(), "job_s": "", "startup_s": "", "note": ""}
+    for i, n in enumerate(workers):
+        if time.monotonic() > deadline:
+            print(f"{name}: budget spent, {n} workers and beyond not measured", flush=True)
+            return
+        order = [RS, POOL] if i % 2 == 0 else [POOL, RS]
+        if spark_py is not None:
+            order.append(SPARK)
+        for who in order:
+            row = dict(base, workers=n, contender=who)
+            if who == RS:
+                wall, job_s, res = run_cli(files, True, tmp, workers=n)
+                row.update(seconds=wall, job_s=round(job_s, 3))
+            elif who == POOL:
+                t = time.perf_counter()
+                res, started = pool_share(files, n)
+                row.update(seconds=time.perf_counter() - t, startup_s=round(started, 3))
+            else:
+                assert spark_py is not None
+                job_s, startup, res = spark_count(spark_py, files, n, tmp)
+                row.update(seconds=job_s, startup_s=round(startup, 3))
+            row.update(seconds=round(row["seconds"], 3), mb_s=round(mb / row["seconds"], 1),
+                       correct=res == truth)
+            rows.add(row)
 
 
-def timed(fn: Any, *args: Any) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t
+def summarize(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for name in dict.fromkeys(r["corpus"] for r in rows):
+        mine = [r for r in rows if r["corpus"] == name]
+        rate = {(int(r["workers"]), r["contender"]): float(r["mb_s"]) for r in mine}
+        one = rate.get((1, RS))
+        lines.append(f"{name} ({mine[0]['mb']} MB, {int(mine[0]['distinct_words']):,} "
+                     f"distinct words, {mine[0]['cores']} cores):")
+        for n in sorted({int(r["workers"]) for r in mine}):
+            rs, pool, spark = rate.get((n, RS)), rate.get((n, POOL)), rate.get((n, SPARK))
+            parts = [f"  n={n:<2} rainstorm {rs or float('nan'):6.1f} MB/s"]
+            if rs and one:
+                parts.append(f"({rs / one:.2f}x its 1-worker rate)")
+            if pool:
+                parts.append(f"pool {pool:6.1f} MB/s")
+            if rs and pool:
+                parts.append(f"time ratio rainstorm/pool {pool / rs:.2f}")
+            if spark:
+                parts.append(f"pyspark {spark:6.1f} MB/s (without its start)")
+            lines.append(" ".join(parts))
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib here: run again with --plot-only on the CSV")
-        return
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for i, wl in enumerate(dict.fromkeys(r["workload"] for r in rows)):
-        mine = [r for r in rows if r["workload"] == wl]
-        n = [int(r["workers"]) for r in mine]
-        ax[0].plot(n, [float(r["rainstorm_mb_s"]) for r in mine], marker="o", color=f"C{i}",
-                   label=f"rainstorm, {wl}")
-        ax[0].plot(n, [float(r["pool_mb_s"]) for r in mine], marker="s", ls="--",
-                   color=f"C{i}", label=f"multiprocessing.Pool, {wl}")
-        ax[1].plot(n, [float(r["redis_cpu_s"]) / float(r["rainstorm_s"]) for r in mine],
-                   marker="o", color=f"C{i}", label=wl)
+    style = {RS: ("o", "-"), POOL: ("s", "--"), SPARK: ("^", ":")}
+    for i, name in enumerate(dict.fromkeys(r["corpus"] for r in rows)):
+        mine = [r for r in rows if r["corpus"] == name]
+        for who, (marker, ls) in style.items():
+            pts = sorted((int(r["workers"]), float(r["mb_s"])) for r in mine
+                         if r["contender"] == who)
+            if pts:
+                ax[0].plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls,
+                           color=f"C{i}", label=f"{who}, {name}")
+        rs = {int(r["workers"]): float(r["seconds"]) for r in mine if r["contender"] == RS}
+        pool = {int(r["workers"]): float(r["seconds"]) for r in mine if r["contender"] == POOL}
+        both = sorted(set(rs) & set(pool))
+        ax[1].plot(both, [rs[n] / pool[n] for n in both], marker="o", color=f"C{i}", label=name)
     ax[0].set_xlabel("workers / processes")
-    ax[0].set_ylabel("MB/s")
-    ax[0].set_title(f"{rows[0]['mb']} MB of text, {rows[0]['cores']} cores")
-    ax[0].legend(fontsize=8)
-    ax[1].legend(fontsize=8)
-    ax[1].set_xlabel("workers")
-    ax[1].set_ylabel("Valkey CPU / wall time")
-    ax[1].set_title("the shared Valkey thread's load")
-    ax[1].set_ylim(0, 1)
+    ax[0].set_ylabel("MB/s (wall time, whole command)")
+    ax[0].set_title(f"word count, {rows[0]['mb']} MB, {rows[0]['cores']} cores", fontsize=9)
+    ax[0].legend(fontsize=7)
+    ax[1].axhline(1.0, color="k", lw=0.8)
+    ax[1].set_xlabel("workers / processes")
+    ax[1].set_ylabel("rainstorm time / Pool time")
+    ax[1].set_title("rainstorm (--json > file) against Pool(n)", fontsize=9)
+    ax[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mb", type=float, default=200.0)
-    ap.add_argument("--workers", default="1,2,4,8,12")
-    ap.add_argument("--workloads", default="wordcount,letters")
-    ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    ap = parser(__doc__, mb=1000)
+    ap.add_argument("--workers", default="1,2,4,8,14")
+    ap.add_argument("--corpora", default="real,generated")
+    ap.add_argument("--budget-s", type=float, default=0.0)
+    ap.add_argument("--spark-python", default=None)
     ap.add_argument("--plot-only", type=Path, default=None)
     a = ap.parse_args()
     if a.plot_only:
         with a.plot_only.open() as fh:
             plot(list(csv.DictReader(fh)), a.plot_only.with_suffix(".png"))
         return 0
+    t0 = time.monotonic()
+    deadline = t0 + a.budget_s if a.budget_s > 0 else float("inf")
     mb = 4.0 if a.quick else a.mb
     workers = [1, 2] if a.quick else [int(x) for x in a.workers.split(",")]
-    corpus = ROOT / "data" / f"scaling-{mb:g}mb"
-    files = write_corpus(corpus, mb, files=16)
-    rows = [row for wl in a.workloads.split(",") for row in run(files, corpus, workers, wl)]
-    a.out.mkdir(parents=True, exist_ok=True)
-    with (a.out / "scaling.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {a.out / 'scaling.csv'}")
-    plot(rows, a.out / "scaling.png")
-    return 0 if all(r["correct"] for r in rows) else 1
+    spark_py, why = (None, "--quick") if a.quick else find_spark(a.spark_python)
+    if spark_py is None:
+        print(f"pyspark left out: {why}")
+    print(subprocess.run([*rainstorm_cmd(), "--version"], capture_output=True, text=True,
+                         timeout=60).stdout.strip(), f"| {os.cpu_count()} cores")
+    rows = Rows(a.out / "scaling.csv")
+    with tempfile.TemporaryDirectory(prefix="rs-scaling-") as tmp:
+        for name in a.corpora.split(","):
+            try:
+                files = real_corpus(mb) if name == "real" else generated(mb)
+            except Unavailable as exc:  # off Debian: say so, measure the rest
+                print(f"real text unavailable ({exc})")
+                continue
+            if name == "real":
+                print(describe(files))
+            t = time.perf_counter()
+            truth, _ = pool_share(files, os.cpu_count() or 1)
+            print(f"{name}: reference (Pool over every core) in "
+                  f"{time.perf_counter() - t:.1f} s, {len(truth):,} distinct words", flush=True)
+            if a.quick and truth != reference(files):
+                print("the Pool reference differs from a serial Counter", file=sys.stderr)
+                return 1
+            measure(name, files, workers, truth, spark_py, rows, deadline, Path(tmp))
+    print(f"wrote {rows.path} in {time.monotonic() - t0:.0f} s")
+    if rows.rows:
+        plot(rows.rows, rows.path.with_suffix(".png"))
+    for line in summarize(rows.rows):
+        print(line)
+    return 0 if rows.rows and all(r["correct"] for r in rows.rows) else 1
 
 
 if __name__ == "__main__":

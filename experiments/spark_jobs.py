@@ -14,6 +14,7 @@ part, as a Hadoop reducer's output), and "result" is null.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from operator import add
@@ -31,7 +32,8 @@ def main() -> None:
     from pyspark.sql import SparkSession
 
     t0 = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").appName("rainstorm-bench")
+    cores = os.environ.get("SPARK_CORES", "2")  # local[N]: scaling.py varies it
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("rainstorm-bench")
              .config("spark.ui.enabled", "false").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     startup = time.perf_counter() - t0

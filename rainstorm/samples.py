@@ -75,8 +75,16 @@ def generate_lines(n_bytes: int, seed: int = 7) -> list[str]:
     return lines
 
 
-def write_corpus(out: Path, mb: float, files: int = 4, seed: int = 7) -> list[Path]:
-    """Write ``mb`` megabytes over ``files`` files; reuses an identical earlier corpus."""
+def _write_part(task: tuple[Path, int, int]) -> None:
+    path, n_bytes, seed = task
+    path.write_text("\n".join(generate_lines(n_bytes, seed)) + "\n", encoding="utf-8")
+
+
+def write_corpus(out: Path, mb: float, files: int = 4, seed: int = 7,
+                 jobs: int = 1) -> list[Path]:
+    """Write ``mb`` megabytes over ``files`` files; reuses an identical earlier corpus.
+    File i is generated from seed + i alone, so ``jobs`` processes writing the
+    files side by side give the same bytes as one."""
     out.mkdir(parents=True, exist_ok=True)
     marker = out / ".corpus"
     want = f"v3 mb={mb} files={files} seed={seed}"
@@ -84,9 +92,15 @@ def write_corpus(out: Path, mb: float, files: int = 4, seed: int = 7) -> list[Pa
     if marker.exists() and marker.read_text() == want and all(p.exists() for p in paths):
         return paths
     per_file = int(mb * 1_000_000 / files)
-    for i, p in enumerate(paths):
-        lines = generate_lines(per_file, seed + i)
-        p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tasks = [(p, per_file, seed + i) for i, p in enumerate(paths)]
+    if jobs > 1:
+        from multiprocessing import Pool
+
+        with Pool(min(jobs, files)) as pool:
+            pool.map(_write_part, tasks)
+    else:
+        for task in tasks:
+            _write_part(task)
     marker.write_text(want)
     return paths
 
