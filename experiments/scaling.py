@@ -140,6 +140,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     for name in dict.fromkeys(r["corpus"] for r in rows):
         mine = [r for r in rows if r["corpus"] == name]
         rate = {(int(r["workers"]), r["contender"]): float(r["mb_s"]) for r in mine}
+        job = {int(r["workers"]): float(r["mb"]) / float(r["job_s"]) for r in mine
+               if r["contender"] == RS and r["job_s"] not in ("", "nan")}
         one = rate.get((1, RS))
         lines.append(f"{name} ({mine[0]['mb']} MB, {int(mine[0]['distinct_words']):,} "
                      f"distinct words, {mine[0]['cores']} cores):")
@@ -148,6 +150,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
             parts = [f"  n={n:<2} rainstorm {rs or float('nan'):6.1f} MB/s"]
             if rs and one:
                 parts.append(f"({rs / one:.2f}x its 1-worker rate)")
+            if n in job:
+                parts.append(f"job only {job[n]:6.1f} MB/s"
+                             + (f" ({job[n] / job[1]:.2f}x)" if 1 in job else ""))
             if pool:
                 parts.append(f"pool {pool:6.1f} MB/s")
             if rs and pool:
@@ -170,6 +175,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if pts:
                 ax[0].plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls,
                            color=f"C{i}", label=f"{who}, {name}")
+        job = sorted((int(r["workers"]), float(r["mb"]) / float(r["job_s"])) for r in mine
+                     if r["contender"] == RS and r["job_s"] not in ("", "nan"))
+        if job:
+            ax[0].plot([p[0] for p in job], [p[1] for p in job], marker=".", ls=":",
+                       color=f"C{i}", label=f"rainstorm job only (no start, no output), {name}")
         rs = {int(r["workers"]): float(r["seconds"]) for r in mine if r["contender"] == RS}
         pool = {int(r["workers"]): float(r["seconds"]) for r in mine if r["contender"] == POOL}
         both = sorted(set(rs) & set(pool))
@@ -177,7 +187,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax[0].set_xlabel("workers / processes")
     ax[0].set_ylabel("MB/s (wall time, whole command)")
     ax[0].set_title(f"word count, {rows[0]['mb']} MB, {rows[0]['cores']} cores", fontsize=9)
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=6)
     ax[1].axhline(1.0, color="k", lw=0.8)
     ax[1].set_xlabel("workers / processes")
     ax[1].set_ylabel("rainstorm time / Pool time")

@@ -78,7 +78,8 @@ def exited_cpu_s(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[float
 
 def one_run(paths: list[Path], transport: str, ref: Counter[str], timeout_s: float,
             state_partitions: int | None = None) -> dict[str, Any]:
-    env = dict(os.environ, RAINSTORM_SECRET=secrets.token_hex(16), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, RAINSTORM_SECRET=secrets.token_hex(16),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     job = f"serial-{transport}-{os.getpid()}-{time.time_ns() % 10**6}"
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
         assert server.proc is not None

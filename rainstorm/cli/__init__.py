@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from rainstorm import heap, native
+from rainstorm import __version__, heap, native
 
 heap.defer()  # before the imports below (tuned for good in main)
 
@@ -25,7 +25,7 @@ from rainstorm.cli import jobs, ops  # noqa: E402
 
 
 @click.group()
-@click.version_option(package_name="rainstorm",
+@click.version_option(version=__version__,
                       message=f"%(prog)s %(version)s (per-key work: {native.describe()})")
 @click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
 def main(verbose: int) -> None:
