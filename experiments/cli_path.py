@@ -54,6 +54,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_wordcount import _count_blocks as _count  # noqa: E402
 from common import ROOT, corpus, finish, parser, pyplot, reference  # noqa: E402
+from proc_watch import Watch  # noqa: E402
 from realtext import Unavailable, describe, real_corpus  # noqa: E402
 
 SHARE_BLOCK = 1 << 20
@@ -121,21 +122,31 @@ def pool_chunks(files: list[Path]) -> tuple[Counter[str], float]:
 
 
 def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
-            workers: int = 2) -> tuple[float, float, Counter[str]]:
+            workers: int = 2, cpu: dict[str, float] | None = None
+            ) -> tuple[float, float, Counter[str]]:
     """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`;
-    ``python``: with the native code turned off (RAINSTORM_NATIVE=0)."""
+    ``python``: with the native code turned off (RAINSTORM_NATIVE=0); ``cpu``:
+    filled with the CPU seconds of each role's processes (proc_watch.Watch,
+    sampled every 0.1 s)."""
     out = tmp / "out.json"
     args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
             "--input", str(files[0].parent / "*.txt"), "--workers", str(workers)]
     t = time.perf_counter()
     with open(out if as_json else os.devnull, "wb") as fh:
-        res = subprocess.run([*args, "--json"] if as_json else args, stdout=fh,
-                             stderr=subprocess.PIPE, cwd=tmp, timeout=1200,
-                             env=dict(os.environ, RAINSTORM_NATIVE="0" if python else "1"))
+        proc = subprocess.Popen([*args, "--json"] if as_json else args, stdout=fh,
+                                stderr=subprocess.PIPE, cwd=tmp,
+                                env=dict(os.environ, RAINSTORM_NATIVE="0" if python else "1"))
+        watch = Watch(proc.pid, period_s=0.1) if cpu is not None else None
+        try:
+            _, raw = proc.communicate(timeout=1200)
+        finally:
+            if watch is not None and cpu is not None:
+                watch.stop()
+                cpu.update(watch.cpu_s())
     wall = time.perf_counter() - t
-    err = res.stderr.decode(errors="replace")
-    if res.returncode != 0:
-        print(f"rainstorm run failed (exit {res.returncode}): {err.strip()[-400:]}",
+    err = raw.decode(errors="replace")
+    if proc.returncode != 0:
+        print(f"rainstorm run failed (exit {proc.returncode}): {err.strip()[-400:]}",
               file=sys.stderr)
         return wall, float("nan"), Counter()
     m = re.search(r" MB in ([0-9.]+) s", err)

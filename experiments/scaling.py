@@ -6,7 +6,10 @@ For each worker count n, on the same corpus:
   --workers n --json > out.json`` as a subprocess. The time includes the
   interpreter, the embedded server's start and stop, the job and the JSON
   output (cli_path.py's command with n workers). ``job_s`` is the job's own
-  time from the CLI's summary line.
+  time from the CLI's summary line. The CPU seconds of its coordinator, its
+  workers together and its server come from /proc (proc_watch.Watch, every
+  0.1 s); ``server_busy`` is the server's CPU over ``job_s``: the one
+  thread every commit and fold goes through, so near 1 it caps the rate.
 * ``pool``: ``multiprocessing.Pool(n)``. Each process counts an interleaved
   share of ~1 MiB blocks into one Counter; the parent merges the n Counters
   (cli_path.py's pool-share, the faster Pool variant there).
@@ -28,14 +31,14 @@ against a serial Counter. Every contender's result must equal it (exit 1
 otherwise).
 
     python experiments/scaling.py [--quick] [--mb 1000] [--workers 1,2,4,8,14]
-        [--corpora real,generated] [--budget-s 0] [--spark-python PY]
+        [--corpora real,generated] [--budget-s 0] [--spark-python PY] [--name scaling]
     python experiments/scaling.py --plot-only experiments/results/scaling.csv
 
 ``--budget-s``: start no new measurement after that many seconds (0: no
 limit), so a run on a lent machine with a time limit still returns what it
 measured. Each row goes into the CSV as soon as it is measured.
 
-Writes experiments/results/scaling.{csv,png}.
+Writes experiments/results/scaling.{csv,png} (NAME.csv and .png with --name).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from realtext import Unavailable, describe, real_corpus  # noqa: E402
 from rainstorm.samples import write_corpus  # noqa: E402
 
 FIELDS = ["corpus", "mb", "workers", "contender", "seconds", "mb_s", "job_s", "startup_s",
+          "coordinator_cpu_s", "workers_cpu_s", "server_cpu_s", "server_busy",
           "distinct_words", "correct", "cores", "note"]
 RS, POOL, SPARK = "rainstorm", "pool", "pyspark"
 SPARK_TIMEOUT_S = 1800
@@ -109,7 +113,9 @@ def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str
             spark_py: str | None, rows: Rows, deadline: float, tmp: Path) -> None:
     mb = sum(f.stat().st_size for f in files) / 1e6
     base = {"corpus": name, "mb": round(mb, 1), "distinct_words": len(truth),
-            "cores": os.cpu_count(), "job_s": "", "startup_s": "", "note": ""}
+            "cores": os.cpu_count(), "note": "",
+            **dict.fromkeys(["job_s", "startup_s", "coordinator_cpu_s", "workers_cpu_s",
+                             "server_cpu_s", "server_busy"], "")}
     for i, n in enumerate(workers):
         if time.monotonic() > deadline:
             print(f"{name}: budget spent, {n} workers and beyond not measured", flush=True)
@@ -120,8 +126,13 @@ def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str
         for who in order:
             row = dict(base, workers=n, contender=who)
             if who == RS:
-                wall, job_s, res = run_cli(files, True, tmp, workers=n)
-                row.update(seconds=wall, job_s=round(job_s, 3))
+                cpu: dict[str, float] = {}
+                wall, job_s, res = run_cli(files, True, tmp, workers=n, cpu=cpu)
+                server = cpu.get("server", 0.0)
+                row.update(seconds=wall, job_s=round(job_s, 3),
+                           coordinator_cpu_s=cpu.get("coordinator", ""),
+                           workers_cpu_s=cpu.get("worker", ""), server_cpu_s=server,
+                           server_busy=round(server / job_s, 3) if job_s > 0 else "")
             elif who == POOL:
                 t = time.perf_counter()
                 res, started = pool_share(files, n)
@@ -153,6 +164,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
             if n in job:
                 parts.append(f"job only {job[n]:6.1f} MB/s"
                              + (f" ({job[n] / job[1]:.2f}x)" if 1 in job else ""))
+            busy = [r.get("server_busy") for r in mine
+                    if int(r["workers"]) == n and r["contender"] == RS]
+            if busy and busy[0] not in (None, ""):
+                parts.append(f"server busy {100 * float(busy[0]):.0f} % of the job")
             if pool:
                 parts.append(f"pool {pool:6.1f} MB/s")
             if rs and pool:
@@ -205,6 +220,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=0.0)
     ap.add_argument("--spark-python", default=None)
     ap.add_argument("--plot-only", type=Path, default=None)
+    ap.add_argument("--name", default="scaling", help="results/NAME.csv and .png")
     a = ap.parse_args()
     if a.plot_only:
         with a.plot_only.open() as fh:
@@ -219,7 +235,7 @@ def main() -> int:
         print(f"pyspark left out: {why}")
     print(subprocess.run([*rainstorm_cmd(), "--version"], capture_output=True, text=True,
                          timeout=60).stdout.strip(), f"| {os.cpu_count()} cores")
-    rows = Rows(a.out / "scaling.csv")
+    rows = Rows(a.out / f"{a.name}.csv")
     with tempfile.TemporaryDirectory(prefix="rs-scaling-") as tmp:
         for name in a.corpora.split(","):
             try:
