@@ -122,15 +122,15 @@ def pool_chunks(files: list[Path]) -> tuple[Counter[str], float]:
 
 
 def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
-            workers: int = 2, cpu: dict[str, float] | None = None
-            ) -> tuple[float, float, Counter[str]]:
+            workers: int = 2, cpu: dict[str, float] | None = None,
+            extra: tuple[str, ...] = ()) -> tuple[float, float, Counter[str]]:
     """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`;
     ``python``: with the native code turned off (RAINSTORM_NATIVE=0); ``cpu``:
     filled with the CPU seconds of each role's processes (proc_watch.Watch,
-    sampled every 0.1 s)."""
+    sampled every 0.1 s); ``extra``: more arguments (``--set k=v``)."""
     out = tmp / "out.json"
     args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
-            "--input", str(files[0].parent / "*.txt"), "--workers", str(workers)]
+            "--input", str(files[0].parent / "*.txt"), "--workers", str(workers), *extra]
     t = time.perf_counter()
     with open(out if as_json else os.devnull, "wb") as fh:
         proc = subprocess.Popen([*args, "--json"] if as_json else args, stdout=fh,

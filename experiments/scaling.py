@@ -10,6 +10,9 @@ For each worker count n, on the same corpus:
   workers together and its server come from /proc (proc_watch.Watch, every
   0.1 s); ``server_busy`` is the server's CPU over ``job_s``: the one
   thread every commit and fold goes through, so near 1 it caps the rate.
+* ``rainstorm-zstd`` (with ``--compress-state``): the same command with
+  ``--set settings.compress_state=true`` (deltas and bases compressed: less
+  for the server's thread to move, more for the workers to do).
 * ``pool``: ``multiprocessing.Pool(n)``. Each process counts an interleaved
   share of ~1 MiB blocks into one Counter; the parent merges the n Counters
   (cli_path.py's pool-share, the faster Pool variant there).
@@ -32,6 +35,7 @@ otherwise).
 
     python experiments/scaling.py [--quick] [--mb 1000] [--workers 1,2,4,8,14]
         [--corpora real,generated] [--budget-s 0] [--spark-python PY] [--name scaling]
+        [--compress-state]
     python experiments/scaling.py --plot-only experiments/results/scaling.csv
 
 ``--budget-s``: start no new measurement after that many seconds (0: no
@@ -65,7 +69,8 @@ from rainstorm.samples import write_corpus  # noqa: E402
 FIELDS = ["corpus", "mb", "workers", "contender", "seconds", "mb_s", "job_s", "startup_s",
           "coordinator_cpu_s", "workers_cpu_s", "server_cpu_s", "server_busy",
           "distinct_words", "correct", "cores", "note"]
-RS, POOL, SPARK = "rainstorm", "pool", "pyspark"
+RS, RS_ZSTD, POOL, SPARK = "rainstorm", "rainstorm-zstd", "pool", "pyspark"
+ZSTD = ("--set", "settings.compress_state=true")
 SPARK_TIMEOUT_S = 1800
 
 
@@ -110,7 +115,8 @@ class Rows:
 
 
 def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str],
-            spark_py: str | None, rows: Rows, deadline: float, tmp: Path) -> None:
+            spark_py: str | None, rows: Rows, deadline: float, tmp: Path,
+            zstd: bool = False) -> None:
     mb = sum(f.stat().st_size for f in files) / 1e6
     base = {"corpus": name, "mb": round(mb, 1), "distinct_words": len(truth),
             "cores": os.cpu_count(), "note": "",
@@ -121,13 +127,16 @@ def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str
             print(f"{name}: budget spent, {n} workers and beyond not measured", flush=True)
             return
         order = [RS, POOL] if i % 2 == 0 else [POOL, RS]
+        if zstd:
+            order.insert(1, RS_ZSTD)
         if spark_py is not None:
             order.append(SPARK)
         for who in order:
             row = dict(base, workers=n, contender=who)
-            if who == RS:
+            if who in (RS, RS_ZSTD):
                 cpu: dict[str, float] = {}
-                wall, job_s, res = run_cli(files, True, tmp, workers=n, cpu=cpu)
+                wall, job_s, res = run_cli(files, True, tmp, workers=n, cpu=cpu,
+                                           extra=ZSTD if who == RS_ZSTD else ())
                 server = cpu.get("server", 0.0)
                 row.update(seconds=wall, job_s=round(job_s, 3),
                            coordinator_cpu_s=cpu.get("coordinator", ""),
@@ -172,6 +181,13 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
                 parts.append(f"pool {pool:6.1f} MB/s")
             if rs and pool:
                 parts.append(f"time ratio rainstorm/pool {pool / rs:.2f}")
+            zstd = rate.get((n, RS_ZSTD))
+            if zstd:
+                zbusy = [r.get("server_busy") for r in mine
+                         if int(r["workers"]) == n and r["contender"] == RS_ZSTD]
+                parts.append(f"rainstorm-zstd {zstd:6.1f} MB/s"
+                             + (f" (server busy {100 * float(zbusy[0]):.0f} %)"
+                                if zbusy and zbusy[0] not in (None, "") else ""))
             if spark:
                 parts.append(f"pyspark {spark:6.1f} MB/s (without its start)")
             lines.append(" ".join(parts))
@@ -181,7 +197,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    style = {RS: ("o", "-"), POOL: ("s", "--"), SPARK: ("^", ":")}
+    style = {RS: ("o", "-"), RS_ZSTD: ("D", "-."), POOL: ("s", "--"), SPARK: ("^", ":")}
     for i, name in enumerate(dict.fromkeys(r["corpus"] for r in rows)):
         mine = [r for r in rows if r["corpus"] == name]
         for who, (marker, ls) in style.items():
@@ -221,6 +237,8 @@ def main() -> int:
     ap.add_argument("--spark-python", default=None)
     ap.add_argument("--plot-only", type=Path, default=None)
     ap.add_argument("--name", default="scaling", help="results/NAME.csv and .png")
+    ap.add_argument("--compress-state", action="store_true",
+                    help="also rainstorm with settings.compress_state (rainstorm-zstd rows)")
     a = ap.parse_args()
     if a.plot_only:
         with a.plot_only.open() as fh:
@@ -252,7 +270,8 @@ def main() -> int:
             if a.quick and truth != reference(files):
                 print("the Pool reference differs from a serial Counter", file=sys.stderr)
                 return 1
-            measure(name, files, workers, truth, spark_py, rows, deadline, Path(tmp))
+            measure(name, files, workers, truth, spark_py, rows, deadline, Path(tmp),
+                    a.compress_state)
     print(f"wrote {rows.path} in {time.monotonic() - t0:.0f} s")
     if rows.rows:
         plot(rows.rows, rows.path.with_suffix(".png"))

@@ -30,6 +30,7 @@ import msgpack
 
 from rainstorm import native
 from rainstorm.operators.chain_errors import OperatorError
+from rainstorm.operators.packing import inflate
 from rainstorm.operators.resolve import resolve
 from rainstorm.plan import StagePlan
 
@@ -409,7 +410,11 @@ def native_fold(base: bytes, deltas: list[bytes], agg: Aggregator) -> bytes | No
     the Python fold deals with -- or an int64 sum that overflows)."""
     if native.fold is None or not agg.additive:
         return None
-    return native.fold([base, *deltas])
+    try:  # (compressed blobs: rainstorm.operators.packing)
+        plain = [inflate(b) for b in (base, *deltas)]
+    except ValueError:
+        return None  # a damaged blob: the Python fold dead-letters it
+    return native.fold(plain)
 
 
 def _value_code(delta: dict[Any, Any]) -> str | None:
@@ -448,7 +453,7 @@ def _same(v: Any) -> Any:
 def pairs(blob: bytes, agg: Aggregator | None = None) -> Iterator[tuple[Any, Any]]:
     if not blob:
         return iter(())
-    msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
+    msg = msgpack.unpackb(inflate(blob), raw=False, strict_map_key=False, use_list=False,
                           ext_hook=_ext_hook)
     if msg[0] == 1:
         return _columnar_pairs(msg)
@@ -513,7 +518,7 @@ def checked(blob: bytes, agg: Aggregator | None = None) -> Delta:
 
 
 def _unpacked(blob: bytes) -> Any:
-    msg = msgpack.unpackb(blob, raw=False, strict_map_key=False, use_list=False,
+    msg = msgpack.unpackb(inflate(blob), raw=False, strict_map_key=False, use_list=False,
                           ext_hook=_ext_hook)
     if type(msg) is not tuple or not msg or msg[0] not in (0, 1):
         raise BadDelta("not a delta ([0, map] or [1, typecode, keys, values])")

@@ -19,12 +19,15 @@ import sys
 import threading
 import time
 import zlib
+from array import array
 from collections import Counter
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 import redis
+import zstandard
 from click.testing import CliRunner
 
 from rainstorm import keys, lua, state
@@ -35,6 +38,7 @@ from rainstorm.job import Job
 from rainstorm.jobstore import load_job
 from rainstorm.lease import LEASE_MS, Lease, holder_id
 from rainstorm.operators import aggregates
+from rainstorm.protocol.entries import data_of
 from rainstorm.spec import parse_spec
 from rainstorm.testing import run_job
 from tests.helpers import ROOT, wait_for
@@ -43,10 +47,11 @@ JOB = "parts"
 WORDS = [f"w{i}" for i in range(200)]
 
 
-def spec_dict(parts: int, compact_every: int = 256) -> dict[str, Any]:
+def spec_dict(parts: int, compact_every: int = 256, compress: bool = False) -> dict[str, Any]:
     return {"name": "wc", "source": {"type": "text"},
             "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
-            "settings": {"state_partitions": parts, "compact_every": compact_every}}
+            "settings": {"state_partitions": parts, "compact_every": compact_every,
+                         "compress_state": compress}}
 
 
 def part_of(key: str, parts: int) -> int:
@@ -63,9 +68,10 @@ class Running:
     """A running job of one keyed stage (stage 0) and a way to commit
     batches into it as a worker does (one input entry per commit)."""
 
-    def __init__(self, r: redis.Redis, parts: int, compact_every: int = 256) -> None:
+    def __init__(self, r: redis.Redis, parts: int, compact_every: int = 256,
+                 compress: bool = False) -> None:
         self.r = r
-        self.job = Job.build(JOB, parse_spec(spec_dict(parts, compact_every)))
+        self.job = Job.build(JOB, parse_spec(spec_dict(parts, compact_every, compress)))
         self.agg = state.agg_of(self.job, ("*",))
         self.stream = keys.stage_stream(JOB, 0, 0)
         r.hset(keys.meta(JOB), "state", "running")
@@ -564,3 +570,84 @@ def test_wordcount_is_exact_for_any_number_of_partitions(parts: int, r: redis.Re
     assert total == want
     assert folded > parts  # workers folded while the job ran, not only finalize
 
+
+
+# -- (g) compressed state (settings.compress_state) ------------------------------------------
+
+def unzstd(blob: bytes) -> bytes:
+    """A compressed blob read here with zstandard itself (not rainstorm's reader)."""
+    assert blob[:1] == b"\xc1", blob[:8]
+    return zstandard.ZstdDecompressor().decompress(blob[1:])
+
+
+def test_a_compressed_wordcount_is_exact_and_its_bases_are_compressed(r: redis.Redis,
+                                                                      url: str) -> None:
+    parts = 7
+    rng = random.Random(17)
+    lines = [" ".join(rng.choices(WORDS, k=rng.randint(0, 15))) for _ in range(1000)]
+    spec = {**spec_dict(parts, compact_every=3, compress=True),
+            "source": {"type": "text", "batch_bytes": 1024}}
+    result = run_job(spec, lines, workers=2, redis_url=url)
+    want = Counter(" ".join(lines).split())
+    assert Counter(result) == want and len(result) == len(want)
+    (raw,) = r.smembers(keys.JOBS)
+    total: Counter[str] = Counter()
+    folded = 0
+    for p in range(parts):
+        base = r.hget(keys.state(raw.decode(), 0, p), "d") or b""
+        total.update(msgpack_pairs(unzstd(base)))
+        folded += int(r.hget(keys.state(raw.decode(), 0, p), "v") or 0)
+    assert total == want
+    assert folded > parts  # workers folded compressed deltas while the job ran
+
+
+def msgpack_pairs(plain: bytes) -> dict[str, int]:
+    """A columnar count blob ([1, "q", keys joined by NUL, int64 values]) read
+    with msgpack and array here."""
+    tag, code, joined, values = msgpack.unpackb(plain, raw=False)
+    assert (tag, code) == (1, "q")
+    nums = array("q")
+    nums.frombytes(values)
+    return dict(zip(joined.split("\0"), nums, strict=True))
+
+
+def test_plain_and_compressed_deltas_fold_together_and_a_crafted_one_is_dead_lettered(
+        r: redis.Redis) -> None:
+    """One log holding deltas of both kinds (the setting changed between
+    commits), plus a compressed delta an attacker wrote that states 1 GiB:
+    the fold counts every real delta, moves the crafted one to the dead
+    letters, and allocates nothing near its stated size."""
+    parts = 3
+    plain = Running(r, parts)
+    jobs = [plain.job, Job.build(JOB, parse_spec(spec_dict(parts, compress=True)))]
+    rng = random.Random(4)
+    expected: Counter[str] = Counter()
+    no_fold = lua.FoldRule(entries=4096, bytes=1 << 30)
+    for n in range(12):
+        delta = {w: rng.randint(1, 3) for w in rng.sample(WORDS, 10)}
+        expected.update(delta)
+        plain.job = jobs[n % 2]  # the setting changes between commits
+        plain.commit(delta, no_fold)
+    plain.job = jobs[0]
+    p = part_of("w1", parts)
+    bomb = b"\xc1" + zstandard.ZstdCompressor(level=19).compress(b"\0" * (1 << 30))
+    assert len(bomb) < 64 << 10
+    plain.n += 1
+    r.xadd(plain.stream, {"u": f"u{plain.n}", "d": b"x\n"})
+    (rid, _), = r.xreadgroup(keys.group(0), "w", {plain.stream: ">"}, count=1)[0][1]
+    res = lua.commit(r, lua.CommitRequest(
+        counters=keys.counters(JOB), dlq=keys.dlq(JOB), meta=keys.meta(JOB),
+        group=keys.group(0), stage=0, inputs=[(plain.stream, rid.decode(), f"u{plain.n}")],
+        records_in=1, deltas=[lua.Delta(plain.part(p).base, plain.part(p).log, bomb, p)],
+        fold=no_fold))
+    assert res.status is lua.CommitStatus.OK
+    kinds = {data_of(f)[:1] == b"\xc1" for q in range(parts)
+             for _i, f in r.xrange(plain.part(q).log)}
+    assert kinds == {True, False}  # both kinds in the logs
+    for q in range(parts):
+        assert plain.fold(q) is lua.CompactStatus.OK
+    total: Counter[str] = Counter()
+    for q in range(parts):
+        total.update(plain.base(q))
+    assert total == expected
+    assert r.xlen(keys.dlq(JOB)) == 1
