@@ -140,15 +140,23 @@ def test_a_range_trimmed_before_it_is_read_is_dead_lettered_whole(r: redis.Redis
     assert counters(r, job.id).stage(0).dead == 2
 
 
-def test_a_stream_deleted_and_created_again_fails_the_job(r: redis.Redis) -> None:
-    job = _job(r, "replaced", batch_records=10)
+@pytest.mark.parametrize("ids", ["later", "earlier"])
+def test_a_stream_deleted_and_created_again_fails_the_job(r: redis.Redis, ids: str) -> None:
+    """The new stream's ids are after the job's cursor (its counter gives it
+    away) or before it (its last id does); explicit ids, so that which one
+    it is does not depend on the millisecond the stream was made in."""
+    job = _job(r, f"replaced-{ids}", batch_records=10)
     produce_lines(r, "ev", ["a"] * 30)
     loader = RangeLoader(r, job)
     _cut(loader, r, job)
+    last_ms = int(r.xinfo_stream("ev")["last-generated-id"].decode().split("-")[0])
     r.delete("ev")
-    produce_lines(r, "ev", ["b"] * 5)
-    with pytest.raises(JobFailed, match="its source stream 'ev' counts 5 entries added, "
-                                        "fewer than the 30 "):
+    first_ms = last_ms + 1 if ids == "later" else 1
+    for seq in range(5):
+        r.xadd("ev", {"line": "b"}, id=f"{first_ms}-{seq + 1}")
+    why = ("its source stream 'ev' counts 5 entries added, fewer than the 30 "
+           if ids == "later" else f"its source stream 'ev' ends at {first_ms}-5, before ")
+    with pytest.raises(JobFailed, match=why):
         for _ in range(5):
             loader.step()
 
