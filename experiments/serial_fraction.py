@@ -15,7 +15,7 @@ that grows with the input.  The result is
 checked against collections.Counter (`rainstorm result J --json`, not timed).
 
     python experiments/serial_fraction.py [--quick] [--mb 100] [--transport split,bytes]
-        [--state-partitions 64,16]
+        [--state-partitions 64,16] [--compress-state off,on]
 
 ``--state-partitions`` runs each transport once per value of
 ``settings.state_partitions`` (default: the spec's default, 64).
@@ -77,15 +77,16 @@ def exited_cpu_s(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[float
 
 
 def one_run(paths: list[Path], transport: str, ref: Counter[str], timeout_s: float,
-            state_partitions: int | None = None) -> dict[str, Any]:
+            state_partitions: int | None = None, compress: bool = False) -> dict[str, Any]:
     env = dict(os.environ, RAINSTORM_SECRET=secrets.token_hex(16),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     job = f"serial-{transport}-{os.getpid()}-{time.time_ns() % 10**6}"
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
         assert server.proc is not None
         spec = Path(tmp) / "spec.yaml"
-        spec.write_text(SPEC.format(transport=transport, settings="" if state_partitions is None
-                                    else f", state_partitions: {state_partitions}"))
+        settings = ("" if state_partitions is None else f", state_partitions: {state_partitions}") \
+            + (", compress_state: true" if compress else "")
+        spec.write_text(SPEC.format(transport=transport, settings=settings))
         rs = [sys.executable, "-m", "rainstorm"]
         server_t0 = cpu_s(server.proc.pid)
         t0 = time.perf_counter()
@@ -122,6 +123,7 @@ def one_run(paths: list[Path], transport: str, ref: Counter[str], timeout_s: flo
     total = coord_cpu + sum(worker_cpu) + server_cpu
     mb = sum(p.stat().st_size for p in paths) / 1e6
     return {"transport": transport, "state_partitions": state_partitions or "",
+            "compress_state": compress,
             "mb": round(mb, 1), "wall_s": round(wall, 2),
             "coordinator_cpu_s": round(coord_cpu, 2),
             "worker1_cpu_s": round(worker_cpu[0], 2), "worker2_cpu_s": round(worker_cpu[1], 2),
@@ -135,6 +137,8 @@ def main() -> int:
     ap.add_argument("--transport", default="split,bytes",
                     help="comma-separated: split, bytes (each run once, side by side)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    ap.add_argument("--compress-state", default="off",
+                    help="off, on, or off,on: settings.compress_state (each run once per value)")
     ap.add_argument("--state-partitions", default="",
                     help="comma-separated settings.state_partitions values (each run once per "
                          "transport; default: the spec's default)")
@@ -144,13 +148,14 @@ def main() -> int:
     ref = reference(paths)
     sps: list[int | None] = [int(v) for v in args.state_partitions.split(",") if v.strip()] \
         or [None]
-    rows = [one_run(paths, t.strip(), ref, args.timeout, sp)
-            for t in args.transport.split(",") for sp in sps]
+    zs = [v.strip() == "on" for v in args.compress_state.split(",")]
+    rows = [one_run(paths, t.strip(), ref, args.timeout, sp, z)
+            for t in args.transport.split(",") for sp in sps for z in zs]
     with tempfile.TemporaryDirectory() as tmp:  # the same job on one line: the fixed cost
         tiny = Path(tmp) / "one.txt"
         tiny.write_text("one line\n")
         fixed = [one_run([tiny], r["transport"], reference([tiny]), args.timeout,
-                         r["state_partitions"] or None) for r in rows]
+                         r["state_partitions"] or None, r["compress_state"]) for r in rows]
     for row, f in zip(rows, fixed, strict=True):
         row["fixed_coordinator_cpu_s"], row["fixed_server_cpu_s"] = \
             f["coordinator_cpu_s"], f["server_cpu_s"]
@@ -167,8 +172,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     cost (a one-line job's coordinator + server) hatched."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    names = [f"{r['transport']} p{r['state_partitions']}" if r["state_partitions"]
-             else r["transport"] for r in rows]
+    names = [(f"{r['transport']} p{r['state_partitions']}" if r["state_partitions"]
+              else r["transport"]) + (" zstd" if r.get("compress_state") else "") for r in rows]
     left = [0.0] * len(rows)
     parts = [("fixed cost (coordinator + server)",
               [r["fixed_coordinator_cpu_s"] + r["fixed_server_cpu_s"] for r in rows]),
