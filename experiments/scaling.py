@@ -160,6 +160,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     for name in dict.fromkeys(r["corpus"] for r in rows):
         mine = [r for r in rows if r["corpus"] == name]
         rate = {(int(r["workers"]), r["contender"]): float(r["mb_s"]) for r in mine}
+        busy = {(int(r["workers"]), r["contender"]): 100 * float(r["server_busy"])
+                for r in mine if r.get("server_busy") not in (None, "")}
         job = {int(r["workers"]): float(r["mb"]) / float(r["job_s"]) for r in mine
                if r["contender"] == RS and r["job_s"] not in ("", "nan")}
         one = rate.get((1, RS))
@@ -173,21 +175,17 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
             if n in job:
                 parts.append(f"job only {job[n]:6.1f} MB/s"
                              + (f" ({job[n] / job[1]:.2f}x)" if 1 in job else ""))
-            busy = [r.get("server_busy") for r in mine
-                    if int(r["workers"]) == n and r["contender"] == RS]
-            if busy and busy[0] not in (None, ""):
-                parts.append(f"server busy {100 * float(busy[0]):.0f} % of the job")
+            if (n, RS) in busy:
+                parts.append(f"server busy {busy[n, RS]:.0f} % of the job")
             if pool:
                 parts.append(f"pool {pool:6.1f} MB/s")
             if rs and pool:
                 parts.append(f"time ratio rainstorm/pool {pool / rs:.2f}")
             zstd = rate.get((n, RS_ZSTD))
             if zstd:
-                zbusy = [r.get("server_busy") for r in mine
-                         if int(r["workers"]) == n and r["contender"] == RS_ZSTD]
                 parts.append(f"rainstorm-zstd {zstd:6.1f} MB/s"
-                             + (f" (server busy {100 * float(zbusy[0]):.0f} %)"
-                                if zbusy and zbusy[0] not in (None, "") else ""))
+                             + (f" (server busy {busy[n, RS_ZSTD]:.0f} %)"
+                                if (n, RS_ZSTD) in busy else ""))
             if spark:
                 parts.append(f"pyspark {spark:6.1f} MB/s (without its start)")
             lines.append(" ".join(parts))

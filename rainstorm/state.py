@@ -134,13 +134,14 @@ def split_delta(job: Job, stage: int, delta: dict[Any, Any] | WordCounts, agg: A
     else:  # word counts, counted natively
         cut = delta.cut(n)  # None: a word holds NUL or a lone surrogate
         blobs = cut if cut is not None else _python_split(delta.to_dict(), n, agg)
-    pack = deflate if job.spec.settings.compress_state else _plain
-    return [lua.Delta(part.base, part.log, pack(blobs[p]), p)
+    return [lua.Delta(part.base, part.log, _packed(job, blobs[p]), p)
             for p in sorted(blobs) for part in (Part(job.id, stage, p),)]
 
 
-def _plain(blob: bytes) -> bytes:
-    return blob
+def _packed(job: Job, blob: bytes) -> bytes:
+    """A delta or base as the job stores it: compressed with
+    ``settings.compress_state`` (rainstorm.operators.packing), else as is."""
+    return deflate(blob) if job.spec.settings.compress_state else blob
 
 
 def _python_split(delta: dict[Any, Any], n: int, agg: Aggregator) -> dict[int, bytes]:
@@ -234,11 +235,10 @@ def _folded(job: Job, part: Part, snap: lua.Snapshot, agg: Aggregator,
     folded, the entries ``closer`` emits, the bad deltas (id: why); None
     when there is nothing to do.  Native code folds an additive aggregate's
     columnar blobs where it can (:func:`aggregates.native_fold`)."""
-    pack = deflate if job.spec.settings.compress_state else _plain
     blob = None if closer or not snap.log_ids else \
         aggregates.native_fold(snap.base, list(snap.deltas), agg)
     if blob is not None:
-        return pack(blob), list(snap.log_ids), [], {}
+        return _packed(job, blob), list(snap.log_ids), [], {}
     bad: dict[str, str] = {}
 
     def on_bad(id_: str, _blob: bytes, why: str) -> None:
@@ -252,7 +252,7 @@ def _folded(job: Job, part: Part, snap: lua.Snapshot, agg: Aggregator,
     outputs = closer.close(part.index, snap, state) if closer else []
     if not ids and not outputs and not bad:
         return None
-    return pack(aggregates.encode(state, agg)), ids, outputs, bad
+    return _packed(job, aggregates.encode(state, agg)), ids, outputs, bad
 
 
 def fold_due(r: redis.Redis, job: Job, due: Iterable[int], stage: int, agg: Aggregator,
