@@ -1,15 +1,18 @@
 """Two revisions of rainstorm side by side, on the path users type.
 
-    python experiments/ab_revisions.py BASE_REV [--mb 50] [--repeat 3]
+    python experiments/ab_revisions.py BASE_REV [--mb 50] [--repeat 3] [--workers 2]
 
 Checks BASE_REV out into a temporary git worktree and runs, alternating,
 that revision's and this checkout's ``rainstorm run examples/wordcount.yaml
---input DIR --workers 2 --json > file`` (embedded server start, the job and
-the JSON output included) on a generated corpus and on real text (the
-Debian docs and Python sources of this machine, up to --mb MB).  Both use
-this checkout's virtual environment.  Results must be equal (exit 1
-otherwise).  Writes experiments/results/ab_revisions.csv and prints the
-median ratio per corpus.
+--input DIR --workers N --json > file`` (embedded server start, the job and
+the JSON output included) on a generated corpus and on real English text
+(realtext.py's corpus; where its Debian packages cannot be fetched, the
+docs and Python sources of this machine).  Both use this checkout's virtual
+environment.  The CPU seconds of each role (coordinator, workers, server)
+are read from /proc while it runs (proc_watch.Watch, every 0.05 s).
+Results must be equal (exit 1 otherwise).  Writes
+experiments/results/ab_revisions.csv and prints, per corpus, the median
+wall time and server CPU of each side and their ratios.
 """
 
 from __future__ import annotations
@@ -25,9 +28,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_watch import Watch  # noqa: E402
+from realtext import Unavailable, real_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "experiments" / "results"
+ROLES = ("coordinator", "worker", "server")
 
 
 def real_text(dest: Path, limit: int) -> None:
@@ -52,15 +61,24 @@ def real_text(dest: Path, limit: int) -> None:
                 out.write(data[: limit - out.tell()])
 
 
-def run(pythonpath: Path, inputs: Path, out: Path) -> float:
+def run(pythonpath: Path, inputs: Path, out: Path, workers: int
+        ) -> tuple[float, dict[str, float]]:
+    """(wall seconds, CPU seconds per role) of one `rainstorm run`."""
     env = dict(os.environ, PYTHONPATH=str(pythonpath))
     t0 = time.perf_counter()
     with open(out, "wb") as fh:
-        subprocess.run([sys.executable, "-m", "rainstorm", "run",
-                        str(ROOT / "examples" / "wordcount.yaml"), "--input", str(inputs),
-                        "--workers", "2", "--json"], stdout=fh, stderr=subprocess.DEVNULL,
-                       env=env, cwd=out.parent, check=True, timeout=600)
-    return time.perf_counter() - t0
+        proc = subprocess.Popen([sys.executable, "-m", "rainstorm", "run",
+                                 str(ROOT / "examples" / "wordcount.yaml"), "--input",
+                                 str(inputs), "--workers", str(workers), "--json"],
+                                stdout=fh, stderr=subprocess.DEVNULL, env=env, cwd=out.parent)
+        watch = Watch(proc.pid, period_s=0.05)
+        try:
+            rc = proc.wait(timeout=900)
+        finally:
+            watch.stop()
+    if rc != 0:
+        raise RuntimeError(f"rainstorm run under {pythonpath} exited {rc}")
+    return time.perf_counter() - t0, watch.cpu_s()
 
 
 def main() -> int:
@@ -68,35 +86,49 @@ def main() -> int:
     ap.add_argument("base", help="the revision to compare with (e.g. a commit id)")
     ap.add_argument("--mb", type=float, default=50.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rainstorm-ab-") as tmp_s:
         tmp = Path(tmp_s)
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tmp / "base"), a.base],
                        cwd=ROOT, check=True)
         try:
-            return compare(tmp, a.base, a.mb, a.repeat)
+            return compare(tmp, a.base, a.mb, a.repeat, a.workers)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")],
                            cwd=ROOT, check=False)
 
 
-def compare(tmp: Path, base: str, mb: float, repeat: int) -> int:
-    corpora = {"generated": tmp / "gen", "real": tmp / "real"}
+def real_inputs(tmp: Path, mb: float) -> Path:
+    """A glob over ``mb`` MB of real text: realtext.py's, else this machine's docs."""
+    try:
+        return real_corpus(mb)[0].parent / "*.txt"
+    except Unavailable as exc:
+        print(f"realtext.py's corpus is unavailable ({exc}): using this machine's docs",
+              file=sys.stderr)
+        (tmp / "real").mkdir()
+        real_text(tmp / "real" / "text.txt", int(mb * 1e6))
+        return tmp / "real"
+
+
+def compare(tmp: Path, base: str, mb: float, repeat: int, workers: int) -> int:
+    corpora = {"generated": tmp / "gen", "real": real_inputs(tmp, mb)}
     subprocess.run([sys.executable, "-m", "rainstorm.samples", "--mb", str(mb), "--out",
                     str(corpora["generated"])], check=True, stdout=subprocess.DEVNULL)
-    corpora["real"].mkdir()
-    real_text(corpora["real"] / "text.txt", int(mb * 1e6))
     sides = {base: tmp / "base", "this checkout": ROOT}
-    rows, ok = [], True
+    rows: list[dict[str, Any]] = []
+    ok = True
     for rep in range(repeat):
         for name, path in corpora.items():
             results = {}
-            for side, code in sides.items():
+            order = list(sides.items()) if rep % 2 == 0 else list(sides.items())[::-1]
+            for side, code in order:
                 out = tmp / f"out-{rep}.json"
-                secs = run(code, path, out)
+                secs, cpu = run(code, path, out, workers)
                 results[side] = json.loads(out.read_text())
-                rows.append({"repeat": rep, "corpus": name, "revision": side,
-                             "seconds": round(secs, 3)})
+                rows.append({"repeat": rep, "corpus": name, "mb": mb, "workers": workers,
+                             "revision": side, "seconds": round(secs, 3),
+                             **{f"{role}_cpu_s": cpu.get(role, 0.0) for role in ROLES}})
             same = results[base] == results["this checkout"]
             ok &= same
             for row in rows[-2:]:
@@ -107,11 +139,17 @@ def compare(tmp: Path, base: str, mb: float, repeat: int) -> int:
         w.writeheader()
         w.writerows(rows)
     for name in corpora:
-        med = {s: statistics.median(r["seconds"] for r in rows
-                                    if r["corpus"] == name and r["revision"] == s)
-               for s in sides}
-        print(f"{name}: {base} {med[base]:.2f} s, this checkout {med['this checkout']:.2f} s "
-              f"(ratio {med['this checkout'] / med[base]:.2f})")
+        med = {(s, col): statistics.median(float(r[col]) for r in rows
+                                           if r["corpus"] == name and r["revision"] == s)
+               for s in sides for col in ("seconds", "server_cpu_s", "worker_cpu_s")}
+        this = "this checkout"
+        ratio = med[this, "seconds"] / med[base, "seconds"]
+        print(f"{name}: wall {base} {med[base, 'seconds']:.2f} s, this checkout "
+              f"{med[this, 'seconds']:.2f} s (ratio {ratio:.2f});"
+              f" server CPU {med[base, 'server_cpu_s']:.2f} s vs {med[this, 'server_cpu_s']:.2f} s"
+              f" (ratio {med[this, 'server_cpu_s'] / max(med[base, 'server_cpu_s'], 0.01):.2f});"
+              f" workers' CPU {med[base, 'worker_cpu_s']:.2f} s vs "
+              f"{med[this, 'worker_cpu_s']:.2f} s")
     if not ok:
         print("RESULTS DIFFER", file=sys.stderr)
     return 0 if ok else 1

@@ -218,7 +218,8 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     status = lua.compact(r, lua.CompactRequest(
         base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
         out=keys.output(job.id), dlq=keys.dlq(job.id), stage=part.stage,
-        version=snap.version, blob=blob, ids=ids, outputs=outputs,
+        version=snap.version, blob=blob, ids=ids, folded_bytes=snap.bytes_of(ids),
+        outputs=outputs,
         emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
         if outputs else "", bad=list(bad.items())))
     log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,

@@ -47,10 +47,9 @@ DEADLETTER = Layout("rainstorm_deadletter", ("counters", "dlq", "meta", "stream"
 REQUEUE = Layout("rainstorm_requeue", ("counters", "dlq", "meta", "stream"),
                  ("dead_id", "stage", "kind", "uid", "payload", "unbytes"))
 COMPACT = Layout("rainstorm_compact", ("base", "log", "meta", "counters", "out", "dlq"),
-                 ("version", "blob", "stage", "n_out", "emit_field", "n_bad"))
-SNAPSHOT = Layout("rainstorm_snapshot", ("base", "log"), ("max_deltas",))
+                 ("version", "blob", "stage", "n_out", "emit_field", "n_bad", "folded_bytes"))
 VERSION = Layout("rainstorm_version", (), ())
-LAYOUTS = (LOAD, COMMIT, DEADLETTER, REQUEUE, COMPACT, SNAPSHOT, VERSION)
+LAYOUTS = (LOAD, COMMIT, DEADLETTER, REQUEUE, COMPACT, VERSION)
 
 
 class LoadStatus(enum.StrEnum):

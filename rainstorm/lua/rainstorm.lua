@@ -20,7 +20,6 @@
 --   rainstorm_requeue     move one dead letter back into a stage, once
 --   rainstorm_compact     fold a state partition's delta log into its base,
 --                         emitting the windows the fold closed
---   rainstorm_snapshot    (read-only) the base and the first unfolded deltas
 --   rainstorm_version     (read-only) LIB_VERSION
 --
 -- Rules every function here follows:
@@ -41,7 +40,7 @@
 -- LIB_VERSION changes whenever a function's KEYS, ARGV or replies change;
 -- every client checks it (rainstorm_version) before its first call and
 -- refuses another version with one line naming both.
-local LIB_VERSION = '8'
+local LIB_VERSION = '9'
 
 -- Caps (plain integers: Python parses them).  Far above what rainstorm sends
 -- (batch_entries <= 256, parallelism <= 1024), low enough that a maximal call
@@ -551,22 +550,28 @@ end
 -- ARGV[4] = n_out         output entries, 0..MAX_OUTPUTS
 -- ARGV[5] = emit_field    counter field they are counted in ('' if n_out = 0)
 -- ARGV[6] = n_bad         bad deltas to dead-letter, 0..MAX_DEAD
--- ARGV[7..]               n_out pairs (uid, payload), n_bad pairs (log id,
+-- ARGV[7] = folded_bytes  the summed sizes of the deltas folded into the blob
+-- ARGV[8..]               n_out pairs (uid, payload), n_bad pairs (log id,
 --                         why it is bad), then the ids of the log entries
---                         folded into the blob, 0..MAX_COMPACT_IDS
+--                         folded into the blob, ascending, 0..MAX_COMPACT_IDS
 -- A bad delta goes to the dlq (kind 'delta', its bytes in 'd') and counts in
 -- s<i>:dead_deltas.  The base's 'lb' (bytes logged, not yet folded) drops
--- by the sizes of the deltas folded or dead-lettered (never below 0).
+-- by folded_bytes and the bad deltas' sizes (never below 0).
+-- The folded deltas are not read here (each would be copied into Lua only to
+-- be measured and deleted): the version check proves they are still there,
+-- since only this function deletes from a log and every call moves the
+-- version; the first and last ids are checked present as well.
 -- Returns {'ok', new_version} | {'conflict', reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
 local function compact(keys, args)
   local fn = 'rainstorm_compact'
-  if #keys ~= 6 or #args < 6 then error(fn .. ': wrong arity') end
+  if #keys ~= 6 or #args < 7 then error(fn .. ': wrong arity') end
   local n_out = to_int(args[4], 'n_out')
   local n_bad = to_int(args[6], 'n_bad')
+  local folded = to_int(args[7], 'folded_bytes')
   cap(n_out, MAX_OUTPUTS, 'n_out', fn)
   cap(n_bad, MAX_DEAD, 'n_bad', fn)
-  local obase = 6
+  local obase = 7
   local bbase = obase + 2 * n_out
   local ibase = bbase + 2 * n_bad
   if #args < ibase then error(fn .. ': wrong number of args') end
@@ -582,19 +587,16 @@ local function compact(keys, args)
   if stop then return stop end
   local version = tonumber(redis.call('HGET', base, 'v') or '0')
   if version ~= expected then return {'conflict', 'version'} end
-  local folded = 0
   if #args > ibase then
-    -- one XRANGE over the ids' span (a snapshot's ids, ascending: the span
-    -- holds them and the bad ones, so COUNT bounds it); an id not in it is
-    -- missing (deleted meanwhile, or not in ascending order)
-    local rows = redis.call('XRANGE', log, args[ibase + 1], args[#args], 'COUNT',
-      #args - ibase + n_bad)
-    local size = {}
-    for _, row in ipairs(rows) do size[row[1]] = #(field_of(row[2], 'd') or '') end
+    -- ascending, and the first and last still in the log (O(1) reads)
     for i = ibase + 1, #args do
-      local bytes = size[args[i]]
-      if bytes == nil then return {'conflict', 'missing'} end
-      folded = folded + bytes
+      if not id_parts(args[i]) then error(fn .. ': not a stream id: ' .. args[i]) end
+      if i > ibase + 1 and not id_less(args[i - 1], args[i]) then
+        error(fn .. ': ids not ascending')
+      end
+    end
+    for _, id in ipairs({args[ibase + 1], args[#args]}) do
+      if #redis.call('XRANGE', log, id, id) == 0 then return {'conflict', 'missing'} end
     end
   end
   local bad = {}
@@ -632,40 +634,6 @@ local function compact(keys, args)
 end
 
 ------------------------------------------------------------------------------
--- rainstorm_snapshot (read-only): the folded base and the first deltas not
--- yet folded, read atomically.  At most max_deltas of them, so its cost is
--- bounded however long the log grew (anyone who may XADD can grow it); the
--- caller reads the rest of the log with XRANGE and checks that the version
--- did not move meanwhile (rainstorm.lua.snapshot).
---
--- KEYS[1] = base          rs:{job}:state:s<i>:p<k>
--- KEYS[2] = log           rs:{job}:state:s<i>:p<k>:log
--- ARGV[1] = max_deltas    deltas to return, 1..MAX_COMPACT_IDS
--- Returns {version, base_blob_or_empty, more ('1': the log holds more
---          deltas after the last one returned, else '0'), id1, delta1, ...}
-------------------------------------------------------------------------------
-local function snapshot(keys, args)
-  local fn = 'rainstorm_snapshot'
-  if #keys ~= 2 or #args ~= 1 then error(fn .. ': wrong arity') end
-  local max_deltas = to_int(args[1], 'max_deltas')
-  if max_deltas < 1 then error(fn .. ': max_deltas must be at least 1') end
-  cap(max_deltas, MAX_COMPACT_IDS, 'max_deltas', fn)
-  local base, log = keys[1], keys[2]
-  local v = redis.call('HGET', base, 'v') or '0'
-  local out = {v, redis.call('HGET', base, 'd') or '', '0'}
-  local rows = redis.call('XRANGE', log, '-', '+', 'COUNT', max_deltas + 1)
-  for i, row in ipairs(rows) do
-    if i > max_deltas then
-      out[3] = '1'
-      break
-    end
-    out[#out + 1] = row[1]
-    out[#out + 1] = field_of(row[2], 'd') or ''
-  end
-  return out
-end
-
-------------------------------------------------------------------------------
 -- rainstorm_version (read-only): LIB_VERSION, checked by every client before
 -- its first call.  No KEYS, no ARGV.
 ------------------------------------------------------------------------------
@@ -678,7 +646,5 @@ redis.register_function('rainstorm_commit', commit)
 redis.register_function('rainstorm_deadletter', deadletter)
 redis.register_function('rainstorm_requeue', requeue)
 redis.register_function('rainstorm_compact', compact)
-redis.register_function{function_name = 'rainstorm_snapshot', callback = snapshot,
-  flags = {'no-writes'}}
 redis.register_function{function_name = 'rainstorm_version', callback = version,
   flags = {'no-writes'}}

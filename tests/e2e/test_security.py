@@ -412,7 +412,7 @@ def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
         assert lua.compact(attacker, lua.CompactRequest(
             base=base, log=log, meta=keys.meta(job.id), counters=keys.counters(job.id),
             out=keys.output(job.id), dlq=keys.dlq(job.id), stage=stage, version=version,
-            blob=forged, ids=[extra])) is lua.CompactStatus.OK
+            blob=forged, ids=[extra], folded_bytes=len(forged))) is lua.CompactStatus.OK
         attacker.hset(keys.meta(job.id), "state", "done")
     after = _result(url, job.id)
     lines = after.stderr.strip().splitlines()

@@ -235,7 +235,7 @@ def test_worker_user_may_do_what_workers_do(w: redis.Redis, admin: redis.Redis) 
     ok = lua.compact(w, lua.CompactRequest(
         base=base, log=log, meta=keys.meta("acl"), counters=keys.counters("acl"),
         out=keys.output("acl"), dlq=keys.dlq("acl"), stage=0, version=snap.version,
-        blob=b"folded", ids=ids,
+        blob=b"folded", ids=ids, folded_bytes=snap.bytes_of(ids),
         outputs=[("w.0", b"a closed window")], emit_field=field))
     assert ok is lua.CompactStatus.OK
     assert w.delete(lease) == 1
@@ -280,7 +280,7 @@ def test_attack_compact_cannot_rewrite_a_finished_result(w: redis.Redis, admin: 
     out, counters_key = keys.output("done-job"), keys.counters("done-job")
     # also trying to slip a forged output entry into the finished job's output
     dlq = keys.dlq("done-job")
-    args = [1, forged, 0, 1, "s0:output_entries", 0, "u", b"forged", *ids]
+    args = [1, forged, 0, 1, "s0:output_entries", 0, 0, "u", b"forged", *ids]
     reply = w.fcall("rainstorm_compact", 6, base, log, keys.meta("done-job"), counters_key, out,
                     dlq, *args)
     assert reply == [b"stopped", b"done"]

@@ -190,11 +190,11 @@ def test_function_library_self_heals(r: redis.Redis) -> None:
 
 
 def compact_request(ids: list[str], blob: bytes, version: int = 0, part: int = 0,
-                    **kw: object) -> lua.CompactRequest:
+                    folded_bytes: int = 0, **kw: object) -> lua.CompactRequest:
     return lua.CompactRequest(  # type: ignore[arg-type]
         base=keys.state(JOB, 0, part), log=keys.state_log(JOB, 0, part), meta=keys.meta(JOB),
         counters=keys.counters(JOB), out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0,
-        version=version, blob=blob, ids=ids, **kw)
+        version=version, blob=blob, ids=ids, folded_bytes=folded_bytes, **kw)
 
 
 def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
@@ -205,7 +205,15 @@ def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
     snap = lua.snapshot(r, base=BASE0, log=LOG0)
     assert snap.log_ids == ids and snap.version == 0
     folded = aggregates.encode({"a": 3})
-    assert lua.compact(r, compact_request(ids, folded)) is lua.CompactStatus.OK
+    with pytest.raises(redis.ResponseError, match="ids not ascending"):
+        lua.compact(r, compact_request(ids[::-1], folded))
+    with pytest.raises(redis.ResponseError, match="not a stream id"):
+        lua.compact(r, compact_request([ids[0], "x"], folded))
+    with pytest.raises(redis.ResponseError, match="folded_bytes must be a non-negative integer"):
+        lua.compact(r, compact_request(ids, folded, folded_bytes=-1))
+    assert r.xlen(LOG0) == 2 and r.hget(BASE0, "v") is None  # nothing written
+    assert lua.compact(r, compact_request(ids, folded, folded_bytes=snap.bytes_of(ids))) \
+        is lua.CompactStatus.OK
     again = lua.compact(r, compact_request(ids, b""))  # the version moved
     assert again is lua.CompactStatus.CONFLICT
     assert r.xlen(LOG0) == 0 and r.hget(BASE0, "lb") == b"0"
@@ -224,7 +232,8 @@ def test_compaction_emits_what_the_fold_closed_in_the_same_step(r: redis.Redis) 
     r.hset(keys.state(JOB, 0, 2), "lb", len(blob) + 5)  # 5 bytes of another, unfolded delta
     outs = [("w.1", b"closed one"), ("w.2", b"closed two")]
     field = keys.counter_field(0, StageCounter.OUTPUT_ENTRIES)
-    req = compact_request([id_], aggregates.encode({}), part=2, outputs=outs, emit_field=field)
+    req = compact_request([id_], aggregates.encode({}), part=2, outputs=outs, emit_field=field,
+                          folded_bytes=len(blob))
     assert lua.compact(r, req) is lua.CompactStatus.OK
     rows = r.xrange(keys.output(JOB))
     assert [(f[b"u"], f[b"d"]) for _, f in rows] == [(b"w.1", b"closed one"),

@@ -17,6 +17,7 @@ from rainstorm import keys, lua
 from rainstorm.errors import CallTooLarge, ProtocolError
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua.library import FORCE_ENV
+from rainstorm.replies import as_str
 
 JOB = "caps"
 S0 = keys.stage_stream(JOB, 0, 0)
@@ -117,17 +118,17 @@ def test_load_and_compact_caps(r: redis.Redis) -> None:
     ids = [f"{i + 1}-0" for i in range(L.compact_ids + 1)]
     ks = [BASE, LOG, keys.meta(JOB), keys.counters(JOB), keys.output(JOB), keys.dlq(JOB)]
     with pytest.raises(redis.ResponseError, match="number of ids is .* above the cap"):
-        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 0, "", 0, *ids)
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 0, "", 0, 0, *ids)
     n_out = L.outputs + 1
     with pytest.raises(redis.ResponseError, match="n_out is .* above the cap"):
-        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, n_out, "s0:output_entries", 0,
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, n_out, "s0:output_entries", 0, 0,
                 *(["u", b"x"] * n_out))
     with pytest.raises(redis.ResponseError, match="wrong number of args"):
-        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 2, "s0:output_entries", 0,
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 2, "s0:output_entries", 0, 0,
                 "u", b"x")
     kw: dict[str, Any] = dict(base=BASE, log=LOG, meta=keys.meta(JOB), counters=keys.counters(JOB),
                               out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=0,
-                              blob=b"")
+                              blob=b"", folded_bytes=0)
     with pytest.raises(CallTooLarge):
         lua.compact(r, lua.CompactRequest(ids=ids, **kw))
     with pytest.raises(CallTooLarge, match="n_out"):
@@ -145,9 +146,11 @@ def test_snapshot_head_folds_at_most_the_cap() -> None:
 
 
 def test_a_long_log_is_read_in_bounded_pages(r: redis.Redis) -> None:
-    """Anyone who may XADD can grow a delta log: one snapshot FCALL returns
-    at most the cap, the wrapper reads the rest and still gets every delta,
-    in order, with the base it belongs to."""
+    """Anyone who may XADD can grow a delta log: no read of a snapshot asks
+    the server for more than one page (the cap, plus one to see there is
+    more; SLOWLOG at threshold 0 records every command with its arguments),
+    and the wrapper still gets every delta, in order, with the base it
+    belongs to."""
     base, log = keys.state(JOB, 1, 5), keys.state_log(JOB, 1, 5)
     r.hset(base, mapping={"v": 7, "d": b"folded"})
     n = L.compact_ids * 2 + 5
@@ -155,16 +158,24 @@ def test_a_long_log_is_read_in_bounded_pages(r: redis.Redis) -> None:
     for i in range(n):
         pipe.xadd(log, {"d": str(i).encode()})
     pipe.execute()
-    reply = r.fcall_ro("rainstorm_snapshot", 2, base, log, L.compact_ids)
-    assert reply[2] == b"1" and len(reply) == 3 + 2 * L.compact_ids  # bounded, "more" said
-    with pytest.raises(redis.ResponseError, match="above the cap"):
-        r.fcall_ro("rainstorm_snapshot", 2, base, log, L.compact_ids + 1)
-    snap = lua.snapshot(r, base=base, log=log)
+    r.config_set("slowlog-log-slower-than", 0)
+    r.config_set("slowlog-max-len", 1000)
+    r.slowlog_reset()
+    try:
+        snap = lua.snapshot(r, base=base, log=log)
+        reads = [[as_str(a) for a in e["command"].split()] for e in r.slowlog_get(1000)
+                 if as_str(e["command"]).upper().startswith("XRANGE")]
+    finally:
+        r.config_set("slowlog-log-slower-than", 10000)
+    assert len(reads) >= 3  # the first page, then the rest in pages
+    counts = [int(cmd[cmd.index("COUNT") + 1]) for cmd in reads if "COUNT" in cmd]
+    assert len(counts) == len(reads) and max(counts) <= L.compact_ids + 1
     assert (snap.version, snap.base) == (7, b"folded")
     assert snap.deltas == [str(i).encode() for i in range(n)]
     assert snap.log_ids == [x[0].decode() for x in r.xrange(log)]
     head = lua.snapshot(r, base=base, log=log, max_deltas=10)
     assert head.deltas == [str(i).encode() for i in range(10)]
+    assert head.bytes_of(head.log_ids[2:5]) == sum(len(str(i)) for i in range(2, 5))
 
 
 def test_bad_integers_are_refused_before_writing(r: redis.Redis) -> None:
@@ -202,7 +213,7 @@ def test_no_writing_function_writes_into_a_stopped_job(r: redis.Redis, state: st
     assert lua.compact(r, lua.CompactRequest(
         base=base, log=log, meta=keys.meta(JOB), counters=keys.counters(JOB),
         out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=1, blob=b"1000000000",
-        ids=delta_ids,
+        ids=delta_ids, folded_bytes=0,
         outputs=[("w", b"closed")], emit_field="s0:output_entries")) == want
     assert lua.deadletter(r, lua.DeadletterRequest(
         lua.JobKeys.of(JOB), stream=S0, group=keys.group(0), stage=0, entry_id=inputs[0][1],

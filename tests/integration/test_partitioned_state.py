@@ -212,7 +212,8 @@ def test_compaction_lowers_lb_by_the_bytes_it_folded_only(r: redis.Redis) -> Non
     status = lua.compact(r, lua.CompactRequest(
         base=part.base, log=part.log, meta=keys.meta(JOB), counters=keys.counters(JOB),
         out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=snap.version,
-        blob=aggregates.encode(state.fold(snap, run.agg)), ids=snap.log_ids))
+        blob=aggregates.encode(state.fold(snap, run.agg)), ids=snap.log_ids,
+        folded_bytes=snap.bytes_of(snap.log_ids)))
     assert status is lua.CompactStatus.OK
     assert run.lb(1) == len(fields[b"d"])  # the late delta is still counted
     assert run.base(1) == {a: 3, b: 3} and r.xlen(part.log) == 1
@@ -270,6 +271,52 @@ def test_two_folders_racing_on_a_partition_one_wins_by_version(
         [lua.CompactStatus.OK.value, lua.CompactStatus.CONFLICT.value]), statuses
     assert run.version(2) == 1 and run.lb(2) == 0 and r.xlen(part.log) == 0
     assert Counter(run.base(2)) == expected
+
+
+def test_snapshots_read_while_a_folder_compacts_are_each_one_consistent_state(
+        r: redis.Redis, url: str) -> None:
+    """A snapshot is plain reads (base, log, version again), not one
+    function call: taken over and over while another client folds the same
+    partition a few deltas at a time, each one must still be exactly one
+    state -- every delta counted once, in the base or in the log, never in
+    both or neither.  Integers stand in for aggregates: the base holds how
+    many deltas it folded, each delta is b"1"."""
+    r.hset(keys.meta(JOB), "state", "running")
+    base, log = keys.state(JOB, 0, 9), keys.state_log(JOB, 0, 9)
+    n = 3000
+    pipe = r.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.xadd(log, {"d": b"1"})
+    pipe.execute()
+    r.hset(base, "lb", n)
+    folds: list[int] = []
+
+    def folder() -> None:
+        other = redis.Redis.from_url(url)
+        while True:
+            snap = lua.snapshot(other, base=base, log=log, max_deltas=7)
+            if not snap.log_ids:
+                return
+            status = lua.compact(other, lua.CompactRequest(
+                base=base, log=log, meta=keys.meta(JOB), counters=keys.counters(JOB),
+                out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=snap.version,
+                blob=str(int(snap.base or 0) + len(snap.deltas)).encode(), ids=snap.log_ids,
+                folded_bytes=snap.bytes_of(snap.log_ids)))
+            assert status is lua.CompactStatus.OK  # the only folder: never a conflict
+            folds.append(len(snap.log_ids))
+
+    t = threading.Thread(target=folder, daemon=True)
+    t.start()
+    seen = 0
+    while t.is_alive() or seen == 0:
+        snap = lua.snapshot(r, base=base, log=log)
+        assert int(snap.base or 0) + len(snap.deltas) == n, (snap.version, len(snap.deltas))
+        assert snap.deltas == [b"1"] * len(snap.deltas)
+        seen += 1
+    t.join(60)
+    assert not t.is_alive() and sum(folds) == n and len(folds) == -(-n // 7)
+    assert r.hmget(base, "d", "lb", "v") == [str(n).encode(), b"0", str(len(folds)).encode()]
+    assert seen > 1, "the reader never overlapped the folder"
 
 
 # -- (c) a folder killed while holding the lease -----------------------------------------
