@@ -1,6 +1,7 @@
 """Two revisions of rainstorm side by side, on the path users type.
 
     python experiments/ab_revisions.py BASE_REV [--mb 50] [--repeat 3] [--workers 2]
+        [--name ab_revisions]
 
 Checks BASE_REV out into a temporary git worktree and runs, alternating,
 that revision's and this checkout's ``rainstorm run examples/wordcount.yaml
@@ -11,7 +12,7 @@ docs and Python sources of this machine).  Both use this checkout's virtual
 environment.  The CPU seconds of each role (coordinator, workers, server)
 are read from /proc while it runs (proc_watch.Watch, every 0.05 s).
 Results must be equal (exit 1 otherwise).  Writes
-experiments/results/ab_revisions.csv and prints, per corpus, the median
+experiments/results/NAME.csv (default ab_revisions.csv) and prints, per corpus, the median
 wall time and server CPU of each side and their ratios.
 """
 
@@ -87,16 +88,31 @@ def main() -> int:
     ap.add_argument("--mb", type=float, default=50.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--name", default="ab_revisions", help="the CSV's name in results/")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rainstorm-ab-") as tmp_s:
         tmp = Path(tmp_s)
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tmp / "base"), a.base],
                        cwd=ROOT, check=True)
         try:
-            return compare(tmp, a.base, a.mb, a.repeat, a.workers)
+            build_native(tmp / "base")
+            return compare(tmp, a.base, a.mb, a.repeat, a.workers, a.name)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")],
                            cwd=ROOT, check=False)
+
+
+def build_native(tree: Path) -> None:
+    """Build a worktree's C extensions in place, as this checkout's are:
+    without them its per-key work would run in Python, and the comparison
+    would measure that instead of the change."""
+    if (tree / "setup.py").exists():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = subprocess.run([sys.executable, "-m", "rainstorm", "--version"], cwd=tree,
+                           env=dict(os.environ, PYTHONPATH=str(tree)), capture_output=True,
+                           text=True, check=True)
+    print(f"{tree.name}: {probe.stdout.strip()}", file=sys.stderr)
 
 
 def real_inputs(tmp: Path, mb: float) -> Path:
@@ -111,7 +127,8 @@ def real_inputs(tmp: Path, mb: float) -> Path:
         return tmp / "real"
 
 
-def compare(tmp: Path, base: str, mb: float, repeat: int, workers: int) -> int:
+def compare(tmp: Path, base: str, mb: float, repeat: int, workers: int,
+            name_: str) -> int:
     corpora = {"generated": tmp / "gen", "real": real_inputs(tmp, mb)}
     subprocess.run([sys.executable, "-m", "rainstorm.samples", "--mb", str(mb), "--out",
                     str(corpora["generated"])], check=True, stdout=subprocess.DEVNULL)
@@ -134,7 +151,7 @@ def compare(tmp: Path, base: str, mb: float, repeat: int, workers: int) -> int:
             for row in rows[-2:]:
                 row["correct"] = same
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "ab_revisions.csv", "w", newline="") as fh:
+    with open(OUT / f"{name_}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
