@@ -123,13 +123,17 @@ def pool_chunks(files: list[Path]) -> tuple[Counter[str], float]:
 
 def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
             workers: int = 2, cpu: dict[str, float] | None = None,
-            extra: tuple[str, ...] = ()) -> tuple[float, float, Counter[str]]:
+            extra: tuple[str, ...] = (), phases: dict[str, float] | None = None
+            ) -> tuple[float, float, Counter[str]]:
     """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`;
     ``python``: with the native code turned off (RAINSTORM_NATIVE=0); ``cpu``:
     filled with the CPU seconds of each role's processes (proc_watch.Watch,
-    sampled every 0.1 s); ``extra``: more arguments (``--set k=v``)."""
+    sampled every 0.1 s); ``extra``: more arguments (``--set k=v``); ``phases``:
+    run with -v and filled with ``output_s`` and ``rest_s`` from the line it
+    logs at its end (the result's output; interpreter, imports, server)."""
     out = tmp / "out.json"
-    args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
+    verbose = ["-v"] if phases is not None else []
+    args = [*rainstorm_cmd(), *verbose, "run", str(ROOT / "examples" / "wordcount.yaml"),
             "--input", str(files[0].parent / "*.txt"), "--workers", str(workers), *extra]
     t = time.perf_counter()
     with open(out if as_json else os.devnull, "wb") as fh:
@@ -151,6 +155,9 @@ def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
         return wall, float("nan"), Counter()
     m = re.search(r" MB in ([0-9.]+) s", err)
     job_s = float(m.group(1)) if m else float("nan")
+    spent = re.search(r"the result's output ([0-9.]+) s, the rest ([0-9.]+) s", err)
+    if phases is not None and spent:
+        phases.update(output_s=float(spent.group(1)), rest_s=float(spent.group(2)))
     result = Counter(json.loads(out.read_text())) if as_json else Counter()
     out.unlink(missing_ok=True)
     return wall, job_s, result

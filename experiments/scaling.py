@@ -6,7 +6,9 @@ For each worker count n, on the same corpus:
   --workers n --json > out.json`` as a subprocess. The time includes the
   interpreter, the embedded server's start and stop, the job and the JSON
   output (cli_path.py's command with n workers). ``job_s`` is the job's own
-  time from the CLI's summary line. The CPU seconds of its coordinator, its
+  time from the CLI's summary line; ``output_s`` (the result's JSON output)
+  and ``rest_s`` (interpreter, imports, server start and stop) come from the
+  line ``rainstorm -v run`` logs at its end. The CPU seconds of its coordinator, its
   workers together and its server come from /proc (proc_watch.Watch, every
   0.1 s); ``server_busy`` is the server's CPU over ``job_s``: the one
   thread every commit and fold goes through, so near 1 it caps the rate.
@@ -19,8 +21,8 @@ For each worker count n, on the same corpus:
 * ``pyspark``: PySpark ``local[n]`` (textFile, flatMap(str.split),
   reduceByKey, collect; experiments/spark_jobs.py). Its time leaves out the
   session's start, which goes in ``startup_s``. It runs only when a Python
-  with pyspark and a java are found (keys_grow.find_spark); otherwise one line
-  says why, and the rows are left out.
+  with pyspark and a java are found (keys_grow.find_spark) and ``--no-spark``
+  is not given; otherwise one line says why, and the rows are left out.
 
 There are two corpora:
 
@@ -35,7 +37,7 @@ otherwise).
 
     python experiments/scaling.py [--quick] [--mb 1000] [--workers 1,2,4,8,14]
         [--corpora real,generated] [--budget-s 0] [--spark-python PY] [--name scaling]
-        [--compress-state]
+        [--compress-state] [--no-spark]
     python experiments/scaling.py --plot-only experiments/results/scaling.csv
 
 ``--budget-s``: start no new measurement after that many seconds (0: no
@@ -66,7 +68,8 @@ from realtext import Unavailable, describe, real_corpus  # noqa: E402
 
 from rainstorm.samples import write_corpus  # noqa: E402
 
-FIELDS = ["corpus", "mb", "workers", "contender", "seconds", "mb_s", "job_s", "startup_s",
+FIELDS = ["corpus", "mb", "workers", "contender", "seconds", "mb_s", "job_s", "output_s",
+          "rest_s", "startup_s",
           "coordinator_cpu_s", "workers_cpu_s", "server_cpu_s", "server_busy",
           "distinct_words", "correct", "cores", "note"]
 RS, RS_ZSTD, POOL, SPARK = "rainstorm", "rainstorm-zstd", "pool", "pyspark"
@@ -120,8 +123,8 @@ def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str
     mb = sum(f.stat().st_size for f in files) / 1e6
     base = {"corpus": name, "mb": round(mb, 1), "distinct_words": len(truth),
             "cores": os.cpu_count(), "note": "",
-            **dict.fromkeys(["job_s", "startup_s", "coordinator_cpu_s", "workers_cpu_s",
-                             "server_cpu_s", "server_busy"], "")}
+            **dict.fromkeys(["job_s", "output_s", "rest_s", "startup_s", "coordinator_cpu_s",
+                             "workers_cpu_s", "server_cpu_s", "server_busy"], "")}
     for i, n in enumerate(workers):
         if time.monotonic() > deadline:
             print(f"{name}: budget spent, {n} workers and beyond not measured", flush=True)
@@ -135,10 +138,12 @@ def measure(name: str, files: list[Path], workers: list[int], truth: Counter[str
             row = dict(base, workers=n, contender=who)
             if who in (RS, RS_ZSTD):
                 cpu: dict[str, float] = {}
+                phases: dict[str, float] = {}
                 wall, job_s, res = run_cli(files, True, tmp, workers=n, cpu=cpu,
-                                           extra=ZSTD if who == RS_ZSTD else ())
+                                           extra=ZSTD if who == RS_ZSTD else (), phases=phases)
                 server = cpu.get("server", 0.0)
                 row.update(seconds=wall, job_s=round(job_s, 3),
+                           output_s=phases.get("output_s", ""), rest_s=phases.get("rest_s", ""),
                            coordinator_cpu_s=cpu.get("coordinator", ""),
                            workers_cpu_s=cpu.get("worker", ""), server_cpu_s=server,
                            server_busy=round(server / job_s, 3) if job_s > 0 else "")
@@ -233,6 +238,7 @@ def main() -> int:
     ap.add_argument("--corpora", default="real,generated")
     ap.add_argument("--budget-s", type=float, default=0.0)
     ap.add_argument("--spark-python", default=None)
+    ap.add_argument("--no-spark", action="store_true", help="leave PySpark out")
     ap.add_argument("--plot-only", type=Path, default=None)
     ap.add_argument("--name", default="scaling", help="results/NAME.csv and .png")
     ap.add_argument("--compress-state", action="store_true",
@@ -246,7 +252,8 @@ def main() -> int:
     deadline = t0 + a.budget_s if a.budget_s > 0 else float("inf")
     mb = 4.0 if a.quick else a.mb
     workers = [1, 2] if a.quick else [int(x) for x in a.workers.split(",")]
-    spark_py, why = (None, "--quick") if a.quick else find_spark(a.spark_python)
+    spark_py, why = (None, "--quick") if a.quick else (None, "--no-spark") if a.no_spark \
+        else find_spark(a.spark_python)
     if spark_py is None:
         print(f"pyspark left out: {why}")
     print(subprocess.run([*rainstorm_cmd(), "--version"], capture_output=True, text=True,

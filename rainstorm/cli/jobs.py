@@ -4,9 +4,13 @@ autoscale.  Each parses, calls one function, and prints."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,6 +28,8 @@ from rainstorm.cli.show import Null, print_result, progress_bar
 
 if TYPE_CHECKING:
     from rainstorm.local.run import RunOptions
+
+log = logging.getLogger(__name__)
 
 
 @click.command(context_settings={"allow_extra_args": True})  # script.py [ARGS]
@@ -126,13 +132,17 @@ def _run(cmd: RunCommand) -> None:
     stop_on_signals()
     bar = progress_bar() if cmd.progress and sys.stderr.isatty() else None
 
+    output_s = [0.0]
+
     def show_result(report: Any, _r: Any) -> None:  # while the server runs: streamed from it
+        t = time.perf_counter()
         if bar:
             bar[0].stop()
         print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
                      cmd.as_json)
         if cmd.output:  # (checked writable before the job ran; the spec's file sink is written)
             _write_output(cmd.output, report.result)
+        output_s[0] = time.perf_counter() - t
 
     opts = replace(cmd.options, on_progress=bar[1] if bar else None, autoscale=policy,
                    on_result=show_result)
@@ -141,6 +151,7 @@ def _run(cmd: RunCommand) -> None:
     who = f"autoscaled {cmd.autoscale} workers per stage" if cmd.autoscale \
         else f"{cmd.options.workers} workers"
     _summary(report, who)
+    _log_time(report.seconds, output_s[0])
     _check_complete(report.job_id, spec, report.status.dead_letters)
 
 
@@ -198,6 +209,27 @@ def _write_output(path: str, result: Any) -> None:
     except OSError as exc:
         raise fail(f"--output {path}: cannot write the result ({exc.strerror}); it "
                    "was printed above") from None
+
+
+def _log_time(job_s: float, output_s: float) -> None:
+    """With -v: where this process's time went, so the whole command can be
+    compared with the job alone (experiments/scaling.py reads this line)."""
+    age = _process_age_s()
+    if age is None or not log.isEnabledFor(logging.INFO):
+        return
+    log.info("time: %.2f s since the process started: the job %.2f s, the result's output "
+             "%.2f s, the rest %.2f s (interpreter, imports, server start and stop)",
+             age, job_s, output_s, max(age - job_s - output_s, 0.0))
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _summary(report: Any, who: str) -> None:

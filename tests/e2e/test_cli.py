@@ -50,6 +50,32 @@ def test_set_and_file_sink(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "settings.batch_entries" in bad.stderr
 
 
+def test_verbose_run_says_where_its_time_went(tmp_path: Path) -> None:
+    """`rainstorm -v run` ends with one line splitting the process's time into
+    the job, the result's output and the rest; the parts add up to the whole,
+    and the whole is no longer than this test measured from outside."""
+    import re
+    import time
+
+    f = tmp_path / "in.txt"
+    f.write_text("a b a\n" * 1000)
+    t = time.monotonic()
+    res = cli("-v", "run", str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f),
+              "--workers", "1", "--json")
+    outside = time.monotonic() - t
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"a": 2000, "b": 1000}
+    m = re.search(r"time: ([0-9.]+) s since the process started: the job ([0-9.]+) s, the "
+                  r"result's output ([0-9.]+) s, the rest ([0-9.]+) s", res.stderr)
+    assert m, res.stderr
+    total, job, output, rest = map(float, m.groups())
+    assert 0 < job < total <= outside + 0.05  # /proc's clock ticks are 10 ms
+    assert abs(job + output + rest - total) <= 0.02
+    quiet = cli("run", str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f),
+                "--workers", "1", "--json")
+    assert quiet.returncode == 0 and "time:" not in quiet.stderr
+
+
 def test_redis_sink_readable_with_redis_cli_commands(tmp_path: Path, url: str) -> None:
     import redis
 
