@@ -45,6 +45,7 @@ EXPERIMENTS = [
     pytest.param("latency_vs_spark", marks=SLOW),
     "scaling",
     "fcall_limits",
+    "state_reads",
 ]
 # results named apart from their script: name -> (script, its extra arguments)
 VARIANTS = {"latency_lookup": ("latency", ["--lookup"]),
