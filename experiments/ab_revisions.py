@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import positive_int  # noqa: E402
 from proc_watch import Watch  # noqa: E402
 from realtext import Unavailable, real_corpus  # noqa: E402
 
@@ -86,10 +87,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("base", help="the revision to compare with (e.g. a commit id)")
     ap.add_argument("--mb", type=float, default=50.0)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=positive_int, default=3)
+    ap.add_argument("--workers", type=positive_int, default=2)
     ap.add_argument("--name", default="ab_revisions", help="the CSV's name in results/")
     a = ap.parse_args()
+    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{a.base}^{{commit}}"],
+                           cwd=ROOT, capture_output=True, text=True, check=False)
+    if known.returncode != 0:
+        print(f"ab_revisions.py: {a.base!r} is not a revision of this repository",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="rainstorm-ab-") as tmp_s:
         tmp = Path(tmp_s)
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tmp / "base"), a.base],

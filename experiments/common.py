@@ -140,6 +140,17 @@ def pyplot() -> Any:
     return plt
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (one line naming it otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parser(doc: str | None, mb: float | None = None) -> argparse.ArgumentParser:
     """The options every experiment takes: --quick (for CI), --out, maybe --mb."""
     ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, corpus, finish, parser, pyplot, reference  # noqa: E402
+from common import ROOT, corpus, finish, parser, positive_int, pyplot, reference  # noqa: E402
 from realtext import real_corpus  # noqa: E402
 
 from rainstorm.local.server import EmbeddedRedis  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--corpus", choices=("generated", "real"), default="generated",
                     help="the generated corpus, or realtext.py's real English text")
-    ap.add_argument("--repeat", type=int, default=1,
+    ap.add_argument("--repeat", type=positive_int, default=1,
                     help="runs of each configuration, taking turns (adds median rows)")
     ap.add_argument("--compress-state", default="off",
                     help="off, on, or off,on: settings.compress_state (each run once per value)")

@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import finish, parser, pyplot  # noqa: E402
+from common import finish, parser, positive_int, pyplot  # noqa: E402
 
 from rainstorm import lua  # noqa: E402
 from rainstorm.local.server import EmbeddedRedis  # noqa: E402
@@ -75,11 +75,11 @@ def new_read(r: redis.Redis) -> tuple[bytes, list[bytes]]:
 
 def main() -> int:
     ap = parser(__doc__)
-    ap.add_argument("--reads", type=int, default=500)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--reads", type=positive_int, default=500)
+    ap.add_argument("--repeat", type=positive_int, default=3)
     ap.add_argument("--base-kb", type=float, default=170)
     ap.add_argument("--delta-kb", type=float, default=42)
-    ap.add_argument("--deltas", type=int, default=17)
+    ap.add_argument("--deltas", type=positive_int, default=17)
     a = ap.parse_args()
     reads, repeat = (50, 1) if a.quick else (a.reads, a.repeat)
     rows: list[dict[str, Any]] = []
