@@ -4,9 +4,11 @@
  * code does the work (tests/unit/test_native.py compares the two on random
  * and on crafted input).
  *
- * A columnar blob is the msgpack array [1, code, keys, values]: code "q"
- * (int64) or "d" (double), keys a str of the keys joined by NUL, values the
- * native-endian array bytes (array(code).tobytes()).
+ * A columnar blob is the msgpack array [1, code, keys, values]: code "d"
+ * (double) or an integer code, the narrowest that holds every value ("B",
+ * "H", "I" unsigned 8/16/32 bits, "b", "h", "i" signed, "q" int64:
+ * columnar.h's narrow_code), keys a str of the keys joined by NUL, values
+ * the native-endian array bytes (array(code).tobytes()).
  *
  *   cut(delta: dict, n: int) -> dict[int, bytes] | None
  *       A batch's delta cut into n state partitions by crc32(UTF-8 of the
@@ -19,7 +21,8 @@
  *       in, the way rainstorm.state.fold merges them (a blob merged into an
  *       empty state replaces, later ones add), as one columnar blob.  None
  *       unless every blob is b"" or a columnar blob in the usual encoding,
- *       well formed, all of one code, and no int64 sum overflows.
+ *       well formed, all integer codes or all "d", and no int64 sum
+ *       overflows.
  *
  * Blobs come from Redis, where anyone holding a password can write them:
  * every length is checked against the buffer before it is used, and the
@@ -122,9 +125,10 @@ static int parse(const char *blob, size_t n, Cols *c)
     memset(c, 0, sizeof *c);
     if (n == 0)
         return 1;
-    if (n < 4 || p[0] != 0x94 || p[1] != 0x01 || p[2] != 0xA1 || (p[3] != 'q' && p[3] != 'd'))
+    if (n < 4 || p[0] != 0x94 || p[1] != 0x01 || p[2] != 0xA1 || !code_size((char)p[3]))
         return 0;
     c->code = (char)p[3];
+    size_t item = code_size(c->code);
     p += 4;
     size_t klen;
     if (p >= end)
@@ -151,10 +155,10 @@ static int parse(const char *blob, size_t n, Cols *c)
         return 0;
     size_t vlen = be(p + 1, w);
     p += 1 + w;
-    if ((size_t)(end - p) != vlen || vlen % 8)
+    if ((size_t)(end - p) != vlen || vlen % item)
         return 0;
     c->vals = (const char *)p;
-    c->count = vlen / 8;
+    c->count = vlen / item;
     /* as many keys as values (a blob with no values has no keys) */
     size_t nkeys = 0;
     if (klen || c->count) {
@@ -230,9 +234,8 @@ static int merge(Table *t, const Cols *c)
         Entry *e = lookup(t, k, len, _Py_HashBytes(k, (Py_ssize_t)len), &fresh);
         if (e == NULL)
             return 0;
-        if (c->code == 'q') {
-            long long x;
-            memcpy(&x, c->vals + 8 * i, 8);
+        if (c->code != 'd') {
+            long long x = int_at(c->vals, i, c->code);
             if (fresh || replace)
                 e->v.q = x;
             else if (__builtin_add_overflow(e->v.q, x, &e->v.q))
@@ -278,17 +281,21 @@ static PyObject *fold(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     /* the blobs stay referenced by the list: no Python code runs in here */
     size_t total = 0;
-    char code = 0;
+    char code = 0; /* 'q': integers (of any code), 'd': doubles */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *b = PyList_GET_ITEM(blobs, i);
         if (!PyBytes_CheckExact(b) ||
-            !parse(PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), &cols[i]) ||
-            (cols[i].code && code && cols[i].code != code)) {
+            !parse(PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), &cols[i])) {
             PyMem_Free(cols);
             Py_RETURN_NONE;
         }
-        if (cols[i].code)
-            code = cols[i].code;
+        char kind = cols[i].code == 'd' ? 'd' : cols[i].code ? 'q' : 0;
+        if (kind && code && kind != code) {
+            PyMem_Free(cols);
+            Py_RETURN_NONE;
+        }
+        if (kind)
+            code = kind;
         total += cols[i].count;
     }
     Table t = {0};

@@ -116,18 +116,94 @@ static inline size_t bin_header(unsigned char *h, size_t n)
     return 5;
 }
 
-/* [1, code, keys, values] as bytes; Py_None (a new reference) when a part is
- * too large for msgpack */
+/* -- value typecodes ------------------------------------------------------ */
+
+/* The bytes of one value of an array typecode a columnar blob may carry (0:
+ * not one).  Integers travel in the narrowest code that holds every value of
+ * the blob: B/H/I (unsigned 8/16/32 bits) when none is negative, else
+ * b/h/i (signed), else q (int64); d is a double.  The sizes are those of
+ * Python's array module on every platform rainstorm builds for. */
+static inline size_t code_size(char code)
+{
+    switch (code) {
+    case 'b': case 'B': return 1;
+    case 'h': case 'H': return 2;
+    case 'i': case 'I': return 4;
+    case 'q': case 'd': return 8;
+    default: return 0;
+    }
+}
+
+/* value i of an integer column of code ``code`` (not 'd') */
+static inline long long int_at(const char *vals, size_t i, char code)
+{
+    switch (code) {
+    case 'b': { int8_t x; memcpy(&x, vals + i, 1); return x; }
+    case 'B': { uint8_t x; memcpy(&x, vals + i, 1); return x; }
+    case 'h': { int16_t x; memcpy(&x, vals + 2 * i, 2); return x; }
+    case 'H': { uint16_t x; memcpy(&x, vals + 2 * i, 2); return x; }
+    case 'i': { int32_t x; memcpy(&x, vals + 4 * i, 4); return x; }
+    case 'I': { uint32_t x; memcpy(&x, vals + 4 * i, 4); return x; }
+    default: { long long x; memcpy(&x, vals + 8 * i, 8); return x; }
+    }
+}
+
+/* the narrowest integer code holding the n int64 values at vals (as
+ * rainstorm.operators.aggregates._int_code chooses) */
+static inline char narrow_code(const char *vals, size_t n)
+{
+    if (n == 0)
+        return 'q';
+    long long lo = int_at(vals, 0, 'q'), hi = lo;
+    for (size_t i = 1; i < n; i++) {
+        long long x = int_at(vals, i, 'q');
+        if (x < lo)
+            lo = x;
+        if (x > hi)
+            hi = x;
+    }
+    if (lo >= 0)
+        return hi < 256 ? 'B' : hi < 65536 ? 'H' : hi <= (long long)UINT32_MAX ? 'I' : 'q';
+    if (lo >= INT8_MIN && hi <= INT8_MAX)
+        return 'b';
+    if (lo >= INT16_MIN && hi <= INT16_MAX)
+        return 'h';
+    return lo >= INT32_MIN && hi <= INT32_MAX ? 'i' : 'q';
+}
+
+/* the n int64 values at vals written in code ``code`` (each fits) */
+static inline void narrow_into(char *dst, const char *vals, size_t n, char code)
+{
+    for (size_t i = 0; i < n; i++) {
+        long long x = int_at(vals, i, 'q');
+        switch (code) {
+        case 'b': { int8_t y = (int8_t)x; memcpy(dst + i, &y, 1); break; }
+        case 'B': { uint8_t y = (uint8_t)x; memcpy(dst + i, &y, 1); break; }
+        case 'h': { int16_t y = (int16_t)x; memcpy(dst + 2 * i, &y, 2); break; }
+        case 'H': { uint16_t y = (uint16_t)x; memcpy(dst + 2 * i, &y, 2); break; }
+        case 'i': { int32_t y = (int32_t)x; memcpy(dst + 4 * i, &y, 4); break; }
+        case 'I': { uint32_t y = (uint32_t)x; memcpy(dst + 4 * i, &y, 4); break; }
+        default: memcpy(dst + 8 * i, &x, 8);
+        }
+    }
+}
+
+/* [1, code, keys, values] as bytes, from values given as 8 bytes each
+ * (int64 for code 'q', which is then narrowed, or double for 'd'); Py_None
+ * (a new reference) when a part is too large for msgpack */
 static inline PyObject *columnar_blob(char code, const char *keys, size_t keys_len,
                                const char *vals, size_t vals_len)
 {
-    if (keys_len > MAX_RAW || vals_len > MAX_RAW)
+    size_t n = vals_len / 8;
+    char out_code = code == 'q' ? narrow_code(vals, n) : code;
+    size_t out_len = n * code_size(out_code);
+    if (keys_len > MAX_RAW || out_len > MAX_RAW)
         Py_RETURN_NONE;
-    unsigned char head[4] = {0x94, 0x01, 0xA1, (unsigned char)code};
+    unsigned char head[4] = {0x94, 0x01, 0xA1, (unsigned char)out_code};
     unsigned char sh[5], bh[5];
-    size_t sn = str_header(sh, keys_len), bn = bin_header(bh, vals_len);
+    size_t sn = str_header(sh, keys_len), bn = bin_header(bh, out_len);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 + sn + keys_len + bn +
-                                                                 vals_len));
+                                                                 out_len));
     if (out == NULL)
         return NULL;
     char *w = PyBytes_AS_STRING(out);
@@ -140,8 +216,12 @@ static inline PyObject *columnar_blob(char code, const char *keys, size_t keys_l
     w += keys_len;
     memcpy(w, bh, bn);
     w += bn;
-    if (vals_len)
-        memcpy(w, vals, vals_len);
+    if (out_code == code) {
+        if (vals_len)
+            memcpy(w, vals, vals_len);
+    } else {
+        narrow_into(w, vals, n, out_code);
+    }
     return out;
 }
 

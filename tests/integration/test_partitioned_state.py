@@ -652,11 +652,11 @@ def test_a_compressed_wordcount_is_exact_and_its_bases_are_compressed(r: redis.R
 
 
 def msgpack_pairs(plain: bytes) -> dict[str, int]:
-    """A columnar count blob ([1, "q", keys joined by NUL, int64 values]) read
-    with msgpack and array here."""
+    """A columnar count blob ([1, code, keys joined by NUL, values as array
+    bytes of an integer code]) read with msgpack and array here."""
     tag, code, joined, values = msgpack.unpackb(plain, raw=False)
-    assert (tag, code) == (1, "q")
-    nums = array("q")
+    assert tag == 1 and code in "bBhHiIq"
+    nums = array(code)
     nums.frombytes(values)
     return dict(zip(joined.split("\0"), nums, strict=True))
 

@@ -161,6 +161,62 @@ def test_fold_leaves_to_python_what_is_not_plain_columnar(blobs: list[bytes]) ->
     assert native.fold(blobs) is None
 
 
+# (the smallest and largest value of a pair) -> the code both sides choose
+WIDTHS = [((0, 255), "B"), ((0, 256), "H"), ((1, 65535), "H"), ((1, 65536), "I"),
+          ((0, 2**32 - 1), "I"), ((0, 2**32), "q"), ((-128, 127), "b"), ((-129, 0), "h"),
+          ((-1, 128), "h"), ((-32768, 32767), "h"), ((-32769, 1), "i"), ((-1, 32768), "i"),
+          ((-(2**31), 2**31 - 1), "i"), ((-(2**31) - 1, 0), "q"), ((-1, 2**31), "q"),
+          ((-(2**63), 2**63 - 1), "q")]
+
+
+def test_the_array_module_has_the_sizes_the_native_code_writes() -> None:
+    from array import array
+
+    sizes = {code: array(code).itemsize for code in "bBhHiIqd"}
+    assert sizes == {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "q": 8, "d": 8}
+
+
+@pytest.mark.parametrize(("bounds", "code"), WIDTHS, ids=lambda x: repr(x))
+def test_ints_travel_in_the_narrowest_code_on_both_sides(bounds: tuple[int, int],
+                                                         code: str) -> None:
+    delta = {"lo": bounds[0], "hi": bounds[1], "mid": 0 if bounds[0] <= 0 else bounds[0]}
+    enc = aggregates.encode(delta, SUM)
+    msg = msgpack.unpackb(enc, raw=False)
+    assert msg[1] == code and len(msg[3]) == 3 * {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4,
+                                                   "I": 4, "q": 8}[code]
+    assert aggregates.checked(enc, SUM) == delta
+    assert native.cut is not None and native.fold is not None
+    assert native.cut(delta, 3) == python_split(delta, 3)
+    assert native.fold([b"", enc]) == python_fold([b"", enc]) == enc
+
+
+def test_blobs_of_different_int_codes_fold_together_into_a_wider_one() -> None:
+    """255 + 1 no longer fits a byte: the folded base is wider than every blob."""
+    blobs = [blob(["a", "b"], [255, 3]), blob(["a"], [1]), blob(["b", "c"], [-2, 70000]),
+             blob(["c"], [2**40])]
+    assert [msgpack.unpackb(b)[1] for b in blobs] == ["B", "B", "i", "q"]
+    assert native.fold is not None
+    got = native.fold(blobs)
+    assert got is not None and got == python_fold(blobs)
+    assert aggregates.decode(got) == {"a": 256, "b": 1, "c": 70000 + 2**40}
+    small = native.fold([blob(["a"], [255]), blob(["a"], [1])])
+    assert small is not None and msgpack.unpackb(small)[1] == "H"
+
+
+@pytest.mark.parametrize("crafted", [
+    msgpack.packb([1, "H", "a\x00b", b"\x00" * 3], use_bin_type=True),  # not whole values
+    msgpack.packb([1, "I", "a", b"\x00" * 2], use_bin_type=True),
+    msgpack.packb([1, "f", "a", b"\x00" * 4], use_bin_type=True),  # float32: not ours
+    msgpack.packb([1, "u", "a", b"\x00" * 4], use_bin_type=True),  # unicode: not ours
+    msgpack.packb([1, "B", "a\x00b", b"\x01"], use_bin_type=True),  # 2 keys, 1 value
+], ids=repr)
+def test_crafted_narrow_blobs_are_refused_by_both_sides(crafted: bytes) -> None:
+    assert native.fold is not None
+    assert native.fold([b"", crafted]) is None
+    with pytest.raises(BadDelta):
+        aggregates.checked(crafted, SUM)
+
+
 def mangle(rng: random.Random, data: bytes) -> bytes:
     b = bytearray(data)
     for _ in range(rng.randint(1, 3)):
