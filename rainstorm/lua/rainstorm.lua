@@ -37,9 +37,12 @@
 --     delta-log entries it folds into the base (compact); never MAXLEN or
 --     XTRIM, so pending entries are never lost.
 
--- LIB_VERSION changes whenever a function's KEYS, ARGV or replies change;
--- every client checks it (rainstorm_version) before its first call and
--- refuses another version with one line naming both.
+-- LIB_VERSION changes whenever a function's KEYS, ARGV or replies change,
+-- or what workers write for each other to read (a state blob's encoding:
+-- version 9 also brought ints in their narrowest array type, which version
+-- 8 workers would dead-letter as malformed); every client checks it
+-- (rainstorm_version) before its first call and refuses another version
+-- with one line naming both, so workers of two versions never share a job.
 local LIB_VERSION = '9'
 
 -- Caps (plain integers: Python parses them).  Far above what rainstorm sends
