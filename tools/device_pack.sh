@@ -14,7 +14,10 @@
 #   tar -C experiments/data/realtext -xJf .devcarry/distinct.tar.xz
 #   export PYTHONPATH=/tmp/d312:$PWD
 #   python3 setup.py -q build_ext --inplace    # the native code, for its Python
-#   python3 experiments/scaling.py --mb 1000 --budget-s 330 --out $OUT
+#   python3 experiments/scaling.py --mb 1000 --budget-s 330 --no-spark --out $OUT
+#
+# (its output_s / rest_s columns, from `rainstorm -v run`'s last line, say
+# where the whole command's time outside the job went)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
