@@ -355,7 +355,8 @@ def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = No
     rainstorm_compact deletes from a log, and every compaction moves the
     version, so an unchanged version proves the view is one consistent
     state; a moved one repeats the read.  (Through Lua, every byte was
-    copied into Lua strings first: 3-4x the server's CPU of these reads.)"""
+    copied into Lua strings first: 2-4x the server's CPU of these reads,
+    experiments/state_reads.py.)"""
     page = min(max_deltas or LIMITS.compact_ids, LIMITS.compact_ids)
     for _ in range(SNAPSHOT_TRIES):
         pipe = r.pipeline(transaction=False)
