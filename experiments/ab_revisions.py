@@ -5,12 +5,13 @@
 
 Checks BASE_REV out into a temporary git worktree and runs, alternating,
 that revision's and this checkout's ``rainstorm run examples/wordcount.yaml
---input DIR --workers N --json > file`` (embedded server start, the job and
+--input 'DIR/*.txt' --workers N --json > file`` (embedded server start, the job and
 the JSON output included) on a generated corpus and on real English text
 (realtext.py's corpus; where its Debian packages cannot be fetched, the
 docs and Python sources of this machine).  Both use this checkout's virtual
 environment.  The CPU seconds of each role (coordinator, workers, server)
-are read from /proc while it runs (proc_watch.Watch, every 0.05 s).
+are read from /proc while it runs (cli_path.run_cli's proc_watch.Watch,
+every 0.05 s).
 Results must be equal (exit 1 otherwise).  Writes
 experiments/results/NAME.csv (default ab_revisions.csv) and prints, per corpus, the median
 wall time and server CPU of each side and their ratios.
@@ -21,20 +22,22 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_path import run_cli  # noqa: E402
 from common import positive_int  # noqa: E402
-from proc_watch import Watch  # noqa: E402
 from realtext import Unavailable, real_corpus  # noqa: E402
+
+from rainstorm.samples import write_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "experiments" / "results"
@@ -61,26 +64,6 @@ def real_text(dest: Path, limit: int) -> None:
                 except (OSError, EOFError, gzip.BadGzipFile):
                     continue
                 out.write(data[: limit - out.tell()])
-
-
-def run(pythonpath: Path, inputs: Path, out: Path, workers: int
-        ) -> tuple[float, dict[str, float]]:
-    """(wall seconds, CPU seconds per role) of one `rainstorm run`."""
-    env = dict(os.environ, PYTHONPATH=str(pythonpath))
-    t0 = time.perf_counter()
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "rainstorm", "run",
-                                 str(ROOT / "examples" / "wordcount.yaml"), "--input",
-                                 str(inputs), "--workers", str(workers), "--json"],
-                                stdout=fh, stderr=subprocess.DEVNULL, env=env, cwd=out.parent)
-        watch = Watch(proc.pid, period_s=0.05)
-        try:
-            rc = proc.wait(timeout=900)
-        finally:
-            watch.stop()
-    if rc != 0:
-        raise RuntimeError(f"rainstorm run under {pythonpath} exited {rc}")
-    return time.perf_counter() - t0, watch.cpu_s()
 
 
 def main() -> int:
@@ -122,34 +105,42 @@ def build_native(tree: Path) -> None:
     print(f"{tree.name}: {probe.stdout.strip()}", file=sys.stderr)
 
 
-def real_inputs(tmp: Path, mb: float) -> Path:
-    """A glob over ``mb`` MB of real text: realtext.py's, else this machine's docs."""
+def real_inputs(tmp: Path, mb: float) -> list[Path]:
+    """``mb`` MB of real text: realtext.py's, else this machine's docs."""
     try:
-        return real_corpus(mb)[0].parent / "*.txt"
+        return real_corpus(mb)
     except Unavailable as exc:
         print(f"realtext.py's corpus is unavailable ({exc}): using this machine's docs",
               file=sys.stderr)
         (tmp / "real").mkdir()
         real_text(tmp / "real" / "text.txt", int(mb * 1e6))
-        return tmp / "real"
+        return [tmp / "real" / "text.txt"]
+
+
+def run(pythonpath: Path, files: list[Path], tmp: Path, workers: int
+        ) -> tuple[float, dict[str, float], Counter[str]]:
+    """(wall seconds, CPU seconds per role, result) of one `rainstorm run`
+    of the tree at ``pythonpath`` (cli_path.run_cli)."""
+    cpu: dict[str, float] = {}
+    wall, job_s, result = run_cli(files, True, tmp, workers=workers, cpu=cpu,
+                                  pythonpath=pythonpath, watch_period_s=0.05)
+    if math.isnan(job_s):
+        raise RuntimeError(f"rainstorm run under {pythonpath} failed")
+    return wall, cpu, result
 
 
 def compare(tmp: Path, base: str, mb: float, repeat: int, workers: int,
             name_: str) -> int:
-    corpora = {"generated": tmp / "gen", "real": real_inputs(tmp, mb)}
-    subprocess.run([sys.executable, "-m", "rainstorm.samples", "--mb", str(mb), "--out",
-                    str(corpora["generated"])], check=True, stdout=subprocess.DEVNULL)
+    corpora = {"generated": write_corpus(tmp / "gen", mb), "real": real_inputs(tmp, mb)}
     sides = {base: tmp / "base", "this checkout": ROOT}
     rows: list[dict[str, Any]] = []
     ok = True
     for rep in range(repeat):
-        for name, path in corpora.items():
+        for name, files in corpora.items():
             results = {}
             order = list(sides.items()) if rep % 2 == 0 else list(sides.items())[::-1]
             for side, code in order:
-                out = tmp / f"out-{rep}.json"
-                secs, cpu = run(code, path, out, workers)
-                results[side] = json.loads(out.read_text())
+                secs, cpu, results[side] = run(code, files, tmp, workers)
                 rows.append({"repeat": rep, "corpus": name, "mb": mb, "workers": workers,
                              "revision": side, "seconds": round(secs, 3),
                              **{f"{role}_cpu_s": cpu.get(role, 0.0) for role in ROLES}})

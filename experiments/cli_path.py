@@ -123,24 +123,30 @@ def pool_chunks(files: list[Path]) -> tuple[Counter[str], float]:
 
 def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
             workers: int = 2, cpu: dict[str, float] | None = None,
-            extra: tuple[str, ...] = (), phases: dict[str, float] | None = None
+            extra: tuple[str, ...] = (), phases: dict[str, float] | None = None,
+            pythonpath: Path | None = None, watch_period_s: float = 0.1
             ) -> tuple[float, float, Counter[str]]:
     """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`;
     ``python``: with the native code turned off (RAINSTORM_NATIVE=0); ``cpu``:
     filled with the CPU seconds of each role's processes (proc_watch.Watch,
-    sampled every 0.1 s); ``extra``: more arguments (``--set k=v``); ``phases``:
-    run with -v and filled with ``output_s`` and ``rest_s`` from the line it
-    logs at its end (the result's output; interpreter, imports, server)."""
+    sampled every ``watch_period_s``); ``extra``: more arguments (``--set
+    k=v``); ``phases``: run with -v and filled with ``output_s`` and
+    ``rest_s`` from the line it logs at its end (the result's output;
+    interpreter, imports, server); ``pythonpath``: the rainstorm of that tree
+    (``python -m rainstorm`` with PYTHONPATH set: ab_revisions.py)."""
     out = tmp / "out.json"
     verbose = ["-v"] if phases is not None else []
-    args = [*rainstorm_cmd(), *verbose, "run", str(ROOT / "examples" / "wordcount.yaml"),
+    cmd = [sys.executable, "-m", "rainstorm"] if pythonpath else rainstorm_cmd()
+    args = [*cmd, *verbose, "run", str(ROOT / "examples" / "wordcount.yaml"),
             "--input", str(files[0].parent / "*.txt"), "--workers", str(workers), *extra]
+    env = dict(os.environ, RAINSTORM_NATIVE="0" if python else "1")
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
     t = time.perf_counter()
     with open(out if as_json else os.devnull, "wb") as fh:
         proc = subprocess.Popen([*args, "--json"] if as_json else args, stdout=fh,
-                                stderr=subprocess.PIPE, cwd=tmp,
-                                env=dict(os.environ, RAINSTORM_NATIVE="0" if python else "1"))
-        watch = Watch(proc.pid, period_s=0.1) if cpu is not None else None
+                                stderr=subprocess.PIPE, cwd=tmp, env=env)
+        watch = Watch(proc.pid, period_s=watch_period_s) if cpu is not None else None
         try:
             _, raw = proc.communicate(timeout=1200)
         finally:
