@@ -137,10 +137,15 @@ local function id_parts(id)
   return tonumber(ms), tonumber(seq)
 end
 
+-- (ms, seq) before (ms, seq)?
+local function parts_less(am, as, bm, bs)
+  return am < bm or (am == bm and as < bs)
+end
+
 local function id_less(a, b)
   local am, as = id_parts(a)
   local bm, bs = id_parts(b)
-  return am < bm or (am == bm and as < bs)
+  return parts_less(am, as, bm, bs)
 end
 
 -- The input ids of a commit grouped by their stream (ids checked well-formed).
@@ -591,12 +596,16 @@ local function compact(keys, args)
   local version = tonumber(redis.call('HGET', base, 'v') or '0')
   if version ~= expected then return {'conflict', 'version'} end
   if #args > ibase then
-    -- ascending, and the first and last still in the log (O(1) reads)
+    -- ascending (each id parsed once), and the first and last still in the
+    -- log (O(1) reads)
+    local pm, ps
     for i = ibase + 1, #args do
-      if not id_parts(args[i]) then error(fn .. ': not a stream id: ' .. args[i]) end
-      if i > ibase + 1 and not id_less(args[i - 1], args[i]) then
+      local m, q = id_parts(args[i])
+      if not m then error(fn .. ': not a stream id: ' .. args[i]) end
+      if pm and not parts_less(pm, ps, m, q) then
         error(fn .. ': ids not ascending')
       end
+      pm, ps = m, q
     end
     for _, id in ipairs({args[ibase + 1], args[#args]}) do
       if #redis.call('XRANGE', log, id, id) == 0 then return {'conflict', 'missing'} end
