@@ -236,8 +236,9 @@ def _folded(job: Job, part: Part, snap: lua.Snapshot, agg: Aggregator,
     folded, the entries ``closer`` emits, the bad deltas (id: why); None
     when there is nothing to do.  Native code folds an additive aggregate's
     columnar blobs where it can (:func:`aggregates.native_fold`)."""
-    blob = None if closer or not snap.log_ids else \
-        aggregates.native_fold(snap.base, list(snap.deltas), agg)
+    if not snap.log_ids and closer is None:  # folded by another meanwhile: the base
+        return None                          # is not even decoded
+    blob = None if closer else aggregates.native_fold(snap.base, list(snap.deltas), agg)
     if blob is not None:
         return _packed(job, blob), list(snap.log_ids), [], {}
     bad: dict[str, str] = {}
@@ -257,14 +258,18 @@ def _folded(job: Job, part: Part, snap: lua.Snapshot, agg: Aggregator,
 
 
 def fold_due(r: redis.Redis, job: Job, due: Iterable[int], stage: int, agg: Aggregator,
-             holder: str, closer: Closer | None = None) -> int:
+             holder: str, closer: Closer | None = None, recheck: bool = False) -> int:
     """Fold the partitions ``due`` (indices: those a commit reported due),
     each under its lease (one another folder holds is left to it); ``agg``:
     the worker's own aggregator (its functions resolved under the worker's
-    allowlist).  Returns how many were folded."""
+    allowlist).  ``recheck``: first skip, by its length alone, a log that
+    another folder emptied since ``due`` was listed.  Returns how many were
+    folded."""
     done = 0
     for index in due:
         part = Part(job.id, stage, index)
+        if recheck and not r.xlen(part.log):
+            continue
         lease = Lease(r, part.lease, holder)
         if not lease.acquire():
             continue
@@ -300,9 +305,9 @@ def fold_lagging(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: 
     n = partitions(job)
     start = 0 if not job.spec.unbounded else random.randrange(n)
     order = [*range(start, n), *range(start)]
-    done = fold_due(r, job, _lagging(r, job, stage, order), stage, agg, holder, closer)
+    done = fold_due(r, job, _lagging(r, job, stage, order), stage, agg, holder, closer, True)
     again = _lagging(r, job, stage, order)  # skipped under another's lease, or logged since
-    return done + fold_due(r, job, again, stage, agg, holder, closer)
+    return done + fold_due(r, job, again, stage, agg, holder, closer, True)
 
 
 class _Helpers:

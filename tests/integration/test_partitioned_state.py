@@ -444,6 +444,44 @@ def test_finalize_reads_while_workers_fold_and_folds_only_what_they_leave(
 
 
 
+def test_a_folder_behind_another_reads_no_base_the_other_folded(r: redis.Redis) -> None:
+    """At a batch job's end idle workers walk the lagging partitions in the
+    same order.  One that lists them, and then finds them folded by another
+    meanwhile, skips each by its log's length: no lease, no base read (it
+    used to read and decode every base on its list, and so never caught up
+    with the one ahead)."""
+    parts = 6
+    run = Running(r, parts)
+    expected = run.commit_unfolded(6, 12, 20)
+    listed = [p for p in range(parts) if r.xlen(run.part(p).log)]
+    assert len(listed) == parts
+    ahead = state.fold_due(r, run.job, listed, 0, run.agg, holder_id("worker"), recheck=True)
+    assert ahead == parts
+    r.config_resetstat()
+    behind = state.fold_due(r, run.job, listed, 0, run.agg, holder_id("worker"), recheck=True)
+    assert behind == 0
+    calls = {name.removeprefix("cmdstat_"): v["calls"]
+             for name, v in r.info("commandstats").items()}
+    assert calls.get("xlen") == parts
+    assert not {"hmget", "hget", "xrange", "set", "fcall"} & calls.keys(), calls
+    total: Counter[str] = Counter()
+    for p in range(parts):
+        total.update(run.base(p))
+    assert total == expected
+
+
+def test_folding_an_empty_log_does_not_decode_the_base(r: redis.Redis) -> None:
+    """A partition folded meanwhile (its log empty) is nothing to do: its
+    base is not decoded (a corrupt one is the coordinator's to find when it
+    reads the result; test_finalize_... covers that path)."""
+    run = Running(r, 2)
+    run.commit({"a": 1, "b": 2}, lua.FoldRule(entries=4096, bytes=1 << 30))
+    p = next(p for p in range(2) if r.xlen(run.part(p).log))
+    assert run.fold(p) is lua.CompactStatus.OK
+    r.hset(run.part(p).base, "d", b"\xc1 not a blob")
+    assert run.fold(p) is None
+
+
 def test_finalize_without_workers_folds_itself(r: redis.Redis,
                                                caplog: pytest.LogCaptureFixture) -> None:
     run = Running(r, 4)
