@@ -124,7 +124,8 @@ def pool_chunks(files: list[Path]) -> tuple[Counter[str], float]:
 def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
             workers: int = 2, cpu: dict[str, float] | None = None,
             extra: tuple[str, ...] = (), phases: dict[str, float] | None = None,
-            pythonpath: Path | None = None, watch_period_s: float = 0.1
+            pythonpath: Path | None = None, watch_period_s: float = 0.1,
+            rss: dict[str, float] | None = None, also_watch: tuple[int, ...] = ()
             ) -> tuple[float, float, Counter[str]]:
     """(wall seconds, the job's own seconds, result or empty) of one `rainstorm run`;
     ``python``: with the native code turned off (RAINSTORM_NATIVE=0); ``cpu``:
@@ -133,7 +134,10 @@ def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
     k=v``); ``phases``: run with -v and filled with ``output_s`` and
     ``rest_s`` from the line it logs at its end (the result's output;
     interpreter, imports, server); ``pythonpath``: the rainstorm of that tree
-    (``python -m rainstorm`` with PYTHONPATH set: ab_revisions.py)."""
+    (``python -m rainstorm`` with PYTHONPATH set: ab_revisions.py); ``rss``:
+    filled with the peak RSS (MB) of each process watched, the command's and
+    ``also_watch``'s (a server of its own: high_cardinality.py).  A failed
+    run prints its error and gives NaN as the job's seconds and an empty result."""
     out = tmp / "out.json"
     verbose = ["-v"] if phases is not None else []
     cmd = [sys.executable, "-m", "rainstorm"] if pythonpath else rainstorm_cmd()
@@ -146,13 +150,17 @@ def run_cli(files: list[Path], as_json: bool, tmp: Path, python: bool = False,
     with open(out if as_json else os.devnull, "wb") as fh:
         proc = subprocess.Popen([*args, "--json"] if as_json else args, stdout=fh,
                                 stderr=subprocess.PIPE, cwd=tmp, env=env)
-        watch = Watch(proc.pid, period_s=watch_period_s) if cpu is not None else None
+        watch = Watch(proc.pid, also_watch, period_s=watch_period_s) \
+            if cpu is not None or rss is not None else None
         try:
-            _, raw = proc.communicate(timeout=1200)
+            _, raw = proc.communicate(timeout=1800)
         finally:
-            if watch is not None and cpu is not None:
-                watch.stop()
-                cpu.update(watch.cpu_s())
+            if watch is not None:
+                peaks = watch.stop()
+                if rss is not None:
+                    rss.update(peaks)
+                if cpu is not None:
+                    cpu.update(watch.cpu_s())
     wall = time.perf_counter() - t
     err = raw.decode(errors="replace")
     if proc.returncode != 0:

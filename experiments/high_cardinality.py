@@ -39,11 +39,10 @@ issue 12's targets.  Writes experiments/results/high_cardinality.csv and .png.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,9 +53,9 @@ from typing import Any
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_path import pool_share, rainstorm_cmd  # noqa: E402
-from common import ROOT, finish, parser, pyplot, reference  # noqa: E402
-from proc_watch import Watch  # noqa: E402
+from cli_path import pool_share  # noqa: E402
+from cli_path import run_cli as cli_run  # noqa: E402
+from common import finish, parser, pyplot, reference  # noqa: E402
 
 from rainstorm.local.server import EmbeddedRedis  # noqa: E402
 
@@ -87,30 +86,15 @@ def id_corpus(mb: float, files: int = 4, seed: int = 7) -> list[Path]:
 
 def run_cli(files: list[Path], tmp: Path, url: str | None, server_pid: int | None,
             job: str, python: bool = False
-            ) -> tuple[float, dict[str, float], dict[str, int] | None]:
+            ) -> tuple[float, dict[str, float], Counter[str] | None]:
     """(wall seconds, peak RSS MB per process, result or None) of one `rainstorm
-    run`; ``python``: with RAINSTORM_NATIVE=0."""
-    out = tmp / "out.json"
-    args = [*rainstorm_cmd(), "run", str(ROOT / "examples" / "wordcount.yaml"),
-            "--input", str(files[0].parent / "*.txt"), "--workers", "2", "--json",
-            "--job", job]
-    if url:
-        args += ["--redis", url, "--set", "source.transport=split"]
-    t = time.perf_counter()
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.PIPE, cwd=tmp,
-                                env=dict(os.environ, RAINSTORM_NATIVE="0" if python else "1"))
-        watch = Watch(proc.pid, (server_pid,) if server_pid else ())
-        _, err = proc.communicate(timeout=1800)
-    wall = time.perf_counter() - t
-    rss = watch.stop()
-    if proc.returncode != 0:
-        print(f"{' '.join(args[1:3])} failed (exit {proc.returncode}): "
-              f"{err.decode(errors='replace').strip()[-400:]}", file=sys.stderr)
-        return wall, rss, None
-    result: dict[str, int] = json.loads(out.read_bytes())
-    out.unlink()
-    return wall, rss, result
+    run` (cli_path.run_cli); ``python``: with RAINSTORM_NATIVE=0."""
+    extra = ("--job", job) + (("--redis", url, "--set", "source.transport=split") if url else ())
+    rss: dict[str, float] = {}
+    wall, job_s, result = cli_run(files, True, tmp, python=python, extra=extra, rss=rss,
+                                  also_watch=(server_pid,) if server_pid else (),
+                                  watch_period_s=0.02)
+    return wall, rss, None if math.isnan(job_s) else result
 
 
 def server_facts(url: str, job: str) -> dict[str, Any]:
