@@ -679,7 +679,7 @@ class Dataset:
         if parts:
             self._save_parts(path, _json_line, run)
             return
-        from rainstorm.coordinator.result import atomic_file
+        from rainstorm.coordinator.outputs import atomic_file
 
         target = str(Path(path).resolve())
         if self._p.sort is not None:

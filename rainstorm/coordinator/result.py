@@ -16,11 +16,8 @@ import json
 import logging
 import math
 import operator
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import compress, repeat
 from pathlib import Path
@@ -31,6 +28,7 @@ import redis
 
 from rainstorm import keys
 from rainstorm.coordinator import json_pool, seal
+from rainstorm.coordinator.outputs import atomic_file
 from rainstorm.errors import IncompleteResult, RainstormError
 from rainstorm.job import Job, JobState, decode_records
 from rainstorm.jobstore import load_job
@@ -469,30 +467,6 @@ def _ranked(items: list[tuple[str, Any]], n: int) -> list[tuple[str, Any]]:
         cut = heapq.nlargest(n, (v for _, v in items))[-1]
         items = [kv for kv in items if kv[1] >= cut]
     return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:n]
-
-
-def write_atomically(path: str | Path, text: str) -> None:
-    """Write a file so that a killed run never leaves a half-written one."""
-    with atomic_file(path) as fh:
-        fh.write(text)
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[IO[str]]:
-    """A text file written under a temporary name and renamed into place
-    (after fsync) when the block ends; removed if the block raises."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

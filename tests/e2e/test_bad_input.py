@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -89,6 +90,16 @@ def test_output_file_is_written_atomically(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert json.loads(out.read_text()) == {"a": 1, "b": 2}
     assert [p.name for p in out.parent.iterdir()] == ["out.json"]
+    # the mode open() gives a new file (it was mkstemp's 0600), and a file
+    # written over keeps its own
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    out.chmod(0o640)
+    res = cli("run", str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f),
+              "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
 
 
 def test_old_server_is_refused(tmp_path: Path) -> None:
