@@ -54,6 +54,8 @@ WATCH_EVERY_S = 0.1  # once everything is loaded, the job's status is read this 
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
 LATE_TRIM_EVERY_S = 1.0  # a streaming job's late stream is trimmed this often
 REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
+NO_WORKER_WARN_S = 10.0  # no live worker could serve the job this long: say so, once
+WORKER_LOOK_EVERY_S = 2.0  # how often the workers' heartbeats are read for that
 # the modules a reduce_by_key function may come from: any, since the job's
 # spec came from the coordinator's own user (workers have their allowlist)
 ALLOW_ALL = ("*",)
@@ -96,6 +98,8 @@ class Driver:
         self.outages = 0
         self._outage_since: float | None = None
         self.nap = True  # wait between looks once loaded (a graph's runner waits instead)
+        # in-process workers (rainstorm.testing take turns in on_step) send no heartbeat
+        self.workers = None if on_step else WorkerWatch(r, job.id)
 
     def run(self) -> Result:
         """Drive the job to its end; any failure marks it failed (JobFailed)."""
@@ -170,6 +174,8 @@ class Driver:
             return self._finish(status)
         if self.check:
             self.check()
+        if self.workers:
+            self.workers.look(now)
         check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost
         self._check_deadline(now)
         if self.loaded and self.nap:  # nothing to load: only watch (each look costs calls)
@@ -321,3 +327,36 @@ def fail(r: redis.Redis, job: Job, reason: str) -> None:
         mark_failed(r, job.id, reason)
     except redis.RedisError as exc:
         log.warning("could not mark job %s failed: %s", job.id, exc)
+
+
+class WorkerWatch:
+    """Says when no live worker could serve a job (none alive, or all pinned
+    to other jobs) for NO_WORKER_WARN_S: a `rainstorm submit` with no
+    `rainstorm worker` running waits for one, and should say so rather than
+    wait in silence (Spark's "Initial job has not accepted any resources").
+    Once per stretch without one; a line again when one comes."""
+
+    def __init__(self, r: redis.Redis, job_id: str) -> None:
+        self.r, self.job_id = r, job_id
+        self.looked = 0.0
+        self.none_since: float | None = None
+        self.warned = False
+
+    def look(self, now: float) -> None:
+        if now - self.looked < WORKER_LOOK_EVERY_S:
+            return
+        self.looked = now
+        able = [w for w in monitor.workers(self.r) if w.alive and w.job in (None, self.job_id)]
+        if able:
+            if self.warned:
+                log.warning("job %s: %d worker(s) can serve it now", self.job_id, len(able))
+            self.none_since, self.warned = None, False
+            return
+        if self.none_since is None:
+            self.none_since = now
+        if not self.warned and now - self.none_since >= NO_WORKER_WARN_S:
+            self.warned = True
+            log.warning("job %s: no live worker can serve it (none for %.0f s); it waits for "
+                        "one: start `rainstorm worker --redis URL` (--job %s to pin it) "
+                        "with the same RAINSTORM_SECRET", self.job_id, now - self.none_since,
+                        self.job_id)

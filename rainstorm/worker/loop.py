@@ -274,6 +274,7 @@ class Worker:
             self._open = True
             log.info("worker %s starting (per-key work: %s)", self.id, native.describe())
             self.keepalive.start()
+            self._beat(busy=False, flush=True)  # listed at once, not after its first batch
 
     def request_stop(self, *_: object) -> None:
         self._stop = True

@@ -3,6 +3,7 @@ in-process worker taking its turns in the driver's check hook."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -13,12 +14,13 @@ import redis
 
 from rainstorm import keys
 from rainstorm.connection import connect
+from rainstorm.coordinator import driver
 from rainstorm.coordinator.session import Hooks, Session, prepare
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.spec import parse_spec
 from rainstorm.worker.loop import Worker, WorkerOptions
-from tests.helpers import counters, wordcount_spec
+from tests.helpers import counters, start_worker, wordcount_spec
 
 
 def _input(tmp_path: Path, lines: list[str]) -> list[str]:
@@ -141,3 +143,42 @@ def test_the_jobs_timeout_bounds_the_submits_wait_for_redis(tmp_path: Path) -> N
     assert "did not finish within 2" in text and "Redis unreachable" in text, text
     assert "\n" not in text and "--connect-timeout" not in text, text
     assert took < 30, took  # not the 120 s connect timeout
+
+
+def test_a_job_no_worker_can_serve_says_so_once_and_runs_when_one_comes(
+        tmp_path: Path, r: redis.Redis, url: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`rainstorm submit` with no `rainstorm worker` running waits for one:
+    after NO_WORKER_WARN_S it says so (once, however long it waits), and a
+    worker that comes then runs the job to its exact result, said too."""
+    monkeypatch.setattr(driver, "NO_WORKER_WARN_S", 0.5)
+    monkeypatch.setattr(driver, "WORKER_LOOK_EVERY_S", 0.05)
+    lines = [f"w{i % 11} x{i % 4}" for i in range(400)]  # ~0.8 s of slow_split: seen
+    job, files = prepare(wordcount_spec("tests.ops:slow_split"), _input(tmp_path, lines),
+                         "lonely")
+    session = Session(r, job, files)
+    assert session.submit() is True
+    caplog.set_level("WARNING", logger="rainstorm.coordinator.driver")
+    procs: list[subprocess.Popen[bytes]] = []
+    waited = time.monotonic()
+
+    def no_worker_lines() -> list[str]:
+        return [m for m in caplog.messages if "no live worker can serve it" in m]
+
+    def start_one_when_told() -> None:
+        if procs:
+            return
+        if no_worker_lines() and time.monotonic() - waited > 1.5:  # told, then more looks
+            procs.append(start_worker(url, job.id))
+        assert time.monotonic() - waited < 30, "no warning within 30 s"
+
+    try:
+        result = session.drive(timeout_s=90, check=start_one_when_told)
+    finally:
+        for p in procs:
+            p.wait(timeout=60)
+    assert procs, "the job finished without a worker"
+    assert result == Counter(w for ln in lines for w in ln.split())
+    told = no_worker_lines()
+    assert len(told) == 1 and f"--job {job.id}" in told[0] and "\n" not in told[0]
+    assert [m for m in caplog.messages if "worker(s) can serve it now" in m]
