@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
               help="after each commit, WAIT for this many replicas (default: spec)")
 @click.option("--wait-aof", is_flag=True, default=None,
               help="after each commit, WAITAOF: the commit is fsynced to the AOF")
-@click.option("--top", "top_n", type=int, default=None, help="rows to show (default: spec)")
+@click.option("--top", "top_n", type=click.IntRange(min=0), default=None,
+              help="rows to show (default: the spec's sink.top)")
 @click.option("--no-progress", is_flag=True)
 @skip_bad_option
 @click.option("--autoscale", metavar="MIN:MAX", default=None,

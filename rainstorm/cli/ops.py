@@ -86,7 +86,7 @@ def _print_graph(graph: Any, as_json: bool) -> None:
 @click.command()
 @click.argument("job_id")
 @shared()
-@click.option("--top", "top_n", type=int, default=10)
+@click.option("--top", "top_n", type=click.IntRange(min=0), default=10, help="rows to show")
 @click.option("--key", "key", default=None, metavar="KEY",
               help="print only this key's value, reading only its state partition "
                    "(during the job or after it); exit status 1 if it has none")

@@ -76,6 +76,15 @@ def test_workers_0_without_redis_is_refused_at_once(text_input: Path) -> None:
     one_line_error(res, 2, "--workers 0", "--redis")
 
 
+def test_a_negative_top_is_refused_before_anything_runs(text_input: Path) -> None:
+    # it printed "top -5 of N keys" over an empty table
+    for cmd in (("run", str(SPEC), "--input", str(text_input)), ("result", "any-job")):
+        res = rainstorm(*cmd, "--top", "-5", timeout_s=90, RAINSTORM_CONNECT_TIMEOUT=NEVER)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "Invalid value for '--top': -5 is not in the range x>=0" in res.stderr
+        assert res.stdout == ""
+
+
 @pytest.fixture
 def http_port() -> Iterator[int]:
     srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
