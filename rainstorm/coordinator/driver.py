@@ -175,7 +175,7 @@ class Driver:
         if self.check:
             self.check()
         if self.workers:
-            self.workers.look(now)
+            self.workers.look(now, waiting=not self.unbounded or _has_backlog(status))
         check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost
         self._check_deadline(now)
         if self.loaded and self.nap:  # nothing to load: only watch (each look costs calls)
@@ -329,12 +329,21 @@ def fail(r: redis.Redis, job: Job, reason: str) -> None:
         log.warning("could not mark job %s failed: %s", job.id, exc)
 
 
+def _has_backlog(status: JobStatus) -> bool:
+    """Entries wait in a stage, or in the user's stream read directly."""
+    return any(s.backlog for s in status.stages) or bool(status.direct and
+                                                          status.direct.backlog)
+
+
 class WorkerWatch:
     """Says when no live worker could serve a job (none alive, or all pinned
-    to other jobs) for NO_WORKER_WARN_S: a `rainstorm submit` with no
-    `rainstorm worker` running waits for one, and should say so rather than
-    wait in silence (Spark's "Initial job has not accepted any resources").
-    Once per stretch without one; a line again when one comes."""
+    to other jobs) while it has work waiting (a batch job always has until it
+    is complete; a streaming job when entries wait), for NO_WORKER_WARN_S: a
+    `rainstorm submit` with no `rainstorm worker` running waits for one, and
+    should say so rather than wait in silence (Spark's "Initial job has not
+    accepted any resources").  Once per stretch without one; a line again
+    when one comes.  (An idle streaming job an autoscaler took down to 0
+    workers has nothing waiting: no line.)"""
 
     def __init__(self, r: redis.Redis, job_id: str) -> None:
         self.r, self.job_id = r, job_id
@@ -342,10 +351,13 @@ class WorkerWatch:
         self.none_since: float | None = None
         self.warned = False
 
-    def look(self, now: float) -> None:
+    def look(self, now: float, waiting: bool = True) -> None:
         if now - self.looked < WORKER_LOOK_EVERY_S:
             return
         self.looked = now
+        if not waiting:
+            self.none_since = None  # nothing to serve: no worker is missed
+            return
         able = [w for w in monitor.workers(self.r) if w.alive and w.job in (None, self.job_id)]
         if able:
             if self.warned:

@@ -182,3 +182,37 @@ def test_a_job_no_worker_can_serve_says_so_once_and_runs_when_one_comes(
     told = no_worker_lines()
     assert len(told) == 1 and f"--job {job.id}" in told[0] and "\n" not in told[0]
     assert [m for m in caplog.messages if "worker(s) can serve it now" in m]
+
+
+def test_an_idle_streaming_job_without_workers_is_not_a_missing_worker(
+        r: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A streaming job with nothing waiting needs no worker (an autoscaler
+    may have taken them all down): no line.  Once records wait, the line
+    comes as for a batch job."""
+    monkeypatch.setattr(driver, "NO_WORKER_WARN_S", 0.3)
+    monkeypatch.setattr(driver, "WORKER_LOOK_EVERY_S", 0.05)
+    spec = {**STREAM, "source": {"type": "stream", "key": "src:idle"}}
+    job, files = prepare(parse_spec(spec), None, "idle1")
+    session = Session(r, job, files)
+    session.submit()
+    caplog.set_level("WARNING", logger="rainstorm.coordinator.driver")
+    t0 = time.monotonic()
+    added: list[float] = []
+
+    def told() -> list[str]:
+        return [m for m in caplog.messages if "no live worker can serve it" in m]
+
+    def watch() -> None:
+        if not added:
+            assert not told(), "a line while nothing waited"
+            if time.monotonic() - t0 > 1.5:  # five graces, nothing waiting
+                r.xadd("src:idle", {"line": "a b a"})
+                added.append(time.monotonic())
+        elif told():
+            raise KeyboardInterrupt
+        assert time.monotonic() - t0 < 30, "no line within 30 s of records waiting"
+
+    session.drive(check=watch, stop_on_interrupt=True)
+    assert added and len(told()) == 1
+    assert r.hget(keys.meta(job.id), "state") == b"cancelled"
