@@ -27,6 +27,9 @@ redis-py, pydantic, PyYAML, msgpack; the median of 5), and
 ``libs_import_fraction`` that over the run's total: the serial fraction of
 a coordinator that did nothing at all, with a server that did nothing.
 
+Prints, per configuration (its median row with ``--repeat``), PASS or FAIL
+against the issue's target (serial <= 5 %), with the floor beside it.
+
 ``--state-partitions`` runs each transport once per value of
 ``settings.state_partitions`` (default: the spec's default, 64).
 
@@ -209,7 +212,23 @@ def main() -> int:
                                                  r["compress_state"]) == (t, sp or "", z)])
                  for t, sp, z in configs]
     shown = [r for r in rows if r["repeat"] == "median"] or rows
-    return finish("serial_fraction", rows, args.out, lambda p: plot(shown, p))
+    status = finish("serial_fraction", rows, args.out, lambda p: plot(shown, p))
+    for r in shown:
+        verdict(r)
+    return status
+
+
+TARGET = 0.05  # issue 12: (coordinator + server) / all CPU
+
+
+def verdict(row: dict[str, Any]) -> None:
+    """The issue's target, and the floor under it, in one line."""
+    ok = row["serial_fraction"] <= TARGET
+    zstd = ", compress_state" if row["compress_state"] else ""
+    print(f"{'PASS' if ok else 'FAIL'}  {row['transport']}{zstd}: serial "
+          f"{100 * row['serial_fraction']:.1f} % (target <= {100 * TARGET:.0f} %); beyond "
+          f"the fixed cost {100 * row['serial_fraction_beyond_fixed']:.1f} %; importing the "
+          f"coordinator's libraries alone {100 * row['libs_import_fraction']:.1f} %")
 
 
 def beyond_fixed(row: dict[str, Any]) -> dict[str, Any]:
