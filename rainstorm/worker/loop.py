@@ -142,6 +142,7 @@ class Worker:
         self._reread_own = False
         self._touching = ""  # the job whose keys are being used (to blame a WRONGTYPE)
         self._open = False  # the keep-alive thread runs
+        self._listed = False  # the first heartbeat was written
         self._closed = False
         self._round = _Round()
         self.latency = LatencyRecorder()
@@ -220,6 +221,9 @@ class Worker:
 
     def _tick(self, block_ms: int, claim_now: bool = False) -> str | None:
         """The round's work; returns an exit reason."""
+        if not self._listed:  # listed at once, not after its first batch (a Redis
+            self._beat(busy=False, flush=True)  # outage here is the round's, handled)
+            self._listed = True
         now = time.monotonic()
         if now - self._last_refresh >= self.opt.refresh_s or not self.jobs:
             self._refresh_jobs()
@@ -274,7 +278,6 @@ class Worker:
             self._open = True
             log.info("worker %s starting (per-key work: %s)", self.id, native.describe())
             self.keepalive.start()
-            self._beat(busy=False, flush=True)  # listed at once, not after its first batch
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
