@@ -15,12 +15,13 @@ import redis
 from rainstorm import keys
 from rainstorm.connection import connect
 from rainstorm.coordinator import driver
+from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.session import Hooks, Session, prepare
 from rainstorm.errors import JobFailed, UsageError
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.spec import parse_spec
 from rainstorm.worker.loop import Worker, WorkerOptions
-from tests.helpers import counters, start_worker, wordcount_spec
+from tests.helpers import counters, start_worker, wait_for, wordcount_spec
 
 
 def _input(tmp_path: Path, lines: list[str]) -> list[str]:
@@ -216,3 +217,30 @@ def test_an_idle_streaming_job_without_workers_is_not_a_missing_worker(
     session.drive(check=watch, stop_on_interrupt=True)
     assert added and len(told()) == 1
     assert r.hget(keys.meta(job.id), "state") == b"cancelled"
+
+
+def test_the_status_is_read_closely_only_once_a_batch_jobs_end_is_near(
+        tmp_path: Path, r: redis.Redis) -> None:
+    """near_end: loaded, and the entries left fit in one batch per worker
+    (at least `parallelism` of them).  Before that the driver reads the
+    status every WATCH_EVERY_S; after it, every NEAR_END_EVERY_S, so a
+    small job's end is seen ~10 ms after its last commit, not up to 100."""
+    lines = [f"w{i % 50} x{i}" for i in range(4000)]  # ~40 KB: ~40 entries of 1 KiB
+    job, files = prepare(wordcount_spec(batch_bytes=1024, batch_entries=4),
+                         _input(tmp_path, lines), "near")
+    session = Session(r, job, files)
+    session.submit()
+    d = driver.Driver(r, job)
+    wait_for(lambda: d.poll() is None and read_status(r, job).loaded, 30, "loaded")
+    status = read_status(r, job)
+    left = sum(s.backlog for s in status.stages)
+    assert left > 2 * 4 and not driver.near_end(job, status, able=0)
+    assert driver.near_end(job, status, able=left // 4 + 1)  # enough hands for what is left
+    with Worker(r, WorkerOptions(job=job.id, allow_modules=("tests",))) as w:
+        while sum(s.backlog for s in read_status(r, job).stages) > 2 * 4:
+            assert not driver.near_end(job, read_status(r, job), able=1)
+            w.run_once()
+    assert driver.near_end(job, read_status(r, job), able=1)
+    stream = prepare(parse_spec(STREAM), None, "near-stream")[0]
+    Session(r, stream, []).submit()
+    assert not driver.near_end(stream, read_status(r, stream), able=1)  # never ends
