@@ -55,6 +55,7 @@ WATCH_EVERY_S = 0.1  # once everything is loaded, the job's status is read this 
 # hands: its end is near (a one-line job waited a whole WATCH_EVERY_S after
 # its only commit, ~0.1 s of a 0.45 s `rainstorm run`)
 NEAR_END_EVERY_S = 0.01
+NEAR_END_FOR_S = 5.0  # at most this long: a job stuck near its end is watched as before
 SNAPSHOT_EVERY_S = 2.0  # a streaming aggregate's file sink is rewritten this often
 LATE_TRIM_EVERY_S = 1.0  # a streaming job's late stream is trimmed this often
 REFUSAL_GRACE_S = 3.0  # every live worker refused the job this long: it fails
@@ -102,6 +103,7 @@ class Driver:
         self.outages = 0
         self._outage_since: float | None = None
         self.nap = True  # wait between looks once loaded (a graph's runner waits instead)
+        self._near_since: float | None = None  # since when near_end has held
         # in-process workers (rainstorm.testing take turns in on_step) send no heartbeat
         self.workers = None if on_step else WorkerWatch(r, job.id)
 
@@ -183,9 +185,19 @@ class Driver:
         check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost
         self._check_deadline(now)
         if self.loaded and self.nap:  # nothing to load: only watch (each look costs calls)
-            near = self.on_step or near_end(job, status, self.workers.able if self.workers else 0)
-            time.sleep(NEAR_END_EVERY_S if near else WATCH_EVERY_S)
+            time.sleep(self.next_look_in(status, now))
         return None
+
+    def next_look_in(self, status: JobStatus, now: float) -> float:
+        """How long to wait before the next look, once loaded."""
+        if self.on_step:  # in-process workers take their turns between looks
+            return NEAR_END_EVERY_S
+        if not near_end(self.job, status, self.workers.able if self.workers else 0):
+            self._near_since = None
+            return WATCH_EVERY_S
+        if self._near_since is None:
+            self._near_since = now
+        return NEAR_END_EVERY_S if now - self._near_since < NEAR_END_FOR_S else WATCH_EVERY_S
 
     def _finish(self, status: JobStatus) -> Result:
         result: Result

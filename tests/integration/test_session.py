@@ -240,7 +240,12 @@ def test_the_status_is_read_closely_only_once_a_batch_jobs_end_is_near(
         while sum(s.backlog for s in read_status(r, job).stages) > 2 * 4:
             assert not driver.near_end(job, read_status(r, job), able=1)
             w.run_once()
-    assert driver.near_end(job, read_status(r, job), able=1)
+    near = read_status(r, job)
+    assert driver.near_end(job, near, able=1)
+    # read closely for NEAR_END_FOR_S at most: a job stuck there is watched as before
+    assert d.next_look_in(near, 100.0) == driver.NEAR_END_EVERY_S
+    assert d.next_look_in(near, 100.0 + driver.NEAR_END_FOR_S / 2) == driver.NEAR_END_EVERY_S
+    assert d.next_look_in(near, 100.0 + driver.NEAR_END_FOR_S) == driver.WATCH_EVERY_S
     stream = prepare(parse_spec(STREAM), None, "near-stream")[0]
     Session(r, stream, []).submit()
     assert not driver.near_end(stream, read_status(r, stream), able=1)  # never ends
