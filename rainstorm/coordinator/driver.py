@@ -237,8 +237,7 @@ class Driver:
         """A worker that cannot run the job (module not allowed, no
         --allow-exec) refuses it; the job fails only when no live worker that
         could serve it is left, for REFUSAL_GRACE_S (a new worker may come)."""
-        able = {w.id for w in monitor.workers(self.r)
-                if w.alive and w.job in (None, self.job.id)} - set(refusals)
+        able = {w.id for w in monitor.serving(self.r, self.job.id)} - set(refusals)
         if able:
             self._refused_since = None
             return
@@ -387,7 +386,7 @@ class WorkerWatch:
         if not waiting:
             self.none_since = None  # nothing to serve: no worker is missed
             return
-        able = [w for w in monitor.workers(self.r) if w.alive and w.job in (None, self.job_id)]
+        able = monitor.serving(self.r, self.job_id)
         self.able = len(able)
         if able:
             if self.warned:

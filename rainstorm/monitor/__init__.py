@@ -40,6 +40,7 @@ from rainstorm.monitor.look import (
     graph_view,
     job_ids,
     job_view,
+    serving,
     snapshot,
     worker_view,
     workers,
@@ -65,5 +66,5 @@ __all__ = [
     "RateTracker", "Rates", "Snapshot", "SourceLag", "StageCounts", "StageView", "WorkerView",
     "dead_letter_row", "dead_letters", "graph_named", "graph_state", "graph_view", "job_ids",
     "job_view", "parse_counts", "read_max_event", "read_progress", "read_source",
-    "snapshot", "with_source", "worker_view", "workers",
+    "serving", "snapshot", "with_source", "worker_view", "workers",
 ]

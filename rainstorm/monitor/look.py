@@ -53,6 +53,11 @@ def workers(r: redis.Redis, now: float | None = None) -> list[WorkerView]:
     return rows
 
 
+def serving(r: redis.Redis, job_id: str) -> list[WorkerView]:
+    """The live workers that may serve ``job_id``: not pinned, or pinned to it."""
+    return [w for w in workers(r) if w.alive and w.job in (None, job_id)]
+
+
 def worker_view(worker_id: str, beat: Heartbeat, now: float) -> WorkerView:
     age = now - beat.last_seen
     alive = age <= DEAD_AFTER_S
