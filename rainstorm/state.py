@@ -305,9 +305,10 @@ def fold_lagging(r: redis.Redis, job: Job, stage: int, agg: Aggregator, holder: 
     n = partitions(job)
     start = 0 if not job.spec.unbounded else random.randrange(n)
     order = [*range(start, n), *range(start)]
-    done = fold_due(r, job, _lagging(r, job, stage, order), stage, agg, holder, closer, True)
+    done = fold_due(r, job, _lagging(r, job, stage, order), stage, agg, holder, closer,
+                    recheck=True)
     again = _lagging(r, job, stage, order)  # skipped under another's lease, or logged since
-    return done + fold_due(r, job, again, stage, agg, holder, closer, True)
+    return done + fold_due(r, job, again, stage, agg, holder, closer, recheck=True)
 
 
 class _Helpers:
