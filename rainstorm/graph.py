@@ -47,10 +47,12 @@ from rainstorm.plan import explain as explain_job
 from rainstorm.plan import plan
 from rainstorm.spec import (
     JOB_ID_PATTERN,
+    MAX_JOB_ID,
     JobSpec,
     Op,
     Sink,
     Source,
+    check_job_id,
     parse_spec,
     read_spec_file,
 )
@@ -60,7 +62,6 @@ __all__ = ["Graph", "GraphSpec", "Step", "StepSpec", "build", "explain", "is_gra
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 OUT_SUFFIX = "-out"
-MAX_ID = 100  # a job id's length (rainstorm.spec.JOB_ID_PATTERN)
 MEMBERS = ".*"  # <graph id>.*: every step of that graph (a worker's --job)
 
 
@@ -173,10 +174,11 @@ def build(g: GraphSpec, graph_id: str, origin: str = "<spec>") -> Graph:
     for name in order:
         for up in dict.fromkeys(specs[name].inputs):  # (a step read twice: a union with itself)
             readers[up].append(name)
+    check_job_id(graph_id, "graph id")
     longest = max(len(n) for n in specs)
-    if len(graph_id) + 1 + longest > MAX_ID:
+    if len(graph_id) + 1 + longest > MAX_JOB_ID:
         raise UsageError(f"graph id {graph_id!r} is too long for its steps' job ids "
-                         f"(<graph id>.<step>, at most {MAX_ID} characters)")
+                         f"(<graph id>.<step>, at most {MAX_JOB_ID} characters)")
     built: dict[str, Step] = {}
     for name in order:
         st = specs[name]

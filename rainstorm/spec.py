@@ -15,6 +15,7 @@ The planner (``rainstorm.plan``) cuts the pipeline into stages.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,23 @@ from pydantic import (
 from rainstorm.errors import UsageError
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+MAX_JOB_ID = 100
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def is_job_id(text: str) -> bool:
+    """Can ``text`` be a job id (JOB_ID_PATTERN, the whole of it: no
+    trailing newline either)?"""
+    return _JOB_ID.fullmatch(text) is not None
+
+
+def check_job_id(job_id: str, what: str = "job id") -> str:
+    """``job_id``, or UsageError naming the rule.  Workers skip any other id
+    they find listed, so a job under one would wait for ever."""
+    if not is_job_id(job_id):
+        raise UsageError(f"{what} {job_id[:120]!r}: only letters, digits, '_', '.' and '-', "
+                         f"starting with a letter or digit, at most {MAX_JOB_ID} characters")
+    return job_id
 
 
 class _Model(BaseModel):

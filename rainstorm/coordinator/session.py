@@ -36,7 +36,7 @@ from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input, resolve_inputs
 from rainstorm.sources.ranges import as_submitted, resolve_stream_transport
 from rainstorm.sources.splits import resolve_transport
-from rainstorm.spec import JobSpec, RecordOp
+from rainstorm.spec import JobSpec, RecordOp, check_job_id
 from rainstorm.state import read_state
 
 
@@ -62,7 +62,7 @@ def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None =
     if spec.sink.type == "file" and spec.sink.path:
         check_writable(spec.sink.path, "sink.path")
     spec = stamp_tables(spec)
-    job = Job.build(job_id or new_job_id(spec), spec)
+    job = Job.build(check_job_id(job_id) if job_id else new_job_id(spec), spec)
     validate(job)
     if not allow_exec and (where := runs_executables(job)):
         raise UsageError(f"{where[0]}: this job runs external programs; pass --allow-exec "

@@ -18,7 +18,7 @@ from rainstorm.protocol import meta as fields
 from rainstorm.sources import direct, ranges
 from rainstorm.sources.inputs import Input, listing
 from rainstorm.sources.unbounded import initial_cursor
-from rainstorm.spec import JobSpec, spec_to_json
+from rainstorm.spec import MAX_JOB_ID, JobSpec, spec_to_json
 from rainstorm.spec_signature import sign_spec, submitter_key
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,10 @@ def new_job_id(spec: JobSpec) -> str:
 
 
 def new_id(name: str) -> str:
-    """``<name>-<time>``: a new job's (or graph's) id."""
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    """``<name>-<time>``: a new job's (or graph's) id; a long name is cut so
+    that the id is one (rainstorm.spec.check_job_id)."""
+    stamp = f"-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    return f"{name[:MAX_JOB_ID - len(stamp)]}{stamp}"
 
 
 def submit(r: redis.Redis, job: Job, files: list[Input], *, key: bytes | None = None,

@@ -9,7 +9,6 @@ written, ``state failed`` with ``error`` (unless the job already ended).
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import redis
@@ -20,12 +19,9 @@ from rainstorm.graph import members_of
 from rainstorm.job import JobState
 from rainstorm.jobstore import mark_failed
 from rainstorm.protocol.meta import job_state
-from rainstorm.spec import JOB_ID_PATTERN
+from rainstorm.spec import is_job_id
 
 log = logging.getLogger(__name__)
-
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-
 
 class BrokenJob(Exception):
     """A job's keys hold something no worker can use; the message says what."""
@@ -44,7 +40,7 @@ def listed_jobs(r: redis.Redis, warned: set[str]) -> list[str]:
     ids = []
     for raw in members:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        if _JOB_ID.match(text):
+        if is_job_id(text):
             ids.append(text)
         else:
             _warn_once(warned, text, f"{keys.JOBS} holds {text[:60]!r}, which is no job id; "

@@ -85,6 +85,17 @@ def test_a_negative_top_is_refused_before_anything_runs(text_input: Path) -> Non
         assert res.stdout == ""
 
 
+
+def test_a_job_id_workers_would_skip_is_refused(text_input: Path, url: str,
+                                                r: redis.Redis) -> None:
+    # workers skip an id outside rainstorm.spec.JOB_ID_PATTERN: the submitter waited in silence
+    for cmd, bad in ((("submit", str(SPEC), "--redis", url), "a b"),
+                     (("run", str(SPEC), "--workers", "1"), "x}y")):
+        res = rainstorm(*cmd, "--input", str(text_input), "--job", bad, timeout_s=90,
+                        RAINSTORM_CONNECT_TIMEOUT=NEVER, RAINSTORM_SECRET="s" * 32)
+        one_line_error(res, 2, repr(bad), "only letters, digits")
+    assert not r.smembers(keys.JOBS)
+
 @pytest.fixture
 def http_port() -> Iterator[int]:
     srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)

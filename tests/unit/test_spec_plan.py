@@ -3,10 +3,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from rainstorm.coordinator.submit import new_id
 from rainstorm.errors import UsageError
+from rainstorm.graph import build, parse_graph
 from rainstorm.plan import describe, plan
-from rainstorm.spec import STREAM_STATE_PARTITIONS, Settings, load_spec, parse_spec
+from rainstorm.spec import (
+    MAX_JOB_ID,
+    STREAM_STATE_PARTITIONS,
+    Settings,
+    check_job_id,
+    is_job_id,
+    load_spec,
+    parse_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +104,23 @@ def test_a_streaming_job_defaults_to_fewer_state_partitions(
                        "settings": settings})
     assert spec.settings.state_partitions == expected
     assert parse_spec(spec.model_dump()).settings.state_partitions == expected
+
+
+@pytest.mark.parametrize("bad", ["a b", "x}y", "{job}", "-x", ".x", "a\n", "a/b", "é", "",
+                                 "q" * 101])
+def test_job_ids_workers_would_skip_are_refused(bad: str) -> None:
+    # a worker skips any other id it finds in rs:jobs, so a job under one waited for ever
+    assert not is_job_id(bad)
+    with pytest.raises(UsageError, match=r"only letters, digits"):
+        check_job_id(bad, "--job")
+    data = yaml.safe_load((ROOT / "examples" / "window_join.yaml").read_text())
+    with pytest.raises(UsageError, match=r"graph id .*only letters"):
+        build(parse_graph(data), bad)
+
+
+def test_a_generated_id_is_a_job_id_however_long_the_name() -> None:
+    for name in ("w", "w" * 77, "w" * 78, "w" * MAX_JOB_ID):
+        job_id = new_id(name)
+        assert is_job_id(job_id) and check_job_id(job_id) == job_id, job_id
+        assert job_id.startswith(name[:70])
+    assert is_job_id("q" * MAX_JOB_ID) and is_job_id("a.b_c-1")
