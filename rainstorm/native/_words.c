@@ -153,18 +153,17 @@ static inline Py_UCS4 code_point(const unsigned char *s, const unsigned char *en
     return 0xFFFD;
 }
 
-/* the end of the run at s of whitespace (space 1) or of other chars (0) */
-static inline const unsigned char *run_end(const unsigned char *s, const unsigned char *end,
-                                           int space)
+/* the end of the word (the run of non-whitespace) at s */
+static inline const unsigned char *word_end(const unsigned char *s, const unsigned char *end)
 {
     while (s < end) {
         if (*s < 0x80) {
-            if (space1[*s] != space)
+            if (space1[*s])
                 break;
             s++;
         } else {
             int w;
-            if ((Py_UNICODE_ISSPACE(code_point(s, end, &w)) != 0) != space)
+            if (Py_UNICODE_ISSPACE(code_point(s, end, &w)))
                 break;
             s += w;
         }
@@ -172,16 +171,78 @@ static inline const unsigned char *run_end(const unsigned char *s, const unsigne
     return s;
 }
 
-/* the words of UTF-8 text (an ASCII str's own bytes, or its UTF-8 form) */
-static Py_ssize_t add_utf8(WordCounts *t, const unsigned char *s, const unsigned char *end)
+/* the end of the run of whitespace at s; *lines += the '\n's in it */
+static inline const unsigned char *space_end(const unsigned char *s, const unsigned char *end,
+                                             Py_ssize_t *lines)
+{
+    while (s < end) {
+        if (*s < 0x80) {
+            if (!space1[*s])
+                break;
+            *lines += *s == '\n';
+            s++;
+        } else {
+            int w;
+            if (!Py_UNICODE_ISSPACE(code_point(s, end, &w)))
+                break;
+            s += w;
+        }
+    }
+    return s;
+}
+
+/* Is s..end UTF-8 that Python's strict decoder accepts (no overlong form,
+ * surrogate, code point past U+10FFFF or cut sequence)? */
+static int valid_utf8(const unsigned char *s, const unsigned char *end)
+{
+    while (s < end) {
+        while (end - s >= 8) {  /* ASCII, 8 bytes at a time */
+            uint64_t v;
+            memcpy(&v, s, 8);
+            if (v & 0x8080808080808080ULL)
+                break;
+            s += 8;
+        }
+        if (s >= end)
+            break;
+        unsigned char c = s[0];
+        Py_ssize_t left = end - s;
+        if (c < 0x80) {
+            s++;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            if (left < 2 || (s[1] & 0xC0) != 0x80)
+                return 0;
+            s += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (left < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 ||
+                (c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F))
+                return 0;
+            s += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (left < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 ||
+                (s[3] & 0xC0) != 0x80 || (c == 0xF0 && s[1] < 0x90) ||
+                (c == 0xF4 && s[1] > 0x8F))
+                return 0;
+            s += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* the words of UTF-8 text (an ASCII str's own bytes, or its UTF-8 form);
+ * *lines += its '\n's */
+static Py_ssize_t add_utf8(WordCounts *t, const unsigned char *s, const unsigned char *end,
+                           Py_ssize_t *lines)
 {
     Py_ssize_t words = 0;
     for (;;) {
-        s = run_end(s, end, 1);
+        s = space_end(s, end, lines);
         if (s >= end)
             return words;
         const unsigned char *word = s;
-        s = run_end(s, end, 0);
+        s = word_end(s, end);
         if (add(t, (const char *)word, (size_t)(s - word)) < 0)
             return -1;
         words++;
@@ -220,12 +281,35 @@ static PyObject *add_text(WordCounts *t, PyObject *text)
     /* an ASCII str's own bytes; another's UTF-8 (made once, kept by the str) */
     const char *u = PyUnicode_AsUTF8AndSize(text, &len);
     if (u != NULL) {
-        words = add_utf8(t, (const unsigned char *)u, (const unsigned char *)u + len);
+        Py_ssize_t lines = 0;
+        words = add_utf8(t, (const unsigned char *)u, (const unsigned char *)u + len, &lines);
     } else {
         PyErr_Clear();
         words = add_chars(t, text);
     }
     return words < 0 ? NULL : PyLong_FromSsize_t(words);
+}
+
+/* add_text(data.decode()) straight from the bytes, when they are UTF-8 */
+static PyObject *add_utf8_bytes(WordCounts *t, PyObject *data)
+{
+    if (!PyBytes_Check(data)) {
+        PyErr_Format(PyExc_TypeError, "add_utf8: bytes, not %.60s", Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (!valid_utf8(s, s + len))
+        Py_RETURN_NONE;
+    if (t->slots == NULL && grow(t) < 0)
+        return NULL;
+    Py_ssize_t lines = 0;
+    Py_ssize_t words = add_utf8(t, s, s + len, &lines);
+    if (words < 0)
+        return NULL;
+    if (len > 0 && s[len - 1] != '\n')
+        lines++;  /* str.count('\n'), plus a last line without one */
+    return Py_BuildValue("(nn)", words, lines);
 }
 
 static PyObject *cut(WordCounts *t, PyObject *arg)
@@ -288,6 +372,10 @@ static void dealloc(WordCounts *t)
 static PyMethodDef word_methods[] = {
     {"add_text", (PyCFunction)add_text, METH_O,
      "Count every word of text.split(); the number of words."},
+    {"add_utf8", (PyCFunction)add_utf8_bytes, METH_O,
+     "add_text(data.decode()) for UTF-8 bytes: (words, lines), lines as "
+     "data.count(b'\\n') plus a last line without one; None (nothing counted) when "
+     "data is not UTF-8."},
     {"cut", (PyCFunction)cut, METH_O,
      "The counts cut into n partitions as columnar blobs, or None."},
     {"to_dict", (PyCFunction)to_dict, METH_NOARGS, "The counts as a dict, words in order."},

@@ -194,13 +194,15 @@ class StageRunner:
         e.text = read_split(path, split)
         return e.text
 
+    def _raw_text(self, entry: Entry) -> bytes:
+        try:
+            return self._split_text(entry)
+        except (SplitChanged, ValueError) as exc:
+            raise OperatorError(str(exc)) from None
+
     def _records(self, entry: Entry, comp: Computed) -> tuple[list[Any], str | None]:
         if self.job.raw_text(self.stage.index):
-            try:
-                data = self._split_text(entry)
-            except (SplitChanged, ValueError) as exc:
-                raise OperatorError(str(exc)) from None
-            text, bad = decode_text(data)
+            text, bad = decode_text(self._raw_text(entry))
             if bad:
                 comp.extra[keys.counter_field(0, StageCounter.INVALID_UTF8_ENTRIES)] += 1
             return [], text
@@ -350,6 +352,12 @@ class StageRunner:
         """Run one entry as a whole; False when a Rejected record sends it
         record by record (what its partial run counted is dropped: the
         record-by-record run counts again)."""
+        if native.is_word_counts(comp.delta) and self.job.raw_text(self.stage.index):
+            # the words of UTF-8 bytes, counted without decoding them (else: below)
+            counted = comp.delta.add_utf8(self._raw_text(e))
+            if counted is not None:
+                comp.records_in += counted[1]
+                return True
         records, text = self._records(e, comp)
         return self._run_counted(comp, records, text)
 

@@ -289,6 +289,66 @@ def test_word_counts_on_real_sized_random_text() -> None:
     assert wc.cut(16) == python_split(dict(ref), 16)
 
 
+# byte sequences Python's strict UTF-8 decoder refuses, and some it accepts
+NOT_UTF8 = [b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2", b"\xe0\x80\x80",
+            b"\xe0\x9f\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xef\xbf", b"\xf0\x8f\xbf\xbf",
+            b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xf0\x9f\x99"]
+UTF8 = [b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80",
+        b"\xef\xbf\xbf", b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", b"\xc2\x85", b"\xc2\xa0",
+        b"\xe3\x80\x80", b"\xe2\x80\xa8", b"\x1c", b"\x0b", b"\n", b"\r\n"]
+
+
+def lines_of(text: str) -> int:
+    """rainstorm.worker.batch's records_in of a text entry."""
+    return text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_add_utf8_counts_what_decoding_then_add_text_counts(seed: int) -> None:
+    # the worker counts a split's words from its bytes, skipping the decode:
+    # the same words and lines as before, and None (nothing counted) exactly
+    # where the strict decoder refuses the bytes (the worker then decodes
+    # with U+FFFD and counts the entry as invalid UTF-8)
+    assert native.WordCounts is not None
+    rng = random.Random(seed)
+    pieces = [t.encode() for t in TEXTS] + [w.encode() for w in WORDS] + UTF8 + \
+        [b" ", b"\n", b"\t", b"word", b"x" * 9, b"\xc3\xa9t\xc3\xa9"]
+    fast, ref = native.WordCounts(), native.WordCounts()
+    refused = 0
+    for _ in range(300):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        if rng.random() < 0.3:
+            at = rng.randint(0, len(data))
+            data = data[:at] + rng.choice(NOT_UTF8 + UTF8) + data[at:]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        before = fast.to_dict()
+        got = fast.add_utf8(data)
+        if text is None:
+            assert got is None and fast.to_dict() == before, data
+            refused += 1
+            continue
+        assert got == (ref.add_text(text), lines_of(text)), data
+        assert got[0] == len(text.split())
+    assert 0 < refused < 300
+    assert list(fast.to_dict().items()) == list(ref.to_dict().items())
+    assert fast.cut(16) == ref.cut(16)
+
+
+@pytest.mark.parametrize("data", NOT_UTF8 + [b"ok " + b for b in NOT_UTF8], ids=repr)
+def test_add_utf8_refuses_what_the_strict_decoder_refuses(data: bytes) -> None:
+    assert native.WordCounts is not None
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    wc = native.WordCounts()
+    assert wc.add_utf8(data) is None and len(wc) == 0
+    assert wc.add_utf8(b"") == (0, 0) and wc.add_utf8(b"a b\nc") == (3, 2)
+    with pytest.raises(TypeError, match="add_utf8: bytes"):
+        wc.add_utf8("text")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("text", ["a\x00b c", "lone\udc80 x", "x \ud800"], ids=repr)
 def test_word_counts_leave_odd_words_to_python(text: str) -> None:
     assert native.WordCounts is not None
