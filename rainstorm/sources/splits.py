@@ -28,6 +28,7 @@ hosts), or ``auto``, decided at submit by :func:`resolve_transport`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -113,14 +114,44 @@ def line_range(fetch: Fetch, start: int, end: int, extend: int = 64 << 10) -> by
     return data
 
 
-def read_range(fh: BinaryIO, start: int, end: int) -> bytes:
-    """The bytes of the lines that start inside ``[start, end)`` of an open file."""
+def read_range(fh: BinaryIO, start: int, end: int, extend: int = 64 << 10) -> bytes:
+    """The bytes of the lines that start inside ``[start, end)`` of an open
+    file: :func:`line_range`'s bytes, read with one ``pread`` of ``[start -
+    1, end + extend)`` into a buffer this thread keeps, then copied once.
+    (Reading each split into fresh memory, and cutting its ends off with
+    copies, cost the workers ~0.9 s of CPU per GB of real text, most of it
+    page faults.)  A last line longer than ``extend`` is read the long way."""
+    lo = start - 1 if start > 0 else 0
+    want = end - lo + extend
+    buf = _buffer(want)
+    with memoryview(buf) as view:
+        n = os.preadv(fh.fileno(), [view[:want]], lo)
+        first = buf.find(b"\n", 0, n) + 1 if start > 0 else 0
+        if end <= start or (start > 0 and (first == 0 or lo + first >= end)):
+            return b""  # no line starts inside: the one running through is the last split's
+        last = buf.find(b"\n", end - 1 - lo, n)
+        if last >= 0:
+            return bytes(view[first:last + 1])
+        if n < want:  # the file ends in the last line
+            return bytes(view[first:n])
 
     def fetch(a: int, b: int) -> bytes:
         fh.seek(a)
         return fh.read(b - a)
 
-    return line_range(fetch, start, end)
+    return line_range(fetch, start, end, extend)
+
+
+_scratch = threading.local()
+
+
+def _buffer(size: int) -> bytearray:
+    """This thread's read buffer, at least ``size`` bytes (kept: a split's
+    size, never more than the largest one read)."""
+    buf: bytearray | None = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _scratch.buf = bytearray(size)
+    return buf
 
 
 def _changed(path: str, split: SplitRef, st: os.stat_result) -> str:

@@ -81,6 +81,25 @@ def test_every_line_is_read_by_exactly_one_split(tmp_path: Path) -> None:
     assert cases > 1500
 
 
+def test_long_last_lines_are_read_whole_past_one_read(tmp_path: Path) -> None:
+    # read_range reads [start - 1, end + extend) at once; a last line running
+    # past that is finished with more reads, and the buffer it reuses never
+    # leaks one split's bytes into the next (a shorter split, a file's end)
+    rng = random.Random(5)
+    path = tmp_path / "long.txt"
+    for _ in range(120):
+        data = _random_file(rng) + b"y" * rng.randrange(0, 90) + b"\n" * rng.randrange(2)
+        path.write_bytes(data)
+        lines = _nl_lines(data)
+        starts = [sum(len(x) for x in lines[:i]) for i in range(len(lines))]
+        split_bytes = rng.randrange(1, 40)
+        with path.open("rb") as fh:
+            for s in cut(0, len(data), 0, split_bytes):
+                part = read_range(fh, s.start, s.end, extend=rng.randrange(1, 9))
+                owned = [ln for ln, st in zip(lines, starts, strict=True) if s.start <= st < s.end]
+                assert part == b"".join(owned), (data, s)
+
+
 def test_an_empty_file_has_no_split(tmp_path: Path) -> None:
     assert list(cut(3, 0, 0, 1024)) == []
     (tmp_path / "e").write_bytes(b"")
