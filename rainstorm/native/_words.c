@@ -24,6 +24,7 @@
 #include "columnar.h"
 
 static unsigned char space1[256]; /* Py_UNICODE_ISSPACE of each 1-byte char */
+#define GROUP 32 /* words looked up together (add_utf8) */
 
 typedef struct {
     size_t at;  /* the word's UTF-8 in the arena */
@@ -69,10 +70,9 @@ static int grow(WordCounts *t)
     return 0;
 }
 
-/* count one word, given as its UTF-8 */
-static int add(WordCounts *t, const char *s, size_t len)
+/* count one word, given as its UTF-8 and its hash */
+static int add_hashed(WordCounts *t, const char *s, size_t len, Py_hash_t h)
 {
-    Py_hash_t h = _Py_HashBytes(s, (Py_ssize_t)len);
     size_t j = (size_t)h & t->mask;
     for (;; j = (j + 1) & t->mask) {
         Py_ssize_t i = t->slots[j];
@@ -98,6 +98,12 @@ static int add(WordCounts *t, const char *s, size_t len)
     t->slots[j] = t->count;
     t->words[t->count++] = (Word){at, len, h, 1};
     return 0;
+}
+
+/* count one word, given as its UTF-8 */
+static int add(WordCounts *t, const char *s, size_t len)
+{
+    return add_hashed(t, s, len, _Py_HashBytes(s, (Py_ssize_t)len));
 }
 
 /* one word of a text that is not ASCII, as UTF-8 in t->scratch (a lone
@@ -236,16 +242,37 @@ static int valid_utf8(const unsigned char *s, const unsigned char *end)
 static Py_ssize_t add_utf8(WordCounts *t, const unsigned char *s, const unsigned char *end,
                            Py_ssize_t *lines)
 {
+    /* GROUP words at a time: hash them all and prefetch their slots, then
+     * the words those slots name, then count them, so that the loads of
+     * one word wait behind the work on the others */
+    struct { const char *s; size_t len; Py_hash_t h; } g[GROUP];
     Py_ssize_t words = 0;
     for (;;) {
-        s = space_end(s, end, lines);
-        if (s >= end)
+        int n = 0;
+        while (n < GROUP) {
+            s = space_end(s, end, lines);
+            if (s >= end)
+                break;
+            const unsigned char *word = s;
+            s = word_end(s, end);
+            size_t len = (size_t)(s - word);
+            Py_hash_t h = _Py_HashBytes(word, (Py_ssize_t)len);
+            __builtin_prefetch(&t->slots[(size_t)h & t->mask]);
+            g[n].s = (const char *)word;
+            g[n].len = len;
+            g[n++].h = h;
+        }
+        for (int k = 0; k < n; k++) {
+            Py_ssize_t i = t->slots[(size_t)g[k].h & t->mask];
+            if (i >= 0)
+                __builtin_prefetch(&t->words[i]);
+        }
+        for (int k = 0; k < n; k++)
+            if (add_hashed(t, g[k].s, g[k].len, g[k].h) < 0)
+                return -1;
+        words += n;
+        if (n < GROUP)
             return words;
-        const unsigned char *word = s;
-        s = word_end(s, end);
-        if (add(t, (const char *)word, (size_t)(s - word)) < 0)
-            return -1;
-        words++;
     }
 }
 
