@@ -129,6 +129,22 @@ def test_fold_writes_what_python_writes(seed: int) -> None:
     assert got == python_fold([base, *deltas])
 
 
+@pytest.mark.parametrize("floats", [False, True])
+def test_a_fold_into_a_large_table_writes_what_python_writes(floats: bool) -> None:
+    # past 2^17 slots the native fold looks keys up in groups, prefetching
+    rng = random.Random(7)
+    pool = [f"k{i}" for i in range(120_000)]
+    deltas = []
+    for _ in range(3):
+        keys = rng.sample(pool, 40_000)
+        d = {k: (rng.uniform(-5, 5) if floats else rng.randint(-9, 9)) for k in keys}
+        deltas.append(aggregates.encode(d, SUM))
+    assert native.fold is not None
+    got = native.fold(deltas)
+    assert got is not None and got == python_fold(deltas)
+    assert len(aggregates.decode(got)) > 65_536  # 2 slots a key: the large table
+
+
 @pytest.mark.parametrize("blobs", [
     [b""],  # nothing: encode({})
     [b"", blob([""], [5])],  # the empty key alone
