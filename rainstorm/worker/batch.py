@@ -170,6 +170,7 @@ class StageRunner:
         self.count_words = native.WordCounts is not None and self.chain.words_only \
             and job.raw_text(stage) and isinstance(self.agg, aggregates.Additive) \
             and self.agg.name == "count" and not self.stage.keyed_out and not self.windows
+        self._words: WordCounts | None = None  # its table, reused batch after batch
 
     def close(self) -> None:
         """Stop the stage's external programs (a job this worker leaves)."""
@@ -328,7 +329,13 @@ class StageRunner:
     def _computed(self, watermark_us: int | None) -> Computed:
         comp = Computed()
         if self.count_words and native.WordCounts is not None:
-            comp.delta = native.WordCounts()
+            # one table for every batch, cleared: fresh memory for each batch's
+            # table cost its page faults (a batch's request holds only its bytes)
+            if self._words is None:
+                self._words = native.WordCounts()
+            else:
+                self._words.clear()
+            comp.delta = self._words
         if self.windows:
             comp.window = self.windows.batch(watermark_us)
         return comp

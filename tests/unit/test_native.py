@@ -365,6 +365,26 @@ def test_add_utf8_refuses_what_the_strict_decoder_refuses(data: bytes) -> None:
         wc.add_utf8("text")  # type: ignore[arg-type]
 
 
+def test_a_cleared_table_counts_as_a_new_one() -> None:
+    # a worker reuses one table for every batch, cleared: nothing of a batch
+    # (a word, a count, the 'odd' mark of a NUL word, its size) may reach the next
+    assert native.WordCounts is not None
+    reused = native.WordCounts()
+    rng = random.Random(9)
+    vocab = [random_key(rng) for _ in range(5000)]
+    for size in (3000, 40, 0, 20_000, 7):
+        reused.add_text("a\x00b " + " ".join(rng.choice(vocab) for _ in range(size)))
+        assert reused.cut(8) is None  # odd: a NUL word
+        reused.clear()
+        assert len(reused) == 0 and reused.to_dict() == {} and reused.cut(8) is None
+        text = " ".join(rng.choice(vocab) for _ in range(size)) + " the the"
+        fresh = native.WordCounts()
+        assert reused.add_utf8(text.encode()) == fresh.add_utf8(text.encode())
+        assert list(reused.to_dict().items()) == list(fresh.to_dict().items())
+        assert reused.cut(16) == fresh.cut(16) == python_split(Counter(text.split()), 16)
+        reused.clear()
+
+
 @pytest.mark.parametrize("text", ["a\x00b c", "lone\udc80 x", "x \ud800"], ids=repr)
 def test_word_counts_leave_odd_words_to_python(text: str) -> None:
     assert native.WordCounts is not None
