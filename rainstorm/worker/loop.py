@@ -65,6 +65,11 @@ BURST_OVER = "burst: no running job left"
 # rewrote their bases for a delta each (measured: ~75 % of the workers' CPU
 # at 30k records/s); commits still fold the partitions they make due
 STREAM_IDLE_FOLD_S = 1.0
+# a worker that has had no job yet looks for one every EAGER_EVERY_S for its
+# first EAGER_FOR_S (the workers `rainstorm run` forks start just before it
+# submits the job, and waited up to block_ms for it: half a one-line job's time)
+EAGER_FOR_S = 2.0
+EAGER_EVERY_S = 0.01
 # a burst worker whose job has no state any more (removed, or a node that
 # restarted or is resyncing) leaves only after this long
 GONE_GRACE_S = 10.0
@@ -134,6 +139,7 @@ class Worker:
         self._stop = False
         self._stop_reason = "stop requested"
         self._started = time.monotonic()
+        self._had_job = False
         self._last_refresh = 0.0
         self._rotate = 0
         self._outage_since: float | None = None
@@ -232,8 +238,9 @@ class Worker:
         if not self.jobs:
             self._heartbeat()  # idle workers are listed too (and can be asked to stop)
             if block_ms > 0:
-                time.sleep(block_ms / 1000)
+                time.sleep(self.idle_wait_s(block_ms, time.monotonic()))
             return None
+        self._had_job = True
         if self._reread_own:
             self._reread_own = False
             self._run_own_pending()
@@ -250,6 +257,13 @@ class Worker:
         self._touching = ""
         self._heartbeat()
         return None
+
+    def idle_wait_s(self, block_ms: int, now: float) -> float:
+        """How long a worker with no job waits before it looks again: up to
+        ``block_ms``, or EAGER_EVERY_S while it is new and has had none."""
+        if not self._had_job and now - self._started < EAGER_FOR_S:
+            return min(EAGER_EVERY_S, block_ms / 1000)
+        return block_ms / 1000
 
     def close(self) -> None:
         """Stop the keep-alive thread and remove this worker's heartbeat

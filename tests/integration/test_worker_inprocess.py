@@ -48,6 +48,22 @@ def test_run_once_reports_a_round_and_then_idle(r: redis.Redis) -> None:
     assert Counter(read_state(r, job, ("*",))) == _expected()
 
 
+def test_a_new_worker_looks_for_its_first_job_often_then_as_before(r: redis.Redis) -> None:
+    # the workers `rainstorm run` forks start just before it submits: waiting
+    # block_ms between looks was up to 0.1 s of a one-line job's 0.45 s
+    with Worker(r, WorkerOptions(job="later", heartbeat_s=60)) as w:
+        born = time.monotonic()
+        assert w.run_once(100).idle  # no job yet: it looked, then waited
+        assert w.idle_wait_s(100, born) == loop.EAGER_EVERY_S
+        assert w.idle_wait_s(100, born + loop.EAGER_FOR_S + 1) == 0.1  # an old idle worker
+        assert w.idle_wait_s(5, born) == 0.005
+        job = stream_wordcount_job(r, "later")
+        add_stage0(r, job, WORDS)
+        assert w.run_once().committed == 3
+        assert w.idle_wait_s(100, born) == 0.1  # had a job: as before
+    assert Counter(read_state(r, job, ("*",))) == _expected()
+
+
 def test_a_stragglers_stolen_entries_are_committed_once(r: redis.Redis) -> None:
     """Worker A reads the entries and stalls; worker B steals them (their idle
     time passed claim_idle_ms) and commits them; A's late commit is refused
