@@ -4,6 +4,11 @@
  *     .add_text(text: str) -> int
  *         counts every word of text.split() (str.split()'s own whitespace,
  *         Py_UNICODE_ISSPACE) and answers how many there were
+ *     .add_utf8(data: bytes) -> (words, lines) | None
+ *         add_text(data.decode()) without decoding, and the lines as
+ *         rainstorm.worker.batch counts them; None, counting nothing, when
+ *         data is not UTF-8 as Python's strict decoder sees it
+ *     .clear()             forget every word, keeping the memory
  *     len(wc)              the distinct words
  *     .cut(n: int) -> dict[int, bytes] | None
  *         the counts cut into n state partitions as columnar blobs: the
@@ -16,7 +21,10 @@
  *
  * Counter.update(text.split()) makes a str object for every word and hashes
  * it; here a word is hashed where it lies and its UTF-8 is copied once per
- * batch, and no str is made at all on the way to the commit.
+ * batch, and no str is made at all on the way to the commit.  On x86-64
+ * (SSE2) ASCII text is scanned 64 bytes at a time; RAINSTORM_NO_SIMD, or
+ * another machine, scans it byte by byte (tests/unit/test_native.py builds
+ * both).
  *
  * The text is the user's input: the table hashes with Python's own keyed
  * hash (_Py_HashBytes), so crafted words cannot make it quadratic.
@@ -159,44 +167,6 @@ static inline Py_UCS4 code_point(const unsigned char *s, const unsigned char *en
     return 0xFFFD;
 }
 
-/* the end of the word (the run of non-whitespace) at s */
-static inline const unsigned char *word_end(const unsigned char *s, const unsigned char *end)
-{
-    while (s < end) {
-        if (*s < 0x80) {
-            if (space1[*s])
-                break;
-            s++;
-        } else {
-            int w;
-            if (Py_UNICODE_ISSPACE(code_point(s, end, &w)))
-                break;
-            s += w;
-        }
-    }
-    return s;
-}
-
-/* the end of the run of whitespace at s; *lines += the '\n's in it */
-static inline const unsigned char *space_end(const unsigned char *s, const unsigned char *end,
-                                             Py_ssize_t *lines)
-{
-    while (s < end) {
-        if (*s < 0x80) {
-            if (!space1[*s])
-                break;
-            *lines += *s == '\n';
-            s++;
-        } else {
-            int w;
-            if (!Py_UNICODE_ISSPACE(code_point(s, end, &w)))
-                break;
-            s += w;
-        }
-    }
-    return s;
-}
-
 /* Is s..end UTF-8 that Python's strict decoder accepts (no overlong form,
  * surrogate, code point past U+10FFFF or cut sequence)? */
 static int valid_utf8(const unsigned char *s, const unsigned char *end)
@@ -237,44 +207,201 @@ static int valid_utf8(const unsigned char *s, const unsigned char *end)
     return 1;
 }
 
+/* -- counting the words of UTF-8 text -------------------------------------
+ *
+ * Words are found 64 bytes at a time where the bytes are ASCII (SSE2: masks
+ * of the whitespace bytes and of the newlines, then one step per word
+ * boundary, not per byte), and character by character elsewhere.  They are
+ * counted GROUP at a time: hashed, their slots prefetched, then the words
+ * those slots name, then counted, so that the loads of one word wait
+ * behind the work on the others. */
+
+typedef struct {
+    WordCounts *t;
+    struct {
+        const char *s;
+        size_t len;
+        Py_hash_t h;
+    } g[GROUP];
+    int n;
+    Py_ssize_t words;
+} Words;
+
+static int flush(Words *k)
+{
+    WordCounts *t = k->t;
+    for (int i = 0; i < k->n; i++) {
+        Py_ssize_t at = t->slots[(size_t)k->g[i].h & t->mask];
+        if (at >= 0)
+            __builtin_prefetch(&t->words[at]);
+    }
+    for (int i = 0; i < k->n; i++)
+        if (add_hashed(t, k->g[i].s, k->g[i].len, k->g[i].h) < 0)
+            return -1;
+    k->words += k->n;
+    k->n = 0;
+    return 0;
+}
+
+static inline int push(Words *k, const unsigned char *w, const unsigned char *end)
+{
+    size_t len = (size_t)(end - w);
+    Py_hash_t h = _Py_HashBytes(w, (Py_ssize_t)len);
+    __builtin_prefetch(&k->t->slots[(size_t)h & k->t->mask]);
+    k->g[k->n].s = (const char *)w;
+    k->g[k->n].len = len;
+    k->g[k->n].h = h;
+    return ++k->n == GROUP ? flush(k) : 0;
+}
+
+#if defined(__SSE2__) && !defined(RAINSTORM_NO_SIMD)
+/* characters from *ps while before stop (the last may run past it, to at
+ * most end); *word: where the word being read began, or NULL */
+static int by_char(Words *k, const unsigned char **ps, const unsigned char *stop,
+                   const unsigned char *end, const unsigned char **word, Py_ssize_t *lines)
+{
+    const unsigned char *s = *ps, *w = *word;
+    while (s < stop) {
+        int width = 1, space;
+        if (*s < 0x80) {
+            space = space1[*s];
+            *lines += *s == '\n';
+        } else {
+            space = Py_UNICODE_ISSPACE(code_point(s, end, &width)) != 0;
+        }
+        if (space) {
+            if (w != NULL) {
+                if (push(k, w, s) < 0)
+                    return -1;
+                w = NULL;
+            }
+        } else if (w == NULL) {
+            w = s;
+        }
+        s += width;
+    }
+    *ps = s;
+    *word = w;
+    return 0;
+}
+
+#include <emmintrin.h>
+
+/* bit i: byte i of s[0..64) is ASCII whitespace (*ws), '\n' (*nl), >= 0x80 (*hi) */
+static inline void masks64(const unsigned char *s, uint64_t *ws, uint64_t *nl, uint64_t *hi)
+{
+    const __m128i lo1 = _mm_set1_epi8(0x08), hi1 = _mm_set1_epi8(0x0E);
+    const __m128i lo2 = _mm_set1_epi8(0x1B), hi2 = _mm_set1_epi8(0x21);
+    const __m128i newline = _mm_set1_epi8('\n');
+    uint64_t w = 0, n = 0, h = 0;
+    for (int i = 0; i < 4; i++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + 16 * i));
+        /* signed compares: bytes >= 0x80 are negative, in neither range */
+        __m128i a = _mm_and_si128(_mm_cmpgt_epi8(v, lo1), _mm_cmplt_epi8(v, hi1));
+        __m128i b = _mm_and_si128(_mm_cmpgt_epi8(v, lo2), _mm_cmplt_epi8(v, hi2));
+        w |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_or_si128(a, b)) << (16 * i);
+        n |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, newline)) << (16 * i);
+        h |= (uint64_t)(uint16_t)_mm_movemask_epi8(v) << (16 * i);
+    }
+    *ws = w;
+    *nl = n;
+    *hi = h;
+}
+
 /* the words of UTF-8 text (an ASCII str's own bytes, or its UTF-8 form);
  * *lines += its '\n's */
 static Py_ssize_t add_utf8(WordCounts *t, const unsigned char *s, const unsigned char *end,
                            Py_ssize_t *lines)
 {
-    /* GROUP words at a time: hash them all and prefetch their slots, then
-     * the words those slots name, then count them, so that the loads of
-     * one word wait behind the work on the others */
-    struct { const char *s; size_t len; Py_hash_t h; } g[GROUP];
-    Py_ssize_t words = 0;
-    for (;;) {
-        int n = 0;
-        while (n < GROUP) {
-            s = space_end(s, end, lines);
-            if (s >= end)
-                break;
-            const unsigned char *word = s;
-            s = word_end(s, end);
-            size_t len = (size_t)(s - word);
-            Py_hash_t h = _Py_HashBytes(word, (Py_ssize_t)len);
-            __builtin_prefetch(&t->slots[(size_t)h & t->mask]);
-            g[n].s = (const char *)word;
-            g[n].len = len;
-            g[n++].h = h;
-        }
-        for (int k = 0; k < n; k++) {
-            Py_ssize_t i = t->slots[(size_t)g[k].h & t->mask];
-            if (i >= 0)
-                __builtin_prefetch(&t->words[i]);
-        }
-        for (int k = 0; k < n; k++)
-            if (add_hashed(t, g[k].s, g[k].len, g[k].h) < 0)
+    Words k = {.t = t};
+    const unsigned char *word = NULL;
+    while (end - s >= 64) {
+        uint64_t ws, nl, hi;
+        masks64(s, &ws, &nl, &hi);
+        if (hi) { /* not all ASCII: these 64 bytes character by character */
+            if (by_char(&k, &s, s + 64, end, &word, lines) < 0)
                 return -1;
-        words += n;
-        if (n < GROUP)
-            return words;
+            continue;
+        }
+        *lines += __builtin_popcountll(nl);
+        /* bit i: byte i is whitespace and byte i - 1 is not, or the other
+         * way round (byte -1: whitespace unless a word is being read) */
+        uint64_t edges = ws ^ ((ws << 1) | (word == NULL));
+        while (edges) {
+            const unsigned char *at = s + __builtin_ctzll(edges);
+            edges &= edges - 1;
+            if (word == NULL) {
+                word = at;
+            } else {
+                if (push(&k, word, at) < 0)
+                    return -1;
+                word = NULL;
+            }
+        }
+        s += 64;
     }
+    if (by_char(&k, &s, end, end, &word, lines) < 0 ||
+        (word != NULL && push(&k, word, end) < 0) || flush(&k) < 0)
+        return -1;
+    return k.words;
 }
+
+#else /* no SSE2: runs of whitespace, then of other characters */
+
+/* the end of the run of whitespace at s; *lines += the '\n's in it */
+static inline const unsigned char *space_end(const unsigned char *s, const unsigned char *end,
+                                             Py_ssize_t *lines)
+{
+    while (s < end) {
+        if (*s < 0x80) {
+            if (!space1[*s])
+                break;
+            *lines += *s == '\n';
+            s++;
+        } else {
+            int w;
+            if (!Py_UNICODE_ISSPACE(code_point(s, end, &w)))
+                break;
+            s += w;
+        }
+    }
+    return s;
+}
+
+/* the end of the word (the run of non-whitespace) at s */
+static inline const unsigned char *word_end(const unsigned char *s, const unsigned char *end)
+{
+    while (s < end) {
+        if (*s < 0x80) {
+            if (space1[*s])
+                break;
+            s++;
+        } else {
+            int w;
+            if (Py_UNICODE_ISSPACE(code_point(s, end, &w)))
+                break;
+            s += w;
+        }
+    }
+    return s;
+}
+
+static Py_ssize_t add_utf8(WordCounts *t, const unsigned char *s, const unsigned char *end,
+                           Py_ssize_t *lines)
+{
+    Words k = {.t = t};
+    for (;;) {
+        s = space_end(s, end, lines);
+        if (s >= end)
+            break;
+        const unsigned char *word = s;
+        s = word_end(s, end);
+        if (push(&k, word, s) < 0)
+            return -1;
+    }
+    return flush(&k) < 0 ? -1 : k.words;
+}
+#endif
 
 /* the words of a str with a lone surrogate (no UTF-8 form), char by char */
 static Py_ssize_t add_chars(WordCounts *t, PyObject *text)

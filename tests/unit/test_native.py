@@ -7,9 +7,14 @@ bytes; anything else is left to Python, which moves bad deltas aside)."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import shutil
+import subprocess
+import sysconfig
 import zlib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -351,6 +356,55 @@ def test_add_utf8_counts_what_decoding_then_add_text_counts(seed: int) -> None:
     assert 0 < refused < 300
     assert list(fast.to_dict().items()) == list(ref.to_dict().items())
     assert fast.cut(16) == ref.cut(16)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_words_across_the_64_byte_blocks_are_str_split(seed: int) -> None:
+    # the native scan takes 64 ASCII bytes at a time (whitespace and newline
+    # masks) and goes character by character through a block with any other
+    # byte: words and lines must come out as str.split() and str.count
+    # whatever straddles a block's edge
+    assert native.WordCounts is not None
+    rng = random.Random(seed)
+    ascii_space = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+    alphabet = ["a", "b", "Z", "0", "-", "\x00", "\x7f", "\x08", "\x0e", "\x1b", "!", "~",
+                *ascii_space, "\x85", "\xa0", "\u3000", "\u2028", "\u200b", "é", "日", "🙂"]
+    ref, wc = Counter[str](), native.WordCounts()
+    for _ in range(1500):
+        weights = [rng.random() for _ in alphabet]
+        text = "".join(rng.choices(alphabet, weights, k=rng.randint(0, 300)))
+        if rng.random() < 0.3:  # long ASCII stretches: whole blocks on the fast path
+            text = " ".join("w" * rng.randint(1, 90) for _ in range(rng.randint(1, 9))) + text
+        got = wc.add_utf8(text.encode())
+        assert got == (len(text.split()), lines_of(text)), repr(text)
+        ref.update(text.split())
+    assert list(wc.to_dict().items()) == list(ref.items())
+
+
+def test_the_portable_scan_counts_what_the_simd_scan_counts(tmp_path: Path) -> None:
+    # a machine without SSE2 (ARM) builds the run-by-run scan: built here
+    # with RAINSTORM_NO_SIMD, it must count what this build counts
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the portable scan with")
+    src = Path(native.__file__).parent
+    built = tmp_path / ("_words" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-DRAINSTORM_NO_SIMD",
+                    f"-I{sysconfig.get_paths()['include']}", f"-I{src}", str(src / "_words.c"),
+                    "-o", str(built)], check=True, capture_output=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("rainstorm.native._words", built)
+    assert spec is not None and spec.loader is not None
+    portable = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(portable)
+    assert native.WordCounts is not None
+    rng = random.Random(11)
+    pieces = [t.encode() for t in TEXTS] + UTF8 + [b" ", b"\n", b"w" * 70, b"\xc3\xa9"]
+    a, b = portable.WordCounts(), native.WordCounts()
+    for _ in range(400):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+        assert a.add_utf8(data) == b.add_utf8(data), data
+    assert list(a.to_dict().items()) == list(b.to_dict().items())
+    assert a.cut(16) == b.cut(16)
 
 
 @pytest.mark.parametrize("data", NOT_UTF8 + [b"ok " + b for b in NOT_UTF8], ids=repr)
