@@ -3,7 +3,8 @@
 Two C extensions are built when the package is installed (setup.py;
 ``optional``: where no C compiler is found, the install goes on without
 them).  ``_columns`` cuts a batch's delta into state partitions
-(:func:`cut`) and folds columnar blobs (:func:`fold`); ``_words`` counts
+(:func:`cut`), folds columnar blobs (:func:`fold`) and writes a result's
+partition as JSON from its columns (:func:`json_body`); ``_words`` counts
 the words of word count's texts (:data:`WordCounts`); ``_pairs`` checks a
 mapper's (key, value) records (:func:`all_pairs`) and groups their values
 (:func:`group_add`).  Each writes exactly
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 
 Cut = Callable[[dict[Any, Any], int], "dict[int, bytes] | None"]
 Fold = Callable[[list[bytes]], "bytes | None"]
+JsonBody = Callable[[list[str], Any], "str | None"]
 
 cut: Cut | None = None
 fold: Fold | None = None
+json_body: JsonBody | None = None
 WordCounts: type[_words.WordCounts] | None = None
 all_pairs: Callable[[list[Any]], bool] | None = None
 group_add: Callable[[dict[Any, Any], list[Any]], bool] | None = None
@@ -40,6 +43,7 @@ if os.environ.get("RAINSTORM_NATIVE", "1") != "0":
         WHY_NOT = "not built: no C compiler when rainstorm was installed"
     else:
         cut, fold, WordCounts = _columns.cut, _columns.fold, _words.WordCounts
+        json_body = _columns.json_body
         all_pairs, group_add = _pairs.all_pairs, _pairs.group_add
 
 AVAILABLE = cut is not None

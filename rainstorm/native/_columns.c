@@ -24,6 +24,12 @@
  *       well formed, all integer codes or all "d", and no int64 sum
  *       overflows.
  *
+ *   json_body(keys: list[str], values: array) -> str | None
+ *       The columns of a result's partition as the body of a JSON object
+ *       (no braces): what orjson.dumps(dict(zip(keys, values)))[1:-1]
+ *       writes for distinct keys, without the dict.  None unless every key
+ *       is a str with a UTF-8 form and the array holds integers.
+ *
  * Blobs come from Redis, where anyone holding a password can write them:
  * every length is checked against the buffer before it is used, and the
  * key hash is Python's own keyed one (_Py_HashBytes), so crafted keys
@@ -368,8 +374,125 @@ done:
     return out;
 }
 
+/* -- json_body --------------------------------------------------------------- */
+
+static const char HEX[] = "0123456789abcdef";
+
+/* key as a JSON string, escaped as orjson escapes it: '"' and '\\', the
+ * control characters (\b \t \n \f \r, else \u00xx); the rest as it is */
+static int json_string(Buf *out, const char *s, Py_ssize_t n)
+{
+    if (buf_reserve(out, 6 * (size_t)n + 2) < 0)
+        return -1;
+    char *w = out->p + out->len;
+    *w++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *w++ = (char)c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\t': *w++ = 't'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\r': *w++ = 'r'; break;
+        default:
+            *w++ = 'u';
+            *w++ = '0';
+            *w++ = '0';
+            *w++ = HEX[c >> 4];
+            *w++ = HEX[c & 15];
+        }
+    }
+    *w++ = '"';
+    out->len = (size_t)(w - out->p);
+    return 0;
+}
+
+static int json_int(Buf *out, long long v)
+{
+    char tmp[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (buf_reserve(out, (size_t)n + 1) < 0)
+        return -1;
+    if (v < 0)
+        out->p[out->len++] = '-';
+    while (n)
+        out->p[out->len++] = tmp[--n];
+    return 0;
+}
+
+static long long int_item(const char *p, char fmt, Py_ssize_t i)
+{
+    switch (fmt) {
+    case 'b': return ((const signed char *)p)[i];
+    case 'B': return ((const unsigned char *)p)[i];
+    case 'h': return ((const short *)p)[i];
+    case 'H': return ((const unsigned short *)p)[i];
+    case 'i': return ((const int *)p)[i];
+    case 'I': return ((const unsigned int *)p)[i];
+    case 'l': return ((const long *)p)[i];
+    default: return ((const long long *)p)[i]; /* 'q' */
+    }
+}
+
+static PyObject *json_body(PyObject *self, PyObject *args)
+{
+    PyObject *keys, *values;
+    if (!PyArg_ParseTuple(args, "O!O:json_body", &PyList_Type, &keys, &values))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(values, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *out = NULL;
+    Buf buf = {0};
+    const char *fmt = view.format ? view.format : "B";
+    char f = fmt[0] == '@' || fmt[0] == '=' ? fmt[1] : fmt[0];
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    Py_ssize_t size = f == 'b' || f == 'B' ? 1 : f == 'h' || f == 'H' ? 2
+                      : f == 'i' || f == 'I' ? (Py_ssize_t)sizeof(int)
+                      : f == 'l' ? (Py_ssize_t)sizeof(long) : f == 'q' ? 8 : 0;
+    if (size == 0 || view.itemsize != size || view.ndim != 1 || view.len != n * size)
+        goto none; /* floats, or not one integer a key: the Python way */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        Py_ssize_t len;
+        const char *u = PyUnicode_CheckExact(k) ? PyUnicode_AsUTF8AndSize(k, &len) : NULL;
+        if (u == NULL) { /* not a str, or a lone surrogate: the Python way */
+            PyErr_Clear();
+            goto none;
+        }
+        if ((i && buf_put(&buf, ",", 1) < 0) || json_string(&buf, u, len) < 0 ||
+            buf_put(&buf, ":", 1) < 0 || json_int(&buf, int_item(view.buf, f, i)) < 0)
+            goto done;
+    }
+    out = PyUnicode_DecodeUTF8(buf.p ? buf.p : "", (Py_ssize_t)buf.len, "strict");
+    goto done;
+none:
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    PyMem_Free(buf.p);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"cut", cut, METH_VARARGS, "A delta cut into n partitions as columnar blobs, or None."},
+    {"json_body", json_body, METH_VARARGS,
+     "A partition's columns as the body of a JSON object (orjson's text), or None."},
     {"fold", fold, METH_VARARGS, "Columnar blobs folded into one, or None."},
     {NULL, NULL, 0, NULL},
 };

@@ -7,6 +7,7 @@ bytes; anything else is left to Python, which moves bad deltas aside)."""
 
 from __future__ import annotations
 
+import array
 import importlib.util
 import random
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
 
 from rainstorm import native
@@ -148,6 +150,39 @@ def test_a_fold_into_a_large_table_writes_what_python_writes(floats: bool) -> No
     got = native.fold(deltas)
     assert got is not None and got == python_fold(deltas)
     assert len(aggregates.decode(got)) > 65_536  # 2 slots a key: the large table
+
+
+@pytest.mark.parametrize("code, bounds", [("b", (-128, 127)), ("B", (0, 255)),
+                                         ("h", (-32768, 32767)), ("H", (0, 65535)),
+                                         ("i", (-2**31, 2**31 - 1)), ("I", (0, 2**32 - 1)),
+                                         ("l", (-2**63, 2**63 - 1)), ("q", (-2**63, 2**63 - 1))])
+def test_json_body_writes_what_orjson_writes(code: str, bounds: tuple[int, int]) -> None:
+    # --json writes a partition's columns natively: the text must be orjson's
+    assert native.json_body is not None
+    rng = random.Random(code)
+    specials = [chr(c) for c in range(0x20)] + ['"', "\\", "/", "\x7f", "\u2028", "é", "日",
+                                                  "🙂", "", " "]
+    keys = list(dict.fromkeys(
+        "".join(rng.choice(specials + list("abc")) for _ in range(rng.randint(0, 6)))
+        for _ in range(3000)))
+    values = array.array(code, [rng.choice([*bounds, 0, 1, -1 if bounds[0] else 2,
+                                            rng.randint(*bounds)]) for _ in keys])
+    want = orjson.dumps(dict(zip(keys, values, strict=True))).decode()[1:-1]
+    assert native.json_body(keys, values) == want
+    assert native.json_body([], array.array(code)) == ""
+
+
+@pytest.mark.parametrize("keys, values", [
+    (["a"], array.array("d", [1.5])),  # floats: orjson's float text is Python's
+    (["a", "b"], array.array("q", [1])),  # not one value a key
+    (["a\udc80"], array.array("q", [1])),  # a lone surrogate has no UTF-8
+    ([1], array.array("q", [1])),  # not a str
+    (["a"], [1]),  # not an array
+], ids=["floats", "counts", "surrogate", "int-key", "list"])
+def test_json_body_leaves_to_python_what_it_does_not_write(keys: list[Any], values: Any
+                                                           ) -> None:
+    assert native.json_body is not None
+    assert native.json_body(keys, values) is None
 
 
 @pytest.mark.parametrize("blobs", [
