@@ -221,7 +221,10 @@ def test_unreadable_input_is_an_error_never_an_empty_result(tmp_path: Path) -> N
 # -- input changed under the job -------------------------------------------------
 
 def _submitted(r: redis.Redis, paths: list[Path], job_id: str) -> Job:
-    job, files = prepare(wordcount_spec(batch_bytes=2048), [str(p) for p in paths], job_id)
+    """A submitted job under ``job_id``, which may be one prepare refuses
+    now (an id from before that check, or keys written by hand)."""
+    job, files = prepare(wordcount_spec(batch_bytes=2048), [str(p) for p in paths])
+    job = Job.build(job_id, job.spec)
     submit(r, job, files)
     return job
 
