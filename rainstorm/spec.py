@@ -32,14 +32,14 @@ from pydantic import (
 
 from rainstorm.errors import UsageError
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 MAX_JOB_ID = 100
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+JOB_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_JOB_ID - 1}}}$"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 def is_job_id(text: str) -> bool:
-    """Can ``text`` be a job id (JOB_ID_PATTERN, the whole of it: no
-    trailing newline either)?"""
+    """Can ``text`` be a job id (JOB_ID_PATTERN, the whole of it: fullmatch,
+    so no trailing newline either, which ``$`` alone lets through)?"""
     return _JOB_ID.fullmatch(text) is not None
 
 

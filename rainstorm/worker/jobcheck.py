@@ -23,6 +23,7 @@ from rainstorm.spec import is_job_id
 
 log = logging.getLogger(__name__)
 
+
 class BrokenJob(Exception):
     """A job's keys hold something no worker can use; the message says what."""
 
