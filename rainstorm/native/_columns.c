@@ -249,6 +249,13 @@ static inline int add_value(Entry *e, const Cols *c, size_t i, int fresh, int re
     return 1;
 }
 
+/* the length of the key at k: up to its NUL, or to kend for the last key */
+static inline size_t key_len(const char *k, const char *kend)
+{
+    const char *nul = memchr(k, 0, (size_t)(kend - k));
+    return nul ? (size_t)(nul - k) : (size_t)(kend - k);
+}
+
 #define GROUP 32 /* keys looked up together, as rainstorm.native._words does */
 #define GROUP_FROM (1 << 17) /* slots: a smaller table stays in cache (measured) */
 
@@ -262,8 +269,7 @@ static int merge(Table *t, const Cols *c)
     const char *k = c->keys, *kend = c->keys + c->keys_len;
     if (t->mask + 1 < GROUP_FROM) {
         for (size_t i = 0; i < c->count; i++) {
-            const char *nul = memchr(k, 0, (size_t)(kend - k));
-            size_t len = nul ? (size_t)(nul - k) : (size_t)(kend - k);
+            size_t len = key_len(k, kend);
             int fresh;
             Entry *e = lookup(t, k, len, _Py_HashBytes(k, (Py_ssize_t)len), &fresh);
             if (e == NULL || !add_value(e, c, i, fresh, replace))
@@ -276,8 +282,7 @@ static int merge(Table *t, const Cols *c)
     for (size_t i = 0; i < c->count;) {
         size_t n = c->count - i < GROUP ? c->count - i : GROUP;
         for (size_t j = 0; j < n; j++) {
-            const char *nul = memchr(k, 0, (size_t)(kend - k));
-            size_t len = nul ? (size_t)(nul - k) : (size_t)(kend - k);
+            size_t len = key_len(k, kend);
             g[j].key = k;
             g[j].len = len;
             g[j].h = _Py_HashBytes(k, (Py_ssize_t)len);
@@ -432,17 +437,19 @@ static int json_int(Buf *out, long long v)
     return 0;
 }
 
-static long long int_item(const char *p, char fmt, Py_ssize_t i)
+/* the integer code (columnar.h's int_at) of an array's items of format f and
+ * size itemsize; 0 for any other (floats, unsigned 64 bits) */
+static char code_of(char f, Py_ssize_t itemsize)
 {
-    switch (fmt) {
-    case 'b': return ((const signed char *)p)[i];
-    case 'B': return ((const unsigned char *)p)[i];
-    case 'h': return ((const short *)p)[i];
-    case 'H': return ((const unsigned short *)p)[i];
-    case 'i': return ((const int *)p)[i];
-    case 'I': return ((const unsigned int *)p)[i];
-    case 'l': return ((const long *)p)[i];
-    default: return ((const long long *)p)[i]; /* 'q' */
+    if (f == 0 || strchr("bBhHiIlq", f) == NULL)
+        return 0;
+    int sign = f >= 'a';
+    switch (itemsize) {
+    case 1: return sign ? 'b' : 'B';
+    case 2: return sign ? 'h' : 'H';
+    case 4: return sign ? 'i' : 'I';
+    case 8: return sign ? 'q' : 0;
+    default: return 0;
     }
 }
 
@@ -461,10 +468,8 @@ static PyObject *json_body(PyObject *self, PyObject *args)
     const char *fmt = view.format ? view.format : "B";
     char f = fmt[0] == '@' || fmt[0] == '=' ? fmt[1] : fmt[0];
     Py_ssize_t n = PyList_GET_SIZE(keys);
-    Py_ssize_t size = f == 'b' || f == 'B' ? 1 : f == 'h' || f == 'H' ? 2
-                      : f == 'i' || f == 'I' ? (Py_ssize_t)sizeof(int)
-                      : f == 'l' ? (Py_ssize_t)sizeof(long) : f == 'q' ? 8 : 0;
-    if (size == 0 || view.itemsize != size || view.ndim != 1 || view.len != n * size)
+    char code = code_of(f, view.itemsize);
+    if (code == 0 || view.ndim != 1 || view.len != n * view.itemsize)
         goto none; /* floats, or not one integer a key: the Python way */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *k = PyList_GET_ITEM(keys, i);
@@ -475,7 +480,7 @@ static PyObject *json_body(PyObject *self, PyObject *args)
             goto none;
         }
         if ((i && buf_put(&buf, ",", 1) < 0) || json_string(&buf, u, len) < 0 ||
-            buf_put(&buf, ":", 1) < 0 || json_int(&buf, int_item(view.buf, f, i)) < 0)
+            buf_put(&buf, ":", 1) < 0 || json_int(&buf, int_at(view.buf, (size_t)i, code)) < 0)
             goto done;
     }
     out = PyUnicode_DecodeUTF8(buf.p ? buf.p : "", (Py_ssize_t)buf.len, "strict");
