@@ -359,7 +359,7 @@ class StageRunner:
         """Run one entry as a whole; False when a Rejected record sends it
         record by record (what its partial run counted is dropped: the
         record-by-record run counts again)."""
-        if native.is_word_counts(comp.delta) and self.job.raw_text(self.stage.index):
+        if native.is_word_counts(comp.delta):  # (count_words: a raw-text stage)
             # the words of UTF-8 bytes, counted without decoding them (else: below)
             counted = comp.delta.add_utf8(self._raw_text(e))
             if counted is not None:
