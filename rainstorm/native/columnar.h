@@ -44,7 +44,12 @@ static inline int buf_put(Buf *b, const void *src, size_t n)
 
 /* -- crc32, as zlib.crc32 ------------------------------------------------- */
 
-static uint32_t crc_table[256];
+/* Slice-by-8 (Intel's, as zlib's braided code does it): eight table lookups
+ * per 8 bytes, independent of each other, where the byte-at-a-time loop waits
+ * on each lookup before the next; keys are words, mostly 4-16 bytes.  Little
+ * endian only (the loads below read 4 bytes as a number); elsewhere a byte at
+ * a time. */
+static uint32_t crc_table[8][256];
 
 static inline void crc_init(void)
 {
@@ -52,16 +57,35 @@ static inline void crc_init(void)
         uint32_t c = i;
         for (int k = 0; k < 8; k++)
             c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
+        crc_table[0][i] = c;
     }
+    for (int t = 1; t < 8; t++)
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = crc_table[t - 1][i];
+            crc_table[t][i] = (c >> 8) ^ crc_table[0][c & 0xFF];
+        }
 }
 
 static inline uint32_t crc32_of(const char *s, Py_ssize_t n)
 {
     uint32_t c = 0xFFFFFFFFu;
     const unsigned char *p = (const unsigned char *)s;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (n >= 8) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + 4, 4);
+        a ^= c;
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF]
+            ^ crc_table[5][(a >> 16) & 0xFF] ^ crc_table[4][a >> 24]
+            ^ crc_table[3][b & 0xFF] ^ crc_table[2][(b >> 8) & 0xFF]
+            ^ crc_table[1][(b >> 16) & 0xFF] ^ crc_table[0][b >> 24];
+        p += 8;
+        n -= 8;
+    }
+#endif
     while (n-- > 0)
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+        c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
     return c ^ 0xFFFFFFFFu;
 }
 

@@ -86,6 +86,21 @@ def test_cut_writes_what_python_writes(seed: int, n: int) -> None:
         assert native.cut(delta, n) == python_split(delta, n)
 
 
+def test_cut_partitions_keys_of_every_length_by_zlib_crc32() -> None:
+    # the native crc32 takes 8 bytes a step and the rest one at a time: keys
+    # of 0..40 bytes (1- to 4-byte characters) cover both and every remainder
+    rng = random.Random(5)
+    alphabet = "az\x01\x7f\xe9\u0394\u65e5\U0001f642"
+    delta = {"".join(rng.choice(alphabet) for _ in range(size)): size
+             for size in range(41) for _ in range(20)}
+    n = 1009  # a prime: nearly every key alone in its partition
+    assert native.cut is not None
+    parts = native.cut(delta, n)
+    assert parts == python_split(delta, n)
+    for key in delta:
+        assert zlib.crc32(key.encode()) % n in parts
+
+
 def test_cut_of_large_parts_uses_the_wide_msgpack_headers() -> None:
     # joined keys beyond 65535 bytes (str32) and values beyond 65535 (bin32)
     delta = {f"key-{i:06d}-" + "z" * 20: i for i in range(9000)}
