@@ -94,10 +94,11 @@ def legit_commit(r: redis.Redis, n: int, payload: int) -> tuple[float, bool]:
 
 def long_log_snapshot(r: redis.Redis, n: int) -> tuple[float, bool]:
     fresh_job(r)
-    log = keys.state_log(JOB, 1, 0)
+    base, log = keys.state(JOB, 1, 0), keys.state_log(JOB, 1, 0)
     pipe = r.pipeline(transaction=False)
-    for i in range(n):
-        pipe.xadd(log, {"d": b"%d" % i})
+    for i in range(n):  # as commits log them: the delta in its key, the log naming it
+        pipe.set(keys.state_delta(base, f"t{i}"), b"%d" % i)
+        pipe.xadd(log, {"t": f"t{i}", "n": len(b"%d" % i)})
     pipe.execute()
     r.slowlog_reset()
     snap = lua.snapshot(r, base=keys.state(JOB, 1, 0), log=log)

@@ -1,13 +1,15 @@
 """What reading a state partition costs the server: through Lua, or plain reads.
 
 A fold and every read of a result take a *snapshot* of one state partition:
-its base (one hash field) and its unfolded deltas (a stream).  Up to
-LIB_VERSION 8 this was one ``FCALL_RO rainstorm_snapshot``; since session 18
-it is ``rainstorm.lua.snapshot``: HMGET, XRANGE and HGET in one round trip,
-the version read twice.  This loads the old function (its Lua as it was, but
-for a delta's field taken by position; as a library of its own) next to the
-real one and times both on the same
-partition, in turns: the server's CPU per read (INFO cpu, main thread) over
+its base and its unfolded deltas.  Up to LIB_VERSION 8 this was one
+``FCALL_RO rainstorm_snapshot`` over a hash field and a stream of blobs;
+since session 18 it is ``rainstorm.lua.snapshot``, plain reads (since
+LIB_VERSION 10 the blobs are keys of their own that the hash and the log
+name: HMGET and XRANGE, then MGET of the blobs with the head again).  This
+loads the old function (its Lua as it was, but for a delta's field taken by
+position; as a library of its own) and times it on a partition in the old
+layout against the real reads on the same blobs in today's layout, in
+turns: the server's CPU per read (INFO cpu, main thread) over
 ``--reads`` reads, for partitions shaped like a word count's (a base of
 ``--base-kb`` and ``--deltas`` deltas of ``--delta-kb`` each; the defaults
 are a 1 GB real-text job's, 64 partitions: ~170 KB bases, ~42 KB deltas, 17
@@ -32,7 +34,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, parser, positive_int, pyplot  # noqa: E402
 
-from rainstorm import lua  # noqa: E402
+from rainstorm import keys, lua  # noqa: E402
 from rainstorm.local.server import EmbeddedRedis  # noqa: E402
 
 OLD_SNAPSHOT = """#!lua name=rainstorm_v8_snapshot
@@ -55,7 +57,8 @@ end
 redis.register_function{function_name = 'v8_snapshot', callback = snapshot,
   flags = {'no-writes'}}
 """
-BASE, LOG = "rs:{reads}:state:s0:p0", "rs:{reads}:state:s0:p0:log"
+BASE, LOG = "rs:{reads}:state:s0:p0", "rs:{reads}:state:s0:p0:log"  # the old layout
+NEW_BASE, NEW_LOG = "rs:{reads2}:state:s0:p0", "rs:{reads2}:state:s0:p0:log"
 
 
 def main_cpu_s(r: redis.Redis) -> float:
@@ -69,7 +72,7 @@ def old_read(r: redis.Redis) -> tuple[bytes, list[bytes]]:
 
 
 def new_read(r: redis.Redis) -> tuple[bytes, list[bytes]]:
-    snap = lua.snapshot(r, base=BASE, log=LOG)
+    snap = lua.snapshot(r, base=NEW_BASE, log=NEW_LOG)
     return snap.base, snap.deltas
 
 
@@ -87,14 +90,20 @@ def main() -> int:
         r = redis.Redis.from_url(server.url)
         lua.load_library(r)
         r.function_load(OLD_SNAPSHOT, replace=True)
-        r.hset(BASE, mapping={"v": 3, "d": os.urandom(int(a.base_kb * 1000))})
-        for _ in range(a.deltas):
-            r.xadd(LOG, {"d": os.urandom(int(a.delta_kb * 1000))})
+        blob = os.urandom(int(a.base_kb * 1000))
+        r.hset(BASE, mapping={"v": 3, "d": blob})
+        r.set(keys.state_blob(NEW_BASE, "b0"), blob)
+        r.hset(NEW_BASE, mapping={"v": 3, "t": "b0", "bs": len(blob)})
+        for i in range(a.deltas):
+            delta = os.urandom(int(a.delta_kb * 1000))
+            r.xadd(LOG, {"d": delta})
+            r.set(keys.state_delta(NEW_BASE, f"d{i}"), delta)
+            r.xadd(NEW_LOG, {"t": f"d{i}", "n": len(delta)})
         same = old_read(r) == new_read(r)
         mb = (a.base_kb + a.deltas * a.delta_kb) / 1000
         for rep in range(repeat):
             for name, read in (("FCALL_RO (LIB_VERSION 8)", old_read),
-                               ("HMGET + XRANGE + HGET", new_read)):
+                               ("HMGET + XRANGE, MGET + HMGET + XRANGE", new_read)):
                 before = main_cpu_s(r)
                 for _ in range(reads):
                     read(r)

@@ -15,8 +15,9 @@ closes into its output stream; the file sink appends it to a JSON-lines file
 and trims the stream.
 
 Every ``--sample-s`` seconds we record the event time the job reached
-(``s0:max_event_us``), the bytes of its state partitions (HSTRLEN of each
-base + MEMORY USAGE of each delta log), Redis ``used_memory``, the open
+(``s0:max_event_us``), the bytes of its state partitions (each folded
+part's and its unfolded deltas' bytes, ``bs`` + ``lb``, and MEMORY USAGE of
+each delta log), Redis ``used_memory``, the open
 windows in state (window x key entries), the output stream's length and
 the coordinator's and workers' RSS.  At the end the file must hold every
 window closed by the final watermark exactly once, with the count the
@@ -158,11 +159,15 @@ def rss_mb(pid: int) -> float:
 
 
 def state_bytes(r: Any, job: Job) -> int:
+    """The folded parts' and the unfolded deltas' bytes (``bs`` and ``lb`` of
+    each partition) and the memory of the logs naming the deltas."""
     pipe = r.pipeline(transaction=False)
     for part in parts(job, 0):
-        pipe.hstrlen(part.base, "d")
+        pipe.hmget(part.base, "bs", "lb")
         pipe.execute_command("MEMORY", "USAGE", part.log, "SAMPLES", "0")
-    return sum(int(x or 0) for x in pipe.execute())
+    got = pipe.execute()
+    return sum(int(x or 0) for sizes in got[0::2] for x in sizes) + sum(
+        int(x or 0) for x in got[1::2])
 
 
 def open_state(r: Any, job: Job) -> dict[str, int]:

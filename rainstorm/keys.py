@@ -77,13 +77,20 @@ key                             type         written by / meaning
                                              group, never the stream
 ``rs:{job}:state:s<i>:p<k>``    hash         state partition k of stage i's
                                              aggregate (keys with crc32 % P = k):
-                                             compaction: ``v`` version, ``d``
-                                             msgpack of the folded part;
+                                             compaction: ``v`` version, ``t``
+                                             token of the folded part's key,
+                                             ``bs`` its bytes;
                                              commit/compaction: ``lb`` bytes
                                              logged and not yet folded
-``rs:{job}:state:s<i>:p<k>:log``  stream     FCALL rainstorm_commit: one
-                                             delta (``d``) per commit touching
-                                             the partition
+``rs:{job}:state:s<i>:p<k>:b:<t>``  string   the folded part (msgpack), written
+                                             by the compaction that set ``t``
+``rs:{job}:state:s<i>:p<k>:log``  stream     FCALL rainstorm_commit: one entry
+                                             per commit touching the partition:
+                                             ``t`` its delta's token, ``n`` its
+                                             bytes
+``rs:{job}:state:s<i>:p<k>:d:<t>``  string   that delta (msgpack), written in
+                                             the commit's MULTI; deleted by the
+                                             compaction that folds it
 ``rs:{job}:output``             stream       FCALL rainstorm_commit: record
                                              batches of a job without aggregate
 ``rs:{job}:late``               stream       FCALL rainstorm_commit: late records
@@ -179,6 +186,18 @@ def state(job: str, stage: int, part: int) -> str:
 def state_log(job: str, stage: int, part: int) -> str:
     """Stream: the deltas of state partition ``part`` not yet folded."""
     return f"{_job(job)}:state:s{stage}:p{part}:log"
+
+
+def state_delta(state_key: str, token: str) -> str:
+    """String: the delta a log entry of partition ``state_key`` names by
+    ``token`` (``state_key``: :func:`state`)."""
+    return f"{state_key}:d:{token}"
+
+
+def state_blob(state_key: str, token: str) -> str:
+    """String: the folded part of partition ``state_key`` its hash names by
+    ``token`` (``state_key``: :func:`state`)."""
+    return f"{state_key}:b:{token}"
 
 
 def compact_lease(job: str, stage: int, part: int) -> str:

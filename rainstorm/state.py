@@ -72,6 +72,7 @@ HELP_POLL_MAX_S = 0.08
 DIGEST_DOMAIN = b"rainstorm-state-v2\x00"
 
 OnBad = Callable[[str, bytes, str], None]  # (log id, blob, why) of a bad delta
+MISSING_DELTA = "missing: its log entry names no delta, or a key that does not exist"
 
 
 class Closer(Protocol):
@@ -156,13 +157,20 @@ def _python_split(delta: dict[Any, Any], n: int, agg: Aggregator) -> dict[int, b
 
 def fold(snap: lua.Snapshot, agg: Aggregator, on_bad: OnBad | None = None,
          where: str = "state") -> dict[Any, Any]:
-    """The base plus every delta of ``snap``.  A bad delta is handed to
-    ``on_bad`` (default: skipped with a warning); a corrupt base fails the job."""
+    """The base plus every delta of ``snap``.  A bad delta (one that does not
+    decode, or is missing) is handed to ``on_bad`` (default: skipped with a
+    warning); a corrupt or missing base fails the job."""
+    if snap.base_missing:
+        raise corrupt_base(where, BadDelta(f"its folded part (token {snap.base_token}) "
+                                           "is missing"))
     try:
         state = aggregates.checked(snap.base, agg)
     except BadDelta as exc:
         raise corrupt_base(where, exc) from None
     for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
+        if id_ in snap.missing:
+            (on_bad or _skip)(id_, blob, MISSING_DELTA)
+            continue
         apply(state, id_, blob, agg, on_bad or _skip)
     return state
 
@@ -218,7 +226,8 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
     status = lua.compact(r, lua.CompactRequest(
         base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
         out=keys.output(job.id), dlq=keys.dlq(job.id), stage=part.stage,
-        version=snap.version, blob=blob, ids=ids, folded_bytes=snap.bytes_of(ids),
+        version=snap.version, blob=blob, ids=ids,
+        tokens=snap.token_by_id(), base_token=snap.base_token,
         outputs=outputs,
         emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
         if outputs else "", bad=list(bad.items())))
@@ -238,7 +247,8 @@ def _folded(job: Job, part: Part, snap: lua.Snapshot, agg: Aggregator,
     columnar blobs where it can (:func:`aggregates.native_fold`)."""
     if not snap.log_ids and closer is None:  # folded by another meanwhile: the base
         return None                          # is not even decoded
-    blob = None if closer else aggregates.native_fold(snap.base, list(snap.deltas), agg)
+    blob = None if closer or snap.missing or snap.base_missing \
+        else aggregates.native_fold(snap.base, list(snap.deltas), agg)
     if blob is not None:
         return _packed(job, blob), list(snap.log_ids), [], {}
     bad: dict[str, str] = {}
@@ -463,7 +473,7 @@ def base_columns(snap: lua.Snapshot, agg: Aggregator, where: str) -> Columns | N
     is an additive aggregate's columnar blob, as its key list and value
     array (None otherwise: fold it).  Raises JobFailed if the base does not
     decode."""
-    if snap.log_ids or not agg.additive:
+    if snap.log_ids or not agg.additive or snap.base_missing:
         return None
     try:
         return aggregates.columns(snap.base, agg)

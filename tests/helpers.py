@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from rainstorm import keys
+from rainstorm import keys, lua
 from rainstorm.coordinator.progress import read_status
 from rainstorm.coordinator.result import Result, materialized
 from rainstorm.coordinator.session import Session, prepare
@@ -347,3 +347,49 @@ def produce_lines(r: redis.Redis, key: str, lines: list[str], every: int = 0) ->
             pipe.xadd(key, {"line": line})
     pipe.execute()
     return missing
+
+
+# -- a state partition's keys, read and written raw (as an attacker or a
+#    test's setup would): the layout rainstorm.lua documents ----------------
+
+def base_blob(r: redis.Redis, base: str) -> bytes:
+    """The folded part partition ``base`` names (b'' while it has none)."""
+    token = r.hget(base, "t")
+    if not token:
+        return b""
+    blob = r.get(keys.state_blob(base, token.decode()))
+    assert blob is not None, f"{base} names a folded part that is missing"
+    return bytes(blob)
+
+
+def forge_base(r: redis.Redis, base: str, blob: bytes) -> None:
+    """Replace partition ``base``'s folded part by ``blob`` behind rainstorm's
+    back (its version left as it is)."""
+    token = lua.new_token()
+    r.set(keys.state_blob(base, token), blob)
+    r.hset(base, mapping={"t": token, "bs": len(blob)})
+
+
+def logged(r: redis.Redis, base: str, log: str) -> list[tuple[str, bytes]]:
+    """(log id, delta) of each entry of partition ``base``'s delta log."""
+    out = []
+    for id_, fields in r.xrange(log):
+        blob = r.get(keys.state_delta(base, fields[b"t"].decode()))
+        assert blob is not None, f"{log} entry {id_!r} names a missing delta"
+        assert int(fields[b"n"]) == len(blob)
+        out.append((id_.decode(), bytes(blob)))
+    return out
+
+
+def append_delta(r: redis.Redis, base: str, log: str, blob: bytes) -> str:
+    """Log ``blob`` into partition ``base`` as a commit would (without its
+    'lb'); the new entry's id."""
+    token = lua.new_token()
+    r.set(keys.state_delta(base, token), blob)
+    return str(r.xadd(log, {"t": token, "n": len(blob)}).decode())
+
+
+def state_keys(r: redis.Redis, job: str) -> set[str]:
+    """The keys of ``job``'s state partitions: bases, logs, folded parts and
+    deltas."""
+    return {k.decode() for k in r.scan_iter(match=f"{keys.job_pattern(job)[:-1]}state:*")}

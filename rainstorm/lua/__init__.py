@@ -11,7 +11,8 @@ version is checked once per client, and a missing library is loaded again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +41,13 @@ from rainstorm.lua.library import (
     LIMITS,
     check_version,
     fcall,
+    fcall_then_set,
     library_source,
     load_library,
     loaded_version,
     refuse_other_version,
 )
-from rainstorm.protocol.entries import data_of
+from rainstorm.protocol.entries import TOKEN_FIELD
 from rainstorm.replies import as_str
 
 __all__ = [
@@ -55,8 +57,15 @@ __all__ = [
     "FoldRule", "JobKeys", "LoadResult",
     "LoadStatus", "RequeueRequest", "RequeueStatus", "Snapshot", "call_size",
     "check_version", "commit", "commit_size", "compact", "deadletter", "library_source",
-    "load", "load_library", "loaded_version", "refuse_other_version", "requeue", "snapshot",
+    "load", "load_library", "loaded_version", "new_token", "refuse_other_version", "requeue",
+    "snapshot",
 ]
+
+
+def new_token() -> str:
+    """A fresh token naming a delta's or a folded part's key (128 random bits:
+    two writers never pick the same)."""
+    return secrets.token_hex(16)
 
 
 def _size(value: Any) -> int:
@@ -124,6 +133,11 @@ class Delta:
     log: str  # rs:{job}:state:s<i>:p<k>:log
     blob: bytes  # msgpack
     partition: int
+    token: str = field(default_factory=new_token)  # its key: keys.state_delta(base, token)
+
+    @property
+    def key(self) -> str:
+        return keys.state_delta(self.base, self.token)
 
 
 @dataclass(frozen=True)
@@ -179,7 +193,7 @@ def _commit_call(req: CommitRequest) -> tuple[list[str], list[Any]]:
     more += [x for _, uid, payload in req.outputs for x in (uid, payload)]
     more += req.dead
     more += [x for name, incr in req.extra.items() for x in (name, incr)]
-    more += [d.blob for d in req.deltas]
+    more += [x for d in req.deltas for x in (d.token, len(d.blob))]
     if req.window is not None:
         more += ["" if v is None else v for v in req.window]
     return COMMIT.build(
@@ -192,21 +206,26 @@ def _commit_call(req: CommitRequest) -> tuple[list[str], list[Any]]:
          "keep_inputs": int(req.keep_inputs), "fold_entries": req.fold.entries,
          "fold_bytes": req.fold.bytes},
         more_keys=[i[0] for i in req.inputs] + [o[0] for o in req.outputs]
-        + [k for d in req.deltas for k in (d.base, d.log)],
+        + [k for d in req.deltas for k in (d.base, d.log, d.key)],
         more_args=more,
     )
 
 
 def commit_size(req: CommitRequest) -> int:
-    """The bytes ``req`` would send (to split a batch before it exceeds
-    ``LIMITS.bytes``)."""
-    return call_size(*_commit_call(req))
+    """The bytes ``req`` would send, its deltas included (to split a batch
+    before it exceeds ``LIMITS.bytes``: the whole MULTI runs as one step)."""
+    return call_size(*_commit_call(req)) + sum(len(d.blob) for d in req.deltas)
 
 
 def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
-    """Raises CallTooLarge (nothing sent) when ``req`` exceeds a cap."""
+    """The FCALL, then each delta SET (XX) into the key it created, in one
+    MULTI.  Raises CallTooLarge (nothing sent) when ``req`` exceeds a cap."""
     keys_, args = _commit_call(req)
-    status, rest = parse_status(CommitStatus, COMMIT.function, _call(r, COMMIT, keys_, args))
+    _cap(COMMIT, "bytes", call_size(keys_, args) + sum(len(d.blob) for d in req.deltas),
+         LIMITS.bytes)
+    reply = fcall_then_set(r, COMMIT.function, keys_, args,
+                           [(d.key, d.blob) for d in req.deltas])
+    status, rest = parse_status(CommitStatus, COMMIT.function, reply)
     if status is CommitStatus.REJECTED:
         pairs = [as_str(x, "replace") for x in rest]
         return CommitResult(status, dict(zip(pairs[::2], pairs[1::2], strict=True)))
@@ -291,7 +310,9 @@ class CompactRequest:
     fold into the base, at most ``LIMITS.compact_ids`` of them: see
     :meth:`Snapshot.head`), move the ``bad`` deltas (log id, why) to the
     dead letters, and emit ``outputs`` (uid, payload) into ``out`` (windows
-    the fold closed), all in one step."""
+    the fold closed), all in one step.  ``tokens``: the token of every id
+    in ``ids`` and ``bad``, and ``base_token`` the base's, as the snapshot
+    read them."""
 
     base: str
     log: str
@@ -303,45 +324,69 @@ class CompactRequest:
     version: int
     blob: bytes
     ids: list[str]  # ascending, as the snapshot read them
-    folded_bytes: int  # their summed sizes (Snapshot.bytes_of)
+    tokens: Mapping[str, str]  # log id -> token, for every id of ids and bad
+    base_token: str = ""  # the base's token as the snapshot read it ('' none)
     outputs: list[tuple[str, bytes]] = field(default_factory=list)
     emit_field: str = ""
     bad: list[tuple[str, str]] = field(default_factory=list)
 
 
 def compact(r: redis.Redis, req: CompactRequest) -> CompactStatus:
-    _cap(COMPACT, "the number of ids", len(req.ids), LIMITS.compact_ids)
+    """The FCALL, then the new folded part SET (XX) into the key it created,
+    in one MULTI."""
+    n_ids = len(req.ids) + len(req.bad)
+    _cap(COMPACT, "the number of ids", n_ids, LIMITS.compact_ids)
     _cap(COMPACT, "n_out", len(req.outputs), LIMITS.outputs)
     _cap(COMPACT, "n_bad", len(req.bad), LIMITS.dead)
+    token = new_token()
+    blob_key = keys.state_blob(req.base, token)
+    old = keys.state_blob(req.base, req.base_token) if req.base_token else blob_key
     keys_, args = COMPACT.build(
         {"base": req.base, "log": req.log, "meta": req.meta, "counters": req.counters,
-         "out": req.out, "dlq": req.dlq},
-        {"version": req.version, "blob": req.blob, "stage": req.stage,
-         "n_out": len(req.outputs), "emit_field": req.emit_field, "n_bad": len(req.bad),
-         "folded_bytes": req.folded_bytes},
+         "out": req.out, "dlq": req.dlq, "blob": blob_key, "old": old},
+        {"version": req.version, "token": token, "bytes": len(req.blob), "stage": req.stage,
+         "n_out": len(req.outputs), "emit_field": req.emit_field, "n_bad": len(req.bad)},
+        more_keys=[keys.state_delta(req.base, req.tokens[i])
+                   for i in [*req.ids, *(b[0] for b in req.bad)]],
         more_args=[x for o in req.outputs for x in o] + [x for b in req.bad for x in b]
         + req.ids)
-    return parse_status(CompactStatus, COMPACT.function, _call(r, COMPACT, keys_, args))[0]
+    _cap(COMPACT, "bytes", call_size(keys_, args) + len(req.blob), LIMITS.bytes)
+    reply = fcall_then_set(r, COMPACT.function, keys_, args, [(blob_key, req.blob)])
+    return parse_status(CompactStatus, COMPACT.function, reply)[0]
 
 
 @dataclass
 class Snapshot:
+    """One state partition as one consistent read saw it: the base's version,
+    its folded part (and that part's token), and the deltas logged since,
+    each with its log id and token."""
+
     version: int
     base: bytes
     log_ids: list[str]
     deltas: list[bytes]
+    tokens: list[str] = field(default_factory=list)
+    base_token: str = ""
+    # what the partition names but does not hold, in a consistent read (so no
+    # compaction took it: something deleted it, or a log entry names no
+    # delta): the log ids whose delta is missing (b"" in ``deltas``), and
+    # whether the folded part is
+    missing: frozenset[str] = frozenset()
+    base_missing: bool = False
 
     def head(self, n: int = LIMITS.compact_ids) -> Snapshot:
         """The base and the first ``n`` deltas: what one compaction may fold."""
-        return Snapshot(self.version, self.base, self.log_ids[:n], self.deltas[:n])
+        ids = self.log_ids[:n]
+        return Snapshot(self.version, self.base, ids, self.deltas[:n], self.tokens[:n],
+                        self.base_token, self.missing & set(ids), self.base_missing)
 
-    def bytes_of(self, ids: Sequence[str]) -> int:
-        """The summed sizes of the deltas ``ids`` (ids of this snapshot)."""
-        size = dict(zip(self.log_ids, map(len, self.deltas), strict=True))
-        return sum(size[i] for i in ids)
+    def token_by_id(self) -> dict[str, str]:
+        """Each delta's token by its log id (for :class:`CompactRequest`)."""
+        return dict(zip(self.log_ids, self.tokens, strict=True))
 
 
-SNAPSHOT_TRIES = 5
+SNAPSHOT_TRIES = 10
+MGET_CHUNK = 512  # delta keys per MGET
 
 
 def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = None
@@ -349,46 +394,93 @@ def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = No
     """The folded base and the deltas not yet folded: all of them, or the
     first ``max_deltas`` (at most ``LIMITS.compact_ids``).
 
-    Plain reads, not a function: one round trip reads the base and its
-    version (HMGET), a bounded first page of the log (XRANGE ... COUNT) and
-    the version again; longer logs are read on with XRANGE.  Only
-    rainstorm_compact deletes from a log, and every compaction moves the
-    version, so an unchanged version proves the view is one consistent
-    state; a moved one repeats the read.  (Through Lua, every byte was
-    copied into Lua strings first: 2-4x the server's CPU of these reads,
+    Plain reads, not a function.  A first round trip reads the base's
+    version and token (HMGET) and a bounded first page of the log (XRANGE
+    ... COUNT; longer logs are read on with XRANGE); each next one reads the
+    folded part and the deltas the last one named (GET, MGET), with the
+    version, token and log head again.  Only rainstorm_compact deletes from
+    a log, deletes delta keys or replaces the folded part, and every
+    compaction moves the version, so an unchanged version (and every key
+    found) proves the view is one consistent state (a key it names that is
+    not there then was deleted by someone else: :attr:`Snapshot.missing`);
+    a moved one tries again
+    with the head just read, reading only the blobs it does not hold yet
+    (a key's blob never changes).  (Through Lua, every byte was copied into Lua
+    strings first: 2-4x the server's CPU of these reads,
     experiments/state_reads.py.)"""
     page = min(max_deltas or LIMITS.compact_ids, LIMITS.compact_ids)
+    whole = max_deltas is None
+    pipe = r.pipeline(transaction=False)
+    _ask_head(pipe, base, log, page)
+    head = _head(r, base, log, page, whole, pipe.execute())
+    have: dict[str, bytes] = {}  # blobs read so far, by key (a key's blob never changes)
     for _ in range(SNAPSHOT_TRIES):
+        version, base_token, ids, tokens = head
+        names = [keys.state_delta(base, t) for t in tokens]
+        if base_token:
+            names.append(keys.state_blob(base, base_token))
+        have = {k: have[k] for k in names if k in have}  # what a compaction left
+        wanted = [k for k in names if k not in have]
         pipe = r.pipeline(transaction=False)
-        pipe.hmget(base, "v", "d")
-        pipe.xrange(log, min="-", max="+", count=page + 1)
-        pipe.hget(base, "v")
-        (raw, blob), rows, again = pipe.execute()
-        version = _version(base, raw)
-        if version != _version(base, again):
-            continue  # compacted between the reads
-        snap = Snapshot(version, blob or b"",
-                        [as_str(id_) for id_, _ in rows[:page]],
-                        [data_of(fields) for _, fields in rows[:page]])
-        if len(rows) <= page or max_deltas is not None:
-            return snap
-        if _read_rest(r, base, log, snap, page):
-            return snap
-    raise ProtocolError(f"reading the state {base}: {log} was compacted {SNAPSHOT_TRIES} times "
-                        "while it was being read")
+        for i in range(0, len(wanted), MGET_CHUNK):
+            pipe.mget(wanted[i:i + MGET_CHUNK])
+        n = len(pipe)
+        _ask_head(pipe, base, log, page)
+        got = pipe.execute()
+        have.update((k, v) for k, v in zip(wanted, (v for c in got[:n] for v in c),
+                                          strict=True) if v is not None)
+        head = _head(r, base, log, page, whole, got[n:])
+        if head[0] == version:  # no compaction since the head was read: consistent
+            deltas = [have.get(k, b"") for k in names[:len(tokens)]]
+            missing = frozenset(i for i, k in zip(ids, names, strict=False) if k not in have)
+            return Snapshot(version, have.get(names[-1], b"") if base_token else b"", ids,
+                            deltas, tokens, base_token, missing,
+                            bool(base_token) and names[-1] not in have)
+    raise ProtocolError(f"reading the state {base}: it changed {SNAPSHOT_TRIES} times while it "
+                        "was being read (compacted, or a key it names was deleted)")
 
 
-def _read_rest(r: redis.Redis, base: str, log: str, snap: Snapshot, page: int) -> bool:
-    """Append the log's deltas after ``snap``'s last one; False if the base
-    version moved meanwhile (a compaction: the view may miss deltas)."""
+Head = tuple[int, str, list[str], list[str]]  # version, base token, log ids, tokens
+
+
+def _ask_head(pipe: Any, base: str, log: str, page: int) -> None:
+    """Queue the reads of a partition's head: the base's version and token,
+    the log's first page (and one entry more, to see whether it goes on)."""
+    pipe.hmget(base, "v", "t")
+    pipe.xrange(log, min="-", max="+", count=page + 1)
+
+
+def _head(r: redis.Redis, base: str, log: str, page: int, whole: bool, got: list[Any]
+          ) -> Head:
+    """The head :func:`_ask_head`'s replies ``got`` give, with the rest of a
+    long log read on when ``whole``."""
+    (raw, token), rows = got
+    ids, tokens = _entries(rows[:page])
+    if len(rows) > page and whole:
+        _read_rest(r, log, ids, tokens, page)
+    return _version(base, raw), as_str(token) if token else "", ids, tokens
+
+
+def _entries(rows: Any) -> tuple[list[str], list[str]]:
+    """The ids and tokens of delta-log entries (an entry that names no delta,
+    written by someone else: token '', a key no commit makes)."""
+    ids, tokens = [], []
+    for id_, fields in rows:
+        ids.append(as_str(id_))
+        tokens.append(as_str(fields.get(TOKEN_FIELD) or b"", "replace"))
+    return ids, tokens
+
+
+def _read_rest(r: redis.Redis, log: str, ids: list[str], tokens: list[str], page: int
+               ) -> None:
+    """Append the log's entries after ``ids``' last one."""
     while True:
-        rows: Any = r.xrange(log, min=f"({snap.log_ids[-1]}", max="+", count=page)
-        for id_, fields in rows:
-            snap.log_ids.append(as_str(id_))
-            snap.deltas.append(data_of(fields))
+        rows: Any = r.xrange(log, min=f"({ids[-1]}", max="+", count=page)
+        more_ids, more_tokens = _entries(rows)
+        ids += more_ids
+        tokens += more_tokens
         if len(rows) < page:
-            break
-    return _version(base, r.hget(base, "v")) == snap.version
+            return
 
 
 def _version(base: str, raw: Any) -> int:

@@ -46,8 +46,9 @@ DEADLETTER = Layout("rainstorm_deadletter", ("counters", "dlq", "meta", "stream"
                     ("group", "stage", "entry_id", "uid", "error", "deliveries"))
 REQUEUE = Layout("rainstorm_requeue", ("counters", "dlq", "meta", "stream"),
                  ("dead_id", "stage", "kind", "uid", "payload", "unbytes"))
-COMPACT = Layout("rainstorm_compact", ("base", "log", "meta", "counters", "out", "dlq"),
-                 ("version", "blob", "stage", "n_out", "emit_field", "n_bad", "folded_bytes"))
+COMPACT = Layout("rainstorm_compact",
+                 ("base", "log", "meta", "counters", "out", "dlq", "blob", "old"),
+                 ("version", "token", "bytes", "stage", "n_out", "emit_field", "n_bad"))
 VERSION = Layout("rainstorm_version", (), ())
 LAYOUTS = (LOAD, COMMIT, DEADLETTER, REQUEUE, COMPACT, VERSION)
 

@@ -5,7 +5,9 @@ check every client makes before its first call.
 * :func:`fcall` checks, once per client, that Redis holds this library's
   version (a one-line :class:`ProtocolError` naming both versions otherwise),
   and heals a missing library: on "function not found" (a restarted server
-  that lost its functions, a fresh replica) it loads it and retries once.
+  that lost its functions, a fresh replica) it loads it and retries once;
+  :func:`fcall_then_set` does the same for an FCALL that a MULTI follows
+  with the blobs it makes room for (a commit's deltas, a folded part).
 * :func:`load_library` never silently replaces another version while jobs
   run: it refuses, naming both versions, unless forced (``force=True`` or
   ``RAINSTORM_FORCE_LIBRARY=1``).
@@ -162,3 +164,35 @@ def fcall(r: redis.Redis, name: str, keys_: list[str], args: list[Any],
             raise
         load_library(r)
         return call(name, len(keys_), *keys_, *args)
+
+
+def fcall_then_set(r: redis.Redis, name: str, keys_: list[str], args: list[Any],
+                   blobs: list[tuple[str, bytes]]) -> Any:
+    """One FCALL followed by ``SET key blob XX`` of each (key, blob), in one
+    MULTI (the blobs go to keys the function creates only when it succeeds:
+    rainstorm.lua's rules), after the version check, healing a missing
+    library once; the FCALL's reply.  ProtocolError when the FCALL answered
+    'ok' and a SET found no key to fill."""
+    check_version(r)
+    for attempt in (1, 2):
+        pipe = r.pipeline(transaction=True)
+        pipe.fcall(name, len(keys_), *keys_, *args)
+        for key, blob in blobs:
+            pipe.set(key, blob, xx=True)
+        got = pipe.execute(raise_on_error=False)
+        reply = got[0]
+        if isinstance(reply, redis.ResponseError):
+            if attempt == 1 and _missing(reply):
+                load_library(r)
+                continue
+            raise reply
+        for err in got[1:]:
+            if isinstance(err, Exception):
+                raise err
+        if isinstance(reply, list) and reply and as_str(reply[0], "replace") == "ok" \
+                and not all(got[1:]):
+            raise ProtocolError(f"{name} succeeded, yet a key it should have created for "
+                                "a blob was missing")
+        return reply
+    raise AssertionError("unreachable")
+

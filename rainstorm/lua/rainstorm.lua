@@ -34,16 +34,21 @@
 --     because a Lua error does not roll back earlier writes;
 --   * it deletes only what the same call moves elsewhere: input entries it
 --     acknowledges (commit, deadletter), the dead letter it requeues, the
---     delta-log entries it folds into the base (compact); never MAXLEN or
---     XTRIM, so pending entries are never lost.
+--     delta-log entries and delta keys it folds into the base and the folded
+--     part it replaces (compact); never MAXLEN or XTRIM, so pending entries
+--     are never lost;
+--   * blobs of state (a commit's deltas, a compaction's folded part) are
+--     never its arguments: the caller SETs them (XX) after the call in the
+--     same MULTI, into keys the call creates empty only when it succeeds.
 
 -- LIB_VERSION changes whenever a function's KEYS, ARGV or replies change,
 -- or what workers write for each other to read (a state blob's encoding:
 -- version 9 also brought ints in their narrowest array type, which version
--- 8 workers would dead-letter as malformed); every client checks it
+-- 8 workers would dead-letter as malformed; version 10 keeps deltas and
+-- folded parts in keys of their own, written in the caller's MULTI); every client checks it
 -- (rainstorm_version) before its first call and refuses another version
 -- with one line naming both, so workers of two versions never share a job.
-local LIB_VERSION = '9'
+local LIB_VERSION = '10'
 
 -- Caps (plain integers: Python parses them).  Far above what rainstorm sends
 -- (batch_entries <= 256, parallelism <= 1024), low enough that a maximal call
@@ -261,8 +266,9 @@ end
 -- KEYS[3] = meta          rs:{job}:meta
 -- KEYS[4..3+n_in]         the input stream of each input entry
 -- KEYS[4+n_in..]          the output stream of each output entry
--- then 2 keys per delta:  its state partition's base rs:{job}:state:s<i>:p<k>
---                         and delta log rs:{job}:state:s<i>:p<k>:log
+-- then 3 keys per delta:  its state partition's base rs:{job}:state:s<i>:p<k>,
+--                         delta log rs:{job}:state:s<i>:p<k>:log and the
+--                         delta's own key <base>:d:<token>
 -- ARGV[1] = group         consumer group of the input stage (g<i>)
 -- ARGV[2] = stage         input stage index i
 -- ARGV[3] = n_in          input entries, 1..MAX_INPUTS
@@ -282,7 +288,8 @@ end
 -- ARGV[16..]  n_in pairs (id, uid), n_out pairs (uid, payload),
 --             n_dead dead-letter payloads (msgpack maps),
 --             n_extra pairs (counter field, integer increment),
---             n_delta deltas (msgpack), in the order of their keys
+--             n_delta pairs (token, bytes): each delta's token (its key is
+--             <base>:d:<token>) and size, in the order of their keys
 -- then, only for a stage with event-time windows, 2 more (integers, in µs):
 --   batch max = the largest event time in the batch ('' if none)
 --   guard     = the smallest stage max event time at which a window the batch
@@ -291,8 +298,15 @@ end
 --   Refused ({'closed', current}, nothing written) when the stage's max event
 --   time (counters field s<i>:max_event_us) is already >= guard; on success
 --   s<i>:max_event_us = max(itself, batch max).
--- Each delta is appended to its partition's log and its size added to the
--- base's 'lb' (bytes logged, not yet folded).
+-- The deltas themselves are not arguments: every argument becomes a Lua
+-- string, which Valkey hashes byte by byte and copies twice more on its way
+-- into a key (experiments/README.md, "Session 21").  The caller sends this
+-- call in MULTI, followed by one 'SET <base>:d:<token> <delta> XX' per delta;
+-- on success this function creates each delta's key (empty), so those SETs
+-- fill them, and on any refusal or error it creates none, so they write
+-- nothing.  Each delta is logged as {t = token, n = bytes} in its
+-- partition's log and its size added to the base's 'lb' (bytes logged, not
+-- yet folded).
 -- Returns {'ok', j, ...} (j: the deltas, 1-based, whose partition is now due
 --         for folding: LSM-like, when its log outgrew its base) |
 --         {'rejected', id, reason, id, reason, ...} | {'backlog', stream} |
@@ -313,8 +327,8 @@ local function commit_counts(keys, args, fn)
   cap(n_dead, MAX_DEAD, 'n_dead', fn)
   cap(n_delta, MAX_DELTAS, 'n_delta', fn)
   cap(n_extra, MAX_EXTRA, 'n_extra', fn)
-  if #keys ~= 3 + n_in + n_out + 2 * n_delta then error(fn .. ': wrong number of keys') end
-  local n_fixed = N_FIXED + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra + n_delta
+  if #keys ~= 3 + n_in + n_out + 3 * n_delta then error(fn .. ': wrong number of keys') end
+  local n_fixed = N_FIXED + 2 * n_in + 2 * n_out + n_dead + 2 * n_extra + 2 * n_delta
   if #args ~= n_fixed and #args ~= n_fixed + 2 then
     error(fn .. ': wrong number of args')
   end
@@ -322,16 +336,17 @@ local function commit_counts(keys, args, fn)
   return n_in, n_out, n_dead, n_extra, n_delta, n_fixed
 end
 
--- Will a partition's log be due for folding once ``blob`` is appended?
+-- Will a partition's log be due for folding once ``size`` more bytes are logged?
 -- LSM-like: when its unfolded bytes reach FOLD_RATIO times its base's size
 -- (and at least fold_bytes), or it holds fold_entries deltas, so folding
 -- work stays linear in the deltas: each fold rewrites the base, so a ratio
 -- r rewrites a key about 1 + 1/r times as often as it is logged (r = 1 was
 -- measured to spend half a worker's time folding on 8 M distinct keys).
 -- Reads only (called before the commit's first write).
-local function fold_due(base, log, blob, fold_entries, fold_bytes)
-  local logged = tonumber(redis.call('HGET', base, 'lb') or '0') + #blob
-  if logged >= fold_bytes and logged >= FOLD_RATIO * redis.call('HSTRLEN', base, 'd') then
+local function fold_due(base, log, size, fold_entries, fold_bytes)
+  local got = redis.call('HMGET', base, 'lb', 'bs')
+  local logged = (tonumber(got[1] or '0') or 0) + size
+  if logged >= fold_bytes and logged >= FOLD_RATIO * (tonumber(got[2] or '0') or 0) then
     return true
   end
   return redis.call('XLEN', log) + 1 >= fold_entries
@@ -365,6 +380,14 @@ local function commit(keys, args)
   local deltas = ebase + 2 * n_extra
   for x = 1, n_extra do
     to_incr(args[ebase + 2 * x], 'extra counter increment')
+  end
+  local kbase = 3 + n_in + n_out
+  for j = 1, n_delta do
+    local token = args[deltas + 2 * j - 1]
+    if token == '' or keys[kbase + 3 * j] ~= keys[kbase + 3 * j - 2] .. ':d:' .. token then
+      error(fn .. ': delta ' .. j .. ' is not <base>:d:<token>')
+    end
+    if to_int(args[deltas + 2 * j], 'delta bytes') < 0 then error(fn .. ': negative delta bytes') end
   end
   local stop = not_running(meta)
   if stop then return stop end
@@ -409,10 +432,9 @@ local function commit(keys, args)
   local full = over_backlog(outs, max_backlog)
   if full then return {'backlog', full} end
   local reply = {'ok'}
-  local kbase = 3 + n_in + n_out
   for j = 1, n_delta do
-    if fold_due(keys[kbase + 2 * j - 1], keys[kbase + 2 * j], args[deltas + j], fold_entries,
-        fold_bytes) then
+    if fold_due(keys[kbase + 3 * j - 2], keys[kbase + 3 * j - 1],
+        tonumber(args[deltas + 2 * j]), fold_entries, fold_bytes) then
       reply[#reply + 1] = j
     end
   end
@@ -434,9 +456,10 @@ local function commit(keys, args)
     redis.call('XADD', dlq, '*', 'stage', stage, 'kind', 'record', 'd', args[dbase + k])
   end
   for j = 1, n_delta do
-    local blob = args[deltas + j]
-    redis.call('XADD', keys[kbase + 2 * j], '*', 'd', blob)
-    redis.call('HINCRBY', keys[kbase + 2 * j - 1], 'lb', #blob)
+    local token, size = args[deltas + 2 * j - 1], args[deltas + 2 * j]
+    redis.call('SET', keys[kbase + 3 * j], '')
+    redis.call('XADD', keys[kbase + 3 * j - 1], '*', 't', token, 'n', size)
+    redis.call('HINCRBY', keys[kbase + 3 * j - 2], 'lb', size)
   end
   local p = 's' .. stage .. ':'
   redis.call('HINCRBY', counters, p .. 'committed', n_in)
@@ -552,72 +575,94 @@ end
 -- KEYS[4] = counters      rs:{job}:counters
 -- KEYS[5] = out           the stream closed windows go to (rs:{job}:output)
 -- KEYS[6] = dlq           rs:{job}:dlq
+-- KEYS[7] = blob          the new folded part's key, <base>:b:<token>
+-- KEYS[8] = old           the folded part's key now (<base>:b:<the base's t>),
+--                         or KEYS[7] again while the base has none
+-- KEYS[9..]               the key of each log entry handled: those of the
+--                         ids folded, in their order, then those of the bad ids
 -- ARGV[1] = version       expected base version
--- ARGV[2] = blob          the new folded state (msgpack)
--- ARGV[3] = stage         stage index i
--- ARGV[4] = n_out         output entries, 0..MAX_OUTPUTS
--- ARGV[5] = emit_field    counter field they are counted in ('' if n_out = 0)
--- ARGV[6] = n_bad         bad deltas to dead-letter, 0..MAX_DEAD
--- ARGV[7] = folded_bytes  the summed sizes of the deltas folded into the blob
+-- ARGV[2] = token         the new folded part's token
+-- ARGV[3] = bytes         its size
+-- ARGV[4] = stage         stage index i
+-- ARGV[5] = n_out         output entries, 0..MAX_OUTPUTS
+-- ARGV[6] = emit_field    counter field they are counted in ('' if n_out = 0)
+-- ARGV[7] = n_bad         bad deltas to dead-letter, 0..MAX_DEAD
 -- ARGV[8..]               n_out pairs (uid, payload), n_bad pairs (log id,
 --                         why it is bad), then the ids of the log entries
---                         folded into the blob, ascending, 0..MAX_COMPACT_IDS
--- A bad delta goes to the dlq (kind 'delta', its bytes in 'd') and counts in
--- s<i>:dead_deltas.  The base's 'lb' (bytes logged, not yet folded) drops
--- by folded_bytes and the bad deltas' sizes (never below 0).
--- The folded deltas are not read here (each would be copied into Lua only to
--- be measured and deleted): the version check proves they are still there,
--- since only this function deletes from a log and every call moves the
--- version; the first and last ids are checked present as well.
+--                         folded into the blob, ascending; the ids folded and
+--                         the bad ones together are the head of the log
+--                         (0..MAX_COMPACT_IDS of them)
+-- The folded part is not an argument (see rainstorm_commit): the caller sends
+-- this call in MULTI followed by 'SET <base>:b:<token> <blob> XX', which
+-- fills the key this function creates on success (and writes nothing
+-- otherwise).  The log's head is read here (entries are a token and a size,
+-- not the deltas): every id must be in it and every key must be its entry's,
+-- so a folder can delete only what it folded; their sizes leave the base's
+-- 'lb' (bytes logged, not yet folded).  A bad delta goes to the dlq (kind
+-- 'delta', its bytes in 'd') and counts in s<i>:dead_deltas.
 -- Returns {'ok', new_version} | {'conflict', reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
+local N_COMPACT_KEYS = 8
+
 local function compact(keys, args)
   local fn = 'rainstorm_compact'
-  if #keys ~= 6 or #args < 7 then error(fn .. ': wrong arity') end
-  local n_out = to_int(args[4], 'n_out')
-  local n_bad = to_int(args[6], 'n_bad')
-  local folded = to_int(args[7], 'folded_bytes')
+  if #keys < N_COMPACT_KEYS or #args < 7 then error(fn .. ': wrong arity') end
+  local size = to_int(args[3], 'bytes')
+  local n_out = to_int(args[5], 'n_out')
+  local n_bad = to_int(args[7], 'n_bad')
   cap(n_out, MAX_OUTPUTS, 'n_out', fn)
   cap(n_bad, MAX_DEAD, 'n_bad', fn)
   local obase = 7
   local bbase = obase + 2 * n_out
   local ibase = bbase + 2 * n_bad
   if #args < ibase then error(fn .. ': wrong number of args') end
-  cap(#args - ibase, MAX_COMPACT_IDS, 'the number of ids', fn)
+  local n_ids = #args - ibase
+  cap(n_ids + n_bad, MAX_COMPACT_IDS, 'the number of ids', fn)
+  if #keys ~= N_COMPACT_KEYS + n_ids + n_bad then error(fn .. ': wrong number of keys') end
   cap_bytes(keys, args, fn)
   local base, log, meta, counters, out, dlq = keys[1], keys[2], keys[3], keys[4], keys[5],
     keys[6]
+  local blob, old = keys[7], keys[8]
   local expected = to_int(args[1], 'version')
-  local stage = to_int(args[3], 'stage')
-  local emit_field = args[5]
+  local token = args[2]
+  local stage = to_int(args[4], 'stage')
+  local emit_field = args[6]
   if n_out > 0 and emit_field == '' then error(fn .. ': outputs without emit field') end
+  if token == '' or blob ~= base .. ':b:' .. token then
+    error(fn .. ': the new folded part is not <base>:b:<token>')
+  end
   local stop = not_running(meta)
   if stop then return stop end
   local version = tonumber(redis.call('HGET', base, 'v') or '0')
   if version ~= expected then return {'conflict', 'version'} end
-  if #args > ibase then
-    -- ascending (each id parsed once), and the first and last still in the
-    -- log (O(1) reads)
-    local pm, ps
-    for i = ibase + 1, #args do
-      local m, q = id_parts(args[i])
-      if not m then error(fn .. ': not a stream id: ' .. args[i]) end
-      if pm and not parts_less(pm, ps, m, q) then
-        error(fn .. ': ids not ascending')
-      end
-      pm, ps = m, q
-    end
-    for _, id in ipairs({args[ibase + 1], args[#args]}) do
-      if #redis.call('XRANGE', log, id, id) == 0 then return {'conflict', 'missing'} end
-    end
+  local current = redis.call('HGET', base, 't')
+  if old ~= (current and base .. ':b:' .. current or blob) then
+    error(fn .. ': KEYS[8] is not the folded part the base names')
   end
-  local bad = {}
-  for j = 1, n_bad do
-    local id = args[bbase + 2 * j - 1]
-    local rows = redis.call('XRANGE', log, id, id)
-    if #rows == 0 then return {'conflict', 'missing'} end
-    bad[j] = field_of(rows[1][2], 'd') or ''
-    folded = folded + #bad[j]
+  if redis.call('TYPE', blob)['ok'] ~= 'none' then error(fn .. ': ' .. blob .. ' exists') end
+
+  -- the log's head: exactly the ids given (folded and bad), each key its entry's
+  local m = n_ids + n_bad
+  local folded, bad = 0, {}
+  if m > 0 then
+    local rows = redis.call('XRANGE', log, '-', '+', 'COUNT', m)
+    if #rows < m then return {'conflict', 'missing'} end
+    local at = {}
+    for i, row in ipairs(rows) do at[row[1]] = i end
+    local seen = {}
+    for x = 1, m do
+      local id
+      if x <= n_ids then id = args[ibase + x] else id = args[bbase + 2 * (x - n_ids) - 1] end
+      local i = at[id]
+      if not i or seen[i] then return {'conflict', 'missing'} end
+      seen[i] = true
+      local fields = rows[i][2]
+      if keys[N_COMPACT_KEYS + x] ~= base .. ':d:' .. (field_of(fields, 't') or '') then
+        error(fn .. ': the key of ' .. id .. ' is not its log entry\'s')
+      end
+      folded = folded + (tonumber(field_of(fields, 'n') or '0') or 0)
+      if x > n_ids then bad[x - n_ids] = redis.call('GET', keys[N_COMPACT_KEYS + x]) or '' end
+    end
   end
   local logged = tonumber(redis.call('HGET', base, 'lb') or '0') - folded
   if logged < 0 then logged = 0 end
@@ -627,6 +672,12 @@ local function compact(keys, args)
   while i <= #args do  -- one XDEL per 1000 ids
     local j = math.min(i + 999, #args)
     redis.call('XDEL', log, unpack(args, i, j))
+    i = j + 1
+  end
+  i = N_COMPACT_KEYS + 1
+  while i <= #keys do  -- one DEL per 1000 keys
+    local j = math.min(i + 999, #keys)
+    redis.call('DEL', unpack(keys, i, j))
     i = j + 1
   end
   for j = 1, n_bad do
@@ -641,7 +692,9 @@ local function compact(keys, args)
     redis.call('XADD', out, '*', 'u', args[obase + 2 * j - 1], 'd', args[obase + 2 * j])
   end
   if n_out > 0 then redis.call('HINCRBY', counters, emit_field, n_out) end
-  redis.call('HSET', base, 'v', version + 1, 'd', args[2], 'lb', logged)
+  if current then redis.call('DEL', old) end
+  redis.call('SET', blob, '')
+  redis.call('HSET', base, 'v', version + 1, 't', token, 'bs', size, 'lb', logged)
   return {'ok', version + 1}
 end
 

@@ -148,14 +148,14 @@ def _state(r: redis.Redis, job: Job, stage: int) -> StateView:
     n = job.spec.settings.state_partitions
     pipe = r.pipeline(transaction=False)
     for p in range(n):
-        pipe.hstrlen(keys.state(job.id, stage, p), "d")
-        pipe.hget(keys.state(job.id, stage, p), "lb")
+        pipe.hmget(keys.state(job.id, stage, p), "bs", "lb")
         pipe.xlen(keys.state_log(job.id, stage, p))
     raw = pipe.execute()
-    lags = [max(0, as_int(x)) for x in raw[1::3]]
-    return StateView(partitions=n, folded_bytes=sum(as_int(x) for x in raw[0::3]),
+    sizes, lens = raw[0::2], raw[1::2]
+    lags = [max(0, as_int(lb)) for _, lb in sizes]
+    return StateView(partitions=n, folded_bytes=sum(as_int(bs) for bs, _ in sizes),
                      unfolded_bytes=sum(lags), max_unfolded_bytes=max(lags, default=0),
-                     log_entries=sum(as_int(x) for x in raw[2::3]))
+                     log_entries=sum(as_int(x) for x in lens))
 
 
 def graph_named(r: redis.Redis, name: str) -> GraphRecord | None:

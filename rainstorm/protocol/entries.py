@@ -10,9 +10,14 @@ FUNCTION library in rainstorm/lua/rainstorm.lua and read by Python):
        split descriptor (stage 0 of a file source loaded as splits: see
        :class:`SplitRef`), a range descriptor (stage 0 of a stream
        source read as ranges: :class:`RangeRef`), a msgpack batch of
-       records (later stages, output, late), an aggregate delta
-       (``rs:{job}:state:s<i>:log``, and the folded base hash's ``d``
-       field), or a dead letter's entry or record (``rs:{job}:dlq``)
+       records (later stages, output, late), or a dead letter's entry,
+       record or delta (``rs:{job}:dlq``)
+
+except a state partition's delta log (``rs:{job}:state:s<i>:p<k>:log``),
+whose entries name the deltas kept in keys of their own:
+
+    t  the delta's token: its key is ``keys.state_delta(<base>, token)``
+    n  the delta's size in bytes
 
 Uids.  A source entry's uid names its place in the input:
 ``file_uid(file index, offset)`` = ``<file index>:<offset>`` (a file
@@ -33,7 +38,7 @@ spread round robin, starting at a point a hex uid fixes: the ``i``-th output
 of a batch with uid ``u`` goes to ``spread(u, i, n)``.  ``route`` is that
 rule for one record (a commit's outputs, a requeued dead record).
 
-The FUNCTION library writes and reads the same two fields by name (Lua
+The FUNCTION library writes and reads the same fields by name (Lua
 cannot import this module); tests/unit/test_entries.py checks they agree.
 """
 
@@ -52,6 +57,9 @@ UID = "u"
 DATA = "d"
 UID_FIELD = UID.encode()  # as a reply's field names come back (bytes)
 DATA_FIELD = DATA.encode()
+TOKEN = "t"  # a delta-log entry: its delta's token
+SIZE = "n"  # ... and that delta's bytes
+TOKEN_FIELD = TOKEN.encode()
 
 
 def entry_fields(uid: str, data: bytes | str) -> dict[FieldT, EncodableT]:

@@ -31,20 +31,27 @@ from rainstorm.protocol.entries import partition_of
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import (
     ROOT,
+    append_delta,
+    base_blob,
     cli,
     counters,
+    forge_base,
     start_worker,
     stop_all,
     submit,
     wordcount_spec,
 )
 
-CRAFTED: list[tuple[str, dict[str, Any]]] = [
-    ("not msgpack", {"d": b"\xc1\xc1 not msgpack"}),
-    ("wrong shape", {"d": msgpack.packb({"the": 1})}),
-    ("wrong value type", {"d": msgpack.packb([0, {"the": "many"}])}),
-    ("bad columnar", {"d": msgpack.packb([1, "q", "a\x00b", b"\x01" * 8])}),
+CRAFTED: list[tuple[str, bytes]] = [
+    ("not msgpack", b"\xc1\xc1 not msgpack"),
+    ("wrong shape", msgpack.packb({"the": 1})),
+    ("wrong value type", msgpack.packb([0, {"the": "many"}])),
+    ("bad columnar", msgpack.packb([1, "q", "a\x00b", b"\x01" * 8])),
 ]
+# log entries that name no delta: one with no token (a blob where none is
+# read), one whose key does not exist
+NAMELESS: list[dict[str, Any]] = [{"d": b"a blob in the log itself"}, {"t": "nokey", "n": 9}]
+N_BAD = len(CRAFTED) + len(NAMELESS)
 
 
 def _spec_file(tmp_path: Path, **settings: Any) -> Path:
@@ -78,8 +85,11 @@ def test_crafted_deltas_are_dead_lettered_and_the_result_is_incomplete(
     # before the job starts, each into the log of a partition its words go to
     # (folded by a worker whose commit makes it due, or by finalize)
     busy = sorted({partition_of(w, parts) for w in words})
-    for n, (_what, fields) in enumerate(CRAFTED):
-        r.xadd(keys.state_log(job.id, stage, busy[n * 7 % len(busy)]), fields)
+    for n, (_what, blob) in enumerate(CRAFTED):
+        p = busy[n * 7 % len(busy)]
+        append_delta(r, keys.state(job.id, stage, p), keys.state_log(job.id, stage, p), blob)
+    for n, fields in enumerate(NAMELESS):
+        r.xadd(keys.state_log(job.id, stage, busy[(n * 5 + 3) % len(busy)]), fields)
     sub = _submit(url, str(_spec_file(tmp_path)), "--job", job.id, "--json",
                   *[a for p in paths for a in ("--input", str(p))])
     procs = [start_worker(url, job.id)]
@@ -91,27 +101,33 @@ def test_crafted_deltas_are_dead_lettered_and_the_result_is_incomplete(
     assert "Traceback" not in err, err
     assert sub.returncode == 3, err  # INCOMPLETE, not a success and not a crash
     assert err.strip().splitlines()[-1] == (
-        f"rainstorm: result INCOMPLETE: {len(CRAFTED)} dead letters, see `rainstorm dlq "
+        f"rainstorm: result INCOMPLETE: {N_BAD} dead letters, see `rainstorm dlq "
         f"{job.id}` (or accept them: --skip-bad-records)"), err
     assert Counter(json.loads(out)) == reference_wordcount(paths)  # the fold carried on
     letters = json.loads(cli(url, "dlq", job.id, "--json").stdout)
-    assert sorted(d["kind"] for d in letters) == ["delta"] * len(CRAFTED)
+    assert sorted(d["kind"] for d in letters) == ["delta"] * N_BAD
     assert all(d["error"].startswith("undecodable aggregate delta: ") for d in letters)
+    assert sum("missing: its log entry names no delta" in d["error"] for d in letters) \
+        == len(NAMELESS)
     for p in range(parts):  # finalize folded every log into its base; the bad ones are out
         assert r.xlen(keys.state_log(job.id, stage, p)) == 0
-        base = r.hget(keys.state(job.id, stage, p), "d") or b""
+        base = base_blob(r, keys.state(job.id, stage, p))
         assert set(aggregates.checked(base)) == {w for w in words if partition_of(w, parts) == p}
+    # each dead letter holds its delta's own bytes, and no delta key is left
+    assert sorted(f[b"d"] for _, f in r.xrange(keys.dlq(job.id))) == sorted(
+        [blob for _, blob in CRAFTED] + [b""] * len(NAMELESS))
+    assert not [k for k in r.scan_iter(match=f"rs:{{{job.id}}}:state:*:d:*")]
     meta = {k.decode(): v.decode() for k, v in r.hgetall(keys.meta(job.id)).items()}
     assert meta["state"] == "done" and meta["incomplete"] == "1"
-    assert meta["dead_letters"] == str(len(CRAFTED))
+    assert meta["dead_letters"] == str(N_BAD)
     res = cli(url, "result", job.id, "--json")  # the same verdict later
-    assert res.returncode == 3 and "result INCOMPLETE: 4 dead letters" in res.stderr
+    assert res.returncode == 3 and f"result INCOMPLETE: {N_BAD} dead letters" in res.stderr
     assert Counter(json.loads(res.stdout)) == reference_wordcount(paths)
 
 
 def _log(r: redis.Redis, part: state.Part, blob: bytes) -> None:
     """A delta into a partition's log, its bytes counted as a commit counts them."""
-    r.xadd(part.log, {"d": blob})
+    append_delta(r, part.base, part.log, blob)
     r.hincrby(part.base, "lb", len(blob))
 
 
@@ -127,12 +143,12 @@ def test_a_bad_delta_in_a_partition_log_is_dead_lettered_by_a_folder(
     a, b, c = _keys_in(1, 4, 3)
     part = state.Part(job.id, stage, 1)
     _log(r, part, aggregates.encode({a: 1, b: 2}))
-    for _what, fields in CRAFTED:
-        r.xadd(part.log, fields)
+    for _what, blob in CRAFTED:
+        append_delta(r, part.base, part.log, blob)
     _log(r, part, msgpack.packb([0, {a: 5, c: "x"}]))  # one bad value: all of it out
     _log(r, part, aggregates.encode({a: 10}))
     assert state.fold_due(r, job, [1], stage, agg, holder_id("worker")) == 1  # as reported
-    assert aggregates.decode(r.hget(part.base, "d") or b"") == {a: 11, b: 2}
+    assert aggregates.decode(base_blob(r, part.base)) == {a: 11, b: 2}
     assert r.xlen(part.log) == 0 and r.get(part.lease) is None  # folded, lease released
     assert r.xlen(keys.dlq(job.id)) == len(CRAFTED) + 1
     dead = keys.counter_field(stage, StageCounter.DEAD_DELTAS)
@@ -141,7 +157,7 @@ def test_a_bad_delta_in_a_partition_log_is_dead_lettered_by_a_folder(
     other = state.Part(job.id, stage, 3)
     (d,) = _keys_in(3, 4, 1)
     _log(r, part, aggregates.encode({b: 1}))
-    r.xadd(part.log, {"d": b"\xc1 late and bad"})
+    r.xadd(part.log, {"d": b"\xc1 late and bad"})  # an entry naming no delta: bad too
     _log(r, other, aggregates.encode({d: 4}))
     sealed = state.finalize(r, job, agg, holder_id("coordinator"))
     assert all(r.xlen(p.log) == 0 for p in state.parts(job))
@@ -161,7 +177,9 @@ def test_a_corrupt_folded_state_fails_the_job_in_one_line(tmp_path: Path, url: s
     parts = state.partitions(job)
     used = {partition_of(w, parts) for w in reference_wordcount(paths)}
     p = min(used) if where == "busy" else min(set(range(parts)) - used)
-    r.hset(keys.state(job.id, job.plan.last.index, p), mapping={"v": 3, "d": b"\xc1garbage"})
+    base = keys.state(job.id, job.plan.last.index, p)
+    r.hset(base, "v", 3)
+    forge_base(r, base, b"\xc1garbage")
     sub = _submit(url, str(_spec_file(tmp_path, state_partitions=1024)), "--job", job.id,
                   "--input", str(paths[0]))
     procs = [start_worker(url, job.id)]
@@ -178,7 +196,7 @@ def test_a_corrupt_folded_state_fails_the_job_in_one_line(tmp_path: Path, url: s
     row = json.loads(cli(url, "status", job.id, "--json").stdout)[0]
     assert row["state"] == "failed"
     assert "corrupt" in r.hget(keys.meta(job.id), "error").decode()
-    assert r.hget(keys.state(job.id, job.plan.last.index, p), "d") == b"\xc1garbage"
+    assert base_blob(r, base) == b"\xc1garbage"
 
 
 def test_a_job_refused_by_every_worker_under_submit_is_marked_failed(

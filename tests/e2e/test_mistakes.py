@@ -302,7 +302,7 @@ def _user_url(server: EmbeddedRedis, user: str, password: str) -> str:
 @pytest.mark.parametrize("rules", [
     # may queue MULTI, HSET and DEL, but not SREM/EXPIRE: the transaction aborts
     ["+@connection", "+@read", "+hset", "+del", "+multi", "+exec", "+discard"],
-    # the compose file's worker user shape: no MULTI at all
+    # a worker-like user with no MULTI at all
     ["+@connection", "+@read", "+fcall", "+hset", "+hdel", "+set", "+del", "-@dangerous",
      "+info"],
 ])

@@ -39,7 +39,7 @@ from rainstorm.spec_signature import sign_spec
 from rainstorm.worker.admit import INSECURE_WARNING
 from tests.compose_redis import service_url
 from tests.composefile import TEST_ENV, LocalRedis, load_compose
-from tests.helpers import ROOT, drive, submit, wait_for
+from tests.helpers import ROOT, append_delta, drive, forge_base, submit, wait_for
 
 COMPOSE = load_compose(TEST_ENV)
 KEY = os.environ["RAINSTORM_SECRET"]  # the suite's: the coordinator's and the workers'
@@ -340,8 +340,9 @@ def test_worker_password_writes_do_not_stop_the_pool(tmp_path: Path, srv: LocalR
     attacker.xadd(job.streams(1)[0], {"u": "evil-1", "d": b"\xc1\xc1 not msgpack"})
     # into the log of the state partition one of its words goes to
     attacked = partition_of("w3", state.partitions(job))
-    attacker.xadd(keys.state_log(job.id, job.plan.last.index, attacked),
-                  {"d": b"\xc1 not a delta"})
+    stage = job.plan.last.index
+    append_delta(attacker, keys.state(job.id, stage, attacked),
+                 keys.state_log(job.id, stage, attacked), b"\xc1 not a delta")
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     procs = [_worker(srv, log) for log in logs]
     try:
@@ -402,17 +403,18 @@ def test_a_finished_result_cannot_be_changed_unnoticed(how: str, tmp_path: Path,
     base, log = keys.state(job.id, stage, p), keys.state_log(job.id, stage, p)
     forged = aggregates.encode({key: 10**9})  # a valid delta: it would be shown
     if how in ("hset base", "hset idle base"):
-        attacker.hset(base, "d", forged)
+        forge_base(attacker, base, forged)
     elif how == "xadd delta":
-        attacker.xadd(log, {"d": forged})
+        append_delta(attacker, base, log, forged)
     else:
         attacker.hset(keys.meta(job.id), "state", "running")
-        version = int(attacker.hget(base, "v") or 0)
-        extra = attacker.xadd(log, {"d": forged}).decode()
+        append_delta(attacker, base, log, forged)
+        snap = lua.snapshot(attacker, base=base, log=log)
         assert lua.compact(attacker, lua.CompactRequest(
             base=base, log=log, meta=keys.meta(job.id), counters=keys.counters(job.id),
-            out=keys.output(job.id), dlq=keys.dlq(job.id), stage=stage, version=version,
-            blob=forged, ids=[extra], folded_bytes=len(forged))) is lua.CompactStatus.OK
+            out=keys.output(job.id), dlq=keys.dlq(job.id), stage=stage, version=snap.version,
+            blob=forged, ids=snap.log_ids, tokens=snap.token_by_id(),
+            base_token=snap.base_token)) is lua.CompactStatus.OK
         attacker.hset(keys.meta(job.id), "state", "done")
     after = _result(url, job.id)
     lines = after.stderr.strip().splitlines()

@@ -29,7 +29,15 @@ from rainstorm.worker.loop import Worker, WorkerOptions
 from tests.compose_redis import service_url
 from tests.composefile import TEST_ENV, LocalRedis, command_args, load_compose
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import counters, drive, submit
+from tests.helpers import (
+    append_delta,
+    base_blob,
+    counters,
+    drive,
+    forge_base,
+    state_keys,
+    submit,
+)
 
 COMPOSE = load_compose(TEST_ENV)
 REDIS = COMPOSE["services"]["redis"]
@@ -53,7 +61,8 @@ def w(worker_url: str, admin: redis.Redis) -> Iterator[redis.Redis]:
 WORKER_COMMANDS = {
     "get", "mget", "type", "pttl", "hget", "hmget", "hgetall", "hlen", "hstrlen", "smembers",
     "xlen",
-    "xrange", "xrevrange", "xpending", "fcall", "fcall_ro", "xreadgroup", "xautoclaim",
+    "xrange", "xrevrange", "xpending", "fcall", "fcall_ro", "multi", "exec", "discard",
+    "xreadgroup", "xautoclaim",
     "xclaim", "xack", "xadd", "xdel", "hset", "hdel", "hincrby", "set", "del", "wait",
     "waitaof", "info",
 }
@@ -225,7 +234,7 @@ def test_worker_user_may_do_what_workers_do(w: redis.Redis, admin: redis.Redis) 
     assert w.fcall_ro("rainstorm_version", 0) == lua.LIB_VERSION.encode()
     admin.hset(keys.meta("acl"), "state", "running")
     base, log = keys.state("acl", 0, 3), keys.state_log("acl", 0, 3)
-    ids = [w.xadd(log, {"d": b"delta"}).decode() for _ in range(3)]
+    ids = [append_delta(w, base, log, b"delta") for _ in range(3)]
     w.hincrby(base, "lb", 15)
     lease = keys.compact_lease("acl", 0, 3)
     assert w.set(lease, "worker", nx=True, px=1000) and w.pttl(lease) > 0
@@ -235,11 +244,12 @@ def test_worker_user_may_do_what_workers_do(w: redis.Redis, admin: redis.Redis) 
     ok = lua.compact(w, lua.CompactRequest(
         base=base, log=log, meta=keys.meta("acl"), counters=keys.counters("acl"),
         out=keys.output("acl"), dlq=keys.dlq("acl"), stage=0, version=snap.version,
-        blob=b"folded", ids=ids, folded_bytes=snap.bytes_of(ids),
+        blob=b"folded", ids=ids, tokens=snap.token_by_id(), base_token=snap.base_token,
         outputs=[("w.0", b"a closed window")], emit_field=field))
     assert ok is lua.CompactStatus.OK
     assert w.delete(lease) == 1
-    assert w.xlen(log) == 0 and admin.hmget(base, "d", "lb") == [b"folded", b"0"]
+    assert w.xlen(log) == 0 and base_blob(admin, base) == b"folded"
+    assert admin.hget(base, "lb") == b"0"
     assert admin.xlen(keys.output("acl")) == 1 and admin.hget(keys.counters("acl"), field) == b"1"
     w.hset(keys.WORKERS, "w1", "{}")
     assert w.hlen(keys.WORKERS) == 1 and w.hmget(keys.WORKERS, ["w1"]) == [b"{}"]
@@ -266,8 +276,9 @@ def _finished_job(admin: redis.Redis) -> tuple[str, str, bytes]:
     job = "done-job"
     base, log = keys.state(job, 0, 0), keys.state_log(job, 0, 0)
     blob = aggregates.encode({"real": 3})
-    admin.hset(base, mapping={"v": 1, "d": blob})
-    admin.xadd(log, {"d": aggregates.encode({"real": 1})})
+    admin.hset(base, "v", 1)
+    forge_base(admin, base, blob)
+    append_delta(admin, base, log, aggregates.encode({"real": 1}))
     admin.hset(keys.meta(job), "state", "done")
     return base, log, blob
 
@@ -275,22 +286,30 @@ def _finished_job(admin: redis.Redis) -> tuple[str, str, bytes]:
 def test_attack_compact_cannot_rewrite_a_finished_result(w: redis.Redis, admin: redis.Redis
                                                          ) -> None:
     base, log, blob = _finished_job(admin)
-    ids = [i.decode() for i, _ in admin.xrange(log)]
+    rows = admin.xrange(log)
+    ids = [i.decode() for i, _ in rows]
+    dkeys = [keys.state_delta(base, f[b"t"].decode()) for _, f in rows]
+    old = keys.state_blob(base, admin.hget(base, "t").decode())
+    kept = {k: admin.dump(k) for k in [base, log, old, *dkeys]}
     forged = aggregates.encode({"made-up": 10**9})
     out, counters_key = keys.output("done-job"), keys.counters("done-job")
     # also trying to slip a forged output entry into the finished job's output
     dlq = keys.dlq("done-job")
-    args = [1, forged, 0, 1, "s0:output_entries", 0, 0, "u", b"forged", *ids]
-    reply = w.fcall("rainstorm_compact", 6, base, log, keys.meta("done-job"), counters_key, out,
-                    dlq, *args)
-    assert reply == [b"stopped", b"done"]
-    assert admin.hgetall(base) == {b"v": b"1", b"d": blob} and admin.xlen(log) == 1
+    new = keys.state_blob(base, "forged")
+    args = [1, "forged", len(forged), 0, 1, "s0:output_entries", 0, "u", b"forged", *ids]
+    call = ["rainstorm_compact", 8 + len(dkeys), base, log, keys.meta("done-job"), counters_key,
+            out, dlq, new, old, *dkeys]
+    pipe = w.pipeline(transaction=True)  # as a worker sends it: MULTI, FCALL, SET ... XX
+    pipe.fcall(*call, *args)
+    pipe.set(new, forged, xx=True)
+    assert pipe.execute() == [[b"stopped", b"done"], None]
+    assert {k: admin.dump(k) for k in kept} == kept and not admin.exists(new)
     assert admin.xlen(out) == 0 and admin.hgetall(counters_key) == {}
     # nor with the meta key of a job that does not exist
-    missing = keys.meta("nojob")
-    assert w.fcall("rainstorm_compact", 6, base, log, missing, counters_key, out, dlq,
-                   *args) == [b"gone"]
-    assert admin.hgetall(base) == {b"v": b"1", b"d": blob} and admin.xlen(out) == 0
+    call[4] = keys.meta("nojob")
+    assert w.fcall(*call, *args) == [b"gone"]
+    assert {k: admin.dump(k) for k in kept} == kept and admin.xlen(out) == 0
+    assert base_blob(admin, base) == blob
 
 
 def test_attack_commit_with_100k_made_up_ids_is_refused(w: redis.Redis, admin: redis.Redis
@@ -344,8 +363,9 @@ def test_worker_user_folds_a_partition_and_dead_letters_a_bad_delta(
     admin.hset(keys.meta(job.id), "state", "running")
     part = state.Part(job.id, 0, 2)
     good = [aggregates.encode({"a": 1, "b": 2}), aggregates.encode({"a": 5})]
-    for blob in (good[0], b"\xc1 not a delta", good[1]):
-        w.xadd(part.log, {"d": blob})
+    bad = b"\xc1 not a delta"
+    for blob in (good[0], bad, good[1]):
+        append_delta(w, part.base, part.log, blob)
         w.hincrby(part.base, "lb", len(blob))
     agg = state.agg_of(job, ("*",))
     lease = Lease(w, part.lease, holder_id("worker"))
@@ -355,8 +375,12 @@ def test_worker_user_folds_a_partition_and_dead_letters_a_bad_delta(
     finally:
         lease.release()
     assert status is lua.CompactStatus.OK
-    assert aggregates.decode(admin.hget(part.base, "d") or b"") == {"a": 6, "b": 2}
+    assert aggregates.decode(base_blob(admin, part.base)) == {"a": 6, "b": 2}
     assert admin.xlen(part.log) == 0 and admin.xlen(keys.dlq(job.id)) == 1
+    (_, letter), = admin.xrange(keys.dlq(job.id))
+    assert letter[b"kind"] == b"delta" and letter[b"d"] == bad  # the bad delta's own bytes
+    assert state_keys(admin, job.id) == {part.base, part.log, keys.state_blob(
+        part.base, admin.hget(part.base, "t").decode())}  # no delta key left
     assert admin.hget(keys.counters(job.id), "s0:dead_deltas") == b"1"
     assert admin.hget(part.base, "lb") == b"0"
 
@@ -374,7 +398,7 @@ def test_worker_user_commits_into_a_partition_whose_log_outgrew_its_base(
     (rid, _), = w.xreadgroup("g0", "w1", {stream: ">"}, count=1)[0][1]
     parts = [lua.Delta(keys.state(job, 0, p), keys.state_log(job, 0, p),
                        aggregates.encode({k: 1}), p) for p, k in ((0, "a"), (1, "b"))]
-    admin.hset(parts[0].base, "d", b"x" * 1000)  # a folded base bigger than the delta
+    forge_base(admin, parts[0].base, b"x" * 1000)  # a folded base bigger than the delta
     req = lua.CommitRequest(counters=keys.counters(job), dlq=keys.dlq(job), meta=keys.meta(job),
                             group="g0", stage=0, inputs=[(stream, rid.decode(), "0:0")],
                             records_in=1, deltas=parts, fold=lua.FoldRule(entries=64, bytes=1))

@@ -11,6 +11,7 @@ import redis
 from rainstorm import keys, lua
 from rainstorm.operators import aggregates
 from rainstorm.protocol.counters import StageCounter
+from tests.helpers import append_delta, base_blob, logged, state_keys
 
 JOB = "proto"
 S0 = keys.stage_stream(JOB, 0, 0)
@@ -71,11 +72,12 @@ def test_commit_acks_emits_and_deletes(r: redis.Redis) -> None:
     assert r.xlen(S0) == 0 and r.xpending(S0, keys.group(0))["pending"] == 0
     assert r.xlen(S1) == 1
     for p in range(P):  # each partition's log holds its part, whole, and counts its bytes
-        rows = r.xrange(keys.state_log(JOB, 0, p))
+        rows = logged(r, keys.state(JOB, 0, p), keys.state_log(JOB, 0, p))
         mine = {k: v for k, v in state.items() if zlib.crc32(k.encode()) % P == p}
-        assert [aggregates.decode(f[b"d"]) for _, f in rows] == ([mine] if mine else [])
-        logged = sum(len(f[b"d"]) for _, f in rows)
-        assert int(r.hget(keys.state(JOB, 0, p), "lb") or 0) == logged
+        assert [aggregates.decode(blob) for _, blob in rows] == ([mine] if mine else [])
+        assert int(r.hget(keys.state(JOB, 0, p), "lb") or 0) == sum(len(b) for _, b in rows)
+    # each delta in the key its token names, and nothing else of the state made
+    assert state_keys(r, JOB) == {k for d in parts for k in (d.base, d.log, d.key)}
     c = r.hgetall(keys.counters(JOB))
     assert c[b"s0:committed"] == b"3" and c[b"s1:emitted"] == b"1"
 
@@ -159,14 +161,41 @@ def test_malformed_call_writes_nothing(r: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError, match="fold_bytes"):
         r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 0, "", 0, 0, 0, 0,
                 0, 8, "lots", id_, uid)
-    # a delta whose keys are missing (n_delta 1, no base/log keys), then whose blob is
+    # a delta whose keys are missing (n_delta 1, no base/log/delta keys), then whose
+    # token and size are, then whose key is not its token's or whose size is no size
     with pytest.raises(redis.ResponseError, match="wrong number of keys"):
         r.fcall("rainstorm_commit", len(keys_), *keys_, "g0", 0, 1, 0, 0, 0, 1, "", 0, 0, 0, 0,
-                0, 8, 64, id_, uid, b"\x81\xa1a\x01")
+                0, 8, 64, id_, uid, "tok", 4)
+    dkey = keys.state_delta(BASE0, "tok")
     with pytest.raises(redis.ResponseError, match="wrong number of args"):
-        r.fcall("rainstorm_commit", len(keys_) + 2, *keys_, BASE0, LOG0, "g0", 0, 1, 0, 0, 0, 1,
-                "", 0, 0, 0, 0, 0, 8, 64, id_, uid)
+        r.fcall("rainstorm_commit", len(keys_) + 3, *keys_, BASE0, LOG0, dkey, "g0", 0, 1, 0, 0,
+                0, 1, "", 0, 0, 0, 0, 0, 8, 64, id_, uid)
+    for token, key, size in (("tok", keys.state_delta(BASE0, "other"), 4), ("", dkey, 4),
+                             ("tok", keys.meta(JOB), 4), ("tok", dkey, -4)):
+        with pytest.raises(redis.ResponseError, match="not <base>:d:<token>|delta bytes"):
+            r.fcall("rainstorm_commit", len(keys_) + 3, *keys_, BASE0, LOG0, key, "g0", 0, 1, 0,
+                    0, 0, 1, "", 0, 0, 0, 0, 0, 8, 64, id_, uid, token, size)
     assert snapshot_all(r) == before
+
+
+def test_a_refused_or_failed_commit_leaves_no_delta_key(r: redis.Redis) -> None:
+    """The deltas follow the FCALL in its MULTI as SET ... XX: only a commit
+    that succeeds makes their keys, so a refused one (or one whose FCALL
+    fails) writes none of its blobs anywhere."""
+    inputs = setup_entries(r)
+    assert lua.commit(r, request(inputs[:1])).status == "ok"
+    before = snapshot_all(r)
+    refused = request(inputs, deltas=deltas({"x": 1, "y": 2, "z": 3}))
+    assert lua.commit(r, refused).status == "rejected"
+    bad = request(inputs[1:], deltas=deltas({"x": 1}), extra={"s0:x": 1})
+    bad.extra = {"s0:x": "1.5"}  # type: ignore[dict-item]  # the FCALL fails on it
+    with pytest.raises(redis.ResponseError, match="increment must be an integer"):
+        lua.commit(r, bad)
+    after = snapshot_all(r)
+    for snap in (before, after):
+        snap.pop(keys.counters(JOB))
+    assert after == before
+    assert not any(r.exists(d.key) for d in [*refused.deltas, *bad.deltas])
 
 
 def test_load_moves_cursor_atomically_and_fences(r: redis.Redis) -> None:
@@ -189,58 +218,73 @@ def test_function_library_self_heals(r: redis.Redis) -> None:
     assert lua.commit(r, request(inputs)).status == "ok"
 
 
-def compact_request(ids: list[str], blob: bytes, version: int = 0, part: int = 0,
-                    folded_bytes: int = 0, **kw: object) -> lua.CompactRequest:
-    return lua.CompactRequest(  # type: ignore[arg-type]
+def compact_request(snap: lua.Snapshot, ids: list[str], blob: bytes, part: int = 0,
+                    **kw: object) -> lua.CompactRequest:
+    """Fold ``ids`` of ``snap`` (partition ``part``) into ``blob``."""
+    fields: dict[str, object] = dict(
         base=keys.state(JOB, 0, part), log=keys.state_log(JOB, 0, part), meta=keys.meta(JOB),
         counters=keys.counters(JOB), out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0,
-        version=version, blob=blob, ids=ids, folded_bytes=folded_bytes, **kw)
+        version=snap.version, blob=blob, ids=ids, tokens=snap.token_by_id(),
+        base_token=snap.base_token)
+    fields.update(kw)
+    return lua.CompactRequest(**fields)  # type: ignore[arg-type]
 
 
-def test_compaction_checks_version_and_ids(r: redis.Redis) -> None:
+def test_compaction_checks_version_ids_and_keys(r: redis.Redis) -> None:
     r.hset(keys.meta(JOB), "state", "running")
     blobs = [aggregates.encode({"a": i}) for i in (1, 2)]
-    ids = [r.xadd(LOG0, {"d": b}).decode() for b in blobs]
-    r.hset(BASE0, "lb", sum(map(len, blobs)))
+    ids = [append_delta(r, BASE0, LOG0, b) for b in blobs]
+    r.hset(BASE0, "lb", sum(map(len, blobs)) + 7)  # 7 bytes of deltas not in this log
     snap = lua.snapshot(r, base=BASE0, log=LOG0)
-    assert snap.log_ids == ids and snap.version == 0
+    assert snap.log_ids == ids and snap.version == 0 and snap.deltas == blobs
     folded = aggregates.encode({"a": 3})
-    with pytest.raises(redis.ResponseError, match="ids not ascending"):
-        lua.compact(r, compact_request(ids[::-1], folded))
-    with pytest.raises(redis.ResponseError, match="not a stream id"):
-        lua.compact(r, compact_request([ids[0], "x"], folded))
-    with pytest.raises(redis.ResponseError, match="folded_bytes must be a non-negative integer"):
-        lua.compact(r, compact_request(ids, folded, folded_bytes=-1))
-    assert r.xlen(LOG0) == 2 and r.hget(BASE0, "v") is None  # nothing written
-    assert lua.compact(r, compact_request(ids, folded, folded_bytes=snap.bytes_of(ids))) \
+    before = snapshot_all(r)
+    # only the log's head may be folded: not its second entry alone, nor an id it lacks
+    for wrong in ([ids[1]], [ids[0], "1-1"], ["x"]):
+        assert lua.compact(r, compact_request(snap, wrong, folded, tokens={
+            i: "t" for i in wrong} | snap.token_by_id())) is lua.CompactStatus.CONFLICT
+    # the keys must be the entries' own, the old folded part the base's
+    with pytest.raises(redis.ResponseError, match="is not its log entry's"):
+        lua.compact(r, compact_request(snap, ids, folded, tokens={ids[0]: snap.tokens[1],
+                                                                  ids[1]: snap.tokens[0]}))
+    with pytest.raises(redis.ResponseError, match="not the folded part the base names"):
+        lua.compact(r, compact_request(snap, ids, folded, base_token="forged"))
+    assert snapshot_all(r) == before  # nothing written
+    assert lua.compact(r, compact_request(snap, ids, folded)) is lua.CompactStatus.OK
+    assert lua.compact(r, compact_request(snap, ids, b"")) is lua.CompactStatus.CONFLICT
+    assert r.xlen(LOG0) == 0 and r.hget(BASE0, "lb") == b"7"  # lowered by what it folded
+    assert base_blob(r, BASE0) == folded and r.hget(BASE0, "bs") == str(len(folded)).encode()
+    assert not any(r.exists(keys.state_delta(BASE0, t)) for t in snap.tokens)
+    first = r.hget(BASE0, "t").decode()
+    # the next compaction replaces the folded part: the old key goes
+    snap = lua.snapshot(r, base=BASE0, log=LOG0)
+    assert (snap.version, snap.base, snap.base_token) == (1, folded, first)
+    assert lua.compact(r, compact_request(snap, [], aggregates.encode({"a": 4}))) \
         is lua.CompactStatus.OK
-    again = lua.compact(r, compact_request(ids, b""))  # the version moved
-    assert again is lua.CompactStatus.CONFLICT
-    assert r.xlen(LOG0) == 0 and r.hget(BASE0, "lb") == b"0"
-    assert aggregates.decode(lua.snapshot(r, base=BASE0, log=LOG0).base) == {"a": 3}
-    gone = r.xadd(LOG0, {"d": blobs[0]}).decode()
-    r.xdel(LOG0, gone)  # an id no longer in the log (another folder took it)
-    missing = lua.compact(r, compact_request([gone], b"", version=1))
-    assert missing is lua.CompactStatus.CONFLICT
-    assert aggregates.decode(r.hget(BASE0, "d") or b"") == {"a": 3}  # untouched
+    assert not r.exists(keys.state_blob(BASE0, first))
+    assert state_keys(r, JOB) == {BASE0, LOG0,
+                                  keys.state_blob(BASE0, r.hget(BASE0, "t").decode())}
+    assert aggregates.decode(lua.snapshot(r, base=BASE0, log=LOG0).base) == {"a": 4}
 
 
 def test_compaction_emits_what_the_fold_closed_in_the_same_step(r: redis.Redis) -> None:
     r.hset(keys.meta(JOB), "state", "running")
+    base, log = keys.state(JOB, 0, 2), keys.state_log(JOB, 0, 2)
     blob = aggregates.encode({"10|a": 1})
-    id_ = r.xadd(keys.state_log(JOB, 0, 2), {"d": blob}).decode()
-    r.hset(keys.state(JOB, 0, 2), "lb", len(blob) + 5)  # 5 bytes of another, unfolded delta
+    id_ = append_delta(r, base, log, blob)
+    r.hset(base, "lb", len(blob) + 5)  # 5 bytes of another, unfolded delta
     outs = [("w.1", b"closed one"), ("w.2", b"closed two")]
     field = keys.counter_field(0, StageCounter.OUTPUT_ENTRIES)
-    req = compact_request([id_], aggregates.encode({}), part=2, outputs=outs, emit_field=field,
-                          folded_bytes=len(blob))
+    snap = lua.snapshot(r, base=base, log=log)
+    req = compact_request(snap, [id_], aggregates.encode({}), part=2, outputs=outs,
+                          emit_field=field)
     assert lua.compact(r, req) is lua.CompactStatus.OK
     rows = r.xrange(keys.output(JOB))
     assert [(f[b"u"], f[b"d"]) for _, f in rows] == [(b"w.1", b"closed one"),
                                                       (b"w.2", b"closed two")]
     assert r.hget(keys.counters(JOB), field) == b"2"
-    assert r.hmget(keys.state(JOB, 0, 2), "v", "lb") == [b"1", b"5"]
-    assert r.xlen(keys.state_log(JOB, 0, 2)) == 0
+    assert r.hmget(base, "v", "lb") == [b"1", b"5"]
+    assert r.xlen(log) == 0
 
 
 def test_keep_inputs_acks_without_deleting_or_checking_the_uid(r: redis.Redis) -> None:

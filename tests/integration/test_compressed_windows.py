@@ -16,7 +16,7 @@ from rainstorm import keys
 from rainstorm.coordinator.driver import Driver
 from rainstorm.state import read_state
 from rainstorm.worker import Worker, WorkerOptions
-from tests.helpers import counters, settled, wait_for, windowed_count_job
+from tests.helpers import base_blob, counters, settled, wait_for, windowed_count_job
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -47,7 +47,7 @@ def test_compressed_window_state_closes_and_counts_exactly(r: redis.Redis,
         r.xadd(job.id, {"user": "z", "ts": "100"})  # closes every window before it
         want["100|z"] += 1
         settle()
-        bases = [r.hget(keys.state(job.id, 0, p), "d") or b"" for p in range(3)]
+        bases = [base_blob(r, keys.state(job.id, 0, p)) for p in range(3)]
     s0 = counters(r, job.id).stage(0)
     assert s0.late_records == 0
     assert r.xlen(keys.output(job.id)) > 0  # closed windows were emitted by folds

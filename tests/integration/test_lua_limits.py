@@ -18,6 +18,7 @@ from rainstorm.errors import CallTooLarge, ProtocolError
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.lua.library import FORCE_ENV
 from rainstorm.replies import as_str
+from tests.helpers import append_delta, forge_base
 
 JOB = "caps"
 S0 = keys.stage_stream(JOB, 0, 0)
@@ -52,17 +53,20 @@ def request(inputs: list[tuple[str, str, str]], **kw: Any) -> lua.CommitRequest:
 def raw_commit(r: redis.Redis, n_in: int, n_out: int = 0, n_dead: int = 0, n_extra: int = 0,
                payload: bytes = b"", n_delta: int | None = None) -> Any:
     """FCALL rainstorm_commit as an attacker would send it (no Python checks);
-    ``payload``: one delta's blob (n_delta 1) unless ``n_delta`` says how many."""
+    ``payload``: one delta's token (n_delta 1) unless ``n_delta`` says how many
+    (deltas are not arguments: a delta's token and size are)."""
     n_delta = (1 if payload else 0) if n_delta is None else n_delta
+    token = payload or b"tok"
     ks = [keys.counters(JOB), keys.dlq(JOB), keys.meta(JOB)]
     ks += [S0] * n_in + [S1] * n_out
-    ks += [k for p in range(n_delta) for k in (keys.state(JOB, 0, p), keys.state_log(JOB, 0, p))]
+    ks += [k for p in range(n_delta) for k in (keys.state(JOB, 0, p), keys.state_log(JOB, 0, p),
+                                                keys.state_delta(keys.state(JOB, 0, p), "tok"))]
     args: list[Any] = ["g0", 0, n_in, n_out, n_dead, 0, n_delta, "s1:emitted" if n_out else "",
                        0, 0, 0, n_extra, 0, 8, 64]
     for i in range(n_in):
         args += [f"{i + 1}-0", f"u{i}"]
     args += ["u", b"x"] * n_out + [b"d"] * n_dead + ["s0:x", 1] * n_extra
-    args += [payload or b"\x80"] * n_delta
+    args += [token, 1] * n_delta
     return r.fcall("rainstorm_commit", len(ks), *ks, *args)
 
 
@@ -116,19 +120,26 @@ def test_load_and_compact_caps(r: redis.Redis) -> None:
                  expected_pos="", new_pos="done", max_backlog=0,
                  entries=[(S0, f"u{i}", b"x") for i in range(n)])
     ids = [f"{i + 1}-0" for i in range(L.compact_ids + 1)]
-    ks = [BASE, LOG, keys.meta(JOB), keys.counters(JOB), keys.output(JOB), keys.dlq(JOB)]
+    new = keys.state_blob(BASE, "tok")
+    ks = [BASE, LOG, keys.meta(JOB), keys.counters(JOB), keys.output(JOB), keys.dlq(JOB), new,
+          new]
+    # ARGV: version token bytes stage n_out emit_field n_bad, then the rest
     with pytest.raises(redis.ResponseError, match="number of ids is .* above the cap"):
-        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 0, "", 0, 0, *ids)
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, "tok", 4, 0, 0, "", 0, *ids)
     n_out = L.outputs + 1
     with pytest.raises(redis.ResponseError, match="n_out is .* above the cap"):
-        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, n_out, "s0:output_entries", 0, 0,
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, "tok", 4, 0, n_out, "s0:output_entries", 0,
                 *(["u", b"x"] * n_out))
     with pytest.raises(redis.ResponseError, match="wrong number of args"):
-        r.fcall("rainstorm_compact", len(ks), *ks, 0, b"blob", 0, 2, "s0:output_entries", 0, 0,
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, "tok", 4, 0, 2, "s0:output_entries", 0,
                 "u", b"x")
+    with pytest.raises(redis.ResponseError, match="wrong number of keys"):  # an id, no key
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, "tok", 4, 0, 0, "", 0, "1-0")
+    with pytest.raises(redis.ResponseError, match="not <base>:b:<token>"):
+        r.fcall("rainstorm_compact", len(ks), *ks, 0, "other", 4, 0, 0, "", 0)
     kw: dict[str, Any] = dict(base=BASE, log=LOG, meta=keys.meta(JOB), counters=keys.counters(JOB),
                               out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=0,
-                              blob=b"", folded_bytes=0)
+                              blob=b"", tokens={i: "t" for i in ids})
     with pytest.raises(CallTooLarge):
         lua.compact(r, lua.CompactRequest(ids=ids, **kw))
     with pytest.raises(CallTooLarge, match="n_out"):
@@ -138,10 +149,11 @@ def test_load_and_compact_caps(r: redis.Redis) -> None:
 
 
 def test_snapshot_head_folds_at_most_the_cap() -> None:
-    snap = lua.Snapshot(3, b"base", [f"{i}-0" for i in range(10)], [b"d"] * 10)
+    snap = lua.Snapshot(3, b"base", [f"{i}-0" for i in range(10)], [b"d"] * 10,
+                        [f"t{i}" for i in range(10)], "b")
     head = snap.head(4)
-    assert (head.version, head.base, head.log_ids, len(head.deltas)) == (3, b"base",
-                                                                         snap.log_ids[:4], 4)
+    assert (head.version, head.base, head.log_ids, len(head.deltas), head.tokens,
+            head.base_token) == (3, b"base", snap.log_ids[:4], 4, snap.tokens[:4], "b")
     assert len(snap.head().log_ids) == 10  # under the library's cap: all of it
 
 
@@ -152,21 +164,26 @@ def test_a_long_log_is_read_in_bounded_pages(r: redis.Redis) -> None:
     and the wrapper still gets every delta, in order, with the base it
     belongs to."""
     base, log = keys.state(JOB, 1, 5), keys.state_log(JOB, 1, 5)
-    r.hset(base, mapping={"v": 7, "d": b"folded"})
+    r.hset(base, "v", 7)
+    forge_base(r, base, b"folded")
     n = L.compact_ids * 2 + 5
     pipe = r.pipeline(transaction=False)
     for i in range(n):
-        pipe.xadd(log, {"d": str(i).encode()})
+        pipe.set(keys.state_delta(base, f"t{i}"), str(i).encode())
+        pipe.xadd(log, {"t": f"t{i}", "n": len(str(i))})
     pipe.execute()
     r.config_set("slowlog-log-slower-than", 0)
     r.config_set("slowlog-max-len", 1000)
     r.slowlog_reset()
+    r.config_resetstat()
     try:
         snap = lua.snapshot(r, base=base, log=log)
         reads = [[as_str(a) for a in e["command"].split()] for e in r.slowlog_get(1000)
                  if as_str(e["command"]).upper().startswith("XRANGE")]
+        mgets = r.info("commandstats")["cmdstat_mget"]["calls"]
     finally:
         r.config_set("slowlog-log-slower-than", 10000)
+    assert mgets == -(-(n + 1) // lua.MGET_CHUNK)  # the deltas and the base, in bounded MGETs
     assert len(reads) >= 3  # the first page, then the rest in pages
     counts = [int(cmd[cmd.index("COUNT") + 1]) for cmd in reads if "COUNT" in cmd]
     assert len(counts) == len(reads) and max(counts) <= L.compact_ids + 1
@@ -175,7 +192,7 @@ def test_a_long_log_is_read_in_bounded_pages(r: redis.Redis) -> None:
     assert snap.log_ids == [x[0].decode() for x in r.xrange(log)]
     head = lua.snapshot(r, base=base, log=log, max_deltas=10)
     assert head.deltas == [str(i).encode() for i in range(10)]
-    assert head.bytes_of(head.log_ids[2:5]) == sum(len(str(i)) for i in range(2, 5))
+    assert head.tokens == [f"t{i}" for i in range(10)] and head.base_token
 
 
 def test_bad_integers_are_refused_before_writing(r: redis.Redis) -> None:
@@ -196,8 +213,10 @@ def test_no_writing_function_writes_into_a_stopped_job(r: redis.Redis, state: st
                                                        ) -> None:
     inputs = pending(r, 2)
     base, log = BASE, LOG
-    r.hset(base, mapping={"v": 1, "d": b"the result"})
-    delta_ids = [r.xadd(log, {"d": b"delta"}).decode()]
+    r.hset(base, "v", 1)
+    forge_base(r, base, b"the result")
+    append_delta(r, base, log, b"delta")
+    snap = lua.snapshot(r, base=base, log=log)
     r.xadd(keys.dlq(JOB), {"stage": 0, "kind": "entry", "d": b"x"})
     dead_id = r.xrange(keys.dlq(JOB))[0][0].decode()
     if state is None:
@@ -213,7 +232,7 @@ def test_no_writing_function_writes_into_a_stopped_job(r: redis.Redis, state: st
     assert lua.compact(r, lua.CompactRequest(
         base=base, log=log, meta=keys.meta(JOB), counters=keys.counters(JOB),
         out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=1, blob=b"1000000000",
-        ids=delta_ids, folded_bytes=0,
+        ids=snap.log_ids, tokens=snap.token_by_id(), base_token=snap.base_token,
         outputs=[("w", b"closed")], emit_field="s0:output_entries")) == want
     assert lua.deadletter(r, lua.DeadletterRequest(
         lua.JobKeys.of(JOB), stream=S0, group=keys.group(0), stage=0, entry_id=inputs[0][1],

@@ -21,6 +21,7 @@ from rainstorm.ops.tasks import list_tasks
 from rainstorm.protocol.counters import LATENCY_BUCKETS_MS, StageCounter
 from rainstorm.protocol.heartbeat import Heartbeat
 from rainstorm.spec import parse_spec, spec_to_json
+from tests.helpers import append_delta, forge_base
 
 JOB = "mon"
 PIPELINE = [{"op": "flat_map", "fn": "split_words"}, {"op": "repartition", "partitions": 2},
@@ -193,9 +194,11 @@ def test_state_view_sums_the_partitions_fold_lag(r: redis.Redis) -> None:
     r.sadd(keys.JOBS, job)
     lags = {0: 10, 2: 700, 4: 3}
     for p, lb in lags.items():
-        r.hset(keys.state(job, 0, p), mapping={"v": 1, "d": b"x" * (p + 1), "lb": lb})
+        base = keys.state(job, 0, p)
+        r.hset(base, mapping={"v": 1, "lb": lb})
+        forge_base(r, base, b"x" * (p + 1))
         for _ in range(p + 1):
-            r.xadd(keys.state_log(job, 0, p), {"d": b"y"})
+            append_delta(r, base, keys.state_log(job, 0, p), b"y")
     st = job_view(r, job).stages[0].state
     assert st is not None and st.partitions == 5
     assert st.folded_bytes == sum(p + 1 for p in lags)

@@ -38,10 +38,17 @@ from rainstorm.job import Job
 from rainstorm.jobstore import load_job
 from rainstorm.lease import LEASE_MS, Lease, holder_id
 from rainstorm.operators import aggregates
-from rainstorm.protocol.entries import data_of
 from rainstorm.spec import parse_spec
 from rainstorm.testing import run_job
-from tests.helpers import ROOT, wait_for
+from tests.helpers import (
+    ROOT,
+    append_delta,
+    base_blob,
+    forge_base,
+    logged,
+    state_keys,
+    wait_for,
+)
 
 JOB = "parts"
 WORDS = [f"w{i}" for i in range(200)]
@@ -120,7 +127,7 @@ class Running:
         return int(self.r.hget(self.part(p).base, "v") or 0)
 
     def base(self, p: int) -> dict[str, Any]:
-        return aggregates.decode(self.r.hget(self.part(p).base, "d") or b"")
+        return aggregates.decode(base_blob(self.r, self.part(p).base))
 
 
 # -- (a) a commit's delta, split; the LSM rule ----------------------------------------
@@ -130,16 +137,16 @@ def test_a_commit_splits_its_delta_by_the_partition_of_each_key(r: redis.Redis) 
     rng = random.Random(7)
     delta = {w: rng.randint(1, 9) for w in rng.sample(WORDS, 60)}
     run.commit(delta)
-    logged: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
     for p in range(7):
-        rows = r.xrange(run.part(p).log)
+        rows = logged(r, run.part(p).base, run.part(p).log)
         mine = {k: v for k, v in delta.items() if part_of(k, 7) == p}
         assert len(rows) == (1 if mine else 0)  # one delta per partition touched, or none
-        for _, fields in rows:
-            assert aggregates.decode(fields[b"d"]) == mine
-            assert run.lb(p) == len(fields[b"d"])  # its bytes counted in the base's 'lb'
-            logged.update(aggregates.decode(fields[b"d"]))
-    assert logged == Counter(delta)
+        for _, blob in rows:
+            assert aggregates.decode(blob) == mine
+            assert run.lb(p) == len(blob)  # its bytes counted in the base's 'lb'
+            seen.update(aggregates.decode(blob))
+    assert seen == Counter(delta)
     assert r.xlen(keys.state_log(JOB, 0, 7)) == 0  # no partition beyond P
 
 
@@ -151,7 +158,7 @@ def test_a_partition_is_due_exactly_by_the_lsm_rule(r: redis.Redis) -> None:
     run = Running(r, parts)
     rule = lua.FoldRule(entries=6, bytes=120)
     rng = random.Random(3)
-    logged = [0] * parts  # our own count of each partition's unfolded bytes and deltas
+    unfolded = [0] * parts  # our own count of each partition's unfolded bytes and deltas
     entries = [0] * parts
     base_len = [0] * parts
     expected: Counter[str] = Counter()
@@ -167,18 +174,18 @@ def test_a_partition_is_due_exactly_by_the_lsm_rule(r: redis.Redis) -> None:
             mine = {k: v for k, v in delta.items() if part_of(k, parts) == p}
             if not mine:
                 continue
-            (_, last), = r.xrevrange(run.part(p).log, count=1)
-            assert aggregates.decode(last[b"d"]) == mine
-            logged[p] += len(last[b"d"])
+            last = logged(r, run.part(p).base, run.part(p).log)[-1][1]
+            assert aggregates.decode(last) == mine
+            unfolded[p] += len(last)
             entries[p] += 1
-            by_bytes = logged[p] >= rule.bytes and logged[p] >= lua.FOLD_RATIO * base_len[p]
+            by_bytes = unfolded[p] >= rule.bytes and unfolded[p] >= lua.FOLD_RATIO * base_len[p]
             by_entries = entries[p] >= rule.entries
             if by_bytes or by_entries:
                 want.add(p)
                 seen_due["bytes" if by_bytes else "entries"] += 1
-                if not by_bytes and logged[p] >= rule.bytes:
+                if not by_bytes and unfolded[p] >= rule.bytes:
                     seen_due["base"] += 1  # the base's size held it back
-            assert run.lb(p) == logged[p]
+            assert run.lb(p) == unfolded[p]
         assert {d.partition for d in res.due} == want, n
         assert all(d.base == run.part(d.partition).base for d in res.due)
         for p in sorted(want):
@@ -186,15 +193,16 @@ def test_a_partition_is_due_exactly_by_the_lsm_rule(r: redis.Redis) -> None:
             assert run.fold(p) is lua.CompactStatus.OK
             assert before > 0 and run.lb(p) == 0 and run.version(p) == v + 1
             assert r.xlen(run.part(p).log) == 0
-            logged[p] = entries[p] = 0
-            base_len[p] = len(r.hget(run.part(p).base, "d") or b"")
+            unfolded[p] = entries[p] = 0
+            base_len[p] = len(base_blob(r, run.part(p).base))
+            assert int(r.hget(run.part(p).base, "bs") or 0) == base_len[p]
     assert all(seen_due.values()), seen_due  # each arm of the rule was exercised
     total: Counter[str] = Counter()
     for p in range(parts):
         total.update(run.base(p))
     for p in range(parts):  # what is left unfolded
-        for _, fields in r.xrange(run.part(p).log):
-            total.update(aggregates.decode(fields[b"d"]))
+        for _, blob in logged(r, run.part(p).base, run.part(p).log):
+            total.update(aggregates.decode(blob))
     assert total == expected
 
 
@@ -207,15 +215,15 @@ def test_compaction_lowers_lb_by_the_bytes_it_folded_only(r: redis.Redis) -> Non
     snap = part.snapshot(r)
     late = run.commit({b: 10})  # lands after the folder's snapshot
     assert late.due == []
-    (_, fields), = r.xrevrange(part.log, count=1)
-    assert run.lb(1) == sum(len(d) for d in snap.deltas) + len(fields[b"d"])
+    late_blob = logged(r, part.base, part.log)[-1][1]
+    assert run.lb(1) == sum(len(d) for d in snap.deltas) + len(late_blob)
     status = lua.compact(r, lua.CompactRequest(
         base=part.base, log=part.log, meta=keys.meta(JOB), counters=keys.counters(JOB),
         out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=snap.version,
         blob=aggregates.encode(state.fold(snap, run.agg)), ids=snap.log_ids,
-        folded_bytes=snap.bytes_of(snap.log_ids)))
+        tokens=snap.token_by_id(), base_token=snap.base_token))
     assert status is lua.CompactStatus.OK
-    assert run.lb(1) == len(fields[b"d"])  # the late delta is still counted
+    assert run.lb(1) == len(late_blob)  # the late delta is still counted
     assert run.base(1) == {a: 3, b: 3} and r.xlen(part.log) == 1
     assert run.fold(1) is lua.CompactStatus.OK
     assert run.lb(1) == 0 and run.base(1) == {a: 3, b: 13}
@@ -274,26 +282,33 @@ def test_two_folders_racing_on_a_partition_one_wins_by_version(
 
 
 def test_snapshots_read_while_a_folder_compacts_are_each_one_consistent_state(
-        r: redis.Redis, url: str) -> None:
+        r: redis.Redis, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot is plain reads (base, log, version again), not one
     function call: taken over and over while another client folds the same
     partition a few deltas at a time, each one must still be exactly one
     state -- every delta counted once, in the base or in the log, never in
     both or neither.  Integers stand in for aggregates: the base holds how
-    many deltas it folded, each delta is b"1"."""
+    many deltas it folded, each delta is b"1".  The folder compacts once per
+    read the reader finishes (a folder compacting back to back, faster than
+    a read of 3000 deltas takes, would starve the reader: each read retries
+    after a compaction, and gives up after lua.SNAPSHOT_TRIES)."""
     r.hset(keys.meta(JOB), "state", "running")
     base, log = keys.state(JOB, 0, 9), keys.state_log(JOB, 0, 9)
     n = 3000
     pipe = r.pipeline(transaction=False)
-    for _ in range(n):
-        pipe.xadd(log, {"d": b"1"})
+    for i in range(n):
+        pipe.set(keys.state_delta(base, f"t{i}"), b"1")
+        pipe.xadd(log, {"t": f"t{i}", "n": 1})
     pipe.execute()
     r.hset(base, "lb", n)
     folds: list[int] = []
+    read_done = threading.Event()
 
     def folder() -> None:
         other = redis.Redis.from_url(url)
         while True:
+            read_done.wait(10)
+            read_done.clear()
             snap = lua.snapshot(other, base=base, log=log, max_deltas=7)
             if not snap.log_ids:
                 return
@@ -301,22 +316,38 @@ def test_snapshots_read_while_a_folder_compacts_are_each_one_consistent_state(
                 base=base, log=log, meta=keys.meta(JOB), counters=keys.counters(JOB),
                 out=keys.output(JOB), dlq=keys.dlq(JOB), stage=0, version=snap.version,
                 blob=str(int(snap.base or 0) + len(snap.deltas)).encode(), ids=snap.log_ids,
-                folded_bytes=snap.bytes_of(snap.log_ids)))
+                tokens=snap.token_by_id(), base_token=snap.base_token))
             assert status is lua.CompactStatus.OK  # the only folder: never a conflict
             folds.append(len(snap.log_ids))
 
+    heads = [0]  # the reader's reads of the partition's head (1 + its tries)
+    real_head = lua._head
+
+    def counted_head(*args: Any) -> lua.Head:
+        if threading.current_thread() is threading.main_thread():
+            heads[0] += 1
+        return real_head(*args)
+
+    monkeypatch.setattr(lua, "_head", counted_head)
     t = threading.Thread(target=folder, daemon=True)
     t.start()
-    seen = 0
+    seen = retried = 0
     while t.is_alive() or seen == 0:
+        heads[0] = 0
         snap = lua.snapshot(r, base=base, log=log)
+        retried += heads[0] > 2  # a compaction moved the version mid-read
         assert int(snap.base or 0) + len(snap.deltas) == n, (snap.version, len(snap.deltas))
         assert snap.deltas == [b"1"] * len(snap.deltas)
         seen += 1
+        read_done.set()
     t.join(60)
     assert not t.is_alive() and sum(folds) == n and len(folds) == -(-n // 7)
-    assert r.hmget(base, "d", "lb", "v") == [str(n).encode(), b"0", str(len(folds)).encode()]
+    assert base_blob(r, base) == str(n).encode()
+    assert r.hmget(base, "lb", "v") == [b"0", str(len(folds)).encode()]
+    # no delta key is left behind: the hash, its folded part and the empty log
+    assert state_keys(r, JOB) == {base, log, keys.state_blob(base, r.hget(base, "t").decode())}
     assert seen > 1, "the reader never overlapped the folder"
+    assert retried, "no read was caught by a compaction: the retry went untested"
 
 
 # -- (c) a folder killed while holding the lease -----------------------------------------
@@ -355,7 +386,8 @@ def test_a_folder_killed_holding_the_lease_changes_nothing_and_is_taken_over(
         expected.update(delta)
         run.commit(delta)
     part = run.part(3)
-    watched = [part.base, part.log, keys.output(JOB), keys.counters(JOB), keys.dlq(JOB)]
+    watched = [*sorted(state_keys(r, JOB)), keys.output(JOB), keys.counters(JOB),
+               keys.dlq(JOB)]
     before = {k: r.dump(k) for k in watched}
     child = subprocess.Popen([sys.executable, "-c", KILLED_FOLDER, server.url, JOB,
                               json.dumps(spec_dict(4)), "3"], cwd=ROOT,
@@ -369,6 +401,7 @@ def test_a_folder_killed_holding_the_lease_changes_nothing_and_is_taken_over(
         finally:
             child.kill()
     assert {k: r.dump(k) for k in watched} == before  # nothing changed
+    assert set(state_keys(r, JOB)) == set(watched[:-3])  # nothing made
     holder = (r.get(part.lease) or b"").decode()
     assert holder.startswith("worker:") and f":{child.pid}:" in holder
     assert 0 < r.pttl(part.lease) <= LEASE_MS
@@ -408,7 +441,7 @@ def test_finalize_leaves_only_bases_and_returns_their_digests(r: redis.Redis) ->
         total.update(base)
     assert total == expected
     # the digests cover every partition: one changed base changes one digest
-    r.hset(run.part(4).base, "d", aggregates.encode({**run.base(4), "forged": 1}))
+    forge_base(r, run.part(4).base, aggregates.encode({**run.base(4), "forged": 1}))
     now = state.digests(r, run.job)
     assert [a != b for a, b in zip(sealed, now, strict=True)] == [False] * 4 + [True]
 
@@ -478,7 +511,7 @@ def test_folding_an_empty_log_does_not_decode_the_base(r: redis.Redis) -> None:
     run.commit({"a": 1, "b": 2}, lua.FoldRule(entries=4096, bytes=1 << 30))
     p = next(p for p in range(2) if r.xlen(run.part(p).log))
     assert run.fold(p) is lua.CompactStatus.OK
-    r.hset(run.part(p).base, "d", b"\xc1 not a blob")
+    forge_base(r, run.part(p).base, b"\xc1 not a blob")
     assert run.fold(p) is None
 
 
@@ -506,9 +539,9 @@ def test_a_base_written_after_the_job_is_refused_with_one_line(r: redis.Redis,
     assert ok.exit_code == 0, ok.output
     p = part_of("w7", 8)
     base = state.Part(job.id, 0, p).base
-    folded = aggregates.decode(r.hget(base, "d") or b"")
+    folded = aggregates.decode(base_blob(r, base))
     assert folded["w7"] == want["w7"]
-    r.hset(base, "d", aggregates.encode({**folded, "w7": 10**9}))  # as an attacker
+    forge_base(r, base, aggregates.encode({**folded, "w7": 10**9}))  # as an attacker
     with pytest.raises(JobFailed, match="was changed after it finished") as exc:
         load_stored(r, job, allow=("*",))
     assert "\n" not in str(exc.value)
@@ -609,7 +642,7 @@ def test_read_key_reads_only_the_keys_partition(compress: bool, r: redis.Redis) 
                 run.fold(p)
     assert any(run.version(p) for p in range(parts))
     assert any(r.xlen(run.part(p).log) for p in range(parts))
-    bases = [r.hget(run.part(p).base, "d") or b"" for p in range(parts)]
+    bases = [base_blob(r, run.part(p).base) for p in range(parts)]
     assert {b[:1] == b"\xc1" for b in bases if b} == {compress}
     present = sorted(expected)
     absent = [w for w in WORDS[100:]]  # never committed
@@ -620,7 +653,7 @@ def test_read_key_reads_only_the_keys_partition(compress: bool, r: redis.Redis) 
                                           else (False, None)), key
     # a corrupt partition breaks only its own keys' reads: no other is read
     broken = part_of(present[0], parts)
-    r.hset(run.part(broken).base, "d", b"\xc1 corrupt")
+    forge_base(r, run.part(broken).base, b"\xc1 corrupt")
     for key in present + absent[:10]:
         if part_of(key, parts) == broken:
             with pytest.raises(JobFailed, match=f"partition {broken}"):
@@ -643,13 +676,16 @@ def test_wordcount_is_exact_for_any_number_of_partitions(parts: int, r: redis.Re
     assert Counter(result) == want and len(result) == len(want)
     (raw,) = r.smembers(keys.JOBS)
     job_id = raw.decode()
-    bases = {k.decode() for k in r.keys(f"rs:{{{job_id}}}:state:s0:p*")}
-    assert bases <= {keys.state(job_id, 0, p) for p in range(parts)} | {
-        keys.state_log(job_id, 0, p) for p in range(parts)}
+    # finalize folded every log: each partition is its hash, its folded part and
+    # its log (empty, if it exists); no delta key is left
+    made = state_keys(r, job_id)
+    assert made - {keys.state_log(job_id, 0, p) for p in range(parts)} == {
+        k for p in range(parts) for base in [keys.state(job_id, 0, p)]
+        for k in (base, keys.state_blob(base, r.hget(base, "t").decode()))}
     total: Counter[str] = Counter()
     folded = 0
     for p in range(parts):
-        base = r.hget(keys.state(job_id, 0, p), "d") or b""
+        base = base_blob(r, keys.state(job_id, 0, p))
         for k in aggregates.decode(base):
             assert part_of(k, parts) == p
         total.update(aggregates.decode(base))
@@ -682,7 +718,7 @@ def test_a_compressed_wordcount_is_exact_and_its_bases_are_compressed(r: redis.R
     total: Counter[str] = Counter()
     folded = 0
     for p in range(parts):
-        base = r.hget(keys.state(raw.decode(), 0, p), "d") or b""
+        base = base_blob(r, keys.state(raw.decode(), 0, p))
         total.update(msgpack_pairs(unzstd(base)))
         folded += int(r.hget(keys.state(raw.decode(), 0, p), "v") or 0)
     assert total == want
@@ -729,8 +765,8 @@ def test_plain_and_compressed_deltas_fold_together_and_a_crafted_one_is_dead_let
         records_in=1, deltas=[lua.Delta(plain.part(p).base, plain.part(p).log, bomb, p)],
         fold=no_fold))
     assert res.status is lua.CommitStatus.OK
-    kinds = {data_of(f)[:1] == b"\xc1" for q in range(parts)
-             for _i, f in r.xrange(plain.part(q).log)}
+    kinds = {blob[:1] == b"\xc1" for q in range(parts)
+             for _i, blob in logged(r, plain.part(q).base, plain.part(q).log)}
     assert kinds == {True, False}  # both kinds in the logs
     for q in range(parts):
         assert plain.fold(q) is lua.CompactStatus.OK
@@ -739,3 +775,31 @@ def test_plain_and_compressed_deltas_fold_together_and_a_crafted_one_is_dead_let
         total.update(plain.base(q))
     assert total == expected
     assert r.xlen(keys.dlq(JOB)) == 1
+
+
+def test_what_a_partition_names_but_lacks_is_said_never_taken_for_empty(
+        r: redis.Redis) -> None:
+    """A log entry that names no delta, or a delta key someone deleted, is a
+    bad delta: the fold moves it to the dead letters (its result is then
+    INCOMPLETE), it is never folded as an empty one; a folded part someone
+    deleted fails the read of its partition."""
+    run = Running(r, parts=2)
+    run.commit({"a": 1}, lua.FoldRule(entries=4096, bytes=1 << 30))
+    p = part_of("a", 2)
+    part = run.part(p)
+    r.xadd(part.log, {"d": aggregates.encode({"a": 5})})  # no token: names nothing
+    doomed = append_delta(r, part.base, part.log, aggregates.encode({"a": 7}))
+    (_, fields), = r.xrange(part.log, min=doomed, max=doomed)
+    r.delete(keys.state_delta(part.base, fields[b"t"].decode()))
+    run.commit({"a": 2}, lua.FoldRule(entries=4096, bytes=1 << 30))
+    snap = part.snapshot(r)
+    assert len(snap.log_ids) == 4 and len(snap.missing) == 2 and doomed in snap.missing
+    assert run.fold(p) is lua.CompactStatus.OK
+    assert run.base(p) == {"a": 3}  # the two real deltas only
+    letters = r.xrange(keys.dlq(JOB))
+    assert len(letters) == 2 and all(state.MISSING_DELTA in f[b"error"].decode()
+                                     for _, f in letters)
+    assert r.hget(keys.counters(JOB), "s0:dead_deltas") == b"2"
+    r.delete(keys.state_blob(part.base, r.hget(part.base, "t").decode()))
+    with pytest.raises(JobFailed, match=f"partition {p}.*folded part .* is missing"):
+        state.read_key(r, run.job, ("*",), "a")

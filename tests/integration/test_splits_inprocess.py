@@ -169,7 +169,9 @@ def test_a_large_batch_entries_starts_small_and_grows_only_with_room(
     computed twice and the count is exact.  Over splits of distinct ids
     (each delta as large as its split) with the same cap, no commit of several
     entries is above the cap, and only the first batch is computed a second
-    time (in parts of the size its commit showed fit, not in halves)."""
+    time (in parts of the size its commit showed fit, not in halves).  (8 state
+    partitions: a commit's fixed part, ~270 bytes of keys and tokens per
+    partition, stays small beside the 16 KB cap.)"""
     from rainstorm.worker import step
 
     commits, computed = _observe(monkeypatch, 16384)
@@ -177,7 +179,7 @@ def test_a_large_batch_entries_starts_small_and_grows_only_with_room(
     src.mkdir()
     lines = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(20)) for i in range(3000)]
     (src / "words.txt").write_text("\n".join(lines) + "\n")  # ~300 KB: ~75 splits
-    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=32),
+    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=32, state_partitions=8),
                          [str(src / "words.txt")], "grows", shared_fs=True)
     submit(r, job, files)
     driven = Driven(r, job, timeout_s=60)
@@ -190,7 +192,7 @@ def test_a_large_batch_entries_starts_small_and_grows_only_with_room(
     computed.clear()
     ids = [f"id{i:07d}" for i in range(20_000)]  # ~200 KB of distinct keys: ~50 splits
     (src / "ids.txt").write_text("\n".join(ids) + "\n")
-    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=32),
+    job, files = prepare(wordcount_spec(batch_bytes=4096, batch_entries=32, state_partitions=8),
                          [str(src / "ids.txt")], "dense", shared_fs=True)
     submit(r, job, files)
     driven = Driven(r, job, timeout_s=60)

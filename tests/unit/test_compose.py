@@ -124,7 +124,8 @@ def test_worker_acl_rules() -> None:
     dangerous = grants.index("-@dangerous")
     assert all(not g.startswith("+@") for g in grants[dangerous:])
     assert grants[dangerous + 1:] == ["+info"]
-    for needed in ("+fcall", "+fcall_ro", "+xreadgroup", "+xautoclaim", "+xack", "+xadd"):
+    for needed in ("+fcall", "+fcall_ro", "+multi", "+exec", "+xreadgroup", "+xautoclaim",
+                   "+xack", "+xadd"):
         assert needed in grants
 
 

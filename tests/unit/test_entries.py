@@ -20,8 +20,10 @@ def test_the_lua_library_writes_and_reads_the_same_fields() -> None:
     pairs = re.findall(r"'XADD', [^,]+, '\*', '(\w+)', [^,]+, '(\w+)'", LUA)
     assert (entries.UID, entries.DATA) in pairs
     read = set(re.findall(r"field_of\([^,]+, '(\w+)'\)", LUA))
-    assert read == {entries.UID, entries.DATA}
-    assert re.findall(r"'XADD', keys\[kbase \+ 2 \* j\], '\*', '(\w+)'", LUA) == [entries.DATA]
+    assert read == {entries.UID, entries.DATA, entries.TOKEN, entries.SIZE}
+    # a delta-log entry: the delta's token, then its size
+    assert re.findall(r"'XADD', keys\[kbase \+ 3 \* j - 1\], '\*', '(\w+)', \w+, '(\w+)'",
+                      LUA) == [(entries.TOKEN, entries.SIZE)]
 
 
 def test_fields_in_and_out() -> None:
