@@ -47,7 +47,7 @@ from rainstorm.lua.library import (
     loaded_version,
     refuse_other_version,
 )
-from rainstorm.protocol.entries import TOKEN_FIELD
+from rainstorm.protocol.entries import DATA_FIELD, TOKEN_FIELD
 from rainstorm.replies import as_str
 
 __all__ = [
@@ -403,24 +403,26 @@ def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = No
     compaction moves the version, so an unchanged version (and every key
     found) proves the view is one consistent state (a key it names that is
     not there then was deleted by someone else: :attr:`Snapshot.missing`);
-    a moved one tries again
-    with the head just read, reading only the blobs it does not hold yet
-    (a key's blob never changes).  (Through Lua, every byte was copied into Lua
+    a moved one tries again with the head just read, reading only the blobs
+    it does not hold yet (a key's blob never changes).  A partition written
+    by LIB_VERSION 9 (its folded part in the hash's ``d``, each log entry's
+    delta in its own ``d``) reads the same, so results kept from before
+    stay readable.  (Through Lua, every byte was copied into Lua
     strings first: 2-4x the server's CPU of these reads,
     experiments/state_reads.py.)"""
     page = min(max_deltas or LIMITS.compact_ids, LIMITS.compact_ids)
     whole = max_deltas is None
     pipe = r.pipeline(transaction=False)
     _ask_head(pipe, base, log, page)
-    head = _head(r, base, log, page, whole, pipe.execute())
+    head = _head(r, log, page, whole, pipe.execute(), base)
     have: dict[str, bytes] = {}  # blobs read so far, by key (a key's blob never changes)
     for _ in range(SNAPSHOT_TRIES):
-        version, base_token, ids, tokens = head
-        names = [keys.state_delta(base, t) for t in tokens]
-        if base_token:
-            names.append(keys.state_blob(base, base_token))
-        have = {k: have[k] for k in names if k in have}  # what a compaction left
-        wanted = [k for k in names if k not in have]
+        h = head
+        names = {i: keys.state_delta(base, t) for i, t in enumerate(h.tokens) if t}
+        base_name = keys.state_blob(base, h.base_token) if h.base_token else ""
+        needed = [*names.values(), *([base_name] if base_name else [])]
+        have = {k: have[k] for k in needed if k in have}  # what a compaction left
+        wanted = [k for k in needed if k not in have]
         pipe = r.pipeline(transaction=False)
         for i in range(0, len(wanted), MGET_CHUNK):
             pipe.mget(wanted[i:i + MGET_CHUNK])
@@ -429,58 +431,78 @@ def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = No
         got = pipe.execute()
         have.update((k, v) for k, v in zip(wanted, (v for c in got[:n] for v in c),
                                           strict=True) if v is not None)
-        head = _head(r, base, log, page, whole, got[n:])
-        if head[0] == version:  # no compaction since the head was read: consistent
-            deltas = [have.get(k, b"") for k in names[:len(tokens)]]
-            missing = frozenset(i for i, k in zip(ids, names, strict=False) if k not in have)
-            return Snapshot(version, have.get(names[-1], b"") if base_token else b"", ids,
-                            deltas, tokens, base_token, missing,
-                            bool(base_token) and names[-1] not in have)
+        head = _head(r, log, page, whole, got[n:], base)
+        if head.version == h.version:  # no compaction since h was read: consistent
+            return h.snapshot(have, names, base_name)
     raise ProtocolError(f"reading the state {base}: it changed {SNAPSHOT_TRIES} times while it "
                         "was being read (compacted, or a key it names was deleted)")
 
 
-Head = tuple[int, str, list[str], list[str]]  # version, base token, log ids, tokens
+@dataclass
+class _Head:
+    """A partition's head as one round trip read it."""
+
+    version: int
+    base_token: str
+    legacy_base: bytes | None  # LIB_VERSION 9 kept the folded part in the hash ('d')
+    ids: list[str]
+    tokens: list[str]  # '' for an entry that names no delta
+    inline: dict[int, bytes]  # LIB_VERSION 9 entries held their delta ('d'): by index
+
+    def snapshot(self, have: Mapping[str, bytes], names: Mapping[int, str], base_name: str
+                 ) -> Snapshot:
+        """This head with the blobs ``have`` holds (read while the version
+        stood): what it names and ``have`` lacks is missing."""
+        deltas, missing = [], set()
+        for i, id_ in enumerate(self.ids):
+            blob = self.inline.get(i)
+            if blob is None:
+                blob = have.get(names.get(i, ""))
+            if blob is None:
+                missing.add(id_)
+            deltas.append(blob or b"")
+        if base_name:
+            base = have.get(base_name)
+            return Snapshot(self.version, base or b"", self.ids, deltas, self.tokens,
+                            self.base_token, frozenset(missing), base is None)
+        return Snapshot(self.version, self.legacy_base or b"", self.ids, deltas, self.tokens,
+                        "", frozenset(missing))
 
 
 def _ask_head(pipe: Any, base: str, log: str, page: int) -> None:
-    """Queue the reads of a partition's head: the base's version and token,
-    the log's first page (and one entry more, to see whether it goes on)."""
-    pipe.hmget(base, "v", "t")
+    """Queue the reads of a partition's head: the base's version and token
+    (and a LIB_VERSION 9 folded part, absent since), the log's first page
+    (and one entry more, to see whether it goes on)."""
+    pipe.hmget(base, "v", "t", "d")
     pipe.xrange(log, min="-", max="+", count=page + 1)
 
 
-def _head(r: redis.Redis, base: str, log: str, page: int, whole: bool, got: list[Any]
-          ) -> Head:
+def _head(r: redis.Redis, log: str, page: int, whole: bool, got: list[Any], base: str
+          ) -> _Head:
     """The head :func:`_ask_head`'s replies ``got`` give, with the rest of a
     long log read on when ``whole``."""
-    (raw, token), rows = got
-    ids, tokens = _entries(rows[:page])
+    (raw, token, legacy), rows = got
+    head = _Head(_version(base, raw), as_str(token) if token else "", legacy, [], [], {})
+    _entries(head, rows[:page])
     if len(rows) > page and whole:
-        _read_rest(r, log, ids, tokens, page)
-    return _version(base, raw), as_str(token) if token else "", ids, tokens
+        while True:
+            more: Any = r.xrange(log, min=f"({head.ids[-1]}", max="+", count=page)
+            _entries(head, more)
+            if len(more) < page:
+                break
+    return head
 
 
-def _entries(rows: Any) -> tuple[list[str], list[str]]:
-    """The ids and tokens of delta-log entries (an entry that names no delta,
-    written by someone else: token '', a key no commit makes)."""
-    ids, tokens = [], []
+def _entries(head: _Head, rows: Any) -> None:
+    """Add delta-log entries to ``head``: their ids and tokens (an entry that
+    names no delta, written by someone else: token '', a key no commit
+    makes), and the delta a LIB_VERSION 9 entry holds itself."""
     for id_, fields in rows:
-        ids.append(as_str(id_))
-        tokens.append(as_str(fields.get(TOKEN_FIELD) or b"", "replace"))
-    return ids, tokens
-
-
-def _read_rest(r: redis.Redis, log: str, ids: list[str], tokens: list[str], page: int
-               ) -> None:
-    """Append the log's entries after ``ids``' last one."""
-    while True:
-        rows: Any = r.xrange(log, min=f"({ids[-1]}", max="+", count=page)
-        more_ids, more_tokens = _entries(rows)
-        ids += more_ids
-        tokens += more_tokens
-        if len(rows) < page:
-            return
+        token = fields.get(TOKEN_FIELD)
+        if not token and DATA_FIELD in fields:
+            head.inline[len(head.ids)] = fields[DATA_FIELD]
+        head.ids.append(as_str(id_))
+        head.tokens.append(as_str(token or b"", "replace"))
 
 
 def _version(base: str, raw: Any) -> int:

@@ -599,7 +599,10 @@ end
 -- not the deltas): every id must be in it and every key must be its entry's,
 -- so a folder can delete only what it folded; their sizes leave the base's
 -- 'lb' (bytes logged, not yet folded).  A bad delta goes to the dlq (kind
--- 'delta', its bytes in 'd') and counts in s<i>:dead_deltas.
+-- 'delta', its bytes in 'd') and counts in s<i>:dead_deltas.  A partition
+-- written by version 9 (the folded part in the hash's 'd', each entry's
+-- delta in its own 'd', so its key here is '<base>:d:') folds the same way
+-- and is left in this layout.
 -- Returns {'ok', new_version} | {'conflict', reason} | {'gone'} | {'stopped', state}
 ------------------------------------------------------------------------------
 local N_COMPACT_KEYS = 8
@@ -657,11 +660,15 @@ local function compact(keys, args)
       if not i or seen[i] then return {'conflict', 'missing'} end
       seen[i] = true
       local fields = rows[i][2]
-      if keys[N_COMPACT_KEYS + x] ~= base .. ':d:' .. (field_of(fields, 't') or '') then
+      local named = field_of(fields, 't')
+      local inline = (not named) and field_of(fields, 'd') or nil  -- a version 9 entry
+      if keys[N_COMPACT_KEYS + x] ~= base .. ':d:' .. (named or '') then
         error(fn .. ': the key of ' .. id .. ' is not its log entry\'s')
       end
-      folded = folded + (tonumber(field_of(fields, 'n') or '0') or 0)
-      if x > n_ids then bad[x - n_ids] = redis.call('GET', keys[N_COMPACT_KEYS + x]) or '' end
+      folded = folded + (tonumber(field_of(fields, 'n') or '') or (inline and #inline) or 0)
+      if x > n_ids then
+        bad[x - n_ids] = inline or redis.call('GET', keys[N_COMPACT_KEYS + x]) or ''
+      end
     end
   end
   local logged = tonumber(redis.call('HGET', base, 'lb') or '0') - folded
@@ -695,6 +702,7 @@ local function compact(keys, args)
   if current then redis.call('DEL', old) end
   redis.call('SET', blob, '')
   redis.call('HSET', base, 'v', version + 1, 't', token, 'bs', size, 'lb', logged)
+  redis.call('HDEL', base, 'd')  -- a version 9 base's folded part, replaced now
   return {'ok', version + 1}
 end
 

@@ -48,9 +48,9 @@ CRAFTED: list[tuple[str, bytes]] = [
     ("wrong value type", msgpack.packb([0, {"the": "many"}])),
     ("bad columnar", msgpack.packb([1, "q", "a\x00b", b"\x01" * 8])),
 ]
-# log entries that name no delta: one with no token (a blob where none is
-# read), one whose key does not exist
-NAMELESS: list[dict[str, Any]] = [{"d": b"a blob in the log itself"}, {"t": "nokey", "n": 9}]
+# log entries that name no delta: one with neither a token nor a delta of
+# its own (as LIB_VERSION 9 wrote them), one whose key does not exist
+NAMELESS: list[dict[str, Any]] = [{"x": b"neither"}, {"t": "nokey", "n": 9}]
 N_BAD = len(CRAFTED) + len(NAMELESS)
 
 
@@ -157,7 +157,7 @@ def test_a_bad_delta_in_a_partition_log_is_dead_lettered_by_a_folder(
     other = state.Part(job.id, stage, 3)
     (d,) = _keys_in(3, 4, 1)
     _log(r, part, aggregates.encode({b: 1}))
-    r.xadd(part.log, {"d": b"\xc1 late and bad"})  # an entry naming no delta: bad too
+    r.xadd(part.log, {"d": b"\xc1 late and bad"})  # a bad delta as LIB_VERSION 9 logged it
     _log(r, other, aggregates.encode({d: 4}))
     sealed = state.finalize(r, job, agg, holder_id("coordinator"))
     assert all(r.xlen(p.log) == 0 for p in state.parts(job))

@@ -787,7 +787,7 @@ def test_what_a_partition_names_but_lacks_is_said_never_taken_for_empty(
     run.commit({"a": 1}, lua.FoldRule(entries=4096, bytes=1 << 30))
     p = part_of("a", 2)
     part = run.part(p)
-    r.xadd(part.log, {"d": aggregates.encode({"a": 5})})  # no token: names nothing
+    r.xadd(part.log, {"x": aggregates.encode({"a": 5})})  # no token, no delta: names nothing
     doomed = append_delta(r, part.base, part.log, aggregates.encode({"a": 7}))
     (_, fields), = r.xrange(part.log, min=doomed, max=doomed)
     r.delete(keys.state_delta(part.base, fields[b"t"].decode()))
@@ -803,3 +803,27 @@ def test_what_a_partition_names_but_lacks_is_said_never_taken_for_empty(
     r.delete(keys.state_blob(part.base, r.hget(part.base, "t").decode()))
     with pytest.raises(JobFailed, match=f"partition {p}.*folded part .* is missing"):
         state.read_key(r, run.job, ("*",), "a")
+
+
+def test_a_partition_written_by_lib_version_9_reads_and_folds_the_same(r: redis.Redis) -> None:
+    """Before LIB_VERSION 10 a partition kept its folded part in the hash's
+    ``d`` and each log entry its delta in its own ``d``: a result kept from
+    then reads the same (its seal's digest too), and a fold moves it to
+    today's layout."""
+    run = Running(r, parts=2)
+    p = part_of("a", 2)
+    part = run.part(p)
+    folded = aggregates.encode({"a": 3, "z": 1})
+    deltas = [aggregates.encode({"a": 1}), aggregates.encode({"a": 2, "b": 5})]
+    r.hset(part.base, mapping={"v": 4, "d": folded, "lb": sum(map(len, deltas))})
+    ids = [r.xadd(part.log, {"d": d}).decode() for d in deltas]
+    snap = part.snapshot(r)
+    assert (snap.version, snap.base, snap.log_ids, snap.deltas) == (4, folded, ids, deltas)
+    assert not snap.missing and not snap.base_missing
+    old_digest = state.part_digest(p, lua.Snapshot(4, folded, ids, deltas))
+    assert state.part_digest(p, snap) == old_digest  # what the old seal holds
+    got = state.read_key(r, run.job, ("*",), "a")
+    assert (got.found, got.value) == (True, 6)
+    assert run.fold(p) is lua.CompactStatus.OK
+    assert run.base(p) == {"a": 6, "z": 1, "b": 5} and r.xlen(part.log) == 0
+    assert r.hget(part.base, "d") is None and run.lb(p) == 0 and run.version(p) == 5
