@@ -448,6 +448,7 @@ def _serve(conn: RedisOptions, opts: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     client = conn.client()
     lua.refuse_other_version(client)  # one line now, not when the first batch commits
+    lua.check_transactions(client)  # likewise: a user that may not commit at all
     w = Worker(client, opts)
     w.install_signal_handlers()
     w.run()

@@ -166,6 +166,21 @@ def fcall(r: redis.Redis, name: str, keys_: list[str], args: list[Any],
         return call(name, len(keys_), *keys_, *args)
 
 
+def check_transactions(r: redis.Redis) -> None:
+    """A worker's Redis user must run MULTI and EXEC (a commit and a
+    compaction are one MULTI since LIB_VERSION 10): an empty transaction at
+    start, so a user without them is one line then, not a refusal at every
+    commit.  ProtocolError naming the grant."""
+    try:
+        with r.pipeline(transaction=True) as pipe:
+            pipe.ping()
+            pipe.execute()
+    except redis.exceptions.NoPermissionError as exc:
+        raise ProtocolError(f"the Redis user may not run MULTI/EXEC ({exc}), which a worker's "
+                            "commits need: grant it +multi +exec +discard "
+                            "(docs/deployment.md, the worker ACL user)") from None
+
+
 def fcall_then_set(r: redis.Redis, name: str, keys_: list[str], args: list[Any],
                    blobs: list[tuple[str, bytes]]) -> Any:
     """One FCALL followed by ``SET key blob XX`` of each (key, blob), in one

@@ -299,6 +299,23 @@ def _user_url(server: EmbeddedRedis, user: str, password: str) -> str:
     return f"unix://{user}:{password}@{server.socket}"
 
 
+def test_a_worker_whose_user_may_not_run_multi_stops_at_start_in_one_line(
+        server: EmbeddedRedis, r: redis.Redis) -> None:
+    """A worker ACL user from before LIB_VERSION 10 (no MULTI/EXEC): the
+    worker says so as it starts, naming the grant, instead of a refusal at
+    every commit; with the grant it runs (burst: nothing to do, exit 0)."""
+    rules = ["%R~rs:*", "~rs:*", "-@all", "+@connection", "+@read", "+fcall", "+fcall_ro",
+             "+xreadgroup", "+xautoclaim", "+xclaim", "+xack", "+xadd", "+xdel", "+hset",
+             "+hdel", "+hincrby", "+set", "+del", "-@dangerous", "+info"]
+    r.execute_command("ACL", "SETUSER", "oldworker", "reset", "on", ">old-pw", *rules)
+    url = _user_url(server, "oldworker", "old-pw")
+    res = rainstorm("worker", "--redis", url, "--burst", timeout_s=60)
+    one_line_error(res, 1, "may not run MULTI/EXEC", "+multi +exec +discard")
+    r.execute_command("ACL", "SETUSER", "oldworker", "+multi", "+exec", "+discard")
+    ok = rainstorm("worker", "--redis", url, "--burst", timeout_s=60)
+    assert ok.returncode == 0 and "Traceback" not in ok.stderr, ok.stderr
+
+
 @pytest.mark.parametrize("rules", [
     # may queue MULTI, HSET and DEL, but not SREM/EXPIRE: the transaction aborts
     ["+@connection", "+@read", "+hset", "+del", "+multi", "+exec", "+discard"],
