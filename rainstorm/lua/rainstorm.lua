@@ -45,9 +45,10 @@
 -- or what workers write for each other to read (a state blob's encoding:
 -- version 9 also brought ints in their narrowest array type, which version
 -- 8 workers would dead-letter as malformed; version 10 keeps deltas and
--- folded parts in keys of their own, written in the caller's MULTI); every client checks it
--- (rainstorm_version) before its first call and refuses another version
--- with one line naming both, so workers of two versions never share a job.
+-- folded parts in keys of their own, written in the caller's MULTI); every
+-- client checks it (rainstorm_version) before its first call and refuses
+-- another version with one line naming both, so workers of two versions
+-- never share a job.
 local LIB_VERSION = '10'
 
 -- Caps (plain integers: Python parses them).  Far above what rainstorm sends
@@ -387,7 +388,7 @@ local function commit(keys, args)
     if token == '' or keys[kbase + 3 * j] ~= keys[kbase + 3 * j - 2] .. ':d:' .. token then
       error(fn .. ': delta ' .. j .. ' is not <base>:d:<token>')
     end
-    if to_int(args[deltas + 2 * j], 'delta bytes') < 0 then error(fn .. ': negative delta bytes') end
+    to_int(args[deltas + 2 * j], 'delta bytes')
   end
   local stop = not_running(meta)
   if stop then return stop end
