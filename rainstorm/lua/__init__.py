@@ -417,6 +417,7 @@ def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = No
     pipe = r.pipeline(transaction=False)
     _ask_head(pipe, base, log, page)
     head = _head(r, log, page, whole, pipe.execute(), base)
+    assert head is not None
     have: dict[str, bytes] = {}  # blobs read so far, by key (a key's blob never changes)
     for _ in range(SNAPSHOT_TRIES):
         h = head
@@ -433,8 +434,8 @@ def snapshot(r: redis.Redis, *, base: str, log: str, max_deltas: int | None = No
         got = pipe.execute()
         have.update((k, v) for k, v in zip(wanted, (v for c in got[:n] for v in c),
                                           strict=True) if v is not None)
-        head = _head(r, log, page, whole, got[n:], base)
-        if head.version == h.version:  # no compaction since h was read: consistent
+        head = _head(r, log, page, whole, got[n:], base, h.version)
+        if head is None:  # no compaction since h was read: consistent
             return h.snapshot(have, names, base_name)
     raise ProtocolError(f"reading the state {base}: it changed {SNAPSHOT_TRIES} times while it "
                         "was being read (compacted, or a key it names was deleted)")
@@ -479,12 +480,16 @@ def _ask_head(pipe: Any, base: str, log: str, page: int) -> None:
     pipe.xrange(log, min="-", max="+", count=page + 1)
 
 
-def _head(r: redis.Redis, log: str, page: int, whole: bool, got: list[Any], base: str
-          ) -> _Head:
+def _head(r: redis.Redis, log: str, page: int, whole: bool, got: list[Any], base: str,
+          unless: int | None = None) -> _Head | None:
     """The head :func:`_ask_head`'s replies ``got`` give, with the rest of a
-    long log read on when ``whole``."""
+    long log read on when ``whole``; None when its version is ``unless``
+    (the caller's head still stands: nothing more is read)."""
     (raw, token, legacy), rows = got
-    head = _Head(_version(base, raw), as_str(token) if token else "", legacy, [], [], {})
+    version = _version(base, raw)
+    if version == unless:
+        return None
+    head = _Head(version, as_str(token) if token else "", legacy, [], [], {})
     _entries(head, rows[:page])
     if len(rows) > page and whole:
         while True:
