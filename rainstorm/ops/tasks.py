@@ -148,7 +148,9 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
 
     Cancelling and deleting are one MULTI/EXEC transaction: a Redis user
     that may not run one of the commands (an ACL refusal aborts the whole
-    transaction) leaves the job exactly as it was, and the error says so."""
+    transaction) leaves the job exactly as it was, and the error says so.
+    Keys made between the SCAN that lists them and that transaction are
+    deleted after it (:func:`_sweep`)."""
     job = load_job(r, job_id)  # a clear error for an unknown job
     tombstone = keys.meta(job_id)  # kept: a driver sees 'cancelled', not 'gone'
     commands: list[tuple[Any, ...]] = [("HSET", tombstone, meta.STATE,
@@ -166,7 +168,18 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
         raise RainstormError(f"job {job_id} was left as it was: the Redis user may not do all "
                              f"of kill-job ({exc}); use the admin user"
                              + ("" if keep else ", or --keep to only cancel it")) from None
-    return sum(int(n) for n in replies[1:-2 - len(forget)]) if not keep else 0
+    if keep:
+        return 0
+    return sum(int(n) for n in replies[1:-2 - len(forget)]) + _sweep(r, job_id, tombstone)
+
+
+def _sweep(r: redis.Redis, job_id: str, tombstone: str) -> int:
+    """Delete the keys of a job made between kill-job's SCAN and its
+    transaction (a commit or a fold names new keys for its blobs); the job
+    is cancelled now, so no commit or fold makes more.  How many."""
+    late = [k for k in r.scan_iter(match=_match_all(job_id), count=500)
+            if k != tombstone.encode()]
+    return sum(int(r.delete(*late[i:i + 500])) for i in range(0, len(late), 500))
 
 
 def kill_graph(r: redis.Redis, graph_id: str, keep: bool = False) -> tuple[int, int]:

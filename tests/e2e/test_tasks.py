@@ -12,9 +12,18 @@ import redis
 from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.local.run import prepare
+from rainstorm.ops import tasks
 from rainstorm.ops.tasks import throttle
 from tests.conftest import write_corpus
-from tests.helpers import cli, drive, start_worker, submit, wait_for, wordcount_spec
+from tests.helpers import (
+    append_delta,
+    cli,
+    drive,
+    start_worker,
+    submit,
+    wait_for,
+    wordcount_spec,
+)
 
 
 def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) -> None:
@@ -65,3 +74,27 @@ def test_workers_tasks_and_kill_job(tmp_path: Path, url: str, r: redis.Redis) ->
     unknown = cli(url, "kill-job", "nope")
     assert unknown.returncode == 2 and "no such job: nope" in unknown.stderr
     wait_for(lambda: all(p.poll() is not None for p in procs), 60, "workers to exit")
+
+
+def test_kill_job_removes_keys_a_commit_made_after_its_scan(
+        tmp_path: Path, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit or a fold names new keys for its blobs: one that lands
+    between kill-job's SCAN and its transaction leaves no key behind (found
+    in CI: a fold's new folded part survived a kill)."""
+    job, files = prepare(wordcount_spec(), [str(p) for p in write_corpus(tmp_path, 1, 5)],
+                         "late-keys")
+    submit(r, job, files)
+    real = tasks._transaction
+    made: list[str] = []
+
+    def commit_lands_first(client: redis.Redis, commands: list[tuple[object, ...]]) -> list[object]:
+        base = keys.state(job.id, 0, 3)
+        append_delta(client, base, keys.state_log(job.id, 0, 3), b"late")
+        made.extend(k.decode() for k in client.scan_iter(match=f"{base}:d:*"))
+        return real(client, commands)
+
+    monkeypatch.setattr(tasks, "_transaction", commit_lands_first)
+    assert tasks.kill_job(r, job.id) > 0
+    assert made and not any(r.exists(k) for k in made)
+    left = [k for k in r.scan_iter(match=f"rs:\\{{{job.id}\\}}:*")]
+    assert left == [keys.meta(job.id).encode()], left
