@@ -285,13 +285,14 @@ def test_compose_stack(stack: Stack) -> None:
     before = wait_for(lambda: (rows := st.workers()) and len(rows) >= 4 and rows, 60,
                       "4 worker heartbeats", every_s=0.5)
     batches = {str(w["id"]): int(str(w["batches"])) for w in before}
-    # 40 MB take a free 2-core machine ~1 s of worker CPU (the C per-key
-    # code; ~4 s in Python): slowed down (a CPU quota of 2% of a core per
-    # container; 8% let the job end before a worker was caught mid-batch
-    # once the workers ran the C code, and 3% with 30 MB did once beside a
-    # CPU hog after the C code got ~30 % faster), the job lasts long enough
-    # to catch a worker mid-batch
-    _run(["docker", "update", "--cpus", "0.02", *ids], 30)
+    # 40 MB take a free 2-core machine ~0.5 s of worker CPU (the C per-key
+    # code; ~4 s in Python): slowed down (a CPU quota of 1% of a core per
+    # container, Docker's least; 8% let the job end before a worker was
+    # caught mid-batch once the workers ran the C code, 3% with 30 MB did
+    # once beside a CPU hog after the C code got ~30 % faster, and 2% with
+    # 40 MB did once after the server's part got cheaper too), the job lasts
+    # long enough to catch a worker mid-batch
+    _run(["docker", "update", "--cpus", "0.01", *ids], 30)
     st.submit("big-1", BIG_SPEC)
 
     def all_working() -> list[dict[str, object]]:
