@@ -39,7 +39,7 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,12 +200,19 @@ def _input_counter(st: Stack, directory: str = "data/sample") -> Counter[str]:
 
 def _pending_of(st: Stack, job: str, consumer: str) -> int:
     """Entries of ``job``'s stage-0 streams pending for ``consumer``."""
+    return _holders(st, job, [consumer], consumer)[consumer]
+
+
+def _holders(st: Stack, job: str, consumers: Iterable[str], only: str = "") -> dict[str, int]:
+    """How many entries of ``job``'s stage-0 streams each of ``consumers``
+    holds (asking for ``only``'s alone when given)."""
     pw = TEST_ENV["RAINSTORM_REDIS_PASSWORD"]
     script = (f'for s in $(valkey-cli --no-auth-warning -a {pw} --scan --pattern '
               f'"rs:{{{job}}}:s0:*"); do valkey-cli --no-auth-warning -a {pw} '
-              f'xpending "$s" g0 - + 1000 {consumer}; done')
+              f'xpending "$s" g0 - + 1000 {only}; done')
     out = st.compose("exec", "-T", "redis", "sh", "-c", script, timeout_s=30).stdout
-    return sum(1 for line in out.splitlines() if line.strip() == consumer)
+    lines = Counter(line.strip() for line in out.splitlines())  # a consumer name: one entry
+    return {c: lines[c] for c in consumers}
 
 
 def _container_of(worker_id: str, ids: list[str]) -> str:
@@ -306,12 +313,17 @@ def test_compose_stack(stack: Stack) -> None:
 
     t = time.monotonic()
     victim = ""
-    for w in rows * 3:
-        # frozen, a worker acks nothing: caught holding a batch, it is killed
-        wid = str(w["id"])
+    workers = {str(w["id"]) for w in rows}
+    for _ in range(12):
+        # the worker holding the most entries now, frozen (a worker acks
+        # nothing then): caught still holding them, it is killed
+        held_now = {w: n for w, n in _holders(st, "big-1", workers).items() if n}
+        if not held_now:
+            continue  # between batches, or the job ended: look again
+        wid = max(held_now, key=lambda w: held_now[w])
         cid = _container_of(wid, ids)
         if _run(["docker", "pause", cid], 30, check=False).returncode:
-            continue  # the cgroup freezer can fail for a moment ("unable to freeze"): try the next
+            continue  # the cgroup freezer can fail for a moment ("unable to freeze"): try again
         held = _pending_of(st, "big-1", wid)
         if held:
             st.seen["killed worker's pending entries"] = held
