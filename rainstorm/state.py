@@ -167,11 +167,12 @@ def fold(snap: lua.Snapshot, agg: Aggregator, on_bad: OnBad | None = None,
         state = aggregates.checked(snap.base, agg)
     except BadDelta as exc:
         raise corrupt_base(where, exc) from None
+    bad = on_bad or _skip
     for id_, blob in zip(snap.log_ids, snap.deltas, strict=True):
         if id_ in snap.missing:
-            (on_bad or _skip)(id_, blob, MISSING_DELTA)
-            continue
-        apply(state, id_, blob, agg, on_bad or _skip)
+            bad(id_, blob, MISSING_DELTA)
+        else:
+            apply(state, id_, blob, agg, bad)
     return state
 
 

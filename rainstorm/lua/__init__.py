@@ -213,18 +213,22 @@ def _commit_call(req: CommitRequest) -> tuple[list[str], list[Any]]:
     )
 
 
+def _multi_size(keys_: list[str], args: list[Any], req: CommitRequest) -> int:
+    """The bytes of a commit's MULTI: the FCALL's KEYS and ARGV and the deltas."""
+    return call_size(keys_, args) + sum(len(d.blob) for d in req.deltas)
+
+
 def commit_size(req: CommitRequest) -> int:
     """The bytes ``req`` would send, its deltas included (to split a batch
     before it exceeds ``LIMITS.bytes``: the whole MULTI runs as one step)."""
-    return call_size(*_commit_call(req)) + sum(len(d.blob) for d in req.deltas)
+    return _multi_size(*_commit_call(req), req)
 
 
 def commit(r: redis.Redis, req: CommitRequest) -> CommitResult:
     """The FCALL, then each delta SET (XX) into the key it created, in one
     MULTI.  Raises CallTooLarge (nothing sent) when ``req`` exceeds a cap."""
     keys_, args = _commit_call(req)
-    _cap(COMMIT, "bytes", call_size(keys_, args) + sum(len(d.blob) for d in req.deltas),
-         LIMITS.bytes)
+    _cap(COMMIT, "bytes", _multi_size(keys_, args, req), LIMITS.bytes)
     reply = fcall_then_set(r, COMMIT.function, keys_, args,
                            [(d.key, d.blob) for d in req.deltas])
     status, rest = parse_status(CommitStatus, COMMIT.function, reply)

@@ -158,8 +158,7 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
     forget = [] if keep else _forget_source(r, job)
     try:
         if not keep:
-            doomed = [k for k in r.scan_iter(match=_match_all(job_id), count=500)
-                      if k != tombstone.encode()]
+            doomed = _job_keys(r, job_id, tombstone)
             commands += [("DEL", *doomed[i:i + 500]) for i in range(0, len(doomed), 500)]
             commands += forget
             commands += [("SREM", keys.JOBS, job_id), ("EXPIRE", tombstone, 3600)]
@@ -173,12 +172,17 @@ def kill_job(r: redis.Redis, job_id: str, keep: bool = False) -> int:
     return sum(int(n) for n in replies[1:-2 - len(forget)]) + _sweep(r, job_id, tombstone)
 
 
+def _job_keys(r: redis.Redis, job_id: str, tombstone: str) -> list[bytes]:
+    """Every key of the job but its ``tombstone`` (its meta hash, kept)."""
+    return [k for k in r.scan_iter(match=_match_all(job_id), count=500)
+            if k != tombstone.encode()]
+
+
 def _sweep(r: redis.Redis, job_id: str, tombstone: str) -> int:
     """Delete the keys of a job made between kill-job's SCAN and its
     transaction (a commit or a fold names new keys for its blobs); the job
     is cancelled now, so no commit or fold makes more.  How many."""
-    late = [k for k in r.scan_iter(match=_match_all(job_id), count=500)
-            if k != tombstone.encode()]
+    late = _job_keys(r, job_id, tombstone)
     return sum(int(r.delete(*late[i:i + 500])) for i in range(0, len(late), 500))
 
 
