@@ -289,10 +289,10 @@ def test_compose_stack(stack: Stack) -> None:
     # 40 MB take a free 2-core machine ~0.5 s of worker CPU (the C per-key
     # code; ~4 s in Python): slowed down (a CPU quota of 1% of a core per
     # container, Docker's least; 8% let the job end before a worker was
-    # caught mid-batch once the workers ran the C code, 3% with 30 MB did
-    # once beside a CPU hog after the C code got ~30 % faster, and 2% with
-    # 40 MB did once after the server's part got cheaper too), the job lasts
-    # long enough to catch a worker mid-batch
+    # caught mid-batch once the workers ran the C code), the job lasts long
+    # enough to catch a worker mid-batch.  (A container this throttled may
+    # not freeze: `docker pause` answered "unable to freeze" at 1%, so the
+    # worker is stopped with SIGSTOP below.)
     _run(["docker", "update", "--cpus", "0.01", *ids], 30)
     st.submit("big-1", BIG_SPEC)
 
