@@ -40,6 +40,13 @@ class JobFailed(RainstormError):
     """The job cannot finish with a correct result."""
 
 
+class StateTooLarge(RainstormError):
+    """A state partition outgrew what one compaction may write: the job
+    fails at once, wherever it is folded (not a JobFailed, which a worker's
+    fold leaves to the coordinator: every later fold would fail the same
+    way, each decoding and encoding the whole partition again)."""
+
+
 class JobStopped(JobFailed):
     """The job is no longer running (cancelled, failed elsewhere): ``state``."""
 
@@ -62,6 +69,11 @@ class IncompleteResult(RainstormError):
         self.job_id = job_id
         self.dead_letters = dead_letters
         self.result = result
+
+
+# the dead-letter reason of an entry whose commit cannot fit one call (its
+# outputs or deltas alone are above the library's byte cap)
+TOO_LARGE_FOR_ONE_CALL = "its commit is too large for one call"
 
 
 def one_line(text: object, limit: int = 300) -> str:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 
 from rainstorm import keys, lua
-from rainstorm.errors import JobFailed
+from rainstorm.errors import CallTooLarge, JobFailed, StateTooLarge
 from rainstorm.job import Job, decode_records
 from rainstorm.lease import Lease
 from rainstorm.operators import aggregates
@@ -224,7 +224,25 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
         return None
     blob, ids, outputs, bad = folded
     lease.renew()
-    status = lua.compact(r, lua.CompactRequest(
+    try:
+        status = _compact(r, job, part, snap, blob, ids, outputs, bad)
+    except CallTooLarge as exc:
+        if exc.what != "bytes":
+            raise
+        raise StateTooLarge(
+            f"job {job.id} stage {part.stage} partition {part.index}: its compaction would "
+            f"write {exc.size / 1e6:.1f} MB ({len(blob) / 1e6:.1f} MB of folded state), above "
+            f"the {exc.cap >> 20} MiB one call may carry: run the job with more state "
+            "partitions (settings.state_partitions; rainstorm mapreduce --partitions)") from None
+    log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,
+              part.stage, part.index, status)
+    return status
+
+
+def _compact(r: redis.Redis, job: Job, part: Part, snap: lua.Snapshot, blob: bytes,
+             ids: list[str], outputs: list[tuple[str, bytes]], bad: dict[str, str]
+             ) -> lua.CompactStatus:
+    return lua.compact(r, lua.CompactRequest(
         base=part.base, log=part.log, meta=keys.meta(job.id), counters=keys.counters(job.id),
         out=keys.output(job.id), dlq=keys.dlq(job.id), stage=part.stage,
         version=snap.version, blob=blob, ids=ids,
@@ -232,9 +250,6 @@ def fold_part(r: redis.Redis, job: Job, part: Part, agg: Aggregator, lease: Leas
         outputs=outputs,
         emit_field=keys.counter_field(part.stage, StageCounter.OUTPUT_ENTRIES)
         if outputs else "", bad=list(bad.items())))
-    log.debug("folded %d deltas of %s stage %d partition %d: %s", len(ids), job.id,
-              part.stage, part.index, status)
-    return status
 
 
 Folded = tuple[bytes, list[str], list[tuple[str, bytes]], dict[str, str]]

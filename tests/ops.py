@@ -43,6 +43,20 @@ def wc_reduce(key: str, values: list[int]) -> list[str]:
     return [f"{key}\t{sum(int(v) for v in values)}"]
 
 
+def wc_map_boom_on_poison(line: str) -> list[tuple[str, int]]:
+    """wc_map, raising on a line that holds POISON (its entry is dead-lettered)."""
+    if POISON in line:
+        raise ValueError(f"poisoned line: {line[:40]!r}")
+    return wc_map(line)
+
+
+def wc_reduce_boom_on_poison(key: str, values: list[int]) -> list[str]:
+    """wc_reduce, raising on the key POISON (its partition is dead-lettered)."""
+    if key == POISON:
+        raise ValueError("poisoned key")
+    return wc_reduce(key, values)
+
+
 def slow_wc_reduce(key: str, values: list[int]) -> list[str]:
     time.sleep(0.002)
     return wc_reduce(key, values)

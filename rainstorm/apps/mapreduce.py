@@ -34,14 +34,16 @@ from typing import Any, cast
 
 import redis
 
+from rainstorm.connection import connect
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
 from rainstorm.coordinator.seal import output_rows
 from rainstorm.coordinator.session import RunReport
-from rainstorm.errors import UsageError
+from rainstorm.errors import TOO_LARGE_FOR_ONE_CALL, IncompleteResult, UsageError, one_line
 from rainstorm.job import decode_records
 from rainstorm.jobstore import load_job
 from rainstorm.local.run import LocalRun, RunOptions
+from rainstorm.monitor.deadletters import dead_letters
 from rainstorm.protocol.entries import data_of
 from rainstorm.spec import JobSpec, parse_spec
 
@@ -109,6 +111,38 @@ def reduce_spec(reducer: str, map_job: str, parallelism: int = 2) -> JobSpec:
                        "pipeline": [op], "sink": {"type": "keep"},
                        "settings": {"parallelism": parallelism, "batch_entries": 1}},
                       "--reducer")
+
+
+class PhaseIncomplete(IncompleteResult):
+    """A phase's input went partly to the dead letters, so the output would
+    silently miss it: the run fails instead (exit status 3), as Hadoop fails
+    a job whose task keeps failing, naming the first dead letter's reason."""
+
+    def __init__(self, phase: str, job_id: str, dead: int, first_error: str) -> None:
+        super().__init__(job_id, dead)
+        self.first_error = first_error
+        hint = (" (a reducer's output above the cap cannot be committed: run it with more "
+                "--partitions)" if phase == "reduce" and TOO_LARGE_FOR_ONE_CALL in first_error
+                else "")
+        self.args = (f"the {phase} job {job_id} ended with {dead} dead letter(s), so its "
+                     f"output would miss them; the first: {first_error}{hint}",)
+
+
+def _complete(phase: str, rep: RunReport, url: str | None) -> None:
+    """Raise PhaseIncomplete for a phase that ended with dead letters."""
+    dead = rep.status.dead_letters
+    if not dead:
+        return
+    first = "(not readable)"
+    if url:
+        r = connect(url)
+        try:
+            rows = dead_letters(r, rep.job_id, count=1, newest_first=False)
+        finally:
+            r.close()
+        if rows:
+            first = one_line(rows[0].error)
+    raise PhaseIncomplete(phase, rep.job_id, dead, first)
 
 
 def _argv(text: str, option: str) -> list[str]:
@@ -188,10 +222,13 @@ def run_mapreduce(
                 return replace(opts, on_progress=(lambda st: on_progress(name, st))
                                if on_progress else None, on_result=on_result, job_id=None)
 
+            url = opts.redis_url if env is None else env.url
             t0 = time.perf_counter()
             mrep = run(map_spec(mapper, inputs, partitions, combiner), phase("map"))
+            _complete("map", mrep, url)
             t1 = time.perf_counter()
             rrep = run(reduce_spec(reducer, mrep.job_id), phase("reduce", writer))
+            _complete("reduce", rrep, url)
             t2 = time.perf_counter()
         os.replace(tmp, output)
     finally:

@@ -169,7 +169,8 @@ class Driver:
         if self.unbounded and status.state == JobState.CANCELLED:
             return self.stop_streaming()
         if status.state not in (JobState.RUNNING, JobState.DONE):
-            raise JobFailed(f"job {job.id} is {status.state}")
+            why = f": {status.error}" if status.error else ""
+            raise JobFailed(f"job {job.id} is {status.state}{why}")
         if not status.loaded:
             self._reload()  # a restarted Redis may have rolled the cursor back
         if status.refusals:

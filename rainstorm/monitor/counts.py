@@ -141,6 +141,11 @@ class JobProgress:
         return self.meta.get(meta_fields.STATE, "?")
 
     @property
+    def error(self) -> str:
+        """Why the job failed or was stopped, as recorded ('' when none is)."""
+        return self.meta.get(meta_fields.ERROR, "")
+
+    @property
     def total_bytes(self) -> int:
         return as_int(self.meta.get(meta_fields.TOTAL_BYTES))
 

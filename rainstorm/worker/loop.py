@@ -40,7 +40,7 @@ import redis
 
 from rainstorm import native
 from rainstorm.connection import REDIS_DOWN, outage_backoff_s
-from rainstorm.errors import ServerError, UsageError, one_line
+from rainstorm.errors import RainstormError, ServerError, UsageError, one_line
 from rainstorm.job import JobState
 from rainstorm.latency import LatencyRecorder
 from rainstorm.monitor.counts import read_max_event
@@ -219,7 +219,8 @@ class Worker:
                 raise  # not about a job's data: a bug, loud
             # what a job's keys hold broke its service: that job fails, not us
             job, self._touching = self._touching, ""
-            self.table.fail(job, f"serving it failed: {one_line(repr(exc))}")
+            why = str(exc) if isinstance(exc, RainstormError) else repr(exc)
+            self.table.fail(job, f"serving it failed: {one_line(why)}")
             return self._round.report()
         self._outage_since = None
         report = self._round.report()

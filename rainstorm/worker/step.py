@@ -35,7 +35,7 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.durability import wait_after_commit
-from rainstorm.errors import CallTooLarge
+from rainstorm.errors import TOO_LARGE_FOR_ONE_CALL, CallTooLarge
 from rainstorm.job import Job
 from rainstorm.latency import LatencyRecorder
 from rainstorm.lease import holder_id
@@ -427,7 +427,7 @@ class Step:
         dead-lettered with the reason."""
         if len(entries) == 1:
             self.dead_letter(b.act, b.stage, entries[0],
-                             f"its commit is too large for one call: {exc}", b.out)
+                             f"{TOO_LARGE_FOR_ONE_CALL}: {exc}", b.out)
             return
         n = most if 0 < most < len(entries) else (len(entries) + 1) // 2
         for i in range(0, len(entries), n):

@@ -1,5 +1,6 @@
 """MapReduce with worker processes: a worker SIGKILLed during the reduce
-phase (part files equal Counter) and the CLI's refusals.  The word counts
+phase (part files equal Counter), the CLI's refusals, and a phase that
+dead-letters input failing the run instead of writing a partial output.  The word counts
 themselves run in-process: tests/integration/test_apps_in_process.py."""
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from rainstorm.apps.mapreduce import run_mapreduce
+from rainstorm.apps.mapreduce import PhaseIncomplete, run_mapreduce
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import AWK_MAP, AWK_REDUCE, ROOT, children, cmdline, read_parts
+from tests.ops import POISON
 
 
 @pytest.mark.chaos
@@ -47,6 +49,46 @@ def test_cli_refuses_programs_without_allow_exec(tmp_path: Path) -> None:
                           "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "--allow-exec" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _poisoned_corpus(tmp_path: Path) -> Path:
+    """Two files of words, one line of which holds the word POISON."""
+    paths = write_corpus(tmp_path / "in", n_files=2, kb=10)
+    with paths[1].open("a", encoding="utf-8") as fh:
+        fh.write(f"a {POISON} line\n")
+    return tmp_path / "in"
+
+
+def test_cli_fails_a_map_that_dead_letters_input_and_writes_no_parts(tmp_path: Path,
+                                                                      url: str) -> None:
+    """A mapper raising on one line sends its entry to the dead letters: the
+    run fails (exit 3, one line naming the phase and the first error) rather
+    than reduce what is left into parts that silently miss it."""
+    inp = _poisoned_corpus(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "mapreduce",
+                          "--mapper", "tests.ops:wc_map_boom_on_poison",
+                          "--reducer", "tests.ops:wc_reduce", "--input", str(inp / "f"),
+                          "--output", str(tmp_path / "out"), "--redis", url,
+                          "--allow-module", "tests"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "the map job" in last and "dead letter" in last and "poisoned line" in last, last
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_a_reducer_that_dead_letters_a_partition_fails_the_run(tmp_path: Path,
+                                                               url: str) -> None:
+    inp = _poisoned_corpus(tmp_path)
+    with pytest.raises(PhaseIncomplete) as err:
+        run_mapreduce("tests.ops:wc_map", "tests.ops:wc_reduce_boom_on_poison",
+                      [str(inp / "f*")], tmp_path / "out", partitions=2, redis_url=url,
+                      allow_modules=("tests",), timeout_s=120)
+    text = str(err.value)
+    assert err.value.exit_code == 3 and "\n" not in text
+    assert "the reduce job" in text and "poisoned key" in text, text
     assert not (tmp_path / "out").exists()
 
 

@@ -21,6 +21,7 @@ import redis
 from rainstorm import keys
 from rainstorm.errors import JobFailed
 from rainstorm.job import Job
+from rainstorm.jobstore import mark_failed
 from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.ops.autoscale.backends import LocalBackend
@@ -219,6 +220,54 @@ def test_unreadable_input_is_an_error_never_an_empty_result(tmp_path: Path) -> N
 
 
 # -- input changed under the job -------------------------------------------------
+
+def test_a_state_partition_too_large_for_one_call_fails_the_run_naming_the_remedy(
+        tmp_path: Path, url: str) -> None:
+    """2 M distinct ids into one state partition: its folded state outgrows
+    what one call may carry.  The run fails as soon as a fold finds it, and
+    its one error line gives the reason the worker recorded with the job and
+    the remedy (before, only 'job ... is failed')."""
+    ids = tmp_path / "ids.txt"
+    with ids.open("w", encoding="ascii") as fh:
+        for i in range(0, 2_000_000, 10_000):
+            fh.write("".join(f"id{j:09d}\n" for j in range(i, i + 10_000)))
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: one\nsource: {type: text}\npipeline:\n"
+                    "  - {op: flat_map, fn: split_words}\n  - {op: count}\n"
+                    "sink: {type: stdout, top: 3}\nsettings: {state_partitions: 1}\n")
+    res = rainstorm("run", str(spec), "--input", str(ids), "--workers", "2", "--redis", url,
+                    timeout_s=240)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("rainstorm: error: ")]
+    assert errors == lines[-1:], res.stderr
+    # a worker's fold (the job failed with the reason) or the coordinator's own
+    # at the end, whichever finds it first
+    assert "stage 0 partition 0: its compaction would write" in errors[0], errors[0]
+    assert "settings.state_partitions" in errors[0], errors[0]
+
+
+def test_a_job_failed_by_a_worker_is_reported_with_its_reason(text_input: Path,
+                                                              url: str) -> None:
+    """A job a worker marks failed (here: by hand, as jobcheck does) ends
+    `submit` with one line that carries the recorded reason, not only the
+    state."""
+    r = redis.Redis.from_url(url)
+    job_id = "failed-elsewhere"
+    proc = subprocess.Popen([sys.executable, "-m", "rainstorm", "submit", str(SPEC), "--input",
+                             str(text_input), "--job", job_id, "--redis", url], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: r.hget(keys.meta(job_id), "state") == b"running", 60,
+                 "the job to be submitted")
+        assert mark_failed(r, job_id, "serving it failed: the test's reason")
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[1:] == [  # after "submitted job ..."
+        f"rainstorm: error: job {job_id} is failed: serving it failed: the test's reason"], err
+
 
 def _submitted(r: redis.Redis, paths: list[Path], job_id: str) -> Job:
     """A submitted job under ``job_id``, which may be one prepare refuses

@@ -33,7 +33,7 @@ from click.testing import CliRunner
 from rainstorm import keys, lua, state
 from rainstorm.cli import main
 from rainstorm.coordinator.result import load_stored, materialized, state_result, to_json, top
-from rainstorm.errors import JobFailed
+from rainstorm.errors import JobFailed, StateTooLarge
 from rainstorm.job import Job
 from rainstorm.jobstore import load_job
 from rainstorm.lease import LEASE_MS, Lease, holder_id
@@ -513,6 +513,31 @@ def test_folding_an_empty_log_does_not_decode_the_base(r: redis.Redis) -> None:
     assert run.fold(p) is lua.CompactStatus.OK
     forge_base(r, run.part(p).base, b"\xc1 not a blob")
     assert run.fold(p) is None
+
+
+def test_a_partition_outgrowing_one_compaction_fails_its_job_in_one_line(
+        r: redis.Redis) -> None:
+    """A partition whose folded state is above what one call may carry fails
+    its job at once, wherever it is folded (a worker's fold_due does not
+    leave it to the coordinator, as it does a corrupt base: every later fold
+    would decode and encode the whole partition to fail again), naming the
+    partition and the remedy; nothing is written."""
+    run = Running(r, 1)
+    commits = 0
+    while run.lb(0) <= lua.LIMITS.bytes * 1.2:  # each commit below the cap, all above it
+        first = commits * 300_000
+        run.commit({f"key-{first + i:012d}": 1 for i in range(300_000)},
+                   lua.FoldRule(entries=4096, bytes=1 << 30))
+        commits += 1
+    with pytest.raises(StateTooLarge) as err:
+        run.fold(0)
+    msg = str(err.value)
+    assert f"job {JOB} stage 0 partition 0" in msg and "state_partitions" in msg, msg
+    assert "\n" not in msg
+    with pytest.raises(StateTooLarge):
+        state.fold_due(r, run.job, [0], 0, run.agg, holder_id("worker"))
+    assert run.version(0) == 0 and r.xlen(run.part(0).log) == commits
+    assert r.get(run.part(0).lease) is None  # released on the way out
 
 
 def test_finalize_without_workers_folds_itself(r: redis.Redis,
