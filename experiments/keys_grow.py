@@ -52,6 +52,15 @@ SECTIONS = ["blog", "docs", "shop", "api/v1", "static/img", "news", "about", "it
 STEP = 7919  # a prime: line i requests URL (i * STEP) % distinct, a permutation per cycle
 FILES = 4
 MR_TIMEOUT_S = 1800
+# a reducer commits its partition's output in one call (20 MiB at most: the
+# library's cap), ~35-45 bytes a URL: 2 reducers up to 10^6 URLs, then one more
+# per 500,000 (the same number for PySpark's reduceByKey, so both write as
+# many parts)
+KEYS_PER_REDUCER = 500_000
+
+
+def reducers(distinct: int) -> int:
+    return max(2, -(-distinct // KEYS_PER_REDUCER))
 URL_RE = re.compile(r"^/[a-z/0-9]+/page-(\d+)\.html$")
 
 
@@ -130,7 +139,7 @@ def write_part(c: Counter[str], out: Path) -> None:
 
 
 def rainstorm_mr(mapper: str, reducer: str, module: str, glob: str, out: Path,
-                 combiner: str) -> dict[str, float]:
+                 combiner: str, parts: int = 2) -> dict[str, float]:
     """The CLI as users type it, with a map-side combiner (PySpark's
     reduceByKey combines on the map side by itself, as Hadoop does with a
     combiner); wall time, and map/reduce times from its report line."""
@@ -139,7 +148,7 @@ def rainstorm_mr(mapper: str, reducer: str, module: str, glob: str, out: Path,
     res = subprocess.run([sys.executable, "-m", "rainstorm", "mapreduce", "--mapper", mapper,
                           "--reducer", reducer, "--combiner", combiner,
                           "--input", glob, "--output", str(out),
-                          "--workers", "2", "--partitions", "2", "--allow-module", module],
+                          "--workers", "2", "--partitions", str(parts), "--allow-module", module],
                          cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=MR_TIMEOUT_S)
     wall = time.perf_counter() - t
@@ -151,12 +160,12 @@ def rainstorm_mr(mapper: str, reducer: str, module: str, glob: str, out: Path,
             "map_s": float(m.group(1)), "reduce_s": float(m.group(2))}
 
 
-def spark_mr(python: str, job: str, inp: str, out: Path) -> dict[str, float]:
+def spark_mr(python: str, job: str, inp: str, out: Path, parts: int = 2) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         js = Path(d) / "out.json"
         t = time.perf_counter()
         res = subprocess.run([python, str(ROOT / "experiments" / "spark_jobs.py"), job, inp,
-                              str(out), str(js)], capture_output=True, text=True,
+                              str(out), str(js), str(parts)], capture_output=True, text=True,
                              timeout=MR_TIMEOUT_S)
         wall = time.perf_counter() - t
         if res.returncode:
@@ -254,6 +263,7 @@ def point(workload: str, distinct: int | str, lines: int, mb: float, inp: Path,
             ref.update(f.read_bytes().decode("utf-8", "replace").split())
     else:
         files = sorted(inp.glob("part-*.log"))
+    parts = reducers(distinct) if isinstance(distinct, int) else 2
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     for _ in range(repeat):
         for s in systems:
@@ -274,13 +284,13 @@ def point(workload: str, distinct: int | str, lines: int, mb: float, inp: Path,
                                           "examples.mr.urls:count_reduce", "examples.mr.urls",
                                           str(inp / "part-*.log"), out,
                                           SUM_COMBINER if summed else
-                                          "examples.mr.urls:count_combine"))
+                                          "examples.mr.urls:count_combine", parts))
                     elif spark_py is None:
                         runs[s].append({"note": why_no_spark, "correct": False})
                         continue
                     else:
                         r = spark_mr(spark_py, "mr-words" if workload == "wordcount"
-                                     else "mr-urls", str(inp), out)
+                                     else "mr-urls", str(inp), out, parts)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     runs[s].append({"note": str(exc).splitlines()[0][:200], "correct": False})
                     continue
@@ -290,7 +300,8 @@ def point(workload: str, distinct: int | str, lines: int, mb: float, inp: Path,
                 print(f"  {workload} {distinct} {s}: {r['seconds']:.2f} s "
                       f"(wall {r['wall_s']:.2f} s) correct={r['correct']}", flush=True)
     return [median_row({"workload": workload, "distinct": distinct, "lines": lines,
-                        "input_mb": round(mb, 1), "system": s}, runs[s]) for s in systems]
+                        "input_mb": round(mb, 1), "reducers": parts, "system": s}, runs[s])
+            for s in systems]
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -316,10 +327,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         a2.errorbar(xs, med, yerr=[[m - r["seconds_min"] for m, r in zip(med, pts, strict=True)],
                                    [r["seconds_max"] - m for m, r in zip(med, pts, strict=True)]],
                     marker="o", capsize=3, label=s)
+    bigger: dict[int, dict[str, Any]] = {}  # one label per point with more lines
     for r in urls:
         if int(r["lines"]) != int(urls[0]["lines"]) and r["seconds_median"] != "":
-            a2.annotate(f"{int(r['lines']) / 1e6:g}M lines", (int(r["distinct"]),
-                        r["seconds_median"]), fontsize=7)
+            top = bigger.setdefault(int(r["distinct"]), r)
+            if r["seconds_median"] > top["seconds_median"]:
+                bigger[int(r["distinct"])] = r
+    for d, r in bigger.items():
+        a2.annotate(f"{int(r['lines']) / 1e6:g}M lines, {r['reducers']} reducers",
+                    (d, r["seconds_median"]), textcoords="offset points", xytext=(-60, 8),
+                    fontsize=7)
     a2.set_xscale("log")
     a2.set_yscale("log")
     a2.set_xlabel("distinct URLs")
@@ -351,13 +368,22 @@ def findings(rows: list[dict[str, Any]]) -> None:
                 if rs and se:
                     parts.append(f"{tag}/serial {rs / se:.2f}x")
             print(" ".join(parts))
+    startups(rows)
+
+
+def startups(rows: list[dict[str, Any]]) -> None:
+    """The start-up medians, and every failed row with its reason."""
     st = [r["startup_s"] for r in rows if r["system"].startswith("PySpark") and r["startup_s"]]
     if st:
         print(f"PySpark session start-up (not in its job time): median "
               f"{statistics.median(st):.1f} s")
-    st = [r["startup_s"] for r in rows if r["system"].startswith("rainstorm")]
-    print(f"rainstorm CLI outside map+reduce (start, server, part files): median "
-          f"{statistics.median(st):.1f} s")
+    st = [r["startup_s"] for r in rows if r["system"].startswith("rainstorm") and r["startup_s"]]
+    if st:
+        print(f"rainstorm CLI outside map+reduce (start, server, part files): median "
+              f"{statistics.median(st):.1f} s")
+    for r in rows:
+        if r["note"]:
+            print(f"{r['workload']} {r['distinct']} {r['system']}: FAILED: {r['note']}")
 
 
 def main() -> int:

@@ -2,12 +2,12 @@
 
     python spark_jobs.py app2 SIGNS.csv POST OUT.json
     python spark_jobs.py wordcount DIR OUT.json
-    python spark_jobs.py mr-words|mr-urls INPUT OUTDIR OUT.json
+    python spark_jobs.py mr-words|mr-urls INPUT OUTDIR OUT.json [PARTS]
     python spark_jobs.py join ORDERS.csv CUSTOMERS.csv OUT.json
 
 Writes {"seconds": job time without session start-up, "startup_s": ..., "result": {...}}.
 The mr-* jobs (keys_grow.py) write Hadoop-style part files into OUTDIR instead
-(reduceByKey into 2 partitions, lines ``key<TAB>count`` sorted within each
+(reduceByKey into PARTS partitions, default 2, lines ``key<TAB>count`` sorted within each
 part, as a Hadoop reducer's output), and "result" is null.
 """
 
@@ -69,12 +69,13 @@ def main() -> None:
         result = {r["country"]: int(r["s"]) for r in rows}
     elif job in ("mr-words", "mr-urls"):
         path, outdir, out = sys.argv[2:5]
+        parts = int(sys.argv[5]) if len(sys.argv) > 5 else 2
         lines = spark.sparkContext.textFile(path)
         if job == "mr-words":
             pairs = lines.flatMap(lambda line: [(w, 1) for w in line.split()])
         else:
             pairs = lines.flatMap(url_pair)
-        (pairs.reduceByKey(add, 2)
+        (pairs.reduceByKey(add, parts)
          .mapPartitions(lambda kvs: (f"{k}\t{v}" for k, v in sorted(kvs)))
          .saveAsTextFile(outdir))
         result = None
