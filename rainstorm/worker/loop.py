@@ -220,7 +220,7 @@ class Worker:
             # what a job's keys hold broke its service: that job fails, not us
             job, self._touching = self._touching, ""
             why = str(exc) if isinstance(exc, RainstormError) else repr(exc)
-            self.table.fail(job, f"serving it failed: {one_line(why)}")
+            self.table.fail(job, f"serving it failed: {one_line(why, 600)}")
             return self._round.report()
         self._outage_since = None
         report = self._round.report()
