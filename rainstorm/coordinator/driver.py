@@ -43,6 +43,8 @@ from rainstorm.jobstore import mark_failed
 from rainstorm.lease import holder_id
 from rainstorm.operators.aggregates import Aggregator
 from rainstorm.procs import check_interrupted
+from rainstorm.protocol import meta
+from rainstorm.replies import as_str
 from rainstorm.sources.loader import BaseLoader
 from rainstorm.sources.pick import loader_for
 from rainstorm.state import agg_of, combine, finalize
@@ -148,7 +150,8 @@ class Driver:
                 self.loaded = self.loader.step().done
             except JobStopped as exc:
                 if not (self.unbounded and exc.state == JobState.CANCELLED):
-                    raise
+                    why = self.r.hget(keys.meta(self.job.id), meta.ERROR)
+                    raise _ended(self.job.id, exc.state, as_str(why or b"", "replace")) from None
                 self.loaded = True  # stopped: _step sees the state and stops cleanly
         if self.sink:
             self.sink.poll()
@@ -169,8 +172,7 @@ class Driver:
         if self.unbounded and status.state == JobState.CANCELLED:
             return self.stop_streaming()
         if status.state not in (JobState.RUNNING, JobState.DONE):
-            why = f": {status.error}" if status.error else ""
-            raise JobFailed(f"job {job.id} is {status.state}{why}")
+            raise _ended(job.id, status.state, status.error)
         if not status.loaded:
             self._reload()  # a restarted Redis may have rolled the cursor back
         if status.refusals:
@@ -402,3 +404,9 @@ class WorkerWatch:
                         "one: start `rainstorm worker --redis URL` (--job %s to pin it) "
                         "with the same RAINSTORM_SECRET", self.job_id, now - self.none_since,
                         self.job_id)
+
+
+def _ended(job_id: str, state: str, error: str) -> JobFailed:
+    """The error of a job found no longer running: its state, and the
+    reason recorded with it (a worker's, kill-job's), where there is one."""
+    return JobFailed(f"job {job_id} is {state}: {error}" if error else f"job {job_id} is {state}")
