@@ -462,7 +462,9 @@ def _serve(conn: RedisOptions, opts: Any) -> None:
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PREFIX_OR_GLOB")
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="directory for part-NNNNN files (must not exist)")
-@click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024),
+              help="reducers, and output parts: each reducer commits its part in one call "
+                   "(20 MiB), so give ~1 per 400,000 distinct keys")
 @click.option("--combiner", metavar="CALLABLE|sum", default=None,
               help="module:fn(key, values) -> values, run on each map batch (map-side "
                    "combine); sum: the built-in partial sum (numeric values; each reducer "
