@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 import redis
 
+from rainstorm.cli.show import printable
 from rainstorm.errors import RainstormError
 from rainstorm.procs import interrupt
 
@@ -23,7 +24,7 @@ class Failure(click.ClickException):
     """A one-line error, exit status 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"rainstorm: error: {self.message}", err=True)
+        click.echo(printable(f"rainstorm: error: {self.message}"), err=True)
 
 
 class UsageFailure(Failure):
@@ -38,7 +39,7 @@ class Incomplete(Failure):
     exit_code = 3
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"rainstorm: {self.message}", err=True)
+        click.echo(printable(f"rainstorm: {self.message}"), err=True)
 
 
 def fail(message: str, code: int = 1) -> Failure:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from rainstorm.cli.base import RedisOptions, fail, json_option, raise_interrupt, shared
-from rainstorm.cli.show import print_result, table
+from rainstorm.cli.show import console, print_result, printable, table
 
 # a worker's per-key code, as `workers` shows it (None: a worker older than the field)
 _CODE = {True: "C", False: "Python", None: "-"}
@@ -37,7 +37,6 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([row.to_json() for row in rows]))
         return
-    from rich.console import Console
     from rich.table import Table
 
     out = Table(title="rainstorm jobs")
@@ -47,13 +46,13 @@ def status(job_id: str | None, conn: RedisOptions, as_json: bool) -> None:
     for row in rows:
         for s in row.stages:
             state = "done (INCOMPLETE)" if row.incomplete else row.state
-            out.add_row(row.job, state, str(row.loaded), f"{row.progress * 100:.1f}%",
-                        str(s.index), str(s.emitted), str(s.committed), str(s.dead),
-                        str(s.claimed), str(s.rejected))
-    Console().print(out)
+            out.add_row(printable(row.job), printable(state), str(row.loaded),
+                        f"{row.progress * 100:.1f}%", str(s.index), str(s.emitted),
+                        str(s.committed), str(s.dead), str(s.claimed), str(s.rejected))
+    console().print(out)
     for row in rows:
         if row.source is not None:
-            click.echo(f"{row.job}: {lag_line(row.source)}")
+            click.echo(printable(f"{row.job}: {lag_line(row.source)}"))
     graphs = [] if job_id else graph_statuses(r)
     if graphs:
         table("rainstorm graphs", [{"graph": g.record.id, "name": g.record.name,
@@ -68,19 +67,20 @@ def _print_graph(graph: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(graph.to_json()))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    out = Table(title=f"graph {graph.record.id} ({graph.record.name}): {graph.state}")
+    out = Table(title=printable(f"graph {graph.record.id} ({graph.record.name}): "
+                                f"{graph.state}"))
     for col in ("step", "job", "state", "inputs", "stage", "emitted", "committed", "backlog"):
         out.add_column(col)
     for s, row in zip(graph.record.steps, graph.rows, strict=True):
         state = "done (INCOMPLETE)" if row.incomplete else row.state
         inputs = ", ".join(s.inputs) or "-"
         for c in row.stages or [None]:
-            out.add_row(s.step, row.job, state, inputs, *(("-",) * 4 if c is None else
-                        (str(c.index), str(c.emitted), str(c.committed), str(c.backlog))))
-    Console().print(out)
+            out.add_row(*map(printable, (s.step, row.job, state, inputs)),
+                        *(("-",) * 4 if c is None else
+                          (str(c.index), str(c.emitted), str(c.committed), str(c.backlog))))
+    console().print(out)
 
 
 @click.command()

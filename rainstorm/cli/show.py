@@ -11,10 +11,34 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress
 
 # rich is imported where a table or a bar is drawn, not with the CLI: ~70 ms of
 # every command's start (a `rainstorm run --json > file` draws neither)
+
+# what text from Redis (a key of the data, a worker's error, a dead letter)
+# may not put on a terminal as it is: C0 controls but tab and newline, DEL, C1
+# controls (ESC and CSI start sequences that move the cursor, recolour,
+# retitle or hide what follows) and the bidirectional overrides (which make
+# text read other than it is); each is shown as its escape, \x1b or \u202e
+_ESCAPED = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+            for c in (*range(0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0),
+                      *range(0x202a, 0x202f), *range(0x2066, 0x206a))}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal (:data:`_ESCAPED`)."""
+    return text.translate(_ESCAPED)
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console that takes strings as they are: no markup (a key like
+    '[/b]' would raise, '[link=…]' would make a hyperlink), no emoji codes,
+    no highlighting."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
 
 
 def print_result(result: Mapping[str, Any] | list[Any], top_n: int, as_json: bool) -> None:
@@ -34,7 +58,6 @@ def print_result(result: Mapping[str, Any] | list[Any], top_n: int, as_json: boo
         if len(result) > top_n:
             click.echo(f"… {len(result) - top_n} more records", err=True)
         return
-    from rich.console import Console
     from rich.table import Table
 
     click.echo(f"top {min(top_n, len(result))} of {len(result)} keys")
@@ -42,30 +65,30 @@ def print_result(result: Mapping[str, Any] | list[Any], top_n: int, as_json: boo
     table.add_column("key")
     table.add_column("value", justify="right")
     for k, v in top(result, top_n):
-        table.add_row(k, str(v))
-    Console().print(table)
+        table.add_row(printable(str(k)), printable(str(v)))
+    console().print(table)
 
 
 PIPED_WIDTH = 200  # a table's width when stdout is not a terminal
 
 
 def table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> None:
-    """``rows`` as a titled table of the columns ``cols``."""
-    from rich.console import Console
+    """``rows`` as a titled table of the columns ``cols`` (every cell
+    :func:`printable`)."""
     from rich.table import Table
 
-    out = Table(title=title)
+    out = Table(title=printable(title))
     for i, col in enumerate(cols):
         # the first column names the row (a worker's or job's id): never cut
         # short, whatever the terminal's width; the others give way
         whole = max((len(str(row.get(col, ""))) for row in rows), default=0) if i == 0 else None
         out.add_column(col, min_width=whole, no_wrap=i == 0)
     for row in rows:
-        out.add_row(*(str(row.get(c, "")) for c in cols))
-    console = Console()
-    if not console.is_terminal:  # piped (grep, a file): whole cells, not 80 columns' worth
-        console.width = max(console.width, PIPED_WIDTH)
-    console.print(out)
+        out.add_row(*(printable(str(row.get(c, ""))) for c in cols))
+    con = console()
+    if not con.is_terminal:  # piped (grep, a file): whole cells, not 80 columns' worth
+        con.width = max(con.width, PIPED_WIDTH)
+    con.print(out)
 
 
 def progress_bar() -> tuple[Progress, Callable[[Any], None]]:

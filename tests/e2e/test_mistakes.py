@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,13 +261,37 @@ def test_a_job_failed_by_a_worker_is_reported_with_its_reason(text_input: Path,
     try:
         wait_for(lambda: r.hget(keys.meta(job_id), "state") == b"running", 60,
                  "the job to be submitted")
-        assert mark_failed(r, job_id, "serving it failed: the test's reason")
+        assert mark_failed(r, job_id, "serving it failed: the test's reason \x1b]0;pwned\x07")
         _out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 1 and "Traceback" not in err, err
-    assert err.strip().splitlines()[1:] == [  # after "submitted job ..."
-        f"rainstorm: error: job {job_id} is failed: serving it failed: the test's reason"], err
+    assert err.strip().splitlines()[1:] == [  # after "submitted job ..."; no raw ESC or BEL
+        f"rainstorm: error: job {job_id} is failed: serving it failed: the test's reason "
+        "\\x1b]0;pwned\\x07"], err
+
+
+def test_keys_that_look_like_markup_or_escapes_are_printed_as_they_are(
+        tmp_path: Path) -> None:
+    """A result table prints keys as the data holds them: '[/bold]' raised
+    rich's MarkupError (a traceback after the job, its result lost), '[red]'
+    recoloured the table, and an ESC or a bidi override in the data reached
+    the terminal; now each is shown, the controls as escapes."""
+    words = ["[/bold]", "[red]x", "[link=http://evil]y", "\x1b[31mred\x1b[0m", "\u202eevil",
+             "plain", "plain"]
+    data = tmp_path / "in.txt"
+    data.write_text(" ".join(words) + "\n", encoding="utf-8")
+    res = rainstorm("run", str(SPEC), "--input", str(data), "--workers", "1")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "\x1b" not in res.stdout and "\u202e" not in res.stdout, repr(res.stdout)
+    rows = {}
+    for line in res.stdout.splitlines():
+        cells = [c.strip() for c in line.split("\u2502")[1:-1]]  # the table's | separators
+        if len(cells) == 2 and cells[1].isdigit():
+            rows[cells[0]] = int(cells[1])
+    shown = {w.replace("\x1b", "\\x1b").replace("\u202e", "\\u202e"): n
+             for w, n in Counter(words).items()}
+    assert rows == shown, res.stdout
 
 
 def _submitted(r: redis.Redis, paths: list[Path], job_id: str) -> Job:
