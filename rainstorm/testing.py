@@ -52,7 +52,7 @@ from rainstorm.graph import GraphSpec, members
 from rainstorm.graphstore import forget_graph
 from rainstorm.local.run import RunOptions, spec_modules
 from rainstorm.local.server import EmbeddedRedis
-from rainstorm.monitor import dead_letters
+from rainstorm.monitor.deadletters import first_dead_letter
 from rainstorm.ops.tasks import kill_job
 from rainstorm.signing import local_key
 from rainstorm.spec import JobSpec, load_spec, parse_spec
@@ -263,9 +263,9 @@ def _failure(r: redis.Redis, job_id: str, spec: JobSpec, dead: int,
     the spec skips bad records."""
     if not dead or spec.settings.skip_bad_records:
         return None
-    rows = dead_letters(r, job_id, count=1, newest_first=False)
-    first = "(unreadable)" if not rows else \
-        f"stage {rows[0].stage}: {rows[0].error} (record {rows[0].record})"
+    row = first_dead_letter(r, job_id)
+    first = "(unreadable)" if row is None else \
+        f"stage {row.stage}: {row.error} (record {row.record})"
     return OperatorFailed(job_id, dead, result, one_line(first))
 
 

@@ -87,7 +87,7 @@ from rainstorm.coordinator.result import materialized
 from rainstorm.coordinator.session import RunReport
 from rainstorm.errors import IncompleteResult, RainstormError, UsageError
 from rainstorm.jobstore import load_job
-from rainstorm.monitor.deadletters import dead_letters
+from rainstorm.monitor.deadletters import first_dead_letter
 from rainstorm.operators import builtins, hash_lookup, lookup
 from rainstorm.operators.resolve import resolve
 from rainstorm.ops.tasks import kill_job
@@ -957,9 +957,9 @@ def _first_error(exc: IncompleteResult, run: dict[str, Any]) -> str:
     url = run.get("redis_url")
     if url:
         with _client(url) as r:
-            rows = dead_letters(r, exc.job_id, count=1, newest_first=False)
-        if rows:
-            return f"{rows[0].error} (record {str(rows[0].record)[:80]})"
+            row = first_dead_letter(r, exc.job_id)
+        if row is not None:
+            return f"{row.error} (record {str(row.record)[:80]})"
     return str(exc)
 
 

@@ -27,7 +27,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -43,7 +43,7 @@ from rainstorm.errors import TOO_LARGE_FOR_ONE_CALL, IncompleteResult, UsageErro
 from rainstorm.job import decode_records
 from rainstorm.jobstore import load_job
 from rainstorm.local.run import LocalRun, RunOptions
-from rainstorm.monitor.deadletters import dead_letters
+from rainstorm.monitor.deadletters import first_dead_letter
 from rainstorm.protocol.entries import data_of
 from rainstorm.spec import JobSpec, parse_spec
 
@@ -133,16 +133,12 @@ def _complete(phase: str, rep: RunReport, url: str | None) -> None:
     dead = rep.status.dead_letters
     if not dead:
         return
-    first = "(not readable)"
+    row = None
     if url:
-        r = connect(url)
-        try:
-            rows = dead_letters(r, rep.job_id, count=1, newest_first=False)
-        finally:
-            r.close()
-        if rows:
-            first = one_line(rows[0].error)
-    raise PhaseIncomplete(phase, rep.job_id, dead, first)
+        with closing(connect(url)) as r:
+            row = first_dead_letter(r, rep.job_id)
+    raise PhaseIncomplete(phase, rep.job_id, dead,
+                          "(not readable)" if row is None else one_line(row.error))
 
 
 def _argv(text: str, option: str) -> list[str]:

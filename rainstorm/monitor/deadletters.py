@@ -27,6 +27,12 @@ def dead_letters(r: redis.Redis, job_id: str, count: int | None = 100,
     return [dead_letter_row(id_, fields) for id_, fields in rows]
 
 
+def first_dead_letter(r: redis.Redis, job_id: str) -> DeadLetter | None:
+    """A job's oldest dead letter (None: it has none), the one a failure names."""
+    rows = dead_letters(r, job_id, count=1, newest_first=False)
+    return rows[0] if rows else None
+
+
 def dead_letter_row(id_: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
     f = {as_str(k): v for k, v in fields.items()}
     data = f.get(DATA, b"")
