@@ -52,6 +52,7 @@ SECTIONS = ["blog", "docs", "shop", "api/v1", "static/img", "news", "about", "it
 STEP = 7919  # a prime: line i requests URL (i * STEP) % distinct, a permutation per cycle
 FILES = 4
 MR_TIMEOUT_S = 1800
+URL_RE = re.compile(r"^/[a-z/0-9]+/page-(\d+)\.html$")
 # a reducer commits its partition's output in one call (20 MiB at most: the
 # library's cap), ~35-45 bytes a URL: 2 reducers up to 10^6 URLs, then one more
 # per 500,000 (the same number for PySpark's reduceByKey, so both write as
@@ -61,7 +62,6 @@ KEYS_PER_REDUCER = 500_000
 
 def reducers(distinct: int) -> int:
     return max(2, -(-distinct // KEYS_PER_REDUCER))
-URL_RE = re.compile(r"^/[a-z/0-9]+/page-(\d+)\.html$")
 
 
 # ---- inputs and their known answers ------------------------------------------------
