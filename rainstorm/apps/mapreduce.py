@@ -43,8 +43,11 @@ from rainstorm.errors import TOO_LARGE_FOR_ONE_CALL, IncompleteResult, UsageErro
 from rainstorm.job import decode_records
 from rainstorm.jobstore import load_job
 from rainstorm.local.run import LocalRun, RunOptions
+from rainstorm.lua import LIMITS
 from rainstorm.monitor.deadletters import first_dead_letter
 from rainstorm.protocol.entries import data_of
+from rainstorm.sources.inputs import resolve_inputs
+from rainstorm.sources.remote import RemoteFile
 from rainstorm.spec import JobSpec, parse_spec
 
 Runner = Callable[[JobSpec, RunOptions], RunReport]
@@ -73,6 +76,28 @@ def prefix_glob(text: str) -> str:
     if any(c in text for c in "*?[") or Path(text).exists():
         return text
     return text + "*"
+
+
+# Without --partitions: one reducer per this many input bytes (2/5 of what
+# one call may carry), 2 to MAX_REDUCERS (settings.state_partitions' range)
+INPUT_BYTES_PER_REDUCER = LIMITS.bytes * 2 // 5
+MIN_REDUCERS, MAX_REDUCERS = 2, 1024
+
+
+def auto_partitions(inputs: list[str]) -> int:
+    """The number of reducers when none is given: one per 8 MiB of input.
+
+    Spark gives a shuffle as many partitions as its input has splits, so a
+    larger input gets more reducers by itself; here the size also keeps each
+    reducer inside the one-call cap (LIMITS.bytes, 20 MiB) that both its
+    folded groups and its output part must fit.  A line of distinct keys
+    folds to about its own bytes, and its output line (``key<TAB>value``,
+    framed) takes ~1.3x a 13-byte input line and ~1.5x an 8-byte one, so a
+    reducer's 8 MiB of input leaves room.  A mapper that emits more than it
+    reads can still need more ``--partitions``, and the error says so."""
+    total = sum(f.size if isinstance(f, RemoteFile) else f.stat().st_size
+                for f in resolve_inputs(inputs))
+    return max(MIN_REDUCERS, min(MAX_REDUCERS, -(-total // INPUT_BYTES_PER_REDUCER)))
 
 
 def is_callable_ref(text: str) -> bool:
@@ -182,7 +207,7 @@ def run_mapreduce(
     inputs: list[str],
     output: Path,
     *,
-    partitions: int = 2,
+    partitions: int | None = None,
     combiner: str | None = None,
     on_progress: Callable[[str, JobStatus], None] | None = None,
     options: RunOptions | None = None,
@@ -194,7 +219,7 @@ def run_mapreduce(
     ``allow_exec``, ``allow_modules``, ``timeout_s`` ...) run both jobs;
     ``on_progress(phase, status)`` follows them.  ``runner(spec, options)``
     runs each job instead of one LocalRun (rainstorm.testing.run_in_process
-    runs them in-process)."""
+    runs them in-process).  ``partitions`` None: :func:`auto_partitions`."""
     opts = replace(options or RunOptions(), **fields)
     allow_exec = opts.allow_exec
     if output.exists():
@@ -206,6 +231,8 @@ def run_mapreduce(
     for flag, value in (("--mapper", mapper), ("--reducer", reducer)):
         if not allow_exec and not is_callable_ref(value):
             raise UsageError(f"{flag} {value!r} is a program; pass --allow-exec to run it")
+    if partitions is None:
+        partitions = auto_partitions(inputs)
     tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

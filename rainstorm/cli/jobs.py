@@ -462,9 +462,10 @@ def _serve(conn: RedisOptions, opts: Any) -> None:
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PREFIX_OR_GLOB")
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="directory for part-NNNNN files (must not exist)")
-@click.option("--partitions", default=2, show_default=True, type=click.IntRange(1, 1024),
-              help="reducers, and output parts: each reducer commits its part in one call "
-                   "(20 MiB), so give ~1 per 400,000 distinct keys")
+@click.option("--partitions", default=None, type=click.IntRange(1, 1024),
+              help="reducers, and output parts [default: one per 8 MiB of input, at "
+                   "least 2]: each reducer's groups and output part must fit one call "
+                   "(20 MiB), ~400,000 distinct keys")
 @click.option("--combiner", metavar="CALLABLE|sum", default=None,
               help="module:fn(key, values) -> values, run on each map batch (map-side "
                    "combine); sum: the built-in partial sum (numeric values; each reducer "
@@ -473,7 +474,8 @@ def _serve(conn: RedisOptions, opts: Any) -> None:
 @shared()
 @click.option("--allow-exec", is_flag=True, help="let workers run the mapper/reducer programs")
 @click.option("--allow-module", "allow", multiple=True, help="modules workers may import")
-def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str, partitions: int,
+def mapreduce(mapper: str, reducer: str, inputs: tuple[str, ...], output: str,
+              partitions: int | None,
               combiner: str | None, workers: int, conn: RedisOptions, allow_exec: bool,
               allow: tuple[str, ...]) -> None:
     """Run a MapReduce job: map, group by key, reduce into DIR/part-NNNNN."""

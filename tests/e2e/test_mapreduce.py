@@ -1,20 +1,25 @@
 """MapReduce with worker processes: a worker SIGKILLed during the reduce
-phase (part files equal Counter), the CLI's refusals, and a phase that
-dead-letters input failing the run instead of writing a partial output.  The word counts
+phase (part files equal Counter), the CLI's refusals, a phase that
+dead-letters input failing the run instead of writing a partial output, and
+the default number of reducers growing with the input.  The word counts
 themselves run in-process: tests/integration/test_apps_in_process.py."""
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import signal
 import subprocess
 import sys
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from rainstorm.apps.mapreduce import PhaseIncomplete, run_mapreduce
+from rainstorm.lua import LIMITS
 from tests.conftest import reference_wordcount, write_corpus
 from tests.helpers import AWK_MAP, AWK_REDUCE, ROOT, children, cmdline, read_parts
 from tests.ops import POISON
@@ -131,3 +136,33 @@ def test_url_share_two_jobs(tmp_path: Path, url: str, flavour: str) -> None:
     assert got.keys() == want.keys() and len(want) > 100
     assert all(abs(got[u] - want[u]) < 1e-9 for u in want)
     assert abs(sum(got.values()) - 1) < 1e-6
+
+
+@pytest.mark.slow
+def test_default_reducers_fit_many_distinct_keys(tmp_path: Path) -> None:
+    """700,000 distinct 60-byte keys (43 MB): with 2 reducers each part's
+    lines alone would be over the one-call cap, so the old default of 2
+    failed (exit 3, "run it with more --partitions"); without --partitions
+    the CLI takes one reducer per 8 MiB of input and every key comes out
+    once, in its part."""
+    keys = [f"/page/{i:09d}/" + "x" * 45 for i in range(700_000)]
+    random.Random(7).shuffle(keys)
+    (tmp_path / "in").mkdir()
+    for f in range(2):
+        (tmp_path / "in" / f"part-{f}.txt").write_text("\n".join(keys[f::2]) + "\n")
+    size = sum(p.stat().st_size for p in (tmp_path / "in").iterdir())
+    two = [0, 0]
+    for k in keys:
+        two[zlib.crc32(k.encode()) % 2] += len(f"{k}\t1\n")
+    assert min(two) > LIMITS.bytes  # what 2 reducers would have had to commit, each
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "mapreduce", "--allow-exec",
+                          "--mapper", "tests.ops:wc_map", "--combiner", "sum",
+                          "--reducer", AWK_REDUCE, "--input", str(tmp_path / "in"),
+                          "--output", str(tmp_path / "out"), "--allow-module", "tests"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    parts = math.ceil(size / (8 << 20))
+    assert parts > 2 and len(list((tmp_path / "out").iterdir())) == parts
+    got = read_parts(tmp_path / "out", parts)
+    assert len(got) == len(keys) and set(got.values()) == {1} and got.keys() == set(keys)
