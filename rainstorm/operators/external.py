@@ -80,17 +80,21 @@ def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
         # a summed shuffle (--combiner sum) holds a key's total: its one value
         groups = [g if type(g[2]) is list else (g[0], g[1], [g[2]])
                   for g in (json.loads(r) if isinstance(r, str) else r for r in records)]
-        out: list[Any] = []
+        parts: dict[int, list[str]] = {}
         if pipe is not None:
-            for part in sorted({g[0] for g in groups}):
-                lines = [(k, v) for p, k, vals in groups if p == part for v in vals]
-                out += [(part, line) for line in pipe(lines)]
-            out.sort()
-            return out
-        assert fn is not None
-        for part, key, vals in groups:
-            out += [(part, o if isinstance(o, str) else as_line(o)) for o in fn(key, vals)]
-        out.sort()
+            for part in {g[0] for g in groups}:  # as_line((k, v)), built here at once
+                parts[part] = pipe([f"{k}\t{v}" for p, k, vals in groups if p == part
+                                    for v in vals])
+        else:
+            assert fn is not None
+            for part, key, vals in groups:
+                parts.setdefault(part, []).extend(
+                    o if isinstance(o, str) else as_line(o) for o in fn(key, vals))
+        out: list[Any] = []
+        for part in sorted(parts):  # sorted as (part, line) pairs: strings sort faster
+            lines = parts[part]
+            lines.sort()
+            out += [(part, line) for line in lines]
         return out
 
     return run
