@@ -43,6 +43,7 @@ EXPERIMENTS = [
     pytest.param("workers_and_files", marks=SLOW),
     pytest.param("rainstorm_vs_spark", marks=SLOW),
     pytest.param("latency_vs_spark", marks=SLOW),
+    pytest.param("mr_reducers", marks=SLOW),
     "scaling",
     "fcall_limits",
     "state_reads",
