@@ -99,6 +99,11 @@ def wc_map_text_values(line: str) -> list[tuple[str, str]]:
     return [(w, "one") for w in line.split()]
 
 
+def wc_reduce_pairs(key: str, values: list[int]) -> list[tuple[str, int]]:
+    """wc_reduce's total as a (key, total) pair: written as ``key<TAB>total``."""
+    return [(key, sum(int(v) for v in values))]
+
+
 def total_and_calls(key: str, values: list[int]) -> list[str]:
     """A reducer saying how many values it was given along with their sum."""
     return [f"{key}\t{sum(values)}\t{len(values)}"]

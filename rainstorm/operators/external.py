@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 from rainstorm.operators.chain_errors import ExternalError
@@ -77,24 +78,28 @@ def make_reduce(cmd: list[str] | None, fn: Callable[..., Any] | None,
     pipe = make_pipe(cmd, timeout_s) if cmd else None
 
     def run(records: list[Any]) -> list[Any]:
-        # a summed shuffle (--combiner sum) holds a key's total: its one value
-        groups = [g if type(g[2]) is list else (g[0], g[1], [g[2]])
-                  for g in (json.loads(r) if isinstance(r, str) else r for r in records)]
+        # one pass, no per-key objects beyond the reducer's own: a reduce
+        # batch is a whole partition, up to ~10^6 keys
         parts: dict[int, list[str]] = {}
-        if pipe is not None:
-            for part in {g[0] for g in groups}:  # as_line((k, v)), built here at once
-                parts[part] = pipe([f"{k}\t{v}" for p, k, vals in groups if p == part
-                                    for v in vals])
-        else:
+        lines: list[str] = []
+        at: Any = None
+        for rec in records:
+            part, key, vals = json.loads(rec) if isinstance(rec, str) else rec
+            if part != at:
+                at, lines = part, parts.setdefault(part, [])
+            if type(vals) is not list:  # a summed shuffle (--combiner sum): the key's total
+                vals = [vals]
+            if pipe is not None:  # as_line((key, value)), built here at once
+                lines += [f"{key}\t{v}" for v in vals]
+                continue
             assert fn is not None
-            for part, key, vals in groups:
-                parts.setdefault(part, []).extend(
-                    o if isinstance(o, str) else as_line(o) for o in fn(key, vals))
+            for o in fn(key, vals):
+                lines.append(o if type(o) is str else as_line(o))
         out: list[Any] = []
         for part in sorted(parts):  # sorted as (part, line) pairs: strings sort faster
-            lines = parts[part]
+            lines = pipe(parts[part]) if pipe is not None else parts[part]
             lines.sort()
-            out += [(part, line) for line in lines]
+            out += zip(repeat(part), lines)
         return out
 
     return run

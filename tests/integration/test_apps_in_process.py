@@ -28,6 +28,8 @@ from tests.ops import POISON, boom_on_poison
     (AWK_MAP, AWK_REDUCE, "tests.ops:wc_combine"),
     ("tests.ops:wc_map", "tests.ops:wc_reduce", "sum"),
     (AWK_MAP, AWK_REDUCE, "sum"),
+    ("tests.ops:wc_map", "tests.ops:wc_reduce_pairs", None),  # pairs out: key<TAB>value lines
+    (AWK_MAP, "tests.ops:wc_reduce_pairs", "sum"),
 ])
 def test_wordcount_mapreduce(tmp_path: Path, url: str, mapper: str, reducer: str,
                              combiner: str | None) -> None:
