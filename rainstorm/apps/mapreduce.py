@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -193,9 +195,11 @@ class PartWriter:
                  for p in range(self.partitions)]
         try:
             for _id, fields in output_rows(r, job):
-                for part, line in decode_records(data_of(fields)):
-                    files[int(part)].write(line + "\n")
-                    self.lines += 1
+                # an entry is one reduce task's output, (part, line) pairs of one part
+                for part, pairs in groupby(decode_records(data_of(fields)), key=itemgetter(0)):
+                    lines = list(map(itemgetter(1), pairs))
+                    files[int(part)].write("\n".join(lines) + "\n")
+                    self.lines += len(lines)
         finally:
             for fh in files:
                 fh.close()
