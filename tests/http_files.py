@@ -3,7 +3,8 @@
 ETag from size and mtime_ns, Last-Modified), byte Range requests (206 +
 Content-Range) unless ``ranges=False`` (then Range is ignored: 200 and the
 whole file, as some servers do), and an HTML listing of links for a
-directory URL.  It counts the ranged responses it sent."""
+directory URL unless ``listings=False`` (then 404, as a server without an
+index does).  It counts the ranged responses it sent."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from urllib.parse import quote, unquote, urlsplit
 class FileServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: Path, ranges: bool) -> None:
+    def __init__(self, root: Path, ranges: bool, listings: bool = True) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.ranges = ranges
+        self.listings = listings
         self.ranged = 0  # 206 responses sent
         self.gets = 0
 
@@ -54,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         p = self._target()
-        if p is not None and p.is_dir():
+        if p is not None and p.is_dir() and self.server.listings:
             return self._listing(p, body)
         if p is None or not p.is_file():
             self.send_error(404)
@@ -95,9 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving(root: Path, ranges: bool = True) -> Iterator[FileServer]:
+def serving(root: Path, ranges: bool = True, listings: bool = True) -> Iterator[FileServer]:
     """Serve ``root`` for the block; the server is shut down after it."""
-    srv = FileServer(root, ranges)
+    srv = FileServer(root, ranges, listings)
     thread = threading.Thread(target=srv.serve_forever, name="http-files", daemon=True)
     thread.start()
     try:

@@ -49,7 +49,7 @@ from rainstorm.lua import LIMITS
 from rainstorm.monitor.deadletters import first_dead_letter
 from rainstorm.protocol.entries import data_of
 from rainstorm.sources.inputs import resolve_inputs
-from rainstorm.sources.remote import RemoteFile
+from rainstorm.sources.remote import RemoteFile, is_http, is_url, names_something
 from rainstorm.spec import JobSpec, parse_spec
 
 Runner = Callable[[JobSpec, RunOptions], RunReport]
@@ -74,10 +74,16 @@ SUM_COMBINER = "sum"
 
 
 def prefix_glob(text: str) -> str:
-    """MapleJuice-style input prefix: 'logs/part' means 'logs/part*'."""
-    if any(c in text for c in "*?[") or Path(text).exists():
+    """MapleJuice-style input prefix: 'logs/part' means 'logs/part*' when
+    nothing is named 'logs/part'.  A URL is a prefix only where its scheme
+    can list one (s3://, gs://, file://, ...; asked with one request): an
+    http(s) URL names one file, or with a trailing '/' a page's links, as
+    for `rainstorm run` (an http server lists nothing it is not asked for)."""
+    if any(c in text for c in "*?["):
         return text
-    return text + "*"
+    if is_url(text):
+        return text if is_http(text) or names_something(text) else text + "*"
+    return text if Path(text).exists() else text + "*"
 
 
 # Without --partitions: one reducer per this many input bytes (2/5 of what

@@ -56,7 +56,7 @@ class RangeUnsupported(RemoteError):
     """The server answered a ranged read with more than the range."""
 
 
-def _is_http(url: str) -> bool:
+def is_http(url: str) -> bool:
     return url.lower().startswith(("http://", "https://"))
 
 
@@ -169,7 +169,7 @@ def filesystem(url: str) -> tuple[Any, str]:
             raise RemoteError(f"input URL {url}: reading {scheme}:// needs {package} "
                               f"(pip install {package})") from None
         _filesystems[cache_key] = fs
-    return fs, url if _is_http(url) else fs._strip_protocol(url)
+    return fs, url if is_http(url) else fs._strip_protocol(url)
 
 
 def info(url: str) -> dict[str, Any]:
@@ -179,6 +179,18 @@ def info(url: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001  (any backend's error: one line)
         raise RemoteError(describe(url, exc)) from None
     return found
+
+
+def names_something(url: str) -> bool:
+    """Whether ``url`` names a file or a directory (one request); UsageError
+    in one line when the backend cannot say."""
+    try:
+        fs, path = filesystem(url)
+        return bool(fs.exists(path))
+    except RemoteError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001  (any backend's error: one line)
+        raise UsageError(describe(url, exc)) from None
 
 
 def _unparse(fs: Any, path: str) -> str:
@@ -202,7 +214,7 @@ def resolve_url(raw: str) -> list[RemoteFile]:
 def _list(fs: Any, path: str, raw: str) -> list[tuple[str, dict[str, Any]]]:
     """(path, info) of what ``raw`` names: a glob's matches, an http page's
     links (``raw`` ends in ``/``), a directory's files, or the one file."""
-    http = _is_http(raw)
+    http = is_http(raw)
     magic = "*[" if http else "*?["  # '?' starts an http query string
     if set(magic) & set(raw.split("://", 1)[1]):
         found = fs.glob(path, detail=True)
@@ -326,7 +338,7 @@ class Stream:
             if self._fh is None or start < self._base:
                 self.close()
                 fs, path = filesystem(self.url)
-                streamed = {"block_size": 0} if _is_http(self.url) else {}
+                streamed = {"block_size": 0} if is_http(self.url) else {}
                 self._fh, self._base, self._buf = fs.open(path, "rb", **streamed), 0, b""
             while self._base + len(self._buf) < start:  # skip (no seek on a response)
                 skip = self._read(min(start - self._base - len(self._buf), 1 << 20))

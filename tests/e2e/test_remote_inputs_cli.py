@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT
+from tests.helpers import ROOT, read_parts
 from tests.http_files import serving
 
 SPEC = ROOT / "examples" / "wordcount.yaml"
@@ -49,3 +49,20 @@ def test_a_missing_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert lines == [f"rainstorm: error: input URL not found: {srv.url}/nope.txt"], res.stderr
+
+
+def test_mapreduce_reads_one_url_from_a_server_that_lists_nothing(tmp_path: Path) -> None:
+    """`rainstorm mapreduce --input http://host/file` reads that file, as
+    `run` does: it once took every input for a prefix and asked for
+    'file*', a glob the server (no directory listings, like most) could
+    not answer: 'input glob matches no file'."""
+    paths = write_corpus(tmp_path / "data", n_files=2, kb=10)
+    out = tmp_path / "out"
+    with serving(tmp_path, listings=False) as srv:
+        res = subprocess.run([sys.executable, "-m", "rainstorm", "mapreduce",
+                              "--mapper", "tests.ops:wc_map", "--reducer", "tests.ops:wc_reduce",
+                              "--input", f"{srv.url}/data/{paths[0].name}", "--output", str(out),
+                              "--allow-module", "tests"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    assert read_parts(out, 2) == reference_wordcount(paths[:1])
