@@ -170,7 +170,7 @@ class Driver:
         self.last_status = now
         status = read_status(self.r, job)
         if self.unbounded and status.state == JobState.CANCELLED:
-            return self.stop_streaming()
+            return self._cancelled()
         if status.state not in (JobState.RUNNING, JobState.DONE):
             raise _ended(job.id, status.state, status.error)
         if not status.loaded:
@@ -292,6 +292,13 @@ class Driver:
             if trimmed:
                 log.debug("job %s: trimmed %s late entries", self.job.id, trimmed)
 
+    def _cancelled(self) -> Result:
+        """A streaming job cancelled elsewhere: its last result where
+        `kill-job --keep` kept its keys; JobFailed (GONE) where they went."""
+        if not self.r.exists(keys.spec(self.job.id)):
+            raise JobFailed(GONE.format(job=self.job.id))
+        return self.stop_streaming()
+
     def stop_streaming(self) -> Result:
         """`kill-job --keep` (or Ctrl-C) stopped a streaming job.  No commit
         lands once its state is not ``running`` (rainstorm_commit refuses),
@@ -404,6 +411,13 @@ class WorkerWatch:
                         "one: start `rainstorm worker --redis URL` (--job %s to pin it) "
                         "with the same RAINSTORM_SECRET", self.job_id, now - self.none_since,
                         self.job_id)
+
+
+# a streaming job stopped by `rainstorm kill-job` without --keep: its keys,
+# the result's included, went in the same transaction that cancelled it
+GONE = ("job {job} was cancelled and its keys removed (rainstorm kill-job), so it has no "
+        "result to show; `rainstorm kill-job --keep` stops a streaming job and keeps its "
+        "result readable")
 
 
 def _ended(job_id: str, state: str, error: str) -> JobFailed:

@@ -179,7 +179,7 @@ class LocalRun:
             if job.spec.unbounded:  # producers and `rainstorm tail` need to know where
                 where = redact(self.url)
                 print(f"streaming job {job.id} on {where}: runs until cancelled (Ctrl-C, or "
-                      f"rainstorm kill-job {job.id} --redis {where})", file=sys.stderr,
+                      f"rainstorm kill-job {job.id} --keep --redis {where})", file=sys.stderr,
                       flush=True)
             if opts.autoscale:
                 scaling.append(Scaling(self.url, job.id, opts.autoscale, BackendOptions(
@@ -221,7 +221,7 @@ class LocalRun:
             if graph.unbounded:
                 where = redact(self.url)
                 print(f"streaming graph {graph.id} on {where}: runs until cancelled (Ctrl-C, "
-                      f"or rainstorm kill-job {graph.id} --redis {where})", file=sys.stderr,
+                      f"or rainstorm kill-job {graph.id} --keep --redis {where})", file=sys.stderr,
                       flush=True)
 
         try:

@@ -1,16 +1,20 @@
 """Stopping a streaming job is clean: everything committed reaches the file
 sink exactly once, a batch in flight at the stop is refused (not committed
 behind the final flush), and the output stream is left empty -- also when
-the flush is cut off half-way."""
+the flush is cut off half-way; `rainstorm submit` stopped by `kill-job`
+prints the last result (--keep) or says it is gone, never an empty one."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import redis
 
 from rainstorm import keys
@@ -20,8 +24,11 @@ from rainstorm.local.run import prepare
 from rainstorm.ops.tasks import kill_job
 from rainstorm.spec import parse_spec
 from tests.helpers import (
+    ROOT,
     Streaming,
+    cli,
     counters,
+    settled,
     stage0_inputs,
     stop_all,
     stopped_holding,
@@ -128,3 +135,48 @@ def test_a_flush_whose_record_failed_is_redone_once(tmp_path: Path, r: redis.Red
     slow.close()
     assert [json.loads(x) for x in sink.path.read_text().splitlines()] == recs
     assert r.xlen(keys.output("sink")) == 0
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_submit_of_a_streaming_job_stopped_by_kill_job(tmp_path: Path, url: str,
+                                                       r: redis.Redis, keep: bool) -> None:
+    """`rainstorm submit` drives a streaming count; `rainstorm kill-job`
+    stops it from another terminal.  With --keep the coordinator prints the
+    last result (equal to a Counter over what was sent) and exits 0.  Without
+    it the result went with the keys: one line saying so and exit 1, where
+    it once printed an empty result ('top 0 of 0 keys') and exited 0."""
+    job_id = f"stopcli-{int(keep)}"
+    source = f"ev-{job_id}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: stopcli\nsource: {{type: stream, key: {source}}}\n"
+                    "pipeline:\n  - {op: flat_map, fn: split_words}\n  - {op: count}\n"
+                    "sink: {type: stdout}\n")
+    sent = [f"w{i % 7} w{i % 3}" for i in range(200)]
+    for line in sent:
+        r.xadd(source, {"line": line})
+    coord = subprocess.Popen([sys.executable, "-m", "rainstorm", "submit", str(spec), "--json",
+                              "--redis", url, "--job", job_id], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs = [worker(url, "--job", job_id)]
+    try:
+        wait_for(lambda: r.exists(keys.spec(job_id)) and settled(r, job_id, source), 60,
+                 "every record sent committed")
+        res = cli(url, "kill-job", job_id, *(["--keep"] if keep else []))
+        assert res.returncode == 0, res.stderr
+        out, err = coord.communicate(timeout=60)
+    finally:
+        if coord.poll() is None:
+            coord.kill()
+            coord.wait(10)
+        stop_all(procs)
+    want = Counter(w for line in sent for w in line.split())
+    if keep:
+        assert coord.returncode == 0, err
+        assert Counter(json.loads(out)) == want
+    else:
+        assert coord.returncode == 1 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1] == (
+            f"rainstorm: error: job {job_id} was cancelled and its keys removed (rainstorm "
+            "kill-job), so it has no result to show; `rainstorm kill-job --keep` stops a "
+            "streaming job and keeps its result readable")
+        assert not out.strip()  # no result printed: not an empty one either
