@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rainstorm import signing
-from rainstorm.errors import UsageError
+from rainstorm.errors import UsageError, one_line
 from rainstorm.operators import builtins
 
 
@@ -97,6 +97,9 @@ def _import(fn: str, allow: tuple[str, ...], where: str) -> Callable[..., Any]:
         mod = importlib.import_module(module)
     except ImportError as exc:
         raise UsageError(f"{where}: cannot import {module!r}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the module's own code failed as it ran
+        raise UsageError(f"{where}: importing {module!r} failed: {type(exc).__name__}: "
+                         f"{one_line(exc)}") from None
     obj: Any = mod.__dict__.get(attr)  # the module's own namespace: no __getattr__ hook
     if obj is None:
         raise UsageError(f"{where}: {module!r} has no attribute {attr!r}")

@@ -27,7 +27,16 @@ from rainstorm.local.run import prepare
 from rainstorm.local.server import EmbeddedRedis
 from rainstorm.ops.autoscale.backends import LocalBackend
 from tests.conftest import reference_wordcount, write_corpus
-from tests.helpers import ROOT, drive, start_worker, stop_all, submit, wait_for, wordcount_spec
+from tests.helpers import (
+    ROOT,
+    drive,
+    start_worker,
+    stop_all,
+    submit,
+    wait_for,
+    wordcount_spec,
+    worker,
+)
 
 SPEC = ROOT / "examples" / "wordcount.yaml"
 NEVER = "3600"  # RAINSTORM_CONNECT_TIMEOUT that no test waits out
@@ -197,6 +206,55 @@ def test_bad_builtin_args_are_refused_at_validation(
     res = rainstorm("run", str(spec), "--input", str(text_input), "--redis", url)
     one_line_error(res, 2, f"pipeline.0.fn: bad args for built-in '{fn}'", needle)
     assert r.dbsize() == 0, "the job was submitted"
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("raise RuntimeError('no config file')\n", "RuntimeError: no config file"),
+    ("import sys\nsys.exit(0)\n", "SystemExit: 0"),
+    ("def f(:\n", "SyntaxError: invalid syntax"),
+])
+def test_a_user_module_that_fails_as_it_is_imported_is_one_line(
+        tmp_path: Path, text_input: Path, url: str, r: redis.Redis, body: str,
+        needle: str) -> None:
+    """Only ImportError was one line: any other error raised by the module's
+    own code (or its sys.exit) was a traceback, or a silent exit 0."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "usermod.py").write_text(body)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\npipeline:\n  - {op: map, fn: 'usermod:f'}\n  - {op: count}\n")
+    res = rainstorm("run", str(spec), "--input", str(text_input), "--redis", url,
+                    PYTHONPATH=str(tmp_path / "mods"))
+    one_line_error(res, 2, "pipeline.0.fn: importing 'usermod' failed: ", needle)
+    assert r.dbsize() == 0, "the job was submitted"
+
+
+def test_a_worker_whose_copy_of_a_module_fails_at_import_refuses_the_job(
+        tmp_path: Path, text_input: Path, url: str) -> None:
+    """The submitter imports the module; the worker's copy of it raises at
+    import: the worker refuses the job (it does not die or loop), and the
+    submitter fails with that reason in one line."""
+    for d, body in (("good", "def f(x):\n    return x\n"),
+                    ("bad", "raise RuntimeError('missing secret on this host')\n")):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "usermod.py").write_text(body)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\npipeline:\n  - {op: map, fn: 'usermod:f'}\n  - {op: count}\n")
+    procs = [worker(url, "--job", "refuse-import", "--burst", "--allow-module", "usermod",
+                    PYTHONPATH=str(tmp_path / "bad"))]
+    try:
+        res = rainstorm("submit", str(spec), "--input", str(text_input), "--redis", url,
+                        "--job", "refuse-import", PYTHONPATH=str(tmp_path / "good"))
+    finally:
+        stop_all(procs)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "rainstorm: error: job refuse-import was refused by a worker: worker "
+        f"{_worker_id(res.stderr)}: pipeline.0.fn: importing 'usermod' failed: RuntimeError: "
+        "missing secret on this host (no live worker can run it)"), res.stderr
+
+
+def _worker_id(text: str) -> str:
+    return text.split("refused by a worker: worker ", 1)[1].split(":", 1)[0]
 
 
 def test_unreadable_input_is_an_error_never_an_empty_result(tmp_path: Path) -> None:
