@@ -63,9 +63,11 @@ class IncompleteResult(RainstormError):
 
     exit_code = 3
 
-    def __init__(self, job_id: str, dead_letters: int, result: Any = None) -> None:
+    def __init__(self, job_id: str, dead_letters: int, result: Any = None,
+                 first: str = "") -> None:
         super().__init__(f"result INCOMPLETE: {dead_letters} dead letters, see "
-                         f"`rainstorm dlq {job_id}` (or accept them: --skip-bad-records)")
+                         f"`rainstorm dlq {job_id}` (or accept them: --skip-bad-records)"
+                         + (f"; the first: {one_line(first)}" if first else ""))
         self.job_id = job_id
         self.dead_letters = dead_letters
         self.result = result

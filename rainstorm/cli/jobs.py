@@ -120,6 +120,7 @@ def _run(cmd: RunCommand) -> None:
     from rainstorm.coordinator.outputs import check_writable
     from rainstorm.graph import GraphSpec, load_any
     from rainstorm.local.run import run_job
+    from rainstorm.monitor.deadletters import first_reason
     from rainstorm.ops.autoscale.policy import ScalePolicy
 
     policy = ScalePolicy.parse_bounds(cmd.autoscale) if cmd.autoscale else None
@@ -134,9 +135,11 @@ def _run(cmd: RunCommand) -> None:
     bar = progress_bar() if cmd.progress and sys.stderr.isatty() else None
 
     output_s = [0.0]
+    first = [""]
 
-    def show_result(report: Any, _r: Any) -> None:  # while the server runs: streamed from it
+    def show_result(report: Any, r: Any) -> None:  # while the server runs: streamed from it
         t = time.perf_counter()
+        first[0] = first_reason(r, report.job_id, report.status.dead_letters)
         if bar:
             bar[0].stop()
         print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
@@ -153,7 +156,7 @@ def _run(cmd: RunCommand) -> None:
         else f"{cmd.options.workers} workers"
     _summary(report, who)
     _log_time(report.seconds, output_s[0])
-    _check_complete(report.job_id, spec, report.status.dead_letters)
+    _check_complete(report.job_id, spec, report.status.dead_letters, first[0])
 
 
 def _run_graph(cmd: RunCommand, gspec: Any) -> None:
@@ -255,9 +258,10 @@ def _with_settings(spec: Any, **settings: Any) -> Any:
     return spec.model_copy(update={"settings": spec.settings.model_copy(update=given)})
 
 
-def _check_complete(job_id: str, spec: Any, dead_letters: int) -> None:
+def _check_complete(job_id: str, spec: Any, dead_letters: int, first: str = "") -> None:
     """After the result is printed: a batch job with dead letters exits 3
-    (IncompleteResult) unless bad records are skipped by choice (a warning)."""
+    (IncompleteResult, naming the ``first`` reason) unless bad records are
+    skipped by choice (a warning)."""
     from rainstorm.coordinator.result import check_complete
 
     if spec.unbounded:  # a streaming job's letters can be requeued while it runs
@@ -266,7 +270,7 @@ def _check_complete(job_id: str, spec: Any, dead_letters: int) -> None:
                        f"`rainstorm dlq {job_id}`", err=True)
         return
     skip = spec.settings.skip_bad_records
-    note = check_complete(job_id, dead_letters, dead_letters > 0 and not skip)
+    note = check_complete(job_id, dead_letters, dead_letters > 0 and not skip, first=first)
     if note:
         click.echo(note, err=True)
 
@@ -332,6 +336,7 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     from rainstorm.coordinator.result import completeness
     from rainstorm.coordinator.session import Hooks, Session, prepare
     from rainstorm.graph import GraphSpec
+    from rainstorm.monitor.deadletters import first_reason
 
     loaded = _submitted_spec(spec_path, overrides)
     if isinstance(loaded, GraphSpec):
@@ -346,7 +351,8 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
         f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)),
         wait_s=conn.connect_timeout_s, timeout_s=timeout_s)  # a failure marks the job failed
     print_result(report.result, spec.sink.top, as_json)
-    _check_complete(job.id, spec, completeness(session.r, job.id)[0])
+    dead = completeness(session.r, job.id)[0]
+    _check_complete(job.id, spec, dead, first_reason(session.r, job.id, dead))
 
 
 def _signing_key(unsigned: bool) -> bytes | None:

@@ -95,18 +95,21 @@ def result(job_id: str, conn: RedisOptions, top_n: int, key: str | None,
            as_json: bool) -> None:
     """Print a finished job's result (exit status 3: INCOMPLETE, input was dead-lettered)."""
     from rainstorm.coordinator.result import check_complete, stored_result
+    from rainstorm.monitor.deadletters import first_reason
     from rainstorm.operators.resolve import allowed_modules_from_env
 
     # who reads a result is no coordinator: its environment's module allowlist
     if key is not None:
         _print_key(conn, job_id, key, as_json)
         return
-    stored = stored_result(conn.client(), job_id, allow=allowed_modules_from_env())
+    r = conn.client()
+    stored = stored_result(r, job_id, allow=allowed_modules_from_env())
     if stored.live:
         click.echo(f"job {job_id} is a streaming job ({stored.state}): its result so far",
                    err=True)
     print_result(stored.result, top_n, as_json)
-    note = check_complete(job_id, stored.dead_letters, stored.incomplete)
+    first = first_reason(r, job_id, stored.dead_letters) if stored.incomplete else ""
+    note = check_complete(job_id, stored.dead_letters, stored.incomplete, first=first)
     if note:
         click.echo(note, err=True)
 

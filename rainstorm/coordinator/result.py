@@ -283,11 +283,12 @@ def completeness(r: redis.Redis, job_id: str) -> tuple[int, bool]:
 
 
 def check_complete(job_id: str, dead_letters: int, incomplete: bool,
-                   result: Any = None) -> str | None:
-    """Raise IncompleteResult for an incomplete result; for bad records
-    skipped by choice, the warning to show (None: nothing to say)."""
+                   result: Any = None, first: str = "") -> str | None:
+    """Raise IncompleteResult for an incomplete result (``first``: the
+    oldest dead letter's reason, named in it); for bad records skipped by
+    choice, the warning to show (None: nothing to say)."""
     if incomplete:
-        raise IncompleteResult(job_id, dead_letters, result)
+        raise IncompleteResult(job_id, dead_letters, result, first)
     if dead_letters:
         return (f"warning: {dead_letters} bad records skipped (settings.skip_bad_records); "
                 f"see `rainstorm dlq {job_id}`")

@@ -33,6 +33,13 @@ def first_dead_letter(r: redis.Redis, job_id: str) -> DeadLetter | None:
     return rows[0] if rows else None
 
 
+def first_reason(r: redis.Redis, job_id: str, dead_letters: int) -> str:
+    """The oldest dead letter's reason ('' without one), for the line that
+    says a result is incomplete: what went wrong, not only how often."""
+    letter = first_dead_letter(r, job_id) if dead_letters else None
+    return letter.error if letter else ""
+
+
 def dead_letter_row(id_: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
     f = {as_str(k): v for k, v in fields.items()}
     data = f.get(DATA, b"")

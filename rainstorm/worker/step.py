@@ -35,7 +35,7 @@ import redis
 
 from rainstorm import keys, lua
 from rainstorm.durability import wait_after_commit
-from rainstorm.errors import TOO_LARGE_FOR_ONE_CALL, CallTooLarge
+from rainstorm.errors import TOO_LARGE_FOR_ONE_CALL, CallTooLarge, one_line
 from rainstorm.job import Job
 from rainstorm.latency import LatencyRecorder
 from rainstorm.lease import holder_id
@@ -43,6 +43,7 @@ from rainstorm.lua import CommitRequest, CommitResult, CommitStatus
 from rainstorm.operators.chain import OperatorError
 from rainstorm.operators.chain_errors import OperatorTimeout
 from rainstorm.protocol.counters import StageCounter
+from rainstorm.protocol.deadletter import ERROR, decode_dead_record
 from rainstorm.state import fold_due, fold_lagging
 from rainstorm.window_close import Sweeper
 from rainstorm.worker import poison, source
@@ -291,7 +292,12 @@ class Step:
 
     # -- committing -------------------------------------------------------------
     def _commit(self, b: _Batch, entries: list[Entry], req: CommitRequest | None) -> None:
-        part = self._too_big(b, entries, req) if req is not None else 0
+        try:
+            part = self._too_big(b, entries, req) if req is not None else 0
+        except CallTooLarge as exc:  # over a cap on counts, e.g. failed records
+            assert req is not None
+            self._commit_in_parts(b, entries, _over_cap(exc, req))
+            return
         if part:
             # in parts of the size that fits (each computed again, once):
             # halving computed the first oversized batch of a stage up to
@@ -447,3 +453,15 @@ class Step:
             e.raw_uid if e.raw_uid is not None else e.uid, error, e.deliveries))
         poison.clear(self.r, job, [e])
         out.dead_lettered += 1
+
+
+def _over_cap(exc: CallTooLarge, req: CommitRequest) -> CallTooLarge | str:
+    """Why a commit cannot be one call, naming the user's error where the
+    cap is the records that failed (run record by record, each one a dead
+    letter): more than one commit can carry, e.g. an operator that raises on
+    every record of a split."""
+    if exc.what != "n_dead" or not req.dead:
+        return exc
+    first = decode_dead_record(req.dead[0]).get(ERROR, "")
+    return (f"{len(req.dead)} of its records failed, more than one commit can dead-letter "
+            f"one by one ({exc.cap}); the first: {one_line(first)}")

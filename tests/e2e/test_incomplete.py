@@ -51,7 +51,9 @@ def test_run_with_a_dead_letter_exits_3_and_says_incomplete(tmp_path: Path,
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1] == (
         "rainstorm: result INCOMPLETE: 1 dead letters, see `rainstorm dlq inc` "
-        "(or accept them: --skip-bad-records)")
+        "(or accept them: --skip-bad-records); the first: operator "
+        "flat_map(tests.ops:boom_on_poison) in stage 0 raised "
+        "ValueError(\"poisoned line: 'gamma POISON delta'\")")
     assert Counter(json.loads(res.stdout)) == _expected()  # the same --json shape
 
 
@@ -93,3 +95,27 @@ def test_status_and_result_say_incomplete_after_submit(tmp_path: Path, poisoned:
     assert "done (INCOMPLETE)" in table.stdout, table.stdout + table.stderr
     res = cli(url, "result", "inc-sub", "--json")
     assert res.returncode == 3 and Counter(json.loads(res.stdout)) == _expected(), res.stderr
+
+
+def test_an_operator_failing_on_every_record_of_a_split_names_its_error(tmp_path: Path) -> None:
+    """3,000 records of one split all fail (a key_by returning a list):
+    more failed records than one commit may dead-letter one by one (1,024).
+    The split is dead-lettered whole and the run exits 3 naming the user's
+    error; it once failed the job with the library's cap as its only reason
+    ('serving it failed: rainstorm_commit: n_dead is 3000, above ...')."""
+    inp = tmp_path / "in.txt"
+    inp.write_text("".join(f"line {i}\n" for i in range(3000)))
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\npipeline: [{op: key_by, fn: 'tests.ops:as_list_key'}, "
+                    "{op: count}]\nsettings: {max_deliveries: 1}\n")
+    res = subprocess.run([sys.executable, "-m", "rainstorm", "run", str(spec), "--input",
+                          str(inp), "--workers", "1", "--json", "--no-progress", "--job",
+                          "all-bad"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, RAINSTORM_ALLOW_MODULES="tests"))
+    assert res.returncode == 3 and "Traceback" not in res.stderr, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("rainstorm: result INCOMPLETE: 1 dead letters, see `rainstorm dlq "
+                           "all-bad` (or accept them: --skip-bad-records); the first: "), last
+    assert "3000 of its records failed, more than one commit can dead-letter one by one " \
+           "(1024); the first: " in last and "unhashable type: 'list'" in last, last
