@@ -99,6 +99,12 @@ def wc_map_text_values(line: str) -> list[tuple[str, str]]:
     return [(w, "one") for w in line.split()]
 
 
+def chatty_split(line: str) -> list[str]:
+    """split_words that prints every line it gets, as debugging code does."""
+    print(f"chatty: {line[:20]}")
+    return line.split()
+
+
 def as_list_key(line: str) -> list[str]:
     """A key_by function that returns a list: no record can be counted (unhashable)."""
     return [line]

@@ -37,6 +37,9 @@ def _worker_main(redis_url: str, job_id: str, allow_modules: tuple[str, ...],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    # stdout is the run's result (`rainstorm run --json > out.json`): what a
+    # user's function prints goes to stderr, as an executor's goes to its log
+    os.dup2(2, 1)
     die_with_parent(parent_pid)
     heap.tune()  # (a fork of the CLI has it already; one of a Dataset script has not)
     from rainstorm.worker.loop import Worker, WorkerOptions

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import ROOT
@@ -48,6 +49,23 @@ def test_set_and_file_sink(tmp_path: Path) -> None:
     bad = cli("run", str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f),
               "--set", "settings.batch_entries=-1")
     assert bad.returncode == 2 and "settings.batch_entries" in bad.stderr
+
+
+@pytest.mark.parametrize("scale", [[], ["--autoscale", "1:2"]])
+def test_what_a_users_function_prints_stays_out_of_the_json_on_stdout(
+        tmp_path: Path, scale: list[str]) -> None:
+    """`rainstorm run … --json > out.json` with a function that prints (as
+    debugging code does): the prints go to stderr, and stdout is the result
+    alone. They went into stdout, so the file was not JSON."""
+    text = "".join(f"w{i % 9} x{i % 4}\n" for i in range(300))
+    f = tmp_path / "in.txt"
+    f.write_text(text)
+    res = cli("run", str(ROOT / "examples" / "wordcount.yaml"), "--input", str(f),
+              "--set", "pipeline.0.fn=tests.ops:chatty_split", "--json", "--no-progress",
+              *(scale or ["--workers", "2"]))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == Counter(text.split())
+    assert "chatty: w" in res.stderr
 
 
 def test_verbose_run_says_where_its_time_went(tmp_path: Path) -> None:

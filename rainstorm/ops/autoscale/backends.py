@@ -74,7 +74,8 @@ class LocalBackend:
         with self._lock:
             if self.closed:
                 return ""
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+            # stdout may be a result (`run --autoscale --json`): prints go to stderr
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=2,
                                     preexec_fn=preexec_die_with_parent())
             self.procs[wid] = (job, stage, proc)
         return wid
