@@ -198,7 +198,7 @@ def run_report(spec: JobSpec, *, redis_url: str | None = _UNSET, workers: int | 
                         job_id, raw_keys, on_result, defaults.runner is not None)
     report = (defaults.runner or run_job)(spec, opts)
     _last_report.set(report)
-    _check_complete(spec, report.job_id, report.status.dead_letters, report.result)
+    _check_complete(spec, report, report.result)
     return report
 
 
@@ -219,21 +219,24 @@ def run_graph_report(doc: dict[str, Any], *, redis_url: str | None = _UNSET,
     for step in report.graph.steps:
         rep = report.reports[step.name]
         _last_report.set(rep)
-        _check_complete(step.spec, rep.job_id, rep.status.dead_letters, rep.result)
+        _check_complete(step.spec, rep, rep.result)
     return report
 
 
-def _check_complete(spec: JobSpec, job_id: str, dead: int, result: Any) -> None:
-    """Dead letters in a batch job: IncompleteResult (carrying ``result``),
-    unless ``settings.skip_bad_records`` (``with_settings(skip_bad_records=
-    True)``) accepts them; then, and for a streaming job, a warning."""
+def _check_complete(spec: JobSpec, report: RunReport, result: Any) -> None:
+    """Dead letters in a batch job: IncompleteResult (carrying ``result``,
+    naming the first letter's reason: a run's own server is gone by now, so
+    `rainstorm dlq` cannot show it), unless ``settings.skip_bad_records``
+    (``with_settings(skip_bad_records=True)``) accepts them; then, and for a
+    streaming job, a warning."""
+    job_id, dead = report.job_id, report.status.dead_letters
     if not dead:
         return
     if spec.unbounded or spec.settings.skip_bad_records:
         log.warning("job %s: %d dead letters (bad records skipped), see `rainstorm dlq %s`",
                     job_id, dead, job_id)
         return
-    raise IncompleteResult(job_id, dead, result)
+    raise IncompleteResult(job_id, dead, result, report.first_dead)
 
 
 def run_script(path: str, argv: Iterable[str] = (), *, redis_url: str | None = None,

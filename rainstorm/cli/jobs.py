@@ -120,7 +120,6 @@ def _run(cmd: RunCommand) -> None:
     from rainstorm.coordinator.outputs import check_writable
     from rainstorm.graph import GraphSpec, load_any
     from rainstorm.local.run import run_job
-    from rainstorm.monitor.deadletters import first_reason
     from rainstorm.ops.autoscale.policy import ScalePolicy
 
     policy = ScalePolicy.parse_bounds(cmd.autoscale) if cmd.autoscale else None
@@ -135,11 +134,9 @@ def _run(cmd: RunCommand) -> None:
     bar = progress_bar() if cmd.progress and sys.stderr.isatty() else None
 
     output_s = [0.0]
-    first = [""]
 
-    def show_result(report: Any, r: Any) -> None:  # while the server runs: streamed from it
+    def show_result(report: Any, _r: Any) -> None:  # while the server runs: streamed from it
         t = time.perf_counter()
-        first[0] = first_reason(r, report.job_id, report.status.dead_letters)
         if bar:
             bar[0].stop()
         print_result(report.result, cmd.top_n if cmd.top_n is not None else spec.sink.top,
@@ -156,7 +153,7 @@ def _run(cmd: RunCommand) -> None:
         else f"{cmd.options.workers} workers"
     _summary(report, who)
     _log_time(report.seconds, output_s[0])
-    _check_complete(report.job_id, spec, report.status.dead_letters, first[0])
+    _check_complete(report.job_id, spec, report.status.dead_letters, report.first_dead)
 
 
 def _run_graph(cmd: RunCommand, gspec: Any) -> None:
@@ -202,7 +199,8 @@ def _print_graph(report: Any, top_n: int | None, as_json: bool) -> None:
 def _graph_complete(report: Any) -> None:
     """:func:`_check_complete` of every step."""
     for step in report.graph.steps:
-        _check_complete(step.job_id, step.spec, report.reports[step.name].status.dead_letters)
+        rep = report.reports[step.name]
+        _check_complete(step.job_id, step.spec, rep.status.dead_letters, rep.first_dead)
 
 
 def _write_output(path: str, result: Any) -> None:

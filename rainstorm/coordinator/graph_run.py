@@ -33,6 +33,7 @@ from rainstorm.errors import JobFailed, UsageError
 from rainstorm.graph import Graph, GraphSpec, build
 from rainstorm.graphstore import save_graph
 from rainstorm.job import Job, JobState
+from rainstorm.monitor.deadletters import first_reason
 from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input
 from rainstorm.sources.loader import DONE
@@ -126,8 +127,9 @@ class GraphSession:
             if s.leaf and raw_keys and not isinstance(result, list):  # (only leaves are read)
                 result = sess.raw_state()
             status = sess.status()
-            report.reports[s.name] = RunReport(s.job_id, result, seconds, status.total_bytes,
-                                               status, server, sess.outages)
+            report.reports[s.name] = RunReport(
+                s.job_id, result, seconds, status.total_bytes, status, server, sess.outages,
+                first_reason(sess.r, s.job_id, status.dead_letters))
             if s.leaf:
                 report.results[s.name] = result
         return report

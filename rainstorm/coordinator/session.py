@@ -31,6 +31,7 @@ from rainstorm.coordinator.result import Result
 from rainstorm.coordinator.submit import new_job_id, runs_executables, submit, validate
 from rainstorm.errors import JobFailed, ServerError, UsageError
 from rainstorm.job import Job, JobState
+from rainstorm.monitor.deadletters import first_reason
 from rainstorm.operators import lookup
 from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input, resolve_inputs
@@ -97,6 +98,7 @@ class RunReport:
     status: JobStatus
     server: str = ""
     redis_outages: int = 0
+    first_dead: str = ""  # the oldest dead letter's reason, read while Redis ran
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class Session:
             result = self.raw_state()
         status = self.status()
         return RunReport(self.job.id, result, self.seconds, status.total_bytes, status, server,
-                         self.outages)
+                         self.outages, first_reason(self.r, self.job.id, status.dead_letters))
 
     def _submit_within(self, wait_s: float | None, timeout_s: float | None) -> bool:
         """``submit``, its wait for Redis bounded by the job's own time limit

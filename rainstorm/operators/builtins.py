@@ -63,12 +63,23 @@ def one(_record: Any) -> int:
     return 1
 
 
+def as_pair(record: Any) -> tuple[Any, Any] | list[Any]:
+    """``record`` if it is a (key, value) pair (a tuple or list of two: JSON
+    and msgpack give lists); TypeError naming it otherwise.  Indexing any
+    record took a string 'a b' for the pair ('a', ' '): a silent wrong result."""
+    if isinstance(record, tuple | list) and len(record) == 2:
+        return record
+    shown = repr(record)
+    raise TypeError(f"expected a (key, value) pair, got {type(record).__name__} "
+                    f"{shown[:60] + '...' if len(shown) > 60 else shown}")
+
+
 def pair_key(record: Any) -> Any:
-    return record[0]
+    return as_pair(record)[0]
 
 
 def pair_value(record: Any) -> Any:
-    return record[1]
+    return as_pair(record)[1]
 
 
 def tab_key(line: str) -> str:

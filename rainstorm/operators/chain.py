@@ -54,13 +54,13 @@ def _transform(kind: str, fn: Callable[..., Any], value: Callable[..., Any] | No
 def _pairs(recs: list[Any]) -> list[Any]:
     """``key_by(pair_key, pair_value)``: records that are (key, value)
     tuples already pass as they are (checked at C speed, the usual output
-    of a mapper); any other as ``(r[0], r[1])``."""
+    of a mapper); lists of two as tuples; anything else is a TypeError."""
     if native.all_pairs is not None:
         if native.all_pairs(recs):
             return recs
     elif set(map(type, recs)) <= {tuple} and set(map(len, recs)) <= {2}:
         return recs
-    return [(r[0], r[1]) for r in recs]
+    return [tuple(builtins.as_pair(r)) for r in recs]
 
 
 @dataclass

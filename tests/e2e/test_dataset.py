@@ -20,7 +20,7 @@ import redis
 
 from rainstorm import Dataset, keys, signing
 from rainstorm.coordinator.progress import read_status
-from rainstorm.errors import JobFailed, UsageError
+from rainstorm.errors import IncompleteResult, JobFailed, UsageError
 from rainstorm.job import Job
 from rainstorm.local.pool import LocalWorkers
 from rainstorm.sources.inputs import resolve_inputs
@@ -64,6 +64,22 @@ def shout(word: str) -> str:
 
 def test_default_is_an_embedded_server(files: list[Path]) -> None:
     assert text(files).flat_map(str.split).count(workers=1, timeout_s=60) == len(words_of(files))
+
+
+def test_reduce_by_key_over_records_that_are_not_pairs_fails_naming_one(
+        tmp_path: Path) -> None:
+    """reduce_by_key straight over lines (a forgotten map to pairs), on the
+    default embedded server: IncompleteResult naming the record and why, since
+    that server (and `rainstorm dlq`) is gone when it is raised.  A line 'a b'
+    was once taken for the pair ('a', ' '): a result, silently wrong."""
+    f = tmp_path / "in.txt"
+    f.write_text("a b\nc a\n")
+    with pytest.raises(IncompleteResult) as err:
+        Dataset.read_text(str(f)).with_settings(max_deliveries=1).reduce_by_key(
+            lambda a, b: a + b).collect(**RUN)
+    text = str(err.value)
+    assert "result INCOMPLETE: 2 dead letters" in text and "\n" not in text, text
+    assert "; the first: " in text and "expected a (key, value) pair, got str '" in text, text
 
 
 # -- rainstorm run script.py --------------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -46,14 +47,18 @@ def test_map_filter_flat_map_key_by_compose() -> None:
 
 def test_key_by_pairs_equals_pair_key_and_pair_value() -> None:
     """key_by(pair_key, pair_value) passes (k, v) tuples through as they
-    are; lists and longer records become (r[0], r[1]); short ones fail."""
+    are and lists of two as tuples; any other record fails, naming it (a
+    string 'a b' once became the pair ('a', ' '), a 3-tuple lost its third
+    field: silent wrong results)."""
     ch = chain_for([{"op": "key_by", "fn": "pair_key", "value": "pair_value"}])
     tuples = [("a", 1), ("b", [2]), ("a", None)]
     assert ch.run(list(tuples)) == [(r[0], r[1]) for r in tuples]
-    mixed = [["a", 1], ("b", 2, 3), "xy"]
-    assert ch.run(list(mixed)) == [("a", 1), ("b", 2), ("x", "y")]
-    with pytest.raises(OperatorError, match="IndexError"):
-        ch.run([("a", 1), ("b",)])
+    assert ch.run([["a", 1], ("b", 2)]) == [("a", 1), ("b", 2)]
+    for bad, shown in ((("b", 2, 3), "tuple ('b', 2, 3)"), ("a b", "str 'a b'"),
+                       (("b",), "tuple ('b',)"), ({"b": 2}, "dict {'b': 2}")):
+        with pytest.raises(OperatorError, match=re.escape(
+                f"expected a (key, value) pair, got {shown}")):
+            ch.run([("a", 1), bad])
 
 
 def test_operator_error_names_stage_and_function() -> None:
