@@ -9,8 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rainstorm.errors import UsageError
+from rainstorm.graph import members_of
 from rainstorm.operators.resolve import allowed_modules_from_env
 from rainstorm.signing import secret_key
+from rainstorm.spec import check_job_id
 from rainstorm.worker.loop import WorkerOptions
 
 
@@ -42,8 +44,15 @@ def worker_options(flags: WorkerFlags) -> WorkerOptions:
                          "workers run only job specs signed with the submitters' key; set the "
                          "same key here, or for development only pass "
                          "--insecure-accept-unsigned")
+    if flags.job_id is not None:  # a job, or a graph's steps (`G.*`): one that can exist
+        check_job_id(members_of(flags.job_id) or flags.job_id, "--job")
+    allow = split_commas(flags.allow) or allowed_modules_from_env()
+    for name in allow:  # never matches a module: the operators it names would be refused
+        if name != "*" and not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--allow-module {name[:80]!r}: not a module name (dotted "
+                             "names such as mypkg or mypkg.ops, comma-separated, or * for any)")
     opts = WorkerOptions(job=flags.job_id, burst=flags.burst, stage=flags.stage,
-                         allow_modules=split_commas(flags.allow) or allowed_modules_from_env(),
+                         allow_modules=allow,
                          allow_exec=flags.allow_exec, secret=key,
                          insecure_unsigned=flags.insecure,
                          allow_exec_paths=split_commas(flags.exec_paths))

@@ -31,6 +31,29 @@ def test_options_from_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_options(WorkerFlags()).worker_id != "w-1"  # a default id
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (WorkerFlags(job_id="bad id!"), "--job 'bad id!': only letters"),
+    (WorkerFlags(job_id="g h.*"), "--job 'g h': only letters"),
+    (WorkerFlags(allow=("os;rm",)), "--allow-module 'os;rm': not a module name"),
+    (WorkerFlags(allow=("tests,my-pkg",)), "--allow-module 'my-pkg': not a module name"),
+])
+def test_a_job_or_module_that_can_never_match_is_refused(
+        monkeypatch: pytest.MonkeyPatch, flags: WorkerFlags, needle: str) -> None:
+    """A --job no job can have waited for ever (in silence, even with
+    --burst); an --allow-module that is no module name let every operator of
+    it be refused later, far from the typo."""
+    monkeypatch.setenv("RAINSTORM_SECRET", KEY)
+    with pytest.raises(UsageError) as err:
+        worker_options(flags)
+    assert str(err.value).startswith(needle) and err.value.exit_code == 2, str(err.value)
+
+
+def test_a_graph_pattern_and_the_wildcard_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAINSTORM_SECRET", KEY)
+    opts = worker_options(WorkerFlags(job_id="etl.*", allow=("*", "pkg.sub")))
+    assert opts.job == "etl.*" and opts.allow_modules == ("*", "pkg.sub")
+
+
 def test_no_secret_is_refused_unless_insecure(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAINSTORM_SECRET", raising=False)
     monkeypatch.delenv("RAINSTORM_SECRET_FILE", raising=False)
