@@ -56,8 +56,10 @@ def requeue(r: redis.Redis, job_id: str) -> Requeued:
     job = load_job(r, job_id)
     state = job_state(r, job_id)
     if state != JobState.RUNNING:
-        raise UsageError(f"job {job_id} is {state or 'gone'}: dead letters can "
-                         "only be requeued while it runs (resubmit it to process them)")
+        raise UsageError(f"job {job_id} is {state or 'gone'}: dead letters can only be "
+                         "requeued while it runs; once their cause is fixed, run it again as a "
+                         f"new job (submitting --job {job_id} again resumes the ended one: "
+                         f"`rainstorm kill-job {job_id}` first, or another --job)")
     moved = skipped = 0
     rows: Any = r.xrange(keys.dlq(job_id))
     for id_, fields in rows:

@@ -72,6 +72,8 @@ def test_dead_letters_listed_then_requeued_after_the_fix(tmp_path: Path, url: st
     assert c.stage(0).bytes_in == sum(p.stat().st_size for p in paths)
     done = cli(url, "dlq", job.id, "--requeue")
     assert done.returncode == 2 and "only be requeued while it runs" in done.stderr
+    # resubmitting the same id resumes the ended job: the hint says what works
+    assert f"`rainstorm kill-job {job.id}` first, or another --job" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
