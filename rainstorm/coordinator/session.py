@@ -37,6 +37,7 @@ from rainstorm.procs import INTERRUPTED
 from rainstorm.sources.inputs import Input, resolve_inputs
 from rainstorm.sources.ranges import as_submitted, resolve_stream_transport
 from rainstorm.sources.splits import resolve_transport
+from rainstorm.sources.unbounded import check_tailable
 from rainstorm.spec import JobSpec, RecordOp, check_job_id
 from rainstorm.state import read_state
 
@@ -52,6 +53,8 @@ def prepare(spec: JobSpec, inputs: list[str] | None = None, job_id: str | None =
     if spec.source.type != "text":
         if inputs:
             raise UsageError(f"--input: a {spec.source.type} source has no input files")
+        if spec.source.type == "tail":
+            check_tailable(spec.source.path)
         files: list[Input] = []
     else:
         if inputs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import redis
 
 from rainstorm import keys
-from rainstorm.errors import JobFailed
+from rainstorm.errors import JobFailed, UsageError
 from rainstorm.job import Job, encode_records
 from rainstorm.protocol.counters import StageCounter
 from rainstorm.protocol.entries import stream_uid, tail_uid
@@ -210,10 +211,22 @@ class StreamLoader(BaseLoader):
         return rows
 
 
+def check_tailable(path: str) -> None:
+    """UsageError unless ``path`` is a regular file or does not exist yet
+    (then the job waits for it, as ``tail -F`` does)."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        kind = "a directory" if p.is_dir() else "not a regular file"
+        raise UsageError(f"source.path: {path} is {kind}, not a file to tail")
+
+
 class TailLoader(BaseLoader):
     """Complete lines appended to ``source.path`` after the cursor (a byte
     offset).  A file that shrinks below the cursor (truncated or rotated)
-    fails the job loudly rather than re-reading or skipping lines."""
+    fails the job loudly rather than re-reading or skipping lines; one that
+    does not exist yet is waited for, with a warning once."""
+
+    waiting = False  # warned that the file does not exist yet
 
     def gather(self, pos: str, max_entries: int) -> Gathered:
         src = self.job.spec.source
@@ -221,9 +234,15 @@ class TailLoader(BaseLoader):
         path = Path(src.path)
         off = int(pos) if pos else 0
         try:
-            size = os.stat(path).st_size
+            st = os.stat(path)
         except FileNotFoundError:
-            size = 0  # not created yet: wait for it
+            if not self.waiting:
+                self.waiting = True
+                log.warning("tailed file %s does not exist yet: waiting for it", path)
+            st = None  # not created yet: wait for it
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise JobFailed(f"tailed path {path} is not a regular file any more")
+        size = st.st_size if st is not None else 0
         if size < off:
             raise JobFailed(f"tailed file {path} shrank to {size} bytes, below the {off} "
                             "already loaded (truncated or rotated?)")

@@ -257,6 +257,18 @@ def _worker_id(text: str) -> str:
     return text.split("refused by a worker: worker ", 1)[1].split(":", 1)[0]
 
 
+def test_a_tail_source_that_is_a_directory_is_refused_before_it_runs(
+        tmp_path: Path, url: str, r: redis.Redis) -> None:
+    """It ran, and failed in the coordinator: 'coordinator error:
+    IsADirectoryError: [Errno 21] Is a directory', exit 1."""
+    spec = tmp_path / "tail.yaml"
+    spec.write_text(f"name: t\nsource: {{type: tail, path: '{tmp_path}'}}\n"
+                    "pipeline: [{op: count}]\n")
+    res = rainstorm("run", str(spec), "--redis", url, "--workers", "1")
+    one_line_error(res, 2, f"source.path: {tmp_path} is a directory, not a file to tail")
+    assert r.dbsize() == 0, "the job was submitted"
+
+
 def test_unreadable_input_is_an_error_never_an_empty_result(tmp_path: Path) -> None:
     top = tmp_path / "logs"
     (top / "locked").mkdir(parents=True)

@@ -5,6 +5,7 @@ once, aggregates update live, `rainstorm tail` follows them."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -88,10 +89,10 @@ def test_stream_source_every_output_once_while_a_worker_is_killed(
     assert r.xlen(keys.output(run.job.id)) == 0  # written entries are trimmed
 
 
-def test_tail_source_live_aggregate_and_rainstorm_tail(tmp_path: Path, url: str,
-                                                       r: redis.Redis) -> None:
-    log = tmp_path / "app.log"
-    log.write_text("")
+def test_tail_source_live_aggregate_and_rainstorm_tail(
+        tmp_path: Path, url: str, r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    log = tmp_path / "app.log"  # not there yet: the job waits for it, saying so once
+    caplog.set_level(logging.WARNING, logger="rainstorm.sources.unbounded")
     run = Streaming(r, {
         "name": "tailed", "source": {"type": "tail", "path": str(log), "batch_bytes": 1024},
         "pipeline": [{"op": "flat_map", "fn": "split_words"}, {"op": "count"}]}, "tailed")
@@ -102,6 +103,7 @@ def test_tail_source_live_aggregate_and_rainstorm_tail(tmp_path: Path, url: str,
         env=dict(os.environ))
     expected: Counter[str] = Counter()
     try:
+        wait_for(lambda: "does not exist yet" in caplog.text, 30, "the warning")
         for round_ in range(3):
             with log.open("a") as fh:  # another program appending, a line at a time
                 for i in range(200):
@@ -126,6 +128,7 @@ def test_tail_source_live_aggregate_and_rainstorm_tail(tmp_path: Path, url: str,
         stop_all(procs)
         follower.kill()
     assert final == dict(expected)
+    assert caplog.text.count(f"tailed file {log} does not exist yet: waiting for it") == 1
     changes = [json.loads(line) for line in out.splitlines()]
     last: dict[str, int] = {}
     for ch in changes:
