@@ -62,7 +62,35 @@ class JobPlan:
         return [s.to_json() for s in self.stages]
 
 
+def _check_csv_columns(spec: JobSpec) -> None:
+    """A ``field``, ``equals`` or ``select`` naming a column the
+    ``parse_csv`` before it does not give: UsageError now, where every row
+    would fail at run time (KeyError per record, the job INCOMPLETE after its
+    retries).  Rows keep their columns through ``equals`` filters; any other
+    operator may reshape them, and stops the check."""
+    columns: list[str] | None = None
+    source = ""
+    for n, op in enumerate(spec.pipeline):
+        if not isinstance(op, RecordOp):
+            columns = None
+            continue
+        names = op.args.get("columns") if op.fn in ("parse_csv", "select") else \
+            [op.args.get("name")] if op.fn in ("field", "equals") else None
+        if op.fn == "parse_csv" and op.op == "flat_map":
+            columns, source = [str(c) for c in names or []], f"pipeline.{n}"
+            continue
+        if columns is not None and names is not None:
+            what = "columns" if op.fn == "select" else "name"
+            for name in names:
+                if isinstance(name, str) and name not in columns:
+                    raise UsageError(f"pipeline.{n}.args.{what}: {name!r} is not a column "
+                                     f"of the parse_csv at {source} ({', '.join(columns)})")
+        if not (op.op == "filter" and op.fn == "equals"):
+            columns = None
+
+
 def plan(spec: JobSpec) -> JobPlan:
+    _check_csv_columns(spec)
     stages: list[StagePlan] = []
     ops: list[RecordOp | PipeOp | ReduceOp] = []
     paths: list[str] = []

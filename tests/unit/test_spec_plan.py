@@ -124,3 +124,37 @@ def test_a_generated_id_is_a_job_id_however_long_the_name() -> None:
         assert is_job_id(job_id) and check_job_id(job_id) == job_id, job_id
         assert job_id.startswith(name[:70])
     assert is_job_id("q" * MAX_JOB_ID) and is_job_id("a.b_c-1")
+
+
+CSV = {"op": "flat_map", "fn": "parse_csv", "args": {"columns": ["kind", "size"]}}
+
+
+@pytest.mark.parametrize("later, needle", [
+    ({"op": "key_by", "fn": "field", "args": {"name": "colour"}},
+     "pipeline.1.args.name: 'colour' is not a column of the parse_csv at pipeline.0 "
+     "(kind, size)"),
+    ({"op": "map", "fn": "select", "args": {"columns": ["kind", "wt"]}},
+     "pipeline.1.args.columns: 'wt' is not a column"),
+    ({"op": "filter", "fn": "equals", "args": {"name": "Kind", "value": "x"}},
+     "pipeline.1.args.name: 'Kind' is not a column"),
+])
+def test_a_csv_column_the_parser_does_not_give_is_refused(later: dict[str, object],
+                                                          needle: str) -> None:
+    """Every row would have failed at run time (a KeyError per record)."""
+    with pytest.raises(UsageError) as err:
+        plan(spec([CSV, later, {"op": "count"}]))
+    assert str(err.value).startswith(needle), str(err.value)
+
+
+def test_csv_columns_are_followed_through_filters_and_not_past_reshaping() -> None:
+    eq = {"op": "filter", "fn": "equals", "args": {"name": "kind", "value": "a"}}
+    with pytest.raises(UsageError, match="pipeline.2.args.name: 'nope'"):
+        plan(spec([CSV, eq, {"op": "key_by", "fn": "field", "args": {"name": "nope"}},
+                   {"op": "count"}]))
+    ok = [CSV, eq, {"op": "key_by", "fn": "field", "args": {"name": "size"}}, {"op": "count"}]
+    assert plan(spec(ok)).stages  # the real columns pass
+    # after a map that may reshape the rows nothing is assumed
+    plan(spec([CSV, {"op": "map", "fn": "identity"},
+               {"op": "key_by", "fn": "field", "args": {"name": "anything"}}, {"op": "count"}]))
+    for example in ("signs_app1.yaml", "signs_app2.yaml"):
+        assert plan(load_spec(ROOT / "examples" / example)).stages
