@@ -27,7 +27,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import closing, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from itertools import groupby
 from operator import itemgetter
@@ -36,7 +36,6 @@ from typing import Any, cast
 
 import redis
 
-from rainstorm.connection import connect
 from rainstorm.coordinator.outputs import check_writable
 from rainstorm.coordinator.progress import JobStatus
 from rainstorm.coordinator.seal import output_rows
@@ -46,7 +45,6 @@ from rainstorm.job import decode_records
 from rainstorm.jobstore import load_job
 from rainstorm.local.run import LocalRun, RunOptions
 from rainstorm.lua import LIMITS
-from rainstorm.monitor.deadletters import first_dead_letter
 from rainstorm.protocol.entries import data_of
 from rainstorm.sources.inputs import resolve_inputs
 from rainstorm.sources.remote import RemoteFile, is_http, is_url, names_something
@@ -161,17 +159,14 @@ class PhaseIncomplete(IncompleteResult):
                      f"output would miss them; the first: {first_error}{hint}",)
 
 
-def _complete(phase: str, rep: RunReport, url: str | None) -> None:
-    """Raise PhaseIncomplete for a phase that ended with dead letters."""
+def _complete(phase: str, rep: RunReport) -> None:
+    """Raise PhaseIncomplete for a phase that ended with dead letters (the
+    first one's reason was read into the report while its Redis ran)."""
     dead = rep.status.dead_letters
     if not dead:
         return
-    row = None
-    if url:
-        with closing(connect(url)) as r:
-            row = first_dead_letter(r, rep.job_id)
     raise PhaseIncomplete(phase, rep.job_id, dead,
-                          "(not readable)" if row is None else one_line(row.error))
+                          one_line(rep.first_dead) if rep.first_dead else "(not readable)")
 
 
 def _argv(text: str, option: str) -> list[str]:
@@ -255,13 +250,12 @@ def run_mapreduce(
                 return replace(opts, on_progress=(lambda st: on_progress(name, st))
                                if on_progress else None, on_result=on_result, job_id=None)
 
-            url = opts.redis_url if env is None else env.url
             t0 = time.perf_counter()
             mrep = run(map_spec(mapper, inputs, partitions, combiner), phase("map"))
-            _complete("map", mrep, url)
+            _complete("map", mrep)
             t1 = time.perf_counter()
             rrep = run(reduce_spec(reducer, mrep.job_id), phase("reduce", writer))
-            _complete("reduce", rrep, url)
+            _complete("reduce", rrep)
             t2 = time.perf_counter()
         os.replace(tmp, output)
     finally:

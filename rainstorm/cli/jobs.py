@@ -334,7 +334,6 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
     from rainstorm.coordinator.result import completeness
     from rainstorm.coordinator.session import Hooks, Session, prepare
     from rainstorm.graph import GraphSpec
-    from rainstorm.monitor.deadletters import first_reason
 
     loaded = _submitted_spec(spec_path, overrides)
     if isinstance(loaded, GraphSpec):
@@ -349,8 +348,7 @@ def submit(spec_path: str | None, inputs: tuple[str, ...], overrides: tuple[str,
         f"{'submitted' if fresh else 'resuming'} job {job.id}", err=True)),
         wait_s=conn.connect_timeout_s, timeout_s=timeout_s)  # a failure marks the job failed
     print_result(report.result, spec.sink.top, as_json)
-    dead = completeness(session.r, job.id)[0]
-    _check_complete(job.id, spec, dead, first_reason(session.r, job.id, dead))
+    _check_complete(job.id, spec, completeness(session.r, job.id)[0], report.first_dead)
 
 
 def _signing_key(unsigned: bool) -> bytes | None:
